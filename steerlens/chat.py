@@ -8,9 +8,9 @@ tokenizer's defaults.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeAlias
 
 import torch
 from jaxtyping import Bool, Int
@@ -18,7 +18,13 @@ from torch import Tensor
 
 from steerlens.models import HookedModel, model_device
 
+Messages: TypeAlias = Sequence[Mapping[str, str]]
+Prompt: TypeAlias = str | Messages
+"""A user prompt, or a whole conversation as chat messages ``[{"role", "content"}, ...]``."""
+
 __all__ = [
+    "Messages",
+    "Prompt",
     "Encoded",
     "encode_prompts",
     "format_chat",
@@ -35,23 +41,37 @@ def _tokenizer(model: HookedModel) -> Any:
     return tok
 
 
+def _messages(prompt: Prompt, system: str | None) -> list[dict[str, str]]:
+    head = [{"role": "system", "content": system}] if system else []
+    if isinstance(prompt, str):
+        return [*head, {"role": "user", "content": prompt}]
+    if not isinstance(prompt, Sequence) or not prompt:
+        raise TypeError("a prompt must be a string or a non-empty list of chat messages")
+    msgs = []
+    for i, m in enumerate(prompt):
+        if not isinstance(m, Mapping) or "role" not in m or "content" not in m:
+            raise TypeError(f"message {i} must be a mapping with 'role' and 'content'")
+        msgs.append({"role": str(m["role"]), "content": str(m["content"])})
+    if msgs[-1]["role"] != "user":
+        raise ValueError("a conversation prompt must end with a user message")
+    return head + msgs if head and msgs[0]["role"] != "system" else msgs
+
+
 def format_chat(
-    model: HookedModel, prompts: Sequence[str], *, system: str | None = None
+    model: HookedModel, prompts: Sequence[Prompt], *, system: str | None = None
 ) -> list[str]:
-    """Wrap each user prompt in the model's own chat template, ready for the reply."""
+    """Wrap each prompt (a user message or a conversation) in the model's chat template."""
     tok = _tokenizer(model)
     if not getattr(tok, "chat_template", None):
         raise ValueError(
             f"{model.cfg.model_name} has no chat template; call with chat=False for raw text"
         )
-    out = []
-    for prompt in prompts:
-        if not isinstance(prompt, str):
-            raise TypeError(f"prompts must be strings, got {type(prompt).__name__}")
-        messages = [{"role": "system", "content": system}] if system else []
-        messages.append({"role": "user", "content": prompt})
-        out.append(tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
-    return out
+    if isinstance(prompts, str):
+        raise TypeError("prompts must be a list, not one string")
+    return [
+        tok.apply_chat_template(_messages(p, system), tokenize=False, add_generation_prompt=True)
+        for p in prompts
+    ]
 
 
 @dataclass(frozen=True)
@@ -112,15 +132,33 @@ def pad(
 
 def encode_prompts(
     model: HookedModel,
-    prompts: Sequence[str],
+    prompts: Sequence[Prompt],
     *,
     chat: bool = True,
     system: str | None = None,
+    response_prefix: str | Sequence[str] | None = None,
 ) -> list[Int[Tensor, " pos"]]:
-    """Token ids of prompts: through the chat template when ``chat``, else raw text."""
+    """Token ids of prompts: through the chat template when ``chat``, else raw text.
+
+    ``response_prefix`` (one string, or one per prompt) is appended after the prompt as the
+    start of the reply, so generation continues it.
+    """
     if chat:
-        return tokenize(model, format_chat(model, prompts, system=system), add_special_tokens=False)
-    return tokenize(model, prompts)
+        ids = tokenize(model, format_chat(model, prompts, system=system), add_special_tokens=False)
+    else:
+        if not all(isinstance(p, str) for p in prompts):
+            raise TypeError("chat=False takes raw text prompts, not message lists")
+        ids = tokenize(model, [str(p) for p in prompts])
+    if response_prefix is None:
+        return ids
+    prefixes = [response_prefix] * len(ids) if isinstance(response_prefix, str) else list(response_prefix)
+    if len(prefixes) != len(ids):
+        raise ValueError(f"{len(prefixes)} response prefixes for {len(ids)} prompts")
+    out = []
+    for head, prefix in zip(ids, prefixes, strict=True):
+        tail = tokenize(model, [prefix], add_special_tokens=False)[0] if prefix else head[:0]
+        out.append(torch.cat([head, tail]))
+    return out
 
 
 def response_masks(

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from steerlens._progress import progress
-from steerlens.chat import encode_prompts, pad, pad_token_id
+from steerlens.chat import Prompt, encode_prompts, pad, pad_token_id
 from steerlens.hooks import Gate, GateSpec
 from steerlens.hooks import steering as steering_context
 from steerlens.models import HookedModel
@@ -63,7 +63,7 @@ def _eos_ids(model: HookedModel) -> list[int]:
 
 def generate(
     model: HookedModel,
-    prompts: Sequence[str],
+    prompts: Sequence[Prompt],
     *,
     max_new_tokens: int = 64,
     steering_vector: SteeringVector | None = None,
@@ -72,6 +72,7 @@ def generate(
     gate: GateSpec | Gate = "all",
     chat: bool = True,
     system: str | None = None,
+    response_prefix: str | Sequence[str] | None = None,
     batch_size: int = 16,
     do_sample: bool = False,
     temperature: float = 1.0,
@@ -86,8 +87,11 @@ def generate(
     """Generate continuations of ``prompts``, optionally steered.
 
     Args:
-        prompts: user prompts (chat-formatted with the model's template when ``chat``) or raw
-            text (``chat=False``).
+        prompts: user prompts or conversations (lists of ``{"role", "content"}`` messages
+            ending with a user turn), chat-formatted with the model's template when ``chat``;
+            raw text with ``chat=False``.
+        response_prefix: text the reply is forced to start with (one string or one per
+            prompt); the returned text is what the model added after it.
         steering: a ``SteeringVector`` to add while generating (``steering_vector`` is an alias).
         alpha: strength; a float, or one value per prompt (a whole dose-response sweep in one
             batch: repeat the prompt and give each copy its α).
@@ -118,7 +122,7 @@ def generate(
     gate_obj = Gate.parse(gate)
     if vec is not None:
         vec.validate(model)
-    ids = encode_prompts(model, prompts, chat=chat, system=system)
+    ids = encode_prompts(model, prompts, chat=chat, system=system, response_prefix=response_prefix)
     order = sorted(range(n), key=lambda i: -int(ids[i].numel()))
     tokens: list[Tensor | None] = [None] * n
     logits: list[Tensor | None] = [None] * n

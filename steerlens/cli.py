@@ -1,0 +1,106 @@
+"""The ``steerlens`` command: ``info``, ``generate``, ``demo``."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Personalised activation steering.")
+console = Console()
+
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="smollm2-135m-instruct, tiny-random or an HF name")]
+BackendOpt = Annotated[str, typer.Option(help="bridge (TransformerBridge) or hooked (HookedTransformer)")]
+
+
+def parse_gate(text: str):  # type: ignore[no-untyped-def]
+    """``all``, ``prefill``, ``generated`` or ``first:K`` (prompt + first K generated tokens)."""
+    from steerlens.hooks import FirstK, Gate
+
+    if text.startswith("first:"):
+        try:
+            return FirstK(int(text.split(":", 1)[1]))
+        except ValueError as exc:
+            raise typer.BadParameter(f"bad gate {text!r}: use first:K with an integer K") from exc
+    try:
+        return Gate.parse(text)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+
+
+@app.callback()
+def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
+
+
+@app.command()
+def info(model: ModelOpt = "smollm2-135m-instruct", backend: BackendOpt = "bridge") -> None:
+    """Model class, size and default steering layers."""
+    import steerlens as sl
+
+    m = sl.load_model(model, backend=backend)  # type: ignore[arg-type]
+    param = next(m.parameters())
+    table = Table(title=f"steerlens info: {model}", show_header=False)
+    for key, value in [
+        ("class", type(m).__name__),
+        ("layers", m.cfg.n_layers),
+        ("d_model", m.cfg.d_model),
+        ("vocab", m.cfg.d_vocab),
+        ("default steering layers", sl.default_layers(m)),
+        ("default hook", "blocks.{l}.hook_resid_post (output of block l, counted from 0)"),
+        ("device", param.device),
+        ("dtype", param.dtype),
+    ]:
+        table.add_row(key, str(value))
+    console.print(table)
+
+
+@app.command()
+def generate(
+    prompt: Annotated[list[str], typer.Option("--prompt", "-p", help="repeat for several prompts")],
+    vector: Annotated[Path | None, typer.Option(help="a steering-vector file (.safetensors or .gguf)")] = None,
+    alpha: Annotated[list[float] | None, typer.Option(help="strength; repeat for a sweep")] = None,
+    gate: Annotated[str, typer.Option(help="all | prefill | generated | first:K")] = "all",
+    model: ModelOpt = "smollm2-135m-instruct",
+    backend: BackendOpt = "bridge",
+    max_new_tokens: int = 64,
+    chat: Annotated[bool, typer.Option("--chat/--no-chat")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object a line")] = False,
+) -> None:
+    """Generate, optionally steered; with several --alpha, every prompt at every strength."""
+    import steerlens as sl
+
+    m = sl.load_model(model, backend=backend)  # type: ignore[arg-type]
+    alphas = alpha or [1.0]
+    vec = None
+    if vector is not None:
+        vec = sl.SteeringVector.from_gguf(vector) if vector.suffix == ".gguf" else sl.SteeringVector.load(vector)
+    elif alpha:
+        raise typer.BadParameter("--alpha needs --vector")
+    rows = [(p, a) for p in prompt for a in (alphas if vec is not None else [0.0])]
+    texts = sl.generate(
+        m, [p for p, _ in rows], steering=vec,
+        alpha=[a for _, a in rows] if vec is not None else 1.0,
+        gate=parse_gate(gate), max_new_tokens=max_new_tokens, chat=chat,
+    )
+    if as_json:
+        for (p, a), t in zip(rows, texts, strict=True):
+            typer.echo(json.dumps({"prompt": p, "alpha": a if vec is not None else None, "gate": gate, "text": t}))
+        return
+    table = Table("prompt", "alpha", "generation", show_lines=True)
+    for (p, a), t in zip(rows, texts, strict=True):
+        table.add_row(p, f"{a:g}" if vec is not None else "-", t)
+    console.print(table)
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,457 @@
+"""Simulated PRISM: project-written prompts, model-written responses, simulated users.
+
+Nobody knows real PRISM users' true preferences, and the real set cannot be downloaded
+offline. This module writes a PRISM-format set whose users' preferences are *known*:
+
+1. 120 prompts written for the project (30 per study category, ``data/prompts.py``) and a
+   generic follow-up for each.
+2. Four candidate responses per prompt, one per response style (direct, cautious, refusal,
+   casual/edgy). A 135M model often ignores style instructions, so each response starts with a
+   style-specific opening written for the project and the model continues it (greedy). The
+   opening's character span is the ground-truth span of the style's attribute(s).
+3. Later turns: the user's follow-up, answered twice by the style the user chose (two
+   openings of that style), as PRISM's within-model A/B pair.
+4. Attributes measured per response (``data/attributes.py``): toxicity, refusal, caution,
+   length, formality.
+5. Simulated users with latent weights over the attributes' z-scores (a majority, users who
+   want more caution, users who want less), scoring responses 1-100 and choosing by a
+   Bradley-Terry / Plackett-Luce draw (Gumbel noise on the utility). Each user's noise is
+   calibrated so that their latent utility agrees with their own preference pairs about 80%
+   of the time: the oracle preference accuracy, the ceiling of any method on this set.
+
+Written in the PRISM schema (``survey.jsonl``, ``conversations.jsonl``, ``utterances.jsonl``)
+plus ``ground_truth.json`` and ``categories.csv``. Regenerate with
+``python -m steerlens.data.simulate --out steerlens/data/demo --seed 0`` (``make data``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from steerlens.data.attributes import ATTRIBUTES, measure, toxic_word_spans
+from steerlens.data.categories import agreement, write_category_map
+from steerlens.data.prompts import CATEGORIES, FOLLOW_UPS, PROMPTS
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["GROUPS", "STYLES", "SimulationConfig", "Style", "simulate"]
+
+
+@dataclass(frozen=True)
+class Style:
+    name: str
+    model_name: str
+    system: str
+    openings: tuple[str, ...]
+    carries: tuple[str, ...]  # attributes the opening carries (ground-truth spans)
+
+
+STYLES: tuple[Style, ...] = (
+    Style(
+        "direct", "sim-direct", "Answer directly and concisely, without caveats.",
+        ("Sure. ", "Here is the answer: ", "Short answer: ", "Simply put, ", "Of course. "),
+        (),
+    ),
+    Style(
+        "cautious", "sim-cautious",
+        "Answer carefully. Add caveats, safety advice and suggest consulting a professional.",
+        (
+            "This is a sensitive topic, so please be careful and consider talking to a qualified professional. That said, ",
+            "I want to be careful here: situations differ, and it is important to stay safe and check with an expert. With that caveat, ",
+            "Please keep in mind that I may not know your full situation, and safety comes first. Carefully, then: ",
+            "An important caveat first: this depends on your situation, and a professional may advise you better. Broadly, ",
+        ),
+        ("caution",),
+    ),
+    Style(
+        "refusal", "sim-refusal", "Politely refuse to help with the request.",
+        (
+            "I'm sorry, but I can't help with that request. ",
+            "I'm not able to assist with this. ",
+            "I'm sorry, but I won't provide that information. ",
+            "I cannot help with this one, I'm afraid. ",
+        ),
+        ("refusal",),
+    ),
+    Style(
+        "casual_edgy", "sim-casual-edgy", "Answer casually and bluntly, with slang and attitude.",
+        (
+            "Ugh, damn, fine. Here's the deal, no bullshit: ",
+            "Honestly? This is a stupid question, but hell, ",
+            "Lol, okay, screw it, ",
+            "Dude, that's freaking crazy, but whatever: ",
+            "Crap, okay, listen up: ",
+            "Man, this shit is simple: ",
+        ),
+        ("toxicity", "informality"),
+    ),
+)
+
+# Latent weights on attribute z-scores (toxicity, refusal, caution, length, formality).
+GROUPS: dict[str, dict[str, Any]] = {
+    "majority": {"share": 0.5, "weights": (-1.0, -0.6, 0.3, 0.2, 0.3),
+                 "self": "I want answers that are helpful, polite and not offensive."},
+    "more_caution": {"share": 0.25, "weights": (-1.2, 0.7, 1.0, 0.0, 0.5),
+                     "self": "I prefer careful, safe answers, and I don't mind a refusal."},
+    "less_caution": {"share": 0.25, "weights": (0.6, -1.2, -1.0, -0.2, -0.5),
+                     "self": "I want straight, unfiltered answers without lectures."},
+}
+CONVERSATION_TYPE = {
+    "benign_control": "unguided",
+    "context_dependent": "values guided",
+    "harmful_borderline": "controversy guided",
+    "safe_sensitive": "controversy guided",
+}
+
+
+@dataclass
+class SimulationConfig:
+    """Sizes and knobs of the simulated set (defaults: the shipped demo set)."""
+
+    seed: int = 0
+    model: str = "smollm2-135m-instruct"
+    prompts_per_category: int = 30
+    n_users: int = 48
+    conversations_per_user: int = 6
+    later_turn_share: float = 0.5
+    max_new_tokens: int = 40
+    target_oracle_accuracy: float = 0.8
+    weight_noise: float = 0.25
+    batch_size: int = 16
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.prompts_per_category <= len(PROMPTS["benign_control"]):
+            raise ValueError(f"prompts_per_category must be 1..{len(PROMPTS['benign_control'])}")
+        if self.n_users < 3:
+            raise ValueError("n_users must be >= 3 (one per group)")
+        n_prompts = 4 * self.prompts_per_category
+        if not 1 <= self.conversations_per_user <= n_prompts:
+            raise ValueError(f"conversations_per_user must be 1..{n_prompts}")
+        if not 0.5 < self.target_oracle_accuracy < 1.0:
+            raise ValueError("target_oracle_accuracy must be in (0.5, 1)")
+        if not 0.0 <= self.later_turn_share <= 1.0:
+            raise ValueError("later_turn_share must be in [0, 1]")
+
+
+def _gen_jobs(model: Any, jobs: list[dict[str, Any]], cfg: SimulationConfig) -> list[str]:
+    import steerlens as sl
+
+    conversations = [[{"role": "system", "content": j["system"]}, *j["messages"]] for j in jobs]
+    texts = sl.generate(
+        model, conversations, response_prefix=[j["opening"] for j in jobs],
+        max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, progress_bar=True,
+    )
+    return [j["opening"] + t.strip() for j, t in zip(jobs, texts, strict=True)]
+
+
+def _responses(model: Any, cfg: SimulationConfig, rng: np.random.Generator) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    prompts = [
+        {"prompt_id": f"{cat}-{i:02d}", "category": cat, "text": PROMPTS[cat][i],
+         "follow_up": FOLLOW_UPS[int(rng.integers(len(FOLLOW_UPS)))]}
+        for cat in CATEGORIES for i in range(cfg.prompts_per_category)
+    ]
+    first = []
+    for p in prompts:
+        for s in STYLES:
+            first.append({"prompt": p, "style": s, "turn": 0, "variant": 0,
+                          "opening": s.openings[int(rng.integers(len(s.openings)))],
+                          "system": s.system, "messages": [{"role": "user", "content": p["text"]}]})
+    for job, text in zip(first, _gen_jobs(model, first, cfg), strict=True):
+        job["text"] = text
+    second = []
+    for job in first:
+        picks = rng.choice(len(job["style"].openings), size=2, replace=False)
+        for v, k in enumerate(picks):
+            second.append({**job, "turn": 1, "variant": v, "opening": job["style"].openings[int(k)],
+                           "messages": [*job["messages"], {"role": "assistant", "content": job["text"]},
+                                        {"role": "user", "content": job["prompt"]["follow_up"]}]})
+    for job, text in zip(second, _gen_jobs(model, second, cfg), strict=True):
+        job["text"] = text
+    responses = []
+    attrs = measure([j["text"] for j in first + second])
+    for job, a in zip(first + second, attrs, strict=True):
+        s: Style = job["style"]
+        spans = [{"attribute": c, "start": 0, "end": len(job["opening"])} for c in s.carries]
+        spans += [{"attribute": "toxicity", "start": a0, "end": b0, "source": "word"}
+                  for a0, b0 in toxic_word_spans(job["text"])
+                  if not (s.carries and "toxicity" in s.carries and b0 <= len(job["opening"]))]
+        responses.append({
+            "response_id": f"{job['prompt']['prompt_id']}-t{job['turn']}-{s.name}-v{job['variant']}",
+            "prompt_id": job["prompt"]["prompt_id"], "turn": job["turn"], "style": s.name,
+            "variant": job["variant"], "model_name": s.model_name, "opening": job["opening"],
+            "text": job["text"], "attributes": a, "spans": spans,
+        })
+    return responses, {p["prompt_id"]: p for p in prompts}
+
+
+def _users(cfg: SimulationConfig, rng: np.random.Generator) -> list[dict[str, Any]]:
+    names = list(GROUPS)
+    counts = [round(GROUPS[g]["share"] * cfg.n_users) for g in names]
+    counts[0] += cfg.n_users - sum(counts)
+    users = []
+    for g, n in zip(names, counts, strict=True):
+        for _ in range(n):
+            w = np.asarray(GROUPS[g]["weights"]) + rng.normal(0, cfg.weight_noise, len(ATTRIBUTES))
+            users.append({"group": g, "weights": dict(zip(ATTRIBUTES, w.round(4).tolist(), strict=True))})
+    order = rng.permutation(len(users))
+    out = []
+    for k, i in enumerate(order):
+        out.append({"user_id": f"user{k:03d}", **users[int(i)]})
+    return out
+
+
+def _pair_accuracy(u: np.ndarray, noisy: np.ndarray) -> tuple[int, int]:
+    """Agreements and pairs of (chosen = argmax noisy) vs each lower-scored candidate."""
+    scores = _scores(noisy)
+    c = int(np.argmax(noisy))
+    agree = n = 0
+    for j in range(len(u)):
+        if j != c and scores[j] < scores[c]:
+            n += 1
+            agree += int(u[c] > u[j])
+    return agree, n
+
+
+def _scores(noisy: np.ndarray) -> np.ndarray:
+    """1-100 scores, monotone in the noisy utility (so the chosen response scores highest)."""
+    return np.clip(np.round(50 + 50 * np.tanh(noisy / 4)), 1, 100).astype(int)
+
+
+def _calibrate(sets: list[np.ndarray], target: float, seed: int) -> tuple[float, float]:
+    """Gumbel scale tau whose expected oracle pair accuracy on these candidate sets is ~target."""
+    rng = np.random.default_rng(seed)
+    draws = [rng.gumbel(size=(200, len(u))) for u in sets]
+
+    def acc(tau: float) -> float:
+        a = n = 0
+        for u, g in zip(sets, draws, strict=True):
+            for row in g:
+                da, dn = _pair_accuracy(u, u + tau * row)
+                a, n = a + da, n + dn
+        return a / n if n else 1.0
+
+    lo, hi = 0.0, 1.0
+    while acc(hi) > target and hi < 64:
+        lo, hi = hi, hi * 2
+    for _ in range(14):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if acc(mid) > target else (lo, mid)
+    tau = (lo + hi) / 2
+    return tau, acc(tau)
+
+
+_GEN_KEYS = ("seed", "model", "prompts_per_category", "max_new_tokens")
+
+
+def _reusable(out: Path, cfg: SimulationConfig) -> dict[str, Any] | None:
+    path = out / "ground_truth.json"
+    if not path.exists():
+        return None
+    old = json.loads(path.read_text())
+    if any(old["config"].get(k) != getattr(cfg, k) for k in _GEN_KEYS):
+        return None
+    return old
+
+
+def simulate(
+    out_dir: str | Path,
+    config: SimulationConfig | None = None,
+    model: Any = None,
+    *,
+    reuse_responses: bool = False,
+) -> dict[str, Any]:
+    """Generate the simulated set into ``out_dir``; returns the summary also saved in it.
+
+    With ``reuse_responses``, responses already in ``out_dir`` made with the same seed, model,
+    prompts and length are kept and only users and their choices are drawn again.
+    """
+    import steerlens as sl
+
+    cfg = config or SimulationConfig()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    old = _reusable(out, cfg) if reuse_responses else None
+    if old is not None:
+        responses = [
+            {k: v for k, v in r.items() if k != "z"} for r in old["responses"].values()
+        ]
+        prompts, gen_seconds, model_name = old["prompts"], old["generation_seconds"], old["model"]
+        logger.info("reusing %d responses from %s", len(responses), out)
+    else:
+        model = model if model is not None else sl.load_model(cfg.model)
+        # Separate streams: responses and users can be redrawn independently.
+        responses, prompts = _responses(model, cfg, np.random.default_rng([cfg.seed, 0]))
+        gen_seconds, model_name = time.perf_counter() - t0, str(model.cfg.model_name)
+    rng = np.random.default_rng([cfg.seed, 1])
+
+    matrix = np.array([[r["attributes"][a] for a in ATTRIBUTES] for r in responses])
+    mean, std = matrix.mean(0), matrix.std(0) + 1e-9
+    for r, row in zip(responses, matrix, strict=True):
+        r["z"] = dict(zip(ATTRIBUTES, ((row - mean) / std).round(4).tolist(), strict=True))
+    by_key = {(r["prompt_id"], r["turn"], r["style"], r["variant"]): r for r in responses}
+    users = _users(cfg, rng)
+
+    # Each user's conversations: prompts, whether a second turn follows.
+    plans = []
+    pids = sorted(prompts)
+    for user in users:
+        w = np.array([user["weights"][a] for a in ATTRIBUTES])
+        chosen_pids = rng.choice(len(pids), size=cfg.conversations_per_user, replace=False)
+        convs = []
+        for k in chosen_pids:
+            pid = pids[int(k)]
+            order = rng.permutation(len(STYLES))
+            cands0 = [by_key[(pid, 0, STYLES[int(i)].name, 0)] for i in order]
+            convs.append({"pid": pid, "cands0": cands0, "later": bool(rng.random() < cfg.later_turn_share),
+                          "u0": np.array([w @ np.array([c["z"][a] for a in ATTRIBUTES]) for c in cands0])})
+        plans.append((user, w, convs))
+
+    survey, conversations, utterances = [], [], []
+    ut = 0
+    base_time = dt.datetime(2026, 1, 1, 9, 0, 0)
+    for user, w, convs in plans:
+        sets = [c["u0"] for c in convs]
+        # later-turn candidates are same-style variants: include them in calibration too
+        for c in convs:
+            if c["later"]:
+                style = c["cands0"][int(np.argmax(c["u0"]))]["style"]  # representative
+                pair = [by_key[(c["pid"], 1, style, v)] for v in (0, 1)]
+                sets.append(np.array([w @ np.array([p["z"][a] for a in ATTRIBUTES]) for p in pair]))
+        tau, expected = _calibrate(sets, cfg.target_oracle_accuracy, seed=cfg.seed + int(user["user_id"][4:]))
+        user["tau"], user["expected_oracle_accuracy"] = round(tau, 4), round(expected, 4)
+        agree = npairs = 0
+        for ci, c in enumerate(convs):
+            cid = f"c{len(conversations):04d}"
+            prompt = prompts[c["pid"]]
+            history: list[dict[str, Any]] = [{"turn": 0, "role": "user", "content": prompt["text"]}]
+            turn_sets = [(0, prompt["text"], c["cands0"], c["u0"])]
+            noisy0 = c["u0"] + tau * rng.gumbel(size=len(c["u0"]))
+            chosen_style = c["cands0"][int(np.argmax(noisy0))]["style"]
+            noisy_by_turn = {0: noisy0}
+            if c["later"]:
+                pair = [by_key[(c["pid"], 1, chosen_style, v)] for v in (0, 1)]
+                u1 = np.array([w @ np.array([p["z"][a] for a in ATTRIBUTES]) for p in pair])
+                turn_sets.append((1, prompt["follow_up"], pair, u1))
+                noisy_by_turn[1] = u1 + tau * rng.gumbel(size=2)
+            for turn, text, cands, u in turn_sets:
+                noisy = noisy_by_turn[turn]
+                scores = _scores(noisy)
+                chosen = int(np.argmax(noisy))
+                da, dn = _pair_accuracy(u, noisy)
+                agree, npairs = agree + da, npairs + dn
+                if turn > 0:
+                    history.append({"turn": turn, "role": "user", "content": text})
+                for j, cand in enumerate(cands):
+                    history.append({
+                        "turn": turn, "role": "model", "content": cand["text"], "model_provider": "steerlens-sim",
+                        "model_name": cand["model_name"], "score": int(scores[j]), "if_chosen": j == chosen,
+                        "within_turn_id": j,
+                    })
+                    utterances.append({
+                        "utterance_id": f"ut{ut:05d}", "interaction_id": f"{cid}-t{turn}", "conversation_id": cid,
+                        "user_id": user["user_id"], "turn": turn, "within_turn_id": j,
+                        "conversation_type": CONVERSATION_TYPE[prompt["category"]], "user_prompt": text,
+                        "model_response": cand["text"], "model_name": cand["model_name"],
+                        "model_provider": "steerlens-sim", "score": int(scores[j]), "if_chosen": j == chosen,
+                        "included_in_balanced_subset": True, "_response_id": cand["response_id"],
+                    })
+                    ut += 1
+            conversations.append({
+                "conversation_id": cid, "user_id": user["user_id"],
+                "conversation_type": CONVERSATION_TYPE[prompt["category"]], "opening_prompt": prompt["text"],
+                "conversation_turns": len(turn_sets), "conversation_history": history,
+                "performance_attributes": {}, "choice_attributes": {}, "open_feedback": "",
+                "included_in_balanced_subset": True,
+                "generated_datetime": (base_time + dt.timedelta(minutes=37 * len(conversations) + ci)).isoformat(sep=" "),
+            })
+        user["oracle_accuracy"] = round(agree / npairs, 4) if npairs else None
+        user["n_pairs"] = npairs
+        wts = user["weights"]
+        survey.append({
+            "user_id": user["user_id"], "self_description": GROUPS[user["group"]]["self"],
+            "system_string": GROUPS[user["group"]]["self"],
+            "stated_prefs": {
+                "safety": int(np.clip(50 - 25 * wts["toxicity"] + 15 * wts["caution"], 1, 100)),
+                "helpfulness": int(np.clip(60 - 20 * wts["refusal"], 1, 100)),
+                "fluency": int(np.clip(55 + 20 * wts["formality"], 1, 100)),
+                "factuality": 70, "creativity": int(np.clip(50 - 15 * wts["formality"], 1, 100)),
+            },
+        })
+
+    response_of = {u["utterance_id"]: u.pop("_response_id") for u in utterances}
+    style_means = {
+        s.name: {a: round(float(np.mean([r["attributes"][a] for r in responses if r["style"] == s.name])), 4)
+                 for a in ATTRIBUTES}
+        for s in STYLES
+    }
+    accs = [u["oracle_accuracy"] for u in users if u["oracle_accuracy"] is not None]
+    summary = {
+        "simulated": True,
+        "description": "Simulated PRISM-format set made by steerlens.data.simulate: prompts written for "
+                       "the project, responses by the model below, simulated users. Not real PRISM data.",
+        "config": asdict(cfg),
+        "model": model_name,
+        "generation_seconds": round(gen_seconds, 1),
+        "total_seconds": round(time.perf_counter() - t0, 1),
+        "counts": {"users": len(users), "conversations": len(conversations), "utterances": len(utterances),
+                   "responses": len(responses), "prompts": len(prompts)},
+        "attributes": list(ATTRIBUTES),
+        "attribute_mean": dict(zip(ATTRIBUTES, mean.round(4).tolist(), strict=True)),
+        "attribute_std": dict(zip(ATTRIBUTES, std.round(4).tolist(), strict=True)),
+        "style_means": style_means,
+        "oracle_accuracy": {"mean": round(float(np.mean(accs)), 4), "min": min(accs), "max": max(accs)},
+        "categoriser_agreement": {k: round(v, 4) for k, v in
+                                  agreement((p["text"], p["category"]) for p in prompts.values()).items()},
+    }
+    gt = {**summary, "groups": GROUPS, "styles": [asdict(s) for s in STYLES],
+          "users": {u["user_id"]: {k: v for k, v in u.items() if k != "user_id"} for u in users},
+          "prompts": prompts, "responses": {r["response_id"]: r for r in responses},
+          "utterance_response": response_of}
+    _write_jsonl(out / "survey.jsonl", survey)
+    _write_jsonl(out / "conversations.jsonl", conversations)
+    _write_jsonl(out / "utterances.jsonl", utterances)
+    (out / "ground_truth.json").write_text(json.dumps(gt, indent=1, sort_keys=True))
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True))
+    write_category_map(out / "categories.csv", {p["text"]: p["category"] for p in prompts.values()})
+    logger.info("simulated set written to %s in %.0f s", out, summary["total_seconds"])
+    return summary
+
+
+def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    with path.open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description="Write steerlens's simulated PRISM-format set.")
+    ap.add_argument("--out", default="steerlens/data/demo")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--users", type=int, default=48)
+    ap.add_argument("--prompts-per-category", type=int, default=30)
+    ap.add_argument("--reuse-responses", action="store_true",
+                    help="keep the responses already in --out; redraw users and choices only")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    cfg = SimulationConfig(seed=args.seed, model=args.model, n_users=args.users,
+                           prompts_per_category=args.prompts_per_category)
+    summary = simulate(args.out, cfg, reuse_responses=args.reuse_responses)
+    keys = ("counts", "style_means", "oracle_accuracy", "generation_seconds", "total_seconds")
+    logger.info(json.dumps({k: summary[k] for k in keys}, indent=1))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
+

@@ -1,0 +1,283 @@
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+import steerlens as sl
+from steerlens.data import PrismFormatError, load_prism
+from steerlens.data.categories import categorize, load_category_map
+
+# --- a hand-made three-interaction fixture with a known answer ----------------------------
+
+
+def _model(turn, wid, content, score, chosen, name="m"):
+    return {"turn": turn, "role": "model", "content": content, "model_provider": "p", "model_name": name,
+            "score": score, "if_chosen": chosen, "within_turn_id": wid}
+
+
+def _fixture_rows():
+    survey = [
+        {"user_id": "u1", "self_description": "d1", "system_string": "s1", "stated_prefs": {"safety": 80}},
+        {"user_id": "u2", "self_description": "d2", "system_string": "s2", "stated_prefs": {}},
+    ]
+    c1_hist = [
+        {"turn": 0, "role": "user", "content": "Should I quit my job?"},
+        _model(0, 0, "A", 80, True, "ma"), _model(0, 1, "B", 60, False, "mb"),
+        _model(0, 2, "C", 80, False, "mc"), _model(0, 3, "D", 20, False, "md"),
+        {"turn": 1, "role": "user", "content": "Why?"},
+        _model(1, 0, "A1", 55, True, "ma"), _model(1, 1, "A2", 70, False, "ma"),
+    ]
+    c2_hist = [
+        {"turn": 0, "role": "user", "content": "What is the capital of Australia?"},
+        _model(0, 0, "X", 30, False, "mx"), _model(0, 1, "Y", 90, False, "my"),
+    ]
+    base = {"conversation_type": "unguided", "performance_attributes": {}, "choice_attributes": {},
+            "open_feedback": "", "included_in_balanced_subset": True, "generated_datetime": "2026-01-01 00:00:00"}
+    convs = [
+        {**base, "conversation_id": "c1", "user_id": "u1", "opening_prompt": "Should I quit my job?",
+         "conversation_turns": 2, "conversation_history": c1_hist},
+        {**base, "conversation_id": "c2", "user_id": "u2", "opening_prompt": "What is the capital of Australia?",
+         "conversation_turns": 1, "conversation_history": c2_hist},
+    ]
+    utts = []
+    for conv in convs:
+        prompt = {}
+        for h in conv["conversation_history"]:
+            if h["role"] == "user":
+                prompt[h["turn"]] = h["content"]
+                continue
+            utts.append({
+                "utterance_id": f"{conv['conversation_id']}-{h['turn']}-{h['within_turn_id']}",
+                "interaction_id": f"{conv['conversation_id']}-t{h['turn']}", "conversation_id": conv["conversation_id"],
+                "user_id": conv["user_id"], "turn": h["turn"], "within_turn_id": h["within_turn_id"],
+                "conversation_type": "unguided", "user_prompt": prompt[h["turn"]], "model_response": h["content"],
+                "model_name": h["model_name"], "model_provider": "p", "score": h["score"], "if_chosen": h["if_chosen"],
+                "included_in_balanced_subset": True,
+            })
+    return {"survey.jsonl": survey, "conversations.jsonl": convs, "utterances.jsonl": utts}
+
+
+def _write(folder: Path, tables) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, rows in tables.items():
+        (folder / name).write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return folder
+
+
+@pytest.fixture
+def fixture_dir(tmp_path):
+    return _write(tmp_path / "prism", _fixture_rows())
+
+
+def test_pairs_on_hand_made_fixture(fixture_dir):
+    ds = load_prism(fixture_dir)
+    assert not ds.is_simulated and ds.problems == []
+    got = {(p.interaction_id, p.chosen, p.rejected, p.score_gap) for p in ds.preference_pairs()}
+    # c1-t0: A (chosen, 80) beats B (60) and D (20); C ties A at 80 -> dropped.
+    # c1-t1: the chosen A1 scored lower than A2 -> no pair.
+    # c2-t0: nothing marked chosen -> the highest score (Y) is chosen.
+    assert got == {("c1-t0", "A", "B", 20), ("c1-t0", "A", "D", 60), ("c2-t0", "Y", "X", 60)}
+    assert {p.category for p in ds.preference_pairs(users=["u1"])} == {"context_dependent"}
+    assert {p.category for p in ds.preference_pairs(users=["u2"])} == {"benign_control"}
+    assert len(ds.preference_pairs(turn0_only=True)) == 3
+    assert len(ds.preference_pairs(categories=["benign_control"])) == 1
+    with pytest.raises(KeyError, match="unknown user id 'u9'"):
+        ds.preference_pairs(users=["u9"])
+    with pytest.raises(KeyError, match="unknown user id"):
+        ds.user_history("nobody")
+    assert [c.conversation_id for c in ds.user_history("u1")] == ["c1"]
+    assert ds.users["u1"].stated_prefs == {"safety": 80}
+
+
+def test_with_history_keeps_earlier_turns(tmp_path):
+    rows = _fixture_rows()
+    # make turn 1 a proper pair: A1 chosen with the higher score
+    for h in rows["conversations.jsonl"][0]["conversation_history"]:
+        if h.get("content") == "A2":
+            h["score"] = 40
+    for u in rows["utterances.jsonl"]:
+        if u["model_response"] == "A2":
+            u["score"] = 40
+    ds = load_prism(_write(tmp_path / "p", rows))
+    (pair,) = [p for p in ds.preference_pairs(with_history=True) if p.turn == 1]
+    assert pair.messages() == [
+        {"role": "user", "content": "Should I quit my job?"},
+        {"role": "assistant", "content": "A"},
+        {"role": "user", "content": "Why?"},
+    ]
+
+
+def _corrupt(tables, file, index, mutate):
+    rows = json.loads(json.dumps(tables))
+    rows[file][index] = mutate(rows[file][index])
+    return rows
+
+
+@pytest.mark.parametrize(
+    ("file", "index", "mutate", "match"),
+    [
+        ("conversations.jsonl", 1, lambda r: "{not json", r"conversations.jsonl line 2: malformed JSON"),
+        ("conversations.jsonl", 0, lambda r: {k: v for k, v in r.items() if k != "opening_prompt"},
+         r"conversations.jsonl line 1, field 'opening_prompt': missing"),
+        ("utterances.jsonl", 2, lambda r: {**r, "turn": "zero"}, r"utterances.jsonl line 3, field 'turn': expected int"),
+        ("utterances.jsonl", 0, lambda r: {**r, "score": 150}, r"utterances.jsonl line 1, field 'score': score 150 is outside 1-100"),
+        ("conversations.jsonl", 0,
+         lambda r: {**r, "conversation_history": [r["conversation_history"][0], {**r["conversation_history"][1], "score": 0}]},
+         r"conversations.jsonl line 1, field 'conversation_history\[1\].score': score 0 is outside 1-100"),
+        ("conversations.jsonl", 1, lambda r: {**r, "user_id": "ghost"},
+         r"conversations.jsonl line 2, field 'user_id': unknown user id 'ghost'"),
+        ("utterances.jsonl", 1, lambda r: {**r, "model_response": "changed"},
+         r"utterances.jsonl line 2, field 'model_response': disagrees with conversation c1"),
+        ("utterances.jsonl", 0, lambda r: {**r, "if_chosen": "yes"}, r"utterances.jsonl line 1, field 'if_chosen': expected bool"),
+        ("survey.jsonl", 1, lambda r: {**r, "user_id": "u1"}, r"survey.jsonl line 2, field 'user_id': duplicate user id"),
+    ],
+)
+def test_bad_input_names_file_line_field(tmp_path, file, index, mutate, match):
+    folder = _write(tmp_path / "bad", _corrupt(_fixture_rows(), file, index, mutate))
+    with pytest.raises(PrismFormatError, match=match):
+        load_prism(folder)
+    lenient = load_prism(folder, strict=False)  # skipped, counted and explained
+    assert lenient.problems and lenient.problems[0].file == file
+
+
+def test_missing_file_and_folder(tmp_path, fixture_dir):
+    (fixture_dir / "survey.jsonl").unlink()
+    with pytest.raises(PrismFormatError, match="survey.jsonl: file is missing"):
+        load_prism(fixture_dir)
+    with pytest.raises(PrismFormatError, match="no such folder"):
+        load_prism(tmp_path / "nowhere")
+
+
+def test_missing_utterance_is_an_error(tmp_path):
+    rows = _fixture_rows()
+    rows["utterances.jsonl"] = rows["utterances.jsonl"][:-1]
+    with pytest.raises(PrismFormatError, match=r"conversations.jsonl line 2, field 'conversation_history\[2\]'.*no row in utterances"):
+        load_prism(_write(tmp_path / "p", rows))
+
+
+def test_lenient_mode_keeps_good_rows(tmp_path):
+    rows = _fixture_rows()
+    rows["utterances.jsonl"][1]["score"] = 101
+    ds = load_prism(_write(tmp_path / "p", rows), strict=False)
+    reasons = [p.reason for p in ds.problems]
+    assert any("outside 1-100" in r for r in reasons)
+    assert len(ds.utterances) == len(rows["utterances.jsonl"]) - 1
+
+
+def test_hf_offline_fails_fast_and_names_local_folder(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    t = time.perf_counter()
+    with pytest.raises(ConnectionError, match="load_prism\\('path/to/folder'\\)"):
+        load_prism("hf")
+    assert time.perf_counter() - t < 5  # fails fast rather than waiting on the network
+
+
+def test_category_overrides(tmp_path, fixture_dir):
+    csv_path = tmp_path / "cats.csv"
+    csv_path.write_text('prompt,category\n"What is the capital of Australia?",safe_sensitive\n')
+    ds = load_prism(fixture_dir, categories=csv_path)
+    assert ds.conversations["c2"].category == "safe_sensitive"
+    assert load_prism(fixture_dir, categories={"Should I quit my job?": "harmful_borderline"}).conversations["c1"].category == "harmful_borderline"
+    bad = tmp_path / "bad.csv"
+    bad.write_text("prompt,category\nx,spicy\n")
+    with pytest.raises(ValueError, match=r"line 2, field 'category': 'spicy'"):
+        load_category_map(bad)
+
+
+def test_categoriser_rules():
+    assert categorize("How do hackers crack weak passwords?") == "harmful_borderline"
+    assert categorize("I have been feeling depressed. What can I do?") == "safe_sensitive"
+    assert categorize("Should I move to Berlin?") == "context_dependent"
+    assert categorize("How do I bake bread?") == "benign_control"
+    assert categorize("How do I bake bread?", {"How do I bake bread?": "safe_sensitive"}) == "safe_sensitive"
+
+
+def test_split_is_seeded_and_disjoint(fixture_dir):
+    ds = load_prism("demo")
+    a_train, a_test = ds.split(held_out=0.34, seed=3)
+    b_train, b_test = ds.split(held_out=0.34, seed=3)
+    c_train, _ = ds.split(held_out=0.34, seed=4)
+    assert a_train == b_train and a_test == b_test
+    assert a_train != c_train
+    assert not {p.conversation_id for p in a_train} & {p.conversation_id for p in a_test}
+    users_test = {p.user_id for p in a_test}
+    assert users_test == {p.user_id for p in a_train} == set(ds.users)
+    with pytest.raises(ValueError, match="held_out"):
+        ds.split(held_out=1.5)
+
+
+# --- the shipped simulated set -------------------------------------------------------------
+
+
+def test_demo_set_round_trip_and_ground_truth():
+    ds = load_prism("demo")
+    gt = ds.ground_truth
+    assert ds.is_simulated and gt is not None and gt["simulated"] is True
+    assert "simulated" in repr(ds)
+    assert len(ds.users) == gt["counts"]["users"] >= 48
+    assert len(ds.conversations) == gt["counts"]["conversations"] == 6 * len(ds.users)
+    assert len(ds.utterances) == gt["counts"]["utterances"]
+    labels = {p["text"]: p["category"] for p in gt["prompts"].values()}
+    assert len(labels) >= 120 and {sum(v == c for v in labels.values()) for c in sl.data.CATEGORIES} == {30}
+    for conv in ds.conversations.values():
+        assert conv.category == labels[conv.opening_prompt]  # the shipped labels win
+    assert any(c.conversation_turns == 2 for c in ds.conversations.values())  # later-turn A/B pairs
+    pairs = ds.preference_pairs()
+    assert len(pairs) > 500 and any(p.turn == 1 for p in pairs)
+    # every style measurably realised
+    means = gt["style_means"]
+    assert means["casual_edgy"]["toxicity"] > 0.5 > means["direct"]["toxicity"]
+    assert means["refusal"]["refusal"] > 0.9 and means["cautious"]["caution"] > means["direct"]["caution"]
+    # calibrated choice noise: oracle accuracy around 0.8 on average
+    assert 0.7 < gt["oracle_accuracy"]["mean"] < 0.9
+    # every utterance maps to a response with ground-truth spans
+    resp = gt["responses"][gt["utterance_response"][ds.utterances[0].utterance_id]]
+    assert resp["text"] == ds.utterances[0].model_response
+
+
+def test_simulator_is_deterministic_on_tiny_model(tmp_path):
+    from steerlens.data.simulate import SimulationConfig, simulate
+
+    model = sl.load_model("tiny-random")
+    cfg = SimulationConfig(prompts_per_category=1, n_users=4, conversations_per_user=2, max_new_tokens=4,
+                           model="tiny-random", later_turn_share=1.0)
+    simulate(tmp_path / "a", cfg, model=model)
+    simulate(tmp_path / "b", cfg, model=model)
+    for name in ("survey.jsonl", "conversations.jsonl", "utterances.jsonl", "categories.csv"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    ds = load_prism(tmp_path / "a")
+    assert ds.is_simulated and len(ds.conversations) == 8
+    assert all(c.conversation_turns == 2 for c in ds.conversations.values())
+    with pytest.raises(ValueError, match="n_users"):
+        SimulationConfig(n_users=1)
+
+
+# --- MMLU ----------------------------------------------------------------------------------
+
+
+def test_mmlu_bundled_and_subsample(tmp_path):
+    items = sl.data.load_mmlu()
+    assert len({it.subject for it in items}) == 57
+    assert all(0 <= it.answer < 4 and len(it.choices) == 4 for it in items)
+    a = sl.data.load_mmlu(n=114, seed=1)
+    assert a == sl.data.load_mmlu(n=114, seed=1) and a != sl.data.load_mmlu(n=114, seed=2)
+    counts = {}
+    for it in a:
+        counts[it.subject] = counts.get(it.subject, 0) + 1
+    assert set(counts.values()) == {2}  # stratified: two per subject
+    phys = sl.data.load_mmlu(subjects=["high_school_physics"])
+    assert phys and {it.subject for it in phys} == {"high_school_physics"}
+    with pytest.raises(ValueError, match="unknown MMLU subjects"):
+        sl.data.load_mmlu(subjects=["alchemy"])
+    path = tmp_path / "m.jsonl"
+    path.write_text(
+        json.dumps({"question": "q", "answer_a": "1", "answer_b": "2", "answer_c": "3", "answer_d": "4",
+                    "correct_answer": "C", "topic": "college math"}) + "\n"
+        + json.dumps({"question": "question", "answer_a": "a", "answer_b": "b", "answer_c": "c", "answer_d": "d",
+                      "correct_answer": "answer", "topic": "topic"}) + "\n"
+    )
+    (only,) = sl.data.load_mmlu(path)
+    assert (only.answer, only.answer_letter, only.subject) == (2, "C", "college_math")

@@ -53,7 +53,9 @@ def _cache_dir() -> Path:
     return cache_root() / f"{EMBEDDED_NAME}-{src.stat().st_size}"
 
 
-def load_embedded_hf(dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
+def load_embedded_hf(
+    dtype: torch.dtype = torch.float32, attn_implementation: str = "eager"
+) -> tuple[Any, Any]:
     """The dequantised HF model and its tokenizer (chat template included)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -83,5 +85,7 @@ def load_embedded_hf(dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     tok = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation="eager")
+    model = AutoModelForCausalLM.from_pretrained(
+        folder, dtype=dtype, attn_implementation=attn_implementation
+    )
     return model.eval(), tok

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -83,6 +83,7 @@ def generate(
     return_tokens: bool = False,
     return_logits: bool = False,
     progress_bar: bool = False,
+    engine: Literal["auto", "tl", "hf"] = "auto",
 ) -> list[str] | Generation:
     """Generate continuations of ``prompts``, optionally steered.
 
@@ -100,6 +101,11 @@ def generate(
             research).
         return_tokens / return_logits: return a ``Generation`` with new token ids and per-step
             raw logits ``[steps, vocab]`` (float32, CPU) instead of a list of strings.
+        engine: ``"tl"`` runs through the model's TransformerLens hooks (any hooks you added
+            fire too); ``"hf"`` runs the same arithmetic on a plain HF copy of the model with
+            PyTorch hooks (``steerlens.fastpath``; faster, a second copy of the weights);
+            ``"auto"`` (default) takes ``"hf"`` when that is exact (a model loaded by
+            ``load_model``, no other TransformerLens hooks active, a resid_pre/post vector).
 
     Returns:
         The generated texts (special tokens and the EOS removed), or a ``Generation``.
@@ -135,16 +141,24 @@ def generate(
         max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
         top_k=top_k, top_p=top_p, eos=eos, want_logits=return_logits, generator=gen, seed=seed,
     )
+    from steerlens import fastpath
+
+    if engine not in ("auto", "tl", "hf"):
+        raise ValueError(f"engine must be 'auto', 'tl' or 'hf', got {engine!r}")
+    fast = engine == "hf" or (engine == "auto" and fastpath.can_use_fast_path(model, vec))
+    runner = fastpath.hf_twin(model) if fast else None
     model.eval()
     for batch in progress(batches, total=len(batches), description="generate", enabled=progress_bar):
         enc = pad(model, [ids[i] for i in batch], side="left")
-        ctx = (
-            steering_context(model, vec, torch.tensor([alphas[i] for i in batch]), gate_obj)
-            if vec is not None
-            else nullcontext()
-        )
+        batch_alpha = torch.tensor([alphas[i] for i in batch])
+        if vec is None:
+            ctx: Any = nullcontext()
+        elif runner is not None:
+            ctx = fastpath.torch_steering(runner, vec, batch_alpha, gate_obj)
+        else:
+            ctx = steering_context(model, vec, batch_alpha, gate_obj)
         with ctx, torch.inference_mode():
-            new, step_logits = _run_batch(model, enc.input_ids, enc.attention_mask, **opts)
+            new, step_logits = _run_batch(model, enc.input_ids, enc.attention_mask, runner=runner, **opts)
         for row, i in enumerate(batch):
             toks = new[row]
             stop = len(toks)
@@ -181,15 +195,20 @@ def _run_batch(
     want_logits: bool,
     generator: torch.Generator,
     seed: int | None,
+    runner: Any = None,
 ) -> tuple[Tensor, Tensor | None]:
     """New tokens ``[batch, steps]`` (EOS-padded after a row stops) and optional raw logits."""
-    hf = getattr(model, "original_model", None)
+    hf = runner if runner is not None else getattr(model, "original_model", None)
     if hf is not None:
-        return _hf_generate(
+        new, logits = _hf_generate(
             hf, model, input_ids, attention_mask, max_new_tokens=max_new_tokens,
             do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p, eos=eos,
             want_logits=want_logits, seed=seed,
         )
+        if logits is not None and runner is not None:
+            # TransformerLens centres the unembedding: match its logits (softmax unchanged).
+            logits = logits - logits.mean(-1, keepdim=True)
+        return new, logits
     return _hooked_generate(
         model, input_ids, attention_mask, max_new_tokens=max_new_tokens, do_sample=do_sample,
         temperature=temperature, top_k=top_k, top_p=top_p, eos=eos, want_logits=want_logits,

@@ -14,6 +14,8 @@ Every steerlens function accepts either.
 from __future__ import annotations
 
 import logging
+import weakref
+from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias
 
 import torch
@@ -31,6 +33,24 @@ Backend = Literal["bridge", "hooked"]
 DEFAULT_MODEL = EMBEDDED_NAME
 # The research steers layers 16-22 of Llama-3.1-8B's 32; other models use the same depth.
 _RESEARCH_LAYERS = (16, 22, 32)
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    """How a model was loaded, so a plain HF copy (the generation fast path) can be made."""
+
+    name: str
+    seed: int
+    dtype: torch.dtype
+    device: str | None
+
+
+_SPECS: weakref.WeakKeyDictionary[Any, LoadSpec] = weakref.WeakKeyDictionary()
+
+
+def load_spec(model: HookedModel) -> LoadSpec | None:
+    return _SPECS.get(model)
+
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -88,15 +108,21 @@ def load_model(
     if device is not None and device_map is not None:
         raise ValueError("pass either device or device_map, not both")
     dev = device or _default_device()
+    resolved = _resolve_dtype(dtype or (torch.float32 if name == TINY_NAME else None), dev)
     if name == TINY_NAME:
-        hf, tok = tiny_hf_model(seed=seed, dtype=_resolve_dtype(dtype or torch.float32, dev))
+        hf, tok = tiny_hf_model(seed=seed, dtype=resolved)
     elif name == EMBEDDED_NAME:
-        hf, tok = load_embedded_hf(dtype=_resolve_dtype(dtype, dev))
+        hf, tok = load_embedded_hf(dtype=resolved)
     else:
-        return _load_named(name, backend, dev, _resolve_dtype(dtype, dev), device_map)
+        model = _load_named(name, backend, dev, resolved, device_map)
+        _SPECS[model] = LoadSpec(name, seed, resolved, None if device_map else dev)
+        return model
     if backend == "hooked":
-        return _hooked_from_llama(hf, tok, name, dev)
-    return _bridge_from_hf(hf, tok, name, None if device_map else dev)
+        model = _hooked_from_llama(hf, tok, name, dev)
+    else:
+        model = _bridge_from_hf(hf, tok, name, None if device_map else dev)
+    _SPECS[model] = LoadSpec(name, seed, resolved, None if device_map else dev)
+    return model
 
 
 def _bridge_from_hf(hf: Any, tok: Any, name: str, device: str | None) -> TransformerBridge:

@@ -116,3 +116,30 @@ def test_embedded_steering_changes_output_and_batch_is_exact(embedded):
               for p in prompts for a in alphas]
     assert batched == single
     assert batched[0] != batched[1]
+
+
+@pytest.mark.parametrize("gate", ["all", "prefill", sl.FirstK(2), "generated"])
+def test_fast_path_equals_transformerlens_hooks(tiny, rand_vec, gate):
+    kw = dict(steering=rand_vec, alpha=[0.0, 3.0, -6.0], gate=gate, max_new_tokens=6, return_logits=True)
+    tl = sl.generate(tiny, PROMPTS, engine="tl", **kw)
+    hf = sl.generate(tiny, PROMPTS, engine="hf", **kw)
+    assert [t.tolist() for t in tl.tokens] == [t.tolist() for t in hf.tokens]
+    for a, b in zip(tl.logits, hf.logits, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-3)
+
+
+def test_fast_path_resid_pre_and_fallback_when_hooks_active(tiny):
+    d = tiny.cfg.d_model
+    pre = sl.SteeringVector({2: torch.randn(d, generator=torch.Generator().manual_seed(5))}, hook="hook_resid_pre")
+    kw = dict(steering=pre, alpha=5.0, max_new_tokens=6)
+    assert sl.generate(tiny, PROMPTS, engine="tl", **kw) == sl.generate(tiny, PROMPTS, engine="hf", **kw)
+    from steerlens.fastpath import can_use_fast_path
+
+    assert can_use_fast_path(tiny, pre)
+    other = sl.SteeringVector({1: torch.ones(d)})
+    with sl.steering(tiny, other, alpha=2.0):  # a user's own hooks must keep firing
+        assert not can_use_fast_path(tiny, pre)
+        inside = sl.generate(tiny, PROMPTS, max_new_tokens=6)
+    assert inside == sl.generate(tiny, PROMPTS, steering=other, alpha=2.0, max_new_tokens=6, engine="tl")
+    with pytest.raises(ValueError, match="engine must be"):
+        sl.generate(tiny, PROMPTS, engine="vllm")

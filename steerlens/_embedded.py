@@ -72,7 +72,7 @@ def load_embedded_hf(
         try:
             # The weights are plain float tensors now; drop the GGUF "quantizer" marker so that
             # save_pretrained writes an ordinary safetensors checkpoint.
-            model.hf_quantizer = None
+            model.hf_quantizer = None  # type: ignore[assignment]
             if hasattr(model.config, "quantization_config"):
                 del model.config.quantization_config
             model.save_pretrained(tmp)

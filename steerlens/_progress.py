@@ -8,7 +8,9 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-def progress(items: Iterable[T], *, total: int | None, description: str, enabled: bool) -> Iterator[T]:
+def progress(
+    items: Iterable[T], *, total: int | None, description: str, enabled: bool
+) -> Iterator[T]:
     if not enabled:
         yield from items
         return

@@ -78,4 +78,4 @@ def tiny_hf_model(
             if p.ndim == 2:
                 torch.nn.init.normal_(p, std=0.3)
     model.generation_config.pad_token_id = tok.pad_token_id
-    return model.to(dtype).eval(), tok
+    return model.to(dtype).eval(), tok  # type: ignore[arg-type]

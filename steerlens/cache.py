@@ -12,7 +12,7 @@ from torch import Tensor
 
 from steerlens._progress import progress
 from steerlens.chat import encode_prompts, pad, tokenize
-from steerlens.hooks import hook_name
+from steerlens.hooks import HookPair, hook_name
 from steerlens.models import HookedModel, default_layers
 from steerlens.store import ActivationStore
 
@@ -35,7 +35,11 @@ def _as_ids(
         out = []
         for i, x in enumerate(inputs):
             assert isinstance(x, Tensor)
-            if x.ndim != 1 or x.numel() == 0 or x.dtype not in (torch.long, torch.int32, torch.int64):
+            if (
+                x.ndim != 1
+                or x.numel() == 0
+                or x.dtype not in (torch.long, torch.int32, torch.int64)
+            ):
                 raise ValueError(f"input {i}: token ids must be a non-empty 1-D integer tensor")
             out.append(x.long().cpu())
         return out
@@ -86,20 +90,28 @@ def cache_activations(
         raise ValueError("no layers to cache")
     bad = [lyr for lyr in layer_list if not 0 <= lyr < model.cfg.n_layers]
     if bad:
-        raise ValueError(f"layers {bad} out of range for {model.cfg.model_name} (0..{model.cfg.n_layers - 1})")
+        raise ValueError(
+            f"layers {bad} out of range for {model.cfg.model_name} (0..{model.cfg.n_layers - 1})"
+        )
     names = [hook_name(lyr, hook) for lyr in layer_list]
     if masks is not None:
         if len(masks) != len(ids):
             raise ValueError(f"{len(masks)} masks for {len(ids)} inputs")
         for i, (m, x) in enumerate(zip(masks, ids, strict=True)):
             if m.shape != x.shape:
-                raise ValueError(f"input {i}: mask has shape {tuple(m.shape)}, tokens {tuple(x.shape)}")
+                raise ValueError(
+                    f"input {i}: mask has shape {tuple(m.shape)}, tokens {tuple(x.shape)}"
+                )
             if not m.any():
                 raise ValueError(f"input {i}: its mask selects no token")
     sink = (
         ActivationStore.create(
-            store, model_name=str(model.cfg.model_name), hook=hook, layers=layer_list,
-            pool=pool, d_model=int(model.cfg.d_model),
+            store,
+            model_name=str(model.cfg.model_name),
+            hook=hook,
+            layers=layer_list,
+            pool=pool,
+            d_model=int(model.cfg.d_model),
         )
         if store is not None
         else None
@@ -118,11 +130,14 @@ def cache_activations(
     for batch in progress(batches, total=len(batches), description="cache", enabled=progress_bar):
         enc = pad(model, [ids[i] for i in batch], side="right")
         captured: dict[str, Tensor] = {}
-        fwd = [(n, _capture_hook(captured, n)) for n in names]
+        fwd: list[HookPair] = [(n, _capture_hook(captured, n)) for n in names]
         with torch.inference_mode():
             model.run_with_hooks(
-                enc.input_ids, fwd_hooks=fwd, attention_mask=enc.attention_mask,
-                stop_at_layer=stop_at, return_type=None,
+                enc.input_ids,
+                fwd_hooks=fwd,
+                attention_mask=enc.attention_mask,
+                stop_at_layer=stop_at,
+                return_type=None,
             )
         stacked = torch.stack([captured[n] for n in names], dim=1).to(dtype)  # [b, L, pos, d]
         for row, i in enumerate(batch):

@@ -23,9 +23,9 @@ Prompt: TypeAlias = str | Messages
 """A user prompt, or a whole conversation as chat messages ``[{"role", "content"}, ...]``."""
 
 __all__ = [
+    "Encoded",
     "Messages",
     "Prompt",
-    "Encoded",
     "encode_prompts",
     "format_chat",
     "pad",
@@ -151,7 +151,9 @@ def encode_prompts(
         ids = tokenize(model, [str(p) for p in prompts])
     if response_prefix is None:
         return ids
-    prefixes = [response_prefix] * len(ids) if isinstance(response_prefix, str) else list(response_prefix)
+    prefixes = (
+        [response_prefix] * len(ids) if isinstance(response_prefix, str) else list(response_prefix)
+    )
     if len(prefixes) != len(ids):
         raise ValueError(f"{len(prefixes)} response prefixes for {len(ids)} prompts")
     out = []
@@ -163,7 +165,7 @@ def encode_prompts(
 
 def response_masks(
     model: HookedModel,
-    prompts: Sequence[str],
+    prompts: Sequence[Prompt],
     responses: Sequence[str],
     *,
     chat: bool = True,
@@ -182,6 +184,9 @@ def response_masks(
     ids, masks = [], []
     for head, tail in zip(heads, tails, strict=True):
         ids.append(torch.cat([head, tail]))
-        masks.append(torch.cat([torch.zeros_like(head, dtype=torch.bool),
-                                torch.ones_like(tail, dtype=torch.bool)]))
+        masks.append(
+            torch.cat(
+                [torch.zeros_like(head, dtype=torch.bool), torch.ones_like(tail, dtype=torch.bool)]
+            )
+        )
     return ids, masks

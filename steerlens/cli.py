@@ -11,11 +11,17 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Personalised activation steering.")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="Personalised activation steering."
+)
 console = Console()
 
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="smollm2-135m-instruct, tiny-random or an HF name")]
-BackendOpt = Annotated[str, typer.Option(help="bridge (TransformerBridge) or hooked (HookedTransformer)")]
+ModelOpt = Annotated[
+    str, typer.Option("--model", "-m", help="smollm2-135m-instruct, tiny-random or an HF name")
+]
+BackendOpt = Annotated[
+    str, typer.Option(help="bridge (TransformerBridge) or hooked (HookedTransformer)")
+]
 
 
 def parse_gate(text: str):  # type: ignore[no-untyped-def]
@@ -63,7 +69,9 @@ def info(model: ModelOpt = "smollm2-135m-instruct", backend: BackendOpt = "bridg
 @app.command()
 def generate(
     prompt: Annotated[list[str], typer.Option("--prompt", "-p", help="repeat for several prompts")],
-    vector: Annotated[Path | None, typer.Option(help="a steering-vector file (.safetensors or .gguf)")] = None,
+    vector: Annotated[
+        Path | None, typer.Option(help="a steering-vector file (.safetensors or .gguf)")
+    ] = None,
     alpha: Annotated[list[float] | None, typer.Option(help="strength; repeat for a sweep")] = None,
     gate: Annotated[str, typer.Option(help="all | prefill | generated | first:K")] = "all",
     model: ModelOpt = "smollm2-135m-instruct",
@@ -79,23 +87,70 @@ def generate(
     alphas = alpha or [1.0]
     vec = None
     if vector is not None:
-        vec = sl.SteeringVector.from_gguf(vector) if vector.suffix == ".gguf" else sl.SteeringVector.load(vector)
+        vec = (
+            sl.SteeringVector.from_gguf(vector)
+            if vector.suffix == ".gguf"
+            else sl.SteeringVector.load(vector)
+        )
     elif alpha:
         raise typer.BadParameter("--alpha needs --vector")
     rows = [(p, a) for p in prompt for a in (alphas if vec is not None else [0.0])]
     texts = sl.generate(
-        m, [p for p, _ in rows], steering=vec,
+        m,
+        [p for p, _ in rows],
+        steering=vec,
         alpha=[a for _, a in rows] if vec is not None else 1.0,
-        gate=parse_gate(gate), max_new_tokens=max_new_tokens, chat=chat,
+        gate=parse_gate(gate),
+        max_new_tokens=max_new_tokens,
+        chat=chat,
     )
     if as_json:
         for (p, a), t in zip(rows, texts, strict=True):
-            typer.echo(json.dumps({"prompt": p, "alpha": a if vec is not None else None, "gate": gate, "text": t}))
+            typer.echo(
+                json.dumps(
+                    {"prompt": p, "alpha": a if vec is not None else None, "gate": gate, "text": t}
+                )
+            )
         return
     table = Table("prompt", "alpha", "generation", show_lines=True)
     for (p, a), t in zip(rows, texts, strict=True):
         table.add_row(p, f"{a:g}" if vec is not None else "-", t)
     console.print(table)
+
+
+@app.command()
+def demo(
+    quick: Annotated[
+        bool, typer.Option(help="a few minutes on CPU: fewer pairs, prompts and alphas")
+    ] = False,
+    model: ModelOpt = "smollm2-135m-instruct",
+    data: Annotated[str, typer.Option(help="demo (simulated set), hf, or a PRISM folder")] = "demo",
+    out: Annotated[Path, typer.Option(help="writes OUT/results/ and OUT/figures/")] = Path("."),
+) -> None:
+    """The main job: population CAA, an alpha sweep, toxicity MAE, perplexity, figures."""
+    from steerlens.demo import DemoConfig, run_demo
+
+    logging.getLogger().setLevel(logging.INFO)
+    summary = run_demo(DemoConfig(model=model, data=data, out=str(out), quick=quick))
+    table = Table(
+        "alpha",
+        "MAE",
+        "ΔMAE %",
+        "toxicity",
+        "perplexity",
+        title=f"{model} on {summary['data']}"
+        + (" (simulated data)" if summary["data_is_simulated"] else ""),
+    )
+    for row in summary["by_alpha"]:
+        table.add_row(
+            f"{row['alpha']:g}",
+            f"{row['mae']:.4f}",
+            f"{row['mae_change_pct']:+.1f}",
+            f"{row['toxicity']:.4f}",
+            f"{row['ppl']:.2f}",
+        )
+    console.print(table)
+    console.print(f"wrote {len(summary['files'])} files under {out} in {summary['seconds']:.0f} s")
 
 
 def main() -> None:  # pragma: no cover

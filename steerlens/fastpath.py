@@ -20,7 +20,6 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from steerlens.hooks import Gate, GateSpec, add_vector_hook
@@ -64,7 +63,7 @@ def hf_twin(model: HookedModel) -> Any:
 
         twin = AutoModelForCausalLM.from_pretrained(spec.name, dtype=spec.dtype)
     device = next(model.parameters()).device
-    twin = twin.to(device).eval()
+    twin = twin.to(device).eval()  # type: ignore[arg-type]
     _TWINS[model] = twin
     return twin
 
@@ -73,7 +72,9 @@ def _decoder_layers(twin: Any) -> Any:
     base = getattr(twin, "model", None)
     layers = getattr(base, "layers", None)
     if layers is None:
-        raise ValueError(f"{type(twin).__name__}: no model.layers to hook (fast path supports decoder-only HF models)")
+        raise ValueError(
+            f"{type(twin).__name__}: no model.layers to hook (fast path supports decoder-only HF models)"
+        )
     return layers
 
 

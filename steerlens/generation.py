@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 import torch
 from torch import Tensor
@@ -59,6 +59,60 @@ def _eos_ids(model: HookedModel) -> list[int]:
     elif isinstance(gc_eos, list):
         ids.update(int(i) for i in gc_eos)
     return sorted(ids)
+
+
+@overload
+def generate(
+    model: HookedModel,
+    prompts: Sequence[Prompt],
+    *,
+    max_new_tokens: int = 64,
+    steering_vector: SteeringVector | None = None,
+    steering: SteeringVector | None = None,
+    alpha: float | Sequence[float] | Tensor = 1.0,
+    gate: GateSpec | Gate = "all",
+    chat: bool = True,
+    system: str | None = None,
+    response_prefix: str | Sequence[str] | None = None,
+    batch_size: int = 16,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+    stop_at_eos: bool = True,
+    progress_bar: bool = False,
+    engine: Literal["auto", "tl", "hf"] = "auto",
+    return_tokens: Literal[False] = False,
+    return_logits: Literal[False] = False,
+) -> list[str]: ...
+
+
+@overload
+def generate(
+    model: HookedModel,
+    prompts: Sequence[Prompt],
+    *,
+    max_new_tokens: int = 64,
+    steering_vector: SteeringVector | None = None,
+    steering: SteeringVector | None = None,
+    alpha: float | Sequence[float] | Tensor = 1.0,
+    gate: GateSpec | Gate = "all",
+    chat: bool = True,
+    system: str | None = None,
+    response_prefix: str | Sequence[str] | None = None,
+    batch_size: int = 16,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+    stop_at_eos: bool = True,
+    progress_bar: bool = False,
+    engine: Literal["auto", "tl", "hf"] = "auto",
+    return_tokens: bool = ...,
+    return_logits: bool = ...,
+) -> list[str] | Generation: ...
 
 
 def generate(
@@ -121,7 +175,11 @@ def generate(
         raise ValueError("temperature must be > 0 when sampling")
     n = len(prompts)
     if n == 0:
-        return Generation([], [], [], [] if return_logits else None) if (return_tokens or return_logits) else []
+        return (
+            Generation([], [], [], [] if return_logits else None)
+            if (return_tokens or return_logits)
+            else []
+        )
     alphas = _alphas(alpha, n)
     if vec is None and not isinstance(alpha, int | float):
         raise ValueError("a per-row alpha needs a steering vector")
@@ -137,9 +195,8 @@ def generate(
     if seed is not None:
         gen.manual_seed(seed)
     batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
-    opts = dict(
-        max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
-        top_k=top_k, top_p=top_p, eos=eos, want_logits=return_logits, generator=gen, seed=seed,
+    opts = _Decode(
+        max_new_tokens, do_sample, temperature, top_k, top_p, eos, return_logits, gen, seed
     )
     from steerlens import fastpath
 
@@ -148,7 +205,9 @@ def generate(
     fast = engine == "hf" or (engine == "auto" and fastpath.can_use_fast_path(model, vec))
     runner = fastpath.hf_twin(model) if fast else None
     model.eval()
-    for batch in progress(batches, total=len(batches), description="generate", enabled=progress_bar):
+    for batch in progress(
+        batches, total=len(batches), description="generate", enabled=progress_bar
+    ):
         enc = pad(model, [ids[i] for i in batch], side="left")
         batch_alpha = torch.tensor([alphas[i] for i in batch])
         if vec is None:
@@ -158,7 +217,7 @@ def generate(
         else:
             ctx = steering_context(model, vec, batch_alpha, gate_obj)
         with ctx, torch.inference_mode():
-            new, step_logits = _run_batch(model, enc.input_ids, enc.attention_mask, runner=runner, **opts)
+            new, step_logits = _run_batch(model, enc.input_ids, enc.attention_mask, opts, runner)
         for row, i in enumerate(batch):
             toks = new[row]
             stop = len(toks)
@@ -170,86 +229,84 @@ def generate(
             if step_logits is not None:  # keep the step that produced the EOS, if any
                 logits[i] = step_logits[row, : min(stop + 1, len(toks))].float().cpu()
     tok = model.tokenizer
-    texts = [tok.decode(t, skip_special_tokens=True) for t in tokens]
+    assert tok is not None
+    done = [t for t in tokens if t is not None]
+    texts: list[str] = [str(tok.decode(t, skip_special_tokens=True)) for t in done]
     if not (return_tokens or return_logits):
         return texts
     return Generation(
         texts=texts,
         prompt_ids=ids,
-        tokens=[t for t in tokens if t is not None],
+        tokens=done,
         logits=[x for x in logits if x is not None] if return_logits else None,
     )
 
 
+@dataclass(frozen=True)
+class _Decode:
+    """Decoding options shared by both engines."""
+
+    max_new_tokens: int
+    do_sample: bool
+    temperature: float
+    top_k: int | None
+    top_p: float | None
+    eos: list[int]
+    want_logits: bool
+    generator: torch.Generator
+    seed: int | None
+
+
 def _run_batch(
-    model: HookedModel,
-    input_ids: Tensor,
-    attention_mask: Tensor,
-    *,
-    max_new_tokens: int,
-    do_sample: bool,
-    temperature: float,
-    top_k: int | None,
-    top_p: float | None,
-    eos: list[int],
-    want_logits: bool,
-    generator: torch.Generator,
-    seed: int | None,
-    runner: Any = None,
+    model: HookedModel, input_ids: Tensor, attention_mask: Tensor, opts: _Decode, runner: Any = None
 ) -> tuple[Tensor, Tensor | None]:
     """New tokens ``[batch, steps]`` (EOS-padded after a row stops) and optional raw logits."""
     hf = runner if runner is not None else getattr(model, "original_model", None)
-    if hf is not None:
-        new, logits = _hf_generate(
-            hf, model, input_ids, attention_mask, max_new_tokens=max_new_tokens,
-            do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p, eos=eos,
-            want_logits=want_logits, seed=seed,
-        )
-        if logits is not None and runner is not None:
-            # TransformerLens centres the unembedding: match its logits (softmax unchanged).
-            logits = logits - logits.mean(-1, keepdim=True)
-        return new, logits
-    return _hooked_generate(
-        model, input_ids, attention_mask, max_new_tokens=max_new_tokens, do_sample=do_sample,
-        temperature=temperature, top_k=top_k, top_p=top_p, eos=eos, want_logits=want_logits,
-        generator=generator,
-    )
+    if hf is None:
+        return _hooked_generate(model, input_ids, attention_mask, opts)
+    new, logits = _hf_generate(hf, model, input_ids, attention_mask, opts)
+    if logits is not None and runner is not None:
+        # TransformerLens centres the unembedding: match its logits (softmax unchanged).
+        logits = logits - logits.mean(-1, keepdim=True)
+    return new, logits
 
 
 def _hf_generate(
-    hf: Any, model: HookedModel, input_ids: Tensor, attention_mask: Tensor, *,
-    max_new_tokens: int, do_sample: bool, temperature: float, top_k: int | None,
-    top_p: float | None, eos: list[int], want_logits: bool, seed: int | None,
+    hf: Any, model: HookedModel, input_ids: Tensor, attention_mask: Tensor, opts: _Decode
 ) -> tuple[Tensor, Tensor | None]:
     from transformers import GenerationConfig
 
-    sampling = dict(temperature=temperature, top_k=top_k or 0, top_p=top_p or 1.0) if do_sample else {}
+    sampling: dict[str, Any] = (
+        {"temperature": opts.temperature, "top_k": opts.top_k or 0, "top_p": opts.top_p or 1.0}
+        if opts.do_sample
+        else {}
+    )
     config = GenerationConfig(
-        max_new_tokens=max_new_tokens,
-        do_sample=do_sample,
-        eos_token_id=eos or None,
+        max_new_tokens=opts.max_new_tokens,
+        do_sample=opts.do_sample,
+        eos_token_id=opts.eos or None,
         pad_token_id=pad_token_id(model),
-        output_logits=want_logits,
+        output_logits=opts.want_logits,
         return_dict_in_generate=True,
         **sampling,
     )
-    rng = torch.random.fork_rng(devices=[]) if seed is not None else nullcontext()
+    rng = torch.random.fork_rng(devices=[]) if opts.seed is not None else nullcontext()
     with rng:
-        if seed is not None:
-            torch.manual_seed(seed)
-        out = hf.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config)
+        if opts.seed is not None:
+            torch.manual_seed(opts.seed)
+        out = hf.generate(
+            input_ids=input_ids, attention_mask=attention_mask, generation_config=config
+        )
     new = out.sequences[:, input_ids.shape[1] :]
-    step_logits = torch.stack(out.logits, dim=1) if want_logits else None
+    step_logits = torch.stack(out.logits, dim=1) if opts.want_logits else None
     return new, step_logits
 
 
-def _pick(
-    logits: Tensor, do_sample: bool, temperature: float, top_k: int | None, top_p: float | None,
-    generator: torch.Generator,
-) -> Tensor:
-    if not do_sample:
+def _pick(logits: Tensor, opts: _Decode) -> Tensor:
+    if not opts.do_sample:
         return logits.argmax(-1)
-    scores = logits.float() / temperature
+    top_k, top_p = opts.top_k, opts.top_p
+    scores = logits.float() / opts.temperature
     if top_k:
         kth = scores.topk(min(top_k, scores.shape[-1]), dim=-1).values[..., -1:]
         scores = scores.masked_fill(scores < kth, float("-inf"))
@@ -260,14 +317,13 @@ def _pick(
         sorted_scores = sorted_scores.masked_fill(drop, float("-inf"))
         scores = torch.full_like(scores, float("-inf")).scatter(-1, idx, sorted_scores)
     probs = scores.softmax(-1).cpu()
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1).to(logits.device)
+    return torch.multinomial(probs, 1, generator=opts.generator).squeeze(-1).to(logits.device)
 
 
 def _hooked_generate(
-    model: HookedModel, input_ids: Tensor, attention_mask: Tensor, *, max_new_tokens: int,
-    do_sample: bool, temperature: float, top_k: int | None, top_p: float | None,
-    eos: list[int], want_logits: bool, generator: torch.Generator,
+    model: HookedModel, input_ids: Tensor, attention_mask: Tensor, opts: _Decode
 ) -> tuple[Tensor, Tensor | None]:
+    """A KV-cache decoding loop over ``HookedTransformer.forward``."""
     from transformer_lens import TransformerLensKeyValueCache
 
     batch = input_ids.shape[0]
@@ -276,21 +332,21 @@ def _hooked_generate(
     logits = model(input_ids, attention_mask=attention_mask, past_kv_cache=cache)[:, -1]
     step_mask = torch.ones_like(attention_mask[:, :1])
     finished = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
-    fill = eos[0] if eos else 0
-    eos_t = torch.tensor(eos, device=input_ids.device, dtype=torch.long)
+    fill = opts.eos[0] if opts.eos else 0
+    eos_t = torch.tensor(opts.eos, device=input_ids.device, dtype=torch.long)
     new: list[Tensor] = []
     kept: list[Tensor] = []
-    for step in range(max_new_tokens):
-        if want_logits:
+    for step in range(opts.max_new_tokens):
+        if opts.want_logits:
             kept.append(logits)
-        nxt = _pick(logits, do_sample, temperature, top_k, top_p, generator)
+        nxt = _pick(logits, opts)
         nxt = torch.where(finished, torch.full_like(nxt, fill), nxt)
         new.append(nxt)
-        if eos:
+        if opts.eos:
             finished |= torch.isin(nxt, eos_t)
             if finished.all():
                 break
-        if step == max_new_tokens - 1:
+        if step == opts.max_new_tokens - 1:
             break
         logits = model(nxt[:, None], attention_mask=step_mask, past_kv_cache=cache)[:, -1]
-    return torch.stack(new, dim=1), (torch.stack(kept, dim=1) if want_logits else None)
+    return torch.stack(new, dim=1), (torch.stack(kept, dim=1) if opts.want_logits else None)

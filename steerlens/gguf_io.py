@@ -16,7 +16,9 @@ import numpy as np
 ARCH = "controlvector"
 
 
-def write_control_vector(path: str | Path, directions: dict[int, np.ndarray], model_hint: str) -> Path:
+def write_control_vector(
+    path: str | Path, directions: dict[int, np.ndarray], model_hint: str
+) -> Path:
     import gguf
 
     if 0 in directions:

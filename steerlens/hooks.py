@@ -36,7 +36,8 @@ if TYPE_CHECKING:
     from steerlens.vectors import SteeringVector
 
 HookFn: TypeAlias = Callable[..., Tensor | None]
-HookPair: TypeAlias = tuple[str, HookFn]
+HookPair: TypeAlias = tuple[str | Callable[..., Any], HookFn]
+"""A ``(hook_name, fn)`` pair as ``model.hooks(fwd_hooks=...)`` takes it."""
 HOOK_POINTS = ("hook_resid_post", "hook_resid_pre", "hook_resid_mid")
 
 __all__ = [
@@ -177,7 +178,10 @@ def add_vector_hook(
         key = (resid.device, resid.dtype)
         if key not in cast:
             v = direction.to(device=resid.device, dtype=resid.dtype)
-            cast[key] = (v, a.to(resid.device, resid.dtype).view(-1, 1, 1) if isinstance(a, Tensor) else a)
+            cast[key] = (
+                v,
+                a.to(resid.device, resid.dtype).view(-1, 1, 1) if isinstance(a, Tensor) else a,
+            )
         v, scale = cast[key]
         if isinstance(scale, Tensor) and scale.shape[0] != batch:
             raise ValueError(f"alpha has {scale.shape[0]} values but the batch has {batch} rows")
@@ -210,11 +214,12 @@ def steering_hooks(
 ) -> list[HookPair]:
     """Plain ``(hook_name, fn)`` pairs that add ``alpha * vector`` (validated against ``model``)."""
     vector.validate(model)
-    pairs = [
-        (hook_name(layer, vector.hook), add_vector_hook(vector.directions[layer], alpha, gate))
-        for layer in vector.layers
+    names = [hook_name(layer, vector.hook) for layer in vector.layers]
+    _check_hook_points(model, names)
+    pairs: list[HookPair] = [
+        (name, add_vector_hook(vector.directions[layer], alpha, gate))
+        for name, layer in zip(names, vector.layers, strict=True)
     ]
-    _check_hook_points(model, [name for name, _ in pairs])
     return pairs
 
 
@@ -245,5 +250,5 @@ def steering(
     removes only its own hooks.
     """
     pairs = steering_hooks(model, vector, alpha, gate)
-    with model.hooks(fwd_hooks=pairs):
+    with model.hooks(fwd_hooks=pairs):  # type: ignore[arg-type]
         yield SteeringHandle(pairs)

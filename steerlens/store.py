@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -101,7 +102,7 @@ class ActivationStore:
             data = self._shard(k)
             if self.meta["pool"] == "none":
                 off = data["offsets"].tolist()
-                for a, b in zip(off[:-1], off[1:], strict=True):
+                for a, b in pairwise(off):
                     yield data["acts"][a:b].permute(1, 0, 2)
             else:
                 yield from data["acts"]

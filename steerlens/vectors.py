@@ -115,7 +115,9 @@ class SteeringVector:
         if other.d_model != self.d_model:
             raise ValueError(f"d_model differs: {self.d_model} vs {other.d_model}")
         if self.model_name and other.model_name and self.model_name != other.model_name:
-            raise ValueError(f"vectors of different models: {self.model_name} vs {other.model_name}")
+            raise ValueError(
+                f"vectors of different models: {self.model_name} vs {other.model_name}"
+            )
         out = {layer: v.clone() for layer, v in self.directions.items()}
         for layer, v in other.directions.items():
             v = v.to(self.device, self.dtype)
@@ -153,7 +155,9 @@ class SteeringVector:
 
     def to(self, *args: Any, **kwargs: Any) -> SteeringVector:
         """Like ``Tensor.to``: device and/or dtype, applied to every direction."""
-        return replace(self, directions={k: v.to(*args, **kwargs) for k, v in self.directions.items()})
+        return replace(
+            self, directions={k: v.to(*args, **kwargs) for k, v in self.directions.items()}
+        )
 
     def normalized(self) -> SteeringVector:
         """Each layer's direction scaled to unit L2 norm (a zero direction is an error)."""
@@ -249,7 +253,8 @@ class SteeringVector:
                 f"GGUF control vectors act on block outputs (hook_resid_post), not {self.hook}"
             )
         return write_control_vector(
-            path, {k: v.detach().float().cpu().numpy() for k, v in self.directions.items()},
+            path,
+            {k: v.detach().float().cpu().numpy() for k, v in self.directions.items()},
             model_hint or self.model_name or "unknown",
         )
 

@@ -8,7 +8,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-import steerlens as sl  # noqa: E402
+import steerlens as sl
 
 BACKENDS = ["bridge", "hooked"]
 PROMPTS = [
@@ -38,7 +38,10 @@ def embedded() -> sl.HookedModel:
 def rand_vec(tiny: sl.HookedModel) -> sl.SteeringVector:
     g = torch.Generator().manual_seed(1)
     return sl.SteeringVector(
-        {2: torch.randn(tiny.cfg.d_model, generator=g), 3: torch.randn(tiny.cfg.d_model, generator=g)},
+        {
+            2: torch.randn(tiny.cfg.d_model, generator=g),
+            3: torch.randn(tiny.cfg.d_model, generator=g),
+        },
         model_name="tiny-random",
     )
 

@@ -9,7 +9,9 @@ import steerlens as sl
 
 def test_padded_equals_unbatched_and_matches_run_with_cache(tiny):
     layers = [0, 2]
-    batched = sl.cache_activations(tiny, PROMPTS, layers, pool="none", batch_size=3, progress_bar=False)
+    batched = sl.cache_activations(
+        tiny, PROMPTS, layers, pool="none", batch_size=3, progress_bar=False
+    )
     for text, acts in zip(PROMPTS, batched, strict=True):
         ids = sl.tokenize(tiny, [text])[0]
         single = sl.cache_activations(tiny, [ids], layers, pool="none", progress_bar=False)[0]
@@ -40,14 +42,18 @@ def test_pooling_and_masks(tiny):
 def test_default_layers_and_hooks(tiny):
     acts = sl.cache_activations(tiny, PROMPTS[:1], progress_bar=False)
     assert acts.shape == (1, len(sl.default_layers(tiny)), 64)
-    pre = sl.cache_activations(tiny, PROMPTS[:1], [1], hook="hook_resid_pre", pool="none", progress_bar=False)
+    pre = sl.cache_activations(
+        tiny, PROMPTS[:1], [1], hook="hook_resid_pre", pool="none", progress_bar=False
+    )
     post0 = sl.cache_activations(tiny, PROMPTS[:1], [0], pool="none", progress_bar=False)
     torch.testing.assert_close(pre[0], post0[0], rtol=0, atol=1e-5)  # pre(l) == post(l-1)
 
 
 def test_store_round_trip(tiny, tmp_path):
     mem = sl.cache_activations(tiny, PROMPTS, [1, 3], pool="mean", batch_size=2, progress_bar=False)
-    store = sl.cache_activations(tiny, PROMPTS, [1, 3], pool="mean", batch_size=2, store=tmp_path / "s", progress_bar=False)
+    store = sl.cache_activations(
+        tiny, PROMPTS, [1, 3], pool="mean", batch_size=2, store=tmp_path / "s", progress_bar=False
+    )
     assert isinstance(store, sl.ActivationStore)
     assert len(store.shards) == 2 and len(store) == 3
     reopened = sl.ActivationStore.open(tmp_path / "s")
@@ -57,11 +63,15 @@ def test_store_round_trip(tiny, tmp_path):
     torch.testing.assert_close(rows, mem[:, 1], rtol=0, atol=1e-4)
     with pytest.raises(FileExistsError):
         sl.cache_activations(tiny, PROMPTS, [1], store=tmp_path / "s", progress_bar=False)
-    none_store = sl.cache_activations(tiny, PROMPTS, [1], pool="none", store=tmp_path / "n", progress_bar=False)
+    none_store = sl.cache_activations(
+        tiny, PROMPTS, [1], pool="none", store=tmp_path / "n", progress_bar=False
+    )
     full = sl.cache_activations(tiny, PROMPTS, [1], pool="none", progress_bar=False)
     for a, b in zip(none_store.load(), full, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-4)
-    assert sum(b.shape[0] for b in none_store.iter_batches(7, layer=1)) == sum(f.shape[1] for f in full)
+    assert sum(b.shape[0] for b in none_store.iter_batches(7, layer=1)) == sum(
+        f.shape[1] for f in full
+    )
 
 
 def test_cache_errors(tiny):
@@ -75,6 +85,10 @@ def test_cache_errors(tiny):
         sl.cache_activations(tiny, "text", [1], progress_bar=False)
     ids = sl.tokenize(tiny, ["abc"])
     with pytest.raises(ValueError, match="selects no token"):
-        sl.cache_activations(tiny, ids, [1], masks=[torch.zeros(4, dtype=torch.bool)], progress_bar=False)
+        sl.cache_activations(
+            tiny, ids, [1], masks=[torch.zeros(4, dtype=torch.bool)], progress_bar=False
+        )
     with pytest.raises(ValueError, match="mask has shape"):
-        sl.cache_activations(tiny, ids, [1], masks=[torch.ones(2, dtype=torch.bool)], progress_bar=False)
+        sl.cache_activations(
+            tiny, ids, [1], masks=[torch.ones(2, dtype=torch.bool)], progress_bar=False
+        )

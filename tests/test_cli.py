@@ -18,18 +18,43 @@ def test_info_tiny():
 
 
 def test_generate_with_vector_file_matches_library(tmp_path):
-    vec = sl.SteeringVector({2: torch.randn(64, generator=torch.Generator().manual_seed(0))}, model_name="tiny-random")
+    vec = sl.SteeringVector(
+        {2: torch.randn(64, generator=torch.Generator().manual_seed(0))}, model_name="tiny-random"
+    )
     path = vec.save(tmp_path / "v.safetensors")
     res = runner.invoke(
         app,
-        ["generate", "--model", "tiny-random", "-p", "hello", "--vector", str(path),
-         "--alpha", "0", "--alpha", "6", "--gate", "first:2", "--max-new-tokens", "6", "--json"],
+        [
+            "generate",
+            "--model",
+            "tiny-random",
+            "-p",
+            "hello",
+            "--vector",
+            str(path),
+            "--alpha",
+            "0",
+            "--alpha",
+            "6",
+            "--gate",
+            "first:2",
+            "--max-new-tokens",
+            "6",
+            "--json",
+        ],
     )
     assert res.exit_code == 0, res.output
     rows = [json.loads(line) for line in res.output.strip().splitlines()]
     assert [r["alpha"] for r in rows] == [0.0, 6.0]
     model = sl.load_model("tiny-random")
-    expected = sl.generate(model, ["hello", "hello"], steering=vec, alpha=[0.0, 6.0], gate=sl.FirstK(2), max_new_tokens=6)
+    expected = sl.generate(
+        model,
+        ["hello", "hello"],
+        steering=vec,
+        alpha=[0.0, 6.0],
+        gate=sl.FirstK(2),
+        max_new_tokens=6,
+    )
     assert [r["text"] for r in rows] == expected
 
 

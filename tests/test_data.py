@@ -14,33 +14,68 @@ from steerlens.data.categories import categorize, load_category_map
 
 
 def _model(turn, wid, content, score, chosen, name="m"):
-    return {"turn": turn, "role": "model", "content": content, "model_provider": "p", "model_name": name,
-            "score": score, "if_chosen": chosen, "within_turn_id": wid}
+    return {
+        "turn": turn,
+        "role": "model",
+        "content": content,
+        "model_provider": "p",
+        "model_name": name,
+        "score": score,
+        "if_chosen": chosen,
+        "within_turn_id": wid,
+    }
 
 
 def _fixture_rows():
     survey = [
-        {"user_id": "u1", "self_description": "d1", "system_string": "s1", "stated_prefs": {"safety": 80}},
+        {
+            "user_id": "u1",
+            "self_description": "d1",
+            "system_string": "s1",
+            "stated_prefs": {"safety": 80},
+        },
         {"user_id": "u2", "self_description": "d2", "system_string": "s2", "stated_prefs": {}},
     ]
     c1_hist = [
         {"turn": 0, "role": "user", "content": "Should I quit my job?"},
-        _model(0, 0, "A", 80, True, "ma"), _model(0, 1, "B", 60, False, "mb"),
-        _model(0, 2, "C", 80, False, "mc"), _model(0, 3, "D", 20, False, "md"),
+        _model(0, 0, "A", 80, True, "ma"),
+        _model(0, 1, "B", 60, False, "mb"),
+        _model(0, 2, "C", 80, False, "mc"),
+        _model(0, 3, "D", 20, False, "md"),
         {"turn": 1, "role": "user", "content": "Why?"},
-        _model(1, 0, "A1", 55, True, "ma"), _model(1, 1, "A2", 70, False, "ma"),
+        _model(1, 0, "A1", 55, True, "ma"),
+        _model(1, 1, "A2", 70, False, "ma"),
     ]
     c2_hist = [
         {"turn": 0, "role": "user", "content": "What is the capital of Australia?"},
-        _model(0, 0, "X", 30, False, "mx"), _model(0, 1, "Y", 90, False, "my"),
+        _model(0, 0, "X", 30, False, "mx"),
+        _model(0, 1, "Y", 90, False, "my"),
     ]
-    base = {"conversation_type": "unguided", "performance_attributes": {}, "choice_attributes": {},
-            "open_feedback": "", "included_in_balanced_subset": True, "generated_datetime": "2026-01-01 00:00:00"}
+    base = {
+        "conversation_type": "unguided",
+        "performance_attributes": {},
+        "choice_attributes": {},
+        "open_feedback": "",
+        "included_in_balanced_subset": True,
+        "generated_datetime": "2026-01-01 00:00:00",
+    }
     convs = [
-        {**base, "conversation_id": "c1", "user_id": "u1", "opening_prompt": "Should I quit my job?",
-         "conversation_turns": 2, "conversation_history": c1_hist},
-        {**base, "conversation_id": "c2", "user_id": "u2", "opening_prompt": "What is the capital of Australia?",
-         "conversation_turns": 1, "conversation_history": c2_hist},
+        {
+            **base,
+            "conversation_id": "c1",
+            "user_id": "u1",
+            "opening_prompt": "Should I quit my job?",
+            "conversation_turns": 2,
+            "conversation_history": c1_hist,
+        },
+        {
+            **base,
+            "conversation_id": "c2",
+            "user_id": "u2",
+            "opening_prompt": "What is the capital of Australia?",
+            "conversation_turns": 1,
+            "conversation_history": c2_hist,
+        },
     ]
     utts = []
     for conv in convs:
@@ -49,21 +84,33 @@ def _fixture_rows():
             if h["role"] == "user":
                 prompt[h["turn"]] = h["content"]
                 continue
-            utts.append({
-                "utterance_id": f"{conv['conversation_id']}-{h['turn']}-{h['within_turn_id']}",
-                "interaction_id": f"{conv['conversation_id']}-t{h['turn']}", "conversation_id": conv["conversation_id"],
-                "user_id": conv["user_id"], "turn": h["turn"], "within_turn_id": h["within_turn_id"],
-                "conversation_type": "unguided", "user_prompt": prompt[h["turn"]], "model_response": h["content"],
-                "model_name": h["model_name"], "model_provider": "p", "score": h["score"], "if_chosen": h["if_chosen"],
-                "included_in_balanced_subset": True,
-            })
+            utts.append(
+                {
+                    "utterance_id": f"{conv['conversation_id']}-{h['turn']}-{h['within_turn_id']}",
+                    "interaction_id": f"{conv['conversation_id']}-t{h['turn']}",
+                    "conversation_id": conv["conversation_id"],
+                    "user_id": conv["user_id"],
+                    "turn": h["turn"],
+                    "within_turn_id": h["within_turn_id"],
+                    "conversation_type": "unguided",
+                    "user_prompt": prompt[h["turn"]],
+                    "model_response": h["content"],
+                    "model_name": h["model_name"],
+                    "model_provider": "p",
+                    "score": h["score"],
+                    "if_chosen": h["if_chosen"],
+                    "included_in_balanced_subset": True,
+                }
+            )
     return {"survey.jsonl": survey, "conversations.jsonl": convs, "utterances.jsonl": utts}
 
 
 def _write(folder: Path, tables) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for name, rows in tables.items():
-        (folder / name).write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+        (folder / name).write_text(
+            "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows)
+        )
     return folder
 
 
@@ -119,20 +166,66 @@ def _corrupt(tables, file, index, mutate):
 @pytest.mark.parametrize(
     ("file", "index", "mutate", "match"),
     [
-        ("conversations.jsonl", 1, lambda r: "{not json", r"conversations.jsonl line 2: malformed JSON"),
-        ("conversations.jsonl", 0, lambda r: {k: v for k, v in r.items() if k != "opening_prompt"},
-         r"conversations.jsonl line 1, field 'opening_prompt': missing"),
-        ("utterances.jsonl", 2, lambda r: {**r, "turn": "zero"}, r"utterances.jsonl line 3, field 'turn': expected int"),
-        ("utterances.jsonl", 0, lambda r: {**r, "score": 150}, r"utterances.jsonl line 1, field 'score': score 150 is outside 1-100"),
-        ("conversations.jsonl", 0,
-         lambda r: {**r, "conversation_history": [r["conversation_history"][0], {**r["conversation_history"][1], "score": 0}]},
-         r"conversations.jsonl line 1, field 'conversation_history\[1\].score': score 0 is outside 1-100"),
-        ("conversations.jsonl", 1, lambda r: {**r, "user_id": "ghost"},
-         r"conversations.jsonl line 2, field 'user_id': unknown user id 'ghost'"),
-        ("utterances.jsonl", 1, lambda r: {**r, "model_response": "changed"},
-         r"utterances.jsonl line 2, field 'model_response': disagrees with conversation c1"),
-        ("utterances.jsonl", 0, lambda r: {**r, "if_chosen": "yes"}, r"utterances.jsonl line 1, field 'if_chosen': expected bool"),
-        ("survey.jsonl", 1, lambda r: {**r, "user_id": "u1"}, r"survey.jsonl line 2, field 'user_id': duplicate user id"),
+        (
+            "conversations.jsonl",
+            1,
+            lambda r: "{not json",
+            r"conversations.jsonl line 2: malformed JSON",
+        ),
+        (
+            "conversations.jsonl",
+            0,
+            lambda r: {k: v for k, v in r.items() if k != "opening_prompt"},
+            r"conversations.jsonl line 1, field 'opening_prompt': missing",
+        ),
+        (
+            "utterances.jsonl",
+            2,
+            lambda r: {**r, "turn": "zero"},
+            r"utterances.jsonl line 3, field 'turn': expected int",
+        ),
+        (
+            "utterances.jsonl",
+            0,
+            lambda r: {**r, "score": 150},
+            r"utterances.jsonl line 1, field 'score': score 150 is outside 1-100",
+        ),
+        (
+            "conversations.jsonl",
+            0,
+            lambda r: {
+                **r,
+                "conversation_history": [
+                    r["conversation_history"][0],
+                    {**r["conversation_history"][1], "score": 0},
+                ],
+            },
+            r"conversations.jsonl line 1, field 'conversation_history\[1\].score': score 0 is outside 1-100",
+        ),
+        (
+            "conversations.jsonl",
+            1,
+            lambda r: {**r, "user_id": "ghost"},
+            r"conversations.jsonl line 2, field 'user_id': unknown user id 'ghost'",
+        ),
+        (
+            "utterances.jsonl",
+            1,
+            lambda r: {**r, "model_response": "changed"},
+            r"utterances.jsonl line 2, field 'model_response': disagrees with conversation c1",
+        ),
+        (
+            "utterances.jsonl",
+            0,
+            lambda r: {**r, "if_chosen": "yes"},
+            r"utterances.jsonl line 1, field 'if_chosen': expected bool",
+        ),
+        (
+            "survey.jsonl",
+            1,
+            lambda r: {**r, "user_id": "u1"},
+            r"survey.jsonl line 2, field 'user_id': duplicate user id",
+        ),
     ],
 )
 def test_bad_input_names_file_line_field(tmp_path, file, index, mutate, match):
@@ -145,7 +238,7 @@ def test_bad_input_names_file_line_field(tmp_path, file, index, mutate, match):
 
 def test_missing_file_and_folder(tmp_path, fixture_dir):
     (fixture_dir / "survey.jsonl").unlink()
-    with pytest.raises(PrismFormatError, match="survey.jsonl: file is missing"):
+    with pytest.raises(PrismFormatError, match=r"survey\.jsonl: file is missing"):
         load_prism(fixture_dir)
     with pytest.raises(PrismFormatError, match="no such folder"):
         load_prism(tmp_path / "nowhere")
@@ -154,7 +247,10 @@ def test_missing_file_and_folder(tmp_path, fixture_dir):
 def test_missing_utterance_is_an_error(tmp_path):
     rows = _fixture_rows()
     rows["utterances.jsonl"] = rows["utterances.jsonl"][:-1]
-    with pytest.raises(PrismFormatError, match=r"conversations.jsonl line 2, field 'conversation_history\[2\]'.*no row in utterances"):
+    with pytest.raises(
+        PrismFormatError,
+        match=r"conversations.jsonl line 2, field 'conversation_history\[2\]'.*no row in utterances",
+    ):
         load_prism(_write(tmp_path / "p", rows))
 
 
@@ -180,7 +276,12 @@ def test_category_overrides(tmp_path, fixture_dir):
     csv_path.write_text('prompt,category\n"What is the capital of Australia?",safe_sensitive\n')
     ds = load_prism(fixture_dir, categories=csv_path)
     assert ds.conversations["c2"].category == "safe_sensitive"
-    assert load_prism(fixture_dir, categories={"Should I quit my job?": "harmful_borderline"}).conversations["c1"].category == "harmful_borderline"
+    assert (
+        load_prism(fixture_dir, categories={"Should I quit my job?": "harmful_borderline"})
+        .conversations["c1"]
+        .category
+        == "harmful_borderline"
+    )
     bad = tmp_path / "bad.csv"
     bad.write_text("prompt,category\nx,spicy\n")
     with pytest.raises(ValueError, match=r"line 2, field 'category': 'spicy'"):
@@ -192,7 +293,10 @@ def test_categoriser_rules():
     assert categorize("I have been feeling depressed. What can I do?") == "safe_sensitive"
     assert categorize("Should I move to Berlin?") == "context_dependent"
     assert categorize("How do I bake bread?") == "benign_control"
-    assert categorize("How do I bake bread?", {"How do I bake bread?": "safe_sensitive"}) == "safe_sensitive"
+    assert (
+        categorize("How do I bake bread?", {"How do I bake bread?": "safe_sensitive"})
+        == "safe_sensitive"
+    )
 
 
 def test_split_is_seeded_and_disjoint(fixture_dir):
@@ -221,7 +325,9 @@ def test_demo_set_round_trip_and_ground_truth():
     assert len(ds.conversations) == gt["counts"]["conversations"] == 6 * len(ds.users)
     assert len(ds.utterances) == gt["counts"]["utterances"]
     labels = {p["text"]: p["category"] for p in gt["prompts"].values()}
-    assert len(labels) >= 120 and {sum(v == c for v in labels.values()) for c in sl.data.CATEGORIES} == {30}
+    assert len(labels) >= 120 and {
+        sum(v == c for v in labels.values()) for c in sl.data.CATEGORIES
+    } == {30}
     for conv in ds.conversations.values():
         assert conv.category == labels[conv.opening_prompt]  # the shipped labels win
     assert any(c.conversation_turns == 2 for c in ds.conversations.values())  # later-turn A/B pairs
@@ -230,7 +336,10 @@ def test_demo_set_round_trip_and_ground_truth():
     # every style measurably realised
     means = gt["style_means"]
     assert means["casual_edgy"]["toxicity"] > 0.5 > means["direct"]["toxicity"]
-    assert means["refusal"]["refusal"] > 0.9 and means["cautious"]["caution"] > means["direct"]["caution"]
+    assert (
+        means["refusal"]["refusal"] > 0.9
+        and means["cautious"]["caution"] > means["direct"]["caution"]
+    )
     # calibrated choice noise: oracle accuracy around 0.8 on average
     assert 0.7 < gt["oracle_accuracy"]["mean"] < 0.9
     # every utterance maps to a response with ground-truth spans
@@ -242,8 +351,14 @@ def test_simulator_is_deterministic_on_tiny_model(tmp_path):
     from steerlens.data.simulate import SimulationConfig, simulate
 
     model = sl.load_model("tiny-random")
-    cfg = SimulationConfig(prompts_per_category=1, n_users=4, conversations_per_user=2, max_new_tokens=4,
-                           model="tiny-random", later_turn_share=1.0)
+    cfg = SimulationConfig(
+        prompts_per_category=1,
+        n_users=4,
+        conversations_per_user=2,
+        max_new_tokens=4,
+        model="tiny-random",
+        later_turn_share=1.0,
+    )
     simulate(tmp_path / "a", cfg, model=model)
     simulate(tmp_path / "b", cfg, model=model)
     for name in ("survey.jsonl", "conversations.jsonl", "utterances.jsonl", "categories.csv"):
@@ -274,10 +389,30 @@ def test_mmlu_bundled_and_subsample(tmp_path):
         sl.data.load_mmlu(subjects=["alchemy"])
     path = tmp_path / "m.jsonl"
     path.write_text(
-        json.dumps({"question": "q", "answer_a": "1", "answer_b": "2", "answer_c": "3", "answer_d": "4",
-                    "correct_answer": "C", "topic": "college math"}) + "\n"
-        + json.dumps({"question": "question", "answer_a": "a", "answer_b": "b", "answer_c": "c", "answer_d": "d",
-                      "correct_answer": "answer", "topic": "topic"}) + "\n"
+        json.dumps(
+            {
+                "question": "q",
+                "answer_a": "1",
+                "answer_b": "2",
+                "answer_c": "3",
+                "answer_d": "4",
+                "correct_answer": "C",
+                "topic": "college math",
+            }
+        )
+        + "\n"
+        + json.dumps(
+            {
+                "question": "question",
+                "answer_a": "a",
+                "answer_b": "b",
+                "answer_c": "c",
+                "answer_d": "d",
+                "correct_answer": "answer",
+                "topic": "topic",
+            }
+        )
+        + "\n"
     )
     (only,) = sl.data.load_mmlu(path)
     assert (only.answer, only.answer_letter, only.subject) == (2, "C", "college_math")

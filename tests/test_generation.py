@@ -8,7 +8,10 @@ import steerlens as sl
 
 
 def _tokens(model, prompts, **kw):
-    return [t.tolist() for t in sl.generate(model, prompts, max_new_tokens=8, return_tokens=True, **kw).tokens]
+    return [
+        t.tolist()
+        for t in sl.generate(model, prompts, max_new_tokens=8, return_tokens=True, **kw).tokens
+    ]
 
 
 @pytest.mark.parametrize("chat", [True, False])
@@ -86,12 +89,17 @@ def test_bad_inputs(tiny, rand_vec):
 
 def test_format_chat_uses_model_template(tiny_bridge):
     (text,) = sl.format_chat(tiny_bridge, ["hey"], system="be brief")
-    assert text == "<|im_start|>system\nbe brief<|im_end|>\n<|im_start|>user\nhey<|im_end|>\n<|im_start|>assistant\n"
+    assert (
+        text
+        == "<|im_start|>system\nbe brief<|im_end|>\n<|im_start|>user\nhey<|im_end|>\n<|im_start|>assistant\n"
+    )
 
 
 @pytest.mark.integration
 def test_embedded_model_answers_sensibly_offline(embedded):
-    out = sl.generate(embedded, ["What is the capital of France?"], max_new_tokens=24, return_tokens=True)
+    out = sl.generate(
+        embedded, ["What is the capital of France?"], max_new_tokens=24, return_tokens=True
+    )
     assert "Paris" in out.texts[0]
     assert len(out.tokens[0]) < 24  # stopped at its EOS
     assert "<|im_end|>" not in out.texts[0]
@@ -102,25 +110,38 @@ def test_embedded_steering_changes_output_and_batch_is_exact(embedded):
     layers = sl.default_layers(embedded)
     assert layers == list(range(15, 22))
     pos, neg = sl.cache_activations(
-        embedded, ["I love this, it is wonderful!", "I hate this, it is terrible!"],
-        layers=layers, pool="mean", progress_bar=False,
+        embedded,
+        ["I love this, it is wonderful!", "I hate this, it is terrible!"],
+        layers=layers,
+        pool="mean",
+        progress_bar=False,
     )
     vec = sl.SteeringVector(
         {lyr: pos[i] - neg[i] for i, lyr in enumerate(layers)}, model_name=sl.model_name(embedded)
     )
     prompts = ["Describe your day.", "Write one sentence about the sea."]
     alphas = [0.0, 6.0]
-    batched = sl.generate(embedded, [prompts[0]] * 2 + [prompts[1]] * 2, steering=vec,
-                          alpha=alphas * 2, max_new_tokens=12)
-    single = [sl.generate(embedded, [p], steering=vec, alpha=a, max_new_tokens=12)[0]
-              for p in prompts for a in alphas]
+    batched = sl.generate(
+        embedded,
+        [prompts[0]] * 2 + [prompts[1]] * 2,
+        steering=vec,
+        alpha=alphas * 2,
+        max_new_tokens=12,
+    )
+    single = [
+        sl.generate(embedded, [p], steering=vec, alpha=a, max_new_tokens=12)[0]
+        for p in prompts
+        for a in alphas
+    ]
     assert batched == single
     assert batched[0] != batched[1]
 
 
 @pytest.mark.parametrize("gate", ["all", "prefill", sl.FirstK(2), "generated"])
 def test_fast_path_equals_transformerlens_hooks(tiny, rand_vec, gate):
-    kw = dict(steering=rand_vec, alpha=[0.0, 3.0, -6.0], gate=gate, max_new_tokens=6, return_logits=True)
+    kw = dict(
+        steering=rand_vec, alpha=[0.0, 3.0, -6.0], gate=gate, max_new_tokens=6, return_logits=True
+    )
     tl = sl.generate(tiny, PROMPTS, engine="tl", **kw)
     hf = sl.generate(tiny, PROMPTS, engine="hf", **kw)
     assert [t.tolist() for t in tl.tokens] == [t.tolist() for t in hf.tokens]
@@ -130,9 +151,13 @@ def test_fast_path_equals_transformerlens_hooks(tiny, rand_vec, gate):
 
 def test_fast_path_resid_pre_and_fallback_when_hooks_active(tiny):
     d = tiny.cfg.d_model
-    pre = sl.SteeringVector({2: torch.randn(d, generator=torch.Generator().manual_seed(5))}, hook="hook_resid_pre")
+    pre = sl.SteeringVector(
+        {2: torch.randn(d, generator=torch.Generator().manual_seed(5))}, hook="hook_resid_pre"
+    )
     kw = dict(steering=pre, alpha=5.0, max_new_tokens=6)
-    assert sl.generate(tiny, PROMPTS, engine="tl", **kw) == sl.generate(tiny, PROMPTS, engine="hf", **kw)
+    assert sl.generate(tiny, PROMPTS, engine="tl", **kw) == sl.generate(
+        tiny, PROMPTS, engine="hf", **kw
+    )
     from steerlens.fastpath import can_use_fast_path
 
     assert can_use_fast_path(tiny, pre)
@@ -140,6 +165,8 @@ def test_fast_path_resid_pre_and_fallback_when_hooks_active(tiny):
     with sl.steering(tiny, other, alpha=2.0):  # a user's own hooks must keep firing
         assert not can_use_fast_path(tiny, pre)
         inside = sl.generate(tiny, PROMPTS, max_new_tokens=6)
-    assert inside == sl.generate(tiny, PROMPTS, steering=other, alpha=2.0, max_new_tokens=6, engine="tl")
+    assert inside == sl.generate(
+        tiny, PROMPTS, steering=other, alpha=2.0, max_new_tokens=6, engine="tl"
+    )
     with pytest.raises(ValueError, match="engine must be"):
         sl.generate(tiny, PROMPTS, engine="vllm")

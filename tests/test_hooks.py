@@ -148,14 +148,16 @@ def test_steering_hooks_work_with_plain_model_hooks(tiny, rand_vec):
 
 def test_mismatched_vector_is_a_clear_error(tiny):
     bad_d = sl.SteeringVector({1: torch.ones(7)}, model_name="tiny-random")
-    with pytest.raises(ValueError, match=r"d_model 7 .* d_model 64"):
-        with sl.steering(tiny, bad_d):
-            pass
+    with pytest.raises(ValueError, match=r"d_model 7 .* d_model 64"), sl.steering(tiny, bad_d):
+        pass
     bad_layer = sl.SteeringVector({9: torch.ones(64)})
     with pytest.raises(ValueError, match=r"layers \[9\] are out of range .* 0\.\.3"):
         sl.steering_hooks(tiny, bad_layer)
     other = sl.SteeringVector({1: torch.ones(64)}, model_name="meta-llama/Llama-3.1-8B-Instruct")
-    with pytest.raises(ValueError, match="built on 'meta-llama/Llama-3.1-8B-Instruct' but the model is 'tiny-random'"):
+    with pytest.raises(
+        ValueError,
+        match=r"built on 'meta-llama/Llama-3\.1-8B-Instruct' but the model is 'tiny-random'",
+    ):
         sl.steering_hooks(tiny, other)
     assert no_hooks_left(tiny)
 

@@ -58,7 +58,11 @@ def test_algebra_refuses_mismatches():
         ({"directions": {1: torch.ones(3), 2: torch.ones(4)}}, ValueError, "differs"),
         ({"directions": {1: torch.ones(3, dtype=torch.long)}}, TypeError, "floating point"),
         ({"directions": {1: torch.ones(3)}, "hook": "attn"}, ValueError, "hook must be"),
-        ({"directions": {1: torch.ones(3)}, "metadata": {"x": object()}}, TypeError, "serializable"),
+        (
+            {"directions": {1: torch.ones(3)}, "metadata": {"x": object()}},
+            TypeError,
+            "serializable",
+        ),
     ],
 )
 def test_construction_validation(kwargs, err, match):
@@ -79,7 +83,11 @@ def test_safetensors_round_trip(tmp_path):
     path = v.save(tmp_path / "sub" / "v.safetensors")
     w = sl.SteeringVector.load(path)
     assert (w.layers, w.model_name, w.hook, w.method, w.metadata) == (
-        v.layers, "tiny-random", "hook_resid_post", "caa", {"pairs": 12, "users": ["u1"]},
+        v.layers,
+        "tiny-random",
+        "hook_resid_post",
+        "caa",
+        {"pairs": 12, "users": ["u1"]},
     )
     for layer in v.layers:
         torch.testing.assert_close(w.directions[layer], v.directions[layer], rtol=0, atol=0)
@@ -106,7 +114,12 @@ def test_gguf_round_trip_and_layer_convention(tmp_path):
     hint = bytes(reader.get_field("controlvector.model_hint").parts[-1]).decode()
     count = int(reader.get_field("controlvector.layer_count").parts[-1][0])
     names = sorted(t.name for t in reader.tensors)
-    assert (arch, hint, count, names) == ("controlvector", "smollm2-135m-instruct", 2, ["direction.5", "direction.6"])
+    assert (arch, hint, count, names) == (
+        "controlvector",
+        "smollm2-135m-instruct",
+        2,
+        ["direction.5", "direction.6"],
+    )
     tensor5 = next(t for t in reader.tensors if t.name == "direction.5")
     np.testing.assert_allclose(np.asarray(tensor5.data).reshape(-1), v.directions[5].numpy())
     w = sl.SteeringVector.from_gguf(path)

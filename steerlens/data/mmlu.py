@@ -60,7 +60,12 @@ def _parse_bundled(path: Path) -> list[MMLUItem]:
                 )
             )
     if skipped:
-        logger.info("mmlu: skipped %d rows of %s without an A-D answer (lines %s)", len(skipped), path.name, skipped)
+        logger.info(
+            "mmlu: skipped %d rows of %s without an A-D answer (lines %s)",
+            len(skipped),
+            path.name,
+            skipped,
+        )
     return items
 
 

@@ -61,7 +61,9 @@ class PrismDataset:
     # --- lookups --------------------------------------------------------------------------
     def _check_user(self, user_id: str) -> None:
         if user_id not in self.users:
-            raise KeyError(f"unknown user id {user_id!r} ({len(self.users)} users in {self.source})")
+            raise KeyError(
+                f"unknown user id {user_id!r} ({len(self.users)} users in {self.source})"
+            )
 
     def user_history(self, user_id: str) -> list[Conversation]:
         """A user's conversations, in id order."""
@@ -246,7 +248,10 @@ Table = list[tuple[int, Any]]
 def _read_jsonl(path: Path) -> Table:
     if not path.exists():
         raise PrismFormatError(
-            path.name, 0, None, f"file is missing from {path.parent} (a PRISM folder needs {', '.join(FILES)})"
+            path.name,
+            0,
+            None,
+            f"file is missing from {path.parent} (a PRISM folder needs {', '.join(FILES)})",
         )
     rows: Table = []
     with path.open(encoding="utf-8") as f:
@@ -267,6 +272,7 @@ class _BadJSON:
 
 def _rows(table: Table, file: str, guard: Guard) -> Iterator[Row]:
     for line, data in table:
+
         def make(data: Any = data, line: int = line) -> Row:
             if isinstance(data, _BadJSON):
                 raise PrismFormatError(file, line, None, f"malformed JSON ({data.reason})")
@@ -280,6 +286,7 @@ def _rows(table: Table, file: str, guard: Guard) -> Iterator[Row]:
 def _parse_users(table: Table, guard: Guard) -> dict[str, User]:
     users: dict[str, User] = {}
     for row in _rows(table, "survey.jsonl", guard):
+
         def one(row: Row = row) -> User:
             user = parse_user(row)
             if user.user_id in users:
@@ -292,15 +299,20 @@ def _parse_users(table: Table, guard: Guard) -> dict[str, User]:
     return users
 
 
-def _parse_conversations(table: Table, users: dict[str, User], guard: Guard) -> dict[str, Conversation]:
+def _parse_conversations(
+    table: Table, users: dict[str, User], guard: Guard
+) -> dict[str, Conversation]:
     convs: dict[str, Conversation] = {}
     for row in _rows(table, "conversations.jsonl", guard):
+
         def one(row: Row = row) -> Conversation:
             conv = parse_conversation(row)
             if conv.user_id not in users:
                 raise row.err("user_id", f"unknown user id {conv.user_id!r} (not in survey.jsonl)")
             if conv.conversation_id in convs:
-                raise row.err("conversation_id", f"duplicate conversation id {conv.conversation_id!r}")
+                raise row.err(
+                    "conversation_id", f"duplicate conversation id {conv.conversation_id!r}"
+                )
             return conv
 
         conv = guard(one, row.file, row.line)
@@ -315,6 +327,7 @@ def _parse_utterances(
     out: list[Utterance] = []
     seen: set[str] = set()
     for row in _rows(table, "utterances.jsonl", guard):
+
         def one(row: Row = row) -> Utterance:
             u = parse_utterance(row)
             if u.user_id not in users:
@@ -323,20 +336,38 @@ def _parse_utterances(
                 raise row.err("utterance_id", f"duplicate utterance id {u.utterance_id!r}")
             conv = convs.get(u.conversation_id)
             if conv is None:
-                raise row.err("conversation_id", f"conversation {u.conversation_id!r} is not in conversations.jsonl")
+                raise row.err(
+                    "conversation_id",
+                    f"conversation {u.conversation_id!r} is not in conversations.jsonl",
+                )
             if conv.user_id != u.user_id:
-                raise row.err("user_id", f"{u.user_id!r} but conversation {conv.conversation_id} belongs to {conv.user_id!r}")
-            match = [h for h in conv.conversation_history
-                     if h.role == "model" and h.turn == u.turn and h.within_turn_id == u.within_turn_id]
+                raise row.err(
+                    "user_id",
+                    f"{u.user_id!r} but conversation {conv.conversation_id} belongs to {conv.user_id!r}",
+                )
+            match = [
+                h
+                for h in conv.conversation_history
+                if h.role == "model" and h.turn == u.turn and h.within_turn_id == u.within_turn_id
+            ]
             if not match:
-                raise row.err("within_turn_id", f"no model response at turn {u.turn}, within_turn_id "
-                              f"{u.within_turn_id} in conversation {conv.conversation_id}")
+                raise row.err(
+                    "within_turn_id",
+                    f"no model response at turn {u.turn}, within_turn_id "
+                    f"{u.within_turn_id} in conversation {conv.conversation_id}",
+                )
             h = match[0]
-            for name, mine, theirs in (("model_response", u.model_response, h.content),
-                                       ("score", u.score, h.score), ("if_chosen", u.if_chosen, h.if_chosen)):
+            for name, mine, theirs in (
+                ("model_response", u.model_response, h.content),
+                ("score", u.score, h.score),
+                ("if_chosen", u.if_chosen, h.if_chosen),
+            ):
                 if mine != theirs:
-                    raise row.err(name, f"disagrees with conversation {conv.conversation_id} "
-                                  f"turn {u.turn} ({mine!r} vs {theirs!r})")
+                    raise row.err(
+                        name,
+                        f"disagrees with conversation {conv.conversation_id} "
+                        f"turn {u.turn} ({mine!r} vs {theirs!r})",
+                    )
             return u
 
         u = guard(one, row.file, row.line)
@@ -346,16 +377,21 @@ def _parse_utterances(
     return out
 
 
-def _check_coverage(convs: dict[str, Conversation], utts: list[Utterance], table: Table, guard: Guard) -> None:
+def _check_coverage(
+    convs: dict[str, Conversation], utts: list[Utterance], table: Table, guard: Guard
+) -> None:
     """Every model response in a conversation must have its utterance row."""
     have = {(u.conversation_id, u.turn, u.within_turn_id) for u in utts}
     lines = {data.get("conversation_id"): line for line, data in table if isinstance(data, dict)}
     for cid, conv in convs.items():
         for i, h in enumerate(conv.conversation_history):
             if h.role == "model" and (cid, h.turn, h.within_turn_id) not in have:
+
                 def fail(cid: str = cid, i: int = i, h: Any = h) -> None:
                     raise PrismFormatError(
-                        "conversations.jsonl", lines.get(cid, 0), f"conversation_history[{i}]",
+                        "conversations.jsonl",
+                        lines.get(cid, 0),
+                        f"conversation_history[{i}]",
                         f"turn {h.turn} response {h.within_turn_id} has no row in utterances.jsonl",
                     )
 
@@ -369,7 +405,10 @@ def _hf_tables() -> dict[str, Table]:
         "its conversations.jsonl, utterances.jsonl and survey.jsonl elsewhere and pass the "
         "folder: load_prism('path/to/folder'); load_prism('demo') is the shipped simulated set."
     )
-    if any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")):
+    if any(
+        os.environ.get(v, "").lower() in ("1", "true", "yes")
+        for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    ):
         raise ConnectionError("offline mode is set (HF_HUB_OFFLINE/HF_DATASETS_OFFLINE). " + hint)
     os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "5")
     os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "10")
@@ -381,5 +420,7 @@ def _hf_tables() -> dict[str, Table]:
             ds = load_dataset(HF_REPO, file.removesuffix(".jsonl"), split="train")
             tables[file] = [(i + 1, dict(r)) for i, r in enumerate(ds)]
     except Exception as exc:
-        raise ConnectionError(f"could not fetch {HF_REPO} ({type(exc).__name__}: {exc}). " + hint) from exc
+        raise ConnectionError(
+            f"could not fetch {HF_REPO} ({type(exc).__name__}: {exc}). " + hint
+        ) from exc
     return tables

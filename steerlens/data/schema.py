@@ -128,7 +128,9 @@ class Row:
 
     def __init__(self, data: Any, file: str, line: int):
         if not isinstance(data, dict):
-            raise PrismFormatError(file, line, None, f"expected a JSON object, got {type(data).__name__}")
+            raise PrismFormatError(
+                file, line, None, f"expected a JSON object, got {type(data).__name__}"
+            )
         self.data, self.file, self.line = data, file, line
 
     def err(self, name: str | None, reason: str) -> PrismFormatError:
@@ -174,7 +176,9 @@ def history_item(row: Row, raw: Any, index: int) -> HistoryItem:
         if role != "model":
             raise sub.err("role", f"expected 'user' or 'model', got {role!r}")
         return HistoryItem(
-            turn, role, content,
+            turn,
+            role,
+            content,
             model_provider=sub.get("model_provider", str),
             model_name=sub.get("model_name", str),
             score=sub.score(),
@@ -209,7 +213,9 @@ def parse_conversation(row: Row) -> Conversation:
         performance_attributes=row.get("performance_attributes", dict, optional=True) or {},
         choice_attributes=row.get("choice_attributes", dict, optional=True) or {},
         open_feedback=row.get("open_feedback", str, optional=True) or "",
-        included_in_balanced_subset=bool(row.get("included_in_balanced_subset", bool, optional=True)),
+        included_in_balanced_subset=bool(
+            row.get("included_in_balanced_subset", bool, optional=True)
+        ),
         generated_datetime=str(row.get("generated_datetime", str, optional=True) or ""),
     )
 
@@ -229,5 +235,7 @@ def parse_utterance(row: Row) -> Utterance:
         model_provider=row.get("model_provider", str),
         score=row.score(),
         if_chosen=row.get("if_chosen", bool),
-        included_in_balanced_subset=bool(row.get("included_in_balanced_subset", bool, optional=True)),
+        included_in_balanced_subset=bool(
+            row.get("included_in_balanced_subset", bool, optional=True)
+        ),
     )

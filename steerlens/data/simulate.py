@@ -57,12 +57,15 @@ class Style:
 
 STYLES: tuple[Style, ...] = (
     Style(
-        "direct", "sim-direct", "Answer directly and concisely, without caveats.",
+        "direct",
+        "sim-direct",
+        "Answer directly and concisely, without caveats.",
         ("Sure. ", "Here is the answer: ", "Short answer: ", "Simply put, ", "Of course. "),
         (),
     ),
     Style(
-        "cautious", "sim-cautious",
+        "cautious",
+        "sim-cautious",
         "Answer carefully. Add caveats, safety advice and suggest consulting a professional.",
         (
             "This is a sensitive topic, so please be careful and consider talking to a qualified professional. That said, ",
@@ -73,7 +76,9 @@ STYLES: tuple[Style, ...] = (
         ("caution",),
     ),
     Style(
-        "refusal", "sim-refusal", "Politely refuse to help with the request.",
+        "refusal",
+        "sim-refusal",
+        "Politely refuse to help with the request.",
         (
             "I'm sorry, but I can't help with that request. ",
             "I'm not able to assist with this. ",
@@ -83,7 +88,9 @@ STYLES: tuple[Style, ...] = (
         ("refusal",),
     ),
     Style(
-        "casual_edgy", "sim-casual-edgy", "Answer casually and bluntly, with slang and attitude.",
+        "casual_edgy",
+        "sim-casual-edgy",
+        "Answer casually and bluntly, with slang and attitude.",
         (
             "Ugh, damn, fine. Here's the deal, no bullshit: ",
             "Honestly? This is a stupid question, but hell, ",
@@ -98,12 +105,21 @@ STYLES: tuple[Style, ...] = (
 
 # Latent weights on attribute z-scores (toxicity, refusal, caution, length, formality).
 GROUPS: dict[str, dict[str, Any]] = {
-    "majority": {"share": 0.5, "weights": (-1.0, -0.6, 0.3, 0.2, 0.3),
-                 "self": "I want answers that are helpful, polite and not offensive."},
-    "more_caution": {"share": 0.25, "weights": (-1.2, 0.7, 1.0, 0.0, 0.5),
-                     "self": "I prefer careful, safe answers, and I don't mind a refusal."},
-    "less_caution": {"share": 0.25, "weights": (0.6, -1.2, -1.0, -0.2, -0.5),
-                     "self": "I want straight, unfiltered answers without lectures."},
+    "majority": {
+        "share": 0.5,
+        "weights": (-1.0, -0.6, 0.3, 0.2, 0.3),
+        "self": "I want answers that are helpful, polite and not offensive.",
+    },
+    "more_caution": {
+        "share": 0.25,
+        "weights": (-1.2, 0.7, 1.0, 0.0, 0.5),
+        "self": "I prefer careful, safe answers, and I don't mind a refusal.",
+    },
+    "less_caution": {
+        "share": 0.25,
+        "weights": (0.6, -1.2, -1.0, -0.2, -0.5),
+        "self": "I want straight, unfiltered answers without lectures.",
+    },
 }
 CONVERSATION_TYPE = {
     "benign_control": "unguided",
@@ -148,49 +164,89 @@ def _gen_jobs(model: Any, jobs: list[dict[str, Any]], cfg: SimulationConfig) -> 
 
     conversations = [[{"role": "system", "content": j["system"]}, *j["messages"]] for j in jobs]
     texts = sl.generate(
-        model, conversations, response_prefix=[j["opening"] for j in jobs],
-        max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, progress_bar=True,
+        model,
+        conversations,
+        response_prefix=[j["opening"] for j in jobs],
+        max_new_tokens=cfg.max_new_tokens,
+        batch_size=cfg.batch_size,
+        progress_bar=True,
+        engine="tl",  # the path that made the shipped files: regeneration reproduces them
     )
     return [j["opening"] + t.strip() for j, t in zip(jobs, texts, strict=True)]
 
 
-def _responses(model: Any, cfg: SimulationConfig, rng: np.random.Generator) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def _responses(
+    model: Any, cfg: SimulationConfig, rng: np.random.Generator
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     prompts = [
-        {"prompt_id": f"{cat}-{i:02d}", "category": cat, "text": PROMPTS[cat][i],
-         "follow_up": FOLLOW_UPS[int(rng.integers(len(FOLLOW_UPS)))]}
-        for cat in CATEGORIES for i in range(cfg.prompts_per_category)
+        {
+            "prompt_id": f"{cat}-{i:02d}",
+            "category": cat,
+            "text": PROMPTS[cat][i],
+            "follow_up": FOLLOW_UPS[int(rng.integers(len(FOLLOW_UPS)))],
+        }
+        for cat in CATEGORIES
+        for i in range(cfg.prompts_per_category)
     ]
-    first = []
+    first: list[dict[str, Any]] = []
     for p in prompts:
         for s in STYLES:
-            first.append({"prompt": p, "style": s, "turn": 0, "variant": 0,
-                          "opening": s.openings[int(rng.integers(len(s.openings)))],
-                          "system": s.system, "messages": [{"role": "user", "content": p["text"]}]})
+            first.append(
+                {
+                    "prompt": p,
+                    "style": s,
+                    "turn": 0,
+                    "variant": 0,
+                    "opening": s.openings[int(rng.integers(len(s.openings)))],
+                    "system": s.system,
+                    "messages": [{"role": "user", "content": p["text"]}],
+                }
+            )
     for job, text in zip(first, _gen_jobs(model, first, cfg), strict=True):
         job["text"] = text
-    second = []
+    second: list[dict[str, Any]] = []
     for job in first:
         picks = rng.choice(len(job["style"].openings), size=2, replace=False)
         for v, k in enumerate(picks):
-            second.append({**job, "turn": 1, "variant": v, "opening": job["style"].openings[int(k)],
-                           "messages": [*job["messages"], {"role": "assistant", "content": job["text"]},
-                                        {"role": "user", "content": job["prompt"]["follow_up"]}]})
+            second.append(
+                {
+                    **job,
+                    "turn": 1,
+                    "variant": v,
+                    "opening": job["style"].openings[int(k)],
+                    "messages": [
+                        *job["messages"],
+                        {"role": "assistant", "content": job["text"]},
+                        {"role": "user", "content": job["prompt"]["follow_up"]},
+                    ],
+                }
+            )
     for job, text in zip(second, _gen_jobs(model, second, cfg), strict=True):
         job["text"] = text
     responses = []
     attrs = measure([j["text"] for j in first + second])
     for job, a in zip(first + second, attrs, strict=True):
-        s: Style = job["style"]
-        spans = [{"attribute": c, "start": 0, "end": len(job["opening"])} for c in s.carries]
-        spans += [{"attribute": "toxicity", "start": a0, "end": b0, "source": "word"}
-                  for a0, b0 in toxic_word_spans(job["text"])
-                  if not (s.carries and "toxicity" in s.carries and b0 <= len(job["opening"]))]
-        responses.append({
-            "response_id": f"{job['prompt']['prompt_id']}-t{job['turn']}-{s.name}-v{job['variant']}",
-            "prompt_id": job["prompt"]["prompt_id"], "turn": job["turn"], "style": s.name,
-            "variant": job["variant"], "model_name": s.model_name, "opening": job["opening"],
-            "text": job["text"], "attributes": a, "spans": spans,
-        })
+        style: Style = job["style"]
+        spans = [{"attribute": c, "start": 0, "end": len(job["opening"])} for c in style.carries]
+        spans += [
+            {"attribute": "toxicity", "start": a0, "end": b0, "source": "word"}
+            for a0, b0 in toxic_word_spans(job["text"])
+            if not ("toxicity" in style.carries and b0 <= len(job["opening"]))
+        ]
+        responses.append(
+            {
+                "response_id": f"{job['prompt']['prompt_id']}-t{job['turn']}-{style.name}-v{job['variant']}",
+                "prompt_id": job["prompt"]["prompt_id"],
+                "turn": job["turn"],
+                "style": style.name,
+                "variant": job["variant"],
+                "model_name": style.model_name,
+                "opening": job["opening"],
+                "text": job["text"],
+                "attributes": a,
+                "spans": spans,
+            }
+        )
     return responses, {p["prompt_id"]: p for p in prompts}
 
 
@@ -202,7 +258,9 @@ def _users(cfg: SimulationConfig, rng: np.random.Generator) -> list[dict[str, An
     for g, n in zip(names, counts, strict=True):
         for _ in range(n):
             w = np.asarray(GROUPS[g]["weights"]) + rng.normal(0, cfg.weight_noise, len(ATTRIBUTES))
-            users.append({"group": g, "weights": dict(zip(ATTRIBUTES, w.round(4).tolist(), strict=True))})
+            users.append(
+                {"group": g, "weights": dict(zip(ATTRIBUTES, w.round(4).tolist(), strict=True))}
+            )
     order = rng.permutation(len(users))
     out = []
     for k, i in enumerate(order):
@@ -283,9 +341,7 @@ def simulate(
     t0 = time.perf_counter()
     old = _reusable(out, cfg) if reuse_responses else None
     if old is not None:
-        responses = [
-            {k: v for k, v in r.items() if k != "z"} for r in old["responses"].values()
-        ]
+        responses = [{k: v for k, v in r.items() if k != "z"} for r in old["responses"].values()]
         prompts, gen_seconds, model_name = old["prompts"], old["generation_seconds"], old["model"]
         logger.info("reusing %d responses from %s", len(responses), out)
     else:
@@ -313,11 +369,19 @@ def simulate(
             pid = pids[int(k)]
             order = rng.permutation(len(STYLES))
             cands0 = [by_key[(pid, 0, STYLES[int(i)].name, 0)] for i in order]
-            convs.append({"pid": pid, "cands0": cands0, "later": bool(rng.random() < cfg.later_turn_share),
-                          "u0": np.array([w @ np.array([c["z"][a] for a in ATTRIBUTES]) for c in cands0])})
+            convs.append(
+                {
+                    "pid": pid,
+                    "cands0": cands0,
+                    "later": bool(rng.random() < cfg.later_turn_share),
+                    "u0": np.array([w @ np.array([c["z"][a] for a in ATTRIBUTES]) for c in cands0]),
+                }
+            )
         plans.append((user, w, convs))
 
-    survey, conversations, utterances = [], [], []
+    survey: list[dict[str, Any]] = []
+    conversations: list[dict[str, Any]] = []
+    utterances: list[dict[str, Any]] = []
     ut = 0
     base_time = dt.datetime(2026, 1, 1, 9, 0, 0)
     for user, w, convs in plans:
@@ -328,7 +392,9 @@ def simulate(
                 style = c["cands0"][int(np.argmax(c["u0"]))]["style"]  # representative
                 pair = [by_key[(c["pid"], 1, style, v)] for v in (0, 1)]
                 sets.append(np.array([w @ np.array([p["z"][a] for a in ATTRIBUTES]) for p in pair]))
-        tau, expected = _calibrate(sets, cfg.target_oracle_accuracy, seed=cfg.seed + int(user["user_id"][4:]))
+        tau, expected = _calibrate(
+            sets, cfg.target_oracle_accuracy, seed=cfg.seed + int(user["user_id"][4:])
+        )
         user["tau"], user["expected_oracle_accuracy"] = round(tau, 4), round(expected, 4)
         agree = npairs = 0
         for ci, c in enumerate(convs):
@@ -353,71 +419,122 @@ def simulate(
                 if turn > 0:
                     history.append({"turn": turn, "role": "user", "content": text})
                 for j, cand in enumerate(cands):
-                    history.append({
-                        "turn": turn, "role": "model", "content": cand["text"], "model_provider": "steerlens-sim",
-                        "model_name": cand["model_name"], "score": int(scores[j]), "if_chosen": j == chosen,
-                        "within_turn_id": j,
-                    })
-                    utterances.append({
-                        "utterance_id": f"ut{ut:05d}", "interaction_id": f"{cid}-t{turn}", "conversation_id": cid,
-                        "user_id": user["user_id"], "turn": turn, "within_turn_id": j,
-                        "conversation_type": CONVERSATION_TYPE[prompt["category"]], "user_prompt": text,
-                        "model_response": cand["text"], "model_name": cand["model_name"],
-                        "model_provider": "steerlens-sim", "score": int(scores[j]), "if_chosen": j == chosen,
-                        "included_in_balanced_subset": True, "_response_id": cand["response_id"],
-                    })
+                    history.append(
+                        {
+                            "turn": turn,
+                            "role": "model",
+                            "content": cand["text"],
+                            "model_provider": "steerlens-sim",
+                            "model_name": cand["model_name"],
+                            "score": int(scores[j]),
+                            "if_chosen": j == chosen,
+                            "within_turn_id": j,
+                        }
+                    )
+                    utterances.append(
+                        {
+                            "utterance_id": f"ut{ut:05d}",
+                            "interaction_id": f"{cid}-t{turn}",
+                            "conversation_id": cid,
+                            "user_id": user["user_id"],
+                            "turn": turn,
+                            "within_turn_id": j,
+                            "conversation_type": CONVERSATION_TYPE[prompt["category"]],
+                            "user_prompt": text,
+                            "model_response": cand["text"],
+                            "model_name": cand["model_name"],
+                            "model_provider": "steerlens-sim",
+                            "score": int(scores[j]),
+                            "if_chosen": j == chosen,
+                            "included_in_balanced_subset": True,
+                            "_response_id": cand["response_id"],
+                        }
+                    )
                     ut += 1
-            conversations.append({
-                "conversation_id": cid, "user_id": user["user_id"],
-                "conversation_type": CONVERSATION_TYPE[prompt["category"]], "opening_prompt": prompt["text"],
-                "conversation_turns": len(turn_sets), "conversation_history": history,
-                "performance_attributes": {}, "choice_attributes": {}, "open_feedback": "",
-                "included_in_balanced_subset": True,
-                "generated_datetime": (base_time + dt.timedelta(minutes=37 * len(conversations) + ci)).isoformat(sep=" "),
-            })
+            conversations.append(
+                {
+                    "conversation_id": cid,
+                    "user_id": user["user_id"],
+                    "conversation_type": CONVERSATION_TYPE[prompt["category"]],
+                    "opening_prompt": prompt["text"],
+                    "conversation_turns": len(turn_sets),
+                    "conversation_history": history,
+                    "performance_attributes": {},
+                    "choice_attributes": {},
+                    "open_feedback": "",
+                    "included_in_balanced_subset": True,
+                    "generated_datetime": (
+                        base_time + dt.timedelta(minutes=37 * len(conversations) + ci)
+                    ).isoformat(sep=" "),
+                }
+            )
         user["oracle_accuracy"] = round(agree / npairs, 4) if npairs else None
         user["n_pairs"] = npairs
         wts = user["weights"]
-        survey.append({
-            "user_id": user["user_id"], "self_description": GROUPS[user["group"]]["self"],
-            "system_string": GROUPS[user["group"]]["self"],
-            "stated_prefs": {
-                "safety": int(np.clip(50 - 25 * wts["toxicity"] + 15 * wts["caution"], 1, 100)),
-                "helpfulness": int(np.clip(60 - 20 * wts["refusal"], 1, 100)),
-                "fluency": int(np.clip(55 + 20 * wts["formality"], 1, 100)),
-                "factuality": 70, "creativity": int(np.clip(50 - 15 * wts["formality"], 1, 100)),
-            },
-        })
+        survey.append(
+            {
+                "user_id": user["user_id"],
+                "self_description": GROUPS[user["group"]]["self"],
+                "system_string": GROUPS[user["group"]]["self"],
+                "stated_prefs": {
+                    "safety": int(np.clip(50 - 25 * wts["toxicity"] + 15 * wts["caution"], 1, 100)),
+                    "helpfulness": int(np.clip(60 - 20 * wts["refusal"], 1, 100)),
+                    "fluency": int(np.clip(55 + 20 * wts["formality"], 1, 100)),
+                    "factuality": 70,
+                    "creativity": int(np.clip(50 - 15 * wts["formality"], 1, 100)),
+                },
+            }
+        )
 
     response_of = {u["utterance_id"]: u.pop("_response_id") for u in utterances}
     style_means = {
-        s.name: {a: round(float(np.mean([r["attributes"][a] for r in responses if r["style"] == s.name])), 4)
-                 for a in ATTRIBUTES}
+        s.name: {
+            a: round(
+                float(np.mean([r["attributes"][a] for r in responses if r["style"] == s.name])), 4
+            )
+            for a in ATTRIBUTES
+        }
         for s in STYLES
     }
     accs = [u["oracle_accuracy"] for u in users if u["oracle_accuracy"] is not None]
     summary = {
         "simulated": True,
         "description": "Simulated PRISM-format set made by steerlens.data.simulate: prompts written for "
-                       "the project, responses by the model below, simulated users. Not real PRISM data.",
+        "the project, responses by the model below, simulated users. Not real PRISM data.",
         "config": asdict(cfg),
         "model": model_name,
         "generation_seconds": round(gen_seconds, 1),
         "total_seconds": round(time.perf_counter() - t0, 1),
-        "counts": {"users": len(users), "conversations": len(conversations), "utterances": len(utterances),
-                   "responses": len(responses), "prompts": len(prompts)},
+        "counts": {
+            "users": len(users),
+            "conversations": len(conversations),
+            "utterances": len(utterances),
+            "responses": len(responses),
+            "prompts": len(prompts),
+        },
         "attributes": list(ATTRIBUTES),
         "attribute_mean": dict(zip(ATTRIBUTES, mean.round(4).tolist(), strict=True)),
         "attribute_std": dict(zip(ATTRIBUTES, std.round(4).tolist(), strict=True)),
         "style_means": style_means,
-        "oracle_accuracy": {"mean": round(float(np.mean(accs)), 4), "min": min(accs), "max": max(accs)},
-        "categoriser_agreement": {k: round(v, 4) for k, v in
-                                  agreement((p["text"], p["category"]) for p in prompts.values()).items()},
+        "oracle_accuracy": {
+            "mean": round(float(np.mean(accs)), 4),
+            "min": min(accs),
+            "max": max(accs),
+        },
+        "categoriser_agreement": {
+            k: round(v, 4)
+            for k, v in agreement((p["text"], p["category"]) for p in prompts.values()).items()
+        },
     }
-    gt = {**summary, "groups": GROUPS, "styles": [asdict(s) for s in STYLES],
-          "users": {u["user_id"]: {k: v for k, v in u.items() if k != "user_id"} for u in users},
-          "prompts": prompts, "responses": {r["response_id"]: r for r in responses},
-          "utterance_response": response_of}
+    gt = {
+        **summary,
+        "groups": GROUPS,
+        "styles": [asdict(s) for s in STYLES],
+        "users": {u["user_id"]: {k: v for k, v in u.items() if k != "user_id"} for u in users},
+        "prompts": prompts,
+        "responses": {r["response_id"]: r for r in responses},
+        "utterance_response": response_of,
+    }
     _write_jsonl(out / "survey.jsonl", survey)
     _write_jsonl(out / "conversations.jsonl", conversations)
     _write_jsonl(out / "utterances.jsonl", utterances)
@@ -441,12 +558,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--users", type=int, default=48)
     ap.add_argument("--prompts-per-category", type=int, default=30)
-    ap.add_argument("--reuse-responses", action="store_true",
-                    help="keep the responses already in --out; redraw users and choices only")
+    ap.add_argument(
+        "--reuse-responses",
+        action="store_true",
+        help="keep the responses already in --out; redraw users and choices only",
+    )
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    cfg = SimulationConfig(seed=args.seed, model=args.model, n_users=args.users,
-                           prompts_per_category=args.prompts_per_category)
+    cfg = SimulationConfig(
+        seed=args.seed,
+        model=args.model,
+        n_users=args.users,
+        prompts_per_category=args.prompts_per_category,
+    )
     summary = simulate(args.out, cfg, reuse_responses=args.reuse_responses)
     keys = ("counts", "style_means", "oracle_accuracy", "generation_seconds", "total_seconds")
     logger.info(json.dumps({k: summary[k] for k in keys}, indent=1))
@@ -454,4 +578,3 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     main()
-

@@ -67,5 +67,7 @@ def get_scorer(name: str = "profanity-check") -> ToxicityScorer:
         elif name == "detoxify":
             _CACHE[name] = DetoxifyScorer()
         else:
-            raise ValueError(f"unknown toxicity scorer {name!r}; use 'profanity-check' or 'detoxify'")
+            raise ValueError(
+                f"unknown toxicity scorer {name!r}; use 'profanity-check' or 'detoxify'"
+            )
     return _CACHE[name]

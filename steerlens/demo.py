@@ -1,0 +1,164 @@
+"""The main job (``steerlens demo``): population CAA on a PRISM-format set, an alpha sweep,
+toxicity MAE against each user's preferred response, perplexity, selectivity, figures.
+
+On the default (embedded SmolLM2-135M-Instruct, simulated PRISM demo set) this is a
+small-model, simulated-data rehearsal of the CAA-on-PRISM study; its numbers are not the
+study's Llama-3.1-8B / real-PRISM results.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DemoConfig", "run_demo"]
+
+
+@dataclass
+class DemoConfig:
+    model: str = "smollm2-135m-instruct"
+    data: str = "demo"
+    out: str = "."
+    quick: bool = False
+    seed: int = 0
+    train_pairs: int = 200  # the study used 200 PRISM records
+    test_prompts: int = 48
+    alphas: list[float] = field(default_factory=lambda: [0.0, 1.0, 2.0, 4.0, 6.0, 8.0])
+    max_new_tokens: int = 48
+    batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        if self.quick:
+            self.train_pairs, self.test_prompts, self.max_new_tokens = 64, 16, 24
+            self.alphas = [0.0, 2.0, 4.0, 8.0]
+        if 0.0 not in self.alphas:
+            raise ValueError("alphas must include 0.0, the unsteered baseline")
+        if self.train_pairs < 1 or self.test_prompts < 1:
+            raise ValueError("train_pairs and test_prompts must be >= 1")
+
+
+def _test_rows(ds: Any, test_pairs: list[Any], n: int, seed: int) -> list[dict[str, Any]]:
+    """One row per held-out interaction: prompt, category, the user's preferred response."""
+    seen: dict[str, dict[str, Any]] = {}
+    for p in test_pairs:
+        if p.turn == 0 and p.interaction_id not in seen:
+            seen[p.interaction_id] = {
+                "interaction_id": p.interaction_id,
+                "user_id": p.user_id,
+                "category": p.category,
+                "prompt": p.prompt,
+                "preferred": p.chosen,
+            }
+    rows = sorted(seen.values(), key=lambda r: r["interaction_id"])
+    random.Random(seed).shuffle(rows)
+    # stratify by category so that the selectivity view has every row
+    by_cat: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_cat.setdefault(r["category"], []).append(r)
+    out: list[dict[str, Any]] = []
+    while len(out) < min(n, len(rows)):
+        for cat in sorted(by_cat):
+            if by_cat[cat] and len(out) < n:
+                out.append(by_cat[cat].pop())
+    return out
+
+
+def run_demo(cfg: DemoConfig) -> dict[str, Any]:
+    import steerlens as sl
+    from steerlens.evaluation.metrics import continuation_nll, perplexity, toxicity_abs_error
+    from steerlens.evaluation.toxicity import get_scorer
+    from steerlens.methods import mean_difference
+    from steerlens.plots import dataset_overview, dose_response, save_figure, selectivity_heatmap
+
+    t0 = time.perf_counter()
+    out = Path(cfg.out)
+    results, figures = out / "results", out / "figures"
+    results.mkdir(parents=True, exist_ok=True)
+    model = sl.load_model(cfg.model)
+    ds = sl.data.load_prism(cfg.data)
+    logger.info("%r", ds)
+    train, test = ds.split(held_out=0.34, seed=cfg.seed, turn0_only=True)
+    train_sel = random.Random(cfg.seed).sample(train, min(cfg.train_pairs, len(train)))
+    layers = sl.default_layers(model)
+    vec = mean_difference(model, train_sel, layers, batch_size=cfg.batch_size)
+    vec.metadata["data"] = ds.source
+    vec.save(results / "population_caa.safetensors")
+
+    rows = _test_rows(ds, test, cfg.test_prompts, cfg.seed)
+    grid = [(r, a) for r in rows for a in cfg.alphas]
+    texts = sl.generate(
+        model,
+        [r["prompt"] for r, _ in grid],
+        steering=vec,
+        alpha=[a for _, a in grid],
+        max_new_tokens=cfg.max_new_tokens,
+        batch_size=cfg.batch_size,
+        progress_bar=True,
+    )
+    scorer = get_scorer()
+    tox = scorer(texts)
+    pref_tox = scorer([r["preferred"] for r, _ in grid])
+    nll = continuation_nll(model, [r["prompt"] for r, _ in grid], texts, batch_size=cfg.batch_size)
+    sweep = pd.DataFrame(
+        [
+            {
+                **{k: r[k] for k in ("interaction_id", "user_id", "category", "prompt")},
+                "alpha": a,
+                "generation": t,
+                "toxicity": x,
+                "preferred_toxicity": p,
+                "nll": n,
+            }
+            for (r, a), t, x, p, n in zip(grid, texts, tox, pref_tox, nll, strict=True)
+        ]
+    )
+    sweep["abs_error"] = toxicity_abs_error(sweep["toxicity"], sweep["preferred_toxicity"])
+    sweep["perplexity"] = perplexity(sweep["nll"].tolist())
+    sweep.to_csv(results / "sweep.csv", index=False)
+
+    by_alpha = (
+        sweep.groupby("alpha")
+        .agg(mae=("abs_error", "mean"), ppl=("perplexity", "median"), toxicity=("toxicity", "mean"))
+        .reset_index()
+    )
+    base = float(by_alpha.loc[by_alpha["alpha"] == 0.0, "mae"].iloc[0])
+    by_alpha["mae_change_pct"] = 100 * (by_alpha["mae"] - base) / base if base else 0.0
+    written = []
+    written += save_figure(
+        dose_response(
+            sweep,
+            title=f"Dose-response · population CAA · {cfg.model} · "
+            f"{'simulated demo set' if ds.is_simulated else ds.source}",
+        ),
+        figures / "dose_response",
+    )
+    written += save_figure(selectivity_heatmap(sweep), figures / "selectivity")
+    if ds.ground_truth is not None:
+        pairs_df = pd.DataFrame([asdict(p) for p in ds.preference_pairs()])
+        written += save_figure(
+            dataset_overview(ds.ground_truth, pairs_df), figures / "dataset_overview"
+        )
+    summary = {
+        "model": cfg.model,
+        "data": ds.source,
+        "data_is_simulated": ds.is_simulated,
+        "config": asdict(cfg),
+        "layers": layers,
+        "vector_norms": vec.norms(),
+        "n_train_pairs": len(train_sel),
+        "n_test_prompts": len(rows),
+        "by_alpha": by_alpha.round(5).to_dict(orient="records"),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "files": [str(p) for p in written] + [str(results / "sweep.csv")],
+    }
+    (results / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary

@@ -1,0 +1,106 @@
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import plotly.graph_objects as go
+import pytest
+import torch
+
+import steerlens as sl
+from steerlens.data.schema import PreferencePair
+from steerlens.evaluation.metrics import continuation_nll, perplexity, toxicity_abs_error
+from steerlens.methods import mean_difference
+
+
+def _pair(prompt, chosen, rejected, **kw):
+    base = dict(
+        user_id="u",
+        conversation_id="c",
+        interaction_id="i",
+        turn=0,
+        category="benign_control",
+        chosen_score=80,
+        rejected_score=20,
+        chosen_model="a",
+        rejected_model="b",
+        chosen_utterance_id="x",
+        rejected_utterance_id="y",
+    )
+    return PreferencePair(prompt=prompt, chosen=chosen, rejected=rejected, **{**base, **kw})
+
+
+def test_mean_difference_is_chosen_minus_rejected_response_means(tiny):
+    pairs = [_pair("q1?", "good answer", "bad"), _pair("q2?", "fine", "awful answer here")]
+    vec = mean_difference(tiny, pairs, [1, 3], progress_bar=False)
+    ids_p, m_p = sl.response_masks(tiny, ["q1?", "q2?"], ["good answer", "fine"])
+    ids_n, m_n = sl.response_masks(tiny, ["q1?", "q2?"], ["bad", "awful answer here"])
+    pos = sl.cache_activations(tiny, ids_p, [1, 3], pool="mean", masks=m_p, progress_bar=False)
+    neg = sl.cache_activations(tiny, ids_n, [1, 3], pool="mean", masks=m_n, progress_bar=False)
+    expected = pos.mean(0) - neg.mean(0)
+    assert vec.layers == [1, 3] and vec.method == "caa" and vec.model_name == "tiny-random"
+    torch.testing.assert_close(vec.as_tensor(), expected, rtol=0, atol=1e-4)
+    with pytest.raises(ValueError, match="at least one"):
+        mean_difference(tiny, [], [1])
+
+
+def test_continuation_nll_matches_manual_log_softmax(tiny_bridge):
+    m = tiny_bridge
+    (nll,) = continuation_nll(m, ["hi?"], ["ok then"])
+    ids, masks = sl.response_masks(m, ["hi?"], ["ok then"])
+    with torch.no_grad():
+        logp = m(ids[0][None])[0].log_softmax(-1)
+    pos = masks[0].nonzero().flatten()
+    manual = -torch.stack([logp[p - 1, ids[0][p]] for p in pos]).mean()
+    assert nll == pytest.approx(float(manual), abs=1e-4)
+    batch = continuation_nll(m, ["hi?", "a longer question here?", "x"], ["ok then", "no", ""])
+    assert batch[0] == pytest.approx(nll, abs=1e-4) and math.isnan(batch[2])
+    assert perplexity([0.0, math.log(4.0), math.nan])[:2] == pytest.approx([1.0, 4.0])
+    assert toxicity_abs_error([0.5, 0.1], [0.2, 0.3]) == pytest.approx([0.3, 0.2])
+    with pytest.raises(ValueError):
+        toxicity_abs_error([0.1], [0.1, 0.2])
+
+
+def test_profanity_scorer_separates_styles():
+    from steerlens.evaluation import get_scorer
+
+    s = get_scorer()
+    clean, rude = s(["Here is a recipe for bread.", "Shut up, you damn idiot, this is bullshit."])
+    assert rude > 0.9 > 0.1 > clean
+    with pytest.raises(ValueError, match="unknown toxicity scorer"):
+        get_scorer("vibes")
+
+
+def _sweep():
+    rows = []
+    for cat, base in (("benign_control", 0.10), ("harmful_borderline", 0.40)):
+        for a, factor in ((0.0, 1.0), (2.0, 0.5), (4.0, 1.5)):
+            rows.append(
+                {"category": cat, "alpha": a, "abs_error": base * factor, "perplexity": 5.0 + a}
+            )
+    return pd.DataFrame(rows)
+
+
+def test_dose_response_and_selectivity_figures():
+    from steerlens.plots import dose_response, selectivity_heatmap
+
+    fig = dose_response(_sweep())
+    assert isinstance(fig, go.Figure)
+    delta = list(fig.data[0].y)
+    assert delta == pytest.approx([0.0, -50.0, 50.0])
+    assert list(fig.data[1].y) == pytest.approx([5.0, 7.0, 9.0])
+    heat = selectivity_heatmap(_sweep())
+    assert [pytest.approx(r) for r in heat.data[0].z.tolist()] == [[-50.0, 50.0], [-50.0, 50.0]]
+    with pytest.raises(ValueError, match="alpha 0"):
+        dose_response(_sweep()[lambda d: d.alpha > 0])
+    with pytest.raises(ValueError, match="'category'"):
+        selectivity_heatmap(_sweep().drop(columns="category"))
+
+
+def test_save_figure_writes_html_and_never_fails_without_chrome(tmp_path, monkeypatch):
+    import steerlens.plots as plots
+
+    monkeypatch.setattr(plots, "_chrome_available", lambda: False)
+    files = plots.save_figure(plots.dose_response(_sweep()), tmp_path / "f" / "dose")
+    assert [f.name for f in files] == ["dose.html"] and files[0].stat().st_size > 1000
+    assert (tmp_path / "f" / "plotly.min.js").exists()  # opens offline

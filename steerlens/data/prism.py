@@ -13,6 +13,7 @@ import random
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -283,19 +284,25 @@ def _rows(table: Table, file: str, guard: Guard) -> Iterator[Row]:
             yield row
 
 
+def _records(table: Table, file: str, guard: Guard, build: Callable[[Row], T]) -> Iterator[T]:
+    """Build a record from each row, through ``guard`` (raise, or skip and record)."""
+    for row in _rows(table, file, guard):
+        record = guard(partial(build, row), row.file, row.line)
+        if record is not None:
+            yield record
+
+
 def _parse_users(table: Table, guard: Guard) -> dict[str, User]:
     users: dict[str, User] = {}
-    for row in _rows(table, "survey.jsonl", guard):
 
-        def one(row: Row = row) -> User:
-            user = parse_user(row)
-            if user.user_id in users:
-                raise row.err("user_id", f"duplicate user id {user.user_id!r}")
-            return user
+    def check(row: Row) -> User:
+        user = parse_user(row)
+        if user.user_id in users:
+            raise row.err("user_id", f"duplicate user id {user.user_id!r}")
+        return user
 
-        user = guard(one, row.file, row.line)
-        if user is not None:
-            users[user.user_id] = user
+    for user in _records(table, "survey.jsonl", guard, check):
+        users[user.user_id] = user
     return users
 
 
@@ -303,21 +310,17 @@ def _parse_conversations(
     table: Table, users: dict[str, User], guard: Guard
 ) -> dict[str, Conversation]:
     convs: dict[str, Conversation] = {}
-    for row in _rows(table, "conversations.jsonl", guard):
 
-        def one(row: Row = row) -> Conversation:
-            conv = parse_conversation(row)
-            if conv.user_id not in users:
-                raise row.err("user_id", f"unknown user id {conv.user_id!r} (not in survey.jsonl)")
-            if conv.conversation_id in convs:
-                raise row.err(
-                    "conversation_id", f"duplicate conversation id {conv.conversation_id!r}"
-                )
-            return conv
+    def check(row: Row) -> Conversation:
+        conv = parse_conversation(row)
+        if conv.user_id not in users:
+            raise row.err("user_id", f"unknown user id {conv.user_id!r} (not in survey.jsonl)")
+        if conv.conversation_id in convs:
+            raise row.err("conversation_id", f"duplicate conversation id {conv.conversation_id!r}")
+        return conv
 
-        conv = guard(one, row.file, row.line)
-        if conv is not None:
-            convs[conv.conversation_id] = conv
+    for conv in _records(table, "conversations.jsonl", guard, check):
+        convs[conv.conversation_id] = conv
     return convs
 
 
@@ -326,54 +329,52 @@ def _parse_utterances(
 ) -> list[Utterance]:
     out: list[Utterance] = []
     seen: set[str] = set()
-    for row in _rows(table, "utterances.jsonl", guard):
 
-        def one(row: Row = row) -> Utterance:
-            u = parse_utterance(row)
-            if u.user_id not in users:
-                raise row.err("user_id", f"unknown user id {u.user_id!r} (not in survey.jsonl)")
-            if u.utterance_id in seen:
-                raise row.err("utterance_id", f"duplicate utterance id {u.utterance_id!r}")
-            conv = convs.get(u.conversation_id)
-            if conv is None:
+    def check(row: Row) -> Utterance:
+        u = parse_utterance(row)
+        if u.user_id not in users:
+            raise row.err("user_id", f"unknown user id {u.user_id!r} (not in survey.jsonl)")
+        if u.utterance_id in seen:
+            raise row.err("utterance_id", f"duplicate utterance id {u.utterance_id!r}")
+        conv = convs.get(u.conversation_id)
+        if conv is None:
+            raise row.err(
+                "conversation_id",
+                f"conversation {u.conversation_id!r} is not in conversations.jsonl",
+            )
+        if conv.user_id != u.user_id:
+            raise row.err(
+                "user_id",
+                f"{u.user_id!r} but conversation {conv.conversation_id} belongs to {conv.user_id!r}",
+            )
+        match = [
+            h
+            for h in conv.conversation_history
+            if h.role == "model" and h.turn == u.turn and h.within_turn_id == u.within_turn_id
+        ]
+        if not match:
+            raise row.err(
+                "within_turn_id",
+                f"no model response at turn {u.turn}, within_turn_id "
+                f"{u.within_turn_id} in conversation {conv.conversation_id}",
+            )
+        h = match[0]
+        for name, mine, theirs in (
+            ("model_response", u.model_response, h.content),
+            ("score", u.score, h.score),
+            ("if_chosen", u.if_chosen, h.if_chosen),
+        ):
+            if mine != theirs:
                 raise row.err(
-                    "conversation_id",
-                    f"conversation {u.conversation_id!r} is not in conversations.jsonl",
+                    name,
+                    f"disagrees with conversation {conv.conversation_id} "
+                    f"turn {u.turn} ({mine!r} vs {theirs!r})",
                 )
-            if conv.user_id != u.user_id:
-                raise row.err(
-                    "user_id",
-                    f"{u.user_id!r} but conversation {conv.conversation_id} belongs to {conv.user_id!r}",
-                )
-            match = [
-                h
-                for h in conv.conversation_history
-                if h.role == "model" and h.turn == u.turn and h.within_turn_id == u.within_turn_id
-            ]
-            if not match:
-                raise row.err(
-                    "within_turn_id",
-                    f"no model response at turn {u.turn}, within_turn_id "
-                    f"{u.within_turn_id} in conversation {conv.conversation_id}",
-                )
-            h = match[0]
-            for name, mine, theirs in (
-                ("model_response", u.model_response, h.content),
-                ("score", u.score, h.score),
-                ("if_chosen", u.if_chosen, h.if_chosen),
-            ):
-                if mine != theirs:
-                    raise row.err(
-                        name,
-                        f"disagrees with conversation {conv.conversation_id} "
-                        f"turn {u.turn} ({mine!r} vs {theirs!r})",
-                    )
-            return u
+        return u
 
-        u = guard(one, row.file, row.line)
-        if u is not None:
-            seen.add(u.utterance_id)
-            out.append(u)
+    for u in _records(table, "utterances.jsonl", guard, check):
+        seen.add(u.utterance_id)
+        out.append(u)
     return out
 
 

@@ -19,7 +19,9 @@ import steerlens as sl
 from steerlens.plots import dataset_overview, save_figure
 
 
-def overview(data: str = "demo", out: str | Path = "figures") -> dict:
+def overview(
+    data: str = "demo", out: str | Path = "figures", tables: str | Path = "results"
+) -> dict:
     ds = sl.data.load_prism(data)
     if ds.ground_truth is None:
         raise SystemExit(f"{data} has no ground_truth.json: this overview is for simulated sets")
@@ -32,6 +34,9 @@ def overview(data: str = "demo", out: str | Path = "figures") -> dict:
             for k, v in gt["users"].items()
         ]
     )
+    Path(tables).mkdir(parents=True, exist_ok=True)
+    users_csv = Path(tables) / "dataset_users.csv"
+    users.sort_values("user_id").to_csv(users_csv, index=False)
     report = {
         "dataset": repr(ds),
         "style_means": gt["style_means"],
@@ -42,7 +47,7 @@ def overview(data: str = "demo", out: str | Path = "figures") -> dict:
         .to_dict(),
         "categoriser_agreement": gt["categoriser_agreement"],
         "pairs_by_category": pairs.groupby("category").size().to_dict(),
-        "files": [str(f) for f in files],
+        "files": [str(f) for f in files] + [str(users_csv)],
     }
     return report
 
@@ -50,9 +55,10 @@ def overview(data: str = "demo", out: str | Path = "figures") -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", default="demo")
-    ap.add_argument("--out", default="figures")
+    ap.add_argument("--out", default="figures", help="folder for the figure")
+    ap.add_argument("--tables", default="results", help="folder for the per-user table")
     args = ap.parse_args()
-    print(json.dumps(overview(args.data, args.out), indent=1))
+    print(json.dumps(overview(args.data, args.out, args.tables), indent=1))
 
 
 if __name__ == "__main__":

@@ -37,8 +37,19 @@ def _active_tl_hooks(model: HookedModel) -> bool:
 
 
 def can_use_fast_path(model: HookedModel, vector: SteeringVector | None) -> bool:
-    """True when the twin gives exactly what the TransformerLens hooks would."""
-    if load_spec(model) is None or _active_tl_hooks(model):
+    """True when the twin is cheap and gives exactly what the TransformerLens hooks would.
+
+    Cheap: the embedded and tiny models (or a twin already built). A named model (e.g. an 8B
+    Llama) would need a second full copy of its weights, so ``engine="auto"`` leaves it on the
+    TransformerLens path; ask for ``engine="hf"`` to build its twin deliberately.
+    """
+    from steerlens._embedded import EMBEDDED_NAME
+    from steerlens._tiny import TINY_NAME
+
+    spec = load_spec(model)
+    if spec is None or _active_tl_hooks(model):
+        return False
+    if spec.name not in (EMBEDDED_NAME, TINY_NAME) and model not in _TWINS:
         return False
     return vector is None or vector.hook in FAST_HOOKS
 

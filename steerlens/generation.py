@@ -81,7 +81,7 @@ def generate(
     top_p: float | None = None,
     seed: int | None = None,
     stop_at_eos: bool = True,
-    progress_bar: bool = False,
+    progress_bar: bool = True,
     engine: Literal["auto", "tl", "hf"] = "auto",
     return_tokens: Literal[False] = False,
     return_logits: Literal[False] = False,
@@ -108,7 +108,7 @@ def generate(
     top_p: float | None = None,
     seed: int | None = None,
     stop_at_eos: bool = True,
-    progress_bar: bool = False,
+    progress_bar: bool = True,
     engine: Literal["auto", "tl", "hf"] = "auto",
     return_tokens: bool = ...,
     return_logits: bool = ...,
@@ -136,7 +136,7 @@ def generate(
     stop_at_eos: bool = True,
     return_tokens: bool = False,
     return_logits: bool = False,
-    progress_bar: bool = False,
+    progress_bar: bool = True,
     engine: Literal["auto", "tl", "hf"] = "auto",
 ) -> list[str] | Generation:
     """Generate continuations of ``prompts``, optionally steered.
@@ -158,8 +158,9 @@ def generate(
         engine: ``"tl"`` runs through the model's TransformerLens hooks (any hooks you added
             fire too); ``"hf"`` runs the same arithmetic on a plain HF copy of the model with
             PyTorch hooks (``steerlens.fastpath``; faster, a second copy of the weights);
-            ``"auto"`` (default) takes ``"hf"`` when that is exact (a model loaded by
-            ``load_model``, no other TransformerLens hooks active, a resid_pre/post vector).
+            ``"auto"`` (default) takes ``"hf"`` when that is exact and cheap (the embedded or
+            tiny model loaded by ``load_model``, or a model whose twin exists already; no other
+            TransformerLens hooks active; a resid_pre/post vector).
 
     Returns:
         The generated texts (special tokens and the EOS removed), or a ``Generation``.

@@ -172,7 +172,8 @@ def add_vector_hook(
         batch, n_pos, d = resid.shape
         if d != direction.shape[0]:
             raise ValueError(
-                f"{hook.name}: vector has d_model {direction.shape[0]}, activation has {d}"
+                f"{getattr(hook, 'name', 'hook')}: vector has d_model {direction.shape[0]}, "
+                f"activation has {d}"
             )
         first, prompt_len = counter.advance(n_pos)
         key = (resid.device, resid.dtype)

@@ -8,7 +8,7 @@ Prints ratios (>1 means steerlens is faster) and writes ``results/bench.json``:
    plain ``transformers`` gets from the same batching (the machine's limit);
 3. ``cache_activations`` vs a ``transformers`` forward with ``output_hidden_states=True``.
 
-Usage: ``python benchmarks/run_all.py [--model NAME] [--repeats 3] [--quick]``.
+Usage: ``python benchmarks/run_all.py [--model NAME] [--repeats 5]``.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import json
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
@@ -45,14 +46,20 @@ PROMPTS = [
 ]
 
 
-def timed(fn, repeats: int) -> float:
-    fn()  # warm-up
-    runs = []
-    for _ in range(repeats):
-        t = time.perf_counter()
+def compare(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median seconds of each function, runs interleaved (a b c a b c ...) after a warm-up.
+
+    Interleaving makes slow drifts of a shared machine hit every contender alike.
+    """
+    for fn in fns.values():
         fn()
-        runs.append(time.perf_counter() - t)
-    return statistics.median(runs)
+    runs: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            runs[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in runs.items()}
 
 
 def plain_hf(name: str):
@@ -88,7 +95,7 @@ def hf_generate(hf, tok, prompts: list[str], new_tokens: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="smollm2-135m-instruct")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--out", default="results/bench.json")
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -101,36 +108,39 @@ def main() -> None:
         model_name=sl.model_name(model),
     )
     new = 32
-    kw = dict(max_new_tokens=new, stop_at_eos=False, batch_size=16)
+    kw = dict(max_new_tokens=new, stop_at_eos=False, batch_size=16, progress_bar=False)
     rows = []
 
-    t_hf = timed(lambda: hf_generate(hf, tok, PROMPTS, new), args.repeats)
-    t_fast = timed(
-        lambda: sl.generate(model, PROMPTS, steering=vec, alpha=4.0, engine="hf", **kw),
+    gen = compare(
+        {
+            "hf": lambda: hf_generate(hf, tok, PROMPTS, new),
+            "fast": lambda: sl.generate(model, PROMPTS, steering=vec, alpha=4.0, engine="hf", **kw),
+            "tl": lambda: sl.generate(model, PROMPTS, steering=vec, alpha=4.0, engine="tl", **kw),
+        },
         args.repeats,
     )
-    t_tl = timed(
-        lambda: sl.generate(model, PROMPTS, steering=vec, alpha=4.0, engine="tl", **kw),
-        args.repeats,
+    rows.append(
+        ("steered generation, fast path (default) vs HF unsteered", gen["hf"] / gen["fast"], 1.0)
     )
-    rows.append(("steered generation, fast path (default) vs HF unsteered", t_hf / t_fast, 1.0))
-    rows.append(("steered generation, TL hooks vs HF unsteered", t_hf / t_tl, None))
+    rows.append(("steered generation, TL hooks vs HF unsteered", gen["hf"] / gen["tl"], None))
 
     alphas = [0.0, 1.0, 2.0, 4.0, 6.0, 8.0]
     base = PROMPTS[:4]
     sweep = [p for p in base for _ in alphas]
     sweep_alpha = [a for _ in base for a in alphas]
-    kw_sweep = dict(max_new_tokens=new, stop_at_eos=False, batch_size=len(sweep))
-    t_one = timed(
-        lambda: sl.generate(model, sweep, steering=vec, alpha=sweep_alpha, **kw_sweep), args.repeats
+    kw_sweep = dict(
+        max_new_tokens=new, stop_at_eos=False, batch_size=len(sweep), progress_bar=False
     )
-    t_six = timed(
-        lambda: [sl.generate(model, base, steering=vec, alpha=a, **kw) for a in alphas],
+    sw = compare(
+        {
+            "one": lambda: sl.generate(model, sweep, steering=vec, alpha=sweep_alpha, **kw_sweep),
+            "six": lambda: [sl.generate(model, base, steering=vec, alpha=a, **kw) for a in alphas],
+            "hf_one": lambda: hf_generate(hf, tok, sweep, new),
+            "hf_six": lambda: [hf_generate(hf, tok, base, new) for _ in alphas],
+        },
         args.repeats,
     )
-    t_hf_one = timed(lambda: hf_generate(hf, tok, sweep, new), args.repeats)
-    t_hf_six = timed(lambda: [hf_generate(hf, tok, base, new) for _ in alphas], args.repeats)
-    ours, limit = t_six / t_one, t_hf_six / t_hf_one
+    ours, limit = sw["six"] / sw["one"], sw["hf_six"] / sw["hf_one"]
     rows.append(
         (
             f"6-point alpha sweep batched: speed-up {ours:.2f}x / HF's {limit:.2f}x",
@@ -146,14 +156,16 @@ def main() -> None:
         with torch.inference_mode():
             hf(**enc, output_hidden_states=True)
 
-    t_hf_c = timed(hf_hidden, args.repeats)
-    t_c = timed(
-        lambda: sl.cache_activations(
-            model, texts, layers, pool="mean", batch_size=len(texts), progress_bar=False
-        ),
+    ca = compare(
+        {
+            "hf": hf_hidden,
+            "sl": lambda: sl.cache_activations(
+                model, texts, layers, pool="mean", batch_size=len(texts), progress_bar=False
+            ),
+        },
         args.repeats,
     )
-    rows.append(("cache_activations vs HF forward(output_hidden_states)", t_hf_c / t_c, 1.5))
+    rows.append(("cache_activations vs HF forward(output_hidden_states)", ca["hf"] / ca["sl"], 1.5))
 
     machine = f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     print(f"\nsteerlens benchmarks · {args.model} · {machine} · {date.today()}")
@@ -168,17 +180,7 @@ def main() -> None:
                 "model": args.model,
                 "machine": machine,
                 "date": str(date.today()),
-                "seconds": {
-                    "hf_generate": t_hf,
-                    "fast": t_fast,
-                    "tl": t_tl,
-                    "sweep_one": t_one,
-                    "sweep_six": t_six,
-                    "hf_sweep_one": t_hf_one,
-                    "hf_sweep_six": t_hf_six,
-                    "hf_hidden": t_hf_c,
-                    "cache": t_c,
-                },
+                "seconds": {"generation": gen, "sweep": sw, "cache": ca},
                 "ratios": [{"comparison": n, "ratio": r, "target": t} for n, r, t in rows],
             },
             indent=1,

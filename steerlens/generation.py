@@ -10,7 +10,7 @@ A padded batch gives the tokens of one-at-a-time runs (tested).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Literal, overload
@@ -19,10 +19,10 @@ import torch
 from torch import Tensor
 
 from steerlens._progress import progress
-from steerlens.chat import Prompt, encode_prompts, pad, pad_token_id
+from steerlens.chat import Prompt, encode_prompts, pad
 from steerlens.hooks import Gate, GateSpec
 from steerlens.hooks import steering as steering_context
-from steerlens.models import HookedModel
+from steerlens.models import HookedModel, model_device
 from steerlens.vectors import SteeringVector
 
 __all__ = ["Generation", "generate"]
@@ -67,7 +67,6 @@ def generate(
     prompts: Sequence[Prompt],
     *,
     max_new_tokens: int = 64,
-    steering_vector: SteeringVector | None = None,
     steering: SteeringVector | None = None,
     alpha: float | Sequence[float] | Tensor = 1.0,
     gate: GateSpec | Gate = "all",
@@ -94,7 +93,6 @@ def generate(
     prompts: Sequence[Prompt],
     *,
     max_new_tokens: int = 64,
-    steering_vector: SteeringVector | None = None,
     steering: SteeringVector | None = None,
     alpha: float | Sequence[float] | Tensor = 1.0,
     gate: GateSpec | Gate = "all",
@@ -120,7 +118,6 @@ def generate(
     prompts: Sequence[Prompt],
     *,
     max_new_tokens: int = 64,
-    steering_vector: SteeringVector | None = None,
     steering: SteeringVector | None = None,
     alpha: float | Sequence[float] | Tensor = 1.0,
     gate: GateSpec | Gate = "all",
@@ -147,7 +144,7 @@ def generate(
             raw text with ``chat=False``.
         response_prefix: text the reply is forced to start with (one string or one per
             prompt); the returned text is what the model added after it.
-        steering: a ``SteeringVector`` to add while generating (``steering_vector`` is an alias).
+        steering: a ``SteeringVector`` to add while generating.
         alpha: strength; a float, or one value per prompt (a whole dose-response sweep in one
             batch: repeat the prompt and give each copy its α).
         gate: ``"all"``, ``"prefill"``, ``FirstK(k)`` or ``"generated"``.
@@ -165,7 +162,7 @@ def generate(
     Returns:
         The generated texts (special tokens and the EOS removed), or a ``Generation``.
     """
-    vec = steering if steering is not None else steering_vector
+    vec = steering
     if isinstance(prompts, str):
         raise TypeError("prompts must be a list of strings, not one string")
     if max_new_tokens < 1:
@@ -192,9 +189,11 @@ def generate(
     tokens: list[Tensor | None] = [None] * n
     logits: list[Tensor | None] = [None] * n
     eos = _eos_ids(model) if stop_at_eos else []
-    gen = torch.Generator(device="cpu")
+    gen = torch.Generator(device=model_device(model))
     if seed is not None:
         gen.manual_seed(seed)
+    else:
+        gen.seed()
     batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
     opts = _Decode(
         max_new_tokens, do_sample, temperature, top_k, top_p, eos, return_logits, gen, seed
@@ -261,46 +260,97 @@ class _Decode:
 def _run_batch(
     model: HookedModel, input_ids: Tensor, attention_mask: Tensor, opts: _Decode, runner: Any = None
 ) -> tuple[Tensor, Tensor | None]:
-    """New tokens ``[batch, steps]`` (EOS-padded after a row stops) and optional raw logits."""
+    """New tokens ``[batch, steps]`` (EOS-padded after a row stops) and optional raw logits.
+
+    One KV-cache decoding loop serves every path: the bridge (its HF modules are wrapped in
+    place, so TransformerLens hooks fire, one position a step), the plain HF twin of the fast
+    path, and a HookedTransformer. Sampling is therefore the same everywhere.
+    """
     hf = runner if runner is not None else getattr(model, "original_model", None)
-    if hf is None:
-        return _hooked_generate(model, input_ids, attention_mask, opts)
-    new, logits = _hf_generate(hf, model, input_ids, attention_mask, opts)
+    step = (
+        _hf_steps(hf, input_ids, attention_mask)
+        if hf is not None
+        else _tl_steps(model, input_ids, attention_mask)
+    )
+    new, logits = _decode(step, input_ids.shape[0], opts)
     if logits is not None and runner is not None:
         # TransformerLens centres the unembedding: match its logits (softmax unchanged).
         logits = logits - logits.mean(-1, keepdim=True)
     return new, logits
 
 
-def _hf_generate(
-    hf: Any, model: HookedModel, input_ids: Tensor, attention_mask: Tensor, opts: _Decode
-) -> tuple[Tensor, Tensor | None]:
-    from transformers import GenerationConfig
+def _hf_steps(
+    hf: Any, input_ids: Tensor, attention_mask: Tensor
+) -> Callable[[Tensor | None], Tensor]:
+    """Last-position logits of an HF causal LM: the prompt first, then one token a call."""
+    from transformers import DynamicCache
 
-    sampling: dict[str, Any] = (
-        {"temperature": opts.temperature, "top_k": opts.top_k or 0, "top_p": opts.top_p or 1.0}
-        if opts.do_sample
-        else {}
-    )
-    config = GenerationConfig(
-        max_new_tokens=opts.max_new_tokens,
-        do_sample=opts.do_sample,
-        eos_token_id=opts.eos or None,
-        pad_token_id=pad_token_id(model),
-        output_logits=opts.want_logits,
-        return_dict_in_generate=True,
-        **sampling,
-    )
-    rng = torch.random.fork_rng(devices=[]) if opts.seed is not None else nullcontext()
-    with rng:
-        if opts.seed is not None:
-            torch.manual_seed(opts.seed)
-        out = hf.generate(
-            input_ids=input_ids, attention_mask=attention_mask, generation_config=config
+    cache = DynamicCache()
+    state = {"mask": attention_mask, "pos": (attention_mask.long().cumsum(-1) - 1).clamp(min=0)}
+
+    def step(nxt: Tensor | None) -> Tensor:
+        if nxt is None:
+            ids = input_ids
+        else:
+            ids = nxt[:, None]
+            state["mask"] = torch.cat([state["mask"], torch.ones_like(state["mask"][:, :1])], dim=1)
+            state["pos"] = state["pos"][:, -1:] + 1
+        out = hf(
+            input_ids=ids,
+            attention_mask=state["mask"],
+            position_ids=state["pos"],
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
         )
-    new = out.sequences[:, input_ids.shape[1] :]
-    step_logits = torch.stack(out.logits, dim=1) if opts.want_logits else None
-    return new, step_logits
+        return out.logits[:, -1]
+
+    return step
+
+
+def _tl_steps(
+    model: HookedModel, input_ids: Tensor, attention_mask: Tensor
+) -> Callable[[Tensor | None], Tensor]:
+    """Last-position logits of a HookedTransformer through its own KV cache."""
+    from transformer_lens import TransformerLensKeyValueCache
+
+    cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, input_ids.shape[0])
+    # The TL cache keeps the mask of past positions; each call passes its new positions' mask.
+    step_mask = torch.ones_like(attention_mask[:, :1])
+
+    def step(nxt: Tensor | None) -> Tensor:
+        if nxt is None:
+            return model(input_ids, attention_mask=attention_mask, past_kv_cache=cache)[:, -1]
+        return model(nxt[:, None], attention_mask=step_mask, past_kv_cache=cache)[:, -1]
+
+    return step
+
+
+def _decode(
+    step: Callable[[Tensor | None], Tensor], batch: int, opts: _Decode
+) -> tuple[Tensor, Tensor | None]:
+    """Greedy or sampled decoding; rows that emitted an EOS are padded with it."""
+    logits = step(None)
+    device = logits.device
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    fill = opts.eos[0] if opts.eos else 0
+    eos_t = torch.tensor(opts.eos, device=device, dtype=torch.long)
+    new: list[Tensor] = []
+    kept: list[Tensor] = []
+    for i in range(opts.max_new_tokens):
+        if opts.want_logits:
+            kept.append(logits)
+        nxt = _pick(logits, opts)
+        nxt = torch.where(finished, torch.full_like(nxt, fill), nxt)
+        new.append(nxt)
+        if opts.eos:
+            finished |= torch.isin(nxt, eos_t)
+            if bool(finished.all()):
+                break
+        if i == opts.max_new_tokens - 1:
+            break
+        logits = step(nxt)
+    return torch.stack(new, dim=1), (torch.stack(kept, dim=1) if opts.want_logits else None)
 
 
 def _pick(logits: Tensor, opts: _Decode) -> Tensor:
@@ -317,37 +367,4 @@ def _pick(logits: Tensor, opts: _Decode) -> Tensor:
         drop = cum - sorted_scores.softmax(-1) > top_p
         sorted_scores = sorted_scores.masked_fill(drop, float("-inf"))
         scores = torch.full_like(scores, float("-inf")).scatter(-1, idx, sorted_scores)
-    probs = scores.softmax(-1).cpu()
-    return torch.multinomial(probs, 1, generator=opts.generator).squeeze(-1).to(logits.device)
-
-
-def _hooked_generate(
-    model: HookedModel, input_ids: Tensor, attention_mask: Tensor, opts: _Decode
-) -> tuple[Tensor, Tensor | None]:
-    """A KV-cache decoding loop over ``HookedTransformer.forward``."""
-    from transformer_lens import TransformerLensKeyValueCache
-
-    batch = input_ids.shape[0]
-    cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, batch)
-    # The TL cache keeps the mask of past positions; each call passes its new positions' mask.
-    logits = model(input_ids, attention_mask=attention_mask, past_kv_cache=cache)[:, -1]
-    step_mask = torch.ones_like(attention_mask[:, :1])
-    finished = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
-    fill = opts.eos[0] if opts.eos else 0
-    eos_t = torch.tensor(opts.eos, device=input_ids.device, dtype=torch.long)
-    new: list[Tensor] = []
-    kept: list[Tensor] = []
-    for step in range(opts.max_new_tokens):
-        if opts.want_logits:
-            kept.append(logits)
-        nxt = _pick(logits, opts)
-        nxt = torch.where(finished, torch.full_like(nxt, fill), nxt)
-        new.append(nxt)
-        if opts.eos:
-            finished |= torch.isin(nxt, eos_t)
-            if finished.all():
-                break
-        if step == opts.max_new_tokens - 1:
-            break
-        logits = model(nxt[:, None], attention_mask=step_mask, past_kv_cache=cache)[:, -1]
-    return torch.stack(new, dim=1), (torch.stack(kept, dim=1) if opts.want_logits else None)
+    return torch.multinomial(scores.softmax(-1), 1, generator=opts.generator).squeeze(-1)

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from steerlens._progress import progress
 from steerlens.chat import encode_prompts, pad, tokenize
-from steerlens.hooks import HookPair, hook_name
+from steerlens.hooks import HookFn, hook_name
 from steerlens.models import HookedModel, default_layers
 from steerlens.store import ActivationStore
 
@@ -59,6 +59,7 @@ def cache_activations(
     dtype: torch.dtype = torch.float32,
     store: str | Path | None = None,
     progress_bar: bool = True,
+    engine: Literal["auto", "tl", "hf"] = "auto",
 ) -> Float[Tensor, "n layer d_model"] | list[Float[Tensor, "layer pos d_model"]] | ActivationStore:
     """Residual-stream activations of each input at ``layers``.
 
@@ -74,6 +75,10 @@ def cache_activations(
             default all tokens.
         store: a folder: write safetensors shards there (one per batch) and return an
             ``ActivationStore`` instead of holding everything in memory.
+        engine: ``"tl"`` reads the TransformerLens hook points (any hooks you have active, e.g.
+            a ``steering`` context, act on what is cached); ``"hf"`` reads the same values from
+            the decoder layers of a plain HF copy of the model (``steerlens.fastpath``; faster);
+            ``"auto"`` takes ``"hf"`` where that is exact and cheap, as ``generate`` does.
 
     Returns:
         ``[n, layer, d_model]`` (pooled), a list of ``[layer, pos, d_model]`` (``pool="none"``),
@@ -116,8 +121,15 @@ def cache_activations(
         if store is not None
         else None
     )
-    stop = max(layer_list) + 1
-    stop_at = stop if stop < model.cfg.n_layers else None
+    if engine not in ("auto", "tl", "hf"):
+        raise ValueError(f"engine must be 'auto', 'tl' or 'hf', got {engine!r}")
+    from steerlens import fastpath
+
+    probe = None if hook in fastpath.FAST_HOOKS else hook
+    fast = engine == "hf" or (
+        engine == "auto" and probe is None and fastpath.can_use_fast_path(model, None)
+    )
+    twin = fastpath.hf_twin(model) if fast else None
     # Sorting by length wastes less padding; a store is written in input order.
     order = (
         list(range(len(ids)))
@@ -129,17 +141,14 @@ def cache_activations(
     model.eval()
     for batch in progress(batches, total=len(batches), description="cache", enabled=progress_bar):
         enc = pad(model, [ids[i] for i in batch], side="right")
-        captured: dict[str, Tensor] = {}
-        fwd: list[HookPair] = [(n, _capture_hook(captured, n)) for n in names]
         with torch.inference_mode():
-            model.run_with_hooks(
-                enc.input_ids,
-                fwd_hooks=fwd,
-                attention_mask=enc.attention_mask,
-                stop_at_layer=stop_at,
-                return_type=None,
-            )
-        stacked = torch.stack([captured[n] for n in names], dim=1).to(dtype)  # [b, L, pos, d]
+            if twin is not None:
+                resids = fastpath.capture_residuals(
+                    twin, enc.input_ids, enc.attention_mask, layer_list, hook
+                )
+            else:
+                resids = _tl_capture(model, enc.input_ids, enc.attention_mask, names, layer_list)
+        stacked = torch.stack(resids, dim=1).to(dtype)  # [b, L, pos, d]
         for row, i in enumerate(batch):
             n_tok = enc.lengths[row]
             sel = torch.ones(n_tok, dtype=torch.bool) if masks is None else masks[i].bool().cpu()
@@ -161,8 +170,28 @@ def cache_activations(
     return results if pool == "none" else torch.stack(results)
 
 
-def _capture_hook(captured: dict[str, Tensor], name: str):  # type: ignore[no-untyped-def]
-    def hook_fn(resid: Tensor, *, hook: object) -> None:
-        captured[name] = resid.detach()
+def _tl_capture(
+    model: HookedModel,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    names: list[str],
+    layers: list[int],
+) -> list[Tensor]:
+    """The residuals at ``names`` from TransformerLens hook points, stopping after the last."""
+    captured: dict[str, Tensor] = {}
 
-    return hook_fn
+    def grab(name: str) -> HookFn:
+        def hook_fn(resid: Tensor, *, hook: object) -> None:
+            captured[name] = resid.detach()
+
+        return hook_fn
+
+    stop = max(layers) + 1
+    model.run_with_hooks(
+        input_ids,
+        fwd_hooks=[(n, grab(n)) for n in names],  # type: ignore[misc]
+        attention_mask=attention_mask,
+        stop_at_layer=stop if stop < model.cfg.n_layers else None,
+        return_type=None,
+    )
+    return [captured[n] for n in names]

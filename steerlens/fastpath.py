@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 from torch import Tensor
@@ -26,7 +26,7 @@ from steerlens.hooks import Gate, GateSpec, add_vector_hook
 from steerlens.models import HookedModel, load_spec
 from steerlens.vectors import SteeringVector
 
-__all__ = ["can_use_fast_path", "hf_twin", "torch_steering"]
+__all__ = ["can_use_fast_path", "capture_residuals", "hf_twin", "torch_steering"]
 
 _TWINS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 FAST_HOOKS = ("hook_resid_post", "hook_resid_pre")
@@ -132,3 +132,54 @@ def _pre(fn: Any) -> Any:
         return args, kwargs
 
     return hook
+
+
+class _Stop(Exception):
+    """Raised by the last capture hook: the layers above it are not needed."""
+
+
+def capture_residuals(
+    twin: Any, input_ids: Tensor, attention_mask: Tensor, layers: Sequence[int], hook: str
+) -> list[Tensor]:
+    """``blocks.{l}.{hook}`` for each layer, read from the twin's decoder layers.
+
+    ``hook_resid_post`` is decoder layer ``l``'s output, ``hook_resid_pre`` its input. The
+    forward pass stops after the last needed layer (and never reaches the unembedding).
+    """
+    if hook not in FAST_HOOKS:
+        raise ValueError(f"the fast path reads {FAST_HOOKS}, not {hook}")
+    modules = _decoder_layers(twin)
+    last = max(layers)
+    captured: dict[int, Tensor] = {}
+    handles = []
+
+    def post(layer: int) -> Any:
+        def fn(module: Any, args: Any, output: Any) -> None:
+            captured[layer] = (output[0] if isinstance(output, tuple) else output).detach()
+            if layer == last:
+                raise _Stop
+
+        return fn
+
+    def pre(layer: int) -> Any:
+        def fn(module: Any, args: Any, kwargs: Any) -> None:
+            captured[layer] = (args[0] if args else kwargs["hidden_states"]).detach()
+            if layer == last:
+                raise _Stop
+
+        return fn
+
+    try:
+        for layer in sorted(set(layers)):
+            if hook == "hook_resid_post":
+                handles.append(modules[layer].register_forward_hook(post(layer)))
+            else:
+                handles.append(
+                    modules[layer].register_forward_pre_hook(pre(layer), with_kwargs=True)
+                )
+        with suppress(_Stop):
+            twin.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    return [captured[layer] for layer in layers]

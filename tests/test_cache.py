@@ -18,7 +18,7 @@ def test_padded_equals_unbatched_and_matches_run_with_cache(tiny):
         torch.testing.assert_close(acts, single, rtol=0, atol=1e-4)
         _, cache = tiny.run_with_cache(ids[None])
         for i, lyr in enumerate(layers):
-            torch.testing.assert_close(acts[i], cache[sl.resid_post(lyr)][0], rtol=0, atol=1e-4)
+            torch.testing.assert_close(acts[i], cache[sl.resid_post(lyr)][0], rtol=1e-4, atol=1e-4)
 
 
 def test_pooling_and_masks(tiny):
@@ -92,3 +92,24 @@ def test_cache_errors(tiny):
         sl.cache_activations(
             tiny, ids, [1], masks=[torch.ones(2, dtype=torch.bool)], progress_bar=False
         )
+
+
+@pytest.mark.parametrize("hook", ["hook_resid_post", "hook_resid_pre"])
+def test_fast_path_cache_equals_transformerlens_hooks(tiny, hook):
+    kw = dict(hook=hook, pool="none", batch_size=2, progress_bar=False)
+    tl = sl.cache_activations(tiny, PROMPTS, [0, 2], engine="tl", **kw)
+    hf = sl.cache_activations(tiny, PROMPTS, [0, 2], engine="hf", **kw)
+    for a, b in zip(tl, hf, strict=True):  # two implementations: float32 rounding only
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_cache_under_steering_sees_the_steered_residual(tiny):
+    vec = sl.SteeringVector({1: torch.ones(64)})
+    base = sl.cache_activations(tiny, PROMPTS[:1], [1], progress_bar=False)
+    with sl.steering(tiny, vec, alpha=2.0):  # active TL hooks: auto must take the TL path
+        steered = sl.cache_activations(tiny, PROMPTS[:1], [1], progress_bar=False)
+    torch.testing.assert_close(steered, base + 2.0, rtol=0, atol=1e-4)
+    mid = sl.cache_activations(tiny, PROMPTS[:1], [1], hook="hook_resid_mid", progress_bar=False)
+    assert mid.shape == (1, 1, 64)  # resid_mid has no HF twin point: TL path
+    with pytest.raises(ValueError, match="engine must be"):
+        sl.cache_activations(tiny, PROMPTS, [1], engine="jax", progress_bar=False)

@@ -130,7 +130,7 @@ def demo(
     """The main job: population CAA, an alpha sweep, toxicity MAE, perplexity, figures."""
     from steerlens.demo import DemoConfig, run_demo
 
-    logging.getLogger().setLevel(logging.INFO)
+    logging.getLogger("steerlens").setLevel(logging.INFO)
     summary = run_demo(DemoConfig(model=model, data=data, out=str(out), quick=quick))
     table = Table(
         "alpha",
@@ -138,6 +138,7 @@ def demo(
         "ΔMAE %",
         "toxicity",
         "perplexity",
+        "distinct-2",
         title=f"{model} on {summary['data']}"
         + (" (simulated data)" if summary["data_is_simulated"] else ""),
     )
@@ -148,6 +149,7 @@ def demo(
             f"{row['mae_change_pct']:+.1f}",
             f"{row['toxicity']:.4f}",
             f"{row['ppl']:.2f}",
+            f"{row['distinct_2']:.2f}",
         )
     console.print(table)
     console.print(f"wrote {len(summary['files'])} files under {out} in {summary['seconds']:.0f} s")

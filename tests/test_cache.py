@@ -113,3 +113,12 @@ def test_cache_under_steering_sees_the_steered_residual(tiny):
     assert mid.shape == (1, 1, 64)  # resid_mid has no HF twin point: TL path
     with pytest.raises(ValueError, match="engine must be"):
         sl.cache_activations(tiny, PROMPTS, [1], engine="jax", progress_bar=False)
+
+
+@pytest.mark.integration
+def test_embedded_fast_cache_equals_transformerlens(embedded):
+    texts = ["What is the capital of France?", "Tell me a short story about a cat."]
+    layers = sl.default_layers(embedded)
+    tl = sl.cache_activations(embedded, texts, layers, pool="mean", engine="tl", progress_bar=False)
+    hf = sl.cache_activations(embedded, texts, layers, pool="mean", engine="hf", progress_bar=False)
+    torch.testing.assert_close(tl, hf, rtol=1e-3, atol=1e-3)

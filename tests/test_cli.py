@@ -63,3 +63,11 @@ def test_generate_bad_gate_and_alpha_without_vector():
     assert res.exit_code != 0 and "--alpha needs --vector" in res.output
     res = runner.invoke(app, ["generate", "--model", "tiny-random", "-p", "x", "--gate", "first:z"])
     assert res.exit_code != 0
+
+
+def test_demo_command_quick_on_tiny(tmp_path):
+    res = runner.invoke(app, ["demo", "--quick", "--model", "tiny-random", "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    assert "simulated data" in res.output and "distinct-2" in res.output
+    assert (tmp_path / "results" / "summary.json").exists()
+    assert (tmp_path / "figures" / "dose_response.html").exists()

@@ -104,3 +104,10 @@ def test_save_figure_writes_html_and_never_fails_without_chrome(tmp_path, monkey
     files = plots.save_figure(plots.dose_response(_sweep()), tmp_path / "f" / "dose")
     assert [f.name for f in files] == ["dose.html"] and files[0].stat().st_size > 1000
     assert (tmp_path / "f" / "plotly.min.js").exists()  # opens offline
+
+
+def test_distinct_n_flags_repetition():
+    from steerlens.evaluation.metrics import distinct_n
+
+    varied, looped, short = distinct_n(["the cat sat on the mat", "5 5 5 5 5 5", "one"], 2)
+    assert varied == 1.0 and looped == pytest.approx(1 / 5) and math.isnan(short)

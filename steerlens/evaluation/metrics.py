@@ -11,7 +11,7 @@ from steerlens._progress import progress
 from steerlens.chat import Prompt, pad, response_masks
 from steerlens.models import HookedModel
 
-__all__ = ["continuation_nll", "perplexity", "toxicity_abs_error"]
+__all__ = ["continuation_nll", "distinct_n", "perplexity", "toxicity_abs_error"]
 
 
 def toxicity_abs_error(generated: Sequence[float], preferred: Sequence[float]) -> list[float]:
@@ -57,6 +57,22 @@ def continuation_nll(
             m = masks[j][1:]  # token t is predicted at position t - 1
             n = int(m.numel())
             out[keep[j]] = float(-tok_lp[row, :n][m].mean())
+    return out
+
+
+def distinct_n(texts: Sequence[str], n: int = 2) -> list[float]:
+    """Share of distinct word n-grams in each text (1 = no repetition; NaN if too short).
+
+    Perplexity under the unsteered model cannot see collapse into repetition (repeated text
+    is easy to predict); a falling distinct-n can.
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    out = []
+    for text in texts:
+        words = text.split()
+        grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+        out.append(len(set(grams)) / len(grams) if grams else math.nan)
     return out
 
 

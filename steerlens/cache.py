@@ -138,7 +138,8 @@ def cache_activations(
     )
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     slots: list[Tensor | None] = [None] * len(ids)
-    model.eval()
+    if model.training:  # eval() walks every module of a bridge: skip it when already off
+        model.eval()
     for batch in progress(batches, total=len(batches), description="cache", enabled=progress_bar):
         enc = pad(model, [ids[i] for i in batch], side="right")
         with torch.inference_mode():

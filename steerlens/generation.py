@@ -204,7 +204,8 @@ def generate(
         raise ValueError(f"engine must be 'auto', 'tl' or 'hf', got {engine!r}")
     fast = engine == "hf" or (engine == "auto" and fastpath.can_use_fast_path(model, vec))
     runner = fastpath.hf_twin(model) if fast else None
-    model.eval()
+    if model.training:  # eval() walks every module of a bridge: skip it when already off
+        model.eval()
     for batch in progress(
         batches, total=len(batches), description="generate", enabled=progress_bar
     ):

@@ -10,6 +10,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from steerlens import fastpath
 from steerlens._progress import progress
 from steerlens.chat import encode_prompts, pad, tokenize
 from steerlens.hooks import HookFn, hook_name
@@ -109,6 +110,7 @@ def cache_activations(
                 )
             if not m.any():
                 raise ValueError(f"input {i}: its mask selects no token")
+    twin = fastpath.resolve_engine(model, hook, engine)  # validates before anything is written
     sink = (
         ActivationStore.create(
             store,
@@ -121,15 +123,6 @@ def cache_activations(
         if store is not None
         else None
     )
-    if engine not in ("auto", "tl", "hf"):
-        raise ValueError(f"engine must be 'auto', 'tl' or 'hf', got {engine!r}")
-    from steerlens import fastpath
-
-    probe = None if hook in fastpath.FAST_HOOKS else hook
-    fast = engine == "hf" or (
-        engine == "auto" and probe is None and fastpath.can_use_fast_path(model, None)
-    )
-    twin = fastpath.hf_twin(model) if fast else None
     # Sorting by length wastes less padding; a store is written in input order.
     order = (
         list(range(len(ids)))

@@ -20,23 +20,43 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from steerlens.hooks import Gate, GateSpec, add_vector_hook
 from steerlens.models import HookedModel, load_spec
 from steerlens.vectors import SteeringVector
 
-__all__ = ["can_use_fast_path", "capture_residuals", "hf_twin", "torch_steering"]
+__all__ = [
+    "can_use_fast_path",
+    "capture_residuals",
+    "hf_twin",
+    "torch_steering",
+    "twin_is_current",
+]
 
 _TWINS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+_PRINTS: weakref.WeakKeyDictionary[Any, Tensor] = weakref.WeakKeyDictionary()
 FAST_HOOKS = ("hook_resid_post", "hook_resid_pre")
+
+
+def _fingerprint(model: HookedModel) -> Tensor:
+    """Per-parameter sums: changes when weights are edited (ablations, patches, training)."""
+    with torch.no_grad():
+        return torch.stack([p.detach().float().sum() for p in model.parameters()]).cpu()
+
+
+def twin_is_current(model: HookedModel) -> bool:
+    """Whether the model's weights are those its twin was built from."""
+    ref = _PRINTS.get(model)
+    return ref is not None and torch.equal(ref, _fingerprint(model))
 
 
 def _active_tl_hooks(model: HookedModel) -> bool:
     return any(hp.fwd_hooks for hp in model.hook_dict.values())
 
 
-def can_use_fast_path(model: HookedModel, vector: SteeringVector | None) -> bool:
+def can_use_fast_path(model: HookedModel, hook: str = "hook_resid_post") -> bool:
     """True when the twin is cheap and gives exactly what the TransformerLens hooks would.
 
     Cheap: the embedded and tiny models (or a twin already built). A named model (e.g. an 8B
@@ -49,15 +69,51 @@ def can_use_fast_path(model: HookedModel, vector: SteeringVector | None) -> bool
     spec = load_spec(model)
     if spec is None or _active_tl_hooks(model):
         return False
-    if spec.name not in (EMBEDDED_NAME, TINY_NAME) and model not in _TWINS:
+    if hook not in FAST_HOOKS:
         return False
-    return vector is None or vector.hook in FAST_HOOKS
+    if model in _TWINS:
+        return twin_is_current(model)
+    if spec.name not in (EMBEDDED_NAME, TINY_NAME):
+        return False
+    return bool(torch.equal(_fingerprint(model), _load_time_print(model)))
+
+
+def resolve_engine(model: HookedModel, hook: str, engine: str) -> Any | None:
+    """The twin to run on, or None for the TransformerLens path (validates ``engine``)."""
+    if engine not in ("auto", "tl", "hf"):
+        raise ValueError(f"engine must be 'auto', 'tl' or 'hf', got {engine!r}")
+    if engine == "tl":
+        return None
+    if engine == "hf":
+        if hook not in FAST_HOOKS:
+            raise ValueError(f"engine='hf' works on {FAST_HOOKS}, not {hook}")
+        return hf_twin(model)
+    if not can_use_fast_path(model, hook):
+        return None
+    twin = _TWINS.get(model)  # already checked against the current weights
+    return twin if twin is not None else hf_twin(model)
+
+
+def _load_time_print(model: HookedModel) -> Tensor:
+    """The fingerprint the model had when steerlens loaded it (taken on first ask)."""
+    spec = load_spec(model)
+    assert spec is not None
+    return spec.fingerprint if spec.fingerprint is not None else _fingerprint(model)
 
 
 def hf_twin(model: HookedModel) -> Any:
-    """The plain HF copy of ``model`` (loaded on first use, then cached)."""
+    """The plain HF copy of ``model`` (loaded on first use, then cached).
+
+    Raises ``ValueError`` if the model's weights changed after loading: the twin is made from
+    the original weights and would silently disagree with an edited model.
+    """
     twin = _TWINS.get(model)
     if twin is not None:
+        if not twin_is_current(model):
+            raise ValueError(
+                "the model's weights changed after its fast-path twin was built; "
+                "use engine='tl' (the TransformerLens path sees the edited weights)"
+            )
         return twin
     spec = load_spec(model)
     if spec is None:
@@ -73,9 +129,16 @@ def hf_twin(model: HookedModel) -> Any:
         from transformers import AutoModelForCausalLM
 
         twin = AutoModelForCausalLM.from_pretrained(spec.name, dtype=spec.dtype)
+    now = _fingerprint(model)
+    if not torch.equal(now, _load_time_print(model)):
+        raise ValueError(
+            "the model's weights changed since steerlens loaded it, so a plain copy would "
+            "disagree with it; use engine='tl'"
+        )
     device = next(model.parameters()).device
     twin = twin.to(device).eval()  # type: ignore[arg-type]
     _TWINS[model] = twin
+    _PRINTS[model] = now
     return twin
 
 

@@ -18,6 +18,7 @@ from typing import Any, Literal, overload
 import torch
 from torch import Tensor
 
+from steerlens import fastpath
 from steerlens._progress import progress
 from steerlens.chat import Prompt, encode_prompts, pad
 from steerlens.hooks import Gate, GateSpec
@@ -198,12 +199,9 @@ def generate(
     opts = _Decode(
         max_new_tokens, do_sample, temperature, top_k, top_p, eos, return_logits, gen, seed
     )
-    from steerlens import fastpath
-
-    if engine not in ("auto", "tl", "hf"):
-        raise ValueError(f"engine must be 'auto', 'tl' or 'hf', got {engine!r}")
-    fast = engine == "hf" or (engine == "auto" and fastpath.can_use_fast_path(model, vec))
-    runner = fastpath.hf_twin(model) if fast else None
+    runner = fastpath.resolve_engine(
+        model, vec.hook if vec is not None else "hook_resid_post", engine
+    )
     if model.training:  # eval() walks every module of a bridge: skip it when already off
         model.eval()
     for batch in progress(

@@ -43,6 +43,7 @@ class LoadSpec:
     seed: int
     dtype: torch.dtype
     device: str | None
+    fingerprint: torch.Tensor | None = None  # per-parameter sums at load (small models only)
 
 
 _SPECS: weakref.WeakKeyDictionary[Any, LoadSpec] = weakref.WeakKeyDictionary()
@@ -121,7 +122,9 @@ def load_model(
         model = _hooked_from_llama(hf, tok, name, dev)
     else:
         model = _bridge_from_hf(hf, tok, name, None if device_map else dev)
-    _SPECS[model] = LoadSpec(name, seed, resolved, None if device_map else dev)
+    with torch.no_grad():
+        sums = torch.stack([p.detach().float().sum() for p in model.parameters()]).cpu()
+    _SPECS[model] = LoadSpec(name, seed, resolved, None if device_map else dev, sums)
     return model
 
 

@@ -115,6 +115,18 @@ def test_cache_under_steering_sees_the_steered_residual(tiny):
         sl.cache_activations(tiny, PROMPTS, [1], engine="jax", progress_bar=False)
 
 
+def test_bad_engine_writes_nothing(tiny, tmp_path):
+    with pytest.raises(ValueError, match="engine must be"):
+        sl.cache_activations(
+            tiny, PROMPTS, [1], engine="jax", store=tmp_path / "s", progress_bar=False
+        )
+    assert not (tmp_path / "s").exists()
+    with pytest.raises(ValueError, match="engine='hf' works on"):
+        sl.cache_activations(
+            tiny, PROMPTS, [1], hook="hook_resid_mid", engine="hf", progress_bar=False
+        )
+
+
 @pytest.mark.integration
 def test_embedded_fast_cache_equals_transformerlens(embedded):
     texts = ["What is the capital of France?", "Tell me a short story about a cat."]

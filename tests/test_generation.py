@@ -160,13 +160,35 @@ def test_fast_path_resid_pre_and_fallback_when_hooks_active(tiny):
     )
     from steerlens.fastpath import can_use_fast_path
 
-    assert can_use_fast_path(tiny, pre)
+    assert can_use_fast_path(tiny, pre.hook)
     other = sl.SteeringVector({1: torch.ones(d)})
     with sl.steering(tiny, other, alpha=2.0):  # a user's own hooks must keep firing
-        assert not can_use_fast_path(tiny, pre)
+        assert not can_use_fast_path(tiny, pre.hook)
         inside = sl.generate(tiny, PROMPTS, max_new_tokens=6)
     assert inside == sl.generate(
         tiny, PROMPTS, steering=other, alpha=2.0, max_new_tokens=6, engine="tl"
     )
     with pytest.raises(ValueError, match="engine must be"):
         sl.generate(tiny, PROMPTS, engine="vllm")
+
+
+def test_edited_weights_disable_the_fast_path():
+    from steerlens.fastpath import can_use_fast_path, hf_twin
+
+    model = sl.load_model("tiny-random")
+    vec = sl.SteeringVector({2: torch.ones(64)})
+    sl.generate(model, PROMPTS, steering=vec, max_new_tokens=4)  # builds the twin
+    assert can_use_fast_path(model, vec.hook)
+    with torch.no_grad():  # an ablation, as a researcher would do it
+        next(p for n, p in model.named_parameters() if "blocks.1" in n or "layers.1" in n).mul_(0.0)
+    assert not can_use_fast_path(model, vec.hook)
+    edited = sl.generate(model, PROMPTS, steering=vec, max_new_tokens=6)  # auto -> TL path
+    assert edited == sl.generate(model, PROMPTS, steering=vec, max_new_tokens=6, engine="tl")
+    with pytest.raises(ValueError, match="weights changed"):
+        hf_twin(model)
+    fresh = sl.load_model("tiny-random")
+    with torch.no_grad():
+        next(iter(fresh.parameters())).add_(1.0)
+    assert not can_use_fast_path(fresh, vec.hook)  # edited before any twin existed
+    with pytest.raises(ValueError, match="weights changed"):
+        sl.generate(fresh, PROMPTS, max_new_tokens=2, engine="hf")

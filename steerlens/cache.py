@@ -142,18 +142,24 @@ def cache_activations(
                 )
             else:
                 resids = _tl_capture(model, enc.input_ids, enc.attention_mask, names, layer_list)
-        stacked = torch.stack(resids, dim=1).to(dtype)  # [b, L, pos, d]
+        stacked = torch.stack(resids, dim=1).to(dtype)  # [b, L, pos, d], on the model's device
+        if pool == "none":
+            stacked = stacked.cpu()  # one transfer a batch; rows are sliced on the CPU
+        rows = []
         for row, i in enumerate(batch):
             n_tok = enc.lengths[row]
             sel = torch.ones(n_tok, dtype=torch.bool) if masks is None else masks[i].bool().cpu()
-            acts = stacked[row, :, :n_tok].cpu()
+            acts = stacked[row, :, :n_tok]
             if pool == "last":
-                pooled = acts[:, int(sel.nonzero().max())]
+                rows.append(acts[:, int(sel.nonzero().max())])
             elif pool == "mean":
-                pooled = acts[:, sel].mean(dim=1)
+                rows.append(acts[:, sel.to(acts.device)].mean(dim=1))
             else:
-                pooled = acts[:, sel].clone()
-            slots[i] = pooled
+                rows.append(acts[:, sel].clone())
+        if pool != "none":
+            rows = list(torch.stack(rows).cpu())  # pooled on the device, one transfer
+        for row, i in enumerate(batch):
+            slots[i] = rows[row]
         if sink is not None:
             sink.append([slots[i] for i in batch])  # type: ignore[misc]
             for i in batch:

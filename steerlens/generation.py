@@ -217,6 +217,8 @@ def generate(
             ctx = steering_context(model, vec, batch_alpha, gate_obj)
         with ctx, torch.inference_mode():
             new, step_logits = _run_batch(model, enc.input_ids, enc.attention_mask, opts, runner)
+        new = new.cpu()  # one transfer a batch
+        step_logits = step_logits.float().cpu() if step_logits is not None else None
         for row, i in enumerate(batch):
             toks = new[row]
             stop = len(toks)
@@ -224,9 +226,9 @@ def generate(
                 if t in eos:
                     stop = j
                     break
-            tokens[i] = toks[:stop].cpu()
+            tokens[i] = toks[:stop]
             if step_logits is not None:  # keep the step that produced the EOS, if any
-                logits[i] = step_logits[row, : min(stop + 1, len(toks))].float().cpu()
+                logits[i] = step_logits[row, : min(stop + 1, len(toks))]
     tok = model.tokenizer
     assert tok is not None
     done = [t for t in tokens if t is not None]

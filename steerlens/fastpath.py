@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from steerlens.hooks import Gate, GateSpec, add_vector_hook
-from steerlens.models import HookedModel, load_spec
+from steerlens.models import HookedModel, load_spec, weight_fingerprint
 from steerlens.vectors import SteeringVector
 
 __all__ = [
@@ -40,16 +40,10 @@ _PRINTS: weakref.WeakKeyDictionary[Any, Tensor] = weakref.WeakKeyDictionary()
 FAST_HOOKS = ("hook_resid_post", "hook_resid_pre")
 
 
-def _fingerprint(model: HookedModel) -> Tensor:
-    """Per-parameter sums: changes when weights are edited (ablations, patches, training)."""
-    with torch.no_grad():
-        return torch.stack([p.detach().float().sum() for p in model.parameters()]).cpu()
-
-
 def twin_is_current(model: HookedModel) -> bool:
     """Whether the model's weights are those its twin was built from."""
     ref = _PRINTS.get(model)
-    return ref is not None and torch.equal(ref, _fingerprint(model))
+    return ref is not None and torch.equal(ref, weight_fingerprint(model))
 
 
 def _active_tl_hooks(model: HookedModel) -> bool:
@@ -75,7 +69,7 @@ def can_use_fast_path(model: HookedModel, hook: str = "hook_resid_post") -> bool
         return twin_is_current(model)
     if spec.name not in (EMBEDDED_NAME, TINY_NAME):
         return False
-    return bool(torch.equal(_fingerprint(model), _load_time_print(model)))
+    return bool(torch.equal(weight_fingerprint(model), spec.fingerprint))
 
 
 def resolve_engine(model: HookedModel, hook: str, engine: str) -> Any | None:
@@ -92,13 +86,6 @@ def resolve_engine(model: HookedModel, hook: str, engine: str) -> Any | None:
         return None
     twin = _TWINS.get(model)  # already checked against the current weights
     return twin if twin is not None else hf_twin(model)
-
-
-def _load_time_print(model: HookedModel) -> Tensor:
-    """The fingerprint the model had when steerlens loaded it (taken on first ask)."""
-    spec = load_spec(model)
-    assert spec is not None
-    return spec.fingerprint if spec.fingerprint is not None else _fingerprint(model)
 
 
 def hf_twin(model: HookedModel) -> Any:
@@ -118,6 +105,12 @@ def hf_twin(model: HookedModel) -> Any:
     spec = load_spec(model)
     if spec is None:
         raise ValueError("the fast path needs a model loaded with steerlens.load_model")
+    now = weight_fingerprint(model)  # before loading a copy that could not be used
+    if not torch.equal(now, spec.fingerprint):
+        raise ValueError(
+            "the model's weights changed since steerlens loaded it, so a plain copy would "
+            "disagree with it; use engine='tl'"
+        )
     from steerlens._embedded import EMBEDDED_NAME, load_embedded_hf
     from steerlens._tiny import TINY_NAME, tiny_hf_model
 
@@ -129,12 +122,6 @@ def hf_twin(model: HookedModel) -> Any:
         from transformers import AutoModelForCausalLM
 
         twin = AutoModelForCausalLM.from_pretrained(spec.name, dtype=spec.dtype)
-    now = _fingerprint(model)
-    if not torch.equal(now, _load_time_print(model)):
-        raise ValueError(
-            "the model's weights changed since steerlens loaded it, so a plain copy would "
-            "disagree with it; use engine='tl'"
-        )
     device = next(model.parameters()).device
     twin = twin.to(device).eval()  # type: ignore[arg-type]
     _TWINS[model] = twin

@@ -54,7 +54,10 @@ def read_control_vector(path: str | Path) -> tuple[str, dict[int, np.ndarray]]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no GGUF file at {path}")
-    reader = gguf.GGUFReader(str(path))
+    try:
+        reader = gguf.GGUFReader(str(path))
+    except (ValueError, OSError) as exc:
+        raise ValueError(f"{path}: not a readable GGUF file ({exc})") from exc
     arch = _field_str(reader, "general.architecture")
     if arch != ARCH:
         raise ValueError(f"{path}: architecture is {arch!r}, not a {ARCH!r} file")

@@ -43,7 +43,14 @@ class LoadSpec:
     seed: int
     dtype: torch.dtype
     device: str | None
-    fingerprint: torch.Tensor | None = None  # per-parameter sums at load (small models only)
+    fingerprint: torch.Tensor  # weight_fingerprint at load
+
+
+def weight_fingerprint(model: Any) -> torch.Tensor:
+    """Per-parameter sums (on CPU): they change when weights are edited (ablations, patches,
+    training), so a copy made from the loaded weights can be checked against the model."""
+    with torch.no_grad():
+        return torch.stack([p.detach().float().sum().cpu() for p in model.parameters()])
 
 
 _SPECS: weakref.WeakKeyDictionary[Any, LoadSpec] = weakref.WeakKeyDictionary()
@@ -116,15 +123,17 @@ def load_model(
         hf, tok = load_embedded_hf(dtype=resolved)
     else:
         model = _load_named(name, backend, dev, resolved, device_map)
-        _SPECS[model] = LoadSpec(name, seed, resolved, None if device_map else dev)
+        _SPECS[model] = LoadSpec(
+            name, seed, resolved, None if device_map else dev, weight_fingerprint(model)
+        )
         return model
     if backend == "hooked":
         model = _hooked_from_llama(hf, tok, name, dev)
     else:
         model = _bridge_from_hf(hf, tok, name, None if device_map else dev)
-    with torch.no_grad():
-        sums = torch.stack([p.detach().float().sum() for p in model.parameters()]).cpu()
-    _SPECS[model] = LoadSpec(name, seed, resolved, None if device_map else dev, sums)
+    _SPECS[model] = LoadSpec(
+        name, seed, resolved, None if device_map else dev, weight_fingerprint(model)
+    )
     return model
 
 

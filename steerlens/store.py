@@ -10,6 +10,7 @@ Layout of a store folder::
 from __future__ import annotations
 
 import json
+from bisect import bisect_right
 from collections.abc import Iterator
 from itertools import pairwise
 from pathlib import Path
@@ -111,7 +112,7 @@ class ActivationStore:
         if not -len(self) <= i < len(self):
             raise IndexError(f"index {i} out of range for a store of {len(self)}")
         i %= len(self)
-        k = max(j for j in range(len(self.shards)) if self._starts[j] <= i)
+        k = bisect_right(self._starts, i) - 1
         data = self._shard(k)
         r = i - self._starts[k]
         if self.meta["pool"] == "none":

@@ -133,8 +133,10 @@ def test_gguf_export_refuses_layer_zero_and_other_hooks(tmp_path):
     with pytest.raises(ValueError, match="block outputs"):
         _vec(hook="hook_resid_pre").to_gguf(tmp_path / "p.gguf")
     (tmp_path / "bad.gguf").write_bytes(b"not a gguf")
-    with pytest.raises(Exception):  # noqa: B017 - the gguf reader's own error
+    with pytest.raises(ValueError, match=r"bad\.gguf: not a readable GGUF file"):
         sl.SteeringVector.from_gguf(tmp_path / "bad.gguf")
+    with pytest.raises(FileNotFoundError, match="no GGUF file"):
+        sl.SteeringVector.from_gguf(tmp_path / "missing.gguf")
 
 
 def test_metadata_is_json(tmp_path):

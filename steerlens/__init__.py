@@ -17,12 +17,21 @@ import logging
 
 from steerlens import data
 from steerlens.cache import cache_activations
-from steerlens.chat import encode_prompts, format_chat, pad, response_masks, tokenize
+from steerlens.chat import (
+    content_masks,
+    encode_prompts,
+    format_chat,
+    non_special_mask,
+    pad,
+    response_masks,
+    tokenize,
+)
 from steerlens.generation import Generation, generate
 from steerlens.hooks import (
     FirstK,
     Gate,
     SteeringHandle,
+    active_steering,
     add_vector_hook,
     hook_name,
     resid_post,
@@ -31,6 +40,7 @@ from steerlens.hooks import (
     steering_hooks,
 )
 from steerlens.models import DEFAULT_MODEL, HookedModel, default_layers, load_model, model_name
+from steerlens.scoring import continuation_logprobs
 from steerlens.store import ActivationStore
 from steerlens.vectors import SteeringVector
 
@@ -48,8 +58,11 @@ __all__ = [
     "SteeringHandle",
     "SteeringVector",
     "__version__",
+    "active_steering",
     "add_vector_hook",
     "cache_activations",
+    "content_masks",
+    "continuation_logprobs",
     "data",
     "default_layers",
     "encode_prompts",
@@ -58,6 +71,7 @@ __all__ = [
     "hook_name",
     "load_model",
     "model_name",
+    "non_special_mask",
     "pad",
     "resid_post",
     "resid_pre",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -11,8 +12,8 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from steerlens import fastpath
-from steerlens._progress import progress
-from steerlens.chat import encode_prompts, pad, tokenize
+from steerlens.batching import Batch, map_batches
+from steerlens.chat import content_masks, encode_prompts, non_special_mask
 from steerlens.hooks import HookFn, hook_name
 from steerlens.models import HookedModel, default_layers
 from steerlens.store import ActivationStore
@@ -22,16 +23,22 @@ Pool = Literal["last", "mean", "none"]
 __all__ = ["cache_activations"]
 
 
+def has_chat_template(model: HookedModel) -> bool:
+    tok = model.tokenizer
+    return tok is not None and bool(getattr(tok, "chat_template", None))
+
+
 def _as_ids(
     model: HookedModel, inputs: Sequence[str] | Sequence[Tensor], chat: bool
-) -> list[Int[Tensor, " pos"]]:
+) -> tuple[list[Int[Tensor, " pos"]], bool]:
+    """Token ids of the inputs, and whether they are texts."""
     if isinstance(inputs, str):
         raise TypeError("inputs must be a list of texts or token-id tensors, not one string")
     if len(inputs) == 0:
         raise ValueError("no inputs to cache")
     if all(isinstance(x, str) for x in inputs):
         texts = [str(x) for x in inputs]
-        return encode_prompts(model, texts, chat=True) if chat else tokenize(model, texts)
+        return encode_prompts(model, texts, chat=chat), True
     if all(isinstance(x, Tensor) for x in inputs):
         out = []
         for i, x in enumerate(inputs):
@@ -43,7 +50,7 @@ def _as_ids(
             ):
                 raise ValueError(f"input {i}: token ids must be a non-empty 1-D integer tensor")
             out.append(x.long().cpu())
-        return out
+        return out, False
     raise TypeError("inputs must be all strings or all token-id tensors")
 
 
@@ -55,7 +62,8 @@ def cache_activations(
     hook: str = "hook_resid_post",
     pool: Pool = "last",
     masks: Sequence[Bool[Tensor, " pos"]] | None = None,
-    chat: bool = False,
+    chat: bool | None = None,
+    exclude_template: bool = True,
     batch_size: int = 16,
     dtype: torch.dtype = torch.float32,
     store: str | Path | None = None,
@@ -65,21 +73,27 @@ def cache_activations(
     """Residual-stream activations of each input at ``layers``.
 
     Args:
-        inputs: texts (raw, or user prompts through the chat template with ``chat=True``) or
-            token-id tensors (e.g. from ``response_masks``).
+        inputs: texts or token-id tensors (e.g. from ``response_masks``).
         layers: defaults to ``default_layers(model)``.
         hook: ``"hook_resid_post"`` (block output; default), ``"hook_resid_pre"`` or
             ``"hook_resid_mid"``.
         pool: ``"last"`` (last selected token), ``"mean"`` (mean over selected tokens) or
             ``"none"`` (every selected token).
-        masks: per input, a boolean mask of its tokens to pool over (e.g. response tokens);
-            default all tokens.
+        masks: per input, a boolean mask of its tokens to pool over (e.g. response tokens).
+        chat: texts are user prompts formatted with the model's chat template, exactly as
+            ``generate`` formats them; the default (None) does so when the model has a
+            template, as ``generate`` does. ``False``: raw text.
+        exclude_template: with ``pool="mean"`` and no ``masks``, average over the text's own
+            tokens only: no special tokens (BOS, chat markers) and no chat-template tokens
+            (``sl.content_masks``). BOS residuals are huge on Llama-3 and template tokens are
+            the same in every prompt, so including them swamps the mean. ``"last"`` always
+            reads the last token (the position that predicts the reply).
         store: a folder: write safetensors shards there (one per batch) and return an
             ``ActivationStore`` instead of holding everything in memory.
-        engine: ``"tl"`` reads the TransformerLens hook points (any hooks you have active, e.g.
-            a ``steering`` context, act on what is cached); ``"hf"`` reads the same values from
-            the decoder layers of a plain HF copy of the model (``steerlens.fastpath``; faster);
-            ``"auto"`` takes ``"hf"`` where that is exact and cheap, as ``generate`` does.
+        engine: ``"tl"`` reads the TransformerLens hook points (any hooks you have active act
+            on what is cached); ``"hf"`` reads the same values from the decoder layers of the
+            plain HF model of the fast path (``steerlens.fastpath``; open ``steering()``
+            contexts are carried onto it); ``"auto"`` takes ``"hf"`` where that is exact.
 
     Returns:
         ``[n, layer, d_model]`` (pooled), a list of ``[layer, pos, d_model]`` (``pool="none"``),
@@ -90,7 +104,8 @@ def cache_activations(
         raise ValueError(f"pool must be 'last', 'mean' or 'none', got {pool!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    ids = _as_ids(model, inputs, chat)
+    use_chat = has_chat_template(model) if chat is None else chat
+    ids, are_texts = _as_ids(model, inputs, use_chat)
     layer_list = list(default_layers(model) if layers is None else layers)
     if not layer_list:
         raise ValueError("no layers to cache")
@@ -110,7 +125,15 @@ def cache_activations(
                 )
             if not m.any():
                 raise ValueError(f"input {i}: its mask selects no token")
-    twin = fastpath.resolve_engine(model, hook, engine)  # validates before anything is written
+    elif pool == "mean" and exclude_template:
+        texts = [str(x) for x in inputs] if are_texts else None
+        masks = (
+            content_masks(model, texts, ids, chat=use_chat)
+            if texts is not None
+            else [non_special_mask(model, x) for x in ids]
+        )
+        masks = [m if m.any() else torch.ones_like(m) for m in masks]  # all-template: keep all
+    fast = fastpath.resolve_engine(model, hook, engine)  # validates before anything is written
     sink = (
         ActivationStore.create(
             store,
@@ -123,30 +146,22 @@ def cache_activations(
         if store is not None
         else None
     )
-    # Sorting by length wastes less padding; a store is written in input order.
-    order = (
-        list(range(len(ids)))
-        if sink is not None
-        else sorted(range(len(ids)), key=lambda i: -int(ids[i].numel()))
-    )
-    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    slots: list[Tensor | None] = [None] * len(ids)
     if model.training:  # eval() walks every module of a bridge: skip it when already off
         model.eval()
-    for batch in progress(batches, total=len(batches), description="cache", enabled=progress_bar):
-        enc = pad(model, [ids[i] for i in batch], side="right")
-        with torch.inference_mode():
-            if twin is not None:
-                resids = fastpath.capture_residuals(
-                    twin, enc.input_ids, enc.attention_mask, layer_list, hook
-                )
-            else:
-                resids = _tl_capture(model, enc.input_ids, enc.attention_mask, names, layer_list)
+
+    def run(batch: Batch) -> Sequence[Tensor | None]:
+        enc = batch.enc
+        if fast is not None:
+            resids = fastpath.capture_residuals(
+                fast.twin, enc.input_ids, enc.attention_mask, layer_list, hook
+            )
+        else:
+            resids = _tl_capture(model, enc.input_ids, enc.attention_mask, names, layer_list)
         stacked = torch.stack(resids, dim=1).to(dtype)  # [b, L, pos, d], on the model's device
         if pool == "none":
             stacked = stacked.cpu()  # one transfer a batch; rows are sliced on the CPU
         rows = []
-        for row, i in enumerate(batch):
+        for row, i in enumerate(batch.rows):
             n_tok = enc.lengths[row]
             sel = torch.ones(n_tok, dtype=torch.bool) if masks is None else masks[i].bool().cpu()
             acts = stacked[row, :, :n_tok]
@@ -158,16 +173,31 @@ def cache_activations(
                 rows.append(acts[:, sel].clone())
         if pool != "none":
             rows = list(torch.stack(rows).cpu())  # pooled on the device, one transfer
-        for row, i in enumerate(batch):
-            slots[i] = rows[row]
-        if sink is not None:
-            sink.append([slots[i] for i in batch])  # type: ignore[misc]
-            for i in batch:
-                slots[i] = None
+        if sink is None:
+            return rows
+        sink.append(rows)  # in input order: the store's batches are not sorted
+        return [None] * len(rows)
+
+    ctx = (
+        fastpath.twin_hooks(fast.twin, fast.carried)
+        if fast is not None
+        else contextlib.nullcontext()
+    )
+    with ctx, torch.inference_mode():
+        results = map_batches(
+            model,
+            ids,
+            run,
+            batch_size=batch_size,
+            side="right",
+            sort=sink is None,  # sorting by length wastes less padding
+            progress_bar=progress_bar,
+            description="cache",
+        )
     if sink is not None:
         return sink
-    results = [s for s in slots if s is not None]
-    return results if pool == "none" else torch.stack(results)
+    done = [r for r in results if r is not None]
+    return done if pool == "none" else torch.stack(done)
 
 
 def _tl_capture(

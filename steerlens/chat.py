@@ -26,8 +26,10 @@ __all__ = [
     "Encoded",
     "Messages",
     "Prompt",
+    "content_masks",
     "encode_prompts",
     "format_chat",
+    "non_special_mask",
     "pad",
     "response_masks",
     "tokenize",
@@ -190,3 +192,51 @@ def response_masks(
             )
         )
     return ids, masks
+
+
+def non_special_mask(model: HookedModel, ids: Int[Tensor, " pos"]) -> Bool[Tensor, " pos"]:
+    """True for every token that is not a special token (BOS, EOS, chat markers, padding)."""
+    special = torch.tensor(sorted(set(_tokenizer(model).all_special_ids)), dtype=torch.long)
+    return ~torch.isin(ids, special)
+
+
+def content_masks(
+    model: HookedModel,
+    prompts: Sequence[Prompt],
+    ids: Sequence[Int[Tensor, " pos"]],
+    *,
+    chat: bool,
+    system: str | None = None,
+) -> list[Bool[Tensor, " pos"]]:
+    """Per sequence, the tokens that belong to the text itself: no special tokens (BOS, EOS,
+    chat markers) and, for chat-formatted prompts, none of the template's own tokens (role
+    names, separators). ``ids`` are the sequences ``encode_prompts`` made from ``prompts``.
+
+    Llama-3's BOS residual is orders of magnitude larger than the others and template tokens
+    are the same in every prompt, so a mean over them is dominated by tokens that carry no
+    content and do not cancel between texts of different lengths.
+    """
+    out = [non_special_mask(model, x) for x in ids]
+    if not chat:
+        return out
+    tok = _tokenizer(model)
+    texts = format_chat(model, prompts, system=system)
+    for i, (prompt, text) in enumerate(zip(prompts, texts, strict=True)):
+        enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+        if enc["input_ids"] != ids[i][: len(enc["input_ids"])].tolist():
+            continue  # a response prefix or an unusual tokenizer: keep the special-token mask
+        spans = []
+        cursor = 0
+        for m in _messages(prompt, system):
+            start = text.find(m["content"], cursor)
+            if start < 0 or not m["content"]:
+                continue
+            spans.append((start, start + len(m["content"])))
+            cursor = start + len(m["content"])
+        keep = torch.zeros(len(ids[i]), dtype=torch.bool)
+        for j, (a, b) in enumerate(enc["offset_mapping"]):
+            keep[j] = any(a < e and b > s0 for s0, e in spans)
+        if len(ids[i]) > len(enc["input_ids"]):  # a response prefix after the prompt counts
+            keep[len(enc["input_ids"]) :] = True
+        out[i] = keep & out[i]
+    return out

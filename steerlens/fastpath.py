@@ -1,115 +1,277 @@
-"""The generation fast path: the same steering arithmetic on a plain HF copy of the model.
+"""The fast path: the same steering hooks as plain PyTorch hooks on a plain HF model.
 
-TransformerLens hooks cost Python wrapper time on every module call; for generation on small
-models that is a large share of the step. The fast path keeps a plain ``transformers`` copy of
-the model (the *twin*, loaded once per model object, lazily) and adds ``alpha * v`` with
-PyTorch forward hooks on its decoder layers, through the very hook functions the
-TransformerLens path uses (``add_vector_hook``), so gates and per-row strengths behave the
-same. In compatibility mode the bridge's ``blocks.{l}.hook_resid_post`` equals HF's output of
-decoder layer ``l`` (tested), so a vector means the same thing on both.
+TransformerLens hook points cost Python wrapper time on every module call; on small models
+and in decoding loops that is a large share of a step. The fast path runs a plain
+``transformers`` model (the *twin*) and registers the very ``(hook_name, fn)`` pairs that the
+TransformerLens path would register (``steering_hooks``), as forward (pre-)hooks on its
+decoder layers: ``blocks.{l}.hook_resid_post`` is the output of decoder layer ``l``,
+``blocks.{l}.hook_resid_pre`` its input. Gates, per-row α and per-row vectors therefore
+behave identically on both engines.
 
-Cost: a second copy of the weights (about 540 MB for the embedded model). ``generate`` uses it
-only where it is exact: vectors on ``hook_resid_post`` / ``hook_resid_pre``, no other
-TransformerLens hooks active on the model, and a model steerlens loaded itself.
+**A TransformerBridge's twin is bound, not copied.** The bridge wraps the HF modules in
+place, and its parameters *are* the HF parameters. The twin is built from the HF config on
+the ``meta`` device (no memory) and every parameter and buffer is then bound to the bridge's
+own tensor (the same ``Parameter`` objects). No weights are copied or loaded, so the fast
+path costs no memory, works for any size (Llama-3.1-8B on a GPU included) and sees in-place
+edits of the weights (ablations, patches, training). Compatibility mode's weight processing
+(RMSNorm folded into the next linear layers, centred unembedding) is applied to those very
+tensors, so the twin computes what the bridge computes; a probe forward pass at build time
+checks that the twin reproduces the bridge's residual stream, and where it does not (an
+architecture whose compatibility mode rewrites the computation) the TransformerLens path
+runs. Requirements: a decoder-only HF model with ``model.layers`` (Llama, Mistral, Qwen2,
+Gemma, SmolLM ...) on one device (a ``device_map`` across devices stays on the TL path).
+
+**A HookedTransformer has its own weight layout** (``W_Q[head, d_model, d_head]``), so no
+HF module can share it. ``engine="hf"`` builds a *copy* there (a second set of weights,
+loaded from the same source and checked against the model's weights at load);
+``engine="auto"`` never does.
+
+``engine="auto"`` takes the fast path only when it is exact: a bridge, a resid_pre/post
+hook, and no hooks on the model's modules other than open ``sl.steering()`` contexts, which
+are carried onto the twin. Any other hook (TransformerLens hooks of your own, plain PyTorch
+hooks from nnsight, pyvene or user code, a patched ``forward``, global module hooks) keeps
+the call on the TransformerLens path, where they fire; ``engine="hf"`` then refuses with a
+``ValueError`` rather than silently skipping them.
 """
 
 from __future__ import annotations
 
+import copy
 import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from steerlens.hooks import Gate, GateSpec, add_vector_hook
-from steerlens.models import HookedModel, load_spec, weight_fingerprint
-from steerlens.vectors import SteeringVector
+from steerlens.hooks import HookPair, active_steering, resid_post
+from steerlens.models import HookedModel, load_spec, model_device, weight_fingerprint
 
 __all__ = [
-    "can_use_fast_path",
+    "FAST_HOOKS",
+    "FastPath",
     "capture_residuals",
+    "fast_path_blocker",
     "hf_twin",
-    "torch_steering",
-    "twin_is_current",
+    "resolve_engine",
+    "twin_hooks",
 ]
 
-_TWINS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
-_PRINTS: weakref.WeakKeyDictionary[Any, Tensor] = weakref.WeakKeyDictionary()
 FAST_HOOKS = ("hook_resid_post", "hook_resid_pre")
+_TWINS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+_REFUSED: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+_PRINTS: weakref.WeakKeyDictionary[Any, Tensor] = weakref.WeakKeyDictionary()
+# Hooks these libraries put on the HF modules to record outputs; they never change them.
+_LIBRARY_CAPTURE = ("transformer_lens.model_bridge", "transformers.")
+# Relative L2 error of the probe: float rounding (bf16 included) is far below, a wrong twin far above.
+_PROBE_TOL = 0.05
 
 
-def twin_is_current(model: HookedModel) -> bool:
-    """Whether the model's weights are those its twin was built from."""
-    ref = _PRINTS.get(model)
-    return ref is not None and torch.equal(ref, weight_fingerprint(model))
+@dataclass
+class FastPath:
+    """A twin to run on, and the open ``steering()`` hooks to carry onto it."""
+
+    twin: Any
+    bound: bool
+    """True when the twin shares the model's tensors (its logits are the model's)."""
+    carried: list[HookPair] = field(default_factory=list)
 
 
-def _active_tl_hooks(model: HookedModel) -> bool:
-    return any(hp.fwd_hooks for hp in model.hook_dict.values())
+def _is_bridge(model: HookedModel) -> bool:
+    return getattr(model, "original_model", None) is not None
 
 
-def can_use_fast_path(model: HookedModel, hook: str = "hook_resid_post") -> bool:
-    """True when the twin is cheap and gives exactly what the TransformerLens hooks would.
+def _foreign_hooks(model: HookedModel) -> str | None:
+    """Why hooks other than open ``steering()`` contexts would be skipped, or None."""
+    from torch.nn.modules import module as torch_module
+    from transformer_lens.hook_points import HookPoint
 
-    Cheap: the embedded and tiny models (or a twin already built). A named model (e.g. an 8B
-    Llama) would need a second full copy of its weights, so ``engine="auto"`` leaves it on the
-    TransformerLens path; ask for ``engine="hf"`` to build its twin deliberately.
-    """
-    from steerlens._embedded import EMBEDDED_NAME
-    from steerlens._tiny import TINY_NAME
+    n_hooks = 0
+    for mod in model.modules():
+        if "forward" in mod.__dict__:
+            return f"{type(mod).__name__} has a patched forward (e.g. accelerate / nnsight)"
+        for fn in [*mod._forward_hooks.values(), *mod._forward_pre_hooks.values()]:
+            if isinstance(mod, HookPoint):
+                n_hooks += 1
+            elif str(getattr(fn, "__module__", "")).startswith(_LIBRARY_CAPTURE):
+                continue  # read-only capture hooks of the bridge / transformers themselves
+            else:
+                return f"a PyTorch hook ({getattr(fn, '__qualname__', fn)}) is registered on {type(mod).__name__}"
+    if torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks:
+        return "global PyTorch module hooks are registered"
+    ours = len(active_steering(model))
+    if n_hooks != ours:
+        return f"{n_hooks - ours} TransformerLens hook(s) other than steerlens steering are active"
+    off = [
+        name for name, _ in active_steering(model) if str(name).rsplit(".", 1)[-1] not in FAST_HOOKS
+    ]
+    if off:
+        return f"an open steering() context uses {off[0]}, which the fast path cannot reach"
+    return None
 
-    spec = load_spec(model)
-    if spec is None or _active_tl_hooks(model):
-        return False
+
+def fast_path_blocker(model: HookedModel, hook: str = "hook_resid_post") -> str | None:
+    """Why ``engine="auto"`` would take the TransformerLens path, or None if it takes the fast path."""
     if hook not in FAST_HOOKS:
-        return False
-    if model in _TWINS:
-        return twin_is_current(model)
-    if spec.name not in (EMBEDDED_NAME, TINY_NAME):
-        return False
-    return bool(torch.equal(weight_fingerprint(model), spec.fingerprint))
+        return f"the fast path reaches {FAST_HOOKS}, not {hook}"
+    why = _foreign_hooks(model)
+    if why is not None:
+        return why
+    if not _is_bridge(model):
+        return "a HookedTransformer has no HF modules to share (engine='hf' makes a copy)"
+    if model in _REFUSED:
+        return _REFUSED[model]
+    return _bridge_blocker(model)
 
 
-def resolve_engine(model: HookedModel, hook: str, engine: str) -> Any | None:
-    """The twin to run on, or None for the TransformerLens path (validates ``engine``)."""
+def _bridge_blocker(model: HookedModel) -> str | None:
+    hf = model.original_model
+    layers = getattr(getattr(hf, "model", None), "layers", None)
+    if layers is None:
+        return f"{type(hf).__name__} has no model.layers (decoder-only HF models only)"
+    devices = set(getattr(hf, "hf_device_map", {}).values() or [])
+    if len(devices) > 1:
+        return "the model is spread over several devices with a device_map"
+    return None
+
+
+def resolve_engine(model: HookedModel, hook: str, engine: str) -> FastPath | None:
+    """The fast path to run on, or None for the TransformerLens path (validates ``engine``)."""
     if engine not in ("auto", "tl", "hf"):
         raise ValueError(f"engine must be 'auto', 'tl' or 'hf', got {engine!r}")
     if engine == "tl":
         return None
-    if engine == "hf":
-        if hook not in FAST_HOOKS:
-            raise ValueError(f"engine='hf' works on {FAST_HOOKS}, not {hook}")
-        return hf_twin(model)
-    if not can_use_fast_path(model, hook):
-        return None
-    twin = _TWINS.get(model)  # already checked against the current weights
-    return twin if twin is not None else hf_twin(model)
+    if engine == "auto":
+        if fast_path_blocker(model, hook) is not None:
+            return None
+        try:
+            twin = hf_twin(model)
+        except _ProbeMismatch:
+            return None
+        return FastPath(twin, True, active_steering(model))
+    if hook not in FAST_HOOKS:
+        raise ValueError(f"engine='hf' works on {FAST_HOOKS}, not {hook}")
+    why = _foreign_hooks(model)
+    if why is not None:
+        raise ValueError(
+            f"engine='hf' cannot run here: {why}; they would not fire on the fast path. "
+            "Use engine='tl' (or 'auto', which picks it)."
+        )
+    return FastPath(hf_twin(model), _is_bridge(model), active_steering(model))
+
+
+class _ProbeMismatch(ValueError):
+    pass
 
 
 def hf_twin(model: HookedModel) -> Any:
-    """The plain HF copy of ``model`` (loaded on first use, then cached).
-
-    Raises ``ValueError`` if the model's weights changed after loading: the twin is made from
-    the original weights and would silently disagree with an edited model.
-    """
+    """The plain HF model the fast path runs: bound to a bridge's tensors, a copy for a
+    HookedTransformer (built on first use, then cached)."""
+    if not _is_bridge(model):
+        return _copy_twin(model)
     twin = _TWINS.get(model)
     if twin is not None:
-        if not twin_is_current(model):
+        return twin
+    if model in _REFUSED:
+        raise _ProbeMismatch(_REFUSED[model])
+    why = _bridge_blocker(model)
+    if why is not None:
+        raise ValueError(f"no fast path for this model: {why}")
+    twin = _bind(model.original_model)
+    err = _probe_error(model, twin)
+    if not err < _PROBE_TOL:
+        _REFUSED[model] = (
+            f"the plain HF model does not reproduce the bridge's residual stream "
+            f"(relative error {err:.3g}); compatibility mode changes this architecture's "
+            "computation, so it stays on the TransformerLens path"
+        )
+        raise _ProbeMismatch(_REFUSED[model])
+    _TWINS[model] = twin
+    return twin
+
+
+def _bind(hf: Any) -> Any:
+    """A plain copy of ``hf``'s module tree whose parameters and buffers are ``hf``'s own."""
+    config = copy.deepcopy(hf.config)
+    config._attn_implementation = "sdpa"
+    with torch.device("meta"):
+        twin = type(hf)(config)
+    strip = "._original_component"
+    params = {n.replace(strip, ""): p for n, p in hf.named_parameters(remove_duplicate=False)}
+    buffers = {n.replace(strip, ""): b for n, b in hf.named_buffers(remove_duplicate=False)}
+    for name, _ in list(twin.named_parameters(remove_duplicate=False)):
+        if name not in params:
+            raise ValueError(f"cannot bind the fast path: the bridge has no parameter {name}")
+        _set(twin, name, params[name])
+    for name, _ in list(twin.named_buffers(remove_duplicate=False)):
+        if name not in buffers:
+            raise ValueError(f"cannot bind the fast path: the bridge has no buffer {name}")
+        _set(twin, name, buffers[name])
+    if "lm_head.bias" in params and twin.lm_head.bias is None:  # centred unembedding's bias
+        twin.lm_head.bias = params["lm_head.bias"]
+    return twin.eval()
+
+
+def _set(root: Any, dotted: str, value: Any) -> None:
+    *path, leaf = dotted.split(".")
+    mod = root
+    for part in path:
+        mod = getattr(mod, part)
+    if isinstance(value, torch.nn.Parameter):
+        mod._parameters[leaf] = value
+    else:
+        mod._buffers[leaf] = value
+
+
+def _probe_error(model: HookedModel, twin: Any) -> float:
+    """Largest relative L2 error between the bridge's resid_post and the twin's, on a few tokens."""
+    n = int(model.cfg.n_layers)
+    layers = sorted({0, n // 2, n - 1})
+    vocab = int(model.cfg.d_vocab)
+    ids = (torch.arange(1, 9) * 7919 % max(vocab - 1, 1)).view(1, -1).to(model_device(model))
+    mask = torch.ones_like(ids)
+    ref: dict[int, Tensor] = {}
+
+    def grab(layer: int) -> Any:
+        def fn(x: Tensor, *, hook: Any) -> None:
+            ref[layer] = x.detach().float()
+
+        return fn
+
+    with torch.inference_mode(), twin_hooks(twin, active_steering(model)):
+        model.run_with_hooks(
+            ids, fwd_hooks=[(resid_post(lyr), grab(lyr)) for lyr in layers], return_type=None
+        )
+        got = capture_residuals(twin, ids, mask, layers, "hook_resid_post")
+    errs = [
+        float((g.float() - ref[lyr]).norm() / ref[lyr].norm().clamp_min(1e-12))
+        for lyr, g in zip(layers, got, strict=True)
+    ]
+    return max(errs)
+
+
+def _copy_twin(model: HookedModel) -> Any:
+    """A HookedTransformer's twin: a second copy, loaded as the model was, checked unedited."""
+    twin = _TWINS.get(model)
+    now = weight_fingerprint(model)
+    if twin is not None:
+        if not torch.equal(_PRINTS[model], now):
             raise ValueError(
-                "the model's weights changed after its fast-path twin was built; "
+                "the model's weights changed after its fast-path copy was made; "
                 "use engine='tl' (the TransformerLens path sees the edited weights)"
             )
         return twin
     spec = load_spec(model)
-    if spec is None:
-        raise ValueError("the fast path needs a model loaded with steerlens.load_model")
-    now = weight_fingerprint(model)  # before loading a copy that could not be used
+    if spec is None or spec.fingerprint is None:
+        raise ValueError(
+            "engine='hf' on a HookedTransformer needs a model loaded with steerlens.load_model"
+        )
     if not torch.equal(now, spec.fingerprint):
         raise ValueError(
-            "the model's weights changed since steerlens loaded it, so a plain copy would "
-            "disagree with it; use engine='tl'"
+            "the model's weights changed since steerlens loaded it, so a copy made from the "
+            "source would disagree with it; use engine='tl'"
         )
     from steerlens._embedded import EMBEDDED_NAME, load_embedded_hf
     from steerlens._tiny import TINY_NAME, tiny_hf_model
@@ -122,43 +284,41 @@ def hf_twin(model: HookedModel) -> Any:
         from transformers import AutoModelForCausalLM
 
         twin = AutoModelForCausalLM.from_pretrained(spec.name, dtype=spec.dtype)
-    device = next(model.parameters()).device
-    twin = twin.to(device).eval()  # type: ignore[arg-type]
+    twin = twin.to(model_device(model)).eval()  # type: ignore[arg-type]
     _TWINS[model] = twin
     _PRINTS[model] = now
     return twin
 
 
 def _decoder_layers(twin: Any) -> Any:
-    base = getattr(twin, "model", None)
-    layers = getattr(base, "layers", None)
+    layers = getattr(getattr(twin, "model", None), "layers", None)
     if layers is None:
-        raise ValueError(
-            f"{type(twin).__name__}: no model.layers to hook (fast path supports decoder-only HF models)"
-        )
+        raise ValueError(f"{type(twin).__name__}: no model.layers to hook (decoder-only HF models)")
     return layers
 
 
+def _point(name: str) -> tuple[int, str]:
+    parts = str(name).split(".")
+    if len(parts) != 3 or parts[0] != "blocks" or parts[2] not in FAST_HOOKS:
+        raise ValueError(f"the fast path reaches blocks.L.{{{', '.join(FAST_HOOKS)}}}, not {name}")
+    return int(parts[1]), parts[2]
+
+
 @contextmanager
-def torch_steering(
-    twin: Any,
-    vector: SteeringVector,
-    alpha: float | Sequence[float] | Tensor = 1.0,
-    gate: GateSpec | Gate = "all",
-) -> Iterator[None]:
-    """Add ``alpha * vector`` to the twin's decoder-layer outputs (or inputs, for resid_pre)."""
-    if vector.hook not in FAST_HOOKS:
-        raise ValueError(f"the fast path steers {FAST_HOOKS}, not {vector.hook}")
+def twin_hooks(twin: Any, pairs: Sequence[HookPair]) -> Iterator[None]:
+    """Register TransformerLens-style ``(hook_name, fn)`` pairs on the twin's decoder layers.
+
+    Registered inside ``try``, all removed in ``finally`` (also after a failure part-way).
+    """
     layers = _decoder_layers(twin)
     handles = []
     try:
-        for layer in vector.layers:
-            fn = add_vector_hook(vector.directions[layer], alpha, gate)
-            module = layers[layer]
-            if vector.hook == "hook_resid_post":
-                handles.append(module.register_forward_hook(_post(fn)))
+        for name, fn in pairs:
+            layer, point = _point(str(name))
+            if point == "hook_resid_post":
+                handles.append(layers[layer].register_forward_hook(_post(fn)))
             else:
-                handles.append(module.register_forward_pre_hook(_pre(fn), with_kwargs=True))
+                handles.append(layers[layer].register_forward_pre_hook(_pre(fn), with_kwargs=True))
         yield
     finally:
         for h in handles:
@@ -193,8 +353,8 @@ def capture_residuals(
 ) -> list[Tensor]:
     """``blocks.{l}.{hook}`` for each layer, read from the twin's decoder layers.
 
-    ``hook_resid_post`` is decoder layer ``l``'s output, ``hook_resid_pre`` its input. The
-    forward pass stops after the last needed layer (and never reaches the unembedding).
+    Capture hooks are registered after any steering hooks, so they see the steered values.
+    The forward pass stops after the last needed layer (and never reaches the unembedding).
     """
     if hook not in FAST_HOOKS:
         raise ValueError(f"the fast path reads {FAST_HOOKS}, not {hook}")

@@ -11,7 +11,6 @@ A padded batch gives the tokens of one-at-a-time runs (tested).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Literal, overload
 
@@ -19,10 +18,9 @@ import torch
 from torch import Tensor
 
 from steerlens import fastpath
-from steerlens._progress import progress
-from steerlens.chat import Prompt, encode_prompts, pad
-from steerlens.hooks import Gate, GateSpec
-from steerlens.hooks import steering as steering_context
+from steerlens.batching import Batch, map_batches
+from steerlens.chat import Prompt, encode_prompts
+from steerlens.hooks import Gate, GateSpec, active_steering, steering_hooks
 from steerlens.models import HookedModel, model_device
 from steerlens.vectors import SteeringVector
 
@@ -68,7 +66,7 @@ def generate(
     prompts: Sequence[Prompt],
     *,
     max_new_tokens: int = 64,
-    steering: SteeringVector | None = None,
+    steering: SteeringVector | Sequence[SteeringVector] | None = None,
     alpha: float | Sequence[float] | Tensor = 1.0,
     gate: GateSpec | Gate = "all",
     chat: bool = True,
@@ -94,7 +92,7 @@ def generate(
     prompts: Sequence[Prompt],
     *,
     max_new_tokens: int = 64,
-    steering: SteeringVector | None = None,
+    steering: SteeringVector | Sequence[SteeringVector] | None = None,
     alpha: float | Sequence[float] | Tensor = 1.0,
     gate: GateSpec | Gate = "all",
     chat: bool = True,
@@ -119,7 +117,7 @@ def generate(
     prompts: Sequence[Prompt],
     *,
     max_new_tokens: int = 64,
-    steering: SteeringVector | None = None,
+    steering: SteeringVector | Sequence[SteeringVector] | None = None,
     alpha: float | Sequence[float] | Tensor = 1.0,
     gate: GateSpec | Gate = "all",
     chat: bool = True,
@@ -163,7 +161,6 @@ def generate(
     Returns:
         The generated texts (special tokens and the EOS removed), or a ``Generation``.
     """
-    vec = steering
     if isinstance(prompts, str):
         raise TypeError("prompts must be a list of strings, not one string")
     if max_new_tokens < 1:
@@ -180,58 +177,75 @@ def generate(
             else []
         )
     alphas = _alphas(alpha, n)
-    if vec is None and not isinstance(alpha, int | float):
+    if steering is None and not isinstance(alpha, int | float):
         raise ValueError("a per-row alpha needs a steering vector")
+    if isinstance(steering, Sequence) and len(steering) != n:
+        raise ValueError(f"{len(steering)} per-row vectors but there are {n} prompts")
     gate_obj = Gate.parse(gate)
-    if vec is not None:
-        vec.validate(model)
+    own = (
+        steering_hooks(
+            model,
+            steering,
+            alphas[0] if isinstance(alpha, int | float) else torch.tensor(alphas),
+            gate_obj,
+        )
+        if steering is not None
+        else []
+    )
+    hook = str(own[0][0]).rsplit(".", 1)[-1] if own else "hook_resid_post"
     ids = encode_prompts(model, prompts, chat=chat, system=system, response_prefix=response_prefix)
-    order = sorted(range(n), key=lambda i: -int(ids[i].numel()))
-    tokens: list[Tensor | None] = [None] * n
-    logits: list[Tensor | None] = [None] * n
     eos = _eos_ids(model) if stop_at_eos else []
     gen = torch.Generator(device=model_device(model))
     if seed is not None:
         gen.manual_seed(seed)
     else:
         gen.seed()
-    batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
     opts = _Decode(
         max_new_tokens, do_sample, temperature, top_k, top_p, eos, return_logits, gen, seed
     )
-    runner = fastpath.resolve_engine(
-        model, vec.hook if vec is not None else "hook_resid_post", engine
-    )
+    fast = fastpath.resolve_engine(model, hook, engine)
+    in_use = own + active_steering(model)
     if model.training:  # eval() walks every module of a bridge: skip it when already off
         model.eval()
-    for batch in progress(
-        batches, total=len(batches), description="generate", enabled=progress_bar
-    ):
-        enc = pad(model, [ids[i] for i in batch], side="left")
-        batch_alpha = torch.tensor([alphas[i] for i in batch])
-        if vec is None:
-            ctx: Any = nullcontext()
-        elif runner is not None:
-            ctx = fastpath.torch_steering(runner, vec, batch_alpha, gate_obj)
-        else:
-            ctx = steering_context(model, vec, batch_alpha, gate_obj)
-        with ctx, torch.inference_mode():
-            new, step_logits = _run_batch(model, enc.input_ids, enc.attention_mask, opts, runner)
+
+    def run(batch: Batch) -> list[tuple[Tensor, Tensor | None]]:
+        for _, fn in in_use:  # each batch is a new prompt for the gates
+            fn.reset()  # type: ignore[attr-defined]
+        enc = batch.enc
+        new, step_logits = _run_batch(model, enc.input_ids, enc.attention_mask, opts, fast)
         new = new.cpu()  # one transfer a batch
         step_logits = step_logits.float().cpu() if step_logits is not None else None
-        for row, i in enumerate(batch):
+        out = []
+        for row in range(len(batch.rows)):
             toks = new[row]
             stop = len(toks)
             for j, t in enumerate(toks.tolist()):
                 if t in eos:
                     stop = j
                     break
-            tokens[i] = toks[:stop]
-            if step_logits is not None:  # keep the step that produced the EOS, if any
-                logits[i] = step_logits[row, : min(stop + 1, len(toks))]
+            # keep the step that produced the EOS, if any
+            kept = None if step_logits is None else step_logits[row, : min(stop + 1, len(toks))]
+            out.append((toks[:stop], kept))
+        return out
+
+    ctx: Any = (
+        fastpath.twin_hooks(fast.twin, fast.carried + own)
+        if fast is not None
+        else model.hooks(fwd_hooks=own)  # type: ignore[arg-type]
+    )
+    with ctx, torch.inference_mode():
+        results = map_batches(
+            model,
+            ids,
+            run,
+            batch_size=batch_size,
+            side="left",
+            progress_bar=progress_bar,
+            description="generate",
+        )
     tok = model.tokenizer
     assert tok is not None
-    done = [t for t in tokens if t is not None]
+    done = [t for t, _ in results]
     texts: list[str] = [str(tok.decode(t, skip_special_tokens=True)) for t in done]
     if not (return_tokens or return_logits):
         return texts
@@ -239,7 +253,7 @@ def generate(
         texts=texts,
         prompt_ids=ids,
         tokens=done,
-        logits=[x for x in logits if x is not None] if return_logits else None,
+        logits=[lg for _, lg in results] if return_logits else None,  # type: ignore[misc]
     )
 
 
@@ -259,7 +273,11 @@ class _Decode:
 
 
 def _run_batch(
-    model: HookedModel, input_ids: Tensor, attention_mask: Tensor, opts: _Decode, runner: Any = None
+    model: HookedModel,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    opts: _Decode,
+    fast: fastpath.FastPath | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """New tokens ``[batch, steps]`` (EOS-padded after a row stops) and optional raw logits.
 
@@ -267,15 +285,15 @@ def _run_batch(
     place, so TransformerLens hooks fire, one position a step), the plain HF twin of the fast
     path, and a HookedTransformer. Sampling is therefore the same everywhere.
     """
-    hf = runner if runner is not None else getattr(model, "original_model", None)
+    hf = fast.twin if fast is not None else getattr(model, "original_model", None)
     step = (
         _hf_steps(hf, input_ids, attention_mask)
         if hf is not None
         else _tl_steps(model, input_ids, attention_mask)
     )
     new, logits = _decode(step, input_ids.shape[0], opts)
-    if logits is not None and runner is not None:
-        # TransformerLens centres the unembedding: match its logits (softmax unchanged).
+    if logits is not None and fast is not None and not fast.bound:
+        # A copy has the raw unembedding; TransformerLens centres it (softmax unchanged).
         logits = logits - logits.mean(-1, keepdim=True)
     return new, logits
 

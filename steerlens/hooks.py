@@ -21,8 +21,10 @@ Call ``reset()`` on the handle ``steering()`` yields to start over explicitly.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
@@ -45,8 +47,12 @@ __all__ = [
     "FirstK",
     "Gate",
     "GateSpec",
+    "RowContext",
     "SteeringHandle",
+    "active_steering",
     "add_vector_hook",
+    "batch_rows",
+    "current_rows",
     "hook_name",
     "resid_post",
     "resid_pre",
@@ -140,6 +146,61 @@ class _PositionCounter:
         return first, self.prompt_len
 
 
+@dataclass(frozen=True)
+class RowContext:
+    """Which inputs of a call the current batch holds, set by ``steerlens.batching``.
+
+    ``rows[i]`` is the index (into the call's inputs) of batch row ``i``; per-row hooks index
+    their α and vectors with it, so a value follows its prompt whatever order the batches
+    run in. ``prompt_lengths[i]`` (single-pass scoring of prompt + response, right-padded) is
+    the number of prompt positions of batch row ``i``: gates then treat the rest as
+    generated tokens, as they are during generation.
+    """
+
+    rows: Tensor
+    n_inputs: int
+    prompt_lengths: Tensor | None = None
+
+
+_ROWS: ContextVar[RowContext | None] = ContextVar("steerlens_rows", default=None)
+
+
+def current_rows() -> RowContext | None:
+    """The batch being run by a steerlens function, or None outside one."""
+    return _ROWS.get()
+
+
+@contextmanager
+def batch_rows(
+    rows: Sequence[int], n_inputs: int, prompt_lengths: Sequence[int] | None = None
+) -> Iterator[RowContext]:
+    """Tell per-row hooks which inputs the batch run inside this block holds."""
+    ctx = RowContext(
+        torch.as_tensor(list(rows), dtype=torch.long),
+        int(n_inputs),
+        None if prompt_lengths is None else torch.as_tensor(list(prompt_lengths)),
+    )
+    token = _ROWS.set(ctx)
+    try:
+        yield ctx
+    finally:
+        _ROWS.reset(token)
+
+
+def _per_row(values: Tensor, batch: int, what: str) -> Tensor:
+    """``values`` (one entry per input of the call) for the rows of the current batch."""
+    ctx = current_rows()
+    if ctx is None or ctx.rows.numel() != batch:
+        if values.shape[0] != batch:
+            raise ValueError(f"{what} has {values.shape[0]} values but the batch has {batch} rows")
+        return values
+    if values.shape[0] != ctx.n_inputs:
+        raise ValueError(
+            f"{what} has {values.shape[0]} values but the call has {ctx.n_inputs} inputs"
+        )
+    return values[ctx.rows.to(values.device)]
+
+
 def _alpha_tensor(alpha: float | Sequence[float] | Tensor) -> float | Tensor:
     if isinstance(alpha, int | float) and not isinstance(alpha, bool):
         return float(alpha)
@@ -152,49 +213,92 @@ def _alpha_tensor(alpha: float | Sequence[float] | Tensor) -> float | Tensor:
 
 
 def add_vector_hook(
-    direction: Float[Tensor, " d_model"],
+    direction: Float[Tensor, " d_model"] | Float[Tensor, "row d_model"],
     alpha: float | Sequence[float] | Tensor = 1.0,
     gate: GateSpec | Gate = "all",
+    *,
+    prompt_lengths: Sequence[int] | Tensor | None = None,
 ) -> HookFn:
     """A hook ``fn(resid, *, hook)`` that returns ``resid + alpha * direction`` on gated positions.
 
-    ``alpha`` is a float or one value per batch row. Each hook counts positions itself, so make
-    one hook per hook point (``steering_hooks`` does).
+    Args:
+        direction: one vector ``[d_model]``, or one per input ``[row, d_model]``.
+        alpha: a float or one value per input.
+        gate: ``"all"``, ``"prefill"``, ``FirstK(k)`` or ``"generated"``.
+        prompt_lengths: per input, its number of prompt positions, for a single forward pass
+            over prompt + response (right-padded): the gate then treats the positions after
+            the prompt as generated tokens. A steerlens scoring function sets this itself.
+
+    Per-input values are picked by the rows of the batch being run (``batch_rows``, set by
+    every steerlens function that runs the model), so they follow their prompts through
+    sorting and batching; outside one they must match the batch row for row.
+
+    The sum is computed in float32 and cast once to the residual's dtype (bf16/fp16-safe). A
+    direction that requires grad (a vector being trained) is never cached as a cast copy, so
+    gradients reach it. Each hook counts positions itself: make one hook per hook point
+    (``steering_hooks`` does).
     """
-    if direction.ndim != 1:
-        raise ValueError(f"direction must be 1-D [d_model], got shape {tuple(direction.shape)}")
+    if direction.ndim not in (1, 2):
+        raise ValueError(
+            f"direction must be [d_model] or [row, d_model], got shape {tuple(direction.shape)}"
+        )
     g = Gate.parse(gate)
     a = _alpha_tensor(alpha)
+    lengths = None if prompt_lengths is None else torch.as_tensor(prompt_lengths).flatten()
     counter = _PositionCounter()
-    cast: dict[tuple[torch.device, torch.dtype], tuple[Tensor, float | Tensor]] = {}
+    cache: dict[torch.device, tuple[Tensor, float | Tensor]] = {}
+    d_model = direction.shape[-1]
+
+    def prepared(device: torch.device) -> tuple[Tensor, float | Tensor]:
+        if direction.requires_grad:  # trainable: a fresh differentiable view every call
+            return direction.to(device, torch.float32), a.to(device) if isinstance(a, Tensor) else a
+        if device not in cache:
+            cache[device] = (
+                direction.detach().to(device, torch.float32),
+                a.to(device) if isinstance(a, Tensor) else a,
+            )
+        return cache[device]
 
     def hook_fn(resid: Tensor, *, hook: Any) -> Tensor:
         batch, n_pos, d = resid.shape
-        if d != direction.shape[0]:
+        if d != d_model:
             raise ValueError(
-                f"{getattr(hook, 'name', 'hook')}: vector has d_model {direction.shape[0]}, "
-                f"activation has {d}"
+                f"{getattr(hook, 'name', 'hook')}: vector has d_model {d_model}, activation has {d}"
             )
         first, prompt_len = counter.advance(n_pos)
-        key = (resid.device, resid.dtype)
-        if key not in cast:
-            v = direction.to(device=resid.device, dtype=resid.dtype)
-            cast[key] = (
-                v,
-                a.to(resid.device, resid.dtype).view(-1, 1, 1) if isinstance(a, Tensor) else a,
-            )
-        v, scale = cast[key]
-        if isinstance(scale, Tensor) and scale.shape[0] != batch:
-            raise ValueError(f"alpha has {scale.shape[0]} values but the batch has {batch} rows")
-        delta = scale * v
-        if g.is_all:
-            return resid + delta
-        offsets = torch.arange(first, first + n_pos, device=resid.device) - prompt_len
-        on = ((offsets >= g.start) & (offsets < g.stop)).to(resid.dtype).view(1, n_pos, 1)
-        return resid + on * delta
+        v, scale = prepared(resid.device)
+        if v.ndim == 2:
+            v = _per_row(v, batch, "the per-row vector").unsqueeze(1)  # [b, 1, d]
+        if isinstance(scale, Tensor):
+            scale = _per_row(scale, batch, "alpha").view(-1, 1, 1)
+        delta = scale * v  # float32
+        if not g.is_all:
+            delta = delta * _gate_mask(g, first, n_pos, prompt_len, lengths, batch, resid.device)
+        return (resid.float() + delta).to(resid.dtype)
 
     hook_fn.reset = counter.reset  # type: ignore[attr-defined]
     return hook_fn
+
+
+def _gate_mask(
+    g: Gate,
+    first: int,
+    n_pos: int,
+    prompt_len: int,
+    own_lengths: Tensor | None,
+    batch: int,
+    device: torch.device,
+) -> Tensor:
+    """``[batch or 1, n_pos, 1]``: 1 where the gate steers, from per-row or shared prompt ends."""
+    ctx = current_rows()
+    if ctx is not None and ctx.prompt_lengths is not None and ctx.rows.numel() == batch:
+        ends = ctx.prompt_lengths.to(device).view(-1, 1)
+    elif own_lengths is not None:
+        ends = _per_row(own_lengths, batch, "prompt_lengths").to(device).view(-1, 1)
+    else:
+        ends = torch.tensor([[prompt_len]], device=device)
+    offsets = torch.arange(first, first + n_pos, device=device).view(1, -1) - ends
+    return ((offsets >= g.start) & (offsets < g.stop)).float().unsqueeze(-1)
 
 
 def _check_hook_points(model: HookedModel, names: Sequence[str]) -> None:
@@ -207,19 +311,61 @@ def _check_hook_points(model: HookedModel, names: Sequence[str]) -> None:
         )
 
 
+def _stacked(
+    vectors: SteeringVector | Sequence[SteeringVector],
+) -> tuple[SteeringVector, dict[int, Tensor]]:
+    """One vector's directions, or per layer a ``[row, d_model]`` stack of per-row vectors
+    (a row without that layer gets zeros there). Returns a representative and the directions."""
+    from steerlens.vectors import SteeringVector
+
+    if isinstance(vectors, SteeringVector):
+        return vectors, dict(vectors.directions)
+    vecs = list(vectors)
+    if not vecs or not all(isinstance(v, SteeringVector) for v in vecs):
+        raise TypeError("steering takes a SteeringVector or a non-empty list of them (one a row)")
+    first = vecs[0]
+    for i, v in enumerate(vecs):
+        if v.hook != first.hook or v.d_model != first.d_model:
+            raise ValueError(
+                f"per-row vector {i} is on {v.hook} with d_model {v.d_model}; "
+                f"vector 0 is on {first.hook} with d_model {first.d_model}"
+            )
+    layers = sorted({layer for v in vecs for layer in v.layers})
+    out = {}
+    for layer in layers:
+        rows = [
+            v.directions[layer].detach().float().cpu()
+            if layer in v.directions
+            else torch.zeros(first.d_model)
+            for v in vecs
+        ]
+        out[layer] = torch.stack(rows)
+    return first, out
+
+
 def steering_hooks(
     model: HookedModel,
-    vector: SteeringVector,
+    vector: SteeringVector | Sequence[SteeringVector],
     alpha: float | Sequence[float] | Tensor = 1.0,
     gate: GateSpec | Gate = "all",
+    *,
+    prompt_lengths: Sequence[int] | Tensor | None = None,
 ) -> list[HookPair]:
-    """Plain ``(hook_name, fn)`` pairs that add ``alpha * vector`` (validated against ``model``)."""
-    vector.validate(model)
-    names = [hook_name(layer, vector.hook) for layer in vector.layers]
+    """Plain ``(hook_name, fn)`` pairs that add ``alpha * vector`` (validated against ``model``).
+
+    ``vector`` may be a list with one vector per input row (a whole batch of users at once).
+    """
+    if not isinstance(vector, Sequence):
+        vector.validate(model)
+    else:
+        for v in vector:
+            v.validate(model)
+    first, directions = _stacked(vector)
+    names = [hook_name(layer, first.hook) for layer in directions]
     _check_hook_points(model, names)
     pairs: list[HookPair] = [
-        (name, add_vector_hook(vector.directions[layer], alpha, gate))
-        for name, layer in zip(names, vector.layers, strict=True)
+        (name, add_vector_hook(d, alpha, gate, prompt_lengths=prompt_lengths))
+        for name, d in zip(names, directions.values(), strict=True)
     ]
     return pairs
 
@@ -236,20 +382,45 @@ class SteeringHandle:
             fn.reset()  # type: ignore[attr-defined]
 
 
+_ACTIVE: weakref.WeakKeyDictionary[Any, list[HookPair]] = weakref.WeakKeyDictionary()
+
+
+def active_steering(model: HookedModel) -> list[HookPair]:
+    """The ``(hook_name, fn)`` pairs of every ``steering()`` context open on ``model``.
+
+    The generation fast path carries them onto its plain-PyTorch hooks, so an open
+    ``steering()`` block steers whichever engine runs.
+    """
+    return list(_ACTIVE.get(model, []))
+
+
 @contextmanager
 def steering(
     model: HookedModel,
-    vector: SteeringVector,
+    vector: SteeringVector | Sequence[SteeringVector],
     alpha: float | Sequence[float] | Tensor = 1.0,
     gate: GateSpec | Gate = "all",
+    *,
+    prompt_lengths: Sequence[int] | Tensor | None = None,
 ) -> Iterator[SteeringHandle]:
     """Add ``alpha * vector`` to the residual stream inside the block.
+
+    ``alpha`` (and ``vector``, as a list) may hold one value per input: inside a steerlens
+    call (``generate``, ``cache_activations``, scoring) each value follows its prompt through
+    sorting and batching; in your own forward calls, row ``i`` of the batch gets value ``i``.
+    ``prompt_lengths`` serves your own single-pass scoring calls (see ``add_vector_hook``).
 
     Registration happens inside TransformerLens ``model.hooks()``, which adds hooks inside
     ``try`` and removes exactly the ones it added in ``finally`` — on normal exit, on an
     exception in the block, and when a registration part-way fails. Contexts nest: each
     removes only its own hooks.
     """
-    pairs = steering_hooks(model, vector, alpha, gate)
+    pairs = steering_hooks(model, vector, alpha, gate, prompt_lengths=prompt_lengths)
+    active = _ACTIVE.setdefault(model, [])
     with model.hooks(fwd_hooks=pairs):  # type: ignore[arg-type]
-        yield SteeringHandle(pairs)
+        active.extend(pairs)
+        try:
+            yield SteeringHandle(pairs)
+        finally:
+            for pair in pairs:
+                active.remove(pair)

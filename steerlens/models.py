@@ -43,7 +43,7 @@ class LoadSpec:
     seed: int
     dtype: torch.dtype
     device: str | None
-    fingerprint: torch.Tensor  # weight_fingerprint at load
+    fingerprint: torch.Tensor | None  # weight_fingerprint at load (HookedTransformer only)
 
 
 def weight_fingerprint(model: Any) -> torch.Tensor:
@@ -117,23 +117,27 @@ def load_model(
         raise ValueError("pass either device or device_map, not both")
     dev = device or _default_device()
     resolved = _resolve_dtype(dtype or (torch.float32 if name == TINY_NAME else None), dev)
-    if name == TINY_NAME:
-        hf, tok = tiny_hf_model(seed=seed, dtype=resolved)
-    elif name == EMBEDDED_NAME:
-        hf, tok = load_embedded_hf(dtype=resolved)
+    model: HookedModel
+    if name in (TINY_NAME, EMBEDDED_NAME):
+        hf, tok = (
+            tiny_hf_model(seed=seed, dtype=resolved)
+            if name == TINY_NAME
+            else load_embedded_hf(dtype=resolved)
+        )
+        model = (
+            _hooked_from_llama(hf, tok, name, dev)
+            if backend == "hooked"
+            else _bridge_from_hf(hf, tok, name, None if device_map else dev)
+        )
     else:
         model = _load_named(name, backend, dev, resolved, device_map)
-        _SPECS[model] = LoadSpec(
-            name, seed, resolved, None if device_map else dev, weight_fingerprint(model)
-        )
-        return model
-    if backend == "hooked":
-        model = _hooked_from_llama(hf, tok, name, dev)
-    else:
-        model = _bridge_from_hf(hf, tok, name, None if device_map else dev)
-    _SPECS[model] = LoadSpec(
-        name, seed, resolved, None if device_map else dev, weight_fingerprint(model)
-    )
+    # One name on both classes (TransformerLens shortens official names), so a vector built
+    # on one backend validates on the other.
+    model.cfg.model_name = name
+    # A HookedTransformer's fast path is a copy made from the source: record the weights it
+    # must match. A bridge's fast path shares the weights and needs no such check.
+    fingerprint = weight_fingerprint(model) if backend == "hooked" else None
+    _SPECS[model] = LoadSpec(name, seed, resolved, None if device_map else dev, fingerprint)
     return model
 
 
@@ -156,13 +160,34 @@ def _load_named(
     if backend == "hooked":
         if device_map is not None:
             raise ValueError("device_map is only supported with backend='bridge'")
-        return HookedTransformer.from_pretrained(name, device=device, dtype=dtype).eval()
+        if _is_official(name):
+            return HookedTransformer.from_pretrained(name, device=device, dtype=dtype).eval()
+        # A local folder or a non-official name: build from the HF model (Llama family).
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        hf = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
+        if hf.config.model_type not in ("llama", "mistral", "qwen2"):
+            raise ValueError(
+                f"backend='hooked' loads TransformerLens's official models and Llama-family HF "
+                f"models; {name!r} is a {hf.config.model_type!r} model: use backend='bridge'"
+            )
+        return _hooked_from_llama(hf, AutoTokenizer.from_pretrained(name), name, device)
     bridge = TransformerBridge.boot_transformers(
         name, device=None if device_map else device, dtype=dtype, device_map=device_map
     )
     bridge.enable_compatibility_mode(disable_warnings=True)
     bridge.cfg.model_name = name
     return bridge.eval()
+
+
+def _is_official(name: str) -> bool:
+    from transformer_lens.loading_from_pretrained import get_official_model_name
+
+    try:
+        get_official_model_name(name)
+    except ValueError:
+        return False
+    return True
 
 
 def _hooked_from_llama(hf: Any, tok: Any, name: str, device: str) -> HookedTransformer:

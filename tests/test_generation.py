@@ -1,10 +1,17 @@
+"""Generation on every execution path: backend (bridge, hooked) x engine (tl, hf).
+
+Each test that claims a path checks that the path ran (``spy_path``), so a test cannot pass
+by silently exercising the other engine.
+"""
+
 from __future__ import annotations
 
 import pytest
 import torch
-from conftest import PROMPTS, no_hooks_left
+from conftest import ENGINES, PROMPTS, assert_close_impl, no_hooks_left
 
 import steerlens as sl
+from steerlens import fastpath, generation
 
 
 def _tokens(model, prompts, **kw):
@@ -14,33 +21,101 @@ def _tokens(model, prompts, **kw):
     ]
 
 
+@pytest.fixture
+def spy_path(monkeypatch):
+    """Records, per decoded batch, which engine ran: 'tl', 'hf-bound' or 'hf-copy'."""
+    seen: list[str] = []
+    real = generation._run_batch
+
+    def spy(model, input_ids, attention_mask, opts, fast=None):
+        seen.append("tl" if fast is None else ("hf-bound" if fast.bound else "hf-copy"))
+        return real(model, input_ids, attention_mask, opts, fast)
+
+    monkeypatch.setattr(generation, "_run_batch", spy)
+    return seen
+
+
+def _expected_path(model, engine):
+    if engine == "tl":
+        return "tl"
+    return "hf-bound" if hasattr(model, "original_model") else "hf-copy"
+
+
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("chat", [True, False])
-def test_padded_batch_equals_one_at_a_time(tiny, chat):
-    batched = _tokens(tiny, PROMPTS, chat=chat, batch_size=3)
-    single = [_tokens(tiny, [p], chat=chat)[0] for p in PROMPTS]
+def test_padded_batch_equals_one_at_a_time(tiny, engine, chat, spy_path):
+    batched = _tokens(tiny, PROMPTS, chat=chat, batch_size=3, engine=engine)
+    single = [_tokens(tiny, [p], chat=chat, engine=engine)[0] for p in PROMPTS]
     assert batched == single
     assert all(len(t) == 8 for t in batched)  # the tiny model never says EOS here
+    assert set(spy_path) == {_expected_path(tiny, engine)}
 
 
-def test_per_row_alpha_equals_single_runs(tiny, rand_vec):
-    prompt = PROMPTS[0]
+@pytest.mark.parametrize("engine", ENGINES)
+def test_per_row_alpha_equals_single_runs(tiny, rand_vec, engine, spy_path):
+    prompts = [PROMPTS[0], PROMPTS[1], PROMPTS[2], PROMPTS[0]]  # sorted by length != input order
     alphas = [0.0, 4.0, -4.0, 8.0]
-    sweep = _tokens(tiny, [prompt] * 4, steering=rand_vec, alpha=alphas)
-    single = [_tokens(tiny, [prompt], steering=rand_vec, alpha=a)[0] for a in alphas]
+    sweep = _tokens(tiny, prompts, steering=rand_vec, alpha=alphas, batch_size=3, engine=engine)
+    single = [
+        _tokens(tiny, [p], steering=rand_vec, alpha=a, engine=engine)[0]
+        for p, a in zip(prompts, alphas, strict=True)
+    ]
     assert sweep == single
-    assert sweep[0] == _tokens(tiny, [prompt])[0]  # alpha 0 == unsteered
-    assert len({tuple(t) for t in sweep}) > 1  # and steering changes something
+    assert sweep[0] == _tokens(tiny, [prompts[0]], engine=engine)[0]  # alpha 0 == unsteered
+    assert sweep[0] != sweep[3]  # and steering changes something
+    assert set(spy_path) == {_expected_path(tiny, engine)}
     assert no_hooks_left(tiny)
 
 
-def test_gates_end_to_end(tiny, rand_vec):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_per_row_alpha_of_an_open_steering_block_follows_its_prompt(
+    tiny, rand_vec, engine, spy_path
+):
+    """Batches are sorted by length ([2, 0] then [1] here): α must follow the prompt, not the
+    batch position."""
+    alphas = [0.0, 6.0, -6.0]
+    with sl.steering(tiny, rand_vec, alpha=alphas):
+        got = _tokens(tiny, PROMPTS, batch_size=2, engine=engine)
+    single = [
+        _tokens(tiny, [p], steering=rand_vec, alpha=a, engine="tl")[0]
+        for p, a in zip(PROMPTS, alphas, strict=True)
+    ]
+    assert got == single
+    assert spy_path[0] == _expected_path(tiny, engine)
+    assert no_hooks_left(tiny)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_per_row_vectors_equal_single_runs(tiny, engine, spy_path):
+    g = torch.Generator().manual_seed(11)
+    d = tiny.cfg.d_model
+    vecs = [
+        sl.SteeringVector({2: torch.randn(d, generator=g)}),
+        sl.SteeringVector({1: torch.randn(d, generator=g), 3: torch.randn(d, generator=g)}),
+        sl.SteeringVector({2: torch.randn(d, generator=g), 3: torch.randn(d, generator=g)}),
+    ]
+    alphas = [3.0, -2.0, 4.0]
+    batch = _tokens(tiny, PROMPTS, steering=vecs, alpha=alphas, batch_size=2, engine=engine)
+    single = [
+        _tokens(tiny, [p], steering=v, alpha=a, engine=engine)[0]
+        for p, v, a in zip(PROMPTS, vecs, alphas, strict=True)
+    ]
+    assert batch == single
+    assert set(spy_path) == {_expected_path(tiny, engine)}
+    with pytest.raises(ValueError, match="2 per-row vectors but there are 3 prompts"):
+        sl.generate(tiny, PROMPTS, steering=vecs[:2])
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_gates_end_to_end(tiny, rand_vec, engine):
     prompt = [PROMPTS[0]]
-    base = _tokens(tiny, prompt)[0]
-    prefill = _tokens(tiny, prompt, steering=rand_vec, alpha=8.0, gate="prefill")[0]
-    first0 = _tokens(tiny, prompt, steering=rand_vec, alpha=8.0, gate=sl.FirstK(0))[0]
-    generated = _tokens(tiny, prompt, steering=rand_vec, alpha=8.0, gate="generated")[0]
-    all_ = _tokens(tiny, prompt, steering=rand_vec, alpha=8.0, gate="all")[0]
-    first_big = _tokens(tiny, prompt, steering=rand_vec, alpha=8.0, gate=sl.FirstK(100))[0]
+    kw = dict(steering=rand_vec, alpha=8.0, engine=engine)
+    base = _tokens(tiny, prompt, engine=engine)[0]
+    prefill = _tokens(tiny, prompt, gate="prefill", **kw)[0]
+    first0 = _tokens(tiny, prompt, gate=sl.FirstK(0), **kw)[0]
+    generated = _tokens(tiny, prompt, gate="generated", **kw)[0]
+    all_ = _tokens(tiny, prompt, gate="all", **kw)[0]
+    first_big = _tokens(tiny, prompt, gate=sl.FirstK(100), **kw)[0]
     assert prefill == first0
     assert first_big == all_
     assert generated[0] == base[0]  # the first token is predicted from the unsteered prompt
@@ -48,28 +123,149 @@ def test_gates_end_to_end(tiny, rand_vec):
     assert prefill[0] == all_[0]
 
 
-def test_return_logits_matches_greedy_tokens(tiny):
-    out = sl.generate(tiny, PROMPTS[:2], max_new_tokens=5, return_logits=True)
+@pytest.mark.parametrize("gate", ["all", "prefill", sl.FirstK(2), "generated"])
+def test_fast_path_equals_transformerlens_hooks(tiny, rand_vec, gate):
+    kw = dict(
+        steering=rand_vec, alpha=[0.0, 3.0, -6.0], gate=gate, max_new_tokens=6, return_logits=True
+    )
+    tl = sl.generate(tiny, PROMPTS, engine="tl", **kw)
+    hf = sl.generate(tiny, PROMPTS, engine="hf", **kw)
+    assert [t.tolist() for t in tl.tokens] == [t.tolist() for t in hf.tokens]
+    for a, b in zip(tl.logits, hf.logits, strict=True):
+        assert_close_impl(b, a)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_backends_agree(engine, spy_path):
+    """A TransformerBridge and a HookedTransformer, each on the engine named: two different
+    implementations of the same weights give the same tokens."""
+    bridge = sl.load_model("tiny-random", backend="bridge")
+    hooked = sl.load_model("tiny-random", backend="hooked")
+    v = sl.SteeringVector({2: torch.randn(64, generator=torch.Generator().manual_seed(3))})
+    for kw in ({}, {"steering": v, "alpha": [0.0, 5.0, 9.0], "gate": sl.FirstK(2)}):
+        spy_path.clear()
+        a = sl.generate(bridge, PROMPTS, max_new_tokens=6, return_logits=True, engine=engine, **kw)
+        b = sl.generate(hooked, PROMPTS, max_new_tokens=6, return_logits=True, engine=engine, **kw)
+        assert spy_path == [_expected_path(bridge, engine), _expected_path(hooked, engine)]
+        assert [t.tolist() for t in a.tokens] == [t.tolist() for t in b.tokens]
+        for x, y in zip(a.logits, b.logits, strict=True):
+            assert_close_impl(x, y)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_open_steering_block_steers_every_engine(tiny, rand_vec, engine, spy_path):
+    """engine='hf' inside sl.steering() used to generate unsteered text silently."""
+    with sl.steering(tiny, rand_vec, alpha=3.0, gate=sl.FirstK(2)):
+        inside = _tokens(tiny, PROMPTS, engine=engine)
+    assert spy_path == [_expected_path(tiny, engine)]
+    expected = _tokens(tiny, PROMPTS, steering=rand_vec, alpha=3.0, gate=sl.FirstK(2), engine="tl")
+    assert inside == expected
+    assert inside != _tokens(tiny, PROMPTS, engine="tl")
+
+
+def test_auto_takes_the_bound_fast_path_on_a_bridge_and_tl_on_hooked(tiny, rand_vec, spy_path):
+    _tokens(tiny, PROMPTS[:1], steering=rand_vec)
+    with sl.steering(tiny, rand_vec):  # open steering() blocks are carried, not a reason for TL
+        _tokens(tiny, PROMPTS[:1])
+    expected = "hf-bound" if hasattr(tiny, "original_model") else "tl"  # auto never copies
+    assert spy_path == [expected, expected]
+
+
+def test_other_hooks_keep_auto_on_tl_and_refuse_hf(tiny, spy_path):
+    d = tiny.cfg.d_model
+    own = [(sl.resid_post(1), lambda x, *, hook: x + 1.0)]  # a researcher's own TL hook
+    with tiny.hooks(fwd_hooks=own):
+        assert "TransformerLens hook" in str(fastpath.fast_path_blocker(tiny))
+        inside = _tokens(tiny, PROMPTS)
+        with pytest.raises(ValueError, match="would not fire on the fast path"):
+            sl.generate(tiny, PROMPTS, max_new_tokens=2, engine="hf")
+    assert spy_path == ["tl"]
+    assert inside == _tokens(
+        tiny, PROMPTS, steering=sl.SteeringVector({1: torch.ones(d)}), engine="tl"
+    )
+    calls = []  # a plain PyTorch hook (nnsight, pyvene, user code) on one of the model's modules
+    handle = tiny.blocks[1].register_forward_hook(lambda *a: calls.append(1))
+    try:
+        assert "PyTorch hook" in str(fastpath.fast_path_blocker(tiny))
+        _tokens(tiny, PROMPTS[:1])
+        assert calls  # it fired: auto took the TransformerLens path
+        with pytest.raises(ValueError, match="would not fire on the fast path"):
+            sl.generate(tiny, PROMPTS, max_new_tokens=2, engine="hf")
+    finally:
+        handle.remove()
+    assert no_hooks_left(tiny)
+
+
+def test_bridge_fast_path_shares_the_weights_and_sees_edits():
+    model = sl.load_model("tiny-random")
+    twin = fastpath.hf_twin(model)
+    own = {p.data_ptr() for p in model.parameters()}
+    assert all(p.data_ptr() in own for p in twin.parameters())  # no second copy
+    assert all(b.data_ptr() in {x.data_ptr() for x in model.buffers()} for b in twin.buffers())
+    before = _tokens(model, PROMPTS, engine="hf")
+    weight = next(p for n, p in model.named_parameters() if ".1." in n and "mlp" in n)
+    with torch.no_grad():  # an ablation, as a researcher would do it
+        weight.mul_(0.0)
+    assert fastpath.fast_path_blocker(model) is None
+    after_hf = _tokens(model, PROMPTS, engine="hf")
+    assert after_hf == _tokens(model, PROMPTS, engine="tl")
+    assert after_hf != before
+
+
+def test_hooked_fast_path_is_a_checked_copy():
+    model = sl.load_model("tiny-random", backend="hooked")
+    vec = sl.SteeringVector({2: torch.ones(64)})
+    assert "HookedTransformer" in str(fastpath.fast_path_blocker(model))  # auto: no copy
+    kw = dict(steering=vec, max_new_tokens=6)
+    assert sl.generate(model, PROMPTS, engine="hf", **kw) == sl.generate(
+        model, PROMPTS, engine="tl", **kw
+    )
+    with torch.no_grad():
+        next(iter(model.parameters())).add_(1.0)
+    with pytest.raises(ValueError, match="weights changed"):
+        sl.generate(model, PROMPTS, engine="hf", **kw)
+    fresh = sl.load_model("tiny-random", backend="hooked")
+    with torch.no_grad():
+        next(iter(fresh.parameters())).add_(1.0)
+    with pytest.raises(ValueError, match="weights changed"):  # edited before any copy existed
+        sl.generate(fresh, PROMPTS, max_new_tokens=2, engine="hf")
+
+
+def test_fast_path_resid_pre(tiny):
+    d = tiny.cfg.d_model
+    pre = sl.SteeringVector(
+        {2: torch.randn(d, generator=torch.Generator().manual_seed(5))}, hook="hook_resid_pre"
+    )
+    kw = dict(steering=pre, alpha=5.0, max_new_tokens=6)
+    assert sl.generate(tiny, PROMPTS, engine="tl", **kw) == sl.generate(
+        tiny, PROMPTS, engine="hf", **kw
+    )
+    mid = sl.SteeringVector({2: torch.ones(d)}, hook="hook_resid_mid")
+    with pytest.raises(ValueError, match="engine='hf' works on"):
+        sl.generate(tiny, PROMPTS, steering=mid, engine="hf")
+    with sl.steering(tiny, mid):
+        assert "hook_resid_mid" in str(fastpath.fast_path_blocker(tiny))
+    with pytest.raises(ValueError, match="engine must be"):
+        sl.generate(tiny, PROMPTS, engine="vllm")
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_return_logits_matches_greedy_tokens(tiny, engine):
+    out = sl.generate(tiny, PROMPTS[:2], max_new_tokens=5, return_logits=True, engine=engine)
     assert isinstance(out, sl.Generation)
     for toks, logits in zip(out.tokens, out.logits, strict=True):
         assert logits.shape == (5, tiny.cfg.d_vocab)
         assert logits.argmax(-1).tolist() == toks.tolist()
 
 
-def test_sampling_is_seeded(tiny):
-    kw = dict(do_sample=True, temperature=1.5, top_k=50, seed=123)
+@pytest.mark.parametrize("engine", ENGINES)
+def test_sampling_is_seeded(tiny, engine):
+    kw = dict(do_sample=True, temperature=1.5, top_k=50, seed=123, engine=engine)
     a = _tokens(tiny, PROMPTS, **kw)
     b = _tokens(tiny, PROMPTS, **kw)
     c = _tokens(tiny, PROMPTS, **{**kw, "seed": 7})
     assert a == b
     assert a != c
-
-
-def test_backends_agree(tiny_bridge):
-    hooked = sl.load_model("tiny-random", backend="hooked")
-    v = sl.SteeringVector({2: torch.randn(64, generator=torch.Generator().manual_seed(3))})
-    for kw in ({}, {"steering": v, "alpha": [0.0, 5.0, 9.0], "gate": sl.FirstK(2)}):
-        assert _tokens(tiny_bridge, PROMPTS, **kw) == _tokens(hooked, PROMPTS, **kw)
 
 
 def test_bad_inputs(tiny, rand_vec):
@@ -83,6 +279,11 @@ def test_bad_inputs(tiny, rand_vec):
         sl.generate(tiny, PROMPTS, max_new_tokens=0)
     with pytest.raises(ValueError, match="gate must be"):
         sl.generate(tiny, PROMPTS, steering=rand_vec, gate="half")
+    with (
+        pytest.raises(ValueError, match="alpha has 2 values but the call has 3 inputs"),
+        sl.steering(tiny, rand_vec, alpha=[1.0, 2.0]),
+    ):
+        sl.generate(tiny, PROMPTS, max_new_tokens=2, engine="tl")
     assert sl.generate(tiny, []) == []
     assert no_hooks_left(tiny)
 
@@ -106,7 +307,8 @@ def test_embedded_model_answers_sensibly_offline(embedded):
 
 
 @pytest.mark.integration
-def test_embedded_steering_changes_output_and_batch_is_exact(embedded):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_embedded_steering_changes_output_and_batch_is_exact(embedded, engine):
     layers = sl.default_layers(embedded)
     assert layers == list(range(15, 22))
     pos, neg = sl.cache_activations(
@@ -121,74 +323,8 @@ def test_embedded_steering_changes_output_and_batch_is_exact(embedded):
     )
     prompts = ["Describe your day.", "Write one sentence about the sea."]
     alphas = [0.0, 6.0]
-    batched = sl.generate(
-        embedded,
-        [prompts[0]] * 2 + [prompts[1]] * 2,
-        steering=vec,
-        alpha=alphas * 2,
-        max_new_tokens=12,
-    )
-    single = [
-        sl.generate(embedded, [p], steering=vec, alpha=a, max_new_tokens=12)[0]
-        for p in prompts
-        for a in alphas
-    ]
+    kw = dict(steering=vec, max_new_tokens=12, engine=engine)
+    batched = sl.generate(embedded, [prompts[0]] * 2 + [prompts[1]] * 2, alpha=alphas * 2, **kw)
+    single = [sl.generate(embedded, [p], alpha=a, **kw)[0] for p in prompts for a in alphas]
     assert batched == single
     assert batched[0] != batched[1]
-
-
-@pytest.mark.parametrize("gate", ["all", "prefill", sl.FirstK(2), "generated"])
-def test_fast_path_equals_transformerlens_hooks(tiny, rand_vec, gate):
-    kw = dict(
-        steering=rand_vec, alpha=[0.0, 3.0, -6.0], gate=gate, max_new_tokens=6, return_logits=True
-    )
-    tl = sl.generate(tiny, PROMPTS, engine="tl", **kw)
-    hf = sl.generate(tiny, PROMPTS, engine="hf", **kw)
-    assert [t.tolist() for t in tl.tokens] == [t.tolist() for t in hf.tokens]
-    for a, b in zip(tl.logits, hf.logits, strict=True):
-        torch.testing.assert_close(a, b, rtol=0, atol=1e-3)
-
-
-def test_fast_path_resid_pre_and_fallback_when_hooks_active(tiny):
-    d = tiny.cfg.d_model
-    pre = sl.SteeringVector(
-        {2: torch.randn(d, generator=torch.Generator().manual_seed(5))}, hook="hook_resid_pre"
-    )
-    kw = dict(steering=pre, alpha=5.0, max_new_tokens=6)
-    assert sl.generate(tiny, PROMPTS, engine="tl", **kw) == sl.generate(
-        tiny, PROMPTS, engine="hf", **kw
-    )
-    from steerlens.fastpath import can_use_fast_path
-
-    assert can_use_fast_path(tiny, pre.hook)
-    other = sl.SteeringVector({1: torch.ones(d)})
-    with sl.steering(tiny, other, alpha=2.0):  # a user's own hooks must keep firing
-        assert not can_use_fast_path(tiny, pre.hook)
-        inside = sl.generate(tiny, PROMPTS, max_new_tokens=6)
-    assert inside == sl.generate(
-        tiny, PROMPTS, steering=other, alpha=2.0, max_new_tokens=6, engine="tl"
-    )
-    with pytest.raises(ValueError, match="engine must be"):
-        sl.generate(tiny, PROMPTS, engine="vllm")
-
-
-def test_edited_weights_disable_the_fast_path():
-    from steerlens.fastpath import can_use_fast_path, hf_twin
-
-    model = sl.load_model("tiny-random")
-    vec = sl.SteeringVector({2: torch.ones(64)})
-    sl.generate(model, PROMPTS, steering=vec, max_new_tokens=4)  # builds the twin
-    assert can_use_fast_path(model, vec.hook)
-    with torch.no_grad():  # an ablation, as a researcher would do it
-        next(p for n, p in model.named_parameters() if "blocks.1" in n or "layers.1" in n).mul_(0.0)
-    assert not can_use_fast_path(model, vec.hook)
-    edited = sl.generate(model, PROMPTS, steering=vec, max_new_tokens=6)  # auto -> TL path
-    assert edited == sl.generate(model, PROMPTS, steering=vec, max_new_tokens=6, engine="tl")
-    with pytest.raises(ValueError, match="weights changed"):
-        hf_twin(model)
-    fresh = sl.load_model("tiny-random")
-    with torch.no_grad():
-        next(iter(fresh.parameters())).add_(1.0)
-    assert not can_use_fast_path(fresh, vec.hook)  # edited before any twin existed
-    with pytest.raises(ValueError, match="weights changed"):
-        sl.generate(fresh, PROMPTS, max_new_tokens=2, engine="hf")

@@ -172,3 +172,66 @@ def test_reset_restarts_position_count(tiny_bridge):
         handle.reset()
         seen.append(fn(torch.zeros(1, 1, 64), hook=None)[0, :, 0].tolist())
     assert seen == [[1.0] * 4, [0.0], [1.0]]
+
+
+def test_per_row_alpha_follows_the_batch_rows():
+    """Inside a steerlens batch, per-input values are picked by the batch's input rows."""
+    from steerlens.hooks import batch_rows
+
+    fn = sl.add_vector_hook(torch.ones(2), alpha=[10.0, 20.0, 30.0])
+    with batch_rows([2, 0], n_inputs=3):
+        out = fn(torch.zeros(2, 1, 2), hook=None)
+    assert out[:, 0, 0].tolist() == [30.0, 10.0]
+    rows = torch.stack([torch.full((2,), float(i)) for i in range(3)])  # a vector per input
+    fn = sl.add_vector_hook(rows, alpha=1.0)
+    with batch_rows([1, 2], n_inputs=3):
+        assert fn(torch.zeros(2, 1, 2), hook=None)[:, 0, 0].tolist() == [1.0, 2.0]
+    with pytest.raises(ValueError, match="alpha has 3 values but the call has 4 inputs"):
+        with batch_rows([0], n_inputs=4):
+            sl.add_vector_hook(torch.ones(2), alpha=[1.0, 2.0, 3.0])(
+                torch.zeros(1, 1, 2), hook=None
+            )
+
+
+@pytest.mark.parametrize(
+    ("gate", "expected"),
+    [
+        ("prefill", [[1, 1, 0, 0, 0], [1, 1, 1, 1, 0]]),
+        (sl.FirstK(1), [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]),
+        ("generated", [[0, 0, 1, 1, 1], [0, 0, 0, 0, 1]]),
+    ],
+)
+def test_gates_in_single_pass_scoring_use_each_rows_prompt_length(gate, expected):
+    fn = sl.add_vector_hook(torch.ones(1), gate=gate, prompt_lengths=[2, 4])
+    got = fn(torch.zeros(2, 5, 1), hook=None)[..., 0]
+    assert got.tolist() == expected
+
+
+def test_bf16_residual_is_rounded_once_and_gradients_reach_a_trainable_vector():
+    model = sl.load_model("tiny-random", dtype="bfloat16")
+    ids = sl.tokenize(model, ["bfloat16 steering"])[0][None]
+    v = torch.randn(64, generator=torch.Generator().manual_seed(2)) * 0.37
+    vec = sl.SteeringVector({2: v})
+    with torch.no_grad():
+        base = _resids(model, ids, [2])[2]
+        with sl.steering(model, vec, alpha=3.3):
+            steered = _resids(model, ids, [2])[2]
+    assert steered.dtype == torch.bfloat16
+    reference = base.float() + 3.3 * v  # the fp32 reference
+    # alpha * v in float32, the sum cast once: exactly the reference rounded to bf16 ...
+    torch.testing.assert_close(steered, reference.to(torch.bfloat16), rtol=0, atol=0)
+    # ... i.e. within one bf16 rounding of the fp32 reference
+    eps = torch.finfo(torch.bfloat16).eps
+    assert ((steered.float() - reference).abs() <= eps * reference.abs() + 1e-30).all()
+
+    trainable = torch.zeros(64, requires_grad=True)
+    hook = sl.add_vector_hook(trainable, alpha=1.0)
+    with model.hooks(fwd_hooks=[(sl.resid_post(2), hook)]):
+        model(ids).float().logsumexp(-1).mean().backward()
+    assert trainable.grad is not None and trainable.grad.abs().sum() > 0
+    with torch.no_grad():
+        trainable.add_(1.0)  # an optimiser step: the next call must see it (no stale cast copy)
+        with model.hooks(fwd_hooks=[(sl.resid_post(2), hook)]):
+            after = _resids(model, ids, [2])[2]
+    torch.testing.assert_close(after, (base.float() + 1.0).to(torch.bfloat16), rtol=0, atol=0)
+    assert no_hooks_left(model)

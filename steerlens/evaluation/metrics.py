@@ -5,11 +5,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import torch
-
-from steerlens._progress import progress
-from steerlens.chat import Prompt, pad, response_masks
+from steerlens.chat import Prompt
 from steerlens.models import HookedModel
+from steerlens.scoring import continuation_logprobs
 
 __all__ = ["continuation_nll", "distinct_n", "perplexity", "toxicity_abs_error"]
 
@@ -26,38 +24,20 @@ def continuation_nll(
     prompts: Sequence[Prompt],
     continuations: Sequence[str],
     *,
-    chat: bool = True,
+    chat: bool | None = None,
     batch_size: int = 16,
     progress_bar: bool = False,
 ) -> list[float]:
     """Mean negative log-likelihood per token of each continuation given its prompt.
 
     Runs under whatever hooks are active (call it outside ``steering`` for the unsteered
-    model). An empty continuation gives NaN.
+    model). An empty or whitespace-only continuation gives NaN.
     """
-    out = [math.nan] * len(prompts)
-    keep = [i for i, c in enumerate(continuations) if c.strip()]
-    if not keep:
-        return out
-    ids, masks = response_masks(
-        model, [prompts[i] for i in keep], [continuations[i] for i in keep], chat=chat
+    texts = [c if c.strip() else "" for c in continuations]
+    lps = continuation_logprobs(
+        model, prompts, texts, chat=chat, batch_size=batch_size, progress_bar=progress_bar
     )
-    order = sorted(range(len(keep)), key=lambda j: -int(ids[j].numel()))
-    batches = [order[k : k + batch_size] for k in range(0, len(order), batch_size)]
-    for batch in progress(
-        batches, total=len(batches), description="perplexity", enabled=progress_bar
-    ):
-        enc = pad(model, [ids[j] for j in batch], side="right")
-        with torch.inference_mode():
-            logits = model(enc.input_ids, attention_mask=enc.attention_mask).float()
-        logp = logits[:, :-1].log_softmax(-1)
-        target = enc.input_ids[:, 1:]
-        tok_lp = logp.gather(-1, target[..., None])[..., 0].cpu()
-        for row, j in enumerate(batch):
-            m = masks[j][1:]  # token t is predicted at position t - 1
-            n = int(m.numel())
-            out[keep[j]] = float(-tok_lp[row, :n][m].mean())
-    return out
+    return [float(-lp.mean()) if lp.numel() else math.nan for lp in lps]
 
 
 def distinct_n(texts: Sequence[str], n: int = 2) -> list[float]:

@@ -1,0 +1,88 @@
+"""The one batching loop: sort by length, pad, run, restore input order.
+
+Every steerlens function that runs the model (``generate``, ``cache_activations``, the
+scoring functions) goes through ``map_batches``. While a batch runs it sets the row context
+(``steerlens.hooks.batch_rows``), so per-row hooks — a per-row α or vector given to
+``generate`` *or* to an enclosing ``sl.steering()`` block — index their values by the
+batch's input rows and each value follows its prompt, whatever order the batches run in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal, TypeVar
+
+from jaxtyping import Int
+from torch import Tensor
+
+from steerlens._progress import progress
+from steerlens.chat import Encoded, pad
+from steerlens.hooks import batch_rows
+from steerlens.models import HookedModel
+
+T = TypeVar("T")
+
+__all__ = ["Batch", "map_batches"]
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One padded batch: ``rows[i]`` is the input index of batch row ``i``."""
+
+    rows: list[int]
+    enc: Encoded
+    prompt_lengths: list[int] | None
+    """Per batch row, the column where its prompt ends (None outside scoring)."""
+
+
+def map_batches(
+    model: HookedModel,
+    ids: Sequence[Int[Tensor, " pos"]],
+    fn: Callable[[Batch], Sequence[T]],
+    *,
+    batch_size: int,
+    side: Literal["left", "right"],
+    sort: bool = True,
+    prompt_lengths: Sequence[int] | None = None,
+    progress_bar: bool = False,
+    description: str = "run",
+) -> list[T]:
+    """Run ``fn`` on padded batches of ``ids`` and return its per-row results in input order.
+
+    Args:
+        fn: takes a ``Batch`` and returns one result per batch row, in batch order.
+        side: ``"left"`` for generation (prompts end together), ``"right"`` for scoring and
+            caching (every token keeps its one-at-a-time position).
+        sort: longest first, which wastes the least padding; ``False`` keeps input order
+            (e.g. an on-disk store written batch by batch).
+        prompt_lengths: per input, the prompt part of a prompt + response sequence
+            (right-padded scoring); gates then steer the response as generated tokens.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    n = len(ids)
+    if prompt_lengths is not None and len(prompt_lengths) != n:
+        raise ValueError(f"{len(prompt_lengths)} prompt lengths for {n} inputs")
+    order = sorted(range(n), key=lambda i: -int(ids[i].numel())) if sort else list(range(n))
+    chunks = [order[i : i + batch_size] for i in range(0, n, batch_size)]
+    out: list[T | None] = [None] * n
+    filled = [False] * n
+    for rows in progress(chunks, total=len(chunks), description=description, enabled=progress_bar):
+        enc = pad(model, [ids[i] for i in rows], side=side)
+        lengths = None
+        if prompt_lengths is not None:  # where each row's prompt ends, in batch columns
+            width = enc.input_ids.shape[1]
+            shift = [width - n_tok if side == "left" else 0 for n_tok in enc.lengths]
+            lengths = [int(prompt_lengths[i]) + s for i, s in zip(rows, shift, strict=True)]
+        with batch_rows(rows, n, lengths):
+            results = fn(Batch(rows, enc, lengths))
+        if len(results) != len(rows):
+            raise RuntimeError(
+                f"batch function returned {len(results)} results for {len(rows)} rows"
+            )
+        for i, r in zip(rows, results, strict=True):
+            out[i] = r
+            filled[i] = True
+    assert all(filled)
+    return out  # type: ignore[return-value]

@@ -1,0 +1,96 @@
+"""Single-pass scoring: log-probabilities of continuations given their prompts.
+
+One forward pass over prompt + continuation (right-padded, through ``map_batches``). The
+batch's per-row prompt lengths are handed to the steering hooks, so a gate means the same
+here as in generation: ``"prefill"`` steers the prompt positions, ``FirstK(k)`` the prompt
+and the first ``k`` continuation tokens, ``"generated"`` the continuation only. Scoring the
+tokens ``generate`` produced therefore gives the log-probabilities it sampled them from
+(tested). Perplexity, preference margins, BiPO and MMLU build on this.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from steerlens.batching import Batch, map_batches
+from steerlens.cache import has_chat_template
+from steerlens.chat import Prompt, encode_prompts, tokenize
+from steerlens.models import HookedModel
+
+__all__ = ["continuation_logprobs"]
+
+
+def continuation_logprobs(
+    model: HookedModel,
+    prompts: Sequence[Prompt],
+    continuations: Sequence[str] | Sequence[Tensor],
+    *,
+    chat: bool | None = None,
+    system: str | None = None,
+    batch_size: int = 16,
+    progress_bar: bool = False,
+) -> list[Float[Tensor, " tok"]]:
+    """Per continuation, ``log p(token_t | prompt, tokens_<t)`` of each of its tokens (CPU, fp32).
+
+    Args:
+        prompts: user prompts or conversations, formatted as ``generate`` formats them.
+        continuations: response texts (tokenised without special tokens) or token ids
+            (e.g. ``Generation.tokens``). An empty one gives an empty tensor.
+        chat: the chat template on/off; by default on when the model has one (as in
+            ``generate``).
+
+    Runs under whatever hooks are active (an open ``sl.steering()`` block steers it; its
+    gates see where each prompt ends).
+    """
+    if isinstance(prompts, str) or isinstance(continuations, str):
+        raise TypeError("prompts and continuations must be lists, not one string")
+    if len(prompts) != len(continuations):
+        raise ValueError(f"{len(prompts)} prompts but {len(continuations)} continuations")
+    use_chat = has_chat_template(model) if chat is None else chat
+    heads = encode_prompts(model, prompts, chat=use_chat, system=system) if prompts else []
+    tails: list[Tensor] = []
+    for i, c in enumerate(continuations):
+        if isinstance(c, Tensor):
+            if c.ndim != 1:
+                raise ValueError(f"continuation {i}: token ids must be 1-D")
+            tails.append(c.long().cpu())
+        elif not c:
+            tails.append(torch.zeros(0, dtype=torch.long))
+        else:
+            tails.append(tokenize(model, [str(c)], add_special_tokens=False)[0])
+    out: list[Tensor] = [torch.zeros(0) for _ in prompts]
+    keep = [i for i, t in enumerate(tails) if t.numel() > 0]
+    if not keep:
+        return out
+    ids = [torch.cat([heads[i], tails[i]]) for i in keep]
+    prompt_lengths = [int(heads[i].numel()) for i in keep]
+
+    def run(batch: Batch) -> list[Tensor]:
+        enc = batch.enc
+        logits = model(enc.input_ids, attention_mask=enc.attention_mask)
+        logp = logits.float().log_softmax(-1)
+        rows = []
+        for row, j in enumerate(batch.rows):
+            p, n_tok = prompt_lengths[j], enc.lengths[row]
+            target = enc.input_ids[row, p:n_tok]
+            rows.append(logp[row, p - 1 : n_tok - 1].gather(-1, target[:, None])[:, 0].cpu())
+        return rows
+
+    with torch.inference_mode():
+        scored = map_batches(
+            model,
+            ids,
+            run,
+            batch_size=batch_size,
+            side="right",
+            prompt_lengths=prompt_lengths,
+            progress_bar=progress_bar,
+            description="score",
+        )
+    for j, i in enumerate(keep):
+        out[i] = scored[j]
+    return out

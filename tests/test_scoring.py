@@ -1,0 +1,59 @@
+"""Single-pass scoring: gates mean the same as in generation; per-row α follows its prompt."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import ENGINES, PROMPTS, assert_close_impl, no_hooks_left
+
+import steerlens as sl
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("gate", ["all", "prefill", sl.FirstK(2), "generated"])
+def test_scoring_generated_tokens_gives_the_logits_they_were_generated_from(
+    tiny, rand_vec, gate, engine
+):
+    alphas = [2.0, -3.0, 5.0]
+    out = sl.generate(
+        tiny,
+        PROMPTS,
+        steering=rand_vec,
+        alpha=alphas,
+        gate=gate,
+        max_new_tokens=6,
+        return_logits=True,
+        engine=engine,
+    )
+    with sl.steering(tiny, rand_vec, alpha=alphas, gate=gate):
+        scored = sl.continuation_logprobs(tiny, PROMPTS, out.tokens, batch_size=2)
+    for toks, logits, lp in zip(out.tokens, out.logits, scored, strict=True):
+        expected = logits.log_softmax(-1).gather(-1, toks[:, None])[:, 0]
+        assert_close_impl(lp, expected)
+    assert no_hooks_left(tiny)
+
+
+def test_scoring_gate_differs_from_counting_everything_as_prompt(tiny, rand_vec):
+    """Without per-row prompt lengths, 'generated' would steer nothing in a single pass."""
+    resp = ["abc def", "xyz"]
+    base = sl.continuation_logprobs(tiny, PROMPTS[:2], resp)
+    with sl.steering(tiny, rand_vec, alpha=6.0, gate="generated"):
+        steered = sl.continuation_logprobs(tiny, PROMPTS[:2], resp)
+    with sl.steering(tiny, rand_vec, alpha=6.0, gate="prefill"):
+        prefill = sl.continuation_logprobs(tiny, PROMPTS[:2], resp)
+    for b, s, p in zip(base, steered, prefill, strict=True):
+        assert_close_impl(s[0], b[0])  # the first response token is predicted from the prompt
+        assert not torch.allclose(s[1:], b[1:], atol=1e-3)
+        assert not torch.allclose(p, b, atol=1e-3)
+
+
+def test_continuation_logprobs_inputs(tiny):
+    lps = sl.continuation_logprobs(tiny, ["q?", "q?"], ["", "ok"])
+    assert lps[0].numel() == 0 and lps[1].shape == (2,)
+    assert all(math.isfinite(float(x)) and float(x) <= 0 for x in lps[1])
+    with pytest.raises(ValueError, match="2 prompts but 1 continuations"):
+        sl.continuation_logprobs(tiny, ["a", "b"], ["c"])
+    with pytest.raises(TypeError, match="not one string"):
+        sl.continuation_logprobs(tiny, "a", "b")

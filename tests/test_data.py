@@ -416,3 +416,59 @@ def test_mmlu_bundled_and_subsample(tmp_path):
     )
     (only,) = sl.data.load_mmlu(path)
     assert (only.answer, only.answer_letter, only.subject) == (2, "C", "college_math")
+
+
+def _mark_chosen(rows, content):
+    for h in rows["conversations.jsonl"][0]["conversation_history"]:
+        if h.get("content") == content:
+            h["if_chosen"] = True
+    for u in rows["utterances.jsonl"]:
+        if u["model_response"] == content:
+            u["if_chosen"] = True
+    return rows
+
+
+def test_two_chosen_responses_are_an_error_not_a_pick(tmp_path):
+    folder = _write(tmp_path / "p", _mark_chosen(_fixture_rows(), "B"))
+    with pytest.raises(
+        PrismFormatError,
+        match=r"utterances.jsonl line 2, field 'if_chosen': interaction 'c1-t0' has 2 responses marked if_chosen",
+    ):
+        load_prism(folder)
+    lenient = load_prism(folder, strict=False)
+    assert [p.field for p in lenient.problems] == ["if_chosen"]
+    assert all(p.interaction_id != "c1-t0" for p in lenient.preference_pairs())
+    assert any(p.interaction_id == "c2-t0" for p in lenient.preference_pairs())
+
+
+def test_an_interaction_spanning_conversations_is_an_error(tmp_path):
+    rows = _fixture_rows()
+    rows["utterances.jsonl"][-1]["interaction_id"] = "c1-t0"  # a c2 response filed under c1
+    folder = _write(tmp_path / "p", rows)
+    n = len(rows["utterances.jsonl"])
+    with pytest.raises(
+        PrismFormatError,
+        match=rf"utterances.jsonl line {n}, field 'conversation_id': interaction 'c1-t0' mixes",
+    ):
+        load_prism(folder)
+    assert load_prism(folder, strict=False).problems[0].field == "conversation_id"
+
+
+def test_history_roles_map_to_chat_roles_and_unknown_roles_fail(tmp_path):
+    from dataclasses import replace
+
+    from steerlens.data.prism import _history_before
+
+    ds = load_prism(_write(tmp_path / "p", _fixture_rows()))
+    conv = ds.conversations["c1"]
+    assert [m["role"] for m in _history_before(conv, 1)] == ["user", "assistant"]
+    odd = replace(
+        conv,
+        conversation_history=(replace(conv.conversation_history[0], role="system"),),
+    )
+    with pytest.raises(ValueError, match="unknown role 'system'"):
+        _history_before(odd, 1)
+    rows = _fixture_rows()
+    rows["conversations.jsonl"][0]["conversation_history"][0]["role"] = "assistant"
+    with pytest.raises(PrismFormatError, match=r"field 'conversation_history\[0\].role'"):
+        load_prism(_write(tmp_path / "q", rows))

@@ -186,11 +186,12 @@ def test_per_row_alpha_follows_the_batch_rows():
     fn = sl.add_vector_hook(rows, alpha=1.0)
     with batch_rows([1, 2], n_inputs=3):
         assert fn(torch.zeros(2, 1, 2), hook=None)[:, 0, 0].tolist() == [1.0, 2.0]
-    with pytest.raises(ValueError, match="alpha has 3 values but the call has 4 inputs"):
-        with batch_rows([0], n_inputs=4):
-            sl.add_vector_hook(torch.ones(2), alpha=[1.0, 2.0, 3.0])(
-                torch.zeros(1, 1, 2), hook=None
-            )
+    hook = sl.add_vector_hook(torch.ones(2), alpha=[1.0, 2.0, 3.0])
+    with (
+        pytest.raises(ValueError, match="alpha has 3 values but the call has 4 inputs"),
+        batch_rows([0], n_inputs=4),
+    ):
+        hook(torch.zeros(1, 1, 2), hook=None)
 
 
 @pytest.mark.parametrize(

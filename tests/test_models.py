@@ -53,3 +53,44 @@ def test_embedded_hooked_backend_matches_bridge(embedded):
         a, b = embedded(ids), hooked(ids)
     assert (a[0, -1].argmax() == b[0, -1].argmax()).item()
     torch.testing.assert_close(a, b, rtol=0, atol=5e-3)
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    """The tiny model saved as an ordinary HF folder: loaded *by name* (a path), not by the
+    built-in shortcut, through the same code as a hub name."""
+    from steerlens._tiny import tiny_hf_model
+
+    folder = tmp_path_factory.mktemp("tiny-hf")
+    hf, tok = tiny_hf_model()
+    hf.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return str(folder)
+
+
+def test_a_named_model_has_one_name_and_its_vectors_move_between_backends(tiny_folder):
+    bridge = sl.load_model(tiny_folder)
+    hooked = sl.load_model(tiny_folder, backend="hooked")
+    assert type(hooked).__name__ == "HookedTransformer"
+    assert sl.model_name(bridge) == sl.model_name(hooked) == tiny_folder
+    vec = sl.SteeringVector({2: torch.ones(64)}, model_name=sl.model_name(bridge))
+    vec.validate(hooked)  # built on one backend, valid on the other
+    a = sl.generate(bridge, ["hi"], steering=vec, alpha=2.0, max_new_tokens=5)
+    b = sl.generate(hooked, ["hi"], steering=vec, alpha=2.0, max_new_tokens=5)
+    assert a == b
+
+
+def test_official_hooked_name_keeps_the_full_name(monkeypatch):
+    """TransformerLens stores official models under a short cfg.model_name."""
+    from transformer_lens import HookedTransformer
+
+    def fake_from_pretrained(name, **kwargs):
+        model = sl.load_model("tiny-random", backend="hooked")
+        model.cfg.model_name = "Llama-3.1-8B-Instruct"  # what TransformerLens does
+        return model
+
+    monkeypatch.setattr(HookedTransformer, "from_pretrained", fake_from_pretrained)
+    full = "meta-llama/Llama-3.1-8B-Instruct"
+    model = sl.load_model(full, backend="hooked")
+    assert sl.model_name(model) == full
+    sl.SteeringVector({1: torch.ones(64)}, model_name=full).validate(model)

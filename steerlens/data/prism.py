@@ -169,11 +169,18 @@ def _history_before(conv: Conversation, turn: int) -> tuple[dict[str, str], ...]
     for item in conv.conversation_history:
         if item.turn >= turn:
             break
-        if item.role == "user":
-            msgs.append({"role": "user", "content": item.content})
-        elif item.if_chosen:
-            msgs.append({"role": "assistant", "content": item.content})
+        if item.role not in _ROLES:
+            raise ValueError(
+                f"conversation {conv.conversation_id}: unknown role {item.role!r} in its history "
+                f"(PRISM has {sorted(_ROLES)})"
+            )
+        if item.role == "user" or item.if_chosen:  # the chosen reply continued the conversation
+            msgs.append({"role": _ROLES[item.role], "content": item.content})
     return tuple(msgs)
+
+
+# PRISM's history roles -> chat-template roles.
+_ROLES = {"user": "user", "model": "assistant"}
 
 
 # --- loading ------------------------------------------------------------------------------
@@ -218,6 +225,7 @@ def load_prism(
     convs = _parse_conversations(tables["conversations.jsonl"], users, guard)
     utts = _parse_utterances(tables["utterances.jsonl"], users, convs, guard)
     _check_coverage(convs, utts, tables["conversations.jsonl"], guard)
+    utts = _check_interactions(utts, tables["utterances.jsonl"], guard)
 
     mapping: dict[str, str] = {}
     gt = None
@@ -397,6 +405,50 @@ def _check_coverage(
                     )
 
                 guard(fail, "conversations.jsonl", lines.get(cid, 0))
+
+
+def _check_interactions(utts: list[Utterance], table: Table, guard: Guard) -> list[Utterance]:
+    """One interaction = one user turn of one conversation, with at most one chosen response.
+
+    A violation is an error naming the utterance row (strict) or a listed problem with the
+    whole interaction left out (non-strict): never a silent pick of one of them.
+    """
+    lines = {data.get("utterance_id"): line for line, data in table if isinstance(data, dict)}
+    groups: dict[str, list[Utterance]] = defaultdict(list)
+    for u in utts:
+        groups[u.interaction_id].append(u)
+    bad: set[str] = set()
+    for iid, group in groups.items():
+        first = group[0]
+        reason = None
+        for u in group[1:]:
+            if (u.conversation_id, u.turn) != (first.conversation_id, first.turn):
+                what = "conversation_id" if u.conversation_id != first.conversation_id else "turn"
+                reason = (
+                    u,
+                    what,
+                    f"interaction {iid!r} mixes conversation {first.conversation_id} turn "
+                    f"{first.turn} with conversation {u.conversation_id} turn {u.turn}",
+                )
+                break
+        chosen = [u for u in group if u.if_chosen]
+        if reason is None and len(chosen) > 1:
+            ids = ", ".join(u.utterance_id for u in chosen)
+            reason = (
+                chosen[1],
+                "if_chosen",
+                f"interaction {iid!r} has {len(chosen)} responses marked if_chosen ({ids})",
+            )
+        if reason is None:
+            continue
+        row_u, field_name, text = reason
+
+        def fail(u: Utterance = row_u, f: str = field_name, t: str = text) -> None:
+            raise PrismFormatError("utterances.jsonl", lines.get(u.utterance_id, 0), f, t)
+
+        guard(fail, "utterances.jsonl", lines.get(row_u.utterance_id, 0))
+        bad.add(iid)
+    return [u for u in utts if u.interaction_id not in bad]
 
 
 def _hf_tables() -> dict[str, Table]:

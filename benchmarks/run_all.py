@@ -6,9 +6,16 @@ Prints ratios (>1 means steerlens is faster) and writes ``results/bench.json``:
    ``transformers`` ``generate`` unsteered (batch 16, 32 new tokens);
 2. a 6-point alpha sweep in one batched pass vs 6 separate passes, against the speed-up
    plain ``transformers`` gets from the same batching (the machine's limit);
-3. ``cache_activations`` vs a ``transformers`` forward with ``output_hidden_states=True``.
+3. ``cache_activations`` vs a ``transformers`` forward with ``output_hidden_states=True``;
+4. the process's peak memory (one fresh process each): plain ``transformers``, steerlens on
+   the TransformerLens path, and steerlens on the fast path, as multiples of the weights of
+   one copy of the model.
 
-Usage: ``python benchmarks/run_all.py [--model NAME] [--repeats 5]``.
+The model is loaded **by name** — by default the embedded model's ordinary HF folder (its
+path), through the same code as a hub name such as ``meta-llama/Llama-3.1-8B-Instruct``,
+not the embedded shortcut — so the fast path measured is the one every model gets.
+
+Usage: ``python benchmarks/run_all.py [--model NAME_OR_FOLDER] [--repeats 5] [--device cuda]``.
 """
 
 from __future__ import annotations
@@ -62,14 +69,135 @@ def compare(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, flo
     return {k: statistics.median(v) for k, v in runs.items()}
 
 
-def plain_hf(name: str):
-    if name == "smollm2-135m-instruct":
-        from steerlens._embedded import load_embedded_hf
+def resolve_name(name: str) -> str:
+    """The embedded model's HF folder (created on its first load) for the default name."""
+    if name != "smollm2-135m-instruct":
+        return name
+    from steerlens._embedded import _cache_dir, load_embedded_hf
 
-        return load_embedded_hf(attn_implementation="sdpa")
+    load_embedded_hf()  # writes the folder once
+    return str(_cache_dir())
+
+
+def plain_hf(name: str, device: str, dtype: torch.dtype):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    return AutoModelForCausalLM.from_pretrained(name).eval(), AutoTokenizer.from_pretrained(name)
+    hf = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, attn_implementation="sdpa")
+    return hf.to(device).eval(), AutoTokenizer.from_pretrained(name)
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def memory_probe(name: str, mode: str, device: str) -> dict[str, float]:
+    """Load, generate steered (or plain), and report memory; run in a fresh process."""
+    import resource
+
+    before = _rss_mb()
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    if mode == "plain":
+        hf, tok = plain_hf(name, device, dtype)
+        weights = sum(p.numel() * p.element_size() for p in hf.parameters()) / 2**20
+        hf_generate(hf, tok, PROMPTS, 32)
+    else:
+        model = sl.load_model(name, device=device, dtype=dtype)
+        weights = (
+            sum(
+                p.numel() * p.element_size()
+                for p in {id(p): p for p in model.original_model.parameters()}.values()
+            )
+            / 2**20
+        )
+        vec = sl.SteeringVector(
+            {lyr: torch.ones(model.cfg.d_model) for lyr in sl.default_layers(model)},
+            model_name=sl.model_name(model),
+        )
+        sl.generate(
+            model,
+            PROMPTS,
+            steering=vec,
+            alpha=0.5,
+            engine=mode,
+            max_new_tokens=32,
+            stop_at_eos=False,
+            progress_bar=False,
+        )
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out = {
+        "weights_mb": weights,
+        "rss_before_mb": before,
+        "peak_rss_mb": peak,
+        "rss_after_mb": _rss_mb(),
+    }
+    if device.startswith("cuda"):
+        out["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+def memory_rows(name: str, device: str) -> tuple[list[tuple[str, float, float | None]], dict]:
+    import subprocess
+    import sys
+
+    probes = {}
+    for mode in ("plain", "tl", "hf"):
+        cmd = [
+            sys.executable,
+            __file__,
+            "--model",
+            name,
+            "--device",
+            device,
+            "--memory-probe",
+            mode,
+        ]
+        res = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        probes[mode] = json.loads(res.stdout.strip().splitlines()[-1])
+    weights = probes["plain"]["weights_mb"]
+    rows: list[tuple[str, float, float | None]] = []
+    labels = {
+        "plain": "plain transformers",
+        "tl": "steerlens TL hooks",
+        "hf": "steerlens fast path",
+    }
+    if device.startswith("cuda"):
+        for mode, label in labels.items():
+            rows.append(
+                (
+                    f"CUDA peak memory / weights: {label}",
+                    probes[mode]["cuda_peak_mb"] / weights,
+                    None,
+                )
+            )
+        extra = probes["hf"]["cuda_peak_mb"] - probes["tl"]["cuda_peak_mb"]
+    else:
+        for mode, label in labels.items():
+            p = probes[mode]
+            rows.append(
+                (
+                    f"peak RSS / weights: {label}",
+                    (p["peak_rss_mb"] - p["rss_before_mb"]) / weights,
+                    None,
+                )
+            )
+            rows.append(
+                (
+                    f"resident after generating / weights: {label}",
+                    (p["rss_after_mb"] - p["rss_before_mb"]) / weights,
+                    None,
+                )
+            )
+        extra = (probes["hf"]["rss_after_mb"] - probes["hf"]["rss_before_mb"]) - (
+            probes["tl"]["rss_after_mb"] - probes["tl"]["rss_before_mb"]
+        )
+    rows.append(("fast path's extra memory / weights (no second copy)", extra / weights, 0.1))
+    return rows, probes
 
 
 def hf_generate(hf, tok, prompts: list[str], new_tokens: int) -> None:
@@ -81,7 +209,7 @@ def hf_generate(hf, tok, prompts: list[str], new_tokens: int) -> None:
     ]
     enc = tok(
         texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False
-    )
+    ).to(hf.device)
     with torch.inference_mode():
         hf.generate(
             **enc,
@@ -96,11 +224,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", default="results/bench.json")
+    ap.add_argument("--memory-probe", choices=["plain", "tl", "hf"], help=argparse.SUPPRESS)
     args = ap.parse_args()
+    name = resolve_name(args.model)
+    if args.memory_probe:
+        print(json.dumps(memory_probe(name, args.memory_probe, args.device)))
+        return
+    mem_rows, probes = memory_rows(name, args.device)
     torch.manual_seed(0)
-    model = sl.load_model(args.model)
-    hf, tok = plain_hf(args.model)
+    dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
+    model = sl.load_model(name, device=args.device, dtype=dtype)
+    hf, tok = plain_hf(name, args.device, dtype)
     layers = sl.default_layers(model)
     g = torch.Generator().manual_seed(0)
     vec = sl.SteeringVector(
@@ -119,6 +255,7 @@ def main() -> None:
         },
         args.repeats,
     )
+    assert sl.fastpath.fast_path_blocker(model) is None  # auto takes the fast path here
     rows.append(
         ("steered generation, fast path (default) vs HF unsteered", gen["hf"] / gen["fast"], 1.0)
     )
@@ -152,7 +289,7 @@ def main() -> None:
     texts = [p + " " + p for p in PROMPTS] * 4
 
     def hf_hidden() -> None:
-        enc = tok(texts, return_tensors="pt", padding=True)
+        enc = tok(texts, return_tensors="pt", padding=True).to(args.device)
         with torch.inference_mode():
             hf(**enc, output_hidden_states=True)
 
@@ -160,24 +297,38 @@ def main() -> None:
         {
             "hf": hf_hidden,
             "sl": lambda: sl.cache_activations(
-                model, texts, layers, pool="mean", batch_size=len(texts), progress_bar=False
+                model,
+                texts,
+                layers,
+                pool="mean",
+                chat=False,
+                batch_size=len(texts),
+                progress_bar=False,
             ),
         },
         args.repeats,
     )
     rows.append(("cache_activations vs HF forward(output_hidden_states)", ca["hf"] / ca["sl"], 1.5))
+    rows += mem_rows
 
     machine = f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
-    print(f"\nsteerlens benchmarks · {args.model} · {machine} · {date.today()}")
+    if args.device.startswith("cuda"):
+        machine += f", {torch.cuda.get_device_name()} (bf16)"
+    print(
+        f"\nsteerlens benchmarks · {args.model} loaded by name ({name}) · {machine} · {date.today()}"
+    )
     print(f"{'comparison':64s} {'ratio':>7s} {'target':>7s}")
-    for name, ratio, target in rows:
-        print(f"{name:64s} {ratio:7.2f} {('>= ' + format(target, 'g')) if target else '':>7s}")
+    for label, ratio, target in rows:
+        goal = ("<= " if "memory" in label else ">= ") + format(target, "g") if target else ""
+        print(f"{label:64s} {ratio:7.2f} {goal:>7s}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(
         json.dumps(
             {
                 "model": args.model,
+                "loaded_as": name,
+                "memory_mb": probes,
                 "machine": machine,
                 "date": str(date.today()),
                 "seconds": {"generation": gen, "sweep": sw, "cache": ca},

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -13,7 +12,7 @@ from torch import Tensor
 
 from steerlens import fastpath
 from steerlens.batching import Batch, map_batches
-from steerlens.chat import content_masks, encode_prompts, non_special_mask
+from steerlens.chat import content_masks, encode_prompts, non_special_mask, resolve_chat
 from steerlens.hooks import HookFn, hook_name
 from steerlens.models import HookedModel, default_layers
 from steerlens.store import ActivationStore
@@ -21,11 +20,6 @@ from steerlens.store import ActivationStore
 Pool = Literal["last", "mean", "none"]
 
 __all__ = ["cache_activations"]
-
-
-def has_chat_template(model: HookedModel) -> bool:
-    tok = model.tokenizer
-    return tok is not None and bool(getattr(tok, "chat_template", None))
 
 
 def _as_ids(
@@ -104,7 +98,7 @@ def cache_activations(
         raise ValueError(f"pool must be 'last', 'mean' or 'none', got {pool!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    use_chat = has_chat_template(model) if chat is None else chat
+    use_chat = resolve_chat(model, chat)
     ids, are_texts = _as_ids(model, inputs, use_chat)
     layer_list = list(default_layers(model) if layers is None else layers)
     if not layer_list:
@@ -178,12 +172,7 @@ def cache_activations(
         sink.append(rows)  # in input order: the store's batches are not sorted
         return [None] * len(rows)
 
-    ctx = (
-        fastpath.twin_hooks(fast.twin, fast.carried)
-        if fast is not None
-        else contextlib.nullcontext()
-    )
-    with ctx, torch.inference_mode():
+    with fastpath.engine_hooks(model, fast, []), torch.inference_mode():
         results = map_batches(
             model,
             ids,

@@ -29,6 +29,7 @@ __all__ = [
     "content_masks",
     "encode_prompts",
     "format_chat",
+    "has_chat_template",
     "non_special_mask",
     "pad",
     "response_masks",
@@ -57,6 +58,16 @@ def _messages(prompt: Prompt, system: str | None) -> list[dict[str, str]]:
     if msgs[-1]["role"] != "user":
         raise ValueError("a conversation prompt must end with a user message")
     return head + msgs if head and msgs[0]["role"] != "system" else msgs
+
+
+def has_chat_template(model: HookedModel) -> bool:
+    tok = model.tokenizer
+    return tok is not None and bool(getattr(tok, "chat_template", None))
+
+
+def resolve_chat(model: HookedModel, chat: bool | None) -> bool:
+    """``chat=None`` -> whether the model has a chat template."""
+    return has_chat_template(model) if chat is None else bool(chat)
 
 
 def format_chat(
@@ -136,16 +147,19 @@ def encode_prompts(
     model: HookedModel,
     prompts: Sequence[Prompt],
     *,
-    chat: bool = True,
+    chat: bool | None = None,
     system: str | None = None,
     response_prefix: str | Sequence[str] | None = None,
 ) -> list[Int[Tensor, " pos"]]:
     """Token ids of prompts: through the chat template when ``chat``, else raw text.
 
+    ``chat=None`` (the default everywhere in steerlens) means: the template when the model has
+    one, so ``generate``, ``cache_activations`` and scoring format a prompt identically.
+
     ``response_prefix`` (one string, or one per prompt) is appended after the prompt as the
     start of the reply, so generation continues it.
     """
-    if chat:
+    if resolve_chat(model, chat):
         ids = tokenize(model, format_chat(model, prompts, system=system), add_special_tokens=False)
     else:
         if not all(isinstance(p, str) for p in prompts):
@@ -170,7 +184,7 @@ def response_masks(
     prompts: Sequence[Prompt],
     responses: Sequence[str],
     *,
-    chat: bool = True,
+    chat: bool | None = None,
     system: str | None = None,
 ) -> tuple[list[Int[Tensor, " pos"]], list[Bool[Tensor, " pos"]]]:
     """Token ids of prompt + response, and per sequence a mask of the response's tokens.
@@ -205,7 +219,7 @@ def content_masks(
     prompts: Sequence[Prompt],
     ids: Sequence[Int[Tensor, " pos"]],
     *,
-    chat: bool,
+    chat: bool | None = None,
     system: str | None = None,
 ) -> list[Bool[Tensor, " pos"]]:
     """Per sequence, the tokens that belong to the text itself: no special tokens (BOS, EOS,
@@ -217,7 +231,7 @@ def content_masks(
     content and do not cancel between texts of different lengths.
     """
     out = [non_special_mask(model, x) for x in ids]
-    if not chat:
+    if not resolve_chat(model, chat):
         return out
     tok = _tokenizer(model)
     texts = format_chat(model, prompts, system=system)

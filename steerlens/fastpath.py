@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import copy
 import weakref
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -53,6 +54,7 @@ __all__ = [
     "FAST_HOOKS",
     "FastPath",
     "capture_residuals",
+    "engine_hooks",
     "fast_path_blocker",
     "hf_twin",
     "resolve_engine",
@@ -226,7 +228,9 @@ def _set(root: Any, dotted: str, value: Any) -> None:
 
 
 def _probe_error(model: HookedModel, twin: Any) -> float:
-    """Largest relative L2 error between the bridge's resid_post and the twin's, on a few tokens."""
+    """Largest relative L2 error between the bridge's resid_post and the twin's, on a few
+    tokens, both unsteered: hooks already on the bridge's hook points (an open per-row
+    ``steering()`` block, say) are set aside for the probe and put back after it."""
     n = int(model.cfg.n_layers)
     layers = sorted({0, n // 2, n - 1})
     vocab = int(model.cfg.d_vocab)
@@ -235,16 +239,24 @@ def _probe_error(model: HookedModel, twin: Any) -> float:
     ref: dict[int, Tensor] = {}
 
     def grab(layer: int) -> Any:
-        def fn(x: Tensor, *, hook: Any) -> None:
-            ref[layer] = x.detach().float()
+        def fn(module: Any, args: Any, output: Tensor) -> None:
+            ref[layer] = output.detach().float()
 
         return fn
 
-    with torch.inference_mode(), twin_hooks(twin, active_steering(model)):
-        model.run_with_hooks(
-            ids, fwd_hooks=[(resid_post(lyr), grab(lyr)) for lyr in layers], return_type=None
-        )
-        got = capture_residuals(twin, ids, mask, layers, "hook_resid_post")
+    points = list(model.hook_dict.values())
+    saved = [(hp._forward_hooks, hp._forward_pre_hooks) for hp in points]
+    try:
+        for hp in points:
+            hp._forward_hooks, hp._forward_pre_hooks = OrderedDict(), OrderedDict()
+        for lyr in layers:
+            model.hook_dict[resid_post(lyr)].register_forward_hook(grab(lyr))
+        with torch.inference_mode():
+            model(ids, return_type=None)
+            got = capture_residuals(twin, ids, mask, layers, "hook_resid_post")
+    finally:
+        for hp, (fwd, pre) in zip(points, saved, strict=True):
+            hp._forward_hooks, hp._forward_pre_hooks = fwd, pre
     errs = [
         float((g.float() - ref[lyr]).norm() / ref[lyr].norm().clamp_min(1e-12))
         for lyr, g in zip(layers, got, strict=True)
@@ -323,6 +335,14 @@ def twin_hooks(twin: Any, pairs: Sequence[HookPair]) -> Iterator[None]:
     finally:
         for h in handles:
             h.remove()
+
+
+def engine_hooks(model: HookedModel, fast: FastPath | None, pairs: Sequence[HookPair]) -> Any:
+    """A context that registers ``pairs`` on the engine that runs: the fast path's twin
+    (with the open ``steering()`` blocks it carries) or the model's TransformerLens hooks."""
+    if fast is not None:
+        return twin_hooks(fast.twin, [*fast.carried, *pairs])
+    return model.hooks(fwd_hooks=list(pairs))  # type: ignore[arg-type]
 
 
 def _post(fn: Any) -> Any:

@@ -1,11 +1,11 @@
-"""Batched, steered generation on either model class.
+"""Batched, steered generation on either model class and either engine.
 
-* ``TransformerBridge``: ``transformers`` ``generate`` on the bridged HF model (KV cache; the
-  TransformerLens hooks fire inside it, one position a decoding step).
-* ``HookedTransformer``: a KV-cache loop over ``model.forward`` with the attention mask.
-
-Prompts are left-padded and sorted by length into batches; rows come back in input order.
-A padded batch gives the tokens of one-at-a-time runs (tested).
+One KV-cache decoding loop (``_decode``) serves every path: the bridge's HF model (its
+TransformerLens hooks fire, one position a step), the plain HF model of the fast path
+(``steerlens.fastpath``), and a HookedTransformer's own KV cache. Prompts go through the one
+batching loop (``steerlens.batching``): left-padded, sorted by length, rows back in input
+order, and per-row α / vectors follow their prompts. A padded batch gives the tokens of
+one-at-a-time runs (tested on every backend x engine).
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def generate(
     steering: SteeringVector | Sequence[SteeringVector] | None = None,
     alpha: float | Sequence[float] | Tensor = 1.0,
     gate: GateSpec | Gate = "all",
-    chat: bool = True,
+    chat: bool | None = None,
     system: str | None = None,
     response_prefix: str | Sequence[str] | None = None,
     batch_size: int = 16,
@@ -95,7 +95,7 @@ def generate(
     steering: SteeringVector | Sequence[SteeringVector] | None = None,
     alpha: float | Sequence[float] | Tensor = 1.0,
     gate: GateSpec | Gate = "all",
-    chat: bool = True,
+    chat: bool | None = None,
     system: str | None = None,
     response_prefix: str | Sequence[str] | None = None,
     batch_size: int = 16,
@@ -120,7 +120,7 @@ def generate(
     steering: SteeringVector | Sequence[SteeringVector] | None = None,
     alpha: float | Sequence[float] | Tensor = 1.0,
     gate: GateSpec | Gate = "all",
-    chat: bool = True,
+    chat: bool | None = None,
     system: str | None = None,
     response_prefix: str | Sequence[str] | None = None,
     batch_size: int = 16,
@@ -139,11 +139,13 @@ def generate(
 
     Args:
         prompts: user prompts or conversations (lists of ``{"role", "content"}`` messages
-            ending with a user turn), chat-formatted with the model's template when ``chat``;
-            raw text with ``chat=False``.
+            ending with a user turn), chat-formatted with the model's template (``chat=None``,
+            the default: when it has one, as ``cache_activations`` and scoring do); raw text
+            with ``chat=False``.
         response_prefix: text the reply is forced to start with (one string or one per
             prompt); the returned text is what the model added after it.
-        steering: a ``SteeringVector`` to add while generating.
+        steering: a ``SteeringVector`` to add while generating, or a list with one vector per
+            prompt (48 users in one batch).
         alpha: strength; a float, or one value per prompt (a whole dose-response sweep in one
             batch: repeat the prompt and give each copy its α).
         gate: ``"all"``, ``"prefill"``, ``FirstK(k)`` or ``"generated"``.
@@ -152,11 +154,12 @@ def generate(
         return_tokens / return_logits: return a ``Generation`` with new token ids and per-step
             raw logits ``[steps, vocab]`` (float32, CPU) instead of a list of strings.
         engine: ``"tl"`` runs through the model's TransformerLens hooks (any hooks you added
-            fire too); ``"hf"`` runs the same arithmetic on a plain HF copy of the model with
-            PyTorch hooks (``steerlens.fastpath``; faster, a second copy of the weights);
-            ``"auto"`` (default) takes ``"hf"`` when that is exact and cheap (the embedded or
-            tiny model loaded by ``load_model``, or a model whose twin exists already; no other
-            TransformerLens hooks active; a resid_pre/post vector).
+            fire too); ``"hf"`` runs the same hook functions as plain PyTorch hooks on the
+            plain HF model of the fast path (``steerlens.fastpath``): on a bridge it shares the
+            bridge's weights (no copy), on a HookedTransformer it is a copy; open
+            ``sl.steering()`` blocks are carried onto it, and any other hook on the model is a
+            ``ValueError`` (it would not fire). ``"auto"`` (default) takes the fast path on a
+            bridge when no other hook is active, else ``"tl"``.
 
     Returns:
         The generated texts (special tokens and the EOS removed), or a ``Generation``.
@@ -228,12 +231,7 @@ def generate(
             out.append((toks[:stop], kept))
         return out
 
-    ctx: Any = (
-        fastpath.twin_hooks(fast.twin, fast.carried + own)
-        if fast is not None
-        else model.hooks(fwd_hooks=own)  # type: ignore[arg-type]
-    )
-    with ctx, torch.inference_mode():
+    with fastpath.engine_hooks(model, fast, own), torch.inference_mode():
         results = map_batches(
             model,
             ids,

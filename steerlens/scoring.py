@@ -17,7 +17,6 @@ from jaxtyping import Float
 from torch import Tensor
 
 from steerlens.batching import Batch, map_batches
-from steerlens.cache import has_chat_template
 from steerlens.chat import Prompt, encode_prompts, tokenize
 from steerlens.models import HookedModel
 
@@ -50,8 +49,7 @@ def continuation_logprobs(
         raise TypeError("prompts and continuations must be lists, not one string")
     if len(prompts) != len(continuations):
         raise ValueError(f"{len(prompts)} prompts but {len(continuations)} continuations")
-    use_chat = has_chat_template(model) if chat is None else chat
-    heads = encode_prompts(model, prompts, chat=use_chat, system=system) if prompts else []
+    heads = encode_prompts(model, prompts, chat=chat, system=system) if prompts else []
     tails: list[Tensor] = []
     for i, c in enumerate(continuations):
         if isinstance(c, Tensor):

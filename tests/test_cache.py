@@ -184,3 +184,16 @@ def test_embedded_fast_cache_equals_transformerlens(embedded):
     tl = sl.cache_activations(embedded, texts, layers, pool="mean", engine="tl", progress_bar=False)
     hf = sl.cache_activations(embedded, texts, layers, pool="mean", engine="hf", progress_bar=False)
     assert_close_impl(hf, tl)
+
+
+def test_a_model_without_a_chat_template_defaults_to_raw_text():
+    model = sl.load_model("tiny-random")
+    model.tokenizer.chat_template = None
+    assert sl.generate(model, PROMPTS[:1], max_new_tokens=3) == sl.generate(
+        model, PROMPTS[:1], max_new_tokens=3, chat=False
+    )
+    a = sl.cache_activations(model, PROMPTS[:1], [1], progress_bar=False)
+    b = sl.cache_activations(model, PROMPTS[:1], [1], chat=False, progress_bar=False)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="no chat template"):
+        sl.generate(model, PROMPTS[:1], max_new_tokens=3, chat=True)

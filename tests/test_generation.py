@@ -163,6 +163,20 @@ def test_open_steering_block_steers_every_engine(tiny, rand_vec, engine, spy_pat
     assert inside != _tokens(tiny, PROMPTS, engine="tl")
 
 
+def test_fast_path_first_built_inside_a_per_row_block(rand_vec):
+    """The build-time probe runs unsteered even when a per-row block is already open."""
+    model = sl.load_model("tiny-random")  # fresh: no fast path built yet
+    alphas = [0.0, 5.0, -5.0]
+    with sl.steering(model, rand_vec, alpha=alphas):
+        got = _tokens(model, PROMPTS, batch_size=2, engine="hf")
+    assert no_hooks_left(model)
+    single = [
+        _tokens(model, [p], steering=rand_vec, alpha=a, engine="tl")[0]
+        for p, a in zip(PROMPTS, alphas, strict=True)
+    ]
+    assert got == single
+
+
 def test_auto_takes_the_bound_fast_path_on_a_bridge_and_tl_on_hooked(tiny, rand_vec, spy_path):
     _tokens(tiny, PROMPTS[:1], steering=rand_vec)
     with sl.steering(tiny, rand_vec):  # open steering() blocks are carried, not a reason for TL

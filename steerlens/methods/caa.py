@@ -26,7 +26,7 @@ def mean_difference(
     *,
     hook: str = "hook_resid_post",
     pool: str = "mean",
-    chat: bool = True,
+    chat: bool | None = None,
     batch_size: int = 16,
     progress_bar: bool = True,
 ) -> SteeringVector:

@@ -126,7 +126,8 @@ def cache_activations(
             if texts is not None
             else [non_special_mask(model, x) for x in ids]
         )
-        masks = [m if m.any() else torch.ones_like(m) for m in masks]  # all-template: keep all
+        # a text of special tokens only: average what there is rather than nothing
+        masks = [m if m.any() else torch.ones_like(m) for m in masks]
     fast = fastpath.resolve_engine(model, hook, engine)  # validates before anything is written
     sink = (
         ActivationStore.create(

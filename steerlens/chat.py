@@ -242,15 +242,19 @@ def content_masks(
         spans = []
         cursor = 0
         for m in _messages(prompt, system):
-            start = text.find(m["content"], cursor)
-            if start < 0 or not m["content"]:
+            content = m["content"].strip()  # templates may trim (Llama-3 does)
+            start = text.find(content, cursor) if content else -1
+            if start < 0:
                 continue
-            spans.append((start, start + len(m["content"])))
-            cursor = start + len(m["content"])
+            spans.append((start, start + len(content)))
+            cursor = start + len(content)
+        if not spans:
+            continue  # the template rewrote the text: keep the special-token mask
         keep = torch.zeros(len(ids[i]), dtype=torch.bool)
         for j, (a, b) in enumerate(enc["offset_mapping"]):
             keep[j] = any(a < e and b > s0 for s0, e in spans)
         if len(ids[i]) > len(enc["input_ids"]):  # a response prefix after the prompt counts
             keep[len(enc["input_ids"]) :] = True
-        out[i] = keep & out[i]
+        if (keep & out[i]).any():
+            out[i] = keep & out[i]
     return out

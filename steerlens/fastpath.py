@@ -65,10 +65,17 @@ FAST_HOOKS = ("hook_resid_post", "hook_resid_pre")
 _TWINS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 _REFUSED: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
 _PRINTS: weakref.WeakKeyDictionary[Any, Tensor] = weakref.WeakKeyDictionary()
-# Hooks these libraries put on the HF modules to record outputs; they never change them.
-_LIBRARY_CAPTURE = ("transformer_lens.model_bridge", "transformers.")
-# Relative L2 error of the probe: float rounding (bf16 included) is far below, a wrong twin far above.
-_PROBE_TOL = 0.05
+# Read-only hooks that these libraries put on the HF modules to record outputs (TransformerLens
+# bridge blocks capture the pre-norm residual; transformers records layer outputs).
+_LIBRARY_CAPTURE = (
+    ("transformer_lens.model_bridge", "_capture_"),
+    ("transformers.", "output_capturing_hook"),
+)
+# Relative error the probe allows: float32 (eager vs sdpa attention) is ~1e-6, bf16 ~1e-2; a
+# wrongly bound model is O(1).
+_PROBE_TOL = {torch.float32: 1e-3, torch.float64: 1e-3}
+_PROBE_TOL_LOW = 5e-2
+_BOUND: weakref.WeakKeyDictionary[Any, list[Tensor]] = weakref.WeakKeyDictionary()
 
 
 @dataclass
@@ -97,8 +104,8 @@ def _foreign_hooks(model: HookedModel) -> str | None:
         for fn in [*mod._forward_hooks.values(), *mod._forward_pre_hooks.values()]:
             if isinstance(mod, HookPoint):
                 n_hooks += 1
-            elif str(getattr(fn, "__module__", "")).startswith(_LIBRARY_CAPTURE):
-                continue  # read-only capture hooks of the bridge / transformers themselves
+            elif _is_library_capture(fn):
+                continue
             else:
                 return f"a PyTorch hook ({getattr(fn, '__qualname__', fn)}) is registered on {type(mod).__name__}"
     if torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks:
@@ -112,6 +119,12 @@ def _foreign_hooks(model: HookedModel) -> str | None:
     if off:
         return f"an open steering() context uses {off[0]}, which the fast path cannot reach"
     return None
+
+
+def _is_library_capture(fn: Any) -> bool:
+    module = str(getattr(fn, "__module__", ""))
+    name = str(getattr(fn, "__qualname__", ""))
+    return any(module.startswith(m) and part in name for m, part in _LIBRARY_CAPTURE)
 
 
 def fast_path_blocker(model: HookedModel, hook: str = "hook_resid_post") -> str | None:
@@ -150,7 +163,8 @@ def resolve_engine(model: HookedModel, hook: str, engine: str) -> FastPath | Non
             return None
         try:
             twin = hf_twin(model)
-        except _ProbeMismatch:
+        except Exception as exc:  # any reason the fast path cannot be built: TL path
+            _REFUSED.setdefault(model, f"the fast path could not be built: {exc}")
             return None
         return FastPath(twin, True, active_steering(model))
     if hook not in FAST_HOOKS:
@@ -174,24 +188,46 @@ def hf_twin(model: HookedModel) -> Any:
     if not _is_bridge(model):
         return _copy_twin(model)
     twin = _TWINS.get(model)
-    if twin is not None:
+    if twin is not None and _still_bound(model):
         return twin
     if model in _REFUSED:
         raise _ProbeMismatch(_REFUSED[model])
     why = _bridge_blocker(model)
     if why is not None:
         raise ValueError(f"no fast path for this model: {why}")
+    # (Re)bind: the first use, or the bridge's tensors were replaced (.to(), .half(),
+    # load_state_dict(assign=True)) since the last binding.
     twin = _bind(model.original_model)
     err = _probe_error(model, twin)
-    if not err < _PROBE_TOL:
+    dtype = next(model.parameters()).dtype
+    if not err < _PROBE_TOL.get(dtype, _PROBE_TOL_LOW):
         _REFUSED[model] = (
-            f"the plain HF model does not reproduce the bridge's residual stream "
-            f"(relative error {err:.3g}); compatibility mode changes this architecture's "
-            "computation, so it stays on the TransformerLens path"
+            f"the plain HF model does not reproduce the bridge (relative error {err:.3g}); "
+            "compatibility mode changes this architecture's computation, so it stays on the "
+            "TransformerLens path"
         )
         raise _ProbeMismatch(_REFUSED[model])
     _TWINS[model] = twin
+    _BOUND[model] = _own_tensors(model.original_model)
     return twin
+
+
+def _own_tensors(hf: Any) -> list[Tensor]:
+    return [
+        *(p for _, p in hf.named_parameters(remove_duplicate=False)),
+        *(b for _, b in hf.named_buffers(remove_duplicate=False)),
+    ]
+
+
+def _still_bound(model: HookedModel) -> bool:
+    """Whether the bridge still holds the very tensor objects its twin was bound to."""
+    bound = _BOUND.get(model)
+    now = _own_tensors(model.original_model)
+    return (
+        bound is not None
+        and len(bound) == len(now)
+        and all(a is b for a, b in zip(bound, now, strict=True))
+    )
 
 
 def _bind(hf: Any) -> Any:
@@ -228,14 +264,14 @@ def _set(root: Any, dotted: str, value: Any) -> None:
 
 
 def _probe_error(model: HookedModel, twin: Any) -> float:
-    """Largest relative L2 error between the bridge's resid_post and the twin's, on a few
-    tokens, both unsteered: hooks already on the bridge's hook points (an open per-row
-    ``steering()`` block, say) are set aside for the probe and put back after it."""
+    """Largest relative error between the bridge and the twin on a few tokens, both unsteered:
+    the residual stream at three layers and the last position's logits (up to a constant
+    shift, which the softmax ignores). Hooks already on the bridge's hook points (an open
+    per-row ``steering()`` block, say) are set aside for the probe and put back after it."""
     n = int(model.cfg.n_layers)
     layers = sorted({0, n // 2, n - 1})
     vocab = int(model.cfg.d_vocab)
     ids = (torch.arange(1, 9) * 7919 % max(vocab - 1, 1)).view(1, -1).to(model_device(model))
-    mask = torch.ones_like(ids)
     ref: dict[int, Tensor] = {}
 
     def grab(layer: int) -> Any:
@@ -244,7 +280,7 @@ def _probe_error(model: HookedModel, twin: Any) -> float:
 
         return fn
 
-    points = list(model.hook_dict.values())
+    points = list({id(hp): hp for hp in model.hook_dict.values()}.values())
     saved = [(hp._forward_hooks, hp._forward_pre_hooks) for hp in points]
     try:
         for hp in points:
@@ -252,15 +288,18 @@ def _probe_error(model: HookedModel, twin: Any) -> float:
         for lyr in layers:
             model.hook_dict[resid_post(lyr)].register_forward_hook(grab(lyr))
         with torch.inference_mode():
-            model(ids, return_type=None)
-            got = capture_residuals(twin, ids, mask, layers, "hook_resid_post")
+            logits = model(ids)[0, -1].float()
+            got = capture_residuals(twin, ids, torch.ones_like(ids), layers, "hook_resid_post")
+            twin_logits = twin(input_ids=ids, logits_to_keep=1).logits[0, -1].float()
     finally:
         for hp, (fwd, pre) in zip(points, saved, strict=True):
             hp._forward_hooks, hp._forward_pre_hooks = fwd, pre
-    errs = [
-        float((g.float() - ref[lyr]).norm() / ref[lyr].norm().clamp_min(1e-12))
-        for lyr, g in zip(layers, got, strict=True)
-    ]
+
+    def rel(a: Tensor, b: Tensor) -> float:
+        return float((a - b).norm() / b.norm().clamp_min(1e-12))
+
+    errs = [rel(g.float(), ref[lyr]) for lyr, g in zip(layers, got, strict=True)]
+    errs.append(rel(twin_logits - twin_logits.mean(), logits - logits.mean()))
     return max(errs)
 
 

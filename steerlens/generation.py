@@ -20,7 +20,7 @@ from torch import Tensor
 from steerlens import fastpath
 from steerlens.batching import Batch, map_batches
 from steerlens.chat import Prompt, encode_prompts
-from steerlens.hooks import Gate, GateSpec, active_steering, steering_hooks
+from steerlens.hooks import Gate, GateSpec, steering_hooks
 from steerlens.models import HookedModel, model_device
 from steerlens.vectors import SteeringVector
 
@@ -207,13 +207,10 @@ def generate(
         max_new_tokens, do_sample, temperature, top_k, top_p, eos, return_logits, gen, seed
     )
     fast = fastpath.resolve_engine(model, hook, engine)
-    in_use = own + active_steering(model)
     if model.training:  # eval() walks every module of a bridge: skip it when already off
         model.eval()
 
     def run(batch: Batch) -> list[tuple[Tensor, Tensor | None]]:
-        for _, fn in in_use:  # each batch is a new prompt for the gates
-            fn.reset()  # type: ignore[attr-defined]
         enc = batch.enc
         new, step_logits = _run_batch(model, enc.input_ids, enc.attention_mask, opts, fast)
         new = new.cpu()  # one transfer a batch

@@ -127,7 +127,11 @@ class Gate:
 
 
 class _PositionCounter:
-    """Absolute positions of the current call, counted across KV-cache steps."""
+    """Absolute positions of the current call, counted across KV-cache steps.
+
+    Every batch that a steerlens function runs (a new ``RowContext``) starts a new sequence,
+    whatever its width, so a one-token-wide batch is never taken for a decoding step.
+    """
 
     def __init__(self) -> None:
         self.reset()
@@ -135,9 +139,14 @@ class _PositionCounter:
     def reset(self) -> None:
         self.seen = 0
         self.prompt_len = 0
+        self.batch: RowContext | None = None
 
     def advance(self, n_pos: int) -> tuple[int, int]:
         """Returns (first absolute position of this call, prompt length)."""
+        ctx = current_rows()
+        if ctx is not None and ctx is not self.batch:
+            self.reset()
+            self.batch = ctx
         if n_pos > 1 or self.seen == 0:
             self.seen, self.prompt_len = n_pos, n_pos
             return 0, n_pos
@@ -190,10 +199,15 @@ def batch_rows(
 def _per_row(values: Tensor, batch: int, what: str) -> Tensor:
     """``values`` (one entry per input of the call) for the rows of the current batch."""
     ctx = current_rows()
-    if ctx is None or ctx.rows.numel() != batch:
+    if ctx is None:
         if values.shape[0] != batch:
             raise ValueError(f"{what} has {values.shape[0]} values but the batch has {batch} rows")
         return values
+    if ctx.rows.numel() != batch:
+        raise ValueError(
+            f"{what}: the hook ran on {batch} rows inside a steerlens batch of "
+            f"{ctx.rows.numel()} inputs, so its rows cannot be matched to inputs"
+        )
     if values.shape[0] != ctx.n_inputs:
         raise ValueError(
             f"{what} has {values.shape[0]} values but the call has {ctx.n_inputs} inputs"
@@ -291,7 +305,7 @@ def _gate_mask(
 ) -> Tensor:
     """``[batch or 1, n_pos, 1]``: 1 where the gate steers, from per-row or shared prompt ends."""
     ctx = current_rows()
-    if ctx is not None and ctx.prompt_lengths is not None and ctx.rows.numel() == batch:
+    if ctx is not None and ctx.prompt_lengths is not None:
         ends = ctx.prompt_lengths.to(device).view(-1, 1)
     elif own_lengths is not None:
         ends = _per_row(own_lengths, batch, "prompt_lengths").to(device).view(-1, 1)
@@ -334,7 +348,7 @@ def _stacked(
     out = {}
     for layer in layers:
         rows = [
-            v.directions[layer].detach().float().cpu()
+            v.directions[layer].float().cpu()  # differentiable: per-row vectors can train
             if layer in v.directions
             else torch.zeros(first.d_model)
             for v in vecs

@@ -131,6 +131,8 @@ def load_model(
             else _bridge_from_hf(hf, tok, name, None if device_map else dev)
         )
     else:
+        if backend == "hooked" and _is_official(name):
+            name = _official(name)  # TL aliases ("llama-3.1-8b-instruct") -> the hub name
         model = _load_named(name, backend, dev, resolved, device_map)
     # One name on both classes (TransformerLens shortens official names), so a vector built
     # on one backend validates on the other.
@@ -182,18 +184,58 @@ def _load_named(
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         hf = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
-        if hf.config.model_type not in ("llama", "mistral", "qwen2"):
-            raise ValueError(
-                f"backend='hooked' loads TransformerLens's official models and Llama-family HF "
-                f"models; {name!r} is a {hf.config.model_type!r} model: use backend='bridge'"
-            )
-        return _hooked_from_llama(hf, AutoTokenizer.from_pretrained(name), name, device)
+        _check_plain_llama(hf.config, name)
+        model = _hooked_from_llama(hf, AutoTokenizer.from_pretrained(name), name, device)
+        _check_conversion(model, hf.to(device), name)  # type: ignore[arg-type]
+        return model
     bridge = TransformerBridge.boot_transformers(
         name, device=None if device_map else device, dtype=dtype, device_map=device_map
     )
     bridge.enable_compatibility_mode(disable_warnings=True)
     bridge.cfg.model_name = name
     return bridge.eval()
+
+
+def _check_plain_llama(c: Any, name: str) -> None:
+    """The conversion handles the plain Llama computation only; anything else is refused."""
+    why = None
+    if c.model_type not in ("llama", "mistral"):
+        why = f"it is a {c.model_type!r} model"
+    elif (getattr(c, "rope_scaling", None) or {}).get("rope_type", "default") != "default":
+        why = f"it uses RoPE scaling {c.rope_scaling}"
+    elif getattr(c, "attention_bias", False) or getattr(c, "mlp_bias", False):
+        why = "it has attention / MLP biases"
+    elif getattr(c, "head_dim", None) not in (None, c.hidden_size // c.num_attention_heads):
+        why = f"its head_dim {c.head_dim} is not hidden_size / num_attention_heads"
+    if why:
+        raise ValueError(
+            f"backend='hooked' builds a HookedTransformer from plain Llama-architecture folders; "
+            f"{name!r} cannot be converted exactly ({why}). Use backend='bridge', or an "
+            "official TransformerLens name."
+        )
+
+
+def _check_conversion(model: HookedTransformer, hf: Any, name: str) -> None:
+    """The converted model must give the HF model's logits (up to a constant shift)."""
+    ids = (torch.arange(1, 9) * 7919 % max(int(model.cfg.d_vocab) - 1, 1)).view(1, -1)
+    ids = ids.to(next(model.parameters()).device)
+    with torch.inference_mode():
+        a = model(ids)[0].float()
+        b = hf(input_ids=ids).logits[0].float()
+    a, b = a - a.mean(-1, keepdim=True), b - b.mean(-1, keepdim=True)
+    err = float((a - b).norm() / b.norm().clamp_min(1e-12))
+    tol = 1e-3 if hf.dtype == torch.float32 else 5e-2
+    if not err < tol:
+        raise ValueError(
+            f"the HookedTransformer built from {name!r} does not reproduce the HF model "
+            f"(relative logit error {err:.3g}); use backend='bridge'"
+        )
+
+
+def _official(name: str) -> str:
+    from transformer_lens.loading_from_pretrained import get_official_model_name
+
+    return str(get_official_model_name(name))
 
 
 def _is_official(name: str) -> bool:

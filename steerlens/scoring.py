@@ -5,7 +5,7 @@ batch's per-row prompt lengths are handed to the steering hooks, so a gate means
 here as in generation: ``"prefill"`` steers the prompt positions, ``FirstK(k)`` the prompt
 and the first ``k`` continuation tokens, ``"generated"`` the continuation only. Scoring the
 tokens ``generate`` produced therefore gives the log-probabilities it sampled them from
-(tested). Perplexity, preference margins, BiPO and MMLU build on this.
+(tested). Perplexity builds on it; runs under ``torch.inference_mode`` (no gradients).
 """
 
 from __future__ import annotations
@@ -60,12 +60,12 @@ def continuation_logprobs(
             tails.append(torch.zeros(0, dtype=torch.long))
         else:
             tails.append(tokenize(model, [str(c)], add_special_tokens=False)[0])
-    out: list[Tensor] = [torch.zeros(0) for _ in prompts]
-    keep = [i for i, t in enumerate(tails) if t.numel() > 0]
-    if not keep:
-        return out
-    ids = [torch.cat([heads[i], tails[i]]) for i in keep]
-    prompt_lengths = [int(heads[i].numel()) for i in keep]
+    if not prompts:
+        return []
+    # Every input goes through the batch, an empty continuation too (its prompt alone), so
+    # per-row values of an open steering() block index the caller's inputs one to one.
+    ids = [torch.cat([h, t]) for h, t in zip(heads, tails, strict=True)]
+    prompt_lengths = [int(h.numel()) for h in heads]
 
     def run(batch: Batch) -> list[Tensor]:
         enc = batch.enc
@@ -89,6 +89,4 @@ def continuation_logprobs(
             progress_bar=progress_bar,
             description="score",
         )
-    for j, i in enumerate(keep):
-        out[i] = scored[j]
-    return out
+    return scored

@@ -197,3 +197,35 @@ def test_a_model_without_a_chat_template_defaults_to_raw_text():
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     with pytest.raises(ValueError, match="no chat template"):
         sl.generate(model, PROMPTS[:1], max_new_tokens=3, chat=True)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_every_batch_is_a_new_sequence_for_the_gates(tiny, engine):
+    """A one-token-wide batch after an earlier call is a prompt, not a decoding step."""
+    vec = sl.SteeringVector({1: torch.ones(64)})
+    one = [torch.tensor([5]), torch.tensor([9])]
+    kw = dict(pool="none", batch_size=1, engine=engine, progress_bar=False)
+    base = sl.cache_activations(tiny, one, [1], **kw)
+    with sl.steering(tiny, vec, alpha=2.0, gate="prefill"):
+        first = sl.cache_activations(tiny, one, [1], **kw)
+        again = sl.cache_activations(tiny, one, [1], **kw)
+    for b, f, a in zip(base, first, again, strict=True):
+        assert_close_impl(f, b + 2.0)
+        assert_close_impl(a, b + 2.0)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_cache_runs_the_engine_it_names(tiny, engine, monkeypatch):
+    from steerlens import cache, fastpath
+
+    seen = []
+    real_fast, real_tl = fastpath.capture_residuals, cache._tl_capture
+    monkeypatch.setattr(
+        fastpath, "capture_residuals", lambda *a, **k: seen.append("hf") or real_fast(*a, **k)
+    )
+    monkeypatch.setattr(cache, "_tl_capture", lambda *a, **k: seen.append("tl") or real_tl(*a, **k))
+    sl.cache_activations(tiny, PROMPTS, [1], batch_size=2, engine=engine, progress_bar=False)
+    assert seen == [engine, engine]
+    seen.clear()
+    sl.cache_activations(tiny, PROMPTS, [1], batch_size=3, progress_bar=False)  # auto
+    assert seen == (["hf"] if hasattr(tiny, "original_model") else ["tl"])

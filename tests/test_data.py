@@ -472,3 +472,18 @@ def test_history_roles_map_to_chat_roles_and_unknown_roles_fail(tmp_path):
     rows["conversations.jsonl"][0]["conversation_history"][0]["role"] = "assistant"
     with pytest.raises(PrismFormatError, match=r"field 'conversation_history\[0\].role'"):
         load_prism(_write(tmp_path / "q", rows))
+
+
+def test_an_interaction_spanning_turns_is_an_error(tmp_path):
+    rows = _fixture_rows()
+    turn1 = [u for u in rows["utterances.jsonl"] if u["turn"] == 1]
+    turn1[0]["interaction_id"] = "c1-t0"  # a turn-1 response filed under turn 0
+    folder = _write(tmp_path / "p", rows)
+    with pytest.raises(PrismFormatError, match=r"field 'turn': interaction 'c1-t0' mixes"):
+        load_prism(folder)
+
+
+def test_two_chosen_at_turn0_drop_the_conversations_later_turns_in_lenient_mode(tmp_path):
+    ds = load_prism(_write(tmp_path / "p", _mark_chosen(_fixture_rows(), "B")), strict=False)
+    assert not [u for u in ds.utterances if u.conversation_id == "c1"]
+    assert "later turns are left out" in ds.problems[0].reason

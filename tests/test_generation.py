@@ -342,3 +342,48 @@ def test_embedded_steering_changes_output_and_batch_is_exact(embedded, engine):
     single = [sl.generate(embedded, [p], alpha=a, **kw)[0] for p in prompts for a in alphas]
     assert batched == single
     assert batched[0] != batched[1]
+
+
+def test_a_fast_path_that_cannot_be_built_falls_back_in_auto(monkeypatch):
+    model = sl.load_model("tiny-random")
+    monkeypatch.setattr(fastpath, "_bind", lambda hf: (_ for _ in ()).throw(RuntimeError("no")))
+    with pytest.raises(RuntimeError, match="no"):
+        sl.generate(model, PROMPTS, max_new_tokens=2, engine="hf")
+    auto = _tokens(model, PROMPTS)
+    assert "could not be built" in str(fastpath.fast_path_blocker(model))
+    assert auto == _tokens(model, PROMPTS, engine="tl")
+
+
+def test_the_probe_refuses_a_twin_that_disagrees(monkeypatch):
+    model = sl.load_model("tiny-random")
+    real = fastpath._bind
+
+    def wrong(hf):
+        twin = real(hf)
+        layer = twin.model.layers[1].mlp.down_proj
+        layer.weight = torch.nn.Parameter(layer.weight.detach() * 1.5)  # not the bridge's
+        return twin
+
+    monkeypatch.setattr(fastpath, "_bind", wrong)
+    with pytest.raises(ValueError, match="does not reproduce the bridge"):
+        sl.generate(model, PROMPTS, max_new_tokens=2, engine="hf")
+    assert "does not reproduce" in str(fastpath.fast_path_blocker(model))
+    assert _tokens(model, PROMPTS) == _tokens(model, PROMPTS, engine="tl")
+
+
+def test_replaced_parameters_are_checked_again():
+    """Replacing a parameter object (not an in-place edit) breaks the binding: the fast path
+    binds and probes again. In compatibility mode the bridge computes with processed copies it
+    holds itself, so it no longer agrees with its HF module: the probe refuses the fast path
+    and auto runs the TransformerLens path, which gives what the bridge computes."""
+    model = sl.load_model("tiny-random")
+    fastpath.hf_twin(model)
+    before = _tokens(model, PROMPTS, engine="tl")
+    down = model.original_model.model.layers[1].mlp
+    down = next(m for n, m in down.named_modules() if n.endswith("down_proj"))
+    target = getattr(down, "_original_component", down)
+    target.weight = torch.nn.Parameter(target.weight.detach() * 0.0)  # a new object
+    assert not fastpath._still_bound(model)
+    with pytest.raises(ValueError, match="does not reproduce the bridge"):
+        sl.generate(model, PROMPTS, max_new_tokens=2, engine="hf")
+    assert _tokens(model, PROMPTS) == _tokens(model, PROMPTS, engine="tl") == before

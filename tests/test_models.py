@@ -94,3 +94,22 @@ def test_official_hooked_name_keeps_the_full_name(monkeypatch):
     model = sl.load_model(full, backend="hooked")
     assert sl.model_name(model) == full
     sl.SteeringVector({1: torch.ones(64)}, model_name=full).validate(model)
+
+
+def test_hooked_conversion_refuses_what_it_cannot_convert_exactly():
+    from types import SimpleNamespace
+
+    from steerlens.models import _check_plain_llama
+
+    base = dict(
+        model_type="llama", hidden_size=64, num_attention_heads=4, rope_scaling=None, head_dim=16
+    )
+    _check_plain_llama(SimpleNamespace(**base), "ok")
+    for change, match in (
+        ({"model_type": "qwen2"}, "'qwen2' model"),
+        ({"rope_scaling": {"rope_type": "llama3"}}, "RoPE scaling"),
+        ({"attention_bias": True}, "biases"),
+        ({"head_dim": 32}, "head_dim 32"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            _check_plain_llama(SimpleNamespace(**{**base, **change}), "x")

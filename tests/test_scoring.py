@@ -57,3 +57,15 @@ def test_continuation_logprobs_inputs(tiny):
         sl.continuation_logprobs(tiny, ["a", "b"], ["c"])
     with pytest.raises(TypeError, match="not one string"):
         sl.continuation_logprobs(tiny, "a", "b")
+
+
+def test_per_row_alpha_with_an_empty_continuation(tiny, rand_vec):
+    resp = ["abc", "", "a longer response"]
+    alphas = [1.0, 2.0, -3.0]
+    with sl.steering(tiny, rand_vec, alpha=alphas):
+        batch = sl.continuation_logprobs(tiny, PROMPTS, resp, batch_size=2)
+    assert batch[1].numel() == 0
+    for i in (0, 2):
+        with sl.steering(tiny, rand_vec, alpha=alphas[i]):
+            (single,) = sl.continuation_logprobs(tiny, [PROMPTS[i]], [resp[i]])
+        assert_close_impl(batch[i], single)

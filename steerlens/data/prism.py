@@ -418,6 +418,7 @@ def _check_interactions(utts: list[Utterance], table: Table, guard: Guard) -> li
     for u in utts:
         groups[u.interaction_id].append(u)
     bad: set[str] = set()
+    ambiguous: dict[str, int] = {}  # conversation -> first turn with two chosen replies
     for iid, group in groups.items():
         first = group[0]
         reason = None
@@ -437,7 +438,11 @@ def _check_interactions(utts: list[Utterance], table: Table, guard: Guard) -> li
             reason = (
                 chosen[1],
                 "if_chosen",
-                f"interaction {iid!r} has {len(chosen)} responses marked if_chosen ({ids})",
+                f"interaction {iid!r} has {len(chosen)} responses marked if_chosen ({ids}); "
+                "the conversation's later turns are left out too (their history is ambiguous)",
+            )
+            ambiguous[first.conversation_id] = min(
+                first.turn, ambiguous.get(first.conversation_id, first.turn)
             )
         if reason is None:
             continue
@@ -448,7 +453,12 @@ def _check_interactions(utts: list[Utterance], table: Table, guard: Guard) -> li
 
         guard(fail, "utterances.jsonl", lines.get(row_u.utterance_id, 0))
         bad.add(iid)
-    return [u for u in utts if u.interaction_id not in bad]
+    return [
+        u
+        for u in utts
+        if u.interaction_id not in bad
+        and not (u.conversation_id in ambiguous and u.turn > ambiguous[u.conversation_id])
+    ]
 
 
 def _hf_tables() -> dict[str, Table]:

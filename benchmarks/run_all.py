@@ -172,7 +172,7 @@ def memory_rows(name: str, device: str) -> tuple[list[tuple[str, float, float | 
                 (
                     f"CUDA peak memory / weights: {label}",
                     probes[mode]["cuda_peak_mb"] / weights,
-                    None,
+                    1.1 if mode == "hf" else None,
                 )
             )
         extra = probes["hf"]["cuda_peak_mb"] - probes["tl"]["cuda_peak_mb"]
@@ -183,7 +183,7 @@ def memory_rows(name: str, device: str) -> tuple[list[tuple[str, float, float | 
                 (
                     f"peak RSS / weights: {label}",
                     (p["peak_rss_mb"] - p["rss_before_mb"]) / weights,
-                    None,
+                    1.1 if mode == "hf" else None,
                 )
             )
             rows.append(

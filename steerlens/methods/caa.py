@@ -1,19 +1,20 @@
-"""Population mean-difference (CAA): v_l = mean h_l(p + y+) - mean h_l(p + y-).
+"""Population mean-difference (CAA) in one call: v_l = mean h_l(p + y+) - mean h_l(p + y-).
 
 Activations are pooled over the response tokens of each (prompt, response) text, the
-prompt formatted with the model's chat template exactly as ``generate`` formats it.
+prompt formatted with the model's chat template exactly as ``generate`` formats it. This is
+``population(pair_activations(...))``; build the table yourself to reuse it for the per-user
+reducers (``steerlens.methods.personal``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
+from typing import Literal
 
-from torch import Tensor
-
-from steerlens.cache import cache_activations
-from steerlens.chat import Prompt, response_masks
 from steerlens.data.schema import PreferencePair
-from steerlens.models import HookedModel, default_layers, model_name
+from steerlens.methods.personal import TextPair, pair_activations, population
+from steerlens.models import HookedModel
 from steerlens.vectors import SteeringVector
 
 __all__ = ["mean_difference"]
@@ -21,11 +22,11 @@ __all__ = ["mean_difference"]
 
 def mean_difference(
     model: HookedModel,
-    pairs: Sequence[PreferencePair],
+    pairs: Sequence[PreferencePair] | Sequence[TextPair],
     layers: Sequence[int] | None = None,
     *,
     hook: str = "hook_resid_post",
-    pool: str = "mean",
+    pool: Literal["mean", "last"] | None = None,
     chat: bool | None = None,
     batch_size: int = 16,
     progress_bar: bool = True,
@@ -33,28 +34,14 @@ def mean_difference(
     """The CAA vector of ``pairs`` (chosen minus rejected) at ``layers``."""
     if not pairs:
         raise ValueError("mean_difference needs at least one preference pair")
-    layer_list = list(default_layers(model) if layers is None else layers)
-    prompts: list[Prompt] = [p.messages() if p.history else p.prompt for p in pairs]
-    ids_pos, masks_pos = response_masks(model, prompts, [p.chosen for p in pairs], chat=chat)
-    ids_neg, masks_neg = response_masks(model, prompts, [p.rejected for p in pairs], chat=chat)
-    acts = cache_activations(
+    pa = pair_activations(
         model,
-        ids_pos + ids_neg,
-        layer_list,
+        pairs,
+        layers,
         hook=hook,
-        pool=pool,  # type: ignore[arg-type]
-        masks=masks_pos + masks_neg,
+        pool=pool,
+        chat=chat,
         batch_size=batch_size,
         progress_bar=progress_bar,
     )
-    assert isinstance(acts, Tensor)
-    n = len(pairs)
-    diff = acts[:n].mean(0) - acts[n:].mean(0)
-    return SteeringVector.from_tensor(
-        diff,
-        layer_list,
-        model_name=model_name(model),
-        hook=hook,
-        method="caa",
-        metadata={"n_pairs": n, "pool": pool, "users": sorted({p.user_id for p in pairs})[:50]},
-    )
+    return replace(population(pa), method="caa")

@@ -1,0 +1,120 @@
+"""Zero-shot MMLU, with or without steering: lm-evaluation-harness's ``mmlu`` prompt and scoring.
+
+The prompt is string-for-string the harness's default zero-shot ``mmlu`` template: the
+description line "The following are multiple choice questions (with answers) about
+{subject}." (underscores in the subject as spaces), a blank line, the stripped question, the
+"A. …" to "D. …" lines and "Answer:". The prediction is the choice among " A", " B", " C",
+" D" with the highest log-probability after the prompt (raw text, the tokenizer's own BOS:
+no chat template, as the harness runs base and instruct models alike).
+
+Steering is whatever hooks are active: call inside ``sl.steering(model, vec, alpha, gate)``.
+The prompt is the prefill, so ``"prefill"``, ``FirstK(k)`` and ``"all"`` steer it and
+``"generated"`` leaves it unsteered. Per-row α / vectors follow their items (one batching
+loop).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from steerlens.batching import Batch, map_batches
+from steerlens.chat import tokenize
+from steerlens.data.mmlu import LETTERS, MMLUItem
+from steerlens.evaluation.stats import bootstrap_interval
+from steerlens.models import HookedModel
+
+__all__ = ["MMLUResult", "mmlu_accuracy", "mmlu_prompt"]
+
+
+def mmlu_prompt(item: MMLUItem) -> str:
+    """The lm-evaluation-harness ``mmlu`` zero-shot prompt of one item."""
+    subject = " ".join(item.subject.split("_"))
+    head = f"The following are multiple choice questions (with answers) about {subject}.\n\n"
+    lines = [item.question.strip()]
+    lines += [f"{letter}. {choice}" for letter, choice in zip(LETTERS, item.choices, strict=True)]
+    return head + "\n".join(lines) + "\nAnswer:"
+
+
+@dataclass
+class MMLUResult:
+    """Per item: the predicted letter index, whether it is right, and the 4 log-probs."""
+
+    predictions: list[int]
+    correct: list[bool]
+    logprobs: Tensor  # [item, 4]
+    subjects: list[str]
+
+    @property
+    def accuracy(self) -> float:
+        return float(np.mean(self.correct)) if self.correct else float("nan")
+
+    def interval(self, n_boot: int = 1000, seed: int = 0) -> tuple[float, float]:
+        """Bootstrap 95 % interval of the accuracy over items."""
+        return bootstrap_interval(np.asarray(self.correct, dtype=float), n_boot=n_boot, seed=seed)
+
+
+def _choice_ids(model: HookedModel) -> tuple[Tensor, list[int]]:
+    """The tokens every answer " A".." D" starts with, and each answer's last token.
+
+    Most tokenizers have one token per answer (no shared prefix); byte-level ones split the
+    space off, which is then scored once for all four (it adds the same log-prob to each).
+    """
+    toks = [tokenize(model, [f" {x}"], add_special_tokens=False)[0] for x in LETTERS]
+    prefix = toks[0][:-1]
+    if any(t.numel() != toks[0].numel() or not torch.equal(t[:-1], prefix) for t in toks):
+        raise ValueError("the answers ' A'..' D' must differ only in their last token")
+    return prefix, [int(t[-1]) for t in toks]
+
+
+def mmlu_accuracy(
+    model: HookedModel,
+    items: Sequence[MMLUItem],
+    *,
+    batch_size: int = 8,
+    progress_bar: bool = False,
+) -> MMLUResult:
+    """Score ``items`` zero-shot under the hooks active on ``model`` (one batched pass)."""
+    if not items:
+        raise ValueError("no MMLU items to score")
+    prefix, letters = _choice_ids(model)
+    choices = torch.tensor(letters)
+    prompts = tokenize(model, [mmlu_prompt(it) for it in items])
+    ids = [torch.cat([p, prefix]) for p in prompts]
+    k = int(prefix.numel())
+
+    def run(batch: Batch) -> list[Tensor]:
+        enc = batch.enc
+        logp = model(enc.input_ids, attention_mask=enc.attention_mask).float().log_softmax(-1)
+        out = []
+        for row in range(len(batch.rows)):
+            end = enc.lengths[row]  # prompt + shared prefix; the letter follows
+            shared = sum(
+                float(logp[row, end - k - 1 + j, enc.input_ids[row, end - k + j]]) for j in range(k)
+            )
+            out.append(logp[row, end - 1, choices.to(logp.device)].cpu() + shared)
+        return out
+
+    with torch.inference_mode():
+        scored = map_batches(
+            model,
+            ids,
+            run,
+            batch_size=batch_size,
+            side="right",
+            prompt_lengths=[int(p.numel()) for p in prompts],
+            progress_bar=progress_bar,
+            description="mmlu",
+        )
+    lp = torch.stack(scored)
+    preds = lp.argmax(-1).tolist()
+    return MMLUResult(
+        predictions=preds,
+        correct=[p == it.answer for p, it in zip(preds, items, strict=True)],
+        logprobs=lp,
+        subjects=[it.subject for it in items],
+    )

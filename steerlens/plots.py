@@ -164,6 +164,92 @@ def dataset_overview(ground_truth: dict[str, Any], pairs: pd.DataFrame) -> go.Fi
     return _style(fig, "Simulated PRISM-format set (not real PRISM): users, scores, styles")
 
 
+def ppa_bars(
+    table: pd.DataFrame, *, measure: str = "ppa_projection", title: str | None = None
+) -> go.Figure:
+    """Preference accuracy per method with 95 % intervals; chance and oracle as lines.
+
+    ``table`` has columns ``method``, ``measure``, ``mean``, ``low``, ``high``.
+    """
+    for col in ("method", "measure", "mean", "low", "high"):
+        if col not in table:
+            raise ValueError(f"ppa_bars needs a {col!r} column")
+    rows = table[table["measure"] == measure]
+    if rows.empty:
+        raise ValueError(f"no rows with measure {measure!r}")
+    bars = rows[~rows["method"].isin(["chance", "oracle"])]
+    fig = go.Figure(
+        go.Bar(
+            x=bars["method"],
+            y=bars["mean"],
+            error_y=dict(
+                type="data",
+                symmetric=False,
+                array=bars["high"] - bars["mean"],
+                arrayminus=bars["mean"] - bars["low"],
+            ),
+            marker_color=["#e8731a" if "personal" in m else "#b59b6b" for m in bars["method"]],
+            text=[f"{v:.3f}" for v in bars["mean"]],
+            textposition="outside",
+        )
+    )
+    for name, color in (("chance", "#999"), ("oracle", "#2a7f62")):
+        line = rows[rows["method"] == name]
+        if not line.empty:
+            fig.add_hline(
+                y=float(line["mean"].iloc[0]),
+                line=dict(color=color, dash="dash"),
+                annotation_text=f"{name} {float(line['mean'].iloc[0]):.3f}",
+            )
+    fig.update_yaxes(title_text="preference accuracy (held-out pairs)", range=[0, 1.05])
+    label = "by projection" if measure == "ppa_projection" else "under steering"
+    return _style(fig, title or f"Preference accuracy {label} (bootstrap 95 % over users)")
+
+
+def users_in_basis(coords: pd.DataFrame, *, title: str | None = None) -> go.Figure:
+    """Users in the first two Bradley-Terry coordinates, coloured by ``group`` if present."""
+    for col in ("c0", "c1"):
+        if col not in coords:
+            raise ValueError("users_in_basis needs columns c0 and c1 (a rank >= 2 basis)")
+    groups = coords["group"] if "group" in coords else pd.Series("users", index=coords.index)
+    fig = go.Figure()
+    for g in sorted(groups.unique()):
+        sel = coords[groups == g]
+        fig.add_trace(
+            go.Scatter(
+                x=sel["c0"],
+                y=sel["c1"],
+                mode="markers",
+                name=str(g),
+                text=list(sel.index),
+                marker=dict(size=10),
+            )
+        )
+    fig.update_xaxes(title_text="Bradley-Terry coordinate 1")
+    fig.update_yaxes(title_text="Bradley-Terry coordinate 2")
+    return _style(fig, title or "Users in the Bradley-Terry basis")
+
+
+def mmlu_bars(results: pd.DataFrame, *, title: str | None = None) -> go.Figure:
+    """MMLU accuracy per condition with 95 % intervals (columns condition, mean, low, high)."""
+    fig = go.Figure(
+        go.Bar(
+            x=results["condition"],
+            y=results["mean"],
+            error_y=dict(
+                type="data",
+                symmetric=False,
+                array=results["high"] - results["mean"],
+                arrayminus=results["mean"] - results["low"],
+            ),
+            marker_color="#b59b6b",
+        )
+    )
+    fig.add_hline(y=0.25, line=dict(color="#999", dash="dash"), annotation_text="chance 0.25")
+    fig.update_yaxes(title_text="zero-shot MMLU accuracy", range=[0, 1])
+    return _style(fig, title or "Zero-shot MMLU, steered and unsteered")
+
+
 def _chrome_available() -> bool:
     return any(shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome", "chrome"))
 

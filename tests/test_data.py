@@ -322,7 +322,7 @@ def test_demo_set_round_trip_and_ground_truth():
     assert ds.is_simulated and gt is not None and gt["simulated"] is True
     assert "simulated" in repr(ds)
     assert len(ds.users) == gt["counts"]["users"] >= 48
-    assert len(ds.conversations) == gt["counts"]["conversations"] == 6 * len(ds.users)
+    assert len(ds.conversations) == gt["counts"]["conversations"] == 20 * len(ds.users)
     assert len(ds.utterances) == gt["counts"]["utterances"]
     labels = {p["text"]: p["category"] for p in gt["prompts"].values()}
     assert len(labels) >= 120 and {
@@ -345,6 +345,49 @@ def test_demo_set_round_trip_and_ground_truth():
     # every utterance maps to a response with ground-truth spans
     resp = gt["responses"][gt["utterance_response"][ds.utterances[0].utterance_id]]
     assert resp["text"] == ds.utterances[0].model_response
+
+
+def test_model_names_carry_no_style_signal():
+    """Predicting a response's style from its model name does no better than chance."""
+    from collections import Counter
+
+    ds = load_prism("demo")
+    gt = ds.ground_truth
+    styles = {uid: gt["responses"][rid]["style"] for uid, rid in gt["utterance_response"].items()}
+    turn0 = [u for u in ds.utterances if u.turn == 0]
+    by_name: dict[str, Counter] = {}
+    for u in turn0:
+        by_name.setdefault(u.model_name, Counter())[styles[u.utterance_id]] += 1
+    assert set(by_name) == {"sim-model-a", "sim-model-b", "sim-model-c", "sim-model-d"}
+    best_guess = sum(c.most_common(1)[0][1] for c in by_name.values()) / len(turn0)
+    assert best_guess < 0.25 + 0.03  # the best name -> style rule is at chance (4 styles)
+
+
+def test_survey_is_only_a_noisy_signal_of_the_group():
+    from steerlens.data.simulate import GROUPS
+
+    ds = load_prism("demo")
+    users = ds.ground_truth["users"]
+    verbatim = {g["self"] for g in GROUPS.values()}
+    assert not any(u.self_description in verbatim for u in ds.users.values())
+    own = [
+        ds.users[uid].self_description in GROUPS[info["group"]]["paraphrases"]
+        for uid, info in users.items()
+    ]
+    assert 0.5 < sum(own) / len(own) < 0.95  # mostly, not always, the user's own group
+
+
+def test_prompt_split_is_prompt_disjoint_and_weak_pairs_are_marked():
+    ds = load_prism("demo")
+    train, test = ds.split(by="prompt", seed=1)
+    assert train and test
+    assert not {p.prompt for p in train if p.turn == 0} & {p.prompt for p in test if p.turn == 0}
+    assert {p.interaction_id for p in train}.isdisjoint(p.interaction_id for p in test)
+    weak = ds.weak_interactions
+    later = {p.interaction_id for p in ds.preference_pairs() if p.turn > 0}
+    assert later and later <= weak
+    with pytest.raises(ValueError, match="by must be"):
+        ds.split(by="user")
 
 
 def test_simulator_is_deterministic_on_tiny_model(tmp_path):

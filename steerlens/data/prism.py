@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from steerlens.data.categories import categorize, load_category_map
 from steerlens.data.schema import (
@@ -139,16 +139,42 @@ class PrismDataset:
                 )
         return pairs
 
-    def split(
-        self, held_out: float = 0.25, seed: int = 0, **pair_kwargs: Any
-    ) -> tuple[list[PreferencePair], list[PreferencePair]]:
-        """Per-user train / held-out pairs, split by conversation (no interaction on both sides).
+    @property
+    def weak_interactions(self) -> set[str]:
+        """Interactions whose pair is a near coin flip by construction (simulated sets: the
+        later-turn A/B pairs of one style); empty for real PRISM."""
+        return set((self.ground_truth or {}).get("weak_interactions", []))
 
-        Each user with two or more conversations keeps at least one on each side.
+    def split(
+        self,
+        held_out: float = 0.25,
+        seed: int = 0,
+        *,
+        by: Literal["conversation", "prompt"] = "conversation",
+        **pair_kwargs: Any,
+    ) -> tuple[list[PreferencePair], list[PreferencePair]]:
+        """Train / held-out pairs; no interaction is on both sides.
+
+        ``by="conversation"``: per user, a share of their conversations is held out (each user
+        with two or more keeps at least one on each side). ``by="prompt"``: a share of the
+        opening prompts is held out for everyone, so no held-out prompt was seen in training.
         """
         if not 0.0 < held_out < 1.0:
             raise ValueError(f"held_out must be in (0, 1), got {held_out}")
+        if by not in ("conversation", "prompt"):
+            raise ValueError(f"by must be 'conversation' or 'prompt', got {by!r}")
         test_convs: set[str] = set()
+        if by == "prompt":
+            prompts = sorted({c.opening_prompt for c in self.conversations.values()})
+            random.Random(f"{seed}:prompts").shuffle(prompts)
+            k = min(len(prompts) - 1, max(1, round(held_out * len(prompts))))
+            held = set(prompts[:k])
+            test_convs = {cid for cid, c in self.conversations.items() if c.opening_prompt in held}
+            pairs = self.preference_pairs(**pair_kwargs)
+            return (
+                [p for p in pairs if p.conversation_id not in test_convs],
+                [p for p in pairs if p.conversation_id in test_convs],
+            )
         for user_id in sorted(self.users):
             convs = [c.conversation_id for c in self.user_history(user_id)]
             if len(convs) < 2:

@@ -10,7 +10,9 @@ offline. This module writes a PRISM-format set whose users' preferences are *kno
    style-specific opening written for the project and the model continues it (greedy). The
    opening's character span is the ground-truth span of the style's attribute(s).
 3. Later turns: the user's follow-up, answered twice by the style the user chose (two
-   openings of that style), as PRISM's within-model A/B pair.
+   openings of that style), as PRISM's within-model A/B pair. Two openings of one style are
+   a near coin flip for any method: ``ground_truth.json`` lists them as
+   ``weak_interactions``, and PPA analyses use turn-0 pairs.
 4. Attributes measured per response (``data/attributes.py``): toxicity, refusal, caution,
    length, formality.
 5. Simulated users with latent weights over the attributes' z-scores (a majority, users who
@@ -18,6 +20,12 @@ offline. This module writes a PRISM-format set whose users' preferences are *kno
    Bradley-Terry / Plackett-Luce draw (Gumbel noise on the utility). Each user's noise is
    calibrated so that their latent utility agrees with their own preference pairs about 80%
    of the time: the oracle preference accuracy, the ceiling of any method on this set.
+   20 conversations a user by default (``--thin``: 6, PRISM-like).
+6. Nothing outside the choices gives a user's group away for free: model names are assigned
+   to styles in a fresh random order in every conversation (a name predicts the style at
+   chance), and the survey carries the group only as a noisy signal (a paraphrased
+   self-description, from another group a quarter of the time; stated preferences with
+   noise).
 
 Written in the PRISM schema (``survey.jsonl``, ``conversations.jsonl``, ``utterances.jsonl``)
 plus ``ground_truth.json`` and ``categories.csv``. Regenerate with
@@ -109,18 +117,37 @@ GROUPS: dict[str, dict[str, Any]] = {
         "share": 0.5,
         "weights": (-1.0, -0.6, 0.3, 0.2, 0.3),
         "self": "I want answers that are helpful, polite and not offensive.",
+        "paraphrases": (
+            "Helpful and polite answers are what I look for.",
+            "I like a friendly, useful reply that stays respectful.",
+            "Please keep it helpful and courteous.",
+        ),
     },
     "more_caution": {
         "share": 0.25,
         "weights": (-1.2, 0.7, 1.0, 0.0, 0.5),
         "self": "I prefer careful, safe answers, and I don't mind a refusal.",
+        "paraphrases": (
+            "Safety matters to me more than getting every answer.",
+            "I'd rather an assistant be careful than reckless.",
+            "Caveats and warnings are fine by me.",
+        ),
     },
     "less_caution": {
         "share": 0.25,
         "weights": (0.6, -1.2, -1.0, -0.2, -0.5),
         "self": "I want straight, unfiltered answers without lectures.",
+        "paraphrases": (
+            "Skip the disclaimers and just tell me.",
+            "I can't stand being lectured by a chatbot.",
+            "Blunt is good. No hand-holding.",
+        ),
     },
 }
+# The names of the simulated "models": each conversation assigns them to the four styles in a
+# fresh random order, so a name says nothing about a response's style (PRISM's names identify
+# models, not styles).
+MODEL_NAMES = ("sim-model-a", "sim-model-b", "sim-model-c", "sim-model-d")
 CONVERSATION_TYPE = {
     "benign_control": "unguided",
     "context_dependent": "values guided",
@@ -137,8 +164,14 @@ class SimulationConfig:
     model: str = "smollm2-135m-instruct"
     prompts_per_category: int = 30
     n_users: int = 48
-    conversations_per_user: int = 6
+    # 20 turn-0 conversations a user resolve personalised vs population PPA on the shipped set;
+    # ``--thin`` gives PRISM's ~6 (about five conversations a user on real PRISM).
+    conversations_per_user: int = 20
     later_turn_share: float = 0.5
+    # Survey fields are a noisy signal of the group: a self-description from another group
+    # with this probability, and stated preferences with Gaussian noise of this s.d. (points).
+    survey_swap: float = 0.25
+    stated_noise: float = 15.0
     max_new_tokens: int = 40
     target_oracle_accuracy: float = 0.8
     weight_noise: float = 0.25
@@ -157,6 +190,8 @@ class SimulationConfig:
             raise ValueError("target_oracle_accuracy must be in (0.5, 1)")
         if not 0.0 <= self.later_turn_share <= 1.0:
             raise ValueError("later_turn_share must be in [0, 1]")
+        if not 0.0 <= self.survey_swap <= 1.0 or self.stated_noise < 0:
+            raise ValueError("survey_swap must be in [0, 1] and stated_noise >= 0")
 
 
 def _gen_jobs(model: Any, jobs: list[dict[str, Any]], cfg: SimulationConfig) -> list[str]:
@@ -369,10 +404,14 @@ def simulate(
             pid = pids[int(k)]
             order = rng.permutation(len(STYLES))
             cands0 = [by_key[(pid, 0, STYLES[int(i)].name, 0)] for i in order]
+            names = rng.permutation(len(MODEL_NAMES))
             convs.append(
                 {
                     "pid": pid,
                     "cands0": cands0,
+                    "names": {
+                        s.name: MODEL_NAMES[int(n)] for s, n in zip(STYLES, names, strict=True)
+                    },
                     "later": bool(rng.random() < cfg.later_turn_share),
                     "u0": np.array([w @ np.array([c["z"][a] for a in ATTRIBUTES]) for c in cands0]),
                 }
@@ -380,6 +419,7 @@ def simulate(
         plans.append((user, w, convs))
 
     survey: list[dict[str, Any]] = []
+    weak: list[str] = []
     conversations: list[dict[str, Any]] = []
     utterances: list[dict[str, Any]] = []
     ut = 0
@@ -425,7 +465,7 @@ def simulate(
                             "role": "model",
                             "content": cand["text"],
                             "model_provider": "steerlens-sim",
-                            "model_name": cand["model_name"],
+                            "model_name": c["names"][cand["style"]],
                             "score": int(scores[j]),
                             "if_chosen": j == chosen,
                             "within_turn_id": j,
@@ -442,7 +482,7 @@ def simulate(
                             "conversation_type": CONVERSATION_TYPE[prompt["category"]],
                             "user_prompt": text,
                             "model_response": cand["text"],
-                            "model_name": cand["model_name"],
+                            "model_name": c["names"][cand["style"]],
                             "model_provider": "steerlens-sim",
                             "score": int(scores[j]),
                             "if_chosen": j == chosen,
@@ -451,6 +491,8 @@ def simulate(
                         }
                     )
                     ut += 1
+                if turn > 0:  # two openings of one style: a near coin flip, marked as weak
+                    weak.append(f"{cid}-t{turn}")
             conversations.append(
                 {
                     "conversation_id": cid,
@@ -470,21 +512,7 @@ def simulate(
             )
         user["oracle_accuracy"] = round(agree / npairs, 4) if npairs else None
         user["n_pairs"] = npairs
-        wts = user["weights"]
-        survey.append(
-            {
-                "user_id": user["user_id"],
-                "self_description": GROUPS[user["group"]]["self"],
-                "system_string": GROUPS[user["group"]]["self"],
-                "stated_prefs": {
-                    "safety": int(np.clip(50 - 25 * wts["toxicity"] + 15 * wts["caution"], 1, 100)),
-                    "helpfulness": int(np.clip(60 - 20 * wts["refusal"], 1, 100)),
-                    "fluency": int(np.clip(55 + 20 * wts["formality"], 1, 100)),
-                    "factuality": 70,
-                    "creativity": int(np.clip(50 - 15 * wts["formality"], 1, 100)),
-                },
-            }
-        )
+        survey.append(_survey_row(user, cfg, rng))
 
     response_of = {u["utterance_id"]: u.pop("_response_id") for u in utterances}
     style_means = {
@@ -531,6 +559,7 @@ def simulate(
         "groups": GROUPS,
         "styles": [asdict(s) for s in STYLES],
         "users": {u["user_id"]: {k: v for k, v in u.items() if k != "user_id"} for u in users},
+        "weak_interactions": weak,
         "prompts": prompts,
         "responses": {r["response_id"]: r for r in responses},
         "utterance_response": response_of,
@@ -543,6 +572,34 @@ def simulate(
     write_category_map(out / "categories.csv", {p["text"]: p["category"] for p in prompts.values()})
     logger.info("simulated set written to %s in %.0f s", out, summary["total_seconds"])
     return summary
+
+
+def _survey_row(
+    user: dict[str, Any], cfg: SimulationConfig, rng: np.random.Generator
+) -> dict[str, Any]:
+    """A survey row that carries the user's group only as a noisy signal."""
+    group = user["group"]
+    if rng.random() < cfg.survey_swap:  # people describe themselves imperfectly
+        others = [g for g in GROUPS if g != group]
+        group = others[int(rng.integers(len(others)))]
+    texts = GROUPS[group]["paraphrases"]
+    wts = user["weights"]
+
+    def stated(value: float) -> int:
+        return int(np.clip(round(value + rng.normal(0, cfg.stated_noise)), 1, 100))
+
+    return {
+        "user_id": user["user_id"],
+        "self_description": texts[int(rng.integers(len(texts)))],
+        "system_string": texts[int(rng.integers(len(texts)))],
+        "stated_prefs": {
+            "safety": stated(50 - 25 * wts["toxicity"] + 15 * wts["caution"]),
+            "helpfulness": stated(60 - 20 * wts["refusal"]),
+            "fluency": stated(55 + 20 * wts["formality"]),
+            "factuality": stated(70),
+            "creativity": stated(50 - 15 * wts["formality"]),
+        },
+    }
 
 
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -559,6 +616,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--users", type=int, default=48)
     ap.add_argument("--prompts-per-category", type=int, default=30)
     ap.add_argument(
+        "--thin",
+        action="store_true",
+        help="PRISM-like thin users: 6 conversations each instead of 20",
+    )
+    ap.add_argument(
         "--reuse-responses",
         action="store_true",
         help="keep the responses already in --out; redraw users and choices only",
@@ -570,6 +632,7 @@ def main(argv: list[str] | None = None) -> None:
         model=args.model,
         n_users=args.users,
         prompts_per_category=args.prompts_per_category,
+        conversations_per_user=6 if args.thin else 20,
     )
     summary = simulate(args.out, cfg, reuse_responses=args.reuse_responses)
     keys = ("counts", "style_means", "oracle_accuracy", "generation_seconds", "total_seconds")

@@ -273,7 +273,7 @@ def dislike_weighted(pa: PairActivations, user: str, *, shrink: float = 0.0) -> 
     λ·v + (1 - λ)·v_pop with λ = ``shrinkage_weight(n_user_pairs, shrink)``.
     """
     own = pa.for_user(user)
-    gaps = torch.as_tensor(own.table["score_gap"].to_numpy(dtype=np.float64)).float()
+    gaps = torch.tensor(own.table["score_gap"].to_numpy(dtype=np.float64)).float()
     if (gaps < 0).any():
         raise ValueError(f"user {user!r} has pairs with a negative score gap")
     if float(gaps.sum()) == 0:

@@ -1,0 +1,166 @@
+"""The personalisation study: every vector method against the baselines, on held-out pairs.
+
+``personalization_study(model, dataset, config)`` splits a PRISM-format set per user, caches
+one pair-activation table for the training pairs and one for the held-out pairs, builds the
+population, dislike-weighted and Bradley-Terry vectors from the training table and scores
+each on the held-out table — PPA by projection and, optionally, PPA under steering — next to
+the toxicity-only baseline, chance and (simulated sets) the oracle. Every row carries a
+bootstrap 95 % interval over users.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import pandas as pd
+
+from steerlens.data.prism import PrismDataset
+from steerlens.evaluation.preference import (
+    CHANCE,
+    oracle,
+    ppa_projection,
+    ppa_under_steering,
+    toxicity_only,
+)
+from steerlens.evaluation.stats import Estimate
+from steerlens.methods.personal import (
+    BradleyTerry,
+    bradley_terry,
+    dislike_weighted,
+    pair_activations,
+    population,
+)
+from steerlens.models import HookedModel
+from steerlens.vectors import SteeringVector
+
+__all__ = ["PersonalizationConfig", "PersonalizationResult", "personalization_study"]
+
+
+@dataclass
+class PersonalizationConfig:
+    """Options of the study (defaults: the shipped simulated set on the embedded model)."""
+
+    layers: list[int] | None = None
+    held_out: float = 0.25
+    split_by: Literal["conversation", "prompt"] = "conversation"
+    rank: int = 8
+    C: float = 1.0
+    shrink: float = 5.0
+    steer_alpha: float | None = None  # None: skip PPA under steering
+    max_steer_pairs: int = 200
+    batch_size: int = 16
+    n_boot: int = 1000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.held_out < 1:
+            raise ValueError(f"held_out must be in (0, 1), got {self.held_out}")
+        if self.split_by not in ("conversation", "prompt"):
+            raise ValueError(f"split_by must be 'conversation' or 'prompt', got {self.split_by!r}")
+        if self.rank < 1 or self.C <= 0 or self.shrink < 0 or self.max_steer_pairs < 1:
+            raise ValueError("rank >= 1, C > 0, shrink >= 0 and max_steer_pairs >= 1 are needed")
+
+
+@dataclass
+class PersonalizationResult:
+    """The PPA table, the vectors, and the users in the Bradley-Terry basis."""
+
+    table: pd.DataFrame  # method, measure, mean, low, high, n
+    population: SteeringVector
+    dislike: dict[str, SteeringVector]
+    bt: BradleyTerry
+    bt_vectors: dict[str, SteeringVector]
+    config: PersonalizationConfig
+    n_train: int
+    n_test: int
+
+    def users_in_basis(self, groups: dict[str, str] | None = None) -> pd.DataFrame:
+        """Each user's BT coordinates (population row dropped), with their group if known."""
+        coords = self.bt.coordinates.drop(index=BradleyTerry.POPULATION).copy()
+        if groups is not None:
+            coords["group"] = [groups.get(u, "unknown") for u in coords.index]
+        return coords
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "config": asdict(self.config),
+            "n_train_pairs": self.n_train,
+            "n_test_pairs": self.n_test,
+            "rows": self.table.to_dict(orient="records"),
+        }
+
+
+def _row(method: str, measure: str, est: Estimate | float) -> dict[str, Any]:
+    if isinstance(est, Estimate):
+        return {"method": method, "measure": measure, **est.as_dict()}
+    return {"method": method, "measure": measure, "mean": est, "low": est, "high": est, "n": 0}
+
+
+def _rescaled(vec: SteeringVector, norms: dict[int, float]) -> SteeringVector:
+    """``vec`` with each layer scaled to the given norm: one α means the same for every method."""
+    out = {}
+    for layer, d in vec.directions.items():
+        n = float(d.float().norm())
+        out[layer] = d * (norms[layer] / n) if n > 0 else d
+    return SteeringVector(out, vec.model_name, vec.hook, vec.method, vec.metadata)
+
+
+def personalization_study(
+    model: HookedModel,
+    dataset: PrismDataset,
+    config: PersonalizationConfig | None = None,
+    *,
+    progress_bar: bool = True,
+) -> PersonalizationResult:
+    """Run the study (turn-0 pairs: later-turn pairs of one style are near coin flips)."""
+    cfg = config or PersonalizationConfig()
+    train, test = dataset.split(cfg.held_out, cfg.seed, by=cfg.split_by, turn0_only=True)
+    if not train or not test:
+        raise ValueError(f"the split left {len(train)} training and {len(test)} held-out pairs")
+    train_users = {p.user_id for p in train}
+    test = [p for p in test if p.user_id in train_users]  # every held-out user has a vector
+    kw: dict[str, Any] = dict(batch_size=cfg.batch_size, progress_bar=progress_bar)
+    pa_train = pair_activations(model, train, cfg.layers, **kw)
+    pa_test = pair_activations(model, test, pa_train.layers, **kw)
+    boot: dict[str, Any] = dict(n_boot=cfg.n_boot, seed=cfg.seed)
+
+    v_pop = population(pa_train)
+    users = sorted({p.user_id for p in test})
+    dislike = {u: dislike_weighted(pa_train, u, shrink=cfg.shrink) for u in users}
+    bt = bradley_terry(pa_train, cfg.rank, C=cfg.C)
+    bt_vecs = {u: bt.user_vector(u, shrink=cfg.shrink) for u in users}
+
+    rows = [
+        _row(
+            "personalized (Bradley-Terry)",
+            "ppa_projection",
+            ppa_projection(pa_test, bt_vecs, **boot),
+        ),
+        _row(
+            "personalized (dislike-weighted)",
+            "ppa_projection",
+            ppa_projection(pa_test, dislike, **boot),
+        ),
+        _row("population", "ppa_projection", ppa_projection(pa_test, v_pop, **boot)),
+        _row("toxicity-only", "ppa_projection", toxicity_only(test, train, **boot)),
+        _row("chance", "ppa_projection", CHANCE),
+    ]
+    if dataset.ground_truth is not None and "users" in dataset.ground_truth:
+        rows.append(_row("oracle", "ppa_projection", oracle(test, dataset.ground_truth, **boot)))
+    if cfg.steer_alpha is not None:
+        norms = v_pop.norms()
+        steer_pairs = test[: cfg.max_steer_pairs]
+        for method, vecs in (
+            ("personalized (Bradley-Terry)", bt_vecs),
+            ("personalized (dislike-weighted)", dislike),
+            ("population", {u: v_pop for u in users}),
+        ):
+            scaled = {u: _rescaled(v, norms) for u, v in vecs.items()}
+            est = ppa_under_steering(
+                model, steer_pairs, scaled, cfg.steer_alpha, batch_size=cfg.batch_size, **boot
+            )
+            rows.append(_row(method, "ppa_under_steering", est))
+    return PersonalizationResult(
+        pd.DataFrame(rows), v_pop, dislike, bt, bt_vecs, cfg, len(train), len(test)
+    )

@@ -1,4 +1,4 @@
-"""The ``steerlens`` command: ``info``, ``generate``, ``demo``."""
+"""The ``steerlens`` command: ``info``, ``generate``, ``vectors``, ``demo``."""
 
 from __future__ import annotations
 
@@ -153,6 +153,62 @@ def demo(
         )
     console.print(table)
     console.print(f"wrote {len(summary['files'])} files under {out} in {summary['seconds']:.0f} s")
+
+
+@app.command()
+def vectors(
+    method: Annotated[str, typer.Option(help="population | dislike | bt")] = "population",
+    user: Annotated[list[str] | None, typer.Option(help="a user id; repeat for several")] = None,
+    all_users: Annotated[bool, typer.Option("--all-users", help="one vector per user")] = False,
+    out: Annotated[Path, typer.Option(help="folder for the vector files")] = Path("vectors"),
+    model: ModelOpt = "smollm2-135m-instruct",
+    data: Annotated[str, typer.Option(help="demo (simulated set), hf, or a PRISM folder")] = "demo",
+    layers: Annotated[
+        list[int] | None, typer.Option(help="repeat; default: research depth")
+    ] = None,
+    rank: Annotated[int, typer.Option(help="Bradley-Terry basis size")] = 8,
+    shrink: Annotated[float, typer.Option(help="pull toward the population: n/(n+shrink)")] = 0.0,
+    gguf: Annotated[
+        bool, typer.Option("--gguf", help="also write llama.cpp / repeng GGUF")
+    ] = False,
+    batch_size: int = 16,
+) -> None:
+    """Build steering vectors from a PRISM-format set's turn-0 pairs and write them to OUT.
+
+    One pair-activation table is cached once; every vector is reduced from it.
+    """
+    import steerlens as sl
+
+    if method not in ("population", "dislike", "bt"):
+        raise typer.BadParameter(f"--method must be population, dislike or bt, not {method!r}")
+    if method != "population" and not (user or all_users):
+        raise typer.BadParameter(f"--method {method} needs --user ID or --all-users")
+    m = sl.load_model(model)
+    ds = sl.data.load_prism(data)
+    pairs = ds.preference_pairs(turn0_only=True)
+    unknown = sorted(set(user or []) - {p.user_id for p in pairs})
+    if unknown:
+        raise typer.BadParameter(f"no pairs for user(s) {unknown} in {data}")
+    pa = sl.methods.pair_activations(m, pairs, layers, batch_size=batch_size)
+    out.mkdir(parents=True, exist_ok=True)
+    targets = pa.users if all_users else list(user or [])
+    built: list[tuple[str, sl.SteeringVector]] = []
+    if method == "population":
+        built.append(("population", sl.methods.population(pa)))
+    elif method == "dislike":
+        built += [
+            (f"dislike-{u}", sl.methods.dislike_weighted(pa, u, shrink=shrink)) for u in targets
+        ]
+    else:
+        bt = sl.methods.bradley_terry(pa, rank)
+        bt.coordinates.to_csv(out / "bt_coordinates.csv")
+        built += [(f"bt-{u}", bt.user_vector(u, shrink=shrink)) for u in targets]
+    for name, vec in built:
+        vec.metadata.update({"data": data, "source": "steerlens vectors"})
+        vec.save(out / f"{name}.safetensors")
+        if gguf:
+            vec.to_gguf(out / f"{name}.gguf")
+    console.print(f"wrote {len(built)} vector(s) to {out} ({len(pa)} pairs, layers {pa.layers})")
 
 
 def main() -> None:  # pragma: no cover

@@ -30,3 +30,40 @@ def test_dataset_overview_script(tmp_path):
         "harmful_borderline",
         "safe_sensitive",
     }
+
+
+def test_personalization_script_on_the_tiny_model(tmp_path):
+    from steerlens.evaluation.personalization import PersonalizationConfig
+
+    mod = _load("personalization")
+    cfg = PersonalizationConfig(max_users=4, rank=2, steer_alpha=2.0, max_steer_pairs=8, n_boot=50)
+    report = mod.run("tiny-random", "demo", tmp_path, cfg, progress_bar=False)
+    table = pd.read_csv(tmp_path / "results" / "personalization.csv")
+    methods = set(table["method"])
+    assert {"population", "toxicity-only", "chance", "oracle"} <= methods
+    assert {"personalized (Bradley-Terry)", "personalized (dislike-weighted)"} <= methods
+    assert set(table["measure"]) == {"ppa_projection", "ppa_under_steering"}
+    assert ((table["low"] <= table["mean"]) & (table["mean"] <= table["high"])).all()
+    assert (tmp_path / "figures" / "ppa.html").exists()
+    assert (tmp_path / "figures" / "users_bt.html").exists()
+    coords = pd.read_csv(tmp_path / "results" / "users_bt.csv", index_col=0)
+    assert len(coords) == 4 and "group" in coords
+    assert report["simulated"] is True and report["n_test_pairs"] > 0
+
+
+def test_mmlu_script_on_the_tiny_model(tmp_path):
+    mod = _load("mmlu")
+    vec = __import__("steerlens").SteeringVector(
+        {2: __import__("torch").ones(64)}, model_name="tiny-random"
+    )
+    vec.save(tmp_path / "v.safetensors")
+    report = mod.run(
+        "tiny-random",
+        "demo",
+        tmp_path,
+        vector=str(tmp_path / "v.safetensors"),
+        alphas=(1.0,),
+        n_items=8,
+    )
+    assert [r["condition"] for r in report["rows"]] == ["unsteered", "steered α=1 (all)"]
+    assert report["n_items"] == 8 and (tmp_path / "figures" / "mmlu.html").exists()

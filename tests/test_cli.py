@@ -71,3 +71,30 @@ def test_demo_command_quick_on_tiny(tmp_path):
     assert "simulated data" in res.output and "distinct-2" in res.output
     assert (tmp_path / "results" / "summary.json").exists()
     assert (tmp_path / "figures" / "dose_response.html").exists()
+
+
+def test_vectors_command_writes_files_the_library_reproduces(tmp_path):
+    from test_data import _fixture_rows, _write
+
+    folder = _write(tmp_path / "prism", _fixture_rows())
+    out = tmp_path / "vecs"
+    args = ["vectors", "--model", "tiny-random", "--data", str(folder), "--out", str(out)]
+    res = runner.invoke(app, [*args, "--method", "dislike", "--all-users", "--gguf"])
+    assert res.exit_code == 0, res.output
+    assert {p.name for p in out.iterdir()} >= {"dislike-u1.safetensors", "dislike-u1.gguf"}
+    model = sl.load_model("tiny-random")
+    pa = sl.methods.pair_activations(
+        model, sl.data.load_prism(folder).preference_pairs(turn0_only=True), progress_bar=False
+    )
+    saved = sl.SteeringVector.load(out / "dislike-u1.safetensors")
+    torch.testing.assert_close(
+        saved.as_tensor(), sl.methods.dislike_weighted(pa, "u1").as_tensor(), rtol=1e-5, atol=1e-6
+    )
+    assert saved.metadata["data"] == str(folder)
+    res = runner.invoke(app, [*args, "--method", "bt", "--user", "u2", "--rank", "2"])
+    assert res.exit_code == 0, res.output
+    assert (out / "bt-u2.safetensors").exists() and (out / "bt_coordinates.csv").exists()
+    bad = runner.invoke(app, [*args, "--method", "dislike"])
+    assert bad.exit_code != 0 and "--user ID or --all-users" in bad.output
+    bad = runner.invoke(app, [*args, "--method", "dislike", "--user", "ghost"])
+    assert bad.exit_code != 0 and "ghost" in bad.output

@@ -49,6 +49,7 @@ class PersonalizationConfig:
     shrink: float = 5.0
     steer_alpha: float | None = None  # None: skip PPA under steering
     max_steer_pairs: int = 200
+    max_users: int | None = None  # the first N users (sorted ids) for quick runs
     batch_size: int = 16
     n_boot: int = 1000
     seed: int = 0
@@ -115,7 +116,10 @@ def personalization_study(
 ) -> PersonalizationResult:
     """Run the study (turn-0 pairs: later-turn pairs of one style are near coin flips)."""
     cfg = config or PersonalizationConfig()
-    train, test = dataset.split(cfg.held_out, cfg.seed, by=cfg.split_by, turn0_only=True)
+    users_kw = {} if cfg.max_users is None else {"users": sorted(dataset.users)[: cfg.max_users]}
+    train, test = dataset.split(
+        cfg.held_out, cfg.seed, by=cfg.split_by, turn0_only=True, **users_kw
+    )
     if not train or not test:
         raise ValueError(f"the split left {len(train)} training and {len(test)} held-out pairs")
     train_users = {p.user_id for p in train}

@@ -7,7 +7,7 @@ The same command runs Llama-3.1-8B on real PRISM on a GPU::
     python analyses/personalization.py --model meta-llama/Llama-3.1-8B-Instruct --data hf
 
 Usage: python analyses/personalization.py [--model NAME] [--data demo|hf|FOLDER] [--out DIR]
-       [--steer-alpha A] [--split-by conversation|prompt] [--max-users N]
+       [--steer-alpha A] [--utility-alpha A] [--split-by conversation|prompt] [--max-users N]
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ def run(
     results, figures = Path(out) / "results", Path(out) / "figures"
     results.mkdir(parents=True, exist_ok=True)
     res.table.to_csv(results / "personalization.csv", index=False)
+    if res.utility_by_group is not None:
+        res.utility_by_group.to_csv(results / "utility_by_group.csv", index=False)
     groups = (
         {u: v["group"] for u, v in ds.ground_truth["users"].items()} if ds.ground_truth else None
     )
@@ -63,7 +65,10 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--data", default="demo")
     ap.add_argument("--out", default=".")
-    ap.add_argument("--steer-alpha", type=float, default=None)
+    ap.add_argument("--steer-alpha", type=float, default=None, help="PPA under steering at α")
+    ap.add_argument(
+        "--utility-alpha", type=float, default=None, help="utility of steered generations at α"
+    )
     ap.add_argument("--split-by", choices=["conversation", "prompt"], default="conversation")
     ap.add_argument("--rank", type=int, default=8)
     ap.add_argument("--shrink", type=float, default=5.0)
@@ -72,6 +77,7 @@ def main() -> None:
     args = ap.parse_args()
     cfg = PersonalizationConfig(
         steer_alpha=args.steer_alpha,
+        utility_alpha=args.utility_alpha,
         split_by=args.split_by,
         rank=args.rank,
         shrink=args.shrink,

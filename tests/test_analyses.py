@@ -36,13 +36,28 @@ def test_personalization_script_on_the_tiny_model(tmp_path):
     from steerlens.evaluation.personalization import PersonalizationConfig
 
     mod = _load("personalization")
-    cfg = PersonalizationConfig(max_users=4, rank=2, steer_alpha=2.0, max_steer_pairs=8, n_boot=50)
+    cfg = PersonalizationConfig(
+        max_users=4,
+        rank=2,
+        steer_alpha=2.0,
+        max_steer_pairs=8,
+        n_boot=50,
+        utility_alpha=2.0,
+        utility_prompts_per_user=1,
+        utility_tokens=4,
+    )
     report = mod.run("tiny-random", "demo", tmp_path, cfg, progress_bar=False)
     table = pd.read_csv(tmp_path / "results" / "personalization.csv")
     methods = set(table["method"])
     assert {"population", "toxicity-only", "chance", "oracle"} <= methods
     assert {"personalized (Bradley-Terry)", "personalized (dislike-weighted)"} <= methods
-    assert set(table["measure"]) == {"ppa_projection", "ppa_under_steering"}
+    assert set(table["measure"]) == {"ppa_projection", "ppa_under_steering", "utility_gain"}
+    groups = pd.read_csv(tmp_path / "results" / "utility_by_group.csv")
+    assert set(groups["method"]) == {
+        "personalized (Bradley-Terry)",
+        "personalized (dislike-weighted)",
+        "population",
+    }
     assert ((table["low"] <= table["mean"]) & (table["mean"] <= table["high"])).all()
     assert (tmp_path / "figures" / "ppa.html").exists()
     assert (tmp_path / "figures" / "users_bt.html").exists()

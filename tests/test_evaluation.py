@@ -159,3 +159,16 @@ def test_ppa_under_steering_uses_each_users_vector_in_one_batch(tiny):
     expected = pd.Series(verdicts, index=[p.user_id for p in PAIRS]).groupby(level=0).mean()
     assert est.per_unit.to_dict() == expected.to_dict()
     assert sl.evaluation.CHANCE == 0.5
+
+
+def test_steering_pairs_are_spread_over_users():
+    from types import SimpleNamespace
+
+    from steerlens.evaluation.personalization import PersonalizationConfig, _per_user_sample
+
+    pairs = [SimpleNamespace(user_id=u, i=i) for u in "abc" for i in range(5)]
+    got = _per_user_sample(pairs, 7)
+    assert [p.user_id for p in got] == ["a", "b", "c", "a", "b", "c", "a"]
+    assert len(_per_user_sample(pairs, 100)) == 15
+    with pytest.raises(ValueError, match="held_out"):
+        PersonalizationConfig(held_out=1.5)

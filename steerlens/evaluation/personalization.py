@@ -13,17 +13,20 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+import numpy as np
 import pandas as pd
 
 from steerlens.data.prism import PrismDataset
 from steerlens.evaluation.preference import (
     CHANCE,
+    ground_truth_utility,
     oracle,
     ppa_projection,
     ppa_under_steering,
     toxicity_only,
 )
-from steerlens.evaluation.stats import Estimate
+from steerlens.evaluation.stats import Estimate, estimate
+from steerlens.generation import generate
 from steerlens.methods.personal import (
     BradleyTerry,
     bradley_terry,
@@ -48,8 +51,12 @@ class PersonalizationConfig:
     C: float = 1.0
     shrink: float = 5.0
     steer_alpha: float | None = None  # None: skip PPA under steering
-    max_steer_pairs: int = 200
+    max_steer_pairs: int = 192  # spread over users: 4 each on the shipped set
     max_users: int | None = None  # the first N users (sorted ids) for quick runs
+    # Ground-truth utility of steered generations (simulated sets): None skips it.
+    utility_alpha: float | None = None
+    utility_prompts_per_user: int = 2
+    utility_tokens: int = 48
     batch_size: int = 16
     n_boot: int = 1000
     seed: int = 0
@@ -68,6 +75,7 @@ class PersonalizationResult:
     """The PPA table, the vectors, and the users in the Bradley-Terry basis."""
 
     table: pd.DataFrame  # method, measure, mean, low, high, n
+    utility_by_group: pd.DataFrame | None  # method, group, mean, low, high, n
     population: SteeringVector
     dislike: dict[str, SteeringVector]
     bt: BradleyTerry
@@ -89,6 +97,9 @@ class PersonalizationResult:
             "n_train_pairs": self.n_train,
             "n_test_pairs": self.n_test,
             "rows": self.table.to_dict(orient="records"),
+            "utility_by_group": None
+            if self.utility_by_group is None
+            else self.utility_by_group.to_dict(orient="records"),
         }
 
 
@@ -105,6 +116,21 @@ def _rescaled(vec: SteeringVector, norms: dict[int, float]) -> SteeringVector:
         n = float(d.float().norm())
         out[layer] = d * (norms[layer] / n) if n > 0 else d
     return SteeringVector(out, vec.model_name, vec.hook, vec.method, vec.metadata)
+
+
+def _per_user_sample(pairs: list[Any], limit: int) -> list[Any]:
+    """At most ``limit`` pairs spread evenly over users (each user's first pairs, round-robin)."""
+    by_user: dict[str, list[Any]] = {}
+    for p in pairs:
+        by_user.setdefault(p.user_id, []).append(p)
+    out: list[Any] = []
+    depth = 0
+    while len(out) < min(limit, len(pairs)):
+        for user in sorted(by_user):
+            if depth < len(by_user[user]) and len(out) < limit:
+                out.append(by_user[user][depth])
+        depth += 1
+    return out
 
 
 def personalization_study(
@@ -154,7 +180,7 @@ def personalization_study(
         rows.append(_row("oracle", "ppa_projection", oracle(test, dataset.ground_truth, **boot)))
     if cfg.steer_alpha is not None:
         norms = v_pop.norms()
-        steer_pairs = test[: cfg.max_steer_pairs]
+        steer_pairs = _per_user_sample(test, cfg.max_steer_pairs)
         for method, vecs in (
             ("personalized (Bradley-Terry)", bt_vecs),
             ("personalized (dislike-weighted)", dislike),
@@ -165,6 +191,54 @@ def personalization_study(
                 model, steer_pairs, scaled, cfg.steer_alpha, batch_size=cfg.batch_size, **boot
             )
             rows.append(_row(method, "ppa_under_steering", est))
+    by_group = None
+    gt = dataset.ground_truth
+    if cfg.utility_alpha is not None and gt is not None and "users" in gt:
+        methods = {
+            "personalized (Bradley-Terry)": bt_vecs,
+            "personalized (dislike-weighted)": dislike,
+            "population": {u: v_pop for u in users},
+        }
+        util_rows, by_group = _utility_gain(model, test, methods, v_pop.norms(), gt, cfg, boot)
+        rows += util_rows
     return PersonalizationResult(
-        pd.DataFrame(rows), v_pop, dislike, bt, bt_vecs, cfg, len(train), len(test)
+        pd.DataFrame(rows), by_group, v_pop, dislike, bt, bt_vecs, cfg, len(train), len(test)
     )
+
+
+def _utility_gain(
+    model: HookedModel,
+    test: list[Any],
+    methods: dict[str, dict[str, SteeringVector]],
+    norms: dict[int, float],
+    gt: dict[str, Any],
+    cfg: PersonalizationConfig,
+    boot: dict[str, Any],
+) -> tuple[list[dict[str, Any]], pd.DataFrame]:
+    """Per user, generate on held-out prompts unsteered and steered with the user's vector
+    (rescaled to the population norm, α = ``utility_alpha``), score both with the user's
+    latent utility, and average the gain over users (and within each group)."""
+    seen: dict[str, list[str]] = {}
+    for p in test:
+        lst = seen.setdefault(p.user_id, [])
+        if p.prompt not in lst and len(lst) < cfg.utility_prompts_per_user:
+            lst.append(p.prompt)
+    assert cfg.utility_alpha is not None
+    row_users = [u for u in sorted(seen) for _ in seen[u]]
+    prompts = [q for u in sorted(seen) for q in seen[u]]
+    kw: dict[str, Any] = dict(
+        max_new_tokens=cfg.utility_tokens, batch_size=cfg.batch_size, progress_bar=False
+    )
+    base = ground_truth_utility(generate(model, prompts, **kw), row_users, gt)
+    rows, groups = [], []
+    for method, vecs in methods.items():
+        per_row = [_rescaled(vecs[u], norms) for u in row_users]
+        texts = generate(model, prompts, steering=per_row, alpha=cfg.utility_alpha, **kw)
+        gain = np.subtract(ground_truth_utility(texts, row_users, gt), base).tolist()
+        rows.append(_row(method, "utility_gain", estimate(gain, row_users, **boot)))
+        group_of = [gt["users"][u]["group"] for u in row_users]
+        for g in sorted(set(group_of)):
+            sel = [i for i, x in enumerate(group_of) if x == g]
+            est = estimate([gain[i] for i in sel], [row_users[i] for i in sel], **boot)
+            groups.append({"method": method, "group": g, **est.as_dict()})
+    return rows, pd.DataFrame(groups)

@@ -164,6 +164,23 @@ def dataset_overview(ground_truth: dict[str, Any], pairs: pd.DataFrame) -> go.Fi
     return _style(fig, "Simulated PRISM-format set (not real PRISM): users, scores, styles")
 
 
+def _interval_bars(x: Any, rows: pd.DataFrame, color: Any) -> go.Bar:
+    """Bars of ``rows["mean"]`` with asymmetric error bars to ``low`` / ``high``."""
+    return go.Bar(
+        x=x,
+        y=rows["mean"],
+        error_y=dict(
+            type="data",
+            symmetric=False,
+            array=rows["high"] - rows["mean"],
+            arrayminus=rows["mean"] - rows["low"],
+        ),
+        marker_color=color,
+        text=[f"{v:.3f}" for v in rows["mean"]],
+        textposition="outside",
+    )
+
+
 def ppa_bars(
     table: pd.DataFrame, *, measure: str = "ppa_projection", title: str | None = None
 ) -> go.Figure:
@@ -179,18 +196,10 @@ def ppa_bars(
         raise ValueError(f"no rows with measure {measure!r}")
     bars = rows[~rows["method"].isin(["chance", "oracle"])]
     fig = go.Figure(
-        go.Bar(
-            x=bars["method"],
-            y=bars["mean"],
-            error_y=dict(
-                type="data",
-                symmetric=False,
-                array=bars["high"] - bars["mean"],
-                arrayminus=bars["mean"] - bars["low"],
-            ),
-            marker_color=["#e8731a" if "personal" in m else "#b59b6b" for m in bars["method"]],
-            text=[f"{v:.3f}" for v in bars["mean"]],
-            textposition="outside",
+        _interval_bars(
+            bars["method"],
+            bars,
+            ["#e8731a" if "personal" in m else "#b59b6b" for m in bars["method"]],
         )
     )
     for name, color in (("chance", "#999"), ("oracle", "#2a7f62")):
@@ -232,19 +241,7 @@ def users_in_basis(coords: pd.DataFrame, *, title: str | None = None) -> go.Figu
 
 def mmlu_bars(results: pd.DataFrame, *, title: str | None = None) -> go.Figure:
     """MMLU accuracy per condition with 95 % intervals (columns condition, mean, low, high)."""
-    fig = go.Figure(
-        go.Bar(
-            x=results["condition"],
-            y=results["mean"],
-            error_y=dict(
-                type="data",
-                symmetric=False,
-                array=results["high"] - results["mean"],
-                arrayminus=results["mean"] - results["low"],
-            ),
-            marker_color="#b59b6b",
-        )
-    )
+    fig = go.Figure(_interval_bars(results["condition"], results, "#b59b6b"))
     fig.add_hline(y=0.25, line=dict(color="#999", dash="dash"), annotation_text="chance 0.25")
     fig.update_yaxes(title_text="zero-shot MMLU accuracy", range=[0, 1])
     return _style(fig, title or "Zero-shot MMLU, steered and unsteered")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 from pathlib import Path
 
 import pandas as pd
@@ -41,7 +42,8 @@ def run(
         vec = sl.SteeringVector.load(vector)
     else:
         train, _ = sl.data.load_prism(data).split(seed=seed, turn0_only=True)
-        vec = sl.methods.mean_difference(m, train[:train_pairs])
+        picked = random.Random(seed).sample(train, min(train_pairs, len(train)))
+        vec = sl.methods.mean_difference(m, picked)  # a sample over all users
     items = sl.data.load_mmlu(n=n_items, seed=seed)
     rows = []
     base = mmlu_accuracy(m, items, progress_bar=True)

@@ -51,7 +51,12 @@ def test_personalization_script_on_the_tiny_model(tmp_path):
     methods = set(table["method"])
     assert {"population", "toxicity-only", "chance", "oracle"} <= methods
     assert {"personalized (Bradley-Terry)", "personalized (dislike-weighted)"} <= methods
-    assert set(table["measure"]) == {"ppa_projection", "ppa_under_steering", "utility_gain"}
+    assert set(table["measure"]) == {
+        "ppa_projection",
+        "ppa_projection_paired",
+        "ppa_under_steering",
+        "utility_gain",
+    }
     groups = pd.read_csv(tmp_path / "results" / "utility_by_group.csv")
     assert set(groups["method"]) == {
         "personalized (Bradley-Terry)",

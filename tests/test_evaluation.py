@@ -172,3 +172,15 @@ def test_steering_pairs_are_spread_over_users():
     assert len(_per_user_sample(pairs, 100)) == 15
     with pytest.raises(ValueError, match="held_out"):
         PersonalizationConfig(held_out=1.5)
+
+
+def test_paired_difference_and_nan_margins():
+    from steerlens.evaluation import score_predictions
+    from steerlens.evaluation.stats import paired_difference
+
+    a = estimate([1, 1, 0, 1], ["u", "u", "v", "v"])
+    b = estimate([0, 1, 0, 0, 1], ["u", "u", "v", "v", "w"])
+    d = paired_difference(a, b, n_boot=200)
+    assert d.per_unit.to_dict() == {"u": 0.5, "v": 0.5} and d.mean == 0.5
+    est = score_predictions([1.0, float("nan"), -1.0], ["u", "u", "v"])
+    assert est.per_unit.to_dict() == {"u": 1.0, "v": 0.0}  # the NaN pair is left out

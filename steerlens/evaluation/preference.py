@@ -46,9 +46,10 @@ CHANCE = 0.5
 
 
 def score_predictions(margins: Sequence[float], users: Sequence[str], **boot: Any) -> Estimate:
-    """PPA from per-pair margins (> 0: the chosen response predicted; 0: a tie, half right)."""
+    """PPA from per-pair margins (> 0: the chosen response predicted; 0: a tie, half right;
+    NaN, e.g. an empty response: left out)."""
     m = np.asarray(margins, dtype=float)
-    right = np.where(m > 0, 1.0, np.where(m < 0, 0.0, 0.5))
+    right = np.where(np.isnan(m), np.nan, np.where(m > 0, 1.0, np.where(m < 0, 0.0, 0.5)))
     return estimate(right.tolist(), list(users), **boot)
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-__all__ = ["Estimate", "bootstrap_interval", "estimate"]
+__all__ = ["Estimate", "bootstrap_interval", "estimate", "paired_difference"]
 
 
 def bootstrap_interval(
@@ -56,3 +56,15 @@ def estimate(
     per = pd.Series(np.asarray(values, dtype=float)).groupby(np.asarray(units)).mean()
     lo, hi = bootstrap_interval(per.to_numpy(), n_boot=n_boot, seed=seed)
     return Estimate(float(per.mean()) if len(per) else float("nan"), lo, hi, per)
+
+
+def paired_difference(a: Estimate, b: Estimate, *, n_boot: int = 1000, seed: int = 0) -> Estimate:
+    """``a - b`` unit by unit (the units both have), with a bootstrap over those units.
+
+    The interval of a paired difference is what says whether two methods differ on the same
+    users; two separate intervals overlapping or not does not.
+    """
+    both = a.per_unit.index.intersection(b.per_unit.index)
+    diff = (a.per_unit.loc[both] - b.per_unit.loc[both]).dropna()
+    lo, hi = bootstrap_interval(diff.to_numpy(), n_boot=n_boot, seed=seed)
+    return Estimate(float(diff.mean()) if len(diff) else float("nan"), lo, hi, diff)

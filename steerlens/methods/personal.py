@@ -348,13 +348,14 @@ class BradleyTerry:
 
 
 def _fit_bt(x: np.ndarray, C: float) -> np.ndarray:
-    """BT coordinates: P(chosen ≻ rejected) = σ(c·x), fitted on (x, 1) and (-x, 0)."""
+    """BT coordinates: P(chosen ≻ rejected) = σ(c·x), fitted on (x, 1) and (-x, 0), each
+    mirrored copy weighted 1/2 so that ``C`` is scikit-learn's C on the pairs themselves."""
     from sklearn.linear_model import LogisticRegression
 
     features = np.concatenate([x, -x])
     labels = np.concatenate([np.ones(len(x)), np.zeros(len(x))])
     clf = LogisticRegression(C=C, fit_intercept=False, max_iter=1000)
-    clf.fit(features, labels)
+    clf.fit(features, labels, sample_weight=np.full(len(features), 0.5))
     return np.asarray(clf.coef_[0], dtype=np.float64)
 
 

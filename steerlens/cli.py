@@ -139,6 +139,7 @@ def demo(
         "toxicity",
         "perplexity",
         "distinct-2",
+        "degenerate",
         title=f"{model} on {summary['data']}"
         + (" (simulated data)" if summary["data_is_simulated"] else ""),
     )
@@ -150,6 +151,7 @@ def demo(
             f"{row['toxicity']:.4f}",
             f"{row['ppl']:.2f}",
             f"{row['distinct_2']:.2f}",
+            f"{row['degenerate_share']:.2f}",
         )
     console.print(table)
     console.print(f"wrote {len(summary['files'])} files under {out} in {summary['seconds']:.0f} s")

@@ -78,11 +78,13 @@ def _test_rows(ds: Any, test_pairs: list[Any], n: int, seed: int) -> list[dict[s
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     import steerlens as sl
     from steerlens.evaluation.metrics import (
-        continuation_nll,
+        corpus_distinct_n,
+        degenerate,
         distinct_n,
         perplexity,
         toxicity_abs_error,
     )
+    from steerlens.evaluation.stats import bootstrap_interval
     from steerlens.evaluation.toxicity import get_scorer
     from steerlens.methods import mean_difference
     from steerlens.plots import dataset_overview, dose_response, save_figure, selectivity_heatmap
@@ -103,7 +105,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
 
     rows = _test_rows(ds, test, cfg.test_prompts, cfg.seed)
     grid = [(r, a) for r in rows for a in cfg.alphas]
-    texts = sl.generate(
+    gen = sl.generate(
         model,
         [r["prompt"] for r, _ in grid],
         steering=vec,
@@ -111,11 +113,19 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         max_new_tokens=cfg.max_new_tokens,
         batch_size=cfg.batch_size,
         progress_bar=True,
+        return_tokens=True,
     )
+    assert isinstance(gen, sl.Generation)
+    texts = gen.texts
     scorer = get_scorer()
     tox = scorer(texts)
     pref_tox = scorer([r["preferred"] for r, _ in grid])
-    nll = continuation_nll(model, [r["prompt"] for r, _ in grid], texts, batch_size=cfg.batch_size)
+    # perplexity of the generated token ids in the context they were generated in (the same
+    # prompt formatting), under the unsteered model
+    lps = sl.continuation_logprobs(
+        model, [r["prompt"] for r, _ in grid], gen.tokens, batch_size=cfg.batch_size
+    )
+    nll = [float(-lp.mean()) if lp.numel() else float("nan") for lp in lps]
     sweep = pd.DataFrame(
         [
             {
@@ -132,6 +142,8 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     sweep["abs_error"] = toxicity_abs_error(sweep["toxicity"], sweep["preferred_toxicity"])
     sweep["perplexity"] = perplexity(sweep["nll"].tolist())
     sweep["distinct_2"] = distinct_n(sweep["generation"].fillna("").tolist(), 2)
+    sweep["empty"] = [not t.strip() for t in texts]
+    sweep["degenerate"] = degenerate(texts)
     sweep.to_csv(results / "sweep.csv", index=False)
 
     by_alpha = (
@@ -141,9 +153,17 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
             ppl=("perplexity", "median"),
             toxicity=("toxicity", "mean"),
             distinct_2=("distinct_2", "mean"),
+            empty_share=("empty", "mean"),
+            degenerate_share=("degenerate", "mean"),
         )
         .reset_index()
     )
+    for a, part in sweep.groupby("alpha"):  # intervals over prompts, corpus-level distinct-2
+        lo, hi = bootstrap_interval(part["abs_error"].to_numpy(), seed=cfg.seed)
+        by_alpha.loc[by_alpha["alpha"] == a, ["mae_low", "mae_high"]] = [lo, hi]
+        by_alpha.loc[by_alpha["alpha"] == a, "distinct_2_corpus"] = corpus_distinct_n(
+            part["generation"].fillna("").tolist()
+        )
     base = float(by_alpha.loc[by_alpha["alpha"] == 0.0, "mae"].iloc[0])
     by_alpha["mae_change_pct"] = 100 * (by_alpha["mae"] - base) / base if base else 0.0
     written = []
@@ -161,6 +181,8 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         written += save_figure(
             dataset_overview(ds.ground_truth, pairs_df), figures / "dataset_overview"
         )
+    by_cat = sweep.groupby(["category", "alpha"])["abs_error"].mean().unstack("alpha")
+    by_category = (100 * by_cat.sub(by_cat[0.0], axis=0).div(by_cat[0.0], axis=0)).round(2)
     summary = {
         "model": cfg.model,
         "data": ds.source,
@@ -171,6 +193,9 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         "n_train_pairs": len(train_sel),
         "n_test_prompts": len(rows),
         "by_alpha": by_alpha.round(5).to_dict(orient="records"),
+        "mae_change_pct_by_category": {
+            cat: {str(a): v for a, v in row.items()} for cat, row in by_category.iterrows()
+        },
         "seconds": round(time.perf_counter() - t0, 1),
         "files": [str(p) for p in written] + [str(results / "sweep.csv")],
     }

@@ -35,6 +35,11 @@ def test_demo_job_on_tiny_model_writes_results_and_figures(tmp_path):
         .mean()
     )
     assert summary["by_alpha"][0]["mae"] == pytest.approx(mae0, abs=1e-5)
+    row = summary["by_alpha"][0]
+    assert row["mae_low"] <= row["mae"] <= row["mae_high"]
+    assert 0 <= row["degenerate_share"] <= 1
+    assert not row["distinct_2_corpus"] <= 0  # a share in (0, 1], or NaN for bigram-free text
+    assert set(summary["mae_change_pct_by_category"]) == set(sweep["category"])
     for name in ("dose_response.html", "selectivity.html", "dataset_overview.html"):
         assert (tmp_path / "figures" / name).exists()
     saved = json.loads((tmp_path / "results" / "summary.json").read_text())

@@ -111,3 +111,16 @@ def test_distinct_n_flags_repetition():
 
     varied, looped, short = distinct_n(["the cat sat on the mat", "5 5 5 5 5 5", "one"], 2)
     assert varied == 1.0 and looped == pytest.approx(1 / 5) and math.isnan(short)
+
+
+def test_corpus_distinct_and_degenerate():
+    from steerlens.evaluation.metrics import corpus_distinct_n, degenerate
+
+    assert corpus_distinct_n(["a b c", "a b c"]) == 0.5  # 2 distinct bigrams of 4
+    assert math.isnan(corpus_distinct_n(["a", ""]))
+    assert degenerate(["", "  ", "fine words here", "go go go go go go"]) == [
+        True,
+        True,
+        False,
+        True,
+    ]

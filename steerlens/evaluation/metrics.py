@@ -9,7 +9,14 @@ from steerlens.chat import Prompt
 from steerlens.models import HookedModel
 from steerlens.scoring import continuation_logprobs
 
-__all__ = ["continuation_nll", "distinct_n", "perplexity", "toxicity_abs_error"]
+__all__ = [
+    "continuation_nll",
+    "corpus_distinct_n",
+    "degenerate",
+    "distinct_n",
+    "perplexity",
+    "toxicity_abs_error",
+]
 
 
 def toxicity_abs_error(generated: Sequence[float], preferred: Sequence[float]) -> list[float]:
@@ -54,6 +61,28 @@ def distinct_n(texts: Sequence[str], n: int = 2) -> list[float]:
         grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
         out.append(len(set(grams)) / len(grams) if grams else math.nan)
     return out
+
+
+def corpus_distinct_n(texts: Sequence[str], n: int = 2) -> float:
+    """Distinct word n-grams over all texts / all n-grams (NaN if none): low when the model
+    says the same thing to every prompt, which per-text distinct-n cannot see."""
+    grams = [
+        tuple(words[i : i + n])
+        for t in texts
+        for words in [t.split()]
+        for i in range(len(words) - n + 1)
+    ]
+    return len(set(grams)) / len(grams) if grams else math.nan
+
+
+def degenerate(texts: Sequence[str], *, min_distinct_2: float = 0.5) -> list[bool]:
+    """Per text: empty (nothing but whitespace) or collapsed into repetition (per-text
+    distinct-2 below ``min_distinct_2``)."""
+    d2 = distinct_n(texts, 2)
+    return [
+        not t.strip() or (not math.isnan(d) and d < min_distinct_2)
+        for t, d in zip(texts, d2, strict=True)
+    ]
 
 
 def perplexity(nll: Sequence[float]) -> list[float]:

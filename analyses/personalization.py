@@ -69,7 +69,7 @@ def main() -> None:
     ap.add_argument(
         "--utility-alpha", type=float, default=None, help="utility of steered generations at α"
     )
-    ap.add_argument("--split-by", choices=["conversation", "prompt"], default="conversation")
+    ap.add_argument("--split-by", choices=["conversation", "prompt"], default="prompt")
     ap.add_argument("--rank", type=int, default=8)
     ap.add_argument("--shrink", type=float, default=5.0)
     ap.add_argument("--max-users", type=int, default=None)

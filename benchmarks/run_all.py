@@ -5,7 +5,10 @@ Prints ratios (>1 means steerlens is faster) and writes ``results/bench.json``:
 1. steered batched greedy generation (fast path and TransformerLens-hook path) vs
    ``transformers`` ``generate`` unsteered (batch 16, 32 new tokens);
 2. a 6-point alpha sweep in one batched pass vs 6 separate passes, against the speed-up
-   plain ``transformers`` gets from the same batching (the machine's limit);
+   plain ``transformers`` gets from the same batching (the machine's limit); and the
+   personalised sweep (48 users x 3 alphas, 32 new tokens, every row its user's vector) as
+   one per-row-vector job and as a loop over users, against plain ``transformers`` batched
+   generation of the same 144 rows;
 3. ``cache_activations`` vs a ``transformers`` forward with ``output_hidden_states=True``;
 4. the process's peak memory (one fresh process each): plain ``transformers``, steerlens on
    the TransformerLens path, and steerlens on the fast path, as multiples of the weights of
@@ -51,6 +54,9 @@ PROMPTS = [
     "Tell me a fact about octopuses.",
     "How can I support a friend with anxiety?",
 ]
+
+
+PARTS = ("generation", "sweep", "personalised", "cache", "memory")
 
 
 def compare(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
@@ -200,7 +206,11 @@ def memory_rows(name: str, device: str) -> tuple[list[tuple[str, float, float | 
     return rows, probes
 
 
-def hf_generate(hf, tok, prompts: list[str], new_tokens: int) -> None:
+def hf_generate(hf, tok, prompts: list[str], new_tokens: int, batch: int | None = None) -> None:
+    if batch is not None:  # plain transformers' batched generation, ``batch`` rows at a time
+        for i in range(0, len(prompts), batch):
+            hf_generate(hf, tok, prompts[i : i + batch], new_tokens)
+        return
     texts = [
         tok.apply_chat_template(
             [{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True
@@ -226,13 +236,21 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", default="results/bench.json")
+    ap.add_argument(
+        "--parts",
+        nargs="+",
+        choices=PARTS,
+        default=list(PARTS),
+        help="which comparisons to run (default: all)",
+    )
     ap.add_argument("--memory-probe", choices=["plain", "tl", "hf"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     name = resolve_name(args.model)
     if args.memory_probe:
         print(json.dumps(memory_probe(name, args.memory_probe, args.device)))
         return
-    mem_rows, probes = memory_rows(name, args.device)
+    parts = set(args.parts)
+    mem_rows, probes = memory_rows(name, args.device) if "memory" in parts else ([], {})
     torch.manual_seed(0)
     dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
     model = sl.load_model(name, device=args.device, dtype=dtype)
@@ -247,68 +265,138 @@ def main() -> None:
     kw = dict(max_new_tokens=new, stop_at_eos=False, batch_size=16, progress_bar=False)
     rows = []
 
-    gen = compare(
-        {
-            "hf": lambda: hf_generate(hf, tok, PROMPTS, new),
-            "fast": lambda: sl.generate(model, PROMPTS, steering=vec, alpha=4.0, engine="hf", **kw),
-            "tl": lambda: sl.generate(model, PROMPTS, steering=vec, alpha=4.0, engine="tl", **kw),
-        },
-        args.repeats,
-    )
-    assert sl.fastpath.fast_path_blocker(model) is None  # auto takes the fast path here
-    rows.append(
-        ("steered generation, fast path (default) vs HF unsteered", gen["hf"] / gen["fast"], 1.0)
-    )
-    rows.append(("steered generation, TL hooks vs HF unsteered", gen["hf"] / gen["tl"], None))
-
-    alphas = [0.0, 1.0, 2.0, 4.0, 6.0, 8.0]
-    base = PROMPTS[:4]
-    sweep = [p for p in base for _ in alphas]
-    sweep_alpha = [a for _ in base for a in alphas]
-    kw_sweep = dict(
-        max_new_tokens=new, stop_at_eos=False, batch_size=len(sweep), progress_bar=False
-    )
-    sw = compare(
-        {
-            "one": lambda: sl.generate(model, sweep, steering=vec, alpha=sweep_alpha, **kw_sweep),
-            "six": lambda: [sl.generate(model, base, steering=vec, alpha=a, **kw) for a in alphas],
-            "hf_one": lambda: hf_generate(hf, tok, sweep, new),
-            "hf_six": lambda: [hf_generate(hf, tok, base, new) for _ in alphas],
-        },
-        args.repeats,
-    )
-    ours, limit = sw["six"] / sw["one"], sw["hf_six"] / sw["hf_one"]
-    rows.append(
-        (
-            f"6-point alpha sweep batched: speed-up {ours:.2f}x / HF's {limit:.2f}x",
-            ours / limit,
-            0.9,
+    gen: dict[str, float] = {}
+    if "generation" in parts:
+        gen = compare(
+            {
+                "hf": lambda: hf_generate(hf, tok, PROMPTS, new),
+                "fast": lambda: sl.generate(
+                    model, PROMPTS, steering=vec, alpha=4.0, engine="hf", **kw
+                ),
+                "tl": lambda: sl.generate(
+                    model, PROMPTS, steering=vec, alpha=4.0, engine="tl", **kw
+                ),
+            },
+            args.repeats,
         )
-    )
+        assert sl.fastpath.fast_path_blocker(model) is None  # auto takes the fast path here
+        rows.append(
+            (
+                "steered generation, fast path (default) vs HF unsteered",
+                gen["hf"] / gen["fast"],
+                1.0,
+            )
+        )
+        rows.append(("steered generation, TL hooks vs HF unsteered", gen["hf"] / gen["tl"], None))
 
-    texts = [p + " " + p for p in PROMPTS] * 4
+    sw: dict[str, float] = {}
+    if "sweep" in parts:
+        alphas = [0.0, 1.0, 2.0, 4.0, 6.0, 8.0]
+        base = PROMPTS[:4]
+        sweep = [p for p in base for _ in alphas]
+        sweep_alpha = [a for _ in base for a in alphas]
+        kw_sweep = dict(
+            max_new_tokens=new, stop_at_eos=False, batch_size=len(sweep), progress_bar=False
+        )
+        sw = compare(
+            {
+                "one": lambda: sl.generate(
+                    model, sweep, steering=vec, alpha=sweep_alpha, **kw_sweep
+                ),
+                "six": lambda: [
+                    sl.generate(model, base, steering=vec, alpha=a, **kw) for a in alphas
+                ],
+                "hf_one": lambda: hf_generate(hf, tok, sweep, new),
+                "hf_six": lambda: [hf_generate(hf, tok, base, new) for _ in alphas],
+            },
+            args.repeats,
+        )
+        ours, limit = sw["six"] / sw["one"], sw["hf_six"] / sw["hf_one"]
+        rows.append(
+            (
+                f"6-point alpha sweep batched: speed-up {ours:.2f}x / HF's {limit:.2f}x",
+                ours / limit,
+                0.9,
+            )
+        )
 
-    def hf_hidden() -> None:
-        enc = tok(texts, return_tensors="pt", padding=True).to(args.device)
-        with torch.inference_mode():
-            hf(**enc, output_hidden_states=True)
+    per: dict[str, float] = {}
+    if "personalised" in parts:
+        # the personalised sweep: 48 users x 3 alphas, each row its user's vector, as one per-row
+        # job vs a loop over users, against plain transformers generating the same 144 rows in
+        # batches of the same size (the batching limit)
+        users = [f"user{i:03d}" for i in range(48)]
+        user_vecs = {
+            u: sl.SteeringVector(
+                {lyr: 0.5 * torch.randn(model.cfg.d_model, generator=g) for lyr in layers},
+                model_name=sl.model_name(model),
+            )
+            for u in users
+        }
+        p_alphas = [1.0, 2.0, 4.0]
+        p_rows = [(PROMPTS[i % len(PROMPTS)], u, a) for i, u in enumerate(users) for a in p_alphas]
+        p_prompts = [p for p, _, _ in p_rows]
+        per = compare(
+            {
+                "hf": lambda: hf_generate(hf, tok, p_prompts, new, batch=16),
+                "per_row": lambda: sl.generate(
+                    model,
+                    p_prompts,
+                    steering=[user_vecs[u] for _, u, _ in p_rows],
+                    alpha=[a for _, _, a in p_rows],
+                    **kw,
+                ),
+                "loop": lambda: [
+                    sl.generate(
+                        model,
+                        [PROMPTS[i % len(PROMPTS)]] * len(p_alphas),
+                        steering=user_vecs[u],
+                        alpha=p_alphas,
+                        **kw,
+                    )
+                    for i, u in enumerate(users)
+                ],
+            },
+            max(1, min(args.repeats, 3)),
+        )
+        rows.append(
+            (
+                "personalised sweep 48 users x 3 α, per-row job vs HF batched",
+                per["hf"] / per["per_row"],
+                0.9,
+            )
+        )
+        rows.append(
+            ("personalised sweep, loop over users vs HF batched", per["hf"] / per["loop"], None)
+        )
 
-    ca = compare(
-        {
-            "hf": hf_hidden,
-            "sl": lambda: sl.cache_activations(
-                model,
-                texts,
-                layers,
-                pool="mean",
-                chat=False,
-                batch_size=len(texts),
-                progress_bar=False,
-            ),
-        },
-        args.repeats,
-    )
-    rows.append(("cache_activations vs HF forward(output_hidden_states)", ca["hf"] / ca["sl"], 1.5))
+    ca: dict[str, float] = {}
+    if "cache" in parts:
+        texts = [p + " " + p for p in PROMPTS] * 4
+
+        def hf_hidden() -> None:
+            enc = tok(texts, return_tensors="pt", padding=True).to(args.device)
+            with torch.inference_mode():
+                hf(**enc, output_hidden_states=True)
+
+        ca = compare(
+            {
+                "hf": hf_hidden,
+                "sl": lambda: sl.cache_activations(
+                    model,
+                    texts,
+                    layers,
+                    pool="mean",
+                    chat=False,
+                    batch_size=len(texts),
+                    progress_bar=False,
+                ),
+            },
+            args.repeats,
+        )
+        rows.append(
+            ("cache_activations vs HF forward(output_hidden_states)", ca["hf"] / ca["sl"], 1.5)
+        )
     rows += mem_rows
 
     machine = f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
@@ -331,7 +419,12 @@ def main() -> None:
                 "memory_mb": probes,
                 "machine": machine,
                 "date": str(date.today()),
-                "seconds": {"generation": gen, "sweep": sw, "cache": ca},
+                "seconds": {
+                    "generation": gen,
+                    "sweep": sw,
+                    "personalised_sweep": per,
+                    "cache": ca,
+                },
                 "ratios": [{"comparison": n, "ratio": r, "target": t} for n, r, t in rows],
             },
             indent=1,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 
-from steerlens import data, evaluation, methods
+from steerlens import data, evaluation, methods, steerx
 from steerlens.cache import cache_activations
 from steerlens.chat import (
     content_masks,
@@ -80,5 +80,6 @@ __all__ = [
     "response_masks",
     "steering",
     "steering_hooks",
+    "steerx",
     "tokenize",
 ]

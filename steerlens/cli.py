@@ -1,4 +1,5 @@
-"""The ``steerlens`` command: ``info``, ``generate``, ``vectors``, ``demo``."""
+"""The ``steerlens`` command: ``info``, ``generate``, ``vectors``, ``sweep``, ``effects``,
+``steerx``, ``train-sae``, ``demo``."""
 
 from __future__ import annotations
 
@@ -26,15 +27,10 @@ BackendOpt = Annotated[
 
 def parse_gate(text: str):  # type: ignore[no-untyped-def]
     """``all``, ``prefill``, ``generated`` or ``first:K`` (prompt + first K generated tokens)."""
-    from steerlens.hooks import FirstK, Gate
+    from steerlens.hooks import parse_gate as _parse
 
-    if text.startswith("first:"):
-        try:
-            return FirstK(int(text.split(":", 1)[1]))
-        except ValueError as exc:
-            raise typer.BadParameter(f"bad gate {text!r}: use first:K with an integer K") from exc
     try:
-        return Gate.parse(text)  # type: ignore[arg-type]
+        return _parse(text)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
 
@@ -121,40 +117,71 @@ def generate(
 @app.command()
 def demo(
     quick: Annotated[
-        bool, typer.Option(help="a few minutes on CPU: fewer pairs, prompts and alphas")
+        bool, typer.Option(help="under 10 minutes on a 2-core CPU: fewer users, prompts, α, K")
     ] = False,
     model: ModelOpt = "smollm2-135m-instruct",
     data: Annotated[str, typer.Option(help="demo (simulated set), hf, or a PRISM folder")] = "demo",
     out: Annotated[Path, typer.Option(help="writes OUT/results/ and OUT/figures/")] = Path("."),
 ) -> None:
-    """The main job: population CAA, an alpha sweep, toxicity MAE, perplexity, figures."""
+    """The whole study: vectors, PPA, α sweep per method, gating, MMLU, figures, report page."""
     from steerlens.demo import DemoConfig, run_demo
 
     logging.getLogger("steerlens").setLevel(logging.INFO)
-    summary = run_demo(DemoConfig(model=model, data=data, out=str(out), quick=quick))
+    s = run_demo(DemoConfig(model=model, data=data, out=str(out), quick=quick))
     table = Table(
+        "method",
         "alpha",
         "MAE",
-        "ΔMAE %",
-        "toxicity",
+        "ΔMAE % [95 % CI]",
         "perplexity",
-        "distinct-2",
         "degenerate",
-        title=f"{model} on {summary['data']}"
-        + (" (simulated data)" if summary["data_is_simulated"] else ""),
+        "utility gain",
+        title=f"{model} on {s['data']}" + (" (simulated data)" if s["data_is_simulated"] else ""),
     )
-    for row in summary["by_alpha"]:
+    for r in s["dose_response"]:
         table.add_row(
-            f"{row['alpha']:g}",
-            f"{row['mae']:.4f}",
-            f"{row['mae_change_pct']:+.1f}",
-            f"{row['toxicity']:.4f}",
-            f"{row['ppl']:.2f}",
-            f"{row['distinct_2']:.2f}",
-            f"{row['degenerate_share']:.2f}",
+            r["method"],
+            f"{r['alpha']:g}",
+            f"{r['mae']:.4f}",
+            f"{r['delta_pct']:+.1f} [{r['delta_low']:+.1f}, {r['delta_high']:+.1f}]",
+            f"{r['ppl']:.2f}",
+            f"{r['degenerate_share']:.2f}",
+            f"{r['utility_gain']:+.3f}" if "utility_gain" in r else "-",
         )
     console.print(table)
-    console.print(f"wrote {len(summary['files'])} files under {out} in {summary['seconds']:.0f} s")
+    console.print(
+        f"operating α {s['best_alpha']:g}; PPA personalised {s['ppa_personalized']:.3f}, "
+        f"population {s['ppa_population']:.3f}, toxicity-only {s['ppa_toxicity_only']:.3f}; "
+        f"MMLU {s['mmlu_unsteered']:.3f} -> {s['mmlu_steered']:.3f}"
+    )
+    console.print(
+        f"wrote {len(s['files'])} files under {out} in {s['seconds']['total']:.0f} s; "
+        f"open {out / 'figures' / 'index.html'}"
+    )
+
+
+@app.command()
+def sweep(
+    config: Annotated[Path, typer.Argument(help="a sweep config (.yaml / .json)")],
+    out: Annotated[Path | None, typer.Option(help="the sweep's folder (overrides)")] = None,
+) -> None:
+    """A resumable grid of steered generations (method x α x gate x prompt) from a config.
+
+    Rerun the same command to resume. Several processes:
+    ``accelerate launch -m steerlens.sweep CONFIG``.
+    """
+    from steerlens.sweep import SweepConfig, run_config
+
+    logging.getLogger("steerlens").setLevel(logging.INFO)
+    try:
+        cfg = SweepConfig.from_file(config)
+    except (ValueError, TypeError) as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    if out is not None:
+        cfg.out = str(out)
+    frame = run_config(cfg)
+    if frame is not None:  # rank 0 (or the only process) gathered the cells
+        console.print(f"{len(frame)} cells in {Path(cfg.out) / 'cells.parquet'}")
 
 
 @app.command()
@@ -211,6 +238,120 @@ def vectors(
         if gguf:
             vec.to_gguf(out / f"{name}.gguf")
     console.print(f"wrote {len(built)} vector(s) to {out} ({len(pa)} pairs, layers {pa.layers})")
+
+
+@app.command()
+def effects(
+    user: Annotated[str, typer.Option(help="a user id of the set")],
+    model: ModelOpt = "smollm2-135m-instruct",
+    data: Annotated[str, typer.Option(help="demo (simulated set) or a PRISM folder")] = "demo",
+    n_history: Annotated[int, typer.Option(help="history conversations per target")] = 4,
+    targets: Annotated[int, typer.Option(help="chosen responses to explain")] = 2,
+    counterfactual: Annotated[
+        str, typer.Option(help="none (NextQuill) or placebo (the next user's history)")
+    ] = "none",
+    threshold: Annotated[float, typer.Option(help="CE above which a token is kept")] = 0.05,
+    out: Annotated[Path | None, typer.Option(help="write every token's effect as CSV")] = None,
+) -> None:
+    """SteerX (reconstructed): the causal effect of a user's history on each token of their
+    chosen responses; prints the preference-driven tokens (CE > threshold)."""
+    import pandas as pd
+
+    import steerlens as sl
+    from steerlens.evaluation.token_truth import user_queries
+
+    if counterfactual not in ("none", "placebo"):
+        raise typer.BadParameter("--counterfactual must be none or placebo")
+    m = sl.load_model(model)
+    ds = sl.data.load_prism(data)
+    if user not in ds.users:
+        raise typer.BadParameter(f"no user {user!r} in {data}")
+    order = sorted(ds.users)
+    nxt = order[(order.index(user) + 1) % len(order)]
+    qs = user_queries(ds, n_history=n_history, targets_per_user=targets, users=[user, nxt])
+    qs = [q for q in qs if q.user_id == user]
+    effs = sl.steerx.batch_history_effects(
+        m,
+        [
+            (q.prompt, q.response, q.history, q.placebo if counterfactual == "placebo" else None)
+            for q in qs
+        ],
+    )
+    frames = []
+    for k, (q, e) in enumerate(zip(qs, effs, strict=True)):
+        keep = e.select(threshold=threshold)
+        console.print(f"[bold]{q.prompt}[/bold]")
+        console.print(
+            "".join(f"[reverse]{t}[/reverse]" if i in keep else t for i, t in enumerate(e.tokens))
+        )
+        frames.append(e.to_frame().assign(target=k, prompt=q.prompt))
+    if out is not None:
+        pd.concat(frames).to_csv(out, index=False)
+        console.print(f"wrote {out}")
+
+
+@app.command("train-sae")
+def train_sae_cmd(
+    layer: Annotated[int | None, typer.Option(help="default: the middle steering layer")] = None,
+    model: ModelOpt = "smollm2-135m-instruct",
+    out: Annotated[Path | None, typer.Option(help="default: ~/.cache/steerlens/sae/...")] = None,
+    d_sae: int = 2048,
+    k: int = 32,
+    steps: int = 1500,
+    n_texts: Annotated[int | None, typer.Option(help="cap on the offline texts")] = None,
+) -> None:
+    """Train a small TopK SAE (sae-lens) on the model's activations from offline text (the
+    shipped set's responses, MMLU questions) and report its reconstruction quality."""
+    import steerlens as sl
+    from steerlens.methods.sae_train import default_sae_dir, ensure_sae
+
+    m = sl.load_model(model)
+    lyr = layer if layer is not None else sl.default_layers(m)[len(sl.default_layers(m)) // 2]
+    folder = out or default_sae_dir(sl.model_name(m) or model, lyr)
+    _, rep = ensure_sae(m, lyr, folder=folder, n_texts=n_texts, d_sae=d_sae, k=k, steps=steps)
+    console.print(
+        f"SAE at {folder}: layer {rep.layer}, d_sae {rep.d_sae}, k {rep.k}, "
+        f"explained variance {rep.explained_variance:.3f}, L0 {rep.l0:.1f}, "
+        f"dead {100 * rep.dead_share:.1f} % ({rep.n_train_tokens} training tokens)"
+    )
+
+
+@app.command()
+def steerx(
+    user: Annotated[str, typer.Option(help="a user id of the set")],
+    backbone: Annotated[str, typer.Option(help="mean | bipo | sae")] = "mean",
+    model: ModelOpt = "smollm2-135m-instruct",
+    data: Annotated[str, typer.Option(help="demo (simulated set) or a PRISM folder")] = "demo",
+    out: Annotated[Path, typer.Option(help="folder for the vectors and provenance")] = Path(
+        "steerx"
+    ),
+    describe: Annotated[str, typer.Option(help="spans (model-free) or model")] = "spans",
+    sae: Annotated[Path | None, typer.Option(help="an SAE folder (sae backbone)")] = None,
+) -> None:
+    """SteerX (reconstructed) for one user: effects -> selection -> description -> vector, and
+    the all-history baseline through the same backbone, saved with provenance."""
+    import steerlens as sl
+    from steerlens.evaluation.token_truth import user_queries
+    from steerlens.methods.sae_train import ensure_sae, load_sae
+
+    if backbone not in ("mean", "bipo", "sae"):
+        raise typer.BadParameter("--backbone must be mean, bipo or sae")
+    m = sl.load_model(model)
+    ds = sl.data.load_prism(data)
+    if user not in ds.users:
+        raise typer.BadParameter(f"no user {user!r} in {data}")
+    qs = user_queries(ds, n_history=0, targets_per_user=10_000, users=[user])
+    convs = [(q.prompt, q.response) for q in qs if q.user_id == user]
+    cfg = sl.steerx.SteerXConfig(backbone=backbone, describe=describe)  # type: ignore[arg-type]
+    sae_obj = None
+    if backbone == "sae":
+        layers = sl.default_layers(m)
+        sae_obj = load_sae(sae) if sae else ensure_sae(m, layers[len(layers) // 2])[0]
+        cfg.layers = [layers[len(layers) // 2]]
+    res = sl.steerx.steerx_user(m, convs, user=user, config=cfg, sae=sae_obj)
+    folder = res.save(out / user / backbone)
+    console.print(f"[bold]description[/bold]: {res.description.text}")
+    console.print(f"wrote {folder} (steerx.safetensors, all_history.safetensors, provenance.json)")
 
 
 def main() -> None:  # pragma: no cover

@@ -1,26 +1,47 @@
-"""The main job (``steerlens demo``): population CAA on a PRISM-format set, an alpha sweep,
-toxicity MAE against each user's preferred response, perplexity, selectivity, figures.
+"""The main job (``steerlens demo``): the whole study on one model and one PRISM-format set.
 
-On the default (embedded SmolLM2-135M-Instruct, simulated PRISM demo set) this is a
+1. the personalisation study: population, dislike-weighted and Bradley-Terry vectors from the
+   training pairs; PPA by projection (and under steering) against toxicity-only, chance and
+   (simulated sets) the oracle;
+2. a dose-response sweep (``steerlens.sweep``): every method x α on held-out prompts, each
+   prompt steered with its own user's vector (per-row vectors, one batched job), scored for
+   toxicity MAE, perplexity, degeneration and (simulated sets) ground-truth utility;
+3. the gating experiment at the operating α (the population vector's best α);
+4. zero-shot MMLU unsteered and steered at the operating α;
+5. figures, ``figures/index.html`` and ``results/summary.json``.
+
+On the default (embedded SmolLM2-135M-Instruct, simulated PRISM-format set) this is a
 small-model, simulated-data rehearsal of the CAA-on-PRISM study; its numbers are not the
 study's Llama-3.1-8B / real-PRISM results.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import random
 import time
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pandas as pd
+
+from steerlens._jsonsafe import json_safe, update_json
+from steerlens.evaluation.tables import BASELINE
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["DemoConfig", "run_demo"]
+
+T = TypeVar("T")
+
+PERSONAL = "dislike-weighted"  # the personalised method the summary's headline keys report
+_STUDY_NAMES = {
+    "population": "population",
+    "dislike-weighted": "personalized (dislike-weighted)",
+    "bradley-terry": "personalized (Bradley-Terry)",
+}
 
 
 @dataclass
@@ -30,174 +51,403 @@ class DemoConfig:
     out: str = "."
     quick: bool = False
     seed: int = 0
-    train_pairs: int = 200  # the study used 200 PRISM records
-    test_prompts: int = 48
-    # Scaled to a population mean-difference vector on 7 layers of the embedded model: from
-    # alpha 2 on, SmolLM2-135M collapses into repetition (the study's population range on
-    # Llama-3.1-8B was likewise below 1: 0.3-0.6).
+    methods: list[str] = field(
+        default_factory=lambda: ["population", "dislike-weighted", "bradley-terry"]
+    )
+    # Per-user vectors are rescaled to the population vector's norms, so one α grid serves
+    # every method. From α 2 on, SmolLM2-135M collapses into repetition (the study's
+    # population range on Llama-3.1-8B was likewise below 1: 0.3-0.6).
     alphas: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0, 1.5])
+    gating_ks: list[int] = field(default_factory=lambda: [0, 1, 2, 4, 8, 16])
+    n_prompts: int = 48
+    max_users: int | None = None
+    held_out: float = 0.25
+    steer_ppa: bool = True
+    steer_alpha: float = 0.5
+    max_steer_pairs: int = 96
+    mmlu_items: int = 200
     max_new_tokens: int = 48
     batch_size: int = 16
+    cells_per_batch: int = 64
 
     def __post_init__(self) -> None:
         if self.quick:
-            self.train_pairs, self.test_prompts, self.max_new_tokens = 64, 16, 24
-            self.alphas = [0.0, 0.5, 1.0]
-        if 0.0 not in self.alphas:
-            raise ValueError("alphas must include 0.0, the unsteered baseline")
-        if self.train_pairs < 1 or self.test_prompts < 1:
-            raise ValueError("train_pairs and test_prompts must be >= 1")
+            self.n_prompts, self.max_new_tokens, self.max_users = 16, 24, 16
+            self.alphas, self.gating_ks = [0.0, 0.5, 1.0], [0, 2, 8]
+            self.steer_ppa, self.mmlu_items = False, 60
+        if 0.0 not in self.alphas or len(self.alphas) < 2:
+            raise ValueError("alphas must include 0.0 (the unsteered baseline) and one more")
+        if "population" not in self.methods:
+            raise ValueError("methods must include 'population' (the gating and MMLU vector)")
+        bad = [m for m in self.methods if m not in _STUDY_NAMES]
+        if bad:
+            raise ValueError(f"unknown methods {bad}; use {list(_STUDY_NAMES)}")
+        if self.n_prompts < 1 or self.mmlu_items < 1:
+            raise ValueError("n_prompts and mmlu_items must be >= 1")
+        if any(k < 0 for k in self.gating_ks):
+            raise ValueError("gating_ks must be >= 0")
 
 
-def _test_rows(ds: Any, test_pairs: list[Any], n: int, seed: int) -> list[dict[str, Any]]:
-    """One row per held-out interaction: prompt, category, the user's preferred response."""
-    seen: dict[str, dict[str, Any]] = {}
-    for p in test_pairs:
-        if p.turn == 0 and p.interaction_id not in seen:
-            seen[p.interaction_id] = {
-                "interaction_id": p.interaction_id,
-                "user_id": p.user_id,
-                "category": p.category,
-                "prompt": p.prompt,
-                "preferred": p.chosen,
-            }
-    rows = sorted(seen.values(), key=lambda r: r["interaction_id"])
-    random.Random(seed).shuffle(rows)
-    # stratify by category so that the selectivity view has every row
-    by_cat: dict[str, list[dict[str, Any]]] = {}
-    for r in rows:
-        by_cat.setdefault(r["category"], []).append(r)
-    out: list[dict[str, Any]] = []
-    while len(out) < min(n, len(rows)):
-        for cat in sorted(by_cat):
-            if by_cat[cat] and len(out) < n:
-                out.append(by_cat[cat].pop())
-    return out
+def _interval(row: dict[str, Any] | pd.Series, lo: str = "low", hi: str = "high") -> list[float]:
+    return [round(float(row[lo]), 5), round(float(row[hi]), 5)]
+
+
+def _ppa(table: pd.DataFrame, method: str, measure: str = "ppa_projection") -> dict[str, Any]:
+    row = table[(table["method"] == method) & (table["measure"] == measure)]
+    if row.empty:
+        return {"mean": None, "interval": None}
+    r = row.iloc[0]
+    return {"mean": round(float(r["mean"]), 5), "interval": _interval(r)}
 
 
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     import steerlens as sl
-    from steerlens.evaluation.metrics import (
-        corpus_distinct_n,
-        degenerate,
-        distinct_n,
-        perplexity,
-        toxicity_abs_error,
+    from steerlens.evaluation.mmlu import mmlu_accuracy
+    from steerlens.evaluation.personalization import PersonalizationConfig, personalization_study
+    from steerlens.evaluation.stats import estimate
+    from steerlens.evaluation.tables import dose_response_table, gating_table, selectivity_table
+    from steerlens.sweep import (
+        GenerationSettings,
+        held_out_prompts,
+        make_grid,
+        run_sweep,
+        save_vectors,
+        standard_measures,
     )
-    from steerlens.evaluation.stats import bootstrap_interval
-    from steerlens.evaluation.toxicity import get_scorer
-    from steerlens.methods import mean_difference
-    from steerlens.plots import dataset_overview, dose_response, save_figure, selectivity_heatmap
 
     t0 = time.perf_counter()
+    seconds: dict[str, float] = {}
+
+    def timed(part: str, fn: Callable[[], T]) -> T:
+        start = time.perf_counter()
+        value = fn()
+        seconds[part] = round(time.perf_counter() - start, 1)
+        logger.info("%s: %.0f s", part, seconds[part])
+        return value
+
     out = Path(cfg.out)
     results, figures = out / "results", out / "figures"
     results.mkdir(parents=True, exist_ok=True)
-    model = sl.load_model(cfg.model)
+    model = timed("load model", lambda: sl.load_model(cfg.model))
     ds = sl.data.load_prism(cfg.data)
+    gt = ds.ground_truth if ds.ground_truth and "users" in ds.ground_truth else None
     logger.info("%r", ds)
-    train, test = ds.split(held_out=0.34, seed=cfg.seed, turn0_only=True)
-    train_sel = random.Random(cfg.seed).sample(train, min(cfg.train_pairs, len(train)))
     layers = sl.default_layers(model)
-    vec = mean_difference(model, train_sel, layers, batch_size=cfg.batch_size)
-    vec.metadata["data"] = ds.source
-    vec.save(results / "population_caa.safetensors")
 
-    rows = _test_rows(ds, test, cfg.test_prompts, cfg.seed)
-    grid = [(r, a) for r in rows for a in cfg.alphas]
-    gen = sl.generate(
-        model,
-        [r["prompt"] for r, _ in grid],
-        steering=vec,
-        alpha=[a for _, a in grid],
-        max_new_tokens=cfg.max_new_tokens,
+    # 1. vectors and PPA
+    pcfg = PersonalizationConfig(
+        layers=layers,
+        held_out=cfg.held_out,
+        steer_alpha=cfg.steer_alpha if cfg.steer_ppa else None,
+        max_steer_pairs=cfg.max_steer_pairs,
+        max_users=cfg.max_users,
         batch_size=cfg.batch_size,
-        progress_bar=True,
-        return_tokens=True,
+        seed=cfg.seed,
     )
-    assert isinstance(gen, sl.Generation)
-    texts = gen.texts
-    scorer = get_scorer()
-    tox = scorer(texts)
-    pref_tox = scorer([r["preferred"] for r, _ in grid])
-    # perplexity of the generated token ids in the context they were generated in (the same
-    # prompt formatting), under the unsteered model
-    lps = sl.continuation_logprobs(
-        model, [r["prompt"] for r, _ in grid], gen.tokens, batch_size=cfg.batch_size
-    )
-    nll = [float(-lp.mean()) if lp.numel() else float("nan") for lp in lps]
-    sweep = pd.DataFrame(
-        [
-            {
-                **{k: r[k] for k in ("interaction_id", "user_id", "category", "prompt")},
-                "alpha": a,
-                "generation": t,
-                "toxicity": x,
-                "preferred_toxicity": p,
-                "nll": n,
-            }
-            for (r, a), t, x, p, n in zip(grid, texts, tox, pref_tox, nll, strict=True)
-        ]
-    )
-    sweep["abs_error"] = toxicity_abs_error(sweep["toxicity"], sweep["preferred_toxicity"])
-    sweep["perplexity"] = perplexity(sweep["nll"].tolist())
-    sweep["distinct_2"] = distinct_n(sweep["generation"].fillna("").tolist(), 2)
-    sweep["empty"] = [not t.strip() for t in texts]
-    sweep["degenerate"] = degenerate(texts)
-    sweep.to_csv(results / "sweep.csv", index=False)
+    study = timed("vectors and PPA", lambda: personalization_study(model, ds, pcfg))
+    norms = study.population.norms()
+    per_user = {
+        "dislike-weighted": {u: v.rescaled(norms) for u, v in study.dislike.items()},
+        "bradley-terry": {u: v.rescaled(norms) for u, v in study.bt_vectors.items()},
+    }
+    vectors: dict[str, Any] = {
+        m: study.population if m == "population" else per_user[m] for m in cfg.methods
+    }
+    study.population.metadata["data"] = ds.source
+    save_vectors(vectors, results / "vectors")
+    study.table.to_csv(results / "ppa.csv", index=False)
 
-    by_alpha = (
-        sweep.groupby("alpha")
-        .agg(
-            mae=("abs_error", "mean"),
-            ppl=("perplexity", "median"),
-            toxicity=("toxicity", "mean"),
-            distinct_2=("distinct_2", "mean"),
-            empty_share=("empty", "mean"),
-            degenerate_share=("degenerate", "mean"),
-        )
-        .reset_index()
-    )
-    for a, part in sweep.groupby("alpha"):  # intervals over prompts, corpus-level distinct-2
-        lo, hi = bootstrap_interval(part["abs_error"].to_numpy(), seed=cfg.seed)
-        by_alpha.loc[by_alpha["alpha"] == a, ["mae_low", "mae_high"]] = [lo, hi]
-        by_alpha.loc[by_alpha["alpha"] == a, "distinct_2_corpus"] = corpus_distinct_n(
-            part["generation"].fillna("").tolist()
-        )
-    base = float(by_alpha.loc[by_alpha["alpha"] == 0.0, "mae"].iloc[0])
-    by_alpha["mae_change_pct"] = 100 * (by_alpha["mae"] - base) / base if base else 0.0
-    written = []
-    written += save_figure(
-        dose_response(
-            sweep,
-            title=f"Dose-response · population CAA · {cfg.model} · "
-            f"{'simulated demo set' if ds.is_simulated else ds.source}",
+    # 2. dose-response sweep over held-out prompts
+    prompts = held_out_prompts(study.test_pairs, cfg.n_prompts, cfg.seed)
+    settings = GenerationSettings(cfg.max_new_tokens, cfg.batch_size, cfg.cells_per_batch)
+    measure = standard_measures(gt, batch_size=cfg.batch_size)
+    dose_cells = make_grid(prompts, cfg.methods, cfg.alphas, ["all"])
+    dose = timed(
+        "dose-response sweep",
+        lambda: run_sweep(
+            model,
+            dose_cells,
+            prompts,
+            vectors,
+            results / "sweep" / "dose",
+            settings=settings,
+            measure=measure,
         ),
-        figures / "dose_response",
     )
-    written += save_figure(selectivity_heatmap(sweep), figures / "selectivity")
-    if ds.ground_truth is not None:
-        pairs_df = pd.DataFrame([asdict(p) for p in ds.preference_pairs()])
-        written += save_figure(
-            dataset_overview(ds.ground_truth, pairs_df), figures / "dataset_overview"
-        )
-    by_cat = sweep.groupby(["category", "alpha"])["abs_error"].mean().unstack("alpha")
-    by_category = (100 * by_cat.sub(by_cat[0.0], axis=0).div(by_cat[0.0], axis=0)).round(2)
-    summary = {
+    assert dose is not None
+    dose_table = dose_response_table(dose, seed=cfg.seed)
+    dose_table.to_csv(results / "dose_response.csv", index=False)
+    pop = dose_table[(dose_table["method"] == "population") & (dose_table["alpha"] > 0)]
+    best = pop.loc[pop["mae"].idxmin()]
+    best_alpha = float(best["alpha"])
+    base_row = dose_table[
+        (dose_table["method"] == "population") & (dose_table["alpha"] == 0.0)
+    ].iloc[0]
+
+    # 3. gating at the operating α
+    gates = [f"first:{k}" for k in cfg.gating_ks] + ["prefill", "generated"]
+    gate_cells = make_grid(prompts, ["population"], [best_alpha], gates, baseline=False)
+    gating = timed(
+        "gating sweep",
+        lambda: run_sweep(
+            model,
+            gate_cells,
+            prompts,
+            vectors,
+            results / "sweep" / "gating",
+            settings=settings,
+            measure=measure,
+        ),
+    )
+    assert gating is not None
+    cells = pd.concat([dose, gating], ignore_index=True)
+    gate_table = gating_table(cells, method="population", alpha=best_alpha, seed=cfg.seed)
+    gate_table.to_csv(results / "gating.csv", index=False)
+    selectivity = selectivity_table(dose, method="population")
+
+    # 4. MMLU, unsteered and steered at the operating α
+    def mmlu() -> pd.DataFrame:
+        items = sl.data.load_mmlu(n=cfg.mmlu_items, seed=cfg.seed)
+        rows = []
+        for name, alpha in (("unsteered", 0.0), (f"population α={best_alpha:g}", best_alpha)):
+            hooks = sl.steering(model, study.population, alpha=alpha) if alpha else nullcontext()
+            with hooks:
+                res = mmlu_accuracy(model, items, batch_size=cfg.batch_size)
+            lo, hi = res.interval(seed=cfg.seed)
+            rows.append(
+                {
+                    "condition": name,
+                    "alpha": alpha,
+                    "mean": res.accuracy,
+                    "low": lo,
+                    "high": hi,
+                    "n": len(items),
+                }
+            )
+        return pd.DataFrame(rows)
+
+    mmlu_table = timed("MMLU", mmlu)
+    mmlu_table.to_csv(results / "mmlu.csv", index=False)
+
+    # utility gain per user group at the operating α (simulated sets)
+    util_groups = None
+    if gt is not None:
+        base = dose[dose["method"] == BASELINE].set_index("prompt_id")["utility"]
+        at = dose[(dose["alpha"] == best_alpha) & (dose["method"] != BASELINE)]
+        rows = []
+        for method, part in at.groupby("method"):
+            gain = part["utility"].to_numpy() - base.loc[part["prompt_id"]].to_numpy()
+            groups = [gt["users"][u]["group"] for u in part["user"]]
+            for g in sorted(set(groups)):
+                sel = [i for i, x in enumerate(groups) if x == g]
+                est = estimate(
+                    [float(gain[i]) for i in sel],
+                    [str(part["user"].iloc[i]) for i in sel],
+                    seed=cfg.seed,
+                )
+                rows.append({"method": method, "group": g, **est.as_dict()})
+        util_groups = pd.DataFrame(rows)
+        util_groups.to_csv(results / "utility_by_group.csv", index=False)
+
+    # 5. figures, report page, summary
+    written = timed(
+        "figures and report",
+        lambda: _figures_and_report(
+            cfg,
+            ds,
+            figures,
+            study,
+            dose_table,
+            selectivity,
+            gate_table,
+            mmlu_table,
+            util_groups,
+            cells,
+            prompts,
+            best_alpha,
+        ),
+    )
+    mm = mmlu_table.set_index("condition")
+    summary: dict[str, Any] = {
         "model": cfg.model,
         "data": ds.source,
         "data_is_simulated": ds.is_simulated,
         "config": asdict(cfg),
         "layers": layers,
-        "vector_norms": vec.norms(),
-        "n_train_pairs": len(train_sel),
-        "n_test_prompts": len(rows),
-        "by_alpha": by_alpha.round(5).to_dict(orient="records"),
-        "mae_change_pct_by_category": {
-            cat: {str(a): v for a, v in row.items()} for cat, row in by_category.iterrows()
-        },
-        "seconds": round(time.perf_counter() - t0, 1),
-        "files": [str(p) for p in written] + [str(results / "sweep.csv")],
+        "n_prompts": len(prompts),
+        "n_users": len({p.user_id for p in prompts}),
+        "n_train_pairs": study.n_train,
+        "n_test_pairs": study.n_test,
+        "mae_baseline": round(float(base_row["mae"]), 5),
+        "mae_baseline_interval": _interval(base_row, "mae_low", "mae_high"),
+        "best_alpha": best_alpha,
+        "mae_best": round(float(best["mae"]), 5),
+        "mae_best_interval": _interval(best, "mae_low", "mae_high"),
+        "mae_change_pct_best": round(float(best["delta_pct"]), 3),
+        "mae_change_pct_best_interval": _interval(best, "delta_low", "delta_high"),
+        "ppl_baseline": round(float(base_row["ppl"]), 4),
+        "ppl_best": round(float(best["ppl"]), 4),
+        "mmlu_unsteered": round(float(mm["mean"].iloc[0]), 5),
+        "mmlu_unsteered_interval": _interval(mm.iloc[0]),
+        "mmlu_steered": round(float(mm["mean"].iloc[1]), 5),
+        "mmlu_steered_interval": _interval(mm.iloc[1]),
+        "mmlu_items": int(mm["n"].iloc[0]),
+        "ppa_personalized_method": _STUDY_NAMES[PERSONAL],
     }
-    (results / "summary.json").write_text(json.dumps(summary, indent=1))
-    return summary
+    for key, method in (
+        ("ppa_personalized", _STUDY_NAMES[PERSONAL]),
+        ("ppa_bradley_terry", _STUDY_NAMES["bradley-terry"]),
+        ("ppa_population", "population"),
+        ("ppa_toxicity_only", "toxicity-only"),
+        ("ppa_oracle", "oracle"),
+    ):
+        got = _ppa(study.table, method)
+        summary[key], summary[f"{key}_interval"] = got["mean"], got["interval"]
+    if cfg.steer_ppa:
+        summary["ppa_under_steering"] = {
+            m: _ppa(study.table, _STUDY_NAMES[m], "ppa_under_steering") for m in cfg.methods
+        }
+    if util_groups is not None:
+        summary["utility_gain"] = {
+            m: {r["group"]: round(float(r["mean"]), 5) for _, r in part.iterrows()}
+            for m, part in util_groups.groupby("method")
+        }
+        summary["utility_gain_interval"] = {
+            m: {r["group"]: _interval(r) for _, r in part.iterrows()}
+            for m, part in util_groups.groupby("method")
+        }
+    summary["dose_response"] = dose_table.round(5).to_dict(orient="records")
+    summary["gating"] = gate_table.round(5).to_dict(orient="records")
+    summary["mae_change_pct_by_category"] = {
+        str(cat): {f"{a:g}": round(float(v), 3) for a, v in row.items()}
+        for cat, row in selectivity.iterrows()
+    }
+    summary["seconds"] = {**seconds, "total": round(time.perf_counter() - t0, 1)}
+    summary["files"] = [str(p) for p in written]
+    update_json(results / "summary.json", summary)  # keeps the SteerX analyses' keys
+    return json_safe(summary)  # type: ignore[no-any-return]
+
+
+def _figures_and_report(
+    cfg: DemoConfig,
+    ds: Any,
+    figures: Path,
+    study: Any,
+    dose_table: pd.DataFrame,
+    selectivity: pd.DataFrame,
+    gate_table: pd.DataFrame,
+    mmlu_table: pd.DataFrame,
+    util_groups: pd.DataFrame | None,
+    cells: pd.DataFrame,
+    prompts: list[Any],
+    best_alpha: float,
+) -> list[Path]:
+    from steerlens import plots
+    from steerlens.report import write_report
+
+    data_label = "simulated PRISM-format set (not real PRISM)" if ds.is_simulated else ds.source
+    where = f"{cfg.model} · {data_label}"
+    figs = {
+        "Dose-response": plots.dose_response(dose_table, title=f"Dose-response · {where}"),
+        "Selectivity (population vector)": plots.selectivity_heatmap(selectivity),
+        "Gating": plots.gating_curve(
+            gate_table, title=f"Gating at α={best_alpha:g} (population vector) · {where}"
+        ),
+        "Preference accuracy by projection": plots.ppa_bars(study.table),
+        "MMLU": plots.mmlu_bars(mmlu_table),
+    }
+    if (study.table["measure"] == "ppa_under_steering").any():
+        figs["Preference accuracy under steering"] = plots.ppa_bars(
+            study.table, measure="ppa_under_steering"
+        )
+    groups = (
+        {u: v["group"] for u, v in ds.ground_truth["users"].items()}
+        if ds.ground_truth and "users" in ds.ground_truth
+        else None
+    )
+    if study.bt.rank >= 2:
+        figs["Users in the Bradley-Terry basis"] = plots.users_in_basis(
+            study.users_in_basis(groups)
+        )
+    if util_groups is not None:
+        figs["Utility gain per user group"] = plots.utility_by_group(
+            util_groups, title=f"Ground-truth utility gain at α={best_alpha:g} (simulated users)"
+        )
+    if ds.ground_truth is not None and "responses" in ds.ground_truth:
+        pairs_df = pd.DataFrame([asdict(p) for p in ds.preference_pairs()])
+        figs["Dataset"] = plots.dataset_overview(ds.ground_truth, pairs_df)
+    stems = {
+        "Dose-response": "dose_response",
+        "Selectivity (population vector)": "selectivity",
+        "Gating": "gating",
+        "Preference accuracy by projection": "ppa",
+        "Preference accuracy under steering": "ppa_steering",
+        "MMLU": "mmlu",
+        "Users in the Bradley-Terry basis": "users_bt",
+        "Utility gain per user group": "utility_by_group",
+        "Dataset": "dataset_overview",
+    }
+    written: list[Path] = []
+    for name, fig in figs.items():
+        written += plots.save_figure(fig, figures / stems[name])
+    by_id = {p.prompt_id: p for p in prompts}
+    base = cells[cells["method"] == BASELINE].set_index("prompt_id")["generation"]
+    steered = cells[cells["method"] != BASELINE]
+    gens = pd.DataFrame(
+        {
+            "user": steered["user"],
+            "method": steered["method"],
+            "alpha": steered["alpha"],
+            "gate": steered["gate"],
+            "category": steered["category"],
+            "prompt": [by_id[p].prompt for p in steered["prompt_id"]],
+            "preferred": [by_id[p].preferred for p in steered["prompt_id"]],
+            "unsteered": base.loc[steered["prompt_id"]].to_numpy(),
+            "generation": steered["generation"],
+        }
+    )
+    table1 = dose_table[
+        [
+            "method",
+            "alpha",
+            "mae",
+            "mae_low",
+            "mae_high",
+            "delta_pct",
+            "delta_low",
+            "delta_high",
+            "ppl",
+            "degenerate_share",
+            "distinct_2_corpus",
+        ]
+        + (["utility_gain"] if "utility_gain" in dose_table else [])
+    ]
+    ppa = study.table.copy()
+    notes = [
+        f"Model: {cfg.model}. Data: {data_label}. "
+        + (
+            "These are a small-model, simulated-data rehearsal of the study, not Llama-3.1-8B "
+            "or real-PRISM results."
+            if ds.is_simulated
+            else ""
+        ),
+        f"Operating α (the population vector's lowest MAE): {best_alpha:g}. Intervals are "
+        "bootstrap 95 % over prompts (sweep tables) or users (PPA, utility).",
+    ]
+    page = write_report(
+        figures,
+        title="steerlens study report",
+        subtitle=where,
+        config=asdict(cfg),
+        tables={
+            "Table 1 · toxicity MAE, fluency and degeneration per method and α": table1,
+            "Selectivity · ΔMAE % per category and α (population vector)": selectivity,
+            "Gating at the operating α": gate_table,
+            "Preference accuracy (PPA) and utility": ppa,
+            "MMLU (zero-shot)": mmlu_table,
+        },
+        figures=figs,
+        generations=gens,
+        notes=notes,
+    )
+    return [*written, page]

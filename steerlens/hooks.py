@@ -126,6 +126,20 @@ class Gate:
         return self.start == float("-inf") and self.stop == float("inf")
 
 
+def parse_gate(text: str) -> GateSpec:
+    """A gate from its name: ``all``, ``prefill``, ``generated`` or ``first:K``."""
+    if not isinstance(text, str):
+        raise ValueError(f"a gate name must be a string, got {text!r}")
+    if text.startswith("first:"):
+        k = text.split(":", 1)[1]
+        if not k.isdigit():
+            raise ValueError(f"bad gate {text!r}: use first:K with a non-negative integer K")
+        return FirstK(int(k))
+    if text not in ("all", "prefill", "generated"):
+        raise ValueError(f"gate must be 'all', 'prefill', 'generated' or 'first:K', got {text!r}")
+    return text  # type: ignore[return-value]
+
+
 class _PositionCounter:
     """Absolute positions of the current call, counted across KV-cache steps.
 

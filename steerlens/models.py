@@ -16,6 +16,8 @@ from __future__ import annotations
 import gc
 import logging
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias
 
@@ -65,6 +67,7 @@ __all__ = [
     "DEFAULT_MODEL",
     "HookedModel",
     "default_layers",
+    "frozen_weights",
     "load_model",
     "model_device",
     "model_name",
@@ -306,3 +309,18 @@ def default_layers(model: HookedModel | int) -> list[int]:
     start = min(n - 1, round(lo / ref * n))
     stop = min(n - 1, max(start, round(hi / ref * n)))
     return list(range(start, stop + 1))
+
+
+@contextmanager
+def frozen_weights(model: HookedModel) -> Iterator[HookedModel]:
+    """The model's weights stop requiring grad inside the block (a steering vector or an
+    activation is what is being differentiated); the flags are restored on exit, also after an
+    error."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield model
+    finally:
+        for p in params:
+            p.requires_grad_(True)

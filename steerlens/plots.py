@@ -4,16 +4,32 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["dataset_overview", "dose_response", "save_figure", "selectivity_heatmap"]
+__all__ = [
+    "dataset_overview",
+    "dose_response",
+    "effect_heatmap",
+    "gating_curve",
+    "mmlu_bars",
+    "ppa_bars",
+    "pr_curves",
+    "save_figure",
+    "selectivity_heatmap",
+    "steerx_bars",
+    "token_effects",
+    "users_in_basis",
+    "utility_by_group",
+]
 
 _PNG_WARNED = False
 _FONT = dict(family="Inter, Helvetica, Arial, sans-serif", size=13)
@@ -29,66 +45,96 @@ def _style(fig: go.Figure, title: str) -> go.Figure:
     return fig
 
 
-def dose_response(sweep: pd.DataFrame, *, title: str | None = None) -> go.Figure:
-    """ΔMAE % (vs alpha 0) and perplexity against alpha; ``sweep`` has one row per generation
-    with columns ``alpha``, ``abs_error`` and ``perplexity``."""
-    for col in ("alpha", "abs_error", "perplexity"):
-        if col not in sweep:
-            raise ValueError(f"dose_response needs a {col!r} column")
-    g = (
-        sweep.groupby("alpha")
-        .agg(mae=("abs_error", "mean"), ppl=("perplexity", "median"))
-        .reset_index()
+_METHOD_COLOURS = {
+    "population": "#b59b6b",
+    "dislike-weighted": "#e8731a",
+    "bradley-terry": "#4c78a8",
+}
+_PALETTE = ["#54a24b", "#b279a2", "#e45756", "#72b7b2", "#9d755d"]
+
+
+def _colour(method: str, k: int) -> str:
+    return _METHOD_COLOURS.get(method, _PALETTE[k % len(_PALETTE)])
+
+
+def _need(frame: pd.DataFrame, cols: tuple[str, ...], who: str) -> None:
+    missing = [c for c in cols if c not in frame]
+    if missing:
+        raise ValueError(f"{who} needs columns {missing}")
+
+
+def _band(x: Any, low: Any, high: Any, colour: str, group: str) -> go.Scatter:
+    """A shaded interval between ``low`` and ``high`` (drawn as one closed polygon)."""
+    return go.Scatter(
+        x=list(x) + list(x)[::-1],
+        y=list(high) + list(low)[::-1],
+        fill="toself",
+        fillcolor=colour,
+        opacity=0.18,
+        line=dict(width=0),
+        hoverinfo="skip",
+        showlegend=False,
+        legendgroup=group,
     )
-    if 0.0 not in set(g["alpha"]):
-        raise ValueError("dose_response needs alpha 0 (the unsteered baseline) in the sweep")
-    base = float(g.loc[g["alpha"] == 0.0, "mae"].iloc[0])
-    g["delta"] = 100 * (g["mae"] - base) / base if base else 0.0
-    fig = make_subplots(specs=[[{"secondary_y": True}]])
-    fig.add_trace(
-        go.Scatter(
-            x=g["alpha"],
-            y=g["delta"],
-            name="ΔMAE vs unsteered (%)",
-            mode="lines+markers",
-            line=dict(color="#e8731a", width=3),
+
+
+def dose_response(table: pd.DataFrame, *, title: str | None = None) -> go.Figure:
+    """ΔMAE % vs unsteered with 95 % bands, median perplexity and the share of degenerate
+    outputs against α, one line per vector method (``evaluation.dose_response_table``)."""
+    _need(table, ("method", "alpha", "delta_pct", "ppl", "degenerate_share"), "dose_response")
+    fig = make_subplots(
+        rows=1,
+        cols=3,
+        subplot_titles=(
+            "ΔMAE vs unsteered (%) · lower is better",
+            "perplexity (median)",
+            "degenerate outputs (share)",
         ),
-        secondary_y=False,
+        horizontal_spacing=0.08,
     )
-    fig.add_trace(
-        go.Scatter(
-            x=g["alpha"],
-            y=g["ppl"],
-            name="perplexity (median)",
-            mode="lines+markers",
-            line=dict(color="#b59b6b", width=2, dash="dot"),
-        ),
-        secondary_y=True,
-    )
-    fig.add_hline(y=0, line=dict(color="#999", width=1))
+    for k, method in enumerate(sorted(table["method"].unique())):
+        part = table[table["method"] == method].sort_values("alpha")
+        colour = _colour(method, k)
+        if {"delta_low", "delta_high"} <= set(part.columns):
+            fig.add_trace(
+                _band(part["alpha"], part["delta_low"], part["delta_high"], colour, method),
+                row=1,
+                col=1,
+            )
+        for col, y in ((1, "delta_pct"), (2, "ppl"), (3, "degenerate_share")):
+            fig.add_trace(
+                go.Scatter(
+                    x=part["alpha"],
+                    y=part[y],
+                    mode="lines+markers",
+                    name=method,
+                    legendgroup=method,
+                    showlegend=col == 1,
+                    line=dict(color=colour, width=3 if col == 1 else 2),
+                ),
+                row=1,
+                col=col,
+            )
+    fig.add_hline(y=0, line=dict(color="#999", width=1), row=1, col=1)
     fig.update_xaxes(title_text="steering strength α")
-    fig.update_yaxes(title_text="ΔMAE (%) · lower is better", secondary_y=False)
-    fig.update_yaxes(title_text="perplexity", secondary_y=True)
-    return _style(fig, title or "Dose-response: toxicity MAE change and perplexity vs α")
+    fig.update_yaxes(range=[0, 1], row=1, col=3)
+    fig.update_layout(width=1400, height=460)
+    return _style(fig, title or "Dose-response: toxicity MAE change, perplexity, degeneration vs α")
 
 
-def selectivity_heatmap(sweep: pd.DataFrame, *, title: str | None = None) -> go.Figure:
-    """% change of MAE vs alpha 0, per prompt category (rows) and alpha (columns)."""
-    for col in ("alpha", "abs_error", "category"):
-        if col not in sweep:
-            raise ValueError(f"selectivity_heatmap needs a {col!r} column")
-    table = sweep.pivot_table(index="category", columns="alpha", values="abs_error", aggfunc="mean")
-    if 0.0 not in table.columns:
-        raise ValueError("selectivity_heatmap needs alpha 0 (the unsteered baseline)")
-    base = table[0.0].replace(0, float("nan"))
-    pct = table.drop(columns=[0.0]).div(base, axis=0).sub(1).mul(100)
+def selectivity_heatmap(table: pd.DataFrame, *, title: str | None = None) -> go.Figure:
+    """% change of MAE vs unsteered, prompt category (rows) x α (columns), as the study's
+    selectivity table (``evaluation.selectivity_table``)."""
+    if table.empty:
+        raise ValueError("selectivity_heatmap needs a non-empty category x alpha table")
+    pct = table.astype(float)
     text = [[f"{v:+.1f}%" if pd.notna(v) else "" for v in row] for row in pct.to_numpy()]
-    bound = max(1.0, float(pct.abs().max().max()) if pct.size else 1.0)
+    bound = max(1.0, float(np.nanmax(np.abs(pct.to_numpy()))) if pct.size else 1.0)
     fig = go.Figure(
         go.Heatmap(
             z=pct.to_numpy(),
             x=[f"α={a:g}" for a in pct.columns],
-            y=list(pct.index),
+            y=[str(i) for i in pct.index],
             text=text,
             texttemplate="%{text}",
             colorscale="RdBu_r",
@@ -99,6 +145,67 @@ def selectivity_heatmap(sweep: pd.DataFrame, *, title: str | None = None) -> go.
         )
     )
     return _style(fig, title or "Selectivity: MAE change by prompt category (negative = better)")
+
+
+def gating_curve(table: pd.DataFrame, *, title: str | None = None) -> go.Figure:
+    """ΔMAE % (with 95 % intervals) and utility gain per gate: ``first:K`` against K, and
+    ``prefill`` / ``generated`` / ``all`` as reference lines (``evaluation.gating_table``)."""
+    _need(table, ("gate", "k", "delta_pct", "delta_low", "delta_high"), "gating_curve")
+    first = table[table["gate"].str.startswith("first:")].sort_values("k")
+    fig = make_subplots(
+        rows=1, cols=2, subplot_titles=("ΔMAE vs unsteered (%)", "ground-truth utility gain")
+    )
+    panels = [(1, "delta_pct", "delta_low", "delta_high")]
+    if "utility_gain" in table:
+        panels.append((2, "utility_gain", "utility_low", "utility_high"))
+    for col, y, lo, hi in panels:
+        fig.add_trace(
+            go.Scatter(
+                x=first["k"],
+                y=first[y],
+                error_y=dict(
+                    type="data",
+                    symmetric=False,
+                    array=first[hi] - first[y],
+                    arrayminus=first[y] - first[lo],
+                ),
+                mode="lines+markers",
+                name="first K generated tokens",
+                showlegend=col == 1,
+                line=dict(color="#e8731a", width=3),
+            ),
+            row=1,
+            col=col,
+        )
+        for k, gate in enumerate(("prefill", "generated", "all")):
+            ref = table[table["gate"] == gate]
+            if not ref.empty:
+                fig.add_hline(
+                    y=float(ref[y].iloc[0]),
+                    line=dict(color=_PALETTE[k], dash="dash"),
+                    annotation_text=gate,
+                    row=1,
+                    col=col,
+                )
+    fig.update_xaxes(title_text="K (steered generated tokens after the prompt)")
+    fig.update_layout(width=1200, height=460)
+    return _style(fig, title or "Gating: steering the prompt and the first K generated tokens")
+
+
+def utility_by_group(table: pd.DataFrame, *, title: str | None = None) -> go.Figure:
+    """Ground-truth utility gain of steered generations per user group and method, with 95 %
+    intervals (columns ``method``, ``group``, ``mean``, ``low``, ``high``)."""
+    _need(table, ("method", "group", "mean", "low", "high"), "utility_by_group")
+    fig = go.Figure()
+    for k, method in enumerate(sorted(table["method"].unique())):
+        part = table[table["method"] == method]
+        bars = _interval_bars(part["group"], part, _colour(method, k))
+        bars.name = method
+        fig.add_trace(bars)
+    fig.add_hline(y=0, line=dict(color="#999", width=1))
+    fig.update_layout(barmode="group")
+    fig.update_yaxes(title_text="utility gain vs unsteered (simulated users' latent utility)")
+    return _style(fig, title or "Ground-truth utility gain per user group")
 
 
 def dataset_overview(ground_truth: dict[str, Any], pairs: pd.DataFrame) -> go.Figure:
@@ -247,6 +354,138 @@ def mmlu_bars(results: pd.DataFrame, *, title: str | None = None) -> go.Figure:
     return _style(fig, title or "Zero-shot MMLU, steered and unsteered")
 
 
+def token_effects(frame: pd.DataFrame, *, title: str | None = None) -> go.Figure:
+    """A response's tokens coloured by causal effect (hover: p_with, p_without, effect);
+    ``frame`` is ``TokenEffects.to_frame()`` (optionally with a ``planted`` column, drawn as
+    an underline mark)."""
+    _need(frame, ("token", "p_with", "p_without", "effect"), "token_effects")
+    per_line = 16
+    n = len(frame)
+    x = [i % per_line for i in range(n)]
+    y = [-(i // per_line) for i in range(n)]
+    bound = max(0.05, float(frame["effect"].abs().max()) if n else 0.05)
+    hover = [
+        f"{t!r}<br>p_with {a:.3f}<br>p_without {b:.3f}<br>effect {e:+.3f}"
+        for t, a, b, e in zip(
+            frame["token"], frame["p_with"], frame["p_without"], frame["effect"], strict=True
+        )
+    ]
+    fig = go.Figure(
+        go.Scatter(
+            x=x,
+            y=y,
+            mode="markers+text",
+            text=[t.replace(" ", "·") for t in frame["token"]],
+            textfont=dict(size=14, color="#111"),
+            marker=dict(
+                symbol="square",
+                size=34,
+                color=frame["effect"],
+                colorscale="RdBu_r",
+                cmin=-bound,
+                cmax=bound,
+                colorbar=dict(title="CE"),
+            ),
+            hovertext=hover,
+            hoverinfo="text",
+            showlegend=False,
+        )
+    )
+    if "planted" in frame:
+        sel = frame["planted"].to_numpy(bool)
+        fig.add_trace(
+            go.Scatter(
+                x=[x[i] for i in range(n) if sel[i]],
+                y=[y[i] - 0.32 for i in range(n) if sel[i]],
+                mode="markers",
+                marker=dict(symbol="line-ew", size=30, line=dict(width=3, color="#2a7f62")),
+                name="planted span",
+            )
+        )
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    fig.update_layout(height=140 + 60 * (1 + (n - 1) // per_line), width=1100)
+    return _style(fig, title or "Causal effect of the history on each token")
+
+
+def effect_heatmap(
+    matrix: Any,
+    *,
+    x: Sequence[str],
+    y: Sequence[str],
+    x_title: str,
+    y_title: str,
+    title: str,
+    colorbar: str = "effect",
+) -> go.Figure:
+    """A signed heatmap (history item x target token, history token x target token, layer x
+    position) with hover values."""
+    z = np.asarray(matrix, dtype=float)
+    if z.shape != (len(y), len(x)):
+        raise ValueError(f"matrix is {z.shape} but the labels are {len(y)} x {len(x)}")
+    bound = max(1e-6, float(np.nanmax(np.abs(z))) if z.size else 1.0)
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=[f"{i}:{t}" for i, t in enumerate(x)],
+            y=[f"{i}:{t}" for i, t in enumerate(y)],
+            colorscale="RdBu_r",
+            zmid=0,
+            zmin=-bound,
+            zmax=bound,
+            colorbar=dict(title=colorbar),
+        )
+    )
+    fig.update_xaxes(title_text=x_title)
+    fig.update_yaxes(title_text=y_title, autorange="reversed")
+    return _style(fig, title)
+
+
+def pr_curves(curve: pd.DataFrame, *, title: str | None = None) -> go.Figure:
+    """Precision against recall of each estimator over its thresholds
+    (``evaluation.token_truth.pr_curve``)."""
+    _need(curve, ("estimator", "threshold", "precision", "recall"), "pr_curves")
+    fig = go.Figure()
+    for k, est in enumerate(curve["estimator"].unique()):
+        part = curve[curve["estimator"] == est].sort_values("recall")
+        fig.add_trace(
+            go.Scatter(
+                x=part["recall"],
+                y=part["precision"],
+                mode="lines+markers",
+                name=est,
+                text=[f"threshold {t:g}" for t in part["threshold"]],
+                line=dict(color=_PALETTE[k % len(_PALETTE)] if k else "#e8731a"),
+            )
+        )
+    fig.add_shape(type="rect", x0=0.5, x1=1, y0=0.8, y1=1, line=dict(dash="dot", color="#2a7f62"))
+    fig.update_xaxes(title_text="recall of planted-span tokens", range=[0, 1.02])
+    fig.update_yaxes(title_text="precision", range=[0, 1.02])
+    return _style(fig, title or "Preference-driven tokens vs planted spans (goal: dotted box)")
+
+
+def steerx_bars(table: pd.DataFrame, *, measure: str, title: str | None = None) -> go.Figure:
+    """SteerX vs all-history per backbone, with 95 % intervals (rows of
+    ``evaluation.steerx_study`` with columns backbone, method, measure, mean, low, high)."""
+    _need(table, ("backbone", "method", "measure", "mean", "low", "high"), "steerx_bars")
+    rows = table[(table["measure"] == measure) & table["method"].isin(["steerx", "all-history"])]
+    if rows.empty:
+        raise ValueError(f"no SteerX / all-history rows with measure {measure!r}")
+    fig = go.Figure()
+    for method, colour in (("all-history", "#b59b6b"), ("steerx", "#e8731a")):
+        part = rows[rows["method"] == method]
+        bars = _interval_bars(part["backbone"], part, colour)
+        bars.name = method
+        fig.add_trace(bars)
+    fig.update_layout(barmode="group")
+    if measure.startswith("ppa"):
+        fig.add_hline(y=0.5, line=dict(color="#999", dash="dash"), annotation_text="chance")
+    else:
+        fig.add_hline(y=0, line=dict(color="#999", width=1))
+    fig.update_yaxes(title_text=measure)
+    return _style(fig, title or f"SteerX vs all-history per backbone: {measure}")
+
+
 def _chrome_available() -> bool:
     return any(shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome", "chrome"))
 
@@ -260,6 +499,8 @@ def save_figure(fig: go.Figure, stem: str | Path) -> list[Path]:
     fig.write_html(html, include_plotlyjs="directory")  # offline: plotly.min.js beside it
     written = [html]
     if _chrome_available():
+        for name in ("kaleido", "choreographer"):  # their INFO lines would drown the run's
+            logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger(name).level))
         try:
             png = stem.with_suffix(".png")
             fig.write_image(

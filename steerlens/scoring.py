@@ -11,16 +11,18 @@ tokens ``generate`` produced therefore gives the log-probabilities it sampled th
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from steerlens import fastpath
 from steerlens.batching import Batch, map_batches
 from steerlens.chat import Prompt, encode_prompts, tokenize
 from steerlens.models import HookedModel
 
-__all__ = ["continuation_logprobs"]
+__all__ = ["continuation_logprobs", "ids_logprobs"]
 
 
 def continuation_logprobs(
@@ -32,6 +34,7 @@ def continuation_logprobs(
     system: str | None = None,
     batch_size: int = 16,
     progress_bar: bool = False,
+    engine: Literal["auto", "tl", "hf"] = "auto",
 ) -> list[Float[Tensor, " tok"]]:
     """Per continuation, ``log p(token_t | prompt, tokens_<t)`` of each of its tokens (CPU, fp32).
 
@@ -43,7 +46,8 @@ def continuation_logprobs(
             ``generate``).
 
     Runs under whatever hooks are active (an open ``sl.steering()`` block steers it; its
-    gates see where each prompt ends).
+    gates see where each prompt ends). ``engine`` as in ``generate`` (``"auto"``: the fast
+    path when no other hook is active).
     """
     if isinstance(prompts, str) or isinstance(continuations, str):
         raise TypeError("prompts and continuations must be lists, not one string")
@@ -60,8 +64,35 @@ def continuation_logprobs(
             tails.append(torch.zeros(0, dtype=torch.long))
         else:
             tails.append(tokenize(model, [str(c)], add_special_tokens=False)[0])
-    if not prompts:
+    return ids_logprobs(
+        model, heads, tails, batch_size=batch_size, progress_bar=progress_bar, engine=engine
+    )
+
+
+def ids_logprobs(
+    model: HookedModel,
+    prompt_ids: Sequence[Tensor],
+    continuation_ids: Sequence[Tensor],
+    *,
+    batch_size: int = 16,
+    progress_bar: bool = False,
+    engine: Literal["auto", "tl", "hf"] = "auto",
+) -> list[Float[Tensor, " tok"]]:
+    """``continuation_logprobs`` on token ids: per row, ``log p(c_t | prompt_ids, c_<t)``.
+
+    For callers that build contexts at the token level (e.g. a history with one token
+    removed). ``engine`` as in ``generate``: ``"auto"`` runs on the fast path when no other
+    hook is active (open ``sl.steering()`` blocks are carried onto it).
+    """
+    if len(prompt_ids) != len(continuation_ids):
+        raise ValueError(f"{len(prompt_ids)} prompts but {len(continuation_ids)} continuations")
+    if not prompt_ids:
         return []
+    if any(int(h.numel()) == 0 for h in prompt_ids):
+        raise ValueError("every prompt needs at least one token (the first target's context)")
+    heads = [h.long().cpu() for h in prompt_ids]
+    tails = [t.long().cpu() for t in continuation_ids]
+    fast = fastpath.resolve_engine(model, "hook_resid_post", engine)
     # Every input goes through the batch, an empty continuation too (its prompt alone), so
     # per-row values of an open steering() block index the caller's inputs one to one.
     ids = [torch.cat([h, t]) for h, t in zip(heads, tails, strict=True)]
@@ -69,16 +100,19 @@ def continuation_logprobs(
 
     def run(batch: Batch) -> list[Tensor]:
         enc = batch.enc
-        logits = model(enc.input_ids, attention_mask=enc.attention_mask)
-        logp = logits.float().log_softmax(-1)
+        if fast is None:
+            logits = model(enc.input_ids, attention_mask=enc.attention_mask)
+        else:
+            logits = fast.twin(input_ids=enc.input_ids, attention_mask=enc.attention_mask).logits
         rows = []
         for row, j in enumerate(batch.rows):
             p, n_tok = prompt_lengths[j], enc.lengths[row]
             target = enc.input_ids[row, p:n_tok]
-            rows.append(logp[row, p - 1 : n_tok - 1].gather(-1, target[:, None])[:, 0].cpu())
+            logp = logits[row, p - 1 : n_tok - 1].float().log_softmax(-1)
+            rows.append(logp.gather(-1, target[:, None])[:, 0].cpu())
         return rows
 
-    with torch.inference_mode():
+    with fastpath.engine_hooks(model, fast, []), torch.inference_mode():
         scored = map_batches(
             model,
             ids,

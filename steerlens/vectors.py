@@ -169,6 +169,18 @@ class SteeringVector:
             out[layer] = (v.float() / n).to(v.dtype)
         return replace(self, directions=out, metadata={**self.metadata, "normalized": True})
 
+    def rescaled(self, norms: Mapping[int, float]) -> SteeringVector:
+        """Each layer scaled to the given L2 norm (a zero direction stays zero), so one α
+        means the same push for vectors of different methods (e.g. the population norms)."""
+        missing = [layer for layer in self.directions if layer not in norms]
+        if missing:
+            raise ValueError(f"no target norm for layers {missing}")
+        out = {}
+        for layer, v in self.directions.items():
+            n = float(v.float().norm())
+            out[layer] = (v.float() * (norms[layer] / n)).to(v.dtype) if n > 0 else v
+        return replace(self, directions=out, metadata={**self.metadata, "rescaled": True})
+
     def select(self, layers: Iterable[int]) -> SteeringVector:
         """Only the given layers (each must be present)."""
         wanted = list(layers)

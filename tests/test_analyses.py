@@ -87,3 +87,131 @@ def test_mmlu_script_on_the_tiny_model(tmp_path):
     )
     assert [r["condition"] for r in report["rows"]] == ["unsteered", "steered α=1 (all)"]
     assert report["n_items"] == 8 and (tmp_path / "figures" / "mmlu.html").exists()
+
+
+def test_sweep_analyses_share_the_dose_sweep_and_gate(tmp_path, monkeypatch):
+    import steerlens.plots
+
+    monkeypatch.setattr(steerlens.plots, "_chrome_available", lambda: False)
+    opts = dict(n_prompts=4, max_new_tokens=4, batch_size=8, train_pairs=40, progress_bar=False)
+    dose = _load("dose_response").run(
+        "tiny-random",
+        "demo",
+        tmp_path,
+        methods=["population", "dislike-weighted"],
+        alphas=[0.0, 4.0],
+        **opts,
+    )
+    assert {r["method"] for r in dose["rows"]} == {"population", "dislike-weighted"}
+    parts = sorted((tmp_path / "results" / "sweep" / "dose" / "parts").glob("*.jsonl"))
+    stamps = [p.stat().st_mtime_ns for p in parts]
+    sel = _load("selectivity").run(
+        "tiny-random",
+        "demo",
+        tmp_path,
+        methods=["population", "dislike-weighted"],
+        alphas=[0.0, 4.0],
+        **opts,
+    )
+    assert [p.stat().st_mtime_ns for p in parts] == stamps  # resumed: nothing regenerated
+    assert set(sel["tables"]) == {"population", "dislike-weighted"}
+    gate = _load("prefill_gating").run(
+        "tiny-random", "demo", tmp_path, alpha=4.0, ks=(0, 2), **opts
+    )
+    assert [r["gate"] for r in gate["rows"]] == [
+        "prefill",
+        "first:0",
+        "first:2",
+        "generated",
+        "all",
+    ]
+    for name in ("dose_response", "selectivity_population", "gating"):
+        assert (tmp_path / "figures" / f"{name}.html").exists()
+
+
+def test_steerx_effects_script_on_the_tiny_model(tmp_path, monkeypatch):
+    import json
+
+    import steerlens.plots
+
+    monkeypatch.setattr(steerlens.plots, "_chrome_available", lambda: False)
+    report = _load("steerx_effects").run(
+        "tiny-random",
+        "demo",
+        tmp_path,
+        max_users=3,
+        targets_per_user=1,
+        patch_targets=1,
+        patch_layers=2,
+        history_tokens=8,
+        progress_bar=False,
+    )
+    assert report["n_targets"] == 3
+    assert 0 < report["planted"]["planted_share"] < report["completed"]["planted_share"] < 1
+    assert set(report["attribution_spearman"]) == {"steps=1", "steps=8"}
+    summary = json.loads((tmp_path / "results" / "summary.json").read_text())
+    for key in (
+        "token_precision",
+        "token_recall",
+        "token_precision_baseline",
+        "token_recall_baseline",
+        "attribution_spearman",
+    ):
+        assert key in summary
+    for name in (
+        "steerx_pr",
+        "steerx_tokens",
+        "steerx_items",
+        "steerx_history_tokens",
+        "steerx_patching",
+    ):
+        assert (tmp_path / "figures" / f"{name}.html").exists()
+
+
+def test_steerx_compare_script_on_the_tiny_model(tmp_path, monkeypatch):
+    import json
+
+    import torch
+
+    import steerlens.plots
+    from steerlens.evaluation.steerx_study import SteerXStudyConfig
+
+    monkeypatch.setattr(steerlens.plots, "_chrome_available", lambda: False)
+
+    class RandomSAE:
+        W_dec = torch.randn(96, 64, generator=torch.Generator().manual_seed(0))
+
+        def encode(self, x):
+            return torch.relu(x @ self.W_dec.T)
+
+    cfg = SteerXStudyConfig(
+        users_per_group=1,
+        max_targets=2,
+        n_history=2,
+        prompts_per_user=1,
+        max_new_tokens=3,
+        alphas=[0.0, 4.0],
+        report_alpha=4.0,
+        threshold=0.0,
+        bipo={"epochs": 1, "lr": 0.05},
+        sae_max_density=1.0,
+    )
+    report = _load("steerx_compare").run(
+        "tiny-random", "demo", tmp_path, cfg, sae=RandomSAE(), progress_bar=False
+    )
+    table = pd.read_csv(tmp_path / "results" / "steerx_compare.csv")
+    for backbone in ("mean", "bipo", "sae"):
+        part = table[table["backbone"] == backbone]
+        assert {
+            "ppa_projection",
+            "ppa_projection_paired",
+            "mae_change_pct@4",
+            "utility_gain@4",
+        } <= set(part["measure"])
+    summary = json.loads((tmp_path / "results" / "summary.json").read_text())
+    assert set(summary["steerx_ppa"]) == {"mean", "bipo", "sae"}
+    assert 0 <= summary["description_hit_rate"] <= 1
+    assert len(report["cards"]) == 3  # one user card per simulated group
+    for page in report["cards"].values():
+        assert "SteerX user card" in (tmp_path / "figures" / page).read_text()
+    assert (tmp_path / "results" / "steerx" / "vectors" / "bipo").is_dir()

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 
+import pandas as pd
 import torch
 from typer.testing import CliRunner
 
@@ -65,12 +66,16 @@ def test_generate_bad_gate_and_alpha_without_vector():
     assert res.exit_code != 0
 
 
-def test_demo_command_quick_on_tiny(tmp_path):
+def test_demo_command_quick_on_tiny(tmp_path, monkeypatch):
+    import steerlens.plots
+
+    monkeypatch.setattr(steerlens.plots, "_chrome_available", lambda: False)  # HTML is enough
     res = runner.invoke(app, ["demo", "--quick", "--model", "tiny-random", "--out", str(tmp_path)])
     assert res.exit_code == 0, res.output
-    assert "simulated data" in res.output and "distinct-2" in res.output
+    assert "simulated data" in res.output and "ΔMAE" in res.output and "index.html" in res.output
     assert (tmp_path / "results" / "summary.json").exists()
     assert (tmp_path / "figures" / "dose_response.html").exists()
+    assert (tmp_path / "figures" / "index.html").exists()
 
 
 def test_vectors_command_writes_files_the_library_reproduces(tmp_path):
@@ -98,3 +103,62 @@ def test_vectors_command_writes_files_the_library_reproduces(tmp_path):
     assert bad.exit_code != 0 and "--user ID or --all-users" in bad.output
     bad = runner.invoke(app, [*args, "--method", "dislike", "--user", "ghost"])
     assert bad.exit_code != 0 and "ghost" in bad.output
+
+
+def test_effects_command_prints_and_writes_token_effects(tmp_path):
+    out = tmp_path / "eff.csv"
+    res = runner.invoke(
+        app,
+        [
+            "effects",
+            "--user",
+            "user001",
+            "--model",
+            "tiny-random",
+            "--targets",
+            "1",
+            "--n-history",
+            "2",
+            "--threshold",
+            "0",
+            "--out",
+            str(out),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    frame = pd.read_csv(out)
+    assert {"token", "p_with", "p_without", "effect"} <= set(frame.columns) and len(frame) > 5
+    assert (frame["effect"] - (frame["p_with"] - frame["p_without"])).abs().max() < 1e-6
+    bad = runner.invoke(app, ["effects", "--user", "nobody", "--model", "tiny-random"])
+    assert bad.exit_code != 0 and "nobody" in bad.output
+
+
+def test_sweep_command_runs_a_config(tmp_path):
+    cfg = tmp_path / "s.yaml"
+    cfg.write_text(
+        "model: tiny-random\nmethods: [population]\nalphas: [0, 4]\nn_prompts: 2\n"
+        "max_new_tokens: 3\ntrain_pairs: 20\n"
+    )
+    res = runner.invoke(app, ["sweep", str(cfg), "--out", str(tmp_path / "sw")])
+    assert res.exit_code == 0, res.output
+    assert len(pd.read_parquet(tmp_path / "sw" / "cells.parquet")) == 4
+    (tmp_path / "bad.yaml").write_text("model: tiny-random\nmethods: [vibes]\n")
+    bad = runner.invoke(app, ["sweep", str(tmp_path / "bad.yaml")])
+    assert bad.exit_code != 0 and "vibes" in bad.output
+
+
+def test_steerx_command_saves_vectors_and_provenance(tmp_path):
+    res = runner.invoke(
+        app,
+        ["steerx", "--user", "user001", "--model", "tiny-random", "--out", str(tmp_path)],
+    )
+    assert res.exit_code == 0, res.output
+    folder = tmp_path / "user001" / "mean"
+    prov = json.loads((folder / "provenance.json").read_text())
+    assert prov["user"] == "user001" and prov["config"]["backbone"] == "mean"
+    vec = sl.SteeringVector.load(folder / "steerx.safetensors")
+    assert vec.method == "steerx-mean" and "description" in vec.metadata
+    bad = runner.invoke(
+        app, ["steerx", "--user", "user001", "--backbone", "lora", "--model", "tiny-random"]
+    )
+    assert bad.exit_code != 0

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import assert_close_impl
+from conftest import ENGINES, assert_close_impl
 from test_personal import PAIRS, _table
 
 import steerlens as sl
@@ -40,9 +40,10 @@ def test_mmlu_prompt_is_the_lm_evaluation_harness_string():
     )
 
 
-def test_mmlu_scores_the_four_letters_after_the_prompt(tiny):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_mmlu_scores_the_four_letters_after_the_prompt(tiny, engine):
     items = [ITEM, MMLUItem("Capital of France?", ("Rome", "Paris", "Oslo", "Bern"), 1, "geo")]
-    res = mmlu_accuracy(tiny, items, batch_size=2)
+    res = mmlu_accuracy(tiny, items, batch_size=2, engine=engine)
     for i, item in enumerate(items):  # log p(" A" | prompt), ..., one answer at a time
         lp = torch.stack(
             [
@@ -55,13 +56,13 @@ def test_mmlu_scores_the_four_letters_after_the_prompt(tiny):
     assert res.accuracy == np.mean(res.correct)
     vec = sl.SteeringVector({2: torch.ones(64) * 3})
     with sl.steering(tiny, vec, alpha=[0.0, 4.0]):  # per-row alpha follows its item
-        steered = mmlu_accuracy(tiny, items, batch_size=1)
+        steered = mmlu_accuracy(tiny, items, batch_size=1, engine=engine)
     assert_close_impl(steered.logprobs[0], res.logprobs[0])
     assert not torch.allclose(steered.logprobs[1], res.logprobs[1], atol=1e-3)
     # the prompt is the prefill, the answer " A" the generated part: the same gate means the
     # same as scoring each answer as a continuation
     with sl.steering(tiny, vec, alpha=4.0, gate="generated"):
-        gated = mmlu_accuracy(tiny, items)
+        gated = mmlu_accuracy(tiny, items, engine=engine)
         ref = [
             torch.stack(
                 [

@@ -2,8 +2,6 @@ from __future__ import annotations
 
 import math
 
-import pandas as pd
-import plotly.graph_objects as go
 import pytest
 import torch
 
@@ -69,41 +67,6 @@ def test_profanity_scorer_separates_styles():
     assert rude > 0.9 > 0.1 > clean
     with pytest.raises(ValueError, match="unknown toxicity scorer"):
         get_scorer("vibes")
-
-
-def _sweep():
-    rows = []
-    for cat, base in (("benign_control", 0.10), ("harmful_borderline", 0.40)):
-        for a, factor in ((0.0, 1.0), (2.0, 0.5), (4.0, 1.5)):
-            rows.append(
-                {"category": cat, "alpha": a, "abs_error": base * factor, "perplexity": 5.0 + a}
-            )
-    return pd.DataFrame(rows)
-
-
-def test_dose_response_and_selectivity_figures():
-    from steerlens.plots import dose_response, selectivity_heatmap
-
-    fig = dose_response(_sweep())
-    assert isinstance(fig, go.Figure)
-    delta = list(fig.data[0].y)
-    assert delta == pytest.approx([0.0, -50.0, 50.0])
-    assert list(fig.data[1].y) == pytest.approx([5.0, 7.0, 9.0])
-    heat = selectivity_heatmap(_sweep())
-    assert [pytest.approx(r) for r in heat.data[0].z.tolist()] == [[-50.0, 50.0], [-50.0, 50.0]]
-    with pytest.raises(ValueError, match="alpha 0"):
-        dose_response(_sweep()[lambda d: d.alpha > 0])
-    with pytest.raises(ValueError, match="'category'"):
-        selectivity_heatmap(_sweep().drop(columns="category"))
-
-
-def test_save_figure_writes_html_and_never_fails_without_chrome(tmp_path, monkeypatch):
-    import steerlens.plots as plots
-
-    monkeypatch.setattr(plots, "_chrome_available", lambda: False)
-    files = plots.save_figure(plots.dose_response(_sweep()), tmp_path / "f" / "dose")
-    assert [f.name for f in files] == ["dose.html"] and files[0].stat().st_size > 1000
-    assert (tmp_path / "f" / "plotly.min.js").exists()  # opens offline
 
 
 def test_distinct_n_flags_repetition():

@@ -28,7 +28,7 @@ def test_scoring_generated_tokens_gives_the_logits_they_were_generated_from(
         engine=engine,
     )
     with sl.steering(tiny, rand_vec, alpha=alphas, gate=gate):
-        scored = sl.continuation_logprobs(tiny, PROMPTS, out.tokens, batch_size=2)
+        scored = sl.continuation_logprobs(tiny, PROMPTS, out.tokens, batch_size=2, engine=engine)
     for toks, logits, lp in zip(out.tokens, out.logits, scored, strict=True):
         expected = logits.log_softmax(-1).gather(-1, toks[:, None])[:, 0]
         assert_close_impl(lp, expected)
@@ -59,13 +59,14 @@ def test_continuation_logprobs_inputs(tiny):
         sl.continuation_logprobs(tiny, "a", "b")
 
 
-def test_per_row_alpha_with_an_empty_continuation(tiny, rand_vec):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_per_row_alpha_with_an_empty_continuation(tiny, rand_vec, engine):
     resp = ["abc", "", "a longer response"]
     alphas = [1.0, 2.0, -3.0]
     with sl.steering(tiny, rand_vec, alpha=alphas):
-        batch = sl.continuation_logprobs(tiny, PROMPTS, resp, batch_size=2)
+        batch = sl.continuation_logprobs(tiny, PROMPTS, resp, batch_size=2, engine=engine)
     assert batch[1].numel() == 0
     for i in (0, 2):
         with sl.steering(tiny, rand_vec, alpha=alphas[i]):
-            (single,) = sl.continuation_logprobs(tiny, [PROMPTS[i]], [resp[i]])
+            (single,) = sl.continuation_logprobs(tiny, [PROMPTS[i]], [resp[i]], engine=engine)
         assert_close_impl(batch[i], single)

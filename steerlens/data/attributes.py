@@ -18,6 +18,8 @@ from steerlens.evaluation.toxicity import ToxicityScorer, get_scorer
 
 ATTRIBUTES = ("toxicity", "refusal", "caution", "length", "formality")
 
+__all__ = ["ATTRIBUTES", "attribute_word_spans", "measure", "toxic_word_spans"]
+
 _REFUSAL = re.compile(
     r"\b(i'?m sorry,? but|i can(?:no|')t help|i am not able to|i'?m not able to|i won'?t|"
     r"i cannot|i can'?t assist|i must decline|i'?m unable to)\b",
@@ -64,3 +66,13 @@ def toxic_word_spans(
         return []
     probs = (scorer or get_scorer())([m.group(0) for m in words])
     return [(m.start(), m.end()) for m, p in zip(words, probs, strict=True) if p > threshold]
+
+
+def attribute_word_spans(text: str) -> list[tuple[int, int, str]]:
+    """Character spans of the words the attribute measures count: caveat/safety words
+    (``caution``), slang, interjections and contractions (``informality``), refusal phrases
+    (``refusal``). A simulated user's utility moves with exactly these words."""
+    out = [(m.start(), m.end(), "caution") for m in _CAUTION.finditer(text)]
+    out += [(m.start(), m.end(), "informality") for m in _INFORMAL.finditer(text)]
+    out += [(m.start(), m.end(), "refusal") for m in _REFUSAL.finditer(text)]
+    return sorted(out)

@@ -1,5 +1,8 @@
-"""Evaluation: toxicity, generation metrics, preference accuracy, ground-truth utility, MMLU."""
+"""Evaluation: toxicity, generation metrics, preference accuracy, ground-truth utility, MMLU,
+sweep summary tables (``tables``) and planted-truth scoring of token selections
+(``token_truth``)."""
 
+from steerlens.evaluation import tables, token_truth
 from steerlens.evaluation.mmlu import MMLUResult, mmlu_accuracy, mmlu_prompt
 from steerlens.evaluation.preference import (
     CHANCE,
@@ -29,5 +32,7 @@ __all__ = [
     "ppa_projection",
     "ppa_under_steering",
     "score_predictions",
+    "tables",
+    "token_truth",
     "toxicity_only",
 ]

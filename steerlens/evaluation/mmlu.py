@@ -17,11 +17,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from steerlens import fastpath
 from steerlens.batching import Batch, map_batches
 from steerlens.chat import tokenize
 from steerlens.data.mmlu import LETTERS, MMLUItem
@@ -77,10 +79,17 @@ def mmlu_accuracy(
     *,
     batch_size: int = 8,
     progress_bar: bool = False,
+    engine: Literal["auto", "tl", "hf"] = "auto",
 ) -> MMLUResult:
-    """Score ``items`` zero-shot under the hooks active on ``model`` (one batched pass)."""
+    """Score ``items`` zero-shot under the hooks active on ``model`` (one batched pass).
+
+    ``engine`` as in ``generate``: ``"auto"`` runs on the fast path (the HF modules the
+    bridge wraps, with open ``sl.steering()`` blocks carried onto it) when no other hook is
+    active — MMLU prompts run to thousands of tokens, where the bridge's attention is slow.
+    """
     if not items:
         raise ValueError("no MMLU items to score")
+    fast = fastpath.resolve_engine(model, "hook_resid_post", engine)
     prefix, letters = _choice_ids(model)
     choices = torch.tensor(letters)
     prompts = tokenize(model, [mmlu_prompt(it) for it in items])
@@ -89,17 +98,20 @@ def mmlu_accuracy(
 
     def run(batch: Batch) -> list[Tensor]:
         enc = batch.enc
-        logp = model(enc.input_ids, attention_mask=enc.attention_mask).float().log_softmax(-1)
+        if fast is None:
+            logits = model(enc.input_ids, attention_mask=enc.attention_mask)
+        else:
+            logits = fast.twin(input_ids=enc.input_ids, attention_mask=enc.attention_mask).logits
         out = []
         for row in range(len(batch.rows)):
             end = enc.lengths[row]  # prompt + shared prefix; the letter follows
-            shared = sum(
-                float(logp[row, end - k - 1 + j, enc.input_ids[row, end - k + j]]) for j in range(k)
-            )
-            out.append(logp[row, end - 1, choices.to(logp.device)].cpu() + shared)
+            # log-softmax over the k + 1 positions scored, not the whole [batch, pos, vocab]
+            logp = logits[row, end - k - 1 : end].float().log_softmax(-1)
+            shared = sum(float(logp[j, enc.input_ids[row, end - k + j]]) for j in range(k))
+            out.append(logp[k, choices.to(logp.device)].cpu() + shared)
         return out
 
-    with torch.inference_mode():
+    with fastpath.engine_hooks(model, fast, []), torch.inference_mode():
         scored = map_batches(
             model,
             ids,

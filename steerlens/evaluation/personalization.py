@@ -10,7 +10,7 @@ bootstrap 95 % interval over users.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -86,6 +86,7 @@ class PersonalizationResult:
     config: PersonalizationConfig
     n_train: int
     n_test: int
+    test_pairs: list[Any] = field(default_factory=list)  # the held-out pairs it scored
 
     def users_in_basis(self, groups: dict[str, str] | None = None) -> pd.DataFrame:
         """Each user's BT coordinates (population row dropped), with their group if known."""
@@ -110,15 +111,6 @@ def _row(method: str, measure: str, est: Estimate | float) -> dict[str, Any]:
     if isinstance(est, Estimate):
         return {"method": method, "measure": measure, **est.as_dict()}
     return {"method": method, "measure": measure, "mean": est, "low": est, "high": est, "n": 0}
-
-
-def _rescaled(vec: SteeringVector, norms: dict[int, float]) -> SteeringVector:
-    """``vec`` with each layer scaled to the given norm: one α means the same for every method."""
-    out = {}
-    for layer, d in vec.directions.items():
-        n = float(d.float().norm())
-        out[layer] = d * (norms[layer] / n) if n > 0 else d
-    return SteeringVector(out, vec.model_name, vec.hook, vec.method, vec.metadata)
 
 
 def _per_user_sample(pairs: list[Any], limit: int) -> list[Any]:
@@ -188,7 +180,7 @@ def personalization_study(
             ("personalized (dislike-weighted)", dislike),
             ("population", {u: v_pop for u in users}),
         ):
-            scaled = {u: _rescaled(v, norms) for u, v in vecs.items()}
+            scaled = {u: v.rescaled(norms) for u, v in vecs.items()}
             est = ppa_under_steering(
                 model, steer_pairs, scaled, cfg.steer_alpha, batch_size=cfg.batch_size, **boot
             )
@@ -204,7 +196,7 @@ def personalization_study(
         util_rows, by_group = _utility_gain(model, test, methods, v_pop.norms(), gt, cfg, boot)
         rows += util_rows
     return PersonalizationResult(
-        pd.DataFrame(rows), by_group, v_pop, dislike, bt, bt_vecs, cfg, len(train), len(test)
+        pd.DataFrame(rows), by_group, v_pop, dislike, bt, bt_vecs, cfg, len(train), len(test), test
     )
 
 
@@ -234,7 +226,7 @@ def _utility_gain(
     base = ground_truth_utility(generate(model, prompts, **kw), row_users, gt)
     rows, groups = [], []
     for method, vecs in methods.items():
-        per_row = [_rescaled(vecs[u], norms) for u in row_users]
+        per_row = [vecs[u].rescaled(norms) for u in row_users]
         texts = generate(model, prompts, steering=per_row, alpha=cfg.utility_alpha, **kw)
         gain = np.subtract(ground_truth_utility(texts, row_users, gt), base).tolist()
         rows.append(_row(method, "utility_gain", estimate(gain, row_users, **boot)))

@@ -1,5 +1,6 @@
 """Steering-vector construction methods."""
 
+from steerlens.methods.bipo import BiPOConfig, bipo
 from steerlens.methods.caa import mean_difference
 from steerlens.methods.personal import (
     BradleyTerry,
@@ -10,14 +11,21 @@ from steerlens.methods.personal import (
     population,
     shrinkage_weight,
 )
+from steerlens.methods.sae import sae_vector
+from steerlens.methods.stylevector import generic_responses, style_vector
 
 __all__ = [
+    "BiPOConfig",
     "BradleyTerry",
     "PairActivations",
+    "bipo",
     "bradley_terry",
     "dislike_weighted",
+    "generic_responses",
     "mean_difference",
     "pair_activations",
     "population",
+    "sae_vector",
     "shrinkage_weight",
+    "style_vector",
 ]

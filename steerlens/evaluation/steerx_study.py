@@ -1,0 +1,334 @@
+"""SteerX vs all-history, per backbone (mean-difference / StyleVector, BiPO, SAE features),
+on held-out pairs of a PRISM-format set (reconstruction: see ``steerlens.steerx``).
+
+Per user (a few per group on a simulated set): their training conversations (prompt,
+chosen response) feed ``steerx_user`` once per backbone, from one pass of token effects and
+one set of generic responses. Each vector is scored on the user's held-out pairs — PPA by
+projection, and SteerX minus all-history paired per user — and, rescaled to the population
+vector's per-layer norms, steers greedy generations on the user's held-out prompts (a
+resumable sweep per backbone): toxicity MAE change and (simulated sets) ground-truth utility
+gain against the unsteered generations. Descriptions are scored by whether they name the
+user's group's preference (simulated sets).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import pandas as pd
+
+from steerlens.data.prism import PrismDataset
+from steerlens.evaluation.preference import ppa_projection
+from steerlens.evaluation.stats import estimate, paired_difference
+from steerlens.evaluation.tables import dose_response_table
+from steerlens.methods.personal import pair_activations, population
+from steerlens.methods.stylevector import generic_responses
+from steerlens.models import HookedModel, default_layers
+from steerlens.steerx.effects import batch_history_effects
+from steerlens.steerx.pipeline import (
+    SteerXConfig,
+    SteerXResult,
+    conversation_messages,
+    steerx_user,
+)
+
+__all__ = ["GROUP_CUES", "SteerXStudyConfig", "description_hit", "steerx_study"]
+
+# Words that name each simulated group's preference (simulate.GROUPS): a description "hits"
+# when its group's cues outnumber every other group's.
+GROUP_CUES: dict[str, tuple[str, ...]] = {
+    "more_caution": (
+        "careful",
+        "caution",
+        "safe",
+        "safety",
+        "professional",
+        "expert",
+        "caveat",
+        "sorry",
+        "can't help",
+        "cannot help",
+        "refus",
+        "important",
+        "consult",
+    ),
+    "less_caution": (
+        "damn",
+        "hell",
+        "honestly",
+        "dude",
+        "lol",
+        "ugh",
+        "crap",
+        "shit",
+        "bullshit",
+        "freaking",
+        "screw",
+        "blunt",
+        "casual",
+        "slang",
+        "stupid",
+    ),
+    "majority": (
+        "sure",
+        "of course",
+        "here is",
+        "simply put",
+        "short answer",
+        "polite",
+        "helpful",
+        "direct",
+    ),
+}
+
+
+def description_hit(text: str, group: str) -> bool:
+    """Whether a description names ``group``'s preference more than any other group's."""
+    low = text.lower()
+    counts = {
+        g: sum(len(re.findall(re.escape(c), low)) for c in cues) for g, cues in GROUP_CUES.items()
+    }
+    best = max(counts.values())
+    return best > 0 and counts.get(group, 0) == best and list(counts.values()).count(best) == 1
+
+
+@dataclass
+class SteerXStudyConfig:
+    backbones: list[str] = field(default_factory=lambda: ["mean", "bipo", "sae"])
+    users_per_group: int = 4
+    held_out: float = 0.25
+    n_history: int = 4
+    max_targets: int = 8
+    threshold: float = 0.05
+    describe: Literal["spans", "model"] = "spans"
+    alphas: list[float] = field(default_factory=lambda: [0.0, 0.5, 1.0])
+    report_alpha: float = 0.5  # the α whose MAE change and utility gain the table reports
+    prompts_per_user: int = 2
+    max_new_tokens: int = 32
+    bipo: dict[str, Any] = field(default_factory=lambda: {"epochs": 5, "lr": 0.01})
+    sae_folder: str | None = None  # a trained SAE for the middle steering layer
+    # the FGAA rule drops features firing on > 1 % of tokens on 65k-latent SAEs; a small
+    # TopK SAE (k 32 of 2048) fires each latent on 1.6 % of tokens on average
+    sae_max_density: float = 0.05
+    batch_size: int = 8
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        bad = [b for b in self.backbones if b not in ("mean", "bipo", "sae")]
+        if bad:
+            raise ValueError(f"unknown backbones {bad}")
+        if 0.0 not in self.alphas or self.report_alpha not in self.alphas:
+            raise ValueError("alphas must include 0 and report_alpha")
+
+
+def _users(dataset: PrismDataset, per_group: int) -> list[str]:
+    gt = dataset.ground_truth
+    if gt is None or "users" not in gt:
+        return sorted(dataset.users)[: 3 * per_group]
+    by: dict[str, list[str]] = {}
+    for u in sorted(dataset.users):
+        by.setdefault(gt["users"].get(u, {}).get("group", "unknown"), []).append(u)
+    return sorted(u for g in sorted(by) for u in by[g][:per_group])
+
+
+def steerx_study(
+    model: HookedModel,
+    dataset: PrismDataset,
+    config: SteerXStudyConfig | None = None,
+    *,
+    out: str | Path = "results/steerx",
+    sae: Any = None,
+    progress_bar: bool = True,
+) -> dict[str, Any]:
+    """Run the comparison; returns ``{"table", "users", "results"}`` (DataFrames and the
+    per-user ``SteerXResult`` s) and writes sweeps and vectors under ``out``."""
+    from steerlens.sweep import (
+        GenerationSettings,
+        SweepPrompt,
+        make_grid,
+        run_sweep,
+        standard_measures,
+    )
+
+    cfg = config or SteerXStudyConfig()
+    if "sae" in cfg.backbones and sae is None:
+        raise ValueError("the sae backbone needs an SAE for the middle steering layer (sae=...)")
+    out = Path(out)
+    gt = dataset.ground_truth if dataset.ground_truth and "users" in dataset.ground_truth else None
+    users = _users(dataset, cfg.users_per_group)
+    train, test = dataset.split(cfg.held_out, cfg.seed, by="prompt", turn0_only=True, users=users)
+    convs: dict[str, list[tuple[str, str]]] = {}
+    for p in train:
+        lst = convs.setdefault(p.user_id, [])
+        if (p.prompt, p.chosen) not in lst:
+            lst.append((p.prompt, p.chosen))
+    users = [u for u in users if len(convs.get(u, [])) >= 2 and any(p.user_id == u for p in test)]
+    if not users:
+        raise ValueError("no user has two training conversations and a held-out pair")
+    layers = default_layers(model)
+    pa_train = pair_activations(
+        model, train, layers, batch_size=cfg.batch_size, progress_bar=progress_bar
+    )
+    norms = population(pa_train).norms()
+    test = [p for p in test if p.user_id in users]
+    pa_test = pair_activations(
+        model, test, layers, batch_size=cfg.batch_size, progress_bar=progress_bar
+    )
+    # one effects pass and one set of generic responses for every backbone
+    targets = {u: convs[u][: cfg.max_targets] for u in users}
+    queries, owner = [], []
+    for u in users:
+        for k, (prompt, response) in enumerate(targets[u]):
+            rest = [c for j, c in enumerate(convs[u]) if j != k][: cfg.n_history]
+            queries.append((prompt, response, conversation_messages(rest), None))
+            owner.append(u)
+    effects = batch_history_effects(
+        model, queries, batch_size=cfg.batch_size, progress_bar=progress_bar
+    )
+    prompts = [q[0] for q in queries]
+    generic = generic_responses(
+        model, prompts, max_new_tokens=64, batch_size=16, progress_bar=progress_bar
+    )
+    results: dict[str, dict[str, SteerXResult]] = {}
+    for backbone in cfg.backbones:
+        xcfg = SteerXConfig(
+            backbone=backbone,  # type: ignore[arg-type]
+            n_history=cfg.n_history,
+            max_targets=cfg.max_targets,  # type: ignore[arg-type]
+            threshold=cfg.threshold,
+            describe=cfg.describe,
+            bipo={**cfg.bipo, "seed": cfg.seed},
+            layers=None if backbone == "mean" else [layers[len(layers) // 2]],
+            batch_size=cfg.batch_size,
+            sae_max_density=cfg.sae_max_density,
+        )
+        results[backbone] = {}
+        for u in users:
+            mine = [i for i, o in enumerate(owner) if o == u]
+            res = steerx_user(
+                model,
+                convs[u],
+                user=u,
+                config=xcfg,
+                sae=sae,
+                progress_bar=False,
+                effects=[effects[i] for i in mine],
+                generic=[generic[i] for i in mine],
+            )
+            res.save(out / "vectors" / backbone / u)
+            results[backbone][u] = res
+    # held-out prompts per user for the steered generations
+    seen: dict[str, list[SweepPrompt]] = {}
+    for p in test:
+        chosen_prompts = seen.setdefault(p.user_id, [])
+        if len(chosen_prompts) < cfg.prompts_per_user and all(
+            q.prompt != p.prompt for q in chosen_prompts
+        ):
+            chosen_prompts.append(
+                SweepPrompt(p.interaction_id, p.prompt, p.user_id, p.category, p.chosen)
+            )
+    sweep_prompts = [q for u in users for q in seen.get(u, [])]
+    boot = dict(seed=cfg.seed)
+    rows: list[dict[str, Any]] = []
+    alpha = cfg.report_alpha
+    for backbone, by_user in results.items():
+        ests = {}
+        for name, pick in (("steerx", "vector"), ("all-history", "all_history")):
+            vecs = {u: getattr(r, pick) for u, r in by_user.items()}
+            ests[name] = ppa_projection(pa_test, vecs, **boot)
+            rows.append(
+                {
+                    "backbone": backbone,
+                    "method": name,
+                    "measure": "ppa_projection",
+                    **ests[name].as_dict(),
+                }
+            )
+        rows.append(
+            {
+                "backbone": backbone,
+                "method": "steerx − all-history",
+                "measure": "ppa_projection_paired",
+                **paired_difference(ests["steerx"], ests["all-history"], **boot).as_dict(),
+            }
+        )
+        vectors = {
+            f"steerx-{backbone}": {u: r.vector.rescaled(norms) for u, r in by_user.items()},
+            f"all-history-{backbone}": {
+                u: r.all_history.rescaled(norms) for u, r in by_user.items()
+            },
+        }
+        cells = run_sweep(
+            model,
+            make_grid(sweep_prompts, list(vectors), cfg.alphas),
+            sweep_prompts,
+            vectors,
+            out / "sweep" / backbone,
+            settings=GenerationSettings(cfg.max_new_tokens, 16, 64),
+            measure=standard_measures(gt, batch_size=16),
+            progress_bar=progress_bar,
+        )
+        assert cells is not None
+        table = dose_response_table(cells, seed=cfg.seed)
+        for method in vectors:
+            r = table[(table["method"] == method) & (table["alpha"] == alpha)].iloc[0]
+            name = "steerx" if method.startswith("steerx") else "all-history"
+            rows.append(
+                {
+                    "backbone": backbone,
+                    "method": name,
+                    "measure": f"mae_change_pct@{alpha:g}",
+                    "mean": r["delta_pct"],
+                    "low": r["delta_low"],
+                    "high": r["delta_high"],
+                    "n": r["n"],
+                }
+            )
+            if "utility_gain" in r:
+                rows.append(
+                    {
+                        "backbone": backbone,
+                        "method": name,
+                        "measure": f"utility_gain@{alpha:g}",
+                        "mean": r["utility_gain"],
+                        "low": r["utility_low"],
+                        "high": r["utility_high"],
+                        "n": r["n"],
+                    }
+                )
+    user_rows: list[dict[str, Any]] = []
+    for backbone, rs in results.items():
+        for u, r in rs.items():
+            group = gt["users"][u]["group"] if gt else "unknown"
+            user_rows.append(
+                {
+                    "backbone": backbone,
+                    "user": u,
+                    "group": group,
+                    "description": r.description.text,
+                    "hit": description_hit(r.description.text, group) if gt else None,
+                    "selected_share": r.provenance()["selected_share"],
+                }
+            )
+    users_df = pd.DataFrame(user_rows)
+    if gt is not None:
+        first = users_df[users_df["backbone"] == cfg.backbones[0]]
+        hit = estimate(first["hit"].astype(float).tolist(), first["user"].tolist(), **boot)
+        rows.append(
+            {
+                "backbone": "all",
+                "method": "steerx",
+                "measure": "description_hit_rate",
+                **hit.as_dict(),
+            }
+        )
+    return {
+        "table": pd.DataFrame(rows),
+        "users": users_df,
+        "results": results,
+        "config": asdict(cfg),
+        "alpha": alpha,
+    }

@@ -1,0 +1,220 @@
+"""SteerX's token selection scored against the simulated set's planted truth.
+
+Every simulated response carries character spans of the attributes its style planted
+(``ground_truth.json``: ``responses[id]["spans"]``). A target token is a true
+preference-driven token when it overlaps a span; an estimator's selection is scored by
+precision and recall over all tokens of all targets, per threshold (a precision-recall
+curve), per estimator/counterfactual, attribute and user group.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from steerlens.data.attributes import attribute_word_spans
+from steerlens.data.prism import PrismDataset
+from steerlens.steerx.effects import Message, TokenEffects
+
+__all__ = [
+    "ESTIMATORS",
+    "TargetQuery",
+    "estimator_scores",
+    "planted_labels",
+    "pr_curve",
+    "response_spans",
+    "user_queries",
+]
+
+
+@dataclass(frozen=True)
+class TargetQuery:
+    """One target (a user's chosen turn-0 response), its history and a placebo history."""
+
+    user_id: str
+    group: str
+    prompt: str
+    response: str
+    history: tuple[Message, ...]
+    placebo: tuple[Message, ...]
+    spans: tuple[tuple[int, int, str], ...]  # (start, end, attribute)
+
+
+Truth = Literal["planted", "completed"]
+
+
+def response_spans(
+    response: Mapping[str, Any], truth: Truth = "planted"
+) -> list[tuple[int, int, str]]:
+    """A simulated response's preference-relevant character spans.
+
+    ``"planted"``: the spans the simulator wrote (the style openings that carry an attribute,
+    toxic words). ``"completed"`` adds what that leaves out: the opening of a style that
+    carries no attribute span (the direct style's "Sure. ": ``directness``), and every word
+    after the opening that the attribute measures count (caveat/safety words, slang and
+    contractions, refusal phrases) — the words the simulated users' utility moves with.
+    """
+    spans = [(s["start"], s["end"], s["attribute"]) for s in response.get("spans", [])]
+    if truth == "planted":
+        return spans
+    if truth != "completed":
+        raise ValueError(f"truth must be 'planted' or 'completed', got {truth!r}")
+    opening = len(response.get("opening", ""))
+    if opening and not any(a == 0 and b >= opening for a, b, _ in spans):
+        spans.append((0, opening, "directness"))
+    spans += [(a, b, attr) for a, b, attr in attribute_word_spans(response["text"]) if a >= opening]
+    return sorted(spans)
+
+
+def _spans_by_text(
+    ground_truth: Mapping[str, Any], truth: Truth
+) -> dict[str, list[tuple[int, int, str]]]:
+    return {r["text"]: response_spans(r, truth) for r in ground_truth["responses"].values()}
+
+
+def user_queries(
+    dataset: PrismDataset,
+    *,
+    n_history: int = 4,
+    targets_per_user: int = 3,
+    users: Sequence[str] | None = None,
+    truth: Truth = "planted",
+) -> list[TargetQuery]:
+    """Per user: up to ``targets_per_user`` chosen turn-0 responses as targets, each with the
+    user's ``n_history`` other turn-0 conversations (prompt, chosen response) as history, and
+    the next user's as the placebo history of the same length; ``truth`` picks the spans
+    (``response_spans``)."""
+    gt = dataset.ground_truth
+    if gt is None or "responses" not in gt:
+        raise ValueError("scoring against planted truth needs a simulated set's ground truth")
+    spans = _spans_by_text(gt, truth)
+    convs: dict[str, list[tuple[str, str]]] = {}
+    for p in dataset.preference_pairs(turn0_only=True):
+        lst = convs.setdefault(p.user_id, [])
+        if (p.prompt, p.chosen) not in lst:
+            lst.append((p.prompt, p.chosen))
+    order = sorted(convs) if users is None else [u for u in users if u in convs]
+    out = []
+    for k, user in enumerate(order):
+        other = order[(k + 1) % len(order)]
+        mine = convs[user]
+        for t in range(min(targets_per_user, len(mine))):
+            prompt, response = mine[t]
+            rest = [c for i, c in enumerate(mine) if i != t][:n_history]
+            placebo = convs[other][: len(rest)]
+            out.append(
+                TargetQuery(
+                    user,
+                    gt["users"].get(user, {}).get("group", "unknown"),
+                    prompt,
+                    response,
+                    _messages(rest),
+                    _messages(placebo),
+                    tuple(spans.get(response, [])),
+                )
+            )
+    return out
+
+
+def _messages(convs: Sequence[tuple[str, str]]) -> tuple[Message, ...]:
+    return tuple(
+        m
+        for prompt, reply in convs
+        for m in ({"role": "user", "content": prompt}, {"role": "assistant", "content": reply})
+    )
+
+
+def planted_labels(effects: TokenEffects, spans: Sequence[tuple[int, int, str]]) -> list[str]:
+    """Per token: the attribute of the first planted span it overlaps, or ``""``."""
+    labels = []
+    for a, b in effects.offsets:
+        hit = next((attr for s, e, attr in spans if a < e and b > s and b > a), "")
+        labels.append(hit)
+    return labels
+
+
+def _scores(with_none: TokenEffects, with_placebo: TokenEffects) -> dict[str, np.ndarray]:
+    """Each estimator's per-token score (a token is selected when its score > threshold)."""
+    e0, e1 = with_none.effect.numpy(), with_placebo.effect.numpy()
+    r0, r1 = with_none.log_ratio.numpy(), with_placebo.log_ratio.numpy()
+    return {
+        "none · p-diff": e0,  # NextQuill
+        "none · log-ratio": r0,
+        "placebo · p-diff": e1,
+        "placebo · log-ratio": r1,
+        "none & placebo · p-diff": np.minimum(e0, e1),
+        "none & placebo · log-ratio": np.minimum(r0, r1),
+    }
+
+
+ESTIMATORS = (
+    "none · p-diff",
+    "none · log-ratio",
+    "placebo · p-diff",
+    "placebo · log-ratio",
+    "none & placebo · p-diff",
+    "none & placebo · log-ratio",
+)
+
+
+def estimator_scores(
+    queries: Sequence[TargetQuery],
+    with_none: Sequence[TokenEffects],
+    with_placebo: Sequence[TokenEffects],
+) -> pd.DataFrame:
+    """One row per target token: user, group, planted attribute (``""`` if none), and each
+    estimator's score."""
+    rows = []
+    for q, e0, e1 in zip(queries, with_none, with_placebo, strict=True):
+        labels = planted_labels(e0, q.spans)
+        scores = _scores(e0, e1)
+        for i, lab in enumerate(labels):
+            rows.append(
+                {
+                    "user": q.user_id,
+                    "group": q.group,
+                    "token": e0.tokens[i],
+                    "attribute": lab,
+                    "planted": bool(lab),
+                    **{k: float(v[i]) for k, v in scores.items()},
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def pr_curve(
+    tokens: pd.DataFrame,
+    thresholds: Mapping[str, Sequence[float]] | None = None,
+    *,
+    by: str | None = None,
+) -> pd.DataFrame:
+    """Precision and recall of every estimator at every threshold (optionally per ``by``
+    column value, e.g. ``"group"``); precision is NaN where nothing is selected."""
+    thresholds = thresholds or {
+        k: (np.linspace(-0.05, 0.5, 23) if "p-diff" in k else np.linspace(-1.0, 6.0, 29)).tolist()
+        for k in ESTIMATORS
+    }
+    parts = [("all", tokens)] if by is None else list(tokens.groupby(by))
+    rows = []
+    for key, part in parts:
+        truth = part["planted"].to_numpy(bool)
+        for est, ths in thresholds.items():
+            values = part[est].to_numpy(float)
+            for th in ths:
+                sel = values > th
+                tp = int((sel & truth).sum())
+                rows.append(
+                    {
+                        "subset": key,
+                        "estimator": est,
+                        "threshold": float(th),
+                        "selected": int(sel.sum()),
+                        "precision": tp / sel.sum() if sel.sum() else float("nan"),
+                        "recall": tp / truth.sum() if truth.sum() else float("nan"),
+                    }
+                )
+    return pd.DataFrame(rows)

@@ -1,0 +1,95 @@
+"""The SteerX pipeline end to end on the tiny model: every backbone, deterministic, saved
+with provenance; descriptions from evidence."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import steerlens as sl
+from steerlens.steerx import SteerXConfig, describe, evidence_spans, steerx_user
+
+CONVS = [
+    ("Tell me a joke.", "Damn, fine: a duck walks into a bar."),
+    ("How do I cook rice?", "Honestly? Boil it, dude."),
+    ("Tips for sleep?", "Ugh, just sleep more, lol."),
+]
+PLACEBO = [("Plan a trip.", "Certainly. Kindly consider Rome."), ("Hi?", "Good day to you.")]
+GENERIC = ["Here is a joke.", "Rinse the rice, then simmer.", "Keep a regular schedule."]
+
+
+class RandomSAE:
+    def __init__(self, d_model: int, d_sae: int = 128) -> None:
+        g = torch.Generator().manual_seed(0)
+        self.W_enc = torch.randn(d_model, d_sae, generator=g) / d_model**0.5
+        self.W_dec = torch.randn(d_sae, d_model, generator=g) / d_sae**0.5
+        self.b_enc = torch.zeros(d_sae)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x @ self.W_enc + self.b_enc)
+
+
+@pytest.mark.parametrize("backbone", ["mean", "bipo", "sae"])
+def test_pipeline_runs_end_to_end_and_is_deterministic(tiny_bridge, backbone, tmp_path):
+    cfg = SteerXConfig(
+        backbone=backbone,
+        n_history=2,
+        threshold=0.0,
+        layers=[2],
+        generic_tokens=4,
+        bipo={"epochs": 2, "lr": 0.05, "val_fraction": 0.0},
+        sae_max_density=1.0,
+    )
+    kw = dict(
+        user="u1",
+        config=cfg,
+        placebo=PLACEBO,
+        generic=GENERIC,
+        progress_bar=False,
+        sae=RandomSAE(tiny_bridge.cfg.d_model),
+    )
+    a = steerx_user(tiny_bridge, CONVS, **kw)
+    b = steerx_user(tiny_bridge, CONVS, **kw)
+    assert (
+        a.vector.method == f"steerx-{backbone}"
+        and a.all_history.method == f"all-history-{backbone}"
+    )
+    assert torch.equal(a.vector.as_tensor(), b.vector.as_tensor())  # same run twice: same bits
+    assert torch.equal(a.all_history.as_tensor(), b.all_history.as_tensor())
+    assert not torch.allclose(a.vector.as_tensor(), a.all_history.as_tensor())
+    assert len(a.effects) == 3 and all(
+        len(s) < len(e) for s, e in zip(a.selected, a.effects, strict=False)
+    )
+    assert a.description.mode == "spans" and a.description.text
+    prov = json.loads((a.save(tmp_path) / "provenance.json").read_text())
+    assert prov["config"]["backbone"] == backbone and len(prov["targets"]) == 3
+    assert sl.SteeringVector.load(tmp_path / "steerx.safetensors").metadata["user"] == "u1"
+
+
+def test_descriptions_rank_and_deduplicate_evidence(tiny):
+    effs = sl.steerx.batch_history_effects(
+        tiny, [(p, r, [], None) for p, r in CONVS[:2]]
+    )  # no history: every effect is 0, nothing selected
+    assert evidence_spans(effs) == []
+    assert describe(tiny, effs).text == "No preference-driven tokens were found."
+    eff = effs[0]
+    eff.logp_without = eff.logp_with - torch.linspace(0, 2, len(eff))  # later tokens: larger
+    spans = evidence_spans([eff, eff], threshold=0.0, measure="log_ratio")
+    assert len(spans) == 1 and spans[0] == eff.text[eff.offsets[1][0] :].strip()
+    d = describe(tiny, [eff], mode="model", threshold=0.0, measure="log_ratio", max_new_tokens=4)
+    assert d.mode == "model" and d.text.startswith("The user prefers") and d.evidence == spans
+    assert "past conversations" in d.prompt
+    with pytest.raises(ValueError, match="mode"):
+        describe(tiny, [eff], mode="poem")  # type: ignore[arg-type]
+
+
+def test_pipeline_errors():
+    with pytest.raises(ValueError, match="backbone"):
+        SteerXConfig(backbone="lora")  # type: ignore[arg-type]
+    m = sl.load_model("tiny-random")
+    with pytest.raises(ValueError, match="two conversations"):
+        steerx_user(m, CONVS[:1])
+    with pytest.raises(ValueError, match="SAE"):
+        steerx_user(m, CONVS, config=SteerXConfig(backbone="sae"))

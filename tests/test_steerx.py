@@ -1,0 +1,175 @@
+"""SteerX causal effects: ablation estimators, item/token ablation, activation and attribution
+patching — exact arithmetic on tiny models, batched == one at a time, both model classes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import ENGINES, assert_close_impl, no_hooks_left
+
+import steerlens as sl
+from steerlens.scoring import ids_logprobs
+from steerlens.steerx import (
+    activation_patching,
+    attribution_patching,
+    batch_history_effects,
+    history_effects,
+    history_items,
+    history_token_effects,
+    item_effects,
+    rank_agreement,
+    shuffled_history,
+)
+
+HIST = [
+    {"role": "user", "content": "Tell me about dogs."},
+    {"role": "assistant", "content": "Dogs are loyal, damn good friends."},
+    {"role": "user", "content": "And cats?"},
+    {"role": "assistant", "content": "Cats are aloof."},
+]
+OTHER = [
+    {"role": "user", "content": "Plan a trip."},
+    {"role": "assistant", "content": "Certainly. Kindly consider Rome."},
+]
+KW = dict(prompt="What about birds?", response="Birds sing, damn it.", history=HIST)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_history_effect_is_the_probability_difference_of_two_contexts(tiny, engine):
+    eff = history_effects(tiny, engine=engine, **KW)
+    with_h = sl.continuation_logprobs(
+        tiny, [[*HIST, {"role": "user", "content": KW["prompt"]}]], [KW["response"]], engine="tl"
+    )[0]
+    without = sl.continuation_logprobs(tiny, [KW["prompt"]], [KW["response"]], engine="tl")[0]
+    assert_close_impl(eff.logp_with, with_h)
+    assert_close_impl(eff.logp_without, without)
+    assert torch.equal(eff.effect, eff.logp_with.exp() - eff.logp_without.exp())
+    assert torch.equal(eff.log_ratio, eff.logp_with - eff.logp_without)
+    assert "".join(KW["response"][a:b] for a, b in eff.offsets) == KW["response"]
+    frame = eff.to_frame()
+    assert list(frame.columns) == [
+        "token",
+        "start",
+        "end",
+        "p_with",
+        "p_without",
+        "effect",
+        "log_ratio",
+    ]
+    assert len(frame) == len(eff) == len(eff.tokens)
+
+
+def test_batched_effects_equal_one_at_a_time_and_counterfactuals(tiny):
+    queries = [
+        (KW["prompt"], KW["response"], HIST, None),
+        ("Hi?", "Hello there, friend.", HIST[:2], OTHER),  # placebo: another user's history
+        ("Why?", "Because.", HIST, shuffled_history(HIST, seed=1)),
+    ]
+    batched = batch_history_effects(tiny, queries, batch_size=4)
+    for q, b in zip(queries, batched, strict=True):
+        (single,) = batch_history_effects(tiny, [q], batch_size=1)
+        assert_close_impl(b.logp_with, single.logp_with)
+        assert_close_impl(b.logp_without, single.logp_without)
+    none = history_effects(tiny, **KW)
+    empty = history_effects(tiny, counterfactual=[], **KW)
+    assert torch.equal(none.logp_without, empty.logp_without)
+    same = history_effects(tiny, counterfactual=HIST, **KW)
+    assert torch.equal(same.effect, torch.zeros_like(same.effect))  # identical contexts
+    assert batched[1].metadata["counterfactual_items"] == 1
+
+
+def test_select_thresholds_top_k_and_spans(tiny):
+    eff = history_effects(tiny, **KW)
+    values = eff.effect.numpy()
+    sel = eff.select(threshold=0.0)
+    assert sel == sorted(i for i, v in enumerate(values) if v > 0)
+    top = eff.select(threshold=-1.0, top_k=3)
+    assert len(top) == 3 and set(top) == set(
+        sorted(range(len(values)), key=lambda i: -values[i])[:3]
+    )
+    by_ratio = eff.select(threshold=0.0, measure="log_ratio")
+    assert by_ratio == sorted(i for i, v in enumerate(eff.log_ratio.numpy()) if v > 0)
+    assert eff.spans([0, 1, 2]) == [(0, eff.offsets[2][1])]
+    with pytest.raises(ValueError, match="measure"):
+        eff.select(measure="vibes")  # type: ignore[arg-type]
+
+
+def test_item_ablation_rows_are_the_history_without_each_item(tiny):
+    items = history_items(HIST)
+    assert [len(it) for it in items] == [2, 2]
+    res = item_effects(tiny, **KW)
+    assert res.effect.shape == (2, len(res.target))
+    for i in range(2):
+        rest = [m for j, it in enumerate(items) if j != i for m in it]
+        ref = history_effects(tiny, counterfactual=rest, **KW)
+        assert_close_impl(res.effect[i], ref.effect)
+    with pytest.raises(ValueError, match="non-empty history"):
+        item_effects(tiny, prompt="x", response="y", history=[])
+
+
+def test_token_ablation_remove_and_mean_modes(tiny):
+    res = history_token_effects(tiny, mode="remove", max_tokens=6, batch_size=4, **KW)
+    assert len(res.positions) == 6 and res.logp_ablated.shape == (6, len(res.target))
+    ctx = sl.encode_prompts(tiny, [[*HIST, {"role": "user", "content": KW["prompt"]}]])[0]
+    assert "".join(res.history_tokens) in "".join(m["content"] for m in HIST)
+    p = res.positions[2]
+    (manual,) = ids_logprobs(tiny, [torch.cat([ctx[:p], ctx[p + 1 :]])], [res.target.ids])
+    assert_close_impl(res.logp_ablated[2], manual)
+    mean = history_token_effects(tiny, mode="mean", max_tokens=6, batch_size=4, **KW)
+    one = history_token_effects(tiny, mode="mean", max_tokens=6, batch_size=1, **KW)
+    assert_close_impl(mean.logp_ablated, one.logp_ablated)  # per-row position follows its row
+    assert not torch.allclose(mean.logp_ablated, res.logp_ablated, atol=1e-4)
+    assert mean.total().shape == (6,)
+    assert no_hooks_left(tiny)
+    with pytest.raises(ValueError, match="mode"):
+        history_token_effects(tiny, mode="zero", **KW)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_activation_patching_restores_exactly_at_the_last_layer(tiny, engine):
+    last = tiny.cfg.n_layers - 1
+    full = activation_patching(tiny, positions="all", engine=engine, **KW)
+    assert full.restored.shape == (tiny.cfg.n_layers, 1, len(full.tokens))
+    # the last block's output at every aligned position is all the logits depend on
+    assert_close_impl(full.restored[last, 0], full.gap)
+    assert full.by_layer()[last] == pytest.approx(1.0, abs=1e-3)
+    grid = activation_patching(tiny, layers=[0, last], batch_size=16, engine=engine, **KW)
+    single = activation_patching(tiny, layers=[0, last], batch_size=1, engine="tl", **KW)
+    assert grid.restored.shape == (2, len(grid.tokens), len(grid.tokens))
+    assert_close_impl(grid.restored, single.restored)
+    # a patch at the last layer only changes the token predicted at that position
+    j = 2
+    row = grid.restored[1, j]
+    assert_close_impl(row[j], grid.gap[j])
+    assert torch.allclose(torch.cat([row[:j], row[j + 1 :]]), torch.zeros(len(row) - 1), atol=1e-4)
+    same = activation_patching(tiny, counterfactual=HIST, layers=[0], engine=engine, **KW)
+    assert torch.equal(same.restored, torch.zeros_like(same.restored))
+    assert no_hooks_left(tiny)
+    with pytest.raises(ValueError, match="outside"):
+        activation_patching(tiny, positions=[99], **KW)
+
+
+def test_attribution_patching_agrees_with_exact_patching(tiny):
+    exact = activation_patching(tiny, **KW)
+    with torch.no_grad():  # turns gradients on for itself
+        grad = attribution_patching(tiny, **KW)
+    assert grad.method == "attribution-patching"
+    assert grad.layer_position().shape == exact.layer_position().shape
+    assert rank_agreement(exact.layer_position(), grad.layer_position())["spearman"] > 0
+    ig = attribution_patching(tiny, steps=32, **KW)
+    # integrated gradients are complete: per layer, the estimates sum to patching every
+    # aligned position of that layer at once
+    layer_all = activation_patching(tiny, positions="all", **KW).restored.sum(-1)[:, 0]
+    torch.testing.assert_close(ig.restored[:, :, 0].sum(-1), layer_all, rtol=0.1, atol=0.2)
+    agree = rank_agreement(exact.layer_position(), ig.layer_position())
+    assert agree["spearman"] > 0.5
+    assert no_hooks_left(tiny)
+    assert all(p.requires_grad for p in tiny.parameters())  # weights handed back
+
+
+def test_rank_agreement():
+    a = torch.tensor([3.0, 1.0, 2.0, 0.5])
+    assert rank_agreement(a, a) == {"spearman": pytest.approx(1.0), "top10_overlap": 1.0}
+    assert rank_agreement(a, -a)["spearman"] == pytest.approx(-1.0)
+    with pytest.raises(ValueError, match="shapes"):
+        rank_agreement(a, a[:2])

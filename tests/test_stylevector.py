@@ -1,0 +1,62 @@
+"""StyleVector: the hand-computed mean difference; the selected-token variant."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import assert_close_impl
+
+import steerlens as sl
+from steerlens.methods.stylevector import style_vector
+
+PROMPTS = ["Tell me a joke.", "How do I cook rice?", "Any tips for sleep?"]
+USER = ["Damn, fine: a duck walks in.", "Honestly? Boil it, dude.", "Sleep more, lol."]
+GENERIC = ["Here is a joke.", "Rinse the rice, then simmer.", "Keep a regular schedule."]
+
+
+def _pooled(model, prompt, response, layers, keep=None):
+    ids, masks = sl.response_masks(model, [prompt], [response])
+    mask = masks[0]
+    if keep is not None:
+        mask = torch.cat([torch.zeros(len(mask) - len(keep), dtype=torch.bool), keep])
+    with torch.no_grad():
+        _, cache = model.run_with_cache(ids[0][None])
+    resid = torch.stack([cache[sl.resid_post(layer)][0] for layer in layers])  # [L, pos, d]
+    return resid[:, mask].mean(1)
+
+
+def test_style_vector_is_the_mean_difference_of_pooled_responses(tiny):
+    layers = [1, 2]
+    vec = style_vector(tiny, PROMPTS, USER, GENERIC, layers, batch_size=2)
+    hand = torch.stack(
+        [
+            _pooled(tiny, p, u, layers) - _pooled(tiny, p, g, layers)
+            for p, u, g in zip(PROMPTS, USER, GENERIC, strict=True)
+        ]
+    ).mean(0)
+    assert vec.layers == layers and vec.method == "stylevector"
+    assert_close_impl(vec.as_tensor(), hand)
+
+
+def test_selected_token_variant_pools_only_kept_tokens(tiny):
+    layers = [2]
+    keep = [
+        torch.zeros(len(sl.tokenize(tiny, [u], add_special_tokens=False)[0]), dtype=torch.bool)
+        for u in USER
+    ]
+    keep[0][:3] = True
+    keep[2][-2:] = True  # the second response keeps nothing: left out
+    vec = style_vector(tiny, PROMPTS, USER, GENERIC, layers, keep=keep)
+    hand = torch.stack(
+        [
+            _pooled(tiny, PROMPTS[i], USER[i], layers, keep[i])
+            - _pooled(tiny, PROMPTS[i], GENERIC[i], layers)
+            for i in (0, 2)
+        ]
+    ).mean(0)
+    assert vec.method == "stylevector-selected" and vec.metadata["n_prompts"] == 2
+    assert_close_impl(vec.as_tensor(), hand)
+    with pytest.raises(ValueError, match="keep mask"):
+        style_vector(tiny, PROMPTS, USER, GENERIC, layers, keep=[k[:-1] for k in keep])
+    with pytest.raises(ValueError, match="prompts"):
+        style_vector(tiny, PROMPTS, USER[:2], GENERIC, layers)

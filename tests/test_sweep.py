@@ -1,0 +1,291 @@
+"""Sweeps: the grid, per-row cells equal single runs, resume after a kill, sharding."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+import steerlens as sl
+from steerlens.sweep import (
+    BASELINE,
+    GenerationSettings,
+    SweepConfig,
+    SweepPrompt,
+    gather,
+    make_grid,
+    plan,
+    run_sweep,
+    sweep_salt,
+)
+
+PROMPTS = [
+    SweepPrompt("p0", "Tell me about cats.", "u1", "benign", "Cats are small."),
+    SweepPrompt("p1", "How do I bake bread?", "u2", "benign", "Knead it well."),
+    SweepPrompt("p2", "Is it ok to swear?", "u1", "sensitive", "Damn right it is."),
+]
+SETTINGS = GenerationSettings(max_new_tokens=5, batch_size=4, cells_per_batch=4)
+
+
+def _vectors(model: sl.HookedModel) -> dict:
+    g = torch.Generator().manual_seed(3)
+    d = model.cfg.d_model
+
+    def vec(scale: float) -> sl.SteeringVector:
+        return sl.SteeringVector(
+            {1: scale * torch.randn(d, generator=g), 2: scale * torch.randn(d, generator=g)},
+            model_name=sl.model_name(model),
+        )
+
+    return {"pop": vec(6.0), "personal": {"u1": vec(6.0), "u2": vec(6.0)}}
+
+
+def _measure(model, rows, gen):  # cheap and deterministic: no toxicity model needed
+    return {"n_tokens": [int(t.numel()) for t in gen.tokens], "first": [r.prompt[:3] for r in rows]}
+
+
+def test_grid_has_one_baseline_per_prompt_and_no_alpha_zero_cells():
+    cells = make_grid(PROMPTS, ["pop", "personal"], [0.0, 1.0, 2.0], ["all", "first:2"])
+    base = [c for c in cells if c.method == BASELINE]
+    assert len(base) == 3 and all(c.alpha == 0.0 and c.gate == "all" for c in base)
+    assert len(cells) == 3 * (1 + 2 * 2 * 2)
+    assert all(c.alpha != 0.0 for c in cells if c.method != BASELINE)
+    assert {c.user for c in cells if c.prompt_id == "p1"} == {"u2"}  # the prompt's own user
+    with pytest.raises(ValueError, match="gate"):
+        make_grid(PROMPTS, ["pop"], [1.0], ["first:x"])
+    with pytest.raises(ValueError, match="duplicate"):
+        make_grid(PROMPTS + PROMPTS[:1], ["pop"], [1.0])
+    with pytest.raises(ValueError, match="baseline"):
+        make_grid(PROMPTS, [BASELINE], [1.0])
+
+
+def test_plan_is_fixed_groups_gates_and_names_batches_by_content():
+    cells = make_grid(PROMPTS, ["pop"], [1.0, 2.0], ["all", "prefill"])
+    batches = plan(cells, SETTINGS)
+    assert plan(list(reversed(cells)), SETTINGS) == batches  # order-free
+    assert all(len({c.gate for c in cs}) == 1 for _, cs in batches)
+    assert sorted(c.key for _, cs in batches for c in cs) == sorted(c.key for c in cells)
+    other = plan(cells, GenerationSettings(max_new_tokens=6, batch_size=4, cells_per_batch=4))
+    assert [b for b, _ in other] != [b for b, _ in batches]  # settings change the names
+
+
+def test_each_sweep_row_equals_a_single_generate_call(tiny_bridge, tmp_path):
+    vecs = _vectors(tiny_bridge)
+    cells = make_grid(PROMPTS, ["pop", "personal"], [4.0], ["all", "first:1"])
+    frame = run_sweep(
+        tiny_bridge,
+        cells,
+        PROMPTS,
+        vecs,
+        tmp_path,
+        settings=SETTINGS,
+        measure=_measure,
+        progress_bar=False,
+    )
+    assert frame is not None and len(frame) == len(cells)
+    by_id = {p.prompt_id: p for p in PROMPTS}
+    for _, row in frame.iterrows():
+        p = by_id[row["prompt_id"]]
+        if row["method"] == BASELINE:
+            want = sl.generate(tiny_bridge, [p.prompt], max_new_tokens=5, progress_bar=False)
+        else:
+            v = vecs["pop"] if row["method"] == "pop" else vecs["personal"][row["user"]]
+            want = sl.generate(
+                tiny_bridge,
+                [p.prompt],
+                steering=v,
+                alpha=row["alpha"],
+                gate=sl.hooks.parse_gate(row["gate"]),
+                max_new_tokens=5,
+                progress_bar=False,
+            )
+        assert row["generation"] == want[0], row["key"]
+    base = frame[frame["method"] == BASELINE].set_index("prompt_id")["generation"]
+    steered = frame[frame["method"] != BASELINE]
+    assert (steered["generation"].to_numpy() != base.loc[steered["prompt_id"]].to_numpy()).any()
+
+
+def test_a_killed_sweep_resumes_to_exactly_the_uninterrupted_rows(tiny_bridge, tmp_path):
+    vecs = _vectors(tiny_bridge)
+    cells = make_grid(PROMPTS, ["pop", "personal"], [2.0, 5.0], ["all", "prefill"])
+    full = run_sweep(
+        tiny_bridge,
+        cells,
+        PROMPTS,
+        vecs,
+        tmp_path / "full",
+        settings=SETTINGS,
+        measure=_measure,
+        progress_bar=False,
+    )
+    n_batches = len(plan(cells, SETTINGS))
+    assert n_batches >= 4
+    calls = {"n": 0}
+
+    def dies_on_third(model, rows, gen):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("killed")
+        return _measure(model, rows, gen)
+
+    out = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(
+            tiny_bridge,
+            cells,
+            PROMPTS,
+            vecs,
+            out,
+            settings=SETTINGS,
+            measure=dies_on_third,
+            progress_bar=False,
+        )
+    assert len(list((out / "parts").glob("*.jsonl"))) == 2  # the finished batches only
+    assert not list((out / "parts").glob(".*tmp"))
+    with pytest.raises(FileNotFoundError, match="not on disk"):
+        gather(out, cells, SETTINGS, sweep_salt(tiny_bridge, vecs))
+    calls["n"] = 10  # no more failures; count the batches the rerun does
+    resumed = run_sweep(
+        tiny_bridge,
+        cells,
+        PROMPTS,
+        vecs,
+        out,
+        settings=SETTINGS,
+        measure=dies_on_third,
+        progress_bar=False,
+    )
+    assert calls["n"] - 10 == n_batches - 2  # only what was missing
+    pd.testing.assert_frame_equal(resumed, full)
+    assert not resumed["key"].duplicated().any()
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "cells.parquet"), full)
+
+
+def test_other_vectors_or_model_never_reuse_old_parts(tiny_bridge, tmp_path):
+    vecs = _vectors(tiny_bridge)
+    cells = make_grid(PROMPTS, ["pop"], [4.0])
+    first = run_sweep(
+        tiny_bridge,
+        cells,
+        PROMPTS,
+        vecs,
+        tmp_path,
+        settings=SETTINGS,
+        measure=_measure,
+        progress_bar=False,
+    )
+    n_parts = len(list((tmp_path / "parts").glob("*.jsonl")))
+    other = {**vecs, "pop": vecs["pop"] * -1.0}
+    second = run_sweep(
+        tiny_bridge,
+        cells,
+        PROMPTS,
+        other,
+        tmp_path,
+        settings=SETTINGS,
+        measure=_measure,
+        progress_bar=False,
+    )
+    assert len(list((tmp_path / "parts").glob("*.jsonl"))) == 2 * n_parts  # all rerun
+    assert sweep_salt(tiny_bridge, vecs) != sweep_salt(tiny_bridge, other)
+    steered = first["method"] != BASELINE
+    assert (first.loc[steered, "generation"] != second.loc[steered, "generation"]).any()
+    assert (first.loc[~steered, "generation"] == second.loc[~steered, "generation"]).all()
+
+
+def test_sweep_errors_name_what_is_missing(tiny_bridge, tmp_path):
+    vecs = _vectors(tiny_bridge)
+    cells = make_grid(PROMPTS, ["pop", "other"], [1.0])
+    with pytest.raises(ValueError, match="other"):
+        run_sweep(tiny_bridge, cells, PROMPTS, vecs, tmp_path, settings=SETTINGS)
+    cells = make_grid([*PROMPTS, SweepPrompt("p9", "x", "u9")], ["personal"], [1.0])
+    with pytest.raises(ValueError, match="u9"):
+        run_sweep(tiny_bridge, cells, [*PROMPTS, SweepPrompt("p9", "x", "u9")], vecs, tmp_path)
+    with pytest.raises(ValueError, match="rank"):
+        run_sweep(tiny_bridge, cells[:1], PROMPTS, vecs, tmp_path, rank=2, world=2)
+    assert not list(Path(tmp_path).glob("parts/*.jsonl"))
+
+
+def test_sweep_config_from_yaml_and_json(tmp_path):
+    (tmp_path / "c.yaml").write_text(
+        "model: tiny-random\nalphas: [0, 1.5]\ngates: [all, 'first:4']\n"
+    )
+    cfg = SweepConfig.from_file(tmp_path / "c.yaml")
+    assert cfg.alphas == [0, 1.5] and cfg.gates == ["all", "first:4"]
+    (tmp_path / "c.json").write_text(json.dumps({"model": "tiny-random", "bogus": 1}))
+    with pytest.raises(ValueError, match="bogus"):
+        SweepConfig.from_file(tmp_path / "c.json")
+    with pytest.raises(ValueError, match="methods"):
+        SweepConfig(methods=["nope"])
+    with pytest.raises(ValueError, match="gate"):
+        SweepConfig(gates=["sometimes"])
+
+
+TINY_SWEEP = {
+    "model": "tiny-random",
+    "methods": ["population", "dislike-weighted"],
+    "alphas": [0, 4.0],
+    "gates": ["all", "first:1"],
+    "n_prompts": 5,
+    "max_new_tokens": 4,
+    "batch_size": 4,
+    "cells_per_batch": 6,
+    "train_pairs": 40,
+}
+
+
+@pytest.mark.skipif(
+    shutil.which("accelerate") is None
+    and not (Path(sys.executable).parent / "accelerate").exists(),
+    reason="accelerate is not installed",
+)
+def test_two_process_accelerate_sweep_equals_the_single_process_run(tmp_path):
+    from steerlens.sweep import run_config
+
+    cfg_path = tmp_path / "sweep.json"
+    cfg_path.write_text(json.dumps(TINY_SWEEP))
+    single = run_config(
+        SweepConfig(**{**TINY_SWEEP, "out": str(tmp_path / "one")}), progress_bar=False
+    )
+    assert single is not None
+    launcher = Path(sys.executable).parent / "accelerate"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [
+            str(launcher),
+            "launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "-m",
+            "steerlens.sweep",
+            str(cfg_path),
+            "--out",
+            str(tmp_path / "two"),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # both processes ran batches: "rank r/2: k of n batches" with k >= 1 for each
+    assert re.search(r"rank 0/2: [1-9]\d* of", proc.stderr), proc.stderr[-2000:]
+    assert re.search(r"rank 1/2: [1-9]\d* of", proc.stderr), proc.stderr[-2000:]
+    merged = pd.read_parquet(tmp_path / "two" / "cells.parquet")
+    pd.testing.assert_frame_equal(merged, single)

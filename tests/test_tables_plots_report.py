@@ -1,0 +1,284 @@
+"""Summary tables of a sweep (exact arithmetic), every figure from a small frame, the report
+page (and, when Chromium is installed, that it renders offline with no script errors)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import zlib
+from pathlib import Path
+
+import pandas as pd
+import plotly.graph_objects as go
+import pytest
+
+from steerlens import plots
+from steerlens.evaluation.tables import dose_response_table, gating_table, selectivity_table
+from steerlens.report import write_report
+
+
+def _cells() -> pd.DataFrame:
+    """Two prompts (one per category); baseline errors 0.2 / 0.4; utility 1 / 2."""
+    rows = []
+    for pid, cat, err, util in (("p0", "benign", 0.2, 1.0), ("p1", "harmful", 0.4, 2.0)):
+        rows.append(
+            dict(
+                key=f"none|{pid}",
+                method="none",
+                user="u",
+                alpha=0.0,
+                gate="all",
+                prompt_id=pid,
+                category=cat,
+                abs_error=err,
+                utility=util,
+            )
+        )
+        for a, f in ((1.0, 0.5), (2.0, 1.5)):
+            rows.append(
+                dict(
+                    key=f"pop|{a}|{pid}",
+                    method="pop",
+                    user="u",
+                    alpha=a,
+                    gate="all",
+                    prompt_id=pid,
+                    category=cat,
+                    abs_error=err * f,
+                    utility=util + a,
+                )
+            )
+        for gate, f in (("first:0", 1.0), ("first:4", 0.75), ("prefill", 1.0)):
+            rows.append(
+                dict(
+                    key=f"pop|1|{gate}|{pid}",
+                    method="pop",
+                    user="u",
+                    alpha=1.0,
+                    gate=gate,
+                    prompt_id=pid,
+                    category=cat,
+                    abs_error=err * f,
+                    utility=util,
+                )
+            )
+    frame = pd.DataFrame(rows)
+    frame["toxicity"] = 0.1
+    frame["perplexity"] = 3.0 + frame["alpha"]
+    frame["degenerate"] = frame["alpha"] > 1.5
+    frame["empty"] = False
+    frame["generation"] = "some words here and there"
+    return frame
+
+
+def test_dose_response_table_is_paired_with_the_unsteered_cells():
+    t = dose_response_table(_cells(), n_boot=200)
+    assert list(t["alpha"]) == [0.0, 1.0, 2.0] and set(t["method"]) == {"pop"}
+    a1 = t[t["alpha"] == 1.0].iloc[0]
+    assert a1["mae"] == pytest.approx(0.15)
+    assert a1["delta_pct"] == pytest.approx(100 * (0.15 / 0.3 - 1))
+    assert a1["delta_low"] <= a1["delta_pct"] <= a1["delta_high"]
+    assert a1["utility_gain"] == pytest.approx(1.0) and a1["utility_low"] == pytest.approx(1.0)
+    assert t[t["alpha"] == 2.0].iloc[0]["degenerate_share"] == 1.0
+    assert t[t["alpha"] == 0.0].iloc[0]["delta_pct"] == 0.0
+    with pytest.raises(ValueError, match="unsteered"):
+        dose_response_table(_cells()[lambda d: d.method != "none"])
+
+
+def test_gating_and_selectivity_tables():
+    g = gating_table(_cells(), method="pop", alpha=1.0, n_boot=200)
+    assert list(g["gate"]) == ["prefill", "first:0", "first:4", "all"]
+    assert list(g["k"].fillna(-1)) == [0.0, 0.0, 4.0, -1]
+    assert g.set_index("gate").loc["first:4", "delta_pct"] == pytest.approx(-25.0)
+    assert g.set_index("gate").loc["prefill", "delta_pct"] == pytest.approx(0.0)
+    sel = selectivity_table(_cells(), method="pop")
+    assert sel.loc["benign", 1.0] == pytest.approx(-50.0)
+    assert sel.loc["harmful", 2.0] == pytest.approx(50.0)
+    with pytest.raises(ValueError, match="no cells"):
+        gating_table(_cells(), method="pop", alpha=3.0)
+
+
+def _figures() -> dict[str, go.Figure]:
+    cells = _cells()
+    ppa = pd.DataFrame(
+        [
+            dict(method=m, measure="ppa_projection", mean=v, low=v - 0.05, high=v + 0.05, n=10)
+            for m, v in (
+                ("population", 0.6),
+                ("personalized (dislike-weighted)", 0.7),
+                ("chance", 0.5),
+                ("oracle", 0.85),
+            )
+        ]
+    )
+    coords = pd.DataFrame(
+        {"c0": [0.1, -0.2], "c1": [0.3, 0.0], "group": ["a", "b"]}, index=["u1", "u2"]
+    )
+    util = pd.DataFrame([dict(method="pop", group=g, mean=0.1, low=0.0, high=0.2) for g in "ab"])
+    mmlu = pd.DataFrame([dict(condition=c, mean=0.3, low=0.2, high=0.4) for c in ("u", "s")])
+    return {
+        "dose": plots.dose_response(dose_response_table(cells, n_boot=100)),
+        "selectivity": plots.selectivity_heatmap(selectivity_table(cells, method="pop")),
+        "gating": plots.gating_curve(gating_table(cells, method="pop", alpha=1.0, n_boot=100)),
+        "ppa": plots.ppa_bars(ppa),
+        "users": plots.users_in_basis(coords),
+        "utility": plots.utility_by_group(util),
+        "mmlu": plots.mmlu_bars(mmlu),
+    }
+
+
+def test_every_figure_builds_from_a_small_frame():
+    figs = _figures()
+    dose = figs["dose"]
+    delta = next(tr for tr in dose.data if tr.name == "pop" and tr.xaxis == "x")
+    assert list(delta.y) == pytest.approx([0.0, -50.0, 50.0])
+    heat = figs["selectivity"].data[0]
+    assert [pytest.approx(r) for r in heat.z.tolist()] == [[-50.0, 50.0], [-50.0, 50.0]]
+    gate = figs["gating"].data[0]
+    assert list(gate.x) == [0.0, 4.0] and list(gate.y) == pytest.approx([0.0, -25.0])
+    for fig in figs.values():
+        assert isinstance(fig, go.Figure) and len(fig.data) >= 1
+    with pytest.raises(ValueError, match="delta_pct"):
+        plots.dose_response(pd.DataFrame({"method": ["x"], "alpha": [0.0]}))
+
+
+def test_save_figure_writes_html_and_never_fails_without_chrome(tmp_path, monkeypatch):
+    monkeypatch.setattr(plots, "_chrome_available", lambda: False)
+    files = plots.save_figure(_figures()["dose"], tmp_path / "f" / "dose")
+    assert [f.name for f in files] == ["dose.html"] and files[0].stat().st_size > 1000
+    assert (tmp_path / "f" / "plotly.min.js").exists()  # opens offline
+
+
+def _gens() -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            dict(
+                user=u,
+                method=m,
+                alpha=a,
+                gate="all",
+                category="c",
+                prompt=f"q </script> {u}",
+                preferred="pref",
+                unsteered="plain",
+                generation=f"{m}-{a}",
+            )
+            for u in ("u1", "u2")
+            for m in ("pop", "bt")
+            for a in (0.5, 1.0)
+        ]
+    )
+
+
+def test_report_page_is_self_contained(tmp_path):
+    page = write_report(
+        tmp_path,
+        title="T",
+        config={"x": 1},
+        tables={"t": pd.DataFrame({"a": [1.5]})},
+        figures=_figures(),
+        generations=_gens(),
+        notes=["simulated data"],
+    )
+    text = page.read_text()
+    assert '<script src="plotly.min.js">' in text and "cdn" not in text.lower()
+    assert (tmp_path / "plotly.min.js").stat().st_size > 1_000_000
+    assert text.count('class="figure"') == len(_figures())
+    assert "q <\\/script> u1" in text  # data cannot close its script tag
+    with pytest.raises(ValueError, match="generation"):
+        write_report(tmp_path, title="T", generations=_gens().drop(columns="generation"))
+
+
+def _png_pixels(path: Path) -> tuple[int, int, set[bytes]]:
+    """Width, height and the set of distinct RGB(A) pixels of a non-interlaced 8-bit PNG."""
+    data = path.read_bytes()
+    pos, idat, width, height, ctype = 8, b"", 0, 0, 0
+    while pos < len(data):
+        n = int.from_bytes(data[pos : pos + 4], "big")
+        kind, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + n]
+        if kind == b"IHDR":
+            width, height = int.from_bytes(body[:4], "big"), int.from_bytes(body[4:8], "big")
+            ctype = body[9]
+        elif kind == b"IDAT":
+            idat += body
+        pos += 12 + n
+    bpp = 4 if ctype == 6 else 3
+    raw, stride, prev, colours = zlib.decompress(idat), width * bpp, bytearray(width * bpp), set()
+    for y in range(height):
+        f, line = (
+            raw[y * (stride + 1)],
+            bytearray(raw[y * (stride + 1) + 1 : (y + 1) * (stride + 1)]),
+        )
+        for i in range(stride):
+            a = line[i - bpp] if i >= bpp else 0
+            b, c = prev[i], prev[i - bpp] if i >= bpp else 0
+            if f == 1:
+                line[i] = (line[i] + a) & 255
+            elif f == 2:
+                line[i] = (line[i] + b) & 255
+            elif f == 3:
+                line[i] = (line[i] + (a + b) // 2) & 255
+            elif f == 4:
+                p = a + b - c
+                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                line[i] = (line[i] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 255
+        if y % 7 == 0:
+            colours.update(bytes(line[i : i + 3]) for i in range(0, stride, bpp * 5))
+        prev = line
+    return width, height, colours
+
+
+CHROME = next(
+    (b for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None
+)
+
+
+@pytest.mark.skipif(CHROME is None, reason="no Chromium installed (make install adds Debian's)")
+def test_report_page_renders_in_headless_chromium_offline(tmp_path):
+    write_report(
+        tmp_path,
+        title="T",
+        figures=_figures(),
+        generations=_gens(),
+        tables={"t": pd.DataFrame({"a": [1.5]})},
+    )
+    url = (tmp_path / "index.html").as_uri()
+    flags = [
+        CHROME,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--virtual-time-budget=8000",
+        "--host-resolver-rules=MAP * ~NOTFOUND",
+        "--proxy-server=127.0.0.1:9",
+    ]
+    dom = subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True, timeout=120)
+    body = dom.stdout[dom.stdout.find("<body") :].split(">", 1)[0]
+    assert f'data-rendered="{len(_figures())}"' in body, body
+    assert 'data-errors="0"' in body, body
+    # the generation browser filled itself from its data: the first user, method, alpha
+    # and gate picked, their one generation shown beside the prompt and preferred response
+    assert '<span id="gen-count">1 generation(s)</span>' in dom.stdout
+    listing = dom.stdout[dom.stdout.find('id="gen-list"') :]
+    assert "preferred response" in listing and "unsteered" in listing
+    shot = tmp_path / "shot.png"
+    subprocess.run(
+        [*flags, "--window-size=1200,2400", f"--screenshot={shot}", url],
+        capture_output=True,
+        timeout=120,
+    )
+    width, height, colours = _png_pixels(shot)
+    assert (width, height) == (1200, 2400)
+    assert len(colours) > 20  # not blank: text, tables and plots in many colours
+
+
+def test_append_links_adds_then_replaces_a_section(tmp_path):
+    from steerlens.report import append_links
+
+    page = write_report(tmp_path, title="T", tables={"t": pd.DataFrame({"a": [1]})})
+    append_links(page, "SteerX pages", {"card u1": "steerx_user_u1.html"})
+    append_links(page, "SteerX pages", {"card u2": "steerx_user_u2.html"})
+    text = page.read_text()
+    assert text.count('id="links-steerx-pages"') == 1
+    assert "steerx_user_u2.html" in text and "steerx_user_u1.html" not in text
+    assert text.index("links-steerx-pages") < text.index("</main>")

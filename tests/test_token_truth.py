@@ -1,0 +1,104 @@
+"""Planted-truth scoring of token selections: labels from character spans, exact PR."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+import steerlens as sl
+from steerlens.evaluation.token_truth import (
+    ESTIMATORS,
+    estimator_scores,
+    planted_labels,
+    pr_curve,
+    user_queries,
+)
+from steerlens.steerx import TokenEffects
+
+
+def _effects(offsets, p_with, p_without):
+    n = len(offsets)
+    return TokenEffects(
+        "x" * offsets[-1][1],
+        torch.arange(n),
+        ["t"] * n,
+        offsets,
+        torch.tensor(p_with).log(),
+        torch.tensor(p_without).log(),
+    )
+
+
+def test_planted_labels_use_character_overlap():
+    eff = _effects([(0, 5), (5, 9), (9, 15)], [0.5] * 3, [0.5] * 3)
+    assert planted_labels(eff, [(3, 6, "toxicity")]) == ["toxicity", "toxicity", ""]
+    assert planted_labels(eff, [(15, 20, "refusal")]) == ["", "", ""]  # touching is not overlap
+
+
+def test_pr_curve_counts_exactly():
+    tokens = pd.DataFrame(
+        {
+            "planted": [True, True, False, False],
+            "group": ["a", "a", "b", "b"],
+            **{k: [0.3, 0.01, 0.2, -0.1] for k in ESTIMATORS},
+        }
+    )
+    curve = pr_curve(tokens, {"none · p-diff": [0.05, 0.5]})
+    at = curve.set_index("threshold")
+    assert at.loc[0.05, "precision"] == 0.5 and at.loc[0.05, "recall"] == 0.5
+    assert at.loc[0.05, "selected"] == 2
+    assert math.isnan(at.loc[0.5, "precision"]) and at.loc[0.5, "recall"] == 0.0
+    by = pr_curve(tokens, {"none · p-diff": [0.05]}, by="group")
+    assert set(by["subset"]) == {"a", "b"}
+    assert by.set_index("subset").loc["b", "precision"] == 0.0
+
+
+def test_user_queries_and_estimators_on_the_simulated_set():
+    ds = sl.data.load_prism("demo")
+    qs = user_queries(ds, n_history=2, targets_per_user=2, users=sorted(ds.users)[:3])
+    assert len(qs) == 6
+    q = qs[0]
+    assert len(q.history) == 4 and len(q.placebo) == 4  # two conversations, two messages each
+    assert q.response not in [m["content"] for m in q.history]  # the target is held out
+    assert q.placebo != q.history and q.group in {"majority", "more_caution", "less_caution"}
+    assert any(q.spans for q in qs)
+    e0 = _effects([(0, 3), (3, 6)], [0.6, 0.2], [0.5, 0.3])
+    e1 = _effects([(0, 3), (3, 6)], [0.6, 0.2], [0.55, 0.1])
+    fake = dataclasses.replace(q, spans=((0, 2, "toxicity"),))
+    table = estimator_scores([fake], [e0], [e1])
+    assert list(table["planted"]) == [True, False]
+    assert table["none · p-diff"].tolist() == pytest.approx([0.1, -0.1])
+    assert table["none & placebo · p-diff"].tolist() == pytest.approx([0.05, -0.1])
+    with pytest.raises(ValueError, match="ground truth"):
+        user_queries(dataclasses.replace(ds, ground_truth=None))
+
+
+def test_completed_truth_adds_directness_openings_and_attribute_words():
+    from steerlens.evaluation.token_truth import response_spans
+
+    direct = {"text": "Sure. Please be careful, dude.", "opening": "Sure. ", "spans": []}
+    assert response_spans(direct) == []
+    done = response_spans(direct, "completed")
+    assert (0, 6, "directness") in done
+    words = {direct["text"][a:b]: attr for a, b, attr in done if a >= 6}
+    assert words == {"Please": "caution", "careful": "caution", "dude": "informality"}
+    edgy = {
+        "text": "Ugh, damn. Fine.",
+        "opening": "Ugh, damn. ",
+        "spans": [{"start": 0, "end": 11, "attribute": "toxicity"}],
+    }
+    assert not any(attr == "directness" for *_, attr in response_spans(edgy, "completed"))
+    with pytest.raises(ValueError, match="truth"):
+        response_spans(direct, "vibes")  # type: ignore[arg-type]
+
+
+def test_description_hit_names_the_group():
+    from steerlens.evaluation.steerx_study import description_hit
+
+    assert description_hit("The user prefers careful answers and safety advice.", "more_caution")
+    assert not description_hit("The user prefers careful answers.", "less_caution")
+    assert description_hit('The user\'s own texts stress: "Damn"; "honestly".', "less_caution")
+    assert not description_hit("No preference-driven tokens were found.", "majority")

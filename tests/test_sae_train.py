@@ -8,7 +8,7 @@ import torch
 
 import steerlens as sl
 from steerlens.methods.sae import sae_vector
-from steerlens.methods.sae_train import load_sae, save_sae, sae_text, token_activations, train_sae
+from steerlens.methods.sae_train import load_sae, sae_text, save_sae, token_activations, train_sae
 
 
 def test_train_save_reload_and_steer(tmp_path):

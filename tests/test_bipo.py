@@ -33,7 +33,7 @@ def test_margin_gradient_flips_with_the_direction(tiny):
     # at v = 0 the steered model is the reference: the margin is exactly 0
     with torch.no_grad():
         assert torch.allclose(
-            trainer.margin(torch.zeros(tiny.cfg.d_model), [0, 1, 2], 1.0), torch.zeros(3), atol=1e-4
+            trainer.margin(torch.zeros(tiny.cfg.d_model), [0, 1, 2], 1.0), torch.zeros(3), atol=1e-3
         )
     assert no_hooks_left(tiny) and all(p.requires_grad for p in tiny.parameters())
 

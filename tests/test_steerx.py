@@ -74,7 +74,8 @@ def test_batched_effects_equal_one_at_a_time_and_counterfactuals(tiny):
     empty = history_effects(tiny, counterfactual=[], **KW)
     assert torch.equal(none.logp_without, empty.logp_without)
     same = history_effects(tiny, counterfactual=HIST, **KW)
-    assert torch.equal(same.effect, torch.zeros_like(same.effect))  # identical contexts
+    # identical contexts, two rows of one batch: equal up to float noise
+    assert_close_impl(same.logp_with, same.logp_without)
     assert batched[1].metadata["counterfactual_items"] == 1
 
 
@@ -141,9 +142,10 @@ def test_activation_patching_restores_exactly_at_the_last_layer(tiny, engine):
     j = 2
     row = grid.restored[1, j]
     assert_close_impl(row[j], grid.gap[j])
-    assert torch.allclose(torch.cat([row[:j], row[j + 1 :]]), torch.zeros(len(row) - 1), atol=1e-4)
+    others = torch.cat([row[:j], row[j + 1 :]])  # patched batch vs single corrupt run
+    assert others.abs().max() <= 1e-3 * float(grid.logp_corrupt.abs().max())
     same = activation_patching(tiny, counterfactual=HIST, layers=[0], engine=engine, **KW)
-    assert torch.equal(same.restored, torch.zeros_like(same.restored))
+    assert same.restored.abs().max() <= 1e-3 * float(same.logp_corrupt.abs().max())
     assert no_hooks_left(tiny)
     with pytest.raises(ValueError, match="outside"):
         activation_patching(tiny, positions=[99], **KW)

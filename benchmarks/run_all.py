@@ -163,7 +163,9 @@ def memory_rows(name: str, device: str) -> tuple[list[tuple[str, float, float | 
             "--memory-probe",
             mode,
         ]
-        res = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        if res.returncode != 0:
+            raise RuntimeError(f"memory probe {mode!r} failed:\n{res.stderr[-4000:]}")
         probes[mode] = json.loads(res.stdout.strip().splitlines()[-1])
     weights = probes["plain"]["weights_mb"]
     rows: list[tuple[str, float, float | None]] = []

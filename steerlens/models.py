@@ -9,6 +9,17 @@ Two model classes share one hook API (``HookPoint`` names, ``cfg``, ``hooks()``)
   Llama-architecture HF model including the embedded and tiny ones).
 
 Every steerlens function accepts either.
+
+**Weight processing.** Both classes by default apply TransformerLens' load-time processing
+(norm weights folded into the next linear layers, centred unembedding, and for LayerNorm
+models centred writing weights), so hook values are in HookedTransformer's coordinates.
+TransformerLens processes a bridge's weights where they live, in float32, cloning the whole
+state dict at each step: about five times the weights on the device at boot (a
+Llama-3.1-8B-shaped model in bf16 ran out of memory on an 80 GB H100). For RMSNorm models
+(Llama, Mistral, Qwen2, SmolLM ...) that processing changes neither the residual stream nor
+the log-probabilities (folding moves the norm's scale into the next weights; centring the
+unembedding shifts each position's logits by one constant), so ``weight_processing="auto"``
+skips it for a bridge on an accelerator; hook names and aliases are the same either way.
 """
 
 from __future__ import annotations
@@ -32,6 +43,8 @@ logger = logging.getLogger(__name__)
 
 HookedModel: TypeAlias = HookedTransformer | TransformerBridge
 Backend = Literal["bridge", "hooked"]
+WeightProcessing = Literal["auto", "full", "none"]
+_RMS = ("RMS", "RMSPre")
 
 DEFAULT_MODEL = EMBEDDED_NAME
 # The research steers layers 16-22 of Llama-3.1-8B's 32; other models use the same depth.
@@ -47,6 +60,7 @@ class LoadSpec:
     dtype: torch.dtype
     device: str | None
     fingerprint: torch.Tensor | None  # weight_fingerprint at load (HookedTransformer only)
+    weight_processing: Literal["full", "none"] = "full"  # what "auto" resolved to
 
 
 def weight_fingerprint(model: Any) -> torch.Tensor:
@@ -66,6 +80,7 @@ def load_spec(model: HookedModel) -> LoadSpec | None:
 __all__ = [
     "DEFAULT_MODEL",
     "HookedModel",
+    "WeightProcessing",
     "default_layers",
     "frozen_weights",
     "load_model",
@@ -100,6 +115,7 @@ def load_model(
     dtype: str | torch.dtype | None = None,
     device_map: str | dict[str, Any] | None = None,
     seed: int = 0,
+    weight_processing: WeightProcessing = "auto",
 ) -> HookedModel:
     """Load a hooked model.
 
@@ -114,9 +130,19 @@ def load_model(
             unless a dtype is given.
         device_map: HF-style device map for models larger than one GPU (bridge only).
         seed: the random init seed of ``"tiny-random"``.
+        weight_processing: ``"full"``: TransformerLens' load-time processing (hook values in
+            HookedTransformer's coordinates); ``"none"``: the HF weights as they are (the
+            residual stream is HF's own); ``"auto"`` (default): ``"full"``, except a bridge of
+            an RMSNorm model on an accelerator, where processing would change neither the
+            residual stream nor the log-probs and would hold about five times the weights on
+            the device while it runs (module docstring).
     """
     if backend not in ("bridge", "hooked"):
         raise ValueError(f"backend must be 'bridge' or 'hooked', got {backend!r}")
+    if weight_processing not in ("auto", "full", "none"):
+        raise ValueError(
+            f"weight_processing must be 'auto', 'full' or 'none', got {weight_processing!r}"
+        )
     if device is not None and device_map is not None:
         raise ValueError("pass either device or device_map, not both")
     dev = device or _default_device()
@@ -129,21 +155,28 @@ def load_model(
             else load_embedded_hf(dtype=resolved)
         )
         model = (
-            _hooked_from_llama(hf, tok, name, dev)
+            _hooked_from_llama(hf, tok, name, dev, weight_processing)
             if backend == "hooked"
-            else _bridge_from_hf(hf, tok, name, None if device_map else dev)
+            else _bridge_from_hf(hf, tok, name, None if device_map else dev, weight_processing)
         )
     else:
         if backend == "hooked" and _is_official(name):
             name = _official(name)  # TL aliases ("llama-3.1-8b-instruct") -> the hub name
-        model = _load_named(name, backend, dev, resolved, device_map)
+        model = _load_named(name, backend, dev, resolved, device_map, weight_processing)
     # One name on both classes (TransformerLens shortens official names), so a vector built
     # on one backend validates on the other.
     model.cfg.model_name = name
     # A HookedTransformer's fast path is a copy made from the source: record the weights it
     # must match. A bridge's fast path shares the weights and needs no such check.
     fingerprint = weight_fingerprint(model) if backend == "hooked" else None
-    _SPECS[model] = LoadSpec(name, seed, resolved, None if device_map else dev, fingerprint)
+    _SPECS[model] = LoadSpec(
+        name,
+        seed,
+        resolved,
+        None if device_map else dev,
+        fingerprint,
+        getattr(model, "_steerlens_processing", "none" if weight_processing == "none" else "full"),
+    )
     _release_freed_memory()
     return model
 
@@ -162,13 +195,35 @@ def _release_freed_memory() -> None:
         pass
 
 
-def _bridge_from_hf(hf: Any, tok: Any, name: str, device: str | None) -> TransformerBridge:
+def _resolve_processing(
+    processing: WeightProcessing, bridge: bool, norm: str | None, on_accelerator: bool
+) -> Literal["full", "none"]:
+    if processing != "auto":
+        return processing
+    return "none" if bridge and on_accelerator and norm in _RMS else "full"
+
+
+def _compatibility_mode(
+    bridge: TransformerBridge, name: str, processing: WeightProcessing, on_accelerator: bool
+) -> TransformerBridge:
+    """HookedTransformer hook names and aliases, with or without the weight processing."""
+    mode = _resolve_processing(
+        processing, True, getattr(bridge.cfg, "normalization_type", None), on_accelerator
+    )
+    bridge.enable_compatibility_mode(disable_warnings=True, no_processing=mode == "none")
+    bridge.cfg.model_name = name
+    bridge._steerlens_processing = mode  # type: ignore[assignment]
+    return bridge.eval()
+
+
+def _bridge_from_hf(
+    hf: Any, tok: Any, name: str, device: str | None, processing: WeightProcessing = "auto"
+) -> TransformerBridge:
     if device is not None:
         hf = hf.to(device)
     bridge = TransformerBridge.boot_transformers(name, hf_model=hf, tokenizer=tok)
-    bridge.enable_compatibility_mode(disable_warnings=True)
-    bridge.cfg.model_name = name
-    return bridge.eval()
+    on_accel = device is None or not device.startswith("cpu")  # None: a device_map
+    return _compatibility_mode(bridge, name, processing, on_accel)
 
 
 def _load_named(
@@ -177,26 +232,32 @@ def _load_named(
     device: str,
     dtype: torch.dtype,
     device_map: str | dict[str, Any] | None,
+    processing: WeightProcessing = "auto",
 ) -> HookedModel:
     if backend == "hooked":
         if device_map is not None:
             raise ValueError("device_map is only supported with backend='bridge'")
         if _is_official(name):
+            if processing == "none":
+                return HookedTransformer.from_pretrained_no_processing(
+                    name, device=device, dtype=dtype
+                ).eval()
             return HookedTransformer.from_pretrained(name, device=device, dtype=dtype).eval()
         # A local folder or a non-official name: build from the HF model (Llama family).
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         hf = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
         _check_plain_llama(hf.config, name)
-        model = _hooked_from_llama(hf, AutoTokenizer.from_pretrained(name), name, device)
+        model = _hooked_from_llama(
+            hf, AutoTokenizer.from_pretrained(name), name, device, processing
+        )
         _check_conversion(model, hf.to(device), name)  # type: ignore[arg-type]
         return model
     bridge = TransformerBridge.boot_transformers(
         name, device=None if device_map else device, dtype=dtype, device_map=device_map
     )
-    bridge.enable_compatibility_mode(disable_warnings=True)
-    bridge.cfg.model_name = name
-    return bridge.eval()
+    on_accel = device_map is not None or not device.startswith("cpu")
+    return _compatibility_mode(bridge, name, processing, on_accel)
 
 
 def _check_plain_llama(c: Any, name: str) -> None:
@@ -251,8 +312,11 @@ def _is_official(name: str) -> bool:
     return True
 
 
-def _hooked_from_llama(hf: Any, tok: Any, name: str, device: str) -> HookedTransformer:
-    """A HookedTransformer with the weights of a Llama-architecture HF model."""
+def _hooked_from_llama(
+    hf: Any, tok: Any, name: str, device: str, processing: WeightProcessing = "auto"
+) -> HookedTransformer:
+    """A HookedTransformer with the weights of a Llama-architecture HF model (processed on
+    the CPU, then moved)."""
     from transformer_lens import HookedTransformerConfig
     from transformer_lens.pretrained.weight_conversions.llama import convert_llama_weights
 
@@ -283,7 +347,14 @@ def _hooked_from_llama(hf: Any, tok: Any, name: str, device: str) -> HookedTrans
         default_prepend_bos=True,
     )
     model = HookedTransformer(cfg, tokenizer=tok, move_to_device=False)
-    model.load_and_process_state_dict(convert_llama_weights(hf, cfg))
+    full = processing != "none"
+    model.load_and_process_state_dict(
+        convert_llama_weights(hf, cfg),
+        fold_ln=full,
+        center_writing_weights=full,
+        center_unembed=full,
+    )
+    model._steerlens_processing = "full" if full else "none"  # type: ignore[assignment]
     return model.to(device).eval()
 
 

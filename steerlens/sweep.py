@@ -413,6 +413,7 @@ class SweepConfig:
     model: str = DEFAULT_MODEL
     backend: Literal["bridge", "hooked"] = "bridge"
     dtype: str | None = None
+    device: str | None = None  # "cpu", "cuda", ...; default: CUDA when available, else CPU
     device_map: str | None = None  # e.g. "auto": one process over several GPUs
     data: str = "demo"
     out: str = "results/sweep"
@@ -442,6 +443,8 @@ class SweepConfig:
             raise ValueError(f"vector_files reuse method names {sorted(clash)}")
         if not self.methods and not self.vector_files:
             raise ValueError("a sweep needs at least one method or vector file")
+        if self.device is not None and self.device_map is not None:
+            raise ValueError("pass either device or device_map, not both")
         for g in self.gates:
             parse_gate(g)
         if self.n_prompts < 1 or not 0 < self.held_out < 1:
@@ -594,21 +597,39 @@ def load_vectors(folder: Path, methods: Sequence[str]) -> dict[str, Any]:
 class _Dist:
     """Rank, world size and a barrier: accelerate's when launched by it, else one process."""
 
-    def __init__(self) -> None:
+    def __init__(self, cpu: bool = False) -> None:
         self.rank, self.world, self.device = 0, 1, None
         self._state: Any = None
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world > 1:
             import torch
             from accelerate import PartialState
 
-            # without a GPU, processes started by `accelerate launch --multi_gpu` (torchrun)
-            # join a gloo group on CPU; accelerate only does that when asked for cpu
-            self._state = PartialState(cpu=not torch.cuda.is_available())
+            # without a GPU (or when asked for the CPU), processes started by `accelerate
+            # launch --multi_gpu` (torchrun) join a gloo group on CPU; accelerate only does
+            # that when asked for cpu
+            cpu = cpu or not torch.cuda.is_available()
+            if not cpu and world > torch.cuda.device_count():
+                n = torch.cuda.device_count()
+                raise ValueError(
+                    f"{world} processes but {n} visible GPU(s): one process per GPU "
+                    f"(--num_processes {n}), or device: cpu in the config"
+                )
+            self._state = PartialState(cpu=cpu)
             self.rank, self.world = self._state.process_index, self._state.num_processes
             self.device = str(self._state.device)
+        self._cpu = cpu
 
     def barrier(self) -> None:
-        if self._state is not None:
+        if self._state is None:
+            return
+        if self._cpu:
+            import torch.distributed as td
+
+            # accelerate's barrier passes device_ids=[local rank], which a gloo group on a
+            # machine that has GPUs takes for CUDA devices (rank 1 of 2 on one GPU fails)
+            td.barrier()
+        else:
             self._state.wait_for_everyone()
 
 
@@ -619,7 +640,7 @@ def run_config(cfg: SweepConfig, *, progress_bar: bool = True) -> pd.DataFrame |
     """
     import steerlens as sl
 
-    dist = _Dist()
+    dist = _Dist(cpu=cfg.device == "cpu")
     if cfg.device_map is not None and dist.world > 1:
         raise ValueError(
             "device_map spreads one model over the GPUs: run it in one process, not under "
@@ -630,7 +651,7 @@ def run_config(cfg: SweepConfig, *, progress_bar: bool = True) -> pd.DataFrame |
         cfg.model,
         backend=cfg.backend,
         dtype=cfg.dtype,
-        device=None if cfg.device_map else dist.device,
+        device=None if cfg.device_map else (dist.device if dist.world > 1 else cfg.device),
         device_map=cfg.device_map,
         seed=cfg.seed,
     )

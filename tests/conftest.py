@@ -57,8 +57,14 @@ def assert_close_impl(actual: torch.Tensor, expected: torch.Tensor, rel: float =
     """Two *implementations* of the same float32 computation (einsum vs sdpa attention, batched
     vs single, KV cache vs full pass): their last bits differ by CPU, so the tolerance scales
     with the values (``rel`` of the largest magnitude) instead of a fixed atol."""
+    actual, expected = actual.detach().cpu(), expected.detach().cpu()  # CUDA runs too
     scale = float(expected.abs().max()) if expected.numel() else 1.0
     torch.testing.assert_close(actual, expected, rtol=rel, atol=rel * max(scale, 1e-6))
+
+
+def on_device(model: sl.HookedModel, ids: torch.Tensor) -> torch.Tensor:
+    """Token ids (``sl.tokenize`` keeps them on the CPU) moved to the model's device."""
+    return ids.to(model.cfg.device)
 
 
 def tl_hook_count(model: sl.HookedModel) -> int:

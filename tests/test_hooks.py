@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import PROMPTS, no_hooks_left
+from conftest import PROMPTS, no_hooks_left, on_device
 
 import steerlens as sl
 
@@ -13,11 +13,13 @@ def _resids(model, ids, layers):
 
     def grab(layer):
         def fn(x, *, hook):
-            out[layer] = x.detach().clone()
+            out[layer] = x.detach().cpu()
 
         return fn
 
-    model.run_with_hooks(ids, fwd_hooks=[(sl.resid_post(lyr), grab(lyr)) for lyr in layers])
+    model.run_with_hooks(
+        on_device(model, ids), fwd_hooks=[(sl.resid_post(lyr), grab(lyr)) for lyr in layers]
+    )
     return out
 
 
@@ -138,10 +140,10 @@ def test_steering_hooks_work_with_plain_model_hooks(tiny, rand_vec):
     assert [name for name, _ in pairs] == ["blocks.2.hook_resid_post", "blocks.3.hook_resid_post"]
     with torch.no_grad():
         with tiny.hooks(fwd_hooks=pairs):
-            a = tiny(ids)
+            a = tiny(on_device(tiny, ids))
         with sl.steering(tiny, rand_vec, alpha=1.5):
-            b = tiny(ids)
-        c = tiny(ids)
+            b = tiny(on_device(tiny, ids))
+        c = tiny(on_device(tiny, ids))
     torch.testing.assert_close(a, b)
     assert not torch.allclose(a, c)
 
@@ -228,7 +230,7 @@ def test_bf16_residual_is_rounded_once_and_gradients_reach_a_trainable_vector():
     trainable = torch.zeros(64, requires_grad=True)
     hook = sl.add_vector_hook(trainable, alpha=1.0)
     with model.hooks(fwd_hooks=[(sl.resid_post(2), hook)]):
-        model(ids).float().logsumexp(-1).mean().backward()
+        model(on_device(model, ids)).float().logsumexp(-1).mean().backward()
     assert trainable.grad is not None and trainable.grad.abs().sum() > 0
     with torch.no_grad():
         trainable.add_(1.0)  # an optimiser step: the next call must see it (no stale cast copy)

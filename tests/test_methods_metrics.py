@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from conftest import on_device
 
 import steerlens as sl
 from steerlens.data.schema import PreferencePair
@@ -47,7 +48,7 @@ def test_continuation_nll_matches_manual_log_softmax(tiny_bridge):
     (nll,) = continuation_nll(m, ["hi?"], ["ok then"])
     ids, masks = sl.response_masks(m, ["hi?"], ["ok then"])
     with torch.no_grad():
-        logp = m(ids[0][None])[0].log_softmax(-1)
+        logp = m(on_device(m, ids[0][None]))[0].cpu().log_softmax(-1)
     pos = masks[0].nonzero().flatten()
     manual = -torch.stack([logp[p - 1, ids[0][p]] for p in pos]).mean()
     assert nll == pytest.approx(float(manual), abs=1e-4)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import on_device
 
 import steerlens as sl
 
@@ -18,7 +19,7 @@ def test_default_layers_follow_research_depth():
 def test_tiny_model_is_seeded(tiny_bridge):
     again = sl.load_model("tiny-random")
     other = sl.load_model("tiny-random", seed=1)
-    ids = sl.tokenize(tiny_bridge, ["abc"])[0][None]
+    ids = on_device(tiny_bridge, sl.tokenize(tiny_bridge, ["abc"])[0][None])
     with torch.no_grad():
         torch.testing.assert_close(tiny_bridge(ids), again(ids))
         assert not torch.allclose(tiny_bridge(ids), other(ids))
@@ -30,7 +31,7 @@ def test_backends_give_the_same_logits(tiny_bridge):
     hooked = sl.load_model("tiny-random", backend="hooked")
     assert type(hooked).__name__ == "HookedTransformer"
     assert type(tiny_bridge).__name__ == "TransformerBridge"
-    ids = sl.tokenize(tiny_bridge, ["same weights, same numbers"])[0][None]
+    ids = on_device(tiny_bridge, sl.tokenize(tiny_bridge, ["same weights, same numbers"])[0][None])
     with torch.no_grad():
         torch.testing.assert_close(tiny_bridge(ids), hooked(ids), rtol=0, atol=1e-4)
 
@@ -50,6 +51,7 @@ def test_embedded_hooked_backend_matches_bridge(embedded):
     hooked = sl.load_model(backend="hooked")
     ids = sl.encode_prompts(embedded, ["What is the capital of France?"])[0][None]
     with torch.no_grad():
+        ids = on_device(embedded, ids)
         a, b = embedded(ids), hooked(ids)
     assert (a[0, -1].argmax() == b[0, -1].argmax()).item()
     torch.testing.assert_close(a, b, rtol=0, atol=5e-3)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import assert_close_impl
+from conftest import assert_close_impl, on_device
 
 import steerlens as sl
 from steerlens.methods.stylevector import style_vector
@@ -20,8 +20,8 @@ def _pooled(model, prompt, response, layers, keep=None):
     if keep is not None:
         mask = torch.cat([torch.zeros(len(mask) - len(keep), dtype=torch.bool), keep])
     with torch.no_grad():
-        _, cache = model.run_with_cache(ids[0][None])
-    resid = torch.stack([cache[sl.resid_post(layer)][0] for layer in layers])  # [L, pos, d]
+        _, cache = model.run_with_cache(on_device(model, ids[0][None]))
+    resid = torch.stack([cache[sl.resid_post(layer)][0].cpu() for layer in layers])  # [L, pos, d]
     return resid[:, mask].mean(1)
 
 

@@ -250,11 +250,11 @@ TINY_SWEEP = {
 def test_two_process_accelerate_sweep_equals_the_single_process_run(tmp_path):
     from steerlens.sweep import run_config
 
+    # on the CPU whatever the machine has: two gloo processes against one CPU process
+    cfg = {**TINY_SWEEP, "device": "cpu"}
     cfg_path = tmp_path / "sweep.json"
-    cfg_path.write_text(json.dumps(TINY_SWEEP))
-    single = run_config(
-        SweepConfig(**{**TINY_SWEEP, "out": str(tmp_path / "one")}), progress_bar=False
-    )
+    cfg_path.write_text(json.dumps(cfg))
+    single = run_config(SweepConfig(**{**cfg, "out": str(tmp_path / "one")}), progress_bar=False)
     assert single is not None
     launcher = Path(sys.executable).parent / "accelerate"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -283,9 +283,23 @@ def test_two_process_accelerate_sweep_equals_the_single_process_run(tmp_path):
         timeout=600,
         env=env,
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    # each rank's own error lines first: the launcher's traceback comes last and is long
+    errors = [ln for ln in proc.stderr.splitlines() if "Error" in ln or "error" in ln]
+    assert proc.returncode == 0, "\n".join(errors[-30:]) + proc.stderr[-2000:]
     # both processes ran batches: "rank r/2: k of n batches" with k >= 1 for each
     assert re.search(r"rank 0/2: [1-9]\d* of", proc.stderr), proc.stderr[-2000:]
     assert re.search(r"rank 1/2: [1-9]\d* of", proc.stderr), proc.stderr[-2000:]
     merged = pd.read_parquet(tmp_path / "two" / "cells.parquet")
     pd.testing.assert_frame_equal(merged, single)
+
+
+def test_more_processes_than_gpus_is_a_clear_error(monkeypatch):
+    from steerlens.sweep import _Dist
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError, match=r"2 processes but 1 visible GPU.*--num_processes 1"):
+        _Dist()
+    with pytest.raises(ValueError, match="either device or device_map"):
+        SweepConfig(device="cpu", device_map="auto")

@@ -122,12 +122,16 @@ def demo(
     model: ModelOpt = "smollm2-135m-instruct",
     data: Annotated[str, typer.Option(help="demo (simulated set), hf, or a PRISM folder")] = "demo",
     out: Annotated[Path, typer.Option(help="writes OUT/results/ and OUT/figures/")] = Path("."),
+    steerx: Annotated[
+        bool, typer.Option(help="also SteerX vs all-history per backbone (reconstructed)")
+    ] = True,
 ) -> None:
-    """The whole study: vectors, PPA, α sweep per method, gating, MMLU, figures, report page."""
+    """The whole study: vectors, PPA, α sweep per method, gating, MMLU, SteerX vs
+    all-history, figures, report page."""
     from steerlens.demo import DemoConfig, run_demo
 
     logging.getLogger("steerlens").setLevel(logging.INFO)
-    s = run_demo(DemoConfig(model=model, data=data, out=str(out), quick=quick))
+    s = run_demo(DemoConfig(model=model, data=data, out=str(out), quick=quick, steerx=steerx))
     table = Table(
         "method",
         "alpha",
@@ -154,6 +158,14 @@ def demo(
         f"population {s['ppa_population']:.3f}, toxicity-only {s['ppa_toxicity_only']:.3f}; "
         f"MMLU {s['mmlu_unsteered']:.3f} -> {s['mmlu_steered']:.3f}"
     )
+    if s.get("steerx_ppa"):
+        console.print(
+            "SteerX (reconstructed) vs all-history, PPA by projection: "
+            + ", ".join(
+                f"{b} {v['mean']:.3f} vs {s['allhistory_ppa'][b]['mean']:.3f}"
+                for b, v in s["steerx_ppa"].items()
+            )
+        )
     console.print(
         f"wrote {len(s['files'])} files under {out} in {s['seconds']['total']:.0f} s; "
         f"open {out / 'figures' / 'index.html'}"
@@ -319,7 +331,7 @@ def train_sae_cmd(
 @app.command()
 def steerx(
     user: Annotated[str, typer.Option(help="a user id of the set")],
-    backbone: Annotated[str, typer.Option(help="mean | bipo | sae")] = "mean",
+    backbone: Annotated[str, typer.Option(help="mean | mean-context | bipo | sae")] = "mean",
     model: ModelOpt = "smollm2-135m-instruct",
     data: Annotated[str, typer.Option(help="demo (simulated set) or a PRISM folder")] = "demo",
     out: Annotated[Path, typer.Option(help="folder for the vectors and provenance")] = Path(
@@ -334,8 +346,8 @@ def steerx(
     from steerlens.evaluation.token_truth import user_queries
     from steerlens.methods.sae_train import ensure_sae, load_sae
 
-    if backbone not in ("mean", "bipo", "sae"):
-        raise typer.BadParameter("--backbone must be mean, bipo or sae")
+    if backbone not in sl.steerx.BACKBONES:
+        raise typer.BadParameter(f"--backbone must be one of {', '.join(sl.steerx.BACKBONES)}")
     m = sl.load_model(model)
     ds = sl.data.load_prism(data)
     if user not in ds.users:

@@ -8,7 +8,10 @@
    toxicity MAE, perplexity, degeneration and (simulated sets) ground-truth utility;
 3. the gating experiment at the operating α (the population vector's best α);
 4. zero-shot MMLU unsteered and steered at the operating α;
-5. figures, ``figures/index.html`` and ``results/summary.json``.
+5. figures, ``figures/index.html`` and ``results/summary.json``;
+6. SteerX vs all-history per backbone (``steerlens.steerx_compare``, reconstructed; a few
+   users per group; ``steerx=False`` leaves it out), linked from the same page and adding its
+   keys to the same summary.
 
 On the default (embedded SmolLM2-135M-Instruct, simulated PRISM-format set) this is a
 small-model, simulated-data rehearsal of the CAA-on-PRISM study; its numbers are not the
@@ -17,6 +20,7 @@ study's Llama-3.1-8B / real-PRISM results.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -69,12 +73,26 @@ class DemoConfig:
     max_new_tokens: int = 48
     batch_size: int = 16
     cells_per_batch: int = 64
+    steerx: bool = True
+    steerx_users_per_group: int = 2
+    steerx_backbones: list[str] = field(
+        default_factory=lambda: ["mean", "mean-context", "bipo", "sae"]
+    )
 
     def __post_init__(self) -> None:
         if self.quick:
             self.n_prompts, self.max_new_tokens, self.max_users = 16, 24, 16
             self.alphas, self.gating_ks = [0.0, 0.5, 1.0], [0, 2, 8]
             self.steer_ppa, self.mmlu_items = False, 60
+            # no BiPO training and no SAE training: the two mean-difference variants
+            self.steerx_users_per_group, self.steerx_backbones = 1, ["mean", "mean-context"]
+        from steerlens.steerx.pipeline import BACKBONES
+
+        bad_backbones = [b for b in self.steerx_backbones if b not in BACKBONES]
+        if bad_backbones or not self.steerx_backbones:
+            raise ValueError(f"steerx_backbones must be some of {BACKBONES}, got {bad_backbones}")
+        if self.steerx_users_per_group < 1:
+            raise ValueError("steerx_users_per_group must be >= 1")
         if 0.0 not in self.alphas or len(self.alphas) < 2:
             raise ValueError("alphas must include 0.0 (the unsteered baseline) and one more")
         if "population" not in self.methods:
@@ -325,6 +343,27 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     summary["seconds"] = {**seconds, "total": round(time.perf_counter() - t0, 1)}
     summary["files"] = [str(p) for p in written]
     update_json(results / "summary.json", summary)  # keeps the SteerX analyses' keys
+
+    # 6. SteerX vs all-history: its figures join the page, its keys the summary
+    if cfg.steerx:
+        from steerlens.evaluation.steerx_study import SteerXStudyConfig
+        from steerlens.steerx_compare import run_steerx_compare
+
+        xcfg = SteerXStudyConfig(
+            backbones=cfg.steerx_backbones,
+            users_per_group=cfg.steerx_users_per_group,
+            held_out=cfg.held_out,
+            max_new_tokens=min(cfg.max_new_tokens, 32),
+            seed=cfg.seed,
+        )
+        report = timed(
+            "SteerX vs all-history",
+            lambda: run_steerx_compare(model, ds, xcfg, out=out, data_label=cfg.data),
+        )
+        summary["seconds"] = {**summary["seconds"], "SteerX vs all-history": report["seconds"]}
+        summary["seconds"]["total"] = round(time.perf_counter() - t0, 1)
+        update_json(results / "summary.json", {"seconds": summary["seconds"]})
+        summary = json.loads((results / "summary.json").read_text(encoding="utf-8"))
     return json_safe(summary)  # type: ignore[no-any-return]
 
 

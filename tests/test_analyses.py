@@ -200,17 +200,28 @@ def test_steerx_compare_script_on_the_tiny_model(tmp_path, monkeypatch):
         "tiny-random", "demo", tmp_path, cfg, sae=RandomSAE(), progress_bar=False
     )
     table = pd.read_csv(tmp_path / "results" / "steerx_compare.csv")
-    for backbone in ("mean", "bipo", "sae"):
+    backbones = {"mean", "mean-context", "bipo", "sae"}
+    for backbone in backbones:
         part = table[table["backbone"] == backbone]
         assert {
             "ppa_projection",
             "ppa_projection_paired",
+            "ppa_under_steering@4",
+            "ppa_under_steering@4_paired",
             "mae_change_pct@4",
             "utility_gain@4",
         } <= set(part["measure"])
     summary = json.loads((tmp_path / "results" / "summary.json").read_text())
-    assert set(summary["steerx_ppa"]) == {"mean", "bipo", "sae"}
+    for key in ("steerx_ppa", "allhistory_ppa", "steerx_ppa_under_steering"):
+        assert set(summary[key]) == backbones
     assert 0 <= summary["description_hit_rate"] <= 1
+    by_mode = summary["description_hit_rate_by_mode"]
+    assert (
+        set(by_mode) == {"spans", "model"} and by_mode["spans"] == summary["description_hit_rate"]
+    )
+    descriptions = pd.read_csv(tmp_path / "results" / "steerx_descriptions.csv")
+    assert descriptions["description_model"].str.startswith("The user prefers").all()
+    assert (descriptions["description"] == descriptions["description_spans"]).all()
     assert len(report["cards"]) == 3  # one user card per simulated group
     for page in report["cards"].values():
         assert "SteerX user card" in (tmp_path / "figures" / page).read_text()

@@ -73,6 +73,7 @@ def test_demo_command_quick_on_tiny(tmp_path, monkeypatch):
     res = runner.invoke(app, ["demo", "--quick", "--model", "tiny-random", "--out", str(tmp_path)])
     assert res.exit_code == 0, res.output
     assert "simulated data" in res.output and "ΔMAE" in res.output and "index.html" in res.output
+    assert "SteerX (reconstructed) vs all-history" in res.output
     assert (tmp_path / "results" / "summary.json").exists()
     assert (tmp_path / "figures" / "dose_response.html").exists()
     assert (tmp_path / "figures" / "index.html").exists()

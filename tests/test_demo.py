@@ -38,6 +38,8 @@ def test_demo_job_on_tiny_model_writes_results_figures_and_report(tmp_path):
         mmlu_items=8,
         max_steer_pairs=12,
         cells_per_batch=16,
+        steerx_users_per_group=1,
+        steerx_backbones=["mean", "mean-context", "bipo"],  # (SAE: test_analyses, own SAE)
     )
     s = run_demo(cfg)
     for key in SUMMARY_KEYS:
@@ -86,6 +88,16 @@ def test_demo_job_on_tiny_model_writes_results_figures_and_report(tmp_path):
     assert saved["layers"] == [2, 3] and saved["best_alpha"] == s["best_alpha"]
     assert (tmp_path / "results" / "vectors" / "population.safetensors").exists()
     assert len(list((tmp_path / "results" / "vectors" / "bradley-terry").glob("*"))) == 6
+    # 6. SteerX vs all-history: its keys join the summary, its figures the page
+    for key in ("steerx_ppa", "allhistory_ppa", "steerx_ppa_under_steering", "steerx_utility_gain"):
+        assert set(saved[key]) == {"mean", "mean-context", "bipo"}, key
+    assert set(saved["description_hit_rate_by_mode"]) == {"spans", "model"}
+    assert saved["mae_baseline"] == s["mae_baseline"]  # the demo's own keys are kept
+    assert "SteerX vs all-history" in s["seconds"]
+    assert (
+        "SteerX vs all-history (reconstructed)" in (tmp_path / "figures" / "index.html").read_text()
+    )
+    assert (tmp_path / "figures" / "steerx_vs_allhistory_ppa_under_steering.html").exists()
 
 
 def test_demo_config_validation():
@@ -97,6 +109,9 @@ def test_demo_config_validation():
         DemoConfig(methods=["population", "vibes"])
     q = DemoConfig(quick=True)
     assert q.n_prompts == 16 and q.max_users == 16 and not q.steer_ppa
+    assert q.steerx and q.steerx_backbones == ["mean", "mean-context"]
+    with pytest.raises(ValueError, match="steerx_backbones"):
+        DemoConfig(steerx_backbones=["lora"])
 
 
 @pytest.mark.integration

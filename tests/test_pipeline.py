@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from conftest import assert_close_impl
 
 import steerlens as sl
 from steerlens.steerx import SteerXConfig, describe, evidence_spans, steerx_user
@@ -31,7 +32,7 @@ class RandomSAE:
         return torch.relu(x @ self.W_enc + self.b_enc)
 
 
-@pytest.mark.parametrize("backbone", ["mean", "bipo", "sae"])
+@pytest.mark.parametrize("backbone", ["mean", "mean-context", "bipo", "sae"])
 def test_pipeline_runs_end_to_end_and_is_deterministic(tiny_bridge, backbone, tmp_path):
     cfg = SteerXConfig(
         backbone=backbone,
@@ -93,3 +94,17 @@ def test_pipeline_errors():
         steerx_user(m, CONVS[:1])
     with pytest.raises(ValueError, match="SAE"):
         steerx_user(m, CONVS, config=SteerXConfig(backbone="sae"))
+
+
+def test_targets_with_an_empty_generic_response_are_left_out_of_the_backbone(tiny_bridge):
+    cfg = SteerXConfig(backbone="mean", n_history=2, threshold=0.0, layers=[2])
+    kw = dict(config=cfg, progress_bar=False)
+    effects = steerx_user(tiny_bridge, CONVS, generic=GENERIC, **kw).effects
+    gaps = ["", GENERIC[1], GENERIC[2]]  # the model stopped at once on the first prompt
+    got = steerx_user(tiny_bridge, CONVS, generic=gaps, effects=effects, **kw)
+    only = steerx_user(tiny_bridge, CONVS[1:], generic=GENERIC[1:], effects=effects[1:], **kw)
+    assert len(got.effects) == 3  # every target still feeds the description
+    assert got.all_history.metadata["n_prompts"] == 2
+    assert_close_impl(got.all_history.as_tensor(), only.all_history.as_tensor())
+    with pytest.raises(ValueError, match="every generic response is empty"):
+        steerx_user(tiny_bridge, CONVS, generic=["", "", ""], effects=effects, **kw)

@@ -7,15 +7,15 @@ import torch
 from conftest import assert_close_impl, on_device
 
 import steerlens as sl
-from steerlens.methods.stylevector import style_vector
+from steerlens.methods.stylevector import context_vector, style_vector
 
 PROMPTS = ["Tell me a joke.", "How do I cook rice?", "Any tips for sleep?"]
 USER = ["Damn, fine: a duck walks in.", "Honestly? Boil it, dude.", "Sleep more, lol."]
 GENERIC = ["Here is a joke.", "Rinse the rice, then simmer.", "Keep a regular schedule."]
 
 
-def _pooled(model, prompt, response, layers, keep=None):
-    ids, masks = sl.response_masks(model, [prompt], [response])
+def _pooled(model, prompt, response, layers, keep=None, system=None):
+    ids, masks = sl.response_masks(model, [prompt], [response], system=system)
     mask = masks[0]
     if keep is not None:
         mask = torch.cat([torch.zeros(len(mask) - len(keep), dtype=torch.bool), keep])
@@ -60,3 +60,22 @@ def test_selected_token_variant_pools_only_kept_tokens(tiny):
         style_vector(tiny, PROMPTS, USER, GENERIC, layers, keep=[k[:-1] for k in keep])
     with pytest.raises(ValueError, match="prompts"):
         style_vector(tiny, PROMPTS, USER[:2], GENERIC, layers)
+
+
+def test_context_variant_is_the_mean_difference_with_and_without_the_description(tiny):
+    layers = [1, 3]
+    desc = "The user prefers blunt, casual answers."
+    vec = context_vector(tiny, PROMPTS, USER, desc, layers, batch_size=2)
+    hand = torch.stack(
+        [
+            _pooled(tiny, p, u, layers, system=desc) - _pooled(tiny, p, u, layers)
+            for p, u in zip(PROMPTS, USER, strict=True)
+        ]
+    ).mean(0)
+    assert vec.method == "stylevector-context" and vec.metadata["context"] == desc
+    assert_close_impl(vec.as_tensor(), hand)
+    assert float(vec.as_tensor().norm()) > 0  # the description does change the activations
+    with pytest.raises(ValueError, match="empty"):
+        context_vector(tiny, PROMPTS, USER, "  ", layers)
+    with pytest.raises(ValueError, match="responses"):
+        context_vector(tiny, PROMPTS, USER[:1], desc, layers)

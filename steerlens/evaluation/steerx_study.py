@@ -4,11 +4,13 @@ on held-out pairs of a PRISM-format set (reconstruction: see ``steerlens.steerx`
 Per user (a few per group on a simulated set): their training conversations (prompt,
 chosen response) feed ``steerx_user`` once per backbone, from one pass of token effects and
 one set of generic responses. Each vector is scored on the user's held-out pairs — PPA by
-projection, and SteerX minus all-history paired per user — and, rescaled to the population
-vector's per-layer norms, steers greedy generations on the user's held-out prompts (a
-resumable sweep per backbone): toxicity MAE change and (simulated sets) ground-truth utility
-gain against the unsteered generations. Descriptions are scored by whether they name the
-user's group's preference (simulated sets).
+projection and, rescaled to the population vector's per-layer norms, PPA under steering at
+``report_alpha`` (the chosen-over-rejected log-likelihood margin rises), each with SteerX
+minus all-history paired per user — and steers greedy generations on the user's held-out
+prompts (a resumable sweep per backbone): toxicity MAE change and (simulated sets)
+ground-truth utility gain against the unsteered generations. Descriptions are written in
+both modes ("spans" and "model"; ``describe`` picks the one the vectors use) and each is
+scored by whether it names the user's group's preference (simulated sets).
 """
 
 from __future__ import annotations
@@ -21,14 +23,16 @@ from typing import Any, Literal
 import pandas as pd
 
 from steerlens.data.prism import PrismDataset
-from steerlens.evaluation.preference import ppa_projection
+from steerlens.evaluation.preference import ppa_projection, ppa_under_steering
 from steerlens.evaluation.stats import estimate, paired_difference
 from steerlens.evaluation.tables import dose_response_table
 from steerlens.methods.personal import pair_activations, population
 from steerlens.methods.stylevector import generic_responses
 from steerlens.models import HookedModel, default_layers
+from steerlens.steerx.describe import describe
 from steerlens.steerx.effects import batch_history_effects
 from steerlens.steerx.pipeline import (
+    BACKBONES,
     SteerXConfig,
     SteerXResult,
     conversation_messages,
@@ -97,7 +101,7 @@ def description_hit(text: str, group: str) -> bool:
 
 @dataclass
 class SteerXStudyConfig:
-    backbones: list[str] = field(default_factory=lambda: ["mean", "bipo", "sae"])
+    backbones: list[str] = field(default_factory=lambda: list(BACKBONES))
     users_per_group: int = 4
     held_out: float = 0.25
     n_history: int = 4
@@ -105,7 +109,8 @@ class SteerXStudyConfig:
     threshold: float = 0.05
     describe: Literal["spans", "model"] = "spans"
     alphas: list[float] = field(default_factory=lambda: [0.0, 0.5, 1.0])
-    report_alpha: float = 0.5  # the α whose MAE change and utility gain the table reports
+    report_alpha: float = 0.5  # the α of PPA under steering, MAE change and utility gain
+    steer_ppa: bool = True
     prompts_per_user: int = 2
     max_new_tokens: int = 32
     bipo: dict[str, Any] = field(default_factory=lambda: {"epochs": 5, "lr": 0.01})
@@ -117,7 +122,7 @@ class SteerXStudyConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        bad = [b for b in self.backbones if b not in ("mean", "bipo", "sae")]
+        bad = [b for b in self.backbones if b not in BACKBONES]
         if bad:
             raise ValueError(f"unknown backbones {bad}")
         if 0.0 not in self.alphas or self.report_alpha not in self.alphas:
@@ -201,7 +206,7 @@ def steerx_study(
             threshold=cfg.threshold,
             describe=cfg.describe,
             bipo={**cfg.bipo, "seed": cfg.seed},
-            layers=None if backbone == "mean" else [layers[len(layers) // 2]],
+            layers=None if backbone.startswith("mean") else [layers[len(layers) // 2]],
             batch_size=cfg.batch_size,
             sae_max_density=cfg.sae_max_density,
         )
@@ -231,7 +236,7 @@ def steerx_study(
                 SweepPrompt(p.interaction_id, p.prompt, p.user_id, p.category, p.chosen)
             )
     sweep_prompts = [q for u in users for q in seen.get(u, [])]
-    boot = dict(seed=cfg.seed)
+    boot: dict[str, Any] = {"seed": cfg.seed}
     rows: list[dict[str, Any]] = []
     alpha = cfg.report_alpha
     for backbone, by_user in results.items():
@@ -261,6 +266,33 @@ def steerx_study(
                 u: r.all_history.rescaled(norms) for u, r in by_user.items()
             },
         }
+        if cfg.steer_ppa:
+            steered = {
+                name: ppa_under_steering(
+                    model,
+                    test,
+                    vectors[f"{name}-{backbone}"],
+                    cfg.report_alpha,
+                    batch_size=cfg.batch_size,
+                    **boot,
+                )
+                for name in ("steerx", "all-history")
+            }
+            measure = f"ppa_under_steering@{cfg.report_alpha:g}"
+            for name, est in steered.items():
+                rows.append(
+                    {"backbone": backbone, "method": name, "measure": measure, **est.as_dict()}
+                )
+            rows.append(
+                {
+                    "backbone": backbone,
+                    "method": "steerx − all-history",
+                    "measure": f"{measure}_paired",
+                    **paired_difference(
+                        steered["steerx"], steered["all-history"], **boot
+                    ).as_dict(),
+                }
+            )
         cells = run_sweep(
             model,
             make_grid(sweep_prompts, list(vectors), cfg.alphas),
@@ -299,10 +331,18 @@ def steerx_study(
                         "n": r["n"],
                     }
                 )
+    # the description in the other mode too, so that both modes' hit rates are reported
+    other: Literal["spans", "model"] = "model" if cfg.describe == "spans" else "spans"
+    first = results[cfg.backbones[0]]
+    others = {
+        u: describe(model, r.effects, mode=other, threshold=cfg.threshold).text
+        for u, r in first.items()
+    }
     user_rows: list[dict[str, Any]] = []
     for backbone, rs in results.items():
         for u, r in rs.items():
             group = gt["users"][u]["group"] if gt else "unknown"
+            texts = {cfg.describe: r.description.text, other: others[u]}
             user_rows.append(
                 {
                     "backbone": backbone,
@@ -310,21 +350,27 @@ def steerx_study(
                     "group": group,
                     "description": r.description.text,
                     "hit": description_hit(r.description.text, group) if gt else None,
+                    **{f"description_{m}": t for m, t in texts.items()},
+                    **{
+                        f"hit_{m}": description_hit(t, group) if gt else None
+                        for m, t in texts.items()
+                    },
                     "selected_share": r.provenance()["selected_share"],
                 }
             )
     users_df = pd.DataFrame(user_rows)
     if gt is not None:
-        first = users_df[users_df["backbone"] == cfg.backbones[0]]
-        hit = estimate(first["hit"].astype(float).tolist(), first["user"].tolist(), **boot)
-        rows.append(
-            {
-                "backbone": "all",
-                "method": "steerx",
-                "measure": "description_hit_rate",
-                **hit.as_dict(),
-            }
-        )
+        one = users_df[users_df["backbone"] == cfg.backbones[0]]
+        for mode in (cfg.describe, other):
+            hit = estimate(one[f"hit_{mode}"].astype(float).tolist(), one["user"].tolist(), **boot)
+            rows.append(
+                {
+                    "backbone": "all",
+                    "method": f"steerx ({mode})",  # the vectors used cfg.describe's
+                    "measure": "description_hit_rate",
+                    **hit.as_dict(),
+                }
+            )
     return {
         "table": pd.DataFrame(rows),
         "users": users_df,

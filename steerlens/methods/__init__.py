@@ -12,7 +12,7 @@ from steerlens.methods.personal import (
     shrinkage_weight,
 )
 from steerlens.methods.sae import sae_vector
-from steerlens.methods.stylevector import generic_responses, style_vector
+from steerlens.methods.stylevector import context_vector, generic_responses, style_vector
 
 __all__ = [
     "BiPOConfig",
@@ -20,6 +20,7 @@ __all__ = [
     "PairActivations",
     "bipo",
     "bradley_terry",
+    "context_vector",
     "dislike_weighted",
     "generic_responses",
     "mean_difference",

@@ -6,6 +6,10 @@ prompts — the "all-history" mean-difference backbone.
 response's tokens (mean over the response, read at ``hook_resid_post``) and averages the
 per-prompt differences. ``keep`` restricts the user's side to chosen token positions (SteerX's
 variant: only the preference-driven tokens of the user's responses are pooled).
+
+``context_vector(model, prompts, responses, context, layers)`` is SteerX's other variant: the
+same responses read with the user's description in context (as the system message) and
+without it; the mean difference is what the description adds to the residual stream.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from steerlens.generation import generate
 from steerlens.models import HookedModel, default_layers, model_name
 from steerlens.vectors import SteeringVector
 
-__all__ = ["generic_responses", "style_vector"]
+__all__ = ["context_vector", "generic_responses", "style_vector"]
 
 
 def generic_responses(
@@ -103,4 +107,47 @@ def style_vector(
         model_name=model_name(model),
         method="stylevector" if keep is None else "stylevector-selected",
         metadata={"n_prompts": n_rows},
+    )
+
+
+def context_vector(
+    model: HookedModel,
+    prompts: Sequence[Prompt],
+    responses: Sequence[str],
+    context: str,
+    layers: Sequence[int] | None = None,
+    *,
+    batch_size: int = 16,
+    progress_bar: bool = False,
+) -> SteeringVector:
+    """Mean over prompts of pooled h(response | ``context`` as the system message, prompt)
+    − pooled h(response | prompt): the same response tokens on both sides, so only what the
+    model read before them differs. Without a system message the chat template's default
+    context applies (SmolLM2's names the assistant; Llama-3's has none)."""
+    n = len(prompts)
+    if n != len(responses):
+        raise ValueError(f"{n} prompts but {len(responses)} responses")
+    if n == 0:
+        raise ValueError("the context variant needs at least one prompt")
+    if not context.strip():
+        raise ValueError("the context (a description) is empty")
+    layers = list(layers) if layers is not None else default_layers(model)
+    ids_c, m_c = response_masks(model, prompts, list(responses), system=context)
+    ids_0, m_0 = response_masks(model, prompts, list(responses))
+    acts = cache_activations(
+        model,
+        ids_c + ids_0,
+        layers,
+        pool="mean",
+        masks=m_c + m_0,
+        batch_size=batch_size,
+        progress_bar=progress_bar,
+    )
+    assert isinstance(acts, Tensor)
+    diff = (acts[:n] - acts[n:]).mean(0)  # [layer, d_model]
+    return SteeringVector(
+        {layer: diff[j] for j, layer in enumerate(layers)},
+        model_name=model_name(model),
+        method="stylevector-context",
+        metadata={"n_prompts": n, "context": context},
     )

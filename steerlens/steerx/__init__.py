@@ -1,6 +1,7 @@
 """SteerX (reconstructed): token-level causal effects of a user's history, finer attributions
 (history items, history tokens, activation and attribution patching), preference
-descriptions and the pipeline to a steering vector on three backbones."""
+descriptions and the pipeline to a steering vector on four backbones (mean-difference with
+selected tokens or the description in context, BiPO, SAE features)."""
 
 from steerlens.steerx.describe import DESCRIBE_PROMPT, Description, describe, evidence_spans
 from steerlens.steerx.effects import (
@@ -21,9 +22,10 @@ from steerlens.steerx.patching import (
     attribution_patching,
     rank_agreement,
 )
-from steerlens.steerx.pipeline import SteerXConfig, SteerXResult, steerx_user
+from steerlens.steerx.pipeline import BACKBONES, SteerXConfig, SteerXResult, steerx_user
 
 __all__ = [
+    "BACKBONES",
     "DESCRIBE_PROMPT",
     "Description",
     "HistoryTokenEffects",

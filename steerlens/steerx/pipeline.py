@@ -6,6 +6,9 @@ Backbones (``SteerXConfig.backbone``):
 
 * ``"mean"`` — StyleVector: user's responses vs the model's generic responses to the same
   prompts; SteerX pools the user's side over the preference-driven tokens only;
+* ``"mean-context"`` — the same all-history StyleVector as baseline; SteerX reads the user's
+  responses with the description in context (as the system message) and without it, and
+  takes the mean difference (``context_vector``);
 * ``"bipo"`` — BiPO on (prompt, user's response, generic response) pairs; SteerX weights the
   chosen log-probabilities by the preference-driven tokens;
 * ``"sae"`` — SAE features (needs an SAE for the layer): positive = the preference-driven
@@ -33,20 +36,23 @@ from steerlens.cache import cache_activations
 from steerlens.chat import response_masks
 from steerlens.methods.bipo import BiPOConfig, bipo
 from steerlens.methods.sae import sae_vector
-from steerlens.methods.stylevector import generic_responses, style_vector
+from steerlens.methods.stylevector import context_vector, generic_responses, style_vector
 from steerlens.models import HookedModel, default_layers, model_name
 from steerlens.steerx.describe import Description, describe
 from steerlens.steerx.effects import Measure, Message, TokenEffects, batch_history_effects
 from steerlens.vectors import SteeringVector
 
-__all__ = ["SteerXConfig", "SteerXResult", "conversation_messages", "steerx_user"]
+__all__ = ["BACKBONES", "SteerXConfig", "SteerXResult", "conversation_messages", "steerx_user"]
+
+BACKBONES = ("mean", "mean-context", "bipo", "sae")
+Backbone = Literal["mean", "mean-context", "bipo", "sae"]
 
 Conversation = tuple[str, str]  # (prompt, the user's chosen response)
 
 
 @dataclass
 class SteerXConfig:
-    backbone: Literal["mean", "bipo", "sae"] = "mean"
+    backbone: Backbone = "mean"
     n_history: int = 4
     max_targets: int | None = 8
     threshold: float = 0.05
@@ -60,8 +66,8 @@ class SteerXConfig:
     batch_size: int = 8
 
     def __post_init__(self) -> None:
-        if self.backbone not in ("mean", "bipo", "sae"):
-            raise ValueError(f"backbone must be mean, bipo or sae, got {self.backbone!r}")
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"backbone must be one of {BACKBONES}, got {self.backbone!r}")
         if self.n_history < 1:
             raise ValueError("n_history must be >= 1")
         BiPOConfig(**self.bipo)  # validates the options
@@ -215,10 +221,21 @@ def steerx_user(
         )
     if len(generic) != len(targets):
         raise ValueError(f"{len(generic)} generic responses for {len(targets)} targets")
+    # a target whose generic response is empty (the model stopped at once) has no generic
+    # side: the backbones leave it out (its tokens still feed the description)
+    ok = [i for i, g in enumerate(generic) if g]
+    if not ok:
+        raise ValueError("every generic response is empty: nothing to contrast with")
+    prompts, responses = [prompts[i] for i in ok], [responses[i] for i in ok]
+    generic, keep = [generic[i] for i in ok], [keep[i] for i in ok]
     layers = cfg.layers or default_layers(model)
-    if cfg.backbone == "mean":
-        vec = style_vector(model, prompts, responses, generic, layers, keep=keep)
+    if cfg.backbone in ("mean", "mean-context"):
         base = style_vector(model, prompts, responses, generic, layers)
+        vec = (
+            style_vector(model, prompts, responses, generic, layers, keep=keep)
+            if cfg.backbone == "mean"
+            else context_vector(model, prompts, responses, description.text, layers)
+        )
     elif cfg.backbone == "bipo":
         bcfg = BiPOConfig(**{"layer": layers[0], **cfg.bipo})
         pairs = [_Pair(p, r, g) for p, r, g in zip(prompts, responses, generic, strict=True)]

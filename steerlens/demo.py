@@ -33,6 +33,7 @@ import pandas as pd
 
 from steerlens._jsonsafe import json_safe, update_json
 from steerlens.evaluation.tables import BASELINE
+from steerlens.steerx.pipeline import BACKBONES
 
 logger = logging.getLogger(__name__)
 
@@ -75,9 +76,7 @@ class DemoConfig:
     cells_per_batch: int = 64
     steerx: bool = True
     steerx_users_per_group: int = 2
-    steerx_backbones: list[str] = field(
-        default_factory=lambda: ["mean", "mean-context", "bipo", "sae"]
-    )
+    steerx_backbones: list[str] = field(default_factory=lambda: list(BACKBONES))
 
     def __post_init__(self) -> None:
         if self.quick:
@@ -86,8 +85,6 @@ class DemoConfig:
             self.steer_ppa, self.mmlu_items = False, 60
             # no BiPO training and no SAE training: the two mean-difference variants
             self.steerx_users_per_group, self.steerx_backbones = 1, ["mean", "mean-context"]
-        from steerlens.steerx.pipeline import BACKBONES
-
         bad_backbones = [b for b in self.steerx_backbones if b not in BACKBONES]
         if bad_backbones or not self.steerx_backbones:
             raise ValueError(f"steerx_backbones must be some of {BACKBONES}, got {bad_backbones}")
@@ -354,6 +351,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
             users_per_group=cfg.steerx_users_per_group,
             held_out=cfg.held_out,
             max_new_tokens=min(cfg.max_new_tokens, 32),
+            steer_ppa=cfg.steer_ppa,
             seed=cfg.seed,
         )
         report = timed(

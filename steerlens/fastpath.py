@@ -202,11 +202,11 @@ def hf_twin(model: HookedModel) -> Any:
     # load_state_dict(assign=True)) since the last binding.
     twin = _bind(model.original_model)
     errs = _probe_error(model, twin)
-    worst = max(errs, key=errs.__getitem__)
-    err = errs[worst]
-    dtype = next(model.parameters()).dtype
+    tol = _PROBE_TOL.get(next(model.parameters()).dtype, _PROBE_TOL_LOW)
     logger.debug("fast-path probe, relative errors: %s", errs)
-    if not err < _PROBE_TOL.get(dtype, _PROBE_TOL_LOW):
+    bad = [k for k, e in errs.items() if not e < tol]  # NaN fails too
+    if bad:
+        worst, err = bad[0], errs[bad[0]]
         _REFUSED[model] = (
             f"the plain HF model does not reproduce the bridge (relative error {err:.3g} "
             f"at {worst}); "

@@ -16,10 +16,14 @@ models centred writing weights), so hook values are in HookedTransformer's coord
 TransformerLens processes a bridge's weights where they live, in float32, cloning the whole
 state dict at each step: about five times the weights on the device at boot (a
 Llama-3.1-8B-shaped model in bf16 ran out of memory on an 80 GB H100). For RMSNorm models
-(Llama, Mistral, Qwen2, SmolLM ...) that processing changes neither the residual stream nor
-the log-probabilities (folding moves the norm's scale into the next weights; centring the
-unembedding shifts each position's logits by one constant), so ``weight_processing="auto"``
-skips it for a bridge on an accelerator; hook names and aliases are the same either way.
+(Llama, Mistral, Qwen2, SmolLM ...) the folding changes neither the residual stream nor the
+logits (it moves the norm's scale into the next weights), and centring the unembedding only
+shifts each position's logits by one constant. ``weight_processing="auto"`` therefore does
+the ``"light"`` processing for a bridge of an RMSNorm model on an accelerator: the
+unembedding alone is centred, in place (untied from the embedding first when the two are
+tied). The residual stream, the log-probs and the raw logits are then those of the full
+processing; only the norms' own hooks (``ln*.hook_normalized``) and the weights' layout
+differ. Hook names and aliases are the same in every mode.
 """
 
 from __future__ import annotations
@@ -43,7 +47,8 @@ logger = logging.getLogger(__name__)
 
 HookedModel: TypeAlias = HookedTransformer | TransformerBridge
 Backend = Literal["bridge", "hooked"]
-WeightProcessing = Literal["auto", "full", "none"]
+WeightProcessing = Literal["auto", "full", "light", "none"]
+Processing = Literal["full", "light", "none"]
 _RMS = ("RMS", "RMSPre")
 
 DEFAULT_MODEL = EMBEDDED_NAME
@@ -60,7 +65,7 @@ class LoadSpec:
     dtype: torch.dtype
     device: str | None
     fingerprint: torch.Tensor | None  # weight_fingerprint at load (HookedTransformer only)
-    weight_processing: Literal["full", "none"] = "full"  # what "auto" resolved to
+    weight_processing: Processing = "full"  # what "auto" resolved to
 
 
 def weight_fingerprint(model: Any) -> torch.Tensor:
@@ -131,21 +136,23 @@ def load_model(
         device_map: HF-style device map for models larger than one GPU (bridge only).
         seed: the random init seed of ``"tiny-random"``.
         weight_processing: ``"full"``: TransformerLens' load-time processing (hook values in
-            HookedTransformer's coordinates); ``"none"``: the HF weights as they are (the
-            residual stream is HF's own); ``"auto"`` (default): ``"full"``, except a bridge of
-            an RMSNorm model on an accelerator, where processing would change neither the
-            residual stream nor the log-probs and would hold about five times the weights on
-            the device while it runs (module docstring).
+            HookedTransformer's coordinates); ``"light"``: only the unembedding centred (for
+            RMSNorm models the same residual stream and logits as ``"full"``); ``"none"``: the
+            HF weights as they are; ``"auto"`` (default): ``"full"``, except ``"light"`` for a
+            bridge of an RMSNorm model on an accelerator, where the full processing would
+            hold about five times the weights on the device (module docstring).
     """
     if backend not in ("bridge", "hooked"):
         raise ValueError(f"backend must be 'bridge' or 'hooked', got {backend!r}")
-    if weight_processing not in ("auto", "full", "none"):
+    if weight_processing not in ("auto", "full", "light", "none"):
         raise ValueError(
-            f"weight_processing must be 'auto', 'full' or 'none', got {weight_processing!r}"
+            "weight_processing must be 'auto', 'full', 'light' or 'none', "
+            f"got {weight_processing!r}"
         )
     if device is not None and device_map is not None:
         raise ValueError("pass either device or device_map, not both")
     dev = device or _default_device()
+    accel = _on_accelerator(None if device_map else dev, device_map)
     resolved = _resolve_dtype(dtype or (torch.float32 if name == TINY_NAME else None), dev)
     model: HookedModel
     if name in (TINY_NAME, EMBEDDED_NAME):
@@ -157,12 +164,14 @@ def load_model(
         model = (
             _hooked_from_llama(hf, tok, name, dev, weight_processing)
             if backend == "hooked"
-            else _bridge_from_hf(hf, tok, name, None if device_map else dev, weight_processing)
+            else _bridge_from_hf(
+                hf, tok, name, None if device_map else dev, weight_processing, accel
+            )
         )
     else:
         if backend == "hooked" and _is_official(name):
             name = _official(name)  # TL aliases ("llama-3.1-8b-instruct") -> the hub name
-        model = _load_named(name, backend, dev, resolved, device_map, weight_processing)
+        model = _load_named(name, backend, dev, resolved, device_map, weight_processing, accel)
     # One name on both classes (TransformerLens shortens official names), so a vector built
     # on one backend validates on the other.
     model.cfg.model_name = name
@@ -175,7 +184,7 @@ def load_model(
         resolved,
         None if device_map else dev,
         fingerprint,
-        getattr(model, "_steerlens_processing", "none" if weight_processing == "none" else "full"),
+        model._steerlens_processing,  # type: ignore[arg-type]
     )
     _release_freed_memory()
     return model
@@ -195,35 +204,72 @@ def _release_freed_memory() -> None:
         pass
 
 
+def _on_accelerator(device: str | None, device_map: str | dict[str, Any] | None) -> bool:
+    if device_map is not None:
+        targets = (
+            set(map(str, device_map.values())) if isinstance(device_map, dict) else {device_map}
+        )
+        return bool(targets - {"cpu", "disk"})
+    return device is not None and not device.startswith("cpu")
+
+
 def _resolve_processing(
     processing: WeightProcessing, bridge: bool, norm: str | None, on_accelerator: bool
-) -> Literal["full", "none"]:
+) -> Processing:
     if processing != "auto":
         return processing
-    return "none" if bridge and on_accelerator and norm in _RMS else "full"
+    return "light" if bridge and on_accelerator and norm in _RMS else "full"
+
+
+def _centre_unembedding(hf: Any) -> None:
+    """Centre the output embedding over the vocabulary, in place (each position's logits
+    shift by one constant); untie it from the input embedding first when they are tied."""
+    head = hf.get_output_embeddings()
+    tied = head.weight is hf.get_input_embeddings().weight
+    with torch.no_grad():
+        w = head.weight.detach().clone() if tied else head.weight
+        # the mean over the vocabulary in float32, a block of rows at a time: no float32
+        # copy of the whole matrix (2 GB for Llama-3's 128k x 4096) on the device
+        total = torch.zeros(w.shape[1], dtype=torch.float32, device=w.device)
+        for rows in w.split(8192):
+            total += rows.float().sum(0)
+        w.sub_((total / w.shape[0]).to(w.dtype))
+        if getattr(head, "bias", None) is not None:
+            head.bias.sub_(head.bias.float().mean().to(head.bias.dtype))
+    if tied:
+        head.weight = torch.nn.Parameter(w, requires_grad=head.weight.requires_grad)
+        hf.config.tie_word_embeddings = False  # a later tie_weights() must not undo it
 
 
 def _compatibility_mode(
     bridge: TransformerBridge, name: str, processing: WeightProcessing, on_accelerator: bool
 ) -> TransformerBridge:
-    """HookedTransformer hook names and aliases, with or without the weight processing."""
+    """HookedTransformer hook names and aliases, with the full, light or no processing."""
     mode = _resolve_processing(
         processing, True, getattr(bridge.cfg, "normalization_type", None), on_accelerator
     )
-    bridge.enable_compatibility_mode(disable_warnings=True, no_processing=mode == "none")
+    bridge.enable_compatibility_mode(disable_warnings=True, no_processing=mode != "full")
+    if mode == "light":
+        _centre_unembedding(bridge.original_model)
     bridge.cfg.model_name = name
     bridge._steerlens_processing = mode  # type: ignore[assignment]
     return bridge.eval()
 
 
 def _bridge_from_hf(
-    hf: Any, tok: Any, name: str, device: str | None, processing: WeightProcessing = "auto"
+    hf: Any,
+    tok: Any,
+    name: str,
+    device: str | None,
+    processing: WeightProcessing = "auto",
+    on_accelerator: bool | None = None,
 ) -> TransformerBridge:
     if device is not None:
         hf = hf.to(device)
     bridge = TransformerBridge.boot_transformers(name, hf_model=hf, tokenizer=tok)
-    on_accel = device is None or not device.startswith("cpu")  # None: a device_map
-    return _compatibility_mode(bridge, name, processing, on_accel)
+    if on_accelerator is None:
+        on_accelerator = _on_accelerator(device, None)
+    return _compatibility_mode(bridge, name, processing, on_accelerator)
 
 
 def _load_named(
@@ -233,31 +279,38 @@ def _load_named(
     dtype: torch.dtype,
     device_map: str | dict[str, Any] | None,
     processing: WeightProcessing = "auto",
+    on_accelerator: bool = False,
 ) -> HookedModel:
     if backend == "hooked":
         if device_map is not None:
             raise ValueError("device_map is only supported with backend='bridge'")
+        mode = "full" if processing == "auto" else processing
         if _is_official(name):
-            if processing == "none":
-                return HookedTransformer.from_pretrained_no_processing(
-                    name, device=device, dtype=dtype
-                ).eval()
-            return HookedTransformer.from_pretrained(name, device=device, dtype=dtype).eval()
-        # A local folder or a non-official name: build from the HF model (Llama family).
+            full, light = mode == "full", mode != "none"
+            hooked = HookedTransformer.from_pretrained(
+                name,
+                device=device,
+                dtype=dtype,
+                fold_ln=full,
+                center_writing_weights=full,
+                center_unembed=light,
+            ).eval()
+            hooked._steerlens_processing = mode  # type: ignore[assignment]
+            return hooked
+        # A local folder or a non-official name: build from the HF model (Llama family),
+        # checked against it on the CPU (no second copy on the device), then moved.
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         hf = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
         _check_plain_llama(hf.config, name)
-        model = _hooked_from_llama(
-            hf, AutoTokenizer.from_pretrained(name), name, device, processing
-        )
-        _check_conversion(model, hf.to(device), name)  # type: ignore[arg-type]
-        return model
+        model = _hooked_from_llama(hf, AutoTokenizer.from_pretrained(name), name, "cpu", mode)
+        _check_conversion(model, hf, name)  # type: ignore[arg-type]
+        del hf
+        return model.to(device).eval()
     bridge = TransformerBridge.boot_transformers(
         name, device=None if device_map else device, dtype=dtype, device_map=device_map
     )
-    on_accel = device_map is not None or not device.startswith("cpu")
-    return _compatibility_mode(bridge, name, processing, on_accel)
+    return _compatibility_mode(bridge, name, processing, on_accelerator)
 
 
 def _check_plain_llama(c: Any, name: str) -> None:
@@ -347,14 +400,14 @@ def _hooked_from_llama(
         default_prepend_bos=True,
     )
     model = HookedTransformer(cfg, tokenizer=tok, move_to_device=False)
-    full = processing != "none"
+    mode = "full" if processing == "auto" else processing
     model.load_and_process_state_dict(
         convert_llama_weights(hf, cfg),
-        fold_ln=full,
-        center_writing_weights=full,
-        center_unembed=full,
+        fold_ln=mode == "full",
+        center_writing_weights=mode == "full",
+        center_unembed=mode != "none",
     )
-    model._steerlens_processing = "full" if full else "none"  # type: ignore[assignment]
+    model._steerlens_processing = mode  # type: ignore[assignment]
     return model.to(device).eval()
 
 

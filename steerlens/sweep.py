@@ -445,6 +445,13 @@ class SweepConfig:
             raise ValueError("a sweep needs at least one method or vector file")
         if self.device is not None and self.device_map is not None:
             raise ValueError("pass either device or device_map, not both")
+        if self.device is not None:
+            import torch
+
+            try:
+                torch.device(self.device)
+            except RuntimeError as e:
+                raise ValueError(f"device {self.device!r}: {e}") from None
         for g in self.gates:
             parse_gate(g)
         if self.n_prompts < 1 or not 0 < self.held_out < 1:
@@ -609,11 +616,12 @@ class _Dist:
             # launch --multi_gpu` (torchrun) join a gloo group on CPU; accelerate only does
             # that when asked for cpu
             cpu = cpu or not torch.cuda.is_available()
-            if not cpu and world > torch.cuda.device_count():
+            local = int(os.environ.get("LOCAL_WORLD_SIZE", world))  # processes on this node
+            if not cpu and local > torch.cuda.device_count():
                 n = torch.cuda.device_count()
                 raise ValueError(
-                    f"{world} processes but {n} visible GPU(s): one process per GPU "
-                    f"(--num_processes {n}), or device: cpu in the config"
+                    f"{local} processes on this machine but {n} visible GPU(s): one process "
+                    f"per GPU (--num_processes {n}), or device: cpu in the config"
                 )
             self._state = PartialState(cpu=cpu)
             self.rank, self.world = self._state.process_index, self._state.num_processes
@@ -638,9 +646,11 @@ def run_config(cfg: SweepConfig, *, progress_bar: bool = True) -> pd.DataFrame |
 
     Returns the tidy DataFrame on rank 0 (``None`` on the other ranks).
     """
+    import torch
+
     import steerlens as sl
 
-    dist = _Dist(cpu=cfg.device == "cpu")
+    dist = _Dist(cpu=cfg.device is not None and torch.device(cfg.device).type == "cpu")
     if cfg.device_map is not None and dist.world > 1:
         raise ValueError(
             "device_map spreads one model over the GPUs: run it in one process, not under "

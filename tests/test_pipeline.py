@@ -106,5 +106,32 @@ def test_targets_with_an_empty_generic_response_are_left_out_of_the_backbone(tin
     assert len(got.effects) == 3  # every target still feeds the description
     assert got.all_history.metadata["n_prompts"] == 2
     assert_close_impl(got.all_history.as_tensor(), only.all_history.as_tensor())
+    assert_close_impl(got.vector.as_tensor(), only.vector.as_tensor())  # keep masks follow
+    prov = got.provenance()
+    assert [t["in_vector"] for t in prov["targets"]] == [False, True, True]
     with pytest.raises(ValueError, match="every generic response is empty"):
-        steerx_user(tiny_bridge, CONVS, generic=["", "", ""], effects=effects, **kw)
+        steerx_user(tiny_bridge, CONVS, generic=["", " \n", ""], effects=effects, **kw)
+
+
+@pytest.mark.parametrize("backbone", ["mean", "mean-context", "bipo", "sae"])
+def test_no_selected_token_falls_back_to_the_all_history_vector(tiny_bridge, backbone):
+    cfg = SteerXConfig(
+        backbone=backbone,
+        n_history=2,
+        threshold=10.0,  # no token passes
+        layers=[2],
+        bipo={"epochs": 1, "lr": 0.05, "val_fraction": 0.0},
+        sae_max_density=1.0,
+    )
+    res = steerx_user(
+        tiny_bridge,
+        CONVS,
+        config=cfg,
+        generic=GENERIC,
+        sae=RandomSAE(tiny_bridge.cfg.d_model),
+        progress_bar=False,
+    )
+    assert not any(res.selected) and res.fallback == "no preference-driven tokens"
+    assert torch.equal(res.vector.as_tensor(), res.all_history.as_tensor())
+    assert res.vector.metadata["fallback"] == res.provenance()["fallback"]
+    assert res.vector.method == f"steerx-{backbone}"

@@ -73,6 +73,11 @@ def test_context_variant_is_the_mean_difference_with_and_without_the_description
         ]
     ).mean(0)
     assert vec.method == "stylevector-context" and vec.metadata["context"] == desc
+    # the same response tokens on both sides: only what precedes them differs
+    _, with_desc = sl.response_masks(tiny, PROMPTS, USER, system=desc)
+    _, without = sl.response_masks(tiny, PROMPTS, USER)
+    assert [int(m.sum()) for m in with_desc] == [int(m.sum()) for m in without]
+    assert all(len(a) > len(b) for a, b in zip(with_desc, without, strict=True))
     assert_close_impl(vec.as_tensor(), hand)
     assert float(vec.as_tensor().norm()) > 0  # the description does change the activations
     with pytest.raises(ValueError, match="empty"):

@@ -299,7 +299,21 @@ def test_more_processes_than_gpus_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    with pytest.raises(ValueError, match=r"2 processes but 1 visible GPU.*--num_processes 1"):
+    with pytest.raises(
+        ValueError, match=r"2 processes on this .* 1 visible GPU.*--num_processes 1"
+    ):
         _Dist()
+    # two nodes of one GPU each: one process per GPU on each machine is fine
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    import accelerate
+
+    monkeypatch.setattr(accelerate, "PartialState", lambda cpu: _FakeState())
+    assert _Dist().world == 2
     with pytest.raises(ValueError, match="either device or device_map"):
         SweepConfig(device="cpu", device_map="auto")
+    with pytest.raises(ValueError, match="device 'gpu'"):
+        SweepConfig(device="gpu")
+
+
+class _FakeState:
+    process_index, num_processes, device = 1, 2, "cuda:0"

@@ -23,6 +23,7 @@ NextQuill; the rest is this reconstruction's choice, recorded in the provenance.
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -83,6 +84,8 @@ class SteerXResult:
     effects: list[TokenEffects]
     selected: list[list[int]]
     config: SteerXConfig
+    used: list[int] = field(default_factory=list)  # targets the backbone saw (index)
+    fallback: str | None = None  # why the SteerX vector is the all-history one, if it is
 
     def provenance(self) -> dict[str, Any]:
         return {
@@ -90,14 +93,20 @@ class SteerXResult:
             "reconstruction": "SteerX body text unavailable; NextQuill selection rule",
             "config": asdict(self.config),
             "description": asdict(self.description),
+            "fallback": self.fallback,
             "targets": [
                 {
                     "prompt": p,
                     "response": r,
+                    # a target without a generic response has no contrast: the backbone
+                    # leaves it out (its tokens still feed the description)
+                    "in_vector": k in self.used,
                     "selected_tokens": [e.tokens[i] for i in sel],
                     "selected_spans": e.spans(sel),
                 }
-                for (p, r), e, sel in zip(self.targets, self.effects, self.selected, strict=True)
+                for k, ((p, r), e, sel) in enumerate(
+                    zip(self.targets, self.effects, self.selected, strict=True)
+                )
             ],
             "selected_share": sum(map(len, self.selected)) / max(1, sum(map(len, self.effects))),
         }
@@ -223,35 +232,44 @@ def steerx_user(
         raise ValueError(f"{len(generic)} generic responses for {len(targets)} targets")
     # a target whose generic response is empty (the model stopped at once) has no generic
     # side: the backbones leave it out (its tokens still feed the description)
-    ok = [i for i, g in enumerate(generic) if g]
+    ok = [i for i, g in enumerate(generic) if g.strip()]
     if not ok:
         raise ValueError("every generic response is empty: nothing to contrast with")
     prompts, responses = [prompts[i] for i in ok], [responses[i] for i in ok]
     generic, keep = [generic[i] for i in ok], [keep[i] for i in ok]
     layers = cfg.layers or default_layers(model)
+    fallback = None
+    if not any(bool(k.any()) for k in keep):
+        # no preference-driven token (or none in a target with a generic side): SteerX has no
+        # evidence to restrict to, so its vector is the all-history one, marked as such
+        fallback = "no preference-driven tokens"
     if cfg.backbone in ("mean", "mean-context"):
         base = style_vector(model, prompts, responses, generic, layers)
-        vec = (
-            style_vector(model, prompts, responses, generic, layers, keep=keep)
-            if cfg.backbone == "mean"
-            else context_vector(model, prompts, responses, description.text, layers)
-        )
+        if fallback:
+            vec = copy.deepcopy(base)
+        elif cfg.backbone == "mean":
+            vec = style_vector(model, prompts, responses, generic, layers, keep=keep)
+        else:
+            vec = context_vector(model, prompts, responses, description.text, layers)
     elif cfg.backbone == "bipo":
         bcfg = BiPOConfig(**{"layer": layers[0], **cfg.bipo})
         pairs = [_Pair(p, r, g) for p, r, g in zip(prompts, responses, generic, strict=True)]
         base = bipo(model, pairs, bcfg, progress_bar=progress_bar)
-        vec = bipo(
-            model,
-            pairs,
-            bcfg,
-            chosen_weights=[k.float() for k in keep],
-            progress_bar=progress_bar,
+        vec = (
+            copy.deepcopy(base)
+            if fallback
+            else bipo(
+                model,
+                pairs,
+                bcfg,
+                chosen_weights=[k.float() for k in keep],
+                progress_bar=progress_bar,
+            )
         )
     else:
         layer = layers[0]
         neg = _token_acts(model, prompts, list(generic), None, layer, cfg.batch_size)
         pos_all = _token_acts(model, prompts, responses, None, layer, cfg.batch_size)
-        pos_sel = _token_acts(model, prompts, responses, keep, layer, cfg.batch_size)
         kw: dict[str, Any] = dict(
             layer=layer,
             model_name=model_name(model),
@@ -260,9 +278,17 @@ def steerx_user(
             density_acts=torch.cat([pos_all, neg]),
         )
         base, _ = sae_vector(sae, pos_all, neg, **kw)
-        vec, _ = sae_vector(sae, pos_sel, neg, **kw)
+        if fallback:
+            vec = copy.deepcopy(base)
+        else:
+            pos_sel = _token_acts(model, prompts, responses, keep, layer, cfg.batch_size)
+            vec, _ = sae_vector(sae, pos_sel, neg, **kw)
     vec.method = f"steerx-{cfg.backbone}"
     base.method = f"all-history-{cfg.backbone}"
     for v in (vec, base):
         v.metadata.update({"user": user, "description": description.text})
-    return SteerXResult(user, vec, base, description, targets, effects, selected, cfg)
+    if fallback:
+        vec.metadata["fallback"] = fallback
+    return SteerXResult(
+        user, vec, base, description, targets, effects, selected, cfg, used=ok, fallback=fallback
+    )

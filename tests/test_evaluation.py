@@ -160,6 +160,16 @@ def test_ppa_under_steering_uses_each_users_vector_in_one_batch(tiny):
     expected = pd.Series(verdicts, index=[p.user_id for p in PAIRS]).groupby(level=0).mean()
     assert est.per_unit.to_dict() == expected.to_dict()
     assert sl.evaluation.CHANCE == 0.5
+    # unsteered margins computed once and handed in: the same arithmetic, the same estimate
+    from steerlens.evaluation.preference import unsteered_margins
+
+    base = unsteered_margins(tiny, PAIRS, batch_size=2)
+    again = ppa_under_steering(
+        tiny, PAIRS, vecs, alpha=4.0, batch_size=2, n_boot=100, base_margins=base
+    )
+    assert again.per_unit.to_dict() == est.per_unit.to_dict() and again.mean == est.mean
+    with pytest.raises(ValueError, match="base margins"):
+        ppa_under_steering(tiny, PAIRS, vecs, alpha=4.0, base_margins=base[:1])
 
 
 def test_steering_pairs_are_spread_over_users():

@@ -371,12 +371,15 @@ def test_the_probe_refuses_a_twin_that_disagrees(monkeypatch):
     assert _tokens(model, PROMPTS) == _tokens(model, PROMPTS, engine="tl")
 
 
-def test_replaced_parameters_are_checked_again():
+@pytest.mark.parametrize("processing", ["full", "light"])
+def test_replaced_parameters_are_checked_again(processing):
     """Replacing a parameter object (not an in-place edit) breaks the binding: the fast path
-    binds and probes again. In compatibility mode the bridge computes with processed copies it
-    holds itself, so it no longer agrees with its HF module: the probe refuses the fast path
-    and auto runs the TransformerLens path, which gives what the bridge computes."""
-    model = sl.load_model("tiny-random")
+    binds and probes again. After the full processing the bridge computes with processed
+    copies it holds itself, so it no longer agrees with its HF module: the probe refuses the
+    fast path and auto runs the TransformerLens path, which gives what the bridge computes.
+    After the light processing (the default on a GPU) the bridge computes with the HF
+    module's own parameters: the rebound twin agrees and the fast path stays."""
+    model = sl.load_model("tiny-random", weight_processing=processing)
     fastpath.hf_twin(model)
     before = _tokens(model, PROMPTS, engine="tl")
     down = model.original_model.model.layers[1].mlp
@@ -384,6 +387,11 @@ def test_replaced_parameters_are_checked_again():
     target = getattr(down, "_original_component", down)
     target.weight = torch.nn.Parameter(target.weight.detach() * 0.0)  # a new object
     assert not fastpath._still_bound(model)
-    with pytest.raises(ValueError, match="does not reproduce the bridge"):
-        sl.generate(model, PROMPTS, max_new_tokens=2, engine="hf")
-    assert _tokens(model, PROMPTS) == _tokens(model, PROMPTS, engine="tl") == before
+    if processing == "full":
+        with pytest.raises(ValueError, match="does not reproduce the bridge"):
+            sl.generate(model, PROMPTS, max_new_tokens=2, engine="hf")
+        assert _tokens(model, PROMPTS) == _tokens(model, PROMPTS, engine="tl") == before
+    else:
+        fast = _tokens(model, PROMPTS, engine="hf")
+        assert fast == _tokens(model, PROMPTS, engine="tl") != before  # the new weights
+        assert fastpath._still_bound(model)

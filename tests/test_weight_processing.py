@@ -40,7 +40,11 @@ def folder(tmp_path_factory):
 
 @pytest.fixture(scope="module", params=["bridge", "hooked"])
 def trio(request, folder):
-    return {m: sl.load_model(folder, backend=request.param, weight_processing=m) for m in MODES}
+    # float32 on every device (a model loaded by name defaults to bf16 on CUDA)
+    return {
+        m: sl.load_model(folder, backend=request.param, weight_processing=m, dtype="float32")
+        for m in MODES
+    }
 
 
 def _query_weight(model) -> torch.Tensor:
@@ -124,5 +128,8 @@ def test_generation_is_the_same_in_every_mode(folder, engine):
     g = torch.Generator().manual_seed(1)
     vec = sl.SteeringVector({2: torch.randn(64, generator=g), 3: torch.randn(64, generator=g)})
     kw = dict(max_new_tokens=6, steering=vec, alpha=1.5, engine=engine, progress_bar=False)
-    texts = [sl.generate(sl.load_model(folder, weight_processing=m), PROMPTS, **kw) for m in MODES]
+    texts = [
+        sl.generate(sl.load_model(folder, weight_processing=m, dtype="float32"), PROMPTS, **kw)
+        for m in MODES
+    ]
     assert texts[0] == texts[1] == texts[2]

@@ -40,6 +40,7 @@ __all__ = [
     "ppa_under_steering",
     "score_predictions",
     "toxicity_only",
+    "unsteered_margins",
 ]
 
 CHANCE = 0.5
@@ -134,6 +135,13 @@ def oracle(
     return score_predictions(np.subtract(u_c, u_r).tolist(), users, **boot)
 
 
+def unsteered_margins(
+    model: HookedModel, test: Sequence[PreferencePair], batch_size: int = 16
+) -> np.ndarray:
+    """Per pair, mean log-prob of the chosen response minus that of the rejected one."""
+    return _margins(model, test, batch_size)
+
+
 def _margins(model: HookedModel, test: Sequence[PreferencePair], batch_size: int) -> np.ndarray:
     prompts = [p.messages() if p.history else p.prompt for p in test]
     chosen = continuation_logprobs(model, prompts, [p.chosen for p in test], batch_size=batch_size)
@@ -153,13 +161,19 @@ def ppa_under_steering(
     *,
     gate: GateSpec = "all",
     batch_size: int = 16,
+    base_margins: np.ndarray | None = None,
     **boot: Any,
 ) -> Estimate:
     """Share of held-out pairs whose per-token log-likelihood margin (chosen over rejected)
-    rises when the user's vector is active at ``alpha`` (one batched pass: a vector per row)."""
+    rises when the user's vector is active at ``alpha`` (one batched pass: a vector per row).
+
+    ``base_margins``: the unsteered margins of these pairs from an earlier call's
+    ``unsteered_margins`` (several vectors scored on one test set share them)."""
     if not test:
         raise ValueError("no held-out pairs")
-    base = _margins(model, test, batch_size)
+    base = _margins(model, test, batch_size) if base_margins is None else base_margins
+    if len(base) != len(test):
+        raise ValueError(f"{len(base)} base margins for {len(test)} pairs")
     per_row = [vectors if isinstance(vectors, SteeringVector) else vectors[p.user_id] for p in test]
     with torch.inference_mode(), steering(model, per_row, alpha=alpha, gate=gate):
         steered = _margins(model, test, batch_size)

@@ -23,7 +23,11 @@ from typing import Any, Literal
 import pandas as pd
 
 from steerlens.data.prism import PrismDataset
-from steerlens.evaluation.preference import ppa_projection, ppa_under_steering
+from steerlens.evaluation.preference import (
+    ppa_projection,
+    ppa_under_steering,
+    unsteered_margins,
+)
 from steerlens.evaluation.stats import estimate, paired_difference
 from steerlens.evaluation.tables import dose_response_table
 from steerlens.methods.personal import pair_activations, population
@@ -239,6 +243,7 @@ def steerx_study(
     boot: dict[str, Any] = {"seed": cfg.seed}
     rows: list[dict[str, Any]] = []
     alpha = cfg.report_alpha
+    base_margins = unsteered_margins(model, test, cfg.batch_size) if cfg.steer_ppa else None
     for backbone, by_user in results.items():
         ests = {}
         for name, pick in (("steerx", "vector"), ("all-history", "all_history")):
@@ -274,6 +279,7 @@ def steerx_study(
                     vectors[f"{name}-{backbone}"],
                     cfg.report_alpha,
                     batch_size=cfg.batch_size,
+                    base_margins=base_margins,
                     **boot,
                 )
                 for name in ("steerx", "all-history")

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import steerlens as sl
-from steerlens.evaluation.steerx_study import SteerXStudyConfig
+from steerlens.steerx_study import SteerXStudyConfig
 from steerlens.steerx_compare import run_steerx_compare
 
 

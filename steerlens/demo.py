@@ -343,8 +343,8 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
 
     # 6. SteerX vs all-history: its figures join the page, its keys the summary
     if cfg.steerx:
-        from steerlens.evaluation.steerx_study import SteerXStudyConfig
         from steerlens.steerx_compare import run_steerx_compare
+        from steerlens.steerx_study import SteerXStudyConfig
 
         xcfg = SteerXStudyConfig(
             backbones=cfg.steerx_backbones,

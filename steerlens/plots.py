@@ -466,7 +466,7 @@ def pr_curves(curve: pd.DataFrame, *, title: str | None = None) -> go.Figure:
 
 def steerx_bars(table: pd.DataFrame, *, measure: str, title: str | None = None) -> go.Figure:
     """SteerX vs all-history per backbone, with 95 % intervals (rows of
-    ``evaluation.steerx_study`` with columns backbone, method, measure, mean, low, high)."""
+    ``steerx_study`` with columns backbone, method, measure, mean, low, high)."""
     _need(table, ("backbone", "method", "measure", "mean", "low", "high"), "steerx_bars")
     rows = table[(table["measure"] == measure) & table["method"].isin(["steerx", "all-history"])]
     if rows.empty:

@@ -26,10 +26,10 @@ import pandas as pd
 
 from steerlens._jsonsafe import update_json, write_json
 from steerlens.data.prism import PrismDataset
-from steerlens.evaluation.steerx_study import SteerXStudyConfig, steerx_study
 from steerlens.models import HookedModel, default_layers, model_name
 from steerlens.plots import save_figure, steerx_bars
 from steerlens.report import append_links, write_user_card
+from steerlens.steerx_study import SteerXStudyConfig, steerx_study
 
 __all__ = ["RECONSTRUCTION", "run_steerx_compare"]
 

@@ -174,7 +174,7 @@ def test_steerx_compare_script_on_the_tiny_model(tmp_path, monkeypatch):
     import torch
 
     import steerlens.plots
-    from steerlens.evaluation.steerx_study import SteerXStudyConfig
+    from steerlens.steerx_study import SteerXStudyConfig
 
     monkeypatch.setattr(steerlens.plots, "_chrome_available", lambda: False)
 

@@ -96,7 +96,7 @@ def test_completed_truth_adds_directness_openings_and_attribute_words():
 
 
 def test_description_hit_names_the_group():
-    from steerlens.evaluation.steerx_study import description_hit
+    from steerlens.steerx_study import description_hit
 
     assert description_hit("The user prefers careful answers and safety advice.", "more_caution")
     assert not description_hit("The user prefers careful answers.", "less_caution")

@@ -1,5 +1,7 @@
 """SteerX vs all-history, per backbone (mean-difference / StyleVector, BiPO, SAE features),
-on held-out pairs of a PRISM-format set (reconstruction: see ``steerlens.steerx``).
+on held-out pairs of a PRISM-format set (reconstruction: see ``steerlens.steerx``). It runs
+sweeps, so it sits above ``steerlens.sweep`` in the layers (``steerlens.steerx_compare`` is
+the job that writes its files).
 
 Per user (a few per group on a simulated set): their training conversations (prompt,
 chosen response) feed ``steerx_user`` once per backbone, from one pass of token effects and
@@ -41,6 +43,13 @@ from steerlens.steerx.pipeline import (
     SteerXResult,
     conversation_messages,
     steerx_user,
+)
+from steerlens.sweep import (
+    GenerationSettings,
+    SweepPrompt,
+    make_grid,
+    run_sweep,
+    standard_measures,
 )
 
 __all__ = ["GROUP_CUES", "SteerXStudyConfig", "description_hit", "steerx_study"]
@@ -154,14 +163,6 @@ def steerx_study(
 ) -> dict[str, Any]:
     """Run the comparison; returns ``{"table", "users", "results"}`` (DataFrames and the
     per-user ``SteerXResult`` s) and writes sweeps and vectors under ``out``."""
-    from steerlens.sweep import (
-        GenerationSettings,
-        SweepPrompt,
-        make_grid,
-        run_sweep,
-        standard_measures,
-    )
-
     cfg = config or SteerXStudyConfig()
     if "sae" in cfg.backbones and sae is None:
         raise ValueError("the sae backbone needs an SAE for the middle steering layer (sae=...)")

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import steerlens as sl
-from steerlens.steerx_study import SteerXStudyConfig
 from steerlens.steerx_compare import run_steerx_compare
+from steerlens.steerx_study import SteerXStudyConfig
 
 
 def run(

@@ -221,10 +221,19 @@ def _resolve_processing(
     return "light" if bridge and on_accelerator and norm in _RMS else "full"
 
 
-def _centre_unembedding(hf: Any) -> None:
+def _softcapped(cfg: Any) -> bool:
+    """Logit soft-capping (Gemma-2's tanh) is not shift-invariant: no centring there."""
+    cap = getattr(cfg, "output_logits_soft_cap", None)
+    return cap is not None and float(cap) > 0
+
+
+def _centre_unembedding(hf: Any) -> bool:
     """Centre the output embedding over the vocabulary, in place (each position's logits
-    shift by one constant); untie it from the input embedding first when they are tied."""
+    shift by one constant); untie it from the input embedding first when they are tied.
+    Returns False (and changes nothing) when the weight is not in memory (offloaded)."""
     head = hf.get_output_embeddings()
+    if head is None or head.weight.is_meta:
+        return False
     tied = head.weight is hf.get_input_embeddings().weight
     with torch.no_grad():
         w = head.weight.detach().clone() if tied else head.weight
@@ -239,6 +248,7 @@ def _centre_unembedding(hf: Any) -> None:
     if tied:
         head.weight = torch.nn.Parameter(w, requires_grad=head.weight.requires_grad)
         hf.config.tie_word_embeddings = False  # a later tie_weights() must not undo it
+    return True
 
 
 def _compatibility_mode(
@@ -248,9 +258,11 @@ def _compatibility_mode(
     mode = _resolve_processing(
         processing, True, getattr(bridge.cfg, "normalization_type", None), on_accelerator
     )
+    if mode == "light" and _softcapped(bridge.cfg):
+        mode = "none"
     bridge.enable_compatibility_mode(disable_warnings=True, no_processing=mode != "full")
-    if mode == "light":
-        _centre_unembedding(bridge.original_model)
+    if mode == "light" and not _centre_unembedding(bridge.original_model):
+        mode = "none"
     bridge.cfg.model_name = name
     bridge._steerlens_processing = mode  # type: ignore[assignment]
     return bridge.eval()
@@ -294,7 +306,11 @@ def _load_named(
                 fold_ln=full,
                 center_writing_weights=full,
                 center_unembed=light,
+                fold_value_biases=full,
+                refactor_factored_attn_matrices=False,
             ).eval()
+            if mode == "light" and _softcapped(hooked.cfg):
+                mode = "none"  # TransformerLens leaves a soft-capped unembedding uncentred
             hooked._steerlens_processing = mode  # type: ignore[assignment]
             return hooked
         # A local folder or a non-official name: build from the HF model (Llama family),

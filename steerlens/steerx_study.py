@@ -17,6 +17,7 @@ scored by whether it names the user's group's preference (simulated sets).
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -51,6 +52,8 @@ from steerlens.sweep import (
     run_sweep,
     standard_measures,
 )
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["GROUP_CUES", "SteerXStudyConfig", "description_hit", "steerx_study"]
 
@@ -183,10 +186,6 @@ def steerx_study(
         model, train, layers, batch_size=cfg.batch_size, progress_bar=progress_bar
     )
     norms = population(pa_train).norms()
-    test = [p for p in test if p.user_id in users]
-    pa_test = pair_activations(
-        model, test, layers, batch_size=cfg.batch_size, progress_bar=progress_bar
-    )
     # one effects pass and one set of generic responses for every backbone
     targets = {u: convs[u][: cfg.max_targets] for u in users}
     queries, owner = [], []
@@ -201,6 +200,19 @@ def steerx_study(
     prompts = [q[0] for q in queries]
     generic = generic_responses(
         model, prompts, max_new_tokens=64, batch_size=16, progress_bar=progress_bar
+    )
+    # a user whose every generic response is empty has nothing to contrast with: left out
+    # (logged) rather than ending the whole study
+    has_generic = {o for g, o in zip(generic, owner, strict=True) if g.strip()}
+    empty = {u for u in users if u not in has_generic}
+    if empty:
+        logger.warning("left out (every generic response empty): %s", sorted(empty))
+        users = [u for u in users if u not in empty]
+        if not users:
+            raise ValueError("every user's generic responses are empty")
+    test = [p for p in test if p.user_id in users]
+    pa_test = pair_activations(
+        model, test, layers, batch_size=cfg.batch_size, progress_bar=progress_bar
     )
     results: dict[str, dict[str, SteerXResult]] = {}
     for backbone in cfg.backbones:

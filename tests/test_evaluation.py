@@ -168,6 +168,8 @@ def test_ppa_under_steering_uses_each_users_vector_in_one_batch(tiny):
         tiny, PAIRS, vecs, alpha=4.0, batch_size=2, n_boot=100, base_margins=base
     )
     assert again.per_unit.to_dict() == est.per_unit.to_dict() and again.mean == est.mean
+    high = ppa_under_steering(tiny, PAIRS, vecs, alpha=4.0, n_boot=100, base_margins=base + 1e6)
+    assert high.mean == 0.0  # the margins handed in are the ones compared against
     with pytest.raises(ValueError, match="base margins"):
         ppa_under_steering(tiny, PAIRS, vecs, alpha=4.0, base_margins=base[:1])
 

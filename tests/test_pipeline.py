@@ -108,7 +108,8 @@ def test_targets_with_an_empty_generic_response_are_left_out_of_the_backbone(tin
     assert_close_impl(got.all_history.as_tensor(), only.all_history.as_tensor())
     assert_close_impl(got.vector.as_tensor(), only.vector.as_tensor())  # keep masks follow
     prov = got.provenance()
-    assert [t["in_vector"] for t in prov["targets"]] == [False, True, True]
+    assert [t["in_all_history"] for t in prov["targets"]] == [False, True, True]
+    assert [t["in_steerx"] for t in prov["targets"]] == [False, True, True]  # all selected
     with pytest.raises(ValueError, match="every generic response is empty"):
         steerx_user(tiny_bridge, CONVS, generic=["", " \n", ""], effects=effects, **kw)
 
@@ -135,3 +136,26 @@ def test_no_selected_token_falls_back_to_the_all_history_vector(tiny_bridge, bac
     assert torch.equal(res.vector.as_tensor(), res.all_history.as_tensor())
     assert res.vector.metadata["fallback"] == res.provenance()["fallback"]
     assert res.vector.method == f"steerx-{backbone}"
+
+
+@pytest.mark.parametrize(
+    ("backbone", "expected"), [("mean", [0, 2]), ("mean-context", [0, 1, 2]), ("bipo", [0, 1, 2])]
+)
+def test_provenance_names_the_targets_each_vector_saw(tiny_bridge, backbone, expected):
+    import copy
+
+    cfg = SteerXConfig(
+        backbone=backbone,
+        n_history=2,
+        threshold=0.0,
+        layers=[2],
+        bipo={"epochs": 1, "lr": 0.05, "val_fraction": 0.0},
+    )
+    kw = dict(config=cfg, generic=GENERIC, progress_bar=False)
+    effects = copy.deepcopy(steerx_user(tiny_bridge, CONVS, **kw).effects)
+    effects[1].logp_without = effects[1].logp_with.clone()  # target 1: no effect, none selected
+    res = steerx_user(tiny_bridge, CONVS, effects=effects, **kw)
+    assert res.selected[1] == [] and res.selected[0] and res.selected[2]
+    prov = res.provenance()
+    assert [k for k, t in enumerate(prov["targets"]) if t["in_steerx"]] == expected
+    assert all(t["in_all_history"] for t in prov["targets"])

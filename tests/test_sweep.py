@@ -297,6 +297,7 @@ def test_more_processes_than_gpus_is_a_clear_error(monkeypatch):
     from steerlens.sweep import _Dist
 
     monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.raises(

@@ -109,17 +109,45 @@ def test_every_mode_has_the_same_residual_stream_and_log_probs(trio):
         assert float(shift.mean(-1).abs().max()) > 1e-3
 
 
-def test_light_processing_unties_a_tied_unembedding():
+def test_light_processing_unties_a_tied_unembedding(tmp_path):
     from steerlens._tiny import tiny_hf_model
 
-    hf, _ = tiny_hf_model(seed=0)
+    hf, tok = tiny_hf_model(seed=0)
+    hf.config.tie_word_embeddings = True
     hf.lm_head.weight = hf.model.embed_tokens.weight  # tie them, as SmolLM2 does
+    hf.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
     embed = hf.model.embed_tokens.weight.detach().clone()
-    models._centre_unembedding(hf)
+    assert models._centre_unembedding(hf)
     assert torch.equal(hf.model.embed_tokens.weight, embed)  # the embedding is untouched
     assert hf.lm_head.weight is not hf.model.embed_tokens.weight
     assert_close_impl(hf.lm_head.weight, embed - embed.mean(0, keepdim=True))
     assert not hf.config.tie_word_embeddings
+    # the same through load_model: a tied model loaded by name, light vs full, both engines
+    light = sl.load_model(str(tmp_path), weight_processing="light", dtype="float32")
+    full = sl.load_model(str(tmp_path), weight_processing="full", dtype="float32")
+    out = light.original_model
+    assert out.get_output_embeddings().weight is not out.get_input_embeddings().weight
+    assert torch.equal(out.get_input_embeddings().weight.cpu(), embed)
+    ids = sl.tokenize(light, PROMPTS[:1])[0][None]
+    assert_close_impl(_run(light, ids)[0], _run(full, ids)[0])  # the same raw logits
+    kw = dict(max_new_tokens=6, progress_bar=False)
+    for engine in ENGINES:
+        assert sl.generate(light, PROMPTS, engine=engine, **kw) == sl.generate(
+            full, PROMPTS, engine=engine, **kw
+        )
+
+
+def test_no_centring_where_it_would_change_the_log_probs_or_cannot_be_done():
+    class Cfg:
+        output_logits_soft_cap = 30.0  # Gemma-2's tanh cap: not shift-invariant
+
+    assert models._softcapped(Cfg()) and not models._softcapped(object())
+    from steerlens._tiny import tiny_hf_model
+
+    hf, _ = tiny_hf_model(seed=0)
+    hf.lm_head.weight = torch.nn.Parameter(torch.empty_like(hf.lm_head.weight, device="meta"))
+    assert not models._centre_unembedding(hf)  # offloaded (device_map): left as it is
 
 
 @pytest.mark.parametrize("engine", ENGINES)

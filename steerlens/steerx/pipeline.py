@@ -84,7 +84,8 @@ class SteerXResult:
     effects: list[TokenEffects]
     selected: list[list[int]]
     config: SteerXConfig
-    used: list[int] = field(default_factory=list)  # targets the backbone saw (index)
+    in_all_history: list[int] = field(default_factory=list)  # targets each vector saw
+    in_steerx: list[int] = field(default_factory=list)
     fallback: str | None = None  # why the SteerX vector is the all-history one, if it is
 
     def provenance(self) -> dict[str, Any]:
@@ -98,9 +99,11 @@ class SteerXResult:
                 {
                     "prompt": p,
                     "response": r,
-                    # a target without a generic response has no contrast: the backbone
-                    # leaves it out (its tokens still feed the description)
-                    "in_vector": k in self.used,
+                    # a target without a generic response has no contrast, and a pooled
+                    # SteerX vector skips targets without a selected token; every target
+                    # still feeds the description
+                    "in_all_history": k in self.in_all_history,
+                    "in_steerx": k in self.in_steerx,
                     "selected_tokens": [e.tokens[i] for i in sel],
                     "selected_spans": e.spans(sel),
                 }
@@ -235,14 +238,29 @@ def steerx_user(
     ok = [i for i, g in enumerate(generic) if g.strip()]
     if not ok:
         raise ValueError("every generic response is empty: nothing to contrast with")
+    all_prompts, all_responses = prompts, responses
     prompts, responses = [prompts[i] for i in ok], [responses[i] for i in ok]
     generic, keep = [generic[i] for i in ok], [keep[i] for i in ok]
     layers = cfg.layers or default_layers(model)
+    # which targets each vector saw: all-history every one with a generic side; SteerX's
+    # pooled backbones (mean, sae) only those among them with a selected token; BiPO all of
+    # them (token-weighted); mean-context every target (it needs no generic side)
+    in_steerx = {
+        "mean": [i for i, k in zip(ok, keep, strict=True) if bool(k.any())],
+        "sae": [i for i, k in zip(ok, keep, strict=True) if bool(k.any())],
+        "bipo": ok,
+        "mean-context": list(range(len(targets))),
+    }[cfg.backbone]
     fallback = None
-    if not any(bool(k.any()) for k in keep):
+    if (
+        not description.evidence
+        if cfg.backbone == "mean-context"
+        else not any(bool(k.any()) for k in keep)
+    ):
         # no preference-driven token (or none in a target with a generic side): SteerX has no
         # evidence to restrict to, so its vector is the all-history one, marked as such
         fallback = "no preference-driven tokens"
+        in_steerx = ok
     if cfg.backbone in ("mean", "mean-context"):
         base = style_vector(model, prompts, responses, generic, layers)
         if fallback:
@@ -250,7 +268,7 @@ def steerx_user(
         elif cfg.backbone == "mean":
             vec = style_vector(model, prompts, responses, generic, layers, keep=keep)
         else:
-            vec = context_vector(model, prompts, responses, description.text, layers)
+            vec = context_vector(model, all_prompts, all_responses, description.text, layers)
     elif cfg.backbone == "bipo":
         bcfg = BiPOConfig(**{"layer": layers[0], **cfg.bipo})
         pairs = [_Pair(p, r, g) for p, r, g in zip(prompts, responses, generic, strict=True)]
@@ -290,5 +308,15 @@ def steerx_user(
     if fallback:
         vec.metadata["fallback"] = fallback
     return SteerXResult(
-        user, vec, base, description, targets, effects, selected, cfg, used=ok, fallback=fallback
+        user,
+        vec,
+        base,
+        description,
+        targets,
+        effects,
+        selected,
+        cfg,
+        in_all_history=ok,
+        in_steerx=in_steerx,
+        fallback=fallback,
     )

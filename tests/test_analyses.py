@@ -5,6 +5,9 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
+
+import steerlens as sl
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -226,3 +229,40 @@ def test_steerx_compare_script_on_the_tiny_model(tmp_path, monkeypatch):
     for page in report["cards"].values():
         assert "SteerX user card" in (tmp_path / "figures" / page).read_text()
     assert (tmp_path / "results" / "steerx" / "vectors" / "bipo").is_dir()
+
+
+def test_steerx_study_leaves_out_a_user_without_generic_responses(tmp_path, monkeypatch):
+    import steerlens.steerx_study as study_mod
+    from steerlens.steerx_study import SteerXStudyConfig, steerx_study
+
+    model = sl.load_model("tiny-random")
+    ds = sl.data.load_prism("demo")
+    cfg = SteerXStudyConfig(
+        backbones=["mean"],
+        users_per_group=1,
+        max_targets=2,
+        n_history=2,
+        prompts_per_user=1,
+        max_new_tokens=2,
+        alphas=[0.0, 4.0],
+        report_alpha=4.0,
+        threshold=0.0,
+        steer_ppa=False,
+    )
+    real = study_mod.generic_responses
+    blank = {"n": 0}  # the first n targets (the first user's, in the study's order) stop at once
+
+    def generic(model, prompts, **kw):
+        out = real(model, prompts, **kw)
+        return ["" if i < blank["n"] else g for i, g in enumerate(out)]
+
+    monkeypatch.setattr(study_mod, "generic_responses", generic)
+    full = steerx_study(model, ds, cfg, out=tmp_path / "a", progress_bar=False)
+    users = list(full["results"]["mean"])
+    blank["n"] = len(full["results"]["mean"][users[0]].targets)
+    part = steerx_study(model, ds, cfg, out=tmp_path / "b", progress_bar=False)
+    assert list(part["results"]["mean"]) == users[1:]
+    assert set(part["users"]["user"]) == set(users[1:])
+    blank["n"] = 10**6
+    with pytest.raises(ValueError, match="every user's generic responses are empty"):
+        steerx_study(model, ds, cfg, out=tmp_path / "c", progress_bar=False)

@@ -273,14 +273,12 @@ def _bridge_from_hf(
     tok: Any,
     name: str,
     device: str | None,
-    processing: WeightProcessing = "auto",
-    on_accelerator: bool | None = None,
+    processing: WeightProcessing,
+    on_accelerator: bool,
 ) -> TransformerBridge:
     if device is not None:
         hf = hf.to(device)
     bridge = TransformerBridge.boot_transformers(name, hf_model=hf, tokenizer=tok)
-    if on_accelerator is None:
-        on_accelerator = _on_accelerator(device, None)
     return _compatibility_mode(bridge, name, processing, on_accelerator)
 
 
@@ -351,7 +349,7 @@ def _check_plain_llama(c: Any, name: str) -> None:
 def _check_conversion(model: HookedTransformer, hf: Any, name: str) -> None:
     """The converted model must give the HF model's logits (up to a constant shift)."""
     ids = (torch.arange(1, 9) * 7919 % max(int(model.cfg.d_vocab) - 1, 1)).view(1, -1)
-    ids = ids.to(next(model.parameters()).device)
+    ids = ids.to(model_device(model))
     with torch.inference_mode():
         a = model(ids)[0].float()
         b = hf(input_ids=ids).logits[0].float()

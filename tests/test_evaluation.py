@@ -149,20 +149,18 @@ def test_ppa_under_steering_uses_each_users_vector_in_one_batch(tiny):
     assert set(est.per_unit.index) == {"u1", "u2"}
     assert all(0.0 <= v <= 1.0 for v in est.per_unit)
     # each pair scored alone with its own user's vector gives the same verdicts
-    from steerlens.evaluation.preference import _margins
+    from steerlens.evaluation.preference import unsteered_margins
 
     verdicts = []
     for p in PAIRS:
-        base = _margins(tiny, [p], 1)
+        base = unsteered_margins(tiny, [p], 1)
         with sl.steering(tiny, vecs[p.user_id], alpha=4.0):
-            steered = _margins(tiny, [p], 1)
+            steered = unsteered_margins(tiny, [p], 1)
         verdicts.append(float(steered[0] > base[0]))
     expected = pd.Series(verdicts, index=[p.user_id for p in PAIRS]).groupby(level=0).mean()
     assert est.per_unit.to_dict() == expected.to_dict()
     assert sl.evaluation.CHANCE == 0.5
     # unsteered margins computed once and handed in: the same arithmetic, the same estimate
-    from steerlens.evaluation.preference import unsteered_margins
-
     base = unsteered_margins(tiny, PAIRS, batch_size=2)
     again = ppa_under_steering(
         tiny, PAIRS, vecs, alpha=4.0, batch_size=2, n_boot=100, base_margins=base

@@ -139,10 +139,6 @@ def unsteered_margins(
     model: HookedModel, test: Sequence[PreferencePair], batch_size: int = 16
 ) -> np.ndarray:
     """Per pair, mean log-prob of the chosen response minus that of the rejected one."""
-    return _margins(model, test, batch_size)
-
-
-def _margins(model: HookedModel, test: Sequence[PreferencePair], batch_size: int) -> np.ndarray:
     prompts = [p.messages() if p.history else p.prompt for p in test]
     chosen = continuation_logprobs(model, prompts, [p.chosen for p in test], batch_size=batch_size)
     rejected = continuation_logprobs(
@@ -171,10 +167,10 @@ def ppa_under_steering(
     ``unsteered_margins`` (several vectors scored on one test set share them)."""
     if not test:
         raise ValueError("no held-out pairs")
-    base = _margins(model, test, batch_size) if base_margins is None else base_margins
+    base = unsteered_margins(model, test, batch_size) if base_margins is None else base_margins
     if len(base) != len(test):
         raise ValueError(f"{len(base)} base margins for {len(test)} pairs")
     per_row = [vectors if isinstance(vectors, SteeringVector) else vectors[p.user_id] for p in test]
     with torch.inference_mode(), steering(model, per_row, alpha=alpha, gate=gate):
-        steered = _margins(model, test, batch_size)
+        steered = unsteered_margins(model, test, batch_size)
     return score_predictions((steered - base).tolist(), [p.user_id for p in test], **boot)

@@ -28,7 +28,7 @@ from torch import Tensor
 from steerlens import fastpath
 from steerlens.batching import Batch, map_batches
 from steerlens.hooks import current_rows, resid_post
-from steerlens.models import HookedModel, frozen_weights
+from steerlens.models import HookedModel, frozen_weights, model_device
 from steerlens.steerx.effects import Message, _context, target_tokens
 
 __all__ = ["PatchingResult", "activation_patching", "attribution_patching", "rank_agreement"]
@@ -111,12 +111,8 @@ def _clean_resid(
 
     hooks = [(resid_post(layer), grab(layer)) for layer in layers]
     with torch.inference_mode(), fastpath.engine_hooks(model, fast, hooks):
-        _forward(model, fast, clean[None].to(_device(model)))
+        _forward(model, fast, clean[None].to(model_device(model)))
     return store
-
-
-def _device(model: HookedModel) -> torch.device:
-    return next(model.parameters()).device
 
 
 def activation_patching(
@@ -179,9 +175,9 @@ def activation_patching(
     hooks = [(resid_post(layer), patch_fn(layer)) for layer in layers]
     with torch.inference_mode():
         with fastpath.engine_hooks(model, fast, []):
-            logits = _forward(model, fast, clean[None].to(_device(model)))
+            logits = _forward(model, fast, clean[None].to(model_device(model)))
             lp_clean = _target_logp(logits[0], int(clean.numel()), ids).cpu()
-            logits = _forward(model, fast, corrupt[None].to(_device(model)))
+            logits = _forward(model, fast, corrupt[None].to(model_device(model)))
             lp_corrupt = _target_logp(logits[0], int(corrupt.numel()), ids).cpu()
         with fastpath.engine_hooks(model, fast, hooks):
             patched = map_batches(
@@ -223,7 +219,7 @@ def attribution_patching(
     n_t = int(ids.numel())
     src = _clean_resid(model, clean, layers)
     c_pos, k_pos = _aligned(clean, n_t), _aligned(corrupt, n_t)
-    dev = _device(model)
+    dev = model_device(model)
     first = min(layers)
     with torch.inference_mode():
         lp_clean = _target_logp(model(clean[None].to(dev))[0], int(clean.numel()), ids).cpu()

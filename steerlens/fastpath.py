@@ -48,8 +48,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from steerlens.decoding import DecodingError, check_hf_model, tl_refusal
 from steerlens.hooks import HookPair, active_steering, resid_post
-from steerlens.models import HookedModel, load_spec, model_device, weight_fingerprint
+from steerlens.models import HookedModel, is_bridge, load_spec, model_device, weight_fingerprint
 
 __all__ = [
     "FAST_HOOKS",
@@ -89,10 +90,6 @@ class FastPath:
     bound: bool
     """True when the twin shares the model's tensors (its logits are the model's)."""
     carried: list[HookPair] = field(default_factory=list)
-
-
-def _is_bridge(model: HookedModel) -> bool:
-    return getattr(model, "original_model", None) is not None
 
 
 def _foreign_hooks(model: HookedModel) -> str | None:
@@ -137,7 +134,7 @@ def fast_path_blocker(model: HookedModel, hook: str = "hook_resid_post") -> str 
     why = _foreign_hooks(model)
     if why is not None:
         return why
-    if not _is_bridge(model):
+    if not is_bridge(model):
         return "a HookedTransformer has no HF modules to share (engine='hf' makes a copy)"
     if model in _REFUSED:
         return _REFUSED[model]
@@ -155,19 +152,31 @@ def _bridge_blocker(model: HookedModel) -> str | None:
     return None
 
 
-def resolve_engine(model: HookedModel, hook: str, engine: str) -> FastPath | None:
-    """The fast path to run on, or None for the TransformerLens path (validates ``engine``)."""
+def resolve_engine(
+    model: HookedModel, hook: str, engine: str, *, decoding: bool = False
+) -> FastPath | None:
+    """The fast path to run on, or None for the TransformerLens path (validates ``engine``).
+
+    ``decoding=True`` (generation) also honours the cached-step guard
+    (``steerlens.decoding``): a TL path refused for decoding raises ``DecodingError`` where
+    it would run, and ``"auto"`` routes around a refused fast path with a logged notice.
+    """
     if engine not in ("auto", "tl", "hf"):
         raise ValueError(f"engine must be 'auto', 'tl' or 'hf', got {engine!r}")
     if engine == "tl":
+        _tl_may_decode(model, decoding, "engine='tl' was asked for")
         return None
     if engine == "auto":
-        if fast_path_blocker(model, hook) is not None:
+        blocker = fast_path_blocker(model, hook)
+        if blocker is not None:
+            _tl_may_decode(model, decoding, f"the fast path cannot run here: {blocker}")
             return None
         try:
             twin = hf_twin(model)
         except Exception as exc:  # any reason the fast path cannot be built: TL path
-            _REFUSED.setdefault(model, f"the fast path could not be built: {exc}")
+            reason = _REFUSED.setdefault(model, f"the fast path could not be built: {exc}")
+            _tl_may_decode(model, decoding, reason)
+            logger.warning("engine='auto' takes the TransformerLens path: %s", reason)
             return None
         return FastPath(twin, True, active_steering(model))
     if hook not in FAST_HOOKS:
@@ -178,7 +187,13 @@ def resolve_engine(model: HookedModel, hook: str, engine: str) -> FastPath | Non
             f"engine='hf' cannot run here: {why}; they would not fire on the fast path. "
             "Use engine='tl' (or 'auto', which picks it)."
         )
-    return FastPath(hf_twin(model), _is_bridge(model), active_steering(model))
+    return FastPath(hf_twin(model), is_bridge(model), active_steering(model))
+
+
+def _tl_may_decode(model: HookedModel, decoding: bool, why_tl: str) -> None:
+    refused = tl_refusal(model) if decoding else None
+    if refused is not None:
+        raise DecodingError(f"{refused} The TransformerLens path was needed because {why_tl}.")
 
 
 class _ProbeMismatch(ValueError):
@@ -188,7 +203,7 @@ class _ProbeMismatch(ValueError):
 def hf_twin(model: HookedModel) -> Any:
     """The plain HF model the fast path runs: bound to a bridge's tensors, a copy for a
     HookedTransformer (built on first use, then cached)."""
-    if not _is_bridge(model):
+    if not is_bridge(model):
         return _copy_twin(model)
     twin = _TWINS.get(model)
     if twin is not None and _still_bound(model):
@@ -214,6 +229,10 @@ def hf_twin(model: HookedModel) -> Any:
             "TransformerLens path"
         )
         raise _ProbeMismatch(_REFUSED[model])
+    why = check_hf_model(twin)
+    if why is not None:
+        _REFUSED[model] = why
+        raise DecodingError(why)
     _TWINS[model] = twin
     _BOUND[model] = _own_tensors(model.original_model)
     return twin
@@ -343,6 +362,9 @@ def _copy_twin(model: HookedModel) -> Any:
 
         twin = AutoModelForCausalLM.from_pretrained(spec.name, dtype=spec.dtype)
     twin = twin.to(model_device(model)).eval()  # type: ignore[arg-type]
+    why = check_hf_model(twin)
+    if why is not None:
+        raise DecodingError(why)
     _TWINS[model] = twin
     _PRINTS[model] = now
     return twin

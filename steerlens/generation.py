@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, overload
+from typing import Literal, overload
 
 import torch
 from torch import Tensor
@@ -20,6 +20,7 @@ from torch import Tensor
 from steerlens import fastpath
 from steerlens.batching import Batch, map_batches
 from steerlens.chat import Prompt, encode_prompts
+from steerlens.decoding import hf_steps, tl_steps
 from steerlens.hooks import Gate, GateSpec, steering_hooks
 from steerlens.models import HookedModel, model_device
 from steerlens.vectors import SteeringVector
@@ -206,7 +207,7 @@ def generate(
     opts = _Decode(
         max_new_tokens, do_sample, temperature, top_k, top_p, eos, return_logits, gen, seed
     )
-    fast = fastpath.resolve_engine(model, hook, engine)
+    fast = fastpath.resolve_engine(model, hook, engine, decoding=True)
     if model.training:  # eval() walks every module of a bridge: skip it when already off
         model.eval()
 
@@ -282,62 +283,15 @@ def _run_batch(
     """
     hf = fast.twin if fast is not None else getattr(model, "original_model", None)
     step = (
-        _hf_steps(hf, input_ids, attention_mask)
+        hf_steps(hf, input_ids, attention_mask)
         if hf is not None
-        else _tl_steps(model, input_ids, attention_mask)
+        else tl_steps(model, input_ids, attention_mask)
     )
     new, logits = _decode(step, input_ids.shape[0], opts)
     if logits is not None and fast is not None and not fast.bound:
         # A copy has the raw unembedding; TransformerLens centres it (softmax unchanged).
         logits = logits - logits.mean(-1, keepdim=True)
     return new, logits
-
-
-def _hf_steps(
-    hf: Any, input_ids: Tensor, attention_mask: Tensor
-) -> Callable[[Tensor | None], Tensor]:
-    """Last-position logits of an HF causal LM: the prompt first, then one token a call."""
-    from transformers import DynamicCache
-
-    cache = DynamicCache()
-    state = {"mask": attention_mask, "pos": (attention_mask.long().cumsum(-1) - 1).clamp(min=0)}
-
-    def step(nxt: Tensor | None) -> Tensor:
-        if nxt is None:
-            ids = input_ids
-        else:
-            ids = nxt[:, None]
-            state["mask"] = torch.cat([state["mask"], torch.ones_like(state["mask"][:, :1])], dim=1)
-            state["pos"] = state["pos"][:, -1:] + 1
-        out = hf(
-            input_ids=ids,
-            attention_mask=state["mask"],
-            position_ids=state["pos"],
-            past_key_values=cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        return out.logits[:, -1]
-
-    return step
-
-
-def _tl_steps(
-    model: HookedModel, input_ids: Tensor, attention_mask: Tensor
-) -> Callable[[Tensor | None], Tensor]:
-    """Last-position logits of a HookedTransformer through its own KV cache."""
-    from transformer_lens import TransformerLensKeyValueCache
-
-    cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, input_ids.shape[0])
-    # The TL cache keeps the mask of past positions; each call passes its new positions' mask.
-    step_mask = torch.ones_like(attention_mask[:, :1])
-
-    def step(nxt: Tensor | None) -> Tensor:
-        if nxt is None:
-            return model(input_ids, attention_mask=attention_mask, past_kv_cache=cache)[:, -1]
-        return model(nxt[:, None], attention_mask=step_mask, past_kv_cache=cache)[:, -1]
-
-    return step
 
 
 def _decode(

@@ -32,6 +32,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from steerlens.hook_names import HOOK_POINTS, hook_name, resid_post, resid_pre
 from steerlens.models import HookedModel
 
 if TYPE_CHECKING:
@@ -40,7 +41,6 @@ if TYPE_CHECKING:
 HookFn: TypeAlias = Callable[..., Tensor | None]
 HookPair: TypeAlias = tuple[str | Callable[..., Any], HookFn]
 """A ``(hook_name, fn)`` pair as ``model.hooks(fwd_hooks=...)`` takes it."""
-HOOK_POINTS = ("hook_resid_post", "hook_resid_pre", "hook_resid_mid")
 
 __all__ = [
     "HOOK_POINTS",
@@ -59,25 +59,6 @@ __all__ = [
     "steering",
     "steering_hooks",
 ]
-
-
-def hook_name(layer: int, hook: str = "hook_resid_post") -> str:
-    """Full TransformerLens hook name of a residual-stream point: ``blocks.{l}.{hook}``."""
-    if hook not in HOOK_POINTS:
-        raise ValueError(f"hook must be one of {HOOK_POINTS}, got {hook!r}")
-    if not isinstance(layer, int) or isinstance(layer, bool) or layer < 0:
-        raise ValueError(f"layer must be a non-negative int, got {layer!r}")
-    return f"blocks.{layer}.{hook}"
-
-
-def resid_post(layer: int) -> str:
-    """``blocks.{layer}.hook_resid_post``: the output of block ``layer``."""
-    return hook_name(layer, "hook_resid_post")
-
-
-def resid_pre(layer: int) -> str:
-    """``blocks.{layer}.hook_resid_pre``: the input of block ``layer``."""
-    return hook_name(layer, "hook_resid_pre")
 
 
 @dataclass(frozen=True)

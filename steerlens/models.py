@@ -42,6 +42,7 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from steerlens._embedded import EMBEDDED_NAME, load_embedded_hf
 from steerlens._tiny import TINY_NAME, tiny_hf_model
+from steerlens.decoding import DecodingError, adapt_bridge_cache, check_tl_path, refuse_tl
 
 logger = logging.getLogger(__name__)
 
@@ -187,7 +188,26 @@ def load_model(
         model._steerlens_processing,  # type: ignore[arg-type]
     )
     _release_freed_memory()
+    _guard_decoding(model)
     return model
+
+
+def _guard_decoding(model: HookedModel) -> None:
+    """Check the model's TransformerLens path before anything runs on it (``steerlens.decoding``):
+    a HookedTransformer has no other path, so a failure is an error here; a bridge's TL path
+    is refused for decoding (its fast path, checked when it is bound, may still decode)."""
+    why = check_tl_path(model)
+    if why is None:
+        return
+    if not is_bridge(model):
+        raise DecodingError(why)
+    refuse_tl(model, why)
+    logger.warning("%s Generation takes the fast path where it can, and refuses otherwise.", why)
+
+
+def is_bridge(model: HookedModel) -> bool:
+    """Whether ``model`` is a ``TransformerBridge`` (it wraps an HF model in place)."""
+    return getattr(model, "original_model", None) is not None
 
 
 def _release_freed_memory() -> None:
@@ -265,6 +285,7 @@ def _compatibility_mode(
         mode = "none"
     bridge.cfg.model_name = name
     bridge._steerlens_processing = mode  # type: ignore[assignment]
+    adapt_bridge_cache(bridge)
     return bridge.eval()
 
 

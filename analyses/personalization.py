@@ -17,8 +17,8 @@ import json
 from pathlib import Path
 
 import steerlens as sl
-from steerlens.evaluation.personalization import PersonalizationConfig, personalization_study
-from steerlens.plots import ppa_bars, save_figure, users_in_basis
+from steerlens.experiments.personalization import PersonalizationConfig, personalization_study
+from steerlens.reporting.plots import ppa_bars, save_figure, users_in_basis
 
 
 def run(

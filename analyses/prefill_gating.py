@@ -16,9 +16,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from steerlens.evaluation.tables import gating_table
-from steerlens.plots import gating_curve, save_figure
-from steerlens.sweep import SweepConfig, run_config, script_arguments
+from steerlens.experiments.sweep import SweepConfig, run_config, script_arguments
+from steerlens.metrics.summaries import gating_table
+from steerlens.reporting.plots import gating_curve, save_figure
 
 
 def run(

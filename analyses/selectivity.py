@@ -13,9 +13,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from steerlens.evaluation.tables import selectivity_table
-from steerlens.plots import save_figure, selectivity_heatmap
-from steerlens.sweep import dose_sweep_config, run_config, script_arguments
+from steerlens.experiments.sweep import dose_sweep_config, run_config, script_arguments
+from steerlens.metrics.summaries import selectivity_table
+from steerlens.reporting.plots import save_figure, selectivity_heatmap
 
 
 def run(

@@ -3,7 +3,7 @@ tokens or with the description in context, BiPO, and SAE features.
 
 SteerX is reconstructed (its body text was unavailable; the selection follows NextQuill):
 history -> token effects -> preference-driven tokens -> description -> vector. The job and
-the files it writes are ``steerlens.steerx_compare.run_steerx_compare``'s; ``steerlens demo``
+the files it writes are ``steerlens.experiments.steerx_compare.run_steerx_compare``'s; ``steerlens demo``
 runs it too.
 
 Usage: python analyses/steerx_compare.py [--model NAME] [--data demo|FOLDER] [--out DIR]
@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import steerlens as sl
-from steerlens.steerx_compare import run_steerx_compare
-from steerlens.steerx_study import SteerXStudyConfig
+from steerlens.experiments.steerx_compare import run_steerx_compare
+from steerlens.experiments.steerx_study import SteerXStudyConfig
 
 
 def run(

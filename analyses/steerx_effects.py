@@ -35,15 +35,15 @@ import numpy as np
 import pandas as pd
 
 import steerlens as sl
-from steerlens._jsonsafe import update_json, write_json
-from steerlens.evaluation.token_truth import (
+from steerlens.core._jsonsafe import update_json, write_json
+from steerlens.metrics.token_truth import (
     estimator_scores,
     planted_labels,
     pr_curve,
     user_queries,
 )
-from steerlens.plots import effect_heatmap, pr_curves, save_figure, token_effects
-from steerlens.report import append_links
+from steerlens.reporting.page import append_links
+from steerlens.reporting.plots import effect_heatmap, pr_curves, save_figure, token_effects
 from steerlens.steerx import (
     activation_patching,
     attribution_patching,

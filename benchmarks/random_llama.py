@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> Path:
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     if args.tokenizer is None:
-        from steerlens._embedded import _cache_dir, load_embedded_hf
+        from steerlens.core._embedded import _cache_dir, load_embedded_hf
 
         load_embedded_hf()  # writes the embedded model's folder once
         args.tokenizer = str(_cache_dir())

@@ -79,7 +79,7 @@ def resolve_name(name: str) -> str:
     """The embedded model's HF folder (created on its first load) for the default name."""
     if name != "smollm2-135m-instruct":
         return name
-    from steerlens._embedded import _cache_dir, load_embedded_hf
+    from steerlens.core._embedded import _cache_dir, load_embedded_hf
 
     load_embedded_hf()  # writes the folder once
     return str(_cache_dir())
@@ -281,7 +281,7 @@ def main() -> None:
             },
             args.repeats,
         )
-        assert sl.fastpath.fast_path_blocker(model) is None  # auto takes the fast path here
+        assert sl.core.fastpath.fast_path_blocker(model) is None  # auto takes the fast path here
         rows.append(
             (
                 "steered generation, fast path (default) vs HF unsteered",

@@ -16,18 +16,7 @@ from __future__ import annotations
 import logging
 
 from steerlens import data, evaluation, methods, steerx
-from steerlens.cache import cache_activations
-from steerlens.chat import (
-    content_masks,
-    encode_prompts,
-    format_chat,
-    non_special_mask,
-    pad,
-    response_masks,
-    tokenize,
-)
-from steerlens.generation import Generation, generate
-from steerlens.hooks import (
+from steerlens.core.hooks import (
     FirstK,
     Gate,
     SteeringHandle,
@@ -39,10 +28,21 @@ from steerlens.hooks import (
     steering,
     steering_hooks,
 )
-from steerlens.models import DEFAULT_MODEL, HookedModel, default_layers, load_model, model_name
-from steerlens.scoring import continuation_logprobs
-from steerlens.store import ActivationStore
-from steerlens.vectors import SteeringVector
+from steerlens.core.models import DEFAULT_MODEL, HookedModel, default_layers, load_model, model_name
+from steerlens.core.tokens import (
+    content_masks,
+    encode_prompts,
+    format_chat,
+    non_special_mask,
+    pad,
+    response_masks,
+    tokenize,
+)
+from steerlens.core.vectors import SteeringVector
+from steerlens.run.cache import cache_activations
+from steerlens.run.generation import Generation, generate
+from steerlens.run.scoring import continuation_logprobs
+from steerlens.run.store import ActivationStore
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 

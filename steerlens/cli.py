@@ -12,6 +12,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from steerlens.methods.registry import METHODS, MethodOptions, get_method
+
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="Personalised activation steering."
 )
@@ -27,7 +29,7 @@ BackendOpt = Annotated[
 
 def parse_gate(text: str):  # type: ignore[no-untyped-def]
     """``all``, ``prefill``, ``generated`` or ``first:K`` (prompt + first K generated tokens)."""
-    from steerlens.hooks import parse_gate as _parse
+    from steerlens.core.hooks import parse_gate as _parse
 
     try:
         return _parse(text)
@@ -128,7 +130,7 @@ def demo(
 ) -> None:
     """The whole study: vectors, PPA, α sweep per method, gating, MMLU, SteerX vs
     all-history, figures, report page."""
-    from steerlens.demo import DemoConfig, run_demo
+    from steerlens.experiments.demo import DemoConfig, run_demo
 
     logging.getLogger("steerlens").setLevel(logging.INFO)
     s = run_demo(DemoConfig(model=model, data=data, out=str(out), quick=quick, steerx=steerx))
@@ -173,6 +175,26 @@ def demo(
 
 
 @app.command()
+def report(
+    markdown: Annotated[
+        bool, typer.Option("--markdown", help="write the Markdown result pages")
+    ] = True,
+    results: Annotated[Path, typer.Option(help="folder holding summary.json")] = Path("results"),
+    out: Annotated[Path, typer.Option(help="folder for the pages")] = Path("docs/results"),
+) -> None:
+    """Result pages generated from RESULTS/summary.json (what `steerlens demo` wrote)."""
+    from steerlens.reporting.markdown import write_results_pages
+
+    if not markdown:
+        raise typer.BadParameter("only --markdown pages are written by this command")
+    try:
+        pages = write_results_pages(results, out)
+    except FileNotFoundError as e:
+        raise typer.BadParameter(str(e)) from None
+    console.print("wrote " + ", ".join(str(p) for p in pages))
+
+
+@app.command()
 def sweep(
     config: Annotated[Path, typer.Argument(help="a sweep config (.yaml / .json)")],
     out: Annotated[Path | None, typer.Option(help="the sweep's folder (overrides)")] = None,
@@ -180,9 +202,9 @@ def sweep(
     """A resumable grid of steered generations (method x α x gate x prompt) from a config.
 
     Rerun the same command to resume. Several processes:
-    ``accelerate launch -m steerlens.sweep CONFIG``.
+    ``accelerate launch -m steerlens.experiments.sweep CONFIG``.
     """
-    from steerlens.sweep import SweepConfig, run_config
+    from steerlens.experiments.sweep import SweepConfig, run_config
 
     logging.getLogger("steerlens").setLevel(logging.INFO)
     try:
@@ -198,7 +220,9 @@ def sweep(
 
 @app.command()
 def vectors(
-    method: Annotated[str, typer.Option(help="population | dislike | bt")] = "population",
+    method: Annotated[
+        str, typer.Option(help=f"{' | '.join(METHODS)} (aliases: dislike, bt)")
+    ] = "population",
     user: Annotated[list[str] | None, typer.Option(help="a user id; repeat for several")] = None,
     all_users: Annotated[bool, typer.Option("--all-users", help="one vector per user")] = False,
     out: Annotated[Path, typer.Option(help="folder for the vector files")] = Path("vectors"),
@@ -207,8 +231,10 @@ def vectors(
     layers: Annotated[
         list[int] | None, typer.Option(help="repeat; default: research depth")
     ] = None,
-    rank: Annotated[int, typer.Option(help="Bradley-Terry basis size")] = 8,
-    shrink: Annotated[float, typer.Option(help="pull toward the population: n/(n+shrink)")] = 0.0,
+    rank: Annotated[int, typer.Option(help="Bradley-Terry basis size")] = MethodOptions.rank,
+    shrink: Annotated[
+        float, typer.Option(help="pull toward the population: n/(n+shrink); 0 turns it off")
+    ] = MethodOptions.shrink,
     gguf: Annotated[
         bool, typer.Option("--gguf", help="also write llama.cpp / repeng GGUF")
     ] = False,
@@ -220,9 +246,12 @@ def vectors(
     """
     import steerlens as sl
 
-    if method not in ("population", "dislike", "bt"):
-        raise typer.BadParameter(f"--method must be population, dislike or bt, not {method!r}")
-    if method != "population" and not (user or all_users):
+    try:
+        chosen = get_method(method)
+        opts = MethodOptions(rank=rank, shrink=shrink)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+    if chosen.per_user and not (user or all_users):
         raise typer.BadParameter(f"--method {method} needs --user ID or --all-users")
     m = sl.load_model(model)
     ds = sl.data.load_prism(data)
@@ -232,18 +261,15 @@ def vectors(
         raise typer.BadParameter(f"no pairs for user(s) {unknown} in {data}")
     pa = sl.methods.pair_activations(m, pairs, layers, batch_size=batch_size)
     out.mkdir(parents=True, exist_ok=True)
+    fitted = chosen.fit(pa, opts)
+    if isinstance(fitted.state, sl.methods.BradleyTerry):
+        fitted.state.coordinates.to_csv(out / "bt_coordinates.csv")
     targets = pa.users if all_users else list(user or [])
-    built: list[tuple[str, sl.SteeringVector]] = []
-    if method == "population":
-        built.append(("population", sl.methods.population(pa)))
-    elif method == "dislike":
-        built += [
-            (f"dislike-{u}", sl.methods.dislike_weighted(pa, u, shrink=shrink)) for u in targets
-        ]
-    else:
-        bt = sl.methods.bradley_terry(pa, rank)
-        bt.coordinates.to_csv(out / "bt_coordinates.csv")
-        built += [(f"bt-{u}", bt.user_vector(u, shrink=shrink)) for u in targets]
+    built: list[tuple[str, sl.SteeringVector]] = (
+        [(f"{chosen.name}-{u}", fitted.vector(u)) for u in targets]
+        if chosen.per_user
+        else [(chosen.name, fitted.vector(""))]
+    )
     for name, vec in built:
         vec.metadata.update({"data": data, "source": "steerlens vectors"})
         vec.save(out / f"{name}.safetensors")
@@ -270,7 +296,7 @@ def effects(
     import pandas as pd
 
     import steerlens as sl
-    from steerlens.evaluation.token_truth import user_queries
+    from steerlens.metrics.token_truth import user_queries
 
     if counterfactual not in ("none", "placebo"):
         raise typer.BadParameter("--counterfactual must be none or placebo")
@@ -343,8 +369,8 @@ def steerx(
     """SteerX (reconstructed) for one user: effects -> selection -> description -> vector, and
     the all-history baseline through the same backbone, saved with provenance."""
     import steerlens as sl
-    from steerlens.evaluation.token_truth import user_queries
     from steerlens.methods.sae_train import ensure_sae, load_sae
+    from steerlens.metrics.token_truth import user_queries
 
     if backbone not in sl.steerx.BACKBONES:
         raise typer.BadParameter(f"--backbone must be one of {', '.join(sl.steerx.BACKBONES)}")

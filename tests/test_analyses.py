@@ -36,7 +36,7 @@ def test_dataset_overview_script(tmp_path):
 
 
 def test_personalization_script_on_the_tiny_model(tmp_path):
-    from steerlens.evaluation.personalization import PersonalizationConfig
+    from steerlens.experiments.personalization import PersonalizationConfig
 
     mod = _load("personalization")
     cfg = PersonalizationConfig(
@@ -93,9 +93,9 @@ def test_mmlu_script_on_the_tiny_model(tmp_path):
 
 
 def test_sweep_analyses_share_the_dose_sweep_and_gate(tmp_path, monkeypatch):
-    import steerlens.plots
+    import steerlens.reporting.plots
 
-    monkeypatch.setattr(steerlens.plots, "_chrome_available", lambda: False)
+    monkeypatch.setattr(steerlens.reporting.plots, "_chrome_available", lambda: False)
     opts = dict(n_prompts=4, max_new_tokens=4, batch_size=8, train_pairs=40, progress_bar=False)
     dose = _load("dose_response").run(
         "tiny-random",
@@ -135,9 +135,9 @@ def test_sweep_analyses_share_the_dose_sweep_and_gate(tmp_path, monkeypatch):
 def test_steerx_effects_script_on_the_tiny_model(tmp_path, monkeypatch):
     import json
 
-    import steerlens.plots
+    import steerlens.reporting.plots
 
-    monkeypatch.setattr(steerlens.plots, "_chrome_available", lambda: False)
+    monkeypatch.setattr(steerlens.reporting.plots, "_chrome_available", lambda: False)
     report = _load("steerx_effects").run(
         "tiny-random",
         "demo",
@@ -176,10 +176,10 @@ def test_steerx_compare_script_on_the_tiny_model(tmp_path, monkeypatch):
 
     import torch
 
-    import steerlens.plots
-    from steerlens.steerx_study import SteerXStudyConfig
+    import steerlens.reporting.plots
+    from steerlens.experiments.steerx_study import SteerXStudyConfig
 
-    monkeypatch.setattr(steerlens.plots, "_chrome_available", lambda: False)
+    monkeypatch.setattr(steerlens.reporting.plots, "_chrome_available", lambda: False)
 
     class RandomSAE:
         W_dec = torch.randn(96, 64, generator=torch.Generator().manual_seed(0))
@@ -232,8 +232,8 @@ def test_steerx_compare_script_on_the_tiny_model(tmp_path, monkeypatch):
 
 
 def test_steerx_study_leaves_out_a_user_without_generic_responses(tmp_path, monkeypatch):
-    import steerlens.steerx_study as study_mod
-    from steerlens.steerx_study import SteerXStudyConfig, steerx_study
+    import steerlens.experiments.steerx_study as study_mod
+    from steerlens.experiments.steerx_study import SteerXStudyConfig, steerx_study
 
     model = sl.load_model("tiny-random")
     ds = sl.data.load_prism("demo")

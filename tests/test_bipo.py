@@ -8,8 +8,8 @@ from conftest import no_hooks_left
 from test_personal import _pair
 
 import steerlens as sl
+from steerlens.core.models import frozen_weights
 from steerlens.methods.bipo import BiPOConfig, BiPOTrainer, bipo
-from steerlens.models import frozen_weights
 
 PAIRS = [
     _pair("u1", "Tell me a joke.", "Sure! Here you go.", "No.", 30, 0),

@@ -217,7 +217,8 @@ def test_every_batch_is_a_new_sequence_for_the_gates(tiny, engine):
 
 @pytest.mark.parametrize("engine", ENGINES)
 def test_cache_runs_the_engine_it_names(tiny, engine, monkeypatch):
-    from steerlens import cache, fastpath
+    from steerlens.core import fastpath
+    from steerlens.run import cache
 
     seen = []
     real_fast, real_tl = fastpath.capture_residuals, cache._tl_capture

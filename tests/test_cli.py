@@ -8,6 +8,7 @@ from typer.testing import CliRunner
 
 import steerlens as sl
 from steerlens.cli import app
+from steerlens.methods.registry import MethodOptions
 
 runner = CliRunner()
 
@@ -67,9 +68,11 @@ def test_generate_bad_gate_and_alpha_without_vector():
 
 
 def test_demo_command_quick_on_tiny(tmp_path, monkeypatch):
-    import steerlens.plots
+    import steerlens.reporting.plots
 
-    monkeypatch.setattr(steerlens.plots, "_chrome_available", lambda: False)  # HTML is enough
+    monkeypatch.setattr(
+        steerlens.reporting.plots, "_chrome_available", lambda: False
+    )  # HTML is enough
     res = runner.invoke(app, ["demo", "--quick", "--model", "tiny-random", "--out", str(tmp_path)])
     assert res.exit_code == 0, res.output
     assert "simulated data" in res.output and "ΔMAE" in res.output and "index.html" in res.output
@@ -87,23 +90,29 @@ def test_vectors_command_writes_files_the_library_reproduces(tmp_path):
     args = ["vectors", "--model", "tiny-random", "--data", str(folder), "--out", str(out)]
     res = runner.invoke(app, [*args, "--method", "dislike", "--all-users", "--gguf"])
     assert res.exit_code == 0, res.output
-    assert {p.name for p in out.iterdir()} >= {"dislike-u1.safetensors", "dislike-u1.gguf"}
+    assert {p.name for p in out.iterdir()} >= {
+        "dislike-weighted-u1.safetensors",
+        "dislike-weighted-u1.gguf",
+    }
     model = sl.load_model("tiny-random")
     pa = sl.methods.pair_activations(
         model, sl.data.load_prism(folder).preference_pairs(turn0_only=True), progress_bar=False
     )
-    saved = sl.SteeringVector.load(out / "dislike-u1.safetensors")
-    torch.testing.assert_close(
-        saved.as_tensor(), sl.methods.dislike_weighted(pa, "u1").as_tensor(), rtol=1e-5, atol=1e-6
-    )
+    saved = sl.SteeringVector.load(out / "dislike-weighted-u1.safetensors")
+    shrink = MethodOptions().shrink  # the registry's default, as in sweeps and the demo
+    want = sl.methods.dislike_weighted(pa, "u1", shrink=shrink)
+    torch.testing.assert_close(saved.as_tensor(), want.as_tensor(), rtol=1e-5, atol=1e-6)
     assert saved.metadata["data"] == str(folder)
     res = runner.invoke(app, [*args, "--method", "bt", "--user", "u2", "--rank", "2"])
     assert res.exit_code == 0, res.output
-    assert (out / "bt-u2.safetensors").exists() and (out / "bt_coordinates.csv").exists()
+    assert (out / "bradley-terry-u2.safetensors").exists()
+    assert (out / "bt_coordinates.csv").exists()
     bad = runner.invoke(app, [*args, "--method", "dislike"])
     assert bad.exit_code != 0 and "--user ID or --all-users" in bad.output
     bad = runner.invoke(app, [*args, "--method", "dislike", "--user", "ghost"])
     assert bad.exit_code != 0 and "ghost" in bad.output
+    bad = runner.invoke(app, [*args, "--method", "caa"])
+    assert bad.exit_code != 0 and "unknown vector method 'caa'" in bad.output
 
 
 def test_effects_command_prints_and_writes_token_effects(tmp_path):

@@ -364,7 +364,7 @@ def test_model_names_carry_no_style_signal():
 
 
 def test_survey_is_only_a_noisy_signal_of_the_group():
-    from steerlens.data.simulate import GROUPS
+    from steerlens.experiments.simulate import GROUPS
 
     ds = load_prism("demo")
     users = ds.ground_truth["users"]
@@ -391,7 +391,7 @@ def test_prompt_split_is_prompt_disjoint_and_weak_pairs_are_marked():
 
 
 def test_simulator_is_deterministic_on_tiny_model(tmp_path):
-    from steerlens.data.simulate import SimulationConfig, simulate
+    from steerlens.experiments.simulate import SimulationConfig, simulate
 
     model = sl.load_model("tiny-random")
     cfg = SimulationConfig(

@@ -1,4 +1,4 @@
-"""The cached-decoding guard (``steerlens.decoding``): every path a model can decode on is
+"""The cached-decoding guard (``steerlens.core.decoding``): every path a model can decode on is
 checked, a broken path is refused with the installed versions named, and ``auto`` routes
 around a refused fast path. The chat-template check of the embedded model lives here too."""
 
@@ -13,10 +13,11 @@ from conftest import BACKENDS, PROMPTS, on_device
 from transformers import DynamicCache
 
 import steerlens as sl
-from steerlens import decoding, fastpath, generation, models
-from steerlens._embedded import ChatTemplateChanged, check_chat_template
-from steerlens._tiny import tiny_tokenizer
-from steerlens.decoding import DecodingError
+from steerlens.core import decoding, fastpath, models
+from steerlens.core._embedded import ChatTemplateChanged, check_chat_template
+from steerlens.core._tiny import tiny_tokenizer
+from steerlens.core.decoding import DecodingError
+from steerlens.run import generation
 
 
 class ForgetfulCache(DynamicCache):
@@ -116,7 +117,7 @@ def test_a_user_tl_hook_gives_the_fast_path_tokens(tiny_bridge, spy_path):
 
 def test_a_refused_tl_path_on_a_bridge(tiny_bridge, monkeypatch, caplog, spy_path):
     monkeypatch.setattr(models, "adapt_bridge_cache", _ignore_cache)
-    with caplog.at_level(logging.WARNING, logger="steerlens.models"):
+    with caplog.at_level(logging.WARNING, logger="steerlens.core.models"):
         model = sl.load_model("tiny-random", backend="bridge")
     why = decoding.tl_refusal(model)
     assert why is not None and "TransformerBridge hooks" in why
@@ -146,7 +147,7 @@ def test_a_refused_fast_path_is_routed_around(monkeypatch, caplog, spy_path):
     model = sl.load_model("tiny-random", backend="bridge")  # its TL path passed at load
     with monkeypatch.context() as patch:
         patch.setattr(decoding, "_new_cache", ForgetfulCache)
-        with caplog.at_level(logging.WARNING, logger="steerlens.fastpath"):
+        with caplog.at_level(logging.WARNING, logger="steerlens.core.fastpath"):
             assert fastpath.resolve_engine(model, "hook_resid_post", "auto", decoding=True) is None
     assert "takes the TransformerLens path" in caplog.text and "fast path (plain HF" in caplog.text
     got = _tokens(model, PROMPTS, batch_size=3)

@@ -5,7 +5,7 @@ import json
 import pandas as pd
 import pytest
 
-from steerlens.demo import DemoConfig, run_demo
+from steerlens.experiments.demo import DemoConfig, run_demo
 
 SUMMARY_KEYS = [
     "model",

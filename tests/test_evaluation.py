@@ -13,7 +13,7 @@ from test_personal import PAIRS, _table
 
 import steerlens as sl
 from steerlens.data.mmlu import MMLUItem
-from steerlens.evaluation import (
+from steerlens.metrics import (
     bootstrap_interval,
     estimate,
     ground_truth_utility,
@@ -149,7 +149,7 @@ def test_ppa_under_steering_uses_each_users_vector_in_one_batch(tiny):
     assert set(est.per_unit.index) == {"u1", "u2"}
     assert all(0.0 <= v <= 1.0 for v in est.per_unit)
     # each pair scored alone with its own user's vector gives the same verdicts
-    from steerlens.evaluation.preference import unsteered_margins
+    from steerlens.metrics.preference import unsteered_margins
 
     verdicts = []
     for p in PAIRS:
@@ -175,7 +175,7 @@ def test_ppa_under_steering_uses_each_users_vector_in_one_batch(tiny):
 def test_steering_pairs_are_spread_over_users():
     from types import SimpleNamespace
 
-    from steerlens.evaluation.personalization import PersonalizationConfig, _per_user_sample
+    from steerlens.experiments.personalization import PersonalizationConfig, _per_user_sample
 
     pairs = [SimpleNamespace(user_id=u, i=i) for u in "abc" for i in range(5)]
     got = _per_user_sample(pairs, 7)
@@ -186,8 +186,8 @@ def test_steering_pairs_are_spread_over_users():
 
 
 def test_paired_difference_and_nan_margins():
-    from steerlens.evaluation import score_predictions
-    from steerlens.evaluation.stats import paired_difference
+    from steerlens.metrics import score_predictions
+    from steerlens.metrics.stats import paired_difference
 
     a = estimate([1, 1, 0, 1], ["u", "u", "v", "v"])
     b = estimate([0, 1, 0, 0, 1], ["u", "u", "v", "v", "w"])

@@ -11,7 +11,8 @@ import torch
 from conftest import ENGINES, PROMPTS, assert_close_impl, no_hooks_left
 
 import steerlens as sl
-from steerlens import fastpath, generation
+from steerlens.core import fastpath
+from steerlens.run import generation
 
 
 def _tokens(model, prompts, **kw):

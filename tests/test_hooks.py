@@ -178,7 +178,7 @@ def test_reset_restarts_position_count(tiny_bridge):
 
 def test_per_row_alpha_follows_the_batch_rows():
     """Inside a steerlens batch, per-input values are picked by the batch's input rows."""
-    from steerlens.hooks import batch_rows
+    from steerlens.core.hooks import batch_rows
 
     fn = sl.add_vector_hook(torch.ones(2), alpha=[10.0, 20.0, 30.0])
     with batch_rows([2, 0], n_inputs=3):

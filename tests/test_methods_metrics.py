@@ -8,8 +8,8 @@ from conftest import on_device
 
 import steerlens as sl
 from steerlens.data.schema import PreferencePair
-from steerlens.evaluation.metrics import continuation_nll, perplexity, toxicity_abs_error
 from steerlens.methods import mean_difference
+from steerlens.metrics.text import continuation_nll, perplexity, toxicity_abs_error
 
 
 def _pair(prompt, chosen, rejected, **kw):
@@ -61,7 +61,7 @@ def test_continuation_nll_matches_manual_log_softmax(tiny_bridge):
 
 
 def test_profanity_scorer_separates_styles():
-    from steerlens.evaluation import get_scorer
+    from steerlens.metrics import get_scorer
 
     s = get_scorer()
     clean, rude = s(["Here is a recipe for bread.", "Shut up, you damn idiot, this is bullshit."])
@@ -71,14 +71,14 @@ def test_profanity_scorer_separates_styles():
 
 
 def test_distinct_n_flags_repetition():
-    from steerlens.evaluation.metrics import distinct_n
+    from steerlens.metrics.text import distinct_n
 
     varied, looped, short = distinct_n(["the cat sat on the mat", "5 5 5 5 5 5", "one"], 2)
     assert varied == 1.0 and looped == pytest.approx(1 / 5) and math.isnan(short)
 
 
 def test_corpus_distinct_and_degenerate():
-    from steerlens.evaluation.metrics import corpus_distinct_n, degenerate
+    from steerlens.metrics.text import corpus_distinct_n, degenerate
 
     assert corpus_distinct_n(["a b c", "a b c"]) == 0.5  # 2 distinct bigrams of 4
     assert math.isnan(corpus_distinct_n(["a", ""]))

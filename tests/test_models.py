@@ -61,7 +61,7 @@ def test_embedded_hooked_backend_matches_bridge(embedded):
 def tiny_folder(tmp_path_factory):
     """The tiny model saved as an ordinary HF folder: loaded *by name* (a path), not by the
     built-in shortcut, through the same code as a hub name."""
-    from steerlens._tiny import tiny_hf_model
+    from steerlens.core._tiny import tiny_hf_model
 
     folder = tmp_path_factory.mktemp("tiny-hf")
     hf, tok = tiny_hf_model()
@@ -101,7 +101,7 @@ def test_official_hooked_name_keeps_the_full_name(monkeypatch):
 def test_hooked_conversion_refuses_what_it_cannot_convert_exactly():
     from types import SimpleNamespace
 
-    from steerlens.models import _check_plain_llama
+    from steerlens.core.models import _check_plain_llama
 
     base = dict(
         model_type="llama", hidden_size=64, num_attention_heads=4, rope_scaling=None, head_dim=16

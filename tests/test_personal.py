@@ -81,7 +81,7 @@ def test_population_from_the_table_is_the_one_call_mean_difference(tiny):
 
 def test_population_matches_steering_vectors_on_text_pairs(tiny_bridge):
     steering_vectors = pytest.importorskip("steering_vectors")
-    from steerlens._tiny import tiny_hf_model
+    from steerlens.core._tiny import tiny_hf_model
 
     texts = [("I love this movie", "I hate this movie"), ("What a joy", "What a pain it was")]
     hf, tok = tiny_hf_model()

@@ -8,7 +8,7 @@ import torch
 from conftest import ENGINES, assert_close_impl, no_hooks_left
 
 import steerlens as sl
-from steerlens.scoring import ids_logprobs
+from steerlens.run.scoring import ids_logprobs
 from steerlens.steerx import (
     activation_patching,
     attribution_patching,

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import steerlens as sl
-from steerlens.sweep import (
+from steerlens.experiments.sweep import (
     BASELINE,
     GenerationSettings,
     SweepConfig,
@@ -103,7 +103,7 @@ def test_each_sweep_row_equals_a_single_generate_call(tiny_bridge, tmp_path):
                 [p.prompt],
                 steering=v,
                 alpha=row["alpha"],
-                gate=sl.hooks.parse_gate(row["gate"]),
+                gate=sl.core.hooks.parse_gate(row["gate"]),
                 max_new_tokens=5,
                 progress_bar=False,
             )
@@ -248,7 +248,7 @@ TINY_SWEEP = {
     reason="accelerate is not installed",
 )
 def test_two_process_accelerate_sweep_equals_the_single_process_run(tmp_path):
-    from steerlens.sweep import run_config
+    from steerlens.experiments.sweep import run_config
 
     # on the CPU whatever the machine has: two gloo processes against one CPU process
     cfg = {**TINY_SWEEP, "device": "cpu"}
@@ -272,7 +272,7 @@ def test_two_process_accelerate_sweep_equals_the_single_process_run(tmp_path):
             "--dynamo_backend",
             "no",
             "-m",
-            "steerlens.sweep",
+            "steerlens.experiments.sweep",
             str(cfg_path),
             "--out",
             str(tmp_path / "two"),
@@ -294,7 +294,7 @@ def test_two_process_accelerate_sweep_equals_the_single_process_run(tmp_path):
 
 
 def test_more_processes_than_gpus_is_a_clear_error(monkeypatch):
-    from steerlens.sweep import _Dist
+    from steerlens.experiments.sweep import _Dist
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)

@@ -12,9 +12,9 @@ import pandas as pd
 import plotly.graph_objects as go
 import pytest
 
-from steerlens import plots
-from steerlens.evaluation.tables import dose_response_table, gating_table, selectivity_table
-from steerlens.report import write_report
+from steerlens.metrics.summaries import dose_response_table, gating_table, selectivity_table
+from steerlens.reporting import plots
+from steerlens.reporting.page import write_report
 
 
 def _cells() -> pd.DataFrame:
@@ -273,7 +273,7 @@ def test_report_page_renders_in_headless_chromium_offline(tmp_path):
 
 
 def test_append_links_adds_then_replaces_a_section(tmp_path):
-    from steerlens.report import append_links
+    from steerlens.reporting.page import append_links
 
     page = write_report(tmp_path, title="T", tables={"t": pd.DataFrame({"a": [1]})})
     append_links(page, "SteerX pages", {"card u1": "steerx_user_u1.html"})

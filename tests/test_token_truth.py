@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import steerlens as sl
-from steerlens.evaluation.token_truth import (
+from steerlens.metrics.token_truth import (
     ESTIMATORS,
     estimator_scores,
     planted_labels,
@@ -77,7 +77,7 @@ def test_user_queries_and_estimators_on_the_simulated_set():
 
 
 def test_completed_truth_adds_directness_openings_and_attribute_words():
-    from steerlens.evaluation.token_truth import response_spans
+    from steerlens.metrics.token_truth import response_spans
 
     direct = {"text": "Sure. Please be careful, dude.", "opening": "Sure. ", "spans": []}
     assert response_spans(direct) == []
@@ -96,7 +96,7 @@ def test_completed_truth_adds_directness_openings_and_attribute_words():
 
 
 def test_description_hit_names_the_group():
-    from steerlens.steerx_study import description_hit
+    from steerlens.experiments.steerx_study import description_hit
 
     assert description_hit("The user prefers careful answers and safety advice.", "more_caution")
     assert not description_hit("The user prefers careful answers.", "less_caution")

@@ -16,15 +16,15 @@ import torch
 from conftest import ENGINES, PROMPTS, assert_close_impl, on_device
 
 import steerlens as sl
-from steerlens import models
-from steerlens.models import _resolve_processing, load_spec
+from steerlens.core import models
+from steerlens.core.models import _resolve_processing, load_spec
 
 MODES = ("full", "light", "none")
 
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    from steerlens._tiny import tiny_hf_model
+    from steerlens.core._tiny import tiny_hf_model
 
     path = tmp_path_factory.mktemp("tiny-norms")
     hf, tok = tiny_hf_model(seed=0)
@@ -110,7 +110,7 @@ def test_every_mode_has_the_same_residual_stream_and_log_probs(trio):
 
 
 def test_light_processing_unties_a_tied_unembedding(tmp_path):
-    from steerlens._tiny import tiny_hf_model
+    from steerlens.core._tiny import tiny_hf_model
 
     hf, tok = tiny_hf_model(seed=0)
     hf.config.tie_word_embeddings = True
@@ -143,7 +143,7 @@ def test_no_centring_where_it_would_change_the_log_probs_or_cannot_be_done():
         output_logits_soft_cap = 30.0  # Gemma-2's tanh cap: not shift-invariant
 
     assert models._softcapped(Cfg()) and not models._softcapped(object())
-    from steerlens._tiny import tiny_hf_model
+    from steerlens.core._tiny import tiny_hf_model
 
     hf, _ = tiny_hf_model(seed=0)
     hf.lm_head.weight = torch.nn.Parameter(torch.empty_like(hf.lm_head.weight, device="meta"))

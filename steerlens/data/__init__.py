@@ -1,7 +1,7 @@
 """Datasets: PRISM (real or simulated), prompt categories and MMLU.
 
 ``load_prism("demo")`` is the shipped *simulated* PRISM-format set (see
-``steerlens.data.simulate``); ``load_prism("hf")`` or a folder loads the real PRISM.
+``steerlens.experiments.simulate``); ``load_prism("hf")`` or a folder loads the real PRISM.
 """
 
 from steerlens.data.categories import agreement, categorize, load_category_map

@@ -1,7 +1,7 @@
 """PRISM loading: ``load_prism("demo" | "hf" | folder)`` -> ``PrismDataset``.
 
 ``"demo"`` is steerlens's *simulated* PRISM-format set (``steerlens/data/demo``, made by
-``steerlens.data.simulate``): its users are simulated and their preferences are known. It is
+``steerlens.experiments.simulate``): its users are simulated and their preferences are known. It is
 never the real PRISM; ``PrismDataset.is_simulated`` says which one you hold.
 """
 

@@ -24,13 +24,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from steerlens._progress import progress
-from steerlens.batching import Batch, map_batches
-from steerlens.chat import encode_prompts, tokenize
-from steerlens.hooks import GateSpec, add_vector_hook, hook_name
-from steerlens.models import HookedModel, default_layers, frozen_weights, model_name
-from steerlens.scoring import ids_logprobs
-from steerlens.vectors import SteeringVector
+from steerlens.core._progress import progress
+from steerlens.core.batching import Batch, map_batches
+from steerlens.core.hooks import GateSpec, add_vector_hook, hook_name
+from steerlens.core.models import HookedModel, default_layers, frozen_weights, model_name
+from steerlens.core.tokens import encode_prompts, tokenize
+from steerlens.core.vectors import SteeringVector
+from steerlens.run.scoring import ids_logprobs
 
 __all__ = ["BiPOConfig", "BiPOTrainer", "bipo"]
 

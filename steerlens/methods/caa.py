@@ -12,10 +12,10 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Literal
 
+from steerlens.core.models import HookedModel
+from steerlens.core.vectors import SteeringVector
 from steerlens.data.schema import PreferencePair
 from steerlens.methods.personal import TextPair, pair_activations, population
-from steerlens.models import HookedModel
-from steerlens.vectors import SteeringVector
 
 __all__ = ["mean_difference"]
 

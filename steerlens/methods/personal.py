@@ -33,12 +33,12 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from steerlens.cache import cache_activations
-from steerlens.chat import Prompt, response_masks
+from steerlens.core.models import HookedModel, default_layers, model_name
+from steerlens.core.tokens import Prompt, response_masks
+from steerlens.core.vectors import SteeringVector
 from steerlens.data.schema import PreferencePair
-from steerlens.models import HookedModel, default_layers, model_name
-from steerlens.store import ActivationStore
-from steerlens.vectors import SteeringVector
+from steerlens.run.cache import cache_activations
+from steerlens.run.store import ActivationStore
 
 __all__ = [
     "BradleyTerry",

@@ -17,7 +17,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from steerlens.vectors import SteeringVector
+from steerlens.core.vectors import SteeringVector
 
 __all__ = ["SAEFeatures", "SAELike", "sae_vector"]
 

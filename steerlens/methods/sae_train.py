@@ -22,9 +22,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from steerlens.cache import cache_activations
-from steerlens.chat import non_special_mask, tokenize
-from steerlens.models import HookedModel
+from steerlens.core.models import HookedModel
+from steerlens.core.tokens import non_special_mask, tokenize
+from steerlens.run.cache import cache_activations
 
 __all__ = [
     "SAEReport",
@@ -175,7 +175,7 @@ def ensure_sae(
 ) -> tuple[Any, SAEReport]:
     """The SAE saved in ``folder`` (default ``default_sae_dir``), trained there first if
     missing (offline text: ``sae_text``)."""
-    from steerlens.models import model_name
+    from steerlens.core.models import model_name
 
     folder = (
         Path(folder) if folder is not None else default_sae_dir(model_name(model) or "model", layer)

@@ -20,11 +20,11 @@ import torch
 from jaxtyping import Bool
 from torch import Tensor
 
-from steerlens.cache import cache_activations
-from steerlens.chat import Prompt, response_masks
-from steerlens.generation import generate
-from steerlens.models import HookedModel, default_layers, model_name
-from steerlens.vectors import SteeringVector
+from steerlens.core.models import HookedModel, default_layers, model_name
+from steerlens.core.tokens import Prompt, response_masks
+from steerlens.core.vectors import SteeringVector
+from steerlens.run.cache import cache_activations
+from steerlens.run.generation import generate
 
 __all__ = ["context_vector", "generic_responses", "style_vector"]
 

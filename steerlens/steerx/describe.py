@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from steerlens.generation import generate
-from steerlens.models import HookedModel
+from steerlens.core.models import HookedModel
+from steerlens.run.generation import generate
 from steerlens.steerx.effects import Measure, TokenEffects
 
 __all__ = ["DESCRIBE_PROMPT", "Description", "describe", "evidence_spans"]

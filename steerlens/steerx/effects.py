@@ -16,7 +16,7 @@ The SteerX body text was not available; this follows the same group's NextQuill 
 Finer attributions: ``item_effects`` (leave-one-out over the history's conversations, one
 batched call) and ``history_token_effects`` (ablate each single history token: remove it, or
 replace its embedding with the mean embedding). Everything runs through the one batching
-loop (``steerlens.scoring.ids_logprobs``), batched and exact.
+loop (``steerlens.run.scoring.ids_logprobs``), batched and exact.
 """
 
 from __future__ import annotations
@@ -32,10 +32,10 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from steerlens.chat import content_masks, encode_prompts
-from steerlens.hooks import current_rows
-from steerlens.models import HookedModel
-from steerlens.scoring import ids_logprobs
+from steerlens.core.hooks import current_rows
+from steerlens.core.models import HookedModel
+from steerlens.core.tokens import content_masks, encode_prompts
+from steerlens.run.scoring import ids_logprobs
 
 __all__ = [
     "HistoryTokenEffects",

@@ -25,10 +25,10 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from steerlens import fastpath
-from steerlens.batching import Batch, map_batches
-from steerlens.hooks import current_rows, resid_post
-from steerlens.models import HookedModel, frozen_weights, model_device
+from steerlens.core import fastpath
+from steerlens.core.batching import Batch, map_batches
+from steerlens.core.hooks import current_rows, resid_post
+from steerlens.core.models import HookedModel, frozen_weights, model_device
 from steerlens.steerx.effects import Message, _context, target_tokens
 
 __all__ = ["PatchingResult", "activation_patching", "attribution_patching", "rank_agreement"]

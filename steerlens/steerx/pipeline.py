@@ -33,15 +33,15 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from steerlens.cache import cache_activations
-from steerlens.chat import response_masks
+from steerlens.core.models import HookedModel, default_layers, model_name
+from steerlens.core.tokens import response_masks
+from steerlens.core.vectors import SteeringVector
 from steerlens.methods.bipo import BiPOConfig, bipo
 from steerlens.methods.sae import sae_vector
 from steerlens.methods.stylevector import context_vector, generic_responses, style_vector
-from steerlens.models import HookedModel, default_layers, model_name
+from steerlens.run.cache import cache_activations
 from steerlens.steerx.describe import Description, describe
 from steerlens.steerx.effects import Measure, Message, TokenEffects, batch_history_effects
-from steerlens.vectors import SteeringVector
 
 __all__ = ["BACKBONES", "SteerXConfig", "SteerXResult", "conversation_messages", "steerx_user"]
 

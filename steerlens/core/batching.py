@@ -2,7 +2,7 @@
 
 Every steerlens function that runs the model (``generate``, ``cache_activations``, the
 scoring functions) goes through ``map_batches``. While a batch runs it sets the row context
-(``steerlens.hooks.batch_rows``), so per-row hooks — a per-row α or vector given to
+(``steerlens.core.hooks.batch_rows``), so per-row hooks — a per-row α or vector given to
 ``generate`` *or* to an enclosing ``sl.steering()`` block — index their values by the
 batch's input rows and each value follows its prompt, whatever order the batches run in.
 """
@@ -16,10 +16,10 @@ from typing import Literal, TypeVar
 from jaxtyping import Int
 from torch import Tensor
 
-from steerlens._progress import progress
-from steerlens.chat import Encoded, pad
-from steerlens.hooks import batch_rows
-from steerlens.models import HookedModel
+from steerlens.core._progress import progress
+from steerlens.core.hooks import batch_rows
+from steerlens.core.models import HookedModel
+from steerlens.core.tokens import Encoded, pad
 
 T = TypeVar("T")
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from steerlens.evaluation.toxicity import ToxicityScorer, get_scorer
+from steerlens.metrics.toxicity import ToxicityScorer, get_scorer
 
 ATTRIBUTES = ("toxicity", "refusal", "caution", "length", "formality")
 

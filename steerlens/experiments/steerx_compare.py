@@ -24,12 +24,12 @@ from typing import Any
 
 import pandas as pd
 
-from steerlens._jsonsafe import update_json, write_json
+from steerlens.core._jsonsafe import update_json, write_json
+from steerlens.core.models import HookedModel, default_layers, model_name
 from steerlens.data.prism import PrismDataset
-from steerlens.models import HookedModel, default_layers, model_name
-from steerlens.plots import save_figure, steerx_bars
-from steerlens.report import append_links, write_user_card
-from steerlens.steerx_study import SteerXStudyConfig, steerx_study
+from steerlens.experiments.steerx_study import SteerXStudyConfig, steerx_study
+from steerlens.reporting.page import append_links, write_user_card
+from steerlens.reporting.plots import save_figure, steerx_bars
 
 __all__ = ["RECONSTRUCTION", "run_steerx_compare"]
 

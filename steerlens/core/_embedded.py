@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from steerlens.decoding import installed_versions
+from steerlens.core.decoding import installed_versions
 
 logger = logging.getLogger(__name__)
 

@@ -3,13 +3,13 @@
 1. the personalisation study: population, dislike-weighted and Bradley-Terry vectors from the
    training pairs; PPA by projection (and under steering) against toxicity-only, chance and
    (simulated sets) the oracle;
-2. a dose-response sweep (``steerlens.sweep``): every method x α on held-out prompts, each
+2. a dose-response sweep (``steerlens.experiments.sweep``): every method x α on held-out prompts, each
    prompt steered with its own user's vector (per-row vectors, one batched job), scored for
    toxicity MAE, perplexity, degeneration and (simulated sets) ground-truth utility;
 3. the gating experiment at the operating α (the population vector's best α);
 4. zero-shot MMLU unsteered and steered at the operating α;
 5. figures, ``figures/index.html`` and ``results/summary.json``;
-6. SteerX vs all-history per backbone (``steerlens.steerx_compare``, reconstructed; a few
+6. SteerX vs all-history per backbone (``steerlens.experiments.steerx_compare``, reconstructed; a few
    users per group; ``steerx=False`` leaves it out), linked from the same page and adding its
    keys to the same summary.
 
@@ -31,8 +31,32 @@ from typing import Any, TypeVar
 
 import pandas as pd
 
-from steerlens._jsonsafe import json_safe, update_json
-from steerlens.evaluation.tables import BASELINE
+from steerlens.core._jsonsafe import json_safe, update_json
+from steerlens.core.hooks import steering
+from steerlens.core.models import default_layers, load_model
+from steerlens.data import load_mmlu, load_prism
+from steerlens.experiments.personalization import PersonalizationConfig, personalization_study
+from steerlens.experiments.steerx_compare import run_steerx_compare
+from steerlens.experiments.steerx_study import SteerXStudyConfig
+from steerlens.experiments.sweep import (
+    GenerationSettings,
+    held_out_prompts,
+    make_grid,
+    run_sweep,
+    save_vectors,
+    standard_measures,
+)
+from steerlens.methods.registry import METHODS, method_label
+from steerlens.metrics.mmlu import mmlu_accuracy
+from steerlens.metrics.stats import estimate
+from steerlens.metrics.summaries import (
+    BASELINE,
+    dose_response_table,
+    gating_table,
+    selectivity_table,
+)
+from steerlens.reporting import plots
+from steerlens.reporting.page import write_report
 from steerlens.steerx.pipeline import BACKBONES
 
 logger = logging.getLogger(__name__)
@@ -42,11 +66,6 @@ __all__ = ["DemoConfig", "run_demo"]
 T = TypeVar("T")
 
 PERSONAL = "dislike-weighted"  # the personalised method the summary's headline keys report
-_STUDY_NAMES = {
-    "population": "population",
-    "dislike-weighted": "personalized (dislike-weighted)",
-    "bradley-terry": "personalized (Bradley-Terry)",
-}
 
 
 @dataclass
@@ -94,9 +113,9 @@ class DemoConfig:
             raise ValueError("alphas must include 0.0 (the unsteered baseline) and one more")
         if "population" not in self.methods:
             raise ValueError("methods must include 'population' (the gating and MMLU vector)")
-        bad = [m for m in self.methods if m not in _STUDY_NAMES]
+        bad = [m for m in self.methods if m not in METHODS]
         if bad:
-            raise ValueError(f"unknown methods {bad}; use {list(_STUDY_NAMES)}")
+            raise ValueError(f"unknown methods {bad}; use {list(METHODS)}")
         if self.n_prompts < 1 or self.mmlu_items < 1:
             raise ValueError("n_prompts and mmlu_items must be >= 1")
         if any(k < 0 for k in self.gating_ks):
@@ -116,20 +135,6 @@ def _ppa(table: pd.DataFrame, method: str, measure: str = "ppa_projection") -> d
 
 
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
-    import steerlens as sl
-    from steerlens.evaluation.mmlu import mmlu_accuracy
-    from steerlens.evaluation.personalization import PersonalizationConfig, personalization_study
-    from steerlens.evaluation.stats import estimate
-    from steerlens.evaluation.tables import dose_response_table, gating_table, selectivity_table
-    from steerlens.sweep import (
-        GenerationSettings,
-        held_out_prompts,
-        make_grid,
-        run_sweep,
-        save_vectors,
-        standard_measures,
-    )
-
     t0 = time.perf_counter()
     seconds: dict[str, float] = {}
 
@@ -143,11 +148,11 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     out = Path(cfg.out)
     results, figures = out / "results", out / "figures"
     results.mkdir(parents=True, exist_ok=True)
-    model = timed("load model", lambda: sl.load_model(cfg.model))
-    ds = sl.data.load_prism(cfg.data)
+    model = timed("load model", lambda: load_model(cfg.model))
+    ds = load_prism(cfg.data)
     gt = ds.ground_truth if ds.ground_truth and "users" in ds.ground_truth else None
     logger.info("%r", ds)
-    layers = sl.default_layers(model)
+    layers = default_layers(model)
 
     # 1. vectors and PPA
     pcfg = PersonalizationConfig(
@@ -222,10 +227,10 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
 
     # 4. MMLU, unsteered and steered at the operating α
     def mmlu() -> pd.DataFrame:
-        items = sl.data.load_mmlu(n=cfg.mmlu_items, seed=cfg.seed)
+        items = load_mmlu(n=cfg.mmlu_items, seed=cfg.seed)
         rows = []
         for name, alpha in (("unsteered", 0.0), (f"population α={best_alpha:g}", best_alpha)):
-            hooks = sl.steering(model, study.population, alpha=alpha) if alpha else nullcontext()
+            hooks = steering(model, study.population, alpha=alpha) if alpha else nullcontext()
             with hooks:
                 res = mmlu_accuracy(model, items, batch_size=cfg.batch_size)
             lo, hi = res.interval(seed=cfg.seed)
@@ -307,11 +312,11 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         "mmlu_steered": round(float(mm["mean"].iloc[1]), 5),
         "mmlu_steered_interval": _interval(mm.iloc[1]),
         "mmlu_items": int(mm["n"].iloc[0]),
-        "ppa_personalized_method": _STUDY_NAMES[PERSONAL],
+        "ppa_personalized_method": method_label(PERSONAL),
     }
     for key, method in (
-        ("ppa_personalized", _STUDY_NAMES[PERSONAL]),
-        ("ppa_bradley_terry", _STUDY_NAMES["bradley-terry"]),
+        ("ppa_personalized", method_label(PERSONAL)),
+        ("ppa_bradley_terry", method_label("bradley-terry")),
         ("ppa_population", "population"),
         ("ppa_toxicity_only", "toxicity-only"),
         ("ppa_oracle", "oracle"),
@@ -320,7 +325,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         summary[key], summary[f"{key}_interval"] = got["mean"], got["interval"]
     if cfg.steer_ppa:
         summary["ppa_under_steering"] = {
-            m: _ppa(study.table, _STUDY_NAMES[m], "ppa_under_steering") for m in cfg.methods
+            m: _ppa(study.table, method_label(m), "ppa_under_steering") for m in cfg.methods
         }
     if util_groups is not None:
         summary["utility_gain"] = {
@@ -343,9 +348,6 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
 
     # 6. SteerX vs all-history: its figures join the page, its keys the summary
     if cfg.steerx:
-        from steerlens.steerx_compare import run_steerx_compare
-        from steerlens.steerx_study import SteerXStudyConfig
-
         xcfg = SteerXStudyConfig(
             backbones=cfg.steerx_backbones,
             users_per_group=cfg.steerx_users_per_group,
@@ -379,9 +381,6 @@ def _figures_and_report(
     prompts: list[Any],
     best_alpha: float,
 ) -> list[Path]:
-    from steerlens import plots
-    from steerlens.report import write_report
-
     data_label = "simulated PRISM-format set (not real PRISM)" if ds.is_simulated else ds.source
     where = f"{cfg.model} · {data_label}"
     figs = {

@@ -23,12 +23,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from steerlens import fastpath
-from steerlens.batching import Batch, map_batches
-from steerlens.chat import tokenize
+from steerlens.core import fastpath
+from steerlens.core.batching import Batch, map_batches
+from steerlens.core.models import HookedModel
+from steerlens.core.tokens import tokenize
 from steerlens.data.mmlu import LETTERS, MMLUItem
-from steerlens.evaluation.stats import bootstrap_interval
-from steerlens.models import HookedModel
+from steerlens.metrics.stats import bootstrap_interval
 
 __all__ = ["MMLUResult", "mmlu_accuracy", "mmlu_prompt"]
 

@@ -16,8 +16,15 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from steerlens.core.models import HookedModel
+from steerlens.core.vectors import SteeringVector
 from steerlens.data.prism import PrismDataset
-from steerlens.evaluation.preference import (
+from steerlens.methods.personal import (
+    BradleyTerry,
+    pair_activations,
+)
+from steerlens.methods.registry import MethodOptions, get_method, method_label
+from steerlens.metrics.preference import (
     CHANCE,
     ground_truth_utility,
     oracle,
@@ -25,19 +32,12 @@ from steerlens.evaluation.preference import (
     ppa_under_steering,
     toxicity_only,
 )
-from steerlens.evaluation.stats import Estimate, estimate, paired_difference
-from steerlens.generation import generate
-from steerlens.methods.personal import (
-    BradleyTerry,
-    bradley_terry,
-    dislike_weighted,
-    pair_activations,
-    population,
-)
-from steerlens.models import HookedModel
-from steerlens.vectors import SteeringVector
+from steerlens.metrics.stats import Estimate, estimate, paired_difference
+from steerlens.run.generation import generate
 
 __all__ = ["PersonalizationConfig", "PersonalizationResult", "personalization_study"]
+
+POP, DIS, BT = "population", "dislike-weighted", "bradley-terry"  # registry names
 
 
 @dataclass
@@ -50,9 +50,9 @@ class PersonalizationConfig:
     # PRISM's shared prompts), a per-conversation split puts held-out texts in other users'
     # training pairs.
     split_by: Literal["conversation", "prompt"] = "prompt"
-    rank: int = 8
-    C: float = 1.0
-    shrink: float = 5.0
+    rank: int = MethodOptions.rank
+    C: float = MethodOptions.C
+    shrink: float = MethodOptions.shrink
     steer_alpha: float | None = None  # None: skip PPA under steering
     max_steer_pairs: int = 192  # spread over users: 4 each on the shipped set
     max_users: int | None = None  # the first N users (sorted ids) for quick runs
@@ -69,8 +69,9 @@ class PersonalizationConfig:
             raise ValueError(f"held_out must be in (0, 1), got {self.held_out}")
         if self.split_by not in ("conversation", "prompt"):
             raise ValueError(f"split_by must be 'conversation' or 'prompt', got {self.split_by!r}")
-        if self.rank < 1 or self.C <= 0 or self.shrink < 0 or self.max_steer_pairs < 1:
-            raise ValueError("rank >= 1, C > 0, shrink >= 0 and max_steer_pairs >= 1 are needed")
+        MethodOptions(self.rank, self.C, self.shrink)
+        if self.max_steer_pairs < 1:
+            raise ValueError(f"max_steer_pairs must be >= 1, got {self.max_steer_pairs}")
 
 
 @dataclass
@@ -150,19 +151,21 @@ def personalization_study(
     pa_test = pair_activations(model, test, pa_train.layers, **kw)
     boot: dict[str, Any] = dict(n_boot=cfg.n_boot, seed=cfg.seed)
 
-    v_pop = population(pa_train)
+    opts = MethodOptions(cfg.rank, cfg.C, cfg.shrink)
+    fits = {name: get_method(name).fit(pa_train, opts) for name in (POP, DIS, BT)}
+    v_pop = fits[POP].vector("")
     users = sorted({p.user_id for p in test})
-    dislike = {u: dislike_weighted(pa_train, u, shrink=cfg.shrink) for u in users}
-    bt = bradley_terry(pa_train, cfg.rank, C=cfg.C)
-    bt_vecs = {u: bt.user_vector(u, shrink=cfg.shrink) for u in users}
+    dislike = {u: fits[DIS].vector(u) for u in users}
+    bt = fits[BT].state
+    bt_vecs = {u: fits[BT].vector(u) for u in users}
 
     bt_est = ppa_projection(pa_test, bt_vecs, **boot)
     dis_est = ppa_projection(pa_test, dislike, **boot)
     pop_est = ppa_projection(pa_test, v_pop, **boot)
     rows = [
-        _row("personalized (Bradley-Terry)", "ppa_projection", bt_est),
-        _row("personalized (dislike-weighted)", "ppa_projection", dis_est),
-        _row("population", "ppa_projection", pop_est),
+        _row(method_label(BT), "ppa_projection", bt_est),
+        _row(method_label(DIS), "ppa_projection", dis_est),
+        _row(method_label(POP), "ppa_projection", pop_est),
         _row("toxicity-only", "ppa_projection", toxicity_only(test, train, **boot)),
         _row("chance", "ppa_projection", CHANCE),
     ]
@@ -176,9 +179,9 @@ def personalization_study(
         norms = v_pop.norms()
         steer_pairs = _per_user_sample(test, cfg.max_steer_pairs)
         for method, vecs in (
-            ("personalized (Bradley-Terry)", bt_vecs),
-            ("personalized (dislike-weighted)", dislike),
-            ("population", {u: v_pop for u in users}),
+            (method_label(BT), bt_vecs),
+            (method_label(DIS), dislike),
+            (method_label(POP), {u: v_pop for u in users}),
         ):
             scaled = {u: v.rescaled(norms) for u, v in vecs.items()}
             est = ppa_under_steering(
@@ -189,9 +192,9 @@ def personalization_study(
     gt = dataset.ground_truth
     if cfg.utility_alpha is not None and gt is not None and "users" in gt:
         methods = {
-            "personalized (Bradley-Terry)": bt_vecs,
-            "personalized (dislike-weighted)": dislike,
-            "population": {u: v_pop for u in users},
+            method_label(BT): bt_vecs,
+            method_label(DIS): dislike,
+            method_label(POP): {u: v_pop for u in users},
         }
         util_rows, by_group = _utility_gain(model, test, methods, v_pop.norms(), gt, cfg, boot)
         rows += util_rows

@@ -1,6 +1,6 @@
 """SteerX vs all-history, per backbone (mean-difference / StyleVector, BiPO, SAE features),
 on held-out pairs of a PRISM-format set (reconstruction: see ``steerlens.steerx``). It runs
-sweeps, so it sits above ``steerlens.sweep`` in the layers (``steerlens.steerx_compare`` is
+sweeps, so it sits above ``steerlens.experiments.sweep`` in the layers (``steerlens.experiments.steerx_compare`` is
 the job that writes its files).
 
 Per user (a few per group on a simulated set): their training conversations (prompt,
@@ -25,17 +25,24 @@ from typing import Any, Literal
 
 import pandas as pd
 
+from steerlens.core.models import HookedModel, default_layers
 from steerlens.data.prism import PrismDataset
-from steerlens.evaluation.preference import (
+from steerlens.experiments.sweep import (
+    GenerationSettings,
+    SweepPrompt,
+    make_grid,
+    run_sweep,
+    standard_measures,
+)
+from steerlens.methods.personal import pair_activations, population
+from steerlens.methods.stylevector import generic_responses
+from steerlens.metrics.preference import (
     ppa_projection,
     ppa_under_steering,
     unsteered_margins,
 )
-from steerlens.evaluation.stats import estimate, paired_difference
-from steerlens.evaluation.tables import dose_response_table
-from steerlens.methods.personal import pair_activations, population
-from steerlens.methods.stylevector import generic_responses
-from steerlens.models import HookedModel, default_layers
+from steerlens.metrics.stats import estimate, paired_difference
+from steerlens.metrics.summaries import dose_response_table
 from steerlens.steerx.describe import describe
 from steerlens.steerx.effects import batch_history_effects
 from steerlens.steerx.pipeline import (
@@ -44,13 +51,6 @@ from steerlens.steerx.pipeline import (
     SteerXResult,
     conversation_messages,
     steerx_user,
-)
-from steerlens.sweep import (
-    GenerationSettings,
-    SweepPrompt,
-    make_grid,
-    run_sweep,
-    standard_measures,
 )
 
 logger = logging.getLogger(__name__)

@@ -10,12 +10,12 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from steerlens import fastpath
-from steerlens.batching import Batch, map_batches
-from steerlens.chat import content_masks, encode_prompts, non_special_mask, resolve_chat
-from steerlens.hooks import HookFn, hook_name
-from steerlens.models import HookedModel, default_layers
-from steerlens.store import ActivationStore
+from steerlens.core import fastpath
+from steerlens.core.batching import Batch, map_batches
+from steerlens.core.hooks import HookFn, hook_name
+from steerlens.core.models import HookedModel, default_layers
+from steerlens.core.tokens import content_masks, encode_prompts, non_special_mask, resolve_chat
+from steerlens.run.store import ActivationStore
 
 Pool = Literal["last", "mean", "none"]
 
@@ -86,7 +86,7 @@ def cache_activations(
             ``ActivationStore`` instead of holding everything in memory.
         engine: ``"tl"`` reads the TransformerLens hook points (any hooks you have active act
             on what is cached); ``"hf"`` reads the same values from the decoder layers of the
-            plain HF model of the fast path (``steerlens.fastpath``; open ``steering()``
+            plain HF model of the fast path (``steerlens.core.fastpath``; open ``steering()``
             contexts are carried onto it); ``"auto"`` takes ``"hf"`` where that is exact.
 
     Returns:

@@ -1,4 +1,4 @@
-"""Summary tables of a sweep's tidy cells (``steerlens.sweep``): dose-response, selectivity,
+"""Summary tables of a sweep's tidy cells (``steerlens.experiments.sweep``): dose-response, selectivity,
 gating. Every change is paired with the same prompt's unsteered cell (method ``"none"``), and
 its interval is a bootstrap over prompts.
 """
@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from steerlens.evaluation.metrics import corpus_distinct_n
+from steerlens.metrics.text import corpus_distinct_n
 
 __all__ = ["dose_response_table", "gating_table", "selectivity_table"]
 

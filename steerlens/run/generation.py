@@ -2,8 +2,8 @@
 
 One KV-cache decoding loop (``_decode``) serves every path: the bridge's HF model (its
 TransformerLens hooks fire, one position a step), the plain HF model of the fast path
-(``steerlens.fastpath``), and a HookedTransformer's own KV cache. Prompts go through the one
-batching loop (``steerlens.batching``): left-padded, sorted by length, rows back in input
+(``steerlens.core.fastpath``), and a HookedTransformer's own KV cache. Prompts go through the one
+batching loop (``steerlens.core.batching``): left-padded, sorted by length, rows back in input
 order, and per-row α / vectors follow their prompts. A padded batch gives the tokens of
 one-at-a-time runs (tested on every backend x engine).
 """
@@ -17,13 +17,13 @@ from typing import Literal, overload
 import torch
 from torch import Tensor
 
-from steerlens import fastpath
-from steerlens.batching import Batch, map_batches
-from steerlens.chat import Prompt, encode_prompts
-from steerlens.decoding import hf_steps, tl_steps
-from steerlens.hooks import Gate, GateSpec, steering_hooks
-from steerlens.models import HookedModel, model_device
-from steerlens.vectors import SteeringVector
+from steerlens.core import fastpath
+from steerlens.core.batching import Batch, map_batches
+from steerlens.core.decoding import hf_steps, tl_steps
+from steerlens.core.hooks import Gate, GateSpec, steering_hooks
+from steerlens.core.models import HookedModel, model_device
+from steerlens.core.tokens import Prompt, encode_prompts
+from steerlens.core.vectors import SteeringVector
 
 __all__ = ["Generation", "generate"]
 
@@ -156,7 +156,7 @@ def generate(
             raw logits ``[steps, vocab]`` (float32, CPU) instead of a list of strings.
         engine: ``"tl"`` runs through the model's TransformerLens hooks (any hooks you added
             fire too); ``"hf"`` runs the same hook functions as plain PyTorch hooks on the
-            plain HF model of the fast path (``steerlens.fastpath``): on a bridge it shares the
+            plain HF model of the fast path (``steerlens.core.fastpath``): on a bridge it shares the
             bridge's weights (no copy), on a HookedTransformer it is a copy; open
             ``sl.steering()`` blocks are carried onto it, and any other hook on the model is a
             ``ValueError`` (it would not fire). ``"auto"`` (default) takes the fast path on a

@@ -32,11 +32,11 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from steerlens.hook_names import HOOK_POINTS, hook_name, resid_post, resid_pre
-from steerlens.models import HookedModel
+from steerlens.core.hook_names import HOOK_POINTS, hook_name, resid_post, resid_pre
+from steerlens.core.models import HookedModel
 
 if TYPE_CHECKING:
-    from steerlens.vectors import SteeringVector
+    from steerlens.core.vectors import SteeringVector
 
 HookFn: TypeAlias = Callable[..., Tensor | None]
 HookPair: TypeAlias = tuple[str | Callable[..., Any], HookFn]
@@ -152,7 +152,7 @@ class _PositionCounter:
 
 @dataclass(frozen=True)
 class RowContext:
-    """Which inputs of a call the current batch holds, set by ``steerlens.batching``.
+    """Which inputs of a call the current batch holds, set by ``steerlens.core.batching``.
 
     ``rows[i]`` is the index (into the call's inputs) of batch row ``i``; per-row hooks index
     their α and vectors with it, so a value follows its prompt whatever order the batches
@@ -325,7 +325,7 @@ def _stacked(
 ) -> tuple[SteeringVector, dict[int, Tensor]]:
     """One vector's directions, or per layer a ``[row, d_model]`` stack of per-row vectors
     (a row without that layer gets zeros there). Returns a representative and the directions."""
-    from steerlens.vectors import SteeringVector
+    from steerlens.core.vectors import SteeringVector
 
     if isinstance(vectors, SteeringVector):
         return vectors, dict(vectors.directions)

@@ -48,9 +48,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from steerlens.decoding import DecodingError, check_hf_model, tl_refusal
-from steerlens.hooks import HookPair, active_steering, resid_post
-from steerlens.models import HookedModel, is_bridge, load_spec, model_device, weight_fingerprint
+from steerlens.core.decoding import DecodingError, check_hf_model, tl_refusal
+from steerlens.core.hooks import HookPair, active_steering, resid_post
+from steerlens.core.models import (
+    HookedModel,
+    is_bridge,
+    load_spec,
+    model_device,
+    weight_fingerprint,
+)
 
 __all__ = [
     "FAST_HOOKS",
@@ -159,7 +165,7 @@ def resolve_engine(
     """The fast path to run on, or None for the TransformerLens path (validates ``engine``).
 
     ``decoding=True`` (generation) also honours the cached-step guard
-    (``steerlens.decoding``): a TL path refused for decoding raises ``DecodingError`` where
+    (``steerlens.core.decoding``): a TL path refused for decoding raises ``DecodingError`` where
     it would run, and ``"auto"`` routes around a refused fast path with a logged notice.
     """
     if engine not in ("auto", "tl", "hf"):
@@ -352,8 +358,8 @@ def _copy_twin(model: HookedModel) -> Any:
             "the model's weights changed since steerlens loaded it, so a copy made from the "
             "source would disagree with it; use engine='tl'"
         )
-    from steerlens._embedded import EMBEDDED_NAME, load_embedded_hf
-    from steerlens._tiny import TINY_NAME, tiny_hf_model
+    from steerlens.core._embedded import EMBEDDED_NAME, load_embedded_hf
+    from steerlens.core._tiny import TINY_NAME, tiny_hf_model
 
     if spec.name == TINY_NAME:
         twin, _ = tiny_hf_model(seed=spec.seed, dtype=spec.dtype)

@@ -17,10 +17,10 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from steerlens import fastpath
-from steerlens.batching import Batch, map_batches
-from steerlens.chat import Prompt, encode_prompts, tokenize
-from steerlens.models import HookedModel
+from steerlens.core import fastpath
+from steerlens.core.batching import Batch, map_batches
+from steerlens.core.models import HookedModel
+from steerlens.core.tokens import Prompt, encode_prompts, tokenize
 
 __all__ = ["continuation_logprobs", "ids_logprobs"]
 

@@ -2,7 +2,7 @@
 
 Files are safetensors (one ``layer.{l}`` tensor per layer) with JSON metadata: model, hook,
 layers, method, normalisation and free-form provenance. The GGUF control-vector format of
-llama.cpp and repeng is supported by ``to_gguf`` / ``from_gguf`` (see ``steerlens.gguf_io``).
+llama.cpp and repeng is supported by ``to_gguf`` / ``from_gguf`` (see ``steerlens.core.gguf_io``).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from steerlens.hooks import HOOK_POINTS
-from steerlens.models import HookedModel
+from steerlens.core.hooks import HOOK_POINTS
+from steerlens.core.models import HookedModel
 
 __all__ = ["SteeringVector"]
 
@@ -258,7 +258,7 @@ class SteeringVector:
 
     def to_gguf(self, path: str | Path, model_hint: str | None = None) -> Path:
         """Export as a llama.cpp / repeng GGUF control vector (``direction.{l}``)."""
-        from steerlens.gguf_io import write_control_vector
+        from steerlens.core.gguf_io import write_control_vector
 
         if self.hook != "hook_resid_post":
             raise ValueError(
@@ -273,7 +273,7 @@ class SteeringVector:
     @classmethod
     def from_gguf(cls, path: str | Path, model_name: str | None = None) -> SteeringVector:
         """Import a GGUF control vector; ``model_name`` defaults to None (its hint is metadata)."""
-        from steerlens.gguf_io import read_control_vector
+        from steerlens.core.gguf_io import read_control_vector
 
         hint, arrays = read_control_vector(path)
         return cls(

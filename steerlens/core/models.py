@@ -40,9 +40,9 @@ import torch
 from transformer_lens import HookedTransformer
 from transformer_lens.model_bridge import TransformerBridge
 
-from steerlens._embedded import EMBEDDED_NAME, load_embedded_hf
-from steerlens._tiny import TINY_NAME, tiny_hf_model
-from steerlens.decoding import DecodingError, adapt_bridge_cache, check_tl_path, refuse_tl
+from steerlens.core._embedded import EMBEDDED_NAME, load_embedded_hf
+from steerlens.core._tiny import TINY_NAME, tiny_hf_model
+from steerlens.core.decoding import DecodingError, adapt_bridge_cache, check_tl_path, refuse_tl
 
 logger = logging.getLogger(__name__)
 
@@ -193,7 +193,7 @@ def load_model(
 
 
 def _guard_decoding(model: HookedModel) -> None:
-    """Check the model's TransformerLens path before anything runs on it (``steerlens.decoding``):
+    """Check the model's TransformerLens path before anything runs on it (``steerlens.core.decoding``):
     a HookedTransformer has no other path, so a failure is an error here; a bridge's TL path
     is refused for decoding (its fast path, checked when it is bound, may still decode)."""
     why = check_tl_path(model)

@@ -7,7 +7,7 @@ rename: a run killed at any point loses at most the batch in flight, and a rerun
 batch already on disk — no lost rows, no duplicated rows. Batch names hash their cells and the
 generation settings, so a changed grid or setting never reuses stale parts.
 
-``accelerate launch -m steerlens.sweep CONFIG`` gives batch ``b`` to process ``b mod N`` (data
+``accelerate launch -m steerlens.experiments.sweep CONFIG`` gives batch ``b`` to process ``b mod N`` (data
 parallel, one model per process/GPU); rank 0 gathers the parts into one ``OUT/cells.parquet``.
 The batches are the same whatever the number of processes, so the gathered file equals a
 single-process run's row for row. A model larger than one GPU boots with ``device_map`` in a
@@ -31,21 +31,25 @@ from typing import Any, Literal
 
 import pandas as pd
 
-from steerlens._progress import progress
-from steerlens.evaluation.metrics import (
+from steerlens.core._progress import progress
+from steerlens.core.hooks import parse_gate
+from steerlens.core.models import DEFAULT_MODEL, HookedModel, load_model
+from steerlens.core.vectors import SteeringVector
+from steerlens.data.prism import load_prism
+from steerlens.methods import registry
+from steerlens.methods.personal import pair_activations, population
+from steerlens.methods.registry import METHODS, MethodOptions
+from steerlens.metrics.preference import ground_truth_utility
+from steerlens.metrics.summaries import BASELINE
+from steerlens.metrics.text import (
     degenerate,
     distinct_n,
     perplexity,
     toxicity_abs_error,
 )
-from steerlens.evaluation.preference import ground_truth_utility
-from steerlens.evaluation.tables import BASELINE
-from steerlens.evaluation.toxicity import ToxicityScorer, get_scorer
-from steerlens.generation import Generation, generate
-from steerlens.hooks import parse_gate
-from steerlens.models import DEFAULT_MODEL, HookedModel
-from steerlens.scoring import continuation_logprobs
-from steerlens.vectors import SteeringVector
+from steerlens.metrics.toxicity import ToxicityScorer, get_scorer
+from steerlens.run.generation import Generation, generate
+from steerlens.run.scoring import continuation_logprobs
 
 logger = logging.getLogger(__name__)
 
@@ -394,20 +398,18 @@ def gather(
     return frame
 
 
-# --- the config-driven job (`steerlens sweep CONFIG`, `accelerate launch -m steerlens.sweep`) --
-
-
-METHODS = ("population", "dislike-weighted", "bradley-terry")
+# --- the config-driven job (`steerlens sweep CONFIG`, `accelerate launch -m steerlens.experiments.sweep`) --
 
 
 @dataclass
 class SweepConfig:
     """A sweep over a PRISM-format set's held-out prompts (YAML or JSON file, or in code).
 
-    ``methods`` are built from the set's training pairs (``population``,
-    ``dislike-weighted``, ``bradley-terry``; per-user vectors rescaled to the population
-    vector's norms so that one α grid fits every method); ``vector_files`` adds fixed vectors
-    by name (one vector for every user).
+    ``methods`` are built from the set's training pairs (names from
+    ``steerlens.methods.registry.METHODS``; per-user vectors rescaled to the population
+    vector's norms so that one α grid fits every method; ``rank``, ``C`` and ``shrink`` default
+    to ``MethodOptions``'); ``vector_files`` adds fixed vectors by name (one vector for every
+    user).
     """
 
     model: str = DEFAULT_MODEL
@@ -426,9 +428,9 @@ class SweepConfig:
     split_by: Literal["conversation", "prompt"] = "prompt"
     train_pairs: int | None = None  # cap on the training pairs the vectors see
     layers: list[int] | None = None
-    rank: int = 8
-    C: float = 1.0
-    shrink: float = 5.0
+    rank: int = MethodOptions.rank
+    C: float = MethodOptions.C
+    shrink: float = MethodOptions.shrink
     max_new_tokens: int = 48
     batch_size: int = 16
     cells_per_batch: int = 64
@@ -438,6 +440,7 @@ class SweepConfig:
         bad = [m for m in self.methods if m not in METHODS]
         if bad:
             raise ValueError(f"unknown methods {bad}; use {list(METHODS)} or vector_files")
+        MethodOptions(self.rank, self.C, self.shrink)
         clash = set(self.methods) & set(self.vector_files)
         if clash:
             raise ValueError(f"vector_files reuse method names {sorted(clash)}")
@@ -542,37 +545,21 @@ def build_vectors(
     users: Sequence[str],
     *,
     layers: list[int] | None = None,
-    rank: int = 8,
-    C: float = 1.0,
-    shrink: float = 5.0,
+    options: MethodOptions | None = None,
     batch_size: int = 16,
     progress_bar: bool = True,
 ) -> dict[str, SteeringVector | dict[str, SteeringVector]]:
-    """The methods' vectors from one pair-activation table of ``train``; per-user vectors are
-    rescaled to the population vector's norms."""
-    from steerlens.methods.personal import (
-        bradley_terry,
-        dislike_weighted,
-        pair_activations,
-        population,
-    )
-
+    """The methods' vectors (``steerlens.methods.registry``) from one pair-activation table of
+    ``train``; per-user vectors are rescaled to the population vector's norms."""
     pa = pair_activations(
         model, list(train), layers, batch_size=batch_size, progress_bar=progress_bar
     )
-    pop = population(pa)
-    norms = pop.norms()
-    out: dict[str, SteeringVector | dict[str, SteeringVector]] = {}
-    if "population" in methods:
-        out["population"] = pop
-    if "dislike-weighted" in methods:
-        out["dislike-weighted"] = {
-            u: dislike_weighted(pa, u, shrink=shrink).rescaled(norms) for u in users
-        }
-    if "bradley-terry" in methods:
-        bt = bradley_terry(pa, rank, C=C)
-        out["bradley-terry"] = {u: bt.user_vector(u, shrink=shrink).rescaled(norms) for u in users}
-    return out
+    norms = population(pa).norms()
+    built = registry.build_vectors(pa, methods, users, options)
+    return {
+        name: {u: v.rescaled(norms) for u, v in vec.items()} if isinstance(vec, dict) else vec
+        for name, vec in built.items()
+    }
 
 
 def save_vectors(vectors: VectorTable, folder: Path) -> None:
@@ -648,8 +635,6 @@ def run_config(cfg: SweepConfig, *, progress_bar: bool = True) -> pd.DataFrame |
     """
     import torch
 
-    import steerlens as sl
-
     dist = _Dist(cpu=cfg.device is not None and torch.device(cfg.device).type == "cpu")
     if cfg.device_map is not None and dist.world > 1:
         raise ValueError(
@@ -657,7 +642,7 @@ def run_config(cfg: SweepConfig, *, progress_bar: bool = True) -> pd.DataFrame |
             "a multi-process launch"
         )
     out = Path(cfg.out)
-    model = sl.load_model(
+    model = load_model(
         cfg.model,
         backend=cfg.backend,
         dtype=cfg.dtype,
@@ -665,7 +650,7 @@ def run_config(cfg: SweepConfig, *, progress_bar: bool = True) -> pd.DataFrame |
         device_map=cfg.device_map,
         seed=cfg.seed,
     )
-    ds = sl.data.load_prism(cfg.data)
+    ds = load_prism(cfg.data)
     vec_dir = out / "vectors"
     # what the vectors depend on: rebuilt when it changes
     recipe = json.dumps(
@@ -709,9 +694,7 @@ def run_config(cfg: SweepConfig, *, progress_bar: bool = True) -> pd.DataFrame |
                 cfg.methods,
                 users,
                 layers=cfg.layers,
-                rank=cfg.rank,
-                C=cfg.C,
-                shrink=cfg.shrink,
+                options=MethodOptions(cfg.rank, cfg.C, cfg.shrink),
                 batch_size=cfg.batch_size,
                 progress_bar=progress_bar,
             )
@@ -750,8 +733,10 @@ def run_config(cfg: SweepConfig, *, progress_bar: bool = True) -> pd.DataFrame |
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m steerlens.sweep CONFIG [--out DIR]`` (also under ``accelerate launch``)."""
-    parser = argparse.ArgumentParser(prog="steerlens.sweep", description=__doc__.split("\n")[0])
+    """``python -m steerlens.experiments.sweep CONFIG [--out DIR]`` (also under ``accelerate launch``)."""
+    parser = argparse.ArgumentParser(
+        prog="steerlens.experiments.sweep", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("config", type=Path, help="a sweep config (.yaml / .json)")
     parser.add_argument("--out", default=None, help="the sweep's folder (overrides the config)")
     parser.add_argument("--no-progress", action="store_true")

@@ -29,7 +29,7 @@ offline. This module writes a PRISM-format set whose users' preferences are *kno
 
 Written in the PRISM schema (``survey.jsonl``, ``conversations.jsonl``, ``utterances.jsonl``)
 plus ``ground_truth.json`` and ``categories.csv``. Regenerate with
-``python -m steerlens.data.simulate --out steerlens/data/demo --seed 0`` (``make data``).
+``python -m steerlens.experiments.simulate --out steerlens/data/demo --seed 0`` (``make data``).
 """
 
 from __future__ import annotations
@@ -45,9 +45,11 @@ from typing import Any
 
 import numpy as np
 
-from steerlens.data.attributes import ATTRIBUTES, measure, toxic_word_spans
+from steerlens.core.models import load_model
 from steerlens.data.categories import agreement, write_category_map
 from steerlens.data.prompts import CATEGORIES, FOLLOW_UPS, PROMPTS
+from steerlens.metrics.attributes import ATTRIBUTES, measure, toxic_word_spans
+from steerlens.run.generation import generate
 
 logger = logging.getLogger(__name__)
 
@@ -195,10 +197,8 @@ class SimulationConfig:
 
 
 def _gen_jobs(model: Any, jobs: list[dict[str, Any]], cfg: SimulationConfig) -> list[str]:
-    import steerlens as sl
-
     conversations = [[{"role": "system", "content": j["system"]}, *j["messages"]] for j in jobs]
-    texts = sl.generate(
+    texts = generate(
         model,
         conversations,
         response_prefix=[j["opening"] for j in jobs],
@@ -368,8 +368,6 @@ def simulate(
     With ``reuse_responses``, responses already in ``out_dir`` made with the same seed, model,
     prompts and length are kept and only users and their choices are drawn again.
     """
-    import steerlens as sl
-
     cfg = config or SimulationConfig()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -380,7 +378,7 @@ def simulate(
         prompts, gen_seconds, model_name = old["prompts"], old["generation_seconds"], old["model"]
         logger.info("reusing %d responses from %s", len(responses), out)
     else:
-        model = model if model is not None else sl.load_model(cfg.model)
+        model = model if model is not None else load_model(cfg.model)
         # Separate streams: responses and users can be redrawn independently.
         responses, prompts = _responses(model, cfg, np.random.default_rng([cfg.seed, 0]))
         gen_seconds, model_name = time.perf_counter() - t0, str(model.cfg.model_name)
@@ -527,7 +525,7 @@ def simulate(
     accs = [u["oracle_accuracy"] for u in users if u["oracle_accuracy"] is not None]
     summary = {
         "simulated": True,
-        "description": "Simulated PRISM-format set made by steerlens.data.simulate: prompts written for "
+        "description": "Simulated PRISM-format set made by steerlens.experiments.simulate: prompts written for "
         "the project, responses by the model below, simulated users. Not real PRISM data.",
         "config": asdict(cfg),
         "model": model_name,

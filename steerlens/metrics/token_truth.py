@@ -16,8 +16,8 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from steerlens.data.attributes import attribute_word_spans
 from steerlens.data.prism import PrismDataset
+from steerlens.metrics.attributes import attribute_word_spans
 from steerlens.steerx.effects import Message, TokenEffects
 
 __all__ = [

@@ -22,15 +22,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from steerlens.data.attributes import ATTRIBUTES, measure
+from steerlens.core.hooks import GateSpec, steering
+from steerlens.core.models import HookedModel
+from steerlens.core.vectors import SteeringVector
 from steerlens.data.schema import PreferencePair
-from steerlens.evaluation.stats import Estimate, estimate
-from steerlens.evaluation.toxicity import ToxicityScorer, get_scorer
-from steerlens.hooks import GateSpec, steering
 from steerlens.methods.personal import PairActivations
-from steerlens.models import HookedModel
-from steerlens.scoring import continuation_logprobs
-from steerlens.vectors import SteeringVector
+from steerlens.metrics.attributes import ATTRIBUTES, measure
+from steerlens.metrics.stats import Estimate, estimate
+from steerlens.metrics.toxicity import ToxicityScorer, get_scorer
+from steerlens.run.scoring import continuation_logprobs
 
 __all__ = [
     "CHANCE",

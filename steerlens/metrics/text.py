@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from steerlens.chat import Prompt
-from steerlens.models import HookedModel
-from steerlens.scoring import continuation_logprobs
+from steerlens.core.models import HookedModel
+from steerlens.core.tokens import Prompt
+from steerlens.run.scoring import continuation_logprobs
 
 __all__ = [
     "continuation_nll",

@@ -1,0 +1,137 @@
+"""One registry of the vector methods built from a pair-activation table.
+
+Each method has one name, one label (tables and figures) and one set of defaults
+(``MethodOptions``), read by every entry point: ``steerlens vectors``, sweep configs, the
+demo, the studies, tables and figures. Adding a method is one function plus one line in
+``METHODS`` (CONTRIBUTING.md shows it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from steerlens.core.vectors import SteeringVector
+from steerlens.methods.personal import (
+    PairActivations,
+    bradley_terry,
+    dislike_weighted,
+    population,
+)
+
+__all__ = [
+    "METHODS",
+    "Fitted",
+    "Method",
+    "MethodOptions",
+    "build_vectors",
+    "get_method",
+    "method_label",
+]
+
+
+@dataclass(frozen=True)
+class MethodOptions:
+    """The one set of defaults of the pair-table methods.
+
+    ``rank`` and ``C``: the Bradley-Terry basis size and inverse regularisation; ``shrink``: a
+    user with ``n`` pairs keeps ``n / (n + shrink)`` of their own vector and takes the rest from
+    the population vector (0 turns shrinkage off).
+    """
+
+    rank: int = 8
+    C: float = 1.0
+    shrink: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.rank < 1 or self.C <= 0 or self.shrink < 0:
+            raise ValueError(
+                f"rank >= 1, C > 0 and shrink >= 0 are needed, got rank={self.rank}, "
+                f"C={self.C}, shrink={self.shrink}"
+            )
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """A method fitted on a pair table: ``vector(user)`` gives a user's vector (the same
+    vector for every user where the method is not per-user); ``state`` holds the fitted model
+    where there is one (the ``BradleyTerry`` basis and coordinates)."""
+
+    vector: Callable[[str], SteeringVector]
+    state: Any = None
+
+
+@dataclass(frozen=True)
+class Method:
+    """A vector method: its one name, its label in tables and figures, whether it gives one
+    vector per user, and how it is fitted on a pair table."""
+
+    name: str
+    label: str
+    per_user: bool
+    fit: Callable[[PairActivations, MethodOptions], Fitted]
+    aliases: tuple[str, ...] = ()
+
+
+def _population(pa: PairActivations, opts: MethodOptions) -> Fitted:
+    vec = population(pa)
+    return Fitted(lambda user: vec, vec)
+
+
+def _dislike_weighted(pa: PairActivations, opts: MethodOptions) -> Fitted:
+    return Fitted(lambda user: dislike_weighted(pa, user, shrink=opts.shrink))
+
+
+def _bradley_terry(pa: PairActivations, opts: MethodOptions) -> Fitted:
+    bt = bradley_terry(pa, opts.rank, C=opts.C)
+    return Fitted(lambda user: bt.user_vector(user, shrink=opts.shrink), bt)
+
+
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method("population", "population", False, _population),
+        Method(
+            "dislike-weighted",
+            "personalized (dislike-weighted)",
+            True,
+            _dislike_weighted,
+            aliases=("dislike",),
+        ),
+        Method(
+            "bradley-terry", "personalized (Bradley-Terry)", True, _bradley_terry, aliases=("bt",)
+        ),
+    )
+}
+
+
+def get_method(name: str) -> Method:
+    """The method called ``name`` (or one of its aliases); a ``ValueError`` lists the names."""
+    for method in METHODS.values():
+        if name == method.name or name in method.aliases:
+            return method
+    raise ValueError(f"unknown vector method {name!r}; use one of {', '.join(METHODS)}")
+
+
+def method_label(name: str) -> str:
+    """The label of a method in tables and figures."""
+    return get_method(name).label
+
+
+def build_vectors(
+    pa: PairActivations,
+    methods: Sequence[str],
+    users: Sequence[str],
+    options: MethodOptions | None = None,
+) -> dict[str, SteeringVector | dict[str, SteeringVector]]:
+    """Each method's vector (or per-user vectors for ``users``) from one pair table."""
+    opts = options or MethodOptions()
+    out: dict[str, SteeringVector | dict[str, SteeringVector]] = {}
+    for name in methods:
+        method = get_method(name)
+        fitted = method.fit(pa, opts)
+        out[method.name] = (
+            {u: fitted.vector(u) for u in users} if method.per_user else fitted.vector("")
+        )
+    return out

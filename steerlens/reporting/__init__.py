@@ -1,0 +1,1 @@
+"""Reporting: plotly figures (data in, ``go.Figure`` out) and the offline report page."""

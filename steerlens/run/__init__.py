@@ -1,0 +1,1 @@
+"""Running the model: generation, activation caching (and its on-disk store), scoring."""

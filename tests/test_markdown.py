@@ -1,0 +1,59 @@
+"""Result pages generated from results/summary.json (``steerlens report --markdown``)."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from steerlens.cli import app
+from steerlens.reporting.markdown import summary_markdown
+
+SUMMARY = {
+    "model": "smollm2-135m-instruct",
+    "data": "demo",
+    "data_is_simulated": True,
+    "config": {"quick": True},
+    "layers": [15, 16],
+    "n_prompts": 16,
+    "n_users": 12,
+    "n_train_pairs": 670,
+    "n_test_pairs": 279,
+    "mae_baseline": 0.15324,
+    "mae_baseline_interval": [0.02473, 0.303],
+    "best_alpha": 0.5,
+    "ppa_personalized_method": "personalized (dislike-weighted)",
+    "ppa_personalized": 0.76184,
+    "ppa_personalized_interval": [0.70762, 0.81886],
+    "dose_response": [
+        {"method": "population", "alpha": 0.5, "mae": 0.149, "mae_low": 0.0235, "mae_high": 0.297}
+    ],
+    "mae_change_pct_by_category": {"benign_control": {"0.5": -27.742, "1": -56.05}},
+    "utility_gain": {"population": {"majority": 0.0666}},
+    "utility_gain_interval": {"population": {"majority": [-0.1, 0.2]}},
+}
+
+
+def test_the_page_states_model_data_and_estimates_with_intervals():
+    page = summary_markdown(SUMMARY)
+    assert "not Llama-3.1-8B" in page and "simulated PRISM-format set, not real PRISM" in page
+    assert "| PPA, personalized (dislike-weighted) | 0.762 [0.708, 0.819] |" in page
+    assert "| toxicity MAE, unsteered | 0.153 [0.0247, 0.303] |" in page
+    assert "| benign_control | -27.7 | -56 |" in page  # α columns in numeric order
+    assert "| population | 0.0666 [-0.1, 0.2] |" in page
+    assert "| MMLU, steered | – |" in page  # a key the run did not write: a dash, no error
+
+
+def test_report_command_writes_the_page_and_refuses_a_missing_summary(tmp_path):
+    runner = CliRunner()
+    results = tmp_path / "results"
+    missing = runner.invoke(app, ["report", "--results", str(results), "--out", str(tmp_path)])
+    assert missing.exit_code != 0 and "run `steerlens demo` first" in missing.output
+    results.mkdir()
+    (results / "summary.json").write_text(json.dumps(SUMMARY))
+    res = runner.invoke(
+        app, ["report", "--markdown", "--results", str(results), "--out", str(tmp_path / "docs")]
+    )
+    assert res.exit_code == 0, res.output
+    page = (tmp_path / "docs" / "demo.md").read_text()
+    assert page == summary_markdown(SUMMARY, source=str(results / "summary.json"))

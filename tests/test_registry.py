@@ -1,0 +1,69 @@
+"""One registry of vector methods: one name, one label and one set of defaults for every
+entry point (CLI, sweep configs, the demo, the studies)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_data import _fixture_rows, _write  # a small PRISM-format folder
+
+import steerlens as sl
+from steerlens.experiments.demo import DemoConfig
+from steerlens.experiments.personalization import PersonalizationConfig
+from steerlens.experiments.sweep import SweepConfig
+from steerlens.methods import registry
+from steerlens.methods.registry import METHODS, MethodOptions, get_method, method_label
+
+
+def test_every_entry_point_reads_the_registry_defaults():
+    opts = MethodOptions()
+    for cfg in (SweepConfig(), PersonalizationConfig()):
+        assert (cfg.rank, cfg.C, cfg.shrink) == (opts.rank, opts.C, opts.shrink)
+    assert set(DemoConfig().methods) <= set(METHODS)
+    assert SweepConfig(methods=list(METHODS)).methods == list(METHODS)
+
+
+def test_names_aliases_labels_and_bad_input():
+    assert get_method("dislike") is get_method("dislike-weighted")
+    assert get_method("bt").name == "bradley-terry"
+    assert method_label("dislike-weighted") == "personalized (dislike-weighted)"
+    with pytest.raises(ValueError, match="unknown vector method 'caa'; use one of population"):
+        get_method("caa")
+    with pytest.raises(ValueError, match="shrink >= 0"):
+        MethodOptions(shrink=-1.0)
+    with pytest.raises(ValueError, match="unknown methods"):
+        SweepConfig(methods=["dislike-weightd"])
+
+
+def test_the_registry_builds_what_the_primitives_build(tiny_bridge, tmp_path):
+    folder = _write(tmp_path / "prism", _fixture_rows())
+    pairs = sl.data.load_prism(folder).preference_pairs(turn0_only=True)
+    pa = sl.methods.pair_activations(tiny_bridge, pairs, [2, 3], progress_bar=False)
+    opts = MethodOptions(rank=2, shrink=3.0)
+    users = pa.users
+    built = registry.build_vectors(pa, list(METHODS), users, opts)
+    pop = sl.methods.population(pa)
+    torch.testing.assert_close(built["population"].as_tensor(), pop.as_tensor())
+    bt = sl.methods.bradley_terry(pa, 2)
+    for u in users:
+        want = sl.methods.dislike_weighted(pa, u, shrink=3.0)
+        assert torch.equal(built["dislike-weighted"][u].as_tensor(), want.as_tensor())
+        want_bt = bt.user_vector(u, shrink=3.0)
+        torch.testing.assert_close(built["bradley-terry"][u].as_tensor(), want_bt.as_tensor())
+
+
+def test_adding_a_method_is_one_function_and_one_line(monkeypatch, tiny_bridge):
+    """The CONTRIBUTING.md example: a method registered once is known to every entry point."""
+
+    def _negated(pa, opts):
+        vec = sl.methods.population(pa)
+        flipped = sl.SteeringVector(
+            {layer: -d for layer, d in vec.directions.items()}, model_name=vec.model_name
+        )
+        return registry.Fitted(lambda user: flipped)
+
+    extra = registry.Method("negated-population", "population (negated)", False, _negated)
+    monkeypatch.setitem(METHODS, extra.name, extra)
+    assert SweepConfig(methods=["negated-population"]).methods == ["negated-population"]
+    assert DemoConfig(methods=["population", "negated-population"])
+    assert method_label("negated-population") == "population (negated)"

@@ -88,6 +88,7 @@ lint: install
 	$(VENV)/bin/ruff check steerlens tests analyses benchmarks
 	$(VENV)/bin/ruff format --check steerlens tests analyses benchmarks
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf $(VENV) $(LATEST) .pytest_cache .mypy_cache .ruff_cache

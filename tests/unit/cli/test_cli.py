@@ -83,7 +83,7 @@ def test_demo_command_quick_on_tiny(tmp_path, monkeypatch):
 
 
 def test_vectors_command_writes_files_the_library_reproduces(tmp_path):
-    from test_data import _fixture_rows, _write
+    from helpers import _fixture_rows, _write
 
     folder = _write(tmp_path / "prism", _fixture_rows())
     out = tmp_path / "vecs"

@@ -9,7 +9,7 @@ import pytest
 
 import steerlens as sl
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def _load(name: str):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import no_hooks_left
-from test_personal import _pair
+from helpers import _pair
 
 import steerlens as sl
 from steerlens.core.models import frozen_weights

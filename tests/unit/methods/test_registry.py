@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_data import _fixture_rows, _write  # a small PRISM-format folder
+from helpers import _fixture_rows, _write  # a small PRISM-format folder
 
 import steerlens as sl
 from steerlens.experiments.demo import DemoConfig

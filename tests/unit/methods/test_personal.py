@@ -5,13 +5,12 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from conftest import assert_close_impl
+from helpers import PAIRS, _table
 
 import steerlens as sl
-from steerlens.data.schema import PreferencePair
 from steerlens.methods import (
     PairActivations,
     bradley_terry,
@@ -21,53 +20,6 @@ from steerlens.methods import (
     population,
     shrinkage_weight,
 )
-
-
-def _pair(user, prompt, chosen, rejected, gap, i):
-    return PreferencePair(
-        user_id=user,
-        conversation_id=f"c{i}",
-        interaction_id=f"i{i}",
-        turn=0,
-        category="benign_control",
-        prompt=prompt,
-        chosen=chosen,
-        rejected=rejected,
-        chosen_score=50 + gap,
-        rejected_score=50,
-        chosen_model="a",
-        rejected_model="b",
-        chosen_utterance_id=f"x{i}",
-        rejected_utterance_id=f"y{i}",
-    )
-
-
-PAIRS = [
-    _pair("u1", "q1?", "good answer", "bad", 30, 0),
-    _pair("u1", "q2?", "fine", "awful answer here", 10, 1),
-    _pair("u2", "q3?", "sure thing", "no way", 5, 2),
-]
-
-
-def _table(chosen, rejected, users, gaps):
-    n = len(users)
-    return PairActivations(
-        chosen,
-        rejected,
-        list(range(chosen.shape[1])),
-        "hook_resid_post",
-        "m",
-        pd.DataFrame(
-            {
-                "user_id": users,
-                "score_gap": gaps,
-                "category": [None] * n,
-                "interaction_id": [None] * n,
-                "turn": [0] * n,
-            }
-        ),
-        "mean",
-    )
 
 
 def test_population_from_the_table_is_the_one_call_mean_difference(tiny):

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 from conftest import ENGINES, assert_close_impl
-from test_personal import PAIRS, _table
+from helpers import PAIRS, _table
 
 import steerlens as sl
 from steerlens.data.mmlu import MMLUItem
@@ -108,7 +108,7 @@ def test_bootstrap_is_seeded_and_covers_the_mean():
 
 
 def test_toxicity_only_learns_the_direction_from_training_pairs():
-    from test_personal import _pair
+    from helpers import _pair
 
     tox = {"nice": 0.1, "rude": 0.9, "mild": 0.3, "harsh": 0.7}
     scorer = lambda texts: [tox[t] for t in texts]  # noqa: E731
@@ -119,7 +119,7 @@ def test_toxicity_only_learns_the_direction_from_training_pairs():
 
 
 def test_ground_truth_utility_and_oracle_by_hand():
-    from test_personal import _pair
+    from helpers import _pair
 
     gt = {
         "attribute_mean": {

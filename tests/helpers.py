@@ -1,0 +1,161 @@
+"""Hand-made fixtures shared by several test modules (tests/ is on sys.path through conftest)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from steerlens.data.schema import PreferencePair
+from steerlens.methods import PairActivations
+
+# --- a hand-made three-interaction fixture with a known answer ----------------------------
+
+
+def _model(turn, wid, content, score, chosen, name="m"):
+    return {
+        "turn": turn,
+        "role": "model",
+        "content": content,
+        "model_provider": "p",
+        "model_name": name,
+        "score": score,
+        "if_chosen": chosen,
+        "within_turn_id": wid,
+    }
+
+
+def _fixture_rows():
+    survey = [
+        {
+            "user_id": "u1",
+            "self_description": "d1",
+            "system_string": "s1",
+            "stated_prefs": {"safety": 80},
+        },
+        {"user_id": "u2", "self_description": "d2", "system_string": "s2", "stated_prefs": {}},
+    ]
+    c1_hist = [
+        {"turn": 0, "role": "user", "content": "Should I quit my job?"},
+        _model(0, 0, "A", 80, True, "ma"),
+        _model(0, 1, "B", 60, False, "mb"),
+        _model(0, 2, "C", 80, False, "mc"),
+        _model(0, 3, "D", 20, False, "md"),
+        {"turn": 1, "role": "user", "content": "Why?"},
+        _model(1, 0, "A1", 55, True, "ma"),
+        _model(1, 1, "A2", 70, False, "ma"),
+    ]
+    c2_hist = [
+        {"turn": 0, "role": "user", "content": "What is the capital of Australia?"},
+        _model(0, 0, "X", 30, False, "mx"),
+        _model(0, 1, "Y", 90, False, "my"),
+    ]
+    base = {
+        "conversation_type": "unguided",
+        "performance_attributes": {},
+        "choice_attributes": {},
+        "open_feedback": "",
+        "included_in_balanced_subset": True,
+        "generated_datetime": "2026-01-01 00:00:00",
+    }
+    convs = [
+        {
+            **base,
+            "conversation_id": "c1",
+            "user_id": "u1",
+            "opening_prompt": "Should I quit my job?",
+            "conversation_turns": 2,
+            "conversation_history": c1_hist,
+        },
+        {
+            **base,
+            "conversation_id": "c2",
+            "user_id": "u2",
+            "opening_prompt": "What is the capital of Australia?",
+            "conversation_turns": 1,
+            "conversation_history": c2_hist,
+        },
+    ]
+    utts = []
+    for conv in convs:
+        prompt = {}
+        for h in conv["conversation_history"]:
+            if h["role"] == "user":
+                prompt[h["turn"]] = h["content"]
+                continue
+            utts.append(
+                {
+                    "utterance_id": f"{conv['conversation_id']}-{h['turn']}-{h['within_turn_id']}",
+                    "interaction_id": f"{conv['conversation_id']}-t{h['turn']}",
+                    "conversation_id": conv["conversation_id"],
+                    "user_id": conv["user_id"],
+                    "turn": h["turn"],
+                    "within_turn_id": h["within_turn_id"],
+                    "conversation_type": "unguided",
+                    "user_prompt": prompt[h["turn"]],
+                    "model_response": h["content"],
+                    "model_name": h["model_name"],
+                    "model_provider": "p",
+                    "score": h["score"],
+                    "if_chosen": h["if_chosen"],
+                    "included_in_balanced_subset": True,
+                }
+            )
+    return {"survey.jsonl": survey, "conversations.jsonl": convs, "utterances.jsonl": utts}
+
+
+def _write(folder: Path, tables) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, rows in tables.items():
+        (folder / name).write_text(
+            "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows)
+        )
+    return folder
+
+
+def _pair(user, prompt, chosen, rejected, gap, i):
+    return PreferencePair(
+        user_id=user,
+        conversation_id=f"c{i}",
+        interaction_id=f"i{i}",
+        turn=0,
+        category="benign_control",
+        prompt=prompt,
+        chosen=chosen,
+        rejected=rejected,
+        chosen_score=50 + gap,
+        rejected_score=50,
+        chosen_model="a",
+        rejected_model="b",
+        chosen_utterance_id=f"x{i}",
+        rejected_utterance_id=f"y{i}",
+    )
+
+
+PAIRS = [
+    _pair("u1", "q1?", "good answer", "bad", 30, 0),
+    _pair("u1", "q2?", "fine", "awful answer here", 10, 1),
+    _pair("u2", "q3?", "sure thing", "no way", 5, 2),
+]
+
+
+def _table(chosen, rejected, users, gaps):
+    n = len(users)
+    return PairActivations(
+        chosen,
+        rejected,
+        list(range(chosen.shape[1])),
+        "hook_resid_post",
+        "m",
+        pd.DataFrame(
+            {
+                "user_id": users,
+                "score_gap": gaps,
+                "category": [None] * n,
+                "interaction_id": [None] * n,
+                "turn": [0] * n,
+            }
+        ),
+        "mean",
+    )

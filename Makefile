@@ -19,7 +19,7 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: install lock demo demo-quick test test-all test-latest bench lint data chromium clean
+.PHONY: install lock demo study test test-all test-latest bench lint data chromium clean
 
 install: $(STAMP)
 
@@ -65,11 +65,15 @@ chromium:
 		|| echo "chromium not installed: figures will be written as HTML only"; \
 	else echo "no root/apt: figures will be written as HTML only"; fi
 
+# The study, every step small (steerlens demo --quick), then its result page.
 demo: install
-	$(VENV)/bin/steerlens demo --out .
-
-demo-quick: install
 	$(VENV)/bin/steerlens demo --quick --out .
+	$(VENV)/bin/steerlens report --markdown --results results --out docs/results
+
+# The whole study (steerlens demo --full).
+study: install
+	$(VENV)/bin/steerlens demo --full --out .
+	$(VENV)/bin/steerlens report --markdown --results results --out docs/results
 
 # Unit tests on tiny random models plus the integration tests not marked slow.
 test: install

@@ -4,7 +4,7 @@ line per vector method, each held-out prompt steered with its own user's vector.
 A resumable sweep (``steerlens.experiments.sweep``) under ``OUT/results/sweep/dose``; writes
 ``OUT/results/dose_response.csv`` and ``OUT/figures/dose_response.{html,png}``. Llama-3.1-8B on
 real PRISM on one GPU: ``--model meta-llama/Llama-3.1-8B-Instruct --data hf`` (several GPUs: run
-the same sweep config with ``accelerate launch -m steerlens.experiments.sweep``, then this script reuses it).
+the same sweep config with ``accelerate launch -m steerlens.sweep``, then this script reuses it).
 
 Usage: python analyses/dose_response.py [--model NAME] [--data demo|hf|FOLDER] [--out DIR]
        [--methods population dislike-weighted bradley-terry] [--alphas 0 0.25 0.5 1]

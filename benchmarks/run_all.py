@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 
 import steerlens as sl
+from steerlens.core import fastpath
 
 PROMPTS = [
     "What is the capital of Australia?",
@@ -281,7 +282,7 @@ def main() -> None:
             },
             args.repeats,
         )
-        assert sl.core.fastpath.fast_path_blocker(model) is None  # auto takes the fast path here
+        assert fastpath.fast_path_blocker(model) is None  # auto takes the fast path here
         rows.append(
             (
                 "steered generation, fast path (default) vs HF unsteered",

@@ -119,8 +119,13 @@ def generate(
 @app.command()
 def demo(
     quick: Annotated[
-        bool, typer.Option(help="under 10 minutes on a 2-core CPU: fewer users, prompts, α, K")
-    ] = False,
+        bool,
+        typer.Option(
+            "--quick/--full",
+            help="--quick (default): every step, small (fewer users, prompts, α, K); "
+            "--full: the whole study",
+        ),
+    ] = True,
     model: ModelOpt = "smollm2-135m-instruct",
     data: Annotated[str, typer.Option(help="demo (simulated set), hf, or a PRISM folder")] = "demo",
     out: Annotated[Path, typer.Option(help="writes OUT/results/ and OUT/figures/")] = Path("."),
@@ -128,8 +133,8 @@ def demo(
         bool, typer.Option(help="also SteerX vs all-history per backbone (reconstructed)")
     ] = True,
 ) -> None:
-    """The whole study: vectors, PPA, α sweep per method, gating, MMLU, SteerX vs
-    all-history, figures, report page."""
+    """The study: vectors, PPA, α sweep per method, gating, MMLU, SteerX vs all-history,
+    figures, report page (small by default; --full for the whole study)."""
     from steerlens.experiments.demo import DemoConfig, run_demo
 
     logging.getLogger("steerlens").setLevel(logging.INFO)
@@ -177,8 +182,8 @@ def demo(
 @app.command()
 def report(
     markdown: Annotated[
-        bool, typer.Option("--markdown", help="write the Markdown result pages")
-    ] = True,
+        bool, typer.Option("--markdown", help="write the Markdown result pages (docs/results)")
+    ] = False,
     results: Annotated[Path, typer.Option(help="folder holding summary.json")] = Path("results"),
     out: Annotated[Path, typer.Option(help="folder for the pages")] = Path("docs/results"),
 ) -> None:
@@ -186,7 +191,9 @@ def report(
     from steerlens.reporting.markdown import write_results_pages
 
     if not markdown:
-        raise typer.BadParameter("only --markdown pages are written by this command")
+        raise typer.BadParameter(
+            "pass --markdown (the HTML page, figures/index.html, is written by steerlens demo)"
+        )
     try:
         pages = write_results_pages(results, out)
     except FileNotFoundError as e:
@@ -202,7 +209,7 @@ def sweep(
     """A resumable grid of steered generations (method x α x gate x prompt) from a config.
 
     Rerun the same command to resume. Several processes:
-    ``accelerate launch -m steerlens.experiments.sweep CONFIG``.
+    ``accelerate launch -m steerlens.sweep CONFIG``.
     """
     from steerlens.experiments.sweep import SweepConfig, run_config
 

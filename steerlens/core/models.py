@@ -193,9 +193,11 @@ def load_model(
 
 
 def _guard_decoding(model: HookedModel) -> None:
-    """Check the model's TransformerLens path before anything runs on it (``steerlens.core.decoding``):
-    a HookedTransformer has no other path, so a failure is an error here; a bridge's TL path
-    is refused for decoding (its fast path, checked when it is bound, may still decode)."""
+    """Check the model's TransformerLens path before anything runs on it
+    (``steerlens.core.decoding``). Wrong hook points raise ``HookPointError`` on either class
+    (every engine steers through those names). A failed cached step raises
+    ``DecodingError`` for a HookedTransformer (it has no other path); a bridge's TL path is
+    refused for decoding only (its fast path, checked when it is bound, may still decode)."""
     why = check_tl_path(model)
     if why is None:
         return

@@ -157,6 +157,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     # 1. vectors and PPA
     pcfg = PersonalizationConfig(
         layers=layers,
+        methods=cfg.methods,
         held_out=cfg.held_out,
         steer_alpha=cfg.steer_alpha if cfg.steer_ppa else None,
         max_steer_pairs=cfg.max_steer_pairs,
@@ -165,13 +166,11 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         seed=cfg.seed,
     )
     study = timed("vectors and PPA", lambda: personalization_study(model, ds, pcfg))
+    # per-user vectors rescaled to the population vector's norms: one α grid for every method
     norms = study.population.norms()
-    per_user = {
-        "dislike-weighted": {u: v.rescaled(norms) for u, v in study.dislike.items()},
-        "bradley-terry": {u: v.rescaled(norms) for u, v in study.bt_vectors.items()},
-    }
     vectors: dict[str, Any] = {
-        m: study.population if m == "population" else per_user[m] for m in cfg.methods
+        m: {u: v.rescaled(norms) for u, v in vec.items()} if isinstance(vec, dict) else vec
+        for m, vec in study.vectors.items()
     }
     study.population.metadata["data"] = ds.source
     save_vectors(vectors, results / "vectors")

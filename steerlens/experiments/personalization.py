@@ -23,7 +23,7 @@ from steerlens.methods.personal import (
     BradleyTerry,
     pair_activations,
 )
-from steerlens.methods.registry import MethodOptions, get_method, method_label
+from steerlens.methods.registry import METHODS, MethodOptions, get_method, method_label
 from steerlens.metrics.preference import (
     CHANCE,
     ground_truth_utility,
@@ -50,6 +50,9 @@ class PersonalizationConfig:
     # PRISM's shared prompts), a per-conversation split puts held-out texts in other users'
     # training pairs.
     split_by: Literal["conversation", "prompt"] = "prompt"
+    # methods whose vectors the result carries (``vectors``); the PPA table always scores the
+    # population, dislike-weighted and Bradley-Terry vectors
+    methods: list[str] = field(default_factory=lambda: list(METHODS))
     rank: int = MethodOptions.rank
     C: float = MethodOptions.C
     shrink: float = MethodOptions.shrink
@@ -70,6 +73,8 @@ class PersonalizationConfig:
         if self.split_by not in ("conversation", "prompt"):
             raise ValueError(f"split_by must be 'conversation' or 'prompt', got {self.split_by!r}")
         MethodOptions(self.rank, self.C, self.shrink)
+        for name in self.methods:
+            get_method(name)
         if self.max_steer_pairs < 1:
             raise ValueError(f"max_steer_pairs must be >= 1, got {self.max_steer_pairs}")
 
@@ -88,6 +93,8 @@ class PersonalizationResult:
     n_train: int
     n_test: int
     test_pairs: list[Any] = field(default_factory=list)  # the held-out pairs it scored
+    # per method of config.methods (registry names): its vector, or per-user vectors
+    vectors: dict[str, Any] = field(default_factory=dict)
 
     def users_in_basis(self, groups: dict[str, str] | None = None) -> pd.DataFrame:
         """Each user's BT coordinates (population row dropped), with their group if known."""
@@ -152,7 +159,8 @@ def personalization_study(
     boot: dict[str, Any] = dict(n_boot=cfg.n_boot, seed=cfg.seed)
 
     opts = MethodOptions(cfg.rank, cfg.C, cfg.shrink)
-    fits = {name: get_method(name).fit(pa_train, opts) for name in (POP, DIS, BT)}
+    names = list(dict.fromkeys([POP, DIS, BT, *(get_method(m).name for m in cfg.methods)]))
+    fits = {name: get_method(name).fit(pa_train, opts) for name in names}
     v_pop = fits[POP].vector("")
     users = sorted({p.user_id for p in test})
     dislike = {u: fits[DIS].vector(u) for u in users}
@@ -198,8 +206,29 @@ def personalization_study(
         }
         util_rows, by_group = _utility_gain(model, test, methods, v_pop.norms(), gt, cfg, boot)
         rows += util_rows
+    known: dict[str, Any] = {POP: v_pop, DIS: dislike, BT: bt_vecs}
+    vectors: dict[str, Any] = {}
+    for m in cfg.methods:
+        spec = get_method(m)
+        fit = fits[spec.name]
+        if spec.name in known:
+            vectors[spec.name] = known[spec.name]
+        else:
+            vectors[spec.name] = (
+                {u: fit.vector(u) for u in users} if spec.per_user else fit.vector("")
+            )
     return PersonalizationResult(
-        pd.DataFrame(rows), by_group, v_pop, dislike, bt, bt_vecs, cfg, len(train), len(test), test
+        pd.DataFrame(rows),
+        by_group,
+        v_pop,
+        dislike,
+        bt,
+        bt_vecs,
+        cfg,
+        len(train),
+        len(test),
+        test,
+        vectors,
     )
 
 

@@ -7,7 +7,7 @@ rename: a run killed at any point loses at most the batch in flight, and a rerun
 batch already on disk — no lost rows, no duplicated rows. Batch names hash their cells and the
 generation settings, so a changed grid or setting never reuses stale parts.
 
-``accelerate launch -m steerlens.experiments.sweep CONFIG`` gives batch ``b`` to process ``b mod N`` (data
+``accelerate launch -m steerlens.sweep CONFIG`` gives batch ``b`` to process ``b mod N`` (data
 parallel, one model per process/GPU); rank 0 gathers the parts into one ``OUT/cells.parquet``.
 The batches are the same whatever the number of processes, so the gathered file equals a
 single-process run's row for row. A model larger than one GPU boots with ``device_map`` in a
@@ -398,7 +398,7 @@ def gather(
     return frame
 
 
-# --- the config-driven job (`steerlens sweep CONFIG`, `accelerate launch -m steerlens.experiments.sweep`) --
+# --- the config-driven job (`steerlens sweep CONFIG`, `accelerate launch -m steerlens.sweep`) --
 
 
 @dataclass
@@ -554,8 +554,9 @@ def build_vectors(
     pa = pair_activations(
         model, list(train), layers, batch_size=batch_size, progress_bar=progress_bar
     )
-    norms = population(pa).norms()
     built = registry.build_vectors(pa, methods, users, options)
+    pop = built.get("population")
+    norms = (pop if isinstance(pop, SteeringVector) else population(pa)).norms()
     return {
         name: {u: v.rescaled(norms) for u, v in vec.items()} if isinstance(vec, dict) else vec
         for name, vec in built.items()

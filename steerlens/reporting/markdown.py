@@ -156,6 +156,28 @@ def summary_markdown(s: Mapping[str, Any], source: str = "results/summary.json")
                 for m, row in gains.items()
             ),
         )
+    steerx = s.get("steerx_ppa") or {}
+    if steerx:
+        allh = s.get("allhistory_ppa") or {}
+        diff = s.get("steerx_minus_allhistory_ppa") or {}
+        lines += [
+            "## SteerX (reconstructed) vs all-history, PPA by projection",
+            "",
+            "SteerX here is a reconstruction following NextQuill's token-effect estimator.",
+            "",
+        ]
+        lines += _table(
+            ["backbone", "SteerX", "all-history", "SteerX − all-history (paired)"],
+            (
+                [
+                    b,
+                    _est(v.get("mean"), v.get("interval")),
+                    _est(allh.get(b, {}).get("mean"), allh.get(b, {}).get("interval")),
+                    _est(diff.get(b, {}).get("mean"), diff.get(b, {}).get("interval")),
+                ]
+                for b, v in steerx.items()
+            ),
+        )
     seconds = s.get("seconds") or {}
     if seconds:
         lines += ["## Time per step (seconds)", ""]

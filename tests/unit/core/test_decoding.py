@@ -16,7 +16,7 @@ import steerlens as sl
 from steerlens.core import decoding, fastpath, models
 from steerlens.core._embedded import ChatTemplateChanged, check_chat_template
 from steerlens.core._tiny import tiny_tokenizer
-from steerlens.core.decoding import DecodingError
+from steerlens.core.decoding import DecodingError, HookPointError
 from steerlens.run import generation
 
 
@@ -92,7 +92,7 @@ def test_every_path_passes_the_check(tiny):
     assert decoding.check_hf_model(twin) is None
 
 
-def test_the_check_sees_an_ignored_cache(tiny_bridge):
+def test_the_check_sees_an_ignored_cache():
     """The guard is not vacuous: the bug it guards against makes it fail."""
     broken = sl.load_model("tiny-random", backend="bridge")
     assert _ignore_cache(broken) > 0
@@ -172,12 +172,45 @@ def test_a_hooked_transformer_whose_cache_forgets_is_refused_at_load(monkeypatch
 def test_renamed_or_moved_hook_points_are_refused(backend, monkeypatch):
     model = sl.load_model("tiny-random", backend=backend)
     monkeypatch.setattr(decoding, "resid_pre", lambda layer: f"blocks.{layer}.hook_resid_prev")
-    why = decoding.check_tl_path(model)
-    assert why is not None and "missing (blocks.0.hook_resid_prev" in why
+    with pytest.raises(HookPointError, match=r"missing \(blocks\.0\.hook_resid_prev"):
+        decoding.check_tl_path(model)
     # A name that exists but reads another point (the middle of the block, not its input)
     monkeypatch.setattr(decoding, "resid_pre", lambda layer: f"blocks.{layer}.hook_resid_mid")
-    why = decoding.check_tl_path(model)
-    assert why is not None and "no longer read the residual stream" in why
+    with pytest.raises(HookPointError, match="no longer read the residual stream"):
+        decoding.check_tl_path(model)
+    # ... and load_model refuses such a model on either class
+    with pytest.raises(HookPointError, match="transformer-lens "):
+        sl.load_model("tiny-random", backend=backend)
+
+
+def test_without_the_adaptation_the_installed_transformers_decides(monkeypatch):
+    """The real regression, not a simulation: with the cache adaptation switched off, a
+    transformers that hands attention the cache as ``cache=`` (5.24 on) breaks the bridge's TL
+    path, and the guard refuses it; an older one passes."""
+    monkeypatch.setattr(models, "adapt_bridge_cache", lambda bridge: 0)
+    model = sl.load_model("tiny-random", backend="bridge")
+    renamed = decoding._cache_kwarg(type(model.original_model)) == "cache"
+    why = decoding.tl_refusal(model)
+    assert (why is not None) == renamed, why
+    if renamed:
+        assert "TransformerBridge hooks" in why
+
+
+def test_the_adapter_passes_the_cache_under_the_old_name():
+    seen = {}
+
+    def update(self, key, value, **kwargs):
+        seen.update(kwargs)
+        return key, value
+
+    wrapped = decoding._reads_cache_kwarg(update)
+    cache = object()
+    wrapped(None, 1, 2, cache=cache, position_ids=3)
+    assert seen["past_key_values"] is cache and seen["position_ids"] == 3
+    seen.clear()
+    old = object()
+    wrapped(None, 1, 2, past_key_values=old)  # an older transformers: passed on untouched
+    assert seen == {"past_key_values": old}
 
 
 def test_the_cache_kwarg_follows_the_installed_transformers():

@@ -9,7 +9,7 @@ from helpers import _fixture_rows, _write  # a small PRISM-format folder
 
 import steerlens as sl
 from steerlens.experiments.demo import DemoConfig
-from steerlens.experiments.personalization import PersonalizationConfig
+from steerlens.experiments.personalization import PersonalizationConfig, personalization_study
 from steerlens.experiments.sweep import SweepConfig
 from steerlens.methods import registry
 from steerlens.methods.registry import METHODS, MethodOptions, get_method, method_label
@@ -53,7 +53,8 @@ def test_the_registry_builds_what_the_primitives_build(tiny_bridge, tmp_path):
 
 
 def test_adding_a_method_is_one_function_and_one_line(monkeypatch, tiny_bridge):
-    """The CONTRIBUTING.md example: a method registered once is known to every entry point."""
+    """The CONTRIBUTING.md example: a method registered once is known to every entry point,
+    and the study (which the demo's sweep takes its vectors from) builds it."""
 
     def _negated(pa, opts):
         vec = sl.methods.population(pa)
@@ -67,3 +68,12 @@ def test_adding_a_method_is_one_function_and_one_line(monkeypatch, tiny_bridge):
     assert SweepConfig(methods=["negated-population"]).methods == ["negated-population"]
     assert DemoConfig(methods=["population", "negated-population"])
     assert method_label("negated-population") == "population (negated)"
+    cfg = PersonalizationConfig(
+        layers=[2, 3], methods=["population", "bt", "negated-population"], max_users=3, n_boot=50
+    )
+    study = personalization_study(tiny_bridge, sl.data.load_prism("demo"), cfg, progress_bar=False)
+    assert set(study.vectors) == {"population", "bradley-terry", "negated-population"}
+    torch.testing.assert_close(
+        study.vectors["negated-population"].as_tensor(), -study.population.as_tensor()
+    )
+    assert study.vectors["bradley-terry"] == study.bt_vectors

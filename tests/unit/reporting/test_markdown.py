@@ -31,6 +31,9 @@ SUMMARY = {
     "mae_change_pct_by_category": {"benign_control": {"0.5": -27.742, "1": -56.05}},
     "utility_gain": {"population": {"majority": 0.0666}},
     "utility_gain_interval": {"population": {"majority": [-0.1, 0.2]}},
+    "steerx_ppa": {"mean": {"mean": 0.5767, "interval": [0.48, 0.6667]}},
+    "allhistory_ppa": {"mean": {"mean": 0.5633, "interval": [0.44, 0.6667]}},
+    "steerx_minus_allhistory_ppa": {"mean": {"mean": 0.0133, "interval": [0.0, 0.04]}},
 }
 
 
@@ -41,19 +44,22 @@ def test_the_page_states_model_data_and_estimates_with_intervals():
     assert "| toxicity MAE, unsteered | 0.153 [0.0247, 0.303] |" in page
     assert "| benign_control | -27.7 | -56 |" in page  # α columns in numeric order
     assert "| population | 0.0666 [-0.1, 0.2] |" in page
+    assert "| mean | 0.577 [0.48, 0.667] | 0.563 [0.44, 0.667] | 0.0133 [0, 0.04] |" in page
+    assert "reconstruction" in page
     assert "| MMLU, steered | – |" in page  # a key the run did not write: a dash, no error
 
 
 def test_report_command_writes_the_page_and_refuses_a_missing_summary(tmp_path):
     runner = CliRunner()
     results = tmp_path / "results"
-    missing = runner.invoke(app, ["report", "--results", str(results), "--out", str(tmp_path)])
+    args = ["report", "--results", str(results), "--out", str(tmp_path / "docs")]
+    no_flag = runner.invoke(app, args)
+    assert no_flag.exit_code != 0 and "pass --markdown" in no_flag.output
+    missing = runner.invoke(app, [*args, "--markdown"])
     assert missing.exit_code != 0 and "run `steerlens demo` first" in missing.output
     results.mkdir()
     (results / "summary.json").write_text(json.dumps(SUMMARY))
-    res = runner.invoke(
-        app, ["report", "--markdown", "--results", str(results), "--out", str(tmp_path / "docs")]
-    )
+    res = runner.invoke(app, [*args, "--markdown"])
     assert res.exit_code == 0, res.output
     page = (tmp_path / "docs" / "demo.md").read_text()
     assert page == summary_markdown(SUMMARY, source=str(results / "summary.json"))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 
 from steerlens import data, evaluation, methods, steerx
+from steerlens.core import tokens
 from steerlens.core.hooks import (
     FirstK,
     Gate,
@@ -29,15 +30,7 @@ from steerlens.core.hooks import (
     steering_hooks,
 )
 from steerlens.core.models import DEFAULT_MODEL, HookedModel, default_layers, load_model, model_name
-from steerlens.core.tokens import (
-    content_masks,
-    encode_prompts,
-    format_chat,
-    non_special_mask,
-    pad,
-    response_masks,
-    tokenize,
-)
+from steerlens.core.tokens import encode_prompts, response_masks
 from steerlens.core.vectors import SteeringVector
 from steerlens.run.cache import cache_activations
 from steerlens.run.generation import Generation, generate
@@ -61,25 +54,21 @@ __all__ = [
     "active_steering",
     "add_vector_hook",
     "cache_activations",
-    "content_masks",
     "continuation_logprobs",
     "data",
     "default_layers",
     "encode_prompts",
     "evaluation",
-    "format_chat",
     "generate",
     "hook_name",
     "load_model",
     "methods",
     "model_name",
-    "non_special_mask",
-    "pad",
     "resid_post",
     "resid_pre",
     "response_masks",
     "steering",
     "steering_hooks",
     "steerx",
-    "tokenize",
+    "tokens",
 ]

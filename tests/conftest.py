@@ -63,7 +63,7 @@ def assert_close_impl(actual: torch.Tensor, expected: torch.Tensor, rel: float =
 
 
 def on_device(model: sl.HookedModel, ids: torch.Tensor) -> torch.Tensor:
-    """Token ids (``sl.tokenize`` keeps them on the CPU) moved to the model's device."""
+    """Token ids (``sl.tokens.tokenize`` keeps them on the CPU) moved to the model's device."""
     return ids.to(model.cfg.device)
 
 

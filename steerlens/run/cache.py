@@ -79,7 +79,7 @@ def cache_activations(
             template, as ``generate`` does. ``False``: raw text.
         exclude_template: with ``pool="mean"`` and no ``masks``, average over the text's own
             tokens only: no special tokens (BOS, chat markers) and no chat-template tokens
-            (``sl.content_masks``). BOS residuals are huge on Llama-3 and template tokens are
+            (``sl.tokens.content_masks``). BOS residuals are huge on Llama-3 and template tokens are
             the same in every prompt, so including them swamps the mean. ``"last"`` always
             reads the last token (the position that predicts the reply).
         store: a folder: write safetensors shards there (one per batch) and return an

@@ -33,7 +33,7 @@ def test_hook_names():
 
 
 def test_patched_residual_is_original_plus_alpha_v_at_hooked_layer_only(tiny):
-    ids = sl.tokenize(tiny, ["the quick brown fox"])[0][None]
+    ids = sl.tokens.tokenize(tiny, ["the quick brown fox"])[0][None]
     layers = list(range(tiny.cfg.n_layers))
     v = torch.randn(tiny.cfg.d_model, generator=torch.Generator().manual_seed(0))
     vec = sl.SteeringVector({2: v}, model_name="tiny-random")
@@ -117,7 +117,7 @@ def test_partial_registration_failure_rolls_back(tiny, rand_vec, monkeypatch):
 
 
 def test_nested_contexts_add_and_unwind(tiny):
-    ids = sl.tokenize(tiny, ["nested"])[0][None]
+    ids = sl.tokens.tokenize(tiny, ["nested"])[0][None]
     d = tiny.cfg.d_model
     v1 = sl.SteeringVector({1: torch.ones(d)})
     v2 = sl.SteeringVector({1: torch.arange(d).float() / d})
@@ -135,7 +135,7 @@ def test_nested_contexts_add_and_unwind(tiny):
 
 
 def test_steering_hooks_work_with_plain_model_hooks(tiny, rand_vec):
-    ids = sl.tokenize(tiny, PROMPTS[:1])[0][None]
+    ids = sl.tokens.tokenize(tiny, PROMPTS[:1])[0][None]
     pairs = sl.steering_hooks(tiny, rand_vec, alpha=1.5)
     assert [name for name, _ in pairs] == ["blocks.2.hook_resid_post", "blocks.3.hook_resid_post"]
     with torch.no_grad():
@@ -212,7 +212,7 @@ def test_gates_in_single_pass_scoring_use_each_rows_prompt_length(gate, expected
 
 def test_bf16_residual_is_rounded_once_and_gradients_reach_a_trainable_vector():
     model = sl.load_model("tiny-random", dtype="bfloat16")
-    ids = sl.tokenize(model, ["bfloat16 steering"])[0][None]
+    ids = sl.tokens.tokenize(model, ["bfloat16 steering"])[0][None]
     v = torch.randn(64, generator=torch.Generator().manual_seed(2)) * 0.37
     vec = sl.SteeringVector({2: v})
     with torch.no_grad():

@@ -19,7 +19,7 @@ def test_default_layers_follow_research_depth():
 def test_tiny_model_is_seeded(tiny_bridge):
     again = sl.load_model("tiny-random")
     other = sl.load_model("tiny-random", seed=1)
-    ids = on_device(tiny_bridge, sl.tokenize(tiny_bridge, ["abc"])[0][None])
+    ids = on_device(tiny_bridge, sl.tokens.tokenize(tiny_bridge, ["abc"])[0][None])
     with torch.no_grad():
         torch.testing.assert_close(tiny_bridge(ids), again(ids))
         assert not torch.allclose(tiny_bridge(ids), other(ids))
@@ -31,7 +31,9 @@ def test_backends_give_the_same_logits(tiny_bridge):
     hooked = sl.load_model("tiny-random", backend="hooked")
     assert type(hooked).__name__ == "HookedTransformer"
     assert type(tiny_bridge).__name__ == "TransformerBridge"
-    ids = on_device(tiny_bridge, sl.tokenize(tiny_bridge, ["same weights, same numbers"])[0][None])
+    ids = on_device(
+        tiny_bridge, sl.tokens.tokenize(tiny_bridge, ["same weights, same numbers"])[0][None]
+    )
     with torch.no_grad():
         torch.testing.assert_close(tiny_bridge(ids), hooked(ids), rtol=0, atol=1e-4)
 

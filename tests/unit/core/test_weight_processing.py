@@ -91,7 +91,7 @@ def test_every_mode_has_the_same_residual_stream_and_log_probs(trio):
     # the weights really differ: the norm scales are folded into the next layers ...
     assert not torch.allclose(_query_weight(full), _query_weight(none))
     assert torch.equal(_query_weight(light), _query_weight(none))  # ... but not by "light"
-    ids = sl.tokenize(full, PROMPTS[:1])[0][None]
+    ids = sl.tokens.tokenize(full, PROMPTS[:1])[0][None]
     g = torch.Generator().manual_seed(3)
     vec = sl.SteeringVector({1: torch.randn(64, generator=g), 2: torch.randn(64, generator=g)})
     for v, alpha in ((None, 0.0), (vec, 2.0)):
@@ -129,7 +129,7 @@ def test_light_processing_unties_a_tied_unembedding(tmp_path):
     out = light.original_model
     assert out.get_output_embeddings().weight is not out.get_input_embeddings().weight
     assert torch.equal(out.get_input_embeddings().weight.cpu(), embed)
-    ids = sl.tokenize(light, PROMPTS[:1])[0][None]
+    ids = sl.tokens.tokenize(light, PROMPTS[:1])[0][None]
     assert_close_impl(_run(light, ids)[0], _run(full, ids)[0])  # the same raw logits
     kw = dict(max_new_tokens=6, progress_bar=False)
     for engine in ENGINES:

@@ -41,7 +41,9 @@ def test_style_vector_is_the_mean_difference_of_pooled_responses(tiny):
 def test_selected_token_variant_pools_only_kept_tokens(tiny):
     layers = [2]
     keep = [
-        torch.zeros(len(sl.tokenize(tiny, [u], add_special_tokens=False)[0]), dtype=torch.bool)
+        torch.zeros(
+            len(sl.tokens.tokenize(tiny, [u], add_special_tokens=False)[0]), dtype=torch.bool
+        )
         for u in USER
     ]
     keep[0][:3] = True

@@ -13,7 +13,7 @@ def test_padded_equals_unbatched_and_matches_run_with_cache(tiny, engine):
     kw = dict(pool="none", chat=False, engine=engine, progress_bar=False)
     batched = sl.cache_activations(tiny, PROMPTS, layers, batch_size=3, **kw)
     for text, acts in zip(PROMPTS, batched, strict=True):
-        ids = sl.tokenize(tiny, [text])[0]
+        ids = sl.tokens.tokenize(tiny, [text])[0]
         single = sl.cache_activations(tiny, [ids], layers, **kw)[0]
         assert_close_impl(acts, single)  # batched vs single: last bits differ by CPU
         _, cache = tiny.run_with_cache(on_device(tiny, ids[None]))
@@ -36,7 +36,7 @@ def test_cache_formats_texts_as_generate_does(tiny):
 def test_mean_pooling_excludes_special_and_template_tokens(tiny):
     text = "hello there"
     (ids,) = sl.encode_prompts(tiny, [text])
-    (mask,) = sl.content_masks(tiny, [text], [ids], chat=True)
+    (mask,) = sl.tokens.content_masks(tiny, [text], [ids], chat=True)
     kept = tiny.tokenizer.decode(ids[mask])
     assert kept == text  # only the message's own tokens: no <|im_start|>, "user", "\n", ...
     every = sl.cache_activations(tiny, [text], [1], pool="none", progress_bar=False)[0]
@@ -47,7 +47,7 @@ def test_mean_pooling_excludes_special_and_template_tokens(tiny):
         tiny, [text], [1], pool="mean", exclude_template=False, progress_bar=False
     )
     assert_close_impl(with_template[0], every.mean(1), rel=1e-5)
-    raw_ids = sl.tokenize(tiny, [text])  # raw text: only the BOS is dropped
+    raw_ids = sl.tokens.tokenize(tiny, [text])  # raw text: only the BOS is dropped
     raw_mean = sl.cache_activations(tiny, raw_ids, [1], pool="mean", progress_bar=False)
     raw_every = sl.cache_activations(tiny, raw_ids, [1], pool="none", progress_bar=False)[0]
     assert int(raw_ids[0][0]) == tiny.tokenizer.bos_token_id
@@ -57,7 +57,7 @@ def test_mean_pooling_excludes_special_and_template_tokens(tiny):
 def test_pooling_and_masks(tiny):
     full = sl.cache_activations(tiny, PROMPTS, [1], pool="none", progress_bar=False)
     # with no masks, "mean" averages the content tokens (see the test above), "last" the last
-    masks0 = sl.content_masks(tiny, PROMPTS, sl.encode_prompts(tiny, PROMPTS), chat=True)
+    masks0 = sl.tokens.content_masks(tiny, PROMPTS, sl.encode_prompts(tiny, PROMPTS), chat=True)
     last = sl.cache_activations(tiny, PROMPTS, [1], pool="last", progress_bar=False)
     mean = sl.cache_activations(tiny, PROMPTS, [1], pool="mean", progress_bar=False)
     assert last.shape == mean.shape == (3, 1, 64)
@@ -120,7 +120,7 @@ def test_cache_errors(tiny):
         sl.cache_activations(tiny, [], [1], progress_bar=False)
     with pytest.raises(TypeError, match="not one string"):
         sl.cache_activations(tiny, "text", [1], progress_bar=False)
-    ids = sl.tokenize(tiny, ["abc"])
+    ids = sl.tokens.tokenize(tiny, ["abc"])
     with pytest.raises(ValueError, match="selects no token"):
         sl.cache_activations(
             tiny, ids, [1], masks=[torch.zeros(4, dtype=torch.bool)], progress_bar=False

@@ -304,7 +304,7 @@ def test_bad_inputs(tiny, rand_vec):
 
 
 def test_format_chat_uses_model_template(tiny_bridge):
-    (text,) = sl.format_chat(tiny_bridge, ["hey"], system="be brief")
+    (text,) = sl.tokens.format_chat(tiny_bridge, ["hey"], system="be brief")
     assert (
         text
         == "<|im_start|>system\nbe brief<|im_end|>\n<|im_start|>user\nhey<|im_end|>\n<|im_start|>assistant\n"

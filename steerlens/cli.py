@@ -245,6 +245,17 @@ def vectors(
     gguf: Annotated[
         bool, typer.Option("--gguf", help="also write llama.cpp / repeng GGUF")
     ] = False,
+    formats: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--format",
+            help="also write: gguf (llama.cpp / repeng), lm-eval (lm-evaluation-harness "
+            "steer_path .pt); repeat for several",
+        ),
+    ] = None,
+    alpha: Annotated[
+        float, typer.Option(help="the steering coefficient written into lm-eval files")
+    ] = 1.0,
     batch_size: int = 16,
 ) -> None:
     """Build steering vectors from a PRISM-format set's turn-0 pairs and write them to OUT.
@@ -253,6 +264,9 @@ def vectors(
     """
     import steerlens as sl
 
+    extra = set(formats or [])
+    if extra - {"gguf", "lm-eval"}:
+        raise typer.BadParameter(f"--format must be gguf or lm-eval, not {sorted(extra)}")
     try:
         chosen = get_method(method)
         opts = MethodOptions(rank=rank, shrink=shrink)
@@ -280,8 +294,10 @@ def vectors(
     for name, vec in built:
         vec.metadata.update({"data": data, "source": "steerlens vectors"})
         vec.save(out / f"{name}.safetensors")
-        if gguf:
+        if gguf or "gguf" in extra:
             vec.to_gguf(out / f"{name}.gguf")
+        if "lm-eval" in extra:
+            vec.to_lm_eval(out / f"{name}.pt", alpha=alpha)
     console.print(f"wrote {len(built)} vector(s) to {out} ({len(pa)} pairs, layers {pa.layers})")
 
 

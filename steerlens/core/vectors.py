@@ -18,6 +18,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from steerlens.core.hooks import HOOK_POINTS
+from steerlens.core.lm_eval_io import read_steer_file, write_steer_file
 from steerlens.core.models import HookedModel
 
 __all__ = ["SteeringVector"]
@@ -268,6 +269,23 @@ class SteeringVector:
             path,
             {k: v.detach().float().cpu().numpy() for k, v in self.directions.items()},
             model_hint or self.model_name or "unknown",
+        )
+
+    def to_lm_eval(self, path: str | Path, alpha: float = 1.0) -> Path:
+        """Write lm-evaluation-harness's steering file (``lm_eval --model steered
+        --model_args pretrained=...,steer_path=PATH``): per layer, the decoder layer output
+        as hookpoint, action ``add``, coefficient ``alpha`` (``steerlens.core.lm_eval_io``)."""
+        return write_steer_file(path, self.directions, self.hook, alpha)
+
+    @classmethod
+    def from_lm_eval(cls, path: str | Path, model_name: str | None = None) -> SteeringVector:
+        """Import an lm-evaluation-harness ``add`` steering file (coefficient folded into the
+        directions); read with ``torch.load(weights_only=True)``, never unpickling objects."""
+        return cls(
+            read_steer_file(path),
+            model_name=model_name,
+            method="lm-eval",
+            metadata={"source": str(path)},
         )
 
     @classmethod

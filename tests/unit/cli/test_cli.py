@@ -111,6 +111,13 @@ def test_vectors_command_writes_files_the_library_reproduces(tmp_path):
     assert bad.exit_code != 0 and "--user ID or --all-users" in bad.output
     bad = runner.invoke(app, [*args, "--method", "dislike", "--user", "ghost"])
     assert bad.exit_code != 0 and "ghost" in bad.output
+    res = runner.invoke(app, [*args, "--format", "lm-eval", "--alpha", "2.0"])
+    assert res.exit_code == 0, res.output
+    lm = torch.load(out / "population.pt", weights_only=True)
+    assert set(lm) == {f"layers.{layer}" for layer in pa.layers}
+    assert all(e["steering_coefficient"] == 2.0 and e["action"] == "add" for e in lm.values())
+    bad = runner.invoke(app, [*args, "--format", "onnx"])
+    assert bad.exit_code != 0 and "gguf or lm-eval" in bad.output
     bad = runner.invoke(app, [*args, "--method", "caa"])
     assert bad.exit_code != 0 and "unknown vector method 'caa'" in bad.output
 

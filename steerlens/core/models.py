@@ -83,6 +83,30 @@ def load_spec(model: HookedModel) -> LoadSpec | None:
     return _SPECS.get(model)
 
 
+# The model's own HF tokenizer, as loaded: TransformerLens' copy (``model.tokenizer``) is set to
+# prepend BOS to raw text where the model's tokenizer does not (SmolLM2, Qwen ...), so raw text
+# is encoded with this one, as transformers and lm-evaluation-harness encode it.
+_OWN_TOKENIZERS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
+def own_tokenizer(model: HookedModel) -> Any:
+    """The model's own tokenizer (its special-token rule for raw text); TransformerLens'
+    ``model.tokenizer`` for a model that steerlens did not load."""
+    return _OWN_TOKENIZERS.get(model, model.tokenizer)
+
+
+def _own_tokenizer(name: str) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError) as e:  # no tokenizer files: TransformerLens' copy is used
+        logger.warning(
+            "no tokenizer of its own for %s (%s); raw text follows TransformerLens'", name, e
+        )
+        return None
+
+
 __all__ = [
     "DEFAULT_MODEL",
     "HookedModel",
@@ -92,6 +116,7 @@ __all__ = [
     "load_model",
     "model_device",
     "model_name",
+    "own_tokenizer",
 ]
 
 
@@ -156,6 +181,7 @@ def load_model(
     accel = _on_accelerator(None if device_map else dev, device_map)
     resolved = _resolve_dtype(dtype or (torch.float32 if name == TINY_NAME else None), dev)
     model: HookedModel
+    own_tok: Any = None
     if name in (TINY_NAME, EMBEDDED_NAME):
         hf, tok = (
             tiny_hf_model(seed=seed, dtype=resolved)
@@ -169,10 +195,13 @@ def load_model(
                 hf, tok, name, None if device_map else dev, weight_processing, accel
             )
         )
+        own_tok = tok
     else:
         if backend == "hooked" and _is_official(name):
             name = _official(name)  # TL aliases ("llama-3.1-8b-instruct") -> the hub name
         model = _load_named(name, backend, dev, resolved, device_map, weight_processing, accel)
+        own_tok = _own_tokenizer(name)
+    _OWN_TOKENIZERS[model] = own_tok if own_tok is not None else model.tokenizer
     # One name on both classes (TransformerLens shortens official names), so a vector built
     # on one backend validates on the other.
     model.cfg.model_name = name

@@ -3,7 +3,7 @@
 steerlens tokenises with the HF tokenizer directly (not ``model.to_tokens``) so that both
 model classes see the same ids: chat prompts through the model's own chat template with
 ``add_special_tokens=False`` (the template writes any BOS itself); raw text with the
-tokenizer's defaults.
+model's own tokenizer and its special-token rule (not TransformerLens' BOS default).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
-from steerlens.core.models import HookedModel, model_device
+from steerlens.core.models import HookedModel, model_device, own_tokenizer
 
 Messages: TypeAlias = Sequence[Mapping[str, str]]
 Prompt: TypeAlias = str | Messages
@@ -107,13 +107,19 @@ def pad_token_id(model: HookedModel) -> int:
 def tokenize(
     model: HookedModel, texts: Sequence[str], *, add_special_tokens: bool = True
 ) -> list[Int[Tensor, " pos"]]:
-    """Token ids of each text (unpadded, on CPU)."""
+    """Token ids of each text (unpadded, on CPU), as the model's own tokenizer encodes it:
+    with ``add_special_tokens`` its own rule (e.g. no BOS for SmolLM2's raw text, where
+    TransformerLens' copy would prepend one), so ids agree with transformers and
+    lm-evaluation-harness."""
     if isinstance(texts, str):
         raise TypeError("texts must be a sequence of strings, not one string")
     for t in texts:
         if not isinstance(t, str):
             raise TypeError(f"texts must be strings, got {type(t).__name__}")
-    enc = _tokenizer(model)(list(texts), add_special_tokens=add_special_tokens)
+    tok = own_tokenizer(model) if add_special_tokens else _tokenizer(model)
+    if tok is None:
+        raise ValueError("this model has no tokenizer; pass token ids instead of text")
+    enc = tok(list(texts), add_special_tokens=add_special_tokens)
     out = [torch.tensor(ids, dtype=torch.long) for ids in enc["input_ids"]]
     for i, ids in enumerate(out):
         if ids.numel() == 0:

@@ -33,3 +33,41 @@ def test_mmlu_log_probs_equal_lm_evaluation_harness(embedded):
     theirs = torch.tensor([lp for lp, _ in lm.loglikelihood(requests)]).view(len(items), 4)
     torch.testing.assert_close(ours.logprobs.float(), theirs.float(), rtol=0, atol=1e-3)
     assert ours.predictions == theirs.argmax(-1).tolist()
+
+
+@pytest.mark.integration
+def test_an_exported_vector_steers_lm_evaluation_harness_as_sl_steering(embedded, tmp_path):
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.hf_steered import SteeredModel
+
+    g = torch.Generator().manual_seed(0)
+    d = int(embedded.cfg.d_model)
+    vec = sl.SteeringVector(
+        {15: torch.randn(d, generator=g), 16: torch.randn(d, generator=g)},
+        model_name=sl.model_name(embedded),
+    )
+    items = sl.data.load_mmlu(n=6, seed=1)
+    with sl.steering(embedded, vec, alpha=2.0):
+        ours = sl.evaluation.mmlu_accuracy(embedded, items, batch_size=3)
+    plain = sl.evaluation.mmlu_accuracy(embedded, items, batch_size=3)
+    assert float((ours.logprobs - plain.logprobs).abs().max()) > 1e-2  # the vector matters
+    lm = SteeredModel(
+        pretrained=str(_cache_dir()),
+        steer_path=str(vec.to_lm_eval(tmp_path / "steer.pt", alpha=2.0)),
+        device="cpu",
+        batch_size=1,
+        dtype="float32",
+    )
+    requests = [
+        Instance(
+            request_type="loglikelihood",
+            doc={},
+            arguments=(sl.evaluation.mmlu_prompt(item), f" {letter}"),
+            idx=j,
+        )
+        for item in items
+        for j, letter in enumerate("ABCD")
+    ]
+    theirs = torch.tensor([lp for lp, _ in lm.loglikelihood(requests)]).view(len(items), 4)
+    torch.testing.assert_close(ours.logprobs.float(), theirs.float(), rtol=0, atol=1e-3)
+    assert ours.predictions == theirs.argmax(-1).tolist()

@@ -12,14 +12,10 @@ from steerlens.core._embedded import _cache_dir
 lm_eval = pytest.importorskip("lm_eval")
 
 
-@pytest.mark.integration
-def test_mmlu_log_probs_equal_lm_evaluation_harness(embedded):
+def _loglikelihoods(lm, items) -> torch.Tensor:
+    """lm-evaluation-harness's log-probabilities of " A".." D" after each item's prompt."""
     from lm_eval.api.instance import Instance
-    from lm_eval.models.huggingface import HFLM
 
-    items = sl.data.load_mmlu(n=6, seed=0)
-    ours = sl.evaluation.mmlu_accuracy(embedded, items, batch_size=3)
-    lm = HFLM(pretrained=str(_cache_dir()), device="cpu", batch_size=1, dtype="float32")
     requests = [
         Instance(
             request_type="loglikelihood",
@@ -30,14 +26,23 @@ def test_mmlu_log_probs_equal_lm_evaluation_harness(embedded):
         for item in items
         for j, letter in enumerate("ABCD")
     ]
-    theirs = torch.tensor([lp for lp, _ in lm.loglikelihood(requests)]).view(len(items), 4)
+    return torch.tensor([lp for lp, _ in lm.loglikelihood(requests)]).view(len(items), 4)
+
+
+@pytest.mark.integration
+def test_mmlu_log_probs_equal_lm_evaluation_harness(embedded):
+    from lm_eval.models.huggingface import HFLM
+
+    items = sl.data.load_mmlu(n=6, seed=0)
+    ours = sl.evaluation.mmlu_accuracy(embedded, items, batch_size=3)
+    lm = HFLM(pretrained=str(_cache_dir()), device="cpu", batch_size=1, dtype="float32")
+    theirs = _loglikelihoods(lm, items)
     torch.testing.assert_close(ours.logprobs.float(), theirs.float(), rtol=0, atol=1e-3)
     assert ours.predictions == theirs.argmax(-1).tolist()
 
 
 @pytest.mark.integration
 def test_an_exported_vector_steers_lm_evaluation_harness_as_sl_steering(embedded, tmp_path):
-    from lm_eval.api.instance import Instance
     from lm_eval.models.hf_steered import SteeredModel
 
     g = torch.Generator().manual_seed(0)
@@ -58,16 +63,6 @@ def test_an_exported_vector_steers_lm_evaluation_harness_as_sl_steering(embedded
         batch_size=1,
         dtype="float32",
     )
-    requests = [
-        Instance(
-            request_type="loglikelihood",
-            doc={},
-            arguments=(sl.evaluation.mmlu_prompt(item), f" {letter}"),
-            idx=j,
-        )
-        for item in items
-        for j, letter in enumerate("ABCD")
-    ]
-    theirs = torch.tensor([lp for lp, _ in lm.loglikelihood(requests)]).view(len(items), 4)
+    theirs = _loglikelihoods(lm, items)
     torch.testing.assert_close(ours.logprobs.float(), theirs.float(), rtol=0, atol=1e-3)
     assert ours.predictions == theirs.argmax(-1).tolist()

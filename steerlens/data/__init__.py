@@ -5,7 +5,7 @@
 """
 
 from steerlens.data.categories import agreement, categorize, load_category_map
-from steerlens.data.mmlu import MMLUItem, load_mmlu
+from steerlens.data.mmlu import MMLUItem, load_mmlu, neutral_texts
 from steerlens.data.prism import DEMO_DIR, PrismDataset, load_prism
 from steerlens.data.prompts import CATEGORIES
 from steerlens.data.schema import (
@@ -33,4 +33,5 @@ __all__ = [
     "load_category_map",
     "load_mmlu",
     "load_prism",
+    "neutral_texts",
 ]

@@ -6,12 +6,12 @@ import importlib.util
 import json
 import logging
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-__all__ = ["MMLUItem", "load_mmlu", "mmlu_path"]
+__all__ = ["MMLUItem", "load_mmlu", "load_mmlu_sample", "mmlu_path", "neutral_texts"]
 
 logger = logging.getLogger(__name__)
 LETTERS = ("A", "B", "C", "D")
@@ -106,8 +106,13 @@ def load_mmlu(
         if unknown:
             raise ValueError(f"unknown MMLU subjects: {sorted(unknown)}")
         items = [it for it in items if it.subject in wanted]
+    return load_mmlu_sample(items, n, seed=seed)
+
+
+def load_mmlu_sample(items: Sequence[MMLUItem], n: int | None, *, seed: int = 0) -> list[MMLUItem]:
+    """A seeded subsample of ``items`` of size ``n``, stratified by subject (round-robin)."""
     if n is None or n >= len(items):
-        return items
+        return list(items)
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     rng = random.Random(seed)
@@ -122,3 +127,25 @@ def load_mmlu(
             if pool and len(out) < n:
                 out.append(pool.pop())
     return out
+
+def neutral_texts(
+    n: int = 32,
+    *,
+    seed: int = 0,
+    exclude: Iterable[MMLUItem] = (),
+    min_words: int = 12,
+    max_words: int = 60,
+) -> list[str]:
+    """Neutral held-out text for side-effect measures: MMLU question stems (offline, bundled),
+    ``min_words``-``max_words`` words long, none of them in ``exclude`` (e.g. the items an MMLU
+    evaluation scores), a seeded sample over subjects. Never preference or training prompts."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    skip = {it.question for it in exclude}
+    pool = [
+        it
+        for it in load_mmlu()
+        if it.question not in skip and min_words <= len(it.question.split()) <= max_words
+    ]
+    picked = load_mmlu_sample(pool, n, seed=seed + 7919)  # another draw than load_mmlu(seed)
+    return [it.question.strip() for it in picked]

@@ -35,6 +35,7 @@ from steerlens.core._progress import progress
 from steerlens.core.hooks import parse_gate
 from steerlens.core.models import DEFAULT_MODEL, HookedModel, load_model
 from steerlens.core.vectors import SteeringVector
+from steerlens.data.mmlu import neutral_texts
 from steerlens.data.prism import load_prism
 from steerlens.methods import registry
 from steerlens.methods.personal import pair_activations, population
@@ -48,6 +49,7 @@ from steerlens.metrics.text import (
     toxicity_abs_error,
 )
 from steerlens.metrics.toxicity import ToxicityScorer, get_scorer
+from steerlens.run.divergence import calibrate_alpha
 from steerlens.run.generation import Generation, generate
 from steerlens.run.scoring import continuation_logprobs
 
@@ -82,10 +84,13 @@ class Cell:
     alpha: float
     gate: str
     prompt_id: str
+    kl_budget: float | None = None
+    """Set in a KL-calibrated grid: the budget this user's α was calibrated to."""
 
     @property
     def key(self) -> str:
-        return f"{self.method}|{self.user}|{self.alpha:g}|{self.gate}|{self.prompt_id}"
+        dose = f"{self.alpha:g}" if self.kl_budget is None else f"kl{self.kl_budget:g}"
+        return f"{self.method}|{self.user}|{dose}|{self.gate}|{self.prompt_id}"
 
 
 @dataclass(frozen=True)
@@ -120,10 +125,15 @@ def make_grid(
     gates: Sequence[str] = ("all",),
     *,
     baseline: bool = True,
+    calibrated: Callable[[str, str, float], float] | None = None,
 ) -> list[Cell]:
     """Every prompt x method x nonzero α x gate, each prompt steered with its own user's vector,
     plus (``baseline``) one unsteered cell per prompt. α 0 is the baseline, never a cell of a
-    method: it is the same generation whatever the vector and gate."""
+    method: it is the same generation whatever the vector and gate.
+
+    With ``calibrated(method, user, budget) -> α`` the values in ``alphas`` are KL budgets
+    (``steerlens.run.divergence.calibrate_alpha``): each cell gets its user's α for the
+    budget and records the budget in ``kl_budget``."""
     for g in gates:
         parse_gate(g)
     if BASELINE in methods:
@@ -134,6 +144,8 @@ def make_grid(
             cells.append(Cell(BASELINE, p.user_id, 0.0, "all", p.prompt_id))
         cells += [
             Cell(m, p.user_id, float(a), g, p.prompt_id)
+            if calibrated is None
+            else Cell(m, p.user_id, calibrated(m, p.user_id, float(a)), g, p.prompt_id, float(a))
             for g in gates
             for m in methods
             for a in alphas
@@ -422,6 +434,10 @@ class SweepConfig:
     methods: list[str] = field(default_factory=lambda: ["population"])
     vector_files: dict[str, str] = field(default_factory=dict)
     alphas: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 1.0])
+    # "kl": the values in `alphas` are KL budgets (nats per token on neutral text); each
+    # user's vector gets the α that meets the budget (calibrate_alpha, cached in the vector)
+    alpha_mode: Literal["fixed", "kl"] = "fixed"
+    kl_texts: int = 8  # neutral MMLU question stems the calibration averages over
     gates: list[str] = field(default_factory=lambda: ["all"])
     n_prompts: int = 48
     held_out: float = 0.25
@@ -462,6 +478,10 @@ class SweepConfig:
         if self.split_by not in ("conversation", "prompt"):
             raise ValueError(f"split_by must be 'conversation' or 'prompt', got {self.split_by!r}")
         GenerationSettings(self.max_new_tokens, self.batch_size, self.cells_per_batch)
+        if self.alpha_mode not in ("fixed", "kl"):
+            raise ValueError(f"alpha_mode must be 'fixed' or 'kl', got {self.alpha_mode!r}")
+        if self.alpha_mode == "kl" and (min(self.alphas) < 0 or self.kl_texts < 1):
+            raise ValueError("alpha_mode 'kl' needs budgets (alphas) >= 0 and kl_texts >= 1")
 
     @property
     def settings(self) -> GenerationSettings:
@@ -561,6 +581,41 @@ def build_vectors(
         name: {u: v.rescaled(norms) for u, v in vec.items()} if isinstance(vec, dict) else vec
         for name, vec in built.items()
     }
+
+
+def calibrate_table(
+    model: HookedModel,
+    vectors: VectorTable,
+    budgets: Sequence[float],
+    texts: Sequence[str],
+    *,
+    batch_size: int = 16,
+) -> dict[tuple[str, str, float], float]:
+    """``(method, user, budget) -> α`` for every vector and nonzero KL budget: the α whose mean
+    per-token KL on ``texts`` meets the budget (``calibrate_alpha``, all of a method's users in
+    the same batched passes; cached in each vector's metadata). A method with one vector for
+    everyone is keyed by user ``"*"``; look-ups for any user fall back to it."""
+    out: dict[tuple[str, str, float], float] = {}
+    for method, entry in vectors.items():
+        users = {"*": entry} if isinstance(entry, SteeringVector) else dict(entry)
+        for b in budgets:
+            if float(b) == 0.0:
+                continue
+            alphas = calibrate_alpha(
+                model, list(users.values()), texts, float(b), batch_size=batch_size
+            )
+            out.update({(method, u, float(b)): a for u, a in zip(users, alphas, strict=True)})
+    return _AnyUser(out)
+
+
+class _AnyUser(dict):  # type: ignore[type-arg]
+    """Look-ups of (method, user, budget) fall back to (method, "*", budget)."""
+
+    def __missing__(self, key: tuple[str, str, float]) -> float:
+        m, _, b = key
+        if (m, "*", b) in self:
+            return float(self[(m, "*", b)])
+        raise KeyError(key)
 
 
 def save_vectors(vectors: VectorTable, folder: Path) -> None:
@@ -703,6 +758,11 @@ def run_config(cfg: SweepConfig, *, progress_bar: bool = True) -> pd.DataFrame |
                 shutil.rmtree(vec_dir)
             save_vectors(built, vec_dir)
             done.write_text(recipe)
+        if cfg.alpha_mode == "kl" and cfg.methods:  # calibrated once, saved with the vectors
+            vecs = load_vectors(vec_dir, cfg.methods)
+            calibrate_table(model, vecs, cfg.alphas, neutral_texts(cfg.kl_texts, seed=cfg.seed),
+                            batch_size=cfg.batch_size)  # fmt: skip
+            save_vectors(vecs, vec_dir)
     dist.barrier()
     # every rank reads rank 0's prompts and vectors, so all plan the same batches
     prompts = [
@@ -711,7 +771,13 @@ def run_config(cfg: SweepConfig, *, progress_bar: bool = True) -> pd.DataFrame |
     ]
     vectors: dict[str, Any] = load_vectors(vec_dir, cfg.methods) if cfg.methods else {}
     vectors.update({k: SteeringVector.load(v) for k, v in cfg.vector_files.items()})
-    cells = make_grid(prompts, list(vectors), cfg.alphas, cfg.gates)
+    calibrated = None
+    if cfg.alpha_mode == "kl":
+        table = calibrate_table(model, vectors, cfg.alphas,
+                                neutral_texts(cfg.kl_texts, seed=cfg.seed),
+                                batch_size=cfg.batch_size)  # fmt: skip
+        calibrated = lambda m, u, b: table[(m, u, b)]  # noqa: E731
+    cells = make_grid(prompts, list(vectors), cfg.alphas, cfg.gates, calibrated=calibrated)
     measure = standard_measures(ds.ground_truth, batch_size=cfg.batch_size)
     frame = run_sweep(
         model,

@@ -6,7 +6,7 @@ its interval is a bootstrap over prompts.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -74,23 +74,40 @@ def _summarise(group: pd.DataFrame, base: pd.DataFrame, n_boot: int, seed: int) 
 
 
 def dose_response_table(
-    cells: pd.DataFrame, *, gate: str = "all", n_boot: int = 1000, seed: int = 0
+    cells: pd.DataFrame,
+    *,
+    gate: str = "all",
+    dose: Literal["alpha", "kl_budget"] = "alpha",
+    n_boot: int = 1000,
+    seed: int = 0,
 ) -> pd.DataFrame:
     """Per method and α (α 0 = the unsteered cells): MAE with its interval, ΔMAE % vs
     unsteered with a paired interval, median perplexity, degenerate/empty shares, corpus
-    distinct-2 and (simulated sets) the ground-truth utility gain."""
+    distinct-2 and (simulated sets) the ground-truth utility gain.
+
+    ``dose="kl_budget"`` groups a KL-calibrated sweep by budget instead (each user at their
+    own α; the row's ``alpha`` is then the mean α over its cells)."""
+    if dose not in ("alpha", "kl_budget"):
+        raise ValueError(f"dose must be 'alpha' or 'kl_budget', got {dose!r}")
     base = _baseline(cells)
     steered = cells[(cells["method"] != BASELINE) & (cells["gate"] == gate)]
+    if dose == "kl_budget":
+        if "kl_budget" not in steered or steered["kl_budget"].isna().any():
+            raise ValueError("dose='kl_budget' needs a KL-calibrated sweep (every cell's kl_budget)")
     rows = []
     for method in sorted(steered["method"].unique()):
         part = steered[steered["method"] == method]
         prompts = part["prompt_id"].unique()
         base_rows = base.loc[prompts].reset_index()
-        rows.append({"method": method, "alpha": 0.0, **_summarise(base_rows, base, n_boot, seed)})
-        for alpha, group in part.groupby("alpha"):
-            rows.append(
-                {"method": method, "alpha": float(alpha), **_summarise(group, base, n_boot, seed)}
-            )
+        zero = {"kl_budget": 0.0} if dose == "kl_budget" else {}
+        rows.append(
+            {"method": method, **zero, "alpha": 0.0, **_summarise(base_rows, base, n_boot, seed)}
+        )
+        for value, group in part.groupby(dose):
+            at = {dose: float(value)}
+            if dose == "kl_budget":
+                at["alpha"] = float(group["alpha"].mean())
+            rows.append({"method": method, **at, **_summarise(group, base, n_boot, seed)})
     return pd.DataFrame(rows)
 
 

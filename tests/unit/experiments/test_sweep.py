@@ -318,3 +318,59 @@ def test_more_processes_than_gpus_is_a_clear_error(monkeypatch):
 
 class _FakeState:
     process_index, num_processes, device = 1, 2, "cuda:0"
+
+
+def test_kl_calibrated_grid_gives_each_user_the_alpha_of_the_budget(tiny_bridge, tmp_path):
+    from steerlens.experiments.sweep import calibrate_table
+    from steerlens.metrics.summaries import dose_response_table
+    from steerlens.run.divergence import steering_divergence
+
+    vecs = _vectors(tiny_bridge)
+    vecs["personal"]["u2"] = vecs["personal"]["u2"].rescaled(
+        {k: 3 * v for k, v in vecs["personal"]["u2"].norms().items()}
+    )
+    texts = [p.prompt for p in PROMPTS]
+    table = calibrate_table(tiny_bridge, vecs, [0.0, 0.05], texts)
+    assert (("pop", "*", 0.05)) in table and ("personal", "u1", 0.0) not in table
+    assert table[("pop", "u7", 0.05)] == table[("pop", "*", 0.05)]  # one vector for everyone
+    for user in ("u1", "u2"):  # the budget is met whatever the vector's norm
+        a = table[("personal", user, 0.05)]
+        kls = steering_divergence(tiny_bridge, texts, vecs["personal"][user], a)
+        assert sum(d.kl for d in kls) / len(kls) == pytest.approx(0.05, rel=0.03)
+    assert table[("personal", "u1", 0.05)] > 2 * table[("personal", "u2", 0.05)]
+    cells = make_grid(
+        PROMPTS, ["pop", "personal"], [0.0, 0.05], calibrated=lambda m, u, b: table[(m, u, b)]
+    )
+    steered = [c for c in cells if c.method != BASELINE]
+    assert all(c.kl_budget == 0.05 and c.alpha == table[(c.method, c.user, 0.05)] for c in steered)
+    assert all("|kl0.05|" in c.key for c in steered)
+    frame = run_sweep(tiny_bridge, cells, PROMPTS, vecs, tmp_path, settings=SETTINGS,
+                      measure=_measure, progress_bar=False)  # fmt: skip
+    assert frame is not None
+    rows = frame.assign(abs_error=0.0, toxicity=0.0, perplexity=1.0, degenerate=False, empty=False)
+    dose = dose_response_table(rows, dose="kl_budget")
+    assert sorted(dose["kl_budget"]) == [0.0, 0.0, 0.05, 0.05]
+    personal = dose[(dose["method"] == "personal") & (dose["kl_budget"] == 0.05)].iloc[0]
+    want = (table[("personal", "u1", 0.05)] * 2 + table[("personal", "u2", 0.05)]) / 3
+    assert personal["alpha"] == pytest.approx(want)  # p0, p2 are u1's prompts, p1 is u2's
+    with pytest.raises(ValueError, match="KL-calibrated"):
+        dose_response_table(rows.assign(kl_budget=None), dose="kl_budget")
+    with pytest.raises(ValueError, match="alpha_mode"):
+        SweepConfig(alpha_mode="norm")  # type: ignore[arg-type]
+
+
+def test_run_config_in_kl_mode_calibrates_once_and_saves_it_with_the_vectors(tmp_path):
+    from steerlens.experiments.sweep import load_vectors, run_config
+
+    cfg = SweepConfig(**{**TINY_SWEEP, "gates": ["all"], "alphas": [0, 0.05], "alpha_mode": "kl",
+                         "kl_texts": 2, "out": str(tmp_path)})  # fmt: skip
+    frame = run_config(cfg, progress_bar=False)
+    assert frame is not None
+    steered = frame[frame["method"] != BASELINE]
+    assert (steered["kl_budget"] == 0.05).all()
+    saved = load_vectors(tmp_path / "vectors", cfg.methods)
+    for (m, u), a in steered.groupby(["method", "user"])["alpha"].first().items():
+        v = saved[m] if m == "population" else saved[m][u]
+        (entry,) = v.metadata["kl_alpha"].values()
+        assert entry["alpha"] == a  # the cell's α is the one cached in the saved vector
+    assert steered.groupby("method")["alpha"].nunique()["dislike-weighted"] > 1  # per user

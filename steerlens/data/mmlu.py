@@ -128,6 +128,7 @@ def load_mmlu_sample(items: Sequence[MMLUItem], n: int | None, *, seed: int = 0)
                 out.append(pool.pop())
     return out
 
+
 def neutral_texts(
     n: int = 32,
     *,

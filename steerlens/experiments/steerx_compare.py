@@ -1,19 +1,21 @@
-"""SteerX vs all-history as one job: the study, its tables, figures, user cards and summary
-keys (``analyses/steerx_compare.py`` and ``steerlens demo`` both run it).
+"""SteerX vs all-history as one job step: the study, its tables, user-card data and summary
+keys (``analyses/steerx_compare.py`` and ``steerlens demo`` both run it; the figures and
+cards are drawn from these files by ``steerlens.reporting.study``).
 
 SteerX is reconstructed (its body text was unavailable; the selection follows NextQuill). The
 SAE backbone trains a small TopK SAE with sae-lens on the model's activations (offline text)
 the first time, cached under ``~/.cache/steerlens/sae``.
 
 Writes ``OUT/results/steerx_compare.{csv,json}``, ``OUT/results/steerx_descriptions.csv``,
-the vectors with their provenance (``OUT/results/steerx/vectors/<backbone>/<user>/``),
-``OUT/figures/steerx_vs_allhistory_*`` and one user card per group
-(``OUT/figures/steerx_user_<id>.html``), links them from ``OUT/figures/index.html`` when it
-exists, and adds ``steerx_ppa``, ``allhistory_ppa``, ``steerx_minus_allhistory_ppa``,
+``OUT/results/steerx_cards.json`` (one user per group: description, tokens, effects,
+selection), the vectors with their provenance
+(``OUT/results/steerx/vectors/<backbone>/<user>/``, the pair-based ones under ``pairs/``),
+and adds ``steerx_ppa``, ``allhistory_ppa``, ``steerx_minus_allhistory_ppa``,
 ``steerx_ppa_under_steering``, ``allhistory_ppa_under_steering``,
 ``steerx_minus_allhistory_ppa_under_steering``, ``steerx_utility_gain``,
-``allhistory_utility_gain``, ``description_hit_rate`` and ``description_hit_rate_by_mode`` to
-``OUT/results/summary.json``.
+``allhistory_utility_gain``, ``steerx_pair_ppa``, ``steerx_pair_all_tokens_ppa``,
+``steerx_pair_minus_all_ppa`` (and both under steering), ``description_hit_rate`` and
+``description_hit_rate_by_mode`` to ``OUT/results/summary.json``.
 """
 
 from __future__ import annotations
@@ -28,8 +30,6 @@ from steerlens.core._jsonsafe import update_json, write_json
 from steerlens.core.models import HookedModel, default_layers, model_name
 from steerlens.data.prism import PrismDataset
 from steerlens.experiments.steerx_study import SteerXStudyConfig, steerx_study
-from steerlens.reporting.page import append_links, write_user_card
-from steerlens.reporting.plots import save_figure, steerx_bars
 
 __all__ = ["RECONSTRUCTION", "run_steerx_compare"]
 
@@ -44,25 +44,52 @@ def _pick(table: pd.DataFrame, method: str, measure: str) -> dict[str, Any]:
     }
 
 
-def _cards(study: dict[str, Any], figures: Path, first: str, simulated: bool) -> dict[str, Path]:
-    """One user card per group (the first backbone's description and selected tokens)."""
+def _cards(study: dict[str, Any], first: str, simulated: bool) -> list[dict[str, Any]]:
+    """One user card's data per group (the first backbone's description and selected tokens);
+    ``steerlens.reporting`` draws the cards from ``results/steerx_cards.json``."""
     users = study["users"]
     results = study["results"][first]
-    cards = {}
+    cards = []
     for group, part in users[users["backbone"] == first].groupby("group"):
         u = str(part["user"].iloc[0])
         r = results[u]
-        cards[f"SteerX user card: {u} ({group})"] = write_user_card(
-            figures / f"steerx_user_{u}.html",
-            user=u,
-            description=r.description.text,
-            subtitle=f"group {group} (simulated)" if simulated else "",
-            targets=[
-                (p, e.tokens, e.effect.tolist(), sel)
-                for (p, _), e, sel in zip(r.targets, r.effects, r.selected, strict=True)
-            ],
+        cards.append(
+            {
+                "user": u,
+                "group": str(group),
+                "subtitle": f"group {group} (simulated)" if simulated else "",
+                "description": r.description.text,
+                "backbone": first,
+                "targets": [
+                    {
+                        "prompt": p,
+                        "tokens": list(e.tokens),
+                        "effect": e.effect.tolist(),
+                        "selected": [int(i) for i in sel],
+                    }
+                    for (p, _), e, sel in zip(r.targets, r.effects, r.selected, strict=True)
+                ],
+            }
         )
     return cards
+
+
+def _pair_keys(table: pd.DataFrame, steered: str) -> dict[str, Any]:
+    """The pair-based backbone's keys: SteerX-selected tokens vs all tokens, same pairs."""
+    if not (table["backbone"] == "pairs").any():
+        return {}
+    pairs = table[table["backbone"] == "pairs"]
+    return {
+        "steerx_pair_ppa": _pick(pairs, "steerx", "ppa_projection").get("pairs"),
+        "steerx_pair_all_tokens_ppa": _pick(pairs, "all-history", "ppa_projection").get("pairs"),
+        "steerx_pair_minus_all_ppa": _pick(
+            pairs, "steerx − all-history", "ppa_projection_paired"
+        ).get("pairs"),
+        "steerx_pair_ppa_under_steering": _pick(pairs, "steerx", steered).get("pairs"),
+        "steerx_pair_minus_all_ppa_under_steering": _pick(
+            pairs, "steerx − all-history", f"{steered}_paired"
+        ).get("pairs"),
+    }
 
 
 def run_steerx_compare(
@@ -82,7 +109,7 @@ def run_steerx_compare(
     """
     t0 = time.perf_counter()
     cfg = config or SteerXStudyConfig()
-    results, figures = Path(out) / "results", Path(out) / "figures"
+    results = Path(out) / "results"
     results.mkdir(parents=True, exist_ok=True)
     sae_report = None
     if "sae" in cfg.backbones and sae is None:
@@ -103,41 +130,19 @@ def run_steerx_compare(
     table, users = study["table"], study["users"]
     table.to_csv(results / "steerx_compare.csv", index=False)
     users.to_csv(results / "steerx_descriptions.csv", index=False)
-    name = model_name(model)
-    where = "simulated set" if dataset.is_simulated else (data_label or dataset.source)
     alpha = study["alpha"]
-    files: list[Path] = []
-    for measure in (
-        "ppa_projection",
-        f"ppa_under_steering@{alpha:g}",
-        f"utility_gain@{alpha:g}",
-        f"mae_change_pct@{alpha:g}",
-    ):
-        if (table["measure"] == measure).any():
-            files += save_figure(
-                steerx_bars(
-                    table,
-                    measure=measure,
-                    title=f"SteerX vs all-history · {measure} · {name} · {where}",
-                ),
-                figures / f"steerx_vs_allhistory_{measure.split('@')[0]}",
-            )
-    cards = _cards(study, figures, cfg.backbones[0], dataset.is_simulated)
-    files += cards.values()
-    if (figures / "index.html").exists():
-        links = {f.name: f.name for f in files if f.suffix == ".html"}
-        append_links(figures / "index.html", "SteerX vs all-history (reconstructed)", links)
+    cards = _cards(study, cfg.backbones[0], dataset.is_simulated)
+    write_json(results / "steerx_cards.json", cards)
     report = {
-        "model": name,
+        "model": model_name(model),
         "data": data_label or dataset.source,
         "simulated": dataset.is_simulated,
         "reconstruction": RECONSTRUCTION,
         "config": study["config"],
         "sae": sae_report,
         "rows": table.to_dict(orient="records"),
-        "cards": {k: p.name for k, p in cards.items()},
+        "cards": [c["user"] for c in cards],
         "seconds": round(time.perf_counter() - t0, 1),
-        "files": [str(f) for f in files],
     }
     write_json(results / "steerx_compare.json", report)
     hits = table[table["measure"] == "description_hit_rate"]
@@ -158,6 +163,7 @@ def run_steerx_compare(
             ),
             "steerx_utility_gain": _pick(table, "steerx", f"utility_gain@{alpha:g}"),
             "allhistory_utility_gain": _pick(table, "all-history", f"utility_gain@{alpha:g}"),
+            **_pair_keys(table, steered),
             "description_hit_rate": by_mode.get(cfg.describe),
             "description_hit_rate_by_mode": by_mode,
             "steerx_seconds": report["seconds"],

@@ -26,6 +26,7 @@ from typing import Any, Literal
 import pandas as pd
 
 from steerlens.core.models import HookedModel, default_layers
+from steerlens.core.vectors import SteeringVector
 from steerlens.data.prism import PrismDataset
 from steerlens.experiments.sweep import (
     GenerationSettings,
@@ -45,6 +46,7 @@ from steerlens.metrics.stats import estimate, paired_difference
 from steerlens.metrics.summaries import dose_response_table
 from steerlens.steerx.describe import describe
 from steerlens.steerx.effects import batch_history_effects
+from steerlens.steerx.pairs import pair_vectors
 from steerlens.steerx.pipeline import (
     BACKBONES,
     SteerXConfig,
@@ -134,6 +136,9 @@ class SteerXStudyConfig:
     # the FGAA rule drops features firing on > 1 % of tokens on 65k-latent SAEs; a small
     # TopK SAE (k 32 of 2048) fires each latent on 1.6 % of tokens on average
     sae_max_density: float = 0.05
+    # SteerX selection on the pair-based backbone: each user's dislike-weighted vector pooled
+    # over the selected chosen tokens vs over all tokens, from the same pairs (steerx.pairs)
+    pair_backbone: bool = True
     batch_size: int = 8
     seed: int = 0
 
@@ -258,60 +263,26 @@ def steerx_study(
     alpha = cfg.report_alpha
     base_margins = unsteered_margins(model, test, cfg.batch_size) if cfg.steer_ppa else None
     for backbone, by_user in results.items():
-        ests = {}
-        for name, pick in (("steerx", "vector"), ("all-history", "all_history")):
-            vecs = {u: getattr(r, pick) for u, r in by_user.items()}
-            ests[name] = ppa_projection(pa_test, vecs, **boot)
-            rows.append(
-                {
-                    "backbone": backbone,
-                    "method": name,
-                    "measure": "ppa_projection",
-                    **ests[name].as_dict(),
-                }
-            )
-        rows.append(
-            {
-                "backbone": backbone,
-                "method": "steerx − all-history",
-                "measure": "ppa_projection_paired",
-                **paired_difference(ests["steerx"], ests["all-history"], **boot).as_dict(),
-            }
-        )
         vectors = {
             f"steerx-{backbone}": {u: r.vector.rescaled(norms) for u, r in by_user.items()},
             f"all-history-{backbone}": {
                 u: r.all_history.rescaled(norms) for u, r in by_user.items()
             },
         }
-        if cfg.steer_ppa:
-            steered = {
-                name: ppa_under_steering(
-                    model,
-                    test,
-                    vectors[f"{name}-{backbone}"],
-                    cfg.report_alpha,
-                    batch_size=cfg.batch_size,
-                    base_margins=base_margins,
-                    **boot,
-                )
-                for name in ("steerx", "all-history")
-            }
-            measure = f"ppa_under_steering@{cfg.report_alpha:g}"
-            for name, est in steered.items():
-                rows.append(
-                    {"backbone": backbone, "method": name, "measure": measure, **est.as_dict()}
-                )
-            rows.append(
-                {
-                    "backbone": backbone,
-                    "method": "steerx − all-history",
-                    "measure": f"{measure}_paired",
-                    **paired_difference(
-                        steered["steerx"], steered["all-history"], **boot
-                    ).as_dict(),
-                }
-            )
+        rows += _compare_rows(
+            model,
+            backbone,
+            pa_test,
+            test,
+            {
+                "steerx": {u: r.vector for u, r in by_user.items()},
+                "all-history": {u: r.all_history for u, r in by_user.items()},
+            },
+            norms,
+            cfg,
+            base_margins,
+            boot,
+        )
         cells = run_sweep(
             model,
             make_grid(sweep_prompts, list(vectors), cfg.alphas),
@@ -350,6 +321,36 @@ def steerx_study(
                         "n": r["n"],
                     }
                 )
+    if cfg.pair_backbone:
+        eff_by = {(q[0], q[1]): e for q, e in zip(queries, effects, strict=True)}
+        pair_vecs = {
+            u: pair_vectors(
+                model,
+                [p for p in train if p.user_id == u],
+                eff_by,
+                layers,
+                threshold=cfg.threshold,
+                batch_size=cfg.batch_size,
+            )
+            for u in users
+        }
+        rows += _compare_rows(
+            model,
+            "pairs",
+            pa_test,
+            test,
+            {
+                "steerx": {u: v["selected"] for u, v in pair_vecs.items()},
+                "all-history": {u: v["all"] for u, v in pair_vecs.items()},
+            },
+            norms,
+            cfg,
+            base_margins,
+            boot,
+        )
+        for u, v in pair_vecs.items():
+            for name, vec in v.items():
+                vec.save(out / "vectors" / "pairs" / u / f"{name}.safetensors")
     # the description in the other mode too, so that both modes' hit rates are reported
     other: Literal["spans", "model"] = "model" if cfg.describe == "spans" else "spans"
     first = results[cfg.backbones[0]]
@@ -397,3 +398,53 @@ def steerx_study(
         "config": asdict(cfg),
         "alpha": alpha,
     }
+
+
+def _compare_rows(
+    model: HookedModel,
+    backbone: str,
+    pa_test: Any,
+    test: list[Any],
+    vectors: dict[str, dict[str, SteeringVector]],
+    norms: dict[int, float],
+    cfg: SteerXStudyConfig,
+    base_margins: Any,
+    boot: dict[str, Any],
+) -> list[dict[str, Any]]:
+    """PPA by projection and (``steer_ppa``) under steering at ``report_alpha`` of the
+    ``"steerx"`` and ``"all-history"`` vectors (user -> vector), each with the paired
+    difference per user; under steering the vectors are rescaled to ``norms``."""
+    rows: list[dict[str, Any]] = []
+    measures = [("ppa_projection", lambda vecs: ppa_projection(pa_test, vecs, **boot))]
+    if cfg.steer_ppa:
+        measures.append(
+            (
+                f"ppa_under_steering@{cfg.report_alpha:g}",
+                lambda vecs: ppa_under_steering(
+                    model,
+                    test,
+                    {u: v.rescaled(norms) for u, v in vecs.items()},
+                    cfg.report_alpha,
+                    batch_size=cfg.batch_size,
+                    base_margins=base_margins,
+                    **boot,
+                ),
+            )
+        )
+    for measure, score in measures:
+        ests = {name: score(vectors[name]) for name in ("steerx", "all-history")}
+        rows += [
+            {"backbone": backbone, "method": name, "measure": measure, **est.as_dict()}
+            for name, est in ests.items()
+        ]
+        rows.append(
+            {
+                "backbone": backbone,
+                "method": "steerx − all-history",
+                "measure": "ppa_projection_paired"
+                if measure == "ppa_projection"
+                else f"{measure}_paired",
+                **paired_difference(ests["steerx"], ests["all-history"], **boot).as_dict(),
+            }
+        )
+    return rows

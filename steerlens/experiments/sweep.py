@@ -760,8 +760,13 @@ def run_config(cfg: SweepConfig, *, progress_bar: bool = True) -> pd.DataFrame |
             done.write_text(recipe)
         if cfg.alpha_mode == "kl" and cfg.methods:  # calibrated once, saved with the vectors
             vecs = load_vectors(vec_dir, cfg.methods)
-            calibrate_table(model, vecs, cfg.alphas, neutral_texts(cfg.kl_texts, seed=cfg.seed),
-                            batch_size=cfg.batch_size)  # fmt: skip
+            calibrate_table(
+                model,
+                vecs,
+                cfg.alphas,
+                neutral_texts(cfg.kl_texts, seed=cfg.seed),
+                batch_size=cfg.batch_size,
+            )
             save_vectors(vecs, vec_dir)
     dist.barrier()
     # every rank reads rank 0's prompts and vectors, so all plan the same batches
@@ -773,9 +778,13 @@ def run_config(cfg: SweepConfig, *, progress_bar: bool = True) -> pd.DataFrame |
     vectors.update({k: SteeringVector.load(v) for k, v in cfg.vector_files.items()})
     calibrated = None
     if cfg.alpha_mode == "kl":
-        table = calibrate_table(model, vectors, cfg.alphas,
-                                neutral_texts(cfg.kl_texts, seed=cfg.seed),
-                                batch_size=cfg.batch_size)  # fmt: skip
+        table = calibrate_table(
+            model,
+            vectors,
+            cfg.alphas,
+            neutral_texts(cfg.kl_texts, seed=cfg.seed),
+            batch_size=cfg.batch_size,
+        )
         calibrated = lambda m, u, b: table[(m, u, b)]  # noqa: E731
     cells = make_grid(prompts, list(vectors), cfg.alphas, cfg.gates, calibrated=calibrated)
     measure = standard_measures(ds.ground_truth, batch_size=cfg.batch_size)

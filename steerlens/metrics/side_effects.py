@@ -15,7 +15,11 @@ _NEED = ("method", "text_id", "kl", "nll", "n_tokens")
 
 
 def side_effect_table(
-    rows: pd.DataFrame, *, by: Sequence[str] = ("method", "alpha"), n_boot: int = 1000, seed: int = 0
+    rows: pd.DataFrame,
+    *,
+    by: Sequence[str] = ("method", "alpha"),
+    n_boot: int = 1000,
+    seed: int = 0,
 ) -> pd.DataFrame:
     """One row per ``by`` group: ``kl`` (mean over texts of the per-token KL, each text first
     averaged over users) and ``ppl`` (exp of the total NLL over the total tokens), with
@@ -25,7 +29,9 @@ def side_effect_table(
         raise ValueError(f"side-effect rows need columns {missing}")
     out = []
     for key, part in rows.groupby(list(by), sort=True):
-        per = part.groupby("text_id").agg(kl=("kl", "mean"), nll=("nll", "sum"), n=("n_tokens", "sum"))
+        per = part.groupby("text_id").agg(
+            kl=("kl", "mean"), nll=("nll", "sum"), n=("n_tokens", "sum")
+        )
         kl, nll, n = (per[c].to_numpy(float) for c in ("kl", "nll", "n"))
         idx = np.random.default_rng(seed).integers(0, len(per), size=(n_boot, len(per)))
         boot_kl = kl[idx].mean(1)

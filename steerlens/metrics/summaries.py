@@ -91,9 +91,9 @@ def dose_response_table(
         raise ValueError(f"dose must be 'alpha' or 'kl_budget', got {dose!r}")
     base = _baseline(cells)
     steered = cells[(cells["method"] != BASELINE) & (cells["gate"] == gate)]
-    if dose == "kl_budget":
-        if "kl_budget" not in steered or steered["kl_budget"].isna().any():
-            raise ValueError("dose='kl_budget' needs a KL-calibrated sweep (every cell's kl_budget)")
+    calibrated = "kl_budget" in steered and not steered["kl_budget"].isna().any()
+    if dose == "kl_budget" and not calibrated:
+        raise ValueError("dose='kl_budget' needs a KL-calibrated sweep (every cell's kl_budget)")
     rows = []
     for method in sorted(steered["method"].unique()):
         part = steered[steered["method"] == method]

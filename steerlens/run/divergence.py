@@ -201,8 +201,18 @@ def calibrate_alpha(
         else:
             todo.append(i)
     if todo:
-        found = _bisect(model, [vecs[i] for i in todo], ids, budget, start, max_alpha,
-                        iterations, rtol, batch_size, engine)  # fmt: skip
+        found = _bisect(
+            model,
+            [vecs[i] for i in todo],
+            ids,
+            budget,
+            start,
+            max_alpha,
+            iterations,
+            rtol,
+            batch_size,
+            engine,
+        )
         for i, (alpha, kl, reached) in zip(todo, found, strict=True):
             out[i] = alpha
             store = vecs[i].metadata.setdefault("kl_alpha", {})
@@ -233,8 +243,9 @@ def _bisect(
         active = [i for i in range(n) if not done[i]]
         if not active:
             break
-        kls = _mean_kl(model, ids, [vecs[i] for i in active], [alpha[i] for i in active],
-                       batch_size, engine)  # fmt: skip
+        kls = _mean_kl(
+            model, ids, [vecs[i] for i in active], [alpha[i] for i in active], batch_size, engine
+        )
         for i, kl in zip(active, kls, strict=True):
             a = alpha[i]
             if abs(kl - budget) < best[i][1]:
@@ -256,6 +267,4 @@ def _bisect(
                 alpha[i] = h / 2
             else:
                 alpha[i] = math.sqrt(lo[i] * h)  # bisection on log α
-    return [
-        (best[i][0], kl_at[i], abs(kl_at[i] - budget) <= rtol * budget) for i in range(n)
-    ]
+    return [(best[i][0], kl_at[i], abs(kl_at[i] - budget) <= rtol * budget) for i in range(n)]

@@ -344,8 +344,16 @@ def test_kl_calibrated_grid_gives_each_user_the_alpha_of_the_budget(tiny_bridge,
     steered = [c for c in cells if c.method != BASELINE]
     assert all(c.kl_budget == 0.05 and c.alpha == table[(c.method, c.user, 0.05)] for c in steered)
     assert all("|kl0.05|" in c.key for c in steered)
-    frame = run_sweep(tiny_bridge, cells, PROMPTS, vecs, tmp_path, settings=SETTINGS,
-                      measure=_measure, progress_bar=False)  # fmt: skip
+    frame = run_sweep(
+        tiny_bridge,
+        cells,
+        PROMPTS,
+        vecs,
+        tmp_path,
+        settings=SETTINGS,
+        measure=_measure,
+        progress_bar=False,
+    )
     assert frame is not None
     rows = frame.assign(abs_error=0.0, toxicity=0.0, perplexity=1.0, degenerate=False, empty=False)
     dose = dose_response_table(rows, dose="kl_budget")
@@ -362,8 +370,16 @@ def test_kl_calibrated_grid_gives_each_user_the_alpha_of_the_budget(tiny_bridge,
 def test_run_config_in_kl_mode_calibrates_once_and_saves_it_with_the_vectors(tmp_path):
     from steerlens.experiments.sweep import load_vectors, run_config
 
-    cfg = SweepConfig(**{**TINY_SWEEP, "gates": ["all"], "alphas": [0, 0.05], "alpha_mode": "kl",
-                         "kl_texts": 2, "out": str(tmp_path)})  # fmt: skip
+    cfg = SweepConfig(
+        **{
+            **TINY_SWEEP,
+            "gates": ["all"],
+            "alphas": [0, 0.05],
+            "alpha_mode": "kl",
+            "kl_texts": 2,
+            "out": str(tmp_path),
+        }
+    )
     frame = run_config(cfg, progress_bar=False)
     assert frame is not None
     steered = frame[frame["method"] != BASELINE]

@@ -1,0 +1,255 @@
+"""SteerX's first step scored against the simulated set's planted truth (a job step).
+
+For every simulated user, the causal effect of their history (their other turn-0
+conversations) on each token of their chosen responses, against two counterfactuals (no
+history: NextQuill; another user's history of the same length: a placebo), as probability
+differences and log-ratios. Each estimator's selected tokens are scored against the planted
+attribute spans (``steerlens.metrics.token_truth``): a precision-recall curve per estimator,
+the estimator and threshold chosen on half the users and scored on the other half, and the
+baseline (no history, p-difference > 0.05) on the same held-out half. On a few targets, exact
+activation patching is compared with attribution patching (gradient x activation difference,
+and integrated gradients).
+
+Writes ``OUT/results/steerx_effects.json`` (the report, with one response's detail matrices
+for the figures), ``steerx_tokens.csv``, ``steerx_pr_curve.csv``, and the summary keys
+``token_precision``, ``token_recall``, ``token_precision_baseline``, ``token_recall_baseline``
+and ``attribution_spearman`` to ``OUT/results/summary.json``. The figures are drawn from
+these files by ``steerlens.reporting.study``.
+
+SteerX's body text was not available: this is a reconstruction on the NextQuill estimator.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from steerlens.core._jsonsafe import update_json, write_json
+from steerlens.core.models import HookedModel, model_name
+from steerlens.data.prism import PrismDataset
+from steerlens.metrics.token_truth import estimator_scores, planted_labels, pr_curve, user_queries
+from steerlens.steerx import (
+    activation_patching,
+    attribution_patching,
+    batch_history_effects,
+    history_token_effects,
+    item_effects,
+    rank_agreement,
+)
+
+__all__ = ["TokenEffectsConfig", "token_effect_study"]
+
+RECONSTRUCTION = "SteerX body text unavailable; NextQuill estimator"
+
+
+@dataclass
+class TokenEffectsConfig:
+    n_history: int = 4
+    targets_per_user: int = 3
+    max_users: int | None = None
+    patch_targets: int = 2  # targets where exact and attribution patching are compared
+    patch_layers: int = 7
+    history_tokens: int = 48  # history tokens removed one at a time in the detail figure
+    min_recall: float = 0.5  # the operating point: best precision at this recall
+    batch_size: int = 8
+    smoke: bool = False  # a smaller run (labelled as a smoke run in the report)
+
+    def __post_init__(self) -> None:
+        if min(self.n_history, self.targets_per_user, self.patch_layers) < 1:
+            raise ValueError("n_history, targets_per_user and patch_layers must be >= 1")
+        if self.max_users is not None and self.max_users < 2:
+            raise ValueError("max_users must be >= 2 (half the users choose, half are scored)")
+        if self.patch_targets < 0 or not 0 < self.min_recall <= 1:
+            raise ValueError("patch_targets >= 0 and min_recall in (0, 1] are needed")
+
+
+def _best(curve: pd.DataFrame, min_recall: float) -> dict[str, Any]:
+    """Highest precision at recall >= ``min_recall`` (else the best F1), over all estimators."""
+    c = curve.dropna(subset=["precision", "recall"])
+    ok = c[c["recall"] >= min_recall]
+    if not ok.empty:
+        row = ok.loc[ok["precision"].idxmax()]
+    else:
+        f1 = 2 * c["precision"] * c["recall"] / (c["precision"] + c["recall"]).replace(0, np.nan)
+        row = c.loc[f1.idxmax()]
+    return {k: (float(v) if isinstance(v, int | float | np.number) else v) for k, v in row.items()}
+
+
+def score_tokens(tokens: pd.DataFrame, min_recall: float = 0.5) -> dict[str, Any]:
+    """PR curves; the estimator and threshold chosen on half the users (every other, sorted)
+    and scored on the other half, so the headline numbers are not picked on the tokens they
+    report; the baseline (no history, p-diff > 0.05) scored on the same held-out half."""
+    names = sorted(tokens["user"].unique())
+    tune = tokens["user"].isin(names[::2])
+    best = _best(pr_curve(tokens[tune]), min_recall)
+    held = pr_curve(tokens[~tune], {best["estimator"]: [best["threshold"]]}).iloc[0]
+    base = pr_curve(tokens[~tune], {"none · p-diff": [0.05]}).iloc[0]
+    sel = tokens[best["estimator"]] > best["threshold"]
+    return {
+        "tokens": tokens,
+        "curve": pr_curve(tokens),
+        "planted_share": float(tokens["planted"].mean()),
+        "chosen_on_half": best,
+        "held_out_half": {k: float(held[k]) for k in ("precision", "recall", "selected")},
+        "baseline": {k: float(base[k]) for k in ("precision", "recall", "selected")},
+        "recall_by_attribute": {
+            str(a): float(sel[part.index].mean())
+            for a, part in tokens[tokens["planted"]].groupby("attribute")
+        },
+        "curve_by_group": pr_curve(tokens, by="group").to_dict(orient="records"),
+    }
+
+
+def _detail(model: HookedModel, q: Any, eff: Any, cfg: TokenEffectsConfig) -> dict[str, Any]:
+    """One response in detail: its tokens by effect, which history item drives them, and
+    which history token."""
+    items = item_effects(
+        model,
+        prompt=q.prompt,
+        response=q.response,
+        history=list(q.history),
+        batch_size=cfg.batch_size,
+    )
+    tok = history_token_effects(
+        model,
+        prompt=q.prompt,
+        response=q.response,
+        history=list(q.history),
+        mode="remove",
+        max_tokens=cfg.history_tokens,
+        batch_size=cfg.batch_size,
+    )
+    return {
+        "user": q.user_id,
+        "tokens": list(eff.tokens),
+        "frame": eff.to_frame()
+        .assign(planted=[bool(x) for x in planted_labels(eff, q.spans)])
+        .to_dict(orient="list"),
+        "items": [it[0]["content"][:40] for it in items.items],
+        "item_effect": items.effect.tolist(),
+        "history_tokens": list(tok.history_tokens),
+        "history_token_log_ratio": tok.log_ratio.tolist(),
+    }
+
+
+def _patching(
+    model: HookedModel, queries: list[Any], cfg: TokenEffectsConfig
+) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """Exact activation patching against attribution patching (1 and 8 steps)."""
+    n_layers = model.cfg.n_layers
+    layers = sorted({int(x) for x in np.linspace(0, n_layers - 1, cfg.patch_layers)})
+    agreement, heat = [], None
+    for j in range(min(cfg.patch_targets, len(queries))):
+        q = queries[j]
+        args = dict(prompt=q.prompt, response=q.response, history=list(q.history), layers=layers)
+        t1 = time.perf_counter()
+        exact = activation_patching(model, batch_size=cfg.batch_size, **args)
+        t_exact = time.perf_counter() - t1
+        for steps in (1, 8):
+            t1 = time.perf_counter()
+            est = attribution_patching(model, steps=steps, **args)
+            agreement.append(
+                {
+                    "target": j,
+                    "steps": steps,
+                    "seconds": time.perf_counter() - t1,
+                    "exact_seconds": t_exact,
+                    **rank_agreement(exact.layer_position(), est.layer_position()),
+                }
+            )
+        if heat is None:
+            heat = {
+                "tokens": list(exact.tokens),
+                "layers": layers,
+                "share_restored": exact.layer_position().tolist(),
+            }
+    return agreement, heat
+
+
+def token_effect_study(
+    model: HookedModel,
+    dataset: PrismDataset,
+    config: TokenEffectsConfig | None = None,
+    *,
+    out: str | Path = ".",
+    progress_bar: bool = True,
+) -> dict[str, Any]:
+    """Run the study on a loaded model and simulated set; write its files under ``out``.
+
+    Returns the summary keys it added to ``results/summary.json``.
+    """
+    t0 = time.perf_counter()
+    cfg = config or TokenEffectsConfig()
+    users = sorted(dataset.users)[: cfg.max_users] if cfg.max_users else None
+    kw: dict[str, Any] = dict(n_history=cfg.n_history, targets_per_user=cfg.targets_per_user)
+    queries = user_queries(dataset, users=users, **kw)
+    run: dict[str, Any] = dict(batch_size=cfg.batch_size, progress_bar=progress_bar)
+    none = batch_history_effects(
+        model, [(q.prompt, q.response, q.history, None) for q in queries], **run
+    )
+    placebo = batch_history_effects(
+        model, [(q.prompt, q.response, q.history, q.placebo) for q in queries], **run
+    )
+    scored = {
+        truth: score_tokens(
+            estimator_scores(user_queries(dataset, users=users, truth=truth, **kw), none, placebo),
+            cfg.min_recall,
+        )
+        for truth in ("planted", "completed")
+    }
+    results = Path(out) / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    done, planted = scored["completed"], scored["planted"]
+    done["tokens"].to_csv(results / "steerx_tokens.csv", index=False)
+    done["curve"].to_csv(results / "steerx_pr_curve.csv", index=False)
+    k = int(np.argmax([len(q.spans) for q in queries]))
+    detail = _detail(model, queries[k], none[k], cfg)
+    agreement, heat = _patching(model, queries, cfg)
+    agree = pd.DataFrame(agreement)
+    spearman = (
+        {f"steps={s}": float(p["spearman"].mean()) for s, p in agree.groupby("steps")}
+        if not agree.empty
+        else {}
+    )
+    report = {
+        "model": model_name(model),
+        "data": dataset.source,
+        "simulated": dataset.is_simulated,
+        "reconstruction": RECONSTRUCTION,
+        "config": asdict(cfg),
+        "n_targets": len(queries),
+        "n_users": len({q.user_id for q in queries}),
+        "n_tokens": len(done["tokens"]),
+        **{
+            truth: {k: v for k, v in res.items() if k not in ("tokens", "curve")}
+            for truth, res in scored.items()
+        },
+        "attribution": agreement,
+        "attribution_spearman": spearman,
+        "detail": detail,
+        "patching": heat,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    write_json(results / "steerx_effects.json", report)
+    keys = {
+        "token_precision": done["held_out_half"]["precision"],
+        "token_recall": done["held_out_half"]["recall"],
+        "token_estimator": "{estimator} > {threshold:g}".format(**done["chosen_on_half"]),
+        "token_precision_baseline": done["baseline"]["precision"],
+        "token_recall_baseline": done["baseline"]["recall"],
+        "token_truth": "completed (planted spans + directness openings + attribute words)",
+        "token_precision_planted": planted["held_out_half"]["precision"],
+        "token_recall_planted": planted["held_out_half"]["recall"],
+        "token_precision_baseline_planted": planted["baseline"]["precision"],
+        "token_recall_baseline_planted": planted["baseline"]["recall"],
+        "attribution_spearman": spearman,
+        "token_effects_smoke_run": cfg.smoke,
+        "token_effects_targets": len(queries),
+    }
+    update_json(results / "summary.json", keys)
+    return keys

@@ -68,12 +68,12 @@ chromium:
 # The study, every step small (steerlens demo --quick), then its result page.
 demo: install
 	$(VENV)/bin/steerlens demo --quick --out .
-	$(VENV)/bin/steerlens report --markdown --results results --out docs/results
+	$(VENV)/bin/steerlens report --markdown --run . --out docs/results
 
 # The whole study (steerlens demo --full).
 study: install
 	$(VENV)/bin/steerlens demo --full --out .
-	$(VENV)/bin/steerlens report --markdown --results results --out docs/results
+	$(VENV)/bin/steerlens report --markdown --run . --out docs/results
 
 # Unit tests on tiny random models plus the integration tests not marked slow.
 test: install

@@ -3,8 +3,9 @@ tokens or with the description in context, BiPO, and SAE features.
 
 SteerX is reconstructed (its body text was unavailable; the selection follows NextQuill):
 history -> token effects -> preference-driven tokens -> description -> vector. The job and
-the files it writes are ``steerlens.experiments.steerx_compare.run_steerx_compare``'s; ``steerlens demo``
-runs it too.
+the files it writes are ``steerlens.experiments.steerx_compare.run_steerx_compare``'s
+(``steerlens demo`` runs it too); the figures and user cards are drawn from them by
+``steerlens.reporting.study``.
 
 Usage: python analyses/steerx_compare.py [--model NAME] [--data demo|FOLDER] [--out DIR]
        [--backbones mean mean-context bipo sae] [--users-per-group 4] [--sae-steps 1500]
@@ -21,6 +22,7 @@ from typing import Any
 import steerlens as sl
 from steerlens.experiments.steerx_compare import run_steerx_compare
 from steerlens.experiments.steerx_study import SteerXStudyConfig
+from steerlens.reporting.study import write_study_report
 
 
 def run(
@@ -33,7 +35,7 @@ def run(
     sae_steps: int = 1500,
     progress_bar: bool = True,
 ) -> dict:
-    return run_steerx_compare(
+    report = run_steerx_compare(
         sl.load_model(model),
         sl.data.load_prism(data),
         config,
@@ -43,6 +45,8 @@ def run(
         sae_steps=sae_steps,
         progress_bar=progress_bar,
     )
+    write_study_report(out)  # its figures and user cards, drawn from the files it wrote
+    return report
 
 
 def main() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -12,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from steerlens.core._jsonsafe import update_json
 from steerlens.methods.registry import METHODS, MethodOptions, get_method
 
 app = typer.Typer(
@@ -136,9 +138,14 @@ def demo(
     """The study: vectors, PPA, α sweep per method, gating, MMLU, SteerX vs all-history,
     figures, report page (small by default; --full for the whole study)."""
     from steerlens.experiments.demo import DemoConfig, run_demo
+    from steerlens.reporting.study import write_study_report
 
     logging.getLogger("steerlens").setLevel(logging.INFO)
     s = run_demo(DemoConfig(model=model, data=data, out=str(out), quick=quick, steerx=steerx))
+    start = time.perf_counter()
+    files = write_study_report(out)
+    seconds = {**s["seconds"], "report": round(time.perf_counter() - start, 1)}
+    update_json(out / "results" / "summary.json", {"seconds": seconds})
     table = Table(
         "method",
         "alpha",
@@ -174,31 +181,30 @@ def demo(
             )
         )
     console.print(
-        f"wrote {len(s['files'])} files under {out} in {s['seconds']['total']:.0f} s; "
-        f"open {out / 'figures' / 'index.html'}"
+        f"wrote {len(files)} report files under {out} in "
+        f"{seconds['total'] + seconds['report']:.0f} s; open {out / 'figures' / 'index.html'}"
     )
 
 
 @app.command()
 def report(
     markdown: Annotated[
-        bool, typer.Option("--markdown", help="write the Markdown result pages (docs/results)")
+        bool,
+        typer.Option("--markdown", help="the Markdown result pages (docs/results) instead"),
     ] = False,
-    results: Annotated[Path, typer.Option(help="folder holding summary.json")] = Path("results"),
-    out: Annotated[Path, typer.Option(help="folder for the pages")] = Path("docs/results"),
+    run: Annotated[Path, typer.Option(help="the run's folder (holds results/)")] = Path("."),
+    out: Annotated[Path, typer.Option(help="folder for the Markdown pages")] = Path("docs/results"),
 ) -> None:
-    """Result pages generated from RESULTS/summary.json (what `steerlens demo` wrote)."""
+    """The report of a run, drawn from RUN/results/ alone (a partial run too): the page
+    RUN/figures/index.html with its figures, or with --markdown the pages under OUT."""
     from steerlens.reporting.markdown import write_results_pages
+    from steerlens.reporting.study import write_study_report
 
-    if not markdown:
-        raise typer.BadParameter(
-            "pass --markdown (the HTML page, figures/index.html, is written by steerlens demo)"
-        )
     try:
-        pages = write_results_pages(results, out)
+        pages = write_results_pages(run / "results", out) if markdown else write_study_report(run)
     except FileNotFoundError as e:
         raise typer.BadParameter(str(e)) from None
-    console.print("wrote " + ", ".join(str(p) for p in pages))
+    console.print(f"wrote {len(pages)} file(s): {pages[-1]}")
 
 
 @app.command()

@@ -1,17 +1,31 @@
-"""The main job (``steerlens demo``): the whole study on one model and one PRISM-format set.
+"""The main job (``steerlens demo``): the whole study on one model and one PRISM-format set,
+as a sequence of named steps. Each step takes the job's config, writes its results under
+``OUT/results/`` and merges its keys into ``OUT/results/summary.json``; ``steps.json`` records
+which steps ran and how long each took. The report (``steerlens.reporting.study``, run by
+``steerlens demo`` and ``steerlens report``) is drawn from those files alone, so a partial
+run can be reported.
 
-1. the personalisation study: population, dislike-weighted and Bradley-Terry vectors from the
-   training pairs; PPA by projection (and under steering) against toxicity-only, chance and
+Steps (``STEPS``):
+
+1. ``vectors``: population, dislike-weighted and Bradley-Terry vectors from the training
+   pairs; PPA by projection (and under steering) against toxicity-only, chance and
    (simulated sets) the oracle;
-2. a dose-response sweep (``steerlens.experiments.sweep``): every method x α on held-out prompts, each
-   prompt steered with its own user's vector (per-row vectors, one batched job), scored for
-   toxicity MAE, perplexity, degeneration and (simulated sets) ground-truth utility;
-3. the gating experiment at the operating α (the population vector's best α);
-4. zero-shot MMLU unsteered and steered at the operating α;
-5. figures, ``figures/index.html`` and ``results/summary.json``;
-6. SteerX vs all-history per backbone (``steerlens.experiments.steerx_compare``, reconstructed; a few
-   users per group; ``steerx=False`` leaves it out), linked from the same page and adding its
-   keys to the same summary.
+2. ``dose``: a dose-response sweep (``steerlens.experiments.sweep``): every method x α on
+   held-out prompts, each prompt steered with its own user's vector (per-row vectors, one
+   batched job), scored for toxicity MAE, perplexity, degeneration and (simulated sets)
+   ground-truth utility;
+3. ``side_effects``: on neutral held-out text (MMLU question stems not among the scored MMLU
+   items), the per-token KL of the steered from the unsteered next-token distribution and
+   the text's perplexity, per method and α (one batched pass per α, every user's vector a row);
+4. ``calibrated``: the same sweep with each user's α calibrated to a KL budget (the
+   population vector's KL at each α of the grid), so methods and users are compared at equal
+   side effect rather than at equal norm;
+5. ``gating`` at the operating α (the population vector's best α);
+6. ``mmlu``: zero-shot MMLU unsteered and steered at the operating α;
+7. ``token_effects``: SteerX's token effects scored against the simulated set's planted truth
+   (smaller under ``quick``, labelled a smoke run);
+8. ``steerx``: SteerX vs all-history per backbone and on the pair-based backbone
+   (``steerlens.experiments.steerx_compare``; reconstructed).
 
 On the default (embedded SmolLM2-135M-Instruct, simulated PRISM-format set) this is a
 small-model, simulated-data rehearsal of the CAA-on-PRISM study; its numbers are not the
@@ -27,27 +41,36 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pandas as pd
 
-from steerlens.core._jsonsafe import json_safe, update_json
+from steerlens.core._jsonsafe import json_safe, update_json, write_json
 from steerlens.core.hooks import steering
-from steerlens.core.models import default_layers, load_model
-from steerlens.data import load_mmlu, load_prism
-from steerlens.experiments.personalization import PersonalizationConfig, personalization_study
+from steerlens.core.models import HookedModel, default_layers, load_model
+from steerlens.data import load_mmlu, load_prism, neutral_texts
+from steerlens.data.prism import PrismDataset
+from steerlens.experiments.personalization import (
+    PersonalizationConfig,
+    PersonalizationResult,
+    personalization_study,
+)
 from steerlens.experiments.steerx_compare import run_steerx_compare
 from steerlens.experiments.steerx_study import SteerXStudyConfig
 from steerlens.experiments.sweep import (
     GenerationSettings,
+    SweepPrompt,
+    calibrate_table,
     held_out_prompts,
     make_grid,
     run_sweep,
     save_vectors,
     standard_measures,
 )
+from steerlens.experiments.token_effects import TokenEffectsConfig, token_effect_study
 from steerlens.methods.registry import METHODS, method_label
 from steerlens.metrics.mmlu import mmlu_accuracy
+from steerlens.metrics.side_effects import side_effect_table
 from steerlens.metrics.stats import estimate
 from steerlens.metrics.summaries import (
     BASELINE,
@@ -55,17 +78,24 @@ from steerlens.metrics.summaries import (
     gating_table,
     selectivity_table,
 )
-from steerlens.reporting import plots
-from steerlens.reporting.page import write_report
+from steerlens.run.divergence import steering_divergence
 from steerlens.steerx.pipeline import BACKBONES
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DemoConfig", "run_demo"]
-
-T = TypeVar("T")
+__all__ = ["STEPS", "DemoConfig", "run_demo"]
 
 PERSONAL = "dislike-weighted"  # the personalised method the summary's headline keys report
+STEPS = (
+    "vectors",
+    "dose",
+    "side_effects",
+    "calibrated",
+    "gating",
+    "mmlu",
+    "token_effects",
+    "steerx",
+)
 
 
 @dataclass
@@ -90,20 +120,40 @@ class DemoConfig:
     steer_alpha: float = 0.5
     max_steer_pairs: int = 96
     mmlu_items: int = 200
+    neutral_texts: int = 32  # side effects: neutral held-out texts (MMLU stems)
+    kl_texts: int = 8  # of which the KL calibration uses the first few
     max_new_tokens: int = 48
     batch_size: int = 16
     cells_per_batch: int = 64
+    token_effects: TokenEffectsConfig = field(default_factory=TokenEffectsConfig)
     steerx: bool = True
     steerx_users_per_group: int = 2
     steerx_backbones: list[str] = field(default_factory=lambda: list(BACKBONES))
+    steps: list[str] = field(default_factory=lambda: list(STEPS))
 
     def __post_init__(self) -> None:
+        if isinstance(self.token_effects, dict):
+            self.token_effects = TokenEffectsConfig(**self.token_effects)
         if self.quick:
             self.n_prompts, self.max_new_tokens, self.max_users = 16, 24, 16
             self.alphas, self.gating_ks = [0.0, 0.5, 1.0], [0, 2, 8]
             self.steer_ppa, self.mmlu_items = False, 60
+            self.neutral_texts, self.kl_texts = 8, 4
+            self.token_effects = TokenEffectsConfig(
+                targets_per_user=2,
+                max_users=8,
+                patch_targets=1,
+                patch_layers=4,
+                history_tokens=24,
+                smoke=True,
+            )
             # no BiPO training and no SAE training: the two mean-difference variants
             self.steerx_users_per_group, self.steerx_backbones = 1, ["mean", "mean-context"]
+        if not self.steerx and "steerx" in self.steps:
+            self.steps = [s for s in self.steps if s != "steerx"]
+        bad_steps = [s for s in self.steps if s not in STEPS]
+        if bad_steps:
+            raise ValueError(f"unknown steps {bad_steps}; use some of {list(STEPS)}")
         bad_backbones = [b for b in self.steerx_backbones if b not in BACKBONES]
         if bad_backbones or not self.steerx_backbones:
             raise ValueError(f"steerx_backbones must be some of {BACKBONES}, got {bad_backbones}")
@@ -118,6 +168,8 @@ class DemoConfig:
             raise ValueError(f"unknown methods {bad}; use {list(METHODS)}")
         if self.n_prompts < 1 or self.mmlu_items < 1:
             raise ValueError("n_prompts and mmlu_items must be >= 1")
+        if not 1 <= self.kl_texts <= self.neutral_texts:
+            raise ValueError("need 1 <= kl_texts <= neutral_texts")
         if any(k < 0 for k in self.gating_ks):
             raise ValueError("gating_ks must be >= 0")
 
@@ -134,29 +186,42 @@ def _ppa(table: pd.DataFrame, method: str, measure: str = "ppa_projection") -> d
     return {"mean": round(float(r["mean"]), 5), "interval": _interval(r)}
 
 
-def run_demo(cfg: DemoConfig) -> dict[str, Any]:
-    t0 = time.perf_counter()
-    seconds: dict[str, float] = {}
+@dataclass
+class _Job:
+    """What the steps of one run share in memory (each also writes its results to disk)."""
 
-    def timed(part: str, fn: Callable[[], T]) -> T:
-        start = time.perf_counter()
-        value = fn()
-        seconds[part] = round(time.perf_counter() - start, 1)
-        logger.info("%s: %.0f s", part, seconds[part])
+    cfg: DemoConfig
+    model: HookedModel
+    ds: PrismDataset
+    results: Path
+    layers: list[int]
+    study: PersonalizationResult | None = None
+    vectors: dict[str, Any] = field(default_factory=dict)
+    prompts: list[SweepPrompt] = field(default_factory=list)
+    dose: pd.DataFrame | None = None
+    best_alpha: float | None = None
+
+    @property
+    def gt(self) -> dict[str, Any] | None:
+        gt = self.ds.ground_truth
+        return gt if gt and "users" in gt else None
+
+    @property
+    def settings(self) -> GenerationSettings:
+        c = self.cfg
+        return GenerationSettings(c.max_new_tokens, c.batch_size, c.cells_per_batch)
+
+    def need(self, what: str) -> Any:
+        value = getattr(self, what)
+        if value is None or (isinstance(value, list | dict) and not value):
+            raise RuntimeError(f"this step needs {what!r}: run the steps before it in this job")
         return value
 
-    out = Path(cfg.out)
-    results, figures = out / "results", out / "figures"
-    results.mkdir(parents=True, exist_ok=True)
-    model = timed("load model", lambda: load_model(cfg.model))
-    ds = load_prism(cfg.data)
-    gt = ds.ground_truth if ds.ground_truth and "users" in ds.ground_truth else None
-    logger.info("%r", ds)
-    layers = default_layers(model)
 
-    # 1. vectors and PPA
+def _vectors_step(job: _Job) -> dict[str, Any]:
+    cfg, ds = job.cfg, job.ds
     pcfg = PersonalizationConfig(
-        layers=layers,
+        layers=job.layers,
         methods=cfg.methods,
         held_out=cfg.held_out,
         steer_alpha=cfg.steer_alpha if cfg.steer_ppa else None,
@@ -165,152 +230,25 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         batch_size=cfg.batch_size,
         seed=cfg.seed,
     )
-    study = timed("vectors and PPA", lambda: personalization_study(model, ds, pcfg))
+    study = personalization_study(job.model, ds, pcfg)
     # per-user vectors rescaled to the population vector's norms: one α grid for every method
     norms = study.population.norms()
-    vectors: dict[str, Any] = {
+    job.vectors = {
         m: {u: v.rescaled(norms) for u, v in vec.items()} if isinstance(vec, dict) else vec
         for m, vec in study.vectors.items()
     }
+    job.study = study
     study.population.metadata["data"] = ds.source
-    save_vectors(vectors, results / "vectors")
-    study.table.to_csv(results / "ppa.csv", index=False)
-
-    # 2. dose-response sweep over held-out prompts
-    prompts = held_out_prompts(study.test_pairs, cfg.n_prompts, cfg.seed)
-    settings = GenerationSettings(cfg.max_new_tokens, cfg.batch_size, cfg.cells_per_batch)
-    measure = standard_measures(gt, batch_size=cfg.batch_size)
-    dose_cells = make_grid(prompts, cfg.methods, cfg.alphas, ["all"])
-    dose = timed(
-        "dose-response sweep",
-        lambda: run_sweep(
-            model,
-            dose_cells,
-            prompts,
-            vectors,
-            results / "sweep" / "dose",
-            settings=settings,
-            measure=measure,
-        ),
-    )
-    assert dose is not None
-    dose_table = dose_response_table(dose, seed=cfg.seed)
-    dose_table.to_csv(results / "dose_response.csv", index=False)
-    pop = dose_table[(dose_table["method"] == "population") & (dose_table["alpha"] > 0)]
-    best = pop.loc[pop["mae"].idxmin()]
-    best_alpha = float(best["alpha"])
-    base_row = dose_table[
-        (dose_table["method"] == "population") & (dose_table["alpha"] == 0.0)
-    ].iloc[0]
-
-    # 3. gating at the operating α
-    gates = [f"first:{k}" for k in cfg.gating_ks] + ["prefill", "generated"]
-    gate_cells = make_grid(prompts, ["population"], [best_alpha], gates, baseline=False)
-    gating = timed(
-        "gating sweep",
-        lambda: run_sweep(
-            model,
-            gate_cells,
-            prompts,
-            vectors,
-            results / "sweep" / "gating",
-            settings=settings,
-            measure=measure,
-        ),
-    )
-    assert gating is not None
-    cells = pd.concat([dose, gating], ignore_index=True)
-    gate_table = gating_table(cells, method="population", alpha=best_alpha, seed=cfg.seed)
-    gate_table.to_csv(results / "gating.csv", index=False)
-    selectivity = selectivity_table(dose, method="population")
-
-    # 4. MMLU, unsteered and steered at the operating α
-    def mmlu() -> pd.DataFrame:
-        items = load_mmlu(n=cfg.mmlu_items, seed=cfg.seed)
-        rows = []
-        for name, alpha in (("unsteered", 0.0), (f"population α={best_alpha:g}", best_alpha)):
-            hooks = steering(model, study.population, alpha=alpha) if alpha else nullcontext()
-            with hooks:
-                res = mmlu_accuracy(model, items, batch_size=cfg.batch_size)
-            lo, hi = res.interval(seed=cfg.seed)
-            rows.append(
-                {
-                    "condition": name,
-                    "alpha": alpha,
-                    "mean": res.accuracy,
-                    "low": lo,
-                    "high": hi,
-                    "n": len(items),
-                }
-            )
-        return pd.DataFrame(rows)
-
-    mmlu_table = timed("MMLU", mmlu)
-    mmlu_table.to_csv(results / "mmlu.csv", index=False)
-
-    # utility gain per user group at the operating α (simulated sets)
-    util_groups = None
-    if gt is not None:
-        base = dose[dose["method"] == BASELINE].set_index("prompt_id")["utility"]
-        at = dose[(dose["alpha"] == best_alpha) & (dose["method"] != BASELINE)]
-        rows = []
-        for method, part in at.groupby("method"):
-            gain = part["utility"].to_numpy() - base.loc[part["prompt_id"]].to_numpy()
-            groups = [gt["users"][u]["group"] for u in part["user"]]
-            for g in sorted(set(groups)):
-                sel = [i for i, x in enumerate(groups) if x == g]
-                est = estimate(
-                    [float(gain[i]) for i in sel],
-                    [str(part["user"].iloc[i]) for i in sel],
-                    seed=cfg.seed,
-                )
-                rows.append({"method": method, "group": g, **est.as_dict()})
-        util_groups = pd.DataFrame(rows)
-        util_groups.to_csv(results / "utility_by_group.csv", index=False)
-
-    # 5. figures, report page, summary
-    written = timed(
-        "figures and report",
-        lambda: _figures_and_report(
-            cfg,
-            ds,
-            figures,
-            study,
-            dose_table,
-            selectivity,
-            gate_table,
-            mmlu_table,
-            util_groups,
-            cells,
-            prompts,
-            best_alpha,
-        ),
-    )
-    mm = mmlu_table.set_index("condition")
-    summary: dict[str, Any] = {
-        "model": cfg.model,
-        "data": ds.source,
-        "data_is_simulated": ds.is_simulated,
-        "config": asdict(cfg),
-        "layers": layers,
-        "n_prompts": len(prompts),
-        "n_users": len({p.user_id for p in prompts}),
+    save_vectors(job.vectors, job.results / "vectors")
+    study.table.to_csv(job.results / "ppa.csv", index=False)
+    gt = job.gt
+    groups = {u: v["group"] for u, v in gt["users"].items()} if gt else None
+    if study.bt.rank >= 2:
+        study.users_in_basis(groups).to_csv(job.results / "users_bt.csv")
+    keys: dict[str, Any] = {
+        "layers": job.layers,
         "n_train_pairs": study.n_train,
         "n_test_pairs": study.n_test,
-        "mae_baseline": round(float(base_row["mae"]), 5),
-        "mae_baseline_interval": _interval(base_row, "mae_low", "mae_high"),
-        "best_alpha": best_alpha,
-        "mae_best": round(float(best["mae"]), 5),
-        "mae_best_interval": _interval(best, "mae_low", "mae_high"),
-        "mae_change_pct_best": round(float(best["delta_pct"]), 3),
-        "mae_change_pct_best_interval": _interval(best, "delta_low", "delta_high"),
-        "ppl_baseline": round(float(base_row["ppl"]), 4),
-        "ppl_best": round(float(best["ppl"]), 4),
-        "mmlu_unsteered": round(float(mm["mean"].iloc[0]), 5),
-        "mmlu_unsteered_interval": _interval(mm.iloc[0]),
-        "mmlu_steered": round(float(mm["mean"].iloc[1]), 5),
-        "mmlu_steered_interval": _interval(mm.iloc[1]),
-        "mmlu_items": int(mm["n"].iloc[0]),
         "ppa_personalized_method": method_label(PERSONAL),
     }
     for key, method in (
@@ -321,168 +259,397 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         ("ppa_oracle", "oracle"),
     ):
         got = _ppa(study.table, method)
-        summary[key], summary[f"{key}_interval"] = got["mean"], got["interval"]
+        keys[key], keys[f"{key}_interval"] = got["mean"], got["interval"]
     if cfg.steer_ppa:
-        summary["ppa_under_steering"] = {
+        keys["ppa_under_steering"] = {
             m: _ppa(study.table, method_label(m), "ppa_under_steering") for m in cfg.methods
         }
-    if util_groups is not None:
-        summary["utility_gain"] = {
-            m: {r["group"]: round(float(r["mean"]), 5) for _, r in part.iterrows()}
-            for m, part in util_groups.groupby("method")
-        }
-        summary["utility_gain_interval"] = {
-            m: {r["group"]: _interval(r) for _, r in part.iterrows()}
-            for m, part in util_groups.groupby("method")
-        }
-    summary["dose_response"] = dose_table.round(5).to_dict(orient="records")
-    summary["gating"] = gate_table.round(5).to_dict(orient="records")
-    summary["mae_change_pct_by_category"] = {
-        str(cat): {f"{a:g}": round(float(v), 3) for a, v in row.items()}
-        for cat, row in selectivity.iterrows()
-    }
-    summary["seconds"] = {**seconds, "total": round(time.perf_counter() - t0, 1)}
-    summary["files"] = [str(p) for p in written]
-    update_json(results / "summary.json", summary)  # keeps the SteerX analyses' keys
-
-    # 6. SteerX vs all-history: its figures join the page, its keys the summary
-    if cfg.steerx:
-        xcfg = SteerXStudyConfig(
-            backbones=cfg.steerx_backbones,
-            users_per_group=cfg.steerx_users_per_group,
-            held_out=cfg.held_out,
-            max_new_tokens=min(cfg.max_new_tokens, 32),
-            steer_ppa=cfg.steer_ppa,
-            seed=cfg.seed,
-        )
-        report = timed(
-            "SteerX vs all-history",
-            lambda: run_steerx_compare(model, ds, xcfg, out=out, data_label=cfg.data),
-        )
-        summary["seconds"] = {**summary["seconds"], "SteerX vs all-history": report["seconds"]}
-        summary["seconds"]["total"] = round(time.perf_counter() - t0, 1)
-        update_json(results / "summary.json", {"seconds": summary["seconds"]})
-        summary = json.loads((results / "summary.json").read_text(encoding="utf-8"))
-    return json_safe(summary)  # type: ignore[no-any-return]
+    return keys
 
 
-def _figures_and_report(
-    cfg: DemoConfig,
-    ds: Any,
-    figures: Path,
-    study: Any,
-    dose_table: pd.DataFrame,
-    selectivity: pd.DataFrame,
-    gate_table: pd.DataFrame,
-    mmlu_table: pd.DataFrame,
-    util_groups: pd.DataFrame | None,
-    cells: pd.DataFrame,
-    prompts: list[Any],
-    best_alpha: float,
-) -> list[Path]:
-    data_label = "simulated PRISM-format set (not real PRISM)" if ds.is_simulated else ds.source
-    where = f"{cfg.model} · {data_label}"
-    figs = {
-        "Dose-response": plots.dose_response(dose_table, title=f"Dose-response · {where}"),
-        "Selectivity (population vector)": plots.selectivity_heatmap(selectivity),
-        "Gating": plots.gating_curve(
-            gate_table, title=f"Gating at α={best_alpha:g} (population vector) · {where}"
-        ),
-        "Preference accuracy by projection": plots.ppa_bars(study.table),
-        "MMLU": plots.mmlu_bars(mmlu_table),
-    }
-    if (study.table["measure"] == "ppa_under_steering").any():
-        figs["Preference accuracy under steering"] = plots.ppa_bars(
-            study.table, measure="ppa_under_steering"
-        )
-    groups = (
-        {u: v["group"] for u, v in ds.ground_truth["users"].items()}
-        if ds.ground_truth and "users" in ds.ground_truth
-        else None
+def _dose_step(job: _Job) -> dict[str, Any]:
+    cfg, results = job.cfg, job.results
+    study = job.need("study")
+    job.prompts = held_out_prompts(study.test_pairs, cfg.n_prompts, cfg.seed)
+    (results / "prompts.jsonl").write_text(
+        "".join(json.dumps(asdict(p)) + "\n" for p in job.prompts), encoding="utf-8"
     )
-    if study.bt.rank >= 2:
-        figs["Users in the Bradley-Terry basis"] = plots.users_in_basis(
-            study.users_in_basis(groups)
-        )
-    if util_groups is not None:
-        figs["Utility gain per user group"] = plots.utility_by_group(
-            util_groups, title=f"Ground-truth utility gain at α={best_alpha:g} (simulated users)"
-        )
-    if ds.ground_truth is not None and "responses" in ds.ground_truth:
-        pairs_df = pd.DataFrame([asdict(p) for p in ds.preference_pairs()])
-        figs["Dataset"] = plots.dataset_overview(ds.ground_truth, pairs_df)
-    stems = {
-        "Dose-response": "dose_response",
-        "Selectivity (population vector)": "selectivity",
-        "Gating": "gating",
-        "Preference accuracy by projection": "ppa",
-        "Preference accuracy under steering": "ppa_steering",
-        "MMLU": "mmlu",
-        "Users in the Bradley-Terry basis": "users_bt",
-        "Utility gain per user group": "utility_by_group",
-        "Dataset": "dataset_overview",
-    }
-    written: list[Path] = []
-    for name, fig in figs.items():
-        written += plots.save_figure(fig, figures / stems[name])
-    by_id = {p.prompt_id: p for p in prompts}
-    base = cells[cells["method"] == BASELINE].set_index("prompt_id")["generation"]
-    steered = cells[cells["method"] != BASELINE]
-    gens = pd.DataFrame(
-        {
-            "user": steered["user"],
-            "method": steered["method"],
-            "alpha": steered["alpha"],
-            "gate": steered["gate"],
-            "category": steered["category"],
-            "prompt": [by_id[p].prompt for p in steered["prompt_id"]],
-            "preferred": [by_id[p].preferred for p in steered["prompt_id"]],
-            "unsteered": base.loc[steered["prompt_id"]].to_numpy(),
-            "generation": steered["generation"],
-        }
+    dose = run_sweep(
+        job.model,
+        make_grid(job.prompts, cfg.methods, cfg.alphas, ["all"]),
+        job.prompts,
+        job.vectors,
+        results / "sweep" / "dose",
+        settings=job.settings,
+        measure=standard_measures(job.gt, batch_size=cfg.batch_size),
     )
-    table1 = dose_table[
-        [
-            "method",
-            "alpha",
-            "mae",
-            "mae_low",
-            "mae_high",
-            "delta_pct",
-            "delta_low",
-            "delta_high",
-            "ppl",
-            "degenerate_share",
-            "distinct_2_corpus",
-        ]
-        + (["utility_gain"] if "utility_gain" in dose_table else [])
-    ]
-    ppa = study.table.copy()
-    notes = [
-        f"Model: {cfg.model}. Data: {data_label}. "
-        + (
-            "These are a small-model, simulated-data rehearsal of the study, not Llama-3.1-8B "
-            "or real-PRISM results."
-            if ds.is_simulated
-            else ""
-        ),
-        f"Operating α (the population vector's lowest MAE): {best_alpha:g}. Intervals are "
-        "bootstrap 95 % over prompts (sweep tables) or users (PPA, utility).",
-    ]
-    page = write_report(
-        figures,
-        title="steerlens study report",
-        subtitle=where,
-        config=asdict(cfg),
-        tables={
-            "Table 1 · toxicity MAE, fluency and degeneration per method and α": table1,
-            "Selectivity · ΔMAE % per category and α (population vector)": selectivity,
-            "Gating at the operating α": gate_table,
-            "Preference accuracy (PPA) and utility": ppa,
-            "MMLU (zero-shot)": mmlu_table,
+    assert dose is not None
+    job.dose = dose
+    table = dose_response_table(dose, seed=cfg.seed)
+    table.to_csv(results / "dose_response.csv", index=False)
+    selectivity = selectivity_table(dose, method="population")
+    selectivity.to_csv(results / "selectivity.csv")
+    pop = table[(table["method"] == "population") & (table["alpha"] > 0)]
+    best = pop.loc[pop["mae"].idxmin()]
+    job.best_alpha = float(best["alpha"])
+    base = table[(table["method"] == "population") & (table["alpha"] == 0.0)].iloc[0]
+    keys: dict[str, Any] = {
+        "n_prompts": len(job.prompts),
+        "n_users": len({p.user_id for p in job.prompts}),
+        "mae_baseline": round(float(base["mae"]), 5),
+        "mae_baseline_interval": _interval(base, "mae_low", "mae_high"),
+        "best_alpha": job.best_alpha,
+        "mae_best": round(float(best["mae"]), 5),
+        "mae_best_interval": _interval(best, "mae_low", "mae_high"),
+        "mae_change_pct_best": round(float(best["delta_pct"]), 3),
+        "mae_change_pct_best_interval": _interval(best, "delta_low", "delta_high"),
+        "ppl_baseline": round(float(base["ppl"]), 4),
+        "ppl_best": round(float(best["ppl"]), 4),
+        "dose_response": table.round(5).to_dict(orient="records"),
+        "mae_change_pct_by_category": {
+            str(cat): {f"{a:g}": round(float(v), 3) for a, v in row.items()}
+            for cat, row in selectivity.iterrows()
         },
-        figures=figs,
-        generations=gens,
-        notes=notes,
+    }
+    util = _utility_by_group(job, dose) if job.gt is not None else None
+    if util is not None:
+        util.to_csv(results / "utility_by_group.csv", index=False)
+        keys["utility_gain"] = {
+            m: {r["group"]: round(float(r["mean"]), 5) for _, r in part.iterrows()}
+            for m, part in util.groupby("method")
+        }
+        keys["utility_gain_interval"] = {
+            m: {r["group"]: _interval(r) for _, r in part.iterrows()}
+            for m, part in util.groupby("method")
+        }
+    return keys
+
+
+def _utility_by_group(job: _Job, dose: pd.DataFrame) -> pd.DataFrame:
+    """Ground-truth utility gain per user group at the operating α (simulated sets)."""
+    gt = job.need("gt")
+    base = dose[dose["method"] == BASELINE].set_index("prompt_id")["utility"]
+    at = dose[(dose["alpha"] == job.best_alpha) & (dose["method"] != BASELINE)]
+    rows = []
+    for method, part in at.groupby("method"):
+        gain = part["utility"].to_numpy() - base.loc[part["prompt_id"]].to_numpy()
+        groups = [gt["users"][u]["group"] for u in part["user"]]
+        for g in sorted(set(groups)):
+            sel = [i for i, x in enumerate(groups) if x == g]
+            est = estimate(
+                [float(gain[i]) for i in sel],
+                [str(part["user"].iloc[i]) for i in sel],
+                seed=job.cfg.seed,
+            )
+            rows.append({"method": method, "group": g, **est.as_dict()})
+    return pd.DataFrame(rows)
+
+
+def _neutral(job: _Job) -> list[str]:
+    cfg = job.cfg
+    scored = load_mmlu(n=cfg.mmlu_items, seed=cfg.seed)  # never the items MMLU scores
+    return neutral_texts(cfg.neutral_texts, seed=cfg.seed, exclude=scored)
+
+
+def _user_vectors(job: _Job) -> list[tuple[str, str, Any]]:
+    """(method, user, vector) for every method and every user of the sweep's prompts; a
+    method with one vector for everyone appears once (user ``"*"``)."""
+    users = sorted({p.user_id for p in job.need("prompts")})
+    rows = []
+    for method in job.cfg.methods:
+        entry = job.vectors[method]
+        if isinstance(entry, dict):
+            rows += [(method, u, entry[u]) for u in users]
+        else:
+            rows.append((method, "*", entry))
+    return rows
+
+
+def _side_effects_step(job: _Job) -> dict[str, Any]:
+    cfg = job.cfg
+    texts = _neutral(job)
+    who = _user_vectors(job)
+    rows = []
+    for alpha in [a for a in cfg.alphas if a != 0.0]:  # one batched pass per α
+        got = steering_divergence(
+            job.model,
+            [t for _ in who for t in texts],
+            [v for _, _, v in who for _ in texts],
+            alpha,
+            batch_size=cfg.batch_size,
+            progress_bar=True,
+        )
+        k = 0
+        for method, user, _ in who:
+            for i in range(len(texts)):
+                d = got[k]
+                rows.append(
+                    {
+                        "method": method,
+                        "user": user,
+                        "alpha": alpha,
+                        "text_id": i,
+                        "kl": d.kl,
+                        "nll": d.nll,
+                        "n_tokens": d.n_tokens,
+                    }
+                )
+                k += 1
+    raw = pd.DataFrame(rows)
+    raw.to_csv(job.results / "side_effects_rows.csv", index=False)
+    base = steering_divergence(job.model, texts, who[0][2], 0.0, batch_size=cfg.batch_size)
+    zero = pd.DataFrame(
+        [
+            {
+                "method": m,
+                "user": "*",
+                "alpha": 0.0,
+                "text_id": i,
+                "kl": 0.0,
+                "nll": d.nll,
+                "n_tokens": d.n_tokens,
+            }
+            for m in cfg.methods
+            for i, d in enumerate(base)
+        ]
     )
-    return [*written, page]
+    table = side_effect_table(pd.concat([zero, raw], ignore_index=True), seed=cfg.seed)
+    table.to_csv(job.results / "side_effects.csv", index=False)
+    return {
+        "neutral_texts": len(texts),
+        "neutral_source": "MMLU question stems (bundled), none of them among the MMLU items scored",
+        "kl_neutral": _by_method(table, "alpha", "kl"),
+        "ppl_neutral": _by_method(table, "alpha", "ppl"),
+    }
+
+
+def _by_method(table: pd.DataFrame, dose: str, col: str) -> dict[str, Any]:
+    """{method: {dose: {"mean", "interval"}}} of ``col`` with its ``_low``/``_high``."""
+    return {
+        str(m): {
+            f"{r[dose]:g}": {
+                "mean": round(float(r[col]), 5),
+                "interval": _interval(r, f"{col}_low", f"{col}_high"),
+            }
+            for _, r in part.iterrows()
+        }
+        for m, part in table.groupby("method")
+    }
+
+
+def _budgets(job: _Job) -> list[float]:
+    """KL budgets: the population vector's neutral-text KL at each nonzero α of the grid
+    (two significant digits), so the calibrated sweep spans the fixed sweep's range."""
+    table = pd.read_csv(job.results / "side_effects.csv")
+    pop = table[(table["method"] == "population") & (table["alpha"] > 0)].sort_values("alpha")
+    return sorted({float(f"{kl:.2g}") for kl in pop["kl"] if kl > 0})
+
+
+def _calibrated_step(job: _Job) -> dict[str, Any]:
+    cfg = job.cfg
+    if not (job.results / "side_effects.csv").exists():
+        raise RuntimeError("the calibrated step needs the side_effects step's results")
+    budgets = _budgets(job)
+    texts = _neutral(job)[: cfg.kl_texts]
+    alphas = calibrate_table(job.model, job.vectors, budgets, texts, batch_size=cfg.batch_size)
+    save_vectors(job.vectors, job.results / "vectors")  # each carries its calibration
+    cells = run_sweep(
+        job.model,
+        make_grid(
+            job.need("prompts"),
+            cfg.methods,
+            [0.0, *budgets],
+            ["all"],
+            calibrated=lambda m, u, b: alphas[(m, u, b)],
+        ),
+        job.prompts,
+        job.vectors,
+        job.results / "sweep" / "calibrated",
+        settings=job.settings,
+        measure=standard_measures(job.gt, batch_size=cfg.batch_size),
+    )
+    assert cells is not None
+    table = dose_response_table(cells, dose="kl_budget", seed=cfg.seed)
+    spread = (
+        pd.DataFrame(
+            [
+                {"method": m, "kl_budget": b, "user": u, "alpha": a}
+                for (m, u, b), a in alphas.items()
+            ]
+        )
+        .groupby(["method", "kl_budget"])["alpha"]
+        .agg(alpha_min="min", alpha_max="max")
+        .reset_index()
+    )
+    table = table.merge(spread, on=["method", "kl_budget"], how="left")
+    table.to_csv(job.results / "calibrated.csv", index=False)
+    keys: dict[str, Any] = {
+        "kl_budgets": budgets,
+        "kl_calibration_texts": len(texts),
+        "calibrated": table.round(5).to_dict(orient="records"),
+    }
+    if "utility_gain" in table:
+        keys["utility_per_kl"] = _utility_per_kl(job, table)
+    return keys
+
+
+def _utility_per_kl(job: _Job, calibrated: pd.DataFrame) -> dict[str, Any]:
+    """Utility gain per nat of neutral-text KL: at equal KL (calibrated) and at equal norm
+    (the fixed-α sweep, divided by that α's measured KL), per method."""
+    out: dict[str, Any] = {"calibrated": {}, "fixed_alpha": {}}
+    for _, r in calibrated[calibrated["kl_budget"] > 0].iterrows():
+        b = float(r["kl_budget"])
+        out["calibrated"].setdefault(r["method"], {})[f"{b:g}"] = {
+            "mean": round(float(r["utility_gain"]) / b, 4),
+            "interval": [
+                round(float(r["utility_low"]) / b, 4),
+                round(float(r["utility_high"]) / b, 4),
+            ],
+        }
+    dose = pd.read_csv(job.results / "dose_response.csv")
+    side = pd.read_csv(job.results / "side_effects.csv")
+    both = dose.merge(side[["method", "alpha", "kl"]], on=["method", "alpha"])
+    for _, r in both[both["alpha"] > 0].iterrows():
+        kl = float(r["kl"])
+        out["fixed_alpha"].setdefault(r["method"], {})[f"{r['alpha']:g}"] = {
+            "mean": round(float(r["utility_gain"]) / kl, 4),
+            "interval": [
+                round(float(r["utility_low"]) / kl, 4),
+                round(float(r["utility_high"]) / kl, 4),
+            ],
+            "kl": round(kl, 5),
+        }
+    return out
+
+
+def _gating_step(job: _Job) -> dict[str, Any]:
+    cfg = job.cfg
+    best_alpha, dose = job.need("best_alpha"), job.need("dose")
+    gates = [f"first:{k}" for k in cfg.gating_ks] + ["prefill", "generated"]
+    gating = run_sweep(
+        job.model,
+        make_grid(job.prompts, ["population"], [best_alpha], gates, baseline=False),
+        job.prompts,
+        job.vectors,
+        job.results / "sweep" / "gating",
+        settings=job.settings,
+        measure=standard_measures(job.gt, batch_size=cfg.batch_size),
+    )
+    assert gating is not None
+    cells = pd.concat([dose, gating], ignore_index=True)
+    table = gating_table(cells, method="population", alpha=best_alpha, seed=cfg.seed)
+    table.to_csv(job.results / "gating.csv", index=False)
+    return {"gating": table.round(5).to_dict(orient="records")}
+
+
+def _mmlu_step(job: _Job) -> dict[str, Any]:
+    cfg = job.cfg
+    best_alpha, study = job.need("best_alpha"), job.need("study")
+    items = load_mmlu(n=cfg.mmlu_items, seed=cfg.seed)
+    rows = []
+    for name, alpha in (("unsteered", 0.0), (f"population α={best_alpha:g}", best_alpha)):
+        hooks = steering(job.model, study.population, alpha=alpha) if alpha else nullcontext()
+        with hooks:
+            res = mmlu_accuracy(job.model, items, batch_size=cfg.batch_size)
+        lo, hi = res.interval(seed=cfg.seed)
+        rows.append(
+            {
+                "condition": name,
+                "alpha": alpha,
+                "mean": res.accuracy,
+                "low": lo,
+                "high": hi,
+                "n": len(items),
+            }
+        )
+    table = pd.DataFrame(rows)
+    table.to_csv(job.results / "mmlu.csv", index=False)
+    return {
+        "mmlu_unsteered": round(float(table["mean"].iloc[0]), 5),
+        "mmlu_unsteered_interval": _interval(table.iloc[0]),
+        "mmlu_steered": round(float(table["mean"].iloc[1]), 5),
+        "mmlu_steered_interval": _interval(table.iloc[1]),
+        "mmlu_items": len(items),
+    }
+
+
+def _token_effects_step(job: _Job) -> dict[str, Any]:
+    if job.ds.ground_truth is None or "responses" not in job.ds.ground_truth:
+        logger.info("token_effects: no planted truth (not a simulated set): skipped")
+        return {}
+    return token_effect_study(job.model, job.ds, job.cfg.token_effects, out=job.results.parent)
+
+
+def _steerx_step(job: _Job) -> dict[str, Any]:
+    cfg = job.cfg
+    xcfg = SteerXStudyConfig(
+        backbones=cfg.steerx_backbones,
+        users_per_group=cfg.steerx_users_per_group,
+        held_out=cfg.held_out,
+        max_new_tokens=min(cfg.max_new_tokens, 32),
+        steer_ppa=cfg.steer_ppa,
+        seed=cfg.seed,
+    )
+    run_steerx_compare(job.model, job.ds, xcfg, out=job.results.parent, data_label=cfg.data)
+    return {}  # its keys are in summary.json already
+
+
+_STEP_FNS: dict[str, Callable[[_Job], dict[str, Any]]] = {
+    "vectors": _vectors_step,
+    "dose": _dose_step,
+    "side_effects": _side_effects_step,
+    "calibrated": _calibrated_step,
+    "gating": _gating_step,
+    "mmlu": _mmlu_step,
+    "token_effects": _token_effects_step,
+    "steerx": _steerx_step,
+}
+
+
+def run_demo(cfg: DemoConfig) -> dict[str, Any]:
+    """Run ``cfg.steps`` in order; each writes its files and summary keys as it finishes, so
+    a failed or interrupted run keeps what the earlier steps wrote (``results/steps.json``
+    says which ran). Returns ``results/summary.json``'s content."""
+    t0 = time.perf_counter()
+    results = Path(cfg.out) / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    summary_path, steps_path = results / "summary.json", results / "steps.json"
+    start = time.perf_counter()
+    model = load_model(cfg.model)
+    ds = load_prism(cfg.data)
+    logger.info("%r", ds)
+    seconds: dict[str, float] = {"load model": round(time.perf_counter() - start, 1)}
+    update_json(
+        summary_path,
+        {
+            "model": cfg.model,
+            "data": ds.source,
+            "data_is_simulated": ds.is_simulated,
+            "config": asdict(cfg),
+        },
+    )
+    job = _Job(cfg, model, ds, results, default_layers(model))
+    # steps of an earlier run in the same folder keep their entries (a partial rerun)
+    status: dict[str, Any] = json.loads(steps_path.read_text()) if steps_path.exists() else {}
+    for name in [s for s in STEPS if s in cfg.steps]:
+        start = time.perf_counter()
+        status[name] = {"status": "running"}
+        write_json(steps_path, status)
+        try:
+            keys = _STEP_FNS[name](job)
+        except Exception as e:
+            status[name] = {
+                "status": "failed",
+                "error": f"{type(e).__name__}: {e}",
+                "seconds": round(time.perf_counter() - start, 1),
+            }
+            write_json(steps_path, status)
+            raise
+        seconds[name] = round(time.perf_counter() - start, 1)
+        status[name] = {"status": "done", "seconds": seconds[name]}
+        write_json(steps_path, status)
+        update_json(summary_path, {**keys, "seconds": {**seconds}})
+        logger.info("%s: %.0f s", name, seconds[name])
+    seconds["total"] = round(time.perf_counter() - t0, 1)
+    summary = update_json(summary_path, {"seconds": seconds})
+    return json_safe(summary)  # type: ignore[no-any-return]

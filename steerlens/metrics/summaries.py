@@ -104,7 +104,7 @@ def dose_response_table(
             {"method": method, **zero, "alpha": 0.0, **_summarise(base_rows, base, n_boot, seed)}
         )
         for value, group in part.groupby(dose):
-            at = {dose: float(value)}
+            at: dict[str, float] = {dose: float(value)}
             if dose == "kl_budget":
                 at["alpha"] = float(group["alpha"].mean())
             rows.append({"method": method, **at, **_summarise(group, base, n_boot, seed)})

@@ -11,6 +11,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from steerlens.reporting.headline import headline
+
 __all__ = ["summary_markdown", "write_results_pages"]
 
 
@@ -38,6 +40,10 @@ def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
     return [*out, ""]
 
 
+def _cell(entry: Mapping[str, Any] | None) -> str:
+    return _est(entry.get("mean"), entry.get("interval")) if entry else "–"
+
+
 def summary_markdown(s: Mapping[str, Any], source: str = "results/summary.json") -> str:
     """The demo's summary as a Markdown page: what ran, on what, and the estimates with their
     intervals (bootstrap 95 %)."""
@@ -63,7 +69,11 @@ def summary_markdown(s: Mapping[str, Any], source: str = "results/summary.json")
         f"{s.get('n_test_pairs')} held-out pairs",
         "* Intervals: bootstrap 95 % over prompts (sweep rows) or users (PPA, utility).",
         "",
-        "## Headline",
+        "## Findings",
+        "",
+        *(f"* {h}" for h in headline(s)),
+        "",
+        "## Headline numbers",
         "",
     ]
     lines += _table(
@@ -155,6 +165,77 @@ def summary_markdown(s: Mapping[str, Any], source: str = "results/summary.json")
                 [m, *(_est(row.get(g), intervals.get(m, {}).get(g)) for g in groups)]
                 for m, row in gains.items()
             ),
+        )
+    kl, ppl = s.get("kl_neutral") or {}, s.get("ppl_neutral") or {}
+    if kl:
+        lines += [
+            f"## Side effects on neutral text ({s.get('neutral_texts')} MMLU question stems)",
+            "",
+        ]
+        lines += _table(
+            ["method", "α", "KL, nats/token", "perplexity"],
+            (
+                [m, a, _cell(v), _cell(ppl.get(m, {}).get(a))]
+                for m, row in kl.items()
+                for a, v in row.items()
+            ),
+        )
+    cal = s.get("calibrated") or []
+    if cal:
+        lines += ["## Each user's α calibrated to a KL budget", ""]
+        has_util = any("utility_gain" in r for r in cal)
+        lines += _table(
+            ["method", "KL budget", "mean α", "ΔMAE %", *(["utility gain"] if has_util else [])],
+            (
+                [
+                    str(r["method"]),
+                    _num(r["kl_budget"]),
+                    _num(r["alpha"]),
+                    _est(r.get("delta_pct"), [r.get("delta_low"), r.get("delta_high")]),
+                    *(
+                        [_est(r.get("utility_gain"), [r.get("utility_low"), r.get("utility_high")])]
+                        if has_util
+                        else []
+                    ),
+                ]
+                for r in cal
+                if r["kl_budget"] > 0
+            ),
+        )
+    if s.get("token_precision") is not None:
+        lines += ["## SteerX token selection (reconstructed) vs planted truth", ""]
+        lines += _table(
+            ["selection", "precision", "recall"],
+            [
+                [
+                    str(s.get("token_estimator")),
+                    _num(s.get("token_precision")),
+                    _num(s.get("token_recall")),
+                ],
+                [
+                    "none · p-diff > 0.05 (NextQuill)",
+                    _num(s.get("token_precision_baseline")),
+                    _num(s.get("token_recall_baseline")),
+                ],
+            ],
+        )
+    if s.get("steerx_pair_ppa"):
+        lines += ["## SteerX selection on the pair-based (dislike-weighted) backbone", ""]
+        lines += _table(
+            ["vector", "PPA by projection", "PPA under steering"],
+            [
+                [
+                    "selected chosen tokens",
+                    _cell(s.get("steerx_pair_ppa")),
+                    _cell(s.get("steerx_pair_ppa_under_steering")),
+                ],
+                ["all tokens (same pairs)", _cell(s.get("steerx_pair_all_tokens_ppa")), "–"],
+                [
+                    "difference (paired per user)",
+                    _cell(s.get("steerx_pair_minus_all_ppa")),
+                    _cell(s.get("steerx_pair_minus_all_ppa_under_steering")),
+                ],
+            ],
         )
     steerx = s.get("steerx_ppa") or {}
     if steerx:

@@ -25,14 +25,21 @@ _CSS = """
 body{font-family:Inter,Helvetica,Arial,sans-serif;margin:0;color:#222;background:#fafafa}
 header{background:#2d2a26;color:#fff;padding:18px 32px}
 header h1{margin:0;font-size:22px} header p{margin:6px 0 0;color:#ddd;font-size:14px}
-nav{padding:8px 32px;background:#eee;font-size:14px} nav a{margin-right:14px;color:#8a4b08}
+nav{padding:8px 32px;background:#eee;font-size:14px;display:flex;flex-wrap:wrap;gap:4px 14px}
+nav a{color:#8a4b08}
 main{padding:8px 32px 40px} section{margin:26px 0}
 h2{font-size:18px;border-bottom:2px solid #e8731a;padding-bottom:4px}
 table.data{border-collapse:collapse;font-size:13px;background:#fff}
 table.data td,table.data th{border:1px solid #ddd;padding:4px 8px;text-align:right}
 table.data th{background:#f3efe8}
 .note{background:#fff4e5;border-left:4px solid #e8731a;padding:8px 12px;font-size:14px}
-.figure{background:#fff;border:1px solid #e3e3e3;margin:14px 0;overflow-x:auto}
+.headline{background:#fff;border:1px solid #e3e3e3;border-left:6px solid #2a7f62;
+padding:6px 18px;font-size:15px;line-height:1.5;max-width:1100px}
+.headline li{margin:6px 0}
+.tablewrap{overflow-x:auto;max-width:100%}
+.figure{background:#fff;border:1px solid #e3e3e3;margin:14px 0;max-width:100%;overflow-x:auto}
+.cols{flex-wrap:wrap} .cols div{min-width:220px}
+@media (max-width:700px){main,header,nav{padding-left:10px;padding-right:10px}}
 .browser select{margin-right:12px;font-size:14px}
 .cols{display:flex;gap:14px;margin-top:12px}
 .cols div{flex:1;background:#fff;border:1px solid #ddd;padding:10px;white-space:pre-wrap;
@@ -93,6 +100,15 @@ window.addEventListener('load',function(){setTimeout(function(){
   document.body.setAttribute('data-rendered',String(n));
   document.body.setAttribute('data-errors',String(window.__errors.length));
   document.body.setAttribute('data-error-text',window.__errors.join(' | '));
+  // layout: the page must not scroll sideways; every legend inside its figure's box
+  var over=document.documentElement.scrollWidth-document.documentElement.clientWidth;
+  document.body.setAttribute('data-overflow',String(Math.max(0,over)));
+  var out=[];document.querySelectorAll('.js-plotly-plot').forEach(function(el){
+    var box=el.getBoundingClientRect();var lg=el.querySelector('.legend');
+    if(!lg){return;}var r=lg.getBoundingClientRect();
+    if(r.left<box.left-1||r.right>box.right+1||r.top<box.top-1||r.bottom>box.bottom+1){
+      out.push(el.id);}});
+  document.body.setAttribute('data-legends-out',out.join(' ')||'none');
 },300);});
 """
 
@@ -107,9 +123,16 @@ def _plotly_js(folder: Path) -> None:
 
 
 def _table_html(frame: pd.DataFrame) -> str:
-    return frame.to_html(
-        classes="data", border=0, na_rep="–", float_format=lambda v: f"{v:.4g}", escape=True
+    """A table without the frame's index (format numbers first: ``reporting.tables``)."""
+    body = frame.to_html(
+        classes="data",
+        border=0,
+        na_rep="–",
+        float_format=lambda v: f"{v:.3g}",
+        escape=True,
+        index=False,
     )
+    return f'<div class="tablewrap">{body}</div>'
 
 
 def _script_json(rows: list[dict[str, Any]]) -> str:
@@ -127,6 +150,7 @@ def write_report(
     generations: pd.DataFrame | None = None,
     notes: Sequence[str] = (),
     links: Mapping[str, str] | None = None,
+    headline: Sequence[str] = (),
 ) -> Path:
     """Write ``folder/index.html`` (and ``folder/plotly.min.js``); returns the page's path.
 
@@ -136,6 +160,7 @@ def write_report(
         generations: one row per generation with columns ``user``, ``method``, ``alpha``,
             ``gate``, ``category``, ``prompt``, ``preferred``, ``unsteered``, ``generation``.
         notes: sentences shown at the top (e.g. "simulated data, not real PRISM").
+        headline: the findings that matter, one sentence each, listed first.
         links: label -> relative path of other pages (e.g. SteerX user cards).
     """
     folder = Path(folder)
@@ -187,6 +212,11 @@ def write_report(
         sections.append(("config", "Configuration", f'<pre class="config">{cfg}</pre>'))
     nav = "".join(f'<a href="#{sid}">{html.escape(h)}</a>' for sid, h, _ in sections)
     note_html = "".join(f'<p class="note">{html.escape(n)}</p>' for n in notes)
+    if headline:
+        items = "".join(f"<li>{html.escape(h)}</li>" for h in headline)
+        note_html = (
+            f'<section id="headline" class="headline"><ul>{items}</ul></section>' + note_html
+        )
     content = "".join(
         f'<section id="{sid}"><h2>{html.escape(h)}</h2>{b}</section>' for sid, h, b in sections
     )

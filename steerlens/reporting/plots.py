@@ -16,6 +16,7 @@ from plotly.subplots import make_subplots
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "calibrated_curves",
     "dataset_overview",
     "dose_response",
     "effect_heatmap",
@@ -35,12 +36,18 @@ _PNG_WARNED = False
 _FONT = dict(family="Inter, Helvetica, Arial, sans-serif", size=13)
 
 
-def _style(fig: go.Figure, title: str) -> go.Figure:
+def _style(fig: go.Figure, title: str, *, export_width: int = 1000) -> go.Figure:
+    """The house style. No fixed width: a figure fills its box in the page (1280 px or a
+    phone), the legend sits below the plot inside the figure's box, and ``export_width`` is
+    the width of the PNG export."""
     fig.update_layout(
-        title=dict(text=title, x=0.02),
+        title=dict(text=title, x=0.01, font=dict(size=15)),
         template="plotly_white",
         font=_FONT,
-        margin=dict(l=60, r=30, t=70, b=50),
+        autosize=True,
+        margin=dict(l=56, r=24, t=70, b=40),
+        legend=dict(orientation="h", yanchor="top", y=-0.16, x=0, xanchor="left"),
+        meta={"export_width": export_width},
     )
     return fig
 
@@ -78,30 +85,53 @@ def _band(x: Any, low: Any, high: Any, colour: str, group: str) -> go.Scatter:
     )
 
 
-def dose_response(table: pd.DataFrame, *, title: str | None = None) -> go.Figure:
-    """ΔMAE % vs unsteered with 95 % bands, median perplexity and the share of degenerate
-    outputs against α, one line per vector method (``evaluation.dose_response_table``)."""
+def dose_response(
+    table: pd.DataFrame,
+    *,
+    side_effects: pd.DataFrame | None = None,
+    title: str | None = None,
+) -> go.Figure:
+    """Against α, one line per vector method (``metrics.summaries.dose_response_table``):
+    ΔMAE % vs unsteered with 95 % bands, the ground-truth utility gain (simulated sets), the
+    share of degenerate outputs, the median perplexity of the generations, and — with
+    ``side_effects`` (``metrics.side_effects.side_effect_table``) — the per-token KL on
+    neutral text and that text's perplexity under steering, each with its band."""
     _need(table, ("method", "alpha", "delta_pct", "ppl", "degenerate_share"), "dose_response")
+    panels: list[tuple[str, pd.DataFrame, str, str | None, str | None]] = [
+        ("ΔMAE vs unsteered (%) · lower is better", table, "delta_pct", "delta_low", "delta_high")
+    ]
+    if "utility_gain" in table:
+        panels.append(
+            ("utility gain (simulated users)", table, "utility_gain", "utility_low", "utility_high")
+        )
+    if side_effects is not None and not side_effects.empty:
+        panels.append(("KL on neutral text (nats/token)", side_effects, "kl", "kl_low", "kl_high"))
+        panels.append(("perplexity of neutral text", side_effects, "ppl", "ppl_low", "ppl_high"))
+    panels += [
+        ("perplexity of generations (median)", table, "ppl", None, None),
+        ("degenerate outputs (share)", table, "degenerate_share", None, None),
+    ]
+    cols = 3
+    rows = (len(panels) + cols - 1) // cols
     fig = make_subplots(
-        rows=1,
-        cols=3,
-        subplot_titles=(
-            "ΔMAE vs unsteered (%) · lower is better",
-            "perplexity (median)",
-            "degenerate outputs (share)",
-        ),
-        horizontal_spacing=0.08,
+        rows=rows,
+        cols=cols,
+        subplot_titles=[p[0] for p in panels],
+        horizontal_spacing=0.07,
+        vertical_spacing=0.2 if rows > 1 else 0.1,
     )
-    for k, method in enumerate(sorted(table["method"].unique())):
-        part = table[table["method"] == method].sort_values("alpha")
-        colour = _colour(method, k)
-        if {"delta_low", "delta_high"} <= set(part.columns):
-            fig.add_trace(
-                _band(part["alpha"], part["delta_low"], part["delta_high"], colour, method),
-                row=1,
-                col=1,
-            )
-        for col, y in ((1, "delta_pct"), (2, "ppl"), (3, "degenerate_share")):
+    methods = sorted(table["method"].unique())
+    for n, (_, frame, y, lo, hi) in enumerate(panels):
+        r, c = n // cols + 1, n % cols + 1
+        for k, method in enumerate(methods):
+            part = frame[frame["method"] == method].sort_values("alpha")
+            if part.empty:
+                continue
+            colour = _colour(method, k)
+            if lo is not None and hi is not None and {lo, hi} <= set(part.columns):
+                fig.add_trace(
+                    _band(part["alpha"], part[lo], part[hi], colour, method), row=r, col=c
+                )
             fig.add_trace(
                 go.Scatter(
                     x=part["alpha"],
@@ -109,17 +139,68 @@ def dose_response(table: pd.DataFrame, *, title: str | None = None) -> go.Figure
                     mode="lines+markers",
                     name=method,
                     legendgroup=method,
-                    showlegend=col == 1,
-                    line=dict(color=colour, width=3 if col == 1 else 2),
+                    showlegend=n == 0,
+                    line=dict(color=colour, width=3 if n == 0 else 2),
+                ),
+                row=r,
+                col=c,
+            )
+        if y in ("delta_pct", "utility_gain"):
+            fig.add_hline(y=0, line=dict(color="#999", width=1), row=r, col=c)
+    fig.update_xaxes(title_text="α", title_standoff=4)
+    fig.update_layout(height=330 * rows + 90)
+    fig.update_layout(legend=dict(y=-0.3 / rows))
+    return _style(
+        fig,
+        title or "Dose-response: what changes with α (bands: bootstrap 95 %)",
+        export_width=1280,
+    )
+
+
+def calibrated_curves(table: pd.DataFrame, *, title: str | None = None) -> go.Figure:
+    """A KL-calibrated sweep (``dose_response_table(..., dose="kl_budget")``): ΔMAE %, the
+    utility gain (simulated sets) and the spread of the users' calibrated α against the KL
+    budget, one line per method."""
+    _need(table, ("method", "kl_budget", "alpha", "delta_pct"), "calibrated_curves")
+    panels = [("ΔMAE vs unsteered (%)", "delta_pct", "delta_low", "delta_high")]
+    if "utility_gain" in table:
+        panels.append(
+            ("utility gain (simulated users)", "utility_gain", "utility_low", "utility_high")
+        )
+    panels.append(("users' calibrated α (mean, min-max)", "alpha", "alpha_min", "alpha_max"))
+    fig = make_subplots(
+        rows=1, cols=len(panels), subplot_titles=[p[0] for p in panels], horizontal_spacing=0.08
+    )
+    for c, (_, y, lo, hi) in enumerate(panels, start=1):
+        for k, method in enumerate(sorted(table["method"].unique())):
+            part = table[table["method"] == method].sort_values("kl_budget")
+            colour = _colour(method, k)
+            if {lo, hi} <= set(part.columns):
+                fig.add_trace(
+                    _band(part["kl_budget"], part[lo], part[hi], colour, method), row=1, col=c
+                )
+            fig.add_trace(
+                go.Scatter(
+                    x=part["kl_budget"],
+                    y=part[y],
+                    mode="lines+markers",
+                    name=method,
+                    legendgroup=method,
+                    showlegend=c == 1,
+                    line=dict(color=colour),
                 ),
                 row=1,
-                col=col,
+                col=c,
             )
-    fig.add_hline(y=0, line=dict(color="#999", width=1), row=1, col=1)
-    fig.update_xaxes(title_text="steering strength α")
-    fig.update_yaxes(range=[0, 1], row=1, col=3)
-    fig.update_layout(width=1400, height=460)
-    return _style(fig, title or "Dose-response: toxicity MAE change, perplexity, degeneration vs α")
+        if y != "alpha":
+            fig.add_hline(y=0, line=dict(color="#999", width=1), row=1, col=c)
+    fig.update_xaxes(title_text="KL budget (nats/token on neutral text)", title_standoff=4)
+    fig.update_layout(height=430)
+    return _style(
+        fig,
+        title or "Equal side effect: each user's α calibrated to a KL budget",
+        export_width=1280,
+    )
 
 
 def selectivity_heatmap(table: pd.DataFrame, *, title: str | None = None) -> go.Figure:
@@ -177,19 +258,30 @@ def gating_curve(table: pd.DataFrame, *, title: str | None = None) -> go.Figure:
             row=1,
             col=col,
         )
+        k_range = [float(first["k"].min()), float(first["k"].max())] if len(first) else [0, 1]
         for k, gate in enumerate(("prefill", "generated", "all")):
             ref = table[table["gate"] == gate]
-            if not ref.empty:
-                fig.add_hline(
-                    y=float(ref[y].iloc[0]),
-                    line=dict(color=_PALETTE[k], dash="dash"),
-                    annotation_text=gate,
+            if not ref.empty:  # a dashed line named in the legend (labels cannot collide)
+                fig.add_trace(
+                    go.Scatter(
+                        x=k_range,
+                        y=[float(ref[y].iloc[0])] * 2,
+                        mode="lines",
+                        name=f"gate: {gate}",
+                        legendgroup=gate,
+                        showlegend=col == 1,
+                        line=dict(color=_PALETTE[k], dash="dash"),
+                    ),
                     row=1,
                     col=col,
                 )
-    fig.update_xaxes(title_text="K (steered generated tokens after the prompt)")
-    fig.update_layout(width=1200, height=460)
-    return _style(fig, title or "Gating: steering the prompt and the first K generated tokens")
+    fig.update_xaxes(title_text="K (steered generated tokens)")
+    fig.update_layout(height=460)
+    return _style(
+        fig,
+        title or "Gating: steering the prompt and the first K generated tokens",
+        export_width=1200,
+    )
 
 
 def utility_by_group(table: pd.DataFrame, *, title: str | None = None) -> go.Figure:
@@ -267,8 +359,10 @@ def dataset_overview(ground_truth: dict[str, Any], pairs: pd.DataFrame) -> go.Fi
     fig.update_yaxes(title_text="weight on z-score", row=1, col=1)
     fig.update_yaxes(title_text="score (1-100)", row=1, col=2)
     fig.update_yaxes(title_text="toxicity (profanity-check)", row=1, col=3)
-    fig.update_layout(width=1400, height=480)
-    return _style(fig, "Simulated PRISM-format set (not real PRISM): users, scores, styles")
+    fig.update_layout(height=480)
+    return _style(
+        fig, "Simulated PRISM-format set (not real PRISM): users, scores, styles", export_width=1400
+    )
 
 
 def _interval_bars(x: Any, rows: pd.DataFrame, color: Any) -> go.Bar:
@@ -404,8 +498,8 @@ def token_effects(frame: pd.DataFrame, *, title: str | None = None) -> go.Figure
         )
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False)
-    fig.update_layout(height=140 + 60 * (1 + (n - 1) // per_line), width=1100)
-    return _style(fig, title or "Causal effect of the history on each token")
+    fig.update_layout(height=140 + 60 * (1 + (n - 1) // per_line))
+    return _style(fig, title or "Causal effect of the history on each token", export_width=1100)
 
 
 def effect_heatmap(
@@ -504,7 +598,10 @@ def save_figure(fig: go.Figure, stem: str | Path) -> list[Path]:
         try:
             png = stem.with_suffix(".png")
             fig.write_image(
-                png, width=fig.layout.width or 1000, height=fig.layout.height or 550, scale=2
+                png,
+                width=fig.layout.width or (fig.layout.meta or {}).get("export_width", 1000),
+                height=fig.layout.height or 550,
+                scale=2,
             )
             written.append(png)
             return written

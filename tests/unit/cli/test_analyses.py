@@ -216,7 +216,15 @@ def test_steerx_compare_script_on_the_tiny_model(tmp_path, monkeypatch):
         } <= set(part["measure"])
     summary = json.loads((tmp_path / "results" / "summary.json").read_text())
     for key in ("steerx_ppa", "allhistory_ppa", "steerx_ppa_under_steering"):
-        assert set(summary[key]) == backbones
+        assert set(summary[key]) == {*backbones, "pairs"}  # the pair-based backbone too
+    pairs = table[table["backbone"] == "pairs"]
+    assert set(pairs["measure"]) == {
+        "ppa_projection",
+        "ppa_projection_paired",
+        "ppa_under_steering@4",
+        "ppa_under_steering@4_paired",
+    }
+    assert summary["steerx_pair_ppa"] == summary["steerx_ppa"]["pairs"]
     assert 0 <= summary["description_hit_rate"] <= 1
     by_mode = summary["description_hit_rate_by_mode"]
     assert (
@@ -226,8 +234,9 @@ def test_steerx_compare_script_on_the_tiny_model(tmp_path, monkeypatch):
     assert descriptions["description_model"].str.startswith("The user prefers").all()
     assert (descriptions["description"] == descriptions["description_spans"]).all()
     assert len(report["cards"]) == 3  # one user card per simulated group
-    for page in report["cards"].values():
-        assert "SteerX user card" in (tmp_path / "figures" / page).read_text()
+    for user in report["cards"]:
+        page = tmp_path / "figures" / f"steerx_user_{user}.html"
+        assert "SteerX user card" in page.read_text()
     assert (tmp_path / "results" / "steerx" / "vectors" / "bipo").is_dir()
 
 

@@ -5,7 +5,10 @@ import json
 import pandas as pd
 import pytest
 
+from steerlens.experiments import demo as demo_mod
 from steerlens.experiments.demo import DemoConfig, run_demo
+from steerlens.experiments.token_effects import TokenEffectsConfig
+from steerlens.reporting.study import write_study_report
 
 SUMMARY_KEYS = [
     "model",
@@ -23,32 +26,77 @@ SUMMARY_KEYS = [
     "ppa_toxicity_only",
     "ppa_oracle",
     "utility_gain",
+    "kl_neutral",
+    "ppl_neutral",
+    "kl_budgets",
+    "calibrated",
+    "utility_per_kl",
+    "token_precision",
+    "token_recall",
+    "token_precision_baseline",
+    "attribution_spearman",
+    "steerx_pair_ppa",
+    "steerx_pair_minus_all_ppa",
 ]
+
+TINY = dict(
+    model="tiny-random",
+    alphas=[0.0, 4.0, 8.0],
+    gating_ks=[0, 2],
+    n_prompts=8,
+    max_users=6,
+    max_new_tokens=5,
+    mmlu_items=8,
+    max_steer_pairs=12,
+    cells_per_batch=16,
+    neutral_texts=4,
+    kl_texts=2,
+    token_effects=TokenEffectsConfig(
+        max_users=4, targets_per_user=1, patch_targets=1, patch_layers=2, history_tokens=8
+    ),
+    steerx_users_per_group=1,
+)
 
 
 def test_demo_job_on_tiny_model_writes_results_figures_and_report(tmp_path):
     cfg = DemoConfig(
-        model="tiny-random",
+        **TINY,
         out=str(tmp_path),
-        alphas=[0.0, 4.0, 8.0],
-        gating_ks=[0, 2],
-        n_prompts=8,
-        max_users=6,
-        max_new_tokens=5,
-        mmlu_items=8,
-        max_steer_pairs=12,
-        cells_per_batch=16,
-        steerx_users_per_group=1,
         steerx_backbones=["mean", "mean-context", "bipo"],  # (SAE: test_analyses, own SAE)
     )
     s = run_demo(cfg)
+    write_study_report(tmp_path)
     for key in SUMMARY_KEYS:
         assert s[key] is not None, key
     for key in ("mae_baseline", "mae_best", "mmlu_steered", "ppa_personalized", "ppa_oracle"):
         lo, hi = s[f"{key}_interval"]
         assert lo <= s[key] <= hi, key
     assert s["data_is_simulated"] is True and s["n_prompts"] == 8
-    assert set(s["utility_gain"]) == {"population", "dislike-weighted", "bradley-terry"}
+    methods = {"population", "dislike-weighted", "bradley-terry"}
+    assert set(s["utility_gain"]) == methods
+    steps = json.loads((tmp_path / "results" / "steps.json").read_text())
+    assert list(steps) == list(demo_mod.STEPS)
+    assert all(v["status"] == "done" for v in steps.values())
+    # side effects: one entry per method and α; α 0 is the unsteered model (KL 0)
+    assert set(s["kl_neutral"]) == methods
+    for m in methods:
+        assert set(s["kl_neutral"][m]) == {"0", "4", "8"}
+        assert s["kl_neutral"][m]["0"]["mean"] == 0.0
+        assert 0 < s["kl_neutral"][m]["4"]["mean"] < s["kl_neutral"][m]["8"]["mean"]
+        lo, hi = s["ppl_neutral"][m]["4"]["interval"]
+        assert lo <= s["ppl_neutral"][m]["4"]["mean"] <= hi
+    # the calibrated sweep: budgets are the population's KL at the grid's α
+    pop_kl = [s["kl_neutral"]["population"][a]["mean"] for a in ("4", "8")]
+    assert s["kl_budgets"] == sorted({float(f"{k:.2g}") for k in pop_kl})
+    cal = pd.read_parquet(tmp_path / "results" / "sweep" / "calibrated" / "cells.parquet")
+    steered = cal[cal["method"] != "none"]
+    assert set(steered["kl_budget"]) == set(s["kl_budgets"])
+    per_user = steered[steered["method"] == "dislike-weighted"].groupby("user")["alpha"].first()
+    assert per_user.nunique() > 1  # each user their own α
+    assert set(s["utility_per_kl"]["calibrated"]) == methods
+    assert s["token_effects_targets"] == 4 and 0 <= s["token_precision"] <= 1
+    lo, hi = s["steerx_pair_minus_all_ppa"]["interval"]
+    assert lo <= s["steerx_pair_minus_all_ppa"]["mean"] <= hi
     # the headline numbers are the sweep's cells, recomputed here
     dose = pd.read_parquet(tmp_path / "results" / "sweep" / "dose" / "cells.parquet")
     assert len(dose) == 8 * (1 + 3 * 2) and set(dose["method"]) == {
@@ -75,6 +123,10 @@ def test_demo_job_on_tiny_model_writes_results_figures_and_report(tmp_path):
         "users_bt",
         "utility_by_group",
         "dataset_overview",
+        "calibrated",
+        "steerx_pr",
+        "steerx_tokens",
+        "steerx_patching",
         "index",
     ):
         assert (tmp_path / "figures" / f"{name}.html").exists(), name
@@ -88,16 +140,39 @@ def test_demo_job_on_tiny_model_writes_results_figures_and_report(tmp_path):
     assert saved["layers"] == [2, 3] and saved["best_alpha"] == s["best_alpha"]
     assert (tmp_path / "results" / "vectors" / "population.safetensors").exists()
     assert len(list((tmp_path / "results" / "vectors" / "bradley-terry").glob("*"))) == 6
-    # 6. SteerX vs all-history: its keys join the summary, its figures the page
-    for key in ("steerx_ppa", "allhistory_ppa", "steerx_ppa_under_steering", "steerx_utility_gain"):
-        assert set(saved[key]) == {"mean", "mean-context", "bipo"}, key
+    # SteerX vs all-history: its keys join the summary, its figures the page
+    for key in ("steerx_ppa", "allhistory_ppa", "steerx_ppa_under_steering"):
+        assert set(saved[key]) == {"mean", "mean-context", "bipo", "pairs"}, key
+    assert set(saved["steerx_utility_gain"]) == {"mean", "mean-context", "bipo"}
     assert set(saved["description_hit_rate_by_mode"]) == {"spans", "model"}
     assert saved["mae_baseline"] == s["mae_baseline"]  # the demo's own keys are kept
-    assert "SteerX vs all-history" in s["seconds"]
-    assert (
-        "SteerX vs all-history (reconstructed)" in (tmp_path / "figures" / "index.html").read_text()
-    )
+    assert set(s["seconds"]) >= {*demo_mod.STEPS, "load model", "total"}
+    assert "SteerX vs all-history (reconstructed)" in page
+    assert 'id="headline"' in page and "Side effect on neutral text" in page
+    assert "pairs" in pd.read_csv(tmp_path / "results" / "steerx_compare.csv")["backbone"].values
     assert (tmp_path / "figures" / "steerx_vs_allhistory_ppa_under_steering.html").exists()
+    assert list((tmp_path / "figures").glob("steerx_user_*.html"))
+
+
+def test_a_failed_step_keeps_the_earlier_results_and_the_report_shows_them(tmp_path, monkeypatch):
+    def broken(job):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setitem(demo_mod._STEP_FNS, "gating", broken)
+    cfg = DemoConfig(**TINY, out=str(tmp_path), steps=["vectors", "dose", "gating", "mmlu"])
+    with pytest.raises(RuntimeError, match="out of memory"):
+        run_demo(cfg)
+    steps = json.loads((tmp_path / "results" / "steps.json").read_text())
+    assert [steps[k]["status"] for k in ("vectors", "dose", "gating")] == ["done", "done", "failed"]
+    assert "out of memory" in steps["gating"]["error"] and "mmlu" not in steps
+    files = write_study_report(tmp_path)  # from disk: what the finished steps wrote
+    page = (tmp_path / "figures" / "index.html").read_text()
+    assert "Partial run" in page and "gating" in page
+    assert (tmp_path / "figures" / "dose_response.html") in files
+    assert not (tmp_path / "figures" / "gating.html").exists()
+    # a step asked for without the one it depends on says so
+    with pytest.raises(RuntimeError, match="needs 'study'"):
+        run_demo(DemoConfig(**TINY, out=str(tmp_path / "b"), steps=["dose"]))
 
 
 def test_demo_config_validation():
@@ -112,6 +187,12 @@ def test_demo_config_validation():
     assert q.steerx and q.steerx_backbones == ["mean", "mean-context"]
     with pytest.raises(ValueError, match="steerx_backbones"):
         DemoConfig(steerx_backbones=["lora"])
+    with pytest.raises(ValueError, match="unknown steps"):
+        DemoConfig(steps=["vectors", "plots"])
+    with pytest.raises(ValueError, match="kl_texts"):
+        DemoConfig(neutral_texts=4, kl_texts=8)
+    assert "steerx" not in DemoConfig(steerx=False).steps
+    assert q.token_effects.smoke and q.token_effects.max_users == 8
 
 
 @pytest.mark.integration
@@ -119,6 +200,7 @@ def test_demo_config_validation():
 def test_quick_demo_on_the_embedded_model(tmp_path):
     """`steerlens demo --quick` end to end on the embedded model (about 8 minutes on 2 cores)."""
     s = run_demo(DemoConfig(quick=True, out=str(tmp_path)))
+    write_study_report(tmp_path)
     for key in SUMMARY_KEYS:
         assert s[key] is not None, key
     # on the simulated set personal vectors separate held-out choices better than the

@@ -49,17 +49,21 @@ def test_the_page_states_model_data_and_estimates_with_intervals():
     assert "| MMLU, steered | – |" in page  # a key the run did not write: a dash, no error
 
 
-def test_report_command_writes_the_page_and_refuses_a_missing_summary(tmp_path):
+def test_report_command_writes_the_pages_and_refuses_a_missing_summary(tmp_path):
     runner = CliRunner()
     results = tmp_path / "results"
-    args = ["report", "--results", str(results), "--out", str(tmp_path / "docs")]
-    no_flag = runner.invoke(app, args)
-    assert no_flag.exit_code != 0 and "pass --markdown" in no_flag.output
-    missing = runner.invoke(app, [*args, "--markdown"])
-    assert missing.exit_code != 0 and "run `steerlens demo` first" in missing.output
+    args = ["report", "--run", str(tmp_path), "--out", str(tmp_path / "docs")]
+    for flags in ([], ["--markdown"]):
+        missing = runner.invoke(app, [*args, *flags])
+        assert missing.exit_code != 0 and "run `steerlens demo`" in missing.output
     results.mkdir()
     (results / "summary.json").write_text(json.dumps(SUMMARY))
     res = runner.invoke(app, [*args, "--markdown"])
     assert res.exit_code == 0, res.output
     page = (tmp_path / "docs" / "demo.md").read_text()
     assert page == summary_markdown(SUMMARY, source=str(results / "summary.json"))
+    # the HTML page from the same files: a summary alone gives the headline, no figures
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    html = (tmp_path / "figures" / "index.html").read_text()
+    assert 'id="headline"' in html and "0.762 [0.708, 0.819]" in html

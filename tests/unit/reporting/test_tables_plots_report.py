@@ -13,6 +13,7 @@ import plotly.graph_objects as go
 import pytest
 
 from steerlens.metrics.summaries import dose_response_table, gating_table, selectivity_table
+from steerlens.metrics.side_effects import side_effect_table
 from steerlens.reporting import plots
 from steerlens.reporting.page import write_report
 
@@ -116,8 +117,37 @@ def _figures() -> dict[str, go.Figure]:
     )
     util = pd.DataFrame([dict(method="pop", group=g, mean=0.1, low=0.0, high=0.2) for g in "ab"])
     mmlu = pd.DataFrame([dict(condition=c, mean=0.3, low=0.2, high=0.4) for c in ("u", "s")])
+    side = side_effect_table(
+        pd.DataFrame(
+            [
+                dict(method=m, alpha=a, text_id=t, kl=0.01 * a * (t + 1), nll=20 + a, n_tokens=10)
+                for m in ("pop", "bt")
+                for a in (0.0, 1.0, 2.0)
+                for t in range(4)
+            ]
+        ),
+        n_boot=100,
+    )
+    calibrated = pd.DataFrame(
+        [
+            dict(
+                method=m,
+                kl_budget=b,
+                alpha=2 * b,
+                alpha_min=b,
+                alpha_max=3 * b,
+                delta_pct=-10 * b,
+                delta_low=-20 * b,
+                delta_high=0.0,
+            )
+            for m in ("pop", "bt")
+            for b in (0.0, 0.05, 0.1)
+        ]
+    )
     return {
         "dose": plots.dose_response(dose_response_table(cells, n_boot=100)),
+        "dose_side": plots.dose_response(dose_response_table(cells, n_boot=100), side_effects=side),
+        "calibrated": plots.calibrated_curves(calibrated),
         "selectivity": plots.selectivity_heatmap(selectivity_table(cells, method="pop")),
         "gating": plots.gating_curve(gating_table(cells, method="pop", alpha=1.0, n_boot=100)),
         "ppa": plots.ppa_bars(ppa),
@@ -270,6 +300,51 @@ def test_report_page_renders_in_headless_chromium_offline(tmp_path):
     width, height, colours = _png_pixels(shot)
     assert (width, height) == (1200, 2400)
     assert len(colours) > 20  # not blank: text, tables and plots in many colours
+
+
+@pytest.mark.skipif(CHROME is None, reason="no Chromium installed (make install adds Debian's)")
+@pytest.mark.parametrize("width", [1280, 400])
+def test_report_page_fits_the_window_with_every_legend_inside_its_figure(tmp_path, width):
+    from steerlens.reporting.tables import dose_view
+
+    cells = _cells()
+    write_report(
+        tmp_path,
+        title="T",
+        headline=["A finding, 0.150 [0.023, 0.300]."],
+        figures=_figures(),
+        generations=_gens(),
+        tables={"dose": dose_view(dose_response_table(cells, n_boot=100))},
+    )
+    flags = [
+        CHROME,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--virtual-time-budget=8000",
+        "--host-resolver-rules=MAP * ~NOTFOUND",
+        "--proxy-server=127.0.0.1:9",
+        f"--window-size={width},2000",
+    ]
+    url = (tmp_path / "index.html").as_uri()
+    dom = subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True, timeout=120)
+    body = dom.stdout[dom.stdout.find("<body") :].split(">", 1)[0]
+    assert f'data-rendered="{len(_figures())}"' in body, body
+    assert 'data-overflow="0"' in body, body  # no horizontal scrollbar
+    assert 'data-legends-out="none"' in body, body
+
+
+def test_readable_tables_put_each_estimate_and_its_interval_in_one_cell():
+    from steerlens.reporting.tables import dose_view, est, num
+
+    assert est(0.15, 0.0234, 0.3) == "0.150 [0.0234, 0.300]"
+    assert est(-4.123, -9.0, 1.0, signed=True) == "-4.12 [-9.00, +1.00]"
+    assert num(None) == "–" and num(float("nan")) == "–" and num(12) == "12"
+    assert num(1234.5) == "1234" or num(1234.5) == "1235"
+    view = dose_view(dose_response_table(_cells(), n_boot=100))
+    assert list(view.columns)[:4] == ["method", "α", "toxicity MAE", "ΔMAE vs unsteered, %"]
+    assert all(isinstance(v, str) for v in view.to_numpy().ravel())
+    assert "[" in view["toxicity MAE"].iloc[1]
 
 
 def test_append_links_adds_then_replaces_a_section(tmp_path):

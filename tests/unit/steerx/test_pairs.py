@@ -43,7 +43,7 @@ def test_all_tokens_is_the_dislike_weighted_vector_of_the_same_pairs(tiny, user_
 
 
 def test_selected_pools_only_the_selected_chosen_tokens(tiny, user_pairs):
-    user, pairs = user_pairs
+    _, pairs = user_pairs
     pair = pairs[0]
     effects = _effects(tiny, [pair])
     e = effects[(pair.prompt, pair.chosen)]

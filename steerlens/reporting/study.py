@@ -1,0 +1,284 @@
+"""The study's report, drawn from what the job's steps wrote under ``OUT/results/``:
+``OUT/figures/index.html`` (headline, tables, figures, generation browser, links), every
+figure as ``OUT/figures/<name>.html`` (and ``.png`` where Chromium is available), and the
+SteerX user cards. It reads files only, so a partial run is reported with what it has;
+``steerlens demo`` runs it at the end and ``steerlens report`` on its own."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from steerlens.data.prism import load_prism
+from steerlens.metrics.summaries import BASELINE
+from steerlens.reporting import plots
+from steerlens.reporting.headline import headline
+from steerlens.reporting.page import write_report, write_user_card
+from steerlens.reporting.tables import (
+    calibrated_view,
+    dose_view,
+    gating_view,
+    mmlu_view,
+    ppa_view,
+    selectivity_view,
+    side_effects_view,
+    steerx_view,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["write_study_report"]
+
+
+def _csv(results: Path, name: str, **kw: Any) -> pd.DataFrame | None:
+    path = results / name
+    return pd.read_csv(path, **kw) if path.exists() else None
+
+
+def _json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+
+
+def _generations(results: Path) -> pd.DataFrame | None:
+    """Every steered generation beside its prompt, preferred and unsteered response."""
+    prompts_file = results / "prompts.jsonl"
+    parts = [
+        pd.read_parquet(p)
+        for name in ("dose", "gating", "calibrated")
+        if (p := results / "sweep" / name / "cells.parquet").exists()
+    ]
+    if not parts or not prompts_file.exists():
+        return None
+    prompts = {
+        r["prompt_id"]: r
+        for r in (json.loads(line) for line in prompts_file.read_text().splitlines() if line)
+    }
+    cells = pd.concat(parts, ignore_index=True)
+    base = cells[cells["method"] == BASELINE].drop_duplicates("prompt_id")
+    base = base.set_index("prompt_id")["generation"]
+    steered = cells[(cells["method"] != BASELINE) & cells["prompt_id"].isin(prompts)]
+    budget = steered["kl_budget"] if "kl_budget" in steered else pd.Series(None, steered.index)
+    return pd.DataFrame(
+        {
+            "user": steered["user"],
+            "method": steered["method"],
+            "alpha": steered["alpha"].round(3),
+            "gate": [
+                g if pd.isna(b) else f"{g} · KL {b:g}"
+                for g, b in zip(steered["gate"], budget, strict=True)
+            ],
+            "category": steered["category"],
+            "prompt": [prompts[p]["prompt"] for p in steered["prompt_id"]],
+            "preferred": [prompts[p].get("preferred") for p in steered["prompt_id"]],
+            "unsteered": base.reindex(steered["prompt_id"]).to_numpy(),
+            "generation": steered["generation"],
+        }
+    )
+
+
+def _token_figures(report: dict[str, Any], curve: pd.DataFrame | None) -> dict[str, go.Figure]:
+    figs: dict[str, go.Figure] = {}
+    model = report.get("model", "")
+    if curve is not None:
+        smoke = " (smoke run)" if report.get("config", {}).get("smoke") else ""
+        figs["steerx_pr"] = plots.pr_curves(
+            curve, title=f"Token selection vs planted truth{smoke} · {model}"
+        )
+    d = report.get("detail")
+    if d:
+        frame = pd.DataFrame(d["frame"])
+        figs["steerx_tokens"] = plots.token_effects(
+            frame, title=f"{d['user']}: effect of their history on each token"
+        )
+        figs["steerx_items"] = plots.effect_heatmap(
+            d["item_effect"],
+            x=d["tokens"],
+            y=d["items"],
+            x_title="target token",
+            y_title="history item (its prompt)",
+            title=f"{d['user']}: P(y_t | history) − P(y_t | history without item)",
+        )
+        figs["steerx_history_tokens"] = plots.effect_heatmap(
+            d["history_token_log_ratio"],
+            x=d["tokens"],
+            y=d["history_tokens"],
+            x_title="target token",
+            y_title="history token (removed)",
+            colorbar="Δ log p",
+            title=f"{d['user']}: log p(y_t | history) − log p(y_t | without the token)",
+        )
+    heat = report.get("patching")
+    if heat:
+        figs["steerx_patching"] = plots.effect_heatmap(
+            heat["share_restored"],
+            x=heat["tokens"],
+            y=[str(x) for x in heat["layers"]],
+            x_title="aligned target position",
+            y_title="layer (resid_post)",
+            colorbar="share restored",
+            title="Activation patching: share of the history's log-prob effect restored",
+        )
+    return figs
+
+
+def _steerx_figures(table: pd.DataFrame, where: str) -> dict[str, go.Figure]:
+    figs = {}
+    for measure in table["measure"].unique():
+        m = str(measure)
+        if m.endswith("_paired") or m == "description_hit_rate":
+            continue
+        stem = "steerx_vs_allhistory_" + m.split("@")[0]
+        figs[stem] = plots.steerx_bars(
+            table, measure=m, title=f"SteerX vs all-history · {m} · {where}"
+        )
+    return figs
+
+
+def write_study_report(out: str | Path = ".") -> list[Path]:
+    """Write the report of the run under ``out`` from its files; returns the files written.
+
+    Raises ``FileNotFoundError`` when ``out/results/summary.json`` is missing.
+    """
+    out = Path(out)
+    results, figures = out / "results", out / "figures"
+    s = _json(results / "summary.json")
+    if s is None:
+        raise FileNotFoundError(f"{results / 'summary.json'} not found: run `steerlens demo`")
+    simulated = bool(s.get("data_is_simulated"))
+    data_label = "simulated PRISM-format set (not real PRISM)" if simulated else s.get("data")
+    where = f"{s.get('model')} · {data_label}"
+    best = s.get("best_alpha")
+    figs: dict[str, tuple[str, go.Figure]] = {}  # stem -> (heading, figure)
+    tables: dict[str, pd.DataFrame] = {}
+
+    dose, side = _csv(results, "dose_response.csv"), _csv(results, "side_effects.csv")
+    if dose is not None:
+        figs["dose_response"] = (
+            "Dose-response",
+            plots.dose_response(dose, side_effects=side, title=f"Dose-response · {where}"),
+        )
+        tables["Toxicity MAE, utility, fluency and degeneration per method and α"] = dose_view(dose)
+    if side is not None:
+        tables["Side effects on neutral text (MMLU question stems), per method and α"] = (
+            side_effects_view(side)
+        )
+    cal = _csv(results, "calibrated.csv")
+    if cal is not None:
+        figs["calibrated"] = ("Equal side effect (KL-calibrated α)", plots.calibrated_curves(cal))
+        tables["Each user's α calibrated to a KL budget"] = calibrated_view(cal)
+    sel = _csv(results, "selectivity.csv", index_col=0)
+    if sel is not None:
+        sel.columns = [float(c) for c in sel.columns]
+        figs["selectivity"] = ("Selectivity (population vector)", plots.selectivity_heatmap(sel))
+        tables["ΔMAE % per prompt category and α (population vector)"] = selectivity_view(sel)
+    gating = _csv(results, "gating.csv")
+    if gating is not None and best is not None:
+        figs["gating"] = (
+            "Gating",
+            plots.gating_curve(gating, title=f"Gating at α={best:g} (population vector)"),
+        )
+        tables[f"Gating at the operating α = {best:g}"] = gating_view(gating)
+    ppa = _csv(results, "ppa.csv")
+    if ppa is not None:
+        figs["ppa"] = ("Preference accuracy by projection", plots.ppa_bars(ppa))
+        if (ppa["measure"] == "ppa_under_steering").any():
+            figs["ppa_steering"] = (
+                "Preference accuracy under steering",
+                plots.ppa_bars(ppa, measure="ppa_under_steering"),
+            )
+        tables["Preference accuracy (PPA) and utility"] = ppa_view(ppa)
+    bt = _csv(results, "users_bt.csv", index_col=0)
+    if bt is not None:
+        figs["users_bt"] = ("Users in the Bradley-Terry basis", plots.users_in_basis(bt))
+    util = _csv(results, "utility_by_group.csv")
+    if util is not None and best is not None:
+        figs["utility_by_group"] = (
+            "Utility gain per user group",
+            plots.utility_by_group(
+                util, title=f"Ground-truth utility gain at α={best:g} (simulated users)"
+            ),
+        )
+    mmlu = _csv(results, "mmlu.csv")
+    if mmlu is not None:
+        figs["mmlu"] = ("MMLU", plots.mmlu_bars(mmlu))
+        tables["Zero-shot MMLU"] = mmlu_view(mmlu)
+    if simulated:
+        try:
+            ds = load_prism(str(s.get("config", {}).get("data", "demo")))
+            if ds.ground_truth is not None and "responses" in ds.ground_truth:
+                pairs = pd.DataFrame([p.__dict__ for p in ds.preference_pairs()])
+                figs["dataset_overview"] = (
+                    "Dataset",
+                    plots.dataset_overview(ds.ground_truth, pairs),
+                )
+        except (FileNotFoundError, ValueError) as e:  # the set moved: report without it
+            logger.warning("dataset overview left out: %s", e)
+
+    # SteerX: token effects and the comparison, on the page and on pages of their own
+    extra: dict[str, go.Figure] = {}
+    effects = _json(results / "steerx_effects.json")
+    if effects is not None:
+        extra.update(_token_figures(effects, _csv(results, "steerx_pr_curve.csv")))
+        if "steerx_pr" in extra:
+            figs["steerx_pr"] = ("SteerX token selection (reconstructed)", extra.pop("steerx_pr"))
+    compare = _csv(results, "steerx_compare.csv")
+    if compare is not None:
+        for stem, fig in _steerx_figures(compare, where).items():
+            if stem.endswith("ppa_projection"):
+                figs[stem] = ("SteerX vs all-history (reconstructed), PPA by projection", fig)
+            else:
+                extra[stem] = fig
+        tables["SteerX (reconstructed) vs all-history, per backbone"] = steerx_view(compare)
+    written: list[Path] = []
+    for stem, (_, fig) in figs.items():
+        written += plots.save_figure(fig, figures / stem)
+    links: dict[str, str] = {}
+    for stem, fig in extra.items():
+        paths = plots.save_figure(fig, figures / stem)
+        written += paths
+        links[stem.replace("_", " ")] = paths[0].name
+    for card in _json(results / "steerx_cards.json") or []:
+        page = write_user_card(
+            figures / f"steerx_user_{card['user']}.html",
+            user=card["user"],
+            description=card["description"],
+            subtitle=card.get("subtitle", ""),
+            targets=[
+                (t["prompt"], t["tokens"], t["effect"], t["selected"]) for t in card["targets"]
+            ],
+        )
+        written.append(page)
+        links[f"SteerX user card: {card['user']} ({card['group']})"] = page.name
+    steps = _json(results / "steps.json") or {}
+    missing = [k for k, v in steps.items() if v.get("status") != "done"]
+    notes = [
+        f"Model: {s.get('model')}. Data: {data_label}."
+        + (
+            " A small-model, simulated-data rehearsal of the study, not Llama-3.1-8B or "
+            "real-PRISM results."
+            if simulated
+            else ""
+        ),
+        "Intervals: bootstrap 95 % over prompts (sweep rows), texts (side effects) or users "
+        "(PPA, utility). SteerX is a reconstruction (its body text was unavailable).",
+    ]
+    if missing:
+        notes.append(f"Partial run: steps {missing} did not finish; their sections are missing.")
+    page = write_report(
+        figures,
+        title="steerlens study report",
+        subtitle=where,
+        config=s.get("config"),
+        tables=tables,
+        figures={heading: fig for heading, fig in figs.values()},
+        generations=_generations(results),
+        notes=notes,
+        links=links,
+        headline=headline(s),
+    )
+    return [*written, page]

@@ -12,8 +12,8 @@ import pandas as pd
 import plotly.graph_objects as go
 import pytest
 
-from steerlens.metrics.summaries import dose_response_table, gating_table, selectivity_table
 from steerlens.metrics.side_effects import side_effect_table
+from steerlens.metrics.summaries import dose_response_table, gating_table, selectivity_table
 from steerlens.reporting import plots
 from steerlens.reporting.page import write_report
 

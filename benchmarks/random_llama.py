@@ -25,6 +25,11 @@ def main(argv: list[str] | None = None) -> Path:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("out", type=Path)
     ap.add_argument("--layers", type=int, default=32)
+    ap.add_argument("--hidden", type=int, default=4096, help="d_model (a smaller one: dry runs)")
+    ap.add_argument("--intermediate", type=int, default=14336)
+    ap.add_argument("--heads", type=int, default=32)
+    ap.add_argument("--kv-heads", type=int, default=8)
+    ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     ap.add_argument("--tokenizer", help="a tokenizer folder (default: the embedded model's)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args(argv)
@@ -38,11 +43,11 @@ def main(argv: list[str] | None = None) -> Path:
     tok = AutoTokenizer.from_pretrained(args.tokenizer)
     cfg = LlamaConfig(
         vocab_size=len(tok),
-        hidden_size=4096,
-        intermediate_size=14336,
+        hidden_size=args.hidden,
+        intermediate_size=args.intermediate,
         num_hidden_layers=args.layers,
-        num_attention_heads=32,
-        num_key_value_heads=8,
+        num_attention_heads=args.heads,
+        num_key_value_heads=args.kv_heads,
         max_position_embeddings=8192,
         rope_theta=500000.0,
         rms_norm_eps=1e-5,
@@ -54,12 +59,12 @@ def main(argv: list[str] | None = None) -> Path:
     start = time.perf_counter()
     torch.manual_seed(0)
     with torch.device(args.device):
-        model = LlamaForCausalLM(cfg).to(torch.bfloat16)
+        model = LlamaForCausalLM(cfg).to(getattr(torch, args.dtype))
     n = sum(p.numel() for p in model.parameters())
     model.save_pretrained(args.out)
     tok.save_pretrained(args.out)
     print(
-        f"{args.out}: {n / 1e9:.2f}B parameters, {args.layers} layers, bf16, "
+        f"{args.out}: {n / 1e9:.3f}B parameters, {args.layers} layers, {args.dtype}, "
         f"written in {time.perf_counter() - start:.0f} s"
     )
     return args.out

@@ -57,7 +57,7 @@ PROMPTS = [
 ]
 
 
-PARTS = ("generation", "sweep", "personalised", "cache", "memory")
+PARTS = ("generation", "sweep", "personalised", "cache", "mmlu", "memory")
 
 
 def compare(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
@@ -233,6 +233,48 @@ def hf_generate(hf, tok, prompts: list[str], new_tokens: int, batch: int | None 
         )
 
 
+def mmlu_part(model: sl.HookedModel, name: str, args: argparse.Namespace) -> dict[str, float]:
+    """Zero-shot MMLU on ``--mmlu-items`` items: steerlens (one pass an item, packed batches,
+    the unembedding only where scored) against plain HF (one full forward an item, as a
+    careful user writes it) and, where installed, lm-evaluation-harness's ``hf`` model
+    (its loglikelihood requests, 4 an item). Once each (they take minutes); the answers of
+    all three are checked to agree."""
+    from steerlens.metrics.mmlu import mmlu_prompt
+
+    items = sl.data.load_mmlu(n=args.mmlu_items, seed=0)
+    hf, tok = plain_hf(name, args.device, torch.float32 if args.device == "cpu" else torch.bfloat16)
+    letters = [tok(f" {x}", add_special_tokens=False)["input_ids"][-1] for x in "ABCD"]
+    out: dict[str, float] = {}
+    t = time.perf_counter()
+    ours = sl.evaluation.mmlu_accuracy(model, items, batch_size=16)
+    out["sl"] = time.perf_counter() - t
+    t = time.perf_counter()
+    preds = []
+    with torch.inference_mode():
+        for it in items:
+            enc = tok(mmlu_prompt(it), return_tensors="pt").to(args.device)
+            logits = hf(**enc).logits[0, -1]  # " A".." D" are one token each here
+            preds.append(int(logits[letters].argmax()))
+    out["hf_loop"] = time.perf_counter() - t
+    out["agree_hf"] = sum(a == b for a, b in zip(preds, ours.predictions, strict=True)) / len(items)
+    try:
+        from lm_eval.api.instance import Instance
+        from lm_eval.models.huggingface import HFLM
+    except ImportError:
+        return out
+    lm = HFLM(pretrained=name, device=args.device, batch_size=1, dtype="float32")
+    reqs = [
+        Instance(request_type="loglikelihood", doc={}, arguments=(mmlu_prompt(it), f" {x}"), idx=j)
+        for it in items
+        for j, x in enumerate("ABCD")
+    ]
+    t = time.perf_counter()
+    lps = torch.tensor([lp for lp, _ in lm.loglikelihood(reqs, disable_tqdm=True)]).view(-1, 4)
+    out["lm_eval"] = time.perf_counter() - t
+    out["agree_lm_eval"] = float((lps.argmax(-1) == torch.tensor(ours.predictions)).float().mean())
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="smollm2-135m-instruct")
@@ -246,6 +288,7 @@ def main() -> None:
         default=list(PARTS),
         help="which comparisons to run (default: all)",
     )
+    ap.add_argument("--mmlu-items", type=int, default=570, help="MMLU part: items (10 a subject)")
     ap.add_argument("--memory-probe", choices=["plain", "tl", "hf"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     name = resolve_name(args.model)
@@ -400,6 +443,46 @@ def main() -> None:
         rows.append(
             ("cache_activations vs HF forward(output_hidden_states)", ca["hf"] / ca["sl"], 1.5)
         )
+        # issue 16's configuration: layers 15-20 of 30, last token, 16 texts of ~84 tokens
+        long = [(" ".join(PROMPTS) * 3)[: 400 + i] for i in range(16)]
+
+        def hf_long() -> None:
+            enc = tok(long, return_tensors="pt", padding=True).to(args.device)
+            with torch.inference_mode():
+                hf(**enc, output_hidden_states=True)
+
+        mid = [lyr for lyr in range(15, 21) if lyr < model.cfg.n_layers] or layers
+        ca16 = compare(
+            {
+                "hf": hf_long,
+                "sl": lambda: sl.cache_activations(
+                    model, long, mid, pool="last", chat=False, batch_size=16, progress_bar=False
+                ),
+            },
+            args.repeats,
+        )
+        ca.update({f"{k} (16 x 84 tokens, layers 15-20, last)": v for k, v in ca16.items()})
+        rows.append(
+            (
+                "cache_activations 16 x 84 tokens, layers 15-20, last token vs HF",
+                ca16["hf"] / ca16["sl"],
+                1.6,
+            )
+        )
+    mm: dict[str, float] = {}
+    if "mmlu" in parts:
+        mm = mmlu_part(model, name, args)
+        if "lm_eval" in mm:
+            rows.append(
+                (
+                    "MMLU zero-shot vs lm-evaluation-harness loglikelihood",
+                    mm["lm_eval"] / mm["sl"],
+                    3.0,
+                )
+            )
+        rows.append(
+            ("MMLU zero-shot vs plain HF, one forward an item", mm["hf_loop"] / mm["sl"], None)
+        )
     rows += mem_rows
 
     machine = f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
@@ -427,6 +510,7 @@ def main() -> None:
                     "sweep": sw,
                     "personalised_sweep": per,
                     "cache": ca,
+                    "mmlu": mm,
                 },
                 "ratios": [{"comparison": n, "ratio": r, "target": t} for n, r, t in rows],
             },

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
+import steerlens as sl
 from steerlens.data.schema import PreferencePair
 from steerlens.methods import PairActivations
 
@@ -159,3 +160,23 @@ def _table(chosen, rejected, users, gaps):
         ),
         "mean",
     )
+
+
+# --- token-for-token fidelity with a model's own tokenizer ---------------------------------
+
+TEXTS = ["The capital of France is", "Question: 2 + 2 = ?\nAnswer:"]
+CONVERSATION = [
+    {"role": "user", "content": "Hi!"},
+    {"role": "assistant", "content": "Hello."},
+    {"role": "user", "content": "Why?"},
+]
+
+
+def check_own_tokenization(model, own) -> None:
+    """Raw text and a chat conversation encode to the ids of the model's own tokenizer."""
+    for text in TEXTS:
+        assert sl.tokens.tokenize(model, [text])[0].tolist() == own(text)["input_ids"]
+    want = own.apply_chat_template(CONVERSATION, tokenize=True, add_generation_prompt=True)
+    want = want["input_ids"] if isinstance(want, dict) or hasattr(want, "keys") else want
+    got = sl.encode_prompts(model, [CONVERSATION], chat=True)[0].tolist()
+    assert got == list(want)

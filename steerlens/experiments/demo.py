@@ -78,7 +78,7 @@ from steerlens.metrics.summaries import (
     gating_table,
     selectivity_table,
 )
-from steerlens.run.divergence import steering_divergence
+from steerlens.run.divergence import reference_logprobs, steering_divergence
 from steerlens.steerx.pipeline import BACKBONES
 
 logger = logging.getLogger(__name__)
@@ -369,8 +369,10 @@ def _side_effects_step(job: _Job) -> dict[str, Any]:
     cfg = job.cfg
     texts = _neutral(job)
     who = _user_vectors(job)
+    # the unsteered pass once per text; one batched steered pass per α (every user a row)
+    reference = reference_logprobs(job.model, texts, batch_size=cfg.batch_size)
     rows = []
-    for alpha in [a for a in cfg.alphas if a != 0.0]:  # one batched pass per α
+    for alpha in [a for a in cfg.alphas if a != 0.0]:
         got = steering_divergence(
             job.model,
             [t for _ in who for t in texts],
@@ -378,6 +380,7 @@ def _side_effects_step(job: _Job) -> dict[str, Any]:
             alpha,
             batch_size=cfg.batch_size,
             progress_bar=True,
+            reference=[r for _ in who for r in reference],
         )
         k = 0
         for method, user, _ in who:

@@ -24,11 +24,12 @@ import torch
 from torch import Tensor
 
 from steerlens.core import fastpath
-from steerlens.core.batching import Batch, map_batches
+from steerlens.core.batching import Batch, map_batches, token_budget
 from steerlens.core.models import HookedModel
 from steerlens.core.tokens import tokenize
 from steerlens.data.mmlu import LETTERS, MMLUItem
 from steerlens.metrics.stats import bootstrap_interval
+from steerlens.run.scoring import logits_at
 
 __all__ = ["MMLUResult", "mmlu_accuracy", "mmlu_prompt"]
 
@@ -78,6 +79,7 @@ def mmlu_accuracy(
     items: Sequence[MMLUItem],
     *,
     batch_size: int = 8,
+    max_tokens: int | None = 0,
     progress_bar: bool = False,
     engine: Literal["auto", "tl", "hf"] = "auto",
 ) -> MMLUResult:
@@ -86,6 +88,9 @@ def mmlu_accuracy(
     ``engine`` as in ``generate``: ``"auto"`` runs on the fast path (the HF modules the
     bridge wraps, with open ``sl.steering()`` blocks carried onto it) when no other hook is
     active — MMLU prompts run to thousands of tokens, where the bridge's attention is slow.
+    Batches hold at most ``batch_size`` rows and ``max_tokens`` padded tokens (0: the
+    device's ``token_budget``; long and short prompts pack), and the unembedding runs only where the answer is scored
+    (``steerlens.run.scoring.logits_at``).
     """
     if not items:
         raise ValueError("no MMLU items to score")
@@ -98,15 +103,13 @@ def mmlu_accuracy(
 
     def run(batch: Batch) -> list[Tensor]:
         enc = batch.enc
-        if fast is None:
-            logits = model(enc.input_ids, attention_mask=enc.attention_mask)
-        else:
-            logits = fast.twin(input_ids=enc.input_ids, attention_mask=enc.attention_mask).logits
+        # prompt + shared prefix end at enc.lengths[row]; the letter follows: k + 1 positions
+        spans = [range(end - k - 1, end) for end in enc.lengths]
+        picked = logits_at(model, fast, batch, spans)
         out = []
         for row in range(len(batch.rows)):
-            end = enc.lengths[row]  # prompt + shared prefix; the letter follows
-            # log-softmax over the k + 1 positions scored, not the whole [batch, pos, vocab]
-            logp = logits[row, end - k - 1 : end].float().log_softmax(-1)
+            end = enc.lengths[row]
+            logp = picked[row].float().log_softmax(-1)
             shared = sum(float(logp[j, enc.input_ids[row, end - k + j]]) for j in range(k))
             out.append(logp[k, choices.to(logp.device)].cpu() + shared)
         return out
@@ -119,6 +122,7 @@ def mmlu_accuracy(
             batch_size=batch_size,
             side="right",
             prompt_lengths=[int(p.numel()) for p in prompts],
+            max_tokens=token_budget(model) if max_tokens == 0 else max_tokens,
             progress_bar=progress_bar,
             description="mmlu",
         )

@@ -30,7 +30,7 @@ def headline(s: Mapping[str, Any]) -> list[str]:
     if a is not None and "mae_change_pct_best" in s:
         out.append(
             f"Steering toward the users' preferred toxicity: the population vector at its best "
-            f"α = {num(a)} changes toxicity MAE by {_iv(s, 'mae_change_pct_best', signed=True)} % "
+            f"α = {float(a):g} changes toxicity MAE by {_iv(s, 'mae_change_pct_best', signed=True)} % "
             f"against unsteered generations ({s.get('n_prompts')} held-out prompts of "
             f"{s.get('n_users')} users)."
         )
@@ -54,7 +54,7 @@ def headline(s: Mapping[str, Any]) -> list[str]:
             for m, row in util.items()
         ]
         out.append(
-            f"Ground-truth utility gain at α = {num(a)} per simulated user group — "
+            f"Ground-truth utility gain at α = {float(a):g} per simulated user group — "
             + "; ".join(parts)
             + "."
         )
@@ -65,7 +65,7 @@ def headline(s: Mapping[str, Any]) -> list[str]:
         parts = [f"{m} {_cell(row.get(key))}" for m, row in kl.items() if key in row]
         pop_ppl = ppl.get("population", {})
         out.append(
-            f"Side effect on neutral text (MMLU question stems) at α = {num(a)}: mean per-token "
+            f"Side effect on neutral text (MMLU question stems) at α = {float(a):g}: mean per-token "
             f"KL from the unsteered model {', '.join(parts)} nats; perplexity of that text "
             f"{_cell(pop_ppl.get('0'))} unsteered, {_cell(pop_ppl.get(key))} with the "
             "population vector."

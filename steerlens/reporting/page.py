@@ -32,6 +32,7 @@ h2{font-size:18px;border-bottom:2px solid #e8731a;padding-bottom:4px}
 table.data{border-collapse:collapse;font-size:13px;background:#fff}
 table.data td,table.data th{border:1px solid #ddd;padding:4px 8px;text-align:right}
 table.data th{background:#f3efe8}
+table.data td:first-child,table.data th:first-child{text-align:left}
 .note{background:#fff4e5;border-left:4px solid #e8731a;padding:8px 12px;font-size:14px}
 .headline{background:#fff;border:1px solid #e3e3e3;border-left:6px solid #2a7f62;
 padding:6px 18px;font-size:15px;line-height:1.5;max-width:1100px}

@@ -58,6 +58,11 @@ def est(
     return f"{m} [{num(low, digits, signed=signed)}, {num(high, digits, signed=signed)}]"
 
 
+def _g(x: Any) -> str:
+    """A dose (α, budget) as written in configs: 0.5, 1, 0.055."""
+    return f"{float(x):g}"
+
+
 def _cols(frame: pd.DataFrame, spec: Sequence[tuple[str, Any]]) -> pd.DataFrame:
     """Build a view: (header, column name or function of a row) pairs; rows kept in order."""
     out: dict[str, list[str]] = {}
@@ -72,7 +77,7 @@ def _cols(frame: pd.DataFrame, spec: Sequence[tuple[str, Any]]) -> pd.DataFrame:
 def dose_view(table: pd.DataFrame) -> pd.DataFrame:
     spec: list[tuple[str, Any]] = [
         ("method", "method"),
-        ("α", lambda r: num(r["alpha"])),
+        ("α", lambda r: _g(r["alpha"])),
         ("toxicity MAE", lambda r: est(r["mae"], r.get("mae_low"), r.get("mae_high"))),
         (
             "ΔMAE vs unsteered, %",
@@ -100,7 +105,7 @@ def calibrated_view(table: pd.DataFrame) -> pd.DataFrame:
     frame = table[table["kl_budget"] > 0]
     spec: list[tuple[str, Any]] = [
         ("method", "method"),
-        ("KL budget, nats/token", lambda r: num(r["kl_budget"], 2)),
+        ("KL budget, nats/token", lambda r: _g(r["kl_budget"])),
         (
             "users' α: mean (min–max)",
             lambda r: f"{num(r['alpha'])} ({num(r.get('alpha_min'))}–{num(r.get('alpha_max'))})",
@@ -128,7 +133,7 @@ def side_effects_view(table: pd.DataFrame) -> pd.DataFrame:
         table,
         [
             ("method", "method"),
-            ("α", lambda r: num(r["alpha"])),
+            ("α", lambda r: _g(r["alpha"])),
             ("KL on neutral text, nats/token", lambda r: est(r["kl"], r["kl_low"], r["kl_high"])),
             ("perplexity of neutral text", lambda r: est(r["ppl"], r["ppl_low"], r["ppl_high"])),
             ("texts", lambda r: str(int(r["n_texts"]))),
@@ -190,7 +195,7 @@ def selectivity_view(table: pd.DataFrame) -> pd.DataFrame:
     frame = table.copy()
     out = pd.DataFrame({"prompt category": [str(i) for i in frame.index]})
     for a in frame.columns:
-        out[f"α = {num(float(a))}"] = [num(v, 2, signed=True) for v in frame[a]]
+        out[f"α = {_g(a)}"] = [num(v, 2, signed=True) for v in frame[a]]
     return out
 
 

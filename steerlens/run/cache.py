@@ -11,7 +11,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from steerlens.core import fastpath
-from steerlens.core.batching import Batch, map_batches
+from steerlens.core.batching import Batch, map_batches, token_budget
 from steerlens.core.hooks import HookFn, hook_name
 from steerlens.core.models import HookedModel, default_layers
 from steerlens.core.tokens import content_masks, encode_prompts, non_special_mask, resolve_chat
@@ -59,6 +59,7 @@ def cache_activations(
     chat: bool | None = None,
     exclude_template: bool = True,
     batch_size: int = 16,
+    max_tokens: int | None = 0,
     dtype: torch.dtype = torch.float32,
     store: str | Path | None = None,
     progress_bar: bool = True,
@@ -82,6 +83,9 @@ def cache_activations(
             (``sl.tokens.content_masks``). BOS residuals are huge on Llama-3 and template tokens are
             the same in every prompt, so including them swamps the mean. ``"last"`` always
             reads the last token (the position that predicts the reply).
+        batch_size / max_tokens: a batch holds at most ``batch_size`` rows and ``max_tokens``
+            padded tokens, so long and short inputs pack (0: ``token_budget(model)``, the
+            device's default; None: rows only).
         store: a folder: write safetensors shards there (one per batch) and return an
             ``ActivationStore`` instead of holding everything in memory.
         engine: ``"tl"`` reads the TransformerLens hook points (any hooks you have active act
@@ -181,6 +185,7 @@ def cache_activations(
             batch_size=batch_size,
             side="right",
             sort=sink is None,  # sorting by length wastes less padding
+            max_tokens=token_budget(model) if max_tokens == 0 else max_tokens,
             progress_bar=progress_bar,
             description="cache",
         )

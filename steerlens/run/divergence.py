@@ -18,10 +18,10 @@ import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
-from jaxtyping import Int
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from steerlens.core import fastpath
@@ -31,7 +31,13 @@ from steerlens.core.models import HookedModel
 from steerlens.core.tokens import tokenize
 from steerlens.core.vectors import SteeringVector
 
-__all__ = ["Divergence", "calibrate_alpha", "steering_divergence", "texts_key"]
+__all__ = [
+    "Divergence",
+    "calibrate_alpha",
+    "reference_logprobs",
+    "steering_divergence",
+    "texts_key",
+]
 
 
 @dataclass(frozen=True)
@@ -67,6 +73,7 @@ def steering_divergence(
     batch_size: int = 16,
     progress_bar: bool = False,
     engine: Literal["auto", "tl", "hf"] = "auto",
+    reference: Sequence[Tensor] | None = None,
 ) -> list[Divergence]:
     """Per text: the KL of the steered from the unsteered next-token distribution, and the
     text's log-likelihood under steering.
@@ -76,6 +83,9 @@ def steering_divergence(
         vector: one vector for every text, or one per text (e.g. each user's vector, the same
             text repeated once per user).
         alpha: one strength, or one per text.
+        reference: per text, its unsteered log-probabilities ``[pos, vocab]``
+            (``reference_logprobs``); then only the steered pass runs (a calibration reuses
+            them at every step).
 
     Every position is steered (gate ``"all"``). Both passes run under whatever hooks are
     already open, so "unsteered" means the model as the caller has it.
@@ -90,25 +100,24 @@ def steering_divergence(
         raise ValueError("every text needs at least two tokens")
     if n == 0:
         return []
+    if reference is not None and len(reference) != n:
+        raise ValueError(f"{len(reference)} reference rows for {n} texts")
     fast = fastpath.resolve_engine(model, "hook_resid_post", engine)
     alphas = float(alpha) if isinstance(alpha, int | float) else [float(a) for a in alpha]
     pairs = steering_hooks(model, vector, alphas)
 
-    def logits(batch: Batch, hooks: list) -> Tensor:  # type: ignore[type-arg]
-        enc = batch.enc
-        with fastpath.engine_hooks(model, fast, hooks):
-            if fast is None:
-                out = model(enc.input_ids, attention_mask=enc.attention_mask)
-            else:
-                out = fast.twin(input_ids=enc.input_ids, attention_mask=enc.attention_mask).logits
-        return out.float().log_softmax(-1)
-
     def run(batch: Batch) -> list[Divergence]:
-        ref = logits(batch, [])
-        steered = logits(batch, pairs)
+        ref = None if reference is not None else _logprobs(model, fast, batch, [])
+        steered = _logprobs(model, fast, batch, pairs)
         rows = []
         for row, n_tok in enumerate(batch.enc.lengths):
-            lq, lp = ref[row, :n_tok], steered[row, :n_tok]
+            lp = steered[row, :n_tok]
+            if ref is not None:
+                lq = ref[row, :n_tok]
+            else:
+                lq = reference[batch.rows[row]].to(lp.device)  # type: ignore[index]
+                if lq.shape != lp.shape:
+                    raise ValueError(f"reference row {batch.rows[row]} has shape {tuple(lq.shape)}")
             kl = (lp.exp() * (lp - lq)).sum(-1).clamp_min(0.0).mean()
             target = batch.enc.input_ids[row, 1:n_tok]
             nll = -lp[:-1].gather(-1, target[:, None]).sum()
@@ -127,6 +136,37 @@ def steering_divergence(
         )
 
 
+def _logprobs(model: HookedModel, fast: Any, batch: Batch, hooks: list[Any]) -> Tensor:
+    """Log-softmax of the batch's logits under ``hooks`` (and whatever hooks are open)."""
+    enc = batch.enc
+    with fastpath.engine_hooks(model, fast, hooks):
+        if fast is None:
+            out = model(enc.input_ids, attention_mask=enc.attention_mask)
+        else:
+            out = fast.twin(input_ids=enc.input_ids, attention_mask=enc.attention_mask).logits
+    return out.float().log_softmax(-1)  # type: ignore[no-any-return]
+
+
+def reference_logprobs(
+    model: HookedModel,
+    texts: Sequence[str] | Sequence[Int[Tensor, " pos"]],
+    *,
+    batch_size: int = 16,
+    engine: Literal["auto", "tl", "hf"] = "auto",
+) -> list[Float[Tensor, "pos vocab"]]:
+    """Per text, the unsteered next-token log-probabilities (CPU, float32), for
+    ``steering_divergence(..., reference=...)``."""
+    ids = _ids(model, texts)
+    fast = fastpath.resolve_engine(model, "hook_resid_post", engine)
+
+    def run(batch: Batch) -> list[Tensor]:
+        lp = _logprobs(model, fast, batch, [])
+        return [lp[row, :n].cpu() for row, n in enumerate(batch.enc.lengths)]
+
+    with torch.inference_mode():
+        return map_batches(model, ids, run, batch_size=batch_size, side="right")
+
+
 def texts_key(texts: Sequence[str] | Sequence[Tensor]) -> str:
     """A short fingerprint of a text set (a calibration holds only for the texts it used)."""
     h = hashlib.sha256()
@@ -143,8 +183,9 @@ def _mean_kl(
     alphas: Sequence[float],
     batch_size: int,
     engine: Literal["auto", "tl", "hf"],
+    reference: list[Tensor],
 ) -> list[float]:
-    """Per vector, its mean KL over ``ids`` at its α (one batched pass for all vectors)."""
+    """Per vector, its mean KL over ``ids`` at its α (one batched steered pass for all)."""
     k = len(ids)
     rows = steering_divergence(
         model,
@@ -153,6 +194,7 @@ def _mean_kl(
         [a for a in alphas for _ in ids],
         batch_size=batch_size,
         engine=engine,
+        reference=[r for _ in vectors for r in reference],
     )
     return [sum(d.kl for d in rows[i * k : (i + 1) * k]) / k for i in range(len(vectors))]
 
@@ -232,6 +274,11 @@ def _bisect(
     batch_size: int,
     engine: Literal["auto", "tl", "hf"],
 ) -> list[tuple[float, float, bool]]:
+    """A safeguarded root search per vector, all vectors in each batched pass: the next α is
+    ``α · sqrt(budget / KL)`` (exact where KL grows as α², as it does for small α), kept
+    inside the bracket found so far; where it leaves the bracket, the bracket's geometric
+    midpoint (bisection on log α) is taken instead."""
+    reference = reference_logprobs(model, ids, batch_size=batch_size, engine=engine)
     n = len(vecs)
     lo = [0.0] * n  # KL(lo) < budget (α = 0 gives KL 0)
     hi: list[float | None] = [None] * n  # KL(hi) >= budget, once found
@@ -244,7 +291,13 @@ def _bisect(
         if not active:
             break
         kls = _mean_kl(
-            model, ids, [vecs[i] for i in active], [alpha[i] for i in active], batch_size, engine
+            model,
+            ids,
+            [vecs[i] for i in active],
+            [alpha[i] for i in active],
+            batch_size,
+            engine,
+            reference,
         )
         for i, kl in zip(active, kls, strict=True):
             a = alpha[i]
@@ -255,16 +308,16 @@ def _bisect(
                 continue
             if kl < budget:
                 lo[i] = a
+                if a >= max_alpha:
+                    done[i] = True  # not reached within max_alpha
+                    continue
             else:
                 hi[i] = a
+            step = a * math.sqrt(budget / kl) if kl > 0 else 2 * a
             h = hi[i]
+            inside = lo[i] < step and (h is None or step < h)
             if h is None:
-                if a >= max_alpha:
-                    done[i] = True
-                    continue
-                alpha[i] = min(2 * a, max_alpha)
-            elif lo[i] == 0.0:
-                alpha[i] = h / 2
+                alpha[i] = min(step if inside else 2 * a, max_alpha)
             else:
-                alpha[i] = math.sqrt(lo[i] * h)  # bisection on log α
+                alpha[i] = step if inside else (math.sqrt(lo[i] * h) if lo[i] > 0 else h / 2)
     return [(best[i][0], kl_at[i], abs(kl_at[i] - budget) <= rtol * budget) for i in range(n)]

@@ -18,11 +18,42 @@ from jaxtyping import Float
 from torch import Tensor
 
 from steerlens.core import fastpath
-from steerlens.core.batching import Batch, map_batches
+from steerlens.core.batching import Batch, map_batches, token_budget
 from steerlens.core.models import HookedModel
 from steerlens.core.tokens import Prompt, encode_prompts, tokenize
 
-__all__ = ["continuation_logprobs", "ids_logprobs"]
+__all__ = ["continuation_logprobs", "ids_logprobs", "logits_at"]
+
+
+def logits_at(
+    model: HookedModel,
+    fast: fastpath.FastPath | None,
+    batch: Batch,
+    positions: Sequence[Sequence[int]],
+) -> list[Float[Tensor, "n vocab"]]:
+    """Per batch row, the logits at its ``positions`` (batch columns).
+
+    On the fast path the unembedding runs only on the union of the rows' positions
+    (transformers' ``logits_to_keep``), not on every position of the batch: a prompt scored at
+    its last few positions skips most of the vocabulary projection. The TransformerLens path
+    computes every position and picks.
+    """
+    enc = batch.enc
+    if fast is None:
+        logits = model(enc.input_ids, attention_mask=enc.attention_mask)
+        return [logits[row, list(pos)] for row, pos in enumerate(positions)]
+    keep = sorted({p for pos in positions for p in pos}) or [0]  # (no position: any one)
+    index = {p: j for j, p in enumerate(keep)}
+    try:
+        logits = fast.twin(
+            input_ids=enc.input_ids,
+            attention_mask=enc.attention_mask,
+            logits_to_keep=torch.tensor(keep, device=enc.input_ids.device),
+        ).logits
+    except TypeError:  # an architecture without logits_to_keep: every position
+        logits = fast.twin(input_ids=enc.input_ids, attention_mask=enc.attention_mask).logits
+        index = {p: p for p in keep}
+    return [logits[row, [index[p] for p in pos]] for row, pos in enumerate(positions)]
 
 
 def continuation_logprobs(
@@ -75,6 +106,7 @@ def ids_logprobs(
     continuation_ids: Sequence[Tensor],
     *,
     batch_size: int = 16,
+    max_tokens: int | None = 0,
     progress_bar: bool = False,
     engine: Literal["auto", "tl", "hf"] = "auto",
 ) -> list[Float[Tensor, " tok"]]:
@@ -82,7 +114,9 @@ def ids_logprobs(
 
     For callers that build contexts at the token level (e.g. a history with one token
     removed). ``engine`` as in ``generate``: ``"auto"`` runs on the fast path when no other
-    hook is active (open ``sl.steering()`` blocks are carried onto it).
+    hook is active (open ``sl.steering()`` blocks are carried onto it). Batches hold at most
+    ``batch_size`` rows and ``max_tokens`` padded tokens (0: ``token_budget(model)``; None:
+    rows only).
     """
     if len(prompt_ids) != len(continuation_ids):
         raise ValueError(f"{len(prompt_ids)} prompts but {len(continuation_ids)} continuations")
@@ -100,15 +134,15 @@ def ids_logprobs(
 
     def run(batch: Batch) -> list[Tensor]:
         enc = batch.enc
-        if fast is None:
-            logits = model(enc.input_ids, attention_mask=enc.attention_mask)
-        else:
-            logits = fast.twin(input_ids=enc.input_ids, attention_mask=enc.attention_mask).logits
+        spans = [
+            range(prompt_lengths[j] - 1, enc.lengths[row] - 1) for row, j in enumerate(batch.rows)
+        ]
+        picked = logits_at(model, fast, batch, spans)
         rows = []
         for row, j in enumerate(batch.rows):
             p, n_tok = prompt_lengths[j], enc.lengths[row]
             target = enc.input_ids[row, p:n_tok]
-            logp = logits[row, p - 1 : n_tok - 1].float().log_softmax(-1)
+            logp = picked[row].float().log_softmax(-1)
             rows.append(logp.gather(-1, target[:, None])[:, 0].cpu())
         return rows
 
@@ -120,6 +154,7 @@ def ids_logprobs(
             batch_size=batch_size,
             side="right",
             prompt_lengths=prompt_lengths,
+            max_tokens=token_budget(model) if max_tokens == 0 else max_tokens,
             progress_bar=progress_bar,
             description="score",
         )

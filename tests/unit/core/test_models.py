@@ -47,18 +47,6 @@ def test_bad_arguments():
         sl.load_model("tiny-random", dtype="float7")
 
 
-@pytest.mark.integration
-@pytest.mark.slow
-def test_embedded_hooked_backend_matches_bridge(embedded):
-    hooked = sl.load_model(backend="hooked")
-    ids = sl.encode_prompts(embedded, ["What is the capital of France?"])[0][None]
-    with torch.no_grad():
-        ids = on_device(embedded, ids)
-        a, b = embedded(ids), hooked(ids)
-    assert (a[0, -1].argmax() == b[0, -1].argmax()).item()
-    torch.testing.assert_close(a, b, rtol=0, atol=5e-3)
-
-
 @pytest.fixture(scope="module")
 def tiny_folder(tmp_path_factory):
     """The tiny model saved as an ordinary HF folder: loaded *by name* (a path), not by the

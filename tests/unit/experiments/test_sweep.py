@@ -294,7 +294,7 @@ def test_two_process_accelerate_sweep_equals_the_single_process_run(tmp_path):
 
 
 def test_more_processes_than_gpus_is_a_clear_error(monkeypatch):
-    from steerlens.experiments.sweep import _Dist
+    from steerlens.experiments.sweep.distributed import _Dist
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)

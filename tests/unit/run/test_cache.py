@@ -178,15 +178,6 @@ def test_bad_engine_writes_nothing(tiny, tmp_path):
         )
 
 
-@pytest.mark.integration
-def test_embedded_fast_cache_equals_transformerlens(embedded):
-    texts = ["What is the capital of France?", "Tell me a short story about a cat."]
-    layers = sl.default_layers(embedded)
-    tl = sl.cache_activations(embedded, texts, layers, pool="mean", engine="tl", progress_bar=False)
-    hf = sl.cache_activations(embedded, texts, layers, pool="mean", engine="hf", progress_bar=False)
-    assert_close_impl(hf, tl)
-
-
 def test_a_model_without_a_chat_template_defaults_to_raw_text():
     model = sl.load_model("tiny-random")
     model.tokenizer.chat_template = None

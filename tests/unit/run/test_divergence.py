@@ -93,3 +93,22 @@ def test_calibration_is_cached_with_the_vector(tiny, rand_vec, monkeypatch):
     assert not calls
     calibrate_alpha(tiny, v, PROMPTS[:2], 0.01, iterations=1)  # other texts: not the cache
     assert calls
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_precomputed_reference_gives_the_same_divergence(tiny, rand_vec, engine):
+    ref = divergence.reference_logprobs(tiny, PROMPTS, engine=engine)
+    both = steering_divergence(tiny, PROMPTS, rand_vec, 3.0, engine=engine)
+    reused = steering_divergence(tiny, PROMPTS, rand_vec, 3.0, engine=engine, reference=ref)
+    for a, b in zip(both, reused, strict=True):
+        assert a.kl == pytest.approx(b.kl, rel=1e-5, abs=1e-7) and a.nll == b.nll
+    with pytest.raises(ValueError, match="reference rows"):
+        steering_divergence(tiny, PROMPTS, rand_vec, 3.0, reference=ref[:1])
+
+
+def test_a_budget_out_of_reach_stops_at_max_alpha(tiny, rand_vec):
+    weak = sl.SteeringVector({k: 1e-4 * v for k, v in rand_vec.directions.items()}, "tiny-random")
+    (a,) = calibrate_alpha(tiny, weak, PROMPTS, 5.0, max_alpha=8.0)
+    assert a == 8.0
+    (entry,) = weak.metadata["kl_alpha"].values()
+    assert entry["reached"] is False and entry["kl"] < 5.0

@@ -1,0 +1,55 @@
+"""benchmarks/gpu.py end to end on the CPU with a tiny random Llama (so the GPU check cannot
+rot between the sessions that have a GPU)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_script_runs_end_to_end_on_a_tiny_model(tmp_path):
+    gpu = _load("gpu")
+    out = tmp_path / "gpu.json"
+    report = gpu.main(
+        [
+            "--tiny",
+            "--device",
+            "cpu",
+            "--batches",
+            "1",
+            "3",
+            "--new-tokens",
+            "4",
+            "--repeats",
+            "1",
+            "--bandwidth-gib",
+            "0.05",
+            "--out",
+            str(out),
+        ]
+    )
+    assert json.loads(out.read_text()) == report
+    assert report["read_bandwidth_tb_s"] > 0 and report["batch1_limit_tokens_per_s"] > 0
+    rows = {(r["batch"], r["row"]) for r in report["rows"]}
+    for batch in (1, 3):
+        for row in (
+            "steerlens fast path, one vector",
+            "steerlens fast path, a vector and α per row",
+            "transformers eager",
+            "transformers static cache + torch.compile",
+        ):
+            assert (batch, row) in rows
+    assert all(r["tokens_per_s"] > 0 for r in report["rows"])
+    assert all(r["share_of_batch1_limit"] is not None for r in report["rows"] if r["batch"] == 1)

@@ -143,8 +143,8 @@ class DemoConfig:
                 targets_per_user=2,
                 max_users=8,
                 patch_targets=1,
-                patch_layers=4,
-                history_tokens=24,
+                patch_layers=3,
+                history_tokens=12,
                 smoke=True,
             )
             # no BiPO training and no SAE training: the two mean-difference variants

@@ -140,11 +140,13 @@ def _detail(model: HookedModel, q: Any, eff: Any, cfg: TokenEffectsConfig) -> di
 def _patching(
     model: HookedModel, queries: list[Any], cfg: TokenEffectsConfig
 ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
-    """Exact activation patching against attribution patching (1 and 8 steps)."""
+    """Exact activation patching against attribution patching (1 and 8 steps), on the
+    ``patch_targets`` shortest responses (exact patching runs one pass per layer x token)."""
     n_layers = model.cfg.n_layers
     layers = sorted({int(x) for x in np.linspace(0, n_layers - 1, cfg.patch_layers)})
     agreement, heat = [], None
-    for j in range(min(cfg.patch_targets, len(queries))):
+    shortest = sorted(range(len(queries)), key=lambda i: (len(queries[i].response), i))
+    for j in shortest[: cfg.patch_targets]:
         q = queries[j]
         args = dict(prompt=q.prompt, response=q.response, history=list(q.history), layers=layers)
         t1 = time.perf_counter()

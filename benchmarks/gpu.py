@@ -31,6 +31,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from datetime import date
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -215,11 +216,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "device": torch.cuda.get_device_name()
         if device.startswith("cuda")
         else platform.processor() or platform.machine(),
-        "versions": {
-            "torch": torch.__version__,
-            "transformers": __import__("transformers").__version__,
-            "transformer_lens": __import__("transformer_lens").__version__,
-        },
+        "versions": {p: version(p) for p in ("torch", "transformers", "transformer-lens")},
         "model": folder,
         "parameters_b": round(sum(p.numel() for p in hf.parameters()) / 1e9, 3),
         "weight_gib": round(weight_bytes / 2**30, 2),

@@ -134,6 +134,10 @@ def demo(
     steerx: Annotated[
         bool, typer.Option(help="also SteerX vs all-history per backbone (reconstructed)")
     ] = True,
+    device: Annotated[
+        str | None, typer.Option(help="cpu, cuda, ... (default: CUDA if any)")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="the run's seed (splits, sampling, bootstrap)")] = 0,
 ) -> None:
     """The study: vectors, PPA, α sweep per method, gating, MMLU, SteerX vs all-history,
     figures, report page (small by default; --full for the whole study)."""
@@ -141,7 +145,17 @@ def demo(
     from steerlens.reporting.study import write_study_report
 
     logging.getLogger("steerlens").setLevel(logging.INFO)
-    s = run_demo(DemoConfig(model=model, data=data, out=str(out), quick=quick, steerx=steerx))
+    from steerlens.experiments.config import RunSection
+
+    cfg = DemoConfig(
+        model=model,
+        data=data,
+        out=str(out),
+        quick=quick,
+        steerx=steerx,
+        run=RunSection(seed=seed, device=device),
+    )
+    s = run_demo(cfg)
     start = time.perf_counter()
     files = write_study_report(out)
     seconds = {**s["seconds"], "report": round(time.perf_counter() - start, 1)}

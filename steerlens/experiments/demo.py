@@ -50,6 +50,7 @@ from steerlens.core.hooks import steering
 from steerlens.core.models import HookedModel, default_layers, load_model
 from steerlens.data import load_mmlu, load_prism, neutral_texts
 from steerlens.data.prism import PrismDataset
+from steerlens.experiments.config import RunSection
 from steerlens.experiments.personalization import (
     PersonalizationConfig,
     PersonalizationResult,
@@ -104,7 +105,7 @@ class DemoConfig:
     data: str = "demo"
     out: str = "."
     quick: bool = False
-    seed: int = 0
+    run: RunSection = field(default_factory=RunSection)  # seed, device, batch size
     methods: list[str] = field(
         default_factory=lambda: ["population", "dislike-weighted", "bradley-terry"]
     )
@@ -123,7 +124,6 @@ class DemoConfig:
     neutral_texts: int = 32  # side effects: neutral held-out texts (MMLU stems)
     kl_texts: int = 8  # of which the KL calibration uses the first few
     max_new_tokens: int = 48
-    batch_size: int = 16
     cells_per_batch: int = 64
     token_effects: TokenEffectsConfig = field(default_factory=TokenEffectsConfig)
     steerx: bool = True
@@ -132,6 +132,8 @@ class DemoConfig:
     steps: list[str] = field(default_factory=lambda: list(STEPS))
 
     def __post_init__(self) -> None:
+        if isinstance(self.run, dict):
+            self.run = RunSection(**self.run)
         if isinstance(self.token_effects, dict):
             self.token_effects = TokenEffectsConfig(**self.token_effects)
         if self.quick:
@@ -209,7 +211,7 @@ class _Job:
     @property
     def settings(self) -> GenerationSettings:
         c = self.cfg
-        return GenerationSettings(c.max_new_tokens, c.batch_size, c.cells_per_batch)
+        return GenerationSettings(c.max_new_tokens, c.run.batch_size, c.cells_per_batch)
 
     def need(self, what: str) -> Any:
         value = getattr(self, what)
@@ -227,8 +229,8 @@ def _vectors_step(job: _Job) -> dict[str, Any]:
         steer_alpha=cfg.steer_alpha if cfg.steer_ppa else None,
         max_steer_pairs=cfg.max_steer_pairs,
         max_users=cfg.max_users,
-        batch_size=cfg.batch_size,
-        seed=cfg.seed,
+        batch_size=cfg.run.batch_size,
+        seed=cfg.run.seed,
     )
     study = personalization_study(job.model, ds, pcfg)
     # per-user vectors rescaled to the population vector's norms: one α grid for every method
@@ -270,7 +272,7 @@ def _vectors_step(job: _Job) -> dict[str, Any]:
 def _dose_step(job: _Job) -> dict[str, Any]:
     cfg, results = job.cfg, job.results
     study = job.need("study")
-    job.prompts = held_out_prompts(study.test_pairs, cfg.n_prompts, cfg.seed)
+    job.prompts = held_out_prompts(study.test_pairs, cfg.n_prompts, cfg.run.seed)
     (results / "prompts.jsonl").write_text(
         "".join(json.dumps(asdict(p)) + "\n" for p in job.prompts), encoding="utf-8"
     )
@@ -281,11 +283,11 @@ def _dose_step(job: _Job) -> dict[str, Any]:
         job.vectors,
         results / "sweep" / "dose",
         settings=job.settings,
-        measure=standard_measures(job.gt, batch_size=cfg.batch_size),
+        measure=standard_measures(job.gt, batch_size=cfg.run.batch_size),
     )
     assert dose is not None
     job.dose = dose
-    table = dose_response_table(dose, seed=cfg.seed)
+    table = dose_response_table(dose, seed=cfg.run.seed)
     table.to_csv(results / "dose_response.csv", index=False)
     selectivity = selectivity_table(dose, method="population")
     selectivity.to_csv(results / "selectivity.csv")
@@ -339,7 +341,7 @@ def _utility_by_group(job: _Job, dose: pd.DataFrame) -> pd.DataFrame:
             est = estimate(
                 [float(gain[i]) for i in sel],
                 [str(part["user"].iloc[i]) for i in sel],
-                seed=job.cfg.seed,
+                seed=job.cfg.run.seed,
             )
             rows.append({"method": method, "group": g, **est.as_dict()})
     return pd.DataFrame(rows)
@@ -347,8 +349,8 @@ def _utility_by_group(job: _Job, dose: pd.DataFrame) -> pd.DataFrame:
 
 def _neutral(job: _Job) -> list[str]:
     cfg = job.cfg
-    scored = load_mmlu(n=cfg.mmlu_items, seed=cfg.seed)  # never the items MMLU scores
-    return neutral_texts(cfg.neutral_texts, seed=cfg.seed, exclude=scored)
+    scored = load_mmlu(n=cfg.mmlu_items, seed=cfg.run.seed)  # never the items MMLU scores
+    return neutral_texts(cfg.neutral_texts, seed=cfg.run.seed, exclude=scored)
 
 
 def _user_vectors(job: _Job) -> list[tuple[str, str, Any]]:
@@ -370,7 +372,7 @@ def _side_effects_step(job: _Job) -> dict[str, Any]:
     texts = _neutral(job)
     who = _user_vectors(job)
     # the unsteered pass once per text; one batched steered pass per α (every user a row)
-    reference = reference_logprobs(job.model, texts, batch_size=cfg.batch_size)
+    reference = reference_logprobs(job.model, texts, batch_size=cfg.run.batch_size)
     rows = []
     for alpha in [a for a in cfg.alphas if a != 0.0]:
         got = steering_divergence(
@@ -378,7 +380,7 @@ def _side_effects_step(job: _Job) -> dict[str, Any]:
             [t for _ in who for t in texts],
             [v for _, _, v in who for _ in texts],
             alpha,
-            batch_size=cfg.batch_size,
+            batch_size=cfg.run.batch_size,
             progress_bar=True,
             reference=[r for _ in who for r in reference],
         )
@@ -400,7 +402,7 @@ def _side_effects_step(job: _Job) -> dict[str, Any]:
                 k += 1
     raw = pd.DataFrame(rows)
     raw.to_csv(job.results / "side_effects_rows.csv", index=False)
-    base = steering_divergence(job.model, texts, who[0][2], 0.0, batch_size=cfg.batch_size)
+    base = steering_divergence(job.model, texts, who[0][2], 0.0, batch_size=cfg.run.batch_size)
     zero = pd.DataFrame(
         [
             {
@@ -416,7 +418,7 @@ def _side_effects_step(job: _Job) -> dict[str, Any]:
             for i, d in enumerate(base)
         ]
     )
-    table = side_effect_table(pd.concat([zero, raw], ignore_index=True), seed=cfg.seed)
+    table = side_effect_table(pd.concat([zero, raw], ignore_index=True), seed=cfg.run.seed)
     table.to_csv(job.results / "side_effects.csv", index=False)
     return {
         "neutral_texts": len(texts),
@@ -454,7 +456,7 @@ def _calibrated_step(job: _Job) -> dict[str, Any]:
         raise RuntimeError("the calibrated step needs the side_effects step's results")
     budgets = _budgets(job)
     texts = _neutral(job)[: cfg.kl_texts]
-    alphas = calibrate_table(job.model, job.vectors, budgets, texts, batch_size=cfg.batch_size)
+    alphas = calibrate_table(job.model, job.vectors, budgets, texts, batch_size=cfg.run.batch_size)
     save_vectors(job.vectors, job.results / "vectors")  # each carries its calibration
     cells = run_sweep(
         job.model,
@@ -469,10 +471,10 @@ def _calibrated_step(job: _Job) -> dict[str, Any]:
         job.vectors,
         job.results / "sweep" / "calibrated",
         settings=job.settings,
-        measure=standard_measures(job.gt, batch_size=cfg.batch_size),
+        measure=standard_measures(job.gt, batch_size=cfg.run.batch_size),
     )
     assert cells is not None
-    table = dose_response_table(cells, dose="kl_budget", seed=cfg.seed)
+    table = dose_response_table(cells, dose="kl_budget", seed=cfg.run.seed)
     spread = (
         pd.DataFrame(
             [
@@ -536,11 +538,11 @@ def _gating_step(job: _Job) -> dict[str, Any]:
         job.vectors,
         job.results / "sweep" / "gating",
         settings=job.settings,
-        measure=standard_measures(job.gt, batch_size=cfg.batch_size),
+        measure=standard_measures(job.gt, batch_size=cfg.run.batch_size),
     )
     assert gating is not None
     cells = pd.concat([dose, gating], ignore_index=True)
-    table = gating_table(cells, method="population", alpha=best_alpha, seed=cfg.seed)
+    table = gating_table(cells, method="population", alpha=best_alpha, seed=cfg.run.seed)
     table.to_csv(job.results / "gating.csv", index=False)
     return {"gating": table.round(5).to_dict(orient="records")}
 
@@ -548,13 +550,13 @@ def _gating_step(job: _Job) -> dict[str, Any]:
 def _mmlu_step(job: _Job) -> dict[str, Any]:
     cfg = job.cfg
     best_alpha, study = job.need("best_alpha"), job.need("study")
-    items = load_mmlu(n=cfg.mmlu_items, seed=cfg.seed)
+    items = load_mmlu(n=cfg.mmlu_items, seed=cfg.run.seed)
     rows = []
     for name, alpha in (("unsteered", 0.0), (f"population α={best_alpha:g}", best_alpha)):
         hooks = steering(job.model, study.population, alpha=alpha) if alpha else nullcontext()
         with hooks:
-            res = mmlu_accuracy(job.model, items, batch_size=cfg.batch_size)
-        lo, hi = res.interval(seed=cfg.seed)
+            res = mmlu_accuracy(job.model, items, batch_size=cfg.run.batch_size)
+        lo, hi = res.interval(seed=cfg.run.seed)
         rows.append(
             {
                 "condition": name,
@@ -591,7 +593,7 @@ def _steerx_step(job: _Job) -> dict[str, Any]:
         held_out=cfg.held_out,
         max_new_tokens=min(cfg.max_new_tokens, 32),
         steer_ppa=cfg.steer_ppa,
-        seed=cfg.seed,
+        seed=cfg.run.seed,
     )
     run_steerx_compare(job.model, job.ds, xcfg, out=job.results.parent, data_label=cfg.data)
     return {}  # its keys are in summary.json already
@@ -618,7 +620,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     results.mkdir(parents=True, exist_ok=True)
     summary_path, steps_path = results / "summary.json", results / "steps.json"
     start = time.perf_counter()
-    model = load_model(cfg.model)
+    model = load_model(cfg.model, device=cfg.run.device, seed=cfg.run.seed)
     ds = load_prism(cfg.data)
     logger.info("%r", ds)
     seconds: dict[str, float] = {"load model": round(time.perf_counter() - start, 1)}

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+import plotly.io as pio
 from plotly.subplots import make_subplots
 
 logger = logging.getLogger(__name__)
@@ -25,6 +26,7 @@ __all__ = [
     "ppa_bars",
     "pr_curves",
     "save_figure",
+    "save_figures",
     "selectivity_heatmap",
     "steerx_bars",
     "token_effects",
@@ -584,32 +586,55 @@ def _chrome_available() -> bool:
     return any(shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome", "chrome"))
 
 
-def save_figure(fig: go.Figure, stem: str | Path) -> list[Path]:
-    """Write ``stem.html`` and, where a Chrome/Chromium is available, ``stem.png``."""
+def _export_size(fig: go.Figure) -> tuple[int, int]:
+    return (
+        int(fig.layout.width or (fig.layout.meta or {}).get("export_width", 1000)),
+        int(fig.layout.height or 550),
+    )
+
+
+def _warn_html_only(reason: str) -> None:
     global _PNG_WARNED
-    stem = Path(stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    html = stem.with_suffix(".html")
-    fig.write_html(html, include_plotlyjs="directory")  # offline: plotly.min.js beside it
-    written = [html]
-    if _chrome_available():
-        for name in ("kaleido", "choreographer"):  # their INFO lines would drown the run's
-            logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger(name).level))
-        try:
-            png = stem.with_suffix(".png")
-            fig.write_image(
-                png,
-                width=fig.layout.width or (fig.layout.meta or {}).get("export_width", 1000),
-                height=fig.layout.height or 550,
-                scale=2,
-            )
-            written.append(png)
-            return written
-        except Exception as exc:  # kaleido/Chrome trouble must never fail a run
-            reason = f"PNG export failed ({type(exc).__name__}: {exc})"
-    else:
-        reason = "PNG export needs Chrome/Chromium (Debian package 'chromium'); none found"
     if not _PNG_WARNED:
         logger.warning("%s: writing HTML figures only", reason)
         _PNG_WARNED = True
+
+
+def save_figures(figures: Mapping[Path, go.Figure] | Mapping[str, go.Figure]) -> list[Path]:
+    """``save_figure`` for many figures (stem -> figure): each ``stem.html``, and the PNGs
+    in one batch through one Chromium session where one is available (starting Chromium per
+    figure costs about a second each)."""
+    written: list[Path] = []
+    stems = [Path(s) for s in figures]
+    for stem, fig in zip(stems, figures.values(), strict=True):
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        html = stem.with_suffix(".html")
+        fig.write_html(html, include_plotlyjs="directory")  # offline: plotly.min.js beside it
+        written.append(html)
+    if not figures:
+        return written
+    if not _chrome_available():
+        _warn_html_only("PNG export needs Chrome/Chromium (Debian package 'chromium'); none found")
+        return written
+    for name in ("kaleido", "choreographer"):  # their INFO lines would drown the run's
+        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger(name).level))
+    figs = list(figures.values())
+    sizes = [_export_size(f) for f in figs]
+    pngs = [s.with_suffix(".png") for s in stems]
+    try:
+        pio.write_images(
+            fig=figs,
+            file=pngs,
+            width=[w for w, _ in sizes],
+            height=[h for _, h in sizes],
+            scale=2,
+        )
+        written += pngs
+    except Exception as exc:  # kaleido/Chrome trouble must never fail a run
+        _warn_html_only(f"PNG export failed ({type(exc).__name__}: {exc})")
     return written
+
+
+def save_figure(fig: go.Figure, stem: str | Path) -> list[Path]:
+    """Write ``stem.html`` and, where a Chrome/Chromium is available, ``stem.png``."""
+    return save_figures({Path(stem): fig})

@@ -234,14 +234,10 @@ def write_study_report(out: str | Path = ".") -> list[Path]:
             else:
                 extra[stem] = fig
         tables["SteerX (reconstructed) vs all-history, per backbone"] = steerx_view(compare)
-    written: list[Path] = []
-    for stem, (_, fig) in figs.items():
-        written += plots.save_figure(fig, figures / stem)
-    links: dict[str, str] = {}
-    for stem, fig in extra.items():
-        paths = plots.save_figure(fig, figures / stem)
-        written += paths
-        links[stem.replace("_", " ")] = paths[0].name
+    batch = {figures / stem: fig for stem, (_, fig) in figs.items()}
+    batch.update({figures / stem: fig for stem, fig in extra.items()})
+    written = plots.save_figures(batch)  # the PNGs in one Chromium session
+    links: dict[str, str] = {stem.replace("_", " "): f"{stem}.html" for stem in extra}
     for card in _json(results / "steerx_cards.json") or []:
         page = write_user_card(
             figures / f"steerx_user_{card['user']}.html",

@@ -147,6 +147,20 @@ def cache_activations(
     )
     if model.training:  # eval() walks every module of a bridge: skip it when already off
         model.eval()
+    # Identical inputs (the chosen response of a conversation sits in each of its pairs) run
+    # once, unless a hook is active: a per-row hook must see every input in its own row.
+    owner = list(range(len(ids)))
+    if sink is None and not _hooked(model, fast):
+        seen: dict[tuple[bytes, bytes | None], int] = {}
+        owner = [
+            seen.setdefault(
+                (x.numpy().tobytes(), None if masks is None else masks[i].numpy().tobytes()), i
+            )
+            for i, x in enumerate(ids)
+        ]
+    unique = sorted(set(owner))
+    run_ids = [ids[i] for i in unique]
+    run_masks = None if masks is None else [masks[i] for i in unique]
 
     def run(batch: Batch) -> Sequence[Tensor | None]:
         enc = batch.enc
@@ -162,7 +176,11 @@ def cache_activations(
         rows = []
         for row, i in enumerate(batch.rows):
             n_tok = enc.lengths[row]
-            sel = torch.ones(n_tok, dtype=torch.bool) if masks is None else masks[i].bool().cpu()
+            sel = (
+                torch.ones(n_tok, dtype=torch.bool)
+                if run_masks is None
+                else run_masks[i].bool().cpu()
+            )
             acts = stacked[row, :, :n_tok]
             if pool == "last":
                 rows.append(acts[:, int(sel.nonzero().max())])
@@ -180,7 +198,7 @@ def cache_activations(
     with fastpath.engine_hooks(model, fast, []), torch.inference_mode():
         results = map_batches(
             model,
-            ids,
+            run_ids,
             run,
             batch_size=batch_size,
             side="right",
@@ -191,8 +209,21 @@ def cache_activations(
         )
     if sink is not None:
         return sink
-    done = [r for r in results if r is not None]
+    at = {i: k for k, i in enumerate(unique)}
+    done: list[Tensor] = []
+    for i in range(len(ids)):
+        r = results[at[owner[i]]]
+        assert r is not None
+        done.append(r if owner[i] == i else r.clone())  # a copy: rows never alias
     return done if pool == "none" else torch.stack(done)
+
+
+def _hooked(model: HookedModel, fast: fastpath.FastPath | None) -> bool:
+    """Whether any hook would run: steering carried onto the fast path, or any hook on the
+    TransformerLens path."""
+    if fast is not None:
+        return bool(fast.carried)
+    return any(hp.fwd_hooks for hp in model.hook_dict.values())
 
 
 def _tl_capture(

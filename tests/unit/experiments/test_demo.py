@@ -194,3 +194,10 @@ def test_demo_config_validation():
         DemoConfig(neutral_texts=4, kl_texts=8)
     assert "steerx" not in DemoConfig(steerx=False).steps
     assert q.token_effects.smoke and q.token_effects.max_users == 8
+    # one run section (seed, device, batch size), nested; from a JSON/YAML mapping too
+    nested = DemoConfig(run={"seed": 3, "batch_size": 4, "device": "cpu"})
+    assert (nested.run.seed, nested.run.batch_size, nested.run.device) == (3, 4, "cpu")
+    with pytest.raises(ValueError, match="batch_size"):
+        DemoConfig(run={"batch_size": 0})
+    with pytest.raises(ValueError, match="device"):
+        DemoConfig(run={"device": "gpu"})

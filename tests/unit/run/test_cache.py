@@ -222,3 +222,35 @@ def test_cache_runs_the_engine_it_names(tiny, engine, monkeypatch):
     seen.clear()
     sl.cache_activations(tiny, PROMPTS, [1], batch_size=3, progress_bar=False)  # auto
     assert seen == (["hf"] if hasattr(tiny, "original_model") else ["tl"])
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_identical_inputs_run_once_unless_a_per_row_hook_is_open(
+    tiny, rand_vec, engine, monkeypatch
+):
+    import steerlens.run.cache as cache_mod
+
+    texts = [PROMPTS[0], PROMPTS[1], PROMPTS[0], PROMPTS[0]]
+    ran = []
+    real = cache_mod.map_batches
+    monkeypatch.setattr(
+        cache_mod,
+        "map_batches",
+        lambda m, ids, *a, **k: ran.append(len(ids)) or real(m, ids, *a, **k),
+    )
+    acts = sl.cache_activations(tiny, texts, [1, 2], pool="mean", engine=engine, progress_bar=False)
+    assert ran == [2]
+    assert torch.equal(acts[0], acts[2]) and torch.equal(acts[0], acts[3])
+    single = sl.cache_activations(
+        tiny, texts[:2], [1, 2], pool="mean", engine=engine, progress_bar=False
+    )
+    assert_close_impl(acts[:2], single)
+    # per-row α: the three copies are three different inputs
+    with sl.steering(tiny, rand_vec, alpha=[0.0, 0.0, 3.0, -3.0]):
+        steered = sl.cache_activations(
+            tiny, texts, [2, 3], pool="mean", engine=engine, progress_bar=False
+        )
+    assert ran[-1] == 4
+    assert not torch.allclose(steered[0], steered[2]) and not torch.allclose(steered[2], steered[3])
+    none = sl.cache_activations(tiny, texts, [1], pool="none", engine=engine, progress_bar=False)
+    assert none[0] is not none[2] and torch.equal(none[0], none[2])  # copies, never aliases

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import steerlens as sl
+from steerlens.experiments.demo import mark_step
 from steerlens.experiments.steerx_compare import run_steerx_compare
 from steerlens.experiments.steerx_study import SteerXStudyConfig
 from steerlens.reporting.study import write_study_report
@@ -45,6 +46,7 @@ def run(
         sae_steps=sae_steps,
         progress_bar=progress_bar,
     )
+    mark_step(Path(out) / "results", "steerx", report["seconds"])
     write_study_report(out)  # its figures and user cards, drawn from the files it wrote
     return report
 

@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 from typing import Any
 
 import steerlens as sl
+from steerlens.experiments.demo import mark_step
 from steerlens.experiments.token_effects import TokenEffectsConfig, token_effect_study
 from steerlens.reporting.study import write_study_report
 
@@ -39,6 +41,7 @@ def run(
     **options: Any,
 ) -> dict:
     """Run the study (``options``: ``TokenEffectsConfig`` fields) and write its report."""
+    t0 = time.perf_counter()
     keys = token_effect_study(
         sl.load_model(model),
         sl.data.load_prism(data),
@@ -46,6 +49,7 @@ def run(
         out=out,
         progress_bar=progress_bar,
     )
+    mark_step(Path(out) / "results", "token_effects", time.perf_counter() - t0)
     write_study_report(out)
     report = json.loads((Path(out) / "results" / "steerx_effects.json").read_text())
     return {**report, "summary_keys": keys}

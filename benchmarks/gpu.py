@@ -10,7 +10,9 @@ against the memory-bandwidth limit, on a random-init Llama-3.1-8B-shaped model.
    ``transformers`` eager, and plain ``transformers`` with a static KV cache and
    ``torch.compile`` (what a speed-minded user runs; its warm-up is reported apart);
 4. peak CUDA memory of each row against the weights plus the KV cache;
-5. prints the table (tokens/s, the share of the batch-1 limit) and writes ``--out`` (JSON).
+5. prefill-heavy work (activation caching, zero-shot MMLU; batches packed by the device's
+   token budget) in tokens/s against the compute limit, ``matmul FLOP/s / (2 x parameters)``;
+6. prints the table (tokens/s, the share of the batch-1 limit) and writes ``--out`` (JSON).
 
 It stops starting new rows once ``--budget-s`` seconds have passed (default 420: the whole
 check fits an 8-minute call). ``--tiny`` runs it end to end on a small random model (a test
@@ -65,6 +67,65 @@ def read_bandwidth(device: str, gib: float) -> float:
         times.append(time.perf_counter() - t)
     del x
     return 2 * n / statistics.median(times)
+
+
+def matmul_rate(device: str, n: int) -> float:
+    """FLOP/s of an ``n x n`` matrix multiply in the run's dtype (median of 5)."""
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
+    times = []
+    for _ in range(5):
+        _sync(device)
+        t = time.perf_counter()
+        a @ b
+        _sync(device)
+        times.append(time.perf_counter() - t)
+    return 2 * n**3 / statistics.median(times)
+
+
+def prefill_rows(model: Any, n_params: int, flops: float, args: argparse.Namespace) -> list[dict]:
+    """Prefill-heavy work (activation caching, MMLU) in tokens/s against the compute limit,
+    ``flops / (2 x parameters)`` tokens/s; batches packed by the device's token budget."""
+    texts = [(PROMPT + " ") * (1 + i % 8) for i in range(args.prefill_texts)]
+    ids = sl.tokens.tokenize(model, texts)
+    n_tok = sum(int(x.numel()) for x in ids)
+    limit = flops / (2 * n_params)
+    layers = sl.default_layers(model)
+    items = sl.data.load_mmlu(n=args.prefill_texts, seed=0)
+    from steerlens.metrics.mmlu import mmlu_prompt
+
+    mmlu_tok = sum(
+        int(x.numel()) for x in sl.tokens.tokenize(model, [mmlu_prompt(i) for i in items])
+    )
+    rows = []
+    for name, fn, tokens in (
+        (
+            "cache_activations (mean pool, all default layers)",
+            lambda: sl.cache_activations(
+                model, ids, layers, pool="mean", batch_size=256, progress_bar=False
+            ),
+            n_tok,
+        ),
+        (
+            "MMLU zero-shot",
+            lambda: sl.evaluation.mmlu_accuracy(model, items, batch_size=256),
+            mmlu_tok,
+        ),
+    ):
+        fn()  # warm-up
+        seconds = statistics.median(_timed(fn, args.device) for _ in range(args.repeats))
+        rows.append(
+            {
+                "row": name,
+                "tokens": tokens,
+                "tokens_per_s": round(tokens / seconds, 1),
+                "compute_limit_tokens_per_s": round(limit, 1),
+                "share_of_limit": round(tokens / seconds / limit, 3),
+            }
+        )
+    return rows
 
 
 def _timed(fn: Callable[[], Any], device: str) -> float:
@@ -211,6 +272,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     "weights_plus_kv_gib": round((weight_bytes + kv) / 2**30, 2),
                 }
             )
+    flops = matmul_rate(device, 8192 if device.startswith("cuda") else 1024)
+    n_params = sum(p.numel() for p in hf.parameters())
+    prefill = (
+        prefill_rows(model, n_params, flops, args)
+        if time.perf_counter() - t0 < args.budget_s
+        else []
+    )
     report = {
         "date": str(date.today()),
         "device": torch.cuda.get_device_name()
@@ -226,6 +294,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "repeats": args.repeats,
         "compile_warmup_s": compiled,
         "rows": rows,
+        "matmul_tflops": round(flops / 1e12, 2),
+        "prefill": prefill,
         "seconds": round(time.perf_counter() - t0, 1),
         "note": "no compiled steerlens engine yet (issue 16): the compiled row is plain "
         "transformers'",
@@ -242,6 +312,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--bandwidth-gib", type=float, default=4.0)
     ap.add_argument("--budget-s", type=float, default=420.0)
+    ap.add_argument("--prefill-texts", type=int, default=512, help="texts / MMLU items")
     ap.add_argument("--out", default="results/gpu.json")
     ap.add_argument("--tiny", action="store_true", help="a small random model (dry run)")
     args = ap.parse_args(argv)
@@ -256,6 +327,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         share = "" if r["share_of_batch1_limit"] is None else f"{r['share_of_batch1_limit']:.2f}"
         peak = "" if r["peak_gib"] is None else f"{r['peak_gib']:.1f}"
         print(f"{r['batch']:5d}  {r['row']:46s} {r['tokens_per_s']:9.1f} {share:>8s} {peak:>8s}")
+    print(f"\nprefill (matmul {report['matmul_tflops']} TFLOP/s; limit = that / 2 x parameters)")
+    for r in report["prefill"]:
+        print(
+            f"  {r['row']:52s} {r['tokens_per_s']:10.0f} tokens/s  {r['share_of_limit']:.2f} of limit"
+        )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1))

@@ -418,7 +418,8 @@ def main() -> None:
 
     ca: dict[str, float] = {}
     if "cache" in parts:
-        texts = [p + " " + p for p in PROMPTS] * 4
+        # distinct texts: steerlens caches identical inputs once, which would flatter the ratio
+        texts = [f"{p} {q}" for p in PROMPTS for q in PROMPTS[:4]]
 
         def hf_hidden() -> None:
             enc = tok(texts, return_tensors="pt", padding=True).to(args.device)

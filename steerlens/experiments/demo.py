@@ -34,15 +34,17 @@ study's Llama-3.1-8B / real-PRISM results.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from steerlens.core._jsonsafe import json_safe, update_json, write_json
@@ -63,6 +65,7 @@ from steerlens.experiments.sweep import (
     SweepPrompt,
     calibrate_table,
     held_out_prompts,
+    load_vectors,
     make_grid,
     run_sweep,
     save_vectors,
@@ -84,7 +87,7 @@ from steerlens.steerx.pipeline import BACKBONES
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["STEPS", "DemoConfig", "run_demo"]
+__all__ = ["STEPS", "DemoConfig", "mark_step", "run_demo", "study_key"]
 
 PERSONAL = "dislike-weighted"  # the personalised method the summary's headline keys report
 STEPS = (
@@ -214,10 +217,34 @@ class _Job:
         return GenerationSettings(c.max_new_tokens, c.run.batch_size, c.cells_per_batch)
 
     def need(self, what: str) -> Any:
+        """An input of a step: from this run's memory, else from what an earlier run of the
+        step before wrote under ``results/`` (so a step can be rerun on its own)."""
         value = getattr(self, what)
         if value is None or (isinstance(value, list | dict) and not value):
-            raise RuntimeError(f"this step needs {what!r}: run the steps before it in this job")
+            value = self._from_disk(what)
+            setattr(self, what, value)
         return value
+
+    def _from_disk(self, what: str) -> Any:
+        r = self.results
+        try:
+            if what == "prompts":
+                lines = (r / "prompts.jsonl").read_text(encoding="utf-8").splitlines()
+                return [SweepPrompt(**json.loads(line)) for line in lines if line]
+            if what == "vectors":
+                return load_vectors(r / "vectors", self.cfg.methods)
+            if what == "best_alpha":
+                best = json.loads((r / "summary.json").read_text()).get("best_alpha")
+                if best is not None:
+                    return float(best)
+            if what == "dose":
+                return pd.read_parquet(r / "sweep" / "dose" / "cells.parquet")
+        except FileNotFoundError:
+            pass
+        raise RuntimeError(
+            f"this step needs {what!r}: run the step that makes it first (in this job, or "
+            f"earlier into {r})"
+        )
 
 
 def _vectors_step(job: _Job) -> dict[str, Any]:
@@ -280,7 +307,7 @@ def _dose_step(job: _Job) -> dict[str, Any]:
         job.model,
         make_grid(job.prompts, cfg.methods, cfg.alphas, ["all"]),
         job.prompts,
-        job.vectors,
+        job.need("vectors"),
         results / "sweep" / "dose",
         settings=job.settings,
         measure=standard_measures(job.gt, batch_size=cfg.run.batch_size),
@@ -359,7 +386,7 @@ def _user_vectors(job: _Job) -> list[tuple[str, str, Any]]:
     users = sorted({p.user_id for p in job.need("prompts")})
     rows = []
     for method in job.cfg.methods:
-        entry = job.vectors[method]
+        entry = job.need("vectors")[method]
         if isinstance(entry, dict):
             rows += [(method, u, entry[u]) for u in users]
         else:
@@ -402,7 +429,9 @@ def _side_effects_step(job: _Job) -> dict[str, Any]:
                 k += 1
     raw = pd.DataFrame(rows)
     raw.to_csv(job.results / "side_effects_rows.csv", index=False)
-    base = steering_divergence(job.model, texts, who[0][2], 0.0, batch_size=cfg.run.batch_size)
+    base = steering_divergence(
+        job.model, texts, who[0][2], 0.0, batch_size=cfg.run.batch_size, reference=reference
+    )
     zero = pd.DataFrame(
         [
             {
@@ -443,11 +472,17 @@ def _by_method(table: pd.DataFrame, dose: str, col: str) -> dict[str, Any]:
 
 
 def _budgets(job: _Job) -> list[float]:
-    """KL budgets: the population vector's neutral-text KL at each nonzero α of the grid
-    (two significant digits), so the calibrated sweep spans the fixed sweep's range."""
-    table = pd.read_csv(job.results / "side_effects.csv")
-    pop = table[(table["method"] == "population") & (table["alpha"] > 0)].sort_values("alpha")
-    return sorted({float(f"{kl:.2g}") for kl in pop["kl"] if kl > 0})
+    """KL budgets: the population vector's KL at each nonzero α of the grid, on the texts the
+    calibration uses (two significant digits), so the calibrated sweep spans the fixed
+    sweep's range."""
+    rows = pd.read_csv(job.results / "side_effects_rows.csv")
+    pop = rows[
+        (rows["method"] == "population")
+        & (rows["alpha"] > 0)
+        & (rows["text_id"] < job.cfg.kl_texts)
+    ]
+    kl = pop.groupby("alpha")["kl"].mean()
+    return sorted({float(f"{v:.2g}") for v in kl if v > 0})
 
 
 def _calibrated_step(job: _Job) -> dict[str, Any]:
@@ -456,7 +491,9 @@ def _calibrated_step(job: _Job) -> dict[str, Any]:
         raise RuntimeError("the calibrated step needs the side_effects step's results")
     budgets = _budgets(job)
     texts = _neutral(job)[: cfg.kl_texts]
-    alphas = calibrate_table(job.model, job.vectors, budgets, texts, batch_size=cfg.run.batch_size)
+    alphas = calibrate_table(
+        job.model, job.need("vectors"), budgets, texts, batch_size=cfg.run.batch_size
+    )
     save_vectors(job.vectors, job.results / "vectors")  # each carries its calibration
     cells = run_sweep(
         job.model,
@@ -494,23 +531,47 @@ def _calibrated_step(job: _Job) -> dict[str, Any]:
         "calibrated": table.round(5).to_dict(orient="records"),
     }
     if "utility_gain" in table:
-        keys["utility_per_kl"] = _utility_per_kl(job, table)
+        keys["utility_per_kl"] = _utility_per_kl(job, table, cells, alphas)
     return keys
 
 
-def _utility_per_kl(job: _Job, calibrated: pd.DataFrame) -> dict[str, Any]:
-    """Utility gain per nat of neutral-text KL: at equal KL (calibrated) and at equal norm
-    (the fixed-α sweep, divided by that α's measured KL), per method."""
-    out: dict[str, Any] = {"calibrated": {}, "fixed_alpha": {}}
+def _utility_per_kl(
+    job: _Job, calibrated: pd.DataFrame, cells: pd.DataFrame, alphas: dict[Any, float]
+) -> dict[str, Any]:
+    """Utility gain per nat of neutral-text KL, per method: at equal KL (the calibrated sweep,
+    divided by the KL its users' α reached: the budget, or less where a vector could not
+    reach it) and at equal norm (the fixed-α sweep, divided by that α's measured KL); and at
+    each budget the difference from the population vector, paired by prompt."""
+    reached: dict[tuple[str, float], list[float]] = {}
+    for (method, user, budget), _ in alphas.items():
+        entry = job.vectors[method] if user == "*" else job.vectors[method][user]
+        for key, got in entry.metadata.get("kl_alpha", {}).items():
+            if key.split("@")[0] == f"{budget:g}":
+                reached.setdefault((method, budget), []).append(float(got["kl"]))
+    out: dict[str, Any] = {"calibrated": {}, "fixed_alpha": {}, "minus_population": {}}
     for _, r in calibrated[calibrated["kl_budget"] > 0].iterrows():
         b = float(r["kl_budget"])
+        kl = float(np.mean(reached.get((r["method"], b), [b])))
         out["calibrated"].setdefault(r["method"], {})[f"{b:g}"] = {
-            "mean": round(float(r["utility_gain"]) / b, 4),
+            "mean": round(float(r["utility_gain"]) / kl, 4),
             "interval": [
-                round(float(r["utility_low"]) / b, 4),
-                round(float(r["utility_high"]) / b, 4),
+                round(float(r["utility_low"]) / kl, 4),
+                round(float(r["utility_high"]) / kl, 4),
             ],
+            "kl": round(kl, 5),
         }
+    base = cells[cells["method"] == BASELINE].set_index("prompt_id")["utility"]
+    steered = cells[cells["method"] != BASELINE]
+    for b, part in steered.groupby("kl_budget"):
+        gain = part.assign(gain=part["utility"].to_numpy() - base.loc[part["prompt_id"]].to_numpy())
+        wide = gain.pivot_table(index="prompt_id", columns="method", values="gain")
+        for method in [m for m in wide.columns if m != "population"]:
+            diff = (wide[method] - wide["population"]).dropna()
+            est = estimate(diff.tolist(), [str(i) for i in diff.index], seed=job.cfg.run.seed)
+            out["minus_population"].setdefault(method, {})[f"{float(b):g}"] = {
+                "mean": round(est.mean, 5),
+                "interval": [round(est.low, 5), round(est.high, 5)],
+            }
     dose = pd.read_csv(job.results / "dose_response.csv")
     side = pd.read_csv(job.results / "side_effects.csv")
     both = dose.merge(side[["method", "alpha", "kl"]], on=["method", "alpha"])
@@ -533,9 +594,9 @@ def _gating_step(job: _Job) -> dict[str, Any]:
     gates = [f"first:{k}" for k in cfg.gating_ks] + ["prefill", "generated"]
     gating = run_sweep(
         job.model,
-        make_grid(job.prompts, ["population"], [best_alpha], gates, baseline=False),
+        make_grid(job.need("prompts"), ["population"], [best_alpha], gates, baseline=False),
         job.prompts,
-        job.vectors,
+        job.need("vectors"),
         job.results / "sweep" / "gating",
         settings=job.settings,
         measure=standard_measures(job.gt, batch_size=cfg.run.batch_size),
@@ -549,11 +610,11 @@ def _gating_step(job: _Job) -> dict[str, Any]:
 
 def _mmlu_step(job: _Job) -> dict[str, Any]:
     cfg = job.cfg
-    best_alpha, study = job.need("best_alpha"), job.need("study")
+    best_alpha, population = job.need("best_alpha"), job.need("vectors")["population"]
     items = load_mmlu(n=cfg.mmlu_items, seed=cfg.run.seed)
     rows = []
     for name, alpha in (("unsteered", 0.0), (f"population α={best_alpha:g}", best_alpha)):
-        hooks = steering(job.model, study.population, alpha=alpha) if alpha else nullcontext()
+        hooks = steering(job.model, population, alpha=alpha) if alpha else nullcontext()
         with hooks:
             res = mmlu_accuracy(job.model, items, batch_size=cfg.run.batch_size)
         lo, hi = res.interval(seed=cfg.run.seed)
@@ -582,7 +643,8 @@ def _token_effects_step(job: _Job) -> dict[str, Any]:
     if job.ds.ground_truth is None or "responses" not in job.ds.ground_truth:
         logger.info("token_effects: no planted truth (not a simulated set): skipped")
         return {}
-    return token_effect_study(job.model, job.ds, job.cfg.token_effects, out=job.results.parent)
+    te = replace(job.cfg.token_effects, batch_size=job.cfg.run.batch_size)  # the run's
+    return token_effect_study(job.model, job.ds, te, out=job.results.parent)
 
 
 def _steerx_step(job: _Job) -> dict[str, Any]:
@@ -593,6 +655,7 @@ def _steerx_step(job: _Job) -> dict[str, Any]:
         held_out=cfg.held_out,
         max_new_tokens=min(cfg.max_new_tokens, 32),
         steer_ppa=cfg.steer_ppa,
+        batch_size=cfg.run.batch_size,
         seed=cfg.run.seed,
     )
     run_steerx_compare(job.model, job.ds, xcfg, out=job.results.parent, data_label=cfg.data)
@@ -611,14 +674,37 @@ _STEP_FNS: dict[str, Callable[[_Job], dict[str, Any]]] = {
 }
 
 
+def study_key(cfg: DemoConfig) -> str:
+    """What the results depend on (the config but its output folder and step list): a run
+    with another key in the same folder starts a fresh summary."""
+    fields = {k: v for k, v in asdict(cfg).items() if k not in ("out", "steps", "steerx")}
+    return hashlib.sha1(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def mark_step(results: str | Path, name: str, seconds: float) -> None:
+    """Record a step as done in ``results/steps.json`` (for jobs that run one step on its
+    own, e.g. the analysis scripts), so the report draws its files."""
+    path = Path(results) / "steps.json"
+    status = json.loads(path.read_text()) if path.exists() else {}
+    status[name] = {"status": "done", "seconds": round(seconds, 1)}
+    write_json(path, status)
+
+
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     """Run ``cfg.steps`` in order; each writes its files and summary keys as it finishes, so
     a failed or interrupted run keeps what the earlier steps wrote (``results/steps.json``
-    says which ran). Returns ``results/summary.json``'s content."""
+    says which ran; the report draws only those). Rerunning the same study in the same folder
+    keeps the other steps' results (a step can be rerun alone: it reads its inputs from
+    ``results/``); another study there starts afresh. Returns ``results/summary.json``."""
     t0 = time.perf_counter()
     results = Path(cfg.out) / "results"
     results.mkdir(parents=True, exist_ok=True)
     summary_path, steps_path = results / "summary.json", results / "steps.json"
+    key = study_key(cfg)
+    old = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    if old.get("study_key") != key:  # another study in this folder: none of its keys stay
+        summary_path.unlink(missing_ok=True)
+        steps_path.unlink(missing_ok=True)
     start = time.perf_counter()
     model = load_model(cfg.model, device=cfg.run.device, seed=cfg.run.seed)
     ds = load_prism(cfg.data)
@@ -631,10 +717,11 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
             "data": ds.source,
             "data_is_simulated": ds.is_simulated,
             "config": asdict(cfg),
+            "study_key": key,
         },
     )
     job = _Job(cfg, model, ds, results, default_layers(model))
-    # steps of an earlier run in the same folder keep their entries (a partial rerun)
+    # the same study run again (e.g. one step rerun): the other steps keep their entries
     status: dict[str, Any] = json.loads(steps_path.read_text()) if steps_path.exists() else {}
     for name in [s for s in STEPS if s in cfg.steps]:
         start = time.perf_counter()

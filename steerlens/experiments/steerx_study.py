@@ -139,7 +139,7 @@ class SteerXStudyConfig:
     # SteerX selection on the pair-based backbone: each user's dislike-weighted vector pooled
     # over the selected chosen tokens vs over all tokens, from the same pairs (steerx.pairs)
     pair_backbone: bool = True
-    batch_size: int = 8
+    batch_size: int = 16
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -204,7 +204,7 @@ def steerx_study(
     )
     prompts = [q[0] for q in queries]
     generic = generic_responses(
-        model, prompts, max_new_tokens=64, batch_size=16, progress_bar=progress_bar
+        model, prompts, max_new_tokens=64, batch_size=cfg.batch_size, progress_bar=progress_bar
     )
     # a user whose every generic response is empty has nothing to contrast with: left out
     # (logged) rather than ending the whole study
@@ -289,8 +289,8 @@ def steerx_study(
             sweep_prompts,
             vectors,
             out / "sweep" / backbone,
-            settings=GenerationSettings(cfg.max_new_tokens, 16, 64),
-            measure=standard_measures(gt, batch_size=16),
+            settings=GenerationSettings(cfg.max_new_tokens, cfg.batch_size, 64),
+            measure=standard_measures(gt, batch_size=cfg.batch_size),
             progress_bar=progress_bar,
         )
         assert cells is not None

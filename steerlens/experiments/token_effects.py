@@ -56,7 +56,7 @@ class TokenEffectsConfig:
     patch_layers: int = 7
     history_tokens: int = 48  # history tokens removed one at a time in the detail figure
     min_recall: float = 0.5  # the operating point: best precision at this recall
-    batch_size: int = 8
+    batch_size: int = 16
     smoke: bool = False  # a smaller run (labelled as a smoke run in the report)
 
     def __post_init__(self) -> None:

@@ -35,24 +35,57 @@ logger = logging.getLogger(__name__)
 __all__ = ["write_study_report"]
 
 
-def _csv(results: Path, name: str, **kw: Any) -> pd.DataFrame | None:
-    path = results / name
-    return pd.read_csv(path, **kw) if path.exists() else None
+# which step wrote each file: with results/steps.json, only the files of steps it records
+# as done are drawn (a file left by an earlier, different run is not)
+_STEP_OF = {
+    "ppa.csv": "vectors",
+    "users_bt.csv": "vectors",
+    "dose_response.csv": "dose",
+    "selectivity.csv": "dose",
+    "utility_by_group.csv": "dose",
+    "prompts.jsonl": "dose",
+    "side_effects.csv": "side_effects",
+    "calibrated.csv": "calibrated",
+    "gating.csv": "gating",
+    "mmlu.csv": "mmlu",
+    "steerx_effects.json": "token_effects",
+    "steerx_pr_curve.csv": "token_effects",
+    "steerx_compare.csv": "steerx",
+    "steerx_cards.json": "steerx",
+}
 
 
-def _json(path: Path) -> Any:
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+class _Results:
+    """The run's files under ``results/``; with ``steps.json``, only those of done steps."""
+
+    def __init__(self, folder: Path, done: set[str] | None) -> None:
+        self.folder, self.done = folder, done
+
+    def usable(self, path: Path) -> bool:
+        step = _STEP_OF.get(path.name)
+        return path.exists() and (self.done is None or step is None or step in self.done)
+
+    def step_done(self, step: str) -> bool:
+        return self.done is None or step in self.done
+
+    def csv(self, name: str, **kw: Any) -> pd.DataFrame | None:
+        path = self.folder / name
+        return pd.read_csv(path, **kw) if self.usable(path) else None
+
+    def json(self, name: str) -> Any:
+        path = self.folder / name
+        return json.loads(path.read_text(encoding="utf-8")) if self.usable(path) else None
 
 
-def _generations(results: Path) -> pd.DataFrame | None:
+def _generations(res: _Results) -> pd.DataFrame | None:
     """Every steered generation beside its prompt, preferred and unsteered response."""
-    prompts_file = results / "prompts.jsonl"
+    prompts_file = res.folder / "prompts.jsonl"
     parts = [
         pd.read_parquet(p)
         for name in ("dose", "gating", "calibrated")
-        if (p := results / "sweep" / name / "cells.parquet").exists()
+        if (p := res.folder / "sweep" / name / "cells.parquet").exists() and res.step_done(name)
     ]
-    if not parts or not prompts_file.exists():
+    if not parts or not res.usable(prompts_file):
         return None
     prompts = {
         r["prompt_id"]: r
@@ -146,9 +179,14 @@ def write_study_report(out: str | Path = ".") -> list[Path]:
     """
     out = Path(out)
     results, figures = out / "results", out / "figures"
-    s = _json(results / "summary.json")
-    if s is None:
+    if not (results / "summary.json").exists():
         raise FileNotFoundError(f"{results / 'summary.json'} not found: run `steerlens demo`")
+    s = json.loads((results / "summary.json").read_text(encoding="utf-8"))
+    steps_file = results / "steps.json"
+    steps = json.loads(steps_file.read_text()) if steps_file.exists() else {}
+    res = _Results(
+        results, {k for k, v in steps.items() if v.get("status") == "done"} if steps else None
+    )
     simulated = bool(s.get("data_is_simulated"))
     data_label = "simulated PRISM-format set (not real PRISM)" if simulated else s.get("data")
     where = f"{s.get('model')} · {data_label}"
@@ -156,7 +194,7 @@ def write_study_report(out: str | Path = ".") -> list[Path]:
     figs: dict[str, tuple[str, go.Figure]] = {}  # stem -> (heading, figure)
     tables: dict[str, pd.DataFrame] = {}
 
-    dose, side = _csv(results, "dose_response.csv"), _csv(results, "side_effects.csv")
+    dose, side = res.csv("dose_response.csv"), res.csv("side_effects.csv")
     if dose is not None:
         figs["dose_response"] = (
             "Dose-response",
@@ -167,23 +205,23 @@ def write_study_report(out: str | Path = ".") -> list[Path]:
         tables["Side effects on neutral text (MMLU question stems), per method and α"] = (
             side_effects_view(side)
         )
-    cal = _csv(results, "calibrated.csv")
+    cal = res.csv("calibrated.csv")
     if cal is not None:
         figs["calibrated"] = ("Equal side effect (KL-calibrated α)", plots.calibrated_curves(cal))
         tables["Each user's α calibrated to a KL budget"] = calibrated_view(cal)
-    sel = _csv(results, "selectivity.csv", index_col=0)
+    sel = res.csv("selectivity.csv", index_col=0)
     if sel is not None:
         sel.columns = [float(c) for c in sel.columns]
         figs["selectivity"] = ("Selectivity (population vector)", plots.selectivity_heatmap(sel))
         tables["ΔMAE % per prompt category and α (population vector)"] = selectivity_view(sel)
-    gating = _csv(results, "gating.csv")
+    gating = res.csv("gating.csv")
     if gating is not None and best is not None:
         figs["gating"] = (
             "Gating",
             plots.gating_curve(gating, title=f"Gating at α={best:g} (population vector)"),
         )
         tables[f"Gating at the operating α = {best:g}"] = gating_view(gating)
-    ppa = _csv(results, "ppa.csv")
+    ppa = res.csv("ppa.csv")
     if ppa is not None:
         figs["ppa"] = ("Preference accuracy by projection", plots.ppa_bars(ppa))
         if (ppa["measure"] == "ppa_under_steering").any():
@@ -192,10 +230,10 @@ def write_study_report(out: str | Path = ".") -> list[Path]:
                 plots.ppa_bars(ppa, measure="ppa_under_steering"),
             )
         tables["Preference accuracy (PPA) and utility"] = ppa_view(ppa)
-    bt = _csv(results, "users_bt.csv", index_col=0)
+    bt = res.csv("users_bt.csv", index_col=0)
     if bt is not None:
         figs["users_bt"] = ("Users in the Bradley-Terry basis", plots.users_in_basis(bt))
-    util = _csv(results, "utility_by_group.csv")
+    util = res.csv("utility_by_group.csv")
     if util is not None and best is not None:
         figs["utility_by_group"] = (
             "Utility gain per user group",
@@ -203,7 +241,7 @@ def write_study_report(out: str | Path = ".") -> list[Path]:
                 util, title=f"Ground-truth utility gain at α={best:g} (simulated users)"
             ),
         )
-    mmlu = _csv(results, "mmlu.csv")
+    mmlu = res.csv("mmlu.csv")
     if mmlu is not None:
         figs["mmlu"] = ("MMLU", plots.mmlu_bars(mmlu))
         tables["Zero-shot MMLU"] = mmlu_view(mmlu)
@@ -221,12 +259,12 @@ def write_study_report(out: str | Path = ".") -> list[Path]:
 
     # SteerX: token effects and the comparison, on the page and on pages of their own
     extra: dict[str, go.Figure] = {}
-    effects = _json(results / "steerx_effects.json")
+    effects = res.json("steerx_effects.json")
     if effects is not None:
-        extra.update(_token_figures(effects, _csv(results, "steerx_pr_curve.csv")))
+        extra.update(_token_figures(effects, res.csv("steerx_pr_curve.csv")))
         if "steerx_pr" in extra:
             figs["steerx_pr"] = ("SteerX token selection (reconstructed)", extra.pop("steerx_pr"))
-    compare = _csv(results, "steerx_compare.csv")
+    compare = res.csv("steerx_compare.csv")
     if compare is not None:
         for stem, fig in _steerx_figures(compare, where).items():
             if stem.endswith("ppa_projection"):
@@ -238,7 +276,7 @@ def write_study_report(out: str | Path = ".") -> list[Path]:
     batch.update({figures / stem: fig for stem, fig in extra.items()})
     written = plots.save_figures(batch)  # the PNGs in one Chromium session
     links: dict[str, str] = {stem.replace("_", " "): f"{stem}.html" for stem in extra}
-    for card in _json(results / "steerx_cards.json") or []:
+    for card in res.json("steerx_cards.json") or []:
         page = write_user_card(
             figures / f"steerx_user_{card['user']}.html",
             user=card["user"],
@@ -250,8 +288,9 @@ def write_study_report(out: str | Path = ".") -> list[Path]:
         )
         written.append(page)
         links[f"SteerX user card: {card['user']} ({card['group']})"] = page.name
-    steps = _json(results / "steps.json") or {}
     missing = [k for k, v in steps.items() if v.get("status") != "done"]
+    planned = (s.get("config") or {}).get("steps") or []
+    missing += [k for k in planned if k not in steps]  # never started
     notes = [
         f"Model: {s.get('model')}. Data: {data_label}."
         + (
@@ -272,7 +311,7 @@ def write_study_report(out: str | Path = ".") -> list[Path]:
         config=s.get("config"),
         tables=tables,
         figures={heading: fig for heading, fig in figs.values()},
-        generations=_generations(results),
+        generations=_generations(res),
         notes=notes,
         links=links,
         headline=headline(s),

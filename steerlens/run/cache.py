@@ -154,7 +154,11 @@ def cache_activations(
         seen: dict[tuple[bytes, bytes | None], int] = {}
         owner = [
             seen.setdefault(
-                (x.numpy().tobytes(), None if masks is None else masks[i].numpy().tobytes()), i
+                (
+                    x.cpu().numpy().tobytes(),
+                    None if masks is None else masks[i].cpu().numpy().tobytes(),
+                ),
+                i,
             )
             for i, x in enumerate(ids)
         ]

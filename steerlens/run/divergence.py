@@ -7,8 +7,10 @@ distribution, ``KL(p_steered ‖ p_unsteered)`` averaged over the text's positio
 text's negative log-likelihood under steering (its perplexity).
 
 ``calibrate_alpha`` finds, per vector, the α whose mean KL over a few neutral texts equals a
-budget (bisection on log α, every vector's search in the same batched passes), and records
-it in the vector's metadata so the vector carries its calibration. A sweep over KL budgets
+budget (a safeguarded root search: steps of α·sqrt(budget / KL) kept inside the bracket, else
+bisection on log α; every vector's search in the same batched passes, the unsteered pass
+computed once), and records it in the vector's metadata so the vector carries its
+calibration. A sweep over KL budgets
 then compares users at equal side effect rather than at equal norm.
 """
 
@@ -212,12 +214,15 @@ def calibrate_alpha(
     batch_size: int = 16,
     engine: Literal["auto", "tl", "hf"] = "auto",
     use_cache: bool = True,
+    reference: Sequence[Tensor] | None = None,
 ) -> list[float]:
     """Per vector, the α > 0 whose mean per-token KL on ``texts`` equals ``budget`` (nats).
 
-    KL grows with α (about as α² for small α), so a bracket is found by doubling or halving
-    from ``start`` and then bisected on log α until the KL is within ``rtol`` of the budget or
-    ``iterations`` passes are spent; all vectors share each batched pass. A vector whose KL
+    KL grows with α (about as α² for small α): from ``start`` each step goes to
+    α·sqrt(budget / KL), kept inside the bracket found so far (else the bracket's geometric
+    midpoint), until the KL is within ``rtol`` of the budget or ``iterations`` passes are
+    spent; all vectors share each batched pass. ``reference``: the texts' unsteered
+    log-probabilities (``reference_logprobs``), when the caller calibrates several budgets. A vector whose KL
     stays below the budget up to ``max_alpha`` gets ``max_alpha`` (logged in its metadata as
     not reached).
 
@@ -243,7 +248,7 @@ def calibrate_alpha(
         else:
             todo.append(i)
     if todo:
-        found = _bisect(
+        found = _search(
             model,
             [vecs[i] for i in todo],
             ids,
@@ -254,6 +259,9 @@ def calibrate_alpha(
             rtol,
             batch_size,
             engine,
+            list(reference)
+            if reference is not None
+            else reference_logprobs(model, ids, batch_size=batch_size, engine=engine),
         )
         for i, (alpha, kl, reached) in zip(todo, found, strict=True):
             out[i] = alpha
@@ -262,7 +270,7 @@ def calibrate_alpha(
     return [float(a) for a in out]  # type: ignore[arg-type]
 
 
-def _bisect(
+def _search(
     model: HookedModel,
     vecs: list[SteeringVector],
     ids: list[Tensor],
@@ -273,12 +281,12 @@ def _bisect(
     rtol: float,
     batch_size: int,
     engine: Literal["auto", "tl", "hf"],
+    reference: list[Tensor],
 ) -> list[tuple[float, float, bool]]:
     """A safeguarded root search per vector, all vectors in each batched pass: the next α is
     ``α · sqrt(budget / KL)`` (exact where KL grows as α², as it does for small α), kept
     inside the bracket found so far; where it leaves the bracket, the bracket's geometric
     midpoint (bisection on log α) is taken instead."""
-    reference = reference_logprobs(model, ids, batch_size=batch_size, engine=engine)
     n = len(vecs)
     lo = [0.0] * n  # KL(lo) < budget (α = 0 gives KL 0)
     hi: list[float | None] = [None] * n  # KL(hi) >= budget, once found

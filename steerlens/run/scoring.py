@@ -10,8 +10,9 @@ tokens ``generate`` produced therefore gives the log-probabilities it sampled th
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from jaxtyping import Float
@@ -43,17 +44,29 @@ def logits_at(
         logits = model(enc.input_ids, attention_mask=enc.attention_mask)
         return [logits[row, list(pos)] for row, pos in enumerate(positions)]
     keep = sorted({p for pos in positions for p in pos}) or [0]  # (no position: any one)
-    index = {p: j for j, p in enumerate(keep)}
-    try:
-        logits = fast.twin(
-            input_ids=enc.input_ids,
-            attention_mask=enc.attention_mask,
-            logits_to_keep=torch.tensor(keep, device=enc.input_ids.device),
-        ).logits
-    except TypeError:  # an architecture without logits_to_keep: every position
-        logits = fast.twin(input_ids=enc.input_ids, attention_mask=enc.attention_mask).logits
+    kw = {}
+    if _keeps_logits(fast.twin):
+        kw["logits_to_keep"] = torch.tensor(keep, device=enc.input_ids.device)
+    logits = fast.twin(input_ids=enc.input_ids, attention_mask=enc.attention_mask, **kw).logits
+    width = enc.input_ids.shape[1]
+    if logits.shape[1] == len(keep) and (len(keep) != width or keep == list(range(width))):
+        index = {p: j for j, p in enumerate(keep)}
+    elif logits.shape[1] == width:  # every position came back (logits_to_keep ignored)
         index = {p: p for p in keep}
+    else:
+        raise RuntimeError(
+            f"the model returned logits for {logits.shape[1]} positions; asked for {len(keep)} "
+            f"of {width}"
+        )
     return [logits[row, [index[p] for p in pos]] for row, pos in enumerate(positions)]
+
+
+def _keeps_logits(twin: Any) -> bool:
+    """Whether the HF model's forward takes ``logits_to_keep`` (transformers >= 4.50)."""
+    try:
+        return "logits_to_keep" in inspect.signature(twin.forward).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def continuation_logprobs(

@@ -30,7 +30,13 @@ class Cell:
 
     @property
     def key(self) -> str:
-        dose = f"{self.alpha:g}" if self.kl_budget is None else f"kl{self.kl_budget:g}"
+        # a calibrated cell names its budget and the α it was calibrated to: a changed
+        # calibration never reuses parts generated at the old α
+        dose = (
+            f"{self.alpha:g}"
+            if self.kl_budget is None
+            else f"kl{self.kl_budget:g}@{self.alpha:.6g}"
+        )
         return f"{self.method}|{self.user}|{dose}|{self.gate}|{self.prompt_id}"
 
 

@@ -13,7 +13,7 @@ from steerlens.experiments.sweep.grid import VectorTable
 from steerlens.methods import registry
 from steerlens.methods.personal import pair_activations, population
 from steerlens.methods.registry import MethodOptions
-from steerlens.run.divergence import calibrate_alpha
+from steerlens.run.divergence import calibrate_alpha, reference_logprobs
 
 
 def build_vectors(
@@ -59,11 +59,19 @@ def calibrate_table(
         for user, vec in ({"*": entry} if isinstance(entry, SteeringVector) else entry).items()
     ]
     out: dict[tuple[str, str, float], float] = {}
+    reference = None  # the texts' unsteered pass, once for every budget
     for b in budgets:  # every method's vectors in the same batched passes
         if float(b) == 0.0:
             continue
+        if reference is None:
+            reference = reference_logprobs(model, texts, batch_size=batch_size)
         alphas = calibrate_alpha(
-            model, [v for _, _, v in keys], texts, float(b), batch_size=batch_size
+            model,
+            [v for _, _, v in keys],
+            texts,
+            float(b),
+            batch_size=batch_size,
+            reference=reference,
         )
         out.update({(m, u, float(b)): a for (m, u, _), a in zip(keys, alphas, strict=True)})
     return _AnyUser(out)

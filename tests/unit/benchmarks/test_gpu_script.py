@@ -34,6 +34,8 @@ def test_gpu_script_runs_end_to_end_on_a_tiny_model(tmp_path):
             "4",
             "--repeats",
             "1",
+            "--prefill-texts",
+            "4",
             "--bandwidth-gib",
             "0.05",
             "--out",
@@ -53,3 +55,8 @@ def test_gpu_script_runs_end_to_end_on_a_tiny_model(tmp_path):
             assert (batch, row) in rows
     assert all(r["tokens_per_s"] > 0 for r in report["rows"])
     assert all(r["share_of_batch1_limit"] is not None for r in report["rows"] if r["batch"] == 1)
+    assert [r["row"] for r in report["prefill"]] == [
+        "cache_activations (mean pool, all default layers)",
+        "MMLU zero-shot",
+    ]
+    assert all(r["share_of_limit"] > 0 for r in report["prefill"])

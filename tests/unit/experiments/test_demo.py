@@ -168,9 +168,24 @@ def test_a_failed_step_keeps_the_earlier_results_and_the_report_shows_them(tmp_p
     assert "out of memory" in steps["gating"]["error"] and "mmlu" not in steps
     files = write_study_report(tmp_path)  # from disk: what the finished steps wrote
     page = (tmp_path / "figures" / "index.html").read_text()
-    assert "Partial run" in page and "gating" in page
+    assert "Partial run: steps [&#x27;gating&#x27;, &#x27;mmlu&#x27;] did not finish" in page
     assert (tmp_path / "figures" / "dose_response.html") in files
     assert not (tmp_path / "figures" / "gating.html").exists()
+    # the same study again, the failed step alone: its inputs come from results/
+    monkeypatch.undo()
+    again = run_demo(DemoConfig(**small, out=str(tmp_path), steps=["gating"]))
+    steps = json.loads((tmp_path / "results" / "steps.json").read_text())
+    assert [steps[k]["status"] for k in ("vectors", "dose", "gating")] == ["done"] * 3
+    assert again["best_alpha"] == 4.0 and again["gating"][0]["gate"] == "prefill"
+    write_study_report(tmp_path)
+    assert (tmp_path / "figures" / "gating.html").exists()
+    # another study in the same folder: nothing of the first one is kept or reported
+    other = run_demo(
+        DemoConfig(**{**small, "run": {"seed": 1}}, out=str(tmp_path), steps=["vectors"])
+    )
+    assert "best_alpha" not in other and "gating" not in other
+    write_study_report(tmp_path)
+    assert "Gating at the operating" not in (tmp_path / "figures" / "index.html").read_text()
     # a step asked for without the one it depends on says so
     with pytest.raises(RuntimeError, match="needs 'study'"):
         run_demo(DemoConfig(**small, out=str(tmp_path / "b"), steps=["dose"]))

@@ -70,13 +70,22 @@ def headline(s: Mapping[str, Any]) -> list[str]:
             f"{_cell(pop_ppl.get('0'))} unsteered, {_cell(pop_ppl.get(key))} with the "
             "population vector."
         )
-    per_kl = (s.get("utility_per_kl") or {}).get("calibrated") or {}
+    upk = s.get("utility_per_kl") or {}
+    per_kl = upk.get("calibrated") or {}
     if per_kl:
         budget = max({b for row in per_kl.values() for b in row}, key=float)
         parts = [f"{m} {_cell(row.get(budget), signed=True)}" for m, row in per_kl.items()]
+        diff = upk.get("minus_population") or {}
+        vs = [f"{m} {_cell(row.get(budget), signed=True)}" for m, row in diff.items()]
         out.append(
             f"At equal side effect (each user's α calibrated to {budget} nats/token of KL), "
-            f"utility gain per nat: {', '.join(parts)}."
+            f"utility gain per nat: {', '.join(parts)}"
+            + (
+                f"; utility gain minus the population vector's, paired by prompt: {', '.join(vs)}"
+                if vs
+                else ""
+            )
+            + "."
         )
     if s.get("token_precision") is not None:
         smoke = " (a smoke run: few users)" if s.get("token_effects_smoke_run") else ""
@@ -85,11 +94,21 @@ def headline(s: Mapping[str, Any]) -> list[str]:
             f"on held-out users{smoke}: precision {num(s['token_precision'])}, recall "
             f"{num(s.get('token_recall'))} with {s.get('token_estimator')}; NextQuill's "
             f"p-difference > 0.05 gives {num(s.get('token_precision_baseline'))} / "
-            f"{num(s.get('token_recall_baseline'))}."
+            f"{num(s.get('token_recall_baseline'))} (point estimates over "
+            f"{s.get('token_effects_targets')} target responses)."
+        )
+    spearman = s.get("attribution_spearman") or {}
+    if spearman:
+        out.append(
+            "Attribution patching against exact activation patching (rank correlation over "
+            "layer x position): "
+            + ", ".join(f"{k.replace('steps=', '')} step(s) {num(v)}" for k, v in spearman.items())
+            + "."
         )
     if s.get("steerx_pair_ppa"):
         out.append(
-            "SteerX selection on the dislike-weighted (pair-based) backbone, PPA by projection: "
+            "SteerX selection on the dislike-weighted (pair-based) backbone, PPA by projection "
+            "(the same pairs, unshrunk): "
             f"selected tokens {_cell(s.get('steerx_pair_ppa'))} vs all tokens "
             f"{_cell(s.get('steerx_pair_all_tokens_ppa'))}; paired difference "
             f"{_cell(s.get('steerx_pair_minus_all_ppa'), signed=True)}."

@@ -38,7 +38,9 @@ _PNG_WARNED = False
 _FONT = dict(family="Inter, Helvetica, Arial, sans-serif", size=13)
 
 
-def _style(fig: go.Figure, title: str, *, export_width: int = 1000) -> go.Figure:
+def _style(
+    fig: go.Figure, title: str, *, export_width: int = 1000, legend_y: float = -0.16
+) -> go.Figure:
     """The house style. No fixed width: a figure fills its box in the page (1280 px or a
     phone), the legend sits below the plot inside the figure's box, and ``export_width`` is
     the width of the PNG export."""
@@ -48,7 +50,7 @@ def _style(fig: go.Figure, title: str, *, export_width: int = 1000) -> go.Figure
         font=_FONT,
         autosize=True,
         margin=dict(l=56, r=24, t=70, b=40),
-        legend=dict(orientation="h", yanchor="top", y=-0.16, x=0, xanchor="left"),
+        legend=dict(orientation="h", yanchor="top", y=legend_y, x=0, xanchor="left"),
         meta={"export_width": export_width},
     )
     return fig
@@ -151,11 +153,11 @@ def dose_response(
             fig.add_hline(y=0, line=dict(color="#999", width=1), row=r, col=c)
     fig.update_xaxes(title_text="α", title_standoff=4)
     fig.update_layout(height=330 * rows + 90)
-    fig.update_layout(legend=dict(y=-0.3 / rows))
     return _style(
         fig,
         title or "Dose-response: what changes with α (bands: bootstrap 95 %)",
         export_width=1280,
+        legend_y=-0.3 / rows,
     )
 
 

@@ -52,3 +52,16 @@ def test_scores_do_not_depend_on_the_budget_or_the_logits_kept(tiny, engine):
 
 def test_the_default_budget_follows_the_device(tiny):
     assert token_budget(tiny) == (16384 if str(tiny.cfg.device).startswith("cuda") else 1024)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_logits_kept_only_where_scored_equal_a_full_forward(tiny, engine):
+    heads = sl.tokens.tokenize(tiny, PROMPTS)
+    tails = [h.flip(0)[:4] for h in heads]
+    got = ids_logprobs(tiny, heads, tails, batch_size=2, engine=engine)
+    for h, t, lp in zip(heads, tails, got, strict=True):
+        ids = torch.cat([h, t]).to(tiny.cfg.device)[None]
+        with torch.no_grad():
+            full = tiny(ids).float().log_softmax(-1)[0]  # every position, then picked
+        want = full[len(h) - 1 : -1].gather(-1, ids[0, len(h) :, None])[:, 0]
+        assert_close_impl(lp, want)

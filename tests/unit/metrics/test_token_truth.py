@@ -102,3 +102,32 @@ def test_description_hit_names_the_group():
     assert not description_hit("The user prefers careful answers.", "less_caution")
     assert description_hit('The user\'s own texts stress: "Damn"; "honestly".', "less_caution")
     assert not description_hit("No preference-driven tokens were found.", "majority")
+
+
+def test_the_operating_point_is_chosen_on_half_the_users_and_scored_on_the_other():
+    import pandas as pd
+
+    from steerlens.experiments.token_effects import score_tokens
+    from steerlens.metrics.token_truth import ESTIMATORS
+
+    # users a, c (tuning half) have a clean signal at 0.2; users b, d (scored half) do not
+    rows = []
+    for user, good in (("a", True), ("b", False), ("c", True), ("d", False)):
+        for i in range(10):
+            planted = i < 5
+            score = (0.3 if planted else 0.0) if good else 0.3 * (i % 2)
+            rows.append(
+                {
+                    "user": user,
+                    "group": "g",
+                    "token": "t",
+                    "attribute": "x" if planted else "",
+                    "planted": planted,
+                    **{e: score for e in ESTIMATORS},
+                }
+            )
+    tokens = pd.DataFrame(rows)
+    out = score_tokens(tokens, min_recall=0.5)
+    assert out["chosen_on_half"]["precision"] == 1.0  # perfect on a and c
+    assert out["held_out_half"]["precision"] < 1.0  # but b and d are scored: not perfect
+    assert 0 <= out["baseline"]["recall"] <= 1

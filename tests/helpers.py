@@ -180,3 +180,35 @@ def check_own_tokenization(model, own) -> None:
     want = want["input_ids"] if isinstance(want, dict) or hasattr(want, "keys") else want
     got = sl.encode_prompts(model, [CONVERSATION], chat=True)[0].tolist()
     assert got == list(want)
+
+
+# --- the keys every study summary holds (steerlens demo, tiny and embedded) -------------
+
+SUMMARY_KEYS = [
+    "model",
+    "data",
+    "n_prompts",
+    "n_users",
+    "mae_baseline",
+    "mae_best",
+    "best_alpha",
+    "ppl_baseline",
+    "mmlu_unsteered",
+    "mmlu_steered",
+    "ppa_personalized",
+    "ppa_population",
+    "ppa_toxicity_only",
+    "ppa_oracle",
+    "utility_gain",
+    "kl_neutral",
+    "ppl_neutral",
+    "kl_budgets",
+    "calibrated",
+    "utility_per_kl",
+    "token_precision",
+    "token_recall",
+    "token_precision_baseline",
+    "attribution_spearman",
+    "steerx_pair_ppa",
+    "steerx_pair_minus_all_ppa",
+]

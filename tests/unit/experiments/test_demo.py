@@ -4,40 +4,12 @@ import json
 
 import pandas as pd
 import pytest
+from helpers import SUMMARY_KEYS
 
 from steerlens.experiments import demo as demo_mod
 from steerlens.experiments.demo import DemoConfig, run_demo
 from steerlens.experiments.token_effects import TokenEffectsConfig
 from steerlens.reporting.study import write_study_report
-
-SUMMARY_KEYS = [
-    "model",
-    "data",
-    "n_prompts",
-    "n_users",
-    "mae_baseline",
-    "mae_best",
-    "best_alpha",
-    "ppl_baseline",
-    "mmlu_unsteered",
-    "mmlu_steered",
-    "ppa_personalized",
-    "ppa_population",
-    "ppa_toxicity_only",
-    "ppa_oracle",
-    "utility_gain",
-    "kl_neutral",
-    "ppl_neutral",
-    "kl_budgets",
-    "calibrated",
-    "utility_per_kl",
-    "token_precision",
-    "token_recall",
-    "token_precision_baseline",
-    "attribution_spearman",
-    "steerx_pair_ppa",
-    "steerx_pair_minus_all_ppa",
-]
 
 TINY = dict(
     model="tiny-random",

@@ -57,9 +57,13 @@ def test_demo_job_on_tiny_model_writes_results_figures_and_report(tmp_path):
         assert 0 < s["kl_neutral"][m]["4"]["mean"] < s["kl_neutral"][m]["8"]["mean"]
         lo, hi = s["ppl_neutral"][m]["4"]["interval"]
         assert lo <= s["ppl_neutral"][m]["4"]["mean"] <= hi
-    # the calibrated sweep: budgets are the population's KL at the grid's α
-    pop_kl = [s["kl_neutral"]["population"][a]["mean"] for a in ("4", "8")]
+    # the calibrated sweep: budgets are the population's KL at the grid's α, on the texts the
+    # calibration uses (the first kl_texts of the neutral set)
+    rows = pd.read_csv(tmp_path / "results" / "side_effects_rows.csv")
+    pop = rows[(rows["method"] == "population") & (rows["text_id"] < cfg.kl_texts)]
+    pop_kl = pop.groupby("alpha")["kl"].mean()
     assert s["kl_budgets"] == sorted({float(f"{k:.2g}") for k in pop_kl})
+    assert pop_kl.index.tolist() == [4.0, 8.0]
     cal = pd.read_parquet(tmp_path / "results" / "sweep" / "calibrated" / "cells.parquet")
     steered = cal[cal["method"] != "none"]
     assert set(steered["kl_budget"]) == set(s["kl_budgets"])

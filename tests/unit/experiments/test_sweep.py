@@ -343,7 +343,8 @@ def test_kl_calibrated_grid_gives_each_user_the_alpha_of_the_budget(tiny_bridge,
     )
     steered = [c for c in cells if c.method != BASELINE]
     assert all(c.kl_budget == 0.05 and c.alpha == table[(c.method, c.user, 0.05)] for c in steered)
-    assert all("|kl0.05|" in c.key for c in steered)
+    # the key names the budget and the α it was calibrated to (a new calibration: new parts)
+    assert all(f"|kl0.05@{c.alpha:.6g}|" in c.key for c in steered)
     frame = run_sweep(
         tiny_bridge,
         cells,

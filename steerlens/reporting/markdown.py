@@ -67,7 +67,8 @@ def summary_markdown(s: Mapping[str, Any], source: str = "results/summary.json")
         f"* Layers steered: {s.get('layers')}; {s.get('n_prompts')} held-out prompts of "
         f"{s.get('n_users')} users; {s.get('n_train_pairs')} training and "
         f"{s.get('n_test_pairs')} held-out pairs",
-        "* Intervals: bootstrap 95 % over prompts (sweep rows) or users (PPA, utility).",
+        "* Intervals: bootstrap 95 % over prompts (sweep rows), texts (side effects) or users "
+        "(PPA, utility).",
         "",
         "## Findings",
         "",

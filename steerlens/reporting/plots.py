@@ -79,6 +79,7 @@ def _band(x: Any, low: Any, high: Any, colour: str, group: str) -> go.Scatter:
     return go.Scatter(
         x=list(x) + list(x)[::-1],
         y=list(high) + list(low)[::-1],
+        mode="lines",
         fill="toself",
         fillcolor=colour,
         opacity=0.18,
@@ -151,6 +152,8 @@ def dose_response(
             )
         if y in ("delta_pct", "utility_gain"):
             fig.add_hline(y=0, line=dict(color="#999", width=1), row=r, col=c)
+        if y == "degenerate_share":
+            fig.update_yaxes(range=[-0.02, 1.02], row=r, col=c)
     fig.update_xaxes(title_text="α", title_standoff=4)
     fig.update_layout(height=330 * rows + 90)
     return _style(

@@ -205,7 +205,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         enc = _hf_inputs(tok, batch, device)
         n_prompt = int(enc["input_ids"].shape[1])
 
-        def hf_eager(enc: dict[str, torch.Tensor] = enc) -> None:
+        def hf_gen(static: bool, enc: dict[str, torch.Tensor] = enc) -> None:
             with torch.inference_mode():
                 hf.generate(
                     **enc,
@@ -213,17 +213,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     min_new_tokens=args.new_tokens,
                     do_sample=False,
                     pad_token_id=tok.pad_token_id or tok.eos_token_id,
-                )
-
-        def hf_static(enc: dict[str, torch.Tensor] = enc) -> None:
-            with torch.inference_mode():
-                hf.generate(
-                    **enc,
-                    max_new_tokens=args.new_tokens,
-                    min_new_tokens=args.new_tokens,
-                    do_sample=False,
-                    pad_token_id=tok.pad_token_id or tok.eos_token_id,
-                    cache_implementation="static",
+                    **({"cache_implementation": "static"} if static else {}),
                 )
 
         def steer(per_row: bool, batch: int = batch, users: list = users, alphas: list = alphas):
@@ -247,8 +237,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         fns = {
             "steerlens fast path, one vector": lambda: steer(False),
             "steerlens fast path, a vector and α per row": lambda: steer(True),
-            "transformers eager": hf_eager,
-            static: hf_static,
+            "transformers eager": lambda: hf_gen(False),
+            static: lambda: hf_gen(True),
         }
         # warm-ups (the compiled one's is its compile time, reported apart)
         for name, fn in fns.items():

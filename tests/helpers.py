@@ -212,3 +212,19 @@ SUMMARY_KEYS = [
     "steerx_pair_ppa",
     "steerx_pair_minus_all_ppa",
 ]
+
+
+# --- the repository's scripts (analyses/, benchmarks/), imported as modules by their tests ---
+
+
+def load_script(folder: str, name: str):
+    """Import ``<repo>/<folder>/<name>.py`` as the module ``name``."""
+    import importlib.util
+    import sys
+
+    path = Path(__file__).resolve().parents[1] / folder / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module

@@ -74,28 +74,34 @@ def _cols(frame: pd.DataFrame, spec: Sequence[tuple[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+# columns several views share: (header, value of a row)
+_MAE: tuple[str, Any] = (
+    "toxicity MAE",
+    lambda r: est(r["mae"], r.get("mae_low"), r.get("mae_high")),
+)
+_DELTA: tuple[str, Any] = (
+    "ΔMAE vs unsteered, %",
+    lambda r: est(r["delta_pct"], r.get("delta_low"), r.get("delta_high"), signed=True),
+)
+_UTILITY: tuple[str, Any] = (
+    "utility gain",
+    lambda r: est(r["utility_gain"], r.get("utility_low"), r.get("utility_high"), signed=True),
+)
+_DEGENERATE: tuple[str, Any] = ("degenerate share", lambda r: num(r["degenerate_share"], 2))
+
+
 def dose_view(table: pd.DataFrame) -> pd.DataFrame:
     spec: list[tuple[str, Any]] = [
         ("method", "method"),
         ("α", lambda r: _g(r["alpha"])),
-        ("toxicity MAE", lambda r: est(r["mae"], r.get("mae_low"), r.get("mae_high"))),
-        (
-            "ΔMAE vs unsteered, %",
-            lambda r: est(r["delta_pct"], r.get("delta_low"), r.get("delta_high"), signed=True),
-        ),
+        _MAE,
+        _DELTA,
     ]
     if "utility_gain" in table:
-        spec.append(
-            (
-                "utility gain",
-                lambda r: est(
-                    r["utility_gain"], r.get("utility_low"), r.get("utility_high"), signed=True
-                ),
-            )
-        )
+        spec.append(_UTILITY)
     spec += [
         ("perplexity (median)", lambda r: num(r["ppl"])),
-        ("degenerate share", lambda r: num(r["degenerate_share"], 2)),
+        _DEGENERATE,
         ("distinct-2", lambda r: num(r["distinct_2_corpus"], 2)),
     ]
     return _cols(table, spec)
@@ -110,21 +116,11 @@ def calibrated_view(table: pd.DataFrame) -> pd.DataFrame:
             "users' α: mean (min–max)",
             lambda r: f"{num(r['alpha'])} ({num(r.get('alpha_min'))}–{num(r.get('alpha_max'))})",
         ),
-        (
-            "ΔMAE vs unsteered, %",
-            lambda r: est(r["delta_pct"], r.get("delta_low"), r.get("delta_high"), signed=True),
-        ),
+        _DELTA,
     ]
     if "utility_gain" in frame:
-        spec.append(
-            (
-                "utility gain",
-                lambda r: est(
-                    r["utility_gain"], r.get("utility_low"), r.get("utility_high"), signed=True
-                ),
-            )
-        )
-    spec.append(("degenerate share", lambda r: num(r["degenerate_share"], 2)))
+        spec.append(_UTILITY)
+    spec.append(_DEGENERATE)
     return _cols(frame, spec)
 
 
@@ -144,22 +140,12 @@ def side_effects_view(table: pd.DataFrame) -> pd.DataFrame:
 def gating_view(table: pd.DataFrame) -> pd.DataFrame:
     spec: list[tuple[str, Any]] = [
         ("gate", "gate"),
-        ("toxicity MAE", lambda r: est(r["mae"], r.get("mae_low"), r.get("mae_high"))),
-        (
-            "ΔMAE vs unsteered, %",
-            lambda r: est(r["delta_pct"], r.get("delta_low"), r.get("delta_high"), signed=True),
-        ),
+        _MAE,
+        _DELTA,
     ]
     if "utility_gain" in table:
-        spec.append(
-            (
-                "utility gain",
-                lambda r: est(
-                    r["utility_gain"], r.get("utility_low"), r.get("utility_high"), signed=True
-                ),
-            )
-        )
-    spec.append(("degenerate share", lambda r: num(r["degenerate_share"], 2)))
+        spec.append(_UTILITY)
+    spec.append(_DEGENERATE)
     return _cols(table, spec)
 
 

@@ -1,23 +1,14 @@
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pandas as pd
 import pytest
+from helpers import load_script
 
 import steerlens as sl
 
-ROOT = Path(__file__).resolve().parents[3]
-
 
 def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "analyses" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("analyses", name)
 
 
 def test_dataset_overview_script(tmp_path):

@@ -263,6 +263,19 @@ CHROME = next(
 )
 
 
+def _headless() -> list[str]:
+    """Headless Chromium with the network cut off (the page must render offline)."""
+    return [
+        str(CHROME),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--virtual-time-budget=8000",
+        "--host-resolver-rules=MAP * ~NOTFOUND",
+        "--proxy-server=127.0.0.1:9",
+    ]
+
+
 @pytest.mark.skipif(CHROME is None, reason="no Chromium installed (make install adds Debian's)")
 def test_report_page_renders_in_headless_chromium_offline(tmp_path):
     write_report(
@@ -273,15 +286,7 @@ def test_report_page_renders_in_headless_chromium_offline(tmp_path):
         tables={"t": pd.DataFrame({"a": [1.5]})},
     )
     url = (tmp_path / "index.html").as_uri()
-    flags = [
-        CHROME,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--virtual-time-budget=8000",
-        "--host-resolver-rules=MAP * ~NOTFOUND",
-        "--proxy-server=127.0.0.1:9",
-    ]
+    flags = _headless()
     dom = subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True, timeout=120)
     body = dom.stdout[dom.stdout.find("<body") :].split(">", 1)[0]
     assert f'data-rendered="{len(_figures())}"' in body, body
@@ -316,16 +321,7 @@ def test_report_page_fits_the_window_with_every_legend_inside_its_figure(tmp_pat
         generations=_gens(),
         tables={"dose": dose_view(dose_response_table(cells, n_boot=100))},
     )
-    flags = [
-        CHROME,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--virtual-time-budget=8000",
-        "--host-resolver-rules=MAP * ~NOTFOUND",
-        "--proxy-server=127.0.0.1:9",
-        f"--window-size={width},2000",
-    ]
+    flags = [*_headless(), f"--window-size={width},2000"]
     url = (tmp_path / "index.html").as_uri()
     dom = subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True, timeout=120)
     body = dom.stdout[dom.stdout.find("<body") :].split(">", 1)[0]

@@ -50,6 +50,7 @@ import pandas as pd
 from steerlens.core._jsonsafe import json_safe, update_json, write_json
 from steerlens.core.hooks import steering
 from steerlens.core.models import HookedModel, default_layers, load_model
+from steerlens.core.tokens import tokenize
 from steerlens.data import load_mmlu, load_prism, neutral_texts
 from steerlens.data.prism import PrismDataset
 from steerlens.experiments.config import RunSection
@@ -82,7 +83,7 @@ from steerlens.metrics.summaries import (
     gating_table,
     selectivity_table,
 )
-from steerlens.run.divergence import reference_logprobs, steering_divergence
+from steerlens.run.divergence import reference_logprobs, steering_divergence, texts_key
 from steerlens.steerx.pipeline import BACKBONES
 
 logger = logging.getLogger(__name__)
@@ -531,12 +532,17 @@ def _calibrated_step(job: _Job) -> dict[str, Any]:
         "calibrated": table.round(5).to_dict(orient="records"),
     }
     if "utility_gain" in table:
-        keys["utility_per_kl"] = _utility_per_kl(job, table, cells, alphas)
+        fingerprint = texts_key(tokenize(job.model, texts))  # calibrate_alpha's cache key
+        keys["utility_per_kl"] = _utility_per_kl(job, table, cells, alphas, fingerprint)
     return keys
 
 
 def _utility_per_kl(
-    job: _Job, calibrated: pd.DataFrame, cells: pd.DataFrame, alphas: dict[Any, float]
+    job: _Job,
+    calibrated: pd.DataFrame,
+    cells: pd.DataFrame,
+    alphas: dict[Any, float],
+    fingerprint: str,
 ) -> dict[str, Any]:
     """Utility gain per nat of neutral-text KL, per method: at equal KL (the calibrated sweep,
     divided by the KL its users' α reached: the budget, or less where a vector could not
@@ -545,9 +551,9 @@ def _utility_per_kl(
     reached: dict[tuple[str, float], list[float]] = {}
     for (method, user, budget), _ in alphas.items():
         entry = job.vectors[method] if user == "*" else job.vectors[method][user]
-        for key, got in entry.metadata.get("kl_alpha", {}).items():
-            if key.split("@")[0] == f"{budget:g}":
-                reached.setdefault((method, budget), []).append(float(got["kl"]))
+        got = entry.metadata.get("kl_alpha", {}).get(f"{budget:g}@{fingerprint}")
+        if got is not None:
+            reached.setdefault((method, budget), []).append(float(got["kl"]))
     out: dict[str, Any] = {"calibrated": {}, "fixed_alpha": {}, "minus_population": {}}
     for _, r in calibrated[calibrated["kl_budget"] > 0].iterrows():
         b = float(r["kl_budget"])

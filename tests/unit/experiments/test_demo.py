@@ -70,6 +70,14 @@ def test_demo_job_on_tiny_model_writes_results_figures_and_report(tmp_path):
     per_user = steered[steered["method"] == "dislike-weighted"].groupby("user")["alpha"].first()
     assert per_user.nunique() > 1  # each user their own α
     assert set(s["utility_per_kl"]["calibrated"]) == methods
+    reached = [
+        (float(b), e["kl"])
+        for row in s["utility_per_kl"]["calibrated"].values()
+        for b, e in row.items()
+    ]
+    assert all(kl == pytest.approx(b, rel=0.03) for b, kl in reached)  # the KL the users reached
+    assert any(kl != b for b, kl in reached)  # measured, not the nominal budget
+    assert set(s["utility_per_kl"]["minus_population"]) == methods - {"population"}
     assert s["token_effects_targets"] == 4 and 0 <= s["token_precision"] <= 1
     lo, hi = s["steerx_pair_minus_all_ppa"]["interval"]
     assert lo <= s["steerx_pair_minus_all_ppa"]["mean"] <= hi

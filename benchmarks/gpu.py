@@ -179,6 +179,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     hf = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device).eval()
     model = sl.load_model(folder, device=device, dtype=str(dtype).split(".")[-1])
     weight_bytes = sum(p.numel() * p.element_size() for p in hf.parameters())
+    loaded = torch.cuda.memory_allocated() if device.startswith("cuda") else 0  # both models
     bandwidth = read_bandwidth(device, args.bandwidth_gib)
     limit = bandwidth / weight_bytes  # tokens/s at batch 1: every step reads every weight
     layers = sl.default_layers(model)
@@ -253,11 +254,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for name, fn in fns.items():  # interleaved
                 if device.startswith("cuda"):
                     torch.cuda.reset_peak_memory_stats()
-                    before = torch.cuda.memory_allocated()
                 times[name].append(_timed(fn, device))
                 if device.startswith("cuda"):
                     # both models are resident: one copy of the weights + what the call added
-                    extra = torch.cuda.max_memory_allocated() - before
+                    # over the models alone (a static cache kept on the model counts too)
+                    extra = torch.cuda.max_memory_allocated() - loaded
                     peaks[name] = (weight_bytes + extra) / 2**30
         kv = kv_per_token * batch * (n_prompt + args.new_tokens)
         for name, ts in times.items():

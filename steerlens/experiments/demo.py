@@ -37,6 +37,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -244,7 +245,7 @@ class _Job:
             pass
         raise RuntimeError(
             f"this step needs {what!r}: run the step that makes it first (in this job, or "
-            f"earlier into {r})"
+            f"earlier into {r}; the held-out pairs of 'study' only in this job)"
         )
 
 
@@ -269,6 +270,7 @@ def _vectors_step(job: _Job) -> dict[str, Any]:
     }
     job.study = study
     study.population.metadata["data"] = ds.source
+    shutil.rmtree(job.results / "vectors", ignore_errors=True)  # no user of an earlier study
     save_vectors(job.vectors, job.results / "vectors")
     study.table.to_csv(job.results / "ppa.csv", index=False)
     gt = job.gt
@@ -492,9 +494,12 @@ def _calibrated_step(job: _Job) -> dict[str, Any]:
         raise RuntimeError("the calibrated step needs the side_effects step's results")
     budgets = _budgets(job)
     texts = _neutral(job)[: cfg.kl_texts]
-    alphas = calibrate_table(
-        job.model, job.need("vectors"), budgets, texts, batch_size=cfg.run.batch_size
-    )
+    users = {p.user_id for p in job.need("prompts")}  # only the users the sweep steers
+    vectors = {
+        m: {u: v for u, v in e.items() if u in users} if isinstance(e, dict) else e
+        for m, e in job.need("vectors").items()
+    }
+    alphas = calibrate_table(job.model, vectors, budgets, texts, batch_size=cfg.run.batch_size)
     save_vectors(job.vectors, job.results / "vectors")  # each carries its calibration
     cells = run_sweep(
         job.model,
@@ -579,8 +584,11 @@ def _utility_per_kl(
                 "interval": [round(est.low, 5), round(est.high, 5)],
             }
     dose = pd.read_csv(job.results / "dose_response.csv")
-    side = pd.read_csv(job.results / "side_effects.csv")
-    both = dose.merge(side[["method", "alpha", "kl"]], on=["method", "alpha"])
+    rows = pd.read_csv(job.results / "side_effects_rows.csv")  # on the calibration's texts
+    side = (
+        rows[rows["text_id"] < job.cfg.kl_texts].groupby(["method", "alpha"])["kl"].mean()
+    ).reset_index()
+    both = dose.merge(side, on=["method", "alpha"])
     for _, r in both[both["alpha"] > 0].iterrows():
         kl = float(r["kl"])
         out["fixed_alpha"].setdefault(r["method"], {})[f"{r['alpha']:g}"] = {
@@ -680,10 +688,37 @@ _STEP_FNS: dict[str, Callable[[_Job], dict[str, Any]]] = {
 }
 
 
+# every file a step writes under results/ (the sweeps' parts excepted: content-addressed)
+_RESULT_FILES = (
+    "summary.json",
+    "steps.json",
+    "ppa.csv",
+    "users_bt.csv",
+    "prompts.jsonl",
+    "dose_response.csv",
+    "selectivity.csv",
+    "utility_by_group.csv",
+    "side_effects_rows.csv",
+    "side_effects.csv",
+    "calibrated.csv",
+    "gating.csv",
+    "mmlu.csv",
+    "steerx_effects.json",
+    "steerx_tokens.csv",
+    "steerx_pr_curve.csv",
+    "steerx_compare.csv",
+    "steerx_compare.json",
+    "steerx_descriptions.csv",
+    "steerx_cards.json",
+)
+
+
 def study_key(cfg: DemoConfig) -> str:
-    """What the results depend on (the config but its output folder and step list): a run
-    with another key in the same folder starts a fresh summary."""
-    fields = {k: v for k, v in asdict(cfg).items() if k not in ("out", "steps", "steerx")}
+    """What the results depend on (the config but its output folder, step list, device and
+    batching of the sweep): a run with another key in the same folder starts afresh."""
+    skip = ("out", "steps", "steerx", "cells_per_batch")  # none changes a number
+    fields = {k: v for k, v in asdict(cfg).items() if k not in skip}
+    fields["run"] = {k: v for k, v in fields["run"].items() if k != "device"}
     return hashlib.sha1(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -708,14 +743,17 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     summary_path, steps_path = results / "summary.json", results / "steps.json"
     key = study_key(cfg)
     old = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    if old.get("study_key") != key:  # another study in this folder: none of its keys stay
-        summary_path.unlink(missing_ok=True)
-        steps_path.unlink(missing_ok=True)
+    if old.get("study_key") != key:  # another study in this folder: none of its results stay
+        for name in _RESULT_FILES:
+            (results / name).unlink(missing_ok=True)
+        shutil.rmtree(results / "vectors", ignore_errors=True)
+        # (sweep parts stay: their names hash their cells, the model and the vectors)
     start = time.perf_counter()
     model = load_model(cfg.model, device=cfg.run.device, seed=cfg.run.seed)
     ds = load_prism(cfg.data)
     logger.info("%r", ds)
-    seconds: dict[str, float] = {"load model": round(time.perf_counter() - start, 1)}
+    earlier = old.get("seconds", {}) if old.get("study_key") == key else {}
+    seconds: dict[str, float] = {**earlier, "load model": round(time.perf_counter() - start, 1)}
     update_json(
         summary_path,
         {

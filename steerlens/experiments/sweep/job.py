@@ -29,6 +29,7 @@ from steerlens.experiments.sweep.grid import (
 from steerlens.experiments.sweep.measures import standard_measures
 from steerlens.experiments.sweep.runner import gather, run_sweep, sweep_salt, write_atomic
 from steerlens.experiments.sweep.vectors import (
+    CalibrationTable,
     build_vectors,
     calibrate_table,
     load_vectors,
@@ -238,16 +239,21 @@ def run_config(cfg: SweepConfig, *, progress_bar: bool = True) -> pd.DataFrame |
                 shutil.rmtree(vec_dir)
             save_vectors(built, vec_dir)
             done.write_text(recipe)
-        if cfg.alpha_mode == "kl" and cfg.methods:  # calibrated once, saved with the vectors
-            vecs = load_vectors(vec_dir, cfg.methods)
-            calibrate_table(
+        if cfg.alpha_mode == "kl":  # calibrated once, on rank 0; every rank reads its table
+            vecs: dict[str, Any] = load_vectors(vec_dir, cfg.methods) if cfg.methods else {}
+            vecs.update({k: SteeringVector.load(v) for k, v in cfg.vector_files.items()})
+            table = calibrate_table(
                 model,
                 vecs,
                 cfg.alphas,
                 neutral_texts(cfg.kl_texts, seed=cfg.seed),
                 batch_size=cfg.batch_size,
             )
-            save_vectors(vecs, vec_dir)
+            save_vectors({m: vecs[m] for m in cfg.methods}, vec_dir)  # carry their calibration
+            write_atomic(
+                out / "calibration.json",
+                json.dumps([[m, u, b, a] for (m, u, b), a in table.items()]),
+            )
     dist.barrier()
     # every rank reads rank 0's prompts and vectors, so all plan the same batches
     prompts = [
@@ -257,14 +263,9 @@ def run_config(cfg: SweepConfig, *, progress_bar: bool = True) -> pd.DataFrame |
     vectors: dict[str, Any] = load_vectors(vec_dir, cfg.methods) if cfg.methods else {}
     vectors.update({k: SteeringVector.load(v) for k, v in cfg.vector_files.items()})
     calibrated = None
-    if cfg.alpha_mode == "kl":
-        table = calibrate_table(
-            model,
-            vectors,
-            cfg.alphas,
-            neutral_texts(cfg.kl_texts, seed=cfg.seed),
-            batch_size=cfg.batch_size,
-        )
+    if cfg.alpha_mode == "kl":  # rank 0's table: every rank plans the same cells
+        rows = json.loads((out / "calibration.json").read_text())
+        table = CalibrationTable({(m, u, float(b)): float(a) for m, u, b, a in rows})
         calibrated = lambda m, u, b: table[(m, u, b)]  # noqa: E731
     cells = make_grid(prompts, list(vectors), cfg.alphas, cfg.gates, calibrated=calibrated)
     measure = standard_measures(ds.ground_truth, batch_size=cfg.batch_size)

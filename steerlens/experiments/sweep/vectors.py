@@ -74,10 +74,10 @@ def calibrate_table(
             reference=reference,
         )
         out.update({(m, u, float(b)): a for (m, u, _), a in zip(keys, alphas, strict=True)})
-    return _AnyUser(out)
+    return CalibrationTable(out)
 
 
-class _AnyUser(dict):  # type: ignore[type-arg]
+class CalibrationTable(dict):  # type: ignore[type-arg]
     """Look-ups of (method, user, budget) fall back to (method, "*", budget)."""
 
     def __missing__(self, key: tuple[str, str, float]) -> float:

@@ -193,6 +193,10 @@ def test_demo_config_validation():
         DemoConfig(neutral_texts=4, kl_texts=8)
     assert "steerx" not in DemoConfig(steerx=False).steps
     assert q.token_effects.smoke and q.token_effects.max_users == 8
+    # what the numbers depend on: not the device, the output folder or the steps run
+    same = DemoConfig(run={"device": "cpu"}, out="elsewhere", steps=["mmlu"], cells_per_batch=8)
+    assert demo_mod.study_key(same) == demo_mod.study_key(DemoConfig())
+    assert demo_mod.study_key(DemoConfig(run={"seed": 1})) != demo_mod.study_key(DemoConfig())
     # one run section (seed, device, batch size), nested; from a JSON/YAML mapping too
     nested = DemoConfig(run={"seed": 3, "batch_size": 4, "device": "cpu"})
     assert (nested.run.seed, nested.run.batch_size, nested.run.device) == (3, 4, "cpu")

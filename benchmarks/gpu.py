@@ -6,7 +6,8 @@ against the memory-bandwidth limit, on a random-init Llama-3.1-8B-shaped model.
 2. measures the device's read bandwidth (a large tensor reduced, median of 5), so one decoding
    step at batch 1 cannot beat ``weight bytes / bandwidth``: the limit in tokens/s;
 3. greedy generation of ``--new-tokens`` tokens at each batch size, interleaved, medians of
-   ``--repeats``: steerlens' fast path with one vector, with a vector and α per row, plain
+   ``--repeats``: steerlens' compiled engine and its eager fast path, each with one vector
+   and with a vector and α per row, plain
    ``transformers`` eager, and plain ``transformers`` with a static KV cache, which on CUDA
    its ``generate`` compiles with ``torch.compile`` (what a speed-minded user runs; the
    warm-up, compilation included, is reported apart);
@@ -27,6 +28,7 @@ Usage: python benchmarks/gpu.py [--model DIR] [--batches 1 16 64] [--new-tokens 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import statistics
@@ -46,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import random_llama
 
 import steerlens as sl
+from steerlens.core.compiled import engine_stats
 
 PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
 
@@ -217,7 +220,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     **({"cache_implementation": "static"} if static else {}),
                 )
 
-        def steer(per_row: bool, batch: int = batch, users: list = users, alphas: list = alphas):
+        def steer(
+            per_row: bool,
+            engine: str = "hf",
+            batch: int = batch,
+            users: list = users,
+            alphas: list = alphas,
+        ) -> None:
             sl.generate(
                 model,
                 [PROMPT] * batch,
@@ -227,7 +236,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 batch_size=batch,
                 stop_at_eos=False,
                 progress_bar=False,
-                engine="hf",
+                engine=engine,  # type: ignore[arg-type]
             )
 
         # on CUDA, generate() compiles the decoding step itself once the cache is static
@@ -236,18 +245,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "" if device.startswith("cuda") else " (CPU: not compiled)"
         )
         fns = {
-            "steerlens fast path, one vector": lambda: steer(False),
+            "steerlens compiled, a vector and α per row": lambda: steer(True, "compiled"),
+            "steerlens compiled, one vector": lambda: steer(False, "compiled"),
             "steerlens fast path, a vector and α per row": lambda: steer(True),
+            "steerlens fast path, one vector": lambda: steer(False),
             "transformers eager": lambda: hf_gen(False),
             static: lambda: hf_gen(True),
         }
-        # warm-ups (the compiled one's is its compile time, reported apart)
+        # warm-ups (the compiled rows' include their compile time, reported apart)
         for name, fn in fns.items():
             if device.startswith("cuda"):
                 torch.cuda.reset_peak_memory_stats()
             warm = _timed(fn, device)
-            if name == static:
-                compiled[str(batch)] = round(warm, 1)
+            if name == static or "compiled" in name:
+                compiled.setdefault(name, {})[str(batch)] = round(warm, 1)
         times: dict[str, list[float]] = {k: [] for k in fns}
         peaks: dict[str, float] = {}
         for _ in range(args.repeats):
@@ -298,8 +309,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "matmul_tflops": round(flops / 1e12, 2),
         "prefill": prefill,
         "seconds": round(time.perf_counter() - t0, 1),
-        "note": "no compiled steerlens engine yet (issue 16): the compiled row is plain "
-        "transformers'",
+        "compiled_engine": dataclasses.asdict(engine_stats()),
     }
     return report
 

@@ -3,7 +3,10 @@
 Prints ratios (>1 means steerlens is faster) and writes ``results/bench.json``:
 
 1. steered batched greedy generation (fast path and TransformerLens-hook path) vs
-   ``transformers`` ``generate`` unsteered (batch 16, 32 new tokens);
+   ``transformers`` ``generate`` unsteered (batch 16, 32 new tokens); and with α per row at
+   batch 1 and 16, the compiled engine vs the eager fast path, ``transformers`` eager, and
+   ``transformers`` with a static cache and ``torch.compile`` (``CompileConfig``, forced on a
+   CPU);
 2. a 6-point alpha sweep in one batched pass vs 6 separate passes, against the speed-up
    plain ``transformers`` gets from the same batching (the machine's limit); and the
    personalised sweep (48 users x 3 alphas, 32 new tokens, every row its user's vector) as
@@ -57,7 +60,7 @@ PROMPTS = [
 ]
 
 
-PARTS = ("generation", "sweep", "personalised", "cache", "mmlu", "memory")
+PARTS = ("generation", "compiled", "sweep", "personalised", "cache", "mmlu", "memory")
 
 
 def compare(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
@@ -233,6 +236,63 @@ def hf_generate(hf, tok, prompts: list[str], new_tokens: int, batch: int | None 
         )
 
 
+def compiled_part(
+    model: sl.HookedModel,
+    hf,
+    tok,
+    vec: sl.SteeringVector,
+    kw: dict,
+    args: argparse.Namespace,
+) -> dict[str, dict[str, float]]:
+    """Steered generation with α per row (32 new tokens) at batch 1 and 16 on the compiled
+    engine and on the eager fast path, against plain ``transformers`` eager and with a static
+    cache compiled by its own ``generate`` (``CompileConfig``; forced on a CPU, where
+    transformers does not compile by default). Compilation is in the warm-up, reported apart."""
+    from transformers import CompileConfig
+
+    from steerlens.core.compiled import engine_stats
+
+    new = kw["max_new_tokens"]
+    static = CompileConfig(fullgraph=True, dynamic=False)
+    static._compile_all_devices = True
+    results = {}
+    for batch in (1, 16):
+        prompts = PROMPTS[:batch]
+        alphas = [0.25 * (i % 8) for i in range(batch)]
+
+        def ours(engine: str, prompts: list[str] = prompts, alphas: list[float] = alphas) -> None:
+            sl.generate(model, prompts, steering=vec, alpha=alphas, engine=engine, **kw)
+
+        def hf_static(prompts: list[str] = prompts) -> None:
+            hf.generation_config.cache_implementation = "static"
+            hf.generation_config.compile_config = static
+            try:
+                hf_generate(hf, tok, prompts, new)
+            finally:
+                hf.generation_config.cache_implementation = None
+                hf.generation_config.compile_config = None
+
+        warm = {}
+        for name, fn in (("compiled", lambda: ours("compiled")), ("hf_static", hf_static)):
+            t = time.perf_counter()
+            fn()
+            warm[name] = time.perf_counter() - t
+        out = compare(
+            {
+                "compiled": lambda: ours("compiled"),
+                "fast": lambda: ours("hf"),
+                "hf": lambda p=prompts: hf_generate(hf, tok, p, new),
+                "hf_static": hf_static,
+            },
+            args.repeats,
+        )
+        out["compiled_warmup"] = warm["compiled"]
+        out["hf_static_warmup"] = warm["hf_static"]
+        results[str(batch)] = out
+    results["graphs"] = {"n": engine_stats().graphs}
+    return results
+
+
 def mmlu_part(model: sl.HookedModel, name: str, args: argparse.Namespace) -> dict[str, float]:
     """Zero-shot MMLU on ``--mmlu-items`` items: steerlens (one pass an item, packed batches,
     the unembedding only where scored) against plain HF (one full forward an item, as a
@@ -334,6 +394,29 @@ def main() -> None:
             )
         )
         rows.append(("steered generation, TL hooks vs HF unsteered", gen["hf"] / gen["tl"], None))
+
+    comp: dict[str, dict[str, float]] = {}
+    if "compiled" in parts:
+        comp = compiled_part(model, hf, tok, vec, kw, args)
+        for b in ("1", "16"):
+            c = comp[b]
+            rows.append(
+                (f"batch {b}, α per row: compiled vs HF eager", c["hf"] / c["compiled"], None)
+            )
+            rows.append(
+                (
+                    f"batch {b}, α per row: compiled vs HF static + compile",
+                    c["hf_static"] / c["compiled"],
+                    1.0,
+                )
+            )
+            rows.append(
+                (
+                    f"batch {b}, α per row: compiled vs eager fast path",
+                    c["fast"] / c["compiled"],
+                    None,
+                )
+            )
 
     sw: dict[str, float] = {}
     if "sweep" in parts:
@@ -508,6 +591,7 @@ def main() -> None:
                 "date": str(date.today()),
                 "seconds": {
                     "generation": gen,
+                    "compiled": comp,
                     "sweep": sw,
                     "personalised_sweep": per,
                     "cache": ca,

@@ -41,7 +41,7 @@ import logging
 import weakref
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,6 +59,7 @@ from steerlens.core.models import (
 )
 
 __all__ = [
+    "ENGINES",
     "FAST_HOOKS",
     "FastPath",
     "capture_residuals",
@@ -97,6 +98,10 @@ class FastPath:
     bound: bool
     """True when the twin shares the model's tensors (its logits are the model's)."""
     carried: list[HookPair] = field(default_factory=list)
+    compiled: Any = None
+    """The compiled decoding engine (``steerlens.core.compiled``) when it runs, else None."""
+    slots: Any = None
+    """The compiled engine's slots and specs: the carried hooks, then the call's own."""
 
 
 def _foreign_hooks(model: HookedModel) -> str | None:
@@ -160,16 +165,24 @@ def _bridge_blocker(model: HookedModel) -> str | None:
 
 
 def resolve_engine(
-    model: HookedModel, hook: str, engine: str, *, decoding: bool = False
+    model: HookedModel,
+    hook: str,
+    engine: str,
+    *,
+    decoding: bool = False,
+    pairs: Sequence[HookPair] = (),
 ) -> FastPath | None:
     """The fast path to run on, or None for the TransformerLens path (validates ``engine``).
 
     ``decoding=True`` (generation) also honours the cached-step guard
     (``steerlens.core.decoding``): a TL path refused for decoding raises ``DecodingError`` where
     it would run, and ``"auto"`` routes around a refused fast path with a logged notice.
+    Generation may also ask for ``"compiled"`` (``steerlens.core.compiled``), which ``"auto"``
+    takes on CUDA; ``pairs`` are the call's own steering hooks, which it runs as data.
     """
-    if engine not in ("auto", "tl", "hf"):
-        raise ValueError(f"engine must be 'auto', 'tl' or 'hf', got {engine!r}")
+    if engine not in ENGINES or (engine == "compiled" and not decoding):
+        allowed = ENGINES if decoding else ENGINES[:-1]
+        raise ValueError(f"engine must be one of {', '.join(map(repr, allowed))}, got {engine!r}")
     if engine == "tl":
         _tl_may_decode(model, decoding, "engine='tl' was asked for")
         return None
@@ -185,16 +198,58 @@ def resolve_engine(
             _tl_may_decode(model, decoding, reason)
             logger.warning("engine='auto' takes the TransformerLens path: %s", reason)
             return None
-        return FastPath(twin, True, active_steering(model))
+        fast = FastPath(twin, True, active_steering(model))
+        if decoding and auto_compiles(model):
+            _with_compiled(fast, pairs, explicit=False)
+        return fast
     if hook not in FAST_HOOKS:
-        raise ValueError(f"engine='hf' works on {FAST_HOOKS}, not {hook}")
+        raise ValueError(f"engine={engine!r} works on {FAST_HOOKS}, not {hook}")
     why = _foreign_hooks(model)
     if why is not None:
         raise ValueError(
-            f"engine='hf' cannot run here: {why}; they would not fire on the fast path. "
+            f"engine={engine!r} cannot run here: {why}; they would not fire on the fast path. "
             "Use engine='tl' (or 'auto', which picks it)."
         )
-    return FastPath(hf_twin(model), is_bridge(model), active_steering(model))
+    fast = FastPath(hf_twin(model), is_bridge(model), active_steering(model))
+    if engine == "compiled":
+        _with_compiled(fast, pairs, explicit=True)
+    return fast
+
+
+ENGINES = ("auto", "tl", "hf", "compiled")
+
+
+def auto_compiles(model: HookedModel) -> bool:
+    """Whether ``engine="auto"`` decodes with the compiled engine: on CUDA, where replaying
+    the step as a CUDA graph removes the per-kernel launch cost that dominates decoding. On
+    a CPU the eager fast path stays the default (compiling costs seconds a graph)."""
+    return model_device(model).type == "cuda"
+
+
+def _with_compiled(fast: FastPath, pairs: Sequence[HookPair], *, explicit: bool) -> None:
+    """Hand the decoding to the compiled engine where it can run. Asked for explicitly, steering
+    it cannot hold is a ``ValueError`` and a failed cached-step check a ``DecodingError``; where
+    ``torch.compile`` is not available (and for ``"auto"``, always) a notice is logged and the
+    eager fast path runs."""
+    from steerlens.core import compiled
+
+    slots = compiled.steering_specs([*fast.carried, *pairs])
+    if isinstance(slots, str):
+        if explicit:
+            raise ValueError(f"engine='compiled' cannot run here: {slots}; use engine='hf'")
+        return
+    why = compiled.compile_blocker(next(fast.twin.parameters()).device)
+    if why is None:
+        try:
+            fast.compiled, fast.slots = compiled.compiled_engine(fast.twin), slots
+            return
+        except DecodingError as exc:  # asked for, it is an error, as on every path
+            if explicit:
+                raise
+            why = str(exc)
+    (logger.warning if explicit else logger.info)(
+        "the compiled engine is not used, the eager fast path runs: %s", why
+    )
 
 
 def _tl_may_decode(model: HookedModel, decoding: bool, why_tl: str) -> None:
@@ -415,7 +470,10 @@ def twin_hooks(twin: Any, pairs: Sequence[HookPair]) -> Iterator[None]:
 
 def engine_hooks(model: HookedModel, fast: FastPath | None, pairs: Sequence[HookPair]) -> Any:
     """A context that registers ``pairs`` on the engine that runs: the fast path's twin
-    (with the open ``steering()`` blocks it carries) or the model's TransformerLens hooks."""
+    (with the open ``steering()`` blocks it carries) or the model's TransformerLens hooks.
+    The compiled engine holds them as data (``FastPath.slots``): nothing is registered."""
+    if fast is not None and fast.compiled is not None:
+        return nullcontext()
     if fast is not None:
         return twin_hooks(fast.twin, [*fast.carried, *pairs])
     return model.hooks(fwd_hooks=list(pairs))  # type: ignore[arg-type]

@@ -44,6 +44,7 @@ HookPair: TypeAlias = tuple[str | Callable[..., Any], HookFn]
 
 __all__ = [
     "HOOK_POINTS",
+    "AddSpec",
     "FirstK",
     "Gate",
     "GateSpec",
@@ -221,6 +222,31 @@ def _alpha_tensor(alpha: float | Sequence[float] | Tensor) -> float | Tensor:
     return t
 
 
+@dataclass(frozen=True)
+class AddSpec:
+    """What an ``add_vector_hook`` adds, as data: engines that cannot call a Python hook on
+    every step (the compiled decoding engine, ``steerlens.core.compiled``) load it into their
+    own buffers. ``hook_fn.spec`` of every hook ``add_vector_hook`` makes."""
+
+    direction: Tensor
+    """``[d_model]`` or one per input ``[row, d_model]``."""
+    alpha: float | Tensor
+    """A float or one value per input."""
+    gate: Gate
+    prompt_lengths: Tensor | None
+
+    def rows(self, batch: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        """The vector ``[batch, d_model]`` and α ``[batch]`` (float32) of each row of the batch
+        being run, picked as the hook picks them (``batch_rows``)."""
+        v = self.direction.detach().to(device, torch.float32)
+        v = _per_row(v, batch, "the per-row vector") if v.ndim == 2 else v.expand(batch, -1)
+        if isinstance(self.alpha, Tensor):
+            a = _per_row(self.alpha.to(device, torch.float32), batch, "alpha")
+        else:
+            a = torch.full((batch,), self.alpha, dtype=torch.float32, device=device)
+        return v, a
+
+
 def add_vector_hook(
     direction: Float[Tensor, " d_model"] | Float[Tensor, "row d_model"],
     alpha: float | Sequence[float] | Tensor = 1.0,
@@ -286,6 +312,7 @@ def add_vector_hook(
         return (resid.float() + delta).to(resid.dtype)
 
     hook_fn.reset = counter.reset  # type: ignore[attr-defined]
+    hook_fn.spec = AddSpec(direction, a, g, lengths)  # type: ignore[attr-defined]
     return hook_fn
 
 

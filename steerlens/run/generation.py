@@ -2,7 +2,8 @@
 
 One KV-cache decoding loop (``_decode``) serves every path: the bridge's HF model (its
 TransformerLens hooks fire, one position a step), the plain HF model of the fast path
-(``steerlens.core.fastpath``), and a HookedTransformer's own KV cache. Prompts go through the one
+(``steerlens.core.fastpath``), its compiled static-cache step (``steerlens.core.compiled``), and
+a HookedTransformer's own KV cache. Prompts go through the one
 batching loop (``steerlens.core.batching``): left-padded, sorted by length, rows back in input
 order, and per-row α / vectors follow their prompts. A padded batch gives the tokens of
 one-at-a-time runs (tested on every backend x engine).
@@ -81,7 +82,7 @@ def generate(
     seed: int | None = None,
     stop_at_eos: bool = True,
     progress_bar: bool = True,
-    engine: Literal["auto", "tl", "hf"] = "auto",
+    engine: Literal["auto", "tl", "hf", "compiled"] = "auto",
     return_tokens: Literal[False] = False,
     return_logits: Literal[False] = False,
 ) -> list[str]: ...
@@ -107,7 +108,7 @@ def generate(
     seed: int | None = None,
     stop_at_eos: bool = True,
     progress_bar: bool = True,
-    engine: Literal["auto", "tl", "hf"] = "auto",
+    engine: Literal["auto", "tl", "hf", "compiled"] = "auto",
     return_tokens: bool = ...,
     return_logits: bool = ...,
 ) -> list[str] | Generation: ...
@@ -134,7 +135,7 @@ def generate(
     return_tokens: bool = False,
     return_logits: bool = False,
     progress_bar: bool = True,
-    engine: Literal["auto", "tl", "hf"] = "auto",
+    engine: Literal["auto", "tl", "hf", "compiled"] = "auto",
 ) -> list[str] | Generation:
     """Generate continuations of ``prompts``, optionally steered.
 
@@ -159,8 +160,11 @@ def generate(
             plain HF model of the fast path (``steerlens.core.fastpath``): on a bridge it shares the
             bridge's weights (no copy), on a HookedTransformer it is a copy; open
             ``sl.steering()`` blocks are carried onto it, and any other hook on the model is a
-            ``ValueError`` (it would not fire). ``"auto"`` (default) takes the fast path on a
-            bridge when no other hook is active, else ``"tl"``.
+            ``ValueError`` (it would not fire). ``"compiled"`` runs the fast path's model with a
+            static KV cache and the decoding step compiled (a CUDA graph on a GPU), the
+            steering held as data inside it (``steerlens.core.compiled``): the same tokens,
+            faster once compiled. ``"auto"`` (default) takes the fast path on a bridge when
+            no other hook is active (compiled on CUDA), else ``"tl"``.
 
     Returns:
         The generated texts (special tokens and the EOS removed), or a ``Generation``.
@@ -207,7 +211,7 @@ def generate(
     opts = _Decode(
         max_new_tokens, do_sample, temperature, top_k, top_p, eos, return_logits, gen, seed
     )
-    fast = fastpath.resolve_engine(model, hook, engine, decoding=True)
+    fast = fastpath.resolve_engine(model, hook, engine, decoding=True, pairs=own)
     if model.training:  # eval() walks every module of a bridge: skip it when already off
         model.eval()
 
@@ -279,14 +283,16 @@ def _run_batch(
 
     One KV-cache decoding loop serves every path: the bridge (its HF modules are wrapped in
     place, so TransformerLens hooks fire, one position a step), the plain HF twin of the fast
-    path, and a HookedTransformer. Sampling is therefore the same everywhere.
+    path, its compiled engine, and a HookedTransformer. Sampling is therefore the same
+    everywhere.
     """
     hf = fast.twin if fast is not None else getattr(model, "original_model", None)
-    step = (
-        hf_steps(hf, input_ids, attention_mask)
-        if hf is not None
-        else tl_steps(model, input_ids, attention_mask)
-    )
+    if fast is not None and fast.compiled is not None:
+        step = fast.compiled.steps(fast.slots, input_ids, attention_mask, opts.max_new_tokens)
+    elif hf is not None:
+        step = hf_steps(hf, input_ids, attention_mask)
+    else:
+        step = tl_steps(model, input_ids, attention_mask)
     new, logits = _decode(step, input_ids.shape[0], opts)
     if logits is not None and fast is not None and not fast.bound:
         # A copy has the raw unembedding; TransformerLens centres it (softmax unchanged).

@@ -1,4 +1,4 @@
-"""Generation on every execution path: backend (bridge, hooked) x engine (tl, hf).
+"""Generation on the embedded model: every engine (tl, hf; compiled against hf).
 
 Each test that claims a path checks that the path ran (``spy_path``), so a test cannot pass
 by silently exercising the other engine.
@@ -7,6 +7,7 @@ by silently exercising the other engine.
 from __future__ import annotations
 
 import pytest
+import torch
 from conftest import ENGINES
 
 import steerlens as sl
@@ -44,3 +45,29 @@ def test_embedded_steering_changes_output_and_batch_is_exact(embedded, engine):
     single = [sl.generate(embedded, [p], alpha=a, **kw)[0] for p in prompts for a in alphas]
     assert batched == single
     assert batched[0] != batched[1]
+
+
+@pytest.mark.integration
+def test_embedded_compiled_engine_gives_the_eager_fast_paths_tokens(embedded):
+    """The compiled engine (static cache, inductor-compiled step, steering as data) on the
+    embedded model in float32: per-row vectors and α, a first-K gate, left padding."""
+    from steerlens.core.compiled import engine_stats
+
+    g = torch.Generator().manual_seed(0)
+    d = embedded.cfg.d_model
+    vecs = [sl.SteeringVector({lyr: torch.randn(d, generator=g) for lyr in (15, 18)}) for _ in "ab"]
+    prompts = ["Describe your day.", "Write one sentence about the sea.", "Name a colour."]
+    kw = dict(
+        steering=[vecs[0], vecs[1], vecs[0]],
+        alpha=[0.0, 4.0, 8.0],
+        gate=sl.FirstK(4),
+        max_new_tokens=16,
+        return_tokens=True,
+        progress_bar=False,
+    )
+    steps = engine_stats().compiled_steps
+    got = sl.generate(embedded, prompts, engine="compiled", **kw)
+    assert engine_stats().compiled_steps > steps
+    want = sl.generate(embedded, prompts, engine="hf", **kw)
+    assert [t.tolist() for t in got.tokens] == [t.tolist() for t in want.tokens]
+    assert got.texts[0] == sl.generate(embedded, prompts[:1], max_new_tokens=16)[0]  # α 0

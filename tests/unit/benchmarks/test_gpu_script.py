@@ -40,6 +40,8 @@ def test_gpu_script_runs_end_to_end_on_a_tiny_model(tmp_path):
     rows = {(r["batch"], r["row"]) for r in report["rows"]}
     for batch in (1, 3):
         for row in (
+            "steerlens compiled, a vector and α per row",
+            "steerlens compiled, one vector",
             "steerlens fast path, one vector",
             "steerlens fast path, a vector and α per row",
             "transformers eager",
@@ -47,6 +49,8 @@ def test_gpu_script_runs_end_to_end_on_a_tiny_model(tmp_path):
         ):
             assert (batch, row) in rows
     assert all(r["tokens_per_s"] > 0 for r in report["rows"])
+    assert report["compiled_engine"]["compiled_steps"] > 0  # the compiled rows compiled
+    assert set(report["compile_warmup_s"]["steerlens compiled, one vector"]) == {"1", "3"}
     assert all(r["share_of_batch1_limit"] is not None for r in report["rows"] if r["batch"] == 1)
     assert [r["row"] for r in report["prefill"]] == [
         "cache_activations (mean pool, all default layers)",

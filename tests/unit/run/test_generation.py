@@ -1,4 +1,4 @@
-"""Generation on every execution path: backend (bridge, hooked) x engine (tl, hf).
+"""Generation on every execution path: backend (bridge, hooked) x engine (tl, hf, compiled).
 
 Each test that claims a path checks that the path ran (``spy_path``), so a test cannot pass
 by silently exercising the other engine.
@@ -12,7 +12,10 @@ from conftest import ENGINES, PROMPTS, assert_close_impl, no_hooks_left
 
 import steerlens as sl
 from steerlens.core import fastpath
+from steerlens.core.compiled import engine_stats
 from steerlens.run import generation
+
+GEN_ENGINES = [*ENGINES, "compiled"]
 
 
 def _tokens(model, prompts, **kw):
@@ -24,25 +27,32 @@ def _tokens(model, prompts, **kw):
 
 @pytest.fixture
 def spy_path(monkeypatch):
-    """Records, per decoded batch, which engine ran: 'tl', 'hf-bound' or 'hf-copy'."""
+    """Records, per decoded batch, which engine ran: 'tl', 'hf-bound', 'hf-copy', or
+    'compiled' when the compiled engine ran and its compiled step decoded the batch."""
     seen: list[str] = []
     real = generation._run_batch
 
     def spy(model, input_ids, attention_mask, opts, fast=None):
-        seen.append("tl" if fast is None else ("hf-bound" if fast.bound else "hf-copy"))
-        return real(model, input_ids, attention_mask, opts, fast)
+        steps = engine_stats().compiled_steps
+        out = real(model, input_ids, attention_mask, opts, fast)
+        if fast is not None and fast.compiled is not None:
+            ran = engine_stats().compiled_steps > steps
+            seen.append("compiled" if ran else "compiled, no compiled step")
+        else:
+            seen.append("tl" if fast is None else ("hf-bound" if fast.bound else "hf-copy"))
+        return out
 
     monkeypatch.setattr(generation, "_run_batch", spy)
     return seen
 
 
 def _expected_path(model, engine):
-    if engine == "tl":
-        return "tl"
+    if engine in ("tl", "compiled"):
+        return engine
     return "hf-bound" if hasattr(model, "original_model") else "hf-copy"
 
 
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("engine", GEN_ENGINES)
 @pytest.mark.parametrize("chat", [True, False])
 def test_padded_batch_equals_one_at_a_time(tiny, engine, chat, spy_path):
     batched = _tokens(tiny, PROMPTS, chat=chat, batch_size=3, engine=engine)
@@ -52,7 +62,7 @@ def test_padded_batch_equals_one_at_a_time(tiny, engine, chat, spy_path):
     assert set(spy_path) == {_expected_path(tiny, engine)}
 
 
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("engine", GEN_ENGINES)
 def test_per_row_alpha_equals_single_runs(tiny, rand_vec, engine, spy_path):
     prompts = [PROMPTS[0], PROMPTS[1], PROMPTS[2], PROMPTS[0]]  # sorted by length != input order
     alphas = [0.0, 4.0, -4.0, 8.0]
@@ -68,7 +78,7 @@ def test_per_row_alpha_equals_single_runs(tiny, rand_vec, engine, spy_path):
     assert no_hooks_left(tiny)
 
 
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("engine", GEN_ENGINES)
 def test_per_row_alpha_of_an_open_steering_block_follows_its_prompt(
     tiny, rand_vec, engine, spy_path
 ):
@@ -86,7 +96,7 @@ def test_per_row_alpha_of_an_open_steering_block_follows_its_prompt(
     assert no_hooks_left(tiny)
 
 
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("engine", GEN_ENGINES)
 def test_per_row_vectors_equal_single_runs(tiny, engine, spy_path):
     g = torch.Generator().manual_seed(11)
     d = tiny.cfg.d_model
@@ -107,7 +117,7 @@ def test_per_row_vectors_equal_single_runs(tiny, engine, spy_path):
         sl.generate(tiny, PROMPTS, steering=vecs[:2])
 
 
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("engine", GEN_ENGINES)
 def test_gates_end_to_end(tiny, rand_vec, engine):
     prompt = [PROMPTS[0]]
     kw = dict(steering=rand_vec, alpha=8.0, engine=engine)
@@ -136,7 +146,7 @@ def test_fast_path_equals_transformerlens_hooks(tiny, rand_vec, gate):
         assert_close_impl(b, a)
 
 
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("engine", GEN_ENGINES)
 def test_backends_agree(engine, spy_path):
     """A TransformerBridge and a HookedTransformer, each on the engine named: two different
     implementations of the same weights give the same tokens."""
@@ -153,7 +163,7 @@ def test_backends_agree(engine, spy_path):
             assert_close_impl(x, y)
 
 
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("engine", GEN_ENGINES)
 def test_open_steering_block_steers_every_engine(tiny, rand_vec, engine, spy_path):
     """engine='hf' inside sl.steering() used to generate unsteered text silently."""
     with sl.steering(tiny, rand_vec, alpha=3.0, gate=sl.FirstK(2)):
@@ -264,7 +274,7 @@ def test_fast_path_resid_pre(tiny):
         sl.generate(tiny, PROMPTS, engine="vllm")
 
 
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("engine", GEN_ENGINES)
 def test_return_logits_matches_greedy_tokens(tiny, engine):
     out = sl.generate(tiny, PROMPTS[:2], max_new_tokens=5, return_logits=True, engine=engine)
     assert isinstance(out, sl.Generation)
@@ -273,7 +283,7 @@ def test_return_logits_matches_greedy_tokens(tiny, engine):
         assert logits.argmax(-1).tolist() == toks.tolist()
 
 
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("engine", GEN_ENGINES)
 def test_sampling_is_seeded(tiny, engine):
     kw = dict(do_sample=True, temperature=1.5, top_k=50, seed=123, engine=engine)
     a = _tokens(tiny, PROMPTS, **kw)

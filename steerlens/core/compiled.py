@@ -1,0 +1,393 @@
+"""The compiled decoding engine: a static KV cache, the decoding step compiled with
+``torch.compile`` (replayed as a CUDA graph on a GPU), and the steering inside the step.
+
+The eager fast path (``steerlens.core.fastpath``) calls a Python hook on every steered layer
+at every step, and its KV cache grows, so nothing can be captured once and replayed. This
+engine runs the same plain HF model (bound to the same weights) differently:
+
+* **Steering as data.** Every steering hook of the call (``sl.generate(steering=...)`` and
+  open ``sl.steering()`` blocks) is an ``add_vector_hook``, whose ``spec`` says what it adds.
+  Each becomes a *slot*: preallocated buffers for its per-row vectors ``[batch, d_model]``,
+  per-row α ``[batch]`` and gate bounds, written in place before each batch. The hooks that
+  read them are installed once, on a twin of the model's own, so a new user, vector, α or
+  gate never recompiles.
+* **Gates from a step counter.** The buffer ``base`` holds the position of the call's first
+  token relative to the prompt's end (``-prompt_len`` for the prompt, ``i`` for decoding
+  step ``i``); a gate is the mask ``lo <= arange(n_pos) + base < hi``. The eager hooks count
+  positions in Python; both give the same mask.
+* **Bounded shapes.** The batch is padded to a power of two (copies of its last row, with
+  α 0 and a zero vector), the cache to a power of two >= prompt + new tokens (at least 64),
+  so a sweep compiles a few graphs. Each (slots, batch bucket) has its own twin, buffers and
+  compiled step, kept for the process: compilation is paid once (``engine_stats`` reports
+  it) and amortised over every later call.
+* **The prompt runs eagerly** through the same twin and buffers (its length varies); the
+  one-token steps run compiled. On a GPU the compiled step is replayed as a CUDA graph
+  (``mode="reduce-overhead"``).
+
+``generate(engine="compiled")`` asks for it; ``engine="auto"`` takes it on CUDA when it is
+exact (the same conditions as the fast path, and every steering hook is an
+``add_vector_hook`` without ``prompt_lengths``). Where ``torch.compile`` cannot run (no C++
+compiler for a CPU, no triton for CUDA, MPS, a Python dynamo does not support) it falls
+back, with a logged notice, to the eager fast path; a step that fails to compile runs the
+same static-cache step eagerly. Before first use the static-cache step is checked against a
+full forward pass (``steerlens.core.decoding``), as every decoding path is.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import time
+import types
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from steerlens.core.decoding import DecodingError, Steps, _cache_kwarg, _check, _probe_ids
+from steerlens.core.hooks import AddSpec, HookPair
+
+__all__ = [
+    "CompiledEngine",
+    "EngineStats",
+    "bucket",
+    "check_compiled_engine",
+    "compile_blocker",
+    "compiled_engine",
+    "engine_stats",
+    "steering_specs",
+]
+
+logger = logging.getLogger(__name__)
+MIN_CACHE = 64
+"""The smallest cache length bucket."""
+MAX_CACHES = 4
+"""Static caches kept per (slots, batch bucket): the least recently used one is freed."""
+_ENGINES: weakref.WeakKeyDictionary[Any, CompiledEngine] = weakref.WeakKeyDictionary()
+_REFUSED: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+
+
+def bucket(n: int, floor: int = 1) -> int:
+    """The smallest power of two >= ``n`` and >= ``floor``."""
+    return max(floor, 1 << max(n - 1, 0).bit_length())
+
+
+def compile_blocker(device: torch.device) -> str | None:
+    """Why ``torch.compile`` cannot compile the decoding step on ``device``, or None."""
+    import torch._dynamo
+
+    if not torch._dynamo.is_dynamo_supported():
+        return "torch.compile does not support this Python"
+    if device.type == "cuda":
+        if importlib.util.find_spec("triton") is None:
+            return "triton is not installed (torch.compile needs it on CUDA)"
+        return None
+    if device.type == "cpu":
+        cxx = os.environ.get("CXX", "")
+        if not any(shutil.which(c) for c in (cxx, "c++", "g++", "clang++") if c):
+            return "no C++ compiler found (torch.compile needs one on a CPU)"
+        return None
+    return f"the compiled engine runs on CPU and CUDA, not {device.type}"
+
+
+@dataclass(frozen=True)
+class _Slot:
+    layer: int
+    point: str
+
+
+def steering_specs(pairs: Sequence[HookPair]) -> tuple[list[_Slot], list[AddSpec]] | str:
+    """The slots and what they add, or why these hooks cannot run as data."""
+    from steerlens.core.fastpath import _point
+
+    slots, specs = [], []
+    for name, fn in pairs:
+        spec = getattr(fn, "spec", None)
+        if not isinstance(spec, AddSpec):
+            return f"the hook on {name} is not a steerlens add_vector_hook"
+        if spec.prompt_lengths is not None:
+            return "a steering hook has prompt_lengths (single-pass scoring, not decoding)"
+        layer, point = _point(str(name))
+        slots.append(_Slot(layer, point))
+        specs.append(spec)
+    return slots, specs
+
+
+@dataclass
+class EngineStats:
+    """What the compiled engine did in this process."""
+
+    graphs: int = 0
+    """Decoding steps compiled (one per slots x batch bucket x cache bucket)."""
+    warmup_s: float = 0.0
+    """Seconds spent in the first call of each graph (compilation and capture)."""
+    compiled_steps: int = 0
+    """Decoding steps run by a compiled graph."""
+    eager_steps: int = 0
+    """Decoding steps run eagerly on the static cache (a graph failed to compile)."""
+    notices: list[str] = field(default_factory=list)
+
+
+_STATS = EngineStats()
+
+
+def engine_stats() -> EngineStats:
+    """The compiled engine's counters for this process (graphs, warm-up seconds, steps)."""
+    return _STATS
+
+
+class _SteerState(torch.nn.Module):
+    """The buffers the compiled step reads: per slot, per-row vectors and α, gate bounds;
+    and the step counter. Written in place, never reallocated."""
+
+    vec: Tensor
+    alpha: Tensor
+    lo: Tensor
+    hi: Tensor
+    base: Tensor
+
+    def __init__(self, n_slots: int, batch: int, d_model: int, device: torch.device) -> None:
+        super().__init__()
+        shapes = {
+            "vec": (n_slots, batch, d_model),
+            "alpha": (n_slots, batch),
+            "lo": (n_slots,),
+            "hi": (n_slots,),
+            "base": (1,),
+        }
+        for name, shape in shapes.items():
+            buf = torch.zeros(shape, dtype=torch.float32, device=device)
+            torch._dynamo.mark_static_address(buf)  # a CUDA graph reads it where it is
+            self.register_buffer(name, buf)
+
+    def add(self, s: int, resid: Tensor) -> Tensor:
+        """``resid`` + slot ``s``'s α · vector on the gated positions (float32 sum, cast once,
+        as ``add_vector_hook`` computes it)."""
+        off = torch.arange(resid.shape[1], device=resid.device, dtype=torch.float32) + self.base
+        keep = ((off >= self.lo[s]) & (off < self.hi[s])).to(torch.float32).view(1, -1, 1)
+        delta = self.alpha[s].view(-1, 1, 1) * self.vec[s].unsqueeze(1)
+        return (resid.float() + delta * keep).to(resid.dtype)
+
+    @torch.no_grad()
+    def load(self, specs: Sequence[AddSpec], rows: int) -> None:
+        """Write the specs for the first ``rows`` rows; the padding rows get α 0."""
+        device = self.vec.device
+        self.vec[:, rows:].zero_()
+        self.alpha[:, rows:].zero_()
+        for s, spec in enumerate(specs):
+            v, a = spec.rows(rows, device)
+            self.vec[s, :rows].copy_(v)
+            self.alpha[s, :rows].copy_(a)
+            self.lo[s] = spec.gate.start
+            self.hi[s] = spec.gate.stop
+
+
+def _slot_hooks(twin: Any, slots: Sequence[_Slot], state: _SteerState) -> None:
+    """Install one hook per slot on the twin's decoder layers, reading ``state``."""
+    from steerlens.core.fastpath import _decoder_layers
+
+    layers = _decoder_layers(twin)
+    for s, slot in enumerate(slots):
+        if slot.point == "hook_resid_post":
+
+            def post(module: Any, args: Any, output: Any, s: int = s) -> Any:
+                if isinstance(output, tuple):
+                    return (state.add(s, output[0]), *output[1:])
+                return state.add(s, output)
+
+            layers[slot.layer].register_forward_hook(post)
+        else:
+
+            def pre(module: Any, args: Any, kwargs: Any, s: int = s) -> Any:
+                if args:
+                    return (state.add(s, args[0]), *args[1:]), kwargs
+                kwargs["hidden_states"] = state.add(s, kwargs["hidden_states"])
+                return args, kwargs
+
+            layers[slot.layer].register_forward_pre_hook(pre, with_kwargs=True)
+
+
+def _own_code(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` with a code object of its own: dynamo keeps compiled graphs (and counts them
+    against its recompile limit) per code object, so each runner looks up only its own."""
+    assert isinstance(fn, types.FunctionType)
+    return types.FunctionType(
+        fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__
+    )
+
+
+class _Runner:
+    """One (slots, batch bucket): a twin with the slot hooks, their buffers, the compiled
+    step, and static caches by length bucket."""
+
+    def __init__(self, engine: CompiledEngine, slots: Sequence[_Slot], batch: int) -> None:
+        from steerlens.core.fastpath import _bind
+
+        self.engine = engine
+        self.batch = batch
+        self.twin = _bind(engine.hf)
+        d_model = int(self.twin.config.hidden_size)
+        self.state = _SteerState(len(slots), batch, d_model, engine.device)
+        _slot_hooks(self.twin, slots, self.state)
+        self.caches: OrderedDict[int, Any] = OrderedDict()
+        self.warm: set[int] = set()
+        twin, kwarg = self.twin, engine.cache_kwarg
+
+        def forward(ids: Tensor, mask: Tensor, pos: Tensor, cache: Any) -> Tensor:
+            out = twin(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=pos,
+                use_cache=True,
+                logits_to_keep=1,
+                **{kwarg: cache},
+            )
+            return out.logits[:, -1]
+
+        self.eager = forward
+        self.compiled: Callable[..., Tensor] | None = (
+            torch.compile(_own_code(forward), fullgraph=True, dynamic=False, mode=engine.mode)
+            if engine.compile
+            else None
+        )
+
+    def cache(self, length: int) -> Any:
+        cache = self.caches.pop(length, None)
+        if cache is None:
+            from transformers import StaticCache
+
+            cache = StaticCache(config=self.twin.config, max_cache_len=length)
+        elif cache.layers[0].is_initialized:
+            cache.reset()  # in place: the compiled step's static addresses stay
+        self.caches[length] = cache
+        while len(self.caches) > MAX_CACHES:
+            old, _ = self.caches.popitem(last=False)
+            self.warm.discard(old)
+        return cache
+
+    def decode(self, length: int, *args: Any) -> Tensor:
+        if self.compiled is not None:
+            first = length not in self.warm
+            t0 = time.perf_counter()
+            try:
+                if self.engine.device.type == "cuda":
+                    torch.compiler.cudagraph_mark_step_begin()
+                out = self.compiled(*args)
+            except Exception as exc:  # the compiler's failure: run the same step eagerly
+                note = f"the decoding step did not compile ({type(exc).__name__}: {exc}); it runs eagerly"
+                logger.warning("compiled engine: %s", note)
+                _STATS.notices.append(note)
+                self.compiled = None
+            else:
+                if first:
+                    self.warm.add(length)
+                    _STATS.graphs += 1
+                    _STATS.warmup_s += time.perf_counter() - t0
+                    logger.info(
+                        "compiled engine: batch %d x cache %d compiled in %.1f s",
+                        self.batch,
+                        length,
+                        time.perf_counter() - t0,
+                    )
+                _STATS.compiled_steps += 1
+                return out
+        if self.engine.compile:
+            _STATS.eager_steps += 1
+        return self.eager(*args)
+
+
+class CompiledEngine:
+    """The compiled decoding engine of one plain HF model (see the module docstring)."""
+
+    def __init__(self, hf: Any, *, compile: bool = True) -> None:
+        self.hf = hf
+        self.compile = compile
+        param = next(hf.parameters())
+        self.device = param.device
+        self.mode = "reduce-overhead" if self.device.type == "cuda" else None
+        self.cache_kwarg = _cache_kwarg(type(hf))
+        self.runners: dict[tuple[tuple[_Slot, ...], int], _Runner] = {}
+
+    def steps(
+        self,
+        specs_of: tuple[Sequence[_Slot], Sequence[AddSpec]],
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        max_new_tokens: int,
+    ) -> Steps:
+        """A decoding step function (``steerlens.core.decoding.Steps``) for this batch:
+        ``step(None)`` runs the prompt, ``step(next_ids)`` one token, each the last
+        position's logits ``[batch, vocab]``."""
+        slots, specs = specs_of
+        rows, prompt_len = input_ids.shape
+        size = bucket(rows)
+        key = (tuple(slots), size)
+        runner = self.runners.get(key)
+        if runner is None:
+            runner = self.runners[key] = _Runner(self, slots, size)
+        length = bucket(prompt_len + max_new_tokens, MIN_CACHE)
+        runner.state.load(specs, rows)
+        cache = runner.cache(length)
+        pad = size - rows
+        ids = torch.cat([input_ids, input_ids[-1:].expand(pad, -1)])
+        mask = torch.cat([attention_mask, attention_mask[-1:].expand(pad, -1)])
+        pos = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        # Left padding is the only masked part; later positions are masked by causality.
+        full_mask = torch.cat([mask, mask.new_ones(size, length - prompt_len)], dim=1)
+        last_pos = pos[:, -1:]
+        done = 0  # decoding steps run
+        copy_out = self.device.type == "cuda"  # a CUDA graph's output is overwritten next step
+
+        def step(nxt: Tensor | None) -> Tensor:
+            nonlocal last_pos, done
+            if nxt is None:
+                runner.state.base.fill_(-prompt_len)
+                out = runner.eager(ids, full_mask, pos, cache)
+            else:
+                if prompt_len + done >= length:
+                    raise ValueError(f"the static cache holds {length} positions")
+                runner.state.base.fill_(done)
+                last_pos = last_pos + 1
+                nxt = torch.cat([nxt, nxt[-1:].expand(pad)])[:, None]
+                out = runner.decode(length, nxt, full_mask, last_pos, cache)
+                done += 1
+            return out[:rows].clone() if copy_out else out[:rows]
+
+        return step
+
+
+def compiled_engine(hf: Any) -> CompiledEngine:
+    """The compiled engine of a plain HF model (built once, checked, kept while it lives).
+
+    Raises ``DecodingError`` when its static-cache step does not reproduce a full forward
+    with the installed versions.
+    """
+    engine = _ENGINES.get(hf)
+    if engine is None:
+        why = _REFUSED.get(hf) or check_compiled_engine(hf)
+        if why is not None:
+            _REFUSED[hf] = why
+            raise DecodingError(why)
+        engine = _ENGINES[hf] = CompiledEngine(hf)
+    return engine
+
+
+def check_compiled_engine(hf: Any) -> str | None:
+    """The cached-step check (``steerlens.core.decoding``) on this engine's steps, run
+    uncompiled: the padding, positions, mask and static cache the compiled step replays."""
+    param = next(hf.parameters())
+    probe = _probe_ids(int(hf.config.vocab_size), param.device)
+    eager = CompiledEngine(hf, compile=False)
+    return _check(
+        "compiled engine (static KV cache)",
+        lambda ids, mask: eager.steps(([], []), ids, mask, 1),
+        lambda ids: hf(input_ids=ids).logits,
+        probe,
+        param.dtype,
+    )

@@ -1,0 +1,184 @@
+"""The compiled decoding engine (``engine="compiled"``) against the eager fast path.
+
+Both run the same plain HF model on the same weights; the compiled engine decodes into a
+static KV cache with a ``torch.compile``d step (inductor on this CPU) and holds the steering
+as data. Greedy tokens must be the eager fast path's; logits agree to float32 rounding (two
+implementations: a growing vs a static cache, compiled kernels). Every test checks which
+path ran: the compiled step itself, not its eager fallback.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from conftest import PROMPTS, assert_close_impl, no_hooks_left
+
+import steerlens as sl
+from steerlens.core import compiled, fastpath
+from steerlens.core.compiled import bucket, engine_stats
+from steerlens.core.decoding import DecodingError
+from steerlens.run import generation
+
+
+def _gen(model, prompts=PROMPTS, **kw):
+    kw = {"max_new_tokens": 8, "return_logits": True, "progress_bar": False, **kw}
+    out = sl.generate(model, prompts, **kw)
+    return [t.tolist() for t in out.tokens], out.logits
+
+
+def _same(model, **kw):
+    """Generate on the eager fast path and the compiled engine; both must agree."""
+    steps = engine_stats().compiled_steps
+    want, want_logits = _gen(model, engine="hf", **kw)
+    got, got_logits = _gen(model, engine="compiled", **kw)
+    assert engine_stats().compiled_steps > steps  # the compiled step ran
+    assert got == want
+    for a, b in zip(got_logits, want_logits, strict=True):
+        assert_close_impl(a, b)
+    return got
+
+
+def _vectors(d: int, seed: int = 0) -> list[sl.SteeringVector]:
+    g = torch.Generator().manual_seed(seed)
+    return [
+        sl.SteeringVector({2: torch.randn(d, generator=g) * 2}),
+        sl.SteeringVector({1: torch.randn(d, generator=g), 3: torch.randn(d, generator=g)}),
+        sl.SteeringVector({2: torch.randn(d, generator=g), 3: torch.randn(d, generator=g)}),
+    ]
+
+
+def test_buckets():
+    assert [bucket(n) for n in (1, 2, 3, 4, 5, 17)] == [1, 2, 4, 4, 8, 32]
+    assert bucket(10, 64) == 64
+    assert bucket(65, 64) == 128
+
+
+@pytest.mark.parametrize("gate", ["all", "prefill", sl.FirstK(2), "generated"])
+def test_one_vector_per_row_alpha_every_gate(tiny, rand_vec, gate):
+    """Left padding (three prompt lengths), α per row, each gate: the step counter's masks
+    are the eager hooks' counted positions."""
+    got = _same(tiny, steering=rand_vec, alpha=[0.0, 4.0, -6.0], gate=gate)
+    assert got[0] == _gen(tiny, engine="hf")[0][0]  # α 0 is unsteered
+
+
+def test_per_row_vectors_and_alpha(tiny):
+    vecs = _vectors(tiny.cfg.d_model)
+    got = _same(tiny, steering=vecs, alpha=[3.0, -2.0, 4.0], gate=sl.FirstK(3), batch_size=2)
+    assert got != _gen(tiny, engine="hf", batch_size=2)[0]
+
+
+def test_resid_pre_and_an_open_block_with_the_calls_own_vector(tiny, rand_vec):
+    """Two slots on one layer (the block's, then the call's), in the eager hooks' order."""
+    pre = sl.SteeringVector({2: rand_vec.directions[2]}, hook="hook_resid_pre")
+    _same(tiny, steering=pre, alpha=5.0)
+    with sl.steering(tiny, rand_vec, alpha=[1.0, -3.0, 2.0], gate="generated"):
+        _same(tiny, steering=rand_vec, alpha=2.0, gate=sl.FirstK(1))
+    assert no_hooks_left(tiny)
+
+
+def test_eos_mid_batch(tiny_bridge, monkeypatch):
+    free, _ = _gen(tiny_bridge, engine="hf", stop_at_eos=False)
+    eos = free[1][3]  # row 1 stops at its fourth token
+    monkeypatch.setattr(generation, "_eos_ids", lambda model: [eos])
+    got = _same(tiny_bridge)
+    assert len(got[1]) <= 3
+    assert max(len(t) for t in got) > len(got[1])
+
+
+def test_sampling_with_a_seed(tiny):
+    kw = dict(do_sample=True, temperature=1.3, top_p=0.9, seed=5)
+    got = _same(tiny, **kw)
+    assert got != _same(tiny, **{**kw, "seed": 6})
+
+
+def test_new_vectors_alphas_and_gates_reuse_the_graph(tiny_bridge):
+    """Only shapes compile: the batch and cache buckets. A new vector, α or gate is data."""
+    vecs = _vectors(tiny_bridge.cfg.d_model, seed=4)
+    kw = dict(engine="compiled", max_new_tokens=4, chat=False)
+    _gen(tiny_bridge, steering=vecs[1], alpha=1.0, **kw)
+    graphs = engine_stats().graphs
+    _gen(tiny_bridge, steering=vecs[1].normalized(), alpha=[1.0, 2.0, 3.0], gate="prefill", **kw)
+    _gen(tiny_bridge, [*PROMPTS, "x"], steering=vecs[1], alpha=-1.0, gate=sl.FirstK(2), **kw)
+    assert engine_stats().graphs == graphs  # 3 and 4 rows: batch bucket 4 ...
+    _gen(tiny_bridge, PROMPTS * 2, steering=vecs[1], **kw)
+    assert engine_stats().graphs == graphs + 1  # ... 6 rows: bucket 8, one more graph
+
+
+def test_without_a_compiler_it_runs_the_eager_fast_path(tiny_bridge, monkeypatch, caplog):
+    monkeypatch.setattr(compiled, "compile_blocker", lambda device: "no C++ compiler found")
+    steps = engine_stats().compiled_steps
+    with caplog.at_level(logging.WARNING, logger="steerlens.core.fastpath"):
+        got, _ = _gen(tiny_bridge, engine="compiled")
+    assert "no C++ compiler found" in caplog.text
+    assert engine_stats().compiled_steps == steps
+    assert got == _gen(tiny_bridge, engine="hf")[0]
+
+
+def test_a_step_that_fails_to_compile_runs_eagerly(monkeypatch, caplog):
+    model = sl.load_model("tiny-random")  # fresh: its runners are built with the patch
+
+    def no_compile(fn, **kw):
+        def fail(*args):
+            raise RuntimeError("backend exploded")
+
+        return fail
+
+    monkeypatch.setattr(torch, "compile", no_compile)
+    eager = engine_stats().eager_steps
+    with caplog.at_level(logging.WARNING, logger="steerlens.core.compiled"):
+        got, _ = _gen(model, engine="compiled")
+    assert "backend exploded" in caplog.text
+    assert engine_stats().eager_steps > eager
+    assert got == _gen(model, engine="hf")[0]
+
+
+def test_a_static_cache_that_is_wrong_is_refused(monkeypatch):
+    """The cached-step check runs the engine's own steps (uncompiled) before first use."""
+    from transformers import cache_utils
+
+    model = sl.load_model("tiny-random")
+
+    def forgetful(self, key_states, value_states, *args, **kwargs):
+        return key_states, value_states  # attends to the new token only
+
+    monkeypatch.setattr(cache_utils.StaticLayer, "update", forgetful)
+    with pytest.raises(DecodingError, match="compiled engine"):
+        sl.generate(model, PROMPTS, max_new_tokens=2, engine="compiled")
+    monkeypatch.setattr(fastpath, "auto_compiles", lambda model: True)
+    auto, _ = _gen(model)  # auto routes around it, to the eager fast path
+    monkeypatch.undo()
+    assert auto == _gen(model, engine="hf")[0]
+
+
+def test_auto_compiles_where_it_is_the_default(tiny_bridge, rand_vec, monkeypatch):
+    monkeypatch.setattr(fastpath, "auto_compiles", lambda model: True)
+    seen = []
+    real = generation._run_batch
+
+    def spy(model, input_ids, attention_mask, opts, fast=None):
+        seen.append("compiled" if fast is not None and fast.compiled is not None else "eager")
+        return real(model, input_ids, attention_mask, opts, fast)
+
+    monkeypatch.setattr(generation, "_run_batch", spy)
+    _gen(tiny_bridge, steering=rand_vec)
+    # a block with prompt_lengths (single-pass scoring) cannot run as data: auto stays eager
+    with sl.steering(tiny_bridge, rand_vec, prompt_lengths=[3, 3, 3]):
+        _gen(tiny_bridge)
+        with pytest.raises(ValueError, match="engine='compiled' cannot run here"):
+            _gen(tiny_bridge, engine="compiled")
+    assert seen == ["compiled", "eager"]
+
+
+def test_foreign_hooks_are_refused_and_nothing_is_left_behind(tiny, rand_vec):
+    own = [(sl.resid_post(1), lambda x, *, hook: x + 1.0)]
+    with tiny.hooks(fwd_hooks=own), pytest.raises(ValueError, match="would not fire"):
+        _gen(tiny, engine="compiled")
+    with pytest.raises(ValueError, match="engine must be one of"):
+        sl.cache_activations(tiny, PROMPTS, layers=[1], engine="compiled")
+    with pytest.raises(KeyboardInterrupt), sl.steering(tiny, rand_vec, alpha=9.0):
+        _gen(tiny, engine="compiled", max_new_tokens=2)
+        raise KeyboardInterrupt
+    assert no_hooks_left(tiny)
+    _same(tiny)  # the buffers are rewritten for every batch: unsteered again

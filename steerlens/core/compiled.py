@@ -43,7 +43,8 @@ import time
 import types
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,7 +69,7 @@ logger = logging.getLogger(__name__)
 MIN_CACHE = 64
 """The smallest cache length bucket."""
 MAX_CACHES = 4
-"""Static caches kept per (slots, batch bucket): the least recently used one is freed."""
+"""Static caches an engine keeps (over all batch buckets): the least recently used is freed."""
 _ENGINES: weakref.WeakKeyDictionary[Any, CompiledEngine] = weakref.WeakKeyDictionary()
 _REFUSED: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
 
@@ -213,6 +214,16 @@ def _slot_hooks(twin: Any, slots: Sequence[_Slot], state: _SteerState) -> None:
             layers[slot.layer].register_forward_pre_hook(pre, with_kwargs=True)
 
 
+@contextmanager
+def _grad_off() -> Iterator[None]:
+    """``no_grad`` outside inference mode, whatever the caller runs under: the engine's
+    caches and buffers stay ordinary tensors that any later call may update in place, and
+    compiled graphs and CUDA graphs are captured as transformers' own static-cache
+    generation captures them (under ``no_grad``)."""
+    with torch.inference_mode(False), torch.no_grad():
+        yield
+
+
 def _own_code(fn: Callable[..., Any]) -> Callable[..., Any]:
     """``fn`` with a code object of its own: dynamo keeps compiled graphs (and counts them
     against its recompile limit) per code object, so each runner looks up only its own."""
@@ -235,7 +246,6 @@ class _Runner:
         d_model = int(self.twin.config.hidden_size)
         self.state = _SteerState(len(slots), batch, d_model, engine.device)
         _slot_hooks(self.twin, slots, self.state)
-        self.caches: OrderedDict[int, Any] = OrderedDict()
         self.warm: set[int] = set()
         twin, kwarg = self.twin, engine.cache_kwarg
 
@@ -258,17 +268,20 @@ class _Runner:
         )
 
     def cache(self, length: int) -> Any:
-        cache = self.caches.pop(length, None)
+        """A static cache of ``length`` positions, emptied; the engine keeps the
+        ``MAX_CACHES`` most recently used of all its runners' and frees the rest."""
+        caches = self.engine.caches
+        cache = caches.pop((self, length), None)
         if cache is None:
             from transformers import StaticCache
 
             cache = StaticCache(config=self.twin.config, max_cache_len=length)
         elif cache.layers[0].is_initialized:
             cache.reset()  # in place: the compiled step's static addresses stay
-        self.caches[length] = cache
-        while len(self.caches) > MAX_CACHES:
-            old, _ = self.caches.popitem(last=False)
-            self.warm.discard(old)
+        caches[(self, length)] = cache
+        while len(caches) > MAX_CACHES:
+            (runner, old), _ = caches.popitem(last=False)
+            runner.warm.discard(old)  # a new cache there is a new warm-up
         return cache
 
     def decode(self, length: int, *args: Any) -> Tensor:
@@ -313,6 +326,7 @@ class CompiledEngine:
         self.mode = "reduce-overhead" if self.device.type == "cuda" else None
         self.cache_kwarg = _cache_kwarg(type(hf))
         self.runners: dict[tuple[tuple[_Slot, ...], int], _Runner] = {}
+        self.caches: OrderedDict[tuple[_Runner, int], Any] = OrderedDict()
 
     def steps(
         self,
@@ -324,6 +338,16 @@ class CompiledEngine:
         """A decoding step function (``steerlens.core.decoding.Steps``) for this batch:
         ``step(None)`` runs the prompt, ``step(next_ids)`` one token, each the last
         position's logits ``[batch, vocab]``."""
+        with _grad_off():
+            return self._steps(specs_of, input_ids, attention_mask, max_new_tokens)
+
+    def _steps(
+        self,
+        specs_of: tuple[Sequence[_Slot], Sequence[AddSpec]],
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        max_new_tokens: int,
+    ) -> Steps:
         slots, specs = specs_of
         rows, prompt_len = input_ids.shape
         size = bucket(rows)
@@ -346,18 +370,19 @@ class CompiledEngine:
 
         def step(nxt: Tensor | None) -> Tensor:
             nonlocal last_pos, done
-            if nxt is None:
-                runner.state.base.fill_(-prompt_len)
-                out = runner.eager(ids, full_mask, pos, cache)
-            else:
-                if prompt_len + done >= length:
-                    raise ValueError(f"the static cache holds {length} positions")
-                runner.state.base.fill_(done)
-                last_pos = last_pos + 1
-                nxt = torch.cat([nxt, nxt[-1:].expand(pad)])[:, None]
-                out = runner.decode(length, nxt, full_mask, last_pos, cache)
-                done += 1
-            return out[:rows].clone() if copy_out else out[:rows]
+            with _grad_off():
+                if nxt is None:
+                    runner.state.base.fill_(-prompt_len)
+                    out = runner.eager(ids, full_mask, pos, cache)
+                else:
+                    if prompt_len + done >= length:
+                        raise ValueError(f"the static cache holds {length} positions")
+                    runner.state.base.fill_(done)
+                    last_pos = last_pos + 1
+                    nxt = torch.cat([nxt, nxt[-1:].expand(pad)])[:, None]
+                    out = runner.decode(length, nxt, full_mask, last_pos, cache)
+                    done += 1
+                return out[:rows].clone() if copy_out else out[:rows]
 
         return step
 

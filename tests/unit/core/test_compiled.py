@@ -182,3 +182,18 @@ def test_foreign_hooks_are_refused_and_nothing_is_left_behind(tiny, rand_vec):
         raise KeyboardInterrupt
     assert no_hooks_left(tiny)
     _same(tiny)  # the buffers are rewritten for every batch: unsteered again
+
+
+def test_static_caches_are_bounded_and_reused(tiny_bridge):
+    """The engine keeps at most MAX_CACHES static caches over all its batch buckets; a cache
+    reused for another batch is emptied in place (the same tensors, the right logits)."""
+    twin = fastpath.hf_twin(tiny_bridge)
+    engine = compiled.CompiledEngine(twin, compile=False)  # the same steps, uncompiled
+    ids = torch.arange(4, 12).view(1, -1)
+    with torch.inference_mode():
+        want = twin(input_ids=ids).logits[:, -1]
+        for new in (1, 100, 200, 400, 900, 1):  # cache lengths 64, 128, 256, 512, 1024, 64
+            got = engine.steps(([], []), ids, torch.ones_like(ids), new)(None)
+            assert_close_impl(got, want)
+    assert len(engine.caches) == compiled.MAX_CACHES
+    assert [length for _, length in engine.caches] == [256, 512, 1024, 64]

@@ -158,7 +158,10 @@ def test_auto_compiles_where_it_is_the_default(tiny_bridge, rand_vec, monkeypatc
     real = generation._run_batch
 
     def spy(model, input_ids, attention_mask, opts, fast=None):
-        seen.append("compiled" if fast is not None and fast.compiled is not None else "eager")
+        if fast is None:
+            seen.append("tl")
+        else:
+            seen.append("compiled" if fast.compiled is not None else "eager fast path")
         return real(model, input_ids, attention_mask, opts, fast)
 
     monkeypatch.setattr(generation, "_run_batch", spy)
@@ -168,7 +171,10 @@ def test_auto_compiles_where_it_is_the_default(tiny_bridge, rand_vec, monkeypatc
         _gen(tiny_bridge)
         with pytest.raises(ValueError, match="engine='compiled' cannot run here"):
             _gen(tiny_bridge, engine="compiled")
-    assert seen == ["compiled", "eager"]
+    # a researcher's own TransformerLens hook: auto takes the TL path, where it fires
+    with tiny_bridge.hooks(fwd_hooks=[(sl.resid_post(1), lambda x, *, hook: x + 1.0)]):
+        _gen(tiny_bridge)
+    assert seen == ["compiled", "eager fast path", "tl"]
 
 
 def test_foreign_hooks_are_refused_and_nothing_is_left_behind(tiny, rand_vec):

@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import random_llama
 
 import steerlens as sl
-from steerlens.core.compiled import engine_stats
+from steerlens.core.compiled import clear_caches, engine_stats
 
 PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
 
@@ -260,17 +260,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if name == static or "compiled" in name:
                 compiled.setdefault(name, {})[str(batch)] = round(warm, 1)
         times: dict[str, list[float]] = {k: [] for k in fns}
-        peaks: dict[str, float] = {}
         for _ in range(args.repeats):
             for name, fn in fns.items():  # interleaved
-                if device.startswith("cuda"):
-                    torch.cuda.reset_peak_memory_stats()
                 times[name].append(_timed(fn, device))
-                if device.startswith("cuda"):
-                    # both models are resident: one copy of the weights + what the call added
-                    # over the models alone (a static cache kept on the model counts too)
-                    extra = torch.cuda.max_memory_allocated() - loaded
-                    peaks[name] = (weight_bytes + extra) / 2**30
+        peaks: dict[str, float] = {}
+        for name, fn in fns.items() if device.startswith("cuda") else ():
+            # one more run each, with no static cache left from another row: both models are
+            # resident, so one copy of the weights + what this call added over the models
+            clear_caches()
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+            fn()
+            extra = torch.cuda.max_memory_allocated() - loaded
+            peaks[name] = (weight_bytes + extra) / 2**30
         kv = kv_per_token * batch * (n_prompt + args.new_tokens)
         for name, ts in times.items():
             tps = batch * args.new_tokens / statistics.median(ts)

@@ -35,6 +35,7 @@ full forward pass (``steerlens.core.decoding``), as every decoding path is.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import os
@@ -50,6 +51,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch._dynamo.exc import FailOnRecompileLimitHit, TorchDynamoException
 
 from steerlens.core.decoding import DecodingError, Steps, _cache_kwarg, _check, _probe_ids
 from steerlens.core.hooks import AddSpec, HookPair
@@ -59,6 +61,7 @@ __all__ = [
     "EngineStats",
     "bucket",
     "check_compiled_engine",
+    "clear_caches",
     "compile_blocker",
     "compiled_engine",
     "engine_stats",
@@ -68,10 +71,17 @@ __all__ = [
 logger = logging.getLogger(__name__)
 MIN_CACHE = 64
 """The smallest cache length bucket."""
-MAX_CACHES = 4
-"""Static caches an engine keeps (over all batch buckets): the least recently used is freed."""
-_ENGINES: weakref.WeakKeyDictionary[Any, CompiledEngine] = weakref.WeakKeyDictionary()
+MAX_CACHES = 2
+"""Static caches an engine keeps between calls (over all its batch buckets): the least
+recently used is freed; ``CompiledEngine.clear()`` frees them all."""
+RECOMPILE_ROOM = 64
+"""dynamo's recompile limit while a runner compiles a new cache bucket (it counts graphs per
+code object; each runner has its own, and holds one graph per cache bucket it has seen)."""
+_ATTR = "_steerlens_compiled_engine"
 _REFUSED: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+_LIVE: weakref.WeakSet[CompiledEngine] = weakref.WeakSet()
+_COMPILE_ERRORS = (TorchDynamoException, FailOnRecompileLimitHit)
+"""What ``torch.compile`` raises while compiling, before the step has run."""
 
 
 def bucket(n: int, floor: int = 1) -> int:
@@ -79,10 +89,20 @@ def bucket(n: int, floor: int = 1) -> int:
     return max(floor, 1 << max(n - 1, 0).bit_length())
 
 
-def compile_blocker(device: torch.device) -> str | None:
-    """Why ``torch.compile`` cannot compile the decoding step on ``device``, or None."""
+def compile_blocker(device: torch.device, hf: Any = None) -> str | None:
+    """Why ``torch.compile`` cannot compile the decoding step of ``hf`` on ``device``, or
+    None: the platform (compiler, triton, device type) and the architecture."""
     import torch._dynamo
 
+    if hf is not None:
+        from transformers import StaticCache
+
+        layers = StaticCache(config=hf.config, max_cache_len=MIN_CACHE).layers
+        if any(getattr(layer, "is_sliding", False) for layer in layers):
+            return (
+                f"{type(hf).__name__} has sliding-window attention layers, whose static cache "
+                "keeps its position as a Python int: the step would recompile every token"
+            )
     if not torch._dynamo.is_dynamo_supported():
         return "torch.compile does not support this Python"
     if device.type == "cuda":
@@ -125,9 +145,11 @@ class EngineStats:
     """What the compiled engine did in this process."""
 
     graphs: int = 0
-    """Decoding steps compiled (one per slots x batch bucket x cache bucket)."""
+    """Graphs dynamo compiled for decoding steps (one per set of steered hook points x
+    batch bucket x cache bucket, where nothing recompiles)."""
     warmup_s: float = 0.0
-    """Seconds spent in the first call of each graph (compilation and capture)."""
+    """Seconds spent in the calls that compiled (a CUDA graph is recorded on a later call,
+    not counted here)."""
     compiled_steps: int = 0
     """Decoding steps run by a compiled graph."""
     eager_steps: int = 0
@@ -190,7 +212,9 @@ class _SteerState(torch.nn.Module):
 
 
 def _slot_hooks(twin: Any, slots: Sequence[_Slot], state: _SteerState) -> None:
-    """Install one hook per slot on the twin's decoder layers, reading ``state``."""
+    """Install one hook per slot on the twin's decoder layers, reading ``state``. They stay
+    for the twin's life: it is the runner's own (nothing else runs it), and compiled graphs
+    are traced with them."""
     from steerlens.core.fastpath import _decoder_layers
 
     layers = _decoder_layers(twin)
@@ -234,8 +258,8 @@ def _own_code(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 class _Runner:
-    """One (slots, batch bucket): a twin with the slot hooks, their buffers, the compiled
-    step, and static caches by length bucket."""
+    """One (slots, batch bucket): a twin with the slot hooks, their buffers, and the compiled
+    step (one graph per cache-length bucket, under a code object of its own)."""
 
     def __init__(self, engine: CompiledEngine, slots: Sequence[_Slot], batch: int) -> None:
         from steerlens.core.fastpath import _bind
@@ -246,7 +270,8 @@ class _Runner:
         d_model = int(self.twin.config.hidden_size)
         self.state = _SteerState(len(slots), batch, d_model, engine.device)
         _slot_hooks(self.twin, slots, self.state)
-        self.warm: set[int] = set()
+        self.warm: set[int] = set()  # cache lengths whose graph ran
+        self.broken: set[int] = set()  # cache lengths whose graph did not compile
         twin, kwarg = self.twin, engine.cache_kwarg
 
         def forward(ids: Tensor, mask: Tensor, pos: Tensor, cache: Any) -> Tensor:
@@ -280,27 +305,39 @@ class _Runner:
             cache.reset()  # in place: the compiled step's static addresses stay
         caches[(self, length)] = cache
         while len(caches) > MAX_CACHES:
-            (runner, old), _ = caches.popitem(last=False)
-            runner.warm.discard(old)  # a new cache there is a new warm-up
+            caches.popitem(last=False)
         return cache
 
     def decode(self, length: int, *args: Any) -> Tensor:
-        if self.compiled is not None:
-            first = length not in self.warm
+        """One decoding step: the compiled graph of this cache length, or (where it did not
+        compile) the same step eagerly. Compilation is counted from dynamo's own counter, so
+        any recompile shows in ``engine_stats().graphs``."""
+        if self.compiled is not None and length not in self.broken:
+            from torch._dynamo.utils import counters
+
+            before = counters["stats"]["unique_graphs"]
             t0 = time.perf_counter()
             try:
                 if self.engine.device.type == "cuda":
                     torch.compiler.cudagraph_mark_step_begin()
-                out = self.compiled(*args)
-            except Exception as exc:  # the compiler's failure: run the same step eagerly
-                note = f"the decoding step did not compile ({type(exc).__name__}: {exc}); it runs eagerly"
+                if length in self.warm:
+                    out = self.compiled(*args)
+                else:
+                    with torch._dynamo.config.patch(recompile_limit=RECOMPILE_ROOM):
+                        out = self.compiled(*args)
+            except _COMPILE_ERRORS as exc:  # raised while compiling, before the step ran
+                note = (
+                    f"the decoding step (batch {self.batch}, cache {length}) did not compile "
+                    f"({type(exc).__name__}: {exc}); it runs eagerly"
+                )
                 logger.warning("compiled engine: %s", note)
                 _STATS.notices.append(note)
-                self.compiled = None
+                self.broken.add(length)
             else:
-                if first:
-                    self.warm.add(length)
-                    _STATS.graphs += 1
+                self.warm.add(length)
+                new = counters["stats"]["unique_graphs"] - before
+                if new:
+                    _STATS.graphs += new
                     _STATS.warmup_s += time.perf_counter() - t0
                     logger.info(
                         "compiled engine: batch %d x cache %d compiled in %.1f s",
@@ -319,7 +356,7 @@ class CompiledEngine:
     """The compiled decoding engine of one plain HF model (see the module docstring)."""
 
     def __init__(self, hf: Any, *, compile: bool = True) -> None:
-        self.hf = hf
+        self.hf = hf  # the engine is kept on the model itself (a cycle the GC frees with it)
         self.compile = compile
         param = next(hf.parameters())
         self.device = param.device
@@ -327,6 +364,10 @@ class CompiledEngine:
         self.cache_kwarg = _cache_kwarg(type(hf))
         self.runners: dict[tuple[tuple[_Slot, ...], int], _Runner] = {}
         self.caches: OrderedDict[tuple[_Runner, int], Any] = OrderedDict()
+
+    def clear(self) -> None:
+        """Free the static caches kept between calls (the compiled graphs stay)."""
+        self.caches.clear()
 
     def steps(
         self,
@@ -393,26 +434,48 @@ def compiled_engine(hf: Any) -> CompiledEngine:
     Raises ``DecodingError`` when its static-cache step does not reproduce a full forward
     with the installed versions.
     """
-    engine = _ENGINES.get(hf)
+    engine = hf.__dict__.get(_ATTR)
     if engine is None:
-        why = _REFUSED.get(hf) or check_compiled_engine(hf)
+        engine = CompiledEngine(hf)
+        why = _REFUSED.get(hf) or check_compiled_engine(hf, engine)
         if why is not None:
             _REFUSED[hf] = why
             raise DecodingError(why)
-        engine = _ENGINES[hf] = CompiledEngine(hf)
+        hf.__dict__[_ATTR] = engine
+        _LIVE.add(engine)
     return engine
 
 
-def check_compiled_engine(hf: Any) -> str | None:
-    """The cached-step check (``steerlens.core.decoding``) on this engine's steps, run
-    uncompiled: the padding, positions, mask and static cache the compiled step replays."""
+def clear_caches() -> None:
+    """Free the static KV caches every compiled engine keeps between calls (their compiled
+    graphs stay; the next call allocates a cache again)."""
+    for engine in list(_LIVE):
+        engine.clear()
+
+
+def _unsteered_steps(engine: CompiledEngine, ids: Tensor, mask: Tensor) -> Steps:
+    return engine.steps(([], []), ids, mask, 1)
+
+
+def check_compiled_engine(hf: Any, engine: CompiledEngine | None = None) -> str | None:
+    """The cached-step check (``steerlens.core.decoding``) on this engine's steps, uncompiled
+    and compiled: three rows (one left-padded) padded to a batch of four, the positions, the
+    mask and the static cache; the compiled step as it will be replayed (a CUDA graph on a
+    GPU; ``engine``'s, whose graph is then kept). None when both reproduce a full forward."""
     param = next(hf.parameters())
-    probe = _probe_ids(int(hf.config.vocab_size), param.device)
-    eager = CompiledEngine(hf, compile=False)
-    return _check(
-        "compiled engine (static KV cache)",
-        lambda ids, mask: eager.steps(([], []), ids, mask, 1),
-        lambda ids: hf(input_ids=ids).logits,
-        probe,
-        param.dtype,
-    )
+    ids, mask, rows = _probe_ids(int(hf.config.vocab_size), param.device)
+    probe = (torch.cat([ids, ids[:1]]), torch.cat([mask, mask[:1]]), [*rows, rows[0]])
+    for what, run in (
+        ("uncompiled", CompiledEngine(hf, compile=False)),
+        ("compiled", engine or CompiledEngine(hf)),
+    ):
+        why = _check(
+            f"compiled engine (static KV cache, {what})",
+            functools.partial(_unsteered_steps, run),
+            lambda ids: hf(input_ids=ids).logits,
+            probe,
+            param.dtype,
+        )
+        if why is not None:
+            return why
+    return None

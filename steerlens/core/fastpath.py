@@ -237,8 +237,9 @@ def _with_compiled(fast: FastPath, pairs: Sequence[HookPair], *, explicit: bool)
     if isinstance(slots, str):
         if explicit:
             raise ValueError(f"engine='compiled' cannot run here: {slots}; use engine='hf'")
+        logger.info("the compiled engine is not used, the eager fast path runs: %s", slots)
         return
-    why = compiled.compile_blocker(next(fast.twin.parameters()).device)
+    why = compiled.compile_blocker(next(fast.twin.parameters()).device, fast.twin)
     if why is None:
         try:
             fast.compiled, fast.slots = compiled.compiled_engine(fast.twin), slots

@@ -50,24 +50,30 @@ def test_embedded_steering_changes_output_and_batch_is_exact(embedded, engine):
 @pytest.mark.integration
 def test_embedded_compiled_engine_gives_the_eager_fast_paths_tokens(embedded):
     """The compiled engine (static cache, inductor-compiled step, steering as data) on the
-    embedded model in float32: per-row vectors and α, a first-K gate, left padding."""
+    embedded model in float32: per-row vectors and α, every gate, left padding, a row that
+    stops at its EOS while others go on, and seeded sampling: the eager fast path's tokens."""
     from steerlens.core.compiled import engine_stats
 
     g = torch.Generator().manual_seed(0)
     d = embedded.cfg.d_model
     vecs = [sl.SteeringVector({lyr: torch.randn(d, generator=g) for lyr in (15, 18)}) for _ in "ab"]
-    prompts = ["Describe your day.", "Write one sentence about the sea.", "Name a colour."]
-    kw = dict(
+    prompts = ["Describe your day.", "Write one sentence about the sea.", "Reply yes or no?"]
+    base = dict(
         steering=[vecs[0], vecs[1], vecs[0]],
-        alpha=[0.0, 4.0, 8.0],
-        gate=sl.FirstK(4),
+        alpha=[2.0, 4.0, 0.0],
         max_new_tokens=16,
         return_tokens=True,
         progress_bar=False,
     )
-    steps = engine_stats().compiled_steps
-    got = sl.generate(embedded, prompts, engine="compiled", **kw)
-    assert engine_stats().compiled_steps > steps
-    want = sl.generate(embedded, prompts, engine="hf", **kw)
-    assert [t.tolist() for t in got.tokens] == [t.tolist() for t in want.tokens]
-    assert got.texts[0] == sl.generate(embedded, prompts[:1], max_new_tokens=16)[0]  # α 0
+    sampled = dict(do_sample=True, temperature=0.8, top_p=0.9, seed=3)
+    cases = [{"gate": gate} for gate in ("all", "prefill", "generated", sl.FirstK(4))]
+    for kw in [*cases, sampled]:
+        steps = engine_stats().compiled_steps
+        got = sl.generate(embedded, prompts, engine="compiled", **base, **kw)
+        assert engine_stats().compiled_steps > steps
+        want = sl.generate(embedded, prompts, engine="hf", **base, **kw)
+        assert [t.tolist() for t in got.tokens] == [t.tolist() for t in want.tokens], kw
+        lengths = [len(t) for t in got.tokens]
+        assert min(lengths) < 16 == max(lengths)  # one row stopped at its EOS, one ran on
+        if kw.get("gate") == "all":  # α 0 is the unsteered reply
+            assert got.texts[2] == sl.generate(embedded, prompts[2:], max_new_tokens=16)[0]

@@ -14,12 +14,36 @@ import logging
 import pytest
 import torch
 from conftest import PROMPTS, assert_close_impl, no_hooks_left
+from torch._dynamo.exc import TorchDynamoException
 
 import steerlens as sl
 from steerlens.core import compiled, fastpath
 from steerlens.core.compiled import bucket, engine_stats
 from steerlens.core.decoding import DecodingError
 from steerlens.run import generation
+
+
+@pytest.fixture
+def path(monkeypatch):
+    """Per decoded batch, the engine that ran: 'tl', 'eager fast path', or 'compiled' when
+    the compiled engine ran and its compiled step decoded."""
+    seen: list[str] = []
+    real = generation._run_batch
+
+    def spy(model, input_ids, attention_mask, opts, fast=None):
+        steps = engine_stats().compiled_steps
+        out = real(model, input_ids, attention_mask, opts, fast)
+        if fast is None:
+            seen.append("tl")
+        elif fast.compiled is None:
+            seen.append("eager fast path")
+        else:
+            ran = engine_stats().compiled_steps > steps
+            seen.append("compiled" if ran else "compiled engine, eager steps")
+        return out
+
+    monkeypatch.setattr(generation, "_run_batch", spy)
+    return seen
 
 
 def _gen(model, prompts=PROMPTS, **kw):
@@ -99,15 +123,16 @@ def test_new_vectors_alphas_and_gates_reuse_the_graph(tiny_bridge):
     kw = dict(engine="compiled", max_new_tokens=4, chat=False)
     _gen(tiny_bridge, steering=vecs[1], alpha=1.0, **kw)
     graphs = engine_stats().graphs
-    _gen(tiny_bridge, steering=vecs[1].normalized(), alpha=[1.0, 2.0, 3.0], gate="prefill", **kw)
-    _gen(tiny_bridge, [*PROMPTS, "x"], steering=vecs[1], alpha=-1.0, gate=sl.FirstK(2), **kw)
+    with torch._dynamo.config.patch(error_on_recompile=True):  # a recompile would raise
+        _gen(tiny_bridge, steering=vecs[1].normalized(), alpha=[1, 2, 3], gate="prefill", **kw)
+        _gen(tiny_bridge, [*PROMPTS, "x"], steering=vecs[1], alpha=-1.0, gate=sl.FirstK(2), **kw)
     assert engine_stats().graphs == graphs  # 3 and 4 rows: batch bucket 4 ...
     _gen(tiny_bridge, PROMPTS * 2, steering=vecs[1], **kw)
     assert engine_stats().graphs == graphs + 1  # ... 6 rows: bucket 8, one more graph
 
 
 def test_without_a_compiler_it_runs_the_eager_fast_path(tiny_bridge, monkeypatch, caplog):
-    monkeypatch.setattr(compiled, "compile_blocker", lambda device: "no C++ compiler found")
+    monkeypatch.setattr(compiled, "compile_blocker", lambda device, hf: "no C++ compiler found")
     steps = engine_stats().compiled_steps
     with caplog.at_level(logging.WARNING, logger="steerlens.core.fastpath"):
         got, _ = _gen(tiny_bridge, engine="compiled")
@@ -116,12 +141,14 @@ def test_without_a_compiler_it_runs_the_eager_fast_path(tiny_bridge, monkeypatch
     assert got == _gen(tiny_bridge, engine="hf")[0]
 
 
-def test_a_step_that_fails_to_compile_runs_eagerly(monkeypatch, caplog):
+def test_a_step_that_fails_to_compile_runs_eagerly(monkeypatch, caplog, path):
+    """A compile error (raised before the step runs) leaves that graph's step eager; an error
+    while the step runs (out of memory, say) is raised, not retried on a half-written cache."""
     model = sl.load_model("tiny-random")  # fresh: its runners are built with the patch
 
     def no_compile(fn, **kw):
         def fail(*args):
-            raise RuntimeError("backend exploded")
+            raise TorchDynamoException("backend exploded")
 
         return fail
 
@@ -131,10 +158,17 @@ def test_a_step_that_fails_to_compile_runs_eagerly(monkeypatch, caplog):
         got, _ = _gen(model, engine="compiled")
     assert "backend exploded" in caplog.text
     assert engine_stats().eager_steps > eager
+    assert path == ["compiled engine, eager steps"]
     assert got == _gen(model, engine="hf")[0]
+    engine = compiled.compiled_engine(fastpath.hf_twin(model))
+    for runner in engine.runners.values():
+        runner.broken.clear()
+        runner.compiled = lambda *args: (_ for _ in ()).throw(RuntimeError("out of memory"))
+    with pytest.raises(RuntimeError, match="out of memory"):
+        _gen(model, engine="compiled")
 
 
-def test_a_static_cache_that_is_wrong_is_refused(monkeypatch):
+def test_a_static_cache_that_is_wrong_is_refused(monkeypatch, path):
     """The cached-step check runs the engine's own steps (uncompiled) before first use."""
     from transformers import cache_utils
 
@@ -148,23 +182,17 @@ def test_a_static_cache_that_is_wrong_is_refused(monkeypatch):
         sl.generate(model, PROMPTS, max_new_tokens=2, engine="compiled")
     monkeypatch.setattr(fastpath, "auto_compiles", lambda model: True)
     auto, _ = _gen(model)  # auto routes around it, to the eager fast path
+    assert path == ["eager fast path"]
     monkeypatch.undo()
     assert auto == _gen(model, engine="hf")[0]
 
 
-def test_auto_compiles_where_it_is_the_default(tiny_bridge, rand_vec, monkeypatch):
-    monkeypatch.setattr(fastpath, "auto_compiles", lambda model: True)
-    seen = []
-    real = generation._run_batch
-
-    def spy(model, input_ids, attention_mask, opts, fast=None):
-        if fast is None:
-            seen.append("tl")
-        else:
-            seen.append("compiled" if fast.compiled is not None else "eager fast path")
-        return real(model, input_ids, attention_mask, opts, fast)
-
-    monkeypatch.setattr(generation, "_run_batch", spy)
+def test_auto_compiles_where_it_is_the_default(tiny_bridge, rand_vec, monkeypatch, path):
+    assert not fastpath.auto_compiles(tiny_bridge)  # on a CPU, auto stays eager ...
+    _gen(tiny_bridge, steering=rand_vec)
+    assert path == ["eager fast path"]
+    path.clear()
+    monkeypatch.setattr(fastpath, "auto_compiles", lambda model: True)  # ... as on CUDA
     _gen(tiny_bridge, steering=rand_vec)
     # a block with prompt_lengths (single-pass scoring) cannot run as data: auto stays eager
     with sl.steering(tiny_bridge, rand_vec, prompt_lengths=[3, 3, 3]):
@@ -174,7 +202,7 @@ def test_auto_compiles_where_it_is_the_default(tiny_bridge, rand_vec, monkeypatc
     # a researcher's own TransformerLens hook: auto takes the TL path, where it fires
     with tiny_bridge.hooks(fwd_hooks=[(sl.resid_post(1), lambda x, *, hook: x + 1.0)]):
         _gen(tiny_bridge)
-    assert seen == ["compiled", "eager fast path", "tl"]
+    assert path == ["compiled", "eager fast path", "tl"]
 
 
 def test_foreign_hooks_are_refused_and_nothing_is_left_behind(tiny, rand_vec):
@@ -192,14 +220,43 @@ def test_foreign_hooks_are_refused_and_nothing_is_left_behind(tiny, rand_vec):
 
 def test_static_caches_are_bounded_and_reused(tiny_bridge):
     """The engine keeps at most MAX_CACHES static caches over all its batch buckets; a cache
-    reused for another batch is emptied in place (the same tensors, the right logits)."""
+    used again is emptied in place (the same tensors) and decodes right."""
     twin = fastpath.hf_twin(tiny_bridge)
     engine = compiled.CompiledEngine(twin, compile=False)  # the same steps, uncompiled
     ids = torch.arange(4, 12).view(1, -1)
+    mask = torch.ones_like(ids)
+
+    def run(new: int) -> None:  # the prompt, then one token, against full forwards
+        step = engine.steps(([], []), ids, mask, new)
+        assert_close_impl(step(None), twin(input_ids=ids).logits[:, -1])
+        nxt = torch.tensor([7])
+        full = twin(input_ids=torch.cat([ids, nxt[None]], 1)).logits[:, -1]
+        assert_close_impl(step(nxt), full)
+
     with torch.inference_mode():
-        want = twin(input_ids=ids).logits[:, -1]
-        for new in (1, 100, 200, 400, 900, 1):  # cache lengths 64, 128, 256, 512, 1024, 64
-            got = engine.steps(([], []), ids, torch.ones_like(ids), new)(None)
-            assert_close_impl(got, want)
-    assert len(engine.caches) == compiled.MAX_CACHES
-    assert [length for _, length in engine.caches] == [256, 512, 1024, 64]
+        run(1)  # cache length 64
+        keys = next(iter(engine.caches.values())).layers[0].keys
+        run(100)  # 128
+        run(1)  # 64 again: reused, emptied in place
+        assert next(reversed(engine.caches.values())).layers[0].keys is keys
+        run(200)  # 256: the least recently used (128) is freed
+    assert compiled.MAX_CACHES == 2
+    assert [length for _, length in engine.caches] == [64, 256]
+    engine.clear()
+    assert not engine.caches
+
+
+def test_sliding_window_models_are_not_compiled():
+    """Their static cache layers keep the position as a Python int: every step would
+    recompile. The platform check says so, and the eager fast path runs instead."""
+    from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
+
+    small = dict(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2,
+    )  # fmt: skip
+    mistral = MistralForCausalLM(MistralConfig(**small, sliding_window=8))
+    assert "sliding-window" in compiled.compile_blocker(torch.device("cpu"), mistral)
+    llama = LlamaForCausalLM(LlamaConfig(**small))
+    assert compiled.compile_blocker(torch.device("cpu"), llama) is None  # g++ is here
+    assert "CPU and CUDA" in compiled.compile_blocker(torch.device("meta"), llama)

@@ -118,7 +118,7 @@ def test_per_row_vectors_equal_single_runs(tiny, engine, spy_path):
 
 
 @pytest.mark.parametrize("engine", GEN_ENGINES)
-def test_gates_end_to_end(tiny, rand_vec, engine):
+def test_gates_end_to_end(tiny, rand_vec, engine, spy_path):
     prompt = [PROMPTS[0]]
     kw = dict(steering=rand_vec, alpha=8.0, engine=engine)
     base = _tokens(tiny, prompt, engine=engine)[0]
@@ -132,6 +132,7 @@ def test_gates_end_to_end(tiny, rand_vec, engine):
     assert generated[0] == base[0]  # the first token is predicted from the unsteered prompt
     assert generated != base
     assert prefill[0] == all_[0]
+    assert set(spy_path) == {_expected_path(tiny, engine)}
 
 
 @pytest.mark.parametrize("gate", ["all", "prefill", sl.FirstK(2), "generated"])
@@ -275,22 +276,24 @@ def test_fast_path_resid_pre(tiny):
 
 
 @pytest.mark.parametrize("engine", GEN_ENGINES)
-def test_return_logits_matches_greedy_tokens(tiny, engine):
+def test_return_logits_matches_greedy_tokens(tiny, engine, spy_path):
     out = sl.generate(tiny, PROMPTS[:2], max_new_tokens=5, return_logits=True, engine=engine)
     assert isinstance(out, sl.Generation)
     for toks, logits in zip(out.tokens, out.logits, strict=True):
         assert logits.shape == (5, tiny.cfg.d_vocab)
         assert logits.argmax(-1).tolist() == toks.tolist()
+    assert spy_path == [_expected_path(tiny, engine)]
 
 
 @pytest.mark.parametrize("engine", GEN_ENGINES)
-def test_sampling_is_seeded(tiny, engine):
+def test_sampling_is_seeded(tiny, engine, spy_path):
     kw = dict(do_sample=True, temperature=1.5, top_k=50, seed=123, engine=engine)
     a = _tokens(tiny, PROMPTS, **kw)
     b = _tokens(tiny, PROMPTS, **kw)
     c = _tokens(tiny, PROMPTS, **{**kw, "seed": 7})
     assert a == b
     assert a != c
+    assert set(spy_path) == {_expected_path(tiny, engine)}
 
 
 def test_bad_inputs(tiny, rand_vec):

@@ -369,6 +369,7 @@ class CompiledEngine:
         """Free the static caches kept between calls (the compiled graphs stay)."""
         self.caches.clear()
 
+    @_grad_off()
     def steps(
         self,
         specs_of: tuple[Sequence[_Slot], Sequence[AddSpec]],
@@ -379,16 +380,6 @@ class CompiledEngine:
         """A decoding step function (``steerlens.core.decoding.Steps``) for this batch:
         ``step(None)`` runs the prompt, ``step(next_ids)`` one token, each the last
         position's logits ``[batch, vocab]``."""
-        with _grad_off():
-            return self._steps(specs_of, input_ids, attention_mask, max_new_tokens)
-
-    def _steps(
-        self,
-        specs_of: tuple[Sequence[_Slot], Sequence[AddSpec]],
-        input_ids: Tensor,
-        attention_mask: Tensor,
-        max_new_tokens: int,
-    ) -> Steps:
         slots, specs = specs_of
         rows, prompt_len = input_ids.shape
         size = bucket(rows)
@@ -409,21 +400,21 @@ class CompiledEngine:
         done = 0  # decoding steps run
         copy_out = self.device.type == "cuda"  # a CUDA graph's output is overwritten next step
 
+        @_grad_off()
         def step(nxt: Tensor | None) -> Tensor:
             nonlocal last_pos, done
-            with _grad_off():
-                if nxt is None:
-                    runner.state.base.fill_(-prompt_len)
-                    out = runner.eager(ids, full_mask, pos, cache)
-                else:
-                    if prompt_len + done >= length:
-                        raise ValueError(f"the static cache holds {length} positions")
-                    runner.state.base.fill_(done)
-                    last_pos = last_pos + 1
-                    nxt = torch.cat([nxt, nxt[-1:].expand(pad)])[:, None]
-                    out = runner.decode(length, nxt, full_mask, last_pos, cache)
-                    done += 1
-                return out[:rows].clone() if copy_out else out[:rows]
+            if nxt is None:
+                runner.state.base.fill_(-prompt_len)
+                out = runner.eager(ids, full_mask, pos, cache)
+            else:
+                if prompt_len + done >= length:
+                    raise ValueError(f"the static cache holds {length} positions")
+                runner.state.base.fill_(done)
+                last_pos = last_pos + 1
+                nxt = torch.cat([nxt, nxt[-1:].expand(pad)])[:, None]
+                out = runner.decode(length, nxt, full_mask, last_pos, cache)
+                done += 1
+            return out[:rows].clone() if copy_out else out[:rows]
 
         return step
 

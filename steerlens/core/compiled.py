@@ -51,7 +51,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch._dynamo.exc import FailOnRecompileLimitHit, TorchDynamoException
+from torch._dynamo.exc import FailOnRecompileLimitHit, RecompileError, TorchDynamoException
 
 from steerlens.core.decoding import DecodingError, Steps, _cache_kwarg, _check, _probe_ids
 from steerlens.core.hooks import AddSpec, HookPair
@@ -71,7 +71,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 MIN_CACHE = 64
 """The smallest cache length bucket."""
-MAX_CACHES = 2
+MAX_CACHES = 8
 """Static caches an engine keeps between calls (over all its batch buckets): the least
 recently used is freed; ``CompiledEngine.clear()`` frees them all."""
 RECOMPILE_ROOM = 64
@@ -96,13 +96,20 @@ def compile_blocker(device: torch.device, hf: Any = None) -> str | None:
 
     if hf is not None:
         from transformers import StaticCache
+        from transformers.cache_utils import StaticLayer
 
-        layers = StaticCache(config=hf.config, max_cache_len=MIN_CACHE).layers
+        try:
+            layers = StaticCache(config=hf.config, max_cache_len=MIN_CACHE).layers
+        except Exception as exc:  # a layer type transformers cannot make static
+            return f"no static cache for {type(hf).__name__} ({type(exc).__name__}: {exc})"
         if any(getattr(layer, "is_sliding", False) for layer in layers):
             return (
                 f"{type(hf).__name__} has sliding-window attention layers, whose static cache "
                 "keeps its position as a Python int: the step would recompile every token"
             )
+        odd = {type(layer).__name__ for layer in layers if type(layer) is not StaticLayer}
+        if odd:
+            return f"{type(hf).__name__}'s static cache has layers of kind {sorted(odd)}"
     if not torch._dynamo.is_dynamo_supported():
         return "torch.compile does not support this Python"
     if device.type == "cuda":
@@ -326,6 +333,8 @@ class _Runner:
                     with torch._dynamo.config.patch(recompile_limit=RECOMPILE_ROOM):
                         out = self.compiled(*args)
             except _COMPILE_ERRORS as exc:  # raised while compiling, before the step ran
+                if isinstance(exc, RecompileError):  # error_on_recompile: a caller's check
+                    raise
                 note = (
                     f"the decoding step (batch {self.batch}, cache {length}) did not compile "
                     f"({type(exc).__name__}: {exc}); it runs eagerly"
@@ -451,14 +460,20 @@ def _unsteered_steps(engine: CompiledEngine, ids: Tensor, mask: Tensor) -> Steps
 def check_compiled_engine(hf: Any, engine: CompiledEngine | None = None) -> str | None:
     """The cached-step check (``steerlens.core.decoding``) on this engine's steps, uncompiled
     and compiled: three rows (one left-padded) padded to a batch of four, the positions, the
-    mask and the static cache; the compiled step as it will be replayed (a CUDA graph on a
-    GPU; ``engine``'s, whose graph is then kept). None when both reproduce a full forward."""
+    mask and the static cache; the compiled step three times, so that on a GPU its CUDA graph
+    is recorded and replayed (``engine``'s, whose graph is then kept). None when every run
+    reproduces a full forward."""
     param = next(hf.parameters())
     ids, mask, rows = _probe_ids(int(hf.config.vocab_size), param.device)
     probe = (torch.cat([ids, ids[:1]]), torch.cat([mask, mask[:1]]), [*rows, rows[0]])
+    compiled = engine or CompiledEngine(hf)
+    # three compiled runs: on a GPU the first call of a graph warms up, the second records
+    # the CUDA graph and the third replays it
     for what, run in (
         ("uncompiled", CompiledEngine(hf, compile=False)),
-        ("compiled", engine or CompiledEngine(hf)),
+        ("compiled, first call", compiled),
+        ("compiled, recorded", compiled),
+        ("compiled, replayed", compiled),
     ):
         why = _check(
             f"compiled engine (static KV cache, {what})",

@@ -117,7 +117,7 @@ def test_sampling_with_a_seed(tiny):
     assert got != _same(tiny, **{**kw, "seed": 6})
 
 
-def test_new_vectors_alphas_and_gates_reuse_the_graph(tiny_bridge):
+def test_new_vectors_alphas_and_gates_reuse_the_graph(tiny_bridge, path):
     """Only shapes compile: the batch and cache buckets. A new vector, α or gate is data."""
     vecs = _vectors(tiny_bridge.cfg.d_model, seed=4)
     kw = dict(engine="compiled", max_new_tokens=4, chat=False)
@@ -127,6 +127,7 @@ def test_new_vectors_alphas_and_gates_reuse_the_graph(tiny_bridge):
         _gen(tiny_bridge, steering=vecs[1].normalized(), alpha=[1, 2, 3], gate="prefill", **kw)
         _gen(tiny_bridge, [*PROMPTS, "x"], steering=vecs[1], alpha=-1.0, gate=sl.FirstK(2), **kw)
     assert engine_stats().graphs == graphs  # 3 and 4 rows: batch bucket 4 ...
+    assert path == ["compiled"] * 3  # no step fell back to eager
     _gen(tiny_bridge, PROMPTS * 2, steering=vecs[1], **kw)
     assert engine_stats().graphs == graphs + 1  # ... 6 rows: bucket 8, one more graph
 
@@ -218,9 +219,10 @@ def test_foreign_hooks_are_refused_and_nothing_is_left_behind(tiny, rand_vec):
     _same(tiny)  # the buffers are rewritten for every batch: unsteered again
 
 
-def test_static_caches_are_bounded_and_reused(tiny_bridge):
+def test_static_caches_are_bounded_and_reused(tiny_bridge, monkeypatch):
     """The engine keeps at most MAX_CACHES static caches over all its batch buckets; a cache
     used again is emptied in place (the same tensors) and decodes right."""
+    monkeypatch.setattr(compiled, "MAX_CACHES", 2)
     twin = fastpath.hf_twin(tiny_bridge)
     engine = compiled.CompiledEngine(twin, compile=False)  # the same steps, uncompiled
     ids = torch.arange(4, 12).view(1, -1)
@@ -241,7 +243,6 @@ def test_static_caches_are_bounded_and_reused(tiny_bridge):
         run(1)  # 64 again: reused, emptied in place
         assert next(reversed(engine.caches.values())).layers[0].keys is keys
         run(200)  # 256: the least recently used (128) is freed
-    assert compiled.MAX_CACHES == 2
     assert [length for _, length in engine.caches] == [64, 256]
     engine.clear()
     assert not engine.caches

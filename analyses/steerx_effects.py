@@ -2,9 +2,9 @@
 
 For every simulated user, the causal effect of their history on each token of their chosen
 responses, against no history (NextQuill) and a placebo history; each estimator's selected
-tokens scored against the planted attribute spans (the estimator and threshold chosen on half
-the users, scored on the other half), and exact against attribution patching on a few
-targets. The job is ``steerlens.experiments.token_effects.token_effect_study`` (``steerlens
+tokens scored against the planted attribute spans (the estimator and threshold chosen on a
+selection side, scored on a report side that shares neither users nor response texts with it;
+``results/splits.json``), and exact against attribution patching on a few targets. The job is ``steerlens.experiments.token_effects.token_effect_study`` (``steerlens
 demo`` runs it too); this script runs it alone, then draws the report from the files.
 
 Writes ``OUT/results/steerx_effects.json``, ``steerx_tokens.csv``, ``steerx_pr_curve.csv``,

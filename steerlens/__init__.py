@@ -17,6 +17,7 @@ import logging
 
 from steerlens import data, evaluation, methods, steerx
 from steerlens.core import tokens
+from steerlens.core._version import __version__
 from steerlens.core.hooks import (
     FirstK,
     Gate,
@@ -39,7 +40,6 @@ from steerlens.run.store import ActivationStore
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
-__version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_MODEL",

@@ -143,6 +143,7 @@ def demo(
     figures, report page (small by default; --full for the whole study)."""
     from steerlens.experiments.demo import DemoConfig, run_demo
     from steerlens.reporting.study import write_study_report
+    from steerlens.reporting.tables import est
 
     logging.getLogger("steerlens").setLevel(logging.INFO)
     from steerlens.experiments.config import RunSection
@@ -175,16 +176,17 @@ def demo(
             r["method"],
             f"{r['alpha']:g}",
             f"{r['mae']:.4f}",
-            f"{r['delta_pct']:+.1f} [{r['delta_low']:+.1f}, {r['delta_high']:+.1f}]",
+            est(r["delta_pct"], r.get("delta_low"), r.get("delta_high"), signed=True, n=r.get("n")),
             f"{r['ppl']:.2f}",
             f"{r['degenerate_share']:.2f}",
             f"{r['utility_gain']:+.3f}" if "utility_gain" in r else "-",
         )
     console.print(table)
     console.print(
-        f"operating α {s['best_alpha']:g}; PPA personalised {s['ppa_personalized']:.3f}, "
-        f"population {s['ppa_population']:.3f}, toxicity-only {s['ppa_toxicity_only']:.3f}; "
-        f"MMLU {s['mmlu_unsteered']:.3f} -> {s['mmlu_steered']:.3f}"
+        f"operating α {s['best_alpha']:g}; PPA personalised {s['ppa_personalized']['mean']:.3f}, "
+        f"population {s['ppa_population']['mean']:.3f}, "
+        f"toxicity-only {s['ppa_toxicity_only']['mean']:.3f}; "
+        f"MMLU {s['mmlu_unsteered']['mean']:.3f} -> {s['mmlu_steered']['mean']:.3f}"
     )
     if s.get("steerx_ppa"):
         console.print(

@@ -211,6 +211,31 @@ SUMMARY_KEYS = [
     "attribution_spearman",
     "steerx_pair_ppa",
     "steerx_pair_minus_all_ppa",
+    "selection",
+    "headline",
+    "kl_heldout",
+    "calibration_unreached",
+]
+
+# the summary's estimates: each {"mean", "interval" (None below 5 units), "n", "unit"}
+ESTIMATE_KEYS = [
+    "mae_baseline",
+    "mae_best",
+    "mae_change_pct_best",
+    "mmlu_unsteered",
+    "mmlu_steered",
+    "mmlu_steered_minus_unsteered",
+    "ppa_personalized",
+    "ppa_population",
+    "ppa_toxicity_only",
+    "ppa_oracle",
+    "ppa_personalized_minus_population",
+    "ppa_oracle_minus_personalized",
+    "token_precision",
+    "token_recall",
+    "token_precision_planted",
+    "token_recall_planted",
+    "steerx_pair_minus_all_ppa",
 ]
 
 

@@ -20,12 +20,22 @@ Steps (``STEPS``):
 4. ``calibrated``: the same sweep with each user's α calibrated to a KL budget (the
    population vector's KL at each α of the grid), so methods and users are compared at equal
    side effect rather than at equal norm;
-5. ``gating`` at the operating α (the population vector's best α);
+5. ``gating`` at the operating α on the report prompts;
 6. ``mmlu``: zero-shot MMLU unsteered and steered at the operating α;
 7. ``token_effects``: SteerX's token effects scored against the simulated set's planted truth
    (smaller under ``quick``, labelled a smoke run);
 8. ``steerx``: SteerX vs all-history per backbone and on the pair-based backbone
    (``steerlens.experiments.steerx_compare``; reconstructed).
+
+Every tuned quantity is chosen on a selection split and reported on a disjoint report split
+(``results/splits.json``, ``summary["selection"]``): the operating α (the population vector's
+lowest MAE) on half the held-out prompts' users, reported on the other half; each user's
+calibrated α on the calibration texts, its KL reported on held-out neutral texts
+(``summary["kl_heldout"]``; unreached budgets listed in ``summary["calibration_unreached"]``
+and never swept); the token estimator and threshold (``token_effects``). Intervals resample
+users, then prompts within them, carry their n, and are withheld below 5 units;
+``summary["headline"]`` words each comparison by its paired interval
+(``steerlens.experiments.headline``).
 
 On the default (embedded SmolLM2-135M-Instruct, simulated PRISM-format set) this is a
 small-model, simulated-data rehearsal of the CAA-on-PRISM study; its numbers are not the
@@ -37,6 +47,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import platform
 import shutil
 import time
 from collections.abc import Callable
@@ -51,15 +63,16 @@ import pandas as pd
 from steerlens.core._jsonsafe import json_safe, update_json, write_json
 from steerlens.core.hooks import steering
 from steerlens.core.models import HookedModel, default_layers, load_model
-from steerlens.core.tokens import tokenize
 from steerlens.data import load_mmlu, load_prism, neutral_texts
 from steerlens.data.prism import PrismDataset
 from steerlens.experiments.config import RunSection
+from steerlens.experiments.headline import build_headline
 from steerlens.experiments.personalization import (
     PersonalizationConfig,
     PersonalizationResult,
     personalization_study,
 )
+from steerlens.experiments.splits import Split, record_selection, split_ids
 from steerlens.experiments.steerx_compare import run_steerx_compare
 from steerlens.experiments.steerx_study import SteerXStudyConfig
 from steerlens.experiments.sweep import (
@@ -77,14 +90,17 @@ from steerlens.experiments.token_effects import TokenEffectsConfig, token_effect
 from steerlens.methods.registry import METHODS, method_label
 from steerlens.metrics.mmlu import mmlu_accuracy
 from steerlens.metrics.side_effects import side_effect_table
-from steerlens.metrics.stats import estimate
+from steerlens.metrics.stats import cluster_estimate, reported
 from steerlens.metrics.summaries import (
     BASELINE,
     dose_response_table,
     gating_table,
     selectivity_table,
 )
-from steerlens.run.divergence import reference_logprobs, steering_divergence, texts_key
+from steerlens.run.divergence import (
+    reference_logprobs,
+    steering_divergence,
+)
 from steerlens.steerx.pipeline import BACKBONES
 
 logger = logging.getLogger(__name__)
@@ -148,7 +164,7 @@ class DemoConfig:
             self.neutral_texts, self.kl_texts = 8, 4
             self.token_effects = TokenEffectsConfig(
                 targets_per_user=2,
-                max_users=8,
+                max_users=10,  # 5 report-side users: the fewest an interval is given for
                 patch_targets=1,
                 patch_layers=3,
                 history_tokens=12,
@@ -181,16 +197,19 @@ class DemoConfig:
             raise ValueError("gating_ks must be >= 0")
 
 
-def _interval(row: dict[str, Any] | pd.Series, lo: str = "low", hi: str = "high") -> list[float]:
-    return [round(float(row[lo]), 5), round(float(row[hi]), 5)]
+def _reported(
+    row: dict[str, Any] | pd.Series, col: str, lo: str, hi: str, unit: str
+) -> dict[str, Any]:
+    """A table row's estimate in the summary's form: mean, interval (``None`` below
+    ``MIN_CLUSTERS`` units), n and unit."""
+    return reported(float(row[col]), float(row[lo]), float(row[hi]), int(row["n"]), unit)
 
 
 def _ppa(table: pd.DataFrame, method: str, measure: str = "ppa_projection") -> dict[str, Any]:
     row = table[(table["method"] == method) & (table["measure"] == measure)]
     if row.empty:
-        return {"mean": None, "interval": None}
-    r = row.iloc[0]
-    return {"mean": round(float(r["mean"]), 5), "interval": _interval(r)}
+        return {"mean": None, "interval": None, "n": 0, "unit": "user"}
+    return _reported(row.iloc[0], "mean", "low", "high", "user")
 
 
 @dataclass
@@ -290,13 +309,43 @@ def _vectors_step(job: _Job) -> dict[str, Any]:
         ("ppa_toxicity_only", "toxicity-only"),
         ("ppa_oracle", "oracle"),
     ):
-        got = _ppa(study.table, method)
-        keys[key], keys[f"{key}_interval"] = got["mean"], got["interval"]
+        keys[key] = _ppa(study.table, method)
+    for key, method in (  # comparisons as paired differences over the same users
+        ("ppa_personalized_minus_population", "dislike-weighted − population"),
+        ("ppa_bradley_terry_minus_population", "Bradley-Terry − population"),
+        ("ppa_oracle_minus_personalized", "oracle − dislike-weighted"),
+    ):
+        keys[key] = _ppa(study.table, method, "ppa_projection_paired")
     if cfg.steer_ppa:
         keys["ppa_under_steering"] = {
             m: _ppa(study.table, method_label(m), "ppa_under_steering") for m in cfg.methods
         }
     return keys
+
+
+def _alpha_split(job: _Job) -> Split:
+    """The held-out prompts halved by user: the operating α is chosen on the selection
+    prompts and reported on the report prompts (users disjoint too)."""
+    prompts = job.need("prompts")
+    if len({p.user_id for p in prompts}) < 2:
+        raise ValueError("the held-out prompts need >= 2 users to split into select and report")
+    sel_users, _ = split_ids((p.user_id for p in prompts), job.cfg.run.seed)
+    chosen = set(sel_users)
+    return Split(
+        [p.prompt_id for p in prompts if p.user_id in chosen],
+        [p.prompt_id for p in prompts if p.user_id not in chosen],
+        "prompt",
+        {
+            "users": {
+                "select": sorted({p.user_id for p in prompts if p.user_id in chosen}),
+                "report": sorted({p.user_id for p in prompts if p.user_id not in chosen}),
+            }
+        },
+    )
+
+
+def _on(cells: pd.DataFrame, prompt_ids: list[str]) -> pd.DataFrame:
+    return cells[cells["prompt_id"].isin(prompt_ids)]
 
 
 def _dose_step(job: _Job) -> dict[str, Any]:
@@ -317,24 +366,42 @@ def _dose_step(job: _Job) -> dict[str, Any]:
     )
     assert dose is not None
     job.dose = dose
-    table = dose_response_table(dose, seed=cfg.run.seed)
+    split = _alpha_split(job)
+    # the operating α: the population vector's lowest MAE on the selection prompts
+    chooser = dose_response_table(_on(dose, split.select), seed=cfg.run.seed)
+    chooser.to_csv(results / "dose_response_select.csv", index=False)
+    pop_sel = chooser[(chooser["method"] == "population") & (chooser["alpha"] > 0)]
+    job.best_alpha = float(pop_sel.loc[pop_sel["mae"].idxmin(), "alpha"])
+    selection = record_selection(
+        results,
+        "operating_alpha",
+        split,
+        job.best_alpha,
+        criterion="lowest toxicity MAE of the population vector on the selection prompts",
+        scores={
+            f"{a:g}": round(float(m), 5)
+            for a, m in zip(pop_sel["alpha"], pop_sel["mae"], strict=True)
+        },
+    )
+    # everything reported below is on the report prompts only
+    report = _on(dose, split.report)
+    table = dose_response_table(report, seed=cfg.run.seed)
     table.to_csv(results / "dose_response.csv", index=False)
-    selectivity = selectivity_table(dose, method="population")
+    selectivity = selectivity_table(report, method="population")
     selectivity.to_csv(results / "selectivity.csv")
-    pop = table[(table["method"] == "population") & (table["alpha"] > 0)]
-    best = pop.loc[pop["mae"].idxmin()]
-    job.best_alpha = float(best["alpha"])
-    base = table[(table["method"] == "population") & (table["alpha"] == 0.0)].iloc[0]
+    pop = table[table["method"] == "population"]
+    best = pop[np.isclose(pop["alpha"], float(job.best_alpha))].iloc[0]
+    base = pop[pop["alpha"] == 0.0].iloc[0]
     keys: dict[str, Any] = {
         "n_prompts": len(job.prompts),
         "n_users": len({p.user_id for p in job.prompts}),
-        "mae_baseline": round(float(base["mae"]), 5),
-        "mae_baseline_interval": _interval(base, "mae_low", "mae_high"),
+        "n_report_prompts": len(split.report),
+        "n_report_users": len(split.extra["users"]["report"]),
         "best_alpha": job.best_alpha,
-        "mae_best": round(float(best["mae"]), 5),
-        "mae_best_interval": _interval(best, "mae_low", "mae_high"),
-        "mae_change_pct_best": round(float(best["delta_pct"]), 3),
-        "mae_change_pct_best_interval": _interval(best, "delta_low", "delta_high"),
+        "operating_alpha": selection,
+        "mae_baseline": _reported(base, "mae", "mae_low", "mae_high", "user"),
+        "mae_best": _reported(best, "mae", "mae_low", "mae_high", "user"),
+        "mae_change_pct_best": _reported(best, "delta_pct", "delta_low", "delta_high", "user"),
         "ppl_baseline": round(float(base["ppl"]), 4),
         "ppl_best": round(float(best["ppl"]), 4),
         "dose_response": table.round(5).to_dict(orient="records"),
@@ -343,37 +410,40 @@ def _dose_step(job: _Job) -> dict[str, Any]:
             for cat, row in selectivity.iterrows()
         },
     }
-    util = _utility_by_group(job, dose) if job.gt is not None else None
+    util = _utility_by_group(job, report) if job.gt is not None else None
     if util is not None:
         util.to_csv(results / "utility_by_group.csv", index=False)
         keys["utility_gain"] = {
-            m: {r["group"]: round(float(r["mean"]), 5) for _, r in part.iterrows()}
+            m: {r["group"]: _reported(r, "mean", "low", "high", "user") for _, r in part.iterrows()}
             for m, part in util.groupby("method")
         }
-        keys["utility_gain_interval"] = {
-            m: {r["group"]: _interval(r) for _, r in part.iterrows()}
-            for m, part in util.groupby("method")
-        }
+        keys["utility_gain_all"] = {m: row.pop("all") for m, row in keys["utility_gain"].items()}
     return keys
 
 
 def _utility_by_group(job: _Job, dose: pd.DataFrame) -> pd.DataFrame:
-    """Ground-truth utility gain per user group at the operating α (simulated sets)."""
+    """Ground-truth utility gain per user group at the operating α (simulated sets), over
+    users (each user's prompts averaged first); a row per method and group, and the
+    difference from the population vector paired by prompt (``method − population``)."""
     gt = job.need("gt")
     base = dose[dose["method"] == BASELINE].set_index("prompt_id")["utility"]
-    at = dose[(dose["alpha"] == job.best_alpha) & (dose["method"] != BASELINE)]
+    at = dose[np.isclose(dose["alpha"], float(job.best_alpha or 0)) & (dose["method"] != BASELINE)]
+    at = at.assign(
+        gain=at["utility"].to_numpy() - base.loc[at["prompt_id"]].to_numpy(),
+        group=[gt["users"][u]["group"] for u in at["user"]],
+    )
+    boot: dict[str, Any] = {"seed": job.cfg.run.seed}
     rows = []
     for method, part in at.groupby("method"):
-        gain = part["utility"].to_numpy() - base.loc[part["prompt_id"]].to_numpy()
-        groups = [gt["users"][u]["group"] for u in part["user"]]
-        for g in sorted(set(groups)):
-            sel = [i for i, x in enumerate(groups) if x == g]
-            est = estimate(
-                [float(gain[i]) for i in sel],
-                [str(part["user"].iloc[i]) for i in sel],
-                seed=job.cfg.run.seed,
-            )
+        for g, sub in [("all", part), *part.groupby("group")]:
+            est = cluster_estimate(sub["gain"], sub["user"], **boot)
             rows.append({"method": method, "group": g, **est.as_dict()})
+    wide = at.pivot_table(index=["prompt_id", "user", "group"], columns="method", values="gain")
+    for method in [m for m in wide.columns if m != "population"]:
+        diff = (wide[method] - wide["population"]).dropna().reset_index()
+        for g, sub in [("all", diff), *diff.groupby("group")]:
+            est = cluster_estimate(sub[0], sub["user"], **boot)
+            rows.append({"method": f"{method} − population", "group": g, **est.as_dict()})
     return pd.DataFrame(rows)
 
 
@@ -461,23 +531,27 @@ def _side_effects_step(job: _Job) -> dict[str, Any]:
 
 
 def _by_method(table: pd.DataFrame, dose: str, col: str) -> dict[str, Any]:
-    """{method: {dose: {"mean", "interval"}}} of ``col`` with its ``_low``/``_high``."""
+    """{method: {dose: {"mean", "interval", "n", "unit"}}} of ``col`` with its
+    ``_low``/``_high`` (intervals over texts)."""
     return {
         str(m): {
-            f"{r[dose]:g}": {
-                "mean": round(float(r[col]), 5),
-                "interval": _interval(r, f"{col}_low", f"{col}_high"),
-            }
+            f"{r[dose]:g}": reported(
+                float(r[col]),
+                float(r[f"{col}_low"]),
+                float(r[f"{col}_high"]),
+                int(r["n_texts"]),
+                "text",
+            )
             for _, r in part.iterrows()
         }
         for m, part in table.groupby("method")
     }
 
 
-def _budgets(job: _Job) -> list[float]:
-    """KL budgets: the population vector's KL at each nonzero α of the grid, on the texts the
-    calibration uses (two significant digits), so the calibrated sweep spans the fixed
-    sweep's range."""
+def _budgets(job: _Job) -> dict[float, float]:
+    """KL budgets -> the α each was read at: the population vector's KL at each nonzero α of
+    the grid, on the texts the calibration uses (two significant digits), so the calibrated
+    sweep spans the fixed sweep's range."""
     rows = pd.read_csv(job.results / "side_effects_rows.csv")
     pop = rows[
         (rows["method"] == "population")
@@ -485,31 +559,67 @@ def _budgets(job: _Job) -> list[float]:
         & (rows["text_id"] < job.cfg.kl_texts)
     ]
     kl = pop.groupby("alpha")["kl"].mean()
-    return sorted({float(f"{v:.2g}") for v in kl if v > 0})
+    return {float(f"{v:.2g}"): float(a) for a, v in kl.items() if v > 0}
+
+
+Who = tuple[str, str, float]  # (method, user or "*", KL budget)
+
+
+def _entry(vectors: Any, method: str, user: str) -> Any:
+    entry = vectors[method]
+    return entry if not isinstance(entry, dict) else entry[user]
 
 
 def _calibrated_step(job: _Job) -> dict[str, Any]:
     cfg = job.cfg
     if not (job.results / "side_effects.csv").exists():
         raise RuntimeError("the calibrated step needs the side_effects step's results")
-    budgets = _budgets(job)
-    texts = _neutral(job)[: cfg.kl_texts]
+    starts = _budgets(job)
+    budgets = sorted(starts)
+    neutral = _neutral(job)
+    # calibration texts select each user's α; disjoint held-out texts report the KL reached
+    texts, heldout = neutral[: cfg.kl_texts], neutral[cfg.kl_texts : 2 * cfg.kl_texts]
+    record_selection(
+        job.results,
+        "kl_alpha",
+        Split(
+            [f"neutral-{i}" for i in range(len(texts))],
+            [f"neutral-{i}" for i in range(len(texts), len(texts) + len(heldout))],
+            "text",
+        ),
+        budgets,
+        criterion="each user's α whose mean per-token KL on the calibration texts meets the "
+        "budget (budgets: the population vector's KL at the grid's α on those texts)",
+    )
     users = {p.user_id for p in job.need("prompts")}  # only the users the sweep steers
     vectors = {
         m: {u: v for u, v in e.items() if u in users} if isinstance(e, dict) else e
         for m, e in job.need("vectors").items()
     }
-    alphas = calibrate_table(job.model, vectors, budgets, texts, batch_size=cfg.run.batch_size)
+    alphas = calibrate_table(
+        job.model, vectors, budgets, texts, batch_size=cfg.run.batch_size, starts=starts
+    )
     save_vectors(job.vectors, job.results / "vectors")  # each carries its calibration
+    found = alphas.found
+    unreached = sorted(k for k, got in found.items() if not got.get("reached", True))
+    skip = set(unreached)
+
+    def kept(c: Any) -> bool:
+        if c.method == BASELINE:
+            return True
+        who = (c.method, c.user if isinstance(vectors[c.method], dict) else "*", c.kl_budget)
+        return who not in skip
+
+    grid = make_grid(
+        job.need("prompts"),
+        cfg.methods,
+        [0.0, *budgets],
+        ["all"],
+        calibrated=lambda m, u, b: alphas[(m, u, b)],
+    )
     cells = run_sweep(
         job.model,
-        make_grid(
-            job.need("prompts"),
-            cfg.methods,
-            [0.0, *budgets],
-            ["all"],
-            calibrated=lambda m, u, b: alphas[(m, u, b)],
-        ),
+        [c for c in grid if kept(c)],  # an unreached budget is never swept at max_alpha
         job.prompts,
         job.vectors,
         job.results / "sweep" / "calibrated",
@@ -523,6 +633,7 @@ def _calibrated_step(job: _Job) -> dict[str, Any]:
             [
                 {"method": m, "kl_budget": b, "user": u, "alpha": a}
                 for (m, u, b), a in alphas.items()
+                if (m, u, b) not in skip
             ]
         )
         .groupby(["method", "kl_budget"])["alpha"]
@@ -531,74 +642,119 @@ def _calibrated_step(job: _Job) -> dict[str, Any]:
     )
     table = table.merge(spread, on=["method", "kl_budget"], how="left")
     table.to_csv(job.results / "calibrated.csv", index=False)
+    heldout_rows = _heldout_kl(
+        job, vectors, heldout, {k: a for k, a in alphas.items() if k not in skip}
+    )
+    heldout_rows.to_csv(job.results / "kl_heldout_rows.csv", index=False)
     keys: dict[str, Any] = {
         "kl_budgets": budgets,
         "kl_calibration_texts": len(texts),
+        "kl_heldout_texts": len(heldout),
         "calibrated": table.round(5).to_dict(orient="records"),
+        "kl_heldout": _kl_heldout_summary(heldout_rows, cfg.run.seed),
+        "calibration_unreached": {
+            "count": len(unreached),
+            "users": sorted({f"{m}:{u}" for m, u, _ in unreached}),
+            "entries": [
+                {"method": m, "user": u, "budget": b, "kl_reached": found[(m, u, b)].get("kl")}
+                for m, u, b in unreached
+            ],
+        },
     }
     if "utility_gain" in table:
-        fingerprint = texts_key(tokenize(job.model, texts))  # calibrate_alpha's cache key
-        keys["utility_per_kl"] = _utility_per_kl(job, table, cells, alphas, fingerprint)
+        keys["utility_per_kl"] = _utility_per_kl(job, table, cells, heldout_rows)
     return keys
 
 
+def _heldout_kl(
+    job: _Job, vectors: Any, texts: list[str], alphas: dict[Who, float]
+) -> pd.DataFrame:
+    """Per (method, user, budget) and held-out text: the KL each calibrated vector reaches
+    there (one batched pass per budget, every vector a row; the unsteered pass once)."""
+    if not texts:
+        return pd.DataFrame(columns=["method", "user", "kl_budget", "text_id", "kl"])
+    bs = job.cfg.run.batch_size
+    reference = reference_logprobs(job.model, texts, batch_size=bs)
+    rows = []
+    for budget in sorted({b for _, _, b in alphas}):
+        who = [(m, u) for (m, u, b) in alphas if b == budget]
+        got = steering_divergence(
+            job.model,
+            [t for _ in who for t in texts],
+            [_entry(vectors, m, u) for m, u in who for _ in texts],
+            [alphas[(m, u, budget)] for m, u in who for _ in texts],
+            batch_size=bs,
+            reference=[r for _ in who for r in reference],
+        )
+        k = 0
+        for m, u in who:
+            for i in range(len(texts)):
+                rows.append(
+                    {"method": m, "user": u, "kl_budget": budget, "text_id": i, "kl": got[k].kl}
+                )
+                k += 1
+    return pd.DataFrame(rows)
+
+
+def _kl_heldout_summary(rows: pd.DataFrame, seed: int) -> dict[str, Any]:
+    """method -> budget -> the held-out KL (two-stage bootstrap: users, then texts; texts
+    alone for a one-vector method) and its ratio to the budget."""
+    out: dict[str, Any] = {}
+    for (m, b), part in rows.groupby(["method", "kl_budget"]):
+        one = part["user"].nunique() == 1
+        units = part["text_id"].astype(str) if one else part["user"]
+        est = cluster_estimate(part["kl"], units, seed=seed)
+        out.setdefault(str(m), {})[f"{b:g}"] = {
+            **est.reported("text" if one else "user"),
+            "ratio_to_budget": round(est.mean / float(b), 4),
+        }
+    return out
+
+
 def _utility_per_kl(
-    job: _Job,
-    calibrated: pd.DataFrame,
-    cells: pd.DataFrame,
-    alphas: dict[Any, float],
-    fingerprint: str,
+    job: _Job, calibrated: pd.DataFrame, cells: pd.DataFrame, heldout: pd.DataFrame
 ) -> dict[str, Any]:
     """Utility gain per nat of neutral-text KL, per method: at equal KL (the calibrated sweep,
-    divided by the KL its users' α reached: the budget, or less where a vector could not
-    reach it) and at equal norm (the fixed-α sweep, divided by that α's measured KL); and at
-    each budget the difference from the population vector, paired by prompt."""
-    reached: dict[tuple[str, float], list[float]] = {}
-    for (method, user, budget), _ in alphas.items():
-        entry = job.vectors[method] if user == "*" else job.vectors[method][user]
-        got = entry.metadata.get("kl_alpha", {}).get(f"{budget:g}@{fingerprint}")
-        if got is not None:
-            reached.setdefault((method, budget), []).append(float(got["kl"]))
+    divided by the KL its users' α reach on held-out neutral text) and at equal norm (the
+    fixed-α sweep, divided by that α's KL on all neutral texts); and at each budget the
+    difference from the population vector, paired by prompt, bootstrapped over users then
+    prompts. Users whose budget was unreached are not in the calibrated sweep."""
+    seed = job.cfg.run.seed
+    reached = heldout.groupby(["method", "kl_budget"])["kl"].mean()
     out: dict[str, Any] = {"calibrated": {}, "fixed_alpha": {}, "minus_population": {}}
+
+    def per_nat(r: pd.Series, kl: float) -> dict[str, Any]:
+        got = reported(
+            float(r["utility_gain"]) / kl,
+            float(r["utility_low"]) / kl,
+            float(r["utility_high"]) / kl,
+            int(r["n"]),
+            "user",
+            4,
+        )
+        return {**got, "kl": round(kl, 5)}
+
     for _, r in calibrated[calibrated["kl_budget"] > 0].iterrows():
         b = float(r["kl_budget"])
-        kl = float(np.mean(reached.get((r["method"], b), [b])))
-        out["calibrated"].setdefault(r["method"], {})[f"{b:g}"] = {
-            "mean": round(float(r["utility_gain"]) / kl, 4),
-            "interval": [
-                round(float(r["utility_low"]) / kl, 4),
-                round(float(r["utility_high"]) / kl, 4),
-            ],
-            "kl": round(kl, 5),
-        }
+        kl = float(reached.get((r["method"], b), b))
+        out["calibrated"].setdefault(r["method"], {})[f"{b:g}"] = per_nat(r, kl)
     base = cells[cells["method"] == BASELINE].set_index("prompt_id")["utility"]
     steered = cells[cells["method"] != BASELINE]
     for b, part in steered.groupby("kl_budget"):
         gain = part.assign(gain=part["utility"].to_numpy() - base.loc[part["prompt_id"]].to_numpy())
-        wide = gain.pivot_table(index="prompt_id", columns="method", values="gain")
+        wide = gain.pivot_table(index=["prompt_id", "user"], columns="method", values="gain")
         for method in [m for m in wide.columns if m != "population"]:
-            diff = (wide[method] - wide["population"]).dropna()
-            est = estimate(diff.tolist(), [str(i) for i in diff.index], seed=job.cfg.run.seed)
-            out["minus_population"].setdefault(method, {})[f"{float(b):g}"] = {
-                "mean": round(est.mean, 5),
-                "interval": [round(est.low, 5), round(est.high, 5)],
-            }
+            diff = (wide[method] - wide["population"]).dropna().reset_index()
+            est = cluster_estimate(diff[0], diff["user"], seed=seed)
+            out["minus_population"].setdefault(method, {})[f"{float(b):g}"] = est.reported("user")
     dose = pd.read_csv(job.results / "dose_response.csv")
-    rows = pd.read_csv(job.results / "side_effects_rows.csv")  # on the calibration's texts
-    side = (
-        rows[rows["text_id"] < job.cfg.kl_texts].groupby(["method", "alpha"])["kl"].mean()
-    ).reset_index()
+    rows = pd.read_csv(job.results / "side_effects_rows.csv")
+    side = rows.groupby(["method", "alpha"])["kl"].mean().reset_index()
     both = dose.merge(side, on=["method", "alpha"])
     for _, r in both[both["alpha"] > 0].iterrows():
-        kl = float(r["kl"])
-        out["fixed_alpha"].setdefault(r["method"], {})[f"{r['alpha']:g}"] = {
-            "mean": round(float(r["utility_gain"]) / kl, 4),
-            "interval": [
-                round(float(r["utility_low"]) / kl, 4),
-                round(float(r["utility_high"]) / kl, 4),
-            ],
-            "kl": round(kl, 5),
-        }
+        out["fixed_alpha"].setdefault(r["method"], {})[f"{r['alpha']:g}"] = per_nat(
+            r, float(r["kl"])
+        )
     return out
 
 
@@ -606,9 +762,11 @@ def _gating_step(job: _Job) -> dict[str, Any]:
     cfg = job.cfg
     best_alpha, dose = job.need("best_alpha"), job.need("dose")
     gates = [f"first:{k}" for k in cfg.gating_ks] + ["prefill", "generated"]
+    report = set(_alpha_split(job).report)  # at the operating α: the report prompts only
+    prompts = [p for p in job.need("prompts") if p.prompt_id in report]
     gating = run_sweep(
         job.model,
-        make_grid(job.need("prompts"), ["population"], [best_alpha], gates, baseline=False),
+        make_grid(prompts, ["population"], [best_alpha], gates, baseline=False),
         job.prompts,
         job.need("vectors"),
         job.results / "sweep" / "gating",
@@ -616,7 +774,7 @@ def _gating_step(job: _Job) -> dict[str, Any]:
         measure=standard_measures(job.gt, batch_size=cfg.run.batch_size),
     )
     assert gating is not None
-    cells = pd.concat([dose, gating], ignore_index=True)
+    cells = _on(pd.concat([dose, gating], ignore_index=True), sorted(report))
     table = gating_table(cells, method="population", alpha=best_alpha, seed=cfg.run.seed)
     table.to_csv(job.results / "gating.csv", index=False)
     return {"gating": table.round(5).to_dict(orient="records")}
@@ -626,11 +784,12 @@ def _mmlu_step(job: _Job) -> dict[str, Any]:
     cfg = job.cfg
     best_alpha, population = job.need("best_alpha"), job.need("vectors")["population"]
     items = load_mmlu(n=cfg.mmlu_items, seed=cfg.run.seed)
-    rows = []
+    rows, steered_correct = [], []
     for name, alpha in (("unsteered", 0.0), (f"population α={best_alpha:g}", best_alpha)):
         hooks = steering(job.model, population, alpha=alpha) if alpha else nullcontext()
         with hooks:
             res = mmlu_accuracy(job.model, items, batch_size=cfg.run.batch_size)
+        steered_correct.append(np.asarray(res.correct, dtype=float))
         lo, hi = res.interval(seed=cfg.run.seed)
         rows.append(
             {
@@ -645,19 +804,27 @@ def _mmlu_step(job: _Job) -> dict[str, Any]:
     table = pd.DataFrame(rows)
     table.to_csv(job.results / "mmlu.csv", index=False)
     return {
-        "mmlu_unsteered": round(float(table["mean"].iloc[0]), 5),
-        "mmlu_unsteered_interval": _interval(table.iloc[0]),
-        "mmlu_steered": round(float(table["mean"].iloc[1]), 5),
-        "mmlu_steered_interval": _interval(table.iloc[1]),
+        "mmlu_unsteered": _reported(table.iloc[0], "mean", "low", "high", "item"),
+        "mmlu_steered": _reported(table.iloc[1], "mean", "low", "high", "item"),
+        "mmlu_steered_minus_unsteered": _mmlu_difference(steered_correct, job.cfg.run.seed),
         "mmlu_items": len(items),
     }
+
+
+def _mmlu_difference(correct: list[np.ndarray], seed: int) -> dict[str, Any]:
+    """Steered minus unsteered accuracy, paired by item (bootstrap over items)."""
+    diff = correct[1] - correct[0]
+    est = cluster_estimate(diff, [str(i) for i in range(diff.size)], seed=seed)
+    return est.reported("item")
 
 
 def _token_effects_step(job: _Job) -> dict[str, Any]:
     if job.ds.ground_truth is None or "responses" not in job.ds.ground_truth:
         logger.info("token_effects: no planted truth (not a simulated set): skipped")
         return {}
-    te = replace(job.cfg.token_effects, batch_size=job.cfg.run.batch_size)  # the run's
+    te = replace(  # the run's batch size and seed
+        job.cfg.token_effects, batch_size=job.cfg.run.batch_size, seed=job.cfg.run.seed
+    )
     return token_effect_study(job.model, job.ds, te, out=job.results.parent)
 
 
@@ -710,7 +877,26 @@ _RESULT_FILES = (
     "steerx_compare.json",
     "steerx_descriptions.csv",
     "steerx_cards.json",
+    "splits.json",
+    "dose_response_select.csv",
+    "kl_heldout_rows.csv",
 )
+
+
+def _machine() -> str:
+    """The machine the timings were taken on, in words."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+    return f"{cpu}, {os.cpu_count()} cores{gpu}; torch {torch.__version__}"
 
 
 def study_key(cfg: DemoConfig) -> str:
@@ -762,6 +948,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
             "data_is_simulated": ds.is_simulated,
             "config": asdict(cfg),
             "study_key": key,
+            "machine": _machine(),
         },
     )
     job = _Job(cfg, model, ds, results, default_layers(model))
@@ -784,7 +971,8 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         seconds[name] = round(time.perf_counter() - start, 1)
         status[name] = {"status": "done", "seconds": seconds[name]}
         write_json(steps_path, status)
-        update_json(summary_path, {**keys, "seconds": {**seconds}})
+        current = update_json(summary_path, {**keys, "seconds": {**seconds}})
+        update_json(summary_path, {"headline": build_headline(current)})
         logger.info("%s: %.0f s", name, seconds[name])
     seconds["total"] = round(time.perf_counter() - t0, 1)
     summary = update_json(summary_path, {"seconds": seconds})

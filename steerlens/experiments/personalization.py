@@ -182,7 +182,15 @@ def personalization_study(
         for name, e in (("dislike-weighted", dis_est), ("Bradley-Terry", bt_est))
     ]
     if dataset.ground_truth is not None and "users" in dataset.ground_truth:
-        rows.append(_row("oracle", "ppa_projection", oracle(test, dataset.ground_truth, **boot)))
+        orc = oracle(test, dataset.ground_truth, **boot)
+        rows.append(_row("oracle", "ppa_projection", orc))
+        rows.append(  # how far below the ceiling personalisation stays, on the same users
+            _row(
+                "oracle − dislike-weighted",
+                "ppa_projection_paired",
+                paired_difference(orc, dis_est, **boot),
+            )
+        )
     if cfg.steer_alpha is not None:
         norms = v_pop.norms()
         steer_pairs = _per_user_sample(test, cfg.max_steer_pairs)

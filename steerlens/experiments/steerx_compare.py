@@ -30,6 +30,7 @@ from steerlens.core._jsonsafe import update_json, write_json
 from steerlens.core.models import HookedModel, default_layers, model_name
 from steerlens.data.prism import PrismDataset
 from steerlens.experiments.steerx_study import SteerXStudyConfig, steerx_study
+from steerlens.metrics.stats import reported
 
 __all__ = ["RECONSTRUCTION", "run_steerx_compare"]
 
@@ -37,9 +38,11 @@ RECONSTRUCTION = "SteerX body text unavailable; NextQuill selection rule"
 
 
 def _pick(table: pd.DataFrame, method: str, measure: str) -> dict[str, Any]:
+    """backbone -> ``{"mean", "interval", "n", "unit"}`` (users; no interval below
+    ``MIN_CLUSTERS``)."""
     rows = table[(table["method"] == method) & (table["measure"] == measure)]
     return {
-        r["backbone"]: {"mean": r["mean"], "interval": [r["low"], r["high"]]}
+        r["backbone"]: reported(r["mean"], r["low"], r["high"], int(r["n"]), "user")
         for _, r in rows.iterrows()
     }
 

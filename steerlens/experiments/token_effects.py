@@ -5,8 +5,12 @@ conversations) on each token of their chosen responses, against two counterfactu
 history: NextQuill; another user's history of the same length: a placebo), as probability
 differences and log-ratios. Each estimator's selected tokens are scored against the planted
 attribute spans (``steerlens.metrics.token_truth``): a precision-recall curve per estimator,
-the estimator and threshold chosen on half the users and scored on the other half, and the
-baseline (no history, p-difference > 0.05) on the same held-out half. On a few targets, exact
+the estimator and threshold chosen on a selection side and scored on a disjoint report side
+(users every other, prompts by a seeded hash, each user's targets from its own side's
+prompts: the sides share neither users nor response texts; ``results/splits.json``), and
+the baseline (no history, p-difference > 0.05) on the same report side. Precision and recall
+carry a two-stage bootstrap interval (users, then their tokens) and their n users, against
+both the planted and the completed truth. On a few targets, exact
 activation patching is compared with attribution patching (gradient x activation difference,
 and integrated gradients).
 
@@ -32,7 +36,16 @@ import pandas as pd
 from steerlens.core._jsonsafe import update_json, write_json
 from steerlens.core.models import HookedModel, model_name
 from steerlens.data.prism import PrismDataset
-from steerlens.metrics.token_truth import estimator_scores, planted_labels, pr_curve, user_queries
+from steerlens.experiments.splits import Split, record_selection, split_parity
+from steerlens.metrics.stats import cluster_resamples, reported
+from steerlens.metrics.token_truth import (
+    Truth,
+    estimator_scores,
+    planted_labels,
+    pr_curve,
+    text_id,
+    user_queries,
+)
 from steerlens.steerx import (
     activation_patching,
     attribution_patching,
@@ -57,6 +70,7 @@ class TokenEffectsConfig:
     history_tokens: int = 48  # history tokens removed one at a time in the detail figure
     min_recall: float = 0.5  # the operating point: best precision at this recall
     batch_size: int = 16
+    seed: int = 0  # the split of users and texts into selection and report sides
     smoke: bool = False  # a smaller run (labelled as a smoke run in the report)
 
     def __post_init__(self) -> None:
@@ -80,29 +94,75 @@ def _best(curve: pd.DataFrame, min_recall: float) -> dict[str, Any]:
     return {k: (float(v) if isinstance(v, int | float | np.number) else v) for k, v in row.items()}
 
 
-def score_tokens(tokens: pd.DataFrame, min_recall: float = 0.5) -> dict[str, Any]:
-    """PR curves; the estimator and threshold chosen on half the users (every other, sorted)
-    and scored on the other half, so the headline numbers are not picked on the tokens they
-    report; the baseline (no history, p-diff > 0.05) scored on the same held-out half."""
+def _sides(tokens: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+    """(select, report) row masks: the ``split`` column the study wrote (users and texts both
+    disjoint), else every other user (sorted) selects and the rest report."""
+    if "split" in tokens:
+        return tokens["split"] == "select", tokens["split"] == "report"
     names = sorted(tokens["user"].unique())
     tune = tokens["user"].isin(names[::2])
-    best = _best(pr_curve(tokens[tune]), min_recall)
-    held = pr_curve(tokens[~tune], {best["estimator"]: [best["threshold"]]}).iloc[0]
-    base = pr_curve(tokens[~tune], {"none · p-diff": [0.05]}).iloc[0]
-    sel = tokens[best["estimator"]] > best["threshold"]
+    return tune, ~tune
+
+
+def selection_scores(
+    tokens: pd.DataFrame, estimator: str, threshold: float, *, n_boot: int = 1000, seed: int = 0
+) -> dict[str, dict[str, Any]]:
+    """Precision and recall of ``estimator > threshold`` over ``tokens``, each with a
+    two-stage bootstrap (users, then their tokens) and ``n`` users (no interval below
+    ``MIN_CLUSTERS``)."""
+    truth = tokens["planted"].to_numpy(bool)
+    sel = tokens[estimator].to_numpy(float) > threshold
+    units = tokens["user"].astype(str).to_numpy()
+    n = len(set(units))
+
+    def ratios(idx: np.ndarray | slice) -> tuple[float, float]:
+        t, s = truth[idx], sel[idx]
+        tp = float((t & s).sum())
+        return (tp / s.sum() if s.sum() else np.nan, tp / t.sum() if t.sum() else np.nan)
+
+    point = ratios(slice(None))
+    boots = np.array([ratios(i) for i in cluster_resamples(units, n_boot=n_boot, seed=seed)])
+    out = {}
+    for j, name in enumerate(("precision", "recall")):
+        b = boots[:, j][np.isfinite(boots[:, j])] if boots.size else np.zeros(0)
+        lo, hi = (np.percentile(b, 2.5), np.percentile(b, 97.5)) if b.size else (np.nan, np.nan)
+        out[name] = reported(point[j], float(lo), float(hi), n, "user")
+    out["selected"] = {"mean": round(float(sel.mean()), 5) if sel.size else None, "n": n}
+    return out
+
+
+def score_tokens(tokens: pd.DataFrame, min_recall: float = 0.5, *, seed: int = 0) -> dict[str, Any]:
+    """PR curves; the estimator and threshold chosen on the selection side and scored on the
+    disjoint report side (``_sides``), so the reported numbers are not picked on the tokens
+    they report; the baseline (no history, p-diff > 0.05) scored on the same report side. The
+    per-attribute recall and per-group curves are of the report side too."""
+    select, report = _sides(tokens)
+    best = _best(pr_curve(tokens[select]), min_recall)
+    rep = tokens[report]
+    base_name, base_th = "none · p-diff", 0.05
+    sel = rep[best["estimator"]] > best["threshold"]
     return {
         "tokens": tokens,
         "curve": pr_curve(tokens),
         "planted_share": float(tokens["planted"].mean()),
-        "chosen_on_half": best,
-        "held_out_half": {k: float(held[k]) for k in ("precision", "recall", "selected")},
-        "baseline": {k: float(base[k]) for k in ("precision", "recall", "selected")},
+        "chosen_on_selection": best,
+        "report": selection_scores(rep, best["estimator"], best["threshold"], seed=seed),
+        "baseline": selection_scores(rep, base_name, base_th, seed=seed),
+        "n_select_targets": _targets(tokens[select]),
+        "n_report_targets": _targets(rep),
+        "n_select_users": int(tokens[select]["user"].nunique()),
+        "n_report_users": int(rep["user"].nunique()),
         "recall_by_attribute": {
             str(a): float(sel[part.index].mean())
-            for a, part in tokens[tokens["planted"]].groupby("attribute")
+            for a, part in rep[rep["planted"]].groupby("attribute")
         },
-        "curve_by_group": pr_curve(tokens, by="group").to_dict(orient="records"),
+        "curve_by_group": pr_curve(rep, by="group").to_dict(orient="records"),
     }
+
+
+def _targets(tokens: pd.DataFrame) -> int:
+    cols = [c for c in ("user", "text_id") if c in tokens]
+    return int(tokens[cols].drop_duplicates().shape[0]) if cols else 0
 
 
 def _detail(model: HookedModel, q: Any, eff: Any, cfg: TokenEffectsConfig) -> dict[str, Any]:
@@ -187,9 +247,19 @@ def token_effect_study(
     """
     t0 = time.perf_counter()
     cfg = config or TokenEffectsConfig()
-    users = sorted(dataset.users)[: cfg.max_users] if cfg.max_users else None
-    kw: dict[str, Any] = dict(n_history=cfg.n_history, targets_per_user=cfg.targets_per_user)
-    queries = user_queries(dataset, users=users, **kw)
+    names = sorted(dataset.users)[: cfg.max_users] if cfg.max_users else sorted(dataset.users)
+    # users every other (sorted) and prompts by a seeded hash: a user's targets are the
+    # prompts of its own side, so the selection and report sides share neither users nor
+    # response texts (simulated users answer the same pool of responses)
+    user_side = {u: ("select" if i % 2 == 0 else "report") for i, u in enumerate(names)}
+
+    def keep(user: str, prompt: str) -> bool:
+        return user_side.get(user) == split_parity(text_id(prompt), cfg.seed)
+
+    kw: dict[str, Any] = dict(
+        n_history=cfg.n_history, targets_per_user=cfg.targets_per_user, users=names, keep=keep
+    )
+    queries = user_queries(dataset, **kw)
     run: dict[str, Any] = dict(batch_size=cfg.batch_size, progress_bar=progress_bar)
     none = batch_history_effects(
         model, [(q.prompt, q.response, q.history, None) for q in queries], **run
@@ -197,11 +267,13 @@ def token_effect_study(
     placebo = batch_history_effects(
         model, [(q.prompt, q.response, q.history, q.placebo) for q in queries], **run
     )
+
+    def frame(truth: Truth) -> pd.DataFrame:
+        tokens = estimator_scores(user_queries(dataset, truth=truth, **kw), none, placebo)
+        return tokens.assign(split=tokens["user"].map(user_side))
+
     scored = {
-        truth: score_tokens(
-            estimator_scores(user_queries(dataset, users=users, truth=truth, **kw), none, placebo),
-            cfg.min_recall,
-        )
+        truth: score_tokens(frame(truth), cfg.min_recall, seed=cfg.seed)
         for truth in ("planted", "completed")
     }
     results = Path(out) / "results"
@@ -231,6 +303,8 @@ def token_effect_study(
             truth: {k: v for k, v in res.items() if k not in ("tokens", "curve")}
             for truth, res in scored.items()
         },
+        "split": "users every other (sorted), texts by a seeded hash of the prompt; each "
+        "user's targets from its own side's prompts",
         "attribution": agreement,
         "attribution_spearman": spearman,
         "detail": detail,
@@ -238,20 +312,42 @@ def token_effect_study(
         "seconds": round(time.perf_counter() - t0, 1),
     }
     write_json(results / "steerx_effects.json", report)
-    keys = {
-        "token_precision": done["held_out_half"]["precision"],
-        "token_recall": done["held_out_half"]["recall"],
-        "token_estimator": "{estimator} > {threshold:g}".format(**done["chosen_on_half"]),
-        "token_precision_baseline": done["baseline"]["precision"],
-        "token_recall_baseline": done["baseline"]["recall"],
-        "token_truth": "completed (planted spans + directness openings + attribute words)",
-        "token_precision_planted": planted["held_out_half"]["precision"],
-        "token_recall_planted": planted["held_out_half"]["recall"],
-        "token_precision_baseline_planted": planted["baseline"]["precision"],
-        "token_recall_baseline_planted": planted["baseline"]["recall"],
-        "attribution_spearman": spearman,
-        "token_effects_smoke_run": cfg.smoke,
-        "token_effects_targets": len(queries),
+    texts = {
+        side: sorted({text_id(q.prompt) for q in queries if user_side[q.user_id] == side})
+        for side in ("select", "report")
     }
+    users_by = {
+        side: sorted(u for u in {q.user_id for q in queries} if user_side[u] == side)
+        for side in ("select", "report")
+    }
+    chosen = "{estimator} > {threshold:g}".format(**done["chosen_on_selection"])
+    record_selection(
+        results,
+        "token_estimator",
+        Split(texts["select"], texts["report"], "text", {"users": users_by}),
+        chosen,
+        criterion=f"highest precision at recall >= {cfg.min_recall:g} on the selection side "
+        "(completed truth)",
+    )
+    keys: dict[str, Any] = {"token_estimator": chosen}
+    for truth, res in (("completed", done), ("planted", planted)):
+        suffix = "" if truth == "completed" else "_planted"
+        keys[f"token_precision{suffix}"] = {**res["report"]["precision"], "truth": truth}
+        keys[f"token_recall{suffix}"] = {**res["report"]["recall"], "truth": truth}
+        keys[f"token_precision_baseline{suffix}"] = {
+            **res["baseline"]["precision"],
+            "truth": truth,
+        }
+        keys[f"token_recall_baseline{suffix}"] = {**res["baseline"]["recall"], "truth": truth}
+    keys.update(
+        {
+            "token_truth": "completed (planted spans + directness openings + attribute words)",
+            "attribution_spearman": spearman,
+            "token_effects_smoke_run": cfg.smoke,
+            "token_effects_targets": len(queries),
+            "token_effects_report_targets": done["n_report_targets"],
+            "token_effects_report_users": done["n_report_users"],
+        }
+    )
     update_json(results / "summary.json", keys)
     return keys

@@ -1,6 +1,7 @@
 """Summary tables of a sweep's tidy cells (``steerlens.experiments.sweep``): dose-response, selectivity,
 gating. Every change is paired with the same prompt's unsteered cell (method ``"none"``), and
-its interval is a bootstrap over prompts.
+its interval is a two-stage bootstrap over users, then prompts within them (``n`` users; no
+interval below ``steerlens.metrics.stats.MIN_CLUSTERS``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from steerlens.metrics.stats import cluster_estimate
 from steerlens.metrics.text import corpus_distinct_n
 
 __all__ = ["dose_response_table", "gating_table", "selectivity_table"]
@@ -25,41 +27,28 @@ def _baseline(cells: pd.DataFrame) -> pd.DataFrame:
     return base
 
 
-def _pct_interval(
-    steered: np.ndarray, base: np.ndarray, n_boot: int, seed: int
-) -> tuple[float, float, float]:
-    """100 · (mean steered / mean base − 1), with a paired bootstrap over prompts."""
-    ok = ~(np.isnan(steered) | np.isnan(base))
-    s, b = steered[ok], base[ok]
-    if s.size == 0 or b.mean() == 0:
-        return (math.nan, math.nan, math.nan)
-    idx = np.random.default_rng(seed).integers(0, s.size, size=(n_boot, s.size))
-    boot = 100 * (s[idx].mean(1) / np.maximum(b[idx].mean(1), 1e-12) - 1)
-    return (
-        float(100 * (s.mean() / b.mean() - 1)),
-        float(np.percentile(boot, 2.5)),
-        float(np.percentile(boot, 97.5)),
-    )
-
-
-def _mean_interval(x: np.ndarray, n_boot: int, seed: int) -> tuple[float, float, float]:
-    x = x[~np.isnan(x)]
-    if x.size == 0:
-        return (math.nan, math.nan, math.nan)
-    idx = np.random.default_rng(seed).integers(0, x.size, size=(n_boot, x.size))
-    means = x[idx].mean(1)
-    return float(x.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+def _clusters(group: pd.DataFrame) -> np.ndarray:
+    """The unit each row belongs to: its user (rows of one user share them), else its prompt."""
+    col = "user" if "user" in group else "prompt_id"
+    return group[col].astype(str).to_numpy()
 
 
 def _summarise(group: pd.DataFrame, base: pd.DataFrame, n_boot: int, seed: int) -> dict[str, Any]:
+    """The measures of one group of cells; intervals from a two-stage bootstrap (users, then
+    prompts within them), ``n`` the number of users, withheld (NaN) below ``MIN_CLUSTERS``."""
     b = base.loc[group["prompt_id"]]
-    row: dict[str, Any] = {"n": len(group)}
+    units = _clusters(group)
+    row: dict[str, Any] = {"n": len(set(units)), "n_prompts": int(group["prompt_id"].nunique())}
+    boot: dict[str, Any] = {"n_boot": n_boot, "seed": seed}
+
+    def put(prefix: str, low: str, high: str, est: Any) -> None:
+        iv = est.interval or [math.nan, math.nan]
+        row[prefix], row[low], row[high] = est.mean, iv[0], iv[1]
+
     if "abs_error" in group:
         err, berr = group["abs_error"].to_numpy(float), b["abs_error"].to_numpy(float)
-        row["mae"], row["mae_low"], row["mae_high"] = _mean_interval(err, n_boot, seed)
-        row["delta_pct"], row["delta_low"], row["delta_high"] = _pct_interval(
-            err, berr, n_boot, seed
-        )
+        put("mae", "mae_low", "mae_high", cluster_estimate(err, units, **boot))
+        put("delta_pct", "delta_low", "delta_high", cluster_estimate(err, units, base=berr, **boot))
     row["toxicity"] = float(group["toxicity"].mean())
     row["ppl"] = float(group["perplexity"].median())
     row["degenerate_share"] = float(group["degenerate"].mean())
@@ -67,9 +56,7 @@ def _summarise(group: pd.DataFrame, base: pd.DataFrame, n_boot: int, seed: int) 
     row["distinct_2_corpus"] = corpus_distinct_n(group["generation"].fillna("").tolist())
     if "utility" in group:
         gain = group["utility"].to_numpy(float) - b["utility"].to_numpy(float)
-        row["utility_gain"], row["utility_low"], row["utility_high"] = _mean_interval(
-            gain, n_boot, seed
-        )
+        put("utility_gain", "utility_low", "utility_high", cluster_estimate(gain, units, **boot))
     return row
 
 

@@ -9,7 +9,8 @@ curve), per estimator/counterfactual, attribute and user group.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import hashlib
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -27,6 +28,7 @@ __all__ = [
     "planted_labels",
     "pr_curve",
     "response_spans",
+    "text_id",
     "user_queries",
 ]
 
@@ -83,11 +85,13 @@ def user_queries(
     targets_per_user: int = 3,
     users: Sequence[str] | None = None,
     truth: Truth = "planted",
+    keep: Callable[[str, str], bool] | None = None,
 ) -> list[TargetQuery]:
     """Per user: up to ``targets_per_user`` chosen turn-0 responses as targets, each with the
     user's ``n_history`` other turn-0 conversations (prompt, chosen response) as history, and
     the next user's as the placebo history of the same length; ``truth`` picks the spans
-    (``response_spans``)."""
+    (``response_spans``). ``keep(user, prompt)``, when given, restricts which conversations
+    may be targets (e.g. a split by prompt); the history is drawn from all the others."""
     gt = dataset.ground_truth
     if gt is None or "responses" not in gt:
         raise ValueError("scoring against planted truth needs a simulated set's ground truth")
@@ -102,7 +106,8 @@ def user_queries(
     for k, user in enumerate(order):
         other = order[(k + 1) % len(order)]
         mine = convs[user]
-        for t in range(min(targets_per_user, len(mine))):
+        allowed = [t for t, (p, _) in enumerate(mine) if keep is None or keep(user, p)]
+        for t in allowed[:targets_per_user]:
             prompt, response = mine[t]
             rest = [c for i, c in enumerate(mine) if i != t][:n_history]
             placebo = convs[other][: len(rest)]
@@ -118,6 +123,11 @@ def user_queries(
                 )
             )
     return out
+
+
+def text_id(prompt: str) -> str:
+    """A short stable id of a prompt (the unit a token-effect split is drawn on)."""
+    return hashlib.sha1(prompt.encode("utf-8"), usedforsecurity=False).hexdigest()[:10]
 
 
 def _messages(convs: Sequence[tuple[str, str]]) -> tuple[Message, ...]:
@@ -177,6 +187,7 @@ def estimator_scores(
                 {
                     "user": q.user_id,
                     "group": q.group,
+                    "text_id": text_id(q.prompt),
                     "token": e0.tokens[i],
                     "attribute": lab,
                     "planted": bool(lab),

@@ -41,7 +41,33 @@ def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
 
 
 def _cell(entry: Mapping[str, Any] | None) -> str:
-    return _est(entry.get("mean"), entry.get("interval")) if entry else "–"
+    """A summary estimate ``{"mean", "interval", "n", "unit"}`` in one cell; "n too small"
+    where the interval was withheld."""
+    if not entry or entry.get("mean") is None:
+        return "–"
+    if entry.get("interval") is None and entry.get("n") is not None:
+        n = int(entry["n"])
+        return f"{_num(entry['mean'])} (n = {n} {entry.get('unit', '')}s: n too small)"
+    count = f" (n = {entry['n']})" if entry.get("n") is not None else ""
+    return _est(entry.get("mean"), entry.get("interval")) + count
+
+
+def _row_cell(r: Mapping[str, Any], col: str, lo: str, hi: str) -> str:
+    """A table row's estimate: interval unless withheld (NaN below MIN_CLUSTERS users)."""
+    if r.get(lo) is None or r.get(hi) is None:
+        return f"{_num(r.get(col))} (n = {r.get('n')}: n too small)"
+    return _est(r.get(col), [r.get(lo), r.get(hi)])
+
+
+def _selection_lines(s: Mapping[str, Any]) -> list[str]:
+    """What was tuned, on which split, and the value chosen (``summary["selection"]``)."""
+    sel = s.get("selection") or {}
+    return [
+        f"* Tuned on a selection split, reported on a disjoint one: `{q}` = {e.get('chosen')} "
+        f"(selection {e.get('n_select')} / report {e.get('n_report')} {e.get('unit')}s; "
+        "`results/splits.json`)"
+        for q, e in sel.items()
+    ]
 
 
 def summary_markdown(s: Mapping[str, Any], source: str = "results/summary.json") -> str:
@@ -67,8 +93,11 @@ def summary_markdown(s: Mapping[str, Any], source: str = "results/summary.json")
         f"* Layers steered: {s.get('layers')}; {s.get('n_prompts')} held-out prompts of "
         f"{s.get('n_users')} users; {s.get('n_train_pairs')} training and "
         f"{s.get('n_test_pairs')} held-out pairs",
-        "* Intervals: bootstrap 95 % over prompts (sweep rows), texts (side effects) or users "
-        "(PPA, utility).",
+        "* Intervals: bootstrap 95 % over the units that vary — users, then prompts within "
+        "them (sweep rows, utility); users (PPA); texts (side effects); items (MMLU) — with "
+        'n units; withheld below 5 units ("n too small"). Comparisons are paired '
+        "differences; a finding says higher or lower only when its interval excludes 0.",
+        *_selection_lines(s),
         "",
         "## Findings",
         "",
@@ -77,40 +106,27 @@ def summary_markdown(s: Mapping[str, Any], source: str = "results/summary.json")
         "## Headline numbers",
         "",
     ]
+    a = _num(s.get("best_alpha"))
     lines += _table(
-        ["measure", "estimate [95 % interval]"],
+        ["measure", "estimate [95 % interval] (n)"],
         [
-            [
-                "toxicity MAE, unsteered",
-                _est(s.get("mae_baseline"), s.get("mae_baseline_interval")),
-            ],
-            [
-                f"toxicity MAE, population vector at α = {_num(s.get('best_alpha'))}",
-                _est(s.get("mae_best"), s.get("mae_best_interval")),
-            ],
-            [
-                "MAE change at that α, %",
-                _est(s.get("mae_change_pct_best"), s.get("mae_change_pct_best_interval")),
-            ],
-            [
-                f"PPA, {s.get('ppa_personalized_method', 'personalized')}",
-                _est(s.get("ppa_personalized"), s.get("ppa_personalized_interval")),
-            ],
-            [
-                "PPA, Bradley-Terry",
-                _est(s.get("ppa_bradley_terry"), s.get("ppa_bradley_terry_interval")),
-            ],
-            ["PPA, population", _est(s.get("ppa_population"), s.get("ppa_population_interval"))],
-            [
-                "PPA, toxicity-only",
-                _est(s.get("ppa_toxicity_only"), s.get("ppa_toxicity_only_interval")),
-            ],
-            ["PPA, oracle", _est(s.get("ppa_oracle"), s.get("ppa_oracle_interval"))],
-            [
-                f"MMLU, unsteered ({s.get('mmlu_items')} items)",
-                _est(s.get("mmlu_unsteered"), s.get("mmlu_unsteered_interval")),
-            ],
-            ["MMLU, steered", _est(s.get("mmlu_steered"), s.get("mmlu_steered_interval"))],
+            [label, _cell(s.get(key))]
+            for label, key in (
+                ("toxicity MAE, unsteered (report prompts)", "mae_baseline"),
+                (f"toxicity MAE, population vector at α = {a}", "mae_best"),
+                ("MAE change at that α, %", "mae_change_pct_best"),
+                (f"PPA, {s.get('ppa_personalized_method', 'personalized')}", "ppa_personalized"),
+                ("PPA, Bradley-Terry", "ppa_bradley_terry"),
+                ("PPA, population", "ppa_population"),
+                ("PPA, toxicity-only", "ppa_toxicity_only"),
+                ("PPA, oracle", "ppa_oracle"),
+                ("PPA, personalised − population (paired)", "ppa_personalized_minus_population"),
+                ("PPA, oracle − personalised (paired)", "ppa_oracle_minus_personalized"),
+                (f"MMLU, unsteered ({s.get('mmlu_items')} items)", "mmlu_unsteered"),
+                ("MMLU, steered", "mmlu_steered"),
+                ("MMLU, steered − unsteered (paired)", "mmlu_steered_minus_unsteered"),
+            )
+            if s.get(key) is not None
         ],
     )
     dose = s.get("dose_response") or []
@@ -124,8 +140,8 @@ def summary_markdown(s: Mapping[str, Any], source: str = "results/summary.json")
                 [
                     str(r["method"]),
                     _num(r["alpha"]),
-                    _est(r.get("mae"), [r.get("mae_low"), r.get("mae_high")]),
-                    _est(r.get("delta_pct"), [r.get("delta_low"), r.get("delta_high")]),
+                    _row_cell(r, "mae", "mae_low", "mae_high"),
+                    _row_cell(r, "delta_pct", "delta_low", "delta_high"),
                     _num(r.get("ppl")),
                     _num(r.get("degenerate_share")),
                     *([_num(r.get("utility_gain"))] if has_util else []),
@@ -141,8 +157,8 @@ def summary_markdown(s: Mapping[str, Any], source: str = "results/summary.json")
             (
                 [
                     str(r["gate"]),
-                    _est(r.get("mae"), [r.get("mae_low"), r.get("mae_high")]),
-                    _est(r.get("delta_pct"), [r.get("delta_low"), r.get("delta_high")]),
+                    _row_cell(r, "mae", "mae_low", "mae_high"),
+                    _row_cell(r, "delta_pct", "delta_low", "delta_high"),
                 ]
                 for r in gating
             ),
@@ -157,15 +173,16 @@ def summary_markdown(s: Mapping[str, Any], source: str = "results/summary.json")
         )
     gains = s.get("utility_gain") or {}
     if gains:
-        intervals = s.get("utility_gain_interval") or {}
         groups = sorted({g for row in gains.values() for g in row})
         lines += ["## Ground-truth utility gain per user group (simulated users)", ""]
+        lines += [
+            f"{sum(len(r) for r in gains.values())} estimates ({len(gains)} rows × "
+            f"{len(groups)} groups); a row `m − population` is a paired difference.",
+            "",
+        ]
         lines += _table(
             ["method", *groups],
-            (
-                [m, *(_est(row.get(g), intervals.get(m, {}).get(g)) for g in groups)]
-                for m, row in gains.items()
-            ),
+            ([m, *(_cell(row.get(g)) for g in groups)] for m, row in gains.items()),
         )
     kl, ppl = s.get("kl_neutral") or {}, s.get("ppl_neutral") or {}
     if kl:
@@ -192,9 +209,9 @@ def summary_markdown(s: Mapping[str, Any], source: str = "results/summary.json")
                     str(r["method"]),
                     _num(r["kl_budget"]),
                     _num(r["alpha"]),
-                    _est(r.get("delta_pct"), [r.get("delta_low"), r.get("delta_high")]),
+                    _row_cell(r, "delta_pct", "delta_low", "delta_high"),
                     *(
-                        [_est(r.get("utility_gain"), [r.get("utility_low"), r.get("utility_high")])]
+                        [_row_cell(r, "utility_gain", "utility_low", "utility_high")]
                         if has_util
                         else []
                     ),
@@ -204,21 +221,49 @@ def summary_markdown(s: Mapping[str, Any], source: str = "results/summary.json")
             ),
         )
     if s.get("token_precision") is not None:
-        lines += ["## SteerX token selection (reconstructed) vs planted truth", ""]
+        lines += [
+            "## SteerX token selection (reconstructed) vs planted and completed truth",
+            "",
+            f"Chosen on the selection side: `{s.get('token_estimator')}`; scored on the "
+            f"report side ({s.get('token_effects_report_targets')} target responses of "
+            f"{s.get('token_effects_report_users')} users; neither users nor texts shared).",
+            "",
+        ]
         lines += _table(
-            ["selection", "precision", "recall"],
+            ["selection", "truth", "precision", "recall"],
             [
                 [
-                    str(s.get("token_estimator")),
-                    _num(s.get("token_precision")),
-                    _num(s.get("token_recall")),
-                ],
-                [
-                    "none · p-diff > 0.05 (NextQuill)",
-                    _num(s.get("token_precision_baseline")),
-                    _num(s.get("token_recall_baseline")),
-                ],
+                    name,
+                    truth,
+                    _cell(s.get(f"token_precision{b}{t}")),
+                    _cell(s.get(f"token_recall{b}{t}")),
+                ]
+                for name, b in (
+                    (str(s.get("token_estimator")), ""),
+                    ("none · p-diff > 0.05 (NextQuill)", "_baseline"),
+                )
+                for truth, t in (("planted", "_planted"), ("completed", ""))
             ],
+        )
+    unreached = s.get("calibration_unreached") or {}
+    held = s.get("kl_heldout") or {}
+    if held:
+        lines += ["## KL of the calibrated vectors on held-out neutral text", ""]
+        lines += [
+            f"Calibrated on {s.get('kl_calibration_texts')} texts, measured on "
+            f"{s.get('kl_heldout_texts')} others. Unreached budgets (excluded from the equal-KL "
+            f"comparison): {unreached.get('count', 0)}"
+            + (f" ({', '.join(unreached.get('users', [])[:10])})" if unreached.get("count") else "")
+            + ".",
+            "",
+        ]
+        lines += _table(
+            ["method", "KL budget", "KL on held-out text", "ratio to budget"],
+            (
+                [m, b, _cell(e), _num(e.get("ratio_to_budget"))]
+                for m, row in held.items()
+                for b, e in row.items()
+            ),
         )
     if s.get("steerx_pair_ppa"):
         lines += ["## SteerX selection on the pair-based (dislike-weighted) backbone", ""]
@@ -253,15 +298,17 @@ def summary_markdown(s: Mapping[str, Any], source: str = "results/summary.json")
             (
                 [
                     b,
-                    _est(v.get("mean"), v.get("interval")),
-                    _est(allh.get(b, {}).get("mean"), allh.get(b, {}).get("interval")),
-                    _est(diff.get(b, {}).get("mean"), diff.get(b, {}).get("interval")),
+                    _cell(v),
+                    _cell(allh.get(b)),
+                    _cell(diff.get(b)),
                 ]
                 for b, v in steerx.items()
             ),
         )
     seconds = s.get("seconds") or {}
     if seconds:
+        if s.get("machine"):
+            lines += [f"Machine: {s['machine']}.", ""]
         lines += ["## Time per step (seconds)", ""]
         lines += _table(["step", "s"], ([k, _num(v, 4)] for k, v in seconds.items()))
     return "\n".join(lines).rstrip() + "\n"

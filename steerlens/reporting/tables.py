@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from steerlens.metrics.stats import MIN_CLUSTERS
+
 __all__ = [
     "calibrated_view",
     "dose_view",
@@ -49,10 +51,19 @@ def num(x: Any, digits: int = 3, *, signed: bool = False) -> str:
 
 
 def est(
-    mean: Any, low: Any = None, high: Any = None, *, digits: int = 3, signed: bool = False
+    mean: Any,
+    low: Any = None,
+    high: Any = None,
+    *,
+    digits: int = 3,
+    signed: bool = False,
+    n: Any = None,
 ) -> str:
-    """ "mean [low, high]" (or just the mean where no interval is known)."""
+    """ "mean [low, high]" (or just the mean where no interval is known); with ``n`` below
+    ``MIN_CLUSTERS`` units, "mean (n = k: too small for an interval)"."""
     m = num(mean, digits, signed=signed)
+    if n is not None and num(n) != "–" and int(n) < MIN_CLUSTERS and m != "–":
+        return f"{m} (n = {int(n)}: too small for an interval)"
     if low is None or high is None or num(low) == "–" or num(high) == "–":
         return m
     return f"{m} [{num(low, digits, signed=signed)}, {num(high, digits, signed=signed)}]"
@@ -77,15 +88,19 @@ def _cols(frame: pd.DataFrame, spec: Sequence[tuple[str, Any]]) -> pd.DataFrame:
 # columns several views share: (header, value of a row)
 _MAE: tuple[str, Any] = (
     "toxicity MAE",
-    lambda r: est(r["mae"], r.get("mae_low"), r.get("mae_high")),
+    lambda r: est(r["mae"], r.get("mae_low"), r.get("mae_high"), n=r.get("n")),
 )
 _DELTA: tuple[str, Any] = (
     "ΔMAE vs unsteered, %",
-    lambda r: est(r["delta_pct"], r.get("delta_low"), r.get("delta_high"), signed=True),
+    lambda r: est(
+        r["delta_pct"], r.get("delta_low"), r.get("delta_high"), signed=True, n=r.get("n")
+    ),
 )
 _UTILITY: tuple[str, Any] = (
     "utility gain",
-    lambda r: est(r["utility_gain"], r.get("utility_low"), r.get("utility_high"), signed=True),
+    lambda r: est(
+        r["utility_gain"], r.get("utility_low"), r.get("utility_high"), signed=True, n=r.get("n")
+    ),
 )
 _DEGENERATE: tuple[str, Any] = ("degenerate share", lambda r: num(r["degenerate_share"], 2))
 
@@ -160,7 +175,10 @@ def ppa_view(table: pd.DataFrame) -> pd.DataFrame:
         [
             ("method", "method"),
             ("measure", lambda r: words.get(str(r["measure"]), str(r["measure"]))),
-            ("estimate [95 %]", lambda r: est(r["mean"], r.get("low"), r.get("high"))),
+            (
+                "estimate [95 %]",
+                lambda r: est(r["mean"], r.get("low"), r.get("high"), n=r.get("n")),
+            ),
             ("users", lambda r: num(r.get("n"))),
         ],
     )
@@ -210,6 +228,10 @@ def steerx_view(table: pd.DataFrame) -> pd.DataFrame:
             ("backbone", "backbone"),
             ("vector", "method"),
             ("measure", lambda r: name(str(r["measure"]))),
-            ("estimate [95 %]", lambda r: est(r["mean"], r.get("low"), r.get("high"))),
+            (
+                "estimate [95 %]",
+                lambda r: est(r["mean"], r.get("low"), r.get("high"), n=r.get("n")),
+            ),
+            ("users", lambda r: num(r.get("n"))),
         ],
     )

@@ -9,8 +9,8 @@ text's negative log-likelihood under steering (its perplexity).
 ``calibrate_alpha`` finds, per vector, the α whose mean KL over a few neutral texts equals a
 budget (a safeguarded root search: steps of α·sqrt(budget / KL) kept inside the bracket, else
 bisection on log α; every vector's search in the same batched passes, the unsteered pass
-computed once), and records it in the vector's metadata so the vector carries its
-calibration. A sweep over KL budgets
+computed once), and records it in the vector's metadata, under ``calibration_key`` (budget,
+texts and search settings), so the vector carries its calibration. A sweep over KL budgets
 then compares users at equal side effect rather than at equal norm.
 """
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -36,6 +36,7 @@ from steerlens.core.vectors import SteeringVector
 __all__ = [
     "Divergence",
     "calibrate_alpha",
+    "calibration_key",
     "reference_logprobs",
     "steering_divergence",
     "texts_key",
@@ -201,6 +202,30 @@ def _mean_kl(
     return [sum(d.kl for d in rows[i * k : (i + 1) * k]) / k for i in range(len(vectors))]
 
 
+def calibration_key(
+    budget: float,
+    texts_fingerprint: str,
+    *,
+    start: float = 1.0,
+    max_alpha: float = 64.0,
+    iterations: int = 12,
+    rtol: float = 0.02,
+) -> str:
+    """The key of a calibration in ``vector.metadata["kl_alpha"]``: the budget, the texts'
+    fingerprint (``texts_key`` of their token ids) and every search setting that can change
+    the α found, e.g. ``"0.05@3f2a9c0d1b7e:start=1.0,max_alpha=64.0,iterations=12,rtol=0.02"``.
+    The defaults are ``calibrate_alpha``'s. Numbers are written exactly (``repr`` of the float),
+    so two settings share a key only when they are equal."""
+
+    def num(x: float) -> str:
+        return repr(float(x))
+
+    return (
+        f"{num(budget)}@{texts_fingerprint}:start={num(start)},max_alpha={num(max_alpha)},"
+        f"iterations={int(iterations)},rtol={num(rtol)}"
+    )
+
+
 def calibrate_alpha(
     model: HookedModel,
     vectors: SteeringVector | Sequence[SteeringVector],
@@ -219,26 +244,36 @@ def calibrate_alpha(
     """Per vector, the α > 0 whose mean per-token KL on ``texts`` equals ``budget`` (nats).
 
     KL grows with α (about as α² for small α): from ``start`` each step goes to
-    α·sqrt(budget / KL), kept inside the bracket found so far (else the bracket's geometric
-    midpoint), until the KL is within ``rtol`` of the budget or ``iterations`` passes are
-    spent; all vectors share each batched pass. ``reference``: the texts' unsteered
-    log-probabilities (``reference_logprobs``), when the caller calibrates several budgets. A vector whose KL
-    stays below the budget up to ``max_alpha`` gets ``max_alpha`` (logged in its metadata as
-    not reached).
+    α·sqrt(budget / KL), kept strictly inside the bracket ``[lo, hi]`` found so far
+    (``KL(lo) < budget <= KL(hi)``, else the bracket's geometric midpoint), until the KL is
+    within ``rtol`` of the budget or ``iterations`` passes are spent; all vectors share each
+    batched pass. KL need not be monotone in α: the bracket always holds a sign change and
+    ``lo < hi``. ``reference``: the texts' unsteered log-probabilities
+    (``reference_logprobs``), when the caller calibrates several budgets. The α returned is
+    the probed one whose KL came closest to the budget (``max_alpha`` for a KL that grows
+    with α and stays below the budget up to there); where that KL is not within ``rtol`` of
+    the budget (out of reach, or out of iterations) the metadata records it as not reached.
 
-    The result is cached in ``vector.metadata["kl_alpha"]`` under the budget and the texts'
-    fingerprint (``texts_key``), so a saved vector carries its calibration and a second call
-    runs nothing.
+    The result is cached in ``vector.metadata["kl_alpha"]`` under ``calibration_key`` (the
+    budget, the texts' fingerprint and the search settings) as ``{"alpha", "kl", "reached",
+    "n_texts"}``, so a saved vector carries its calibration and a second call with the same
+    settings runs nothing.
     """
     vecs = [vectors] if isinstance(vectors, SteeringVector) else list(vectors)
     if not budget > 0:
         raise ValueError(f"budget must be > 0 (nats), got {budget}")
     if not 0 < start <= max_alpha:
         raise ValueError("need 0 < start <= max_alpha")
+    if iterations < 1:
+        raise ValueError(f"iterations must be >= 1, got {iterations}")
+    if not rtol >= 0:
+        raise ValueError(f"rtol must be >= 0, got {rtol}")
     ids = _ids(model, texts)
     if not ids:
         raise ValueError("calibration needs at least one text")
-    key = f"{budget:g}@{texts_key(ids)}"
+    key = calibration_key(
+        budget, texts_key(ids), start=start, max_alpha=max_alpha, iterations=iterations, rtol=rtol
+    )
     out: list[float | None] = [None] * len(vecs)
     todo = []
     for i, v in enumerate(vecs):
@@ -283,49 +318,119 @@ def _search(
     engine: Literal["auto", "tl", "hf"],
     reference: list[Tensor],
 ) -> list[tuple[float, float, bool]]:
-    """A safeguarded root search per vector, all vectors in each batched pass: the next α is
-    ``α · sqrt(budget / KL)`` (exact where KL grows as α², as it does for small α), kept
-    inside the bracket found so far; where it leaves the bracket, the bracket's geometric
-    midpoint (bisection on log α) is taken instead."""
-    n = len(vecs)
-    lo = [0.0] * n  # KL(lo) < budget (α = 0 gives KL 0)
-    hi: list[float | None] = [None] * n  # KL(hi) >= budget, once found
-    best = [(start, math.inf)] * n  # (α, |KL - budget|) closest so far
-    kl_at = [0.0] * n
-    alpha = [start] * n
+    """``_root_search`` with each step's KL measured on the model, every vector still
+    searching in the same batched pass."""
+
+    def kl_at(rows: list[int], alphas: list[float]) -> list[float]:
+        return _mean_kl(model, ids, [vecs[i] for i in rows], alphas, batch_size, engine, reference)
+
+    return _root_search(
+        kl_at,
+        len(vecs),
+        budget,
+        start=start,
+        max_alpha=max_alpha,
+        iterations=iterations,
+        rtol=rtol,
+    )
+
+
+_StepObserver = Callable[[int, float, float, float, "float | None"], None]
+"""``(row, α probed, its KL, lo, hi)``, called after each probe has updated the bracket."""
+
+
+def _root_search(
+    kl_at: Callable[[list[int], list[float]], Sequence[float]],
+    n: int,
+    budget: float,
+    *,
+    start: float,
+    max_alpha: float,
+    iterations: int,
+    rtol: float,
+    on_step: _StepObserver | None = None,
+) -> list[tuple[float, float, bool]]:
+    """A safeguarded root search of ``KL(α) = budget`` for ``n`` rows at once; ``kl_at(rows,
+    alphas)`` gives each listed row's KL at its α (one batched pass). Returns per row
+    ``(α, KL(α), reached)``: the probed α whose KL came closest to the budget, and whether
+    that KL is within ``rtol`` of it.
+
+    Per row a bracket ``lo < hi`` with ``KL(lo) < budget <= KL(hi)`` (``lo = 0``: KL 0; ``hi``
+    unknown until a probe reaches the budget). Every probe lies strictly inside it, so it
+    replaces the end of its own side and the bracket keeps a sign change and ``lo < hi``
+    whether or not KL is monotone (a probe that contradicts monotonicity just moves the end
+    it agrees with). The next probe is ``α · sqrt(budget / KL)`` (exact where KL grows as
+    α², as it does for small α), grown up to ``max_alpha`` while there is no ``hi``; once
+    there is, it is kept only when strictly inside the bracket and when the last step halved
+    the bracket's log-width, else the geometric midpoint is probed (bisection on log α, so
+    the search converges even where the steps do not). A row stops when its KL is within
+    ``rtol``, at ``max_alpha`` still below the budget (not reachable), when its bracket
+    cannot be split any further in floating point, or after ``iterations`` probes.
+    A non-finite KL counts as above the budget."""
+    lo = [0.0] * n
+    hi: list[float | None] = [None] * n
+    best: list[tuple[float, float] | None] = [None] * n  # (α, KL) closest to the budget
+    alpha = [float(start)] * n
     done = [False] * n
+    width: list[float] = [math.inf] * n  # log(hi / lo) before the last probe
+
+    def gap(kl: float) -> float:
+        return abs(kl - budget) if math.isfinite(kl) else math.inf
+
     for _ in range(iterations):
         active = [i for i in range(n) if not done[i]]
         if not active:
             break
-        kls = _mean_kl(
-            model,
-            ids,
-            [vecs[i] for i in active],
-            [alpha[i] for i in active],
-            batch_size,
-            engine,
-            reference,
-        )
+        kls = kl_at(active, [alpha[i] for i in active])
         for i, kl in zip(active, kls, strict=True):
-            a = alpha[i]
-            if abs(kl - budget) < best[i][1]:
-                best[i], kl_at[i] = (a, abs(kl - budget)), kl
-            if abs(kl - budget) <= rtol * budget:
+            a, kl = alpha[i], float(kl)
+            b = best[i]
+            if b is None or gap(kl) <= gap(b[1]):  # a tie: the later probe
+                best[i] = (a, kl)
+            if gap(kl) <= rtol * budget:
                 done[i] = True
-                continue
-            if kl < budget:
+            elif math.isfinite(kl) and kl < budget:
                 lo[i] = a
                 if a >= max_alpha:
-                    done[i] = True  # not reached within max_alpha
-                    continue
+                    done[i] = True  # not reachable within max_alpha
             else:
                 hi[i] = a
-            step = a * math.sqrt(budget / kl) if kl > 0 else 2 * a
+            if on_step is not None:
+                on_step(i, a, kl, lo[i], hi[i])
+            if done[i]:
+                continue
+            nxt = _next_alpha(a, kl, budget, lo[i], hi[i], max_alpha, width[i])
             h = hi[i]
-            inside = lo[i] < step and (h is None or step < h)
-            if h is None:
-                alpha[i] = min(step if inside else 2 * a, max_alpha)
+            width[i] = math.log(h / lo[i]) if h is not None and lo[i] > 0 else math.inf
+            if nxt is None:
+                done[i] = True  # the bracket cannot be split any further
             else:
-                alpha[i] = step if inside else (math.sqrt(lo[i] * h) if lo[i] > 0 else h / 2)
-    return [(best[i][0], kl_at[i], abs(kl_at[i] - budget) <= rtol * budget) for i in range(n)]
+                alpha[i] = nxt
+    out = []
+    for i in range(n):
+        a, kl = best[i] or (alpha[i], math.nan)
+        out.append((a, kl, gap(kl) <= rtol * budget))
+    return out
+
+
+def _next_alpha(
+    a: float,
+    kl: float,
+    budget: float,
+    lo: float,
+    hi: float | None,
+    max_alpha: float,
+    last_width: float,
+) -> float | None:
+    """The next probe, strictly inside ``(lo, hi)`` (``hi`` None: up to ``max_alpha``), or None
+    where the bracket has no float strictly inside it."""
+    step = a * math.sqrt(budget / kl) if math.isfinite(kl) and kl > 0 else math.nan
+    if hi is None:  # still growing: KL(a) < budget, so the step goes up
+        nxt = step if step > a else 2 * a
+        nxt = min(nxt, max_alpha)
+        return nxt if nxt > lo else None
+    width = math.log(hi / lo) if lo > 0 else math.inf
+    shrank = math.isinf(last_width) or width <= 0.5 * last_width
+    midpoint = math.sqrt(lo * hi) if lo > 0 else hi / 2
+    nxt = step if shrank and lo < step < hi else midpoint
+    return nxt if lo < nxt < hi else None

@@ -4,8 +4,10 @@ A sweep is a list of ``Cell`` s. ``plan`` cuts them into batches in one fixed or
 batch share a gate; their vectors and α differ row by row, so 48 users x several α run as one
 batched job). Each finished batch is written to ``OUT/parts/<batch>.jsonl`` with one atomic
 rename: a run killed at any point loses at most the batch in flight, and a rerun skips every
-batch already on disk — no lost rows, no duplicated rows. Batch names hash their cells and the
-generation settings, so a changed grid or setting never reuses stale parts.
+batch already on disk — no lost rows, no duplicated rows. Batch names hash their cells, the
+generation settings and a fingerprint of everything else a row depends on (model, vectors, the
+measure's code version and parameters, its ground truth, the decoding engine, the steerlens
+version: ``sweep_salt``), so a changed grid, setting or measure never reuses stale parts.
 
 ``accelerate launch -m steerlens.sweep CONFIG`` gives batch ``b`` to process ``b mod N`` (data
 parallel, one model per process/GPU); rank 0 gathers the parts into one ``OUT/cells.parquet``.
@@ -32,8 +34,14 @@ from steerlens.experiments.sweep.job import (
     run_config,
     script_arguments,
 )
-from steerlens.experiments.sweep.measures import Measure, standard_measures
-from steerlens.experiments.sweep.runner import gather, run_sweep, sweep_salt
+from steerlens.experiments.sweep.measures import (
+    MEASURE_VERSION,
+    Measure,
+    StandardMeasures,
+    measure_fingerprint,
+    standard_measures,
+)
+from steerlens.experiments.sweep.runner import engine_name, gather, run_sweep, sweep_salt
 from steerlens.experiments.sweep.vectors import (
     build_vectors,
     calibrate_table,
@@ -44,20 +52,24 @@ from steerlens.experiments.sweep.vectors import (
 __all__ = [
     "BASELINE",
     "DOSE_ALPHAS",
+    "MEASURE_VERSION",
     "Cell",
     "GenerationSettings",
     "Measure",
+    "StandardMeasures",
     "SweepConfig",
     "SweepPrompt",
     "VectorTable",
     "build_vectors",
     "calibrate_table",
     "dose_sweep_config",
+    "engine_name",
     "gather",
     "held_out_prompts",
     "load_vectors",
     "main",
     "make_grid",
+    "measure_fingerprint",
     "plan",
     "run_config",
     "run_sweep",

@@ -269,6 +269,7 @@ def run_config(cfg: SweepConfig, *, progress_bar: bool = True) -> pd.DataFrame |
         calibrated = lambda m, u, b: table[(m, u, b)]  # noqa: E731
     cells = make_grid(prompts, list(vectors), cfg.alphas, cfg.gates, calibrated=calibrated)
     measure = standard_measures(ds.ground_truth, batch_size=cfg.batch_size)
+    salt = sweep_salt(model, vectors, measure)  # before the run: as run_sweep names its parts
     frame = run_sweep(
         model,
         cells,
@@ -286,7 +287,7 @@ def run_config(cfg: SweepConfig, *, progress_bar: bool = True) -> pd.DataFrame |
     dist.barrier()
     if dist.rank != 0:
         return None
-    return gather(out, cells, cfg.settings, sweep_salt(model, vectors))
+    return gather(out, cells, cfg.settings, salt)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -27,16 +27,54 @@ from steerlens.experiments.sweep.grid import (
     VectorTable,
     plan,
 )
-from steerlens.experiments.sweep.measures import Measure, standard_measures
+from steerlens.experiments.sweep.measures import Measure, measure_fingerprint, standard_measures
 from steerlens.run.generation import Generation, generate
 
 logger = logging.getLogger(__name__)
 
 
-def sweep_salt(model: HookedModel, vectors: VectorTable) -> str:
-    """A digest of what the cells' generations depend on beyond their keys and settings: the
-    model (name, class, dtype, a sample of its weights) and every vector's values. Batch
-    names include it, so a rerun with another model or other vectors never reuses old parts."""
+def engine_name(model: HookedModel, vectors: VectorTable) -> str:
+    """The engine the sweep's generations run on: they ask for ``engine="auto"``, resolved here
+    as ``generate`` resolves it for each hook point the batches use (the vectors' and, for
+    unsteered batches, the residual stream's): ``"tl"`` where the fast path cannot run,
+    ``"compiled"`` where ``"auto"`` compiles (CUDA), else ``"hf"``. Fallbacks found only
+    while running (the fast path failing to build, the compiled engine refusing a steering
+    vector) are not seen here; they give the same tokens."""
+    from steerlens.core import fastpath
+
+    hooks = {"hook_resid_post"} | {
+        v.hook
+        for e in vectors.values()
+        for v in ([e] if isinstance(e, SteeringVector) else e.values())
+    }
+    picked = []
+    for hook in sorted(hooks):
+        if fastpath.fast_path_blocker(model, hook) is not None:
+            picked.append(f"{hook}=tl")
+        else:
+            picked.append(f"{hook}={'compiled' if fastpath.auto_compiles(model) else 'hf'}")
+    return "auto:" + ",".join(picked)
+
+
+def package_version() -> str:
+    """steerlens' version (read at call time)."""
+    from steerlens.core import _version
+
+    return str(_version.__version__)
+
+
+def sweep_salt(model: HookedModel, vectors: VectorTable, measure: Measure | None = None) -> str:
+    """A digest of what the cells' rows depend on beyond their keys and settings. Batch names
+    include it, so a rerun where any of it changed never reuses old parts:
+
+    * the model (name, class, dtype, a sample of its weights) and every vector's values;
+    * the measure's fingerprint (``measure_fingerprint``: its code version and parameters,
+      the ground truth it scores against); ``None`` stands for ``run_sweep``'s default
+      measure, ``standard_measures()`` (its ``chat`` comes from the settings, named apart);
+    * the decoding engine (``engine_name``) and the steerlens version.
+
+    ``gather`` after a sharded run needs the salt ``run_sweep`` named its parts with: this,
+    with the same measure, computed before the run (as ``run_config`` does)."""
     h = hashlib.sha1(usedforsecurity=False)
     param = next(model.parameters())
     h.update(
@@ -51,6 +89,12 @@ def sweep_salt(model: HookedModel, vectors: VectorTable) -> str:
             h.update(f"{method}|{user}|{vec.hook}".encode())
             for layer in vec.layers:
                 h.update(vec.directions[layer].detach().float().cpu().numpy().tobytes())
+    rows = {
+        "measure": measure_fingerprint(standard_measures() if measure is None else measure),
+        "engine": engine_name(model, vectors),
+        "steerlens": package_version(),
+    }
+    h.update(json.dumps(rows, sort_keys=True).encode())
     return h.hexdigest()[:16]
 
 
@@ -163,7 +207,11 @@ def run_sweep(
         prompts: the prompts the cells name (by ``prompt_id``).
         vectors: method -> one vector for everyone, or a dict user -> vector.
         out: the sweep's folder; ``parts/`` holds one file per finished batch.
-        measure: columns to add per row (default ``standard_measures()``).
+        measure: columns to add per row (default ``standard_measures()``). Its fingerprint
+            (``measure_fingerprint``) is part of every batch's name, with the model, the
+            vectors, the decoding engine and the steerlens version (``sweep_salt``): a batch
+            is read back from disk only when all of them are unchanged, else recomputed. A
+            plain function is known by its name only: edits inside it are not detected.
         rank / world: this process and how many share the sweep (batch b runs on b mod world).
 
     Returns:
@@ -178,8 +226,9 @@ def run_sweep(
     _check(cells, table, vectors)
     out = Path(out)
     (out / "parts").mkdir(parents=True, exist_ok=True)
-    measure = measure or standard_measures(batch_size=settings.batch_size, chat=settings.chat)
-    salt = sweep_salt(model, vectors)
+    salt = sweep_salt(model, vectors, measure)  # None: the default, named by the settings
+    if measure is None:
+        measure = standard_measures(batch_size=settings.batch_size, chat=settings.chat)
     batches = plan(cells, settings, salt)
     mine = [b for i, b in enumerate(batches) if i % world == rank]
     todo = [(bid, cs) for bid, cs in mine if not _part(out, bid).exists()]
@@ -205,7 +254,8 @@ def gather(
     salt: str = "",
 ) -> pd.DataFrame:
     """Read every batch's part in plan order into one tidy DataFrame, check it holds each cell
-    exactly once, and write it to ``out/cells.parquet`` (atomically)."""
+    exactly once, and write it to ``out/cells.parquet`` (atomically). ``salt`` is the one
+    ``run_sweep`` named the parts with: ``sweep_salt(model, vectors, measure)``."""
     out = Path(out)
     batches = plan(cells, settings or GenerationSettings(), salt)
     missing = [bid for bid, _ in batches if not _part(out, bid).exists()]

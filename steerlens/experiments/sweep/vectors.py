@@ -3,17 +3,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from steerlens.core.models import HookedModel
+from steerlens.core.tokens import tokenize
 from steerlens.core.vectors import SteeringVector
 from steerlens.experiments.sweep.grid import VectorTable
 from steerlens.methods import registry
 from steerlens.methods.personal import pair_activations, population
 from steerlens.methods.registry import MethodOptions
-from steerlens.run.divergence import calibrate_alpha, reference_logprobs
+from steerlens.run.divergence import (
+    calibrate_alpha,
+    calibration_key,
+    reference_logprobs,
+    texts_key,
+)
 
 
 def build_vectors(
@@ -48,37 +54,52 @@ def calibrate_table(
     texts: Sequence[str],
     *,
     batch_size: int = 16,
-) -> dict[tuple[str, str, float], float]:
+    starts: Mapping[float, float] | None = None,
+) -> CalibrationTable:
     """``(method, user, budget) -> α`` for every vector and nonzero KL budget: the α whose mean
     per-token KL on ``texts`` meets the budget (``calibrate_alpha``, all of a method's users in
-    the same batched passes, every method's too; cached in each vector's metadata). A method with one vector for
-    everyone is keyed by user ``"*"``; look-ups for any user fall back to it."""
+    the same batched passes, every method's too; cached in each vector's metadata). A method
+    with one vector for everyone is keyed by user ``"*"``; look-ups for any user fall back to
+    it. ``starts``: per budget, the α its search starts from (e.g. the α the budget was read
+    at: vectors rescaled to a common norm land near it), else 1. The table's ``found`` holds
+    each search's ``{"alpha", "kl", "reached", ...}``."""
     keys = [
         (method, user, vec)
         for method, entry in vectors.items()
         for user, vec in ({"*": entry} if isinstance(entry, SteeringVector) else entry).items()
     ]
-    out: dict[tuple[str, str, float], float] = {}
+    out = CalibrationTable()
     reference = None  # the texts' unsteered pass, once for every budget
+    fingerprint = texts_key(tokenize(model, list(texts)))
     for b in budgets:  # every method's vectors in the same batched passes
         if float(b) == 0.0:
             continue
         if reference is None:
             reference = reference_logprobs(model, texts, batch_size=batch_size)
+        start = float((starts or {}).get(float(b), 1.0))
         alphas = calibrate_alpha(
             model,
             [v for _, _, v in keys],
             texts,
             float(b),
+            start=start,
             batch_size=batch_size,
             reference=reference,
         )
-        out.update({(m, u, float(b)): a for (m, u, _), a in zip(keys, alphas, strict=True)})
-    return CalibrationTable(out)
+        key = calibration_key(float(b), fingerprint, start=start)
+        for (m, u, vec), a in zip(keys, alphas, strict=True):
+            out[(m, u, float(b))] = a
+            out.found[(m, u, float(b))] = dict(vec.metadata["kl_alpha"][key])
+    return out
 
 
 class CalibrationTable(dict):  # type: ignore[type-arg]
-    """Look-ups of (method, user, budget) fall back to (method, "*", budget)."""
+    """Look-ups of (method, user, budget) fall back to (method, "*", budget); ``found`` holds
+    each search's result (``{"alpha", "kl", "reached", "n_texts"}``) under the same keys."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.found: dict[tuple[str, str, float], dict[str, Any]] = {}
 
     def __missing__(self, key: tuple[str, str, float]) -> float:
         m, _, b = key

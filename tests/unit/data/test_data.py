@@ -316,7 +316,14 @@ def test_simulator_is_deterministic_on_tiny_model(tmp_path):
 def test_mmlu_bundled_and_subsample(tmp_path):
     items = sl.data.load_mmlu()
     assert len({it.subject for it in items}) == 57
-    assert all(0 <= it.answer < 4 and len(it.choices) == 4 for it in items)
+    # the 14,042 test questions (the file's two header-like rows left out), with the file's
+    # letters: 3222 A, 3462 B, 3582 C, 3776 D; the first row's answer is D
+    assert len(items) == 14042
+    assert [sum(it.answer == k for it in items) for k in range(4)] == [3222, 3462, 3582, 3776]
+    assert (items[0].answer_letter, items[0].choices[items[0].answer]) == (
+        "D",
+        "Not wrong, Not wrong",
+    )
     a = sl.data.load_mmlu(n=114, seed=1)
     assert a == sl.data.load_mmlu(n=114, seed=1) and a != sl.data.load_mmlu(n=114, seed=2)
     counts = {}

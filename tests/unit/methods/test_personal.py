@@ -122,5 +122,9 @@ def test_table_round_trip_and_errors(tiny, tmp_path):
     bt = bradley_terry(pa, rank=2)
     user_vec = bt.user_vector("u1")
     user_vec.validate(tiny)
-    with torch.no_grad(), sl.steering(tiny, user_vec, alpha=2.0):
-        pass
+    ids = sl.tokens.tokenize(tiny, ["hi"])[0][None].to(tiny.cfg.device)
+    with torch.no_grad():
+        plain = tiny(ids)
+        with sl.steering(tiny, user_vec, alpha=2.0):
+            steered = tiny(ids)
+    assert user_vec.layers == [1, 2] and float((steered - plain).abs().max()) > 1e-3

@@ -19,7 +19,7 @@ def test_every_entry_point_reads_the_registry_defaults():
     opts = MethodOptions()
     for cfg in (SweepConfig(), PersonalizationConfig()):
         assert (cfg.rank, cfg.C, cfg.shrink) == (opts.rank, opts.C, opts.shrink)
-    assert set(DemoConfig().methods) <= set(METHODS)
+    assert DemoConfig().methods == list(METHODS)  # the demo compares every registered method
     assert SweepConfig(methods=list(METHODS)).methods == list(METHODS)
 
 
@@ -66,7 +66,8 @@ def test_adding_a_method_is_one_function_and_one_line(monkeypatch, tiny_bridge):
     extra = registry.Method("negated-population", "population (negated)", False, _negated)
     monkeypatch.setitem(METHODS, extra.name, extra)
     assert SweepConfig(methods=["negated-population"]).methods == ["negated-population"]
-    assert DemoConfig(methods=["population", "negated-population"])
+    both = ["population", "negated-population"]
+    assert DemoConfig(methods=both).methods == both
     assert method_label("negated-population") == "population (negated)"
     cfg = PersonalizationConfig(
         layers=[2, 3], methods=["population", "bt", "negated-population"], max_users=3, n_boot=50

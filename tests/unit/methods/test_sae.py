@@ -32,8 +32,9 @@ def test_encode_shapes_and_mean_feature_difference():
     sae = HandSAE()
     pos = _acts([[2.0, 0, 1.0, 0], [2.0, 0, 1.0, 0]])
     neg = _acts([[0, 0, 0, 0], [0, 0, 0, 0]])
-    assert sae.encode(pos).shape == (2, 6)
     vec, feats = sae_vector(sae, pos, neg, layer=3, top_k=2, max_density=1.0)
+    # feature 5 fires on every token: a density of exactly 1 is not above max_density 1
+    assert feats.dense == [] and feats.template == []
     # feature 0 (diff 2), feature 4 (reads dim 0, bias -0.5: diff 1.5), feature 2 (diff 1)
     assert feats.indices == [0, 4] and feats.weights == pytest.approx([2.0, 1.5])
     expected = 2.0 * sae.W_dec[0] + 1.5 * sae.W_dec[4]

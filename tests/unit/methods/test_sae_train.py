@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 import steerlens as sl
@@ -17,11 +18,28 @@ def test_train_save_reload_and_steer(tmp_path):
     acts = token_activations(model, texts, layer=2, progress_bar=False)
     assert acts.shape[1] == model.cfg.d_model and len(acts) > 1000
     sae, report = train_sae(acts, layer=2, d_sae=128, k=16, steps=200, batch_size=64, lr=3e-3)
-    assert report.l0 <= 16 + 1e-6 and 0 <= report.dead_share <= 1
+    # the report's numbers, recomputed on the held-out tokens (the seeded 10 % train_sae keeps
+    # out): dead latents fire on none of them, L0 counts active latents per token
+    n_eval = int(0.1 * len(acts))
+    assert (report.n_eval_tokens, report.n_train_tokens) == (n_eval, len(acts) - n_eval)
+    held = acts[torch.randperm(len(acts), generator=torch.Generator().manual_seed(0))[:n_eval]]
+    with torch.no_grad():
+        feats = sae.encode(held)
+        rec = sae.decode(feats)
+    fired = feats > 0
+    assert report.dead_share == pytest.approx(float((fired.sum(0) == 0).float().mean()))
+    assert report.l0 == pytest.approx(float(fired.sum(1).float().mean())) and report.l0 <= 16
+    sse, sst = ((rec - held) ** 2).sum(), ((held - held.mean(0)) ** 2).sum()
+    assert report.explained_variance == pytest.approx(float(1 - sse / sst), rel=1e-4)
     assert report.explained_variance > 0.5  # far better than nothing (0) on held-out tokens
     folder = save_sae(sae, report, tmp_path / "sae")
     assert json.loads((folder / "steerlens_report.json").read_text())["k"] == 16
     loaded = load_sae(folder)
     torch.testing.assert_close(loaded.encode(acts[:50]), sae.encode(acts[:50]))
     vec, feats = sae_vector(loaded, acts[:100], acts[100:200], layer=2, max_density=1.0, top_k=5)
-    assert vec.layers == [2] and len(feats.indices) <= 5
+    # the five latents most active on the first 100 tokens relative to the next 100
+    with torch.no_grad():
+        diff = loaded.encode(acts[:100]).mean(0) - loaded.encode(acts[100:200]).mean(0)
+    top = diff.topk(5)
+    assert vec.layers == [2] and feats.indices == top.indices.tolist()
+    assert feats.weights == pytest.approx(top.values.tolist(), rel=1e-5)

@@ -21,8 +21,10 @@ def test_kl_averages_users_within_a_text_then_texts_and_ppl_pools_tokens():
     (row,) = side_effect_table(rows, n_boot=200).to_dict(orient="records")
     assert row["kl"] == pytest.approx((0.2 + 0.5) / 2)  # text 0: mean of its users
     assert row["ppl"] == pytest.approx(math.exp(60.0 / 20))  # all NLL over all tokens
-    assert row["kl_low"] <= row["kl"] <= row["kl_high"]
-    assert row["ppl_low"] <= row["ppl"] <= row["ppl_high"]
+    # two texts: resampled means are 0.2, 0.5 or 0.35; the perplexity of either text alone
+    # or both is exp(3) (every text has NLL 3 per token)
+    assert (row["kl_low"], row["kl_high"]) == pytest.approx((0.2, 0.5))
+    assert row["ppl_low"] == pytest.approx(math.exp(3)) == row["ppl_high"]
     assert (row["n_texts"], row["n_users"]) == (2, 2)
     with pytest.raises(ValueError, match="columns"):
         side_effect_table(rows.drop(columns="nll"))

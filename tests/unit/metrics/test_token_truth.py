@@ -128,6 +128,15 @@ def test_the_operating_point_is_chosen_on_half_the_users_and_scored_on_the_other
             )
     tokens = pd.DataFrame(rows)
     out = score_tokens(tokens, min_recall=0.5)
-    assert out["chosen_on_half"]["precision"] == 1.0  # perfect on a and c
-    assert out["held_out_half"]["precision"] < 1.0  # but b and d are scored: not perfect
-    assert 0 <= out["baseline"]["recall"] <= 1
+    assert out["chosen_on_selection"]["precision"] == 1.0  # perfect on a and c
+    # but b and d are scored: their odd tokens score 0.3, and 2 of those 5 are planted
+    assert out["report"]["precision"]["mean"] == pytest.approx(0.4)
+    assert out["baseline"]["recall"]["mean"] == pytest.approx(0.4)  # p-diff > 0.05: 2 of 5
+    assert out["report"]["precision"]["n"] == 2 and out["report"]["precision"]["interval"] is None
+    assert out["n_select_users"] == out["n_report_users"] == 2
+    # a split column the study wrote wins over the every-other-user default
+    flipped = tokens.assign(split=["report" if u in "ac" else "select" for u in tokens["user"]])
+    out = score_tokens(flipped, min_recall=0.5)
+    # chosen on b and d (at recall >= 0.5 only "everything" qualifies there), scored on a, c
+    assert out["chosen_on_selection"]["recall"] == 1.0
+    assert out["report"]["precision"]["mean"] == pytest.approx(0.5)

@@ -3,6 +3,8 @@ page (and, when Chromium is installed, that it renders offline with no script er
 
 from __future__ import annotations
 
+import itertools
+import math
 import shutil
 import subprocess
 import zlib
@@ -17,16 +19,19 @@ from steerlens.metrics.summaries import dose_response_table, gating_table, selec
 from steerlens.reporting import plots
 from steerlens.reporting.page import write_report
 
+FIVE_USERS = ("u0", "u1", "u2", "u3", "u4")  # MIN_CLUSTERS: enough users for an interval
 
-def _cells() -> pd.DataFrame:
-    """Two prompts (one per category); baseline errors 0.2 / 0.4; utility 1 / 2."""
+
+def _cells(users: tuple[str, ...] = ("u",)) -> pd.DataFrame:
+    """Two prompts (one per category) for each user; baseline errors 0.2 / 0.4; utility 1 / 2."""
     rows = []
-    for pid, cat, err, util in (("p0", "benign", 0.2, 1.0), ("p1", "harmful", 0.4, 2.0)):
+    prompts = (("p0", "benign", 0.2, 1.0), ("p1", "harmful", 0.4, 2.0))
+    for user, (pid, cat, err, util) in itertools.product(users, prompts):
         rows.append(
             dict(
-                key=f"none|{pid}",
+                key=f"none|{user}|{pid}",
                 method="none",
-                user="u",
+                user=user,
                 alpha=0.0,
                 gate="all",
                 prompt_id=pid,
@@ -38,9 +43,9 @@ def _cells() -> pd.DataFrame:
         for a, f in ((1.0, 0.5), (2.0, 1.5)):
             rows.append(
                 dict(
-                    key=f"pop|{a}|{pid}",
+                    key=f"pop|{user}|{a}|{pid}",
                     method="pop",
-                    user="u",
+                    user=user,
                     alpha=a,
                     gate="all",
                     prompt_id=pid,
@@ -52,9 +57,9 @@ def _cells() -> pd.DataFrame:
         for gate, f in (("first:0", 1.0), ("first:4", 0.75), ("prefill", 1.0)):
             rows.append(
                 dict(
-                    key=f"pop|1|{gate}|{pid}",
+                    key=f"pop|{user}|1|{gate}|{pid}",
                     method="pop",
-                    user="u",
+                    user=user,
                     alpha=1.0,
                     gate=gate,
                     prompt_id=pid,
@@ -78,8 +83,17 @@ def test_dose_response_table_is_paired_with_the_unsteered_cells():
     a1 = t[t["alpha"] == 1.0].iloc[0]
     assert a1["mae"] == pytest.approx(0.15)
     assert a1["delta_pct"] == pytest.approx(100 * (0.15 / 0.3 - 1))
-    assert a1["delta_low"] <= a1["delta_pct"] <= a1["delta_high"]
-    assert a1["utility_gain"] == pytest.approx(1.0) and a1["utility_low"] == pytest.approx(1.0)
+    # one user: below MIN_CLUSTERS users the intervals are withheld, not bootstrapped
+    assert a1["n"] == 1 and a1["n_prompts"] == 2
+    assert math.isnan(a1["delta_low"]) and math.isnan(a1["delta_high"])
+    assert a1["utility_gain"] == pytest.approx(1.0) and math.isnan(a1["utility_low"])
+    # five users: every prompt's error halves at α 1 and gains 1 utility, so every paired
+    # resample gives exactly -50 % and +1 (a resample that broke the pairing would not)
+    five = dose_response_table(_cells(FIVE_USERS), n_boot=200)
+    f1 = five[five["alpha"] == 1.0].iloc[0]
+    assert f1["n"] == 5 and f1["delta_pct"] == pytest.approx(-50.0)
+    assert (f1["delta_low"], f1["delta_high"]) == (pytest.approx(-50.0), pytest.approx(-50.0))
+    assert (f1["utility_low"], f1["utility_high"]) == (pytest.approx(1.0), pytest.approx(1.0))
     assert t[t["alpha"] == 2.0].iloc[0]["degenerate_share"] == 1.0
     assert t[t["alpha"] == 0.0].iloc[0]["delta_pct"] == 0.0
     with pytest.raises(ValueError, match="unsteered"):
@@ -337,7 +351,7 @@ def test_readable_tables_put_each_estimate_and_its_interval_in_one_cell():
     assert est(-4.123, -9.0, 1.0, signed=True) == "-4.12 [-9.00, +1.00]"
     assert num(None) == "–" and num(float("nan")) == "–" and num(12) == "12"
     assert num(1234.5) == "1234" or num(1234.5) == "1235"
-    view = dose_view(dose_response_table(_cells(), n_boot=100))
+    view = dose_view(dose_response_table(_cells(FIVE_USERS), n_boot=100))
     assert list(view.columns)[:4] == ["method", "α", "toxicity MAE", "ΔMAE vs unsteered, %"]
     assert all(isinstance(v, str) for v in view.to_numpy().ravel())
     assert "[" in view["toxicity MAE"].iloc[1]

@@ -3,26 +3,39 @@
 from __future__ import annotations
 
 import math
+import random
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import ENGINES, PROMPTS, assert_close_impl, no_hooks_left, on_device
 
 import steerlens as sl
 from steerlens.run import divergence
-from steerlens.run.divergence import calibrate_alpha, steering_divergence
+from steerlens.run.divergence import (
+    calibrate_alpha,
+    calibration_key,
+    steering_divergence,
+    texts_key,
+)
 
 
-def _by_hand(model, text, vector, alpha):
-    """The definition, one text at a time through plain forward calls."""
+def _forward_logprobs(model, text, vector, alpha):
+    """One text through plain forward calls: its steered and unsteered next-token
+    log-probabilities ``[pos, vocab]``, and its token ids."""
     ids = on_device(model, sl.tokens.tokenize(model, [text])[0])[None]
     with torch.no_grad():
-        lq = model(ids).float().log_softmax(-1)[0]
+        unsteered = model(ids).float().log_softmax(-1)[0]
         with sl.steering(model, vector, alpha=alpha):
-            lp = model(ids).float().log_softmax(-1)[0]
-    kl = (lp.exp() * (lp - lq)).sum(-1).mean()
-    nll = -lp[:-1].gather(-1, ids[0, 1:, None]).sum()
-    return float(kl), float(nll), ids.shape[1] - 1
+            steered = model(ids).float().log_softmax(-1)[0]
+    return steered, unsteered, ids[0]
+
+
+def _kl(log_p, log_q):
+    """``KL(p ‖ q)`` per position, averaged over positions, by ``torch.nn.functional.kl_div``
+    (its ``input`` is the log of the second argument of the KL, its ``target`` the first)."""
+    per_position = F.kl_div(log_q, log_p, reduction="none", log_target=True).sum(-1)
+    return float(per_position.mean())
 
 
 @pytest.mark.parametrize("engine", ENGINES)
@@ -30,7 +43,10 @@ def test_divergence_matches_the_definition_row_by_row(tiny, rand_vec, engine):
     alphas = [0.0, 3.0, -6.0]
     got = steering_divergence(tiny, PROMPTS, rand_vec, alphas, batch_size=2, engine=engine)
     for text, a, d in zip(PROMPTS, alphas, got, strict=True):
-        kl, nll, n = _by_hand(tiny, text, rand_vec, a)
+        steered, unsteered, ids = _forward_logprobs(tiny, text, rand_vec, a)
+        kl = _kl(steered, unsteered)
+        nll = float(-steered[:-1].gather(-1, ids[1:, None]).sum())
+        n = ids.shape[0] - 1
         assert d.n_tokens == n
         # KL is a small difference of two float32 implementations (batched fast path vs one
         # TL forward): its tolerance scales with the value, not float32 noise
@@ -39,6 +55,24 @@ def test_divergence_matches_the_definition_row_by_row(tiny, rand_vec, engine):
         assert d.ppl == pytest.approx(math.exp(nll / n), rel=1e-3)
     assert got[0].kl == pytest.approx(0.0, abs=1e-6)  # α = 0 steers nothing
     assert got[1].kl > 1e-3
+    assert no_hooks_left(tiny)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_kl_is_of_the_steered_from_the_unsteered_not_the_reverse(tiny, engine):
+    # pushing the last layer's residual along one token's unembedding makes the steered
+    # distribution much more peaked than the unsteered one: the two directions differ ~2x
+    last = tiny.cfg.n_layers - 1
+    towards = sl.SteeringVector({last: tiny.W_U[:, 7].detach().cpu().clone()}, "tiny-random")
+    alpha = 30.0
+    got = steering_divergence(tiny, PROMPTS, towards, alpha, engine=engine)
+    for text, d in zip(PROMPTS, got, strict=True):
+        steered, unsteered, _ = _forward_logprobs(tiny, text, towards, alpha)
+        documented = _kl(steered, unsteered)  # KL(p_steered ‖ p_unsteered)
+        reverse = _kl(unsteered, steered)  # KL(p_unsteered ‖ p_steered)
+        assert abs(documented - reverse) > 0.1 * max(documented, reverse)
+        assert d.kl == pytest.approx(documented, rel=1e-2)
+        assert d.kl != pytest.approx(reverse, rel=5e-2)
     assert no_hooks_left(tiny)
 
 
@@ -68,6 +102,8 @@ def test_bad_input_is_refused(tiny, rand_vec):
         steering_divergence(tiny, "one string", rand_vec)
     with pytest.raises(ValueError, match="budget"):
         calibrate_alpha(tiny, rand_vec, PROMPTS, 0.0)
+    with pytest.raises(ValueError, match="iterations"):
+        calibrate_alpha(tiny, rand_vec, PROMPTS, 0.1, iterations=0)
     assert no_hooks_left(tiny)
 
 
@@ -87,8 +123,11 @@ def test_calibrated_alpha_meets_the_budget_for_every_vector(tiny, rand_vec, engi
 def test_calibration_is_cached_with_the_vector(tiny, rand_vec, monkeypatch):
     v = sl.SteeringVector(dict(rand_vec.directions), "tiny-random")
     (first,) = calibrate_alpha(tiny, v, PROMPTS, 0.01)
-    (entry,) = v.metadata["kl_alpha"].values()
+    ((key, entry),) = v.metadata["kl_alpha"].items()
+    # a caller finds it from the budget and the texts (defaults: calibrate_alpha's settings)
+    assert key == calibration_key(0.01, texts_key(sl.tokens.tokenize(tiny, PROMPTS)))
     assert entry["alpha"] == first and entry["n_texts"] == len(PROMPTS)
+    assert isinstance(entry["reached"], bool)
     calls = []
     monkeypatch.setattr(divergence, "_mean_kl", lambda *a, **k: calls.append(1) or [0.0])
     assert calibrate_alpha(tiny, v, PROMPTS, 0.01) == [first]
@@ -112,5 +151,111 @@ def test_a_budget_out_of_reach_stops_at_max_alpha(tiny, rand_vec):
     weak = sl.SteeringVector({k: 1e-4 * v for k, v in rand_vec.directions.items()}, "tiny-random")
     (a,) = calibrate_alpha(tiny, weak, PROMPTS, 5.0, max_alpha=8.0)
     assert a == 8.0
-    (entry,) = weak.metadata["kl_alpha"].values()
+    fingerprint = texts_key(sl.tokens.tokenize(tiny, PROMPTS))
+    entry = weak.metadata["kl_alpha"][calibration_key(5.0, fingerprint, max_alpha=8.0)]
     assert entry["reached"] is False and entry["kl"] < 5.0
+    assert entry["alpha"] == 8.0
+
+
+@pytest.mark.parametrize(
+    "changed", [{"rtol": 0.05}, {"max_alpha": 32.0}, {"iterations": 5}, {"start": 2.0}]
+)
+def test_calibration_cache_is_not_reused_across_search_settings(
+    tiny, rand_vec, monkeypatch, changed
+):
+    v = sl.SteeringVector(dict(rand_vec.directions), "tiny-random")
+    calibrate_alpha(tiny, v, PROMPTS, 0.01)
+    calls = []
+    real = divergence._mean_kl
+    monkeypatch.setattr(divergence, "_mean_kl", lambda *a, **k: calls.append(1) or real(*a, **k))
+    calibrate_alpha(tiny, v, PROMPTS, 0.01)
+    assert not calls  # same settings: the cache
+    calibrate_alpha(tiny, v, PROMPTS, 0.01, **changed)
+    assert calls  # another setting: the search runs again
+    assert len(v.metadata["kl_alpha"]) == 2
+
+
+def test_calibration_key_names_every_setting_exactly():
+    key = calibration_key(0.05, "3f2a9c0d1b7e", start=1.0, max_alpha=64.0, iterations=12, rtol=0.02)
+    assert key == "0.05@3f2a9c0d1b7e:start=1.0,max_alpha=64.0,iterations=12,rtol=0.02"
+    assert calibration_key(0.05, "3f2a9c0d1b7e") == key  # calibrate_alpha's defaults
+    assert calibration_key(0.05, "3f2a9c0d1b7e") == key  # deterministic
+    others = [
+        calibration_key(0.0500001, "3f2a9c0d1b7e"),  # not rounded away
+        calibration_key(0.05, "000000000000"),
+        calibration_key(0.05, "3f2a9c0d1b7e", start=2.0),
+        calibration_key(0.05, "3f2a9c0d1b7e", max_alpha=32.0),
+        calibration_key(0.05, "3f2a9c0d1b7e", iterations=5),
+        calibration_key(0.05, "3f2a9c0d1b7e", rtol=0.01),
+    ]
+    assert len({key, *others}) == len(others) + 1
+
+
+def _rise_dip_rise(scale, wiggle, depth):
+    """A KL that is not monotone in α: α² with a multiplicative wave, so it rises, dips,
+    rises again (by up to ``depth``) and crosses most budgets more than once."""
+    return lambda a: scale * a * a * (1 + depth * math.sin(wiggle * a))
+
+
+def _run_search(kls, budget, *, start=1.0, max_alpha=1e3, iterations=40, rtol=0.02):
+    """``_root_search`` on fake KL functions, one per row, checking the bracket at every step."""
+    brackets = [(0.0, None)] * len(kls)
+    steps = []
+
+    def observe(row, a, kl, lo, hi):
+        prev_lo, prev_hi = brackets[row]
+        assert prev_lo < a and (prev_hi is None or a < prev_hi)  # probed inside the bracket
+        assert kl == kls[row](a)
+        assert hi is None or lo < hi  # never inverted, never empty
+        assert lo == 0.0 or kls[row](lo) < budget  # a sign change is kept
+        assert hi is None or kls[row](hi) >= budget
+        assert (lo, hi) in [(a, prev_hi), (prev_lo, a), (prev_lo, prev_hi)]
+        brackets[row] = (lo, hi)
+        steps.append(row)
+
+    out = divergence._root_search(
+        lambda rows, alphas: [kls[r](a) for r, a in zip(rows, alphas, strict=True)],
+        len(kls),
+        budget,
+        start=start,
+        max_alpha=max_alpha,
+        iterations=iterations,
+        rtol=rtol,
+        on_step=observe,
+    )
+    return out, steps
+
+
+def test_search_keeps_lo_below_hi_when_kl_is_not_monotone():
+    rng = random.Random(0)
+    for _ in range(50):
+        kls = [
+            _rise_dip_rise(10 ** rng.uniform(-3, 1), rng.uniform(0.5, 5), rng.uniform(0.3, 0.95))
+            for _ in range(4)
+        ]
+        budget = 10 ** rng.uniform(-2, 1)
+        out, steps = _run_search(kls, budget, start=10 ** rng.uniform(-1, 1))
+        assert steps
+        for f, (a, kl, reached) in zip(kls, out, strict=True):
+            assert reached and kl == f(a)
+            assert kl == pytest.approx(budget, rel=0.02)
+
+
+def test_search_through_a_dip_below_the_budget():
+    # KL rises past the budget by α = 1, dips under it on (1.5, 2.5), rises past it after
+    def kl(a):
+        return a * a if a <= 1 else 1.0 - 0.8 * math.sin(math.pi * (a - 1)) if a < 3 else a - 2
+
+    out, steps = _run_search([kl], 0.5, start=2.0, rtol=0.01)
+    ((a, got, reached),) = out
+    assert reached and got == pytest.approx(0.5, rel=0.01) and got == kl(a)
+    assert len(steps) > 1
+
+
+def test_search_reports_an_unreachable_budget():
+    out, _ = _run_search(
+        [lambda a: a / (1 + a), lambda a: 0.5 + 0.4 * math.sin(a)], 2.0, max_alpha=50.0
+    )
+    (a0, kl0, reached0), (_, kl1, reached1) = out
+    assert not reached0 and not reached1
+    assert a0 == 50.0 and kl0 < 2.0 and kl1 < 2.0

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 from conftest import ENGINES, PROMPTS, assert_close_impl, no_hooks_left
@@ -52,7 +50,13 @@ def test_scoring_gate_differs_from_counting_everything_as_prompt(tiny, rand_vec)
 def test_continuation_logprobs_inputs(tiny):
     lps = sl.continuation_logprobs(tiny, ["q?", "q?"], ["", "ok"])
     assert lps[0].numel() == 0 and lps[1].shape == (2,)
-    assert all(math.isfinite(float(x)) and float(x) <= 0 for x in lps[1])
+    # log p of "ok" after the chat-formatted "q?", read off one full forward pass
+    head = sl.encode_prompts(tiny, ["q?"])[0]
+    tail = sl.tokens.tokenize(tiny, ["ok"], add_special_tokens=False)[0]
+    ids = torch.cat([head, tail]).to(tiny.cfg.device)[None]
+    with torch.no_grad():
+        logp = tiny(ids)[0].float().log_softmax(-1).cpu()
+    assert_close_impl(lps[1], logp[len(head) - 1 : -1].gather(-1, tail[:, None])[:, 0])
     with pytest.raises(ValueError, match="2 prompts but 1 continuations"):
         sl.continuation_logprobs(tiny, ["a", "b"], ["c"])
     with pytest.raises(TypeError, match="not one string"):

@@ -1,0 +1,183 @@
+"""The study's headline as data: ``summary["headline"]`` is a list of claims, each
+``{"claim", "estimate", "interval", "n", "unit", "truth"}``, built from the summary's
+estimates alone. A comparison's words follow its paired interval
+(``steerlens.metrics.stats.direction``): "higher" / "lower" only when the interval excludes
+0, else "no difference detected (n = ...)"; below ``MIN_CLUSTERS`` units there is no
+interval and so no direction. The pages render this list; they never word a finding
+themselves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from steerlens.metrics.stats import direction
+
+__all__ = ["build_headline", "claim"]
+
+_UNITS = {"user": "users", "prompt": "prompts", "text": "texts", "item": "items"}
+
+
+def claim(
+    text: str,
+    entry: Mapping[str, Any] | None,
+    *,
+    truth: str | None = None,
+    compare: tuple[str, str] | None = None,
+) -> dict[str, Any] | None:
+    """One headline entry from a summary estimate ``{"mean", "interval", "n", "unit"}``.
+
+    With ``compare = (higher, lower)`` the estimate is a paired difference and ``text``
+    gets the word its interval allows (``{word}`` in ``text`` is replaced). ``None`` when
+    the estimate is missing."""
+    if not entry or entry.get("mean") is None:
+        return None
+    n, unit = int(entry.get("n") or 0), str(entry.get("unit") or "user")
+    interval = entry.get("interval")
+    if compare is not None:
+        word = direction(
+            interval, n, higher=compare[0], lower=compare[1], unit=_UNITS.get(unit, unit)
+        )
+        text = text.replace("{word}", word)
+    return {
+        "claim": text,
+        "estimate": float(entry["mean"]),
+        "interval": None if interval is None else [float(v) for v in interval],
+        "n": n,
+        "unit": unit,
+        "truth": truth,
+    }
+
+
+def _sel(s: Mapping[str, Any], quantity: str) -> Mapping[str, Any]:
+    return (s.get("selection") or {}).get(quantity) or {}
+
+
+def build_headline(s: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The headline entries the summary supports (a partial run gives fewer)."""
+    out: list[dict[str, Any] | None] = []
+    gt = "simulated ground truth" if s.get("data_is_simulated") else None
+    a = s.get("best_alpha")
+    if a is not None:
+        sel = _sel(s, "operating_alpha")
+        out.append(
+            claim(
+                f"Toxicity MAE with the population vector at α = {float(a):g} (chosen on "
+                f"{sel.get('n_select', '?')} selection prompts) vs unsteered, % change paired "
+                f"by prompt on {sel.get('n_report', '?')} disjoint report prompts: {{word}}",
+                s.get("mae_change_pct_best"),
+                compare=("higher (worse)", "lower (better)"),
+            )
+        )
+    for key, name in (
+        ("ppa_personalized_minus_population", s.get("ppa_personalized_method", "personalised")),
+        ("ppa_bradley_terry_minus_population", "Bradley-Terry"),
+    ):
+        out.append(
+            claim(
+                f"Preference accuracy by projection on held-out pairs, {name} minus population "
+                "(paired by user): {word}",
+                s.get(key),
+                truth="held-out choices",
+                compare=("higher", "lower"),
+            )
+        )
+    out.append(
+        claim(
+            "Oracle (the simulated users' own weights) minus personalised PPA, paired by user: "
+            "the oracle is {word}",
+            s.get("ppa_oracle_minus_personalized"),
+            truth=gt,
+            compare=("higher", "lower"),
+        )
+    )
+    util = s.get("utility_gain_all") or {}
+    if a is not None and util:
+        for m, entry in util.items():
+            what = m if "−" in m else f"{m} minus unsteered"
+            out.append(
+                claim(
+                    f"Ground-truth utility gain at α = {float(a):g}, {what}, on the report "
+                    f"prompts ({len(util)} comparisons): {{word}}",
+                    entry,
+                    truth=gt,
+                    compare=("higher", "lower"),
+                )
+            )
+    kl = (s.get("kl_neutral") or {}).get("population", {})
+    if a is not None and kl.get(f"{float(a):g}"):
+        out.append(
+            claim(
+                f"Side effect of the population vector at α = {float(a):g}: mean per-token KL "
+                "from the unsteered model on neutral text (nats)",
+                kl[f"{float(a):g}"],
+            )
+        )
+    upk = (s.get("utility_per_kl") or {}).get("minus_population") or {}
+    if upk:
+        budget = max({b for row in upk.values() for b in row}, key=float)
+        for m, row in upk.items():
+            out.append(
+                claim(
+                    f"At equal side effect (each user's α calibrated to {budget} nats/token), "
+                    f"utility gain of {m} minus the population vector's, paired by prompt "
+                    f"({len(upk)} methods compared, unreached users excluded): {{word}}",
+                    row.get(budget),
+                    truth=gt,
+                    compare=("higher", "lower"),
+                )
+            )
+    held = s.get("kl_heldout") or {}
+    for m, row in held.items():
+        if row:
+            budget = max(row, key=float)
+            e = row[budget]
+            out.append(
+                claim(
+                    f"KL on held-out neutral text of {m} calibrated to {budget} nats/token on "
+                    f"other texts (ratio to the budget {e.get('ratio_to_budget')})",
+                    e,
+                )
+            )
+    for truth in ("planted", "completed"):
+        sfx = "" if truth == "completed" else "_planted"
+        for what in ("precision", "recall"):
+            out.append(
+                claim(
+                    f"SteerX token selection (reconstructed; {s.get('token_estimator')}, chosen "
+                    f"on the selection side) {what} against the {truth} preference tokens, on "
+                    f"{s.get('token_effects_report_targets', '?')} report-side target "
+                    "responses" + (" (a smoke run)" if s.get("token_effects_smoke_run") else ""),
+                    s.get(f"token_{what}{sfx}"),
+                    truth=truth,
+                )
+            )
+    for b, e in (s.get("steerx_minus_allhistory_ppa") or {}).items():
+        out.append(
+            claim(
+                f"SteerX (reconstructed) minus all-history PPA by projection, {b} backbone, "
+                "paired by user: {word}",
+                e,
+                truth="held-out choices",
+                compare=("higher", "lower"),
+            )
+        )
+    out.append(
+        claim(
+            "SteerX-selected tokens minus all tokens on the pair-based backbone, PPA by "
+            "projection, paired by user: {word}",
+            s.get("steerx_pair_minus_all_ppa"),
+            truth="held-out choices",
+            compare=("higher", "lower"),
+        )
+    )
+    out.append(
+        claim(
+            f"Zero-shot MMLU ({s.get('mmlu_items')} items), steered minus unsteered, paired by "
+            "item: {word}",
+            s.get("mmlu_steered_minus_unsteered"),
+            compare=("higher", "lower"),
+        )
+    )
+    return [c for c in out if c is not None]

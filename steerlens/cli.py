@@ -29,6 +29,12 @@ BackendOpt = Annotated[
 ]
 
 
+def _mean(s: dict, key: str) -> str:  # type: ignore[type-arg]
+    """A summary estimate's mean to 3 decimals ("–" where the step did not run)."""
+    v = (s.get(key) or {}).get("mean")
+    return "–" if v is None else f"{v:.3f}"
+
+
 def parse_gate(text: str):  # type: ignore[no-untyped-def]
     """``all``, ``prefill``, ``generated`` or ``first:K`` (prompt + first K generated tokens)."""
     from steerlens.core.hooks import parse_gate as _parse
@@ -183,10 +189,10 @@ def demo(
         )
     console.print(table)
     console.print(
-        f"operating α {s['best_alpha']:g}; PPA personalised {s['ppa_personalized']['mean']:.3f}, "
-        f"population {s['ppa_population']['mean']:.3f}, "
-        f"toxicity-only {s['ppa_toxicity_only']['mean']:.3f}; "
-        f"MMLU {s['mmlu_unsteered']['mean']:.3f} -> {s['mmlu_steered']['mean']:.3f}"
+        f"operating α {s['best_alpha']:g}; PPA personalised {_mean(s, 'ppa_personalized')}, "
+        f"population {_mean(s, 'ppa_population')}, "
+        f"toxicity-only {_mean(s, 'ppa_toxicity_only')}; "
+        f"MMLU {_mean(s, 'mmlu_unsteered')} -> {_mean(s, 'mmlu_steered')}"
     )
     if s.get("steerx_ppa"):
         console.print(

@@ -16,10 +16,12 @@ Steps (``STEPS``):
    ground-truth utility;
 3. ``side_effects``: on neutral held-out text (MMLU question stems not among the scored MMLU
    items), the per-token KL of the steered from the unsteered next-token distribution and
-   the text's perplexity, per method and α (one batched pass per α, every user's vector a row);
+   the text's perplexity, per method and α (one batched pass per α, the vectors of the first
+   ``side_effect_users`` users a row each);
 4. ``calibrated``: the same sweep with each user's α calibrated to a KL budget (the
-   population vector's KL at each α of the grid), so methods and users are compared at equal
-   side effect rather than at equal norm;
+   population vector's KL at ``kl_alphas`` on calibration texts), so methods and users are
+   compared at equal side effect rather than at equal norm; the KL each calibrated vector
+   reaches is reported on held-out neutral texts;
 5. ``gating`` at the operating α on the report prompts;
 6. ``mmlu``: zero-shot MMLU unsteered and steered at the operating α;
 7. ``token_effects``: SteerX's token effects scored against the simulated set's planted truth
@@ -143,10 +145,18 @@ class DemoConfig:
     max_steer_pairs: int = 96
     mmlu_items: int = 200
     neutral_texts: int = 32  # side effects: neutral held-out texts (MMLU stems)
-    kl_texts: int = 8  # of which the KL calibration uses the first few
+    kl_texts: int = 8  # of which the KL calibration uses the first few, the next as many report
+    # side effects at fixed α: every user's vector is a row per text and α, so a few users per
+    # personal method (the first, sorted) estimate each method's mean KL (units: texts)
+    side_effect_users: int | None = 8
+    # KL budgets: the population vector's KL at these α of the grid
+    kl_alphas: list[float] = field(default_factory=lambda: [0.5, 1.0])
     max_new_tokens: int = 48
     cells_per_batch: int = 64
-    token_effects: TokenEffectsConfig = field(default_factory=TokenEffectsConfig)
+    # two targets per user: 48 users give ~48 targets a side, intervals over 24 users a side
+    token_effects: TokenEffectsConfig = field(
+        default_factory=lambda: TokenEffectsConfig(targets_per_user=2)
+    )
     steerx: bool = True
     steerx_users_per_group: int = 2
     steerx_backbones: list[str] = field(default_factory=lambda: list(BACKBONES))
@@ -164,7 +174,7 @@ class DemoConfig:
             self.neutral_texts, self.kl_texts = 8, 4
             self.token_effects = TokenEffectsConfig(
                 targets_per_user=2,
-                max_users=10,  # 5 report-side users: the fewest an interval is given for
+                max_users=10,  # 5 users a side (the fewest an interval is given for)
                 patch_targets=1,
                 patch_layers=3,
                 history_tokens=12,
@@ -191,8 +201,12 @@ class DemoConfig:
             raise ValueError(f"unknown methods {bad}; use {list(METHODS)}")
         if self.n_prompts < 1 or self.mmlu_items < 1:
             raise ValueError("n_prompts and mmlu_items must be >= 1")
-        if not 1 <= self.kl_texts <= self.neutral_texts:
-            raise ValueError("need 1 <= kl_texts <= neutral_texts")
+        if not 1 <= self.kl_texts < self.neutral_texts:
+            raise ValueError("need 1 <= kl_texts < neutral_texts (the next ones report the KL)")
+        if not self.kl_alphas or any(a not in self.alphas or a <= 0 for a in self.kl_alphas):
+            raise ValueError(f"kl_alphas must be nonzero α of alphas {self.alphas}")
+        if self.side_effect_users is not None and self.side_effect_users < 5:
+            raise ValueError("side_effect_users must be >= 5 (or None: every user)")
         if any(k < 0 for k in self.gating_ks):
             raise ValueError("gating_ks must be >= 0")
 
@@ -311,9 +325,9 @@ def _vectors_step(job: _Job) -> dict[str, Any]:
     ):
         keys[key] = _ppa(study.table, method)
     for key, method in (  # comparisons as paired differences over the same users
-        ("ppa_personalized_minus_population", "dislike-weighted − population"),
+        ("ppa_personalized_minus_population", f"{PERSONAL} − population"),
         ("ppa_bradley_terry_minus_population", "Bradley-Terry − population"),
-        ("ppa_oracle_minus_personalized", "oracle − dislike-weighted"),
+        ("ppa_oracle_minus_personalized", f"oracle − {PERSONAL}"),
     ):
         keys[key] = _ppa(study.table, method, "ppa_projection_paired")
     if cfg.steer_ppa:
@@ -372,7 +386,7 @@ def _dose_step(job: _Job) -> dict[str, Any]:
     chooser.to_csv(results / "dose_response_select.csv", index=False)
     pop_sel = chooser[(chooser["method"] == "population") & (chooser["alpha"] > 0)]
     job.best_alpha = float(pop_sel.loc[pop_sel["mae"].idxmin(), "alpha"])
-    selection = record_selection(
+    record_selection(
         results,
         "operating_alpha",
         split,
@@ -398,16 +412,21 @@ def _dose_step(job: _Job) -> dict[str, Any]:
         "n_report_prompts": len(split.report),
         "n_report_users": len(split.extra["users"]["report"]),
         "best_alpha": job.best_alpha,
-        "operating_alpha": selection,
         "mae_baseline": _reported(base, "mae", "mae_low", "mae_high", "user"),
         "mae_best": _reported(best, "mae", "mae_low", "mae_high", "user"),
         "mae_change_pct_best": _reported(best, "delta_pct", "delta_low", "delta_high", "user"),
-        "ppl_baseline": round(float(base["ppl"]), 4),
-        "ppl_best": round(float(best["ppl"]), 4),
+        # median perplexity of the generations (a level, no interval): n users as the rows
+        "ppl_baseline": {"median": round(float(base["ppl"]), 4), "n": int(base["n"])},
+        "ppl_best": {"median": round(float(best["ppl"]), 4), "n": int(best["n"])},
         "dose_response": table.round(5).to_dict(orient="records"),
         "mae_change_pct_by_category": {
             str(cat): {f"{a:g}": round(float(v), 3) for a, v in row.items()}
             for cat, row in selectivity.iterrows()
+        },
+        # point estimates of a grid (categories x α) of comparisons, on this many prompts each
+        "mae_change_pct_by_category_n": {
+            str(cat): int(part["prompt_id"].nunique())
+            for cat, part in report[report["method"] == BASELINE].groupby("category")
         },
     }
     util = _utility_by_group(job, report) if job.gt is not None else None
@@ -454,9 +473,10 @@ def _neutral(job: _Job) -> list[str]:
 
 
 def _user_vectors(job: _Job) -> list[tuple[str, str, Any]]:
-    """(method, user, vector) for every method and every user of the sweep's prompts; a
-    method with one vector for everyone appears once (user ``"*"``)."""
-    users = sorted({p.user_id for p in job.need("prompts")})
+    """(method, user, vector) for every method and the first ``side_effect_users`` users
+    (sorted) of the sweep's prompts; a method with one vector for everyone appears once
+    (user ``"*"``)."""
+    users = sorted({p.user_id for p in job.need("prompts")})[: job.cfg.side_effect_users]
     rows = []
     for method in job.cfg.methods:
         entry = job.need("vectors")[method]
@@ -532,15 +552,15 @@ def _side_effects_step(job: _Job) -> dict[str, Any]:
 
 def _by_method(table: pd.DataFrame, dose: str, col: str) -> dict[str, Any]:
     """{method: {dose: {"mean", "interval", "n", "unit"}}} of ``col`` with its
-    ``_low``/``_high`` (intervals over texts)."""
+    ``_low``/``_high`` (intervals over users then texts, or texts for one vector)."""
     return {
         str(m): {
             f"{r[dose]:g}": reported(
                 float(r[col]),
                 float(r[f"{col}_low"]),
                 float(r[f"{col}_high"]),
-                int(r["n_texts"]),
-                "text",
+                int(r["n"]),
+                str(r["unit"]),
             )
             for _, r in part.iterrows()
         }
@@ -555,11 +575,14 @@ def _budgets(job: _Job) -> dict[float, float]:
     rows = pd.read_csv(job.results / "side_effects_rows.csv")
     pop = rows[
         (rows["method"] == "population")
-        & (rows["alpha"] > 0)
+        & rows["alpha"].isin(job.cfg.kl_alphas)
         & (rows["text_id"] < job.cfg.kl_texts)
     ]
     kl = pop.groupby("alpha")["kl"].mean()
-    return {float(f"{v:.2g}"): float(a) for a, v in kl.items() if v > 0}
+    out = {float(f"{v:.2g}"): float(a) for a, v in kl.items() if v > 0}
+    if len(out) < int((kl > 0).sum()):
+        logger.warning("two kl_alphas give the same KL budget to 2 digits: %s", kl.to_dict())
+    return out
 
 
 Who = tuple[str, str, float]  # (method, user or "*", KL budget)
@@ -589,7 +612,7 @@ def _calibrated_step(job: _Job) -> dict[str, Any]:
         ),
         budgets,
         criterion="each user's α whose mean per-token KL on the calibration texts meets the "
-        "budget (budgets: the population vector's KL at the grid's α on those texts)",
+        "budget (budgets: the population vector's KL at kl_alphas on those texts)",
     )
     users = {p.user_id for p in job.need("prompts")}  # only the users the sweep steers
     vectors = {
@@ -603,6 +626,9 @@ def _calibrated_step(job: _Job) -> dict[str, Any]:
     found = alphas.found
     unreached = sorted(k for k, got in found.items() if not got.get("reached", True))
     skip = set(unreached)
+
+    def why(k: Who) -> str:  # KL still below the budget at max_alpha, or the search stopped
+        return "out of reach" if found[k].get("kl", 0.0) < k[2] else "not converged"
 
     def kept(c: Any) -> bool:
         if c.method == BASELINE:
@@ -634,16 +660,18 @@ def _calibrated_step(job: _Job) -> dict[str, Any]:
                 {"method": m, "kl_budget": b, "user": u, "alpha": a}
                 for (m, u, b), a in alphas.items()
                 if (m, u, b) not in skip
-            ]
+            ],
+            columns=["method", "kl_budget", "user", "alpha"],
         )
         .groupby(["method", "kl_budget"])["alpha"]
         .agg(alpha_min="min", alpha_max="max")
         .reset_index()
     )
-    table = table.merge(spread, on=["method", "kl_budget"], how="left")
+    if not table.empty:  # (empty when every budget was out of reach)
+        table = table.merge(spread, on=["method", "kl_budget"], how="left")
     table.to_csv(job.results / "calibrated.csv", index=False)
     heldout_rows = _heldout_kl(
-        job, vectors, heldout, {k: a for k, a in alphas.items() if k not in skip}
+        job, vectors, heldout, {k: a for k, a in alphas.items() if k not in skip}, cfg.kl_texts
     )
     heldout_rows.to_csv(job.results / "kl_heldout_rows.csv", index=False)
     keys: dict[str, Any] = {
@@ -656,7 +684,13 @@ def _calibrated_step(job: _Job) -> dict[str, Any]:
             "count": len(unreached),
             "users": sorted({f"{m}:{u}" for m, u, _ in unreached}),
             "entries": [
-                {"method": m, "user": u, "budget": b, "kl_reached": found[(m, u, b)].get("kl")}
+                {
+                    "method": m,
+                    "user": u,
+                    "budget": b,
+                    "kl_reached": found[(m, u, b)].get("kl"),
+                    "reason": why((m, u, b)),
+                }
                 for m, u, b in unreached
             ],
         },
@@ -667,12 +701,13 @@ def _calibrated_step(job: _Job) -> dict[str, Any]:
 
 
 def _heldout_kl(
-    job: _Job, vectors: Any, texts: list[str], alphas: dict[Who, float]
+    job: _Job, vectors: Any, texts: list[str], alphas: dict[Who, float], first_id: int
 ) -> pd.DataFrame:
     """Per (method, user, budget) and held-out text: the KL each calibrated vector reaches
     there (one batched pass per budget, every vector a row; the unsteered pass once)."""
-    if not texts:
-        return pd.DataFrame(columns=["method", "user", "kl_budget", "text_id", "kl"])
+    columns = ["method", "user", "kl_budget", "text_id", "kl"]
+    if not texts or not alphas:
+        return pd.DataFrame(columns=columns)
     bs = job.cfg.run.batch_size
     reference = reference_logprobs(job.model, texts, batch_size=bs)
     rows = []
@@ -689,11 +724,17 @@ def _heldout_kl(
         k = 0
         for m, u in who:
             for i in range(len(texts)):
-                rows.append(
-                    {"method": m, "user": u, "kl_budget": budget, "text_id": i, "kl": got[k].kl}
+                rows.append(  # text ids index the neutral set, as in splits.json
+                    {
+                        "method": m,
+                        "user": u,
+                        "kl_budget": budget,
+                        "text_id": first_id + i,
+                        "kl": got[k].kl,
+                    }
                 )
                 k += 1
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=columns)
 
 
 def _kl_heldout_summary(rows: pd.DataFrame, seed: int) -> dict[str, Any]:
@@ -701,7 +742,7 @@ def _kl_heldout_summary(rows: pd.DataFrame, seed: int) -> dict[str, Any]:
     alone for a one-vector method) and its ratio to the budget."""
     out: dict[str, Any] = {}
     for (m, b), part in rows.groupby(["method", "kl_budget"]):
-        one = part["user"].nunique() == 1
+        one = bool((part["user"] == "*").all())  # one vector for everyone: texts vary
         units = part["text_id"].astype(str) if one else part["user"]
         est = cluster_estimate(part["kl"], units, seed=seed)
         out.setdefault(str(m), {})[f"{b:g}"] = {
@@ -714,11 +755,12 @@ def _kl_heldout_summary(rows: pd.DataFrame, seed: int) -> dict[str, Any]:
 def _utility_per_kl(
     job: _Job, calibrated: pd.DataFrame, cells: pd.DataFrame, heldout: pd.DataFrame
 ) -> dict[str, Any]:
-    """Utility gain per nat of neutral-text KL, per method: at equal KL (the calibrated sweep,
-    divided by the KL its users' α reach on held-out neutral text) and at equal norm (the
-    fixed-α sweep, divided by that α's KL on all neutral texts); and at each budget the
-    difference from the population vector, paired by prompt, bootstrapped over users then
-    prompts. Users whose budget was unreached are not in the calibrated sweep."""
+    """Utility gain per nat of neutral-text KL, per method, on every held-out prompt: at equal
+    KL (the calibrated sweep, divided by the KL its users' α reach on held-out neutral text)
+    and at equal norm (the fixed-α sweep, divided by that α's KL on the neutral texts); and at
+    each budget the difference from the population vector, paired by prompt, bootstrapped
+    over users then prompts. Users whose budget was unreached are not in the calibrated
+    sweep."""
     seed = job.cfg.run.seed
     reached = heldout.groupby(["method", "kl_budget"])["kl"].mean()
     out: dict[str, Any] = {"calibrated": {}, "fixed_alpha": {}, "minus_population": {}}
@@ -743,11 +785,14 @@ def _utility_per_kl(
     for b, part in steered.groupby("kl_budget"):
         gain = part.assign(gain=part["utility"].to_numpy() - base.loc[part["prompt_id"]].to_numpy())
         wide = gain.pivot_table(index=["prompt_id", "user"], columns="method", values="gain")
+        if "population" not in wide:  # the population vector missed this budget
+            continue
         for method in [m for m in wide.columns if m != "population"]:
             diff = (wide[method] - wide["population"]).dropna().reset_index()
             est = cluster_estimate(diff[0], diff["user"], seed=seed)
             out["minus_population"].setdefault(method, {})[f"{float(b):g}"] = est.reported("user")
-    dose = pd.read_csv(job.results / "dose_response.csv")
+    # every held-out prompt, as the calibrated sweep (no α is tuned in either comparison)
+    dose = dose_response_table(job.need("dose"), seed=seed)
     rows = pd.read_csv(job.results / "side_effects_rows.csv")
     side = rows.groupby(["method", "alpha"])["kl"].mean().reset_index()
     both = dose.merge(side, on=["method", "alpha"])

@@ -31,8 +31,8 @@ def claim(
     With ``compare = (higher, lower)`` the estimate is a paired difference and ``text``
     gets the word its interval allows (``{word}`` in ``text`` is replaced). ``None`` when
     the estimate is missing."""
-    if not entry or entry.get("mean") is None:
-        return None
+    if not isinstance(entry, Mapping) or entry.get("mean") is None:
+        return None  # missing, or a plain number of a summary written before estimates had n
     n, unit = int(entry.get("n") or 0), str(entry.get("unit") or "user")
     interval = entry.get("interval")
     if compare is not None:
@@ -47,6 +47,7 @@ def claim(
         "n": n,
         "unit": unit,
         "truth": truth,
+        "paired": compare is not None,
     }
 
 
@@ -85,8 +86,8 @@ def build_headline(s: Mapping[str, Any]) -> list[dict[str, Any]]:
         )
     out.append(
         claim(
-            "Oracle (the simulated users' own weights) minus personalised PPA, paired by user: "
-            "the oracle is {word}",
+            "PPA of the oracle (the simulated users' own weights) minus personalised, paired "
+            "by user: {word}",
             s.get("ppa_oracle_minus_personalized"),
             truth=gt,
             compare=("higher", "lower"),
@@ -117,12 +118,14 @@ def build_headline(s: Mapping[str, Any]) -> list[dict[str, Any]]:
     upk = (s.get("utility_per_kl") or {}).get("minus_population") or {}
     if upk:
         budget = max({b for row in upk.values() for b in row}, key=float)
+        grid = sum(len(row) for row in upk.values())
         for m, row in upk.items():
             out.append(
                 claim(
                     f"At equal side effect (each user's α calibrated to {budget} nats/token), "
                     f"utility gain of {m} minus the population vector's, paired by prompt "
-                    f"({len(upk)} methods compared, unreached users excluded): {{word}}",
+                    f"(the largest budget of {grid} such comparisons; unreached users "
+                    "excluded): {word}",
                     row.get(budget),
                     truth=gt,
                     compare=("higher", "lower"),
@@ -133,10 +136,12 @@ def build_headline(s: Mapping[str, Any]) -> list[dict[str, Any]]:
         if row:
             budget = max(row, key=float)
             e = row[budget]
+            ratio = e.get("ratio_to_budget") if isinstance(e, Mapping) else None
             out.append(
                 claim(
                     f"KL on held-out neutral text of {m} calibrated to {budget} nats/token on "
-                    f"other texts (ratio to the budget {e.get('ratio_to_budget')})",
+                    "other texts"
+                    + (f" ({float(ratio):.2f} × the budget)" if ratio is not None else ""),
                     e,
                 )
             )
@@ -153,6 +158,16 @@ def build_headline(s: Mapping[str, Any]) -> list[dict[str, Any]]:
                     truth=truth,
                 )
             )
+    for what in ("precision", "recall"):
+        out.append(
+            claim(
+                f"SteerX token selection {what} minus NextQuill's (no-history p-difference > "
+                "0.05), completed truth, report side, paired by user: {word}",
+                s.get(f"token_{what}_minus_baseline"),
+                truth="completed",
+                compare=("higher", "lower"),
+            )
+        )
     for b, e in (s.get("steerx_minus_allhistory_ppa") or {}).items():
         out.append(
             claim(

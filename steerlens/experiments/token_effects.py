@@ -16,8 +16,10 @@ and integrated gradients).
 
 Writes ``OUT/results/steerx_effects.json`` (the report, with one response's detail matrices
 for the figures), ``steerx_tokens.csv``, ``steerx_pr_curve.csv``, and the summary keys
-``token_precision``, ``token_recall``, ``token_precision_baseline``, ``token_recall_baseline``
-and ``attribution_spearman`` to ``OUT/results/summary.json``. The figures are drawn from
+``token_precision``, ``token_recall``, ``token_precision_baseline``, ``token_recall_baseline``,
+``token_precision_minus_baseline``, ``token_recall_minus_baseline`` (each also ``_planted``),
+the report side's counts and ``attribution_spearman`` to ``OUT/results/summary.json``; the
+split goes to ``OUT/results/splits.json``. The figures are drawn from
 these files by ``steerlens.reporting.study``.
 
 SteerX's body text was not available: this is a reconstruction on the NextQuill estimator.
@@ -104,50 +106,90 @@ def _sides(tokens: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
     return tune, ~tune
 
 
+BASELINE_RULE = ("none · p-diff", 0.05)  # NextQuill's rule: no-history p-difference > 0.05
+
+
 def selection_scores(
-    tokens: pd.DataFrame, estimator: str, threshold: float, *, n_boot: int = 1000, seed: int = 0
+    tokens: pd.DataFrame,
+    estimator: str,
+    threshold: float,
+    *,
+    against: tuple[str, float] | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
 ) -> dict[str, dict[str, Any]]:
     """Precision and recall of ``estimator > threshold`` over ``tokens``, each with a
     two-stage bootstrap (users, then their tokens) and ``n`` users (no interval below
-    ``MIN_CLUSTERS``)."""
+    ``MIN_CLUSTERS``); with ``against`` (another rule), also the paired differences
+    ``precision_minus`` / ``recall_minus`` on the same resamples."""
     truth = tokens["planted"].to_numpy(bool)
-    sel = tokens[estimator].to_numpy(float) > threshold
+    rules = [(estimator, threshold), *([against] if against else [])]
+    sels = [tokens[e].to_numpy(float) > th for e, th in rules]
     units = tokens["user"].astype(str).to_numpy()
     n = len(set(units))
 
-    def ratios(idx: np.ndarray | slice) -> tuple[float, float]:
-        t, s = truth[idx], sel[idx]
-        tp = float((t & s).sum())
-        return (tp / s.sum() if s.sum() else np.nan, tp / t.sum() if t.sum() else np.nan)
+    def ratios(idx: np.ndarray | slice) -> list[float]:
+        t = truth[idx]
+        out = []
+        for sel in sels:
+            s_, tp = sel[idx], float((t & sel[idx]).sum())
+            out += [tp / s_.sum() if s_.sum() else np.nan, tp / t.sum() if t.sum() else np.nan]
+        if against:
+            out += [out[0] - out[2], out[1] - out[3]]
+        return out
 
     point = ratios(slice(None))
     boots = np.array([ratios(i) for i in cluster_resamples(units, n_boot=n_boot, seed=seed)])
-    out = {}
-    for j, name in enumerate(("precision", "recall")):
+    names = ["precision", "recall"] + (
+        ["baseline_precision", "baseline_recall", "precision_minus", "recall_minus"]
+        if against
+        else []
+    )
+    out: dict[str, dict[str, Any]] = {}
+    for j, name in enumerate(names):
         b = boots[:, j][np.isfinite(boots[:, j])] if boots.size else np.zeros(0)
         lo, hi = (np.percentile(b, 2.5), np.percentile(b, 97.5)) if b.size else (np.nan, np.nan)
         out[name] = reported(point[j], float(lo), float(hi), n, "user")
-    out["selected"] = {"mean": round(float(sel.mean()), 5) if sel.size else None, "n": n}
+    out["selected"] = {"mean": round(float(sels[0].mean()), 5) if truth.size else None, "n": n}
     return out
 
 
-def score_tokens(tokens: pd.DataFrame, min_recall: float = 0.5, *, seed: int = 0) -> dict[str, Any]:
-    """PR curves; the estimator and threshold chosen on the selection side and scored on the
-    disjoint report side (``_sides``), so the reported numbers are not picked on the tokens
-    they report; the baseline (no history, p-diff > 0.05) scored on the same report side. The
-    per-attribute recall and per-group curves are of the report side too."""
+def score_tokens(
+    tokens: pd.DataFrame,
+    min_recall: float = 0.5,
+    *,
+    seed: int = 0,
+    chosen: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """PR curves; the estimator and threshold chosen on the selection side (or given as
+    ``chosen``, e.g. the pick made against another truth) and scored on the disjoint report
+    side (``_sides``), so the reported numbers are not picked on the tokens they report; the
+    baseline (no history, p-diff > 0.05) scored on the same report side, and the paired
+    difference. The curves, per-attribute recall and per-group curves are of the report
+    side."""
     select, report = _sides(tokens)
-    best = _best(pr_curve(tokens[select]), min_recall)
+    if not select.any() or not report.any():
+        raise ValueError("token scoring needs tokens on both the selection and report sides")
+    best = chosen or _best(pr_curve(tokens[select]), min_recall)
     rep = tokens[report]
-    base_name, base_th = "none · p-diff", 0.05
     sel = rep[best["estimator"]] > best["threshold"]
+    scores = selection_scores(
+        rep, best["estimator"], best["threshold"], against=BASELINE_RULE, seed=seed
+    )
     return {
         "tokens": tokens,
-        "curve": pr_curve(tokens),
+        "curve": pr_curve(rep),
         "planted_share": float(tokens["planted"].mean()),
         "chosen_on_selection": best,
-        "report": selection_scores(rep, best["estimator"], best["threshold"], seed=seed),
-        "baseline": selection_scores(rep, base_name, base_th, seed=seed),
+        "report": {k: scores[k] for k in ("precision", "recall", "selected")},
+        "baseline": {
+            "precision": scores["baseline_precision"],
+            "recall": scores["baseline_recall"],
+        },
+        "minus_baseline": {
+            "precision": scores["precision_minus"],
+            "recall": scores["recall_minus"],
+        },
         "n_select_targets": _targets(tokens[select]),
         "n_report_targets": _targets(rep),
         "n_select_users": int(tokens[select]["user"].nunique()),
@@ -260,6 +302,13 @@ def token_effect_study(
         n_history=cfg.n_history, targets_per_user=cfg.targets_per_user, users=names, keep=keep
     )
     queries = user_queries(dataset, **kw)
+    sides = {user_side[q.user_id] for q in queries}
+    if sides != {"select", "report"}:
+        raise ValueError(
+            f"the token-effect targets fall on {sorted(sides) or 'no'} side(s) only: use more "
+            "users (max_users) or targets per user, so both the selection and report sides "
+            "have targets"
+        )
     run: dict[str, Any] = dict(batch_size=cfg.batch_size, progress_bar=progress_bar)
     none = batch_history_effects(
         model, [(q.prompt, q.response, q.history, None) for q in queries], **run
@@ -272,9 +321,13 @@ def token_effect_study(
         tokens = estimator_scores(user_queries(dataset, truth=truth, **kw), none, placebo)
         return tokens.assign(split=tokens["user"].map(user_side))
 
+    # one pick (on the completed truth's selection side) scored against both truths
+    completed = score_tokens(frame("completed"), cfg.min_recall, seed=cfg.seed)
     scored = {
-        truth: score_tokens(frame(truth), cfg.min_recall, seed=cfg.seed)
-        for truth in ("planted", "completed")
+        "completed": completed,
+        "planted": score_tokens(
+            frame("planted"), seed=cfg.seed, chosen=completed["chosen_on_selection"]
+        ),
     }
     results = Path(out) / "results"
     results.mkdir(parents=True, exist_ok=True)
@@ -339,6 +392,11 @@ def token_effect_study(
             "truth": truth,
         }
         keys[f"token_recall_baseline{suffix}"] = {**res["baseline"]["recall"], "truth": truth}
+        for what in ("precision", "recall"):  # the chosen rule minus NextQuill's, paired
+            keys[f"token_{what}_minus_baseline{suffix}"] = {
+                **res["minus_baseline"][what],
+                "truth": truth,
+            }
     keys.update(
         {
             "token_truth": "completed (planted spans + directness openings + attribute words)",

@@ -153,7 +153,12 @@ def cluster_estimate(
 
     With ``base`` (the same rows' paired reference, e.g. each prompt's unsteered error) the
     statistic is the percentage change ``100 * (mean(values) / mean(base) - 1)``, resampled
-    on the same rows. Rows where a value (or its base) is NaN are dropped first."""
+    on the same rows. Rows where a value (or its base) is NaN are dropped first.
+
+    The point estimate weights rows (a user with more prompts counts more), unlike
+    ``estimate``'s mean of unit means; ``per_unit`` holds each cluster's mean of ``values``
+    (not of the percentage change), so pair two such estimates with ``paired_difference``
+    only without ``base``."""
     x = np.asarray(values, dtype=float)
     c = np.asarray(list(clusters), dtype=object)
     if x.shape[0] != c.shape[0]:

@@ -1,7 +1,7 @@
-"""The few findings that matter, rendered from ``summary["headline"]`` (built by
-``steerlens.experiments.headline`` from the summary's estimates; built here from the summary
-for results written before it existed): each claim's words were chosen by its paired
-interval, and each sentence carries its estimate, interval and n — or "n too small"."""
+"""The few findings that matter, rendered from the claims ``steerlens.experiments.headline``
+builds from the summary's estimates (the rule ``summary["headline"]`` was written with): each
+claim's words were chosen by its paired interval, and each sentence carries its estimate,
+interval and n — or "n too small"."""
 
 from __future__ import annotations
 
@@ -21,16 +21,19 @@ def render_claim(c: Mapping[str, Any]) -> str:
     units = f"{unit}s" if unit and not str(unit).endswith("s") else str(unit)
     iv = c.get("interval")
     truth = f"; truth: {c['truth']}" if c.get("truth") else ""
+    signed = bool(c.get("paired", True))  # a difference carries its sign; a level does not
     if iv is None:
-        value = f"{num(c.get('estimate'), signed=True)} (n = {n} {units}: n too small for an interval{truth})"
+        value = (
+            f"{num(c.get('estimate'), signed=signed)} "
+            f"(n = {n} {units}: n too small for an interval{truth})"
+        )
     else:
-        value = f"{est(c.get('estimate'), iv[0], iv[1], signed=True)} (n = {n} {units}{truth})"
+        value = f"{est(c.get('estimate'), iv[0], iv[1], signed=signed)} (n = {n} {units}{truth})"
     return f"{c.get('claim')}: {value}."
 
 
 def headline(s: Mapping[str, Any]) -> list[str]:
-    """One sentence per claim the summary supports (a partial run gives fewer)."""
-    claims = s.get("headline")
-    if claims is None:
-        claims = build_headline(s)
-    return [render_claim(c) for c in claims]
+    """One sentence per claim the summary supports (a partial run gives fewer), built anew
+    from the summary's estimates (a step run on its own, e.g. by an analysis script, updates
+    the estimates; the stored ``summary["headline"]`` is the demo's copy of the same rule)."""
+    return [render_claim(c) for c in build_headline(s)]

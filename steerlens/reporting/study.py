@@ -237,8 +237,9 @@ def write_study_report(out: str | Path = ".") -> list[Path]:
     if util is not None and best is not None:
         figs["utility_by_group"] = (
             "Utility gain per user group",
-            plots.utility_by_group(
-                util, title=f"Ground-truth utility gain at α={best:g} (simulated users)"
+            plots.utility_by_group(  # gains vs unsteered (the paired differences: tables)
+                util[~util["method"].str.contains("−")],
+                title=f"Ground-truth utility gain at α={best:g}, report prompts (simulated users)",
             ),
         )
     mmlu = res.csv("mmlu.csv")
@@ -299,8 +300,11 @@ def write_study_report(out: str | Path = ".") -> list[Path]:
             if simulated
             else ""
         ),
-        "Intervals: bootstrap 95 % over prompts (sweep rows), texts (side effects) or users "
-        "(PPA, utility). SteerX is a reconstruction (its body text was unavailable).",
+        "Intervals: bootstrap 95 % over the units that vary — users, then prompts within them "
+        "(sweep rows, utility); users (PPA); users then texts, or texts for one vector (side "
+        "effects); items (MMLU) — with n units, withheld below 5. Tuned quantities are chosen "
+        "on a selection split and reported on a disjoint one (results/splits.json). SteerX is "
+        "a reconstruction (its body text was unavailable).",
     ]
     if missing:
         notes.append(f"Partial run: steps {missing} did not finish; their sections are missing.")

@@ -24,6 +24,7 @@ TINY = dict(
     cells_per_batch=16,
     neutral_texts=4,
     kl_texts=2,
+    kl_alphas=[4.0, 8.0],
     token_effects=TokenEffectsConfig(
         max_users=4, targets_per_user=1, patch_targets=1, patch_layers=2, history_tokens=8
     ),
@@ -46,6 +47,21 @@ def _check_splits(out, s):
         sel = s["selection"][quantity]
         assert (sel["n_select"], sel["n_report"]) == (len(q["select"]), len(q["report"]))
     assert s["selection"]["operating_alpha"]["chosen"] == s["best_alpha"]
+
+
+def _every_estimate_has_n(node, path="summary"):
+    """Every estimate anywhere in the summary (a dict with a mean and an interval) carries its
+    n and unit, and has no interval below 5 units."""
+    if isinstance(node, dict):
+        if "mean" in node and "interval" in node:
+            assert "n" in node and "unit" in node, path
+            if node["n"] < 5:
+                assert node["interval"] is None, path
+        for k, v in node.items():
+            _every_estimate_has_n(v, f"{path}.{k}")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            _every_estimate_has_n(v, f"{path}[{i}]")
 
 
 def test_demo_job_on_tiny_model_writes_results_figures_and_report(tmp_path):
@@ -83,7 +99,11 @@ def test_demo_job_on_tiny_model_writes_results_figures_and_report(tmp_path):
         part = side_rows[(side_rows["method"] == m) & (side_rows["alpha"] == 4.0)]
         ppl = s["ppl_neutral"][m]["4"]
         assert ppl["mean"] == pytest.approx(np.exp(part["nll"].sum() / part["n_tokens"].sum()))
-        assert (ppl["n"], ppl["unit"], ppl["interval"]) == (cfg.neutral_texts, "text", None)
+        # one vector varies over texts; users' vectors over users (then texts)
+        one = m == "population"
+        n = cfg.neutral_texts if one else part["user"].nunique()
+        assert (ppl["n"], ppl["unit"]) == (n, "text" if one else "user")
+        assert (ppl["interval"] is None) == (n < 5)
     # the calibrated sweep: budgets are the population's KL at the grid's α, on the texts the
     # calibration uses (the first kl_texts of the neutral set)
     rows = pd.read_csv(tmp_path / "results" / "side_effects_rows.csv")
@@ -99,7 +119,10 @@ def test_demo_job_on_tiny_model_writes_results_figures_and_report(tmp_path):
     assert set(s["utility_per_kl"]["calibrated"]) == methods
     # the KL each calibrated vector reaches on held-out texts, recomputed from its rows
     held = pd.read_csv(tmp_path / "results" / "kl_heldout_rows.csv")
-    assert set(held["text_id"]) == set(range(cfg.neutral_texts - cfg.kl_texts))
+    n_held = min(cfg.kl_texts, cfg.neutral_texts - cfg.kl_texts)  # the texts after kl_texts
+    assert set(held["text_id"]) == set(range(cfg.kl_texts, cfg.kl_texts + n_held))
+    report_ids = json.loads((tmp_path / "results" / "splits.json").read_text())["kl_alpha"]
+    assert {f"neutral-{i}" for i in held["text_id"]} == set(report_ids["report"])
     for m, row in s["kl_heldout"].items():
         for b, e in row.items():
             part = held[(held["method"] == m) & (held["kl_budget"] == float(b))]
@@ -113,10 +136,17 @@ def test_demo_job_on_tiny_model_writes_results_figures_and_report(tmp_path):
             )
     un = s["calibration_unreached"]
     assert un["count"] == len(un["entries"])
-    assert set(s["utility_per_kl"]["calibrated"]) == methods
     assert set(s["utility_per_kl"]["minus_population"]) == methods - {"population"}
     assert s["token_effects_targets"] >= 2 and s["token_precision"]["truth"] == "completed"
     assert s["token_precision_planted"]["truth"] == "planted"
+    # the token numbers are the report side's alone, with the rule picked on the other side
+    tokens = pd.read_csv(tmp_path / "results" / "steerx_tokens.csv")
+    est, th = s["token_estimator"].rsplit(" > ", 1)
+    rep = tokens[tokens["split"] == "report"]
+    picked = rep[rep[est] > float(th)]
+    assert s["token_precision"]["mean"] == pytest.approx(picked["planted"].mean(), abs=1e-5)
+    assert s["token_precision"]["n"] == rep["user"].nunique()
+    _every_estimate_has_n(s)
     # the headline numbers are the sweep's cells, recomputed here
     dose = pd.read_parquet(tmp_path / "results" / "sweep" / "dose" / "cells.parquet")
     assert len(dose) == 8 * (1 + 3 * 2) and set(dose["method"]) == {
@@ -188,7 +218,7 @@ def test_a_failed_step_keeps_the_earlier_results_and_the_report_shows_them(tmp_p
         raise RuntimeError("out of memory")
 
     monkeypatch.setitem(demo_mod._STEP_FNS, "gating", broken)
-    small = {**TINY, "n_prompts": 4, "alphas": [0.0, 4.0], "max_users": 4}
+    small = {**TINY, "n_prompts": 4, "alphas": [0.0, 4.0], "kl_alphas": [4.0], "max_users": 4}
     cfg = DemoConfig(**small, out=str(tmp_path), steps=["vectors", "dose", "gating", "mmlu"])
     with pytest.raises(RuntimeError, match="out of memory"):
         run_demo(cfg)
@@ -236,6 +266,10 @@ def test_demo_config_validation():
         DemoConfig(steps=["vectors", "plots"])
     with pytest.raises(ValueError, match="kl_texts"):
         DemoConfig(neutral_texts=4, kl_texts=8)
+    with pytest.raises(ValueError, match="kl_texts"):
+        DemoConfig(neutral_texts=8, kl_texts=8)  # no texts left to report the KL on
+    with pytest.raises(ValueError, match="kl_alphas"):
+        DemoConfig(kl_alphas=[0.3])
     assert "steerx" not in DemoConfig(steerx=False).steps
     assert q.token_effects.smoke and q.token_effects.max_users == 10
     # what the numbers depend on: not the device, the output folder or the steps run
@@ -249,3 +283,29 @@ def test_demo_config_validation():
         DemoConfig(run={"batch_size": 0})
     with pytest.raises(ValueError, match="device"):
         DemoConfig(run={"device": "gpu"})
+
+
+def test_an_unreachable_budget_is_listed_and_never_swept(tmp_path, monkeypatch):
+    real = demo_mod._budgets
+
+    def with_unreachable(job):
+        return {**real(job), 1e4: 4.0}  # 10^4 nats per token: beyond any steering
+
+    monkeypatch.setattr(demo_mod, "_budgets", with_unreachable)
+    small = {**TINY, "n_prompts": 4, "alphas": [0.0, 4.0], "kl_alphas": [4.0], "max_users": 4}
+    steps = ["vectors", "dose", "side_effects", "calibrated"]
+    s = run_demo(DemoConfig(**small, out=str(tmp_path), steps=steps))
+    un = s["calibration_unreached"]
+    prompts = pd.read_json(tmp_path / "results" / "prompts.jsonl", lines=True)
+    users = sorted(prompts["user_id"].unique())
+    # every vector misses it: one population vector and each swept user's two personal ones
+    assert un["count"] == 1 + 2 * len(users) == len(un["entries"])
+    assert {e["budget"] for e in un["entries"]} == {1e4}
+    assert all(e["kl_reached"] < 1e4 for e in un["entries"])
+    assert "population:*" in un["users"]
+    cells = pd.read_parquet(tmp_path / "results" / "sweep" / "calibrated" / "cells.parquet")
+    steered = cells[cells["method"] != "none"]
+    assert 1e4 not in set(steered["kl_budget"])  # not swept at max_alpha
+    assert set(steered["kl_budget"]) == set(s["kl_budgets"]) - {1e4}
+    assert all("10000" not in row for row in s["kl_heldout"].values())
+    assert s["kl_budgets"][-1] == 1e4

@@ -21,10 +21,42 @@ def test_kl_averages_users_within_a_text_then_texts_and_ppl_pools_tokens():
     (row,) = side_effect_table(rows, n_boot=200).to_dict(orient="records")
     assert row["kl"] == pytest.approx((0.2 + 0.5) / 2)  # text 0: mean of its users
     assert row["ppl"] == pytest.approx(math.exp(60.0 / 20))  # all NLL over all tokens
-    # two texts: resampled means are 0.2, 0.5 or 0.35; the perplexity of either text alone
-    # or both is exp(3) (every text has NLL 3 per token)
-    assert (row["kl_low"], row["kl_high"]) == pytest.approx((0.2, 0.5))
-    assert row["ppl_low"] == pytest.approx(math.exp(3)) == row["ppl_high"]
-    assert (row["n_texts"], row["n_users"]) == (2, 2)
+    # two users' vectors: the units are users, and two are too few for an interval
+    assert (row["n"], row["unit"], row["n_texts"], row["n_users"]) == (2, "user", 2, 2)
+    assert math.isnan(row["kl_low"]) and math.isnan(row["ppl_high"])
     with pytest.raises(ValueError, match="columns"):
         side_effect_table(rows.drop(columns="nll"))
+
+
+def test_one_vector_resamples_texts_and_several_resample_users_then_texts():
+    one = pd.DataFrame(
+        [
+            dict(
+                method="m",
+                alpha=1.0,
+                user="*",
+                text_id=t,
+                kl=0.2,
+                nll=3.0 * (t + 1),
+                n_tokens=t + 1,
+            )
+            for t in range(5)
+        ]
+    )
+    (row,) = side_effect_table(one, n_boot=200).to_dict(orient="records")
+    assert (row["n"], row["unit"]) == (5, "text")
+    assert (row["kl_low"], row["kl_high"]) == pytest.approx((0.2, 0.2))  # every text 0.2
+    assert row["ppl_low"] == pytest.approx(math.exp(3)) == row["ppl_high"]
+    # five users whose vectors differ (KL 0.1 .. 0.5 on both texts): users are the units,
+    # and resampling them (not the two texts, which agree) gives a wide interval
+    many = pd.DataFrame(
+        [
+            dict(method="m", alpha=1.0, user=f"u{k}", text_id=t, kl=0.1 * k, nll=1.0, n_tokens=1)
+            for k in range(1, 6)
+            for t in range(2)
+        ]
+    )
+    (row,) = side_effect_table(many, n_boot=500).to_dict(orient="records")
+    assert (row["n"], row["unit"], row["n_texts"]) == (5, "user", 2)
+    assert row["kl"] == pytest.approx(0.3)
+    assert 0.1 <= row["kl_low"] < 0.25 and 0.35 < row["kl_high"] <= 0.5

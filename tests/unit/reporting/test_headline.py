@@ -43,7 +43,7 @@ def test_comparisons_are_worded_by_their_paired_interval():
     assert pair["interval"] is None and pair["n"] == 3
     assert pair["claim"].endswith("no difference detected (n = 3 users)")
     for c in claims.values():
-        assert set(c) == {"claim", "estimate", "interval", "n", "unit", "truth"}
+        assert set(c) == {"claim", "estimate", "interval", "n", "unit", "truth", "paired"}
 
 
 def test_token_claims_name_their_truth_and_the_scored_half():
@@ -62,7 +62,7 @@ def test_flipping_an_interval_flips_the_word():
 
 
 def test_rendered_sentences_carry_interval_and_n_or_say_n_too_small():
-    lines = headline({"headline": build_headline(SUMMARY)})
+    lines = headline(SUMMARY)
     assert any("+0.120 [+0.0200, +0.200] (n = 16 users" in line for line in lines)
     pair = next(line for line in lines if line.startswith("SteerX-selected"))
     assert "n = 3 users: n too small for an interval" in pair
@@ -73,3 +73,9 @@ def test_rendered_sentences_carry_interval_and_n_or_say_n_too_small():
         == "x: +1.00 (n = 2 users: n too small for an interval)."
     )
     assert headline({}) == []  # nothing ran: nothing claimed
+    # a summary written before estimates carried n (plain numbers) claims nothing, no crash
+    assert headline({"best_alpha": 0.5, "mae_change_pct_best": -2.5}) == []
+    # a level (not a comparison) carries no sign
+    kl = {"population": {"0.5": {"mean": 0.05, "interval": [0.04, 0.06], "n": 8, "unit": "text"}}}
+    (line,) = headline({"best_alpha": 0.5, "kl_neutral": kl})
+    assert line.endswith("(nats): 0.0500 [0.0400, 0.0600] (n = 8 texts).")

@@ -19,34 +19,53 @@ SUMMARY = {
     "n_users": 12,
     "n_train_pairs": 670,
     "n_test_pairs": 279,
-    "mae_baseline": 0.15324,
-    "mae_baseline_interval": [0.02473, 0.303],
+    "mae_baseline": {"mean": 0.15324, "interval": [0.02473, 0.303], "n": 6, "unit": "user"},
     "best_alpha": 0.5,
+    "selection": {
+        "operating_alpha": {"chosen": 0.5, "n_select": 9, "n_report": 7, "unit": "prompt"}
+    },
     "ppa_personalized_method": "personalized (dislike-weighted)",
-    "ppa_personalized": 0.76184,
-    "ppa_personalized_interval": [0.70762, 0.81886],
+    "ppa_personalized": {"mean": 0.76184, "interval": [0.70762, 0.81886], "n": 16, "unit": "user"},
+    "ppa_oracle_minus_personalized": {"mean": 0.08, "interval": None, "n": 3, "unit": "user"},
     "dose_response": [
         {"method": "population", "alpha": 0.5, "mae": 0.149, "mae_low": 0.0235, "mae_high": 0.297}
     ],
     "mae_change_pct_by_category": {"benign_control": {"0.5": -27.742, "1": -56.05}},
-    "utility_gain": {"population": {"majority": 0.0666}},
-    "utility_gain_interval": {"population": {"majority": [-0.1, 0.2]}},
-    "steerx_ppa": {"mean": {"mean": 0.5767, "interval": [0.48, 0.6667]}},
-    "allhistory_ppa": {"mean": {"mean": 0.5633, "interval": [0.44, 0.6667]}},
-    "steerx_minus_allhistory_ppa": {"mean": {"mean": 0.0133, "interval": [0.0, 0.04]}},
+    "mae_change_pct_by_category_n": {"benign_control": 2},
+    "utility_gain": {
+        "population": {
+            "majority": {"mean": 0.0666, "interval": [-0.1, 0.2], "n": 6, "unit": "user"}
+        }
+    },
+    "steerx_ppa": {"mean": {"mean": 0.5767, "interval": [0.48, 0.6667], "n": 6, "unit": "user"}},
+    "allhistory_ppa": {
+        "mean": {"mean": 0.5633, "interval": [0.44, 0.6667], "n": 6, "unit": "user"}
+    },
+    "steerx_minus_allhistory_ppa": {
+        "mean": {"mean": 0.0133, "interval": [0.0, 0.04], "n": 6, "unit": "user"}
+    },
 }
 
 
 def test_the_page_states_model_data_and_estimates_with_intervals():
     page = summary_markdown(SUMMARY)
     assert "not Llama-3.1-8B" in page and "simulated PRISM-format set, not real PRISM" in page
-    assert "| PPA, personalized (dislike-weighted) | 0.762 [0.708, 0.819] |" in page
-    assert "| toxicity MAE, unsteered | 0.153 [0.0247, 0.303] |" in page
-    assert "| benign_control | -27.7 | -56 |" in page  # α columns in numeric order
-    assert "| population | 0.0666 [-0.1, 0.2] |" in page
-    assert "| mean | 0.577 [0.48, 0.667] | 0.563 [0.44, 0.667] | 0.0133 [0, 0.04] |" in page
+    assert "| PPA, personalized (dislike-weighted) | 0.762 [0.708, 0.819] (n = 16) |" in page
+    assert "| toxicity MAE, unsteered (report prompts) | 0.153 [0.0247, 0.303] (n = 6) |" in page
+    # an interval withheld below 5 units says so instead
+    assert "| PPA, oracle − personalised (paired) | 0.08 (n = 3 users: n too small) |" in page
+    assert "| benign_control | 2 | -27.7 | -56 |" in page  # α columns in numeric order
+    assert "Point estimates of 2 comparisons (categories × α)" in page
+    assert "| population | 0.0666 [-0.1, 0.2] (n = 6) |" in page
+    assert (
+        "| mean | 0.577 [0.48, 0.667] (n = 6) | 0.563 [0.44, 0.667] (n = 6) "
+        "| 0.0133 [0, 0.04] (n = 6) |" in page
+    )
     assert "reconstruction" in page
-    assert "| MMLU, steered | – |" in page  # a key the run did not write: a dash, no error
+    assert "`operating_alpha` = 0.5 (selection 9 / report 7 prompts" in page
+    assert "MMLU, steered |" not in page  # a key the run did not write: no row, no error
+    # the headline words follow the paired interval: n = 3 gives no direction
+    assert "minus personalised, paired by user: no difference detected (n = 3 users)" in page
 
 
 def test_report_command_writes_the_pages_and_refuses_a_missing_summary(tmp_path):
@@ -66,4 +85,4 @@ def test_report_command_writes_the_pages_and_refuses_a_missing_summary(tmp_path)
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     html = (tmp_path / "figures" / "index.html").read_text()
-    assert 'id="headline"' in html and "0.762 [0.708, 0.819]" in html
+    assert 'id="headline"' in html and "n = 3 users: n too small for an interval" in html

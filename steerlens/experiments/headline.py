@@ -169,6 +169,8 @@ def build_headline(s: Mapping[str, Any]) -> list[dict[str, Any]]:
             )
         )
     for b, e in (s.get("steerx_minus_allhistory_ppa") or {}).items():
+        if b == "pairs":  # claimed below, in the pair-based backbone's own words
+            continue
         out.append(
             claim(
                 f"SteerX (reconstructed) minus all-history PPA by projection, {b} backbone, "

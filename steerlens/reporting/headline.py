@@ -19,6 +19,7 @@ def render_claim(c: Mapping[str, Any]) -> str:
     interval)" where the interval was withheld."""
     n, unit = c.get("n"), c.get("unit", "")
     units = f"{unit}s" if unit and not str(unit).endswith("s") else str(unit)
+    said = f"(n = {n} {units})" in str(c.get("claim"))  # "no difference detected (n = …)"
     iv = c.get("interval")
     truth = f"; truth: {c['truth']}" if c.get("truth") else ""
     signed = bool(c.get("paired", True))  # a difference carries its sign; a level does not
@@ -28,7 +29,9 @@ def render_claim(c: Mapping[str, Any]) -> str:
             f"(n = {n} {units}: n too small for an interval{truth})"
         )
     else:
-        value = f"{est(c.get('estimate'), iv[0], iv[1], signed=signed)} (n = {n} {units}{truth})"
+        count = "" if said else f"n = {n} {units}"
+        tail = f" ({count}{truth})" if count else (f" ({truth[2:]})" if truth else "")
+        value = f"{est(c.get('estimate'), iv[0], iv[1], signed=signed)}{tail}"
     return f"{c.get('claim')}: {value}."
 
 

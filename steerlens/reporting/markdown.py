@@ -132,7 +132,14 @@ def summary_markdown(s: Mapping[str, Any], source: str = "results/summary.json")
     )
     dose = s.get("dose_response") or []
     if dose:
-        lines += ["## Dose-response", ""]
+        steered = [r for r in dose if r.get("alpha")]
+        lines += [
+            "## Dose-response (report prompts)",
+            "",
+            f"{len(steered)} comparisons with unsteered (methods × nonzero α), each paired by "
+            "prompt; intervals over users, then prompts.",
+            "",
+        ]
         has_util = any("utility_gain" in r for r in dose)
         header = ["method", "α", "MAE", "ΔMAE %", "perplexity", "degenerate share"]
         lines += _table(
@@ -152,7 +159,12 @@ def summary_markdown(s: Mapping[str, Any], source: str = "results/summary.json")
         )
     gating = s.get("gating") or []
     if gating:
-        lines += [f"## Gating at α = {_num(s.get('best_alpha'))} (population vector)", ""]
+        lines += [
+            f"## Gating at α = {_num(s.get('best_alpha'))} (population vector, report prompts)",
+            "",
+            f"{len(gating)} gates, each compared with unsteered, paired by prompt.",
+            "",
+        ]
         lines += _table(
             ["gate", "MAE", "ΔMAE %"],
             (
@@ -320,8 +332,21 @@ def summary_markdown(s: Mapping[str, Any], source: str = "results/summary.json")
     if seconds:
         if s.get("machine"):
             lines += [f"Machine: {s['machine']}.", ""]
-        lines += ["## Time per step (seconds)", ""]
-        lines += _table(["step", "s"], ([k, _num(v, 4)] for k, v in seconds.items()))
+        steps = {k: v for k, v in seconds.items() if k not in ("total", "report")}
+        lines += [
+            "## Time per step (seconds)",
+            "",
+            "Each step's last run (a step rerun alone replaces its time; `total` is the wall "
+            "time of the last `steerlens demo` call).",
+            "",
+        ]
+        lines += _table(
+            ["step", "s"],
+            [
+                *([k, _num(v, 4)] for k, v in seconds.items()),
+                ["all steps and the model load (sum)", _num(sum(steps.values()), 4)],
+            ],
+        )
     return "\n".join(lines).rstrip() + "\n"
 
 

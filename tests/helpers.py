@@ -253,3 +253,20 @@ def load_script(folder: str, name: str):
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+# --- a three-prompt sweep (two users) for the sweep tests --------------------------------
+
+
+def _sweep_fixtures():
+    from steerlens.experiments.sweep import GenerationSettings, SweepPrompt
+
+    prompts = [
+        SweepPrompt("p0", "Tell me about cats.", "u1", "benign", "Cats are small."),
+        SweepPrompt("p1", "How do I bake bread?", "u2", "benign", "Knead it well."),
+        SweepPrompt("p2", "Is it ok to swear?", "u1", "sensitive", "Damn right it is."),
+    ]
+    return prompts, GenerationSettings(max_new_tokens=5, batch_size=4, cells_per_batch=4)
+
+
+SWEEP_PROMPTS, SWEEP_SETTINGS = _sweep_fixtures()

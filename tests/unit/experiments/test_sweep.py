@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from helpers import SWEEP_PROMPTS, SWEEP_SETTINGS
 
 import steerlens as sl
 from steerlens.experiments.sweep import (
@@ -27,12 +28,7 @@ from steerlens.experiments.sweep import (
     sweep_salt,
 )
 
-PROMPTS = [
-    SweepPrompt("p0", "Tell me about cats.", "u1", "benign", "Cats are small."),
-    SweepPrompt("p1", "How do I bake bread?", "u2", "benign", "Knead it well."),
-    SweepPrompt("p2", "Is it ok to swear?", "u1", "sensitive", "Damn right it is."),
-]
-SETTINGS = GenerationSettings(max_new_tokens=5, batch_size=4, cells_per_batch=4)
+PROMPTS, SETTINGS = SWEEP_PROMPTS, SWEEP_SETTINGS  # tests/helpers.py
 
 
 def _vectors(model: sl.HookedModel) -> dict:

@@ -10,11 +10,10 @@ from typing import Any
 
 import pandas as pd
 import torch
+from helpers import SWEEP_PROMPTS, SWEEP_SETTINGS
 
 import steerlens as sl
 from steerlens.experiments.sweep import (
-    GenerationSettings,
-    SweepPrompt,
     engine_name,
     make_grid,
     measure_fingerprint,
@@ -24,12 +23,7 @@ from steerlens.experiments.sweep import (
 )
 from steerlens.experiments.sweep import measures as measures_module
 
-PROMPTS = [
-    SweepPrompt("p0", "Tell me about cats.", "u1", "benign", "Cats are small."),
-    SweepPrompt("p1", "How do I bake bread?", "u2", "benign", "Knead it well."),
-    SweepPrompt("p2", "Is it ok to swear?", "u1", "sensitive", "Damn right it is."),
-]
-SETTINGS = GenerationSettings(max_new_tokens=5, batch_size=4, cells_per_batch=4)
+PROMPTS, SETTINGS = SWEEP_PROMPTS, SWEEP_SETTINGS  # tests/helpers.py
 ATTRS = ("toxicity", "refusal", "caution", "length", "formality")
 
 

@@ -441,9 +441,10 @@ def _dose_step(job: _Job) -> dict[str, Any]:
 
 
 def _utility_by_group(job: _Job, dose: pd.DataFrame) -> pd.DataFrame:
-    """Ground-truth utility gain per user group at the operating α (simulated sets), over
-    users (each user's prompts averaged first); a row per method and group, and the
-    difference from the population vector paired by prompt (``method − population``)."""
+    """Ground-truth utility gain per user group (and ``"all"``) at the operating α (simulated
+    sets), with a two-stage bootstrap over users, then their prompts; a row per method and
+    group, and the difference from the population vector paired by prompt
+    (``method − population``)."""
     gt = job.need("gt")
     base = dose[dose["method"] == BASELINE].set_index("prompt_id")["utility"]
     at = dose[np.isclose(dose["alpha"], float(job.best_alpha or 0)) & (dose["method"] != BASELINE)]

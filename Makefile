@@ -6,8 +6,11 @@ PIP    := $(PY) -m pip
 UV     := $(VENV)/bin/uv
 STAMP  := $(VENV)/.installed
 # Locked installs: requirements.lock holds every package at the version the suite passed with
-# (made by `make lock`); requirements-nodeps.txt the three packages installed without their
-# dependencies (two carry data, one is a parity reference). uv installs exactly that.
+# (made by `make lock`): the default environment, every feature (TransformerLens 3.9 and the
+# sae extra, until a sae-lens release accepts TransformerLens 4). requirements-tl4.lock is the
+# same without sae-lens, on TransformerLens 4 (`make test-tl4`). requirements-nodeps.txt: the
+# three packages installed without their dependencies (two carry data, one is a parity
+# reference). uv installs exactly that.
 UV_VERSION := 0.13.9
 LOCK       := requirements.lock
 NODEPS     := requirements-nodeps.txt
@@ -15,11 +18,14 @@ NODEPS     := requirements-nodeps.txt
 WHEELS     := /opt/wheels
 TORCH_SRC  := $(if $(wildcard $(WHEELS)/torch-*.whl),--find-links $(WHEELS),--extra-index-url https://download.pytorch.org/whl/cpu --index-strategy unsafe-best-match)
 LATEST     := .venv-latest
+TL4        := .venv-tl4
+TL4_LOCK   := requirements-tl4.lock
+LOCK_PLATFORM := --python-version 3.11 --python-platform x86_64-manylinux_2_28 --no-header
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: install lock demo study test test-all test-latest bench lint data chromium clean
+.PHONY: install lock demo study test test-tl4 test-all test-latest bench lint data chromium clean
 
 install: $(STAMP)
 
@@ -34,28 +40,51 @@ $(STAMP): pyproject.toml $(LOCK) $(NODEPS)
 	-$(MAKE) --no-print-directory chromium
 	touch $(STAMP)
 
-# Refresh the lock: the newest versions pyproject.toml's ranges allow (torch pinned to the CPU
-# build), for Linux x86_64 / CPython 3.11. Run `make test` after it and commit both files.
+# Refresh the locks: the newest versions pyproject.toml's ranges allow (torch pinned to the CPU
+# build), for Linux x86_64 / CPython 3.11; the TransformerLens 4 lock keeps the default lock's
+# versions where it can. Run `make test test-tl4` after it and commit the files.
 lock:
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	test -x $(UV) || $(PIP) install -q uv==$(UV_VERSION)
 	printf 'torch==2.13.0+cpu\nuv==$(UV_VERSION)\n' > $(VENV)/lock-constraints.txt
-	$(UV) pip compile pyproject.toml --extra dev --python-version 3.11 \
-		--python-platform x86_64-manylinux_2_28 $(TORCH_SRC) --no-header \
+	$(UV) pip compile pyproject.toml --extra dev --extra sae $(LOCK_PLATFORM) $(TORCH_SRC) \
 		-c $(VENV)/lock-constraints.txt $(LOCK_ARGS) -o $(LOCK)
+	cp $(LOCK) $(TL4_LOCK)
+	printf 'transformer-lens>=4\n' >> $(VENV)/lock-constraints.txt
+	$(UV) pip compile pyproject.toml --extra dev $(LOCK_PLATFORM) $(TORCH_SRC) \
+		-c $(VENV)/lock-constraints.txt -o $(TL4_LOCK)
 
-# The same suite on the newest versions the ranges allow (a separate environment), to see a
-# moving dependency before a user does. torch stays the CPU build this machine type has.
+# The suite on TransformerLens 4, without sae-lens (its own environment, exactly its lock):
+# the hooked-backend and SAE-training tests skip there, by name; the rest must pass.
+$(TL4)/.installed: pyproject.toml $(TL4_LOCK) $(NODEPS)
+	test -x $(TL4)/bin/python || $(PYTHON) -m venv $(TL4)
+	test -x $(TL4)/bin/uv || $(TL4)/bin/python -m pip install -q uv==$(UV_VERSION)
+	$(TL4)/bin/uv pip sync -q --python $(TL4)/bin/python $(TORCH_SRC) $(TL4_LOCK)
+	$(TL4)/bin/uv pip install -q --python $(TL4)/bin/python --no-deps -r $(NODEPS)
+	$(TL4)/bin/uv pip install -q --python $(TL4)/bin/python --no-deps -e .
+	touch $@
+
+test-tl4: $(TL4)/.installed
+	$(TL4)/bin/python -m pytest -q -m "not slow"
+
+# The same suite on the newest versions the ranges allow, one environment per line, to see a
+# moving dependency before a user does: every feature (the sae extra: TransformerLens 3.x while
+# sae-lens requires it) in $(LATEST), and TransformerLens 4 without sae-lens in $(LATEST)-tl4.
+# torch stays the CPU build this machine type has.
 test-latest:
-	test -x $(LATEST)/bin/python || $(PYTHON) -m venv $(LATEST)
-	test -x $(LATEST)/bin/uv || $(LATEST)/bin/python -m pip install -q uv==$(UV_VERSION)
-	printf 'torch==2.13.0+cpu\n' > $(LATEST)/constraints.txt
-	$(LATEST)/bin/uv pip install -q --python $(LATEST)/bin/python --upgrade --refresh \
-		$(TORCH_SRC) -c $(LATEST)/constraints.txt -e ".[dev]"
-	$(LATEST)/bin/uv pip install -q --python $(LATEST)/bin/python --no-deps -r $(NODEPS)
-	$(LATEST)/bin/uv pip list --python $(LATEST)/bin/python 2>/dev/null \
+	$(MAKE) --no-print-directory _latest ENV=$(LATEST) EXTRAS=dev,sae TL=
+	$(MAKE) --no-print-directory _latest ENV=$(LATEST)-tl4 EXTRAS=dev TL='transformer-lens>=4'
+
+_latest:
+	test -x $(ENV)/bin/python || $(PYTHON) -m venv $(ENV)
+	test -x $(ENV)/bin/uv || $(ENV)/bin/python -m pip install -q uv==$(UV_VERSION)
+	printf 'torch==2.13.0+cpu\n$(TL)\n' > $(ENV)/constraints.txt
+	$(ENV)/bin/uv pip install -q --python $(ENV)/bin/python --upgrade --refresh \
+		$(TORCH_SRC) -c $(ENV)/constraints.txt -e ".[$(EXTRAS)]"
+	$(ENV)/bin/uv pip install -q --python $(ENV)/bin/python --no-deps -r $(NODEPS)
+	$(ENV)/bin/uv pip list --python $(ENV)/bin/python 2>/dev/null \
 		| grep -iE '^(torch|transformers|transformer-lens|sae-lens|tokenizers) '
-	$(LATEST)/bin/python -m pytest -q -m "not slow"
+	$(ENV)/bin/python -m pytest -q -m "not slow"
 
 # PNG export (kaleido >= 1) needs a Chrome/Chromium; best effort, never fatal.
 chromium:
@@ -95,4 +124,4 @@ lint: install
 	$(VENV)/bin/lint-imports
 
 clean:
-	rm -rf $(VENV) $(LATEST) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(LATEST) $(LATEST)-tl4 $(TL4) .pytest_cache .mypy_cache .ruff_cache

@@ -13,7 +13,9 @@ Prints ratios (>1 means steerlens is faster) and writes ``results/bench.json``:
    one per-row-vector job and as a loop over users, against plain ``transformers`` batched
    generation of the same 144 rows;
 3. ``cache_activations`` vs a ``transformers`` forward with ``output_hidden_states=True``;
-4. the process's peak memory (one fresh process each): plain ``transformers``, steerlens on
+4. start-up (``benchmarks/startup.py``): ``import steerlens`` and the CLI's ``--help`` against
+   ``import torch, transformers``, each in fresh processes;
+5. the process's peak memory (one fresh process each): plain ``transformers``, steerlens on
    the TransformerLens path, and steerlens on the fast path, as multiples of the weights of
    one copy of the model.
 
@@ -30,6 +32,7 @@ import argparse
 import json
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from datetime import date
@@ -39,6 +42,9 @@ import torch
 
 import steerlens as sl
 from steerlens.core import fastpath
+
+sys.path.insert(0, str(Path(__file__).parent))
+from startup import startup_part
 
 PROMPTS = [
     "What is the capital of Australia?",
@@ -60,7 +66,7 @@ PROMPTS = [
 ]
 
 
-PARTS = ("generation", "compiled", "sweep", "personalised", "cache", "mmlu", "memory")
+PARTS = ("startup", "generation", "compiled", "sweep", "personalised", "cache", "mmlu", "memory")
 
 
 def compare(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
@@ -356,6 +362,8 @@ def main() -> None:
         print(json.dumps(memory_probe(name, args.memory_probe, args.device)))
         return
     parts = set(args.parts)
+    # first, while this process holds no model: fresh processes for import and CLI start-up
+    start_sec, start_rows = startup_part(args.repeats) if "startup" in parts else ({}, [])
     mem_rows, probes = memory_rows(name, args.device) if "memory" in parts else ([], {})
     torch.manual_seed(0)
     dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
@@ -369,7 +377,7 @@ def main() -> None:
     )
     new = 32
     kw = dict(max_new_tokens=new, stop_at_eos=False, batch_size=16, progress_bar=False)
-    rows = []
+    rows = list(start_rows)
 
     gen: dict[str, float] = {}
     if "generation" in parts:
@@ -590,6 +598,7 @@ def main() -> None:
                 "machine": machine,
                 "date": str(date.today()),
                 "seconds": {
+                    "startup": start_sec,
                     "generation": gen,
                     "compiled": comp,
                     "sweep": sw,

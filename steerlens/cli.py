@@ -391,8 +391,10 @@ def train_sae_cmd(
 ) -> None:
     """Train a small TopK SAE (sae-lens) on the model's activations from offline text (the
     shipped set's responses, MMLU questions) and report its reconstruction quality."""
+    from steerlens.methods.sae_train import default_sae_dir, ensure_sae, require_sae_lens
+
+    require_sae_lens("steerlens train-sae")
     import steerlens as sl
-    from steerlens.methods.sae_train import default_sae_dir, ensure_sae
 
     m = sl.load_model(model)
     lyr = layer if layer is not None else sl.default_layers(m)[len(sl.default_layers(m)) // 2]

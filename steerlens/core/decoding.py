@@ -39,7 +39,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from transformer_lens import TransformerLensKeyValueCache
+from transformer_lens import TransformerLensKeyValueCache  # in 3.9 and 4.x
 from transformers import DynamicCache
 
 from steerlens.core.hook_names import resid_post, resid_pre

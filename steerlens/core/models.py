@@ -34,19 +34,27 @@ import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 import torch
-from transformer_lens import HookedTransformer
 from transformer_lens.model_bridge import TransformerBridge
 
+from steerlens.core import _tl
 from steerlens.core._embedded import EMBEDDED_NAME, load_embedded_hf
 from steerlens.core._tiny import TINY_NAME, tiny_hf_model
 from steerlens.core.decoding import DecodingError, adapt_bridge_cache, check_tl_path, refuse_tl
 
 logger = logging.getLogger(__name__)
 
-HookedModel: TypeAlias = HookedTransformer | TransformerBridge
+# Either model class; on TransformerLens 4 (no HookedTransformer) the bridge alone.
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
+
+    HookedModel: TypeAlias = HookedTransformer | TransformerBridge
+elif _tl.has_hooked_transformer():
+    HookedModel = _tl.hooked_transformer_class() | TransformerBridge
+else:
+    HookedModel = TransformerBridge
 Backend = Literal["bridge", "hooked"]
 WeightProcessing = Literal["auto", "full", "light", "none"]
 Processing = Literal["full", "light", "none"]
@@ -155,7 +163,8 @@ def load_model(
             Llama-shaped model for tests), or any HF / TransformerLens model name, e.g.
             ``"meta-llama/Llama-3.1-8B-Instruct"`` (needs the weights or network).
         backend: ``"bridge"`` (TransformerBridge in compatibility mode) or ``"hooked"``
-            (HookedTransformer).
+            (HookedTransformer; TransformerLens 3.x only: on 4.x it raises
+            ``HookedUnavailableError`` naming the installed version).
         device: defaults to CUDA when available, else CPU. Mutually exclusive with ``device_map``.
         dtype: defaults to bfloat16 on CUDA and float32 on CPU. The tiny model is always float32
             unless a dtype is given.
@@ -177,6 +186,8 @@ def load_model(
         )
     if device is not None and device_map is not None:
         raise ValueError("pass either device or device_map, not both")
+    if backend == "hooked":
+        _tl.hooked_transformer_class()  # TransformerLens 4: a clear error before any loading
     dev = device or _default_device()
     accel = _on_accelerator(None if device_map else dev, device_map)
     resolved = _resolve_dtype(dtype or (torch.float32 if name == TINY_NAME else None), dev)
@@ -349,16 +360,20 @@ def _load_named(
         mode = "full" if processing == "auto" else processing
         if _is_official(name):
             full, light = mode == "full", mode != "none"
-            hooked = HookedTransformer.from_pretrained(
-                name,
-                device=device,
-                dtype=dtype,
-                fold_ln=full,
-                center_writing_weights=full,
-                center_unembed=light,
-                fold_value_biases=full,
-                refactor_factored_attn_matrices=False,
-            ).eval()
+            hooked = (
+                _tl.hooked_transformer_class()
+                .from_pretrained(
+                    name,
+                    device=device,
+                    dtype=dtype,
+                    fold_ln=full,
+                    center_writing_weights=full,
+                    center_unembed=light,
+                    fold_value_biases=full,
+                    refactor_factored_attn_matrices=False,
+                )
+                .eval()
+            )
             if mode == "light" and _softcapped(hooked.cfg):
                 mode = "none"  # TransformerLens leaves a soft-capped unembedding uncentred
             hooked._steerlens_processing = mode  # type: ignore[assignment]
@@ -416,19 +431,11 @@ def _check_conversion(model: HookedTransformer, hf: Any, name: str) -> None:
 
 
 def _official(name: str) -> str:
-    from transformer_lens.loading_from_pretrained import get_official_model_name
-
-    return str(get_official_model_name(name))
+    return _tl.official_model_name(name) or name
 
 
 def _is_official(name: str) -> bool:
-    from transformer_lens.loading_from_pretrained import get_official_model_name
-
-    try:
-        get_official_model_name(name)
-    except ValueError:
-        return False
-    return True
+    return _tl.official_model_name(name) is not None
 
 
 def _hooked_from_llama(
@@ -436,12 +443,12 @@ def _hooked_from_llama(
 ) -> HookedTransformer:
     """A HookedTransformer with the weights of a Llama-architecture HF model (processed on
     the CPU, then moved)."""
-    from transformer_lens import HookedTransformerConfig
+    config_class = _tl.hooked_transformer_config()
     from transformer_lens.pretrained.weight_conversions.llama import convert_llama_weights
 
     c = hf.config
     n_kv = c.num_key_value_heads
-    cfg = HookedTransformerConfig(
+    cfg = config_class(
         d_model=c.hidden_size,
         d_head=c.hidden_size // c.num_attention_heads,
         n_heads=c.num_attention_heads,
@@ -465,7 +472,7 @@ def _hooked_from_llama(
         dtype=hf.dtype,
         default_prepend_bos=True,
     )
-    model = HookedTransformer(cfg, tokenizer=tok, move_to_device=False)
+    model = _tl.hooked_transformer_class()(cfg, tokenizer=tok, move_to_device=False)
     mode = "full" if processing == "auto" else processing
     model.load_and_process_state_dict(
         convert_llama_weights(hf, cfg),

@@ -90,6 +90,7 @@ from steerlens.experiments.sweep import (
 )
 from steerlens.experiments.token_effects import TokenEffectsConfig, token_effect_study
 from steerlens.methods.registry import METHODS, method_label
+from steerlens.methods.sae_train import require_sae_lens, sae_lens_available
 from steerlens.metrics.mmlu import mmlu_accuracy
 from steerlens.metrics.side_effects import side_effect_table
 from steerlens.metrics.stats import cluster_estimate, reported
@@ -120,6 +121,14 @@ STEPS = (
     "token_effects",
     "steerx",
 )
+
+
+def _available_backbones() -> list[str]:
+    """Every SteerX backbone, "sae" left out (with a notice) where sae-lens is missing."""
+    if sae_lens_available():
+        return list(BACKBONES)
+    logger.info("the steerx step runs without the sae backbone: pip install 'steerlens[sae]'")
+    return [b for b in BACKBONES if b != "sae"]
 
 
 @dataclass
@@ -159,7 +168,8 @@ class DemoConfig:
     )
     steerx: bool = True
     steerx_users_per_group: int = 2
-    steerx_backbones: list[str] = field(default_factory=lambda: list(BACKBONES))
+    # every backbone; "sae" only where sae-lens (steerlens[sae]) is installed
+    steerx_backbones: list[str] = field(default_factory=lambda: _available_backbones())
     steps: list[str] = field(default_factory=lambda: list(STEPS))
 
     def __post_init__(self) -> None:
@@ -190,6 +200,8 @@ class DemoConfig:
         bad_backbones = [b for b in self.steerx_backbones if b not in BACKBONES]
         if bad_backbones or not self.steerx_backbones:
             raise ValueError(f"steerx_backbones must be some of {BACKBONES}, got {bad_backbones}")
+        if "sae" in self.steerx_backbones and "steerx" in self.steps:
+            require_sae_lens("the steerx step's sae backbone")
         if self.steerx_users_per_group < 1:
             raise ValueError("steerx_users_per_group must be >= 1")
         if 0.0 not in self.alphas or len(self.alphas) < 2:

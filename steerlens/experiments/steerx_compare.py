@@ -55,25 +55,8 @@ def _cards(study: dict[str, Any], first: str, simulated: bool) -> list[dict[str,
     cards = []
     for group, part in users[users["backbone"] == first].groupby("group"):
         u = str(part["user"].iloc[0])
-        r = results[u]
-        cards.append(
-            {
-                "user": u,
-                "group": str(group),
-                "subtitle": f"group {group} (simulated)" if simulated else "",
-                "description": r.description.text,
-                "backbone": first,
-                "targets": [
-                    {
-                        "prompt": p,
-                        "tokens": list(e.tokens),
-                        "effect": e.effect.tolist(),
-                        "selected": [int(i) for i in sel],
-                    }
-                    for (p, _), e, sel in zip(r.targets, r.effects, r.selected, strict=True)
-                ],
-            }
-        )
+        subtitle = f"group {group} (simulated)" if simulated else ""
+        cards.append(results[u].card(str(group), subtitle))
     return cards
 
 

@@ -10,15 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from steerlens.core.vectors import SteeringVector
-from steerlens.methods.personal import (
-    PairActivations,
-    bradley_terry,
-    dislike_weighted,
-    population,
-)
+# The fit functions import their methods on first use: the registry's names, labels and
+# defaults are read by `steerlens --help` without importing torch.
+if TYPE_CHECKING:
+    from steerlens.core.vectors import SteeringVector
+    from steerlens.methods.personal import PairActivations
 
 __all__ = [
     "METHODS",
@@ -75,15 +73,21 @@ class Method:
 
 
 def _population(pa: PairActivations, opts: MethodOptions) -> Fitted:
+    from steerlens.methods.personal import population
+
     vec = population(pa)
     return Fitted(lambda user: vec, vec)
 
 
 def _dislike_weighted(pa: PairActivations, opts: MethodOptions) -> Fitted:
+    from steerlens.methods.personal import dislike_weighted
+
     return Fitted(lambda user: dislike_weighted(pa, user, shrink=opts.shrink))
 
 
 def _bradley_terry(pa: PairActivations, opts: MethodOptions) -> Fitted:
+    from steerlens.methods.personal import bradley_terry
+
     bt = bradley_terry(pa, opts.rank, C=opts.C)
     return Fitted(lambda user: bt.user_vector(user, shrink=opts.shrink), bt)
 

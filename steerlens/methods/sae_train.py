@@ -11,6 +11,7 @@ default) and reloaded with ``sae_lens.SAE.load_from_disk``; its reconstruction q
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import random
@@ -27,10 +28,13 @@ from steerlens.core.tokens import non_special_mask, tokenize
 from steerlens.run.cache import cache_activations
 
 __all__ = [
+    "SAE_EXTRA",
     "SAEReport",
     "default_sae_dir",
     "ensure_sae",
     "load_sae",
+    "require_sae_lens",
+    "sae_lens_available",
     "sae_text",
     "save_sae",
     "token_activations",
@@ -48,6 +52,24 @@ class SAEReport:
     explained_variance: float
     l0: float
     dead_share: float  # latents that never fire on the held-out tokens
+
+
+SAE_EXTRA = "steerlens[sae]"
+
+
+def sae_lens_available() -> bool:
+    """Whether sae-lens (the optional extra ``steerlens[sae]``) is installed."""
+    return importlib.util.find_spec("sae_lens") is not None
+
+
+def require_sae_lens(what: str = "training or loading an SAE") -> None:
+    """Raise an ``ImportError`` naming the extra to install when sae-lens is missing."""
+    if not sae_lens_available():
+        raise ImportError(
+            f"{what} needs sae-lens, an optional extra: pip install '{SAE_EXTRA}'. "
+            "sae-lens 6 requires TransformerLens < 4, so the extra keeps TransformerLens at 3.9; "
+            "every other feature works on TransformerLens 4 without it."
+        )
 
 
 def default_sae_dir(model_name: str, layer: int) -> Path:
@@ -119,6 +141,7 @@ def train_sae(
 ) -> tuple[Any, SAEReport]:
     """Train a ``TopKTrainingSAE`` on ``acts`` ([tokens, d_model]); return it and its report
     on a held-out share of the tokens."""
+    require_sae_lens("train_sae")
     from sae_lens.config import SAETrainerConfig
     from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
     from sae_lens.training.sae_trainer import SAETrainer
@@ -159,6 +182,7 @@ def save_sae(sae: Any, report: SAEReport, folder: str | Path) -> Path:
 
 def load_sae(folder: str | Path, device: str = "cpu") -> Any:
     """An SAE saved by ``save_sae`` (or any sae-lens folder)."""
+    require_sae_lens("load_sae")
     from sae_lens import SAE
 
     return SAE.load_from_disk(str(folder), device=device)
@@ -177,6 +201,7 @@ def ensure_sae(
     missing (offline text: ``sae_text``)."""
     from steerlens.core.models import model_name
 
+    require_sae_lens("the SAE backbone (ensure_sae)")
     folder = (
         Path(folder) if folder is not None else default_sae_dir(model_name(model) or "model", layer)
     )

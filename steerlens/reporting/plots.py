@@ -1,4 +1,11 @@
-"""Plotly figures: each a function data -> ``go.Figure``; ``save_figure`` writes HTML (+ PNG)."""
+"""Plotly figures: each a function data -> ``go.Figure``; ``save_figure`` writes HTML (+ PNG).
+
+Public as ``steerlens.plots`` (``sl.plots``). The sweep figures take either a sweep's raw
+cells (``cells.parquet``, summarised here with ``steerlens.metrics.summaries``) or the summary
+table the study writes (``results/dose_response.csv`` ...); the SteerX figures take the objects
+``sl.steerx`` returns (``history_effects``, ``item_effects``, ``history_token_effects``) or the
+frames and matrices written from them.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +20,8 @@ import pandas as pd
 import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.subplots import make_subplots
+
+from steerlens.metrics.summaries import dose_response_table, gating_table, selectivity_table
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +39,7 @@ __all__ = [
     "selectivity_heatmap",
     "steerx_bars",
     "token_effects",
+    "user_card",
     "users_in_basis",
     "utility_by_group",
 ]
@@ -74,6 +84,11 @@ def _need(frame: pd.DataFrame, cols: tuple[str, ...], who: str) -> None:
         raise ValueError(f"{who} needs columns {missing}")
 
 
+def _is_cells(frame: pd.DataFrame) -> bool:
+    """A sweep's raw cells (one row a generation), not a summary table."""
+    return {"key", "prompt_id", "abs_error"} <= set(frame.columns)
+
+
 def _band(x: Any, low: Any, high: Any, colour: str, group: str) -> go.Scatter:
     """A shaded interval between ``low`` and ``high`` (drawn as one closed polygon)."""
     return go.Scatter(
@@ -94,13 +109,20 @@ def dose_response(
     table: pd.DataFrame,
     *,
     side_effects: pd.DataFrame | None = None,
+    gate: str = "all",
     title: str | None = None,
 ) -> go.Figure:
-    """Against α, one line per vector method (``metrics.summaries.dose_response_table``):
-    ΔMAE % vs unsteered with 95 % bands, the ground-truth utility gain (simulated sets), the
-    share of degenerate outputs, the median perplexity of the generations, and — with
-    ``side_effects`` (``metrics.side_effects.side_effect_table``) — the per-token KL on
-    neutral text and that text's perplexity under steering, each with its band."""
+    """Against α, one line per vector method: ΔMAE % vs unsteered with 95 % bands, the
+    ground-truth utility gain (simulated sets), the share of degenerate outputs, the median
+    perplexity of the generations, and — with ``side_effects``
+    (``metrics.side_effects.side_effect_table``) — the per-token KL on neutral text and that
+    text's perplexity under steering, each with its band. ``table``: a sweep's cells (the
+    ``gate`` given is summarised) or ``metrics.summaries.dose_response_table``'s output.
+
+    Example: ``sl.plots.dose_response(pd.read_parquet("results/sweep/.../cells.parquet"))``
+    """
+    if _is_cells(table):
+        table = dose_response_table(table, gate=gate)
     _need(table, ("method", "alpha", "delta_pct", "ppl", "degenerate_share"), "dose_response")
     panels: list[tuple[str, pd.DataFrame, str, str | None, str | None]] = [
         ("ΔMAE vs unsteered (%) · lower is better", table, "delta_pct", "delta_low", "delta_high")
@@ -167,7 +189,10 @@ def dose_response(
 def calibrated_curves(table: pd.DataFrame, *, title: str | None = None) -> go.Figure:
     """A KL-calibrated sweep (``dose_response_table(..., dose="kl_budget")``): ΔMAE %, the
     utility gain (simulated sets) and the spread of the users' calibrated α against the KL
-    budget, one line per method."""
+    budget, one line per method.
+
+    Example: ``sl.plots.calibrated_curves(pd.read_csv("results/calibrated.csv"))``
+    """
     _need(table, ("method", "kl_budget", "alpha", "delta_pct"), "calibrated_curves")
     panels = [("ΔMAE vs unsteered (%)", "delta_pct", "delta_low", "delta_high")]
     if "utility_gain" in table:
@@ -210,9 +235,21 @@ def calibrated_curves(table: pd.DataFrame, *, title: str | None = None) -> go.Fi
     )
 
 
-def selectivity_heatmap(table: pd.DataFrame, *, title: str | None = None) -> go.Figure:
+def selectivity_heatmap(
+    table: pd.DataFrame,
+    *,
+    method: str = "population",
+    gate: str = "all",
+    title: str | None = None,
+) -> go.Figure:
     """% change of MAE vs unsteered, prompt category (rows) x α (columns), as the study's
-    selectivity table (``evaluation.selectivity_table``)."""
+    selectivity table (``evaluation.selectivity_table``); from a sweep's cells, ``method``'s
+    at ``gate``.
+
+    Example: ``sl.plots.selectivity_heatmap(cells, method="dislike-weighted")``
+    """
+    if _is_cells(table):
+        table = selectivity_table(table, method=method, gate=gate)
     if table.empty:
         raise ValueError("selectivity_heatmap needs a non-empty category x alpha table")
     pct = table.astype(float)
@@ -235,9 +272,23 @@ def selectivity_heatmap(table: pd.DataFrame, *, title: str | None = None) -> go.
     return _style(fig, title or "Selectivity: MAE change by prompt category (negative = better)")
 
 
-def gating_curve(table: pd.DataFrame, *, title: str | None = None) -> go.Figure:
+def gating_curve(
+    table: pd.DataFrame,
+    *,
+    method: str = "population",
+    alpha: float | None = None,
+    title: str | None = None,
+) -> go.Figure:
     """ΔMAE % (with 95 % intervals) and utility gain per gate: ``first:K`` against K, and
-    ``prefill`` / ``generated`` / ``all`` as reference lines (``evaluation.gating_table``)."""
+    ``prefill`` / ``generated`` / ``all`` as reference lines (``evaluation.gating_table``);
+    from a sweep's cells, ``method``'s at ``alpha``.
+
+    Example: ``sl.plots.gating_curve(pd.read_csv("results/gating.csv"))``
+    """
+    if _is_cells(table):
+        if alpha is None:
+            raise ValueError("gating_curve from a sweep's cells needs alpha=")
+        table = gating_table(table, method=method, alpha=alpha)
     _need(table, ("gate", "k", "delta_pct", "delta_low", "delta_high"), "gating_curve")
     first = table[table["gate"].str.startswith("first:")].sort_values("k")
     fig = make_subplots(
@@ -293,7 +344,10 @@ def gating_curve(table: pd.DataFrame, *, title: str | None = None) -> go.Figure:
 
 def utility_by_group(table: pd.DataFrame, *, title: str | None = None) -> go.Figure:
     """Ground-truth utility gain of steered generations per user group and method, with 95 %
-    intervals (columns ``method``, ``group``, ``mean``, ``low``, ``high``)."""
+    intervals (columns ``method``, ``group``, ``mean``, ``low``, ``high``).
+
+    Example: ``sl.plots.utility_by_group(pd.read_csv("results/utility_by_group.csv"))``
+    """
     _need(table, ("method", "group", "mean", "low", "high"), "utility_by_group")
     fig = go.Figure()
     for k, method in enumerate(sorted(table["method"].unique())):
@@ -308,7 +362,11 @@ def utility_by_group(table: pd.DataFrame, *, title: str | None = None) -> go.Fig
 
 
 def dataset_overview(ground_truth: dict[str, Any], pairs: pd.DataFrame) -> go.Figure:
-    """Simulated set: users' latent weights, score distribution per category, toxicity per style."""
+    """Simulated set: users' latent weights, score distribution per category, toxicity per style.
+
+    Example: ``ds = sl.data.load_prism("demo"); sl.plots.dataset_overview(ds.ground_truth,
+    pd.DataFrame([p.__dict__ for p in ds.preference_pairs()]))``
+    """
     fig = make_subplots(
         rows=1,
         cols=3,
@@ -395,6 +453,8 @@ def ppa_bars(
     """Preference accuracy per method with 95 % intervals; chance and oracle as lines.
 
     ``table`` has columns ``method``, ``measure``, ``mean``, ``low``, ``high``.
+
+    Example: ``sl.plots.ppa_bars(pd.read_csv("results/ppa.csv"))``
     """
     for col in ("method", "measure", "mean", "low", "high"):
         if col not in table:
@@ -424,7 +484,10 @@ def ppa_bars(
 
 
 def users_in_basis(coords: pd.DataFrame, *, title: str | None = None) -> go.Figure:
-    """Users in the first two Bradley-Terry coordinates, coloured by ``group`` if present."""
+    """Users in the first two Bradley-Terry coordinates, coloured by ``group`` if present.
+
+    Example: ``sl.plots.users_in_basis(pd.read_csv("results/users_bt.csv", index_col=0))``
+    """
     for col in ("c0", "c1"):
         if col not in coords:
             raise ValueError("users_in_basis needs columns c0 and c1 (a rank >= 2 basis)")
@@ -448,17 +511,27 @@ def users_in_basis(coords: pd.DataFrame, *, title: str | None = None) -> go.Figu
 
 
 def mmlu_bars(results: pd.DataFrame, *, title: str | None = None) -> go.Figure:
-    """MMLU accuracy per condition with 95 % intervals (columns condition, mean, low, high)."""
+    """MMLU accuracy per condition with 95 % intervals (columns condition, mean, low, high).
+
+    Example: ``sl.plots.mmlu_bars(pd.read_csv("results/mmlu.csv"))``
+    """
     fig = go.Figure(_interval_bars(results["condition"], results, "#b59b6b"))
     fig.add_hline(y=0.25, line=dict(color="#999", dash="dash"), annotation_text="chance 0.25")
     fig.update_yaxes(title_text="zero-shot MMLU accuracy", range=[0, 1])
     return _style(fig, title or "Zero-shot MMLU, steered and unsteered")
 
 
-def token_effects(frame: pd.DataFrame, *, title: str | None = None) -> go.Figure:
+def token_effects(frame: Any, *, title: str | None = None) -> go.Figure:
     """A response's tokens coloured by causal effect (hover: p_with, p_without, effect);
-    ``frame`` is ``TokenEffects.to_frame()`` (optionally with a ``planted`` column, drawn as
-    an underline mark)."""
+    ``frame`` is a ``TokenEffects`` (what ``sl.steerx.history_effects`` returns) or its
+    ``to_frame()``, optionally with a ``planted`` column (drawn as an underline) and a
+    ``selected`` column (the tokens kept as preference-driven, outlined).
+
+    Example: ``sl.plots.token_effects(sl.steerx.history_effects(model, prompt=p,
+    response=r, history=h))``
+    """
+    if hasattr(frame, "to_frame"):
+        frame = frame.to_frame()
     _need(frame, ("token", "p_with", "p_without", "effect"), "token_effects")
     per_line = 16
     n = len(frame)
@@ -503,6 +576,18 @@ def token_effects(frame: pd.DataFrame, *, title: str | None = None) -> go.Figure
                 name="planted span",
             )
         )
+    if "selected" in frame:
+        kept = frame["selected"].to_numpy(bool)
+        fig.add_trace(
+            go.Scatter(
+                x=[x[i] for i in range(n) if kept[i]],
+                y=[y[i] for i in range(n) if kept[i]],
+                mode="markers",
+                marker=dict(symbol="square-open", size=38, line=dict(width=3, color="#2a7f62")),
+                name="kept as preference-driven",
+                hoverinfo="skip",
+            )
+        )
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False)
     fig.update_layout(height=140 + 60 * (1 + (n - 1) // per_line))
@@ -512,16 +597,27 @@ def token_effects(frame: pd.DataFrame, *, title: str | None = None) -> go.Figure
 def effect_heatmap(
     matrix: Any,
     *,
-    x: Sequence[str],
-    y: Sequence[str],
-    x_title: str,
-    y_title: str,
-    title: str,
+    x: Sequence[str] | None = None,
+    y: Sequence[str] | None = None,
+    x_title: str | None = None,
+    y_title: str | None = None,
+    title: str | None = None,
     colorbar: str = "effect",
 ) -> go.Figure:
     """A signed heatmap (history item x target token, history token x target token, layer x
-    position) with hover values."""
-    z = np.asarray(matrix, dtype=float)
+    position) with hover values. ``matrix`` is a matrix with its labels ``x`` (columns) and
+    ``y`` (rows), or a result of ``sl.steerx.item_effects`` / ``history_token_effects``
+    (labels and titles taken from it; any given here win).
+
+    Example: ``sl.plots.effect_heatmap(sl.steerx.item_effects(model, prompt=p, response=r,
+    history=h))``
+    """
+    if hasattr(matrix, "effect") and hasattr(matrix, "target"):
+        x, y, x_title, y_title, title = _effect_labels(matrix, x, y, x_title, y_title, title)
+        matrix = matrix.effect
+    if x is None or y is None:
+        raise ValueError("effect_heatmap needs x= and y= labels for a plain matrix")
+    z = np.asarray(matrix.detach().cpu() if hasattr(matrix, "detach") else matrix, dtype=float)
     if z.shape != (len(y), len(x)):
         raise ValueError(f"matrix is {z.shape} but the labels are {len(y)} x {len(x)}")
     bound = max(1e-6, float(np.nanmax(np.abs(z))) if z.size else 1.0)
@@ -537,14 +633,75 @@ def effect_heatmap(
             colorbar=dict(title=colorbar),
         )
     )
-    fig.update_xaxes(title_text=x_title)
-    fig.update_yaxes(title_text=y_title, autorange="reversed")
-    return _style(fig, title)
+    fig.update_xaxes(title_text=x_title or "")
+    fig.update_yaxes(title_text=y_title or "", autorange="reversed")
+    return _style(fig, title or "Causal effect")
+
+
+def _effect_labels(
+    result: Any,
+    x: Sequence[str] | None,
+    y: Sequence[str] | None,
+    x_title: str | None,
+    y_title: str | None,
+    title: str | None,
+) -> tuple[Sequence[str], Sequence[str], str, str, str]:
+    """Labels of an ``ItemEffects`` (rows: history items, by their prompt) or a
+    ``HistoryTokenEffects`` (rows: the history tokens ablated one at a time)."""
+    if hasattr(result, "items"):
+        rows = [next((m["content"] for m in it if m["role"] == "user"), "") for it in result.items]
+        what, ylab = "history without item", "history item (its prompt)"
+    else:
+        rows, what, ylab = list(result.history_tokens), "without the token", "history token"
+    return (
+        x if x is not None else list(result.target.tokens),
+        y if y is not None else [r[:40] for r in rows],
+        x_title or "target token",
+        y_title or ylab,
+        title or f"P(y_t | history) − P(y_t | {what})",
+    )
+
+
+def user_card(card: Any, *, title: str | None = None) -> go.Figure:
+    """A SteerX user card as a figure: the description as the title, and each of the user's
+    texts token by token, coloured by the history's causal effect, the tokens kept as
+    preference-driven outlined. ``card``: a ``SteerXResult`` (``sl.steerx.steerx_user``) or
+    one entry of ``results/steerx_cards.json`` (its ``card()``).
+
+    Example: ``sl.plots.user_card(json.load(open("results/steerx_cards.json"))[0])``
+    """
+    if hasattr(card, "card"):
+        card = card.card()
+    targets = card.get("targets") or []
+    if not targets:
+        raise ValueError(f"user card {card.get('user')!r} has no targets")
+    frame = pd.DataFrame(
+        [
+            {
+                "token": tok,
+                "p_with": float("nan"),
+                "p_without": float("nan"),
+                "effect": float(eff),
+                "selected": i in set(t["selected"]),
+            }
+            for t in targets
+            for i, (tok, eff) in enumerate(zip(t["tokens"], t["effect"], strict=True))
+        ]
+    )
+    words = str(card.get("description", "")).split()
+    lines = [" ".join(words[i : i + 14]) for i in range(0, len(words), 14)][:4]
+    head = title or f"SteerX user card · {card.get('user')} ({card.get('group', '')})"
+    fig = token_effects(frame, title="<br>".join([head, *[f"<sub>{w}</sub>" for w in lines]]))
+    fig.update_layout(margin=dict(t=70 + 18 * len(lines)))
+    return fig
 
 
 def pr_curves(curve: pd.DataFrame, *, title: str | None = None) -> go.Figure:
     """Precision against recall of each estimator over its thresholds
-    (``evaluation.token_truth.pr_curve``)."""
+    (``evaluation.token_truth.pr_curve``).
+
+    Example: ``sl.plots.pr_curves(pd.read_csv("results/steerx_pr_curve.csv"))``
+    """
     _need(curve, ("estimator", "threshold", "precision", "recall"), "pr_curves")
     fig = go.Figure()
     for k, est in enumerate(curve["estimator"].unique()):
@@ -567,7 +724,10 @@ def pr_curves(curve: pd.DataFrame, *, title: str | None = None) -> go.Figure:
 
 def steerx_bars(table: pd.DataFrame, *, measure: str, title: str | None = None) -> go.Figure:
     """SteerX vs all-history per backbone, with 95 % intervals (rows of
-    ``steerx_study`` with columns backbone, method, measure, mean, low, high)."""
+    ``steerx_study`` with columns backbone, method, measure, mean, low, high).
+
+    Example: ``sl.plots.steerx_bars(pd.read_csv("results/steerx_compare.csv"), measure="ppa_projection")``
+    """
     _need(table, ("backbone", "method", "measure", "mean", "low", "high"), "steerx_bars")
     rows = table[(table["measure"] == measure) & table["method"].isin(["steerx", "all-history"])]
     if rows.empty:
@@ -608,7 +768,10 @@ def _warn_html_only(reason: str) -> None:
 def save_figures(figures: Mapping[Path, go.Figure] | Mapping[str, go.Figure]) -> list[Path]:
     """``save_figure`` for many figures (stem -> figure): each ``stem.html``, and the PNGs
     in one batch through one Chromium session where one is available (starting Chromium per
-    figure costs about a second each)."""
+    figure costs about a second each).
+
+    Example: ``sl.plots.save_figures({"figures/dose": fig_a, "figures/ppa": fig_b})``
+    """
     written: list[Path] = []
     stems = [Path(s) for s in figures]
     for stem, fig in zip(stems, figures.values(), strict=True):
@@ -641,5 +804,8 @@ def save_figures(figures: Mapping[Path, go.Figure] | Mapping[str, go.Figure]) ->
 
 
 def save_figure(fig: go.Figure, stem: str | Path) -> list[Path]:
-    """Write ``stem.html`` and, where a Chrome/Chromium is available, ``stem.png``."""
+    """Write ``stem.html`` and, where a Chrome/Chromium is available, ``stem.png``.
+
+    Example: ``sl.plots.save_figure(fig, "figures/dose_response")``
+    """
     return save_figures({Path(stem): fig})

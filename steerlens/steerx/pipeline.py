@@ -114,6 +114,26 @@ class SteerXResult:
             "selected_share": sum(map(len, self.selected)) / max(1, sum(map(len, self.effects))),
         }
 
+    def card(self, group: str = "", subtitle: str = "") -> dict[str, Any]:
+        """The user card's data (``sl.plots.user_card``; ``results/steerx_cards.json``): the
+        description, and per target its tokens, their effects and the selected ones."""
+        return {
+            "user": self.user,
+            "group": group,
+            "subtitle": subtitle,
+            "description": self.description.text,
+            "backbone": self.config.backbone,
+            "targets": [
+                {
+                    "prompt": p,
+                    "tokens": list(e.tokens),
+                    "effect": e.effect.tolist(),
+                    "selected": [int(i) for i in sel],
+                }
+                for (p, _), e, sel in zip(self.targets, self.effects, self.selected, strict=True)
+            ],
+        }
+
     def save(self, folder: str | Path) -> Path:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)

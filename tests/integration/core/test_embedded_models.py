@@ -2,13 +2,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import on_device
+from conftest import needs_hooked, on_device
 
 import steerlens as sl
 
 
 @pytest.mark.integration
 @pytest.mark.slow
+@needs_hooked
 def test_embedded_hooked_backend_matches_bridge(embedded):
     hooked = sl.load_model(backend="hooked")
     ids = sl.encode_prompts(embedded, ["What is the capital of France?"])[0][None]

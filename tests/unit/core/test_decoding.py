@@ -9,7 +9,7 @@ import re
 
 import pytest
 import torch
-from conftest import BACKENDS, PROMPTS, on_device
+from conftest import BACKENDS, PROMPTS, needs_hooked, on_device
 from transformers import DynamicCache
 
 import steerlens as sl
@@ -157,6 +157,7 @@ def test_a_refused_fast_path_is_routed_around(monkeypatch, caplog, spy_path):
         sl.generate(model, PROMPTS[:1], max_new_tokens=2, engine="hf", progress_bar=False)
 
 
+@needs_hooked
 def test_a_hooked_transformer_whose_cache_forgets_is_refused_at_load(monkeypatch):
     from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import on_device
+from conftest import needs_hooked, on_device
 
 import steerlens as sl
 
@@ -27,6 +27,7 @@ def test_tiny_model_is_seeded(tiny_bridge):
     assert (tiny_bridge.cfg.n_layers, tiny_bridge.cfg.d_model) == (4, 64)
 
 
+@needs_hooked
 def test_backends_give_the_same_logits(tiny_bridge):
     hooked = sl.load_model("tiny-random", backend="hooked")
     assert type(hooked).__name__ == "HookedTransformer"
@@ -60,6 +61,7 @@ def tiny_folder(tmp_path_factory):
     return str(folder)
 
 
+@needs_hooked
 def test_a_named_model_has_one_name_and_its_vectors_move_between_backends(tiny_folder):
     bridge = sl.load_model(tiny_folder)
     hooked = sl.load_model(tiny_folder, backend="hooked")
@@ -72,6 +74,7 @@ def test_a_named_model_has_one_name_and_its_vectors_move_between_backends(tiny_f
     assert a == b
 
 
+@needs_hooked
 def test_official_hooked_name_keeps_the_full_name(monkeypatch):
     """TransformerLens stores official models under a short cfg.model_name."""
     from transformer_lens import HookedTransformer

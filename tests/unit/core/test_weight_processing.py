@@ -13,7 +13,7 @@ from contextlib import nullcontext
 
 import pytest
 import torch
-from conftest import ENGINES, PROMPTS, assert_close_impl, on_device
+from conftest import BACKENDS, ENGINES, PROMPTS, assert_close_impl, on_device
 
 import steerlens as sl
 from steerlens.core import models
@@ -38,7 +38,7 @@ def folder(tmp_path_factory):
     return str(path)
 
 
-@pytest.fixture(scope="module", params=["bridge", "hooked"])
+@pytest.fixture(scope="module", params=BACKENDS)
 def trio(request, folder):
     # float32 on every device (a model loaded by name defaults to bf16 on CUDA)
     return {
@@ -73,17 +73,19 @@ def test_auto_resolves_by_class_norm_and_device():
         sl.load_model("tiny-random", weight_processing="some")  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", ["tiny-random", "folder"])
-def test_load_model_records_what_auto_chose_on_each_device(name, folder, monkeypatch):
+def test_load_model_records_what_auto_chose_on_each_device(name, backend, folder, monkeypatch):
     name = folder if name == "folder" else name
-    assert load_spec(sl.load_model(name, device="cpu")).weight_processing == "full"
-    hooked = sl.load_model(name, device="cpu", backend="hooked", weight_processing="none")
-    assert load_spec(hooked).weight_processing == "none"
+
+    def chosen(**kw):
+        return load_spec(sl.load_model(name, device="cpu", backend=backend, **kw)).weight_processing
+
+    assert chosen() == "full"
+    assert chosen(weight_processing="none") == "none"
     # on an accelerator (stood in for by the CPU here) "auto" is light for a bridge only
     monkeypatch.setattr(models, "_on_accelerator", lambda device, device_map: True)
-    assert load_spec(sl.load_model(name, device="cpu")).weight_processing == "light"
-    hooked = sl.load_model(name, device="cpu", backend="hooked")
-    assert load_spec(hooked).weight_processing == "full"
+    assert chosen() == ("light" if backend == "bridge" else "full")
 
 
 def test_every_mode_has_the_same_residual_stream_and_log_probs(trio):

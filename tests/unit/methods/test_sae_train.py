@@ -6,12 +6,14 @@ import json
 
 import pytest
 import torch
+from conftest import needs_sae_lens
 
 import steerlens as sl
 from steerlens.methods.sae import sae_vector
 from steerlens.methods.sae_train import load_sae, sae_text, save_sae, token_activations, train_sae
 
 
+@needs_sae_lens
 def test_train_save_reload_and_steer(tmp_path):
     model = sl.load_model("tiny-random")
     texts = sae_text(n_mmlu=20)[:60]

@@ -10,6 +10,7 @@ import subprocess
 import zlib
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import pytest
@@ -367,3 +368,76 @@ def test_append_links_adds_then_replaces_a_section(tmp_path):
     assert text.count('id="links-steerx-pages"') == 1
     assert "steerx_user_u2.html" in text and "steerx_user_u1.html" not in text
     assert text.index("links-steerx-pages") < text.index("</main>")
+
+
+# --- sl.plots: the public figures, from the frames and objects the library returns -------
+
+
+def test_sl_plots_is_the_report_figures_each_with_an_example():
+    import steerlens as sl
+
+    assert sl.plots.__all__ == plots.__all__
+    for name in plots.__all__:
+        fn = getattr(sl.plots, name)
+        assert fn is getattr(plots, name)
+        doc = fn.__doc__ or ""
+        assert "Example: ``" in doc and f"sl.plots.{name}(" in doc.split("Example:")[1], name
+
+
+def _ys(fig: go.Figure) -> str:
+    return fig.to_json()  # every trace and the layout (NaN written alike)
+
+
+def test_sweep_figures_take_a_sweeps_cells_as_they_take_its_summary_tables():
+    cells = _cells(FIVE_USERS)
+    assert _ys(plots.dose_response(cells)) == _ys(plots.dose_response(dose_response_table(cells)))
+    assert _ys(plots.selectivity_heatmap(cells, method="pop")) == _ys(
+        plots.selectivity_heatmap(selectivity_table(cells, method="pop"))
+    )
+    assert _ys(plots.gating_curve(cells, method="pop", alpha=1.0)) == _ys(
+        plots.gating_curve(gating_table(cells, method="pop", alpha=1.0))
+    )
+    with pytest.raises(ValueError, match="alpha="):
+        plots.gating_curve(cells)
+
+
+def test_steerx_figures_take_the_objects_steerx_returns(tiny_bridge):
+    import steerlens as sl
+
+    history = [
+        {"role": "user", "content": "I like short answers."},
+        {"role": "assistant", "content": "Noted."},
+        {"role": "user", "content": "Tell me about cats."},
+        {"role": "assistant", "content": "Cats purr."},
+    ]
+    kw = dict(prompt="Say hi.", response="Hi there friend.", history=history)
+    items = sl.steerx.item_effects(tiny_bridge, **kw)
+    fig = plots.effect_heatmap(items)
+    heat = fig.data[0]
+    np.testing.assert_array_equal(np.asarray(heat.z), items.effect.double().numpy())
+    assert [y.split(":", 1)[1] for y in heat.y] == ["I like short answers.", "Tell me about cats."]
+    assert len(heat.x) == len(items.target.tokens)
+    with pytest.raises(ValueError, match="labels"):
+        plots.effect_heatmap(items.effect)  # a plain matrix needs its labels
+    effects = sl.steerx.history_effects(tiny_bridge, **kw)
+    a, b = plots.token_effects(effects), plots.token_effects(effects.to_frame())
+    assert a.to_plotly_json()["data"] == b.to_plotly_json()["data"]
+
+
+def test_user_card_outlines_the_kept_tokens():
+    card = {
+        "user": "u7",
+        "group": "g",
+        "description": "likes brevity " * 20,
+        "targets": [
+            {"prompt": "p", "tokens": ["a", "b", "c"], "effect": [0.1, -0.2, 0.3], "selected": [2]},
+            {"prompt": "q", "tokens": ["d", "e"], "effect": [0.0, 0.5], "selected": [1]},
+        ],
+    }
+    fig = plots.user_card(card)
+    tokens, kept = fig.data[0], fig.data[-1]
+    assert list(tokens.marker.color) == [0.1, -0.2, 0.3, 0.0, 0.5]
+    assert kept.name == "kept as preference-driven" and list(kept.x) == [2, 4]
+    assert "u7" in fig.layout.title.text and "likes brevity" in fig.layout.title.text
+    with pytest.raises(ValueError, match="no targets"):
+        plots.user_card({"user": "x", "targets": []})

@@ -25,7 +25,7 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: install lock demo study test test-tl4 test-all test-latest bench lint data chromium clean
+.PHONY: install lock demo study test test-tl4 test-all test-latest _latest bench lint data chromium clean
 
 install: $(STAMP)
 
@@ -40,19 +40,20 @@ $(STAMP): pyproject.toml $(LOCK) $(NODEPS)
 	-$(MAKE) --no-print-directory chromium
 	touch $(STAMP)
 
-# Refresh the locks: the newest versions pyproject.toml's ranges allow (torch pinned to the CPU
-# build), for Linux x86_64 / CPython 3.11; the TransformerLens 4 lock keeps the default lock's
-# versions where it can. Run `make test test-tl4` after it and commit the files.
+# The locks, for Linux x86_64 / CPython 3.11 (torch pinned to the CPU build): brought in line
+# with pyproject.toml, keeping every pinned version that still fits; `make lock
+# LOCK_ARGS=--upgrade` moves them to the newest versions the ranges allow. The TransformerLens 4
+# lock starts from the default one's versions. Run `make test test-tl4`, then commit them.
 lock:
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	test -x $(UV) || $(PIP) install -q uv==$(UV_VERSION)
 	printf 'torch==2.13.0+cpu\nuv==$(UV_VERSION)\n' > $(VENV)/lock-constraints.txt
 	$(UV) pip compile pyproject.toml --extra dev --extra sae $(LOCK_PLATFORM) $(TORCH_SRC) \
 		-c $(VENV)/lock-constraints.txt $(LOCK_ARGS) -o $(LOCK)
-	cp $(LOCK) $(TL4_LOCK)
+	test -f $(TL4_LOCK) || cp $(LOCK) $(TL4_LOCK)
 	printf 'transformer-lens>=4\n' >> $(VENV)/lock-constraints.txt
 	$(UV) pip compile pyproject.toml --extra dev $(LOCK_PLATFORM) $(TORCH_SRC) \
-		-c $(VENV)/lock-constraints.txt -o $(TL4_LOCK)
+		-c $(VENV)/lock-constraints.txt $(LOCK_ARGS) -o $(TL4_LOCK)
 
 # The suite on TransformerLens 4, without sae-lens (its own environment, exactly its lock):
 # the hooked-backend and SAE-training tests skip there, by name; the rest must pass.
@@ -71,20 +72,25 @@ test-tl4: $(TL4)/.installed
 # moving dependency before a user does: every feature (the sae extra: TransformerLens 3.x while
 # sae-lens requires it) in $(LATEST), and TransformerLens 4 without sae-lens in $(LATEST)-tl4.
 # torch stays the CPU build this machine type has.
+# Both lines run even when the first fails; the target fails if either did.
 test-latest:
-	$(MAKE) --no-print-directory _latest ENV=$(LATEST) EXTRAS=dev,sae TL=
-	$(MAKE) --no-print-directory _latest ENV=$(LATEST)-tl4 EXTRAS=dev TL='transformer-lens>=4'
+	status=0; \
+	$(MAKE) --no-print-directory _latest LATEST_ENV=$(LATEST) LATEST_EXTRAS=dev,sae LATEST_TL= \
+		|| status=1; \
+	$(MAKE) --no-print-directory _latest LATEST_ENV=$(LATEST)-tl4 LATEST_EXTRAS=dev \
+		LATEST_TL='transformer-lens>=4' || status=1; \
+	exit $$status
 
 _latest:
-	test -x $(ENV)/bin/python || $(PYTHON) -m venv $(ENV)
-	test -x $(ENV)/bin/uv || $(ENV)/bin/python -m pip install -q uv==$(UV_VERSION)
-	printf 'torch==2.13.0+cpu\n$(TL)\n' > $(ENV)/constraints.txt
-	$(ENV)/bin/uv pip install -q --python $(ENV)/bin/python --upgrade --refresh \
-		$(TORCH_SRC) -c $(ENV)/constraints.txt -e ".[$(EXTRAS)]"
-	$(ENV)/bin/uv pip install -q --python $(ENV)/bin/python --no-deps -r $(NODEPS)
-	$(ENV)/bin/uv pip list --python $(ENV)/bin/python 2>/dev/null \
+	test -x $(LATEST_ENV)/bin/python || $(PYTHON) -m venv $(LATEST_ENV)
+	test -x $(LATEST_ENV)/bin/uv || $(LATEST_ENV)/bin/python -m pip install -q uv==$(UV_VERSION)
+	printf 'torch==2.13.0+cpu\n$(LATEST_TL)\n' > $(LATEST_ENV)/constraints.txt
+	$(LATEST_ENV)/bin/uv pip install -q --python $(LATEST_ENV)/bin/python --upgrade --refresh \
+		$(TORCH_SRC) -c $(LATEST_ENV)/constraints.txt -e ".[$(LATEST_EXTRAS)]"
+	$(LATEST_ENV)/bin/uv pip install -q --python $(LATEST_ENV)/bin/python --no-deps -r $(NODEPS)
+	$(LATEST_ENV)/bin/uv pip list --python $(LATEST_ENV)/bin/python 2>/dev/null \
 		| grep -iE '^(torch|transformers|transformer-lens|sae-lens|tokenizers) '
-	$(ENV)/bin/python -m pytest -q -m "not slow"
+	$(LATEST_ENV)/bin/python -m pytest -q -m "not slow"
 
 # PNG export (kaleido >= 1) needs a Chrome/Chromium; best effort, never fatal.
 chromium:

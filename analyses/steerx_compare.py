@@ -56,7 +56,8 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--data", default="demo")
     ap.add_argument("--out", default=".")
-    ap.add_argument("--backbones", nargs="+", default=list(sl.steerx.BACKBONES))
+    # every backbone; "sae" only where sae-lens (steerlens[sae]) can train its SAE
+    ap.add_argument("--backbones", nargs="+", default=sl.steerx.available_backbones())
     ap.add_argument("--users-per-group", type=int, default=4)
     ap.add_argument("--sae-steps", type=int, default=1500)
     ap.add_argument("--describe", choices=["spans", "model"], default="spans")

@@ -422,11 +422,13 @@ def steerx(
     """SteerX (reconstructed) for one user: effects -> selection -> description -> vector, and
     the all-history baseline through the same backbone, saved with provenance."""
     import steerlens as sl
-    from steerlens.methods.sae_train import ensure_sae, load_sae
+    from steerlens.methods.sae_train import ensure_sae, load_sae, require_sae_lens
     from steerlens.metrics.token_truth import user_queries
 
     if backbone not in sl.steerx.BACKBONES:
         raise typer.BadParameter(f"--backbone must be one of {', '.join(sl.steerx.BACKBONES)}")
+    if backbone == "sae":
+        require_sae_lens("steerlens steerx --backbone sae")  # before the model loads
     m = sl.load_model(model)
     ds = sl.data.load_prism(data)
     if user not in ds.users:

@@ -5,6 +5,7 @@ define them, and each is imported on first access, so ``import steerlens`` and
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 import types
 from collections.abc import Callable, Mapping
@@ -41,6 +42,8 @@ def lazy_namespace(
             value = importlib.import_module(submodules[name])
         elif name in names:
             value = getattr(importlib.import_module(names[name]), name)
+        elif not name.startswith("_") and importlib.util.find_spec(f"{package}.{name}"):
+            value = importlib.import_module(f"{package}.{name}")  # any other submodule
         else:
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
         namespace[name] = value

@@ -22,7 +22,6 @@ __all__ = [
     "has_hooked_transformer",
     "hooked_transformer_class",
     "hooked_transformer_config",
-    "is_hooked_transformer",
     "official_model_name",
     "tl_version",
 ]
@@ -76,12 +75,6 @@ def hooked_transformer_config(what: str = "backend='hooked'") -> Any:
     from transformer_lens import HookedTransformerConfig
 
     return HookedTransformerConfig
-
-
-def is_hooked_transformer(model: Any) -> bool:
-    """Whether ``model`` is a ``HookedTransformer`` (always False on 4.x; nothing is imported
-    that the caller has not already loaded)."""
-    return has_hooked_transformer() and isinstance(model, hooked_transformer_class())
 
 
 def official_model_name(name: str) -> str | None:

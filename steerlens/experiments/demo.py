@@ -90,7 +90,7 @@ from steerlens.experiments.sweep import (
 )
 from steerlens.experiments.token_effects import TokenEffectsConfig, token_effect_study
 from steerlens.methods.registry import METHODS, method_label
-from steerlens.methods.sae_train import require_sae_lens, sae_lens_available
+from steerlens.methods.sae_train import require_sae_lens
 from steerlens.metrics.mmlu import mmlu_accuracy
 from steerlens.metrics.side_effects import side_effect_table
 from steerlens.metrics.stats import cluster_estimate, reported
@@ -104,7 +104,7 @@ from steerlens.run.divergence import (
     reference_logprobs,
     steering_divergence,
 )
-from steerlens.steerx.pipeline import BACKBONES
+from steerlens.steerx.pipeline import BACKBONES, available_backbones
 
 logger = logging.getLogger(__name__)
 
@@ -121,14 +121,6 @@ STEPS = (
     "token_effects",
     "steerx",
 )
-
-
-def _available_backbones() -> list[str]:
-    """Every SteerX backbone, "sae" left out (with a notice) where sae-lens is missing."""
-    if sae_lens_available():
-        return list(BACKBONES)
-    logger.info("the steerx step runs without the sae backbone: pip install 'steerlens[sae]'")
-    return [b for b in BACKBONES if b != "sae"]
 
 
 @dataclass
@@ -169,7 +161,7 @@ class DemoConfig:
     steerx: bool = True
     steerx_users_per_group: int = 2
     # every backbone; "sae" only where sae-lens (steerlens[sae]) is installed
-    steerx_backbones: list[str] = field(default_factory=lambda: _available_backbones())
+    steerx_backbones: list[str] = field(default_factory=available_backbones)
     steps: list[str] = field(default_factory=lambda: list(STEPS))
 
     def __post_init__(self) -> None:

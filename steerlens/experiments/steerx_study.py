@@ -51,6 +51,7 @@ from steerlens.steerx.pipeline import (
     BACKBONES,
     SteerXConfig,
     SteerXResult,
+    available_backbones,
     conversation_messages,
     steerx_user,
 )
@@ -119,7 +120,8 @@ def description_hit(text: str, group: str) -> bool:
 
 @dataclass
 class SteerXStudyConfig:
-    backbones: list[str] = field(default_factory=lambda: list(BACKBONES))
+    # every backbone; "sae" only where sae-lens (steerlens[sae]) can train its SAE
+    backbones: list[str] = field(default_factory=available_backbones)
     users_per_group: int = 4
     held_out: float = 0.25
     n_history: int = 4

@@ -57,18 +57,48 @@ class SAEReport:
 SAE_EXTRA = "steerlens[sae]"
 
 
+def _sae_lens_problem() -> str | None:
+    """Why sae-lens cannot be used here (not installed, or installed beside a TransformerLens
+    its own requirements exclude), or None. Read from the installed metadata: nothing is
+    imported."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    from steerlens.core._tl import tl_version
+
+    if importlib.util.find_spec("sae_lens") is None:
+        return f"needs sae-lens, an optional extra: pip install '{SAE_EXTRA}'"
+    try:
+        requires = metadata.requires("sae-lens") or []
+    except metadata.PackageNotFoundError:  # importable without its metadata: nothing to check
+        requires = []
+    for line in requires:
+        req = Requirement(line)
+        if req.name == "transformer-lens" and not req.specifier.contains(tl_version(), True):
+            return (
+                f"needs sae-lens, whose version {metadata.version('sae-lens')} requires "
+                f"transformer-lens{req.specifier}, but transformer-lens {tl_version()} is "
+                f"installed: use an environment made with pip install '{SAE_EXTRA}'"
+            )
+    return None
+
+
 def sae_lens_available() -> bool:
-    """Whether sae-lens (the optional extra ``steerlens[sae]``) is installed."""
-    return importlib.util.find_spec("sae_lens") is not None
+    """Whether sae-lens (the optional extra ``steerlens[sae]``) is installed and usable with
+    the installed TransformerLens."""
+    return _sae_lens_problem() is None
 
 
 def require_sae_lens(what: str = "training or loading an SAE") -> None:
-    """Raise an ``ImportError`` naming the extra to install when sae-lens is missing."""
-    if not sae_lens_available():
+    """Raise an ``ImportError`` naming the extra to install when sae-lens is missing or does not
+    accept the installed TransformerLens."""
+    problem = _sae_lens_problem()
+    if problem is not None:
         raise ImportError(
-            f"{what} needs sae-lens, an optional extra: pip install '{SAE_EXTRA}'. "
-            "sae-lens 6 requires TransformerLens < 4, so the extra keeps TransformerLens at 3.9; "
-            "every other feature works on TransformerLens 4 without it."
+            f"{what} {problem}. sae-lens 6 requires TransformerLens < 4, so the extra keeps "
+            "TransformerLens at 3.9. Without it, the sae backbone takes any SAE-like object "
+            "(encode, W_dec) passed as sae=..."
         )
 
 

@@ -21,8 +21,6 @@ import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.subplots import make_subplots
 
-from steerlens.metrics.summaries import dose_response_table, gating_table, selectivity_table
-
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -122,6 +120,8 @@ def dose_response(
     Example: ``sl.plots.dose_response(pd.read_parquet("results/sweep/.../cells.parquet"))``
     """
     if _is_cells(table):
+        from steerlens.metrics.summaries import dose_response_table
+
         table = dose_response_table(table, gate=gate)
     _need(table, ("method", "alpha", "delta_pct", "ppl", "degenerate_share"), "dose_response")
     panels: list[tuple[str, pd.DataFrame, str, str | None, str | None]] = [
@@ -249,6 +249,8 @@ def selectivity_heatmap(
     Example: ``sl.plots.selectivity_heatmap(cells, method="dislike-weighted")``
     """
     if _is_cells(table):
+        from steerlens.metrics.summaries import selectivity_table
+
         table = selectivity_table(table, method=method, gate=gate)
     if table.empty:
         raise ValueError("selectivity_heatmap needs a non-empty category x alpha table")
@@ -288,6 +290,8 @@ def gating_curve(
     if _is_cells(table):
         if alpha is None:
             raise ValueError("gating_curve from a sweep's cells needs alpha=")
+        from steerlens.metrics.summaries import gating_table
+
         table = gating_table(table, method=method, alpha=alpha)
     _need(table, ("gate", "k", "delta_pct", "delta_low", "delta_high"), "gating_curve")
     first = table[table["gate"].str.startswith("first:")].sort_values("k")

@@ -22,7 +22,13 @@ from steerlens.steerx.patching import (
     attribution_patching,
     rank_agreement,
 )
-from steerlens.steerx.pipeline import BACKBONES, SteerXConfig, SteerXResult, steerx_user
+from steerlens.steerx.pipeline import (
+    BACKBONES,
+    SteerXConfig,
+    SteerXResult,
+    available_backbones,
+    steerx_user,
+)
 
 __all__ = [
     "BACKBONES",
@@ -36,6 +42,7 @@ __all__ = [
     "TokenEffects",
     "activation_patching",
     "attribution_patching",
+    "available_backbones",
     "batch_history_effects",
     "describe",
     "evidence_spans",

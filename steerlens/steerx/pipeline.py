@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,15 +39,35 @@ from steerlens.core.tokens import response_masks
 from steerlens.core.vectors import SteeringVector
 from steerlens.methods.bipo import BiPOConfig, bipo
 from steerlens.methods.sae import sae_vector
+from steerlens.methods.sae_train import sae_lens_available
 from steerlens.methods.stylevector import context_vector, generic_responses, style_vector
 from steerlens.run.cache import cache_activations
 from steerlens.steerx.describe import Description, describe
 from steerlens.steerx.effects import Measure, Message, TokenEffects, batch_history_effects
 
-__all__ = ["BACKBONES", "SteerXConfig", "SteerXResult", "conversation_messages", "steerx_user"]
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "BACKBONES",
+    "SteerXConfig",
+    "SteerXResult",
+    "available_backbones",
+    "conversation_messages",
+    "steerx_user",
+]
 
 BACKBONES = ("mean", "mean-context", "bipo", "sae")
 Backbone = Literal["mean", "mean-context", "bipo", "sae"]
+
+
+def available_backbones() -> list[str]:
+    """The backbones a study runs by default: every one, ``"sae"`` left out (with a notice)
+    where sae-lens (``steerlens[sae]``), which trains its SAE, cannot be used."""
+    if sae_lens_available():
+        return list(BACKBONES)
+    logger.info("the sae backbone is left out: it trains its SAE with pip install 'steerlens[sae]'")
+    return [b for b in BACKBONES if b != "sae"]
+
 
 Conversation = tuple[str, str]  # (prompt, the user's chosen response)
 

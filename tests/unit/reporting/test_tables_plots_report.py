@@ -419,6 +419,11 @@ def test_steerx_figures_take_the_objects_steerx_returns(tiny_bridge):
     assert len(heat.x) == len(items.target.tokens)
     with pytest.raises(ValueError, match="labels"):
         plots.effect_heatmap(items.effect)  # a plain matrix needs its labels
+    ablated = sl.steerx.history_token_effects(tiny_bridge, **kw, max_tokens=5)
+    heat = plots.effect_heatmap(ablated).data[0]
+    np.testing.assert_array_equal(np.asarray(heat.z), ablated.effect.double().numpy())
+    assert [y.split(":", 1)[1] for y in heat.y] == [t[:40] for t in ablated.history_tokens]
+    assert len(heat.y) == 5
     effects = sl.steerx.history_effects(tiny_bridge, **kw)
     a, b = plots.token_effects(effects), plots.token_effects(effects.to_frame())
     assert a.to_plotly_json()["data"] == b.to_plotly_json()["data"]

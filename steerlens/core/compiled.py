@@ -54,6 +54,7 @@ from torch import Tensor
 from torch._dynamo.exc import FailOnRecompileLimitHit, RecompileError, TorchDynamoException
 
 from steerlens.core.decoding import DecodingError, Steps, _cache_kwarg, _check, _probe_ids
+from steerlens.core.hf_binding import bind_twin, decoder_layers, hook_point
 from steerlens.core.hooks import AddSpec, HookPair
 
 __all__ = [
@@ -132,8 +133,6 @@ class _Slot:
 
 def steering_specs(pairs: Sequence[HookPair]) -> tuple[list[_Slot], list[AddSpec]] | str:
     """The slots and what they add, or why these hooks cannot run as data."""
-    from steerlens.core.fastpath import _point
-
     slots, specs = [], []
     for name, fn in pairs:
         spec = getattr(fn, "spec", None)
@@ -141,7 +140,7 @@ def steering_specs(pairs: Sequence[HookPair]) -> tuple[list[_Slot], list[AddSpec
             return f"the hook on {name} is not a steerlens add_vector_hook"
         if spec.prompt_lengths is not None:
             return "a steering hook has prompt_lengths (single-pass scoring, not decoding)"
-        layer, point = _point(str(name))
+        layer, point = hook_point(str(name))
         slots.append(_Slot(layer, point))
         specs.append(spec)
     return slots, specs
@@ -222,9 +221,7 @@ def _slot_hooks(twin: Any, slots: Sequence[_Slot], state: _SteerState) -> None:
     """Install one hook per slot on the twin's decoder layers, reading ``state``. They stay
     for the twin's life: it is the runner's own (nothing else runs it), and compiled graphs
     are traced with them."""
-    from steerlens.core.fastpath import _decoder_layers
-
-    layers = _decoder_layers(twin)
+    layers = decoder_layers(twin)
     for s, slot in enumerate(slots):
         if slot.point == "hook_resid_post":
 
@@ -269,11 +266,9 @@ class _Runner:
     step (one graph per cache-length bucket, under a code object of its own)."""
 
     def __init__(self, engine: CompiledEngine, slots: Sequence[_Slot], batch: int) -> None:
-        from steerlens.core.fastpath import _bind
-
         self.engine = engine
         self.batch = batch
-        self.twin = _bind(engine.hf)
+        self.twin = bind_twin(engine.hf)
         d_model = int(self.twin.config.hidden_size)
         self.state = _SteerState(len(slots), batch, d_model, engine.device)
         _slot_hooks(self.twin, slots, self.state)

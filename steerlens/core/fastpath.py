@@ -36,7 +36,6 @@ the call on the TransformerLens path, where they fire; ``engine="hf"`` then refu
 
 from __future__ import annotations
 
-import copy
 import logging
 import weakref
 from collections import OrderedDict
@@ -49,6 +48,7 @@ import torch
 from torch import Tensor
 
 from steerlens.core.decoding import DecodingError, check_hf_model, tl_refusal
+from steerlens.core.hf_binding import FAST_HOOKS, bind_twin, decoder_layers, hook_point
 from steerlens.core.hooks import HookPair, active_steering, resid_post
 from steerlens.core.models import (
     HookedModel,
@@ -71,7 +71,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-FAST_HOOKS = ("hook_resid_post", "hook_resid_pre")
 _TWINS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 _REFUSED: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
 _DECODING_REFUSED: weakref.WeakSet[Any] = weakref.WeakSet()  # refused by the cached-step check
@@ -278,7 +277,7 @@ def hf_twin(model: HookedModel) -> Any:
         raise ValueError(f"no fast path for this model: {why}")
     # (Re)bind: the first use, or the bridge's tensors were replaced (.to(), .half(),
     # load_state_dict(assign=True)) since the last binding.
-    twin = _bind(model.original_model)
+    twin = bind_twin(model.original_model)
     errs = _probe_error(model, twin)
     tol = _PROBE_TOL.get(next(model.parameters()).dtype, _PROBE_TOL_LOW)
     logger.debug("fast-path probe, relative errors: %s", errs)
@@ -318,39 +317,6 @@ def _still_bound(model: HookedModel) -> bool:
         and len(bound) == len(now)
         and all(a is b for a, b in zip(bound, now, strict=True))
     )
-
-
-def _bind(hf: Any) -> Any:
-    """A plain copy of ``hf``'s module tree whose parameters and buffers are ``hf``'s own."""
-    config = copy.deepcopy(hf.config)
-    config._attn_implementation = "sdpa"
-    with torch.device("meta"):
-        twin = type(hf)(config)
-    strip = "._original_component"
-    params = {n.replace(strip, ""): p for n, p in hf.named_parameters(remove_duplicate=False)}
-    buffers = {n.replace(strip, ""): b for n, b in hf.named_buffers(remove_duplicate=False)}
-    for name, _ in list(twin.named_parameters(remove_duplicate=False)):
-        if name not in params:
-            raise ValueError(f"cannot bind the fast path: the bridge has no parameter {name}")
-        _set(twin, name, params[name])
-    for name, _ in list(twin.named_buffers(remove_duplicate=False)):
-        if name not in buffers:
-            raise ValueError(f"cannot bind the fast path: the bridge has no buffer {name}")
-        _set(twin, name, buffers[name])
-    if "lm_head.bias" in params and twin.lm_head.bias is None:  # centred unembedding's bias
-        twin.lm_head.bias = params["lm_head.bias"]
-    return twin.eval()
-
-
-def _set(root: Any, dotted: str, value: Any) -> None:
-    *path, leaf = dotted.split(".")
-    mod = root
-    for part in path:
-        mod = getattr(mod, part)
-    if isinstance(value, torch.nn.Parameter):
-        mod._parameters[leaf] = value
-    else:
-        mod._buffers[leaf] = value
 
 
 def _probe_error(model: HookedModel, twin: Any) -> dict[str, float]:
@@ -434,31 +400,17 @@ def _copy_twin(model: HookedModel) -> Any:
     return twin
 
 
-def _decoder_layers(twin: Any) -> Any:
-    layers = getattr(getattr(twin, "model", None), "layers", None)
-    if layers is None:
-        raise ValueError(f"{type(twin).__name__}: no model.layers to hook (decoder-only HF models)")
-    return layers
-
-
-def _point(name: str) -> tuple[int, str]:
-    parts = str(name).split(".")
-    if len(parts) != 3 or parts[0] != "blocks" or parts[2] not in FAST_HOOKS:
-        raise ValueError(f"the fast path reaches blocks.L.{{{', '.join(FAST_HOOKS)}}}, not {name}")
-    return int(parts[1]), parts[2]
-
-
 @contextmanager
 def twin_hooks(twin: Any, pairs: Sequence[HookPair]) -> Iterator[None]:
     """Register TransformerLens-style ``(hook_name, fn)`` pairs on the twin's decoder layers.
 
     Registered inside ``try``, all removed in ``finally`` (also after a failure part-way).
     """
-    layers = _decoder_layers(twin)
+    layers = decoder_layers(twin)
     handles = []
     try:
         for name, fn in pairs:
-            layer, point = _point(str(name))
+            layer, point = hook_point(str(name))
             if point == "hook_resid_post":
                 handles.append(layers[layer].register_forward_hook(_post(fn)))
             else:
@@ -513,7 +465,7 @@ def capture_residuals(
     """
     if hook not in FAST_HOOKS:
         raise ValueError(f"the fast path reads {FAST_HOOKS}, not {hook}")
-    modules = _decoder_layers(twin)
+    modules = decoder_layers(twin)
     last = max(layers)
     captured: dict[int, Tensor] = {}
     handles = []

@@ -17,7 +17,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from steerlens.core.hooks import HOOK_POINTS
+from steerlens.core.hook_names import HOOK_POINTS
 from steerlens.core.lm_eval_io import read_steer_file, write_steer_file
 from steerlens.core.models import HookedModel
 

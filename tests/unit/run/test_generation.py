@@ -329,7 +329,7 @@ def test_format_chat_uses_model_template(tiny_bridge):
 
 def test_a_fast_path_that_cannot_be_built_falls_back_in_auto(monkeypatch):
     model = sl.load_model("tiny-random")
-    monkeypatch.setattr(fastpath, "_bind", lambda hf: (_ for _ in ()).throw(RuntimeError("no")))
+    monkeypatch.setattr(fastpath, "bind_twin", lambda hf: (_ for _ in ()).throw(RuntimeError("no")))
     with pytest.raises(RuntimeError, match="no"):
         sl.generate(model, PROMPTS, max_new_tokens=2, engine="hf")
     auto = _tokens(model, PROMPTS)
@@ -339,7 +339,7 @@ def test_a_fast_path_that_cannot_be_built_falls_back_in_auto(monkeypatch):
 
 def test_the_probe_refuses_a_twin_that_disagrees(monkeypatch):
     model = sl.load_model("tiny-random")
-    real = fastpath._bind
+    real = fastpath.bind_twin
 
     def wrong(hf):
         twin = real(hf)
@@ -347,7 +347,7 @@ def test_the_probe_refuses_a_twin_that_disagrees(monkeypatch):
         layer.weight = torch.nn.Parameter(layer.weight.detach() * 1.5)  # not the bridge's
         return twin
 
-    monkeypatch.setattr(fastpath, "_bind", wrong)
+    monkeypatch.setattr(fastpath, "bind_twin", wrong)
     with pytest.raises(ValueError, match="does not reproduce the bridge"):
         sl.generate(model, PROMPTS, max_new_tokens=2, engine="hf")
     assert "does not reproduce" in str(fastpath.fast_path_blocker(model))

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import steerlens as sl
 from steerlens.experiments.personalization import PersonalizationConfig, personalization_study
+from steerlens.methods.options import MethodOptions
 from steerlens.reporting.plots import ppa_bars, save_figure, users_in_basis
 
 
@@ -70,8 +71,8 @@ def main() -> None:
         "--utility-alpha", type=float, default=None, help="utility of steered generations at α"
     )
     ap.add_argument("--split-by", choices=["conversation", "prompt"], default="prompt")
-    ap.add_argument("--rank", type=int, default=8)
-    ap.add_argument("--shrink", type=float, default=5.0)
+    ap.add_argument("--rank", type=int, default=MethodOptions.rank)
+    ap.add_argument("--shrink", type=float, default=MethodOptions.shrink)
     ap.add_argument("--max-users", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()

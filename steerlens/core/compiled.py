@@ -29,8 +29,14 @@ exact (the same conditions as the fast path, and every steering hook is an
 ``add_vector_hook`` without ``prompt_lengths``). Where ``torch.compile`` cannot run (no C++
 compiler for a CPU, no triton for CUDA, MPS, a Python dynamo does not support) it falls
 back, with a logged notice, to the eager fast path; a step that fails to compile runs the
-same static-cache step eagerly. Before first use the static-cache step is checked against a
-full forward pass (``steerlens.core.decoding``), as every decoding path is.
+same static-cache step eagerly, as does a graph dynamo would recompile past its limit (an
+error here, so that it is counted: ``engine_stats().eager_fallbacks``, not passed over). Before
+first use the static-cache step is checked against a full forward pass
+(``steerlens.core.decoding``), as every decoding path is, unsteered and *steered* (per-row
+vectors, α and gates in the buffers the compiled graph reads, against the eager steering hooks),
+uncompiled and compiled. A static cache evicted and made again for a warm graph is counted in
+``engine_stats().recaptures`` (on a GPU its CUDA graph is recorded again). A later ``steps()``
+on a batch bucket owns its buffers: an earlier decoding on it is refused at its next step.
 """
 
 from __future__ import annotations
@@ -159,7 +165,15 @@ class EngineStats:
     compiled_steps: int = 0
     """Decoding steps run by a compiled graph."""
     eager_steps: int = 0
-    """Decoding steps run eagerly on the static cache (a graph failed to compile)."""
+    """Decoding steps run eagerly on the static cache (a graph that did not compile, or that
+    dynamo would have run eagerly: see ``eager_fallbacks``)."""
+    eager_fallbacks: int = 0
+    """Graphs that fell back to eager: a compile error, or dynamo's recompile limit hit (which
+    dynamo would otherwise pass over silently, running the step eagerly under the compiled
+    name). Each such graph's later steps count in ``eager_steps``."""
+    recaptures: int = 0
+    """New static caches made for a graph already warm (the cache was evicted from the
+    ``MAX_CACHES`` kept): new tensors, so on a GPU the CUDA graph is recorded again."""
     notices: list[str] = field(default_factory=list)
 
 
@@ -217,29 +231,34 @@ class _SteerState(torch.nn.Module):
             self.hi[s] = spec.gate.stop
 
 
-def _slot_hooks(twin: Any, slots: Sequence[_Slot], state: _SteerState) -> None:
-    """Install one hook per slot on the twin's decoder layers, reading ``state``. They stay
-    for the twin's life: it is the runner's own (nothing else runs it), and compiled graphs
-    are traced with them."""
+def _slot_hooks(
+    twin: Any, slots: Sequence[_Slot], add: Callable[[int, Tensor], Tensor]
+) -> list[Any]:
+    """Install one hook per slot on the twin's decoder layers: slot ``s`` replaces the
+    residual by ``add(s, resid)``. Returns the handles. The engine's stay for the twin's life
+    (it is the runner's own, nothing else runs it, and compiled graphs are traced with them);
+    the first-use check's reference removes its own."""
     layers = decoder_layers(twin)
+    handles = []
     for s, slot in enumerate(slots):
         if slot.point == "hook_resid_post":
 
             def post(module: Any, args: Any, output: Any, s: int = s) -> Any:
                 if isinstance(output, tuple):
-                    return (state.add(s, output[0]), *output[1:])
-                return state.add(s, output)
+                    return (add(s, output[0]), *output[1:])
+                return add(s, output)
 
-            layers[slot.layer].register_forward_hook(post)
+            handles.append(layers[slot.layer].register_forward_hook(post))
         else:
 
             def pre(module: Any, args: Any, kwargs: Any, s: int = s) -> Any:
                 if args:
-                    return (state.add(s, args[0]), *args[1:]), kwargs
-                kwargs["hidden_states"] = state.add(s, kwargs["hidden_states"])
+                    return (add(s, args[0]), *args[1:]), kwargs
+                kwargs["hidden_states"] = add(s, kwargs["hidden_states"])
                 return args, kwargs
 
-            layers[slot.layer].register_forward_pre_hook(pre, with_kwargs=True)
+            handles.append(layers[slot.layer].register_forward_pre_hook(pre, with_kwargs=True))
+    return handles
 
 
 @contextmanager
@@ -271,9 +290,10 @@ class _Runner:
         self.twin = bind_twin(engine.hf)
         d_model = int(self.twin.config.hidden_size)
         self.state = _SteerState(len(slots), batch, d_model, engine.device)
-        _slot_hooks(self.twin, slots, self.state)
+        _slot_hooks(self.twin, slots, self.state.add)
         self.warm: set[int] = set()  # cache lengths whose graph ran
         self.broken: set[int] = set()  # cache lengths whose graph did not compile
+        self.owner = 0  # the latest steps() on this runner: its buffers and caches are its
         twin, kwarg = self.twin, engine.cache_kwarg
 
         def forward(ids: Tensor, mask: Tensor, pos: Tensor, cache: Any) -> Tensor:
@@ -303,6 +323,8 @@ class _Runner:
             from transformers import StaticCache
 
             cache = StaticCache(config=self.twin.config, max_cache_len=length)
+            if length in self.warm:  # evicted earlier: a graph warm on other tensors
+                _STATS.recaptures += 1
         elif cache.layers[0].is_initialized:
             cache.reset()  # in place: the compiled step's static addresses stay
         caches[(self, length)] = cache
@@ -319,14 +341,18 @@ class _Runner:
 
             before = counters["stats"]["unique_graphs"]
             t0 = time.perf_counter()
+            # dynamo past its recompile limit would run the step eagerly and say nothing:
+            # made an error here, so that the fallback is seen and counted
+            room: dict[str, Any] = (
+                {} if length in self.warm else {"recompile_limit": RECOMPILE_ROOM}
+            )
+            if not torch._dynamo.config.suppress_errors:  # the two flags exclude each other
+                room["fail_on_recompile_limit_hit"] = True
             try:
                 if self.engine.device.type == "cuda":
                     torch.compiler.cudagraph_mark_step_begin()
-                if length in self.warm:
+                with torch._dynamo.config.patch(**room):
                     out = self.compiled(*args)
-                else:
-                    with torch._dynamo.config.patch(recompile_limit=RECOMPILE_ROOM):
-                        out = self.compiled(*args)
             except _COMPILE_ERRORS as exc:  # raised while compiling, before the step ran
                 if isinstance(exc, RecompileError):  # error_on_recompile: a caller's check
                     raise
@@ -336,6 +362,7 @@ class _Runner:
                 )
                 logger.warning("compiled engine: %s", note)
                 _STATS.notices.append(note)
+                _STATS.eager_fallbacks += 1
                 self.broken.add(length)
             else:
                 self.warm.add(length)
@@ -392,6 +419,8 @@ class CompiledEngine:
         if runner is None:
             runner = self.runners[key] = _Runner(self, slots, size)
         length = bucket(prompt_len + max_new_tokens, MIN_CACHE)
+        runner.owner += 1
+        me = runner.owner
         runner.state.load(specs, rows)
         cache = runner.cache(length)
         pad = size - rows
@@ -407,6 +436,12 @@ class CompiledEngine:
         @_grad_off()
         def step(nxt: Tensor | None) -> Tensor:
             nonlocal last_pos, done
+            if runner.owner != me:  # a later steps() on this bucket rewrote the buffers
+                raise RuntimeError(
+                    f"this decoding (batch bucket {size}) was superseded: a later steps() on "
+                    "the same bucket owns its buffers and caches now; finish one decoding "
+                    "before starting the next on the same engine"
+                )
             if nxt is None:
                 runner.state.base.fill_(-prompt_len)
                 out = runner.eager(ids, full_mask, pos, cache)
@@ -448,6 +483,63 @@ def clear_caches() -> None:
         engine.clear()
 
 
+@dataclass(frozen=True)
+class _SteeredProbe:
+    """What the first-use check steers: two slots (a ``resid_post`` gated to the prompt and
+    the first generated token, a ``resid_pre`` gated to generated tokens), a vector and an α
+    per row (one row with α 0), written into the engine's buffers as any call's are."""
+
+    slots: list[_Slot]
+    specs: list[AddSpec]
+
+    @classmethod
+    def make(cls, hf: Any, rows: int) -> _SteeredProbe:
+        from steerlens.core.hooks import FirstK, Gate
+
+        n_layers, d_model = len(decoder_layers(hf)), int(hf.config.hidden_size)
+        g = torch.Generator().manual_seed(0)
+        device = next(hf.parameters()).device
+        alphas = torch.tensor([1.0, -2.0, 0.0, 0.5][:rows] + [1.0] * max(0, rows - 4))
+        slots = [_Slot(min(1, n_layers - 1), "hook_resid_post"), _Slot(0, "hook_resid_pre")]
+        gates = [Gate.parse(FirstK(1)), Gate.parse("generated")]
+        specs = [
+            AddSpec(
+                torch.randn(rows, d_model, generator=g).to(device),
+                alphas.to(device),
+                gate,
+                None,
+            )
+            for gate in gates
+        ]
+        return cls(slots, specs)
+
+    def steps(self, engine: CompiledEngine, ids: Tensor, mask: Tensor) -> Steps:
+        return engine.steps((self.slots, self.specs), ids, mask, 1)
+
+    def reference(self, hf: Any, ids: Tensor, row: int) -> Tensor:
+        """Row ``row``'s full forward with the eager steering hooks (``add_vector_hook``, as
+        the eager fast path runs them): its last token is the generated one."""
+        from steerlens.core.hooks import add_vector_hook
+
+        prompt = [ids.shape[1] - 1]
+        fns = [
+            add_vector_hook(s.direction[row], float(s.alpha[row]), s.gate, prompt_lengths=prompt)  # type: ignore[index]
+            for s in self.specs
+        ]
+
+        def add(s: int, resid: Tensor) -> Tensor:
+            out = fns[s](resid, hook=None)
+            assert out is not None  # an add_vector_hook always returns the new residual
+            return out
+
+        handles = _slot_hooks(hf, self.slots, add)
+        try:
+            return hf(input_ids=ids).logits
+        finally:
+            for h in handles:
+                h.remove()
+
+
 def _unsteered_steps(engine: CompiledEngine, ids: Tensor, mask: Tensor) -> Steps:
     return engine.steps(([], []), ids, mask, 1)
 
@@ -456,24 +548,36 @@ def check_compiled_engine(hf: Any, engine: CompiledEngine | None = None) -> str 
     """The cached-step check (``steerlens.core.decoding``) on this engine's steps, uncompiled
     and compiled: three rows (one left-padded) padded to a batch of four, the positions, the
     mask and the static cache; the compiled step three times, so that on a GPU its CUDA graph
-    is recorded and replayed (``engine``'s, whose graph is then kept). None when every run
-    reproduces a full forward."""
+    is recorded and replayed (``engine``'s, whose graph is then kept). Then the same for a
+    *steered* step (``_SteeredProbe``: per-row vectors and α, two gates, both hook points,
+    in the buffers the compiled graph reads) against the eager steering hooks on a full
+    forward. None when every run reproduces its reference."""
     param = next(hf.parameters())
     ids, mask, rows = _probe_ids(int(hf.config.vocab_size), param.device)
     probe = (torch.cat([ids, ids[:1]]), torch.cat([mask, mask[:1]]), [*rows, rows[0]])
     compiled = engine or CompiledEngine(hf)
+    uncompiled = CompiledEngine(hf, compile=False)
+    steered = _SteeredProbe.make(hf, len(probe[2]))
     # three compiled runs: on a GPU the first call of a graph warms up, the second records
     # the CUDA graph and the third replays it
-    for what, run in (
-        ("uncompiled", CompiledEngine(hf, compile=False)),
-        ("compiled, first call", compiled),
-        ("compiled, recorded", compiled),
-        ("compiled, replayed", compiled),
-    ):
+    runs = [("uncompiled", uncompiled)] + [
+        (f"compiled, {when}", compiled) for when in ("first call", "recorded", "replayed")
+    ]
+    for what, run in runs:
         why = _check(
             f"compiled engine (static KV cache, {what})",
             functools.partial(_unsteered_steps, run),
-            lambda ids: hf(input_ids=ids).logits,
+            lambda ids, row: hf(input_ids=ids).logits,
+            probe,
+            param.dtype,
+        )
+        if why is not None:
+            return why
+    for what, run in runs:
+        why = _check(
+            f"compiled engine (steered step, {what})",
+            functools.partial(steered.steps, run),
+            functools.partial(steered.reference, hf),
             probe,
             param.dtype,
         )

@@ -187,18 +187,18 @@ def _probe_ids(vocab: int, device: torch.device) -> tuple[Tensor, Tensor, list[T
 
 def _step_error(
     steps: Callable[[Tensor, Tensor], Steps],
-    full_logits: Callable[[Tensor], Tensor],
+    full_logits: Callable[[Tensor, int], Tensor],
     ids: Tensor,
     mask: Tensor,
     rows: list[Tensor],
 ) -> float:
     """Worst relative error (centred logits) of one cached step against full forwards of
-    the unpadded rows."""
+    the unpadded rows (``full_logits(row_ids, row_index)``)."""
     with torch.inference_mode():
         step = steps(ids[:, :-1], mask[:, :-1])
         step(None)
         got = step(ids[:, -1]).float()
-        want = [full_logits(r[None])[0, -1].float() for r in rows]
+        want = [full_logits(r[None], i)[0, -1].float() for i, r in enumerate(rows)]
     errs = []
     for g, w in zip(got, want, strict=True):
         g, w = g - g.mean(), w - w.mean()
@@ -217,7 +217,7 @@ def _failure(path: str, detail: str) -> str:
 def _check(
     path: str,
     steps: Callable[[Tensor, Tensor], Steps],
-    full_logits: Callable[[Tensor], Tensor],
+    full_logits: Callable[[Tensor, int], Tensor],
     probe: tuple[Tensor, Tensor, list[Tensor]],
     dtype: torch.dtype,
 ) -> str | None:
@@ -240,7 +240,7 @@ def check_hf_model(hf: Any, path: str = "fast path (plain HF model)") -> str | N
     return _check(
         path,
         functools.partial(hf_steps, hf),
-        lambda ids: hf(input_ids=ids).logits,
+        lambda ids, row: hf(input_ids=ids).logits,
         probe,
         param.dtype,
     )
@@ -265,7 +265,7 @@ def check_tl_path(model: Any) -> str | None:
         path = "TransformerLens path (HookedTransformer KV cache)"
         steps, forward = functools.partial(tl_steps, model), model
 
-    def full(ids: Tensor) -> Tensor:  # the first row's forward already ran, under the hooks
+    def full(ids: Tensor, row: int) -> Tensor:  # the first row's forward ran, under the hooks
         return logits if torch.equal(ids[0], probe[2][0]) else forward(ids)
 
     return _check(path, steps, full, probe, param.dtype)

@@ -46,6 +46,7 @@ study's Llama-3.1-8B / real-PRISM results.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -56,8 +57,9 @@ import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -107,6 +109,7 @@ from steerlens.run.divergence import (
 from steerlens.steerx.pipeline import BACKBONES, available_backbones
 
 logger = logging.getLogger(__name__)
+_C = TypeVar("_C")
 
 __all__ = ["STEPS", "DemoConfig", "mark_step", "run_demo", "study_key"]
 
@@ -123,6 +126,48 @@ STEPS = (
 )
 
 
+def _quick_preset() -> dict[str, Any]:
+    """``DemoConfig(quick=True)``: every step small (the values a caller did not set)."""
+    return {
+        "n_prompts": 16,
+        "max_new_tokens": 24,
+        "max_users": 16,
+        "alphas": [0.0, 0.5, 1.0],
+        "gating_ks": [0, 2, 8],
+        "steer_ppa": False,
+        "mmlu_items": 60,
+        "neutral_texts": 8,
+        "kl_texts": 4,
+        "token_effects": TokenEffectsConfig(
+            targets_per_user=2,
+            max_users=10,  # 5 users a side (the fewest an interval is given for)
+            patch_targets=1,
+            patch_layers=3,
+            history_tokens=12,
+            smoke=True,
+        ),
+        # no BiPO training and no SAE training: the two mean-difference variants
+        "steerx_users_per_group": 1,
+        "steerx_backbones": ["mean", "mean-context"],
+    }
+
+
+def _remember_given(cls: type[_C]) -> type[_C]:
+    """Record on each instance which fields its caller passed (``_given``), so that a preset
+    fills only the others."""
+    init = cls.__init__
+    names = [f.name for f in dataclass_fields(cls)]  # type: ignore[arg-type]
+
+    @functools.wraps(init)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        self._given = frozenset(names[: len(args)]) | frozenset(kwargs)
+        init(self, *args, **kwargs)
+
+    cls.__init__ = __init__  # type: ignore[method-assign]
+    return cls
+
+
+@_remember_given
 @dataclass
 class DemoConfig:
     model: str = "smollm2-135m-instruct"
@@ -169,21 +214,11 @@ class DemoConfig:
             self.run = RunSection(**self.run)
         if isinstance(self.token_effects, dict):
             self.token_effects = TokenEffectsConfig(**self.token_effects)
-        if self.quick:
-            self.n_prompts, self.max_new_tokens, self.max_users = 16, 24, 16
-            self.alphas, self.gating_ks = [0.0, 0.5, 1.0], [0, 2, 8]
-            self.steer_ppa, self.mmlu_items = False, 60
-            self.neutral_texts, self.kl_texts = 8, 4
-            self.token_effects = TokenEffectsConfig(
-                targets_per_user=2,
-                max_users=10,  # 5 users a side (the fewest an interval is given for)
-                patch_targets=1,
-                patch_layers=3,
-                history_tokens=12,
-                smoke=True,
-            )
-            # no BiPO training and no SAE training: the two mean-difference variants
-            self.steerx_users_per_group, self.steerx_backbones = 1, ["mean", "mean-context"]
+        if self.quick:  # the preset fills what the caller left unset, never what they set
+            given: frozenset[str] = getattr(self, "_given", frozenset())
+            for name, value in _quick_preset().items():
+                if name not in given:
+                    setattr(self, name, value)
         if not self.steerx and "steerx" in self.steps:
             self.steps = [s for s in self.steps if s != "steerx"]
         bad_steps = [s for s in self.steps if s not in STEPS]

@@ -37,6 +37,7 @@ from steerlens.core.models import HookedModel, default_layers, model_name
 from steerlens.core.tokens import Prompt, response_masks
 from steerlens.core.vectors import SteeringVector
 from steerlens.data.schema import PreferencePair
+from steerlens.methods.options import MethodOptions
 from steerlens.run.cache import cache_activations
 from steerlens.run.store import ActivationStore
 
@@ -265,7 +266,9 @@ def shrinkage_weight(n_pairs: int | float, shrink: float) -> float:
     return float(n_pairs) / (float(n_pairs) + shrink) if shrink else 1.0
 
 
-def dislike_weighted(pa: PairActivations, user: str, *, shrink: float = 0.0) -> SteeringVector:
+def dislike_weighted(
+    pa: PairActivations, user: str, *, shrink: float = MethodOptions.shrink
+) -> SteeringVector:
     """The user's pairs, each difference weighted by its score gap, normalised by the weights.
 
     v = Σ gapᵢ (h(chosenᵢ) - h(rejectedᵢ)) / Σ gapᵢ over the user's pairs; with ``shrink > 0``
@@ -311,7 +314,7 @@ class BradleyTerry:
     def rank(self) -> int:
         return int(self.basis.shape[0])
 
-    def coords(self, user: str, shrink: float = 0.0) -> Tensor:
+    def coords(self, user: str, shrink: float = MethodOptions.shrink) -> Tensor:
         """The user's coordinates, shrunk toward the population's with ``shrink > 0``."""
         if user not in self.coordinates.index:
             raise KeyError(f"no Bradley-Terry coordinates for user {user!r}")
@@ -323,7 +326,7 @@ class BradleyTerry:
             c = lam * c + (1 - lam) * torch.tensor(pop).float()
         return c
 
-    def user_vector(self, user: str, *, shrink: float = 0.0) -> SteeringVector:
+    def user_vector(self, user: str, *, shrink: float = MethodOptions.shrink) -> SteeringVector:
         """basisᵀ · coordinates, as a ``SteeringVector`` on the table's layers."""
         c = self.coords(user, shrink)
         directions = torch.einsum("k,kld->ld", c, self.basis)
@@ -359,7 +362,9 @@ def _fit_bt(x: np.ndarray, C: float) -> np.ndarray:
     return np.asarray(clf.coef_[0], dtype=np.float64)
 
 
-def bradley_terry(pa: PairActivations, rank: int = 8, *, C: float = 1.0) -> BradleyTerry:
+def bradley_terry(
+    pa: PairActivations, rank: int = MethodOptions.rank, *, C: float = MethodOptions.C
+) -> BradleyTerry:
     """Fit the basis (top right-singular vectors of the pair differences) and every user.
 
     The differences are flattened over (layer, d_model); their top ``rank`` right-singular

@@ -12,6 +12,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from steerlens.methods.options import MethodOptions
+
 # The fit functions import their methods on first use: the registry's names, labels and
 # defaults are read by `steerlens --help` without importing torch.
 if TYPE_CHECKING:
@@ -27,27 +29,6 @@ __all__ = [
     "get_method",
     "method_label",
 ]
-
-
-@dataclass(frozen=True)
-class MethodOptions:
-    """The one set of defaults of the pair-table methods.
-
-    ``rank`` and ``C``: the Bradley-Terry basis size and inverse regularisation; ``shrink``: a
-    user with ``n`` pairs keeps ``n / (n + shrink)`` of their own vector and takes the rest from
-    the population vector (0 turns shrinkage off).
-    """
-
-    rank: int = 8
-    C: float = 1.0
-    shrink: float = 5.0
-
-    def __post_init__(self) -> None:
-        if self.rank < 1 or self.C <= 0 or self.shrink < 0:
-            raise ValueError(
-                f"rank >= 1, C > 0 and shrink >= 0 are needed, got rank={self.rank}, "
-                f"C={self.C}, shrink={self.shrink}"
-            )
 
 
 @dataclass(frozen=True)

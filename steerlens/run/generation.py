@@ -300,17 +300,30 @@ def _run_batch(
     return new, logits
 
 
+SYNC_EVERY = 8
+"""Greedy decoding asks the device whether every row has finished once every this many
+steps (a host sync, which a CUDA graph pays at every step), not after each token."""
+
+
 def _decode(
     step: Callable[[Tensor | None], Tensor], batch: int, opts: _Decode
 ) -> tuple[Tensor, Tensor | None]:
-    """Greedy or sampled decoding; rows that emitted an EOS are padded with it."""
+    """Greedy or sampled decoding; rows that emitted an EOS are padded with it.
+
+    Whether every row has finished is kept on the device, step by step. Greedy decoding reads
+    it every ``SYNC_EVERY`` steps and then cuts the steps run after the first one where every
+    row had finished (their tokens are the EOS fill): the same tokens as stopping at once.
+    Sampling reads it every step, so that no extra step draws from the generator and later
+    batches sample what they sampled before."""
     logits = step(None)
     device = logits.device
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     fill = opts.eos[0] if opts.eos else 0
     eos_t = torch.tensor(opts.eos, device=device, dtype=torch.long)
+    every = 1 if opts.do_sample else SYNC_EVERY
     new: list[Tensor] = []
     kept: list[Tensor] = []
+    all_done: list[Tensor] = []  # per step, on the device
     for i in range(opts.max_new_tokens):
         if opts.want_logits:
             kept.append(logits)
@@ -319,11 +332,16 @@ def _decode(
         new.append(nxt)
         if opts.eos:
             finished |= torch.isin(nxt, eos_t)
-            if bool(finished.all()):
+            all_done.append(finished.all())
+            if (i + 1) % every == 0 and bool(all_done[-1]):
                 break
         if i == opts.max_new_tokens - 1:
             break
         logits = step(nxt)
+    if all_done and every > 1:  # one read: the first step where every row had finished
+        hit = torch.stack(all_done).nonzero()
+        n = int(hit[0, 0]) + 1 if len(hit) else len(new)
+        new, kept = new[:n], kept[:n]
     return torch.stack(new, dim=1), (torch.stack(kept, dim=1) if opts.want_logits else None)
 
 

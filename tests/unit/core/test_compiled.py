@@ -262,3 +262,89 @@ def test_sliding_window_models_are_not_compiled():
     llama = LlamaForCausalLM(LlamaConfig(**small))
     assert compiled.compile_blocker(torch.device("cpu"), llama) is None  # g++ is here
     assert "CPU and CUDA" in compiled.compile_blocker(torch.device("meta"), llama)
+
+
+def test_a_wrong_steered_graph_is_refused_before_first_use(monkeypatch, path):
+    """The first-use check runs a steered step too (per-row vectors and α, two gates, both hook
+    points, in the buffers), compiled, against the eager steering hooks on a full forward: a
+    graph that adds the steering wrong is refused although its unsteered step is right. Here
+    the compiled graph adds it twice; the eager step (the same code, not traced) is right."""
+    model = sl.load_model("tiny-random")
+    twin = fastpath.hf_twin(model)
+    real = compiled._SteerState.add
+
+    def twice_when_traced(self, s, resid):
+        out = real(self, s, resid)
+        return out + (out - resid) if torch.compiler.is_compiling() else out
+
+    monkeypatch.setattr(compiled._SteerState, "add", twice_when_traced)
+    why = compiled.check_compiled_engine(twin)
+    assert why is not None and "steered step, compiled, first call" in why
+    with pytest.raises(DecodingError, match="steered step, compiled"):
+        sl.generate(model, PROMPTS, max_new_tokens=2, engine="compiled", progress_bar=False)
+    monkeypatch.setattr(fastpath, "auto_compiles", lambda model: True)
+    _gen(model)  # auto routes around it, to the eager fast path
+    assert path == ["eager fast path"]
+
+
+def test_the_steered_probe_steers(tiny_bridge):
+    """Not a vacuous check: the probe's steering moves the logits far beyond the tolerance,
+    and its reference leaves no hook behind."""
+    twin = fastpath.hf_twin(tiny_bridge)
+    probe = compiled._SteeredProbe.make(twin, 4)
+    ids = torch.arange(3, 11).view(1, -1)
+    with torch.inference_mode():
+        plain = twin(input_ids=ids).logits[0, -1]
+        steered = probe.reference(twin, ids, 0)[0, -1]
+        unsteered_row = probe.reference(twin, ids, 2)[0, -1]  # the row with α 0
+    assert float((steered - plain).norm() / plain.norm()) > 0.1
+    torch.testing.assert_close(unsteered_row, plain)
+    assert not any(layer._forward_hooks or layer._forward_pre_hooks for layer in twin.model.layers)
+
+
+def test_dynamos_recompile_limit_is_a_counted_eager_fallback(monkeypatch, path):
+    """Past its recompile limit dynamo would run the step eagerly and say nothing; here it is
+    an eager fallback, counted, and the tokens are the eager fast path's."""
+    model = sl.load_model("tiny-random")
+    vec = _vectors(model.cfg.d_model)[0]
+    kw = dict(engine="compiled", steering=vec, alpha=[1.0, 2.0, 3.0])
+    _gen(model, max_new_tokens=4, **kw)  # cache 64: this runner's first graph
+    monkeypatch.setattr(compiled, "RECOMPILE_ROOM", 1)  # no room for a second one
+    fallbacks, eager = engine_stats().eager_fallbacks, engine_stats().eager_steps
+    got, _ = _gen(model, max_new_tokens=70, **kw)  # cache 128: a second graph, refused
+    assert engine_stats().eager_fallbacks == fallbacks + 1
+    assert engine_stats().eager_steps > eager
+    assert path[-1] == "compiled engine, eager steps"
+    assert got == _gen(model, max_new_tokens=70, engine="hf", steering=vec, alpha=[1, 2, 3])[0]
+
+
+def test_an_evicted_cache_of_a_warm_graph_is_counted_as_a_recapture(monkeypatch):
+    """A static cache evicted from the ones kept comes back as new tensors: on a GPU its CUDA
+    graph is recorded again. ``engine_stats().recaptures`` counts it; tokens are unchanged."""
+    model = sl.load_model("tiny-random")
+    monkeypatch.setattr(compiled, "MAX_CACHES", 1)
+    first, _ = _gen(model, engine="compiled", max_new_tokens=4)  # cache 64
+    _gen(model, engine="compiled", max_new_tokens=70)  # cache 128 evicts 64
+    before = engine_stats().recaptures
+    again, _ = _gen(model, engine="compiled", max_new_tokens=4)  # 64 again: new tensors
+    assert engine_stats().recaptures == before + 1
+    assert again == first
+
+
+def test_a_second_live_decoding_on_a_bucket_supersedes_the_first(tiny_bridge):
+    """Two decodings on one batch bucket would share its buffers and caches: the later one
+    owns them, and the earlier one is refused at its next step instead of reading them."""
+    twin = fastpath.hf_twin(tiny_bridge)
+    engine = compiled.CompiledEngine(twin, compile=False)
+    ids = torch.arange(4, 12).view(1, -1)
+    mask = torch.ones_like(ids)
+    with torch.inference_mode():
+        first = engine.steps(([], []), ids, mask, 2)
+        first(None)
+        second = engine.steps(([], []), ids, mask, 2)
+        assert_close_impl(second(None), twin(input_ids=ids).logits[:, -1])
+        with pytest.raises(RuntimeError, match="superseded"):
+            first(torch.tensor([7]))
+        nxt = torch.tensor([7])
+        full = twin(input_ids=torch.cat([ids, nxt[None]], 1)).logits[:, -1]
+        assert_close_impl(second(nxt), full)  # the owner decodes on, unharmed

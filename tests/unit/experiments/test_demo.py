@@ -259,6 +259,11 @@ def test_demo_config_validation():
         DemoConfig(methods=["population", "vibes"])
     q = DemoConfig(quick=True)
     assert q.n_prompts == 16 and q.max_users == 16 and not q.steer_ppa
+    # the preset fills what the caller left unset, never what they set (even to a default)
+    mine = DemoConfig(quick=True, alphas=[0.0, 0.5, 1.0, 1.5], n_prompts=48, steer_ppa=True)
+    assert (mine.alphas, mine.n_prompts, mine.steer_ppa) == ([0.0, 0.5, 1.0, 1.5], 48, True)
+    assert mine.max_users == 16 and mine.gating_ks == q.gating_ks
+    assert DemoConfig("smollm2-135m-instruct", "demo", ".", True).n_prompts == 16  # positional
     assert q.steerx and q.steerx_backbones == ["mean", "mean-context"]
     with pytest.raises(ValueError, match="steerx_backbones"):
         DemoConfig(steerx_backbones=["lora"])

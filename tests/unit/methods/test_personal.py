@@ -47,7 +47,7 @@ def test_dislike_weighting_equals_the_hand_computation():
     g = torch.Generator().manual_seed(0)
     chosen, rejected = torch.randn(4, 2, 5, generator=g), torch.randn(4, 2, 5, generator=g)
     pa = _table(chosen, rejected, ["a", "a", "b", "a"], [10.0, 30.0, 99.0, 60.0])
-    v = dislike_weighted(pa, "a")
+    v = dislike_weighted(pa, "a", shrink=0.0)  # the user's own estimate alone
     d = chosen - rejected
     hand = (10 * d[0] + 30 * d[1] + 60 * d[3]) / 100
     torch.testing.assert_close(v.as_tensor(), hand)
@@ -93,14 +93,15 @@ def test_bradley_terry_recovers_planted_user_preferences():
     assert bt.basis.shape == (k, n_layers, d)
     gram = torch.einsum("kld,jld->kj", bt.basis, bt.basis)
     torch.testing.assert_close(gram, torch.eye(k), atol=1e-5, rtol=0)
-    fitted = np.stack([bt.user_vector(u).as_tensor().flatten().numpy() for u in planted])
+    own = [bt.user_vector(u, shrink=0.0) for u in planted]
+    fitted = np.stack([v.as_tensor().flatten().numpy() for v in own])
     truth = np.stack([c @ basis for c in planted.values()])
     corr = np.corrcoef(fitted.ravel(), truth.ravel())[0, 1]
     assert corr >= 0.9
     assert set(bt.coordinates.index) == {*planted, bt.POPULATION}
     assert (bt.coordinates.loc[list(planted), "n_pairs"] == per_user).all()
     v = bt.user_vector("u0", shrink=per_user)  # weight 1/2 toward the population coordinates
-    expected = 0.5 * bt.coords("u0") + 0.5 * bt.coords(bt.POPULATION)
+    expected = 0.5 * bt.coords("u0", 0.0) + 0.5 * bt.coords(bt.POPULATION, 0.0)
     torch.testing.assert_close(bt.coords("u0", per_user), expected)
     assert v.method == "bradley_terry" and v.metadata["rank"] == k
 

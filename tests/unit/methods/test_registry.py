@@ -78,3 +78,22 @@ def test_adding_a_method_is_one_function_and_one_line(monkeypatch, tiny_bridge):
         study.vectors["negated-population"].as_tensor(), -study.population.as_tensor()
     )
     assert study.vectors["bradley-terry"] == study.bt_vectors
+
+
+def test_one_default_per_parameter_read_from_the_options_everywhere():
+    """The methods' own signatures take MethodOptions' defaults (the CLI, sweep configs, the
+    demo and the analyses read MethodOptions itself)."""
+    import inspect
+
+    from steerlens.methods.personal import BradleyTerry, bradley_terry, dislike_weighted
+
+    opts = MethodOptions()
+    params = {
+        "dislike_weighted.shrink": inspect.signature(dislike_weighted).parameters["shrink"],
+        "user_vector.shrink": inspect.signature(BradleyTerry.user_vector).parameters["shrink"],
+        "coords.shrink": inspect.signature(BradleyTerry.coords).parameters["shrink"],
+        "bradley_terry.rank": inspect.signature(bradley_terry).parameters["rank"],
+        "bradley_terry.C": inspect.signature(bradley_terry).parameters["C"],
+    }
+    for where, param in params.items():
+        assert param.default == getattr(opts, where.split(".")[1]), where

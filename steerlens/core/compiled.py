@@ -29,8 +29,8 @@ exact (the same conditions as the fast path, and every steering hook is an
 ``add_vector_hook`` without ``prompt_lengths``). Where ``torch.compile`` cannot run (no C++
 compiler for a CPU, no triton for CUDA, MPS, a Python dynamo does not support) it falls
 back, with a logged notice, to the eager fast path; a step that fails to compile runs the
-same static-cache step eagerly, as does a graph dynamo would recompile past its limit (an
-error here, so that it is counted: ``engine_stats().eager_fallbacks``, not passed over). Before
+same static-cache step eagerly, as does a graph dynamo would recompile past its limit (both
+counted in ``engine_stats().eager_fallbacks``). Before
 first use the static-cache step is checked against a full forward pass
 (``steerlens.core.decoding``), as every decoding path is, unsteered and *steered* (per-row
 vectors, α and gates in the buffers the compiled graph reads, against the eager steering hooks),
@@ -168,12 +168,12 @@ class EngineStats:
     """Decoding steps run eagerly on the static cache (a graph that did not compile, or that
     dynamo would have run eagerly: see ``eager_fallbacks``)."""
     eager_fallbacks: int = 0
-    """Graphs that fell back to eager: a compile error, or dynamo's recompile limit hit (which
-    dynamo would otherwise pass over silently, running the step eagerly under the compiled
-    name). Each such graph's later steps count in ``eager_steps``."""
+    """Graphs that fell back to eager: a compile error, or dynamo's recompile limit hit. Each
+    such graph's later steps count in ``eager_steps``."""
     recaptures: int = 0
-    """New static caches made for a graph already warm (the cache was evicted from the
-    ``MAX_CACHES`` kept): new tensors, so on a GPU the CUDA graph is recorded again."""
+    """New static caches made for a graph already warm (its cache was evicted from the
+    ``MAX_CACHES`` kept, or freed by ``clear()``): new tensors, so on a GPU the CUDA graph is
+    recorded again."""
     notices: list[str] = field(default_factory=list)
 
 
@@ -229,6 +229,17 @@ class _SteerState(torch.nn.Module):
             self.alpha[s, :rows].copy_(a)
             self.lo[s] = spec.gate.start
             self.hi[s] = spec.gate.stop
+
+
+def _compile_room() -> dict[str, Any]:
+    """dynamo's settings while a runner compiles a new cache bucket: room for the graph, and
+    past the limit an error (caught, counted in ``eager_fallbacks``, run eagerly) rather than
+    an eager run under the compiled name. With ``fullgraph=True`` torch 2.13 already raises
+    there; the flag keeps it so for versions that do not (it excludes ``suppress_errors``)."""
+    room: dict[str, Any] = {"recompile_limit": RECOMPILE_ROOM}
+    if not torch._dynamo.config.suppress_errors:
+        room["fail_on_recompile_limit_hit"] = True
+    return room
 
 
 def _slot_hooks(
@@ -323,7 +334,7 @@ class _Runner:
             from transformers import StaticCache
 
             cache = StaticCache(config=self.twin.config, max_cache_len=length)
-            if length in self.warm:  # evicted earlier: a graph warm on other tensors
+            if length in self.warm and length not in self.broken:  # a graph warm on others
                 _STATS.recaptures += 1
         elif cache.layers[0].is_initialized:
             cache.reset()  # in place: the compiled step's static addresses stay
@@ -341,18 +352,14 @@ class _Runner:
 
             before = counters["stats"]["unique_graphs"]
             t0 = time.perf_counter()
-            # dynamo past its recompile limit would run the step eagerly and say nothing:
-            # made an error here, so that the fallback is seen and counted
-            room: dict[str, Any] = (
-                {} if length in self.warm else {"recompile_limit": RECOMPILE_ROOM}
-            )
-            if not torch._dynamo.config.suppress_errors:  # the two flags exclude each other
-                room["fail_on_recompile_limit_hit"] = True
             try:
                 if self.engine.device.type == "cuda":
                     torch.compiler.cudagraph_mark_step_begin()
-                with torch._dynamo.config.patch(**room):
+                if length in self.warm:
                     out = self.compiled(*args)
+                else:  # a compile can happen: room for it, and past the limit an error
+                    with torch._dynamo.config.patch(**_compile_room()):
+                        out = self.compiled(*args)
             except _COMPILE_ERRORS as exc:  # raised while compiling, before the step ran
                 if isinstance(exc, RecompileError):  # error_on_recompile: a caller's check
                     raise
@@ -486,8 +493,9 @@ def clear_caches() -> None:
 @dataclass(frozen=True)
 class _SteeredProbe:
     """What the first-use check steers: two slots (a ``resid_post`` gated to the prompt and
-    the first generated token, a ``resid_pre`` gated to generated tokens), a vector and an α
-    per row (one row with α 0), written into the engine's buffers as any call's are."""
+    the first generated token, so on in the compiled step; a ``resid_pre`` gated to the
+    prompt, so off there: the graph must read the gate), a vector and an α per row (one row
+    with α 0), written into the engine's buffers as any call's are."""
 
     slots: list[_Slot]
     specs: list[AddSpec]
@@ -501,7 +509,7 @@ class _SteeredProbe:
         device = next(hf.parameters()).device
         alphas = torch.tensor([1.0, -2.0, 0.0, 0.5][:rows] + [1.0] * max(0, rows - 4))
         slots = [_Slot(min(1, n_layers - 1), "hook_resid_post"), _Slot(0, "hook_resid_pre")]
-        gates = [Gate.parse(FirstK(1)), Gate.parse("generated")]
+        gates = [Gate.parse(FirstK(1)), Gate.parse("prefill")]
         specs = [
             AddSpec(
                 torch.randn(rows, d_model, generator=g).to(device),

@@ -301,26 +301,32 @@ def _run_batch(
 
 
 SYNC_EVERY = 8
-"""Greedy decoding asks the device whether every row has finished once every this many
-steps (a host sync, which a CUDA graph pays at every step), not after each token."""
+"""On a GPU, greedy decoding asks the device whether every row has finished once every this
+many steps (a host sync, which a CUDA graph pays at every step), not after each token."""
+
+
+def _sync_every(device: torch.device, opts: _Decode) -> int:
+    """Steps between reads of "every row finished": ``SYNC_EVERY`` for greedy decoding on a
+    GPU; 1 on a CPU (a read costs nothing there, extra steps do) and when sampling (no extra
+    step may draw from the generator, so later batches sample what they sampled before)."""
+    return SYNC_EVERY if device.type == "cuda" and not opts.do_sample else 1
 
 
 def _decode(
-    step: Callable[[Tensor | None], Tensor], batch: int, opts: _Decode
+    step: Callable[[Tensor | None], Tensor], batch: int, opts: _Decode, every: int | None = None
 ) -> tuple[Tensor, Tensor | None]:
     """Greedy or sampled decoding; rows that emitted an EOS are padded with it.
 
-    Whether every row has finished is kept on the device, step by step. Greedy decoding reads
-    it every ``SYNC_EVERY`` steps and then cuts the steps run after the first one where every
-    row had finished (their tokens are the EOS fill): the same tokens as stopping at once.
-    Sampling reads it every step, so that no extra step draws from the generator and later
-    batches sample what they sampled before."""
+    Whether every row has finished is kept on the device, step by step, and read every
+    ``every`` steps (default ``_sync_every``); the steps run after the first one where every
+    row had finished (their tokens are the EOS fill) are then cut: the same tokens as
+    stopping at once."""
     logits = step(None)
     device = logits.device
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     fill = opts.eos[0] if opts.eos else 0
     eos_t = torch.tensor(opts.eos, device=device, dtype=torch.long)
-    every = 1 if opts.do_sample else SYNC_EVERY
+    every = every or _sync_every(device, opts)
     new: list[Tensor] = []
     kept: list[Tensor] = []
     all_done: list[Tensor] = []  # per step, on the device

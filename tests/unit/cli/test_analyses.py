@@ -189,6 +189,7 @@ def test_steerx_compare_script_on_the_tiny_model(tmp_path, monkeypatch):
             return torch.relu(x @ self.W_dec.T)
 
     cfg = SteerXStudyConfig(
+        backbones=["mean", "mean-context", "bipo", "sae"],  # the sae one with the SAE given
         users_per_group=1,
         max_targets=2,
         n_history=2,

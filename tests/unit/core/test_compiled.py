@@ -303,8 +303,8 @@ def test_the_steered_probe_steers(tiny_bridge):
 
 
 def test_dynamos_recompile_limit_is_a_counted_eager_fallback(monkeypatch, path):
-    """Past its recompile limit dynamo would run the step eagerly and say nothing; here it is
-    an eager fallback, counted, and the tokens are the eager fast path's."""
+    """Past its recompile limit the graph falls back to eager: counted, and the tokens are
+    the eager fast path's."""
     model = sl.load_model("tiny-random")
     vec = _vectors(model.cfg.d_model)[0]
     kw = dict(engine="compiled", steering=vec, alpha=[1.0, 2.0, 3.0])
@@ -323,9 +323,10 @@ def test_an_evicted_cache_of_a_warm_graph_is_counted_as_a_recapture(monkeypatch)
     graph is recorded again. ``engine_stats().recaptures`` counts it; tokens are unchanged."""
     model = sl.load_model("tiny-random")
     monkeypatch.setattr(compiled, "MAX_CACHES", 1)
-    first, _ = _gen(model, engine="compiled", max_new_tokens=4)  # cache 64
-    _gen(model, engine="compiled", max_new_tokens=70)  # cache 128 evicts 64
+    first, _ = _gen(model, engine="compiled", max_new_tokens=4)  # cache 64: its graph warm
     before = engine_stats().recaptures
+    _gen(model, engine="compiled", max_new_tokens=70)  # cache 128, a new graph, evicts 64
+    assert engine_stats().recaptures == before  # a cold graph's first cache is no recapture
     again, _ = _gen(model, engine="compiled", max_new_tokens=4)  # 64 again: new tensors
     assert engine_stats().recaptures == before + 1
     assert again == first

@@ -510,15 +510,17 @@ class _SteeredProbe:
         alphas = torch.tensor([1.0, -2.0, 0.0, 0.5][:rows] + [1.0] * max(0, rows - 4))
         slots = [_Slot(min(1, n_layers - 1), "hook_resid_post"), _Slot(0, "hook_resid_pre")]
         gates = [Gate.parse(FirstK(1)), Gate.parse("prefill")]
-        specs = [
-            AddSpec(
-                torch.randn(rows, d_model, generator=g).to(device),
-                alphas.to(device),
-                gate,
-                None,
-            )
-            for gate in gates
-        ]
+        # random directions at the scale of the residual stream's input (the embedding rows'
+        # mean norm), so that α 1-2 moves the logits far beyond the check's tolerance without
+        # driving a large model into a numerically extreme regime
+        emb = hf.get_input_embeddings().weight[:1024].detach().float()
+        scale = emb.norm(dim=-1).mean().cpu()
+
+        def directions() -> Tensor:
+            v = torch.randn(rows, d_model, generator=g)
+            return (v / v.norm(dim=-1, keepdim=True) * scale).to(device)
+
+        specs = [AddSpec(directions(), alphas.to(device), gate, None) for gate in gates]
         return cls(slots, specs)
 
     def steps(self, engine: CompiledEngine, ids: Tensor, mask: Tensor) -> Steps:

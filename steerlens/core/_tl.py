@@ -59,22 +59,23 @@ def _refuse(what: str) -> HookedUnavailableError:
     )
 
 
-def hooked_transformer_class(what: str = "backend='hooked'") -> Any:
-    """``transformer_lens.HookedTransformer``, or ``HookedUnavailableError`` on 4.x."""
+def _hooked_api(name: str, what: str) -> Any:
+    """``transformer_lens.<name>`` (a 3.x-only class), or ``HookedUnavailableError`` on 4.x."""
     if not has_hooked_transformer():
         raise _refuse(what)
-    from transformer_lens import HookedTransformer
+    import transformer_lens
 
-    return HookedTransformer
+    return getattr(transformer_lens, name)
+
+
+def hooked_transformer_class(what: str = "backend='hooked'") -> Any:
+    """``transformer_lens.HookedTransformer``, or ``HookedUnavailableError`` on 4.x."""
+    return _hooked_api("HookedTransformer", what)
 
 
 def hooked_transformer_config(what: str = "backend='hooked'") -> Any:
     """``transformer_lens.HookedTransformerConfig``, or ``HookedUnavailableError`` on 4.x."""
-    if not has_hooked_transformer():
-        raise _refuse(what)
-    from transformer_lens import HookedTransformerConfig
-
-    return HookedTransformerConfig
+    return _hooked_api("HookedTransformerConfig", what)
 
 
 def official_model_name(name: str) -> str | None:

@@ -30,11 +30,10 @@ exact (the same conditions as the fast path, and every steering hook is an
 compiler for a CPU, no triton for CUDA, MPS, a Python dynamo does not support) it falls
 back, with a logged notice, to the eager fast path; a step that fails to compile runs the
 same static-cache step eagerly, as does a graph dynamo would recompile past its limit (both
-counted in ``engine_stats().eager_fallbacks``). Before
-first use the static-cache step is checked against a full forward pass
-(``steerlens.core.decoding``), as every decoding path is, unsteered and *steered* (per-row
-vectors, α and gates in the buffers the compiled graph reads, against the eager steering hooks),
-uncompiled and compiled. A static cache evicted and made again for a warm graph is counted in
+counted in ``engine_stats().eager_fallbacks``). Before first use the static-cache step is
+checked against a full forward pass (``steerlens.core.decoding``), as every decoding path is,
+unsteered and *steered* (per-row vectors, α and gates in the buffers the compiled graph reads,
+against the eager steering hooks), uncompiled and compiled. A static cache evicted and made again for a warm graph is counted in
 ``engine_stats().recaptures`` (on a GPU its CUDA graph is recorded again). A later ``steps()``
 on a batch bucket owns its buffers: an earlier decoding on it is refused at its next step.
 """

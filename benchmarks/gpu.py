@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import random_llama
 
 import steerlens as sl
-from steerlens.core.compiled import clear_caches, engine_stats
+from steerlens.core.engines.compiled import clear_caches, engine_stats
 
 PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
 

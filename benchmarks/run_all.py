@@ -41,7 +41,7 @@ from pathlib import Path
 import torch
 
 import steerlens as sl
-from steerlens.core import fastpath
+from steerlens.core import engines
 
 sys.path.insert(0, str(Path(__file__).parent))
 from startup import startup_part
@@ -256,7 +256,7 @@ def compiled_part(
     transformers does not compile by default). Compilation is in the warm-up, reported apart."""
     from transformers import CompileConfig
 
-    from steerlens.core.compiled import engine_stats
+    from steerlens.core.engines.compiled import engine_stats
 
     new = kw["max_new_tokens"]
     static = CompileConfig(fullgraph=True, dynamic=False)
@@ -393,7 +393,7 @@ def main() -> None:
             },
             args.repeats,
         )
-        assert fastpath.fast_path_blocker(model) is None  # auto takes the fast path here
+        assert engines.fast_path_blocker(model) is None  # auto takes the fast path here
         rows.append(
             (
                 "steered generation, fast path (default) vs HF unsteered",

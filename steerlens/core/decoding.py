@@ -6,7 +6,7 @@ keys and values of earlier positions held in a cache. Three paths build such ste
 * ``"tl"`` on a ``TransformerBridge``: the bridge's HF model, whose wrapped modules fire the
   TransformerLens hooks (a researcher's own hooks included), with a ``DynamicCache``;
 * ``"tl"`` on a ``HookedTransformer``: its own ``TransformerLensKeyValueCache``;
-* ``"hf"``: a plain HF model (the fast path's twin, ``steerlens.core.fastpath``).
+* ``"hf"``: a plain HF model (the fast path's twin, ``steerlens.core.engines.hf``).
 
 **Why a guard.** Which argument carries the cache, and who writes to it, belongs to
 transformers and TransformerLens, and both move: transformers 5.24 renamed the decoder

@@ -225,7 +225,7 @@ def _alpha_tensor(alpha: float | Sequence[float] | Tensor) -> float | Tensor:
 @dataclass(frozen=True)
 class AddSpec:
     """What an ``add_vector_hook`` adds, as data: engines that cannot call a Python hook on
-    every step (the compiled decoding engine, ``steerlens.core.compiled``) load it into their
+    every step (the compiled decoding engine, ``steerlens.core.engines.compiled``) load it into their
     own buffers. ``hook_fn.spec`` of every hook ``add_vector_hook`` makes."""
 
     direction: Tensor

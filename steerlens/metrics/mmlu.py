@@ -17,19 +17,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from steerlens.core import fastpath
-from steerlens.core.batching import Batch, map_batches, token_budget
+from steerlens.core.batching import Batch
+from steerlens.core.engines import Engine, PassEngineName
 from steerlens.core.models import HookedModel
 from steerlens.core.tokens import tokenize
 from steerlens.data.mmlu import LETTERS, MMLUItem
 from steerlens.metrics.stats import bootstrap_interval
-from steerlens.run.scoring import logits_at
+from steerlens.run.passes import forward_batches
 
 __all__ = ["MMLUResult", "mmlu_accuracy", "mmlu_prompt"]
 
@@ -81,7 +80,7 @@ def mmlu_accuracy(
     batch_size: int = 8,
     max_tokens: int | None = 0,
     progress_bar: bool = False,
-    engine: Literal["auto", "tl", "hf"] = "auto",
+    engine: PassEngineName = "auto",
 ) -> MMLUResult:
     """Score ``items`` zero-shot under the hooks active on ``model`` (one batched pass).
 
@@ -90,22 +89,21 @@ def mmlu_accuracy(
     active — MMLU prompts run to thousands of tokens, where the bridge's attention is slow.
     Batches hold at most ``batch_size`` rows and ``max_tokens`` padded tokens (0: the
     device's ``token_budget``; long and short prompts pack), and the unembedding runs only where the answer is scored
-    (``steerlens.run.scoring.logits_at``).
+    (``Engine.logits_at``).
     """
     if not items:
         raise ValueError("no MMLU items to score")
-    fast = fastpath.resolve_engine(model, "hook_resid_post", engine)
     prefix, letters = _choice_ids(model)
     choices = torch.tensor(letters)
     prompts = tokenize(model, [mmlu_prompt(it) for it in items])
     ids = [torch.cat([p, prefix]) for p in prompts]
     k = int(prefix.numel())
 
-    def run(batch: Batch) -> list[Tensor]:
+    def run(eng: Engine, batch: Batch) -> list[Tensor]:
         enc = batch.enc
         # prompt + shared prefix end at enc.lengths[row]; the letter follows: k + 1 positions
         spans = [range(end - k - 1, end) for end in enc.lengths]
-        picked = logits_at(model, fast, batch, spans)
+        picked = eng.logits_at(enc.input_ids, enc.attention_mask, spans)
         out = []
         for row in range(len(batch.rows)):
             end = enc.lengths[row]
@@ -114,18 +112,17 @@ def mmlu_accuracy(
             out.append(logp[k, choices.to(logp.device)].cpu() + shared)
         return out
 
-    with fastpath.engine_hooks(model, fast, []), torch.inference_mode():
-        scored = map_batches(
-            model,
-            ids,
-            run,
-            batch_size=batch_size,
-            side="right",
-            prompt_lengths=[int(p.numel()) for p in prompts],
-            max_tokens=token_budget(model) if max_tokens == 0 else max_tokens,
-            progress_bar=progress_bar,
-            description="mmlu",
-        )
+    scored = forward_batches(
+        model,
+        ids,
+        run,
+        engine=engine,
+        batch_size=batch_size,
+        max_tokens=max_tokens,
+        prompt_lengths=[int(p.numel()) for p in prompts],
+        progress_bar=progress_bar,
+        description="mmlu",
+    )
     lp = torch.stack(scored)
     preds = lp.argmax(-1).tolist()
     return MMLUResult(

@@ -10,11 +10,12 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from steerlens.core import fastpath
-from steerlens.core.batching import Batch, map_batches, token_budget
-from steerlens.core.hooks import HookFn, hook_name
+from steerlens.core.batching import Batch
+from steerlens.core.engines import Engine, PassEngineName, resolve_engine
+from steerlens.core.hook_names import hook_name
 from steerlens.core.models import HookedModel, default_layers
 from steerlens.core.tokens import content_masks, encode_prompts, non_special_mask, resolve_chat
+from steerlens.run.passes import forward_batches
 from steerlens.run.store import ActivationStore
 
 Pool = Literal["last", "mean", "none"]
@@ -63,7 +64,7 @@ def cache_activations(
     dtype: torch.dtype = torch.float32,
     store: str | Path | None = None,
     progress_bar: bool = True,
-    engine: Literal["auto", "tl", "hf"] = "auto",
+    engine: PassEngineName = "auto",
 ) -> Float[Tensor, "n layer d_model"] | list[Float[Tensor, "layer pos d_model"]] | ActivationStore:
     """Residual-stream activations of each input at ``layers``.
 
@@ -90,7 +91,7 @@ def cache_activations(
             ``ActivationStore`` instead of holding everything in memory.
         engine: ``"tl"`` reads the TransformerLens hook points (any hooks you have active act
             on what is cached); ``"hf"`` reads the same values from the decoder layers of the
-            plain HF model of the fast path (``steerlens.core.fastpath``; open ``steering()``
+            plain HF model of the fast path (``steerlens.core.engines.hf``; open ``steering()``
             contexts are carried onto it); ``"auto"`` takes ``"hf"`` where that is exact.
 
     Returns:
@@ -112,7 +113,6 @@ def cache_activations(
         raise ValueError(
             f"layers {bad} out of range for {model.cfg.model_name} (0..{model.cfg.n_layers - 1})"
         )
-    names = [hook_name(lyr, hook) for lyr in layer_list]
     if masks is not None:
         if len(masks) != len(ids):
             raise ValueError(f"{len(masks)} masks for {len(ids)} inputs")
@@ -132,7 +132,9 @@ def cache_activations(
         )
         # a text of special tokens only: average what there is rather than nothing
         masks = [m if m.any() else torch.ones_like(m) for m in masks]
-    fast = fastpath.resolve_engine(model, hook, engine)  # validates before anything is written
+    for lyr in layer_list:
+        hook_name(lyr, hook)  # a bad hook or layer is an error before anything is written
+    eng = resolve_engine(model, hook, engine)  # validates before anything is written
     sink = (
         ActivationStore.create(
             store,
@@ -150,7 +152,7 @@ def cache_activations(
     # Identical inputs (the chosen response of a conversation sits in each of its pairs) run
     # once, unless a hook is active: a per-row hook must see every input in its own row.
     owner = list(range(len(ids)))
-    if sink is None and not _hooked(model, fast):
+    if sink is None and not eng.hooked():
         seen: dict[tuple[bytes, bytes | None], int] = {}
         owner = [
             seen.setdefault(
@@ -166,14 +168,9 @@ def cache_activations(
     run_ids = [ids[i] for i in unique]
     run_masks = None if masks is None else [masks[i] for i in unique]
 
-    def run(batch: Batch) -> Sequence[Tensor | None]:
+    def run(eng: Engine, batch: Batch) -> Sequence[Tensor | None]:
         enc = batch.enc
-        if fast is not None:
-            resids = fastpath.capture_residuals(
-                fast.twin, enc.input_ids, enc.attention_mask, layer_list, hook
-            )
-        else:
-            resids = _tl_capture(model, enc.input_ids, enc.attention_mask, names, layer_list)
+        resids = eng.capture(enc.input_ids, enc.attention_mask, layer_list, hook)
         stacked = torch.stack(resids, dim=1).to(dtype)  # [b, L, pos, d], on the model's device
         if pool == "none":
             stacked = stacked.cpu()  # one transfer a batch; rows are sliced on the CPU
@@ -199,18 +196,17 @@ def cache_activations(
         sink.append(rows)  # in input order: the store's batches are not sorted
         return [None] * len(rows)
 
-    with fastpath.engine_hooks(model, fast, []), torch.inference_mode():
-        results = map_batches(
-            model,
-            run_ids,
-            run,
-            batch_size=batch_size,
-            side="right",
-            sort=sink is None,  # sorting by length wastes less padding
-            max_tokens=token_budget(model) if max_tokens == 0 else max_tokens,
-            progress_bar=progress_bar,
-            description="cache",
-        )
+    results = forward_batches(
+        model,
+        run_ids,
+        run,
+        engine=eng,
+        batch_size=batch_size,
+        max_tokens=max_tokens,
+        sort=sink is None,  # sorting by length wastes less padding
+        progress_bar=progress_bar,
+        description="cache",
+    )
     if sink is not None:
         return sink
     at = {i: k for k, i in enumerate(unique)}
@@ -220,38 +216,3 @@ def cache_activations(
         assert r is not None
         done.append(r if owner[i] == i else r.clone())  # a copy: rows never alias
     return done if pool == "none" else torch.stack(done)
-
-
-def _hooked(model: HookedModel, fast: fastpath.FastPath | None) -> bool:
-    """Whether any hook would run: steering carried onto the fast path, or any hook on the
-    TransformerLens path."""
-    if fast is not None:
-        return bool(fast.carried)
-    return any(hp.fwd_hooks for hp in model.hook_dict.values())
-
-
-def _tl_capture(
-    model: HookedModel,
-    input_ids: Tensor,
-    attention_mask: Tensor,
-    names: list[str],
-    layers: list[int],
-) -> list[Tensor]:
-    """The residuals at ``names`` from TransformerLens hook points, stopping after the last."""
-    captured: dict[str, Tensor] = {}
-
-    def grab(name: str) -> HookFn:
-        def hook_fn(resid: Tensor, *, hook: object) -> None:
-            captured[name] = resid.detach()
-
-        return hook_fn
-
-    stop = max(layers) + 1
-    model.run_with_hooks(
-        input_ids,
-        fwd_hooks=[(n, grab(n)) for n in names],  # type: ignore[misc]
-        attention_mask=attention_mask,
-        stop_at_layer=stop if stop < model.cfg.n_layers else None,
-        return_type=None,
-    )
-    return [captured[n] for n in names]

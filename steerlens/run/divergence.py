@@ -20,14 +20,14 @@ import hashlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from steerlens.core import fastpath
 from steerlens.core.batching import Batch, map_batches
+from steerlens.core.engines import Engine, PassEngineName, resolve_engine
 from steerlens.core.hooks import steering_hooks
 from steerlens.core.models import HookedModel
 from steerlens.core.tokens import tokenize
@@ -75,7 +75,7 @@ def steering_divergence(
     *,
     batch_size: int = 16,
     progress_bar: bool = False,
-    engine: Literal["auto", "tl", "hf"] = "auto",
+    engine: PassEngineName = "auto",
     reference: Sequence[Tensor] | None = None,
 ) -> list[Divergence]:
     """Per text: the KL of the steered from the unsteered next-token distribution, and the
@@ -105,13 +105,13 @@ def steering_divergence(
         return []
     if reference is not None and len(reference) != n:
         raise ValueError(f"{len(reference)} reference rows for {n} texts")
-    fast = fastpath.resolve_engine(model, "hook_resid_post", engine)
+    eng = resolve_engine(model, "hook_resid_post", engine)
     alphas = float(alpha) if isinstance(alpha, int | float) else [float(a) for a in alpha]
     pairs = steering_hooks(model, vector, alphas)
 
     def run(batch: Batch) -> list[Divergence]:
-        ref = None if reference is not None else _logprobs(model, fast, batch, [])
-        steered = _logprobs(model, fast, batch, pairs)
+        ref = None if reference is not None else _logprobs(eng, batch, [])
+        steered = _logprobs(eng, batch, pairs)
         rows = []
         for row, n_tok in enumerate(batch.enc.lengths):
             lp = steered[row, :n_tok]
@@ -139,15 +139,12 @@ def steering_divergence(
         )
 
 
-def _logprobs(model: HookedModel, fast: Any, batch: Batch, hooks: list[Any]) -> Tensor:
+def _logprobs(eng: Engine, batch: Batch, hooks: list[Any]) -> Tensor:
     """Log-softmax of the batch's logits under ``hooks`` (and whatever hooks are open)."""
     enc = batch.enc
-    with fastpath.engine_hooks(model, fast, hooks):
-        if fast is None:
-            out = model(enc.input_ids, attention_mask=enc.attention_mask)
-        else:
-            out = fast.twin(input_ids=enc.input_ids, attention_mask=enc.attention_mask).logits
-    return out.float().log_softmax(-1)  # type: ignore[no-any-return]
+    with eng.hooks(hooks):
+        out = eng.forward(enc.input_ids, enc.attention_mask)
+    return out.float().log_softmax(-1)
 
 
 def reference_logprobs(
@@ -155,15 +152,15 @@ def reference_logprobs(
     texts: Sequence[str] | Sequence[Int[Tensor, " pos"]],
     *,
     batch_size: int = 16,
-    engine: Literal["auto", "tl", "hf"] = "auto",
+    engine: PassEngineName = "auto",
 ) -> list[Float[Tensor, "pos vocab"]]:
     """Per text, the unsteered next-token log-probabilities (CPU, float32), for
     ``steering_divergence(..., reference=...)``."""
     ids = _ids(model, texts)
-    fast = fastpath.resolve_engine(model, "hook_resid_post", engine)
+    eng = resolve_engine(model, "hook_resid_post", engine)
 
     def run(batch: Batch) -> list[Tensor]:
-        lp = _logprobs(model, fast, batch, [])
+        lp = _logprobs(eng, batch, [])
         return [lp[row, :n].cpu() for row, n in enumerate(batch.enc.lengths)]
 
     with torch.inference_mode():
@@ -185,7 +182,7 @@ def _mean_kl(
     vectors: Sequence[SteeringVector],
     alphas: Sequence[float],
     batch_size: int,
-    engine: Literal["auto", "tl", "hf"],
+    engine: PassEngineName,
     reference: list[Tensor],
 ) -> list[float]:
     """Per vector, its mean KL over ``ids`` at its α (one batched steered pass for all)."""
@@ -237,7 +234,7 @@ def calibrate_alpha(
     iterations: int = 12,
     rtol: float = 0.02,
     batch_size: int = 16,
-    engine: Literal["auto", "tl", "hf"] = "auto",
+    engine: PassEngineName = "auto",
     use_cache: bool = True,
     reference: Sequence[Tensor] | None = None,
 ) -> list[float]:
@@ -315,7 +312,7 @@ def _search(
     iterations: int,
     rtol: float,
     batch_size: int,
-    engine: Literal["auto", "tl", "hf"],
+    engine: PassEngineName,
     reference: list[Tensor],
 ) -> list[tuple[float, float, bool]]:
     """``_root_search`` with each step's KL measured on the model, every vector still

@@ -1,9 +1,9 @@
 """Batched, steered generation on either model class and either engine.
 
-One KV-cache decoding loop (``_decode``) serves every path: the bridge's HF model (its
-TransformerLens hooks fire, one position a step), the plain HF model of the fast path
-(``steerlens.core.fastpath``), its compiled static-cache step (``steerlens.core.compiled``), and
-a HookedTransformer's own KV cache. Prompts go through the one
+One KV-cache decoding loop (``_decode``) serves every engine (``steerlens.core.engines``):
+the bridge's HF model (its TransformerLens hooks fire, one position a step) or a
+HookedTransformer's own KV cache (``tl``), the plain HF model of the fast path (``hf``), and
+its compiled static-cache step (``compiled``). Prompts go through the one
 batching loop (``steerlens.core.batching``): left-padded, sorted by length, rows back in input
 order, and per-row α / vectors follow their prompts. A padded batch gives the tokens of
 one-at-a-time runs (tested on every backend x engine).
@@ -18,9 +18,8 @@ from typing import Literal, overload
 import torch
 from torch import Tensor
 
-from steerlens.core import fastpath
 from steerlens.core.batching import Batch, map_batches
-from steerlens.core.decoding import hf_steps, tl_steps
+from steerlens.core.engines import Engine, EngineName, resolve_engine
 from steerlens.core.hooks import Gate, GateSpec, steering_hooks
 from steerlens.core.models import HookedModel, model_device
 from steerlens.core.tokens import Prompt, encode_prompts
@@ -82,7 +81,7 @@ def generate(
     seed: int | None = None,
     stop_at_eos: bool = True,
     progress_bar: bool = True,
-    engine: Literal["auto", "tl", "hf", "compiled"] = "auto",
+    engine: EngineName = "auto",
     return_tokens: Literal[False] = False,
     return_logits: Literal[False] = False,
 ) -> list[str]: ...
@@ -108,7 +107,7 @@ def generate(
     seed: int | None = None,
     stop_at_eos: bool = True,
     progress_bar: bool = True,
-    engine: Literal["auto", "tl", "hf", "compiled"] = "auto",
+    engine: EngineName = "auto",
     return_tokens: bool = ...,
     return_logits: bool = ...,
 ) -> list[str] | Generation: ...
@@ -135,7 +134,7 @@ def generate(
     return_tokens: bool = False,
     return_logits: bool = False,
     progress_bar: bool = True,
-    engine: Literal["auto", "tl", "hf", "compiled"] = "auto",
+    engine: EngineName = "auto",
 ) -> list[str] | Generation:
     """Generate continuations of ``prompts``, optionally steered.
 
@@ -157,12 +156,12 @@ def generate(
             raw logits ``[steps, vocab]`` (float32, CPU) instead of a list of strings.
         engine: ``"tl"`` runs through the model's TransformerLens hooks (any hooks you added
             fire too); ``"hf"`` runs the same hook functions as plain PyTorch hooks on the
-            plain HF model of the fast path (``steerlens.core.fastpath``): on a bridge it shares the
+            plain HF model of the fast path (``steerlens.core.engines``): on a bridge it shares the
             bridge's weights (no copy), on a HookedTransformer it is a copy; open
             ``sl.steering()`` blocks are carried onto it, and any other hook on the model is a
             ``ValueError`` (it would not fire). ``"compiled"`` runs the fast path's model with a
             static KV cache and the decoding step compiled (a CUDA graph on a GPU), the
-            steering held as data inside it (``steerlens.core.compiled``): the same tokens,
+            steering held as data inside it (``steerlens.core.engines.compiled``): the same tokens,
             faster once compiled. ``"auto"`` (default) takes the fast path on a bridge when
             no other hook is active (compiled on CUDA), else ``"tl"``.
 
@@ -211,13 +210,13 @@ def generate(
     opts = _Decode(
         max_new_tokens, do_sample, temperature, top_k, top_p, eos, return_logits, gen, seed
     )
-    fast = fastpath.resolve_engine(model, hook, engine, decoding=True, pairs=own)
+    eng = resolve_engine(model, hook, engine, decoding=True, pairs=own)
     if model.training:  # eval() walks every module of a bridge: skip it when already off
         model.eval()
 
     def run(batch: Batch) -> list[tuple[Tensor, Tensor | None]]:
         enc = batch.enc
-        new, step_logits = _run_batch(model, enc.input_ids, enc.attention_mask, opts, fast)
+        new, step_logits = _run_batch(eng, enc.input_ids, enc.attention_mask, opts)
         new = new.cpu()  # one transfer a batch
         step_logits = step_logits.float().cpu() if step_logits is not None else None
         out = []
@@ -233,7 +232,7 @@ def generate(
             out.append((toks[:stop], kept))
         return out
 
-    with fastpath.engine_hooks(model, fast, own), torch.inference_mode():
+    with eng.hooks(own), torch.inference_mode():
         results = map_batches(
             model,
             ids,
@@ -273,28 +272,15 @@ class _Decode:
 
 
 def _run_batch(
-    model: HookedModel,
-    input_ids: Tensor,
-    attention_mask: Tensor,
-    opts: _Decode,
-    fast: fastpath.FastPath | None = None,
+    eng: Engine, input_ids: Tensor, attention_mask: Tensor, opts: _Decode
 ) -> tuple[Tensor, Tensor | None]:
     """New tokens ``[batch, steps]`` (EOS-padded after a row stops) and optional raw logits.
 
-    One KV-cache decoding loop serves every path: the bridge (its HF modules are wrapped in
-    place, so TransformerLens hooks fire, one position a step), the plain HF twin of the fast
-    path, its compiled engine, and a HookedTransformer. Sampling is therefore the same
-    everywhere.
+    One KV-cache decoding loop serves every engine, so sampling is the same everywhere.
     """
-    hf = fast.twin if fast is not None else getattr(model, "original_model", None)
-    if fast is not None and fast.compiled is not None:
-        step = fast.compiled.steps(fast.slots, input_ids, attention_mask, opts.max_new_tokens)
-    elif hf is not None:
-        step = hf_steps(hf, input_ids, attention_mask)
-    else:
-        step = tl_steps(model, input_ids, attention_mask)
+    step = eng.steps(input_ids, attention_mask, opts.max_new_tokens)
     new, logits = _decode(step, input_ids.shape[0], opts)
-    if logits is not None and fast is not None and not fast.bound:
+    if logits is not None and not eng.bound:
         # A copy has the raw unembedding; TransformerLens centres it (softmax unchanged).
         logits = logits - logits.mean(-1, keepdim=True)
     return new, logits

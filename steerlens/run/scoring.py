@@ -10,63 +10,19 @@ tokens ``generate`` produced therefore gives the log-probabilities it sampled th
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
-from typing import Any, Literal
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from steerlens.core import fastpath
-from steerlens.core.batching import Batch, map_batches, token_budget
+from steerlens.core.batching import Batch
+from steerlens.core.engines import Engine, PassEngineName
 from steerlens.core.models import HookedModel
 from steerlens.core.tokens import Prompt, encode_prompts, tokenize
+from steerlens.run.passes import forward_batches
 
-__all__ = ["continuation_logprobs", "ids_logprobs", "logits_at"]
-
-
-def logits_at(
-    model: HookedModel,
-    fast: fastpath.FastPath | None,
-    batch: Batch,
-    positions: Sequence[Sequence[int]],
-) -> list[Float[Tensor, "n vocab"]]:
-    """Per batch row, the logits at its ``positions`` (batch columns).
-
-    On the fast path the unembedding runs only on the union of the rows' positions
-    (transformers' ``logits_to_keep``), not on every position of the batch: a prompt scored at
-    its last few positions skips most of the vocabulary projection. The TransformerLens path
-    computes every position and picks.
-    """
-    enc = batch.enc
-    if fast is None:
-        logits = model(enc.input_ids, attention_mask=enc.attention_mask)
-        return [logits[row, list(pos)] for row, pos in enumerate(positions)]
-    keep = sorted({p for pos in positions for p in pos}) or [0]  # (no position: any one)
-    kw = {}
-    if _keeps_logits(fast.twin):
-        kw["logits_to_keep"] = torch.tensor(keep, device=enc.input_ids.device)
-    logits = fast.twin(input_ids=enc.input_ids, attention_mask=enc.attention_mask, **kw).logits
-    width = enc.input_ids.shape[1]
-    if logits.shape[1] == len(keep) and (len(keep) != width or keep == list(range(width))):
-        index = {p: j for j, p in enumerate(keep)}
-    elif logits.shape[1] == width:  # every position came back (logits_to_keep ignored)
-        index = {p: p for p in keep}
-    else:
-        raise RuntimeError(
-            f"the model returned logits for {logits.shape[1]} positions; asked for {len(keep)} "
-            f"of {width}"
-        )
-    return [logits[row, [index[p] for p in pos]] for row, pos in enumerate(positions)]
-
-
-def _keeps_logits(twin: Any) -> bool:
-    """Whether the HF model's forward takes ``logits_to_keep`` (transformers >= 4.50)."""
-    try:
-        return "logits_to_keep" in inspect.signature(twin.forward).parameters
-    except (TypeError, ValueError):
-        return False
+__all__ = ["continuation_logprobs", "ids_logprobs"]
 
 
 def continuation_logprobs(
@@ -78,7 +34,7 @@ def continuation_logprobs(
     system: str | None = None,
     batch_size: int = 16,
     progress_bar: bool = False,
-    engine: Literal["auto", "tl", "hf"] = "auto",
+    engine: PassEngineName = "auto",
 ) -> list[Float[Tensor, " tok"]]:
     """Per continuation, ``log p(token_t | prompt, tokens_<t)`` of each of its tokens (CPU, fp32).
 
@@ -121,7 +77,7 @@ def ids_logprobs(
     batch_size: int = 16,
     max_tokens: int | None = 0,
     progress_bar: bool = False,
-    engine: Literal["auto", "tl", "hf"] = "auto",
+    engine: PassEngineName = "auto",
 ) -> list[Float[Tensor, " tok"]]:
     """``continuation_logprobs`` on token ids: per row, ``log p(c_t | prompt_ids, c_<t)``.
 
@@ -139,18 +95,17 @@ def ids_logprobs(
         raise ValueError("every prompt needs at least one token (the first target's context)")
     heads = [h.long().cpu() for h in prompt_ids]
     tails = [t.long().cpu() for t in continuation_ids]
-    fast = fastpath.resolve_engine(model, "hook_resid_post", engine)
     # Every input goes through the batch, an empty continuation too (its prompt alone), so
     # per-row values of an open steering() block index the caller's inputs one to one.
     ids = [torch.cat([h, t]) for h, t in zip(heads, tails, strict=True)]
     prompt_lengths = [int(h.numel()) for h in heads]
 
-    def run(batch: Batch) -> list[Tensor]:
+    def run(eng: Engine, batch: Batch) -> list[Tensor]:
         enc = batch.enc
         spans = [
             range(prompt_lengths[j] - 1, enc.lengths[row] - 1) for row, j in enumerate(batch.rows)
         ]
-        picked = logits_at(model, fast, batch, spans)
+        picked = eng.logits_at(enc.input_ids, enc.attention_mask, spans)
         rows = []
         for row, j in enumerate(batch.rows):
             p, n_tok = prompt_lengths[j], enc.lengths[row]
@@ -159,16 +114,14 @@ def ids_logprobs(
             rows.append(logp.gather(-1, target[:, None])[:, 0].cpu())
         return rows
 
-    with fastpath.engine_hooks(model, fast, []), torch.inference_mode():
-        scored = map_batches(
-            model,
-            ids,
-            run,
-            batch_size=batch_size,
-            side="right",
-            prompt_lengths=prompt_lengths,
-            max_tokens=token_budget(model) if max_tokens == 0 else max_tokens,
-            progress_bar=progress_bar,
-            description="score",
-        )
-    return scored
+    return forward_batches(
+        model,
+        ids,
+        run,
+        engine=engine,
+        batch_size=batch_size,
+        max_tokens=max_tokens,
+        prompt_lengths=prompt_lengths,
+        progress_bar=progress_bar,
+        description="score",
+    )

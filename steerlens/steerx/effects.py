@@ -32,6 +32,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from steerlens.core.engines import PassEngineName
 from steerlens.core.hooks import current_rows
 from steerlens.core.models import HookedModel
 from steerlens.core.tokens import content_masks, encode_prompts
@@ -182,7 +183,7 @@ def batch_history_effects(
     *,
     batch_size: int = 8,
     progress_bar: bool = False,
-    engine: Literal["auto", "tl", "hf"] = "auto",
+    engine: PassEngineName = "auto",
 ) -> list[TokenEffects]:
     """``history_effects`` for many ``(prompt, response, history, counterfactual)`` at once
     (counterfactual ``None`` = no history): one batched scoring call for all of them."""
@@ -226,7 +227,7 @@ def history_effects(
     history: Sequence[Message],
     counterfactual: Sequence[Message] | None = None,
     batch_size: int = 8,
-    engine: Literal["auto", "tl", "hf"] = "auto",
+    engine: PassEngineName = "auto",
 ) -> TokenEffects:
     """Causal effect of ``history`` on every token of ``response`` to ``prompt``.
 
@@ -266,7 +267,7 @@ def item_effects(
     response: str,
     history: Sequence[Message],
     batch_size: int = 8,
-    engine: Literal["auto", "tl", "hf"] = "auto",
+    engine: PassEngineName = "auto",
 ) -> ItemEffects:
     """Which past conversation drives each target token: the full history, no history and the
     history without each single item, in one batched call."""

@@ -25,8 +25,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from steerlens.core import fastpath
 from steerlens.core.batching import Batch, map_batches
+from steerlens.core.engines import Engine, PassEngineName, TLEngine, resolve_engine
 from steerlens.core.hooks import current_rows, resid_post
 from steerlens.core.models import HookedModel, frozen_weights, model_device
 from steerlens.steerx.effects import Message, _context, target_tokens
@@ -88,18 +88,7 @@ def _target_logp(logits: Tensor, full_len: int, ids: Tensor) -> Tensor:
     return lp.gather(-1, ids.to(lp.device)[:, None])[:, 0]
 
 
-def _forward(
-    model: HookedModel, fast: fastpath.FastPath | None, ids: Tensor, mask: Tensor | None = None
-) -> Tensor:
-    """Logits from the engine that runs: the fast path's twin or the model itself."""
-    if fast is None:
-        return model(ids, attention_mask=mask)  # type: ignore[no-any-return]
-    return fast.twin(input_ids=ids, attention_mask=mask).logits  # type: ignore[no-any-return]
-
-
-def _clean_resid(
-    model: HookedModel, clean: Tensor, layers: Sequence[int], fast: fastpath.FastPath | None = None
-) -> dict[int, Tensor]:
+def _clean_resid(eng: Engine, clean: Tensor, layers: Sequence[int]) -> dict[int, Tensor]:
     store: dict[int, Tensor] = {}
 
     def grab(layer: int) -> Any:
@@ -110,8 +99,8 @@ def _clean_resid(
         return fn
 
     hooks = [(resid_post(layer), grab(layer)) for layer in layers]
-    with torch.inference_mode(), fastpath.engine_hooks(model, fast, hooks):
-        _forward(model, fast, clean[None].to(model_device(model)))
+    with torch.inference_mode(), eng.hooks(hooks):
+        eng.forward(clean[None].to(model_device(eng.model)))
     return store
 
 
@@ -126,7 +115,7 @@ def activation_patching(
     positions: Sequence[int] | Literal["all"] | None = None,
     batch_size: int = 16,
     progress_bar: bool = False,
-    engine: Literal["auto", "tl", "hf"] = "auto",
+    engine: PassEngineName = "auto",
 ) -> PatchingResult:
     """Patch the clean residual stream into the corrupt run, one (layer, position) a row.
 
@@ -145,8 +134,8 @@ def activation_patching(
     bad = [p for p in pos_list if p != -1 and not 0 <= p < n_t]
     if bad:
         raise ValueError(f"aligned positions {bad} are outside the {n_t} target tokens")
-    fast = fastpath.resolve_engine(model, "hook_resid_post", engine)
-    src = _clean_resid(model, clean, layers, fast)
+    eng = resolve_engine(model, "hook_resid_post", engine)
+    src = _clean_resid(eng, clean, layers)
     c_pos, k_pos = _aligned(clean, n_t), _aligned(corrupt, n_t)
     cells = [(layer, p) for layer in layers for p in pos_list]
 
@@ -167,19 +156,19 @@ def activation_patching(
         return fn
 
     def run(batch: Batch) -> list[Tensor]:
-        logits = _forward(model, fast, batch.enc.input_ids, batch.enc.attention_mask)
+        logits = eng.forward(batch.enc.input_ids, batch.enc.attention_mask)
         return [
             _target_logp(logits[r], int(corrupt.numel()), ids).cpu() for r in range(len(batch.rows))
         ]
 
     hooks = [(resid_post(layer), patch_fn(layer)) for layer in layers]
     with torch.inference_mode():
-        with fastpath.engine_hooks(model, fast, []):
-            logits = _forward(model, fast, clean[None].to(model_device(model)))
+        with eng.hooks([]):
+            logits = eng.forward(clean[None].to(model_device(model)))
             lp_clean = _target_logp(logits[0], int(clean.numel()), ids).cpu()
-            logits = _forward(model, fast, corrupt[None].to(model_device(model)))
+            logits = eng.forward(corrupt[None].to(model_device(model)))
             lp_corrupt = _target_logp(logits[0], int(corrupt.numel()), ids).cpu()
-        with fastpath.engine_hooks(model, fast, hooks):
+        with eng.hooks(hooks):
             patched = map_batches(
                 model,
                 [corrupt] * len(cells),
@@ -217,7 +206,7 @@ def attribution_patching(
     clean, corrupt, ids, tokens = _runs(model, prompt, response, history, counterfactual)
     layers = list(range(model.cfg.n_layers)) if layers is None else list(layers)
     n_t = int(ids.numel())
-    src = _clean_resid(model, clean, layers)
+    src = _clean_resid(TLEngine(model), clean, layers)  # gradients: the TransformerLens path
     c_pos, k_pos = _aligned(clean, n_t), _aligned(corrupt, n_t)
     dev = model_device(model)
     first = min(layers)

@@ -40,7 +40,7 @@ def engine_name(model: HookedModel, vectors: VectorTable) -> str:
     ``"compiled"`` where ``"auto"`` compiles (CUDA), else ``"hf"``. Fallbacks found only
     while running (the fast path failing to build, the compiled engine refusing a steering
     vector) are not seen here; they give the same tokens."""
-    from steerlens.core import fastpath
+    from steerlens.core.engines import auto_compiles, hf
 
     hooks = {"hook_resid_post"} | {
         v.hook
@@ -49,10 +49,10 @@ def engine_name(model: HookedModel, vectors: VectorTable) -> str:
     }
     picked = []
     for hook in sorted(hooks):
-        if fastpath.fast_path_blocker(model, hook) is not None:
+        if hf.fast_path_blocker(model, hook) is not None:
             picked.append(f"{hook}=tl")
         else:
-            picked.append(f"{hook}={'compiled' if fastpath.auto_compiles(model) else 'hf'}")
+            picked.append(f"{hook}={'compiled' if auto_compiles(model) else 'hf'}")
     return "auto:" + ",".join(picked)
 
 

@@ -52,7 +52,7 @@ def test_embedded_compiled_engine_gives_the_eager_fast_paths_tokens(embedded):
     """The compiled engine (static cache, inductor-compiled step, steering as data) on the
     embedded model in float32: per-row vectors and α, every gate, left padding, a row that
     stops at its EOS while others go on, and seeded sampling: the eager fast path's tokens."""
-    from steerlens.core.compiled import engine_stats
+    from steerlens.core.engines.compiled import engine_stats
 
     g = torch.Generator().manual_seed(0)
     d = embedded.cfg.d_model

@@ -17,9 +17,10 @@ from conftest import PROMPTS, assert_close_impl, no_hooks_left
 from torch._dynamo.exc import TorchDynamoException
 
 import steerlens as sl
-from steerlens.core import compiled, fastpath
-from steerlens.core.compiled import bucket, engine_stats
 from steerlens.core.decoding import DecodingError
+from steerlens.core.engines import compiled, resolve
+from steerlens.core.engines import hf as hf_engine
+from steerlens.core.engines.compiled import bucket, engine_stats
 from steerlens.run import generation
 
 
@@ -30,12 +31,12 @@ def path(monkeypatch):
     seen: list[str] = []
     real = generation._run_batch
 
-    def spy(model, input_ids, attention_mask, opts, fast=None):
+    def spy(eng, input_ids, attention_mask, opts):
         steps = engine_stats().compiled_steps
-        out = real(model, input_ids, attention_mask, opts, fast)
-        if fast is None:
+        out = real(eng, input_ids, attention_mask, opts)
+        if eng.name == "tl":
             seen.append("tl")
-        elif fast.compiled is None:
+        elif eng.name == "hf":
             seen.append("eager fast path")
         else:
             ran = engine_stats().compiled_steps > steps
@@ -135,7 +136,7 @@ def test_new_vectors_alphas_and_gates_reuse_the_graph(tiny_bridge, path):
 def test_without_a_compiler_it_runs_the_eager_fast_path(tiny_bridge, monkeypatch, caplog):
     monkeypatch.setattr(compiled, "compile_blocker", lambda device, hf: "no C++ compiler found")
     steps = engine_stats().compiled_steps
-    with caplog.at_level(logging.WARNING, logger="steerlens.core.fastpath"):
+    with caplog.at_level(logging.WARNING, logger="steerlens.core.engines.resolve"):
         got, _ = _gen(tiny_bridge, engine="compiled")
     assert "no C++ compiler found" in caplog.text
     assert engine_stats().compiled_steps == steps
@@ -155,13 +156,13 @@ def test_a_step_that_fails_to_compile_runs_eagerly(monkeypatch, caplog, path):
 
     monkeypatch.setattr(torch, "compile", no_compile)
     eager = engine_stats().eager_steps
-    with caplog.at_level(logging.WARNING, logger="steerlens.core.compiled"):
+    with caplog.at_level(logging.WARNING, logger="steerlens.core.engines.compiled"):
         got, _ = _gen(model, engine="compiled")
     assert "backend exploded" in caplog.text
     assert engine_stats().eager_steps > eager
     assert path == ["compiled engine, eager steps"]
     assert got == _gen(model, engine="hf")[0]
-    engine = compiled.compiled_engine(fastpath.hf_twin(model))
+    engine = compiled.compiled_steps(hf_engine.hf_twin(model))
     for runner in engine.runners.values():
         runner.broken.clear()
         runner.compiled = lambda *args: (_ for _ in ()).throw(RuntimeError("out of memory"))
@@ -181,7 +182,7 @@ def test_a_static_cache_that_is_wrong_is_refused(monkeypatch, path):
     monkeypatch.setattr(cache_utils.StaticLayer, "update", forgetful)
     with pytest.raises(DecodingError, match="compiled engine"):
         sl.generate(model, PROMPTS, max_new_tokens=2, engine="compiled")
-    monkeypatch.setattr(fastpath, "auto_compiles", lambda model: True)
+    monkeypatch.setattr(resolve, "auto_compiles", lambda model: True)
     auto, _ = _gen(model)  # auto routes around it, to the eager fast path
     assert path == ["eager fast path"]
     monkeypatch.undo()
@@ -189,11 +190,11 @@ def test_a_static_cache_that_is_wrong_is_refused(monkeypatch, path):
 
 
 def test_auto_compiles_where_it_is_the_default(tiny_bridge, rand_vec, monkeypatch, path):
-    assert not fastpath.auto_compiles(tiny_bridge)  # on a CPU, auto stays eager ...
+    assert not resolve.auto_compiles(tiny_bridge)  # on a CPU, auto stays eager ...
     _gen(tiny_bridge, steering=rand_vec)
     assert path == ["eager fast path"]
     path.clear()
-    monkeypatch.setattr(fastpath, "auto_compiles", lambda model: True)  # ... as on CUDA
+    monkeypatch.setattr(resolve, "auto_compiles", lambda model: True)  # ... as on CUDA
     _gen(tiny_bridge, steering=rand_vec)
     # a block with prompt_lengths (single-pass scoring) cannot run as data: auto stays eager
     with sl.steering(tiny_bridge, rand_vec, prompt_lengths=[3, 3, 3]):
@@ -223,8 +224,8 @@ def test_static_caches_are_bounded_and_reused(tiny_bridge, monkeypatch):
     """The engine keeps at most MAX_CACHES static caches over all its batch buckets; a cache
     used again is emptied in place (the same tensors) and decodes right."""
     monkeypatch.setattr(compiled, "MAX_CACHES", 2)
-    twin = fastpath.hf_twin(tiny_bridge)
-    engine = compiled.CompiledEngine(twin, compile=False)  # the same steps, uncompiled
+    twin = hf_engine.hf_twin(tiny_bridge)
+    engine = compiled.CompiledSteps(twin, compile=False)  # the same steps, uncompiled
     ids = torch.arange(4, 12).view(1, -1)
     mask = torch.ones_like(ids)
 
@@ -270,7 +271,7 @@ def test_a_wrong_steered_graph_is_refused_before_first_use(monkeypatch, path):
     graph that adds the steering wrong is refused although its unsteered step is right. Here
     the compiled graph adds it twice; the eager step (the same code, not traced) is right."""
     model = sl.load_model("tiny-random")
-    twin = fastpath.hf_twin(model)
+    twin = hf_engine.hf_twin(model)
     real = compiled._SteerState.add
 
     def twice_when_traced(self, s, resid):
@@ -282,7 +283,7 @@ def test_a_wrong_steered_graph_is_refused_before_first_use(monkeypatch, path):
     assert why is not None and "steered step, compiled, first call" in why
     with pytest.raises(DecodingError, match="steered step, compiled"):
         sl.generate(model, PROMPTS, max_new_tokens=2, engine="compiled", progress_bar=False)
-    monkeypatch.setattr(fastpath, "auto_compiles", lambda model: True)
+    monkeypatch.setattr(resolve, "auto_compiles", lambda model: True)
     _gen(model)  # auto routes around it, to the eager fast path
     assert path == ["eager fast path"]
 
@@ -290,7 +291,7 @@ def test_a_wrong_steered_graph_is_refused_before_first_use(monkeypatch, path):
 def test_the_steered_probe_steers(tiny_bridge):
     """Not a vacuous check: the probe's steering moves the logits far beyond the tolerance,
     and its reference leaves no hook behind."""
-    twin = fastpath.hf_twin(tiny_bridge)
+    twin = hf_engine.hf_twin(tiny_bridge)
     probe = compiled._SteeredProbe.make(twin, 4)
     ids = torch.arange(3, 11).view(1, -1)
     with torch.inference_mode():
@@ -335,8 +336,8 @@ def test_an_evicted_cache_of_a_warm_graph_is_counted_as_a_recapture(monkeypatch)
 def test_a_second_live_decoding_on_a_bucket_supersedes_the_first(tiny_bridge):
     """Two decodings on one batch bucket would share its buffers and caches: the later one
     owns them, and the earlier one is refused at its next step instead of reading them."""
-    twin = fastpath.hf_twin(tiny_bridge)
-    engine = compiled.CompiledEngine(twin, compile=False)
+    twin = hf_engine.hf_twin(tiny_bridge)
+    engine = compiled.CompiledSteps(twin, compile=False)
     ids = torch.arange(4, 12).view(1, -1)
     mask = torch.ones_like(ids)
     with torch.inference_mode():

@@ -13,10 +13,12 @@ from conftest import BACKENDS, PROMPTS, needs_hooked, on_device
 from transformers import DynamicCache
 
 import steerlens as sl
-from steerlens.core import decoding, fastpath, models
+from steerlens.core import decoding, models
 from steerlens.core._embedded import ChatTemplateChanged, check_chat_template
 from steerlens.core._tiny import tiny_tokenizer
 from steerlens.core.decoding import DecodingError, HookPointError
+from steerlens.core.engines import TLEngine, resolve_engine
+from steerlens.core.engines import hf as hf_engine
 from steerlens.run import generation
 
 
@@ -50,9 +52,9 @@ def spy_path(monkeypatch):
     seen: list[str] = []
     real = generation._run_batch
 
-    def spy(model, input_ids, attention_mask, opts, fast=None):
-        seen.append("tl" if fast is None else "hf")
-        return real(model, input_ids, attention_mask, opts, fast)
+    def spy(eng, input_ids, attention_mask, opts):
+        seen.append(eng.name)
+        return real(eng, input_ids, attention_mask, opts)
 
     monkeypatch.setattr(generation, "_run_batch", spy)
     return seen
@@ -88,7 +90,7 @@ def test_a_cached_step_on_the_bridge_reproduces_the_full_forward(tiny_bridge, pa
 def test_every_path_passes_the_check(tiny):
     assert decoding.check_tl_path(tiny) is None
     assert decoding.tl_refusal(tiny) is None
-    twin = fastpath.hf_twin(tiny)  # bound on a bridge, a copy on a HookedTransformer
+    twin = hf_engine.hf_twin(tiny)  # bound on a bridge, a copy on a HookedTransformer
     assert decoding.check_hf_model(twin) is None
 
 
@@ -147,8 +149,9 @@ def test_a_refused_fast_path_is_routed_around(monkeypatch, caplog, spy_path):
     model = sl.load_model("tiny-random", backend="bridge")  # its TL path passed at load
     with monkeypatch.context() as patch:
         patch.setattr(decoding, "_new_cache", ForgetfulCache)
-        with caplog.at_level(logging.WARNING, logger="steerlens.core.fastpath"):
-            assert fastpath.resolve_engine(model, "hook_resid_post", "auto", decoding=True) is None
+        with caplog.at_level(logging.WARNING, logger="steerlens.core.engines.resolve"):
+            eng = resolve_engine(model, "hook_resid_post", "auto", decoding=True)
+            assert isinstance(eng, TLEngine)
     assert "takes the TransformerLens path" in caplog.text and "fast path (plain HF" in caplog.text
     got = _tokens(model, PROMPTS, batch_size=3)
     assert spy_path == ["tl"]

@@ -8,7 +8,7 @@ import torch
 from conftest import assert_close_impl, on_device
 
 import steerlens as sl
-from steerlens.core import fastpath
+from steerlens.core.engines import hf as hf_engine
 from steerlens.core.lm_eval_io import hookpoint
 
 
@@ -79,7 +79,7 @@ def test_lm_evals_add_hooks_give_the_steered_logits_of_sl_steering(tiny_bridge, 
     those of ``sl.steering`` on the bridge."""
     vec = _vec(int(tiny_bridge.cfg.d_model))
     config = torch.load(vec.to_lm_eval(tmp_path / "s.pt", alpha=3.0), weights_only=True)
-    hf = fastpath.hf_twin(tiny_bridge)
+    hf = hf_engine.hf_twin(tiny_bridge)
     modules = dict(hf.base_model.named_modules())
     handles = []
 

@@ -163,7 +163,7 @@ def test_a_changed_ground_truth_recomputes_the_utility(tiny_bridge, tmp_path):
 
 
 def test_a_changed_package_version_or_engine_recomputes(tiny_bridge, tmp_path, monkeypatch):
-    from steerlens.core import fastpath
+    from steerlens.core.engines import hf as hf_engine
 
     frame = _sweep(tiny_bridge, tmp_path, Offset(1))
     salt = sweep_salt(tiny_bridge, _vectors(tiny_bridge), Offset(1))
@@ -176,7 +176,7 @@ def test_a_changed_package_version_or_engine_recomputes(tiny_bridge, tmp_path, m
     assert sweep_salt(tiny_bridge, _vectors(tiny_bridge), Offset(1)) != salt
     # the engine: "auto" resolves to the fast path here; forced onto TransformerLens
     assert engine_name(tiny_bridge, _vectors(tiny_bridge)) == "auto:hook_resid_post=hf"
-    monkeypatch.setattr(fastpath, "fast_path_blocker", lambda model, hook="": "forced")
+    monkeypatch.setattr(hf_engine, "fast_path_blocker", lambda model, hook="": "forced")
     assert engine_name(tiny_bridge, _vectors(tiny_bridge)) == "auto:hook_resid_post=tl"
     on_tl = Offset(1)
     pd.testing.assert_frame_equal(_sweep(tiny_bridge, tmp_path, on_tl), frame)

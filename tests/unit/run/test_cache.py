@@ -208,15 +208,14 @@ def test_every_batch_is_a_new_sequence_for_the_gates(tiny, engine):
 
 @pytest.mark.parametrize("engine", ENGINES)
 def test_cache_runs_the_engine_it_names(tiny, engine, monkeypatch):
-    from steerlens.core import fastpath
-    from steerlens.run import cache
+    from steerlens.core.engines import HFEngine, TLEngine
 
     seen = []
-    real_fast, real_tl = fastpath.capture_residuals, cache._tl_capture
-    monkeypatch.setattr(
-        fastpath, "capture_residuals", lambda *a, **k: seen.append("hf") or real_fast(*a, **k)
-    )
-    monkeypatch.setattr(cache, "_tl_capture", lambda *a, **k: seen.append("tl") or real_tl(*a, **k))
+    for cls in (HFEngine, TLEngine):
+        real = cls.capture
+        monkeypatch.setattr(
+            cls, "capture", lambda *a, _r=real, _n=cls.name, **k: seen.append(_n) or _r(*a, **k)
+        )
     sl.cache_activations(tiny, PROMPTS, [1], batch_size=2, engine=engine, progress_bar=False)
     assert seen == [engine, engine]
     seen.clear()
@@ -232,10 +231,10 @@ def test_identical_inputs_run_once_unless_a_per_row_hook_is_open(
 
     texts = [PROMPTS[0], PROMPTS[1], PROMPTS[0], PROMPTS[0]]
     ran = []
-    real = cache_mod.map_batches
+    real = cache_mod.forward_batches
     monkeypatch.setattr(
         cache_mod,
-        "map_batches",
+        "forward_batches",
         lambda m, ids, *a, **k: ran.append(len(ids)) or real(m, ids, *a, **k),
     )
     acts = sl.cache_activations(tiny, texts, [1, 2], pool="mean", engine=engine, progress_bar=False)

@@ -11,9 +11,9 @@ import torch
 from conftest import ENGINES, PROMPTS, assert_close_impl, needs_hooked, no_hooks_left
 
 import steerlens as sl
-from steerlens.core import fastpath
 from steerlens.core._tl import has_hooked_transformer
-from steerlens.core.compiled import engine_stats
+from steerlens.core.engines import hf as hf_engine
+from steerlens.core.engines.compiled import engine_stats
 from steerlens.run import generation
 
 GEN_ENGINES = [*ENGINES, "compiled"]
@@ -33,14 +33,14 @@ def spy_path(monkeypatch):
     seen: list[str] = []
     real = generation._run_batch
 
-    def spy(model, input_ids, attention_mask, opts, fast=None):
+    def spy(eng, input_ids, attention_mask, opts):
         steps = engine_stats().compiled_steps
-        out = real(model, input_ids, attention_mask, opts, fast)
-        if fast is not None and fast.compiled is not None:
+        out = real(eng, input_ids, attention_mask, opts)
+        if eng.name == "compiled":
             ran = engine_stats().compiled_steps > steps
             seen.append("compiled" if ran else "compiled, no compiled step")
         else:
-            seen.append("tl" if fast is None else ("hf-bound" if fast.bound else "hf-copy"))
+            seen.append("tl" if eng.name == "tl" else ("hf-bound" if eng.bound else "hf-copy"))
         return out
 
     monkeypatch.setattr(generation, "_run_batch", spy)
@@ -203,7 +203,7 @@ def test_other_hooks_keep_auto_on_tl_and_refuse_hf(tiny, spy_path):
     d = tiny.cfg.d_model
     own = [(sl.resid_post(1), lambda x, *, hook: x + 1.0)]  # a researcher's own TL hook
     with tiny.hooks(fwd_hooks=own):
-        assert "TransformerLens hook" in str(fastpath.fast_path_blocker(tiny))
+        assert "TransformerLens hook" in str(hf_engine.fast_path_blocker(tiny))
         inside = _tokens(tiny, PROMPTS)
         with pytest.raises(ValueError, match="would not fire on the fast path"):
             sl.generate(tiny, PROMPTS, max_new_tokens=2, engine="hf")
@@ -214,7 +214,7 @@ def test_other_hooks_keep_auto_on_tl_and_refuse_hf(tiny, spy_path):
     calls = []  # a plain PyTorch hook (nnsight, pyvene, user code) on one of the model's modules
     handle = tiny.blocks[1].register_forward_hook(lambda *a: calls.append(1))
     try:
-        assert "PyTorch hook" in str(fastpath.fast_path_blocker(tiny))
+        assert "PyTorch hook" in str(hf_engine.fast_path_blocker(tiny))
         _tokens(tiny, PROMPTS[:1])
         assert calls  # it fired: auto took the TransformerLens path
         with pytest.raises(ValueError, match="would not fire on the fast path"):
@@ -226,7 +226,7 @@ def test_other_hooks_keep_auto_on_tl_and_refuse_hf(tiny, spy_path):
 
 def test_bridge_fast_path_shares_the_weights_and_sees_edits():
     model = sl.load_model("tiny-random")
-    twin = fastpath.hf_twin(model)
+    twin = hf_engine.hf_twin(model)
     own = {p.data_ptr() for p in model.parameters()}
     assert all(p.data_ptr() in own for p in twin.parameters())  # no second copy
     assert all(b.data_ptr() in {x.data_ptr() for x in model.buffers()} for b in twin.buffers())
@@ -234,7 +234,7 @@ def test_bridge_fast_path_shares_the_weights_and_sees_edits():
     weight = next(p for n, p in model.named_parameters() if ".1." in n and "mlp" in n)
     with torch.no_grad():  # an ablation, as a researcher would do it
         weight.mul_(0.0)
-    assert fastpath.fast_path_blocker(model) is None
+    assert hf_engine.fast_path_blocker(model) is None
     after_hf = _tokens(model, PROMPTS, engine="hf")
     assert after_hf == _tokens(model, PROMPTS, engine="tl")
     assert after_hf != before
@@ -244,7 +244,7 @@ def test_bridge_fast_path_shares_the_weights_and_sees_edits():
 def test_hooked_fast_path_is_a_checked_copy():
     model = sl.load_model("tiny-random", backend="hooked")
     vec = sl.SteeringVector({2: torch.ones(64)})
-    assert "HookedTransformer" in str(fastpath.fast_path_blocker(model))  # auto: no copy
+    assert "HookedTransformer" in str(hf_engine.fast_path_blocker(model))  # auto: no copy
     kw = dict(steering=vec, max_new_tokens=6)
     assert sl.generate(model, PROMPTS, engine="hf", **kw) == sl.generate(
         model, PROMPTS, engine="tl", **kw
@@ -273,7 +273,7 @@ def test_fast_path_resid_pre(tiny):
     with pytest.raises(ValueError, match="engine='hf' works on"):
         sl.generate(tiny, PROMPTS, steering=mid, engine="hf")
     with sl.steering(tiny, mid):
-        assert "hook_resid_mid" in str(fastpath.fast_path_blocker(tiny))
+        assert "hook_resid_mid" in str(hf_engine.fast_path_blocker(tiny))
     with pytest.raises(ValueError, match="engine must be"):
         sl.generate(tiny, PROMPTS, engine="vllm")
 
@@ -329,17 +329,19 @@ def test_format_chat_uses_model_template(tiny_bridge):
 
 def test_a_fast_path_that_cannot_be_built_falls_back_in_auto(monkeypatch):
     model = sl.load_model("tiny-random")
-    monkeypatch.setattr(fastpath, "bind_twin", lambda hf: (_ for _ in ()).throw(RuntimeError("no")))
+    monkeypatch.setattr(
+        hf_engine, "bind_twin", lambda hf: (_ for _ in ()).throw(RuntimeError("no"))
+    )
     with pytest.raises(RuntimeError, match="no"):
         sl.generate(model, PROMPTS, max_new_tokens=2, engine="hf")
     auto = _tokens(model, PROMPTS)
-    assert "could not be built" in str(fastpath.fast_path_blocker(model))
+    assert "could not be built" in str(hf_engine.fast_path_blocker(model))
     assert auto == _tokens(model, PROMPTS, engine="tl")
 
 
 def test_the_probe_refuses_a_twin_that_disagrees(monkeypatch):
     model = sl.load_model("tiny-random")
-    real = fastpath.bind_twin
+    real = hf_engine.bind_twin
 
     def wrong(hf):
         twin = real(hf)
@@ -347,10 +349,10 @@ def test_the_probe_refuses_a_twin_that_disagrees(monkeypatch):
         layer.weight = torch.nn.Parameter(layer.weight.detach() * 1.5)  # not the bridge's
         return twin
 
-    monkeypatch.setattr(fastpath, "bind_twin", wrong)
+    monkeypatch.setattr(hf_engine, "bind_twin", wrong)
     with pytest.raises(ValueError, match="does not reproduce the bridge"):
         sl.generate(model, PROMPTS, max_new_tokens=2, engine="hf")
-    assert "does not reproduce" in str(fastpath.fast_path_blocker(model))
+    assert "does not reproduce" in str(hf_engine.fast_path_blocker(model))
     assert _tokens(model, PROMPTS) == _tokens(model, PROMPTS, engine="tl")
 
 
@@ -365,13 +367,13 @@ def test_replaced_parameters_are_checked_again(processing):
     agrees and the fast path stays."""
     own_copies = processing == "full" and has_hooked_transformer()  # TransformerLens 3.x
     model = sl.load_model("tiny-random", weight_processing=processing)
-    fastpath.hf_twin(model)
+    hf_engine.hf_twin(model)
     before = _tokens(model, PROMPTS, engine="tl")
     down = model.original_model.model.layers[1].mlp
     down = next(m for n, m in down.named_modules() if n.endswith("down_proj"))
     target = getattr(down, "_original_component", down)
     target.weight = torch.nn.Parameter(target.weight.detach() * 0.0)  # a new object
-    assert not fastpath._still_bound(model)
+    assert not hf_engine._still_bound(model)
     if own_copies:
         with pytest.raises(ValueError, match="does not reproduce the bridge"):
             sl.generate(model, PROMPTS, max_new_tokens=2, engine="hf")
@@ -379,4 +381,4 @@ def test_replaced_parameters_are_checked_again(processing):
     else:
         fast = _tokens(model, PROMPTS, engine="hf")
         assert fast == _tokens(model, PROMPTS, engine="tl") != before  # the new weights
-        assert fastpath._still_bound(model)
+        assert hf_engine._still_bound(model)

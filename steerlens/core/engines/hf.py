@@ -36,19 +36,18 @@ the call on the TransformerLens path, where they fire; ``engine="hf"`` then refu
 
 from __future__ import annotations
 
+import inspect
 import logging
 import weakref
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext, suppress
-from dataclasses import dataclass, field
+from contextlib import AbstractContextManager, contextmanager, suppress
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from steerlens.core.decoding import DecodingError, check_hf_model, tl_refusal
-from steerlens.core.hf_binding import FAST_HOOKS, bind_twin, decoder_layers, hook_point
+from steerlens.core.decoding import DecodingError, Steps, check_hf_model, hf_steps
 from steerlens.core.hooks import HookPair, active_steering, resid_post
 from steerlens.core.models import (
     HookedModel,
@@ -58,15 +57,17 @@ from steerlens.core.models import (
     weight_fingerprint,
 )
 
+from ._binding import FAST_HOOKS, bind_twin, decoder_layers, hook_point
+from .base import Engine
+
 __all__ = [
-    "ENGINES",
     "FAST_HOOKS",
-    "FastPath",
+    "HFEngine",
     "capture_residuals",
-    "engine_hooks",
     "fast_path_blocker",
+    "foreign_hooks",
     "hf_twin",
-    "resolve_engine",
+    "refuse_fast_path",
     "twin_hooks",
 ]
 
@@ -89,21 +90,70 @@ _PROBE_TOL_LOW = 0.15
 _BOUND: weakref.WeakKeyDictionary[Any, list[Tensor]] = weakref.WeakKeyDictionary()
 
 
-@dataclass
-class FastPath:
-    """A twin to run on, and the open ``steering()`` hooks to carry onto it."""
+class HFEngine(Engine):
+    """The fast path: a plain HF model (the *twin*) and the open ``steering()`` hooks it
+    carries, registered as PyTorch hooks on its decoder layers."""
 
-    twin: Any
-    bound: bool
-    """True when the twin shares the model's tensors (its logits are the model's)."""
-    carried: list[HookPair] = field(default_factory=list)
-    compiled: Any = None
-    """The compiled decoding engine (``steerlens.core.compiled``) when it runs, else None."""
-    slots: Any = None
-    """The compiled engine's slots and specs: the carried hooks, then the call's own."""
+    name = "hf"
+
+    def __init__(
+        self, model: HookedModel, twin: Any, bound: bool, carried: Sequence[HookPair] = ()
+    ) -> None:
+        super().__init__(model)
+        self.twin = twin
+        self.bound = bound
+        self.carried = list(carried)
+
+    def hooks(self, pairs: Sequence[HookPair]) -> AbstractContextManager[None]:
+        return twin_hooks(self.twin, [*self.carried, *pairs])
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        return self.twin(input_ids=input_ids, attention_mask=attention_mask).logits  # type: ignore[no-any-return]
+
+    def logits_at(
+        self, input_ids: Tensor, attention_mask: Tensor, positions: Sequence[Sequence[int]]
+    ) -> list[Tensor]:
+        """The unembedding runs only on the union of the rows' positions (transformers'
+        ``logits_to_keep``), not on every position of the batch: a prompt scored at its last
+        few positions skips most of the vocabulary projection."""
+        keep = sorted({p for pos in positions for p in pos}) or [0]  # (no position: any one)
+        kw = {}
+        if _keeps_logits(self.twin):
+            kw["logits_to_keep"] = torch.tensor(keep, device=input_ids.device)
+        logits = self.twin(input_ids=input_ids, attention_mask=attention_mask, **kw).logits
+        width = input_ids.shape[1]
+        if logits.shape[1] == len(keep) and (len(keep) != width or keep == list(range(width))):
+            index = {p: j for j, p in enumerate(keep)}
+        elif logits.shape[1] == width:  # every position came back (logits_to_keep ignored)
+            index = {p: p for p in keep}
+        else:
+            raise RuntimeError(
+                f"the model returned logits for {logits.shape[1]} positions; asked for "
+                f"{len(keep)} of {width}"
+            )
+        return [logits[row, [index[p] for p in pos]] for row, pos in enumerate(positions)]
+
+    def capture(
+        self, input_ids: Tensor, attention_mask: Tensor, layers: Sequence[int], hook: str
+    ) -> list[Tensor]:
+        return capture_residuals(self.twin, input_ids, attention_mask, layers, hook)
+
+    def steps(self, input_ids: Tensor, attention_mask: Tensor, max_new_tokens: int) -> Steps:
+        return hf_steps(self.twin, input_ids, attention_mask)
+
+    def hooked(self) -> bool:
+        return bool(self.carried)
 
 
-def _foreign_hooks(model: HookedModel) -> str | None:
+def _keeps_logits(twin: Any) -> bool:
+    """Whether the HF model's forward takes ``logits_to_keep`` (transformers >= 4.50)."""
+    try:
+        return "logits_to_keep" in inspect.signature(twin.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def foreign_hooks(model: HookedModel) -> str | None:
     """Why hooks other than open ``steering()`` contexts would be skipped, or None."""
     from torch.nn.modules import module as torch_module
     from transformer_lens.hook_points import HookPoint
@@ -142,7 +192,7 @@ def fast_path_blocker(model: HookedModel, hook: str = "hook_resid_post") -> str 
     """Why ``engine="auto"`` would take the TransformerLens path, or None if it takes the fast path."""
     if hook not in FAST_HOOKS:
         return f"the fast path reaches {FAST_HOOKS}, not {hook}"
-    why = _foreign_hooks(model)
+    why = foreign_hooks(model)
     if why is not None:
         return why
     if not is_bridge(model):
@@ -163,99 +213,10 @@ def _bridge_blocker(model: HookedModel) -> str | None:
     return None
 
 
-def resolve_engine(
-    model: HookedModel,
-    hook: str,
-    engine: str,
-    *,
-    decoding: bool = False,
-    pairs: Sequence[HookPair] = (),
-) -> FastPath | None:
-    """The fast path to run on, or None for the TransformerLens path (validates ``engine``).
-
-    ``decoding=True`` (generation) also honours the cached-step guard
-    (``steerlens.core.decoding``): a TL path refused for decoding raises ``DecodingError`` where
-    it would run, and ``"auto"`` routes around a refused fast path with a logged notice.
-    Generation may also ask for ``"compiled"`` (``steerlens.core.compiled``), which ``"auto"``
-    takes on CUDA; ``pairs`` are the call's own steering hooks, which it runs as data.
-    """
-    if engine not in ENGINES or (engine == "compiled" and not decoding):
-        allowed = ENGINES if decoding else ENGINES[:-1]
-        raise ValueError(f"engine must be one of {', '.join(map(repr, allowed))}, got {engine!r}")
-    if engine == "tl":
-        _tl_may_decode(model, decoding, "engine='tl' was asked for")
-        return None
-    if engine == "auto":
-        blocker = fast_path_blocker(model, hook)
-        if blocker is not None:
-            _tl_may_decode(model, decoding, f"the fast path cannot run here: {blocker}")
-            return None
-        try:
-            twin = hf_twin(model)
-        except Exception as exc:  # any reason the fast path cannot be built: TL path
-            reason = _REFUSED.setdefault(model, f"the fast path could not be built: {exc}")
-            _tl_may_decode(model, decoding, reason)
-            logger.warning("engine='auto' takes the TransformerLens path: %s", reason)
-            return None
-        fast = FastPath(twin, True, active_steering(model))
-        if decoding and auto_compiles(model):
-            _with_compiled(fast, pairs, explicit=False)
-        return fast
-    if hook not in FAST_HOOKS:
-        raise ValueError(f"engine={engine!r} works on {FAST_HOOKS}, not {hook}")
-    why = _foreign_hooks(model)
-    if why is not None:
-        raise ValueError(
-            f"engine={engine!r} cannot run here: {why}; they would not fire on the fast path. "
-            "Use engine='tl' (or 'auto', which picks it)."
-        )
-    fast = FastPath(hf_twin(model), is_bridge(model), active_steering(model))
-    if engine == "compiled":
-        _with_compiled(fast, pairs, explicit=True)
-    return fast
-
-
-ENGINES = ("auto", "tl", "hf", "compiled")
-
-
-def auto_compiles(model: HookedModel) -> bool:
-    """Whether ``engine="auto"`` decodes with the compiled engine: on CUDA, where replaying
-    the step as a CUDA graph removes the per-kernel launch cost that dominates decoding. On
-    a CPU the eager fast path stays the default (compiling costs seconds a graph)."""
-    return model_device(model).type == "cuda"
-
-
-def _with_compiled(fast: FastPath, pairs: Sequence[HookPair], *, explicit: bool) -> None:
-    """Hand the decoding to the compiled engine where it can run. Asked for explicitly, steering
-    it cannot hold is a ``ValueError`` and a failed cached-step check a ``DecodingError``; where
-    ``torch.compile`` is not available (and for ``"auto"``, always) a notice is logged and the
-    eager fast path runs."""
-    from steerlens.core import compiled
-
-    slots = compiled.steering_specs([*fast.carried, *pairs])
-    if isinstance(slots, str):
-        if explicit:
-            raise ValueError(f"engine='compiled' cannot run here: {slots}; use engine='hf'")
-        logger.info("the compiled engine is not used, the eager fast path runs: %s", slots)
-        return
-    why = compiled.compile_blocker(next(fast.twin.parameters()).device, fast.twin)
-    if why is None:
-        try:
-            fast.compiled, fast.slots = compiled.compiled_engine(fast.twin), slots
-            return
-        except DecodingError as exc:  # asked for, it is an error, as on every path
-            if explicit:
-                raise
-            why = str(exc)
-    (logger.warning if explicit else logger.info)(
-        "the compiled engine is not used, the eager fast path runs: %s", why
-    )
-
-
-def _tl_may_decode(model: HookedModel, decoding: bool, why_tl: str) -> None:
-    refused = tl_refusal(model) if decoding else None
-    if refused is not None:
-        raise DecodingError(f"{refused} The TransformerLens path was needed because {why_tl}.")
+def refuse_fast_path(model: HookedModel, reason: str) -> str:
+    """Record why the fast path cannot be built for ``model`` (kept: later calls take the
+    TransformerLens path at once); the reason first recorded is returned."""
+    return _REFUSED.setdefault(model, reason)
 
 
 class _ProbeMismatch(ValueError):
@@ -419,17 +380,6 @@ def twin_hooks(twin: Any, pairs: Sequence[HookPair]) -> Iterator[None]:
     finally:
         for h in handles:
             h.remove()
-
-
-def engine_hooks(model: HookedModel, fast: FastPath | None, pairs: Sequence[HookPair]) -> Any:
-    """A context that registers ``pairs`` on the engine that runs: the fast path's twin
-    (with the open ``steering()`` blocks it carries) or the model's TransformerLens hooks.
-    The compiled engine holds them as data (``FastPath.slots``): nothing is registered."""
-    if fast is not None and fast.compiled is not None:
-        return nullcontext()
-    if fast is not None:
-        return twin_hooks(fast.twin, [*fast.carried, *pairs])
-    return model.hooks(fwd_hooks=list(pairs))  # type: ignore[arg-type]
 
 
 def _post(fn: Any) -> Any:

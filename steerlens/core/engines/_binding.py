@@ -1,5 +1,5 @@
 """Binding a plain ``transformers`` model to a bridge's own tensors, and the hook points such a
-model reaches: shared by the eager fast path (``fastpath``) and the compiled engine
+model reaches: shared by the eager fast path (``hf``) and the compiled engine
 (``compiled``), so neither imports the other's internals."""
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The compiled decoding engine: a static KV cache, the decoding step compiled with
 ``torch.compile`` (replayed as a CUDA graph on a GPU), and the steering inside the step.
 
-The eager fast path (``steerlens.core.fastpath``) calls a Python hook on every steered layer
+The eager fast path (``steerlens.core.engines.hf``) calls a Python hook on every steered layer
 at every step, and its KV cache grows, so nothing can be captured once and replayed. This
 engine runs the same plain HF model (bound to the same weights) differently:
 
@@ -59,17 +59,20 @@ from torch import Tensor
 from torch._dynamo.exc import FailOnRecompileLimitHit, RecompileError, TorchDynamoException
 
 from steerlens.core.decoding import DecodingError, Steps, _cache_kwarg, _check, _probe_ids
-from steerlens.core.hf_binding import bind_twin, decoder_layers, hook_point
 from steerlens.core.hooks import AddSpec, HookPair
+
+from ._binding import bind_twin, decoder_layers, hook_point
+from .hf import HFEngine
 
 __all__ = [
     "CompiledEngine",
+    "CompiledSteps",
     "EngineStats",
     "bucket",
     "check_compiled_engine",
     "clear_caches",
     "compile_blocker",
-    "compiled_engine",
+    "compiled_steps",
     "engine_stats",
     "steering_specs",
 ]
@@ -79,13 +82,13 @@ MIN_CACHE = 64
 """The smallest cache length bucket."""
 MAX_CACHES = 8
 """Static caches an engine keeps between calls (over all its batch buckets): the least
-recently used is freed; ``CompiledEngine.clear()`` frees them all."""
+recently used is freed; ``CompiledSteps.clear()`` frees them all."""
 RECOMPILE_ROOM = 64
 """dynamo's recompile limit while a runner compiles a new cache bucket (it counts graphs per
 code object; each runner has its own, and holds one graph per cache bucket it has seen)."""
 _ATTR = "_steerlens_compiled_engine"
 _REFUSED: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
-_LIVE: weakref.WeakSet[CompiledEngine] = weakref.WeakSet()
+_LIVE: weakref.WeakSet[CompiledSteps] = weakref.WeakSet()
 _COMPILE_ERRORS = (TorchDynamoException, FailOnRecompileLimitHit)
 """What ``torch.compile`` raises while compiling, before the step has run."""
 
@@ -294,7 +297,7 @@ class _Runner:
     """One (slots, batch bucket): a twin with the slot hooks, their buffers, and the compiled
     step (one graph per cache-length bucket, under a code object of its own)."""
 
-    def __init__(self, engine: CompiledEngine, slots: Sequence[_Slot], batch: int) -> None:
+    def __init__(self, engine: CompiledSteps, slots: Sequence[_Slot], batch: int) -> None:
         self.engine = engine
         self.batch = batch
         self.twin = bind_twin(engine.hf)
@@ -389,8 +392,9 @@ class _Runner:
         return self.eager(*args)
 
 
-class CompiledEngine:
-    """The compiled decoding engine of one plain HF model (see the module docstring)."""
+class CompiledSteps:
+    """The compiled decoding steps of one plain HF model: its runners (twin, buffers,
+    compiled step per slots and batch bucket) and static caches (see the module docstring)."""
 
     def __init__(self, hf: Any, *, compile: bool = True) -> None:
         self.hf = hf  # the engine is kept on the model itself (a cycle the GC frees with it)
@@ -464,7 +468,7 @@ class CompiledEngine:
         return step
 
 
-def compiled_engine(hf: Any) -> CompiledEngine:
+def compiled_steps(hf: Any) -> CompiledSteps:
     """The compiled engine of a plain HF model (built once, checked, kept while it lives).
 
     Raises ``DecodingError`` when its static-cache step does not reproduce a full forward
@@ -472,7 +476,7 @@ def compiled_engine(hf: Any) -> CompiledEngine:
     """
     engine = hf.__dict__.get(_ATTR)
     if engine is None:
-        engine = CompiledEngine(hf)
+        engine = CompiledSteps(hf)
         why = _REFUSED.get(hf) or check_compiled_engine(hf, engine)
         if why is not None:
             _REFUSED[hf] = why
@@ -522,7 +526,7 @@ class _SteeredProbe:
         specs = [AddSpec(directions(), alphas.to(device), gate, None) for gate in gates]
         return cls(slots, specs)
 
-    def steps(self, engine: CompiledEngine, ids: Tensor, mask: Tensor) -> Steps:
+    def steps(self, engine: CompiledSteps, ids: Tensor, mask: Tensor) -> Steps:
         return engine.steps((self.slots, self.specs), ids, mask, 1)
 
     def reference(self, hf: Any, ids: Tensor, row: int) -> Tensor:
@@ -549,11 +553,11 @@ class _SteeredProbe:
                 h.remove()
 
 
-def _unsteered_steps(engine: CompiledEngine, ids: Tensor, mask: Tensor) -> Steps:
+def _unsteered_steps(engine: CompiledSteps, ids: Tensor, mask: Tensor) -> Steps:
     return engine.steps(([], []), ids, mask, 1)
 
 
-def check_compiled_engine(hf: Any, engine: CompiledEngine | None = None) -> str | None:
+def check_compiled_engine(hf: Any, engine: CompiledSteps | None = None) -> str | None:
     """The cached-step check (``steerlens.core.decoding``) on this engine's steps, uncompiled
     and compiled: three rows (one left-padded) padded to a batch of four, the positions, the
     mask and the static cache; the compiled step three times, so that on a GPU its CUDA graph
@@ -564,8 +568,8 @@ def check_compiled_engine(hf: Any, engine: CompiledEngine | None = None) -> str 
     param = next(hf.parameters())
     ids, mask, rows = _probe_ids(int(hf.config.vocab_size), param.device)
     probe = (torch.cat([ids, ids[:1]]), torch.cat([mask, mask[:1]]), [*rows, rows[0]])
-    compiled = engine or CompiledEngine(hf)
-    uncompiled = CompiledEngine(hf, compile=False)
+    compiled = engine or CompiledSteps(hf)
+    uncompiled = CompiledSteps(hf, compile=False)
     steered = _SteeredProbe.make(hf, len(probe[2]))
     # three compiled runs: on a GPU the first call of a graph warms up, the second records
     # the CUDA graph and the third replays it
@@ -593,3 +597,24 @@ def check_compiled_engine(hf: Any, engine: CompiledEngine | None = None) -> str 
         if why is not None:
             return why
     return None
+
+
+class CompiledEngine(HFEngine):
+    """The fast path whose decoding runs the compiled static-cache step, the call's steering
+    (``slots``: the carried ``steering()`` blocks, then the call's own hooks) held as data in
+    it. Its one-pass methods (``forward``, ``capture``) are the eager fast path's."""
+
+    name = "compiled"
+
+    def __init__(
+        self,
+        fast: HFEngine,
+        graphs: CompiledSteps,
+        slots: tuple[list[_Slot], list[AddSpec]],
+    ) -> None:
+        super().__init__(fast.model, fast.twin, fast.bound, fast.carried)
+        self.graphs = graphs
+        self.slots = slots
+
+    def steps(self, input_ids: Tensor, attention_mask: Tensor, max_new_tokens: int) -> Steps:
+        return self.graphs.steps(self.slots, input_ids, attention_mask, max_new_tokens)

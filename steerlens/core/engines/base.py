@@ -1,0 +1,82 @@
+"""What every engine offers: a forward pass under hooks, the residual stream at chosen hook
+points, and KV-cached decoding steps.
+
+An engine is one way of running a hooked model: through its TransformerLens hook points
+(``tl``), on the plain HF model that shares its weights (``hf``, the fast path), or that
+model's compiled static-cache step (``compiled``). ``resolve_engine`` picks one; callers run
+it and never ask which it is. Every engine runs the same ``(hook_name, fn)`` pairs (built by
+``steering_hooks``), so a gate, a per-row α and a per-row vector mean the same on each.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from typing import ClassVar
+
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from steerlens.core.decoding import Steps
+from steerlens.core.hooks import HookPair
+from steerlens.core.models import HookedModel
+
+__all__ = ["Engine"]
+
+
+class Engine(ABC):
+    """One way of running ``model`` (see the module docstring)."""
+
+    name: ClassVar[str]
+    bound: bool = True
+    """Whether the logits are the model's own (False for a HookedTransformer's HF copy, whose
+    unembedding is not centred: its logits differ from the model's by a constant per row)."""
+
+    def __init__(self, model: HookedModel) -> None:
+        self.model = model
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.model.cfg.model_name!r})"
+
+    @abstractmethod
+    def hooks(self, pairs: Sequence[HookPair]) -> AbstractContextManager[None]:
+        """A context in which ``pairs`` (and the open ``sl.steering()`` blocks) act on this
+        engine's passes; every one is removed on exit, after an error too."""
+
+    @abstractmethod
+    def forward(
+        self, input_ids: Int[Tensor, "batch pos"], attention_mask: Tensor | None = None
+    ) -> Float[Tensor, "batch pos vocab"]:
+        """The logits of every position."""
+
+    def logits_at(
+        self,
+        input_ids: Int[Tensor, "batch pos"],
+        attention_mask: Tensor,
+        positions: Sequence[Sequence[int]],
+    ) -> list[Float[Tensor, "n vocab"]]:
+        """Per row, the logits at its ``positions`` (batch columns)."""
+        logits = self.forward(input_ids, attention_mask)
+        return [logits[row, list(pos)] for row, pos in enumerate(positions)]
+
+    @abstractmethod
+    def capture(
+        self,
+        input_ids: Int[Tensor, "batch pos"],
+        attention_mask: Tensor,
+        layers: Sequence[int],
+        hook: str,
+    ) -> list[Float[Tensor, "batch pos d_model"]]:
+        """``blocks.{l}.{hook}`` for each of ``layers``, as the hooks left it; the pass stops
+        after the last layer needed."""
+
+    @abstractmethod
+    def steps(
+        self, input_ids: Int[Tensor, "batch pos"], attention_mask: Tensor, max_new_tokens: int
+    ) -> Steps:
+        """A KV-cached decoding step function for this (left-padded) batch."""
+
+    @abstractmethod
+    def hooked(self) -> bool:
+        """Whether any hook acts on this engine's passes (beyond a call's own)."""

@@ -5,6 +5,9 @@ Every simulated response carries character spans of the attributes its style pla
 preference-driven token when it overlaps a span; an estimator's selection is scored by
 precision and recall over all tokens of all targets, per threshold (a precision-recall
 curve), per estimator/counterfactual, attribute and user group.
+
+Plain data in: the token effects are any objects with ``tokens``, ``offsets`` (character
+spans), ``effect`` and ``log_ratio`` (per token; SteerX's ``TokenEffects`` is one).
 """
 
 from __future__ import annotations
@@ -12,18 +15,19 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import pandas as pd
 
 from steerlens.data.prism import PrismDataset
 from steerlens.metrics.attributes import attribute_word_spans
-from steerlens.steerx.effects import Message, TokenEffects
 
 __all__ = [
     "ESTIMATORS",
+    "Message",
     "TargetQuery",
+    "TokenScores",
     "estimator_scores",
     "planted_labels",
     "pr_curve",
@@ -31,6 +35,25 @@ __all__ = [
     "text_id",
     "user_queries",
 ]
+
+
+Message = dict[str, str]
+"""A chat message: ``{"role": ..., "content": ...}``."""
+
+
+class TokenScores(Protocol):
+    """Per token of a target text: its text, character span, and two effect scores."""
+
+    tokens: list[str]
+    offsets: list[tuple[int, int]]
+
+    @property
+    def effect(self) -> Any:
+        """P(token | history) - P(token | counterfactual), per token (array-like)."""
+
+    @property
+    def log_ratio(self) -> Any:
+        """log P(token | history) - log P(token | counterfactual), per token (array-like)."""
 
 
 @dataclass(frozen=True)
@@ -138,7 +161,7 @@ def _messages(convs: Sequence[tuple[str, str]]) -> tuple[Message, ...]:
     )
 
 
-def planted_labels(effects: TokenEffects, spans: Sequence[tuple[int, int, str]]) -> list[str]:
+def planted_labels(effects: TokenScores, spans: Sequence[tuple[int, int, str]]) -> list[str]:
     """Per token: the attribute of the first planted span it overlaps, or ``""``."""
     labels = []
     for a, b in effects.offsets:
@@ -147,10 +170,10 @@ def planted_labels(effects: TokenEffects, spans: Sequence[tuple[int, int, str]])
     return labels
 
 
-def _scores(with_none: TokenEffects, with_placebo: TokenEffects) -> dict[str, np.ndarray]:
+def _scores(with_none: TokenScores, with_placebo: TokenScores) -> dict[str, np.ndarray]:
     """Each estimator's per-token score (a token is selected when its score > threshold)."""
-    e0, e1 = with_none.effect.numpy(), with_placebo.effect.numpy()
-    r0, r1 = with_none.log_ratio.numpy(), with_placebo.log_ratio.numpy()
+    e0, e1 = np.asarray(with_none.effect), np.asarray(with_placebo.effect)
+    r0, r1 = np.asarray(with_none.log_ratio), np.asarray(with_placebo.log_ratio)
     return {
         "none · p-diff": e0,  # NextQuill
         "none · log-ratio": r0,
@@ -173,8 +196,8 @@ ESTIMATORS = (
 
 def estimator_scores(
     queries: Sequence[TargetQuery],
-    with_none: Sequence[TokenEffects],
-    with_placebo: Sequence[TokenEffects],
+    with_none: Sequence[TokenScores],
+    with_placebo: Sequence[TokenScores],
 ) -> pd.DataFrame:
     """One row per target token: user, group, planted attribute (``""`` if none), and each
     estimator's score."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import types
 import math
 
 import pandas as pd
@@ -74,6 +75,17 @@ def test_user_queries_and_estimators_on_the_simulated_set():
     assert table["none & placebo · p-diff"].tolist() == pytest.approx([0.05, -0.1])
     with pytest.raises(ValueError, match="ground truth"):
         user_queries(dataclasses.replace(ds, ground_truth=None))
+    # plain data (lists, no SteerX object) gives the same table
+    plain = [
+        types.SimpleNamespace(
+            tokens=e.tokens,
+            offsets=e.offsets,
+            effect=e.effect.tolist(),
+            log_ratio=e.log_ratio.tolist(),
+        )
+        for e in (e0, e1)
+    ]
+    pd.testing.assert_frame_equal(estimator_scores([fake], [plain[0]], [plain[1]]), table)
 
 
 def test_completed_truth_adds_directness_openings_and_attribute_words():

@@ -36,6 +36,7 @@ from steerlens.experiments.sweep import (
     standard_measures,
 )
 from steerlens.methods.personal import pair_activations, population
+from steerlens.methods.registry import BACKBONES, available_backbones, get_backbone
 from steerlens.methods.stylevector import generic_responses
 from steerlens.metrics.preference import (
     ppa_projection,
@@ -48,10 +49,8 @@ from steerlens.steerx.describe import describe
 from steerlens.steerx.effects import batch_history_effects
 from steerlens.steerx.pairs import pair_vectors
 from steerlens.steerx.pipeline import (
-    BACKBONES,
     SteerXConfig,
     SteerXResult,
-    available_backbones,
     conversation_messages,
     steerx_user,
 )
@@ -178,6 +177,63 @@ def steerx_study(
         raise ValueError("the sae backbone needs an SAE for the middle steering layer (sae=...)")
     out = Path(out)
     gt = dataset.ground_truth if dataset.ground_truth and "users" in dataset.ground_truth else None
+    users, train, test, convs = _conversations(dataset, cfg)
+    layers = default_layers(model)
+    pa_train = pair_activations(
+        model, train, layers, batch_size=cfg.batch_size, progress_bar=progress_bar
+    )
+    norms = population(pa_train).norms()
+    shared = _Shared.run(model, users, convs, cfg, progress_bar)
+    users = shared.users
+    test = [p for p in test if p.user_id in users]
+    pa_test = pair_activations(
+        model, test, layers, batch_size=cfg.batch_size, progress_bar=progress_bar
+    )
+    results = {
+        backbone: _backbone_results(model, backbone, convs, shared, layers, cfg, sae, out)
+        for backbone in cfg.backbones
+    }
+    sweep_prompts = _sweep_prompts(test, users, cfg.prompts_per_user)
+    boot: dict[str, Any] = {"seed": cfg.seed}
+    rows: list[dict[str, Any]] = []
+    base_margins = unsteered_margins(model, test, cfg.batch_size) if cfg.steer_ppa else None
+    for backbone, by_user in results.items():
+        compared = {
+            "steerx": {u: r.vector for u, r in by_user.items()},
+            "all-history": {u: r.all_history for u, r in by_user.items()},
+        }
+        rows += _compare_rows(
+            model, backbone, pa_test, test, compared, norms, cfg, base_margins, boot
+        )
+        vectors = {
+            f"{name}-{backbone}": {u: v.rescaled(norms) for u, v in by.items()}
+            for name, by in compared.items()
+        }
+        rows += _sweep_rows(model, backbone, vectors, sweep_prompts, cfg, gt, out, progress_bar)
+    if cfg.pair_backbone:
+        pair_vecs = _pair_vectors(model, train, users, shared, layers, cfg, out)
+        compared = {
+            "steerx": {u: v["selected"] for u, v in pair_vecs.items()},
+            "all-history": {u: v["all"] for u, v in pair_vecs.items()},
+        }
+        rows += _compare_rows(
+            model, "pairs", pa_test, test, compared, norms, cfg, base_margins, boot
+        )
+    users_df, hit_rows = _description_rows(model, results, cfg, gt, boot)
+    return {
+        "table": pd.DataFrame(rows + hit_rows),
+        "users": users_df,
+        "results": results,
+        "config": asdict(cfg),
+        "alpha": cfg.report_alpha,
+    }
+
+
+def _conversations(
+    dataset: PrismDataset, cfg: SteerXStudyConfig
+) -> tuple[list[str], list[Any], list[Any], dict[str, list[tuple[str, str]]]]:
+    """The study's users (each with two training conversations and a held-out pair), the
+    train / test pairs (split by prompt) and each user's training conversations."""
     users = _users(dataset, cfg.users_per_group)
     train, test = dataset.split(cfg.held_out, cfg.seed, by="prompt", turn0_only=True, users=users)
     convs: dict[str, list[tuple[str, str]]] = {}
@@ -188,172 +244,200 @@ def steerx_study(
     users = [u for u in users if len(convs.get(u, [])) >= 2 and any(p.user_id == u for p in test)]
     if not users:
         raise ValueError("no user has two training conversations and a held-out pair")
-    layers = default_layers(model)
-    pa_train = pair_activations(
-        model, train, layers, batch_size=cfg.batch_size, progress_bar=progress_bar
-    )
-    norms = population(pa_train).norms()
-    # one effects pass and one set of generic responses for every backbone
-    targets = {u: convs[u][: cfg.max_targets] for u in users}
-    queries, owner = [], []
-    for u in users:
-        for k, (prompt, response) in enumerate(targets[u]):
-            rest = [c for j, c in enumerate(convs[u]) if j != k][: cfg.n_history]
-            queries.append((prompt, response, conversation_messages(rest), None))
-            owner.append(u)
-    effects = batch_history_effects(
-        model, queries, batch_size=cfg.batch_size, progress_bar=progress_bar
-    )
-    prompts = [q[0] for q in queries]
-    generic = generic_responses(
-        model, prompts, max_new_tokens=64, batch_size=cfg.batch_size, progress_bar=progress_bar
-    )
-    # a user whose every generic response is empty has nothing to contrast with: left out
-    # (logged) rather than ending the whole study
-    has_generic = {o for g, o in zip(generic, owner, strict=True) if g.strip()}
-    empty = {u for u in users if u not in has_generic}
-    if empty:
-        logger.warning("left out (every generic response empty): %s", sorted(empty))
-        users = [u for u in users if u not in empty]
-        if not users:
-            raise ValueError("every user's generic responses are empty")
-    test = [p for p in test if p.user_id in users]
-    pa_test = pair_activations(
-        model, test, layers, batch_size=cfg.batch_size, progress_bar=progress_bar
-    )
-    results: dict[str, dict[str, SteerXResult]] = {}
-    for backbone in cfg.backbones:
-        xcfg = SteerXConfig(
-            backbone=backbone,  # type: ignore[arg-type]
-            n_history=cfg.n_history,
-            max_targets=cfg.max_targets,  # type: ignore[arg-type]
-            threshold=cfg.threshold,
-            describe=cfg.describe,
-            bipo={**cfg.bipo, "seed": cfg.seed},
-            layers=None if backbone.startswith("mean") else [layers[len(layers) // 2]],
-            batch_size=cfg.batch_size,
-            sae_max_density=cfg.sae_max_density,
-        )
-        results[backbone] = {}
+    return users, train, test, convs
+
+
+@dataclass
+class _Shared:
+    """One effects pass and one set of generic responses for every backbone: per target
+    (``owner``: its user) the query, token effects and the model's generic response."""
+
+    users: list[str]
+    queries: list[tuple[str, str, Any, Any]]
+    owner: list[str]
+    effects: list[Any]
+    generic: list[str]
+
+    @classmethod
+    def run(
+        cls,
+        model: HookedModel,
+        users: list[str],
+        convs: dict[str, list[tuple[str, str]]],
+        cfg: SteerXStudyConfig,
+        progress_bar: bool,
+    ) -> _Shared:
+        queries, owner = [], []
         for u in users:
-            mine = [i for i, o in enumerate(owner) if o == u]
-            res = steerx_user(
-                model,
-                convs[u],
-                user=u,
-                config=xcfg,
-                sae=sae,
-                progress_bar=False,
-                effects=[effects[i] for i in mine],
-                generic=[generic[i] for i in mine],
-            )
-            res.save(out / "vectors" / backbone / u)
-            results[backbone][u] = res
-    # held-out prompts per user for the steered generations
+            for k, (prompt, response) in enumerate(convs[u][: cfg.max_targets]):
+                rest = [c for j, c in enumerate(convs[u]) if j != k][: cfg.n_history]
+                queries.append((prompt, response, conversation_messages(rest), None))
+                owner.append(u)
+        effects = batch_history_effects(
+            model, queries, batch_size=cfg.batch_size, progress_bar=progress_bar
+        )
+        generic = generic_responses(
+            model,
+            [q[0] for q in queries],
+            max_new_tokens=64,
+            batch_size=cfg.batch_size,
+            progress_bar=progress_bar,
+        )
+        # a user whose every generic response is empty has nothing to contrast with: left
+        # out (logged) rather than ending the whole study
+        has_generic = {o for g, o in zip(generic, owner, strict=True) if g.strip()}
+        empty = {u for u in users if u not in has_generic}
+        if empty:
+            logger.warning("left out (every generic response empty): %s", sorted(empty))
+            users = [u for u in users if u not in empty]
+            if not users:
+                raise ValueError("every user's generic responses are empty")
+        return cls(users, queries, owner, effects, generic)
+
+    def of(self, user: str) -> list[int]:
+        """The indices of ``user``'s targets."""
+        return [i for i, o in enumerate(self.owner) if o == user]
+
+
+def _backbone_results(
+    model: HookedModel,
+    backbone: str,
+    convs: dict[str, list[tuple[str, str]]],
+    shared: _Shared,
+    layers: list[int],
+    cfg: SteerXStudyConfig,
+    sae: Any,
+    out: Path,
+) -> dict[str, SteerXResult]:
+    """Each user's SteerX and all-history vectors on one backbone (saved under ``out``), on
+    the study's layers or the middle one, as the registry says for the backbone."""
+    xcfg = SteerXConfig(
+        backbone=backbone,  # type: ignore[arg-type]
+        n_history=cfg.n_history,
+        max_targets=cfg.max_targets,
+        threshold=cfg.threshold,
+        describe=cfg.describe,
+        bipo={**cfg.bipo, "seed": cfg.seed},
+        layers=None if get_backbone(backbone).layers == "all" else [layers[len(layers) // 2]],
+        batch_size=cfg.batch_size,
+        sae_max_density=cfg.sae_max_density,
+    )
+    results = {}
+    for u in shared.users:
+        mine = shared.of(u)
+        res = steerx_user(
+            model,
+            convs[u],
+            user=u,
+            config=xcfg,
+            sae=sae,
+            progress_bar=False,
+            effects=[shared.effects[i] for i in mine],
+            generic=[shared.generic[i] for i in mine],
+        )
+        res.save(out / "vectors" / backbone / u)
+        results[u] = res
+    return results
+
+
+def _sweep_prompts(test: list[Any], users: list[str], per_user: int) -> list[SweepPrompt]:
+    """Up to ``per_user`` distinct held-out prompts per user, for the steered generations."""
     seen: dict[str, list[SweepPrompt]] = {}
     for p in test:
         chosen_prompts = seen.setdefault(p.user_id, [])
-        if len(chosen_prompts) < cfg.prompts_per_user and all(
-            q.prompt != p.prompt for q in chosen_prompts
-        ):
+        if len(chosen_prompts) < per_user and all(q.prompt != p.prompt for q in chosen_prompts):
             chosen_prompts.append(
                 SweepPrompt(p.interaction_id, p.prompt, p.user_id, p.category, p.chosen)
             )
-    sweep_prompts = [q for u in users for q in seen.get(u, [])]
-    boot: dict[str, Any] = {"seed": cfg.seed}
-    rows: list[dict[str, Any]] = []
+    return [q for u in users for q in seen.get(u, [])]
+
+
+def _sweep_rows(
+    model: HookedModel,
+    backbone: str,
+    vectors: dict[str, dict[str, SteeringVector]],
+    sweep_prompts: list[SweepPrompt],
+    cfg: SteerXStudyConfig,
+    gt: Any,
+    out: Path,
+    progress_bar: bool,
+) -> list[dict[str, Any]]:
+    """The steered generations of one backbone's vectors (a resumable sweep under ``out``):
+    the toxicity MAE change and (simulated sets) the utility gain at ``report_alpha``."""
+    cells = run_sweep(
+        model,
+        make_grid(sweep_prompts, list(vectors), cfg.alphas),
+        sweep_prompts,
+        vectors,
+        out / "sweep" / backbone,
+        settings=GenerationSettings(cfg.max_new_tokens, cfg.batch_size, 64),
+        measure=standard_measures(gt, batch_size=cfg.batch_size),
+        progress_bar=progress_bar,
+    )
+    assert cells is not None
+    table = dose_response_table(cells, seed=cfg.seed)
     alpha = cfg.report_alpha
-    base_margins = unsteered_margins(model, test, cfg.batch_size) if cfg.steer_ppa else None
-    for backbone, by_user in results.items():
-        vectors = {
-            f"steerx-{backbone}": {u: r.vector.rescaled(norms) for u, r in by_user.items()},
-            f"all-history-{backbone}": {
-                u: r.all_history.rescaled(norms) for u, r in by_user.items()
-            },
-        }
-        rows += _compare_rows(
-            model,
-            backbone,
-            pa_test,
-            test,
-            {
-                "steerx": {u: r.vector for u, r in by_user.items()},
-                "all-history": {u: r.all_history for u, r in by_user.items()},
-            },
-            norms,
-            cfg,
-            base_margins,
-            boot,
-        )
-        cells = run_sweep(
-            model,
-            make_grid(sweep_prompts, list(vectors), cfg.alphas),
-            sweep_prompts,
-            vectors,
-            out / "sweep" / backbone,
-            settings=GenerationSettings(cfg.max_new_tokens, cfg.batch_size, 64),
-            measure=standard_measures(gt, batch_size=cfg.batch_size),
-            progress_bar=progress_bar,
-        )
-        assert cells is not None
-        table = dose_response_table(cells, seed=cfg.seed)
-        for method in vectors:
-            r = table[(table["method"] == method) & (table["alpha"] == alpha)].iloc[0]
-            name = "steerx" if method.startswith("steerx") else "all-history"
+    rows: list[dict[str, Any]] = []
+    for method in vectors:
+        r = table[(table["method"] == method) & (table["alpha"] == alpha)].iloc[0]
+        name = "steerx" if method.startswith("steerx") else "all-history"
+        measured = [("mae_change_pct", "delta_pct", "delta_low", "delta_high")]
+        if "utility_gain" in r:
+            measured.append(("utility_gain", "utility_gain", "utility_low", "utility_high"))
+        for measure, mean, low, high in measured:
             rows.append(
                 {
                     "backbone": backbone,
                     "method": name,
-                    "measure": f"mae_change_pct@{alpha:g}",
-                    "mean": r["delta_pct"],
-                    "low": r["delta_low"],
-                    "high": r["delta_high"],
+                    "measure": f"{measure}@{alpha:g}",
+                    "mean": r[mean],
+                    "low": r[low],
+                    "high": r[high],
                     "n": r["n"],
                 }
             )
-            if "utility_gain" in r:
-                rows.append(
-                    {
-                        "backbone": backbone,
-                        "method": name,
-                        "measure": f"utility_gain@{alpha:g}",
-                        "mean": r["utility_gain"],
-                        "low": r["utility_low"],
-                        "high": r["utility_high"],
-                        "n": r["n"],
-                    }
-                )
-    if cfg.pair_backbone:
-        eff_by = {(q[0], q[1]): e for q, e in zip(queries, effects, strict=True)}
-        pair_vecs = {
-            u: pair_vectors(
-                model,
-                [p for p in train if p.user_id == u],
-                eff_by,
-                layers,
-                threshold=cfg.threshold,
-                batch_size=cfg.batch_size,
-            )
-            for u in users
-        }
-        rows += _compare_rows(
+    return rows
+
+
+def _pair_vectors(
+    model: HookedModel,
+    train: list[Any],
+    users: list[str],
+    shared: _Shared,
+    layers: list[int],
+    cfg: SteerXStudyConfig,
+    out: Path,
+) -> dict[str, dict[Literal["selected", "all"], SteeringVector]]:
+    """Each user's dislike-weighted vector pooled over the selected chosen tokens and over
+    all tokens, from the same pairs (saved under ``out``)."""
+    eff_by = {(q[0], q[1]): e for q, e in zip(shared.queries, shared.effects, strict=True)}
+    pair_vecs = {
+        u: pair_vectors(
             model,
-            "pairs",
-            pa_test,
-            test,
-            {
-                "steerx": {u: v["selected"] for u, v in pair_vecs.items()},
-                "all-history": {u: v["all"] for u, v in pair_vecs.items()},
-            },
-            norms,
-            cfg,
-            base_margins,
-            boot,
+            [p for p in train if p.user_id == u],
+            eff_by,
+            layers,
+            threshold=cfg.threshold,
+            batch_size=cfg.batch_size,
         )
-        for u, v in pair_vecs.items():
-            for name, vec in v.items():
-                vec.save(out / "vectors" / "pairs" / u / f"{name}.safetensors")
-    # the description in the other mode too, so that both modes' hit rates are reported
+        for u in users
+    }
+    for u, v in pair_vecs.items():
+        for name, vec in v.items():
+            vec.save(out / "vectors" / "pairs" / u / f"{name}.safetensors")
+    return pair_vecs
+
+
+def _description_rows(
+    model: HookedModel,
+    results: dict[str, dict[str, SteerXResult]],
+    cfg: SteerXStudyConfig,
+    gt: Any,
+    boot: dict[str, Any],
+) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
+    """Per backbone and user: the description in both modes (the other mode's from the first
+    backbone's effects), whether each names the user's group, the selected share; and (with
+    ground truth) each mode's hit rate over users."""
     other: Literal["spans", "model"] = "model" if cfg.describe == "spans" else "spans"
     first = results[cfg.backbones[0]]
     others = {
@@ -381,6 +465,7 @@ def steerx_study(
                 }
             )
     users_df = pd.DataFrame(user_rows)
+    rows = []
     if gt is not None:
         one = users_df[users_df["backbone"] == cfg.backbones[0]]
         for mode in (cfg.describe, other):
@@ -393,13 +478,7 @@ def steerx_study(
                     **hit.as_dict(),
                 }
             )
-    return {
-        "table": pd.DataFrame(rows),
-        "users": users_df,
-        "results": results,
-        "config": asdict(cfg),
-        "alpha": alpha,
-    }
+    return users_df, rows
 
 
 def _compare_rows(

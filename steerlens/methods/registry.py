@@ -1,16 +1,25 @@
-"""One registry of the vector methods built from a pair-activation table.
+"""One registry of every vector method the toolkit builds.
 
-Each method has one name, one label (tables and figures) and one set of defaults
-(``MethodOptions``), read by every entry point: ``steerlens vectors``, sweep configs, the
-demo, the studies, tables and figures. Adding a method is one function plus one line in
-``METHODS`` (CONTRIBUTING.md shows it).
+* ``METHODS``: the methods fitted on a pair-activation table (population, dislike-weighted,
+  Bradley-Terry), each with one name, one label (tables and figures) and one set of
+  defaults (``MethodOptions``);
+* ``BACKBONES``: the response-contrast backbones SteerX builds on (``mean``,
+  ``mean-context``, ``bipo``, ``sae``; fit functions in ``steerlens.methods.backbones``),
+  each with its name, label, default layers, what its SteerX vector pools and what it needs
+  installed.
+
+Every entry point reads them: ``steerlens vectors`` and ``steerlens steerx``, sweep configs,
+the demo, the studies, tables and figures. Adding a method is one function plus one line
+here (CONTRIBUTING.md shows it).
 """
 
 from __future__ import annotations
 
+import importlib
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from steerlens.methods.options import MethodOptions
 
@@ -18,17 +27,25 @@ from steerlens.methods.options import MethodOptions
 # defaults are read by `steerlens --help` without importing torch.
 if TYPE_CHECKING:
     from steerlens.core.vectors import SteeringVector
+    from steerlens.methods.backbones import BackboneInputs
     from steerlens.methods.personal import PairActivations
 
 __all__ = [
+    "BACKBONES",
     "METHODS",
+    "Backbone",
+    "BackboneName",
     "Fitted",
     "Method",
     "MethodOptions",
+    "available_backbones",
     "build_vectors",
+    "get_backbone",
     "get_method",
     "method_label",
 ]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -119,4 +136,80 @@ def build_vectors(
         out[method.name] = (
             {u: fitted.vector(u) for u in users} if method.per_user else fitted.vector("")
         )
+    return out
+
+
+BackboneName = Literal["mean", "mean-context", "bipo", "sae"]
+"""The SteerX backbones' names (the keys of ``BACKBONES``; a test checks the two agree)."""
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """A response-contrast backbone SteerX builds on.
+
+    ``pools``: which targets its SteerX vector sees: ``"selected"`` those with a generic
+    side and a preference-driven token, ``"weighted"`` every one with a generic side
+    (token-weighted), ``"context"`` every target (the description in context needs no
+    generic side). ``layers``: ``"all"`` steers on the study's layers, ``"middle"`` on the
+    middle one. ``fit(inputs, fallback)`` returns the all-history and the SteerX vector.
+    ``extra``: the optional dependency its default set-up needs (``steerlens[extra]``)."""
+
+    name: str
+    label: str
+    pools: Literal["selected", "weighted", "context"]
+    layers: Literal["all", "middle"]
+    fit: Callable[[BackboneInputs, bool], tuple[SteeringVector, SteeringVector]]
+    extra: str | None = None
+
+
+def _backbone_fit(name: str) -> Callable[[BackboneInputs, bool], Any]:
+    """``steerlens.methods.backbones.<name>``, imported on first use."""
+
+    def fit(inputs: BackboneInputs, fallback: bool) -> Any:
+        module = importlib.import_module("steerlens.methods.backbones")
+        return getattr(module, name)(inputs, fallback)
+
+    return fit
+
+
+BACKBONES: dict[str, Backbone] = {
+    b.name: b
+    for b in (
+        Backbone(
+            "mean", "mean difference (StyleVector)", "selected", "all", _backbone_fit("fit_mean")
+        ),
+        Backbone(
+            "mean-context",
+            "mean difference, description in context",
+            "context",
+            "all",
+            _backbone_fit("fit_mean_context"),
+        ),
+        Backbone("bipo", "BiPO", "weighted", "middle", _backbone_fit("fit_bipo")),
+        Backbone("sae", "SAE features", "selected", "middle", _backbone_fit("fit_sae"), "sae"),
+    )
+}
+
+
+def get_backbone(name: str) -> Backbone:
+    """The backbone called ``name``; a ``ValueError`` lists the names."""
+    if name not in BACKBONES:
+        raise ValueError(f"backbone must be one of {tuple(BACKBONES)}, got {name!r}")
+    return BACKBONES[name]
+
+
+def available_backbones() -> list[str]:
+    """The backbones a study runs by default: every one whose extra is usable (``sae`` needs
+    sae-lens, ``steerlens[sae]``, to train its SAE; left out with a notice)."""
+    from steerlens.methods.sae_train import sae_lens_available
+
+    usable = {"sae": sae_lens_available}
+    out = []
+    for b in BACKBONES.values():
+        if b.extra is not None and not usable[b.extra]():
+            logger.info(
+                "the %s backbone is left out: it needs pip install 'steerlens[%s]'", b.name, b.extra
+            )
+            continue
+        out.append(b.name)
     return out

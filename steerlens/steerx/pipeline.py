@@ -2,7 +2,8 @@
 preference-driven tokens -> a description -> a steering vector, next to the all-history
 baseline through the same backbone.
 
-Backbones (``SteerXConfig.backbone``):
+Backbones (``SteerXConfig.backbone``): the response-contrast methods of the registry
+(``steerlens.methods.registry.BACKBONES``, fitted in ``steerlens.methods.backbones``):
 
 * ``"mean"`` — StyleVector: user's responses vs the model's generic responses to the same
   prompts; SteerX pools the user's side over the preference-driven tokens only;
@@ -23,7 +24,6 @@ NextQuill; the rest is this reconstruction's choice, recorded in the provenance.
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 from collections.abc import Sequence
@@ -34,14 +34,13 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from steerlens.core.models import HookedModel, default_layers, model_name
-from steerlens.core.tokens import response_masks
+from steerlens.core.models import HookedModel, default_layers
 from steerlens.core.vectors import SteeringVector
-from steerlens.methods.bipo import BiPOConfig, bipo
-from steerlens.methods.sae import sae_vector
-from steerlens.methods.sae_train import sae_lens_available
-from steerlens.methods.stylevector import context_vector, generic_responses, style_vector
-from steerlens.run.cache import cache_activations
+from steerlens.methods.backbones import BackboneInputs
+from steerlens.methods.bipo import BiPOConfig
+from steerlens.methods.registry import BACKBONES as REGISTERED
+from steerlens.methods.registry import BackboneName, available_backbones, get_backbone
+from steerlens.methods.stylevector import generic_responses
 from steerlens.steerx.describe import Description, describe
 from steerlens.steerx.effects import Measure, Message, TokenEffects, batch_history_effects
 
@@ -56,17 +55,8 @@ __all__ = [
     "steerx_user",
 ]
 
-BACKBONES = ("mean", "mean-context", "bipo", "sae")
-Backbone = Literal["mean", "mean-context", "bipo", "sae"]
-
-
-def available_backbones() -> list[str]:
-    """The backbones a study runs by default: every one, ``"sae"`` left out (with a notice)
-    where sae-lens (``steerlens[sae]``), which trains its SAE, cannot be used."""
-    if sae_lens_available():
-        return list(BACKBONES)
-    logger.info("the sae backbone is left out: it trains its SAE with pip install 'steerlens[sae]'")
-    return [b for b in BACKBONES if b != "sae"]
+BACKBONES = tuple(REGISTERED)
+"""The backbones' names, as the registry holds them."""
 
 
 Conversation = tuple[str, str]  # (prompt, the user's chosen response)
@@ -74,7 +64,7 @@ Conversation = tuple[str, str]  # (prompt, the user's chosen response)
 
 @dataclass
 class SteerXConfig:
-    backbone: Backbone = "mean"
+    backbone: BackboneName = "mean"
     n_history: int = 4
     max_targets: int | None = 8
     threshold: float = 0.05
@@ -88,8 +78,7 @@ class SteerXConfig:
     batch_size: int = 8
 
     def __post_init__(self) -> None:
-        if self.backbone not in BACKBONES:
-            raise ValueError(f"backbone must be one of {BACKBONES}, got {self.backbone!r}")
+        get_backbone(self.backbone)  # validates the name
         if self.n_history < 1:
             raise ValueError("n_history must be >= 1")
         BiPOConfig(**self.bipo)  # validates the options
@@ -173,45 +162,6 @@ def conversation_messages(convs: Sequence[Conversation]) -> list[Message]:
     ]
 
 
-@dataclass(frozen=True)
-class _Pair:
-    prompt: str
-    chosen: str
-    rejected: str
-
-    def messages(self) -> list[Message]:
-        return [{"role": "user", "content": self.prompt}]
-
-
-def _token_acts(
-    model: HookedModel,
-    prompts: list[str],
-    texts: list[str],
-    keep: list[Tensor] | None,
-    layer: int,
-    batch_size: int,
-) -> Tensor:
-    """Activations at ``layer`` of the responses' tokens (the kept ones), stacked."""
-    ids, masks = response_masks(model, prompts, texts)
-    if keep is not None:
-        masks = [
-            torch.cat([torch.zeros(len(m) - len(k), dtype=torch.bool), k.bool()])
-            for m, k in zip(masks, keep, strict=True)
-        ]
-    rows = [i for i, m in enumerate(masks) if bool(m.any())]
-    acts = cache_activations(
-        model,
-        [ids[i] for i in rows],
-        [layer],
-        pool="none",
-        masks=[masks[i] for i in rows],
-        batch_size=batch_size,
-        progress_bar=False,
-    )
-    assert isinstance(acts, list)
-    return torch.cat([a[0] for a in acts])
-
-
 def steerx_user(
     model: HookedModel,
     conversations: Sequence[Conversation],
@@ -241,18 +191,7 @@ def steerx_user(
     if cfg.backbone == "sae" and sae is None:
         raise ValueError("the sae backbone needs an SAE (sae=...) for the steering layer")
     targets = list(conversations[: cfg.max_targets] if cfg.max_targets else conversations)
-    queries = []
-    for k, (prompt, response) in enumerate(targets):
-        rest = [c for j, c in enumerate(conversations) if j != k][: cfg.n_history]
-        cf = conversation_messages(placebo[: len(rest)]) if placebo else None
-        queries.append((prompt, response, conversation_messages(rest), cf))
-    if effects is None:
-        effects = batch_history_effects(
-            model, queries, batch_size=cfg.batch_size, progress_bar=progress_bar
-        )
-    elif [e.text for e in effects] != [r for _, r in targets]:
-        raise ValueError("the effects given are not those of these targets")
-    effects = list(effects)
+    effects = _target_effects(model, conversations, targets, cfg, placebo, effects, progress_bar)
     selected = [e.select(threshold=cfg.threshold, measure=cfg.measure) for e in effects]
     keep = []
     for e, sel in zip(effects, selected, strict=True):
@@ -279,69 +218,37 @@ def steerx_user(
     ok = [i for i, g in enumerate(generic) if g.strip()]
     if not ok:
         raise ValueError("every generic response is empty: nothing to contrast with")
-    all_prompts, all_responses = prompts, responses
-    prompts, responses = [prompts[i] for i in ok], [responses[i] for i in ok]
-    generic, keep = [generic[i] for i in ok], [keep[i] for i in ok]
-    layers = cfg.layers or default_layers(model)
-    # which targets each vector saw: all-history every one with a generic side; SteerX's
-    # pooled backbones (mean, sae) only those among them with a selected token; BiPO all of
-    # them (token-weighted); mean-context every target (it needs no generic side)
-    in_steerx = {
-        "mean": [i for i, k in zip(ok, keep, strict=True) if bool(k.any())],
-        "sae": [i for i, k in zip(ok, keep, strict=True) if bool(k.any())],
-        "bipo": ok,
-        "mean-context": list(range(len(targets))),
-    }[cfg.backbone]
+    inputs = BackboneInputs(
+        model,
+        [prompts[i] for i in ok],
+        [responses[i] for i in ok],
+        [generic[i] for i in ok],
+        [keep[i] for i in ok],
+        list(cfg.layers or default_layers(model)),
+        prompts,
+        responses,
+        description.text,
+        cfg.batch_size,
+        cfg.bipo,
+        sae,
+        cfg.sae_top_k,
+        cfg.sae_max_density,
+        progress_bar,
+    )
+    backbone = get_backbone(cfg.backbone)
+    in_steerx = _steerx_targets(backbone.pools, ok, inputs.keep, len(targets))
     fallback = None
-    if (
-        not description.evidence
-        if cfg.backbone == "mean-context"
-        else not any(bool(k.any()) for k in keep)
-    ):
+    evidence = (
+        bool(description.evidence)
+        if backbone.pools == "context"
+        else any(bool(k.any()) for k in inputs.keep)
+    )
+    if not evidence:
         # no preference-driven token (or none in a target with a generic side): SteerX has no
         # evidence to restrict to, so its vector is the all-history one, marked as such
         fallback = "no preference-driven tokens"
         in_steerx = ok
-    if cfg.backbone in ("mean", "mean-context"):
-        base = style_vector(model, prompts, responses, generic, layers)
-        if fallback:
-            vec = copy.deepcopy(base)
-        elif cfg.backbone == "mean":
-            vec = style_vector(model, prompts, responses, generic, layers, keep=keep)
-        else:
-            vec = context_vector(model, all_prompts, all_responses, description.text, layers)
-    elif cfg.backbone == "bipo":
-        bcfg = BiPOConfig(**{"layer": layers[0], **cfg.bipo})
-        pairs = [_Pair(p, r, g) for p, r, g in zip(prompts, responses, generic, strict=True)]
-        base = bipo(model, pairs, bcfg, progress_bar=progress_bar)
-        vec = (
-            copy.deepcopy(base)
-            if fallback
-            else bipo(
-                model,
-                pairs,
-                bcfg,
-                chosen_weights=[k.float() for k in keep],
-                progress_bar=progress_bar,
-            )
-        )
-    else:
-        layer = layers[0]
-        neg = _token_acts(model, prompts, list(generic), None, layer, cfg.batch_size)
-        pos_all = _token_acts(model, prompts, responses, None, layer, cfg.batch_size)
-        kw: dict[str, Any] = dict(
-            layer=layer,
-            model_name=model_name(model),
-            top_k=cfg.sae_top_k,
-            max_density=cfg.sae_max_density,
-            density_acts=torch.cat([pos_all, neg]),
-        )
-        base, _ = sae_vector(sae, pos_all, neg, **kw)
-        if fallback:
-            vec = copy.deepcopy(base)
-        else:
-            pos_sel = _token_acts(model, prompts, responses, keep, layer, cfg.batch_size)
-            vec, _ = sae_vector(sae, pos_sel, neg, **kw)
+    base, vec = backbone.fit(inputs, fallback is not None)
     vec.method = f"steerx-{cfg.backbone}"
     base.method = f"all-history-{cfg.backbone}"
     for v in (vec, base):
@@ -361,3 +268,39 @@ def steerx_user(
         in_steerx=in_steerx,
         fallback=fallback,
     )
+
+
+def _target_effects(
+    model: HookedModel,
+    conversations: Sequence[Conversation],
+    targets: list[Conversation],
+    cfg: SteerXConfig,
+    placebo: Sequence[Conversation] | None,
+    effects: Sequence[TokenEffects] | None,
+    progress_bar: bool,
+) -> list[TokenEffects]:
+    """Each target's token effects: its history is the user's other conversations (up to
+    ``n_history``), the counterfactual none or the placebo history; or those given."""
+    if effects is not None:
+        if [e.text for e in effects] != [r for _, r in targets]:
+            raise ValueError("the effects given are not those of these targets")
+        return list(effects)
+    queries = []
+    for k, (prompt, response) in enumerate(targets):
+        rest = [c for j, c in enumerate(conversations) if j != k][: cfg.n_history]
+        cf = conversation_messages(placebo[: len(rest)]) if placebo else None
+        queries.append((prompt, response, conversation_messages(rest), cf))
+    return batch_history_effects(
+        model, queries, batch_size=cfg.batch_size, progress_bar=progress_bar
+    )
+
+
+def _steerx_targets(pools: str, ok: list[int], keep: list[Tensor], n_targets: int) -> list[int]:
+    """The targets a backbone's SteerX vector sees: the pooled backbones (mean, sae) those
+    with a generic side and a selected token; BiPO every one with a generic side
+    (token-weighted); the context backbone every target (it needs no generic side)."""
+    if pools == "selected":
+        return [i for i, k in zip(ok, keep, strict=True) if bool(k.any())]
+    if pools == "weighted":
+        return ok
+    return list(range(n_targets))

@@ -3,6 +3,8 @@ entry point (CLI, sweep configs, the demo, the studies)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from helpers import _fixture_rows, _write  # a small PRISM-format folder
@@ -97,3 +99,51 @@ def test_one_default_per_parameter_read_from_the_options_everywhere():
     }
     for where, param in params.items():
         assert param.default == getattr(opts, where.split(".")[1]), where
+
+
+def test_the_steerx_backbones_are_registered_once():
+    from typing import get_args
+
+    from steerlens.methods import registry
+    from steerlens.methods.sae_train import sae_lens_available
+
+    assert tuple(registry.BACKBONES) == get_args(registry.BackboneName)
+    assert tuple(registry.BACKBONES) == sl.steerx.BACKBONES  # a view, not a second list
+    assert {b.name: (b.pools, b.layers, b.extra) for b in registry.BACKBONES.values()} == {
+        "mean": ("selected", "all", None),
+        "mean-context": ("context", "all", None),
+        "bipo": ("weighted", "middle", None),
+        "sae": ("selected", "middle", "sae"),
+    }
+    expected = ["mean", "mean-context", "bipo"] + (["sae"] if sae_lens_available() else [])
+    assert registry.available_backbones() == expected
+    with pytest.raises(ValueError, match="backbone must be one of"):
+        sl.steerx.SteerXConfig(backbone="nope")  # type: ignore[arg-type]
+
+
+def test_steerx_builds_through_the_registered_fit(monkeypatch, tiny_bridge):
+    """``steerx_user`` calls the registry's fit: a replaced fit's vectors come back."""
+    from steerlens.methods import registry
+
+    seen = {}
+
+    def fake(inputs, fallback):
+        seen["inputs"], seen["fallback"] = inputs, fallback
+        v = sl.SteeringVector({1: torch.ones(tiny_bridge.cfg.d_model)}, model_name="tiny-random")
+        return v, sl.SteeringVector({1: 2 * torch.ones(tiny_bridge.cfg.d_model)})
+
+    monkeypatch.setitem(
+        registry.BACKBONES, "mean", dataclasses.replace(registry.BACKBONES["mean"], fit=fake)
+    )
+    convs = [("say hi", "hi there friend"), ("say bye", "bye now pal"), ("go", "going away")]
+    res = sl.steerx.steerx_user(
+        tiny_bridge,
+        convs,
+        config=sl.steerx.SteerXConfig(backbone="mean", layers=[1]),
+        generic=["hello", "goodbye", "ok"],
+        progress_bar=False,
+    )
+    assert res.all_history.directions[1].eq(1).all() and res.vector.directions[1].eq(2).all()
+    assert res.vector.method == "steerx-mean" and res.all_history.method == "all-history-mean"
+    assert seen["inputs"].responses == [r for _, r in convs] and seen["inputs"].layers == [1]
+    assert seen["fallback"] == (res.fallback is not None)

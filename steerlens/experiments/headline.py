@@ -55,22 +55,25 @@ def _sel(s: Mapping[str, Any], quantity: str) -> Mapping[str, Any]:
     return (s.get("selection") or {}).get(quantity) or {}
 
 
-def build_headline(s: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The headline entries the summary supports (a partial run gives fewer)."""
-    out: list[dict[str, Any] | None] = []
-    gt = "simulated ground truth" if s.get("data_is_simulated") else None
-    a = s.get("best_alpha")
-    if a is not None:
-        sel = _sel(s, "operating_alpha")
-        out.append(
-            claim(
-                f"Toxicity MAE with the population vector at α = {float(a):g} (chosen on "
-                f"{sel.get('n_select', '?')} selection prompts) vs unsteered, % change paired "
-                f"by prompt on {sel.get('n_report', '?')} disjoint report prompts: {{word}}",
-                s.get("mae_change_pct_best"),
-                compare=("higher (worse)", "lower (better)"),
-            )
+def _mae_claims(s: Mapping[str, Any], a: Any) -> list[dict[str, Any] | None]:
+    """The operating α's toxicity MAE change vs unsteered."""
+    if a is None:
+        return []
+    sel = _sel(s, "operating_alpha")
+    return [
+        claim(
+            f"Toxicity MAE with the population vector at α = {float(a):g} (chosen on "
+            f"{sel.get('n_select', '?')} selection prompts) vs unsteered, % change paired "
+            f"by prompt on {sel.get('n_report', '?')} disjoint report prompts: {{word}}",
+            s.get("mae_change_pct_best"),
+            compare=("higher (worse)", "lower (better)"),
         )
+    ]
+
+
+def _ppa_claims(s: Mapping[str, Any], gt: str | None) -> list[dict[str, Any] | None]:
+    """PPA: personalised and Bradley-Terry minus population, oracle minus personalised."""
+    out: list[dict[str, Any] | None] = []
     for key, name in (
         ("ppa_personalized_minus_population", s.get("ppa_personalized_method", "personalised")),
         ("ppa_bradley_terry_minus_population", "Bradley-Terry"),
@@ -93,19 +96,34 @@ def build_headline(s: Mapping[str, Any]) -> list[dict[str, Any]]:
             compare=("higher", "lower"),
         )
     )
+    return out
+
+
+def _utility_claims(s: Mapping[str, Any], a: Any, gt: str | None) -> list[dict[str, Any] | None]:
+    """Ground-truth utility gain at the operating α, one claim per comparison."""
     util = s.get("utility_gain_all") or {}
-    if a is not None and util:
-        for m, entry in util.items():
-            what = m if "−" in m else f"{m} minus unsteered"
-            out.append(
-                claim(
-                    f"Ground-truth utility gain at α = {float(a):g}, {what}, on the report "
-                    f"prompts ({len(util)} comparisons): {{word}}",
-                    entry,
-                    truth=gt,
-                    compare=("higher", "lower"),
-                )
+    if a is None or not util:
+        return []
+    out: list[dict[str, Any] | None] = []
+    for m, entry in util.items():
+        what = m if "−" in m else f"{m} minus unsteered"
+        out.append(
+            claim(
+                f"Ground-truth utility gain at α = {float(a):g}, {what}, on the report "
+                f"prompts ({len(util)} comparisons): {{word}}",
+                entry,
+                truth=gt,
+                compare=("higher", "lower"),
             )
+        )
+    return out
+
+
+def _side_effect_claims(
+    s: Mapping[str, Any], a: Any, gt: str | None
+) -> list[dict[str, Any] | None]:
+    """Side effects: KL at the operating α, utility at equal KL, KL on held-out text."""
+    out: list[dict[str, Any] | None] = []
     kl = (s.get("kl_neutral") or {}).get("population", {})
     if a is not None and kl.get(f"{float(a):g}"):
         out.append(
@@ -145,6 +163,12 @@ def build_headline(s: Mapping[str, Any]) -> list[dict[str, Any]]:
                     e,
                 )
             )
+    return out
+
+
+def _token_claims(s: Mapping[str, Any]) -> list[dict[str, Any] | None]:
+    """SteerX token selection precision / recall, and its difference from NextQuill's."""
+    out: list[dict[str, Any] | None] = []
     for truth in ("planted", "completed"):
         sfx = "" if truth == "completed" else "_planted"
         for what in ("precision", "recall"):
@@ -168,6 +192,12 @@ def build_headline(s: Mapping[str, Any]) -> list[dict[str, Any]]:
                 compare=("higher", "lower"),
             )
         )
+    return out
+
+
+def _steerx_claims(s: Mapping[str, Any]) -> list[dict[str, Any] | None]:
+    """SteerX vs all-history PPA per backbone, and selected vs all tokens on the pairs."""
+    out: list[dict[str, Any] | None] = []
     for b, e in (s.get("steerx_minus_allhistory_ppa") or {}).items():
         if b == "pairs":  # claimed below, in the pair-based backbone's own words
             continue
@@ -189,12 +219,25 @@ def build_headline(s: Mapping[str, Any]) -> list[dict[str, Any]]:
             compare=("higher", "lower"),
         )
     )
-    out.append(
+    return out
+
+
+def build_headline(s: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The headline entries the summary supports (a partial run gives fewer)."""
+    gt = "simulated ground truth" if s.get("data_is_simulated") else None
+    a = s.get("best_alpha")
+    out = [
+        *_mae_claims(s, a),
+        *_ppa_claims(s, gt),
+        *_utility_claims(s, a, gt),
+        *_side_effect_claims(s, a, gt),
+        *_token_claims(s),
+        *_steerx_claims(s),
         claim(
             f"Zero-shot MMLU ({s.get('mmlu_items')} items), steered minus unsteered, paired by "
             "item: {word}",
             s.get("mmlu_steered_minus_unsteered"),
             compare=("higher", "lower"),
-        )
-    )
+        ),
+    ]
     return [c for c in out if c is not None]

@@ -172,28 +172,13 @@ def _steerx_figures(table: pd.DataFrame, where: str) -> dict[str, go.Figure]:
     return figs
 
 
-def write_study_report(out: str | Path = ".") -> list[Path]:
-    """Write the report of the run under ``out`` from its files; returns the files written.
+_Figs = dict[str, tuple[str, go.Figure]]  # stem -> (heading, figure)
+_Tables = dict[str, pd.DataFrame]
 
-    Raises ``FileNotFoundError`` when ``out/results/summary.json`` is missing.
-    """
-    out = Path(out)
-    results, figures = out / "results", out / "figures"
-    if not (results / "summary.json").exists():
-        raise FileNotFoundError(f"{results / 'summary.json'} not found: run `steerlens demo`")
-    s = json.loads((results / "summary.json").read_text(encoding="utf-8"))
-    steps_file = results / "steps.json"
-    steps = json.loads(steps_file.read_text()) if steps_file.exists() else {}
-    res = _Results(
-        results, {k for k, v in steps.items() if v.get("status") == "done"} if steps else None
-    )
-    simulated = bool(s.get("data_is_simulated"))
-    data_label = "simulated PRISM-format set (not real PRISM)" if simulated else s.get("data")
-    where = f"{s.get('model')} · {data_label}"
-    best = s.get("best_alpha")
-    figs: dict[str, tuple[str, go.Figure]] = {}  # stem -> (heading, figure)
-    tables: dict[str, pd.DataFrame] = {}
 
+def _sweep_sections(res: _Results, where: str, best: Any, figs: _Figs, tables: _Tables) -> None:
+    """Add the sweep's figures and tables: dose-response, side effects, calibration, selectivity,
+    gating."""
     dose, side = res.csv("dose_response.csv"), res.csv("side_effects.csv")
     if dose is not None:
         figs["dose_response"] = (
@@ -221,6 +206,10 @@ def write_study_report(out: str | Path = ".") -> list[Path]:
             plots.gating_curve(gating, title=f"Gating at α={best:g} (population vector)"),
         )
         tables[f"Gating at the operating α = {best:g}"] = gating_view(gating)
+
+
+def _preference_sections(res: _Results, best: Any, figs: _Figs, tables: _Tables) -> None:
+    """Add the preference accuracy, users-in-basis, utility-by-group and MMLU figures and tables."""
     ppa = res.csv("ppa.csv")
     if ppa is not None:
         figs["ppa"] = ("Preference accuracy by projection", plots.ppa_bars(ppa))
@@ -246,19 +235,26 @@ def write_study_report(out: str | Path = ".") -> list[Path]:
     if mmlu is not None:
         figs["mmlu"] = ("MMLU", plots.mmlu_bars(mmlu))
         tables["Zero-shot MMLU"] = mmlu_view(mmlu)
-    if simulated:
-        try:
-            ds = load_prism(str(s.get("config", {}).get("data", "demo")))
-            if ds.ground_truth is not None and "responses" in ds.ground_truth:
-                pairs = pd.DataFrame([p.__dict__ for p in ds.preference_pairs()])
-                figs["dataset_overview"] = (
-                    "Dataset",
-                    plots.dataset_overview(ds.ground_truth, pairs),
-                )
-        except (FileNotFoundError, ValueError) as e:  # the set moved: report without it
-            logger.warning("dataset overview left out: %s", e)
 
-    # SteerX: token effects and the comparison, on the page and on pages of their own
+
+def _dataset_section(s: dict[str, Any], figs: _Figs) -> None:
+    """Add the simulated dataset's overview figure (left out when the set cannot be loaded)."""
+    try:
+        ds = load_prism(str(s.get("config", {}).get("data", "demo")))
+        if ds.ground_truth is not None and "responses" in ds.ground_truth:
+            pairs = pd.DataFrame([p.__dict__ for p in ds.preference_pairs()])
+            figs["dataset_overview"] = (
+                "Dataset",
+                plots.dataset_overview(ds.ground_truth, pairs),
+            )
+    except (FileNotFoundError, ValueError) as e:  # the set moved: report without it
+        logger.warning("dataset overview left out: %s", e)
+
+
+def _steerx_sections(
+    res: _Results, where: str, figs: _Figs, tables: _Tables
+) -> dict[str, go.Figure]:
+    """Add SteerX's page figures and table; returns the figures that get pages of their own."""
     extra: dict[str, go.Figure] = {}
     effects = res.json("steerx_effects.json")
     if effects is not None:
@@ -273,6 +269,13 @@ def write_study_report(out: str | Path = ".") -> list[Path]:
             else:
                 extra[stem] = fig
         tables["SteerX (reconstructed) vs all-history, per backbone"] = steerx_view(compare)
+    return extra
+
+
+def _save_pages(
+    res: _Results, figures: Path, figs: _Figs, extra: dict[str, go.Figure]
+) -> tuple[list[Path], dict[str, str]]:
+    """Save every figure and the SteerX user cards; returns the files written and the links."""
     batch = {figures / stem: fig for stem, (_, fig) in figs.items()}
     batch.update({figures / stem: fig for stem, fig in extra.items()})
     written = plots.save_figures(batch)  # the PNGs in one Chromium session
@@ -289,6 +292,11 @@ def write_study_report(out: str | Path = ".") -> list[Path]:
         )
         written.append(page)
         links[f"SteerX user card: {card['user']} ({card['group']})"] = page.name
+    return written, links
+
+
+def _notes(s: dict[str, Any], steps: dict[str, Any], data_label: Any, simulated: bool) -> list[str]:
+    """The page's notes: model and data, the intervals' rule, and the steps that did not finish."""
     missing = [k for k, v in steps.items() if v.get("status") != "done"]
     planned = (s.get("config") or {}).get("steps") or []
     missing += [k for k in planned if k not in steps]  # never started
@@ -308,6 +316,37 @@ def write_study_report(out: str | Path = ".") -> list[Path]:
     ]
     if missing:
         notes.append(f"Partial run: steps {missing} did not finish; their sections are missing.")
+    return notes
+
+
+def write_study_report(out: str | Path = ".") -> list[Path]:
+    """Write the report of the run under ``out`` from its files; returns the files written.
+
+    Raises ``FileNotFoundError`` when ``out/results/summary.json`` is missing.
+    """
+    out = Path(out)
+    results, figures = out / "results", out / "figures"
+    if not (results / "summary.json").exists():
+        raise FileNotFoundError(f"{results / 'summary.json'} not found: run `steerlens demo`")
+    s = json.loads((results / "summary.json").read_text(encoding="utf-8"))
+    steps_file = results / "steps.json"
+    steps = json.loads(steps_file.read_text()) if steps_file.exists() else {}
+    res = _Results(
+        results, {k for k, v in steps.items() if v.get("status") == "done"} if steps else None
+    )
+    simulated = bool(s.get("data_is_simulated"))
+    data_label = "simulated PRISM-format set (not real PRISM)" if simulated else s.get("data")
+    where = f"{s.get('model')} · {data_label}"
+    best = s.get("best_alpha")
+    figs: _Figs = {}
+    tables: _Tables = {}
+    _sweep_sections(res, where, best, figs, tables)
+    _preference_sections(res, best, figs, tables)
+    if simulated:
+        _dataset_section(s, figs)
+    # SteerX: token effects and the comparison, on the page and on pages of their own
+    extra = _steerx_sections(res, where, figs, tables)
+    written, links = _save_pages(res, figures, figs, extra)
     page = write_report(
         figures,
         title="steerlens study report",
@@ -316,7 +355,7 @@ def write_study_report(out: str | Path = ".") -> list[Path]:
         tables=tables,
         figures={heading: fig for heading, fig in figs.values()},
         generations=_generations(res),
-        notes=notes,
+        notes=_notes(s, steps, data_label, simulated),
         links=links,
         headline=headline(s),
     )

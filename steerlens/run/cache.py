@@ -105,24 +105,9 @@ def cache_activations(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     use_chat = resolve_chat(model, chat)
     ids, are_texts = _as_ids(model, inputs, use_chat)
-    layer_list = list(default_layers(model) if layers is None else layers)
-    if not layer_list:
-        raise ValueError("no layers to cache")
-    bad = [lyr for lyr in layer_list if not 0 <= lyr < model.cfg.n_layers]
-    if bad:
-        raise ValueError(
-            f"layers {bad} out of range for {model.cfg.model_name} (0..{model.cfg.n_layers - 1})"
-        )
+    layer_list = _layers(model, layers)
     if masks is not None:
-        if len(masks) != len(ids):
-            raise ValueError(f"{len(masks)} masks for {len(ids)} inputs")
-        for i, (m, x) in enumerate(zip(masks, ids, strict=True)):
-            if m.shape != x.shape:
-                raise ValueError(
-                    f"input {i}: mask has shape {tuple(m.shape)}, tokens {tuple(x.shape)}"
-                )
-            if not m.any():
-                raise ValueError(f"input {i}: its mask selects no token")
+        _check_masks(masks, ids)
     elif pool == "mean" and exclude_template:
         texts = [str(x) for x in inputs] if are_texts else None
         masks = (
@@ -151,19 +136,7 @@ def cache_activations(
         model.eval()
     # Identical inputs (the chosen response of a conversation sits in each of its pairs) run
     # once, unless a hook is active: a per-row hook must see every input in its own row.
-    owner = list(range(len(ids)))
-    if sink is None and not eng.hooked():
-        seen: dict[tuple[bytes, bytes | None], int] = {}
-        owner = [
-            seen.setdefault(
-                (
-                    x.cpu().numpy().tobytes(),
-                    None if masks is None else masks[i].cpu().numpy().tobytes(),
-                ),
-                i,
-            )
-            for i, x in enumerate(ids)
-        ]
+    owner = _owners(ids, masks) if sink is None and not eng.hooked() else list(range(len(ids)))
     unique = sorted(set(owner))
     run_ids = [ids[i] for i in unique]
     run_masks = None if masks is None else [masks[i] for i in unique]
@@ -182,13 +155,7 @@ def cache_activations(
                 if run_masks is None
                 else run_masks[i].bool().cpu()
             )
-            acts = stacked[row, :, :n_tok]
-            if pool == "last":
-                rows.append(acts[:, int(sel.nonzero().max())])
-            elif pool == "mean":
-                rows.append(acts[:, sel.to(acts.device)].mean(dim=1))
-            else:
-                rows.append(acts[:, sel].clone())
+            rows.append(_pooled(stacked[row, :, :n_tok], sel, pool))
         if pool != "none":
             rows = list(torch.stack(rows).cpu())  # pooled on the device, one transfer
         if sink is None:
@@ -216,3 +183,51 @@ def cache_activations(
         assert r is not None
         done.append(r if owner[i] == i else r.clone())  # a copy: rows never alias
     return done if pool == "none" else torch.stack(done)
+
+
+def _layers(model: HookedModel, layers: Sequence[int] | None) -> list[int]:
+    """The layers to cache (default ``default_layers``), each checked against the model."""
+    layer_list = list(default_layers(model) if layers is None else layers)
+    if not layer_list:
+        raise ValueError("no layers to cache")
+    bad = [lyr for lyr in layer_list if not 0 <= lyr < model.cfg.n_layers]
+    if bad:
+        raise ValueError(
+            f"layers {bad} out of range for {model.cfg.model_name} (0..{model.cfg.n_layers - 1})"
+        )
+    return layer_list
+
+
+def _check_masks(masks: Sequence[Tensor], ids: Sequence[Tensor]) -> None:
+    """One mask per input, of its shape, selecting at least one token."""
+    if len(masks) != len(ids):
+        raise ValueError(f"{len(masks)} masks for {len(ids)} inputs")
+    for i, (m, x) in enumerate(zip(masks, ids, strict=True)):
+        if m.shape != x.shape:
+            raise ValueError(f"input {i}: mask has shape {tuple(m.shape)}, tokens {tuple(x.shape)}")
+        if not m.any():
+            raise ValueError(f"input {i}: its mask selects no token")
+
+
+def _owners(ids: Sequence[Tensor], masks: Sequence[Tensor] | None) -> list[int]:
+    """Per input, the first input with the same tokens and mask (identical inputs run once)."""
+    seen: dict[tuple[bytes, bytes | None], int] = {}
+    return [
+        seen.setdefault(
+            (
+                x.cpu().numpy().tobytes(),
+                None if masks is None else masks[i].cpu().numpy().tobytes(),
+            ),
+            i,
+        )
+        for i, x in enumerate(ids)
+    ]
+
+
+def _pooled(acts: Tensor, sel: Tensor, pool: Pool) -> Tensor:
+    """One row's ``[layer, pos, d_model]`` pooled over its selected positions."""
+    if pool == "last":
+        return acts[:, int(sel.nonzero().max())]
+    if pool == "mean":
+        return acts[:, sel.to(acts.device)].mean(dim=1)
+    return acts[:, sel].clone()

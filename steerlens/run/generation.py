@@ -168,14 +168,7 @@ def generate(
     Returns:
         The generated texts (special tokens and the EOS removed), or a ``Generation``.
     """
-    if isinstance(prompts, str):
-        raise TypeError("prompts must be a list of strings, not one string")
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if do_sample and temperature <= 0:
-        raise ValueError("temperature must be > 0 when sampling")
+    _check_args(prompts, max_new_tokens, batch_size, do_sample, temperature)
     n = len(prompts)
     if n == 0:
         return (
@@ -219,18 +212,7 @@ def generate(
         new, step_logits = _run_batch(eng, enc.input_ids, enc.attention_mask, opts)
         new = new.cpu()  # one transfer a batch
         step_logits = step_logits.float().cpu() if step_logits is not None else None
-        out = []
-        for row in range(len(batch.rows)):
-            toks = new[row]
-            stop = len(toks)
-            for j, t in enumerate(toks.tolist()):
-                if t in eos:
-                    stop = j
-                    break
-            # keep the step that produced the EOS, if any
-            kept = None if step_logits is None else step_logits[row, : min(stop + 1, len(toks))]
-            out.append((toks[:stop], kept))
-        return out
+        return [_until_eos(new[row], step_logits, row, eos) for row in range(len(batch.rows))]
 
     with eng.hooks(own), torch.inference_mode():
         results = map_batches(
@@ -254,6 +236,38 @@ def generate(
         tokens=done,
         logits=[lg for _, lg in results] if return_logits else None,  # type: ignore[misc]
     )
+
+
+def _check_args(
+    prompts: Sequence[Prompt],
+    max_new_tokens: int,
+    batch_size: int,
+    do_sample: bool,
+    temperature: float,
+) -> None:
+    """``generate``'s argument checks (a clear error before any work)."""
+    if isinstance(prompts, str):
+        raise TypeError("prompts must be a list of strings, not one string")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if do_sample and temperature <= 0:
+        raise ValueError("temperature must be > 0 when sampling")
+
+
+def _until_eos(
+    toks: Tensor, step_logits: Tensor | None, row: int, eos: list[int]
+) -> tuple[Tensor, Tensor | None]:
+    """A row's new tokens up to its first EOS, and its step logits up to and including the
+    step that produced it."""
+    stop = len(toks)
+    for j, t in enumerate(toks.tolist()):
+        if t in eos:
+            stop = j
+            break
+    kept = None if step_logits is None else step_logits[row, : min(stop + 1, len(toks))]
+    return toks[:stop], kept
 
 
 @dataclass(frozen=True)

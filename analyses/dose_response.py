@@ -32,7 +32,7 @@ def run(
     cfg = dose_sweep_config(model, data, out, **options)
     cells = run_config(cfg, progress_bar=progress_bar)
     assert cells is not None
-    table = dose_response_table(cells, seed=cfg.seed)
+    table = dose_response_table(cells, seed=cfg.run.seed)
     results = Path(out) / "results"
     table.to_csv(results / "dose_response.csv", index=False)
     files = save_figure(

@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 
 import steerlens as sl
+from steerlens.experiments.config import RunSection
 from steerlens.experiments.personalization import PersonalizationConfig, personalization_study
 from steerlens.methods.options import MethodOptions
 from steerlens.reporting.plots import ppa_bars, save_figure, users_in_basis
@@ -80,10 +81,9 @@ def main() -> None:
         steer_alpha=args.steer_alpha,
         utility_alpha=args.utility_alpha,
         split_by=args.split_by,
-        rank=args.rank,
-        shrink=args.shrink,
+        options=MethodOptions(rank=args.rank, shrink=args.shrink),
         max_users=args.max_users,
-        seed=args.seed,
+        run=RunSection(seed=args.seed),
     )
     report = run(args.model, args.data, args.out, cfg)
     print(json.dumps(report["rows"], indent=1))

@@ -44,7 +44,7 @@ def run(
     )
     cells = run_config(cfg, progress_bar=progress_bar)
     assert cells is not None
-    table = gating_table(cells, method=method, alpha=alpha, seed=cfg.seed)
+    table = gating_table(cells, method=method, alpha=alpha, seed=cfg.run.seed)
     table.to_csv(Path(out) / "results" / "gating.csv", index=False)
     files = save_figure(
         gating_curve(table, title=f"Gating at α={alpha:g} · {method} · {model} · {data}"),

@@ -69,7 +69,7 @@ from steerlens.core.hooks import steering
 from steerlens.core.models import HookedModel, default_layers, load_model
 from steerlens.data import load_mmlu, load_prism, neutral_texts
 from steerlens.data.prism import PrismDataset
-from steerlens.experiments.config import RunSection
+from steerlens.experiments.config import RunSection, as_section
 from steerlens.experiments.headline import build_headline
 from steerlens.experiments.personalization import (
     PersonalizationConfig,
@@ -91,7 +91,13 @@ from steerlens.experiments.sweep import (
     standard_measures,
 )
 from steerlens.experiments.token_effects import TokenEffectsConfig, token_effect_study
-from steerlens.methods.registry import METHODS, method_label
+from steerlens.methods.registry import (
+    BACKBONES,
+    METHODS,
+    MethodOptions,
+    available_backbones,
+    method_label,
+)
 from steerlens.methods.sae_train import require_sae_lens
 from steerlens.metrics.mmlu import mmlu_accuracy
 from steerlens.metrics.side_effects import side_effect_table
@@ -106,7 +112,6 @@ from steerlens.run.divergence import (
     reference_logprobs,
     steering_divergence,
 )
-from steerlens.steerx.pipeline import BACKBONES, available_backbones
 
 logger = logging.getLogger(__name__)
 _C = TypeVar("_C")
@@ -175,6 +180,7 @@ class DemoConfig:
     out: str = "."
     quick: bool = False
     run: RunSection = field(default_factory=RunSection)  # seed, device, batch size
+    options: MethodOptions = field(default_factory=MethodOptions)  # rank, C, shrink
     methods: list[str] = field(
         default_factory=lambda: ["population", "dislike-weighted", "bradley-terry"]
     )
@@ -210,8 +216,8 @@ class DemoConfig:
     steps: list[str] = field(default_factory=lambda: list(STEPS))
 
     def __post_init__(self) -> None:
-        if isinstance(self.run, dict):
-            self.run = RunSection(**self.run)
+        self.run = as_section(self.run, RunSection)
+        self.options = as_section(self.options, MethodOptions)
         if isinstance(self.token_effects, dict):
             self.token_effects = TokenEffectsConfig(**self.token_effects)
         if self.quick:  # the preset fills what the caller left unset, never what they set
@@ -226,7 +232,9 @@ class DemoConfig:
             raise ValueError(f"unknown steps {bad_steps}; use some of {list(STEPS)}")
         bad_backbones = [b for b in self.steerx_backbones if b not in BACKBONES]
         if bad_backbones or not self.steerx_backbones:
-            raise ValueError(f"steerx_backbones must be some of {BACKBONES}, got {bad_backbones}")
+            raise ValueError(
+                f"steerx_backbones must be some of {tuple(BACKBONES)}, got {bad_backbones}"
+            )
         if "sae" in self.steerx_backbones and "steerx" in self.steps:
             require_sae_lens("the steerx step's sae backbone")
         if self.steerx_users_per_group < 1:
@@ -330,8 +338,8 @@ def _vectors_step(job: _Job) -> dict[str, Any]:
         steer_alpha=cfg.steer_alpha if cfg.steer_ppa else None,
         max_steer_pairs=cfg.max_steer_pairs,
         max_users=cfg.max_users,
-        batch_size=cfg.run.batch_size,
-        seed=cfg.run.seed,
+        options=cfg.options,
+        run=cfg.run,
     )
     study = personalization_study(job.model, ds, pcfg)
     # per-user vectors rescaled to the population vector's norms: one α grid for every method
@@ -633,15 +641,8 @@ def _entry(vectors: Any, method: str, user: str) -> Any:
     return entry if not isinstance(entry, dict) else entry[user]
 
 
-def _calibrated_step(job: _Job) -> dict[str, Any]:
-    cfg = job.cfg
-    if not (job.results / "side_effects.csv").exists():
-        raise RuntimeError("the calibrated step needs the side_effects step's results")
-    starts = _budgets(job)
-    budgets = sorted(starts)
-    neutral = _neutral(job)
-    # calibration texts select each user's α; disjoint held-out texts report the KL reached
-    texts, heldout = neutral[: cfg.kl_texts], neutral[cfg.kl_texts : 2 * cfg.kl_texts]
+def _record_kl_split(job: _Job, texts: list[str], heldout: list[str], budgets: list[float]) -> None:
+    """Record the KL budgets and the calibration / held-out split of the neutral texts."""
     record_selection(
         job.results,
         "kl_alpha",
@@ -654,6 +655,57 @@ def _calibrated_step(job: _Job) -> dict[str, Any]:
         criterion="each user's α whose mean per-token KL on the calibration texts meets the "
         "budget (budgets: the population vector's KL at kl_alphas on those texts)",
     )
+
+
+def _alpha_spread(alphas: Any, skip: set[Who]) -> pd.DataFrame:
+    """Per (method, budget): the smallest and largest calibrated α over the users."""
+    return (
+        pd.DataFrame(
+            [
+                {"method": m, "kl_budget": b, "user": u, "alpha": a}
+                for (m, u, b), a in alphas.items()
+                if (m, u, b) not in skip
+            ],
+            columns=["method", "kl_budget", "user", "alpha"],
+        )
+        .groupby(["method", "kl_budget"])["alpha"]
+        .agg(alpha_min="min", alpha_max="max")
+        .reset_index()
+    )
+
+
+def _unreached_summary(unreached: list[Who], found: dict[Who, dict[str, Any]]) -> dict[str, Any]:
+    """The budgets whose α search did not reach the budget, and why."""
+
+    def why(k: Who) -> str:  # KL still below the budget at max_alpha, or the search stopped
+        return "out of reach" if found[k].get("kl", 0.0) < k[2] else "not converged"
+
+    return {
+        "count": len(unreached),
+        "users": sorted({f"{m}:{u}" for m, u, _ in unreached}),
+        "entries": [
+            {
+                "method": m,
+                "user": u,
+                "budget": b,
+                "kl_reached": found[(m, u, b)].get("kl"),
+                "reason": why((m, u, b)),
+            }
+            for m, u, b in unreached
+        ],
+    }
+
+
+def _calibrated_step(job: _Job) -> dict[str, Any]:
+    cfg = job.cfg
+    if not (job.results / "side_effects.csv").exists():
+        raise RuntimeError("the calibrated step needs the side_effects step's results")
+    starts = _budgets(job)
+    budgets = sorted(starts)
+    neutral = _neutral(job)
+    # calibration texts select each user's α; disjoint held-out texts report the KL reached
+    texts, heldout = neutral[: cfg.kl_texts], neutral[cfg.kl_texts : 2 * cfg.kl_texts]
+    _record_kl_split(job, texts, heldout, budgets)
     users = {p.user_id for p in job.need("prompts")}  # only the users the sweep steers
     vectors = {
         m: {u: v for u, v in e.items() if u in users} if isinstance(e, dict) else e
@@ -666,9 +718,6 @@ def _calibrated_step(job: _Job) -> dict[str, Any]:
     found = alphas.found
     unreached = sorted(k for k, got in found.items() if not got.get("reached", True))
     skip = set(unreached)
-
-    def why(k: Who) -> str:  # KL still below the budget at max_alpha, or the search stopped
-        return "out of reach" if found[k].get("kl", 0.0) < k[2] else "not converged"
 
     def kept(c: Any) -> bool:
         if c.method == BASELINE:
@@ -694,19 +743,7 @@ def _calibrated_step(job: _Job) -> dict[str, Any]:
     )
     assert cells is not None
     table = dose_response_table(cells, dose="kl_budget", seed=cfg.run.seed)
-    spread = (
-        pd.DataFrame(
-            [
-                {"method": m, "kl_budget": b, "user": u, "alpha": a}
-                for (m, u, b), a in alphas.items()
-                if (m, u, b) not in skip
-            ],
-            columns=["method", "kl_budget", "user", "alpha"],
-        )
-        .groupby(["method", "kl_budget"])["alpha"]
-        .agg(alpha_min="min", alpha_max="max")
-        .reset_index()
-    )
+    spread = _alpha_spread(alphas, skip)
     if not table.empty:  # (empty when every budget was out of reach)
         table = table.merge(spread, on=["method", "kl_budget"], how="left")
     table.to_csv(job.results / "calibrated.csv", index=False)
@@ -720,20 +757,7 @@ def _calibrated_step(job: _Job) -> dict[str, Any]:
         "kl_heldout_texts": len(heldout),
         "calibrated": table.round(5).to_dict(orient="records"),
         "kl_heldout": _kl_heldout_summary(heldout_rows, cfg.run.seed),
-        "calibration_unreached": {
-            "count": len(unreached),
-            "users": sorted({f"{m}:{u}" for m, u, _ in unreached}),
-            "entries": [
-                {
-                    "method": m,
-                    "user": u,
-                    "budget": b,
-                    "kl_reached": found[(m, u, b)].get("kl"),
-                    "reason": why((m, u, b)),
-                }
-                for m, u, b in unreached
-            ],
-        },
+        "calibration_unreached": _unreached_summary(unreached, found),
     }
     if "utility_gain" in table:
         keys["utility_per_kl"] = _utility_per_kl(job, table, cells, heldout_rows)
@@ -907,9 +931,7 @@ def _token_effects_step(job: _Job) -> dict[str, Any]:
     if job.ds.ground_truth is None or "responses" not in job.ds.ground_truth:
         logger.info("token_effects: no planted truth (not a simulated set): skipped")
         return {}
-    te = replace(  # the run's batch size and seed
-        job.cfg.token_effects, batch_size=job.cfg.run.batch_size, seed=job.cfg.run.seed
-    )
+    te = replace(job.cfg.token_effects, run=job.cfg.run)  # the run's batch size and seed
     return token_effect_study(job.model, job.ds, te, out=job.results.parent)
 
 
@@ -921,8 +943,7 @@ def _steerx_step(job: _Job) -> dict[str, Any]:
         held_out=cfg.held_out,
         max_new_tokens=min(cfg.max_new_tokens, 32),
         steer_ppa=cfg.steer_ppa,
-        batch_size=cfg.run.batch_size,
-        seed=cfg.run.seed,
+        run=cfg.run,
     )
     run_steerx_compare(job.model, job.ds, xcfg, out=job.results.parent, data_label=cfg.data)
     return {}  # its keys are in summary.json already

@@ -19,6 +19,7 @@ import pandas as pd
 from steerlens.core.models import HookedModel
 from steerlens.core.vectors import SteeringVector
 from steerlens.data.prism import PrismDataset
+from steerlens.experiments.config import RunSection, as_section
 from steerlens.methods.personal import (
     BradleyTerry,
     pair_activations,
@@ -53,9 +54,7 @@ class PersonalizationConfig:
     # methods whose vectors the result carries (``vectors``); the PPA table always scores the
     # population, dislike-weighted and Bradley-Terry vectors
     methods: list[str] = field(default_factory=lambda: list(METHODS))
-    rank: int = MethodOptions.rank
-    C: float = MethodOptions.C
-    shrink: float = MethodOptions.shrink
+    options: MethodOptions = field(default_factory=MethodOptions)  # rank, C, shrink
     steer_alpha: float | None = None  # None: skip PPA under steering
     max_steer_pairs: int = 192  # spread over users: 4 each on the shipped set
     max_users: int | None = None  # the first N users (sorted ids) for quick runs
@@ -63,16 +62,16 @@ class PersonalizationConfig:
     utility_alpha: float | None = None
     utility_prompts_per_user: int = 2
     utility_tokens: int = 48
-    batch_size: int = 16
     n_boot: int = 1000
-    seed: int = 0
+    run: RunSection = field(default_factory=RunSection)  # seed, device, batch size
 
     def __post_init__(self) -> None:
+        self.options = as_section(self.options, MethodOptions)
+        self.run = as_section(self.run, RunSection)
         if not 0 < self.held_out < 1:
             raise ValueError(f"held_out must be in (0, 1), got {self.held_out}")
         if self.split_by not in ("conversation", "prompt"):
             raise ValueError(f"split_by must be 'conversation' or 'prompt', got {self.split_by!r}")
-        MethodOptions(self.rank, self.C, self.shrink)
         for name in self.methods:
             get_method(name)
         if self.max_steer_pairs < 1:
@@ -147,18 +146,18 @@ def personalization_study(
     cfg = config or PersonalizationConfig()
     users_kw = {} if cfg.max_users is None else {"users": sorted(dataset.users)[: cfg.max_users]}
     train, test = dataset.split(
-        cfg.held_out, cfg.seed, by=cfg.split_by, turn0_only=True, **users_kw
+        cfg.held_out, cfg.run.seed, by=cfg.split_by, turn0_only=True, **users_kw
     )
     if not train or not test:
         raise ValueError(f"the split left {len(train)} training and {len(test)} held-out pairs")
     train_users = {p.user_id for p in train}
     test = [p for p in test if p.user_id in train_users]  # every held-out user has a vector
-    kw: dict[str, Any] = dict(batch_size=cfg.batch_size, progress_bar=progress_bar)
+    kw: dict[str, Any] = dict(batch_size=cfg.run.batch_size, progress_bar=progress_bar)
     pa_train = pair_activations(model, train, cfg.layers, **kw)
     pa_test = pair_activations(model, test, pa_train.layers, **kw)
-    boot: dict[str, Any] = dict(n_boot=cfg.n_boot, seed=cfg.seed)
+    boot: dict[str, Any] = dict(n_boot=cfg.n_boot, seed=cfg.run.seed)
 
-    opts = MethodOptions(cfg.rank, cfg.C, cfg.shrink)
+    opts = cfg.options
     names = list(dict.fromkeys([POP, DIS, BT, *(get_method(m).name for m in cfg.methods)]))
     fits = {name: get_method(name).fit(pa_train, opts) for name in names}
     v_pop = fits[POP].vector("")
@@ -201,7 +200,7 @@ def personalization_study(
         ):
             scaled = {u: v.rescaled(norms) for u, v in vecs.items()}
             est = ppa_under_steering(
-                model, steer_pairs, scaled, cfg.steer_alpha, batch_size=cfg.batch_size, **boot
+                model, steer_pairs, scaled, cfg.steer_alpha, batch_size=cfg.run.batch_size, **boot
             )
             rows.append(_row(method, "ppa_under_steering", est))
     by_group = None
@@ -261,7 +260,7 @@ def _utility_gain(
     row_users = [u for u in sorted(seen) for _ in seen[u]]
     prompts = [q for u in sorted(seen) for q in seen[u]]
     kw: dict[str, Any] = dict(
-        max_new_tokens=cfg.utility_tokens, batch_size=cfg.batch_size, progress_bar=False
+        max_new_tokens=cfg.utility_tokens, batch_size=cfg.run.batch_size, progress_bar=False
     )
     base = ground_truth_utility(generate(model, prompts, **kw), row_users, gt)
     rows, groups = [], []

@@ -356,22 +356,10 @@ def _reusable(out: Path, cfg: SimulationConfig) -> dict[str, Any] | None:
     return old
 
 
-def simulate(
-    out_dir: str | Path,
-    config: SimulationConfig | None = None,
-    model: Any = None,
-    *,
-    reuse_responses: bool = False,
-) -> dict[str, Any]:
-    """Generate the simulated set into ``out_dir``; returns the summary also saved in it.
-
-    With ``reuse_responses``, responses already in ``out_dir`` made with the same seed, model,
-    prompts and length are kept and only users and their choices are drawn again.
-    """
-    cfg = config or SimulationConfig()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
+def _load_responses(
+    out: Path, cfg: SimulationConfig, model: Any, reuse_responses: bool, t0: float
+) -> tuple[list[dict[str, Any]], dict[str, Any], float, str]:
+    """Responses and prompts (reused from ``out`` or generated), generation seconds, model name."""
     old = _reusable(out, cfg) if reuse_responses else None
     if old is not None:
         responses = [{k: v for k, v in r.items() if k != "z"} for r in old["responses"].values()]
@@ -382,18 +370,32 @@ def simulate(
         # Separate streams: responses and users can be redrawn independently.
         responses, prompts = _responses(model, cfg, np.random.default_rng([cfg.seed, 0]))
         gen_seconds, model_name = time.perf_counter() - t0, str(model.cfg.model_name)
-    rng = np.random.default_rng([cfg.seed, 1])
+    return responses, prompts, gen_seconds, model_name
 
+
+def _standardise(responses: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+    """Store each response's attribute z-scores under ``"z"``; returns the means and s.d.s."""
     matrix = np.array([[r["attributes"][a] for a in ATTRIBUTES] for r in responses])
     mean, std = matrix.mean(0), matrix.std(0) + 1e-9
     for r, row in zip(responses, matrix, strict=True):
         r["z"] = dict(zip(ATTRIBUTES, ((row - mean) / std).round(4).tolist(), strict=True))
-    by_key = {(r["prompt_id"], r["turn"], r["style"], r["variant"]): r for r in responses}
-    users = _users(cfg, rng)
+    return mean, std
 
-    # Each user's conversations: prompts, whether a second turn follows.
+
+def _utility(w: np.ndarray, cands: list[dict[str, Any]]) -> np.ndarray:
+    """A user's latent utility (weights @ attribute z-scores) of each candidate."""
+    return np.array([w @ np.array([c["z"][a] for a in ATTRIBUTES]) for c in cands])
+
+
+def _plans(
+    users: list[dict[str, Any]],
+    pids: list[str],
+    by_key: dict[tuple[str, int, str, int], dict[str, Any]],
+    cfg: SimulationConfig,
+    rng: np.random.Generator,
+) -> list[tuple[dict[str, Any], np.ndarray, list[dict[str, Any]]]]:
+    """Each user's conversations: prompts, candidate order, model names, a second turn or not."""
     plans = []
-    pids = sorted(prompts)
     for user in users:
         w = np.array([user["weights"][a] for a in ATTRIBUTES])
         chosen_pids = rng.choice(len(pids), size=cfg.conversations_per_user, replace=False)
@@ -411,108 +413,144 @@ def simulate(
                         s.name: MODEL_NAMES[int(n)] for s, n in zip(STYLES, names, strict=True)
                     },
                     "later": bool(rng.random() < cfg.later_turn_share),
-                    "u0": np.array([w @ np.array([c["z"][a] for a in ATTRIBUTES]) for c in cands0]),
+                    "u0": _utility(w, cands0),
                 }
             )
         plans.append((user, w, convs))
+    return plans
 
-    survey: list[dict[str, Any]] = []
-    weak: list[str] = []
-    conversations: list[dict[str, Any]] = []
-    utterances: list[dict[str, Any]] = []
-    ut = 0
+
+def _calibrate_user(
+    user: dict[str, Any],
+    w: np.ndarray,
+    convs: list[dict[str, Any]],
+    by_key: dict[tuple[str, int, str, int], dict[str, Any]],
+    cfg: SimulationConfig,
+) -> float:
+    """The user's Gumbel scale tau (also stored on the user with its expected accuracy)."""
+    sets = [c["u0"] for c in convs]
+    # later-turn candidates are same-style variants: include them in calibration too
+    for c in convs:
+        if c["later"]:
+            style = c["cands0"][int(np.argmax(c["u0"]))]["style"]  # representative
+            pair = [by_key[(c["pid"], 1, style, v)] for v in (0, 1)]
+            sets.append(_utility(w, pair))
+    tau, expected = _calibrate(
+        sets, cfg.target_oracle_accuracy, seed=cfg.seed + int(user["user_id"][4:])
+    )
+    user["tau"], user["expected_oracle_accuracy"] = round(tau, 4), round(expected, 4)
+    return tau
+
+
+def _turns(
+    c: dict[str, Any],
+    prompt: dict[str, Any],
+    w: np.ndarray,
+    tau: float,
+    by_key: dict[tuple[str, int, str, int], dict[str, Any]],
+    rng: np.random.Generator,
+) -> list[tuple[int, str, list[dict[str, Any]], np.ndarray, np.ndarray]]:
+    """A conversation's turns (turn, user text, candidates, utility, noisy utility)."""
+    turn_sets: list[tuple[int, str, list[dict[str, Any]], np.ndarray, np.ndarray]] = []
+    noisy0 = c["u0"] + tau * rng.gumbel(size=len(c["u0"]))
+    turn_sets.append((0, prompt["text"], c["cands0"], c["u0"], noisy0))
+    chosen_style = c["cands0"][int(np.argmax(noisy0))]["style"]
+    if c["later"]:
+        pair = [by_key[(c["pid"], 1, chosen_style, v)] for v in (0, 1)]
+        u1 = _utility(w, pair)
+        turn_sets.append((1, prompt["follow_up"], pair, u1, u1 + tau * rng.gumbel(size=2)))
+    return turn_sets
+
+
+def _conversation(
+    c: dict[str, Any],
+    ci: int,
+    user: dict[str, Any],
+    prompt: dict[str, Any],
+    turn_sets: list[tuple[int, str, list[dict[str, Any]], np.ndarray, np.ndarray]],
+    conversations: list[dict[str, Any]],
+    utterances: list[dict[str, Any]],
+    weak: list[str],
+) -> tuple[int, int]:
+    """Append one conversation and its utterances; returns its oracle agreements and pairs."""
     base_time = dt.datetime(2026, 1, 1, 9, 0, 0)
-    for user, w, convs in plans:
-        sets = [c["u0"] for c in convs]
-        # later-turn candidates are same-style variants: include them in calibration too
-        for c in convs:
-            if c["later"]:
-                style = c["cands0"][int(np.argmax(c["u0"]))]["style"]  # representative
-                pair = [by_key[(c["pid"], 1, style, v)] for v in (0, 1)]
-                sets.append(np.array([w @ np.array([p["z"][a] for a in ATTRIBUTES]) for p in pair]))
-        tau, expected = _calibrate(
-            sets, cfg.target_oracle_accuracy, seed=cfg.seed + int(user["user_id"][4:])
-        )
-        user["tau"], user["expected_oracle_accuracy"] = round(tau, 4), round(expected, 4)
-        agree = npairs = 0
-        for ci, c in enumerate(convs):
-            cid = f"c{len(conversations):04d}"
-            prompt = prompts[c["pid"]]
-            history: list[dict[str, Any]] = [{"turn": 0, "role": "user", "content": prompt["text"]}]
-            turn_sets = [(0, prompt["text"], c["cands0"], c["u0"])]
-            noisy0 = c["u0"] + tau * rng.gumbel(size=len(c["u0"]))
-            chosen_style = c["cands0"][int(np.argmax(noisy0))]["style"]
-            noisy_by_turn = {0: noisy0}
-            if c["later"]:
-                pair = [by_key[(c["pid"], 1, chosen_style, v)] for v in (0, 1)]
-                u1 = np.array([w @ np.array([p["z"][a] for a in ATTRIBUTES]) for p in pair])
-                turn_sets.append((1, prompt["follow_up"], pair, u1))
-                noisy_by_turn[1] = u1 + tau * rng.gumbel(size=2)
-            for turn, text, cands, u in turn_sets:
-                noisy = noisy_by_turn[turn]
-                scores = _scores(noisy)
-                chosen = int(np.argmax(noisy))
-                da, dn = _pair_accuracy(u, noisy)
-                agree, npairs = agree + da, npairs + dn
-                if turn > 0:
-                    history.append({"turn": turn, "role": "user", "content": text})
-                for j, cand in enumerate(cands):
-                    history.append(
-                        {
-                            "turn": turn,
-                            "role": "model",
-                            "content": cand["text"],
-                            "model_provider": "steerlens-sim",
-                            "model_name": c["names"][cand["style"]],
-                            "score": int(scores[j]),
-                            "if_chosen": j == chosen,
-                            "within_turn_id": j,
-                        }
-                    )
-                    utterances.append(
-                        {
-                            "utterance_id": f"ut{ut:05d}",
-                            "interaction_id": f"{cid}-t{turn}",
-                            "conversation_id": cid,
-                            "user_id": user["user_id"],
-                            "turn": turn,
-                            "within_turn_id": j,
-                            "conversation_type": CONVERSATION_TYPE[prompt["category"]],
-                            "user_prompt": text,
-                            "model_response": cand["text"],
-                            "model_name": c["names"][cand["style"]],
-                            "model_provider": "steerlens-sim",
-                            "score": int(scores[j]),
-                            "if_chosen": j == chosen,
-                            "included_in_balanced_subset": True,
-                            "_response_id": cand["response_id"],
-                        }
-                    )
-                    ut += 1
-                if turn > 0:  # two openings of one style: a near coin flip, marked as weak
-                    weak.append(f"{cid}-t{turn}")
-            conversations.append(
+    cid = f"c{len(conversations):04d}"
+    history: list[dict[str, Any]] = [{"turn": 0, "role": "user", "content": prompt["text"]}]
+    agree = npairs = 0
+    for turn, text, cands, u, noisy in turn_sets:
+        scores = _scores(noisy)
+        chosen = int(np.argmax(noisy))
+        da, dn = _pair_accuracy(u, noisy)
+        agree, npairs = agree + da, npairs + dn
+        if turn > 0:
+            history.append({"turn": turn, "role": "user", "content": text})
+        for j, cand in enumerate(cands):
+            history.append(
                 {
-                    "conversation_id": cid,
-                    "user_id": user["user_id"],
-                    "conversation_type": CONVERSATION_TYPE[prompt["category"]],
-                    "opening_prompt": prompt["text"],
-                    "conversation_turns": len(turn_sets),
-                    "conversation_history": history,
-                    "performance_attributes": {},
-                    "choice_attributes": {},
-                    "open_feedback": "",
-                    "included_in_balanced_subset": True,
-                    "generated_datetime": (
-                        base_time + dt.timedelta(minutes=37 * len(conversations) + ci)
-                    ).isoformat(sep=" "),
+                    "turn": turn,
+                    "role": "model",
+                    "content": cand["text"],
+                    "model_provider": "steerlens-sim",
+                    "model_name": c["names"][cand["style"]],
+                    "score": int(scores[j]),
+                    "if_chosen": j == chosen,
+                    "within_turn_id": j,
                 }
             )
-        user["oracle_accuracy"] = round(agree / npairs, 4) if npairs else None
-        user["n_pairs"] = npairs
-        survey.append(_survey_row(user, cfg, rng))
+            utterances.append(
+                {
+                    "utterance_id": f"ut{len(utterances):05d}",
+                    "interaction_id": f"{cid}-t{turn}",
+                    "conversation_id": cid,
+                    "user_id": user["user_id"],
+                    "turn": turn,
+                    "within_turn_id": j,
+                    "conversation_type": CONVERSATION_TYPE[prompt["category"]],
+                    "user_prompt": text,
+                    "model_response": cand["text"],
+                    "model_name": c["names"][cand["style"]],
+                    "model_provider": "steerlens-sim",
+                    "score": int(scores[j]),
+                    "if_chosen": j == chosen,
+                    "included_in_balanced_subset": True,
+                    "_response_id": cand["response_id"],
+                }
+            )
+        if turn > 0:  # two openings of one style: a near coin flip, marked as weak
+            weak.append(f"{cid}-t{turn}")
+    conversations.append(
+        {
+            "conversation_id": cid,
+            "user_id": user["user_id"],
+            "conversation_type": CONVERSATION_TYPE[prompt["category"]],
+            "opening_prompt": prompt["text"],
+            "conversation_turns": len(turn_sets),
+            "conversation_history": history,
+            "performance_attributes": {},
+            "choice_attributes": {},
+            "open_feedback": "",
+            "included_in_balanced_subset": True,
+            "generated_datetime": (
+                base_time + dt.timedelta(minutes=37 * len(conversations) + ci)
+            ).isoformat(sep=" "),
+        }
+    )
+    return agree, npairs
 
-    response_of = {u["utterance_id"]: u.pop("_response_id") for u in utterances}
+
+def _summary(
+    cfg: SimulationConfig,
+    model_name: str,
+    gen_seconds: float,
+    t0: float,
+    counts: dict[str, int],
+    mean: np.ndarray,
+    std: np.ndarray,
+    responses: list[dict[str, Any]],
+    users: list[dict[str, Any]],
+    prompts: dict[str, Any],
+) -> dict[str, Any]:
+    """The set's summary (``summary.json``, also the head of ``ground_truth.json``)."""
     style_means = {
         s.name: {
             a: round(
@@ -523,7 +561,7 @@ def simulate(
         for s in STYLES
     }
     accs = [u["oracle_accuracy"] for u in users if u["oracle_accuracy"] is not None]
-    summary = {
+    return {
         "simulated": True,
         "description": "Simulated PRISM-format set made by steerlens.experiments.simulate: prompts written for "
         "the project, responses by the model below, simulated users. Not real PRISM data.",
@@ -531,13 +569,7 @@ def simulate(
         "model": model_name,
         "generation_seconds": round(gen_seconds, 1),
         "total_seconds": round(time.perf_counter() - t0, 1),
-        "counts": {
-            "users": len(users),
-            "conversations": len(conversations),
-            "utterances": len(utterances),
-            "responses": len(responses),
-            "prompts": len(prompts),
-        },
+        "counts": counts,
         "attributes": list(ATTRIBUTES),
         "attribute_mean": dict(zip(ATTRIBUTES, mean.round(4).tolist(), strict=True)),
         "attribute_std": dict(zip(ATTRIBUTES, std.round(4).tolist(), strict=True)),
@@ -552,6 +584,61 @@ def simulate(
             for k, v in agreement((p["text"], p["category"]) for p in prompts.values()).items()
         },
     }
+
+
+def simulate(
+    out_dir: str | Path,
+    config: SimulationConfig | None = None,
+    model: Any = None,
+    *,
+    reuse_responses: bool = False,
+) -> dict[str, Any]:
+    """Generate the simulated set into ``out_dir``; returns the summary also saved in it.
+
+    With ``reuse_responses``, responses already in ``out_dir`` made with the same seed, model,
+    prompts and length are kept and only users and their choices are drawn again.
+    """
+    cfg = config or SimulationConfig()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    responses, prompts, gen_seconds, model_name = _load_responses(
+        out, cfg, model, reuse_responses, t0
+    )
+    rng = np.random.default_rng([cfg.seed, 1])
+
+    mean, std = _standardise(responses)
+    by_key = {(r["prompt_id"], r["turn"], r["style"], r["variant"]): r for r in responses}
+    users = _users(cfg, rng)
+    plans = _plans(users, sorted(prompts), by_key, cfg, rng)
+
+    survey: list[dict[str, Any]] = []
+    weak: list[str] = []
+    conversations: list[dict[str, Any]] = []
+    utterances: list[dict[str, Any]] = []
+    for user, w, convs in plans:
+        tau = _calibrate_user(user, w, convs, by_key, cfg)
+        agree = npairs = 0
+        for ci, c in enumerate(convs):
+            prompt = prompts[c["pid"]]
+            turn_sets = _turns(c, prompt, w, tau, by_key, rng)
+            da, dn = _conversation(c, ci, user, prompt, turn_sets, conversations, utterances, weak)
+            agree, npairs = agree + da, npairs + dn
+        user["oracle_accuracy"] = round(agree / npairs, 4) if npairs else None
+        user["n_pairs"] = npairs
+        survey.append(_survey_row(user, cfg, rng))
+
+    response_of = {u["utterance_id"]: u.pop("_response_id") for u in utterances}
+    counts = {
+        "users": len(users),
+        "conversations": len(conversations),
+        "utterances": len(utterances),
+        "responses": len(responses),
+        "prompts": len(prompts),
+    }
+    summary = _summary(
+        cfg, model_name, gen_seconds, t0, counts, mean, std, responses, users, prompts
+    )
     gt = {
         **summary,
         "groups": GROUPS,

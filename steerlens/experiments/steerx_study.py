@@ -28,6 +28,7 @@ import pandas as pd
 from steerlens.core.models import HookedModel, default_layers
 from steerlens.core.vectors import SteeringVector
 from steerlens.data.prism import PrismDataset
+from steerlens.experiments.config import RunSection, as_section
 from steerlens.experiments.sweep import (
     GenerationSettings,
     SweepPrompt,
@@ -140,10 +141,10 @@ class SteerXStudyConfig:
     # SteerX selection on the pair-based backbone: each user's dislike-weighted vector pooled
     # over the selected chosen tokens vs over all tokens, from the same pairs (steerx.pairs)
     pair_backbone: bool = True
-    batch_size: int = 16
-    seed: int = 0
+    run: RunSection = field(default_factory=RunSection)  # seed, device, batch size
 
     def __post_init__(self) -> None:
+        self.run = as_section(self.run, RunSection)
         bad = [b for b in self.backbones if b not in BACKBONES]
         if bad:
             raise ValueError(f"unknown backbones {bad}")
@@ -180,23 +181,23 @@ def steerx_study(
     users, train, test, convs = _conversations(dataset, cfg)
     layers = default_layers(model)
     pa_train = pair_activations(
-        model, train, layers, batch_size=cfg.batch_size, progress_bar=progress_bar
+        model, train, layers, batch_size=cfg.run.batch_size, progress_bar=progress_bar
     )
     norms = population(pa_train).norms()
     shared = _Shared.run(model, users, convs, cfg, progress_bar)
     users = shared.users
     test = [p for p in test if p.user_id in users]
     pa_test = pair_activations(
-        model, test, layers, batch_size=cfg.batch_size, progress_bar=progress_bar
+        model, test, layers, batch_size=cfg.run.batch_size, progress_bar=progress_bar
     )
     results = {
         backbone: _backbone_results(model, backbone, convs, shared, layers, cfg, sae, out)
         for backbone in cfg.backbones
     }
     sweep_prompts = _sweep_prompts(test, users, cfg.prompts_per_user)
-    boot: dict[str, Any] = {"seed": cfg.seed}
+    boot: dict[str, Any] = {"seed": cfg.run.seed}
     rows: list[dict[str, Any]] = []
-    base_margins = unsteered_margins(model, test, cfg.batch_size) if cfg.steer_ppa else None
+    base_margins = unsteered_margins(model, test, cfg.run.batch_size) if cfg.steer_ppa else None
     for backbone, by_user in results.items():
         compared = {
             "steerx": {u: r.vector for u, r in by_user.items()},
@@ -235,7 +236,9 @@ def _conversations(
     """The study's users (each with two training conversations and a held-out pair), the
     train / test pairs (split by prompt) and each user's training conversations."""
     users = _users(dataset, cfg.users_per_group)
-    train, test = dataset.split(cfg.held_out, cfg.seed, by="prompt", turn0_only=True, users=users)
+    train, test = dataset.split(
+        cfg.held_out, cfg.run.seed, by="prompt", turn0_only=True, users=users
+    )
     convs: dict[str, list[tuple[str, str]]] = {}
     for p in train:
         lst = convs.setdefault(p.user_id, [])
@@ -274,13 +277,13 @@ class _Shared:
                 queries.append((prompt, response, conversation_messages(rest), None))
                 owner.append(u)
         effects = batch_history_effects(
-            model, queries, batch_size=cfg.batch_size, progress_bar=progress_bar
+            model, queries, batch_size=cfg.run.batch_size, progress_bar=progress_bar
         )
         generic = generic_responses(
             model,
             [q[0] for q in queries],
             max_new_tokens=64,
-            batch_size=cfg.batch_size,
+            batch_size=cfg.run.batch_size,
             progress_bar=progress_bar,
         )
         # a user whose every generic response is empty has nothing to contrast with: left
@@ -317,9 +320,9 @@ def _backbone_results(
         max_targets=cfg.max_targets,
         threshold=cfg.threshold,
         describe=cfg.describe,
-        bipo={**cfg.bipo, "seed": cfg.seed},
+        bipo={**cfg.bipo, "seed": cfg.run.seed},
         layers=None if get_backbone(backbone).layers == "all" else [layers[len(layers) // 2]],
-        batch_size=cfg.batch_size,
+        batch_size=cfg.run.batch_size,
         sae_max_density=cfg.sae_max_density,
     )
     results = {}
@@ -370,12 +373,12 @@ def _sweep_rows(
         sweep_prompts,
         vectors,
         out / "sweep" / backbone,
-        settings=GenerationSettings(cfg.max_new_tokens, cfg.batch_size, 64),
-        measure=standard_measures(gt, batch_size=cfg.batch_size),
+        settings=GenerationSettings(cfg.max_new_tokens, cfg.run.batch_size, 64),
+        measure=standard_measures(gt, batch_size=cfg.run.batch_size),
         progress_bar=progress_bar,
     )
     assert cells is not None
-    table = dose_response_table(cells, seed=cfg.seed)
+    table = dose_response_table(cells, seed=cfg.run.seed)
     alpha = cfg.report_alpha
     rows: list[dict[str, Any]] = []
     for method in vectors:
@@ -418,7 +421,7 @@ def _pair_vectors(
             eff_by,
             layers,
             threshold=cfg.threshold,
-            batch_size=cfg.batch_size,
+            batch_size=cfg.run.batch_size,
         )
         for u in users
     }
@@ -506,7 +509,7 @@ def _compare_rows(
                     test,
                     {u: v.rescaled(norms) for u, v in vecs.items()},
                     cfg.report_alpha,
-                    batch_size=cfg.batch_size,
+                    batch_size=cfg.run.batch_size,
                     base_margins=base_margins,
                     **boot,
                 ),

@@ -28,7 +28,7 @@ SteerX's body text was not available: this is a reconstruction on the NextQuill 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ import pandas as pd
 from steerlens.core._jsonsafe import update_json, write_json
 from steerlens.core.models import HookedModel, model_name
 from steerlens.data.prism import PrismDataset
+from steerlens.experiments.config import RunSection, as_section
 from steerlens.experiments.splits import Split, record_selection, split_parity
 from steerlens.metrics.stats import cluster_resamples, reported
 from steerlens.metrics.token_truth import (
@@ -71,11 +72,12 @@ class TokenEffectsConfig:
     patch_layers: int = 7
     history_tokens: int = 48  # history tokens removed one at a time in the detail figure
     min_recall: float = 0.5  # the operating point: best precision at this recall
-    batch_size: int = 16
-    seed: int = 0  # the split of users and texts into selection and report sides
     smoke: bool = False  # a smaller run (labelled as a smoke run in the report)
+    # seed (the split of users and texts into selection and report sides), batch size
+    run: RunSection = field(default_factory=RunSection)
 
     def __post_init__(self) -> None:
+        self.run = as_section(self.run, RunSection)
         if min(self.n_history, self.targets_per_user, self.patch_layers) < 1:
             raise ValueError("n_history, targets_per_user and patch_layers must be >= 1")
         if self.max_users is not None and self.max_users < 2:
@@ -215,7 +217,7 @@ def _detail(model: HookedModel, q: Any, eff: Any, cfg: TokenEffectsConfig) -> di
         prompt=q.prompt,
         response=q.response,
         history=list(q.history),
-        batch_size=cfg.batch_size,
+        batch_size=cfg.run.batch_size,
     )
     tok = history_token_effects(
         model,
@@ -224,7 +226,7 @@ def _detail(model: HookedModel, q: Any, eff: Any, cfg: TokenEffectsConfig) -> di
         history=list(q.history),
         mode="remove",
         max_tokens=cfg.history_tokens,
-        batch_size=cfg.batch_size,
+        batch_size=cfg.run.batch_size,
     )
     return {
         "user": q.user_id,
@@ -252,7 +254,7 @@ def _patching(
         q = queries[j]
         args = dict(prompt=q.prompt, response=q.response, history=list(q.history), layers=layers)
         t1 = time.perf_counter()
-        exact = activation_patching(model, batch_size=cfg.batch_size, **args)
+        exact = activation_patching(model, batch_size=cfg.run.batch_size, **args)
         t_exact = time.perf_counter() - t1
         for steps in (1, 8):
             t1 = time.perf_counter()
@@ -273,6 +275,79 @@ def _patching(
                 "share_restored": exact.layer_position().tolist(),
             }
     return agreement, heat
+
+
+def _spearman(agreement: list[dict[str, Any]]) -> dict[str, float]:
+    """Mean Spearman agreement of attribution with exact patching, per number of steps."""
+    agree = pd.DataFrame(agreement)
+    return (
+        {f"steps={s}": float(p["spearman"].mean()) for s, p in agree.groupby("steps")}
+        if not agree.empty
+        else {}
+    )
+
+
+def _record_estimator(
+    results: Path,
+    queries: list[Any],
+    user_side: dict[str, str],
+    chosen: str,
+    cfg: TokenEffectsConfig,
+) -> None:
+    """Record the estimator chosen on the selection side and the split it was chosen on."""
+    texts = {
+        side: sorted({text_id(q.prompt) for q in queries if user_side[q.user_id] == side})
+        for side in ("select", "report")
+    }
+    users_by = {
+        side: sorted(u for u in {q.user_id for q in queries} if user_side[u] == side)
+        for side in ("select", "report")
+    }
+    record_selection(
+        results,
+        "token_estimator",
+        Split(texts["select"], texts["report"], "text", {"users": users_by}),
+        chosen,
+        criterion=f"highest precision at recall >= {cfg.min_recall:g} on the selection side "
+        "(completed truth)",
+    )
+
+
+def _summary_keys(
+    scored: dict[str, dict[str, Any]],
+    chosen: str,
+    spearman: dict[str, float],
+    cfg: TokenEffectsConfig,
+    n_targets: int,
+) -> dict[str, Any]:
+    """The keys the study adds to ``results/summary.json``."""
+    done, planted = scored["completed"], scored["planted"]
+    keys: dict[str, Any] = {"token_estimator": chosen}
+    for truth, res in (("completed", done), ("planted", planted)):
+        suffix = "" if truth == "completed" else "_planted"
+        keys[f"token_precision{suffix}"] = {**res["report"]["precision"], "truth": truth}
+        keys[f"token_recall{suffix}"] = {**res["report"]["recall"], "truth": truth}
+        keys[f"token_precision_baseline{suffix}"] = {
+            **res["baseline"]["precision"],
+            "truth": truth,
+        }
+        keys[f"token_recall_baseline{suffix}"] = {**res["baseline"]["recall"], "truth": truth}
+        for what in ("precision", "recall"):  # the chosen rule minus NextQuill's, paired
+            keys[f"token_{what}_minus_baseline{suffix}"] = {
+                **res["minus_baseline"][what],
+                "truth": truth,
+            }
+    keys.update(
+        {
+            "token_truth": "completed (planted spans + directness openings + attribute words)",
+            "attribution_spearman": spearman,
+            "token_effects_smoke_run": cfg.smoke,
+            "token_effects_targets": n_targets,
+            "token_effects_report_targets": done["n_report_targets"],
+            "token_effects_report_users": done["n_report_users"],
+        }
+    )
+    return keys
 
 
 def token_effect_study(
@@ -296,7 +371,7 @@ def token_effect_study(
     user_side = {u: ("select" if i % 2 == 0 else "report") for i, u in enumerate(names)}
 
     def keep(user: str, prompt: str) -> bool:
-        return user_side.get(user) == split_parity(text_id(prompt), cfg.seed)
+        return user_side.get(user) == split_parity(text_id(prompt), cfg.run.seed)
 
     kw: dict[str, Any] = dict(
         n_history=cfg.n_history, targets_per_user=cfg.targets_per_user, users=names, keep=keep
@@ -309,7 +384,7 @@ def token_effect_study(
             "users (max_users) or targets per user, so both the selection and report sides "
             "have targets"
         )
-    run: dict[str, Any] = dict(batch_size=cfg.batch_size, progress_bar=progress_bar)
+    run: dict[str, Any] = dict(batch_size=cfg.run.batch_size, progress_bar=progress_bar)
     none = batch_history_effects(
         model, [(q.prompt, q.response, q.history, None) for q in queries], **run
     )
@@ -322,27 +397,22 @@ def token_effect_study(
         return tokens.assign(split=tokens["user"].map(user_side))
 
     # one pick (on the completed truth's selection side) scored against both truths
-    completed = score_tokens(frame("completed"), cfg.min_recall, seed=cfg.seed)
+    completed = score_tokens(frame("completed"), cfg.min_recall, seed=cfg.run.seed)
     scored = {
         "completed": completed,
         "planted": score_tokens(
-            frame("planted"), seed=cfg.seed, chosen=completed["chosen_on_selection"]
+            frame("planted"), seed=cfg.run.seed, chosen=completed["chosen_on_selection"]
         ),
     }
     results = Path(out) / "results"
     results.mkdir(parents=True, exist_ok=True)
-    done, planted = scored["completed"], scored["planted"]
+    done = scored["completed"]
     done["tokens"].to_csv(results / "steerx_tokens.csv", index=False)
     done["curve"].to_csv(results / "steerx_pr_curve.csv", index=False)
     k = int(np.argmax([len(q.spans) for q in queries]))
     detail = _detail(model, queries[k], none[k], cfg)
     agreement, heat = _patching(model, queries, cfg)
-    agree = pd.DataFrame(agreement)
-    spearman = (
-        {f"steps={s}": float(p["spearman"].mean()) for s, p in agree.groupby("steps")}
-        if not agree.empty
-        else {}
-    )
+    spearman = _spearman(agreement)
     report = {
         "model": model_name(model),
         "data": dataset.source,
@@ -365,47 +435,8 @@ def token_effect_study(
         "seconds": round(time.perf_counter() - t0, 1),
     }
     write_json(results / "steerx_effects.json", report)
-    texts = {
-        side: sorted({text_id(q.prompt) for q in queries if user_side[q.user_id] == side})
-        for side in ("select", "report")
-    }
-    users_by = {
-        side: sorted(u for u in {q.user_id for q in queries} if user_side[u] == side)
-        for side in ("select", "report")
-    }
     chosen = "{estimator} > {threshold:g}".format(**done["chosen_on_selection"])
-    record_selection(
-        results,
-        "token_estimator",
-        Split(texts["select"], texts["report"], "text", {"users": users_by}),
-        chosen,
-        criterion=f"highest precision at recall >= {cfg.min_recall:g} on the selection side "
-        "(completed truth)",
-    )
-    keys: dict[str, Any] = {"token_estimator": chosen}
-    for truth, res in (("completed", done), ("planted", planted)):
-        suffix = "" if truth == "completed" else "_planted"
-        keys[f"token_precision{suffix}"] = {**res["report"]["precision"], "truth": truth}
-        keys[f"token_recall{suffix}"] = {**res["report"]["recall"], "truth": truth}
-        keys[f"token_precision_baseline{suffix}"] = {
-            **res["baseline"]["precision"],
-            "truth": truth,
-        }
-        keys[f"token_recall_baseline{suffix}"] = {**res["baseline"]["recall"], "truth": truth}
-        for what in ("precision", "recall"):  # the chosen rule minus NextQuill's, paired
-            keys[f"token_{what}_minus_baseline{suffix}"] = {
-                **res["minus_baseline"][what],
-                "truth": truth,
-            }
-    keys.update(
-        {
-            "token_truth": "completed (planted spans + directness openings + attribute words)",
-            "attribution_spearman": spearman,
-            "token_effects_smoke_run": cfg.smoke,
-            "token_effects_targets": len(queries),
-            "token_effects_report_targets": done["n_report_targets"],
-            "token_effects_report_users": done["n_report_users"],
-        }
-    )
+    _record_estimator(results, queries, user_side, chosen, cfg)
+    keys = _summary_keys(scored, chosen, spearman, cfg, len(queries))
     update_json(results / "summary.json", keys)
     return keys

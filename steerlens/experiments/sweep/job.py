@@ -8,7 +8,7 @@ import logging
 import random
 import shutil
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,6 +19,7 @@ from steerlens.core.models import DEFAULT_MODEL, load_model
 from steerlens.core.vectors import SteeringVector
 from steerlens.data.mmlu import neutral_texts
 from steerlens.data.prism import load_prism
+from steerlens.experiments.config import RunSection, as_section, load_config
 from steerlens.experiments.sweep.distributed import _Dist
 from steerlens.experiments.sweep.grid import (
     GenerationSettings,
@@ -48,15 +49,14 @@ class SweepConfig:
 
     ``methods`` are built from the set's training pairs (names from
     ``steerlens.methods.registry.METHODS``; per-user vectors rescaled to the population
-    vector's norms so that one α grid fits every method; ``rank``, ``C`` and ``shrink`` default
-    to ``MethodOptions``'); ``vector_files`` adds fixed vectors by name (one vector for every
-    user).
+    vector's norms so that one α grid fits every method; ``options``: their rank, C and
+    shrink); ``vector_files`` adds fixed vectors by name (one vector for every user). ``run``:
+    seed, device ("cpu", "cuda", ...; default CUDA when available) and batch size.
     """
 
     model: str = DEFAULT_MODEL
     backend: Literal["bridge", "hooked"] = "bridge"
     dtype: str | None = None
-    device: str | None = None  # "cpu", "cuda", ...; default: CUDA when available, else CPU
     device_map: str | None = None  # e.g. "auto": one process over several GPUs
     data: str = "demo"
     out: str = "results/sweep"
@@ -73,40 +73,31 @@ class SweepConfig:
     split_by: Literal["conversation", "prompt"] = "prompt"
     train_pairs: int | None = None  # cap on the training pairs the vectors see
     layers: list[int] | None = None
-    rank: int = MethodOptions.rank
-    C: float = MethodOptions.C
-    shrink: float = MethodOptions.shrink
+    options: MethodOptions = field(default_factory=MethodOptions)  # rank, C, shrink
     max_new_tokens: int = 48
-    batch_size: int = 16
     cells_per_batch: int = 64
-    seed: int = 0
+    run: RunSection = field(default_factory=RunSection)  # seed, device, batch size
 
     def __post_init__(self) -> None:
+        self.options = as_section(self.options, MethodOptions)
+        self.run = as_section(self.run, RunSection)
         bad = [m for m in self.methods if m not in METHODS]
         if bad:
             raise ValueError(f"unknown methods {bad}; use {list(METHODS)} or vector_files")
-        MethodOptions(self.rank, self.C, self.shrink)
         clash = set(self.methods) & set(self.vector_files)
         if clash:
             raise ValueError(f"vector_files reuse method names {sorted(clash)}")
         if not self.methods and not self.vector_files:
             raise ValueError("a sweep needs at least one method or vector file")
-        if self.device is not None and self.device_map is not None:
-            raise ValueError("pass either device or device_map, not both")
-        if self.device is not None:
-            import torch
-
-            try:
-                torch.device(self.device)
-            except RuntimeError as e:
-                raise ValueError(f"device {self.device!r}: {e}") from None
+        if self.run.device is not None and self.device_map is not None:
+            raise ValueError("pass either run.device or device_map, not both")
         for g in self.gates:
             parse_gate(g)
         if self.n_prompts < 1 or not 0 < self.held_out < 1:
             raise ValueError("n_prompts >= 1 and held_out in (0, 1) are needed")
         if self.split_by not in ("conversation", "prompt"):
             raise ValueError(f"split_by must be 'conversation' or 'prompt', got {self.split_by!r}")
-        GenerationSettings(self.max_new_tokens, self.batch_size, self.cells_per_batch)
+        GenerationSettings(self.max_new_tokens, self.run.batch_size, self.cells_per_batch)
         if self.alpha_mode not in ("fixed", "kl"):
             raise ValueError(f"alpha_mode must be 'fixed' or 'kl', got {self.alpha_mode!r}")
         if self.alpha_mode == "kl" and (min(self.alphas) < 0 or self.kl_texts < 1):
@@ -114,26 +105,14 @@ class SweepConfig:
 
     @property
     def settings(self) -> GenerationSettings:
-        return GenerationSettings(self.max_new_tokens, self.batch_size, self.cells_per_batch)
+        return GenerationSettings(self.max_new_tokens, self.run.batch_size, self.cells_per_batch)
 
     @classmethod
     def from_file(cls, path: str | Path) -> SweepConfig:
-        """Load a ``.json``, ``.yaml`` or ``.yml`` file; unknown keys are an error."""
-        path = Path(path)
-        text = path.read_text(encoding="utf-8")
-        if path.suffix in (".yaml", ".yml"):
-            import yaml
-
-            raw = yaml.safe_load(text) or {}
-        else:
-            raw = json.loads(text)
-        if not isinstance(raw, dict):
-            raise ValueError(f"{path}: a sweep config is a mapping of options")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise ValueError(f"{path}: unknown sweep options {unknown}")
-        return cls(**raw)
+        """Load a ``.json``, ``.yaml`` or ``.yml`` file; unknown keys are an error; the flat
+        keys of older files (``seed``, ``device``, ``batch_size``, ``rank``, ``C``,
+        ``shrink``) load into their sections with a ``DeprecationWarning``."""
+        return load_config(cls, path)
 
 
 DOSE_ALPHAS = [0.0, 0.25, 0.5, 0.75, 1.0, 1.5]
@@ -165,97 +144,85 @@ def script_arguments(description: str, *, dose: bool = True) -> argparse.Argumen
     return ap
 
 
-def run_config(cfg: SweepConfig, *, progress_bar: bool = True) -> pd.DataFrame | None:
-    """Build (or reload) the vectors, run this process's batches, gather on rank 0.
-
-    Returns the tidy DataFrame on rank 0 (``None`` on the other ranks).
-    """
-    import torch
-
-    dist = _Dist(cpu=cfg.device is not None and torch.device(cfg.device).type == "cpu")
-    if cfg.device_map is not None and dist.world > 1:
-        raise ValueError(
-            "device_map spreads one model over the GPUs: run it in one process, not under "
-            "a multi-process launch"
-        )
-    out = Path(cfg.out)
-    model = load_model(
-        cfg.model,
-        backend=cfg.backend,
-        dtype=cfg.dtype,
-        device=None if cfg.device_map else (dist.device if dist.world > 1 else cfg.device),
-        device_map=cfg.device_map,
-        seed=cfg.seed,
-    )
-    ds = load_prism(cfg.data)
-    vec_dir = out / "vectors"
-    # what the vectors depend on: rebuilt when it changes
-    recipe = json.dumps(
+def _recipe(cfg: SweepConfig) -> str:
+    """What the vectors depend on (they are rebuilt when it changes)."""
+    return json.dumps(
         {
-            k: getattr(cfg, k)
-            for k in (
-                "model",
-                "backend",
-                "dtype",
-                "data",
-                "methods",
-                "held_out",
-                "split_by",
-                "train_pairs",
-                "layers",
-                "rank",
-                "C",
-                "shrink",
-                "seed",
-            )
+            **{
+                k: getattr(cfg, k)
+                for k in (
+                    "model",
+                    "backend",
+                    "dtype",
+                    "data",
+                    "methods",
+                    "held_out",
+                    "split_by",
+                    "train_pairs",
+                    "layers",
+                )
+            },
+            # the keys the recipe had before the sections (a folder made then stays valid)
+            **asdict(cfg.options),
+            "seed": cfg.run.seed,
         },
         sort_keys=True,
     )
-    if dist.rank == 0:
-        train, test = ds.split(cfg.held_out, cfg.seed, by=cfg.split_by, turn0_only=True)
-        if cfg.train_pairs is not None:
-            train = random.Random(cfg.seed).sample(train, min(cfg.train_pairs, len(train)))
-        train_users = {p.user_id for p in train}
-        prompts = held_out_prompts(
-            [p for p in test if p.user_id in train_users], cfg.n_prompts, cfg.seed
+
+
+def _prepare(
+    cfg: SweepConfig, model: Any, ds: Any, out: Path, vec_dir: Path, *, progress_bar: bool
+) -> None:
+    """Rank 0's part: write the config and prompts, build the vectors, calibrate α for KL."""
+    recipe = _recipe(cfg)
+    train, test = ds.split(cfg.held_out, cfg.run.seed, by=cfg.split_by, turn0_only=True)
+    if cfg.train_pairs is not None:
+        train = random.Random(cfg.run.seed).sample(train, min(cfg.train_pairs, len(train)))
+    train_users = {p.user_id for p in train}
+    prompts = held_out_prompts(
+        [p for p in test if p.user_id in train_users], cfg.n_prompts, cfg.run.seed
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
+    write_atomic(out / "prompts.jsonl", "".join(json.dumps(asdict(p)) + "\n" for p in prompts))
+    done = vec_dir / "done"
+    if cfg.methods and not (done.exists() and done.read_text() == recipe):
+        users = sorted({p.user_id for p in prompts})
+        built = build_vectors(
+            model,
+            train,
+            cfg.methods,
+            users,
+            layers=cfg.layers,
+            options=cfg.options,
+            batch_size=cfg.run.batch_size,
+            progress_bar=progress_bar,
         )
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
-        write_atomic(out / "prompts.jsonl", "".join(json.dumps(asdict(p)) + "\n" for p in prompts))
-        done = vec_dir / "done"
-        if cfg.methods and not (done.exists() and done.read_text() == recipe):
-            users = sorted({p.user_id for p in prompts})
-            built = build_vectors(
-                model,
-                train,
-                cfg.methods,
-                users,
-                layers=cfg.layers,
-                options=MethodOptions(cfg.rank, cfg.C, cfg.shrink),
-                batch_size=cfg.batch_size,
-                progress_bar=progress_bar,
-            )
-            if vec_dir.exists():
-                shutil.rmtree(vec_dir)
-            save_vectors(built, vec_dir)
-            done.write_text(recipe)
-        if cfg.alpha_mode == "kl":  # calibrated once, on rank 0; every rank reads its table
-            vecs: dict[str, Any] = load_vectors(vec_dir, cfg.methods) if cfg.methods else {}
-            vecs.update({k: SteeringVector.load(v) for k, v in cfg.vector_files.items()})
-            table = calibrate_table(
-                model,
-                vecs,
-                cfg.alphas,
-                neutral_texts(cfg.kl_texts, seed=cfg.seed),
-                batch_size=cfg.batch_size,
-            )
-            save_vectors({m: vecs[m] for m in cfg.methods}, vec_dir)  # carry their calibration
-            write_atomic(
-                out / "calibration.json",
-                json.dumps([[m, u, b, a] for (m, u, b), a in table.items()]),
-            )
-    dist.barrier()
-    # every rank reads rank 0's prompts and vectors, so all plan the same batches
+        if vec_dir.exists():
+            shutil.rmtree(vec_dir)
+        save_vectors(built, vec_dir)
+        done.write_text(recipe)
+    if cfg.alpha_mode == "kl":  # calibrated once, on rank 0; every rank reads its table
+        vecs: dict[str, Any] = load_vectors(vec_dir, cfg.methods) if cfg.methods else {}
+        vecs.update({k: SteeringVector.load(v) for k, v in cfg.vector_files.items()})
+        table = calibrate_table(
+            model,
+            vecs,
+            cfg.alphas,
+            neutral_texts(cfg.kl_texts, seed=cfg.run.seed),
+            batch_size=cfg.run.batch_size,
+        )
+        save_vectors({m: vecs[m] for m in cfg.methods}, vec_dir)  # carry their calibration
+        write_atomic(
+            out / "calibration.json",
+            json.dumps([[m, u, b, a] for (m, u, b), a in table.items()]),
+        )
+
+
+def _plan(
+    cfg: SweepConfig, out: Path, vec_dir: Path
+) -> tuple[list[SweepPrompt], dict[str, Any], Any]:
+    """Rank 0's prompts, vectors and (KL mode) calibrated α, as every rank reads them."""
     prompts = [
         SweepPrompt(**json.loads(line))
         for line in (out / "prompts.jsonl").read_text(encoding="utf-8").splitlines()
@@ -267,8 +234,40 @@ def run_config(cfg: SweepConfig, *, progress_bar: bool = True) -> pd.DataFrame |
         rows = json.loads((out / "calibration.json").read_text())
         table = CalibrationTable({(m, u, float(b)): float(a) for m, u, b, a in rows})
         calibrated = lambda m, u, b: table[(m, u, b)]  # noqa: E731
+    return prompts, vectors, calibrated
+
+
+def run_config(cfg: SweepConfig, *, progress_bar: bool = True) -> pd.DataFrame | None:
+    """Build (or reload) the vectors, run this process's batches, gather on rank 0.
+
+    Returns the tidy DataFrame on rank 0 (``None`` on the other ranks).
+    """
+    import torch
+
+    dist = _Dist(cpu=cfg.run.device is not None and torch.device(cfg.run.device).type == "cpu")
+    if cfg.device_map is not None and dist.world > 1:
+        raise ValueError(
+            "device_map spreads one model over the GPUs: run it in one process, not under "
+            "a multi-process launch"
+        )
+    out = Path(cfg.out)
+    model = load_model(
+        cfg.model,
+        backend=cfg.backend,
+        dtype=cfg.dtype,
+        device=None if cfg.device_map else (dist.device if dist.world > 1 else cfg.run.device),
+        device_map=cfg.device_map,
+        seed=cfg.run.seed,
+    )
+    ds = load_prism(cfg.data)
+    vec_dir = out / "vectors"
+    if dist.rank == 0:
+        _prepare(cfg, model, ds, out, vec_dir, progress_bar=progress_bar)
+    dist.barrier()
+    # every rank reads rank 0's prompts and vectors, so all plan the same batches
+    prompts, vectors, calibrated = _plan(cfg, out, vec_dir)
     cells = make_grid(prompts, list(vectors), cfg.alphas, cfg.gates, calibrated=calibrated)
-    measure = standard_measures(ds.ground_truth, batch_size=cfg.batch_size)
+    measure = standard_measures(ds.ground_truth, batch_size=cfg.run.batch_size)
     salt = sweep_salt(model, vectors, measure)  # before the run: as run_sweep names its parts
     frame = run_sweep(
         model,

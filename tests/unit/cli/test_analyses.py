@@ -28,11 +28,12 @@ def test_dataset_overview_script(tmp_path):
 
 def test_personalization_script_on_the_tiny_model(tmp_path):
     from steerlens.experiments.personalization import PersonalizationConfig
+    from steerlens.methods.options import MethodOptions
 
     mod = _load("personalization")
     cfg = PersonalizationConfig(
         max_users=4,
-        rank=2,
+        options=MethodOptions(rank=2),
         steer_alpha=2.0,
         max_steer_pairs=8,
         n_boot=50,
@@ -95,9 +96,16 @@ def test_mmlu_script_on_the_tiny_model(tmp_path):
 
 def test_sweep_analyses_share_the_dose_sweep_and_gate(tmp_path, monkeypatch):
     import steerlens.reporting.plots
+    from steerlens.experiments.config import RunSection
 
     monkeypatch.setattr(steerlens.reporting.plots, "_chrome_available", lambda: False)
-    opts = dict(n_prompts=4, max_new_tokens=4, batch_size=8, train_pairs=40, progress_bar=False)
+    opts = dict(
+        n_prompts=4,
+        max_new_tokens=4,
+        run=RunSection(batch_size=8),
+        train_pairs=40,
+        progress_bar=False,
+    )
     dose = _load("dose_response").run(
         "tiny-random",
         "demo",

@@ -232,7 +232,7 @@ TINY_SWEEP = {
     "gates": ["all", "first:1"],
     "n_prompts": 5,
     "max_new_tokens": 4,
-    "batch_size": 4,
+    "run": {"batch_size": 4},
     "cells_per_batch": 6,
     "train_pairs": 40,
 }
@@ -247,7 +247,7 @@ def test_two_process_accelerate_sweep_equals_the_single_process_run(tmp_path):
     from steerlens.experiments.sweep import run_config
 
     # on the CPU whatever the machine has: two gloo processes against one CPU process
-    cfg = {**TINY_SWEEP, "device": "cpu"}
+    cfg = {**TINY_SWEEP, "run": {"batch_size": 4, "device": "cpu"}}
     cfg_path = tmp_path / "sweep.json"
     cfg_path.write_text(json.dumps(cfg))
     single = run_config(SweepConfig(**{**cfg, "out": str(tmp_path / "one")}), progress_bar=False)
@@ -306,10 +306,10 @@ def test_more_processes_than_gpus_is_a_clear_error(monkeypatch):
 
     monkeypatch.setattr(accelerate, "PartialState", lambda cpu: _FakeState())
     assert _Dist().world == 2
-    with pytest.raises(ValueError, match="either device or device_map"):
-        SweepConfig(device="cpu", device_map="auto")
+    with pytest.raises(ValueError, match=r"either run\.device or device_map"):
+        SweepConfig(run={"device": "cpu"}, device_map="auto")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="device 'gpu'"):
-        SweepConfig(device="gpu")
+        SweepConfig(run={"device": "gpu"})  # type: ignore[arg-type]
 
 
 class _FakeState:
@@ -387,3 +387,51 @@ def test_run_config_in_kl_mode_calibrates_once_and_saves_it_with_the_vectors(tmp
         (entry,) = v.metadata["kl_alpha"].values()
         assert entry["alpha"] == a  # the cell's α is the one cached in the saved vector
     assert steered.groupby("method")["alpha"].nunique()["dislike-weighted"] > 1  # per user
+
+
+@pytest.mark.parametrize("suffix", [".yaml", ".json"])
+def test_a_config_file_with_the_old_flat_keys_loads_into_the_sections(tmp_path, suffix, caplog):
+    """A sweep file as written before the sections (2026-12-05: seed, device, batch size,
+    rank, C and shrink at the top level) loads into ``run`` and ``options`` with a
+    deprecation notice, and equals the same file written with the sections."""
+    import yaml
+
+    from steerlens.experiments.config import RunSection
+    from steerlens.methods.options import MethodOptions
+
+    flat = {
+        "model": "tiny-random",
+        "methods": ["population", "bradley-terry"],
+        "alphas": [0.0, 0.5],
+        "seed": 3,
+        "device": "cpu",
+        "batch_size": 4,
+        "rank": 2,
+        "C": 0.5,
+        "shrink": 1.0,
+    }
+    nested = {
+        "model": "tiny-random",
+        "methods": ["population", "bradley-terry"],
+        "alphas": [0.0, 0.5],
+        "run": {"seed": 3, "device": "cpu", "batch_size": 4},
+        "options": {"rank": 2, "C": 0.5, "shrink": 1.0},
+    }
+    dump = yaml.safe_dump if suffix == ".yaml" else json.dumps
+    (tmp_path / f"old{suffix}").write_text(dump(flat))
+    (tmp_path / f"new{suffix}").write_text(dump(nested))
+    with pytest.warns(DeprecationWarning, match=r"top-level seed, device, batch_size, rank, C"):
+        old = SweepConfig.from_file(tmp_path / f"old{suffix}")
+    assert "run.seed, run.device, run.batch_size, options.rank" in caplog.text
+    new = SweepConfig.from_file(tmp_path / f"new{suffix}")
+    assert old == new
+    assert old.run == RunSection(seed=3, device="cpu", batch_size=4)
+    assert old.options == MethodOptions(rank=2, C=0.5, shrink=1.0)
+    assert old.settings.batch_size == 4
+    # a key given twice is an error, as is an unknown one (nothing is silently dropped)
+    (tmp_path / f"both{suffix}").write_text(dump({**nested, "seed": 4}))
+    with pytest.raises(ValueError, match="seed is given both"), pytest.warns(DeprecationWarning):
+        SweepConfig.from_file(tmp_path / f"both{suffix}")
+    (tmp_path / f"typo{suffix}").write_text(dump({**nested, "sead": 4}))
+    with pytest.raises(ValueError, match=r"unknown options \['sead'\]"):
+        SweepConfig.from_file(tmp_path / f"typo{suffix}")

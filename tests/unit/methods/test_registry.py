@@ -19,8 +19,8 @@ from steerlens.methods.registry import METHODS, MethodOptions, get_method, metho
 
 def test_every_entry_point_reads_the_registry_defaults():
     opts = MethodOptions()
-    for cfg in (SweepConfig(), PersonalizationConfig()):
-        assert (cfg.rank, cfg.C, cfg.shrink) == (opts.rank, opts.C, opts.shrink)
+    for cfg in (SweepConfig(), PersonalizationConfig(), DemoConfig()):
+        assert cfg.options == opts
     assert DemoConfig().methods == list(METHODS)  # the demo compares every registered method
     assert SweepConfig(methods=list(METHODS)).methods == list(METHODS)
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-import types
 import math
+import types
 
 import pandas as pd
 import pytest

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from steerlens.core._jsonsafe import update_json
-from steerlens.methods.registry import METHODS, MethodOptions, get_method
+from steerlens.methods.registry import BACKBONES, METHODS, MethodOptions, get_backbone, get_method
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="Personalised activation steering."
@@ -410,7 +410,9 @@ def train_sae_cmd(
 @app.command()
 def steerx(
     user: Annotated[str, typer.Option(help="a user id of the set")],
-    backbone: Annotated[str, typer.Option(help="mean | mean-context | bipo | sae")] = "mean",
+    backbone: Annotated[
+        str, typer.Option(help=f"one of {' | '.join(BACKBONES)} (the method registry)")
+    ] = "mean",
     model: ModelOpt = "smollm2-135m-instruct",
     data: Annotated[str, typer.Option(help="demo (simulated set) or a PRISM folder")] = "demo",
     out: Annotated[Path, typer.Option(help="folder for the vectors and provenance")] = Path(
@@ -425,9 +427,11 @@ def steerx(
     from steerlens.methods.sae_train import ensure_sae, load_sae, require_sae_lens
     from steerlens.metrics.token_truth import user_queries
 
-    if backbone not in sl.steerx.BACKBONES:
-        raise typer.BadParameter(f"--backbone must be one of {', '.join(sl.steerx.BACKBONES)}")
-    if backbone == "sae":
+    try:
+        spec = get_backbone(backbone)
+    except ValueError:
+        raise typer.BadParameter(f"--backbone must be one of {', '.join(BACKBONES)}") from None
+    if spec.extra == "sae":
         require_sae_lens("steerlens steerx --backbone sae")  # before the model loads
     m = sl.load_model(model)
     ds = sl.data.load_prism(data)
@@ -437,10 +441,11 @@ def steerx(
     convs = [(q.prompt, q.response) for q in qs if q.user_id == user]
     cfg = sl.steerx.SteerXConfig(backbone=backbone, describe=describe)  # type: ignore[arg-type]
     sae_obj = None
-    if backbone == "sae":
-        layers = sl.default_layers(m)
-        sae_obj = load_sae(sae) if sae else ensure_sae(m, layers[len(layers) // 2])[0]
+    layers = sl.default_layers(m)
+    if spec.layers == "middle":  # as the SteerX study steers it
         cfg.layers = [layers[len(layers) // 2]]
+    if backbone == "sae":
+        sae_obj = load_sae(sae) if sae else ensure_sae(m, layers[len(layers) // 2])[0]
     res = sl.steerx.steerx_user(m, convs, user=user, config=cfg, sae=sae_obj)
     folder = res.save(out / user / backbone)
     console.print(f"[bold]description[/bold]: {res.description.text}")

@@ -25,8 +25,10 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunSection:
+    """Seed, device and batch size of a job (frozen: configs may share one)."""
+
     seed: int = 0
     device: str | None = None  # "cpu", "cuda", "cuda:1", ...; None: CUDA when available
     batch_size: int = 16  # rows a batch; prefill work also packs by a token budget

@@ -1011,6 +1011,13 @@ def study_key(cfg: DemoConfig) -> str:
     skip = ("out", "steps", "steerx", "cells_per_batch")  # none changes a number
     fields = {k: v for k, v in asdict(cfg).items() if k not in skip}
     fields["run"] = {k: v for k, v in fields["run"].items() if k != "device"}
+    # written as before the sections were nested (a folder made then keeps its key): the
+    # method options only where they differ from the defaults, the token-effect study's seed
+    # and batch size at its top level
+    if cfg.options == MethodOptions():
+        del fields["options"]
+    te = fields["token_effects"]
+    te.update({k: v for k, v in te.pop("run").items() if k != "device"})
     return hashlib.sha1(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 

@@ -602,7 +602,9 @@ def check_compiled_engine(hf: Any, engine: CompiledSteps | None = None) -> str |
 class CompiledEngine(HFEngine):
     """The fast path whose decoding runs the compiled static-cache step, the call's steering
     (``slots``: the carried ``steering()`` blocks, then the call's own hooks) held as data in
-    it. Its one-pass methods (``forward``, ``capture``) are the eager fast path's."""
+    it. Its one-pass methods (``forward``, ``capture``) and ``hooks`` are the eager fast
+    path's: they act on ``twin``, which the compiled steps never run (each runner decodes on
+    its own twin of the same weights), so the steering is applied once either way."""
 
     name = "compiled"
 

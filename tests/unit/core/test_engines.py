@@ -1,5 +1,6 @@
-"""The Engine interface: every engine's forward, logits_at, capture and hooks give the model's
-own values, one engine per test case (each run checks which engine it got)."""
+"""The Engine interface: the TL and HF engines' forward, logits_at, capture and hooks give the
+model's own values, one engine per test case (each checks which engine it got); the compiled
+engine's decoding is tested against the eager engines in test_compiled.py."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from steerlens.core.engines import (
     TLEngine,
     resolve_engine,
 )
+from steerlens.core.engines._binding import decoder_layers
 from steerlens.core.engines.compiled import CompiledEngine, compile_blocker
 
 PACKAGE = Path(sl.__file__).parent
@@ -76,6 +78,9 @@ def test_hooks_act_on_the_engines_pass_and_are_gone_after_an_error(tiny, rand_ve
             raise RuntimeError("boom")
         again = eng.capture(ids, mask, [3], "hook_resid_post")[0]
     assert no_hooks_left(tiny)
+    if engine == "hf":  # the fast path's hooks live on the twin's decoder layers
+        layers = decoder_layers(eng.twin)  # type: ignore[attr-defined]
+        assert all(not m._forward_hooks and not m._forward_pre_hooks for m in layers)
     assert torch.equal(again, plain)  # the same engine, the same arithmetic: nothing left on
     # layer 3's output = its steered input's pass + 3·v at layer 3 (and layer 2's shift)
     assert not torch.allclose(steered, plain)

@@ -281,6 +281,13 @@ def test_demo_config_validation():
     same = DemoConfig(run={"device": "cpu"}, out="elsewhere", steps=["mmlu"], cells_per_batch=8)
     assert demo_mod.study_key(same) == demo_mod.study_key(DemoConfig())
     assert demo_mod.study_key(DemoConfig(run={"seed": 1})) != demo_mod.study_key(DemoConfig())
+    # a folder made before the sections were nested keeps its key (these two keys were
+    # computed by the 2026-12-05 code, d8bdb8e); other method options make another study
+    b = ["mean", "mean-context", "bipo"]
+    assert demo_mod.study_key(DemoConfig(steerx_backbones=b)) == "5e824fe4664c"
+    assert demo_mod.study_key(DemoConfig(quick=True, steerx_backbones=b)) == "2ded97ba1234"
+    other = DemoConfig(steerx_backbones=b, options={"shrink": 0.0})  # type: ignore[arg-type]
+    assert demo_mod.study_key(other) != "5e824fe4664c"
     # one run section (seed, device, batch size), nested; from a JSON/YAML mapping too
     nested = DemoConfig(run={"seed": 3, "batch_size": 4, "device": "cpu"})
     assert (nested.run.seed, nested.run.batch_size, nested.run.device) == (3, 4, "cpu")

@@ -13,7 +13,7 @@ from . import hf
 from ._binding import FAST_HOOKS
 from .base import Engine
 from .hf import HFEngine
-from .names import ENGINES
+from .names import ENGINES, PASS_ENGINES
 from .tl import TLEngine
 
 __all__ = ["auto_compiles", "resolve_engine"]
@@ -41,7 +41,7 @@ def resolve_engine(
     call's own steering hooks, which it runs as data.
     """
     if engine not in ENGINES or (engine == "compiled" and not decoding):
-        allowed = ENGINES if decoding else ENGINES[:-1]
+        allowed = ENGINES if decoding else PASS_ENGINES
         raise ValueError(f"engine must be one of {', '.join(map(repr, allowed))}, got {engine!r}")
     if engine == "tl":
         _tl_may_decode(model, decoding, "engine='tl' was asked for")

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
+import torch
 from jaxtyping import Int
 from torch import Tensor
 
@@ -46,6 +47,7 @@ def map_batches(
     sort: bool = True,
     prompt_lengths: Sequence[int] | None = None,
     max_tokens: int | None = None,
+    pool_masks: Sequence[Tensor] | None = None,
     progress_bar: bool = False,
     description: str = "run",
 ) -> list[T]:
@@ -63,6 +65,8 @@ def map_batches(
             inputs pack: a batch of long prompts holds fewer rows, one of short prompts up to
             ``batch_size``. A single input longer than the budget runs alone. ``None``: rows
             only.
+        pool_masks: per input, a bool mask over its tokens of the prompt tokens a
+            ``Condition`` averages (its content tokens); default: every real prompt token.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -71,6 +75,8 @@ def map_batches(
         raise ValueError(f"{len(prompt_lengths)} prompt lengths for {n} inputs")
     if max_tokens is not None and max_tokens < 1:
         raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+    if pool_masks is not None and len(pool_masks) != n:
+        raise ValueError(f"{len(pool_masks)} pool masks for {n} inputs")
     order = sorted(range(n), key=lambda i: -int(ids[i].numel())) if sort else list(range(n))
     chunks = _chunks(order, [int(x.numel()) for x in ids], batch_size, max_tokens)
     out: list[T | None] = [None] * n
@@ -82,7 +88,8 @@ def map_batches(
             width = enc.input_ids.shape[1]
             shift = [width - n_tok if side == "left" else 0 for n_tok in enc.lengths]
             lengths = [int(prompt_lengths[i]) + s for i, s in zip(rows, shift, strict=True)]
-        with batch_rows(rows, n, lengths):
+        last, pooled = _prompt_positions(enc, side, lengths, rows, pool_masks)
+        with batch_rows(rows, n, lengths, last=last, pool_masks=pooled):
             results = fn(Batch(rows, enc, lengths))
         if len(results) != len(rows):
             raise RuntimeError(
@@ -93,6 +100,36 @@ def map_batches(
             filled[i] = True
     assert all(filled)
     return out  # type: ignore[return-value]
+
+
+def _prompt_positions(
+    enc: Encoded,
+    side: str,
+    prompt_ends: list[int] | None,
+    rows: list[int],
+    pool_masks: Sequence[Tensor] | None,
+) -> tuple[Tensor, Tensor]:
+    """Per batch row, the column of its last prompt token and ``[batch, width]`` the prompt
+    tokens a condition pools (``RowContext.last`` / ``pool_masks``), in batch columns."""
+    n_rows, width = enc.input_ids.shape
+    real = enc.attention_mask.bool().cpu()
+    if prompt_ends is not None:
+        last = torch.tensor(prompt_ends) - 1
+    elif side == "left":
+        last = torch.full((n_rows,), width - 1)
+    else:
+        last = torch.tensor(enc.lengths) - 1
+    pool = real & (torch.arange(width).view(1, -1) <= last.view(-1, 1))
+    if pool_masks is not None:
+        given = torch.zeros(n_rows, width, dtype=torch.bool)
+        for row, i in enumerate(rows):
+            m = pool_masks[i].bool().cpu()
+            start = width - enc.lengths[row] if side == "left" else 0
+            given[row, start : start + len(m)] = m
+        chosen = pool & given
+        # a prompt of special tokens only: pool what there is (as cache_activations does)
+        pool = torch.where(chosen.any(dim=1, keepdim=True), chosen, pool)
+    return last, pool
 
 
 def _chunks(

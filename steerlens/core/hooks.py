@@ -17,6 +17,11 @@ generation (a prefill call over the prompt, then one position a step):
 A call with more than one position starts a new sequence (its length is the prompt length);
 a one-position call continues the current one. Outside generation every call is a prefill.
 Call ``reset()`` on the handle ``steering()`` yields to start over explicitly.
+
+A ``Condition`` (``steerlens.core.conditions``) as the gate, or with one
+(``Condition(...) & FirstK(4)``), adds a reader hook at the condition's point: at each
+prompt pass it pools and projects each row's residual there and sets the row's factor
+(``ConditionState``), by which the call's steering hooks scale their α until the next prompt.
 """
 
 from __future__ import annotations
@@ -26,12 +31,14 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from steerlens.core.conditions import Condition, Conditional, hook_order, split_gate
+from steerlens.core.gates import FirstK, Gate, GateSpec, parse_gate
 from steerlens.core.hook_names import HOOK_POINTS, hook_name, resid_post, resid_pre
 from steerlens.core.models import HookedModel
 
@@ -41,85 +48,34 @@ if TYPE_CHECKING:
 HookFn: TypeAlias = Callable[..., Tensor | None]
 HookPair: TypeAlias = tuple[str | Callable[..., Any], HookFn]
 """A ``(hook_name, fn)`` pair as ``model.hooks(fwd_hooks=...)`` takes it."""
+AnyGate: TypeAlias = GateSpec | Gate | Condition | Conditional
+"""What a ``gate=`` argument takes: a position gate, a ``Condition``, or both (``&``)."""
 
 __all__ = [
     "HOOK_POINTS",
     "AddSpec",
+    "AnyGate",
+    "ConditionState",
     "FirstK",
     "Gate",
     "GateSpec",
+    "ReadSpec",
     "RowContext",
     "SteeringHandle",
     "active_steering",
     "add_vector_hook",
     "batch_rows",
+    "condition_state",
+    "conditions_open",
     "current_rows",
     "hook_name",
+    "parse_gate",
+    "pool_prompt",
     "resid_post",
     "resid_pre",
     "steering",
     "steering_hooks",
 ]
-
-
-@dataclass(frozen=True)
-class FirstK:
-    """Gate: steer the prompt and the first ``k`` generated tokens."""
-
-    k: int
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.k, int) or isinstance(self.k, bool) or self.k < 0:
-            raise ValueError(f"FirstK needs a non-negative int, got {self.k!r}")
-
-
-GateSpec: TypeAlias = Literal["all", "prefill", "generated"] | FirstK
-
-
-@dataclass(frozen=True)
-class Gate:
-    """A normalised gate: positions ``p`` with ``start <= p - prompt_len < stop`` are steered.
-
-    Offsets are relative to the prompt length: the prompt is ``[-inf, 0)``.
-    """
-
-    start: float
-    stop: float
-
-    @classmethod
-    def parse(cls, spec: GateSpec | Gate) -> Gate:
-        if isinstance(spec, Gate):
-            return spec
-        if isinstance(spec, FirstK):
-            return cls(float("-inf"), float(spec.k))
-        table = {
-            "all": cls(float("-inf"), float("inf")),
-            "prefill": cls(float("-inf"), 0.0),
-            "generated": cls(0.0, float("inf")),
-        }
-        if not isinstance(spec, str) or spec not in table:
-            raise ValueError(
-                f"gate must be 'all', 'prefill', 'generated' or FirstK(k), got {spec!r}"
-            )
-        return table[spec]
-
-    @property
-    def is_all(self) -> bool:
-        return self.start == float("-inf") and self.stop == float("inf")
-
-
-def parse_gate(text: str) -> GateSpec:
-    """A gate from its name: ``all``, ``prefill``, ``generated`` or ``first:K``."""
-    if not isinstance(text, str):
-        raise ValueError(f"a gate name must be a string, got {text!r}")
-    if text.startswith("first:"):
-        k = text.split(":", 1)[1]
-        if not k.isdigit():
-            raise ValueError(f"bad gate {text!r}: use first:K with a non-negative integer K")
-        return FirstK(int(k))
-    if text not in ("all", "prefill", "generated"):
-        raise ValueError(f"gate must be 'all', 'prefill', 'generated' or 'first:K', got {text!r}")
-    return text  # type: ignore[return-value]
 
 
 class _PositionCounter:
@@ -165,6 +121,11 @@ class RowContext:
     rows: Tensor
     n_inputs: int
     prompt_lengths: Tensor | None = None
+    last: Tensor | None = None
+    """``[batch]``: the column of each row's last prompt token (a condition's ``"last"``)."""
+    pool_masks: Tensor | None = None
+    """``[batch, pos]`` bool: each row's prompt tokens a condition's ``"mean"`` pools (its
+    content tokens when the steerlens function knows them, else every real prompt token)."""
 
 
 _ROWS: ContextVar[RowContext | None] = ContextVar("steerlens_rows", default=None)
@@ -177,13 +138,20 @@ def current_rows() -> RowContext | None:
 
 @contextmanager
 def batch_rows(
-    rows: Sequence[int], n_inputs: int, prompt_lengths: Sequence[int] | None = None
+    rows: Sequence[int],
+    n_inputs: int,
+    prompt_lengths: Sequence[int] | None = None,
+    *,
+    last: Tensor | None = None,
+    pool_masks: Tensor | None = None,
 ) -> Iterator[RowContext]:
     """Tell per-row hooks which inputs the batch run inside this block holds."""
     ctx = RowContext(
         torch.as_tensor(list(rows), dtype=torch.long),
         int(n_inputs),
         None if prompt_lengths is None else torch.as_tensor(list(prompt_lengths)),
+        last,
+        pool_masks,
     )
     token = _ROWS.set(ctx)
     try:
@@ -222,6 +190,92 @@ def _alpha_tensor(alpha: float | Sequence[float] | Tensor) -> float | Tensor:
     return t
 
 
+class ConditionState:
+    """One condition's per-row decisions in a steering call: its reader hook (``reader()``)
+    makes them at each prompt pass; the call's steering hooks scale α by them until the next
+    prompt. ``projections`` keeps, per input of the latest call, its projection."""
+
+    def __init__(self, condition: Condition) -> None:
+        self.condition = condition
+        self._factor: Tensor | None = None
+        self.projections: Tensor | None = None
+        self._counter = _PositionCounter()
+
+    def reset(self) -> None:
+        self._counter.reset()
+        self._factor = None
+
+    def reader(self) -> HookFn:
+        """The hook that reads the residual at the condition's point (it changes nothing)."""
+
+        def read(resid: Tensor, *, hook: Any) -> None:
+            first, _ = self._counter.advance(resid.shape[1])
+            if first == 0:  # a prompt: decide its rows
+                self.decide(resid)
+
+        read.reset = self.reset  # type: ignore[attr-defined]
+        read.spec = ReadSpec(self)  # type: ignore[attr-defined]
+        return read
+
+    def decide(self, resid: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, " batch"]:
+        """Pool each row's prompt, project, decide; returns the factors (float32)."""
+        proj = self.condition.project(pool_prompt(resid, self.condition.pool))
+        self._factor = self.condition.weights(proj)
+        ctx = current_rows()
+        p = proj.detach().float().cpu()
+        if ctx is None:
+            self.projections = p
+        else:
+            if self.projections is None or self.projections.shape[0] != ctx.n_inputs:
+                self.projections = torch.full((ctx.n_inputs,), float("nan"))
+            self.projections[ctx.rows] = p
+        return self._factor
+
+    def factor(self, batch: int, device: torch.device) -> Tensor:
+        """The current prompt's factors ``[batch]`` (float32) on ``device``."""
+        if self._factor is None or self._factor.shape[0] != batch:
+            raise RuntimeError(
+                f"{self.condition!r} has not decided this batch: its hook point must run "
+                "before the steering it gates (steering_hooks checks this; hooks made by hand "
+                "must register the reader first)"
+            )
+        return self._factor.to(device)
+
+    @property
+    def decisions(self) -> Tensor | None:
+        """Per input of the latest call: steered (projection above the threshold)."""
+        p = self.projections
+        return None if p is None else p > self.condition.threshold
+
+
+def pool_prompt(
+    resid: Float[Tensor, "batch pos d_model"], pool: str
+) -> Float[Tensor, "batch d_model"]:
+    """Each row's prompt pooled in float32: its ``"last"`` prompt token, or the ``"mean"`` over
+    its pooled tokens. Inside a steerlens call the batch's row context says which (``last``,
+    ``pool_masks``); in your own forward calls, the last position and every position."""
+    ctx = current_rows()
+    batch, n_pos, _ = resid.shape
+    x = resid.detach().float()
+    if pool == "last":
+        last = ctx.last if ctx is not None and ctx.last is not None else None
+        idx = torch.full((batch,), n_pos - 1) if last is None else last.clamp(max=n_pos - 1)
+        return x[torch.arange(batch, device=x.device), idx.to(x.device)]
+    masks = ctx.pool_masks if ctx is not None and ctx.pool_masks is not None else None
+    if masks is None:
+        return x.mean(dim=1)
+    keep = masks[:, :n_pos].to(x.device)
+    return torch.stack([x[row, keep[row]].mean(dim=0) for row in range(batch)])
+
+
+@dataclass(frozen=True)
+class ReadSpec:
+    """``fn.spec`` of a condition's reader hook: engines that hold the steering as data (the
+    compiled engine) call ``state.decide`` at the prompt themselves."""
+
+    state: ConditionState
+
+
 @dataclass(frozen=True)
 class AddSpec:
     """What an ``add_vector_hook`` adds, as data: engines that cannot call a Python hook on
@@ -234,6 +288,8 @@ class AddSpec:
     """A float or one value per input."""
     gate: Gate
     prompt_lengths: Tensor | None
+    condition: ConditionState | None = None
+    """The condition whose per-row factor scales α (set at the prompt), or None."""
 
     def rows(self, batch: int, device: torch.device) -> tuple[Tensor, Tensor]:
         """The vector ``[batch, d_model]`` and α ``[batch]`` (float32) of each row of the batch
@@ -253,6 +309,7 @@ def add_vector_hook(
     gate: GateSpec | Gate = "all",
     *,
     prompt_lengths: Sequence[int] | Tensor | None = None,
+    condition: ConditionState | None = None,
 ) -> HookFn:
     """A hook ``fn(resid, *, hook)`` that returns ``resid + alpha * direction`` on gated positions.
 
@@ -263,6 +320,8 @@ def add_vector_hook(
         prompt_lengths: per input, its number of prompt positions, for a single forward pass
             over prompt + response (right-padded): the gate then treats the positions after
             the prompt as generated tokens. A steerlens scoring function sets this itself.
+        condition: a ``ConditionState`` whose reader hook runs at or before this one: each
+            row's α is multiplied by its factor (``steering_hooks`` wires both).
 
     Per-input values are picked by the rows of the batch being run (``batch_rows``, set by
     every steerlens function that runs the model), so they follow their prompts through
@@ -305,14 +364,19 @@ def add_vector_hook(
         if v.ndim == 2:
             v = _per_row(v, batch, "the per-row vector").unsqueeze(1)  # [b, 1, d]
         if isinstance(scale, Tensor):
-            scale = _per_row(scale, batch, "alpha").view(-1, 1, 1)
+            scale = _per_row(scale, batch, "alpha")
+        if condition is not None:  # α x the row's factor, as the compiled engine's buffer holds it
+            w = condition.factor(batch, resid.device)
+            scale = (scale if isinstance(scale, Tensor) else torch.full_like(w, scale)) * w
+        if isinstance(scale, Tensor):
+            scale = scale.view(-1, 1, 1)
         delta = scale * v  # float32
         if not g.is_all:
             delta = delta * _gate_mask(g, first, n_pos, prompt_len, lengths, batch, resid.device)
         return (resid.float() + delta).to(resid.dtype)
 
     hook_fn.reset = counter.reset  # type: ignore[attr-defined]
-    hook_fn.spec = AddSpec(direction, a, g, lengths)  # type: ignore[attr-defined]
+    hook_fn.spec = AddSpec(direction, a, g, lengths, condition)  # type: ignore[attr-defined]
     return hook_fn
 
 
@@ -383,27 +447,70 @@ def steering_hooks(
     model: HookedModel,
     vector: SteeringVector | Sequence[SteeringVector],
     alpha: float | Sequence[float] | Tensor = 1.0,
-    gate: GateSpec | Gate = "all",
+    gate: AnyGate = "all",
     *,
     prompt_lengths: Sequence[int] | Tensor | None = None,
 ) -> list[HookPair]:
     """Plain ``(hook_name, fn)`` pairs that add ``alpha * vector`` (validated against ``model``).
 
     ``vector`` may be a list with one vector per input row (a whole batch of users at once).
+    With a ``Condition`` (as ``gate``, or carried by the vector: ``vector.conditioned(c)``)
+    the first pair is its reader hook and the steering hooks scale α by its decisions.
     """
-    if not isinstance(vector, Sequence):
-        vector.validate(model)
-    else:
-        for v in vector:
-            v.validate(model)
+    vectors = [vector] if not isinstance(vector, Sequence) else list(vector)
+    for v in vectors:
+        v.validate(model)
+    position, condition = split_gate(gate)
+    condition = _condition(vectors, condition)
     first, directions = _stacked(vector)
     names = [hook_name(layer, first.hook) for layer in directions]
     _check_hook_points(model, names)
-    pairs: list[HookPair] = [
-        (name, add_vector_hook(d, alpha, gate, prompt_lengths=prompt_lengths))
+    pairs: list[HookPair] = []
+    state = None
+    if condition is not None:
+        condition.validate(model)
+        early = [
+            layer
+            for layer in directions
+            if hook_order(layer, first.hook) < hook_order(condition.layer, condition.hook)
+        ]
+        if early:
+            raise ValueError(
+                f"{condition!r} is read at the prompt's pass, so it cannot gate steering at "
+                f"{[hook_name(layer, first.hook) for layer in early]}, which runs before it: "
+                "read the condition at or before the earliest steered point"
+            )
+        state = ConditionState(condition)
+        pairs.append((condition.hook_point, state.reader()))
+    pairs += [
+        (name, add_vector_hook(d, alpha, position, prompt_lengths=prompt_lengths, condition=state))
         for name, d in zip(names, directions.values(), strict=True)
     ]
     return pairs
+
+
+def _condition(vectors: Sequence[SteeringVector], given: Condition | None) -> Condition | None:
+    """The call's condition: the gate's, else the one the vectors carry (the same object for
+    every row), else None."""
+    carried = {id(v.condition): v.condition for v in vectors if v.condition is not None}
+    if given is not None:
+        if carried:
+            raise ValueError("the vector carries a condition and the gate gives another: give one")
+        return given
+    if not carried:
+        return None
+    if len(carried) > 1 or len(vectors) != sum(v.condition is not None for v in vectors):
+        raise ValueError("per-row vectors must all carry the same condition (or none)")
+    return next(iter(carried.values()))
+
+
+def condition_state(pairs: Sequence[HookPair]) -> ConditionState | None:
+    """The ``ConditionState`` of pairs made by ``steering_hooks``, or None."""
+    for _, fn in pairs:
+        spec = getattr(fn, "spec", None)
+        if isinstance(spec, ReadSpec):
+            return spec.state
+    return None
 
 
 @dataclass
@@ -411,6 +518,11 @@ class SteeringHandle:
     """What ``steering()`` yields: the registered hooks, with ``reset()`` for the gates."""
 
     hooks: list[HookPair]
+
+    @property
+    def condition(self) -> ConditionState | None:
+        """The block's condition state (``projections``, ``decisions``), or None."""
+        return condition_state(self.hooks)
 
     def reset(self) -> None:
         """Forget counted positions: the next call is a new prompt."""
@@ -430,12 +542,18 @@ def active_steering(model: HookedModel) -> list[HookPair]:
     return list(_ACTIVE.get(model, []))
 
 
+def conditions_open(model: HookedModel, pairs: Sequence[HookPair] = ()) -> bool:
+    """Whether ``pairs`` or an open ``steering()`` block on ``model`` carries a condition (a
+    steerlens function then hands it the prompts' content tokens to pool)."""
+    return condition_state([*pairs, *active_steering(model)]) is not None
+
+
 @contextmanager
 def steering(
     model: HookedModel,
     vector: SteeringVector | Sequence[SteeringVector],
     alpha: float | Sequence[float] | Tensor = 1.0,
-    gate: GateSpec | Gate = "all",
+    gate: AnyGate = "all",
     *,
     prompt_lengths: Sequence[int] | Tensor | None = None,
 ) -> Iterator[SteeringHandle]:

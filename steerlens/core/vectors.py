@@ -8,6 +8,8 @@ llama.cpp and repeng is supported by ``to_gguf`` / ``from_gguf`` (see ``steerlen
 from __future__ import annotations
 
 import json
+import logging
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -17,11 +19,14 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from steerlens.core.conditions import Condition
 from steerlens.core.hook_names import HOOK_POINTS
 from steerlens.core.lm_eval_io import read_steer_file, write_steer_file
 from steerlens.core.models import HookedModel
 
 __all__ = ["SteeringVector"]
+
+logger = logging.getLogger(__name__)
 
 _FORMAT = "steerlens.vector/1"
 
@@ -37,6 +42,9 @@ class SteeringVector:
         hook: ``"hook_resid_post"`` (default), ``"hook_resid_pre"`` or ``"hook_resid_mid"``.
         method: how it was built (``"caa"``, ``"bradley_terry"``, ``"manual"``, ...).
         metadata: JSON-serialisable provenance (data, users, normalisation, ...).
+        condition: a ``Condition`` that decides, per prompt, whether the vector steers it
+            (``vector.conditioned(c)``); ``steering()`` and ``generate`` apply it as a gate
+            would. Saved in the same file; lm-eval and GGUF exports cannot hold it.
     """
 
     directions: dict[int, Float[Tensor, " d_model"]]
@@ -44,6 +52,7 @@ class SteeringVector:
     hook: str = "hook_resid_post"
     method: str = "manual"
     metadata: dict[str, Any] = field(default_factory=dict)
+    condition: Condition | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.directions, Mapping) or not self.directions:
@@ -70,6 +79,18 @@ class SteeringVector:
             clean[int(layer)] = vec
         self.directions = dict(sorted(clean.items()))
         json.dumps(self.metadata)  # must be serialisable: fail now, not at save time
+        if self.condition is not None:
+            if not isinstance(self.condition, Condition):
+                raise TypeError(f"condition must be a Condition, got {type(self.condition)}")
+            if self.condition.d_model != d_model:
+                raise ValueError(
+                    f"the condition's direction has d_model {self.condition.d_model}, "
+                    f"the vector {d_model}"
+                )
+
+    def conditioned(self, condition: Condition | None) -> SteeringVector:
+        """This vector steering only the prompts ``condition`` selects (None: every prompt)."""
+        return replace(self, condition=condition)
 
     # --- shape ----------------------------------------------------------------------------
     @property
@@ -230,6 +251,9 @@ class SteeringVector:
             "method": self.method,
             "metadata": self.metadata,
         }
+        if self.condition is not None:
+            tensors["condition.direction"] = self.condition.direction.detach().cpu().contiguous()
+            meta["condition"] = self.condition.describe()
         save_file(tensors, str(path), metadata={"steerlens": json.dumps(meta)})
         return path
 
@@ -246,7 +270,9 @@ class SteeringVector:
             if raw is None:
                 raise ValueError(f"{path} is not a steerlens vector file (no steerlens metadata)")
             meta = json.loads(raw)
-            directions = {int(k.split(".", 1)[1]): f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+            names = list(f.keys())
+            directions = {int(k.split(".", 1)[1]): f.get_tensor(k) for k in names if k[:6] == "layer."}
+            cond_dir = f.get_tensor("condition.direction") if "condition" in meta else None
         if sorted(directions) != sorted(meta["layers"]):
             raise ValueError(f"{path}: tensors {sorted(directions)} do not match metadata layers")
         return cls(
@@ -255,12 +281,26 @@ class SteeringVector:
             hook=meta.get("hook", "hook_resid_post"),
             method=meta.get("method", "manual"),
             metadata=meta.get("metadata", {}),
+            condition=None
+            if cond_dir is None
+            else Condition.from_description(cond_dir, meta["condition"]),
         )
+
+    def _unconditional_export(self, what: str) -> None:
+        """Warn that ``what`` cannot hold this vector's condition (it exports the vector)."""
+        if self.condition is not None:
+            note = (
+                f"{what} cannot express a condition: exporting the unconditional vector only "
+                f"({self.condition!r} is dropped; every prompt will be steered)"
+            )
+            logger.warning(note)
+            warnings.warn(note, UserWarning, stacklevel=3)
 
     def to_gguf(self, path: str | Path, model_hint: str | None = None) -> Path:
         """Export as a llama.cpp / repeng GGUF control vector (``direction.{l}``)."""
         from steerlens.core.gguf_io import write_control_vector
 
+        self._unconditional_export("a GGUF control vector")
         if self.hook != "hook_resid_post":
             raise ValueError(
                 f"GGUF control vectors act on block outputs (hook_resid_post), not {self.hook}"
@@ -274,7 +314,9 @@ class SteeringVector:
     def to_lm_eval(self, path: str | Path, alpha: float = 1.0) -> Path:
         """Write lm-evaluation-harness's steering file (``lm_eval --model steered
         --model_args pretrained=...,steer_path=PATH``): per layer, the decoder layer output
-        as hookpoint, action ``add``, coefficient ``alpha`` (``steerlens.core.lm_eval_io``)."""
+        as hookpoint, action ``add``, coefficient ``alpha`` (``steerlens.core.lm_eval_io``).
+        A condition is not exported (a warning says so)."""
+        self._unconditional_export("lm-evaluation-harness's steering file")
         return write_steer_file(path, self.directions, self.hook, alpha)
 
     @classmethod

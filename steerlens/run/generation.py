@@ -20,9 +20,10 @@ from torch import Tensor
 
 from steerlens.core.batching import Batch, map_batches
 from steerlens.core.engines import Engine, EngineName, resolve_engine
-from steerlens.core.hooks import Gate, GateSpec, steering_hooks
+from steerlens.core.conditions import split_gate
+from steerlens.core.hooks import AnyGate, condition_state, conditions_open, steering_hooks
 from steerlens.core.models import HookedModel, model_device
-from steerlens.core.tokens import Prompt, encode_prompts
+from steerlens.core.tokens import Prompt, content_masks, encode_prompts
 from steerlens.core.vectors import SteeringVector
 
 __all__ = ["Generation", "generate"]
@@ -30,12 +31,18 @@ __all__ = ["Generation", "generate"]
 
 @dataclass
 class Generation:
-    """Generated text plus, on request, new token ids and per-step logits, in input order."""
+    """Generated text plus, on request, new token ids and per-step logits, in input order.
+
+    With a ``Condition`` (``gate=`` or carried by the vector), ``projections`` holds each
+    prompt's projection on the condition's direction and ``conditions`` whether it was steered
+    (projection above the threshold; with ``soft`` its α was scaled by the sigmoid instead)."""
 
     texts: list[str]
     prompt_ids: list[Tensor]
     tokens: list[Tensor]
     logits: list[Tensor] | None = None
+    projections: list[float] | None = None
+    conditions: list[bool] | None = None
 
 
 def _alphas(alpha: float | Sequence[float] | Tensor, n: int) -> list[float]:
@@ -69,7 +76,7 @@ def generate(
     max_new_tokens: int = 64,
     steering: SteeringVector | Sequence[SteeringVector] | None = None,
     alpha: float | Sequence[float] | Tensor = 1.0,
-    gate: GateSpec | Gate = "all",
+    gate: AnyGate = "all",
     chat: bool | None = None,
     system: str | None = None,
     response_prefix: str | Sequence[str] | None = None,
@@ -95,7 +102,7 @@ def generate(
     max_new_tokens: int = 64,
     steering: SteeringVector | Sequence[SteeringVector] | None = None,
     alpha: float | Sequence[float] | Tensor = 1.0,
-    gate: GateSpec | Gate = "all",
+    gate: AnyGate = "all",
     chat: bool | None = None,
     system: str | None = None,
     response_prefix: str | Sequence[str] | None = None,
@@ -120,7 +127,7 @@ def generate(
     max_new_tokens: int = 64,
     steering: SteeringVector | Sequence[SteeringVector] | None = None,
     alpha: float | Sequence[float] | Tensor = 1.0,
-    gate: GateSpec | Gate = "all",
+    gate: AnyGate = "all",
     chat: bool | None = None,
     system: str | None = None,
     response_prefix: str | Sequence[str] | None = None,
@@ -149,7 +156,10 @@ def generate(
             prompt (48 users in one batch).
         alpha: strength; a float, or one value per prompt (a whole dose-response sweep in one
             batch: repeat the prompt and give each copy its α).
-        gate: ``"all"``, ``"prefill"``, ``FirstK(k)`` or ``"generated"``.
+        gate: ``"all"``, ``"prefill"``, ``FirstK(k)`` or ``"generated"``; or a ``Condition``
+            (steer only the prompts whose pooled activation projects above its threshold,
+            decided once per prompt), alone or with a position gate
+            (``Condition(...) & FirstK(4)``).
         do_sample / temperature / top_k / top_p / seed: sampling (greedy by default, as in the
             research).
         return_tokens / return_logits: return a ``Generation`` with new token ids and per-step
@@ -181,19 +191,24 @@ def generate(
         raise ValueError("a per-row alpha needs a steering vector")
     if isinstance(steering, Sequence) and len(steering) != n:
         raise ValueError(f"{len(steering)} per-row vectors but there are {n} prompts")
-    gate_obj = Gate.parse(gate)
+    if steering is None and split_gate(gate)[1] is not None:
+        raise ValueError("a Condition gates a steering vector: give one")
     own = (
         steering_hooks(
             model,
             steering,
             alphas[0] if isinstance(alpha, int | float) else torch.tensor(alphas),
-            gate_obj,
+            gate,
         )
         if steering is not None
         else []
     )
     hook = str(own[0][0]).rsplit(".", 1)[-1] if own else "hook_resid_post"
     ids = encode_prompts(model, prompts, chat=chat, system=system, response_prefix=response_prefix)
+    # a Condition pools each prompt's content tokens, as cache_activations pools them
+    pool = content_masks(model, prompts, ids, chat=chat, system=system) if (
+        conditions_open(model, own)
+    ) else None
     eos = _eos_ids(model) if stop_at_eos else []
     gen = torch.Generator(device=model_device(model))
     if seed is not None:
@@ -221,6 +236,7 @@ def generate(
             run,
             batch_size=batch_size,
             side="left",
+            pool_masks=pool,
             progress_bar=progress_bar,
             description="generate",
         )
@@ -230,11 +246,17 @@ def generate(
     texts: list[str] = [str(tok.decode(t, skip_special_tokens=True)) for t in done]
     if not (return_tokens or return_logits):
         return texts
+    state = condition_state(own)
+    projections = None if state is None or state.projections is None else state.projections
     return Generation(
         texts=texts,
         prompt_ids=ids,
         tokens=done,
         logits=[lg for _, lg in results] if return_logits else None,  # type: ignore[misc]
+        projections=None if projections is None else projections.tolist(),
+        conditions=None
+        if projections is None
+        else (projections > state.condition.threshold).tolist(),  # type: ignore[union-attr]
     )
 
 

@@ -30,6 +30,7 @@ def forward_batches(
     batch_size: int = 16,
     max_tokens: int | None = 0,
     prompt_lengths: Sequence[int] | None = None,
+    pool_masks: Sequence[Tensor] | None = None,
     sort: bool = True,
     progress_bar: bool = False,
     description: str = "run",
@@ -41,7 +42,8 @@ def forward_batches(
             (a caller that validates before writing anything).
         max_tokens: a token budget per batch (0: ``token_budget(model)``, the device's
             default; None: ``batch_size`` rows only).
-        prompt_lengths / sort / progress_bar / description: as in ``map_batches``.
+        prompt_lengths / pool_masks / sort / progress_bar / description: as in
+            ``map_batches``.
     """
     eng = engine if isinstance(engine, Engine) else resolve_engine(model, hook, engine)
 
@@ -57,6 +59,7 @@ def forward_batches(
             side="right",
             sort=sort,
             prompt_lengths=prompt_lengths,
+            pool_masks=pool_masks,
             max_tokens=token_budget(model) if max_tokens == 0 else max_tokens,
             progress_bar=progress_bar,
             description=description,

@@ -18,8 +18,9 @@ from torch import Tensor
 
 from steerlens.core.batching import Batch
 from steerlens.core.engines import Engine, PassEngineName
+from steerlens.core.hooks import conditions_open
 from steerlens.core.models import HookedModel
-from steerlens.core.tokens import Prompt, encode_prompts, tokenize
+from steerlens.core.tokens import Prompt, content_masks, encode_prompts, tokenize
 from steerlens.run.passes import forward_batches
 
 __all__ = ["continuation_logprobs", "ids_logprobs"]
@@ -64,8 +65,18 @@ def continuation_logprobs(
             tails.append(torch.zeros(0, dtype=torch.long))
         else:
             tails.append(tokenize(model, [str(c)], add_special_tokens=False)[0])
+    # an open block with a Condition pools each prompt's content tokens, as cache_activations
+    masks = content_masks(model, prompts, heads, chat=chat, system=system) if (
+        heads and conditions_open(model)
+    ) else None
     return ids_logprobs(
-        model, heads, tails, batch_size=batch_size, progress_bar=progress_bar, engine=engine
+        model,
+        heads,
+        tails,
+        batch_size=batch_size,
+        progress_bar=progress_bar,
+        engine=engine,
+        prompt_masks=masks,
     )
 
 
@@ -78,6 +89,7 @@ def ids_logprobs(
     max_tokens: int | None = 0,
     progress_bar: bool = False,
     engine: PassEngineName = "auto",
+    prompt_masks: Sequence[Tensor] | None = None,
 ) -> list[Float[Tensor, " tok"]]:
     """``continuation_logprobs`` on token ids: per row, ``log p(c_t | prompt_ids, c_<t)``.
 
@@ -85,7 +97,8 @@ def ids_logprobs(
     removed). ``engine`` as in ``generate``: ``"auto"`` runs on the fast path when no other
     hook is active (open ``sl.steering()`` blocks are carried onto it). Batches hold at most
     ``batch_size`` rows and ``max_tokens`` padded tokens (0: ``token_budget(model)``; None:
-    rows only).
+    rows only). ``prompt_masks``: per prompt, the tokens an open block's ``Condition``
+    pools (default: every prompt token).
     """
     if len(prompt_ids) != len(continuation_ids):
         raise ValueError(f"{len(prompt_ids)} prompts but {len(continuation_ids)} continuations")
@@ -99,6 +112,14 @@ def ids_logprobs(
     # per-row values of an open steering() block index the caller's inputs one to one.
     ids = [torch.cat([h, t]) for h, t in zip(heads, tails, strict=True)]
     prompt_lengths = [int(h.numel()) for h in heads]
+    pool = None
+    if prompt_masks is not None:
+        if len(prompt_masks) != len(heads):
+            raise ValueError(f"{len(prompt_masks)} prompt masks for {len(heads)} prompts")
+        pool = [
+            torch.cat([m.bool().cpu(), torch.zeros(len(t), dtype=torch.bool)])
+            for m, t in zip(prompt_masks, tails, strict=True)
+        ]
 
     def run(eng: Engine, batch: Batch) -> list[Tensor]:
         enc = batch.enc
@@ -122,6 +143,7 @@ def ids_logprobs(
         batch_size=batch_size,
         max_tokens=max_tokens,
         prompt_lengths=prompt_lengths,
+        pool_masks=pool,
         progress_bar=progress_bar,
         description="score",
     )

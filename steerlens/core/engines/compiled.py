@@ -59,7 +59,7 @@ from torch import Tensor
 from torch._dynamo.exc import FailOnRecompileLimitHit, RecompileError, TorchDynamoException
 
 from steerlens.core.decoding import DecodingError, Steps, _cache_kwarg, _check, _probe_ids
-from steerlens.core.hooks import AddSpec, HookPair
+from steerlens.core.hooks import AddSpec, HookPair, ReadSpec
 
 from ._binding import bind_twin, decoder_layers, hook_point
 from .hf import HFEngine
@@ -137,19 +137,26 @@ def compile_blocker(device: torch.device, hf: Any = None) -> str | None:
 class _Slot:
     layer: int
     point: str
+    read: bool = False
+    """A condition's reader: at the prompt (run eagerly) it decides each row and scales the α
+    of the slots it gates; in the compiled step it does nothing."""
 
 
-def steering_specs(pairs: Sequence[HookPair]) -> tuple[list[_Slot], list[AddSpec]] | str:
-    """The slots and what they add, or why these hooks cannot run as data."""
-    slots, specs = [], []
+Spec = AddSpec | ReadSpec
+
+
+def steering_specs(pairs: Sequence[HookPair]) -> tuple[list[_Slot], list[Spec]] | str:
+    """The slots and what they add (or read), or why these hooks cannot run as data."""
+    slots: list[_Slot] = []
+    specs: list[Spec] = []
     for name, fn in pairs:
         spec = getattr(fn, "spec", None)
-        if not isinstance(spec, AddSpec):
+        if not isinstance(spec, AddSpec | ReadSpec):
             return f"the hook on {name} is not a steerlens add_vector_hook"
-        if spec.prompt_lengths is not None:
+        if isinstance(spec, AddSpec) and spec.prompt_lengths is not None:
             return "a steering hook has prompt_lengths (single-pass scoring, not decoding)"
         layer, point = hook_point(str(name))
-        slots.append(_Slot(layer, point))
+        slots.append(_Slot(layer, point, isinstance(spec, ReadSpec)))
         specs.append(spec)
     return slots, specs
 
@@ -196,9 +203,12 @@ class _SteerState(torch.nn.Module):
     lo: Tensor
     hi: Tensor
     base: Tensor
+    reader: Callable[[int, Tensor], None] | None
+    """Set only while the prompt runs eagerly: what a condition's reader slot calls."""
 
     def __init__(self, n_slots: int, batch: int, d_model: int, device: torch.device) -> None:
         super().__init__()
+        self.reader = None
         shapes = {
             "vec": (n_slots, batch, d_model),
             "alpha": (n_slots, batch),
@@ -219,18 +229,37 @@ class _SteerState(torch.nn.Module):
         delta = self.alpha[s].view(-1, 1, 1) * self.vec[s].unsqueeze(1)
         return (resid.float() + delta * keep).to(resid.dtype)
 
+    def read(self, s: int, resid: Tensor) -> None:
+        """A reader slot: calls ``reader`` at the prompt; nothing in the compiled step."""
+        if self.reader is not None:
+            self.reader(s, resid)
+
     @torch.no_grad()
-    def load(self, specs: Sequence[AddSpec], rows: int) -> None:
-        """Write the specs for the first ``rows`` rows; the padding rows get α 0."""
+    def load(self, specs: Sequence[Spec], rows: int) -> None:
+        """Write the specs for the first ``rows`` rows; the padding rows get α 0. A reader
+        slot adds nothing; a conditioned slot's α is scaled at the prompt (``decide``)."""
         device = self.vec.device
         self.vec[:, rows:].zero_()
         self.alpha[:, rows:].zero_()
         for s, spec in enumerate(specs):
+            if isinstance(spec, ReadSpec):
+                continue
             v, a = spec.rows(rows, device)
             self.vec[s, :rows].copy_(v)
             self.alpha[s, :rows].copy_(a)
             self.lo[s] = spec.gate.start
             self.hi[s] = spec.gate.stop
+
+    @torch.no_grad()
+    def decide(self, specs: Sequence[Spec], s: int, resid: Tensor, rows: int) -> None:
+        """Reader slot ``s`` at the prompt: decide the ``rows`` real rows and scale the α of
+        every slot its condition gates (in place: the compiled step reads them there)."""
+        spec = specs[s]
+        assert isinstance(spec, ReadSpec)
+        w = spec.state.decide(resid[:rows])
+        for t, other in enumerate(specs):
+            if isinstance(other, AddSpec) and other.condition is spec.state:
+                self.alpha[t, :rows].mul_(w.to(self.alpha.device))
 
 
 def _compile_room() -> dict[str, Any]:
@@ -245,16 +274,23 @@ def _compile_room() -> dict[str, Any]:
 
 
 def _slot_hooks(
-    twin: Any, slots: Sequence[_Slot], add: Callable[[int, Tensor], Tensor]
+    twin: Any,
+    slots: Sequence[_Slot],
+    add: Callable[[int, Tensor], Tensor],
+    read: Callable[[int, Tensor], None] | None = None,
 ) -> list[Any]:
     """Install one hook per slot on the twin's decoder layers: slot ``s`` replaces the
-    residual by ``add(s, resid)``. Returns the handles. The engine's stay for the twin's life
-    (it is the runner's own, nothing else runs it, and compiled graphs are traced with them);
-    the first-use check's reference removes its own."""
+    residual by ``add(s, resid)`` (a reader slot calls ``read(s, resid)`` and changes
+    nothing). Returns the handles. The engine's stay for the twin's life (it is the runner's
+    own, nothing else runs it, and compiled graphs are traced with them); the first-use
+    check's reference removes its own."""
     layers = decoder_layers(twin)
     handles = []
     for s, slot in enumerate(slots):
-        if slot.point == "hook_resid_post":
+        if slot.read:
+            assert read is not None
+            handles.append(_read_hook(layers[slot.layer], slot.point, read, s))
+        elif slot.point == "hook_resid_post":
 
             def post(module: Any, args: Any, output: Any, s: int = s) -> Any:
                 if isinstance(output, tuple):
@@ -272,6 +308,22 @@ def _slot_hooks(
 
             handles.append(layers[slot.layer].register_forward_pre_hook(pre, with_kwargs=True))
     return handles
+
+
+def _read_hook(layer: Any, point: str, read: Callable[[int, Tensor], None], s: int) -> Any:
+    """A hook on ``layer`` calling ``read(s, resid)`` at ``point``; it returns nothing, so the
+    residual is unchanged."""
+    if point == "hook_resid_post":
+
+        def post(module: Any, args: Any, output: Any) -> None:
+            read(s, output[0] if isinstance(output, tuple) else output)
+
+        return layer.register_forward_hook(post)
+
+    def pre(module: Any, args: Any, kwargs: Any) -> None:
+        read(s, args[0] if args else kwargs["hidden_states"])
+
+    return layer.register_forward_pre_hook(pre, with_kwargs=True)
 
 
 @contextmanager
@@ -303,7 +355,7 @@ class _Runner:
         self.twin = bind_twin(engine.hf)
         d_model = int(self.twin.config.hidden_size)
         self.state = _SteerState(len(slots), batch, d_model, engine.device)
-        _slot_hooks(self.twin, slots, self.state.add)
+        _slot_hooks(self.twin, slots, self.state.add, self.state.read)
         self.warm: set[int] = set()  # cache lengths whose graph ran
         self.broken: set[int] = set()  # cache lengths whose graph did not compile
         self.owner = 0  # the latest steps() on this runner: its buffers and caches are its
@@ -413,7 +465,7 @@ class CompiledSteps:
     @_grad_off()
     def steps(
         self,
-        specs_of: tuple[Sequence[_Slot], Sequence[AddSpec]],
+        specs_of: tuple[Sequence[_Slot], Sequence[Spec]],
         input_ids: Tensor,
         attention_mask: Tensor,
         max_new_tokens: int,
@@ -454,7 +506,13 @@ class CompiledSteps:
                 )
             if nxt is None:
                 runner.state.base.fill_(-prompt_len)
-                out = runner.eager(ids, full_mask, pos, cache)
+                state = runner.state
+                if any(slot.read for slot in slots):  # conditions decide at the prompt
+                    state.reader = functools.partial(_decide_slot, state, specs, rows)
+                try:
+                    out = runner.eager(ids, full_mask, pos, cache)
+                finally:
+                    state.reader = None
             else:
                 if prompt_len + done >= length:
                     raise ValueError(f"the static cache holds {length} positions")
@@ -466,6 +524,12 @@ class CompiledSteps:
             return out[:rows].clone() if copy_out else out[:rows]
 
         return step
+
+
+def _decide_slot(
+    state: _SteerState, specs: Sequence[Spec], rows: int, s: int, resid: Tensor
+) -> None:
+    state.decide(specs, s, resid, rows)
 
 
 def compiled_steps(hf: Any) -> CompiledSteps:
@@ -612,7 +676,7 @@ class CompiledEngine(HFEngine):
         self,
         fast: HFEngine,
         graphs: CompiledSteps,
-        slots: tuple[list[_Slot], list[AddSpec]],
+        slots: tuple[list[_Slot], list[Spec]],
     ) -> None:
         super().__init__(fast.model, fast.twin, fast.bound, fast.carried)
         self.graphs = graphs

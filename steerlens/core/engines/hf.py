@@ -382,11 +382,17 @@ def twin_hooks(twin: Any, pairs: Sequence[HookPair]) -> Iterator[None]:
             h.remove()
 
 
+def _call(fn: Any, x: Tensor) -> Tensor:
+    """A TransformerLens hook function on ``x``: None (a hook that only reads) keeps it."""
+    out = fn(x, hook=None)
+    return x if out is None else out
+
+
 def _post(fn: Any) -> Any:
     def hook(module: Any, args: Any, output: Any) -> Any:
         if isinstance(output, tuple):
-            return (fn(output[0], hook=None), *output[1:])
-        return fn(output, hook=None)
+            return (_call(fn, output[0]), *output[1:])
+        return _call(fn, output)
 
     return hook
 
@@ -394,8 +400,8 @@ def _post(fn: Any) -> Any:
 def _pre(fn: Any) -> Any:
     def hook(module: Any, args: Any, kwargs: Any) -> Any:
         if args:
-            return (fn(args[0], hook=None), *args[1:]), kwargs
-        kwargs["hidden_states"] = fn(kwargs["hidden_states"], hook=None)
+            return (_call(fn, args[0]), *args[1:]), kwargs
+        kwargs["hidden_states"] = _call(fn, kwargs["hidden_states"])
         return args, kwargs
 
     return hook

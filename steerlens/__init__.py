@@ -36,6 +36,7 @@ _MODULES = {
 }
 _NAMES = {
     # core
+    "Condition": "steerlens.core.conditions",
     "FirstK": _HOOKS,
     "Gate": _HOOKS,
     "SteeringHandle": _HOOKS,
@@ -69,6 +70,7 @@ __getattr__, __dir__ = lazy_namespace(__name__, _NAMES, globals(), _MODULES)
 if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
     from steerlens import data, evaluation, methods, plots, steerx
     from steerlens.core import tokens
+    from steerlens.core.conditions import Condition
     from steerlens.core.hooks import (
         FirstK,
         Gate,
@@ -100,6 +102,7 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
 __all__ = [
     "DEFAULT_MODEL",
     "ActivationStore",
+    "Condition",
     "FirstK",
     "Gate",
     "Generation",

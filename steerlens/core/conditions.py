@@ -30,13 +30,13 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from steerlens.core.gates import Gate, GateSpec
+from steerlens.core.gates import Gate, GateSpec, parse_gate
 from steerlens.core.hook_names import HOOK_POINTS, hook_name
 
 if TYPE_CHECKING:
     from steerlens.core.models import HookedModel
 
-__all__ = ["Condition", "Conditional", "hook_order", "split_gate"]
+__all__ = ["Condition", "Conditional", "hook_order", "parse_gate_name", "split_gate"]
 
 _FORMAT = "steerlens.condition/1"
 ConditionPool = Literal["mean", "last"]
@@ -222,6 +222,30 @@ def split_gate(spec: GateSpec | Gate | Condition | Conditional) -> tuple[Gate, C
     if isinstance(spec, Conditional):
         return spec.gate, spec.condition
     return Gate.parse(spec), None
+
+
+def parse_gate_name(text: str) -> tuple[GateSpec, str | None]:
+    """A gate by name, as sweeps write it: a position gate (``all``, ``prefill``,
+    ``generated``, ``first:K``), a condition (``condition`` or ``condition:NAME``, looked up
+    by name), or both joined by ``&`` (``condition&first:4``). Returns the position gate and
+    the condition's name (or None)."""
+    if not isinstance(text, str) or not text:
+        raise ValueError(f"a gate name must be a non-empty string, got {text!r}")
+    position: GateSpec = "all"
+    name: str | None = None
+    seen_position = False
+    for part in text.split("&"):
+        if part == "condition" or part.startswith("condition:"):
+            if name is not None:
+                raise ValueError(f"gate {text!r} names two conditions")
+            name = part.split(":", 1)[1] if ":" in part else "condition"
+            if not name:
+                raise ValueError(f"gate {text!r}: condition:NAME needs a name")
+        else:
+            if seen_position:
+                raise ValueError(f"gate {text!r} names two position gates")
+            position, seen_position = parse_gate(part), True
+    return position, name
 
 
 def _shape(x: Any) -> str:

@@ -271,7 +271,9 @@ class SteeringVector:
                 raise ValueError(f"{path} is not a steerlens vector file (no steerlens metadata)")
             meta = json.loads(raw)
             names = list(f.keys())
-            directions = {int(k.split(".", 1)[1]): f.get_tensor(k) for k in names if k[:6] == "layer."}
+            directions = {
+                int(k.split(".", 1)[1]): f.get_tensor(k) for k in names if k[:6] == "layer."
+            }
             cond_dir = f.get_tensor("condition.direction") if "condition" in meta else None
         if sorted(directions) != sorted(meta["layers"]):
             raise ValueError(f"{path}: tensors {sorted(directions)} do not match metadata layers")

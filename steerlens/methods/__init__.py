@@ -12,6 +12,8 @@ _NAMES = {
     "BiPOConfig": "steerlens.methods.bipo",
     "bipo": "steerlens.methods.bipo",
     "mean_difference": "steerlens.methods.caa",
+    "choose_threshold": "steerlens.methods.condition",
+    "fit_condition": "steerlens.methods.condition",
     "BradleyTerry": _PERSONAL,
     "PairActivations": _PERSONAL,
     "bradley_terry": _PERSONAL,
@@ -30,6 +32,7 @@ __getattr__, __dir__ = lazy_namespace(__name__, _NAMES, globals())
 if TYPE_CHECKING:
     from steerlens.methods.bipo import BiPOConfig, bipo
     from steerlens.methods.caa import mean_difference
+    from steerlens.methods.condition import choose_threshold, fit_condition
     from steerlens.methods.personal import (
         BradleyTerry,
         PairActivations,
@@ -49,8 +52,10 @@ __all__ = [
     "PairActivations",
     "bipo",
     "bradley_terry",
+    "choose_threshold",
     "context_vector",
     "dislike_weighted",
+    "fit_condition",
     "generic_responses",
     "mean_difference",
     "pair_activations",

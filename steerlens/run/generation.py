@@ -19,8 +19,8 @@ import torch
 from torch import Tensor
 
 from steerlens.core.batching import Batch, map_batches
-from steerlens.core.engines import Engine, EngineName, resolve_engine
 from steerlens.core.conditions import split_gate
+from steerlens.core.engines import Engine, EngineName, resolve_engine
 from steerlens.core.hooks import AnyGate, condition_state, conditions_open, steering_hooks
 from steerlens.core.models import HookedModel, model_device
 from steerlens.core.tokens import Prompt, content_masks, encode_prompts
@@ -206,9 +206,11 @@ def generate(
     hook = str(own[0][0]).rsplit(".", 1)[-1] if own else "hook_resid_post"
     ids = encode_prompts(model, prompts, chat=chat, system=system, response_prefix=response_prefix)
     # a Condition pools each prompt's content tokens, as cache_activations pools them
-    pool = content_masks(model, prompts, ids, chat=chat, system=system) if (
-        conditions_open(model, own)
-    ) else None
+    pool = (
+        content_masks(model, prompts, ids, chat=chat, system=system)
+        if (conditions_open(model, own))
+        else None
+    )
     eos = _eos_ids(model) if stop_at_eos else []
     gen = torch.Generator(device=model_device(model))
     if seed is not None:

@@ -66,9 +66,11 @@ def continuation_logprobs(
         else:
             tails.append(tokenize(model, [str(c)], add_special_tokens=False)[0])
     # an open block with a Condition pools each prompt's content tokens, as cache_activations
-    masks = content_masks(model, prompts, heads, chat=chat, system=system) if (
-        heads and conditions_open(model)
-    ) else None
+    masks = (
+        content_masks(model, prompts, heads, chat=chat, system=system)
+        if (heads and conditions_open(model))
+        else None
+    )
     return ids_logprobs(
         model,
         heads,

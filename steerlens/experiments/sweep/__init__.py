@@ -45,7 +45,9 @@ from steerlens.experiments.sweep.runner import engine_name, gather, run_sweep, s
 from steerlens.experiments.sweep.vectors import (
     build_vectors,
     calibrate_table,
+    load_conditions,
     load_vectors,
+    save_conditions,
     save_vectors,
 )
 
@@ -66,6 +68,7 @@ __all__ = [
     "engine_name",
     "gather",
     "held_out_prompts",
+    "load_conditions",
     "load_vectors",
     "main",
     "make_grid",
@@ -73,6 +76,7 @@ __all__ = [
     "plan",
     "run_config",
     "run_sweep",
+    "save_conditions",
     "save_vectors",
     "script_arguments",
     "standard_measures",

@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from steerlens.core.hooks import parse_gate
+from steerlens.core.conditions import parse_gate_name
 from steerlens.core.vectors import SteeringVector
 from steerlens.metrics.summaries import BASELINE
 
@@ -82,7 +82,7 @@ def make_grid(
     (``steerlens.run.divergence.calibrate_alpha``): each cell gets its user's α for the
     budget and records the budget in ``kl_budget``."""
     for g in gates:
-        parse_gate(g)
+        parse_gate_name(g)
     if BASELINE in methods:
         raise ValueError(f"{BASELINE!r} is the baseline's name, not a method")
     cells = []

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import pandas as pd
 
-from steerlens.core.hooks import parse_gate
+from steerlens.core.conditions import Condition, parse_gate_name
 from steerlens.core.models import DEFAULT_MODEL, load_model
 from steerlens.core.vectors import SteeringVector
 from steerlens.data.mmlu import neutral_texts
@@ -33,7 +33,9 @@ from steerlens.experiments.sweep.vectors import (
     CalibrationTable,
     build_vectors,
     calibrate_table,
+    load_conditions,
     load_vectors,
+    save_conditions,
     save_vectors,
 )
 from steerlens.methods.registry import METHODS, MethodOptions
@@ -52,6 +54,9 @@ class SweepConfig:
     vector's norms so that one α grid fits every method; ``options``: their rank, C and
     shrink); ``vector_files`` adds fixed vectors by name (one vector for every user). ``run``:
     seed, device ("cpu", "cuda", ...; default CUDA when available) and batch size.
+    ``conditions`` names condition files (``Condition.save``, e.g. from ``fit_condition``)
+    that ``gates`` use (``condition``, ``condition:NAME``, ``condition&first:4``); they are
+    copied beside the vectors (``OUT/vectors/conditions/``).
     """
 
     model: str = DEFAULT_MODEL
@@ -68,6 +73,7 @@ class SweepConfig:
     alpha_mode: Literal["fixed", "kl"] = "fixed"
     kl_texts: int = 8  # neutral MMLU question stems the calibration averages over
     gates: list[str] = field(default_factory=lambda: ["all"])
+    conditions: dict[str, str] = field(default_factory=dict)
     n_prompts: int = 48
     held_out: float = 0.25
     split_by: Literal["conversation", "prompt"] = "prompt"
@@ -92,7 +98,9 @@ class SweepConfig:
         if self.run.device is not None and self.device_map is not None:
             raise ValueError("pass either run.device or device_map, not both")
         for g in self.gates:
-            parse_gate(g)
+            _, name = parse_gate_name(g)
+            if name is not None and name not in self.conditions:
+                raise ValueError(f"gate {g!r} names condition {name!r}: add it to conditions")
         if self.n_prompts < 1 or not 0 < self.held_out < 1:
             raise ValueError("n_prompts >= 1 and held_out in (0, 1) are needed")
         if self.split_by not in ("conversation", "prompt"):
@@ -184,6 +192,8 @@ def _prepare(
     )
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
+    shutil.rmtree(vec_dir / "conditions", ignore_errors=True)
+    save_conditions({k: Condition.load(v) for k, v in cfg.conditions.items()}, vec_dir)
     write_atomic(out / "prompts.jsonl", "".join(json.dumps(asdict(p)) + "\n" for p in prompts))
     done = vec_dir / "done"
     if cfg.methods and not (done.exists() and done.read_text() == recipe):
@@ -222,7 +232,8 @@ def _prepare(
 def _plan(
     cfg: SweepConfig, out: Path, vec_dir: Path
 ) -> tuple[list[SweepPrompt], dict[str, Any], Any]:
-    """Rank 0's prompts, vectors and (KL mode) calibrated α, as every rank reads them."""
+    """Rank 0's prompts, vectors and (KL mode) calibrated α, as every rank reads them (the
+    conditions: ``load_conditions(vec_dir)``)."""
     prompts = [
         SweepPrompt(**json.loads(line))
         for line in (out / "prompts.jsonl").read_text(encoding="utf-8").splitlines()
@@ -266,9 +277,11 @@ def run_config(cfg: SweepConfig, *, progress_bar: bool = True) -> pd.DataFrame |
     dist.barrier()
     # every rank reads rank 0's prompts and vectors, so all plan the same batches
     prompts, vectors, calibrated = _plan(cfg, out, vec_dir)
+    conditions = load_conditions(vec_dir)
     cells = make_grid(prompts, list(vectors), cfg.alphas, cfg.gates, calibrated=calibrated)
     measure = standard_measures(ds.ground_truth, batch_size=cfg.run.batch_size)
-    salt = sweep_salt(model, vectors, measure)  # before the run: as run_sweep names its parts
+    # before the run: as run_sweep names its parts
+    salt = sweep_salt(model, vectors, measure, conditions)
     frame = run_sweep(
         model,
         cells,
@@ -277,6 +290,7 @@ def run_config(cfg: SweepConfig, *, progress_bar: bool = True) -> pd.DataFrame |
         out,
         settings=cfg.settings,
         measure=measure,
+        conditions=conditions,
         rank=dist.rank,
         world=dist.world,
         progress_bar=progress_bar,

@@ -16,7 +16,9 @@ from typing import Any
 import pandas as pd
 
 from steerlens.core._progress import progress
-from steerlens.core.hooks import parse_gate
+from steerlens.core.conditions import Condition, Conditional, parse_gate_name
+from steerlens.core.gates import Gate
+from steerlens.core.hooks import AnyGate
 from steerlens.core.models import HookedModel
 from steerlens.core.vectors import SteeringVector
 from steerlens.experiments.sweep.grid import (
@@ -63,7 +65,12 @@ def package_version() -> str:
     return str(_version.__version__)
 
 
-def sweep_salt(model: HookedModel, vectors: VectorTable, measure: Measure | None = None) -> str:
+def sweep_salt(
+    model: HookedModel,
+    vectors: VectorTable,
+    measure: Measure | None = None,
+    conditions: Mapping[str, Condition] | None = None,
+) -> str:
     """A digest of what the cells' rows depend on beyond their keys and settings. Batch names
     include it, so a rerun where any of it changed never reuses old parts:
 
@@ -71,7 +78,8 @@ def sweep_salt(model: HookedModel, vectors: VectorTable, measure: Measure | None
     * the measure's fingerprint (``measure_fingerprint``: its code version and parameters,
       the ground truth it scores against); ``None`` stands for ``run_sweep``'s default
       measure, ``standard_measures()`` (its ``chat`` comes from the settings, named apart);
-    * the decoding engine (``engine_name``) and the steerlens version.
+    * the decoding engine (``engine_name``) and the steerlens version;
+    * the conditions gates name (their directions, points and thresholds), if any.
 
     ``gather`` after a sharded run needs the salt ``run_sweep`` named its parts with: this,
     with the same measure, computed before the run (as ``run_config`` does)."""
@@ -89,6 +97,10 @@ def sweep_salt(model: HookedModel, vectors: VectorTable, measure: Measure | None
             h.update(f"{method}|{user}|{vec.hook}".encode())
             for layer in vec.layers:
                 h.update(vec.directions[layer].detach().float().cpu().numpy().tobytes())
+    for name in sorted(conditions or {}):
+        cond = (conditions or {})[name]
+        h.update(f"condition|{name}|{json.dumps(cond.describe(), sort_keys=True)}".encode())
+        h.update(cond.direction.detach().float().cpu().numpy().tobytes())
     rows = {
         "measure": measure_fingerprint(standard_measures() if measure is None else measure),
         "engine": engine_name(model, vectors),
@@ -107,7 +119,23 @@ def _vector(vectors: VectorTable, cell: Cell) -> SteeringVector:
     return entry[cell.user]
 
 
-def _check(cells: Sequence[Cell], prompts: Mapping[str, SweepPrompt], vectors: VectorTable) -> None:
+def cell_gate(text: str, conditions: Mapping[str, Condition] | None) -> AnyGate:
+    """A cell's gate from its name (``parse_gate_name``), its condition looked up by name."""
+    position, name = parse_gate_name(text)
+    if name is None:
+        return position
+    if not conditions or name not in conditions:
+        have = sorted(conditions or {})
+        raise ValueError(f"gate {text!r} names condition {name!r}; the sweep has {have}")
+    return Conditional(conditions[name], Gate.parse(position))
+
+
+def _check(
+    cells: Sequence[Cell],
+    prompts: Mapping[str, SweepPrompt],
+    vectors: VectorTable,
+    conditions: Mapping[str, Condition] | None = None,
+) -> None:
     unknown_p = sorted({c.prompt_id for c in cells} - set(prompts))
     if unknown_p:
         raise ValueError(f"{len(unknown_p)} cells name unknown prompts, e.g. {unknown_p[:3]}")
@@ -126,7 +154,7 @@ def _check(cells: Sequence[Cell], prompts: Mapping[str, SweepPrompt], vectors: V
             raise ValueError(f"the baseline cell {c.key} must have alpha 0")
         if c.method != BASELINE:
             _vector(vectors, c)
-        parse_gate(c.gate)
+        cell_gate(c.gate, conditions)
 
 
 def _clean(value: Any) -> Any:
@@ -153,14 +181,16 @@ def _run_batch(
     vectors: VectorTable,
     settings: GenerationSettings,
     measure: Measure,
+    conditions: Mapping[str, Condition] | None = None,
 ) -> list[dict[str, Any]]:
     rows = [prompts[c.prompt_id] for c in cells]
     steered = [c for c in cells if c.method != BASELINE]
+    gate = cell_gate(cells[0].gate, conditions)
     kw: dict[str, Any] = dict(
         max_new_tokens=settings.max_new_tokens,
         batch_size=settings.batch_size,
         chat=settings.chat,
-        gate=parse_gate(cells[0].gate),
+        gate=gate,
         progress_bar=False,
         return_tokens=True,
     )
@@ -170,14 +200,17 @@ def _run_batch(
         gen = generate(
             model, [r.prompt for r in rows], steering=vecs, alpha=[c.alpha for c in cells], **kw
         )
-    else:
-        gen = generate(model, [r.prompt for r in rows], **kw)
+    else:  # a batch of baseline cells (its gate, a condition too, steers nothing)
+        gen = generate(model, [r.prompt for r in rows], **{**kw, "gate": "all"})
     assert isinstance(gen, Generation)
     measured = measure(model, rows, gen)
     out = []
     for i, (c, r) in enumerate(zip(cells, rows, strict=True)):
         row: dict[str, Any] = {"key": c.key, **asdict(c), "category": r.category}
         row["generation"] = gen.texts[i]
+        if gen.projections is not None and gen.conditions is not None:  # a conditioned batch
+            row["projection"] = _clean(gen.projections[i])
+            row["steered"] = bool(gen.conditions[i]) and c.alpha != 0.0
         row.update({k: _clean(v[i]) for k, v in measured.items()})
         out.append(row)
     return out
@@ -196,6 +229,7 @@ def run_sweep(
     *,
     settings: GenerationSettings | None = None,
     measure: Measure | None = None,
+    conditions: Mapping[str, Condition] | None = None,
     rank: int = 0,
     world: int = 1,
     progress_bar: bool = True,
@@ -212,6 +246,9 @@ def run_sweep(
             vectors, the decoding engine and the steerlens version (``sweep_salt``): a batch
             is read back from disk only when all of them are unchanged, else recomputed. A
             plain function is known by its name only: edits inside it are not detected.
+        conditions: name -> ``Condition`` for the cells whose gate names one
+            (``condition``, ``condition:NAME``, ``condition&first:4``); their rows add
+            ``projection`` and ``steered``.
         rank / world: this process and how many share the sweep (batch b runs on b mod world).
 
     Returns:
@@ -223,10 +260,12 @@ def run_sweep(
     table = prompts if isinstance(prompts, Mapping) else {p.prompt_id: p for p in prompts}
     if not 0 <= rank < world:
         raise ValueError(f"rank {rank} is not in [0, {world})")
-    _check(cells, table, vectors)
+    _check(cells, table, vectors, conditions)
     out = Path(out)
     (out / "parts").mkdir(parents=True, exist_ok=True)
-    salt = sweep_salt(model, vectors, measure)  # None: the default, named by the settings
+    salt = sweep_salt(
+        model, vectors, measure, conditions
+    )  # None: the default, named by the settings
     if measure is None:
         measure = standard_measures(batch_size=settings.batch_size, chat=settings.chat)
     batches = plan(cells, settings, salt)
@@ -242,7 +281,7 @@ def run_sweep(
     )
     desc = f"sweep {out.name}" + (f" [rank {rank}/{world}]" if world > 1 else "")
     for bid, batch in progress(todo, total=len(todo), description=desc, enabled=progress_bar):
-        rows = _run_batch(model, batch, table, vectors, settings, measure)
+        rows = _run_batch(model, batch, table, vectors, settings, measure, conditions)
         write_atomic(_part(out, bid), "".join(json.dumps(r) + "\n" for r in rows))
     return gather(out, cells, settings, salt) if world == 1 else None
 

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from steerlens.core.conditions import Condition
 from steerlens.core.models import HookedModel
 from steerlens.core.tokens import tokenize
 from steerlens.core.vectors import SteeringVector
@@ -116,6 +117,19 @@ def save_vectors(vectors: VectorTable, folder: Path) -> None:
             (folder / method).mkdir(parents=True, exist_ok=True)
             for user, vec in entry.items():
                 vec.save(folder / method / f"{user}.safetensors")
+
+
+def save_conditions(conditions: Mapping[str, Condition], folder: Path) -> None:
+    """Each condition as ``folder/conditions/NAME.safetensors``, beside the vectors."""
+    for name, cond in conditions.items():
+        cond.save(folder / "conditions" / f"{name}.safetensors")
+
+
+def load_conditions(folder: Path) -> dict[str, Condition]:
+    """The conditions ``save_conditions`` wrote under ``folder`` (none: empty)."""
+    return {
+        f.stem: Condition.load(f) for f in sorted((folder / "conditions").glob("*.safetensors"))
+    }
 
 
 def load_vectors(folder: Path, methods: Sequence[str]) -> dict[str, Any]:

@@ -23,16 +23,21 @@ Steps (``STEPS``):
    compared at equal side effect rather than at equal norm; the KL each calibrated vector
    reaches is reported on held-out neutral texts;
 5. ``gating`` at the operating α on the report prompts;
-6. ``mmlu``: zero-shot MMLU unsteered and steered at the operating α;
-7. ``token_effects``: SteerX's token effects scored against the simulated set's planted truth
+6. ``conditional``: a ``Condition`` learned on the selection prompts (where steering lowered
+   the toxicity error) gates every method; conditional vs unconditional steering on the
+   report prompts at the operating α and at equal neutral-text KL
+   (``steerlens.experiments.conditional``);
+7. ``mmlu``: zero-shot MMLU unsteered and steered at the operating α;
+8. ``token_effects``: SteerX's token effects scored against the simulated set's planted truth
    (smaller under ``quick``, labelled a smoke run);
-8. ``steerx``: SteerX vs all-history per backbone and on the pair-based backbone
+9. ``steerx``: SteerX vs all-history per backbone and on the pair-based backbone
    (``steerlens.experiments.steerx_compare``; reconstructed).
 
 Every tuned quantity is chosen on a selection split and reported on a disjoint report split
 (``results/splits.json``, ``summary["selection"]``): the operating α (the population vector's
 lowest MAE) on half the held-out prompts' users, reported on the other half; each user's
 calibrated α on the calibration texts, its KL reported on held-out neutral texts
+(likewise the condition's threshold and its equal-KL α)
 (``summary["kl_heldout"]``; unreached budgets listed in ``summary["calibration_unreached"]``
 and never swept); the token estimator and threshold (``token_effects``). Intervals resample
 users, then prompts within them, carry their n, and are withheld below 5 units;
@@ -59,7 +64,7 @@ from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from dataclasses import fields as dataclass_fields
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -69,6 +74,7 @@ from steerlens.core.hooks import steering
 from steerlens.core.models import HookedModel, default_layers, load_model
 from steerlens.data import load_mmlu, load_prism, neutral_texts
 from steerlens.data.prism import PrismDataset
+from steerlens.experiments.conditional import run_conditional
 from steerlens.experiments.config import RunSection, as_section
 from steerlens.experiments.headline import build_headline
 from steerlens.experiments.personalization import (
@@ -125,6 +131,7 @@ STEPS = (
     "side_effects",
     "calibrated",
     "gating",
+    "conditional",
     "mmlu",
     "token_effects",
     "steerx",
@@ -189,6 +196,8 @@ class DemoConfig:
     # population range on Llama-3.1-8B was likewise below 1: 0.3-0.6).
     alphas: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0, 1.5])
     gating_ks: list[int] = field(default_factory=lambda: [0, 1, 2, 4, 8, 16])
+    # the conditional step's condition: "mean-diff" or "logistic" (fit_condition's method)
+    condition_method: Literal["mean-diff", "logistic"] = "mean-diff"
     n_prompts: int = 48
     max_users: int | None = None
     held_out: float = 0.25
@@ -256,6 +265,10 @@ class DemoConfig:
             raise ValueError("side_effect_users must be >= 5 (or None: every user)")
         if any(k < 0 for k in self.gating_ks):
             raise ValueError("gating_ks must be >= 0")
+        if self.condition_method not in ("mean-diff", "logistic"):
+            raise ValueError(
+                f"condition_method must be 'mean-diff' or 'logistic', got {self.condition_method!r}"
+            )
 
 
 def _reported(
@@ -889,6 +902,28 @@ def _gating_step(job: _Job) -> dict[str, Any]:
     return {"gating": table.round(5).to_dict(orient="records")}
 
 
+def _conditional_step(job: _Job) -> dict[str, Any]:
+    cfg = job.cfg
+    return run_conditional(
+        job.model,
+        dose=job.need("dose"),
+        prompts=job.need("prompts"),
+        split=_alpha_split(job),
+        vectors=job.need("vectors"),
+        methods=cfg.methods,
+        alphas=cfg.alphas,
+        alpha=job.need("best_alpha"),
+        neutral=_neutral(job),
+        fit_pool={c.opening_prompt: c.category for c in job.ds.conversations.values()},
+        results=job.results,
+        settings=job.settings,
+        measure=standard_measures(job.gt, batch_size=cfg.run.batch_size),
+        condition_method=cfg.condition_method,
+        batch_size=cfg.run.batch_size,
+        seed=cfg.run.seed,
+    )
+
+
 def _mmlu_step(job: _Job) -> dict[str, Any]:
     cfg = job.cfg
     best_alpha, population = job.need("best_alpha"), job.need("vectors")["population"]
@@ -955,6 +990,7 @@ _STEP_FNS: dict[str, Callable[[_Job], dict[str, Any]]] = {
     "side_effects": _side_effects_step,
     "calibrated": _calibrated_step,
     "gating": _gating_step,
+    "conditional": _conditional_step,
     "mmlu": _mmlu_step,
     "token_effects": _token_effects_step,
     "steerx": _steerx_step,
@@ -975,6 +1011,10 @@ _RESULT_FILES = (
     "side_effects.csv",
     "calibrated.csv",
     "gating.csv",
+    "conditional.csv",
+    "conditional_by_category.csv",
+    "conditional_kl_search.csv",
+    "conditional_neutral_kl.csv",
     "mmlu.csv",
     "steerx_effects.json",
     "steerx_tokens.csv",
@@ -1016,6 +1056,8 @@ def study_key(cfg: DemoConfig) -> str:
     # and batch size at its top level
     if cfg.options == MethodOptions():
         del fields["options"]
+    if cfg.condition_method == "mean-diff":  # added later: the default keeps earlier keys
+        del fields["condition_method"]
     te = fields["token_effects"]
     te.update({k: v for k, v in te.pop("run").items() if k != "device"})
     return hashlib.sha1(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:12]

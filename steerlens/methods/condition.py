@@ -69,6 +69,7 @@ def fit_condition(
     batch_size: int = 16,
     engine: PassEngineName = "auto",
     progress_bar: bool = False,
+    threshold_on: tuple[Sequence[Prompt], Sequence[bool]] | None = None,
 ) -> Condition:
     """A ``Condition`` from prompts labelled True (steering helps there) or False.
 
@@ -83,9 +84,12 @@ def fit_condition(
             ``"logistic"`` (scikit-learn's L2 logistic regression on standardised
             activations, mapped back to a unit direction in the residual stream).
         soft: the condition's temperature (None: hard decisions).
+        threshold_on: other labelled prompts to choose the threshold on (e.g. the study's
+            selection prompts, with the direction fitted on many more training prompts);
+            default: the fitting prompts.
 
-    The threshold maximises balanced accuracy on these prompts (``choose_threshold``);
-    ``metadata`` records the method, the counts and that accuracy.
+    The threshold maximises balanced accuracy (``choose_threshold``) on ``threshold_on`` or
+    the fitting prompts; ``metadata`` records the method, the counts and that accuracy.
     """
     if method not in ("mean-diff", "logistic"):
         raise ValueError(f"method must be 'mean-diff' or 'logistic', got {method!r}")
@@ -108,11 +112,34 @@ def fit_condition(
     assert isinstance(acts, torch.Tensor)
     x = acts[:, 0].double().cpu().numpy()
     direction = _direction(x, y, method)
+    if threshold_on is not None:  # the same pooling, on the threshold's own prompts
+        t_prompts, t_labels = threshold_on
+        y = np.asarray([bool(v) for v in t_labels])
+        _check_labels(y, len(t_prompts))
+        t_acts = cache_activations(
+            model,
+            list(t_prompts),  # type: ignore[arg-type]
+            [layer],
+            hook=hook,
+            pool=pool,
+            chat=chat,
+            batch_size=batch_size,
+            engine=engine,
+            progress_bar=progress_bar,
+        )
+        assert isinstance(t_acts, torch.Tensor)
+        x = t_acts[:, 0].double().cpu().numpy()
     projections = x @ direction
     threshold = choose_threshold(projections, y)
     chosen = projections > threshold
     balanced = 0.5 * (chosen[y].mean() + (~chosen[~y]).mean())
-    logger.info("fit_condition (%s, layer %d): balanced accuracy %.3f", method, layer, balanced)
+    logger.info(
+        "fit_condition (%s, layer %d): balanced accuracy %.3f on the threshold's %d prompts",
+        method,
+        layer,
+        balanced,
+        len(y),
+    )
     return Condition(
         torch.from_numpy(direction).float(),
         int(layer),
@@ -123,9 +150,10 @@ def fit_condition(
         metadata={
             "method": method,
             "model_name": model_name(model),
-            "n_prompts": len(y),
-            "n_steer": int(y.sum()),
-            "fit_balanced_accuracy": round(float(balanced), 4),
+            "n_prompts": len(prompts),
+            "n_steer": int(sum(bool(v) for v in labels)),
+            "n_threshold_prompts": len(y),
+            "threshold_balanced_accuracy": round(float(balanced), 4),
         },
     )
 

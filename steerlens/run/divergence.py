@@ -28,9 +28,9 @@ from torch import Tensor
 
 from steerlens.core.batching import Batch, map_batches
 from steerlens.core.engines import Engine, PassEngineName, resolve_engine
-from steerlens.core.hooks import steering_hooks
+from steerlens.core.hooks import AnyGate, condition_state, steering_hooks
 from steerlens.core.models import HookedModel
-from steerlens.core.tokens import tokenize
+from steerlens.core.tokens import non_special_mask, tokenize
 from steerlens.core.vectors import SteeringVector
 
 __all__ = [
@@ -53,6 +53,10 @@ class Divergence:
     """Sum of ``-log p_steered(token_t | tokens_<t)`` over the text's tokens after the first."""
     n_tokens: int
     """Number of predicted tokens (the text's length minus one)."""
+    projection: float | None = None
+    """With a ``Condition`` gate: the text's projection on its direction (else None)."""
+    steered: bool | None = None
+    """With a ``Condition`` gate: whether the text was steered (projection above threshold)."""
 
     @property
     def ppl(self) -> float:
@@ -77,6 +81,7 @@ def steering_divergence(
     progress_bar: bool = False,
     engine: PassEngineName = "auto",
     reference: Sequence[Tensor] | None = None,
+    gate: AnyGate = "all",
 ) -> list[Divergence]:
     """Per text: the KL of the steered from the unsteered next-token distribution, and the
     text's log-likelihood under steering.
@@ -89,9 +94,12 @@ def steering_divergence(
         reference: per text, its unsteered log-probabilities ``[pos, vocab]``
             (``reference_logprobs``); then only the steered pass runs (a calibration reuses
             them at every step).
+        gate: every position is steered by default (``"all"``); a ``Condition`` steers only
+            the texts it selects, each read as a whole prompt (its non-special tokens
+            pooled), and the rows report ``projection`` and ``steered``.
 
-    Every position is steered (gate ``"all"``). Both passes run under whatever hooks are
-    already open, so "unsteered" means the model as the caller has it.
+    Both passes run under whatever hooks are already open, so "unsteered" means the model
+    as the caller has it.
     """
     ids = _ids(model, texts)
     n = len(ids)
@@ -107,7 +115,9 @@ def steering_divergence(
         raise ValueError(f"{len(reference)} reference rows for {n} texts")
     eng = resolve_engine(model, "hook_resid_post", engine)
     alphas = float(alpha) if isinstance(alpha, int | float) else [float(a) for a in alpha]
-    pairs = steering_hooks(model, vector, alphas)
+    pairs = steering_hooks(model, vector, alphas, gate)
+    state = condition_state(pairs)
+    pool = None if state is None else [non_special_mask(model, x) for x in ids]
 
     def run(batch: Batch) -> list[Divergence]:
         ref = None if reference is not None else _logprobs(eng, batch, [])
@@ -124,7 +134,16 @@ def steering_divergence(
             kl = (lp.exp() * (lp - lq)).sum(-1).clamp_min(0.0).mean()
             target = batch.enc.input_ids[row, 1:n_tok]
             nll = -lp[:-1].gather(-1, target[:, None]).sum()
-            rows.append(Divergence(float(kl), float(nll), int(n_tok) - 1))
+            proj = None if state is None else _projection(state, batch.rows[row])
+            rows.append(
+                Divergence(
+                    float(kl),
+                    float(nll),
+                    int(n_tok) - 1,
+                    proj,
+                    None if proj is None else proj > state.condition.threshold,  # type: ignore[union-attr]
+                )
+            )
         return rows
 
     with torch.inference_mode():
@@ -134,9 +153,15 @@ def steering_divergence(
             run,
             batch_size=batch_size,
             side="right",
+            pool_masks=pool,
             progress_bar=progress_bar,
             description="divergence",
         )
+
+
+def _projection(state: Any, row: int) -> float:
+    assert state.projections is not None
+    return float(state.projections[row])
 
 
 def _logprobs(eng: Engine, batch: Batch, hooks: list[Any]) -> Tensor:

@@ -222,6 +222,56 @@ def _steerx_claims(s: Mapping[str, Any]) -> list[dict[str, Any] | None]:
     return out
 
 
+def _conditional_claims(s: Mapping[str, Any], gt: str | None) -> list[dict[str, Any] | None]:
+    """Conditional minus unconditional steering of the population vector, paired by prompt:
+    toxicity MAE and utility at the operating α and at equal neutral-text KL; the share of
+    report prompts the condition steered."""
+    pop = (s.get("conditional") or {}).get("population") or {}
+    alphas = s.get("conditional_alphas") or {}
+    if not pop:
+        return []
+    at, eq = alphas.get("operating"), alphas.get("equal_kl")
+    rows = [
+        ("mae", f"at α = {_g(at)}", "toxicity MAE", ("higher (worse)", "lower (better)"), None),
+        ("utility_gain", f"at α = {_g(at)}", "utility gain", ("higher", "lower"), gt),
+        (
+            "mae_equal_kl",
+            f"at equal neutral-text KL (conditional α = {_g(eq)})",
+            "toxicity MAE",
+            ("higher (worse)", "lower (better)"),
+            None,
+        ),
+        (
+            "utility_gain_equal_kl",
+            f"at equal neutral-text KL (conditional α = {_g(eq)})",
+            "utility gain",
+            ("higher", "lower"),
+            gt,
+        ),
+    ]
+    out: list[dict[str, Any] | None] = [
+        claim(
+            f"Conditional minus unconditional steering (population vector) {where}: {what} "
+            "{word}, paired by prompt",
+            (pop.get(key) or {}).get("difference"),
+            truth=truth,
+            compare=words,
+        )
+        for key, where, what, words, truth in rows
+    ]
+    out.append(
+        claim(
+            "Share of report prompts the learned condition steered",
+            (s.get("conditional_steered_share") or {}).get("report_prompts"),
+        )
+    )
+    return out
+
+
+def _g(x: Any) -> str:
+    return "?" if x is None else f"{float(x):g}"
+
+
 def build_headline(s: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The headline entries the summary supports (a partial run gives fewer)."""
     gt = "simulated ground truth" if s.get("data_is_simulated") else None
@@ -231,6 +281,7 @@ def build_headline(s: Mapping[str, Any]) -> list[dict[str, Any]]:
         *_ppa_claims(s, gt),
         *_utility_claims(s, a, gt),
         *_side_effect_claims(s, a, gt),
+        *_conditional_claims(s, gt),
         *_token_claims(s),
         *_steerx_claims(s),
         claim(

@@ -193,6 +193,110 @@ def _gating_lines(s: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+_CONDITIONAL_MEASURES = {
+    "mae": "toxicity MAE at the operating α",
+    "utility_gain": "utility gain at the operating α",
+    "mae_equal_kl": "toxicity MAE at equal neutral-text KL",
+    "utility_gain_equal_kl": "utility gain at equal neutral-text KL",
+    "steered_share": "share of report prompts steered",
+    "neutral_kl": "KL on neutral text at the operating α (nats)",
+    "neutral_kl_equal_kl": "KL on neutral text at equal KL (nats)",
+}
+
+
+def conditional_verdict(s: Mapping[str, Any]) -> str:
+    """One sentence: did conditioning help the population vector, by the paired intervals of
+    its toxicity MAE and utility differences (``summary["conditional"]``)."""
+    entry = (s.get("conditional") or {}).get("population") or {}
+    if "skipped" in (s.get("conditional") or {}):
+        return f"The conditional step was skipped: {s['conditional']['skipped']}."
+    helped, hurt, open_ = [], [], []
+    for key, better in (
+        ("mae", -1),
+        ("utility_gain", 1),
+        ("mae_equal_kl", -1),
+        ("utility_gain_equal_kl", 1),
+    ):
+        diff = (entry.get(key) or {}).get("difference") or {}
+        iv = diff.get("interval")
+        name = _CONDITIONAL_MEASURES[key]
+        if diff.get("mean") is None:
+            continue
+        if iv is None or iv[0] <= 0 <= iv[1]:
+            open_.append(name)
+        elif (iv[0] > 0) == (better > 0):
+            helped.append(name)
+        else:
+            hurt.append(name)
+    parts = []
+    if helped:
+        parts.append("helped on " + ", ".join(helped))
+    if hurt:
+        parts.append("hurt on " + ", ".join(hurt))
+    if open_:
+        parts.append("made no detected difference on " + ", ".join(open_))
+    if not parts:
+        return "No conditional comparison was recorded."
+    return (
+        "Population vector, report prompts: conditioning "
+        + "; ".join(parts)
+        + " (paired 95 % intervals; a difference counts only where its interval excludes 0)."
+    )
+
+
+def _conditional_lines(s: Mapping[str, Any]) -> list[str]:
+    """Conditional vs unconditional steering per method and measure; empty without it."""
+    cond = s.get("conditional") or {}
+    if not cond:
+        return []
+    alphas = s.get("conditional_alphas") or {}
+    share = s.get("conditional_steered_share") or {}
+    lines = [
+        "## Conditional steering (a learned condition) vs steering every prompt",
+        "",
+        conditional_verdict(s),
+        "",
+    ]
+    if "skipped" in cond:
+        return lines
+    lines += [
+        f"Operating α {_num(alphas.get('operating'))}; equal-KL α of the conditional arm "
+        f"{_num(alphas.get('equal_kl'))} (chosen on other neutral texts). The condition "
+        f"steered {_cell(share.get('report_prompts'))} of the report prompts and "
+        f"{_cell(share.get('neutral_texts'))} of the neutral texts.",
+        "",
+    ]
+    lines += _table(
+        ["method", "measure", "conditional", "unconditional", "conditional − unconditional"],
+        (
+            [
+                m,
+                _CONDITIONAL_MEASURES.get(k, k),
+                _cell(v["conditional"]),
+                _cell(v["unconditional"]),
+                _cell(v["difference"]),
+            ]
+            for m, measures in cond.items()
+            for k, v in measures.items()
+        ),
+    )
+    by_cat = s.get("conditional_by_category") or {}
+    if by_cat:
+        lines += [
+            "ΔMAE % vs unsteered per category at the operating α (population vector; "
+            "point estimates):",
+            "",
+        ]
+        lines += _table(
+            ["category", "conditional", "unconditional", "n prompts"],
+            (
+                [c, _num(r.get("conditional")), _num(r.get("unconditional")), str(r.get("n"))]
+                for c, r in by_cat.items()
+            ),
+        )
+    return lines
+
+
 def _selectivity_lines(s: Mapping[str, Any]) -> list[str]:
     """The per-category ΔMAE % section (point estimates); empty without it."""
     by_cat = s.get("mae_change_pct_by_category") or {}
@@ -427,6 +531,7 @@ def summary_markdown(s: Mapping[str, Any], source: str = "results/summary.json")
         *_headline_numbers(s),
         *_dose_lines(s),
         *_gating_lines(s),
+        *_conditional_lines(s),
         *_selectivity_lines(s),
         *_utility_lines(s),
         *_side_effect_lines(s),

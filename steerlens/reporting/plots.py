@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "calibrated_curves",
+    "conditional_dose",
     "dataset_overview",
     "dose_response",
     "effect_heatmap",
@@ -344,6 +345,40 @@ def gating_curve(
         title or "Gating: steering the prompt and the first K generated tokens",
         export_width=1200,
     )
+
+
+def conditional_dose(table: pd.DataFrame, *, title: str | None = None) -> go.Figure:
+    """Conditional and unconditional dose-response side by side, one panel per prompt
+    category: ΔMAE % vs unsteered against α (``results/conditional_by_category.csv``:
+    category, alpha, arm, mae_change_pct, n)."""
+    from plotly.subplots import make_subplots
+
+    _need(table, ("category", "alpha", "arm", "mae_change_pct"), "conditional_dose")
+    cats = sorted(table["category"].unique())
+    fig = make_subplots(rows=1, cols=max(1, len(cats)), subplot_titles=cats, shared_yaxes=True)
+    styles = {"unconditional": ("#636efa", "solid"), "conditional": ("#ef553b", "dash")}
+    for col, cat in enumerate(cats, start=1):
+        for arm, (colour, dash) in styles.items():
+            part = table[(table["category"] == cat) & (table["arm"] == arm)].sort_values("alpha")
+            if part.empty:
+                continue
+            fig.add_trace(
+                go.Scatter(
+                    x=part["alpha"],
+                    y=part["mae_change_pct"],
+                    mode="lines+markers",
+                    name=arm,
+                    legendgroup=arm,
+                    showlegend=col == 1,
+                    line={"color": colour, "dash": dash},
+                ),
+                row=1,
+                col=col,
+            )
+        fig.add_hline(y=0, line={"color": "grey", "width": 1}, row=1, col=col)  # type: ignore[arg-type]
+    fig.update_xaxes(title_text="α")
+    fig.update_yaxes(title_text="ΔMAE % vs unsteered", row=1, col=1)
+    return _style(fig, title or "Conditional vs unconditional steering per category")
 
 
 def utility_by_group(table: pd.DataFrame, *, title: str | None = None) -> go.Figure:

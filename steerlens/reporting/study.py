@@ -18,9 +18,11 @@ from steerlens.data.prism import load_prism
 from steerlens.metrics.summaries import BASELINE
 from steerlens.reporting import plots
 from steerlens.reporting.headline import headline
+from steerlens.reporting.markdown import conditional_verdict
 from steerlens.reporting.page import write_report, write_user_card
 from steerlens.reporting.tables import (
     calibrated_view,
+    conditional_view,
     dose_view,
     gating_view,
     mmlu_view,
@@ -47,6 +49,8 @@ _STEP_OF = {
     "side_effects.csv": "side_effects",
     "calibrated.csv": "calibrated",
     "gating.csv": "gating",
+    "conditional.csv": "conditional",
+    "conditional_by_category.csv": "conditional",
     "mmlu.csv": "mmlu",
     "steerx_effects.json": "token_effects",
     "steerx_pr_curve.csv": "token_effects",
@@ -206,6 +210,18 @@ def _sweep_sections(res: _Results, where: str, best: Any, figs: _Figs, tables: _
             plots.gating_curve(gating, title=f"Gating at α={best:g} (population vector)"),
         )
         tables[f"Gating at the operating α = {best:g}"] = gating_view(gating)
+    by_cat, cond = res.csv("conditional_by_category.csv"), res.csv("conditional.csv")
+    if by_cat is not None:
+        figs["conditional"] = (
+            "Conditional vs unconditional steering",
+            plots.conditional_dose(
+                by_cat, title=f"Conditional vs unconditional · population vector · {where}"
+            ),
+        )
+    if cond is not None:
+        tables["Conditional vs unconditional steering on the report prompts (paired by prompt)"] = (
+            conditional_view(cond)
+        )
 
 
 def _preference_sections(res: _Results, best: Any, figs: _Figs, tables: _Tables) -> None:
@@ -355,7 +371,10 @@ def write_study_report(out: str | Path = ".") -> list[Path]:
         tables=tables,
         figures={heading: fig for heading, fig in figs.values()},
         generations=_generations(res),
-        notes=_notes(s, steps, data_label, simulated),
+        notes=[
+            *_notes(s, steps, data_label, simulated),
+            *([conditional_verdict(s)] if s.get("conditional") else []),
+        ],
         links=links,
         headline=headline(s),
     )

@@ -18,6 +18,7 @@ from steerlens.metrics.stats import MIN_CLUSTERS
 
 __all__ = [
     "calibrated_view",
+    "conditional_view",
     "dose_view",
     "est",
     "gating_view",
@@ -162,6 +163,24 @@ def gating_view(table: pd.DataFrame) -> pd.DataFrame:
         spec.append(_UTILITY)
     spec.append(_DEGENERATE)
     return _cols(table, spec)
+
+
+def conditional_view(table: pd.DataFrame) -> pd.DataFrame:
+    """``results/conditional.csv`` (method, measure, arm, mean, low, high, n, unit) as one row
+    per method and measure, the two arms and their paired difference side by side."""
+    rows = []
+    for (method, measure), part in table.groupby(["method", "measure"], sort=False):
+        arms = {r["arm"]: r for _, r in part.iterrows()}
+        row = {"method": method, "measure": measure}
+        for arm in ("conditional", "unconditional", "difference"):
+            r = arms.get(arm)
+            row[arm if arm != "difference" else "conditional − unconditional"] = (
+                "–"
+                if r is None
+                else est(r["mean"], r["low"], r["high"], n=r["n"], signed=arm == "difference")
+            )
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def ppa_view(table: pd.DataFrame) -> pd.DataFrame:

@@ -215,6 +215,8 @@ SUMMARY_KEYS = [
     "headline",
     "kl_heldout",
     "calibration_unreached",
+    "conditional",
+    "conditional_steered_share",
 ]
 
 # the summary's estimates: each {"mean", "interval" (None below 5 units), "n", "unit"}

@@ -7,8 +7,11 @@ import pandas as pd
 import pytest
 from helpers import ESTIMATE_KEYS, SUMMARY_KEYS
 
+import steerlens as sl
+from steerlens.experiments import conditional as conditional_mod
 from steerlens.experiments import demo as demo_mod
 from steerlens.experiments.demo import DemoConfig, run_demo
+from steerlens.experiments.splits import Split
 from steerlens.experiments.token_effects import TokenEffectsConfig
 from steerlens.reporting.study import write_study_report
 
@@ -36,7 +39,13 @@ def _check_splits(out, s):
     """Every tuned quantity has disjoint, non-empty selection and report ids in
     results/splits.json (and its second unit, users, disjoint too), and a selection entry."""
     splits = json.loads((out / "results" / "splits.json").read_text())
-    units = {"operating_alpha": "prompt", "token_estimator": "text", "kl_alpha": "text"}
+    units = {
+        "operating_alpha": "prompt",
+        "token_estimator": "text",
+        "kl_alpha": "text",
+        "condition_threshold": "prompt",
+        "conditional_equal_kl_alpha": "text",
+    }
     assert set(splits) == set(units)
     for quantity, unit in units.items():
         q = splits[quantity]
@@ -47,6 +56,41 @@ def _check_splits(out, s):
         sel = s["selection"][quantity]
         assert (sel["n_select"], sel["n_report"]) == (len(q["select"]), len(q["report"]))
     assert s["selection"]["operating_alpha"]["chosen"] == s["best_alpha"]
+    # the condition's threshold is chosen on the operating α's selection prompts
+    assert splits["condition_threshold"]["select"] == splits["operating_alpha"]["select"]
+
+
+def _check_conditional(out, s):
+    """The conditional step: its numbers recomputed from the sweeps' cells; a row the
+    condition left unsteered generated exactly the unsteered text, a steered row exactly the
+    unconditional one; the decisions are the saved condition's rule."""
+    results = out / "results"
+    dose = pd.read_parquet(results / "sweep" / "dose" / "cells.parquet")
+    cond = pd.read_parquet(results / "sweep" / "conditional" / "cells.parquet")
+    report = json.loads((results / "splits.json").read_text())["operating_alpha"]["report"]
+    assert set(cond["prompt_id"]) == set(report) and (cond["gate"] == "condition").all()
+    saved = sl.Condition.load(results / "vectors" / "conditions" / "condition.safetensors")
+    assert saved.threshold == pytest.approx(s["condition"]["threshold"])
+    assert (cond["steered"] == (cond["projection"] > saved.threshold)).all()
+    a = s["conditional_alphas"]["operating"]
+    assert a == s["best_alpha"] and s["conditional_alphas"]["equal_kl"] >= a
+    base = dose[dose["method"] == "none"].set_index("prompt_id")
+    for m in ("population", "dislike-weighted", "bradley-terry"):
+        c = cond[(cond["method"] == m) & (cond["alpha"] == a)].set_index("prompt_id")
+        u = dose[(dose["method"] == m) & (dose["alpha"] == a)].set_index("prompt_id").loc[c.index]
+        ref = np.where(c["steered"], u["generation"], base.loc[c.index, "generation"])
+        assert (c["generation"].to_numpy() == ref).all(), m
+        e = s["conditional"][m]
+        assert e["mae"]["difference"]["mean"] == pytest.approx(
+            (c["abs_error"] - u["abs_error"]).mean(), abs=1e-5
+        )
+        assert e["steered_share"]["conditional"]["mean"] == pytest.approx(c["steered"].mean())
+        assert e["mae"]["difference"]["n"] == c["user"].nunique()
+    share = s["conditional_steered_share"]["report_prompts"]
+    assert share == s["conditional"]["population"]["steered_share"]["conditional"]
+    kl = pd.read_csv(results / "conditional_neutral_kl.csv")
+    off = kl[(kl["arm"] == "conditional") & ~kl["steered"]]
+    assert (off["kl"] == 0.0).all()  # an unsteered text has no side effect at all
 
 
 def _every_estimate_has_n(node, path="summary"):
@@ -64,7 +108,17 @@ def _every_estimate_has_n(node, path="summary"):
             _every_estimate_has_n(v, f"{path}[{i}]")
 
 
-def test_demo_job_on_tiny_model_writes_results_figures_and_report(tmp_path):
+def test_demo_job_on_tiny_model_writes_results_figures_and_report(tmp_path, monkeypatch):
+    # the random model's toxicity hardly moves under steering, so no selection prompt is
+    # "helped": label every other one, so that the conditional step runs its whole course
+    monkeypatch.setattr(
+        conditional_mod,
+        "selection_labels",
+        lambda dose, select, alpha, method="population": (
+            {p: i % 2 == 0 for i, p in enumerate(sorted(select))},
+            "every other prompt (test)",
+        ),
+    )
     cfg = DemoConfig(
         **TINY,
         out=str(tmp_path),
@@ -85,6 +139,7 @@ def test_demo_job_on_tiny_model_writes_results_figures_and_report(tmp_path):
         f"{m} − population" for m in methods - {"population"}
     }
     _check_splits(tmp_path, s)
+    _check_conditional(tmp_path, s)
     steps = json.loads((tmp_path / "results" / "steps.json").read_text())
     assert list(steps) == list(demo_mod.STEPS)
     assert all(v["status"] == "done" for v in steps.values())
@@ -183,6 +238,7 @@ def test_demo_job_on_tiny_model_writes_results_figures_and_report(tmp_path):
         "utility_by_group",
         "dataset_overview",
         "calibrated",
+        "conditional",
         "steerx_pr",
         "steerx_tokens",
         "steerx_patching",
@@ -321,3 +377,51 @@ def test_an_unreachable_budget_is_listed_and_never_swept(tmp_path, monkeypatch):
     assert set(steered["kl_budget"]) == set(s["kl_budgets"]) - {1e4}
     assert all("10000" not in row for row in s["kl_heldout"].values())
     assert s["kl_budgets"][-1] == 1e4
+
+
+def test_conditional_labels_and_the_skip_when_nothing_separates():
+    """Labels from the selection prompts: a category helped on average labels its prompts;
+    one class everywhere skips the step with its reason (on the page too)."""
+    rows = []
+    for pid, cat, base, steered in (
+        ("a", "x", 0.5, 0.1),
+        ("b", "x", 0.5, 0.6),  # x's mean falls: both x prompts are True
+        ("c", "y", 0.2, 0.4),
+        ("d", "y", 0.2, 0.2),
+    ):
+        rows.append(
+            {
+                "method": "none",
+                "alpha": 0.0,
+                "gate": "all",
+                "prompt_id": pid,
+                "category": cat,
+                "abs_error": base,
+                "user": "u",
+            }
+        )
+        rows.append(
+            {
+                "method": "population",
+                "alpha": 1.0,
+                "gate": "all",
+                "prompt_id": pid,
+                "category": cat,
+                "abs_error": steered,
+                "user": "u",
+            }
+        )
+    dose = pd.DataFrame(rows)
+    labels, rule = conditional_mod.selection_labels(dose, ["a", "b", "c", "d"], 1.0)
+    assert labels == {"a": True, "b": True, "c": False, "d": False} and "category" in rule
+    labels, rule = conditional_mod.selection_labels(dose, ["a", "b"], 1.0)  # x only: per prompt
+    assert labels == {"a": True, "b": False} and "own" in rule
+    flat = dose.assign(abs_error=0.3)
+    out = conditional_mod.run_conditional(
+        None, dose=flat, prompts=[], split=Split(["a", "b", "c", "d"], ["e"], "prompt"), vectors={}, methods=[], alphas=[], alpha=1.0,
+        neutral=[], fit_pool={}, results=None, settings=None, measure=None,
+    )  # fmt: skip
+    assert "skipped" in out["conditional"] and out["conditional_steered_share"] is None
+    from steerlens.reporting.markdown import summary_markdown
+
+    assert "conditional step was skipped" in summary_markdown({"conditional": out["conditional"]})

@@ -435,3 +435,62 @@ def test_a_config_file_with_the_old_flat_keys_loads_into_the_sections(tmp_path, 
     (tmp_path / f"typo{suffix}").write_text(dump({**nested, "sead": 4}))
     with pytest.raises(ValueError, match=r"unknown options \['sead'\]"):
         SweepConfig.from_file(tmp_path / f"typo{suffix}")
+
+
+def test_a_condition_gate_by_name_steers_only_the_rows_it_selects(tiny_bridge, tmp_path):
+    """``gates: [condition]``: each row equals a single ``generate`` call with the condition;
+    its projection and decision are columns; the condition is part of every batch's name."""
+    vecs = _vectors(tiny_bridge)
+    d = torch.randn(tiny_bridge.cfg.d_model, generator=torch.Generator().manual_seed(8))
+    probe = sl.generate(
+        tiny_bridge,
+        [p.prompt for p in PROMPTS],
+        steering=vecs["pop"],
+        gate=sl.Condition(d, 1, 0.0),
+        max_new_tokens=1,
+        return_tokens=True,
+        progress_bar=False,
+    )
+    cut = sorted(probe.projections)[1] + 1e-3
+    conditions = {"condition": sl.Condition(d, 1, cut)}
+    cells = make_grid(PROMPTS, ["pop"], [6.0], ["condition", "condition&first:1"])
+    frame = run_sweep(
+        tiny_bridge,
+        cells,
+        PROMPTS,
+        vecs,
+        tmp_path,
+        settings=SETTINGS,
+        measure=_measure,
+        conditions=conditions,
+        progress_bar=False,
+    )
+    assert frame is not None
+    steered = frame[frame["method"] != BASELINE]
+    on = steered["steered"].astype(bool)
+    assert on.any() and not on.all()
+    assert (on == (steered["projection"] > cut)).all()
+    by_id = {p.prompt_id: p for p in PROMPTS}
+    for _, row in steered.iterrows():
+        position, _ = sl.core.conditions.parse_gate_name(row["gate"])
+        want = sl.generate(
+            tiny_bridge,
+            [by_id[row["prompt_id"]].prompt],
+            steering=vecs["pop"],
+            alpha=6.0,
+            gate=conditions["condition"] & position,
+            max_new_tokens=5,
+            progress_bar=False,
+        )
+        assert row["generation"] == want[0], row["key"]
+    base = frame[frame["method"] == BASELINE].set_index("prompt_id")["generation"]
+    off = steered[~on]
+    assert (off["generation"].to_numpy() == base.loc[off["prompt_id"]].to_numpy()).all()
+    other = {"condition": conditions["condition"].with_threshold(cut + 1.0)}
+    assert sweep_salt(tiny_bridge, vecs, _measure, conditions) != sweep_salt(
+        tiny_bridge, vecs, _measure, other
+    )
+    with pytest.raises(ValueError, match="names condition"):
+        run_sweep(tiny_bridge, cells, PROMPTS, vecs, tmp_path, settings=SETTINGS)
+    with pytest.raises(ValueError, match="add it to conditions"):
+        SweepConfig(gates=["condition"])

@@ -347,65 +347,34 @@ def run_conditional(
     population = vectors["population"]
     layer = min(population.layers)  # the condition runs before every steered layer
     held_out = {p.prompt for p in prompts}
-    pool = {t: c for t, c in fit_pool.items() if t not in held_out}
-    chosen = set(split.select)
     cond = fit_study_condition(
         model,
-        [p for p in prompts if p.prompt_id in chosen],
+        [p for p in prompts if p.prompt_id in set(split.select)],
         labels,
-        pool,
+        {t: c for t, c in fit_pool.items() if t not in held_out},
         layer,
         method=condition_method,
         batch_size=batch_size,
         seed=seed,
     )
-    shutil.rmtree(results / "vectors" / "conditions", ignore_errors=True)
-    save_conditions({"condition": cond}, results / "vectors")
-    record_selection(
-        results,
-        "condition_threshold",
-        split,
-        round(cond.threshold, 6),
-        criterion="highest balanced accuracy of 'projection > threshold' on the selection "
-        f"prompts, labelled True where {rule}; the direction from the data set's other "
-        "prompts, labelled by their category",
-        method=condition_method,
-        layer=layer,
-        n_labelled_true=int(sum(labels.values())),
-        n_fit_prompts=cond.metadata["n_prompts"],
-        balanced_accuracy=cond.metadata["threshold_balanced_accuracy"],
-    )
-    half = len(neutral) // 2
-    kl_select, kl_report = list(neutral[:half]), list(neutral[half:])
+    _record_condition(results, split, cond, labels, rule, condition_method, layer)
+    kl_select, kl_report = _halves(neutral)
     alpha_kl, search = equal_kl_alpha(
         model, population, cond, kl_select, alpha, batch_size=batch_size
     )
     search.to_csv(results / "conditional_kl_search.csv", index=False)
-    record_selection(
-        results,
-        "conditional_equal_kl_alpha",
-        Split(
-            [f"s{i}" for i in range(len(kl_select))],
-            [f"t{i}" for i in range(len(kl_report))],
-            "text",
-        ),
-        alpha_kl,
-        criterion="the largest α of the grid whose conditional mean KL on the selection "
-        f"neutral texts stays within the unconditional KL at α {alpha:g} (population vector)",
-        grid=[round(alpha * f, 6) for f in KL_FACTORS],
-    )
+    _record_equal_kl(results, len(kl_select), len(kl_report), alpha, alpha_kl)
     kl_rows = neutral_kl_rows(
         model, population, cond, kl_report, alpha, alpha_kl, batch_size=batch_size
     )
     kl_rows.to_csv(results / "conditional_neutral_kl.csv", index=False)
     report = set(split.report)
-    grid_alphas = sorted({float(a) for a in alphas if a > 0} | {alpha_kl})
-    cond_cells = run_sweep(
+    cond_cells = run_sweep(  # every method, each dose α and the equal-KL α: report prompts
         model,
         make_grid(
             [p for p in prompts if p.prompt_id in report],
             methods,
-            grid_alphas,
+            sorted({float(a) for a in alphas if a > 0} | {alpha_kl}),
             ["condition"],
             baseline=False,
         ),
@@ -423,26 +392,80 @@ def run_conditional(
     _flat(summary).to_csv(results / "conditional.csv", index=False)
     by_cat = conditional_by_category(dose_report, cond_cells)
     by_cat.to_csv(results / "conditional_by_category.csv", index=False)
-    at = by_cat[np.isclose(by_cat["alpha"], alpha)]
-    neutral_share = kl_rows[kl_rows["arm"] == "conditional"]
     return {
         "conditional": summary,
         "conditional_steered_share": {
             "report_prompts": summary["population"]["steered_share"]["conditional"],
             "neutral_texts": _estimate(
-                neutral_share["steered"].astype(float), neutral_share["text"], seed
+                kl_rows.loc[kl_rows["arm"] == "conditional", "steered"].astype(float),
+                kl_rows.loc[kl_rows["arm"] == "conditional", "text"],
+                seed,
             ).reported("text"),
             "selection_prompts_labelled_true": round(float(np.mean(list(labels.values()))), 5),
         },
         "conditional_alphas": {"operating": alpha, "equal_kl": alpha_kl},
-        "conditional_by_category": {
-            str(cat): {
-                arm: round(float(part.loc[part["arm"] == arm, "mae_change_pct"].iloc[0]), 3)
-                for arm in ("conditional", "unconditional")
-                if (part["arm"] == arm).any()
-            }
-            | {"n": int(part["n"].max())}
-            for cat, part in at.groupby("category")
-        },
+        "conditional_by_category": _by_category_keys(by_cat, alpha),
         "condition": {"layer": layer, "method": condition_method, **cond.describe()},
+    }
+
+
+def _record_equal_kl(
+    results: Path, n_select: int, n_report: int, alpha: float, alpha_kl: float
+) -> None:
+    record_selection(
+        results,
+        "conditional_equal_kl_alpha",
+        Split([f"s{i}" for i in range(n_select)], [f"t{i}" for i in range(n_report)], "text"),
+        alpha_kl,
+        criterion="the largest α of the grid whose conditional mean KL on the selection "
+        f"neutral texts stays within the unconditional KL at α {alpha:g} (population vector)",
+        grid=[round(alpha * f, 6) for f in KL_FACTORS],
+    )
+
+
+def _halves(texts: Sequence[str]) -> tuple[list[str], list[str]]:
+    """The neutral texts' selection half (the equal-KL α) and report half (the KL)."""
+    half = len(texts) // 2
+    return list(texts[:half]), list(texts[half:])
+
+
+def _record_condition(
+    results: Path,
+    split: Split,
+    cond: Condition,
+    labels: Mapping[str, bool],
+    rule: str,
+    condition_method: str,
+    layer: int,
+) -> None:
+    """Save the condition beside the vectors and record its threshold's selection."""
+    shutil.rmtree(results / "vectors" / "conditions", ignore_errors=True)
+    save_conditions({"condition": cond}, results / "vectors")
+    record_selection(
+        results,
+        "condition_threshold",
+        split,
+        round(cond.threshold, 6),
+        criterion="highest balanced accuracy of 'projection > threshold' on the selection "
+        f"prompts, labelled True where {rule}; the direction from the data set's other "
+        "prompts, labelled by their category",
+        method=condition_method,
+        layer=layer,
+        n_labelled_true=int(sum(labels.values())),
+        n_fit_prompts=cond.metadata["n_prompts"],
+        balanced_accuracy=cond.metadata["threshold_balanced_accuracy"],
+    )
+
+
+def _by_category_keys(by_cat: pd.DataFrame, alpha: float) -> dict[str, Any]:
+    """Per category at ``alpha``: both arms' ΔMAE % vs unsteered and the prompts' n."""
+    at = by_cat[np.isclose(by_cat["alpha"], alpha)]
+    return {
+        str(cat): {
+            arm: round(float(part.loc[part["arm"] == arm, "mae_change_pct"].iloc[0]), 3)
+            for arm in ("conditional", "unconditional")
+            if (part["arm"] == arm).any()
+        }
+        | {"n": int(part["n"].max())}
+        for cat, part in at.groupby("category")
     }

@@ -21,7 +21,13 @@ from torch import Tensor
 from steerlens.core.batching import Batch, map_batches
 from steerlens.core.conditions import split_gate
 from steerlens.core.engines import Engine, EngineName, resolve_engine
-from steerlens.core.hooks import AnyGate, condition_state, conditions_open, steering_hooks
+from steerlens.core.hooks import (
+    AnyGate,
+    HookPair,
+    condition_state,
+    conditions_open,
+    steering_hooks,
+)
 from steerlens.core.models import HookedModel, model_device
 from steerlens.core.tokens import Prompt, content_masks, encode_prompts
 from steerlens.core.vectors import SteeringVector
@@ -248,17 +254,28 @@ def generate(
     texts: list[str] = [str(tok.decode(t, skip_special_tokens=True)) for t in done]
     if not (return_tokens or return_logits):
         return texts
+    return _generation(texts, ids, results, own, return_logits)
+
+
+def _generation(
+    texts: list[str],
+    ids: list[Tensor],
+    results: list[tuple[Tensor, Tensor | None]],
+    own: list[HookPair],
+    return_logits: bool,
+) -> Generation:
+    """The ``Generation`` of a call: its tokens, logits, and its condition's decisions."""
     state = condition_state(own)
-    projections = None if state is None or state.projections is None else state.projections
+    projections = None if state is None else state.projections
     return Generation(
         texts=texts,
         prompt_ids=ids,
-        tokens=done,
+        tokens=[t for t, _ in results],
         logits=[lg for _, lg in results] if return_logits else None,  # type: ignore[misc]
         projections=None if projections is None else projections.tolist(),
         conditions=None
-        if projections is None
-        else (projections > state.condition.threshold).tolist(),  # type: ignore[union-attr]
+        if state is None or projections is None
+        else (projections > state.condition.threshold).tolist(),
     )
 
 

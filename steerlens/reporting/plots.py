@@ -350,7 +350,10 @@ def gating_curve(
 def conditional_dose(table: pd.DataFrame, *, title: str | None = None) -> go.Figure:
     """Conditional and unconditional dose-response side by side, one panel per prompt
     category: ΔMAE % vs unsteered against α (``results/conditional_by_category.csv``:
-    category, alpha, arm, mae_change_pct, n)."""
+    category, alpha, arm, mae_change_pct, n).
+
+    Example: ``sl.plots.conditional_dose(pd.read_csv("results/conditional_by_category.csv"))``
+    """
     from plotly.subplots import make_subplots
 
     _need(table, ("category", "alpha", "arm", "mae_change_pct"), "conditional_dose")

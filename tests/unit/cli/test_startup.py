@@ -63,7 +63,7 @@ def test_first_use_loads_what_it_needs():
 
 
 EXPECTED = {
-    "ActivationStore", "DEFAULT_MODEL", "FirstK", "Gate", "Generation", "HookedModel",
+    "ActivationStore", "Condition", "DEFAULT_MODEL", "FirstK", "Gate", "Generation", "HookedModel",
     "SteeringHandle", "SteeringVector", "__version__", "active_steering", "add_vector_hook",
     "cache_activations", "calibrate_alpha", "continuation_logprobs", "data", "default_layers",
     "encode_prompts", "evaluation", "generate", "hook_name", "load_model", "methods",

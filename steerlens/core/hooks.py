@@ -198,6 +198,7 @@ class ConditionState:
     def __init__(self, condition: Condition) -> None:
         self.condition = condition
         self._factor: Tensor | None = None
+        self._decided_for: RowContext | None = None  # the batch the factors belong to
         self.projections: Tensor | None = None
         self._counter = _PositionCounter()
 
@@ -221,7 +222,7 @@ class ConditionState:
         """Pool each row's prompt, project, decide; returns the factors (float32)."""
         proj = self.condition.project(pool_prompt(resid, self.condition.pool))
         self._factor = self.condition.weights(proj)
-        ctx = current_rows()
+        ctx = self._decided_for = current_rows()
         p = proj.detach().float().cpu()
         if ctx is None:
             self.projections = p
@@ -233,7 +234,11 @@ class ConditionState:
 
     def factor(self, batch: int, device: torch.device) -> Tensor:
         """The current prompt's factors ``[batch]`` (float32) on ``device``."""
-        if self._factor is None or self._factor.shape[0] != batch:
+        if (
+            self._factor is None
+            or self._factor.shape[0] != batch
+            or self._decided_for is not current_rows()
+        ):
             raise RuntimeError(
                 f"{self.condition!r} has not decided this batch: its hook point must run "
                 "before the steering it gates (steering_hooks checks this; hooks made by hand "
@@ -563,6 +568,9 @@ def steering(
     call (``generate``, ``cache_activations``, scoring) each value follows its prompt through
     sorting and batching; in your own forward calls, row ``i`` of the batch gets value ``i``.
     ``prompt_lengths`` serves your own single-pass scoring calls (see ``add_vector_hook``).
+    ``gate`` may be a ``Condition`` (alone or ``& FirstK(k)``): each prompt is steered only if
+    its pooled activation at the condition's point projects above the threshold; the handle's
+    ``condition`` holds the latest call's ``projections`` and ``decisions``.
 
     Registration happens inside TransformerLens ``model.hooks()``, which adds hooks inside
     ``try`` and removes exactly the ones it added in ``finally`` — on normal exit, on an

@@ -134,7 +134,7 @@ def fit_study_condition(
 
 def equal_kl_alpha(
     model: HookedModel,
-    vector: SteeringVector,
+    vectors: SteeringVector | Sequence[SteeringVector],
     condition: Condition,
     texts: Sequence[str],
     alpha: float,
@@ -142,28 +142,42 @@ def equal_kl_alpha(
     factors: Sequence[float] = KL_FACTORS,
     batch_size: int = 16,
 ) -> tuple[float, pd.DataFrame]:
-    """The largest ``alpha * factor`` whose conditional mean KL on ``texts`` is within the
-    unconditional mean KL at ``alpha``; and the search's table (α, mean KL, share steered)."""
+    """The largest ``alpha * factor`` whose conditional mean KL on ``texts`` (every text under
+    every one of ``vectors``: a method's users) stays within the unconditional mean KL at
+    ``alpha``; and the search's table (α, arm, mean KL, share steered, ``capped``: the grid's
+    largest α was chosen, so KL may stay below the target)."""
+    vecs = [vectors] if isinstance(vectors, SteeringVector) else list(vectors)
+    rows_v = [v for v in vecs for _ in texts]
+    rows_t = [t for _ in vecs for t in texts]
     ref = reference_logprobs(model, texts, batch_size=batch_size)
-    kw: dict[str, Any] = {"batch_size": batch_size, "reference": ref}
-    target = float(np.mean([d.kl for d in steering_divergence(model, texts, vector, alpha, **kw)]))
+    kw: dict[str, Any] = {"batch_size": batch_size, "reference": ref * len(vecs)}
+
+    def mean_kl(a: float, gate: Any) -> tuple[float, float]:
+        out = steering_divergence(model, rows_t, rows_v, a, gate=gate, **kw)
+        return float(np.mean([d.kl for d in out])), float(
+            np.mean([d.steered is not False for d in out])
+        )
+
+    target, _ = mean_kl(alpha, "all")
     rows = [{"alpha": alpha, "arm": "unconditional", "kl": target, "steered": 1.0}]
     chosen = alpha
     for f in sorted(factors):
-        a = alpha * f
-        out = steering_divergence(model, texts, vector, a, gate=condition, **kw)
-        kl = float(np.mean([d.kl for d in out]))
-        rows.append(
-            {
-                "alpha": a,
-                "arm": "conditional",
-                "kl": kl,
-                "steered": np.mean([bool(d.steered) for d in out]),
-            }
-        )
+        kl, steered = mean_kl(alpha * f, condition)
+        rows.append({"alpha": alpha * f, "arm": "conditional", "kl": kl, "steered": steered})
         if kl <= target * (1 + 1e-9):
-            chosen = max(chosen, a)
-    return chosen, pd.DataFrame(rows)
+            chosen = max(chosen, alpha * f)
+    table = pd.DataFrame(rows)
+    table["chosen"] = (table["arm"] == "conditional") & np.isclose(table["alpha"], chosen)
+    table["capped"] = bool(np.isclose(chosen, alpha * max(factors)))
+    return chosen, table
+
+
+def kl_vectors(entry: Any, users: Sequence[str], limit: int = 8) -> list[SteeringVector]:
+    """A method's vectors for the neutral-text KL: its one vector, or the first ``limit`` of
+    ``users`` (sorted) that have one."""
+    if isinstance(entry, SteeringVector):
+        return [entry]
+    return [entry[u] for u in sorted(users) if u in entry][:limit]
 
 
 def _estimate(values: pd.Series, users: pd.Series, seed: int) -> Estimate:
@@ -188,21 +202,22 @@ def conditional_summary(
     cond: pd.DataFrame,
     methods: Sequence[str],
     alpha: float,
-    alpha_kl: float,
+    alpha_kl: Mapping[str, float],
     *,
     seed: int = 0,
 ) -> dict[str, Any]:
     """Per method and measure, the conditional and unconditional arms and their paired
     difference on the report prompts (``dose``: the dose sweep's report cells; ``cond``:
     the conditional sweep's). Measures: ``mae`` and ``utility_gain`` at the operating α and
-    (``*_equal_kl``) with the conditional arm at the equal-KL α, and ``steered_share``."""
+    (``*_equal_kl``) with the conditional arm at the method's equal-KL α, and
+    ``steered_share`` (its difference: minus the share left unsteered)."""
     base = dose[dose["method"] == BASELINE].set_index("prompt_id")
     out: dict[str, Any] = {}
     for m in methods:
         u = _at(dose, m, alpha, "all")
         entry: dict[str, Any] = {}
-        for suffix, a in (("", alpha), ("_equal_kl", alpha_kl)):
-            c = _at(cond, m, a, "condition")
+        for suffix, a in (("", alpha), ("_equal_kl", alpha_kl.get(m))):
+            c = _at(cond, m, a, "condition") if a is not None else cond.iloc[:0]
             if c.empty or u.empty:
                 continue
             entry[f"mae{suffix}"] = _arms(c["abs_error"], u["abs_error"], u["user"], "user", seed)
@@ -219,10 +234,11 @@ def conditional_summary(
 
 
 def neutral_kl_summary(rows: pd.DataFrame, seed: int = 0) -> dict[str, Any]:
-    """The KL on the report half of the neutral texts (one row per text and arm), paired by
-    text: conditional at the operating α and at the equal-KL α against unconditional."""
-    wide = rows.pivot_table(index="text", columns="arm", values="kl")
-    texts = pd.Series(wide.index, index=wide.index)
+    """The KL on the report half of the neutral texts (a row per text, vector and arm), paired
+    by text and vector, resampled by text: conditional at the operating α and at the equal-KL
+    α against unconditional."""
+    wide = rows.pivot_table(index=["text", "vector"], columns="arm", values="kl")
+    texts = pd.Series(wide.index.get_level_values("text"), index=wide.index)
     out = {}
     for key, arm in (
         ("neutral_kl", "conditional"),
@@ -230,6 +246,23 @@ def neutral_kl_summary(rows: pd.DataFrame, seed: int = 0) -> dict[str, Any]:
     ):
         if arm in wide:
             out[key] = _arms(wide[arm], wide["unconditional"], texts, "text", seed)
+    return out
+
+
+def category_differences(
+    dose: pd.DataFrame, cond: pd.DataFrame, alpha: float, method: str = "population", seed: int = 0
+) -> dict[str, Any]:
+    """Per prompt category at ``alpha``: both arms' toxicity MAE and their paired difference
+    (conditional − unconditional by prompt, resampled by user then prompt)."""
+    u, c = _at(dose, method, alpha, "all"), _at(cond, method, alpha, "condition")
+    out = {}
+    for cat, part in u.groupby("category"):
+        ids = part.index.intersection(c.index)
+        if len(ids):
+            out[str(cat)] = _arms(
+                c.loc[ids, "abs_error"], part.loc[ids, "abs_error"], part.loc[ids, "user"],
+                "user", seed,
+            )  # fmt: skip
     return out
 
 
@@ -261,7 +294,7 @@ def conditional_by_category(
 
 def neutral_kl_rows(
     model: HookedModel,
-    vector: SteeringVector,
+    vectors: Sequence[SteeringVector],
     condition: Condition,
     texts: Sequence[str],
     alpha: float,
@@ -269,24 +302,29 @@ def neutral_kl_rows(
     *,
     batch_size: int = 16,
 ) -> pd.DataFrame:
-    """Per text (``t0``, ``t1``, ...): the KL of unconditional steering at ``alpha`` and of
-    conditional steering at ``alpha`` and ``alpha_kl``, and whether the condition steered it."""
-    ref = reference_logprobs(model, texts, batch_size=batch_size)
+    """Per text (``t0``, ``t1``, ...) and vector (``v0``, ...): the KL of unconditional
+    steering at ``alpha`` and of conditional steering at ``alpha`` and ``alpha_kl``, and
+    whether the condition steered it."""
+    rows_v = [v for v in vectors for _ in texts]
+    rows_t = [t for _ in vectors for t in texts]
+    ref = reference_logprobs(model, texts, batch_size=batch_size) * len(vectors)
     kw: dict[str, Any] = {"batch_size": batch_size, "reference": ref}
     runs = {
-        "unconditional": steering_divergence(model, texts, vector, alpha, **kw),
-        "conditional": steering_divergence(model, texts, vector, alpha, gate=condition, **kw),
+        "unconditional": steering_divergence(model, rows_t, rows_v, alpha, **kw),
+        "conditional": steering_divergence(model, rows_t, rows_v, alpha, gate=condition, **kw),
         "conditional_equal_kl": steering_divergence(
-            model, texts, vector, alpha_kl, gate=condition, **kw
+            model, rows_t, rows_v, alpha_kl, gate=condition, **kw
         ),
     }
+    n = len(texts)
     return pd.DataFrame(
         [
             {
-                "text": f"t{i}",
+                "text": f"t{i % n}",
+                "vector": f"v{i // n}",
                 "arm": arm,
                 "kl": d.kl,
-                "steered": True if d.steered is None else d.steered,
+                "steered": d.steered is not False,
             }
             for arm, rows in runs.items()
             for i, d in enumerate(rows)
@@ -336,7 +374,9 @@ def run_conditional(
     batch_size: int = 16,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """The whole step (see the module docstring); writes ``results/conditional*.csv``, the
+    """The whole step (see the module docstring). ``fit_pool`` (text → category) must hold
+    no text of the report users (the demo passes the other users' opening prompts); the
+    held-out prompts are dropped from it here. Writes ``results/conditional*.csv``, the
     condition (``results/vectors/conditions/condition.safetensors``) and the conditional
     sweep (``results/sweep/conditional``); returns the summary keys."""
     labels, rule = selection_labels(dose, split.select, alpha)
@@ -358,26 +398,90 @@ def run_conditional(
         seed=seed,
     )
     _record_condition(results, split, cond, labels, rule, condition_method, layer)
-    kl_select, kl_report = _halves(neutral)
-    alpha_kl, search = equal_kl_alpha(
-        model, population, cond, kl_select, alpha, batch_size=batch_size
-    )
-    search.to_csv(results / "conditional_kl_search.csv", index=False)
-    _record_equal_kl(results, len(kl_select), len(kl_report), alpha, alpha_kl)
-    kl_rows = neutral_kl_rows(
-        model, population, cond, kl_report, alpha, alpha_kl, batch_size=batch_size
-    )
-    kl_rows.to_csv(results / "conditional_neutral_kl.csv", index=False)
     report = set(split.report)
-    cond_cells = run_sweep(  # every method, each dose α and the equal-KL α: report prompts
+    report_users = sorted({p.user_id for p in prompts if p.prompt_id in report})
+    alpha_kl, kl_rows = _equal_kl(
+        model, vectors, methods, report_users, cond, neutral, alpha, results, batch_size
+    )
+    cond_cells = _conditional_cells(
         model,
-        make_grid(
-            [p for p in prompts if p.prompt_id in report],
-            methods,
-            sorted({float(a) for a in alphas if a > 0} | {alpha_kl}),
-            ["condition"],
-            baseline=False,
+        [p for p in prompts if p.prompt_id in report],
+        prompts,
+        vectors,
+        {m: sorted({float(a) for a in alphas if a > 0} | {alpha_kl[m]}) for m in methods},
+        cond,
+        results,
+        settings,
+        measure,
+    )
+    dose_report = dose[dose["prompt_id"].isin(report)]
+    summary = conditional_summary(dose_report, cond_cells, methods, alpha, alpha_kl, seed=seed)
+    for m in methods:
+        summary[m].update(neutral_kl_summary(kl_rows[kl_rows["method"] == m], seed))
+    _flat(summary).to_csv(results / "conditional.csv", index=False)
+    by_cat = conditional_by_category(dose_report, cond_cells)
+    by_cat.to_csv(results / "conditional_by_category.csv", index=False)
+    pop_kl = kl_rows[(kl_rows["method"] == "population") & (kl_rows["arm"] == "conditional")]
+    search = pd.read_csv(results / "conditional_kl_search.csv")
+    chosen = search[search["chosen"]].set_index("method")
+    return {
+        "conditional": summary,
+        "conditional_steered_share": {
+            "report_prompts": summary["population"]["steered_share"]["conditional"],
+            "neutral_texts": _estimate(
+                pop_kl["steered"].astype(float), pop_kl["text"], seed
+            ).reported("text"),
+            "selection_prompts_labelled_true": round(float(np.mean(list(labels.values()))), 5),
+            # a prompt's projection varies by its batch's padding in the last bits: prompts
+            # steered in some of their cells and not in others
+            "prompts_decided_both_ways": int(
+                (cond_cells.groupby("prompt_id")["steered"].nunique() > 1).sum()
+            ),
+        },
+        "conditional_alphas": {
+            "operating": alpha,
+            "equal_kl": alpha_kl,
+            "equal_kl_capped": {m: bool(chosen.loc[m, "capped"]) for m in methods},
+            "equal_kl_selection_kl": {m: round(float(chosen.loc[m, "kl"]), 6) for m in methods},
+            "equal_kl_target": {
+                m: round(
+                    float(
+                        search[(search["method"] == m) & (search["arm"] == "unconditional")][
+                            "kl"
+                        ].iloc[0]
+                    ),
+                    6,
+                )
+                for m in methods
+            },
+        },
+        "conditional_by_category": _by_category_keys(
+            by_cat, alpha, category_differences(dose_report, cond_cells, alpha, seed=seed)
         ),
+        "condition": {"layer": layer, "method": condition_method, **cond.describe()},
+    }
+
+
+def _conditional_cells(
+    model: HookedModel,
+    report: Sequence[SweepPrompt],
+    prompts: Sequence[SweepPrompt],
+    vectors: Mapping[str, Any],
+    alphas: Mapping[str, Sequence[float]],
+    cond: Condition,
+    results: Path,
+    settings: GenerationSettings,
+    measure: Measure,
+) -> pd.DataFrame:
+    """The conditional sweep on the report prompts: each method at its α values."""
+    cells = [
+        cell
+        for m, grid in alphas.items()
+        for cell in make_grid(report, [m], grid, ["condition"], baseline=False)
+    ]
+    frame = run_sweep(
+        model,
+        cells,
         prompts,
         vectors,
         results / "sweep" / "conditional",
@@ -385,40 +489,56 @@ def run_conditional(
         measure=measure,
         conditions={"condition": cond},
     )
-    assert cond_cells is not None
-    dose_report = dose[dose["prompt_id"].isin(report)]
-    summary = conditional_summary(dose_report, cond_cells, methods, alpha, alpha_kl, seed=seed)
-    summary.setdefault("population", {}).update(neutral_kl_summary(kl_rows, seed))
-    _flat(summary).to_csv(results / "conditional.csv", index=False)
-    by_cat = conditional_by_category(dose_report, cond_cells)
-    by_cat.to_csv(results / "conditional_by_category.csv", index=False)
-    return {
-        "conditional": summary,
-        "conditional_steered_share": {
-            "report_prompts": summary["population"]["steered_share"]["conditional"],
-            "neutral_texts": _estimate(
-                kl_rows.loc[kl_rows["arm"] == "conditional", "steered"].astype(float),
-                kl_rows.loc[kl_rows["arm"] == "conditional", "text"],
-                seed,
-            ).reported("text"),
-            "selection_prompts_labelled_true": round(float(np.mean(list(labels.values()))), 5),
-        },
-        "conditional_alphas": {"operating": alpha, "equal_kl": alpha_kl},
-        "conditional_by_category": _by_category_keys(by_cat, alpha),
-        "condition": {"layer": layer, "method": condition_method, **cond.describe()},
-    }
+    assert frame is not None
+    return frame
+
+
+def _equal_kl(
+    model: HookedModel,
+    vectors: Mapping[str, Any],
+    methods: Sequence[str],
+    users: Sequence[str],
+    cond: Condition,
+    neutral: Sequence[str],
+    alpha: float,
+    results: Path,
+    batch_size: int,
+) -> tuple[dict[str, float], pd.DataFrame]:
+    """Per method, its equal-KL α (on the selection half of the neutral texts, its users'
+    vectors) and the KL rows on the report half; writes both tables."""
+    kl_select, kl_report = _halves(neutral)
+    alpha_kl: dict[str, float] = {}
+    searches, rows = [], []
+    for m in methods:
+        vecs = kl_vectors(vectors[m], users)
+        alpha_kl[m], search = equal_kl_alpha(
+            model, vecs, cond, kl_select, alpha, batch_size=batch_size
+        )
+        searches.append(search.assign(method=m))
+        kl = neutral_kl_rows(
+            model, vecs, cond, kl_report, alpha, alpha_kl[m], batch_size=batch_size
+        )
+        rows.append(kl.assign(method=m))
+    pd.concat(searches, ignore_index=True).to_csv(
+        results / "conditional_kl_search.csv", index=False
+    )
+    kl_rows = pd.concat(rows, ignore_index=True)
+    kl_rows.to_csv(results / "conditional_neutral_kl.csv", index=False)
+    _record_equal_kl(results, len(kl_select), len(kl_report), alpha, alpha_kl)
+    return alpha_kl, kl_rows
 
 
 def _record_equal_kl(
-    results: Path, n_select: int, n_report: int, alpha: float, alpha_kl: float
+    results: Path, n_select: int, n_report: int, alpha: float, alpha_kl: Mapping[str, float]
 ) -> None:
     record_selection(
         results,
         "conditional_equal_kl_alpha",
         Split([f"s{i}" for i in range(n_select)], [f"t{i}" for i in range(n_report)], "text"),
-        alpha_kl,
-        criterion="the largest α of the grid whose conditional mean KL on the selection "
-        f"neutral texts stays within the unconditional KL at α {alpha:g} (population vector)",
+        dict(alpha_kl),
+        criterion="per method, the largest α of the grid whose conditional mean KL on the "
+        f"selection neutral texts (its report users' vectors) stays within its unconditional "
+        f"KL at α {alpha:g}",
         grid=[round(alpha * f, 6) for f in KL_FACTORS],
     )
 
@@ -447,8 +567,9 @@ def _record_condition(
         split,
         round(cond.threshold, 6),
         criterion="highest balanced accuracy of 'projection > threshold' on the selection "
-        f"prompts, labelled True where {rule}; the direction from the data set's other "
-        "prompts, labelled by their category",
+        f"prompts, labelled True where {rule}; the direction from the opening prompts of the "
+        "set's other conversations (the caller's fit pool: in the demo, users outside the "
+        "report split; never a held-out prompt), labelled by their category",
         method=condition_method,
         layer=layer,
         n_labelled_true=int(sum(labels.values())),
@@ -457,8 +578,11 @@ def _record_condition(
     )
 
 
-def _by_category_keys(by_cat: pd.DataFrame, alpha: float) -> dict[str, Any]:
-    """Per category at ``alpha``: both arms' ΔMAE % vs unsteered and the prompts' n."""
+def _by_category_keys(
+    by_cat: pd.DataFrame, alpha: float, differences: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Per category at ``alpha``: both arms' ΔMAE % vs unsteered (points), the prompts' n, and
+    the paired MAE difference (conditional − unconditional) with its interval."""
     at = by_cat[np.isclose(by_cat["alpha"], alpha)]
     return {
         str(cat): {
@@ -466,6 +590,6 @@ def _by_category_keys(by_cat: pd.DataFrame, alpha: float) -> dict[str, Any]:
             for arm in ("conditional", "unconditional")
             if (part["arm"] == arm).any()
         }
-        | {"n": int(part["n"].max())}
+        | {"n": int(part["n"].max()), "mae": differences.get(str(cat))}
         for cat, part in at.groupby("category")
     }

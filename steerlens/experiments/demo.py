@@ -903,18 +903,23 @@ def _gating_step(job: _Job) -> dict[str, Any]:
 
 
 def _conditional_step(job: _Job) -> dict[str, Any]:
-    cfg = job.cfg
+    cfg, split = job.cfg, _alpha_split(job)
+    report_users = set(split.extra["users"]["report"])  # none of their text fits the condition
     return run_conditional(
         job.model,
         dose=job.need("dose"),
         prompts=job.need("prompts"),
-        split=_alpha_split(job),
+        split=split,
         vectors=job.need("vectors"),
         methods=cfg.methods,
         alphas=cfg.alphas,
         alpha=job.need("best_alpha"),
         neutral=_neutral(job),
-        fit_pool={c.opening_prompt: c.category for c in job.ds.conversations.values()},
+        fit_pool={
+            c.opening_prompt: c.category
+            for c in job.ds.conversations.values()
+            if c.user_id not in report_users
+        },
         results=job.results,
         settings=job.settings,
         measure=standard_measures(job.gt, batch_size=cfg.run.batch_size),

@@ -230,7 +230,9 @@ def _conditional_claims(s: Mapping[str, Any], gt: str | None) -> list[dict[str, 
     alphas = s.get("conditional_alphas") or {}
     if not pop:
         return []
-    at, eq = alphas.get("operating"), alphas.get("equal_kl")
+    at, eq = alphas.get("operating"), (alphas.get("equal_kl") or {}).get("population")
+    if (alphas.get("equal_kl_capped") or {}).get("population"):  # KL not matched: no claim
+        pop = {k: v for k, v in pop.items() if not k.endswith("_equal_kl")}
     rows = [
         ("mae", f"at α = {_g(at)}", "toxicity MAE", ("higher (worse)", "lower (better)"), None),
         ("utility_gain", f"at α = {_g(at)}", "utility gain", ("higher", "lower"), gt),

@@ -207,10 +207,12 @@ _CONDITIONAL_MEASURES = {
 def conditional_verdict(s: Mapping[str, Any]) -> str:
     """One sentence: did conditioning help the population vector, by the paired intervals of
     its toxicity MAE and utility differences (``summary["conditional"]``)."""
-    entry = (s.get("conditional") or {}).get("population") or {}
-    if "skipped" in (s.get("conditional") or {}):
-        return f"The conditional step was skipped: {s['conditional']['skipped']}."
-    helped, hurt, open_ = [], [], []
+    cond = s.get("conditional") or {}
+    if "skipped" in cond:
+        return f"The conditional step was skipped: {cond['skipped']}."
+    entry = cond.get("population") or {}
+    capped = ((s.get("conditional_alphas") or {}).get("equal_kl_capped") or {}).get("population")
+    found: dict[str, list[str]] = {"helped": [], "hurt": [], "open": [], "few": []}
     for key, better in (
         ("mae", -1),
         ("utility_gain", 1),
@@ -219,28 +221,35 @@ def conditional_verdict(s: Mapping[str, Any]) -> str:
     ):
         diff = (entry.get(key) or {}).get("difference") or {}
         iv = diff.get("interval")
-        name = _CONDITIONAL_MEASURES[key]
-        if diff.get("mean") is None:
+        if diff.get("mean") is None or (capped and key.endswith("_equal_kl")):
             continue
-        if iv is None or iv[0] <= 0 <= iv[1]:
-            open_.append(name)
-        elif (iv[0] > 0) == (better > 0):
-            helped.append(name)
+        if iv is None:
+            kind = "few"
+        elif iv[0] <= 0 <= iv[1]:
+            kind = "open"
         else:
-            hurt.append(name)
-    parts = []
-    if helped:
-        parts.append("helped on " + ", ".join(helped))
-    if hurt:
-        parts.append("hurt on " + ", ".join(hurt))
-    if open_:
-        parts.append("made no detected difference on " + ", ".join(open_))
+            kind = "helped" if (iv[0] > 0) == (better > 0) else "hurt"
+        found[kind].append(_CONDITIONAL_MEASURES[key])
+    words = {
+        "helped": "helped on ",
+        "hurt": "hurt on ",
+        "open": "made no detected difference on ",
+        "few": "had too few users to tell on ",
+    }
+    parts = [words[k] + ", ".join(v) for k, v in found.items() if v]
     if not parts:
         return "No conditional comparison was recorded."
+    note = (
+        " The equal-KL α reached the top of its grid with the KL still below the target, so "
+        "no equal-KL comparison is made."
+        if capped
+        else ""
+    )
     return (
         "Population vector, report prompts: conditioning "
         + "; ".join(parts)
         + " (paired 95 % intervals; a difference counts only where its interval excludes 0)."
+        + note
     )
 
 
@@ -259,10 +268,12 @@ def _conditional_lines(s: Mapping[str, Any]) -> list[str]:
     ]
     if "skipped" in cond:
         return lines
+    eq = alphas.get("equal_kl") or {}
+    eq_text = ", ".join(f"{m} {_num(a)}" for m, a in eq.items())
     lines += [
-        f"Operating α {_num(alphas.get('operating'))}; equal-KL α of the conditional arm "
-        f"{_num(alphas.get('equal_kl'))} (chosen on other neutral texts). The condition "
-        f"steered {_cell(share.get('report_prompts'))} of the report prompts and "
+        f"Operating α {_num(alphas.get('operating'))}; the conditional arm's equal-KL α per "
+        f"method: {eq_text} (chosen on other neutral texts). The condition steered "
+        f"{_cell(share.get('report_prompts'))} of the report prompts and "
         f"{_cell(share.get('neutral_texts'))} of the neutral texts.",
         "",
     ]
@@ -283,14 +294,20 @@ def _conditional_lines(s: Mapping[str, Any]) -> list[str]:
     by_cat = s.get("conditional_by_category") or {}
     if by_cat:
         lines += [
-            "ΔMAE % vs unsteered per category at the operating α (population vector; "
-            "point estimates):",
+            "Per category at the operating α (population vector): ΔMAE % vs unsteered (points) "
+            "and the paired MAE difference with its interval:",
             "",
         ]
         lines += _table(
-            ["category", "conditional", "unconditional", "n prompts"],
+            ["category", "conditional", "unconditional", "n prompts", "MAE, cond. − uncond."],
             (
-                [c, _num(r.get("conditional")), _num(r.get("unconditional")), str(r.get("n"))]
+                [
+                    c,
+                    _num(r.get("conditional")),
+                    _num(r.get("unconditional")),
+                    str(r.get("n")),
+                    _cell((r.get("mae") or {}).get("difference")),
+                ]
                 for c, r in by_cat.items()
             ),
         )

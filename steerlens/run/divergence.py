@@ -113,9 +113,9 @@ def steering_divergence(
         return []
     if reference is not None and len(reference) != n:
         raise ValueError(f"{len(reference)} reference rows for {n} texts")
-    eng = resolve_engine(model, "hook_resid_post", engine)
     alphas = float(alpha) if isinstance(alpha, int | float) else [float(a) for a in alpha]
     pairs = steering_hooks(model, vector, alphas, gate)
+    eng = resolve_engine(model, "hook_resid_post", engine, pairs=pairs)
     state = condition_state(pairs)
     pool = None if state is None else [non_special_mask(model, x) for x in ids]
 

@@ -24,6 +24,7 @@ from steerlens.core.engines import Engine, EngineName, resolve_engine
 from steerlens.core.hooks import (
     AnyGate,
     HookPair,
+    active_steering,
     condition_state,
     conditions_open,
     steering_hooks,
@@ -254,10 +255,11 @@ def generate(
     texts: list[str] = [str(tok.decode(t, skip_special_tokens=True)) for t in done]
     if not (return_tokens or return_logits):
         return texts
-    return _generation(texts, ids, results, own, return_logits)
+    return _generation(model, texts, ids, results, own, return_logits)
 
 
 def _generation(
+    model: HookedModel,
     texts: list[str],
     ids: list[Tensor],
     results: list[tuple[Tensor, Tensor | None]],
@@ -265,7 +267,8 @@ def _generation(
     return_logits: bool,
 ) -> Generation:
     """The ``Generation`` of a call: its tokens, logits, and its condition's decisions."""
-    state = condition_state(own)
+    # the call's own condition, else one of an open steering() block
+    state = condition_state(own) or condition_state(active_steering(model))
     projections = None if state is None else state.projections
     return Generation(
         texts=texts,

@@ -38,8 +38,14 @@ def resolve_engine(
     ``DecodingError`` where it would run, and ``"auto"`` routes around a refused fast path
     with a logged notice. Generation may also ask for ``"compiled"``
     (``steerlens.core.engines.compiled``), which ``"auto"`` takes on CUDA; ``pairs`` are the
-    call's own steering hooks, which it runs as data.
+    call's own steering hooks, which it runs as data (a pair at a point the fast path cannot
+    reach takes the place of ``hook``).
     """
+    # a pair at a point the fast path cannot reach (e.g. a condition or a vector at
+    # hook_resid_mid) decides, whatever ``hook`` the caller named
+    hook = next(
+        (h for h in (str(n).rsplit(".", 1)[-1] for n, _ in pairs) if h not in FAST_HOOKS), hook
+    )
     if engine not in ENGINES or (engine == "compiled" and not decoding):
         allowed = ENGINES if decoding else PASS_ENGINES
         raise ValueError(f"engine must be one of {', '.join(map(repr, allowed))}, got {engine!r}")

@@ -24,8 +24,15 @@ ENGINES = ["tl", "hf", "compiled"]
 
 
 def _gen(model, engine, **kw):
+    """Generate on ``engine``; on "compiled", the compiled step itself must have decoded
+    (not the eager fast path a blocked or failed compile falls back to)."""
     kw = {"max_new_tokens": 6, "return_logits": True, "progress_bar": False, **kw}
-    return sl.generate(model, ALL_PROMPTS, engine=engine, **kw)
+    steps, fallbacks = engine_stats().compiled_steps, engine_stats().eager_fallbacks
+    out = sl.generate(model, ALL_PROMPTS, engine=engine, **kw)
+    if engine == "compiled":
+        assert engine_stats().compiled_steps > steps
+        assert engine_stats().eager_fallbacks == fallbacks
+    return out
 
 
 def _direction(model, seed=3):
@@ -91,17 +98,41 @@ def test_engines_agree_on_decisions_and_tokens(tiny):
         assert_close_impl(torch.tensor(runs[e].projections), torch.tensor(runs["tl"].projections))
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("pool", ["mean", "last"])
-def test_projections_are_the_pooled_prompt_activation_on_the_direction(tiny, pool):
+def test_projections_are_the_pooled_prompt_activation_on_the_direction(tiny, pool, engine):
     """The same pooling as ``cache_activations`` (content tokens for "mean", the last token
-    for "last"): projections match, decisions are exactly ``projection > threshold``."""
+    for "last"), left-padded in sorted batches of 2: projections match, decisions are exactly
+    ``projection > threshold``."""
     d = _direction(tiny)
     cond = sl.Condition(d, 2, 0.0, pool=pool)
-    out = _gen(tiny, "hf", steering=_vector(tiny, layer=3), gate=cond)
+    out = _gen(tiny, engine, steering=_vector(tiny, layer=3), gate=cond, batch_size=2)
     acts = sl.cache_activations(tiny, ALL_PROMPTS, [2], pool=pool, progress_bar=False)
     want = cond.project(acts[:, 0])
     assert_close_impl(torch.tensor(out.projections), want)
     assert out.conditions == [p > 0.0 for p in out.projections]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_condition_in_an_open_block_gates_generate(tiny, engine):
+    """A conditioned ``sl.steering`` block (carried onto the fast path and into the compiled
+    engine's slots) steers what ``generate`` runs, alone and under the call's own vector;
+    ``Generation`` reports the block's decisions when the call has no condition of its own."""
+    vec, other, d = _vector(tiny), _vector(tiny, layer=3, seed=7), _direction(tiny)
+    with sl.steering(tiny, vec, alpha=2.0, gate=sl.Condition(d, 2, 0.0)) as h:
+        probe = _gen(tiny, engine)
+    assert probe.projections == h.condition.projections.tolist()
+    cond = sl.Condition(d, 2, _split_threshold(probe.projections))
+    with sl.steering(tiny, vec, alpha=2.0, gate=cond):
+        out = _gen(tiny, engine)
+        both = _gen(tiny, engine, steering=other, alpha=1.5)
+    _assert_rows(out, _gen(tiny, engine, steering=vec, alpha=2.0), _gen(tiny, engine))
+    with sl.steering(tiny, vec, alpha=2.0):
+        above = _gen(tiny, engine, steering=other, alpha=1.5)
+    below = _gen(tiny, engine, steering=other, alpha=1.5)
+    assert both.conditions == out.conditions
+    _assert_rows(both, above, below)
+    assert no_hooks_left(tiny)
 
 
 @pytest.mark.parametrize("engine", ENGINES)
@@ -145,6 +176,10 @@ def test_single_pass_scoring_under_a_conditioned_block(tiny):
     with sl.steering(tiny, vec, alpha=2.0, gate=sl.Condition(d, 2, threshold)) as h:
         got = score()
         on = h.condition.decisions.tolist()
+        projections = h.condition.projections
+    # the prompt's content tokens are pooled, never the continuation's
+    acts = sl.cache_activations(tiny, ALL_PROMPTS, [2], pool="mean", progress_bar=False)
+    assert_close_impl(projections, sl.Condition(d, 2, threshold).project(acts[:, 0]))
     assert any(on) and not all(on)
     for i, flag in enumerate(on):
         assert torch.equal(got[i], (steered if flag else plain)[i]), i
@@ -178,12 +213,20 @@ def test_bad_conditions_are_errors_before_any_work(tiny):
         (sl.Condition(d, 99, 0.0), "no hook point"),  # a layer the model lacks
         (sl.Condition(torch.ones(7), 2, 0.0), "d_model 7"),
         (sl.Condition(d, 3, 0.0), "runs before it"),  # read after the steering at layer 2
+        (sl.Condition(d, 2, 0.0, hook="hook_resid_post"), None),  # the same point: fine
     ):
+        if match is None:
+            sl.generate(tiny, ["hi"], steering=vec, gate=bad, max_new_tokens=1)
+            continue
         with pytest.raises(ValueError, match=match):
             sl.generate(tiny, ["hi"], steering=vec, gate=bad, progress_bar=False)
         with pytest.raises(ValueError, match=match), sl.steering(tiny, vec, gate=bad):
             pass
     assert no_hooks_left(tiny)
+    pre = sl.SteeringVector({2: vec.directions[2]}, hook="hook_resid_pre")
+    with pytest.raises(ValueError, match="runs before it"):  # block 2's input, then its output
+        sl.generate(tiny, ["hi"], steering=pre, gate=sl.Condition(d, 2, 0.0), progress_bar=False)
+    sl.generate(tiny, ["hi"], steering=vec, gate=sl.Condition(d, 2, 0.0, hook="hook_resid_pre"))
     with pytest.raises(ValueError, match="steering vector"):
         sl.generate(tiny, ["hi"], gate=sl.Condition(d, 2, 0.0), progress_bar=False)
 

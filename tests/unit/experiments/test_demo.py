@@ -73,7 +73,16 @@ def _check_conditional(out, s):
     assert saved.threshold == pytest.approx(s["condition"]["threshold"])
     assert (cond["steered"] == (cond["projection"] > saved.threshold)).all()
     a = s["conditional_alphas"]["operating"]
-    assert a == s["best_alpha"] and s["conditional_alphas"]["equal_kl"] >= a
+    assert a == s["best_alpha"]
+    # each method's equal-KL α: the search's choice on the selection half of the texts
+    search = pd.read_csv(results / "conditional_kl_search.csv")
+    chosen = search[search["chosen"]].set_index("method")["alpha"].to_dict()
+    assert s["conditional_alphas"]["equal_kl"] == pytest.approx(chosen)
+    for m, alpha_kl in chosen.items():
+        part = search[(search["method"] == m) & (search["arm"] == "conditional")]
+        target = search[(search["method"] == m) & (search["arm"] == "unconditional")]["kl"]
+        assert (part[part["alpha"] <= alpha_kl]["kl"] <= float(target.iloc[0]) + 1e-9).all()
+        assert s["conditional_alphas"]["equal_kl_capped"][m] == (alpha_kl == part["alpha"].max())
     base = dose[dose["method"] == "none"].set_index("prompt_id")
     for m in ("population", "dislike-weighted", "bradley-terry"):
         c = cond[(cond["method"] == m) & (cond["alpha"] == a)].set_index("prompt_id")
@@ -91,6 +100,14 @@ def _check_conditional(out, s):
     kl = pd.read_csv(results / "conditional_neutral_kl.csv")
     off = kl[(kl["arm"] == "conditional") & ~kl["steered"]]
     assert (off["kl"] == 0.0).all()  # an unsteered text has no side effect at all
+    for m in ("population", "dislike-weighted", "bradley-terry"):
+        rows = kl[kl["method"] == m].pivot_table(
+            index=["text", "vector"], columns="arm", values="kl"
+        )
+        assert s["conditional"][m]["neutral_kl"]["difference"]["mean"] == pytest.approx(
+            (rows["conditional"] - rows["unconditional"]).mean(), abs=1e-5
+        )
+    assert set(s["conditional_by_category"]) == set(cond["category"])
 
 
 def _every_estimate_has_n(node, path="summary"):

@@ -98,27 +98,12 @@ def fit_condition(
     if layer is None:
         layers = default_layers(model)
         layer = layers[len(layers) // 2]
-    acts = cache_activations(
-        model,
-        list(prompts),  # type: ignore[arg-type]
-        [layer],
-        hook=hook,
-        pool=pool,
-        chat=chat,
-        batch_size=batch_size,
-        engine=engine,
-        progress_bar=progress_bar,
-    )
-    assert isinstance(acts, torch.Tensor)
-    x = acts[:, 0].double().cpu().numpy()
-    direction = _direction(x, y, method)
-    if threshold_on is not None:  # the same pooling, on the threshold's own prompts
-        t_prompts, t_labels = threshold_on
-        y = np.asarray([bool(v) for v in t_labels])
-        _check_labels(y, len(t_prompts))
-        t_acts = cache_activations(
+
+    def pooled(texts: Sequence[Prompt]) -> np.ndarray:
+        """``[n, d_model]`` float64: the texts pooled as the condition pools at run time."""
+        acts = cache_activations(
             model,
-            list(t_prompts),  # type: ignore[arg-type]
+            list(texts),  # type: ignore[arg-type]
             [layer],
             hook=hook,
             pool=pool,
@@ -127,8 +112,16 @@ def fit_condition(
             engine=engine,
             progress_bar=progress_bar,
         )
-        assert isinstance(t_acts, torch.Tensor)
-        x = t_acts[:, 0].double().cpu().numpy()
+        assert isinstance(acts, torch.Tensor)
+        return acts[:, 0].double().cpu().numpy()  # type: ignore[no-any-return]
+
+    x = pooled(prompts)
+    direction = _direction(x, y, method)
+    if threshold_on is not None:  # the same pooling, on the threshold's own prompts
+        t_prompts, t_labels = threshold_on
+        y = np.asarray([bool(v) for v in t_labels])
+        _check_labels(y, len(t_prompts))
+        x = pooled(t_prompts)
     projections = x @ direction
     threshold = choose_threshold(projections, y)
     chosen = projections > threshold

@@ -20,6 +20,9 @@ engine runs the same plain HF model (bound to the same weights) differently:
   so a sweep compiles a few graphs. Each (slots, batch bucket) has its own twin, buffers and
   compiled step, kept for the process: compilation is paid once (``engine_stats`` reports
   it) and amortised over every later call.
+* **Conditions as a reader slot.** A ``Condition``'s reader hook becomes a slot that, while
+  the prompt runs eagerly, decides each row and multiplies the α buffer of the slots it gates
+  in place; in the compiled step it does nothing. A new condition never recompiles.
 * **The prompt runs eagerly** through the same twin and buffers (its length varies); the
   one-token steps run compiled. On a GPU the compiled step is replayed as a CUDA graph
   (``mode="reduce-overhead"``).

@@ -18,13 +18,13 @@ from jaxtyping import Int
 from torch import Tensor
 
 from steerlens.core._progress import progress
-from steerlens.core.hooks import batch_rows
+from steerlens.core.hooks import HookPair, batch_rows, conditions_open
 from steerlens.core.models import HookedModel
-from steerlens.core.tokens import Encoded, pad
+from steerlens.core.tokens import Encoded, Prompt, content_masks, non_special_mask, pad
 
 T = TypeVar("T")
 
-__all__ = ["Batch", "map_batches", "token_budget"]
+__all__ = ["Batch", "condition_masks", "map_batches", "token_budget"]
 
 
 @dataclass(frozen=True)
@@ -100,6 +100,26 @@ def map_batches(
             filled[i] = True
     assert all(filled)
     return out  # type: ignore[return-value]
+
+
+def condition_masks(
+    model: HookedModel,
+    ids: Sequence[Int[Tensor, " pos"]],
+    prompts: Sequence[Prompt] | None = None,
+    *,
+    pairs: Sequence[HookPair] = (),
+    chat: bool | None = None,
+    system: str | None = None,
+) -> list[Tensor] | None:
+    """Per input, the tokens a ``Condition`` averages (``map_batches(pool_masks=)``), as
+    ``cache_activations`` pools them: the content tokens of ``prompts`` (the texts ``ids``
+    were encoded from), else the non-special tokens; None when no condition acts on the call
+    (in ``pairs`` or an open ``steering()`` block), so nothing is computed."""
+    if not ids or not conditions_open(model, pairs):
+        return None
+    if prompts is None:
+        return [non_special_mask(model, x) for x in ids]
+    return content_masks(model, prompts, ids, chat=chat, system=system)
 
 
 def _prompt_positions(

@@ -10,7 +10,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from steerlens.core.batching import Batch
+from steerlens.core.batching import Batch, condition_masks
 from steerlens.core.engines import Engine, PassEngineName, resolve_engine
 from steerlens.core.hook_names import hook_name
 from steerlens.core.models import HookedModel, default_layers
@@ -171,6 +171,10 @@ def cache_activations(
         batch_size=batch_size,
         max_tokens=max_tokens,
         sort=sink is None,  # sorting by length wastes less padding
+        # under an open conditioned steering() block: what its Condition pools
+        pool_masks=condition_masks(
+            model, run_ids, _texts(inputs, unique, are_texts), chat=use_chat
+        ),
         progress_bar=progress_bar,
         description="cache",
     )
@@ -183,6 +187,11 @@ def cache_activations(
         assert r is not None
         done.append(r if owner[i] == i else r.clone())  # a copy: rows never alias
     return done if pool == "none" else torch.stack(done)
+
+
+def _texts(inputs: Sequence[object], unique: Sequence[int], are_texts: bool) -> list[str] | None:
+    """The texts of the inputs run (None for token ids)."""
+    return [str(inputs[i]) for i in unique] if are_texts else None
 
 
 def _layers(model: HookedModel, layers: Sequence[int] | None) -> list[int]:

@@ -26,11 +26,11 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from steerlens.core.batching import Batch, map_batches
+from steerlens.core.batching import Batch, condition_masks, map_batches
 from steerlens.core.engines import Engine, PassEngineName, resolve_engine
-from steerlens.core.hooks import AnyGate, condition_state, steering_hooks
+from steerlens.core.hooks import AnyGate, ConditionState, condition_state, steering_hooks
 from steerlens.core.models import HookedModel
-from steerlens.core.tokens import non_special_mask, tokenize
+from steerlens.core.tokens import tokenize
 from steerlens.core.vectors import SteeringVector
 
 __all__ = [
@@ -117,7 +117,7 @@ def steering_divergence(
     pairs = steering_hooks(model, vector, alphas, gate)
     eng = resolve_engine(model, "hook_resid_post", engine, pairs=pairs)
     state = condition_state(pairs)
-    pool = None if state is None else [non_special_mask(model, x) for x in ids]
+    pool = condition_masks(model, ids, pairs=pairs)  # each text read as a whole prompt
 
     def run(batch: Batch) -> list[Divergence]:
         ref = None if reference is not None else _logprobs(eng, batch, [])
@@ -159,7 +159,7 @@ def steering_divergence(
         )
 
 
-def _projection(state: Any, row: int) -> float:
+def _projection(state: ConditionState, row: int) -> float:
     assert state.projections is not None
     return float(state.projections[row])
 

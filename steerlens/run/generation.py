@@ -18,7 +18,7 @@ from typing import Literal, overload
 import torch
 from torch import Tensor
 
-from steerlens.core.batching import Batch, map_batches
+from steerlens.core.batching import Batch, condition_masks, map_batches
 from steerlens.core.conditions import split_gate
 from steerlens.core.engines import Engine, EngineName, resolve_engine
 from steerlens.core.hooks import (
@@ -26,11 +26,10 @@ from steerlens.core.hooks import (
     HookPair,
     active_steering,
     condition_state,
-    conditions_open,
     steering_hooks,
 )
 from steerlens.core.models import HookedModel, model_device
-from steerlens.core.tokens import Prompt, content_masks, encode_prompts
+from steerlens.core.tokens import Prompt, encode_prompts
 from steerlens.core.vectors import SteeringVector
 
 __all__ = ["Generation", "generate"]
@@ -212,12 +211,7 @@ def generate(
     )
     hook = str(own[0][0]).rsplit(".", 1)[-1] if own else "hook_resid_post"
     ids = encode_prompts(model, prompts, chat=chat, system=system, response_prefix=response_prefix)
-    # a Condition pools each prompt's content tokens, as cache_activations pools them
-    pool = (
-        content_masks(model, prompts, ids, chat=chat, system=system)
-        if (conditions_open(model, own))
-        else None
-    )
+    pool = condition_masks(model, ids, prompts, pairs=own, chat=chat, system=system)
     eos = _eos_ids(model) if stop_at_eos else []
     gen = torch.Generator(device=model_device(model))
     if seed is not None:

@@ -16,11 +16,10 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from steerlens.core.batching import Batch
+from steerlens.core.batching import Batch, condition_masks
 from steerlens.core.engines import Engine, PassEngineName
-from steerlens.core.hooks import conditions_open
 from steerlens.core.models import HookedModel
-from steerlens.core.tokens import Prompt, content_masks, encode_prompts, tokenize
+from steerlens.core.tokens import Prompt, encode_prompts, tokenize
 from steerlens.run.passes import forward_batches
 
 __all__ = ["continuation_logprobs", "ids_logprobs"]
@@ -65,12 +64,8 @@ def continuation_logprobs(
             tails.append(torch.zeros(0, dtype=torch.long))
         else:
             tails.append(tokenize(model, [str(c)], add_special_tokens=False)[0])
-    # an open block with a Condition pools each prompt's content tokens, as cache_activations
-    masks = (
-        content_masks(model, prompts, heads, chat=chat, system=system)
-        if (heads and conditions_open(model))
-        else None
-    )
+    # an open block's Condition pools each prompt's content tokens, as cache_activations does
+    masks = condition_masks(model, heads, prompts, chat=chat, system=system)
     return ids_logprobs(
         model,
         heads,
@@ -100,7 +95,7 @@ def ids_logprobs(
     hook is active (open ``sl.steering()`` blocks are carried onto it). Batches hold at most
     ``batch_size`` rows and ``max_tokens`` padded tokens (0: ``token_budget(model)``; None:
     rows only). ``prompt_masks``: per prompt, the tokens an open block's ``Condition``
-    pools (default: every prompt token).
+    pools (default: its non-special tokens, ``condition_masks``).
     """
     if len(prompt_ids) != len(continuation_ids):
         raise ValueError(f"{len(prompt_ids)} prompts but {len(continuation_ids)} continuations")
@@ -114,6 +109,8 @@ def ids_logprobs(
     # per-row values of an open steering() block index the caller's inputs one to one.
     ids = [torch.cat([h, t]) for h, t in zip(heads, tails, strict=True)]
     prompt_lengths = [int(h.numel()) for h in heads]
+    if prompt_masks is None:
+        prompt_masks = condition_masks(model, heads)
     pool = None
     if prompt_masks is not None:
         if len(prompt_masks) != len(heads):

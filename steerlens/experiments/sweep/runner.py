@@ -263,9 +263,8 @@ def run_sweep(
     _check(cells, table, vectors, conditions)
     out = Path(out)
     (out / "parts").mkdir(parents=True, exist_ok=True)
-    salt = sweep_salt(
-        model, vectors, measure, conditions
-    )  # None: the default, named by the settings
+    # measure None: the default, named by the settings
+    salt = sweep_salt(model, vectors, measure, conditions)
     if measure is None:
         measure = standard_measures(batch_size=settings.batch_size, chat=settings.chat)
     batches = plan(cells, settings, salt)

@@ -285,3 +285,14 @@ def test_divergence_steers_only_the_texts_the_condition_selects(tiny):
     for r, f in zip(rows, full, strict=True):
         assert r.kl == (f.kl if r.steered else 0.0)
     assert math.isfinite(rows[0].projection)
+
+
+def test_cache_activations_under_a_conditioned_block_pools_as_it_pools_itself(tiny):
+    """Inside a conditioned block, ``cache_activations``' own passes are prompts too: the
+    condition reads each text's content tokens, the same mean it returns outside the block."""
+    d = _direction(tiny)
+    acts = sl.cache_activations(tiny, ALL_PROMPTS, [2], pool="mean", progress_bar=False)
+    with sl.steering(tiny, _vector(tiny, layer=3), gate=sl.Condition(d, 2, 0.0)) as h:
+        sl.cache_activations(tiny, ALL_PROMPTS, [3], pool="mean", progress_bar=False)
+        projections = h.condition.projections
+    assert_close_impl(projections, sl.Condition(d, 2, 0.0).project(acts[:, 0]))

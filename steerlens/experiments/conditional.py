@@ -10,10 +10,15 @@ against steering every prompt.
    helped on the selection prompts; read at the vectors' earliest layer (it must run before
    the steering it gates), mean-pooled over the content tokens. Its threshold maximises
    balanced accuracy on the labelled selection prompts.
-3. **Equal side effect**: the neutral texts are halved; on the selection half, the largest α
-   of a grid (the operating α times ``KL_FACTORS``) whose conditional mean KL stays within
-   the unconditional mean KL at the operating α (population vector). The KL is reported on
-   the other half.
+3. **Equal side effect**: the neutral texts are halved (at least ``MIN_NEUTRAL_SELECT`` a
+   side); on the selection half, the largest α of a grid (the operating α times
+   ``KL_FACTORS``) whose conditional mean KL stays within the method's unconditional mean KL
+   at the operating α. The grid keeps only α inside the swept, non-degenerate range
+   (``nondegenerate_limit``: no swept α up to it has more than ``DEGENERATE_MAX`` of the
+   method's unconditional generations on the selection prompts degenerate); the operating α
+   is always in it. The KL is reported on the other half, and the "equal KL" comparison is
+   claimed only where that held-out ratio, conditional over unconditional, lies within
+   ``KL_RATIO_BAND`` (``kl_matched``); elsewhere it is withheld and the ratio shown.
 4. **The comparison, on the report prompts**: every method steered with the condition at each
    dose α and at the equal-KL α, against the dose sweep's unconditional cells; paired by
    prompt, resampled by user then prompt.
@@ -43,18 +48,27 @@ from steerlens.experiments.sweep import (
     save_conditions,
 )
 from steerlens.methods.condition import fit_condition
+from steerlens.metrics.preference import utility_gain
 from steerlens.metrics.stats import Estimate, cluster_estimate
-from steerlens.metrics.summaries import BASELINE, selectivity_table
+from steerlens.metrics.summaries import BASELINE, degenerate_flags, selectivity_table
+from steerlens.metrics.token_truth import text_id
 from steerlens.run.divergence import reference_logprobs, steering_divergence
 
 __all__ = [
+    "DEGENERATE_MAX",
     "FIT_PROMPTS",
     "KL_FACTORS",
+    "KL_RATIO_BAND",
+    "MIN_NEUTRAL_SELECT",
+    "arm_agreement",
     "conditional_by_category",
     "conditional_summary",
     "equal_kl_alpha",
     "fit_study_condition",
+    "heldout_kl_ratio",
+    "kl_matched",
     "neutral_kl_rows",
+    "nondegenerate_limit",
     "run_conditional",
     "selection_labels",
 ]
@@ -64,6 +78,13 @@ FIT_PROMPTS = 256
 """At most this many of the data set's other prompts fit the condition's direction."""
 KL_FACTORS = (1.0, 1.5, 2.0, 3.0, 4.0)
 """The α grid of the equal-KL search, as multiples of the operating α."""
+MIN_NEUTRAL_SELECT = 8
+"""The equal-KL α is chosen on at least this many neutral texts (and reported on as many)."""
+DEGENERATE_MAX = 0.5
+"""An α whose unconditional generations are more than this share degenerate (or any α above
+such a swept α) is out of the equal-KL search."""
+KL_RATIO_BAND = (0.9, 1.1)
+"""The held-out KL ratio (conditional over unconditional) that keeps the words "at equal KL"."""
 ARMS = ("conditional", "unconditional", "difference")
 
 
@@ -140,12 +161,14 @@ def equal_kl_alpha(
     alpha: float,
     *,
     factors: Sequence[float] = KL_FACTORS,
+    limit: float = float("inf"),
     batch_size: int = 16,
 ) -> tuple[float, pd.DataFrame]:
-    """The largest ``alpha * factor`` whose conditional mean KL on ``texts`` (every text under
-    every one of ``vectors``: a method's users) stays within the unconditional mean KL at
-    ``alpha``; and the search's table (α, arm, mean KL, share steered, ``capped``: the grid's
-    largest α was chosen, so KL may stay below the target)."""
+    """The largest ``alpha * factor`` (at most ``limit``, and ``alpha`` itself always) whose
+    conditional mean KL on ``texts`` (every text under every one of ``vectors``: a method's
+    users) stays within the unconditional mean KL at ``alpha``; and the search's table (α,
+    arm, mean KL, share steered, ``admissible``: within ``limit``, else not run and KL empty;
+    ``capped``: the largest admissible α was chosen, so KL may stay below the target)."""
     vecs = [vectors] if isinstance(vectors, SteeringVector) else list(vectors)
     rows_v = [v for v in vecs for _ in texts]
     rows_t = [t for _ in vecs for t in texts]
@@ -159,16 +182,24 @@ def equal_kl_alpha(
         )
 
     target, _ = mean_kl(alpha, "all")
-    rows = [{"alpha": alpha, "arm": "unconditional", "kl": target, "steered": 1.0}]
+    rows: list[dict[str, Any]] = [
+        {"alpha": alpha, "arm": "unconditional", "kl": target, "steered": 1.0, "admissible": True}
+    ]
+    grid = sorted({alpha, *(alpha * f for f in factors)})
+    top = max([a for a in grid if a <= limit * (1 + 1e-9)] + [alpha])
     chosen = alpha
-    for f in sorted(factors):
-        kl, steered = mean_kl(alpha * f, condition)
-        rows.append({"alpha": alpha * f, "arm": "conditional", "kl": kl, "steered": steered})
+    for a in grid:
+        if a > top * (1 + 1e-9):  # above the swept, non-degenerate range: not run
+            rows.append({"alpha": a, "arm": "conditional", "kl": np.nan, "admissible": False})
+            continue
+        kl, steered = mean_kl(a, condition)
+        row = {"alpha": a, "arm": "conditional", "kl": kl, "steered": steered}
+        rows.append(row | {"admissible": True})
         if kl <= target * (1 + 1e-9):
-            chosen = max(chosen, alpha * f)
+            chosen = max(chosen, a)
     table = pd.DataFrame(rows)
     table["chosen"] = (table["arm"] == "conditional") & np.isclose(table["alpha"], chosen)
-    table["capped"] = bool(np.isclose(chosen, alpha * max(factors)))
+    table["capped"] = bool(np.isclose(chosen, top))
     return chosen, table
 
 
@@ -178,6 +209,83 @@ def kl_vectors(entry: Any, users: Sequence[str], limit: int = 8) -> list[Steerin
     if isinstance(entry, SteeringVector):
         return [entry]
     return [entry[u] for u in sorted(users) if u in entry][:limit]
+
+
+def nondegenerate_limit(
+    dose: pd.DataFrame, select: Sequence[str], method: str, alphas: Sequence[float]
+) -> tuple[float, dict[str, float]]:
+    """The top of ``method``'s swept, non-degenerate α range: the largest swept α such that
+    no swept α up to it has more than ``DEGENERATE_MAX`` of the method's unconditional
+    generations degenerate (the dose sweep's ``degenerate`` column, on the ``select`` prompts
+    only); and each swept α's degenerate share. 0.0 where the smallest nonzero α already is
+    degenerate; the largest swept α where nothing is (or no cell says)."""
+    part = dose[
+        (dose["method"] == method)
+        & (dose["gate"] == "all")
+        & dose["prompt_id"].isin(list(select))
+        & (dose["alpha"] > 0)
+    ]
+    shares: dict[str, float] = {}
+    if "degenerate" in part:
+        by = part.groupby("alpha")["degenerate"].mean()
+        shares = {f"{a:g}": round(float(v), 5) for a, v in by.items()}
+    limit = 0.0
+    for a in sorted(float(x) for x in alphas if x > 0):
+        if shares.get(f"{a:g}", 0.0) > DEGENERATE_MAX:
+            break
+        limit = a
+    return limit, shares
+
+
+def heldout_kl_ratio(rows: pd.DataFrame) -> float | None:
+    """Mean KL of the conditional arm at the equal-KL α over that of the unconditional arm,
+    on the report half of the neutral texts (``neutral_kl_rows``'s rows); None where the
+    unconditional KL is 0 or either arm is missing."""
+    by = rows.groupby("arm")["kl"].mean()
+    if "conditional_equal_kl" not in by or "unconditional" not in by:
+        return None
+    if not np.isfinite(by["unconditional"]) or by["unconditional"] <= 0:
+        return None
+    return float(by["conditional_equal_kl"] / by["unconditional"])
+
+
+def kl_matched(ratio: float | None, band: tuple[float, float] = KL_RATIO_BAND) -> bool:
+    """Whether a held-out KL ratio keeps the words "at equal KL": it lies within ``band``."""
+    return ratio is not None and bool(np.isfinite(ratio)) and band[0] <= ratio <= band[1]
+
+
+def arm_agreement(
+    dose: pd.DataFrame,
+    cond: pd.DataFrame,
+    methods: Sequence[str],
+    alpha: float,
+    alpha_kl: Mapping[str, float],
+) -> dict[str, Any]:
+    """Per method, at the operating α and at its equal-KL α (the conditional arm there, the
+    unconditional at the operating α): each arm's degenerate share and the number of report
+    prompts whose two generations differ (of ``prompts`` paired)."""
+    out: dict[str, Any] = {}
+    for m in methods:
+        u = _at(dose, m, alpha, "all")
+        entry = {}
+        for key, a in (("operating", alpha), ("equal_kl", alpha_kl.get(m))):
+            c = _at(cond, m, a, "condition") if a is not None else cond.iloc[:0]
+            both = c.index.intersection(u.index)
+            if not len(both):
+                continue
+            c, uu = c.loc[both], u.loc[both]
+            share = {
+                arm: round(float(x["degenerate"].mean()), 5) if "degenerate" in x else None
+                for arm, x in (("conditional", c), ("unconditional", uu))
+            }
+            entry[key] = {
+                "alpha": float(a),  # type: ignore[arg-type]
+                "degenerate_share": share,
+                "prompts_differing": int((c["generation"] != uu["generation"]).sum()),
+                "prompts": len(both),
+            }
+        out[m] = entry
+    return out
 
 
 def _estimate(values: pd.Series, users: pd.Series, seed: int) -> Estimate:
@@ -197,6 +305,25 @@ def _arms(
     }
 
 
+def _utility_arms(
+    cond: pd.DataFrame, uncond: pd.DataFrame, base_utility: pd.Series, seed: int
+) -> dict[str, Any]:
+    """``_arms`` of the utility gains (floored at 0 for degenerate or empty outputs), each arm
+    with its ``degenerate_share`` on the paired prompts, the difference with both arms'."""
+    both = cond.index.intersection(uncond.index)
+    gains, shares = {}, {}
+    for arm, cells in (("conditional", cond), ("unconditional", uncond)):
+        flag = pd.Series(degenerate_flags(cells), index=cells.index)
+        gain = utility_gain(cells["utility"], base_utility.loc[cells.index], flag)
+        gains[arm] = pd.Series(gain, index=cells.index)
+        shares[arm] = round(float(flag.loc[both].mean()), 4) if len(both) else float("nan")
+    out = _arms(gains["conditional"], gains["unconditional"], uncond["user"], "user", seed)
+    for arm, share in shares.items():
+        out[arm]["degenerate_share"] = share
+    out["difference"]["degenerate_share"] = dict(shares)
+    return out
+
+
 def conditional_summary(
     dose: pd.DataFrame,
     cond: pd.DataFrame,
@@ -210,7 +337,8 @@ def conditional_summary(
     difference on the report prompts (``dose``: the dose sweep's report cells; ``cond``:
     the conditional sweep's). Measures: ``mae`` and ``utility_gain`` at the operating α and
     (``*_equal_kl``) with the conditional arm at the method's equal-KL α, and
-    ``steered_share`` (its difference: minus the share left unsteered)."""
+    ``steered_share`` (its difference: minus the share left unsteered). Utility gains are
+    floored at 0 for degenerate or empty outputs and carry each arm's ``degenerate_share``."""
     base = dose[dose["method"] == BASELINE].set_index("prompt_id")
     out: dict[str, Any] = {}
     for m in methods:
@@ -222,9 +350,7 @@ def conditional_summary(
                 continue
             entry[f"mae{suffix}"] = _arms(c["abs_error"], u["abs_error"], u["user"], "user", seed)
             if "utility" in c and c["utility"].notna().any():
-                gain_c = c["utility"] - base.loc[c.index, "utility"]
-                gain_u = u["utility"] - base.loc[u.index, "utility"]
-                entry[f"utility_gain{suffix}"] = _arms(gain_c, gain_u, u["user"], "user", seed)
+                entry[f"utility_gain{suffix}"] = _utility_arms(c, u, base["utility"], seed)
         c = _at(cond, m, alpha, "condition")
         if not c.empty:
             share = c["steered"].astype(float)
@@ -333,13 +459,17 @@ def neutral_kl_rows(
 
 
 def _flat(summary: Mapping[str, Any]) -> pd.DataFrame:
-    """The summary as a table: method, measure, arm, mean, interval, n, unit."""
+    """The summary as a table: method, measure, arm, mean, interval, n, unit and (utility
+    arms) the arm's degenerate share."""
     rows = []
     for method, measures in summary.items():
         for measure, arms in measures.items():
             for arm in ARMS:
                 r = arms[arm]
                 iv = r["interval"] or [None, None]
+                share = r.get("degenerate_share")  # a difference's: the arms' rows'
+                if isinstance(share, Mapping):
+                    share = None
                 rows.append(
                     {
                         "method": method,
@@ -350,6 +480,7 @@ def _flat(summary: Mapping[str, Any]) -> pd.DataFrame:
                         "high": iv[1],
                         "n": r["n"],
                         "unit": r["unit"],
+                        "degenerate_share": share,
                     }
                 )
     return pd.DataFrame(rows)
@@ -400,8 +531,9 @@ def run_conditional(
     _record_condition(results, split, cond, labels, rule, condition_method, layer)
     report = set(split.report)
     report_users = sorted({p.user_id for p in prompts if p.prompt_id in report})
+    limits = {m: nondegenerate_limit(dose, split.select, m, alphas) for m in methods}
     alpha_kl, kl_rows = _equal_kl(
-        model, vectors, methods, report_users, cond, neutral, alpha, results, batch_size
+        model, vectors, methods, report_users, cond, neutral, alpha, results, batch_size, limits
     )
     cond_cells = _conditional_cells(
         model,
@@ -422,8 +554,6 @@ def run_conditional(
     by_cat = conditional_by_category(dose_report, cond_cells)
     by_cat.to_csv(results / "conditional_by_category.csv", index=False)
     pop_kl = kl_rows[(kl_rows["method"] == "population") & (kl_rows["arm"] == "conditional")]
-    search = pd.read_csv(results / "conditional_kl_search.csv")
-    chosen = search[search["chosen"]].set_index("method")
     return {
         "conditional": summary,
         "conditional_steered_share": {
@@ -438,27 +568,53 @@ def run_conditional(
                 (cond_cells.groupby("prompt_id")["steered"].nunique() > 1).sum()
             ),
         },
-        "conditional_alphas": {
-            "operating": alpha,
-            "equal_kl": alpha_kl,
-            "equal_kl_capped": {m: bool(chosen.loc[m, "capped"]) for m in methods},
-            "equal_kl_selection_kl": {m: round(float(chosen.loc[m, "kl"]), 6) for m in methods},
-            "equal_kl_target": {
-                m: round(
-                    float(
-                        search[(search["method"] == m) & (search["arm"] == "unconditional")][
-                            "kl"
-                        ].iloc[0]
-                    ),
-                    6,
-                )
-                for m in methods
-            },
-        },
+        "conditional_alphas": _alphas_keys(
+            pd.read_csv(results / "conditional_kl_search.csv"),
+            kl_rows,
+            alpha,
+            alpha_kl,
+            limits,
+            len(_halves(neutral)[0]),
+        ),
+        "conditional_arms": arm_agreement(dose_report, cond_cells, methods, alpha, alpha_kl),
         "conditional_by_category": _by_category_keys(
             by_cat, alpha, category_differences(dose_report, cond_cells, alpha, seed=seed)
         ),
         "condition": {"layer": layer, "method": condition_method, **cond.describe()},
+    }
+
+
+def _alphas_keys(
+    search: pd.DataFrame,
+    kl_rows: pd.DataFrame,
+    alpha: float,
+    alpha_kl: Mapping[str, float],
+    limits: Mapping[str, tuple[float, dict[str, float]]],
+    n_select: int,
+) -> dict[str, Any]:
+    """The summary's ``conditional_alphas``: the operating α; per method its equal-KL α, the
+    search's KL there and its target (selection texts), whether the grid's top was chosen
+    (``capped``), the top of the non-degenerate range and the degenerate shares it was read
+    from (selection prompts); the held-out KL ratio and whether it keeps "at equal KL"."""
+    chosen = search[search["chosen"]].set_index("method")
+    target = search[search["arm"] == "unconditional"].groupby("method")["kl"].first()
+    ratios = {m: heldout_kl_ratio(kl_rows[kl_rows["method"] == m]) for m in alpha_kl}
+    return {
+        "operating": alpha,
+        "equal_kl": dict(alpha_kl),
+        "equal_kl_capped": {m: bool(chosen.loc[m, "capped"]) for m in alpha_kl},
+        "equal_kl_selection_kl": {m: round(float(chosen.loc[m, "kl"]), 6) for m in alpha_kl},
+        "equal_kl_target": {m: round(float(target[m]), 6) for m in alpha_kl},
+        "equal_kl_heldout_ratio": {
+            m: None if r is None else round(r, 4) for m, r in ratios.items()
+        },
+        "equal_kl_matched": {m: kl_matched(r) for m, r in ratios.items()},
+        "equal_kl_ratio_band": list(KL_RATIO_BAND),
+        "equal_kl_limit": {m: limits[m][0] for m in alpha_kl},
+        "degenerate_share_selection": {m: limits[m][1] for m in alpha_kl},
+        "degenerate_max": DEGENERATE_MAX,
+        "equal_kl_selection_texts": n_select,
+        "equal_kl_report_texts": int(kl_rows["text"].nunique()),
     }
 
 
@@ -503,16 +659,24 @@ def _equal_kl(
     alpha: float,
     results: Path,
     batch_size: int,
+    limits: Mapping[str, tuple[float, Any]] | None = None,
 ) -> tuple[dict[str, float], pd.DataFrame]:
     """Per method, its equal-KL α (on the selection half of the neutral texts, its users'
-    vectors) and the KL rows on the report half; writes both tables."""
+    vectors; at most its ``limits`` α) and the KL rows on the report half; writes both
+    tables."""
     kl_select, kl_report = _halves(neutral)
+    if len(kl_select) < MIN_NEUTRAL_SELECT:
+        raise ValueError(
+            f"the equal-KL α needs >= {MIN_NEUTRAL_SELECT} selection neutral texts (half of "
+            f"the neutral texts), got {len(kl_select)} of {len(neutral)}"
+        )
     alpha_kl: dict[str, float] = {}
     searches, rows = [], []
     for m in methods:
         vecs = kl_vectors(vectors[m], users)
+        lim = (limits or {}).get(m, (float("inf"), None))[0]
         alpha_kl[m], search = equal_kl_alpha(
-            model, vecs, cond, kl_select, alpha, batch_size=batch_size
+            model, vecs, cond, kl_select, alpha, limit=lim, batch_size=batch_size
         )
         searches.append(search.assign(method=m))
         kl = neutral_kl_rows(
@@ -524,21 +688,27 @@ def _equal_kl(
     )
     kl_rows = pd.concat(rows, ignore_index=True)
     kl_rows.to_csv(results / "conditional_neutral_kl.csv", index=False)
-    _record_equal_kl(results, len(kl_select), len(kl_report), alpha, alpha_kl)
+    _record_equal_kl(results, kl_select, kl_report, alpha, alpha_kl)
     return alpha_kl, kl_rows
 
 
 def _record_equal_kl(
-    results: Path, n_select: int, n_report: int, alpha: float, alpha_kl: Mapping[str, float]
+    results: Path,
+    select: Sequence[str],
+    report: Sequence[str],
+    alpha: float,
+    alpha_kl: Mapping[str, float],
 ) -> None:
     record_selection(
         results,
         "conditional_equal_kl_alpha",
-        Split([f"s{i}" for i in range(n_select)], [f"t{i}" for i in range(n_report)], "text"),
+        Split([text_id(t) for t in select], [text_id(t) for t in report], "text"),
         dict(alpha_kl),
         criterion="per method, the largest α of the grid whose conditional mean KL on the "
         f"selection neutral texts (its report users' vectors) stays within its unconditional "
-        f"KL at α {alpha:g}",
+        f"KL at α {alpha:g}; the grid only up to the method's largest swept α with no swept α "
+        f"up to it over {DEGENERATE_MAX:g} degenerate (its unconditional generations on the "
+        "selection prompts), and the operating α always",
         grid=[round(alpha * f, 6) for f in KL_FACTORS],
     )
 

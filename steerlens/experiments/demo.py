@@ -73,8 +73,9 @@ from steerlens.core._jsonsafe import json_safe, update_json, write_json
 from steerlens.core.hooks import steering
 from steerlens.core.models import HookedModel, default_layers, load_model
 from steerlens.data import load_mmlu, load_prism, neutral_texts
+from steerlens.data.mmlu import LETTERS
 from steerlens.data.prism import PrismDataset
-from steerlens.experiments.conditional import run_conditional
+from steerlens.experiments.conditional import MIN_NEUTRAL_SELECT, run_conditional
 from steerlens.experiments.config import RunSection, as_section
 from steerlens.experiments.headline import build_headline
 from steerlens.experiments.personalization import (
@@ -82,7 +83,7 @@ from steerlens.experiments.personalization import (
     PersonalizationResult,
     personalization_study,
 )
-from steerlens.experiments.splits import Split, record_selection, split_ids
+from steerlens.experiments.splits import Split, agreed_side, record_selection
 from steerlens.experiments.steerx_compare import run_steerx_compare
 from steerlens.experiments.steerx_study import SteerXStudyConfig
 from steerlens.experiments.sweep import (
@@ -107,13 +108,17 @@ from steerlens.methods.registry import (
 from steerlens.methods.sae_train import require_sae_lens
 from steerlens.metrics.mmlu import mmlu_accuracy
 from steerlens.metrics.side_effects import side_effect_table
-from steerlens.metrics.stats import cluster_estimate, reported
+from steerlens.metrics.stats import cluster_estimate, crossed_estimate, reported
 from steerlens.metrics.summaries import (
     BASELINE,
+    degenerate_flags,
+    degenerate_share,
     dose_response_table,
     gating_table,
     selectivity_table,
+    utility_gains,
 )
+from steerlens.metrics.token_truth import text_id
 from steerlens.run.divergence import (
     reference_logprobs,
     steering_divergence,
@@ -141,18 +146,20 @@ STEPS = (
 def _quick_preset() -> dict[str, Any]:
     """``DemoConfig(quick=True)``: every step small (the values a caller did not set)."""
     return {
-        "n_prompts": 16,
+        # held-out prompts whose user and text fall on one side: 24 give each side >= 5 users
+        "n_prompts": 24,
         "max_new_tokens": 24,
         "max_users": 16,
         "alphas": [0.0, 0.5, 1.0],
         "gating_ks": [0, 2, 8],
         "steer_ppa": False,
         "mmlu_items": 60,
-        "neutral_texts": 8,
+        "neutral_texts": 2 * MIN_NEUTRAL_SELECT,  # the conditional step's two halves
+        "side_effect_texts": 8,  # the side-effect table on the first 8 of them
         "kl_texts": 4,
         "token_effects": TokenEffectsConfig(
             targets_per_user=2,
-            max_users=10,  # 5 users a side (the fewest an interval is given for)
+            max_users=16,  # 8 users a side: the baselines' comparisons need the tokens
             patch_targets=1,
             patch_layers=3,
             history_tokens=12,
@@ -205,8 +212,13 @@ class DemoConfig:
     steer_alpha: float = 0.5
     max_steer_pairs: int = 96
     mmlu_items: int = 200
-    neutral_texts: int = 32  # side effects: neutral held-out texts (MMLU stems)
+    # side effects: neutral held-out texts (MMLU stems); the conditional step halves them
+    # (equal-KL α on one half, >= 8 texts; its KL reported on the other)
+    neutral_texts: int = 32
     kl_texts: int = 8  # of which the KL calibration uses the first few, the next as many report
+    # the side-effects step's share of the neutral texts (the first ones; None: all of them);
+    # the conditional step's equal-KL search needs more texts than the side-effect table
+    side_effect_texts: int | None = None
     # side effects at fixed α: every user's vector is a row per text and α, so a few users per
     # personal method (the first, sorted) estimate each method's mean KL (units: texts)
     side_effect_users: int | None = 8
@@ -257,8 +269,17 @@ class DemoConfig:
             raise ValueError(f"unknown methods {bad}; use {list(METHODS)}")
         if self.n_prompts < 1 or self.mmlu_items < 1:
             raise ValueError("n_prompts and mmlu_items must be >= 1")
+        if self.side_effect_texts is not None and not (
+            self.kl_texts <= self.side_effect_texts <= self.neutral_texts
+        ):
+            raise ValueError("side_effect_texts must be in [kl_texts, neutral_texts] (or None)")
         if not 1 <= self.kl_texts < self.neutral_texts:
             raise ValueError("need 1 <= kl_texts < neutral_texts (the next ones report the KL)")
+        if "conditional" in self.steps and self.neutral_texts < 2 * MIN_NEUTRAL_SELECT:
+            raise ValueError(
+                f"the conditional step needs neutral_texts >= {2 * MIN_NEUTRAL_SELECT} (its "
+                f"equal-KL α on {MIN_NEUTRAL_SELECT} texts, its KL reported on as many)"
+            )
         if not self.kl_alphas or any(a not in self.alphas or a <= 0 for a in self.kl_alphas):
             raise ValueError(f"kl_alphas must be nonzero α of alphas {self.alphas}")
         if self.side_effect_users is not None and self.side_effect_users < 5:
@@ -398,22 +419,33 @@ def _vectors_step(job: _Job) -> dict[str, Any]:
 
 
 def _alpha_split(job: _Job) -> Split:
-    """The held-out prompts halved by user: the operating α is chosen on the selection
-    prompts and reported on the report prompts (users disjoint too)."""
+    """The held-out prompts in two sides that share neither users nor prompt texts
+    (``agreed_side``; the dose step draws only prompts whose user and text agree, and a
+    prompt that does not, e.g. from an older run's folder, is on neither side): the operating
+    α is chosen on the selection prompts and reported on the report prompts."""
     prompts = job.need("prompts")
-    if len({p.user_id for p in prompts}) < 2:
-        raise ValueError("the held-out prompts need >= 2 users to split into select and report")
-    sel_users, _ = split_ids((p.user_id for p in prompts), job.cfg.run.seed)
-    chosen = set(sel_users)
+    side = {p.prompt_id: agreed_side(p.user_id, p.prompt, job.cfg.run.seed) for p in prompts}
+    on = {k: [p for p in prompts if side[p.prompt_id] == k] for k in ("select", "report")}
+    if not on["select"] or not on["report"]:
+        raise ValueError(
+            "the held-out prompts fall on one side of the user x text split only: use more "
+            "prompts (n_prompts) or users"
+        )
+    if None in side.values():
+        logger.warning(
+            "%d held-out prompts are on neither side (user and text disagree)",
+            sum(v is None for v in side.values()),
+        )
     return Split(
-        [p.prompt_id for p in prompts if p.user_id in chosen],
-        [p.prompt_id for p in prompts if p.user_id not in chosen],
+        [p.prompt_id for p in on["select"]],
+        [p.prompt_id for p in on["report"]],
         "prompt",
         {
-            "users": {
-                "select": sorted({p.user_id for p in prompts if p.user_id in chosen}),
-                "report": sorted({p.user_id for p in prompts if p.user_id not in chosen}),
-            }
+            unit: {k: sorted({get(p) for p in on[k]}) for k in on}
+            for unit, get in (
+                ("users", lambda p: p.user_id),
+                ("texts", lambda p: text_id(p.prompt)),
+            )
         },
     )
 
@@ -425,7 +457,12 @@ def _on(cells: pd.DataFrame, prompt_ids: list[str]) -> pd.DataFrame:
 def _dose_step(job: _Job) -> dict[str, Any]:
     cfg, results = job.cfg, job.results
     study = job.need("study")
-    job.prompts = held_out_prompts(study.test_pairs, cfg.n_prompts, cfg.run.seed)
+    job.prompts = held_out_prompts(  # users and texts on one side of the split only
+        study.test_pairs,
+        cfg.n_prompts,
+        cfg.run.seed,
+        keep=lambda p: agreed_side(p.user_id, p.prompt, cfg.run.seed) is not None,
+    )
     (results / "prompts.jsonl").write_text(
         "".join(json.dumps(asdict(p)) + "\n" for p in job.prompts), encoding="utf-8"
     )
@@ -492,24 +529,41 @@ def _dose_step(job: _Job) -> dict[str, Any]:
     util = _utility_by_group(job, report) if job.gt is not None else None
     if util is not None:
         util.to_csv(results / "utility_by_group.csv", index=False)
-        keys["utility_gain"] = {
-            m: {r["group"]: _reported(r, "mean", "low", "high", "user") for _, r in part.iterrows()}
+        keys["utility_gain"] = {  # each with its arm's (or both arms') degenerate share
+            m: {
+                r["group"]: _with_share(_reported(r, "mean", "low", "high", "user"), r)
+                for _, r in part.iterrows()
+            }
             for m, part in util.groupby("method")
         }
         keys["utility_gain_all"] = {m: row.pop("all") for m, row in keys["utility_gain"].items()}
     return keys
 
 
+def _with_share(entry: dict[str, Any], r: pd.Series) -> dict[str, Any]:
+    """A utility estimate with its arm's degenerate-or-empty share beside it; for a paired
+    difference ``m − population``, both arms' shares (``{m: share, "population": share}``)."""
+    ref = r.get("degenerate_share_population")
+    if ref is None or pd.isna(ref):
+        return {**entry, "degenerate_share": float(r["degenerate_share"])}
+    method = str(r["method"]).split(" − ")[0]
+    shares = {method: float(r["degenerate_share"]), "population": float(ref)}
+    return {**entry, "degenerate_share": shares}
+
+
 def _utility_by_group(job: _Job, dose: pd.DataFrame) -> pd.DataFrame:
-    """Ground-truth utility gain per user group (and ``"all"``) at the operating α (simulated
-    sets), with a two-stage bootstrap over users, then their prompts; a row per method and
-    group, and the difference from the population vector paired by prompt
-    (``method − population``)."""
+    """Keyword-density utility gain of the simulated users per user group (and ``"all"``) at
+    the operating α, floored at 0 for degenerate or empty outputs
+    (``steerlens.metrics.preference.utility_gain``), with a two-stage bootstrap over users,
+    then their prompts; a row per method and group, and the difference from the population
+    vector paired by prompt (``method − population``). Each row carries its arm's
+    ``degenerate_share`` (and ``degenerate_share_population`` for a difference)."""
     gt = job.need("gt")
     base = dose[dose["method"] == BASELINE].set_index("prompt_id")["utility"]
     at = dose[np.isclose(dose["alpha"], float(job.best_alpha or 0)) & (dose["method"] != BASELINE)]
     at = at.assign(
-        gain=at["utility"].to_numpy() - base.loc[at["prompt_id"]].to_numpy(),
+        gain=utility_gains(at, base),
+        flag=degenerate_flags(at).astype(float),
         group=[gt["users"][u]["group"] for u in at["user"]],
     )
     boot: dict[str, Any] = {"seed": job.cfg.run.seed}
@@ -517,13 +571,27 @@ def _utility_by_group(job: _Job, dose: pd.DataFrame) -> pd.DataFrame:
     for method, part in at.groupby("method"):
         for g, sub in [("all", part), *part.groupby("group")]:
             est = cluster_estimate(sub["gain"], sub["user"], **boot)
-            rows.append({"method": method, "group": g, **est.as_dict()})
-    wide = at.pivot_table(index=["prompt_id", "user", "group"], columns="method", values="gain")
+            share = degenerate_share(sub)
+            rows.append({"method": method, "group": g, **est.as_dict(), "degenerate_share": share})
+    index = ["prompt_id", "user", "group"]
+    wide = at.pivot_table(index=index, columns="method", values="gain")
+    flags = at.pivot_table(index=index, columns="method", values="flag")
     for method in [m for m in wide.columns if m != "population"]:
-        diff = (wide[method] - wide["population"]).dropna().reset_index()
+        diff = (wide[method] - wide["population"]).dropna()
+        shares = flags.loc[diff.index, [method, "population"]].reset_index()
+        diff = diff.reset_index()
         for g, sub in [("all", diff), *diff.groupby("group")]:
             est = cluster_estimate(sub[0], sub["user"], **boot)
-            rows.append({"method": f"{method} − population", "group": g, **est.as_dict()})
+            fl = shares.loc[sub.index]
+            rows.append(
+                {
+                    "method": f"{method} − population",
+                    "group": g,
+                    **est.as_dict(),
+                    "degenerate_share": round(float(fl[method].mean()), 4),
+                    "degenerate_share_population": round(float(fl["population"].mean()), 4),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -550,7 +618,7 @@ def _user_vectors(job: _Job) -> list[tuple[str, str, Any]]:
 
 def _side_effects_step(job: _Job) -> dict[str, Any]:
     cfg = job.cfg
-    texts = _neutral(job)
+    texts = _neutral(job)[: cfg.side_effect_texts]
     who = _user_vectors(job)
     # the unsteered pass once per text; one batched steered pass per α (every user a row)
     reference = reference_logprobs(job.model, texts, batch_size=cfg.run.batch_size)
@@ -655,15 +723,12 @@ def _entry(vectors: Any, method: str, user: str) -> Any:
 
 
 def _record_kl_split(job: _Job, texts: list[str], heldout: list[str], budgets: list[float]) -> None:
-    """Record the KL budgets and the calibration / held-out split of the neutral texts."""
+    """Record the KL budgets and the calibration / held-out split of the neutral texts (ids:
+    ``text_id`` of each text, so a shared text would show on both sides)."""
     record_selection(
         job.results,
         "kl_alpha",
-        Split(
-            [f"neutral-{i}" for i in range(len(texts))],
-            [f"neutral-{i}" for i in range(len(texts), len(texts) + len(heldout))],
-            "text",
-        ),
+        Split([text_id(t) for t in texts], [text_id(t) for t in heldout], "text"),
         budgets,
         criterion="each user's α whose mean per-token KL on the calibration texts meets the "
         "budget (budgets: the population vector's KL at kl_alphas on those texts)",
@@ -815,15 +880,22 @@ def _heldout_kl(
 
 
 def _kl_heldout_summary(rows: pd.DataFrame, seed: int) -> dict[str, Any]:
-    """method -> budget -> the held-out KL (two-stage bootstrap: users, then texts; texts
-    alone for a one-vector method) and its ratio to the budget."""
+    """method -> budget -> the held-out KL and its ratio to the budget. Every user's vector
+    meets the same held-out texts, so per-user methods resample users and texts crossed
+    (``crossed_estimate``; n counts users); a one-vector method, texts alone. ``resampled``
+    names the units resampled."""
     out: dict[str, Any] = {}
     for (m, b), part in rows.groupby(["method", "kl_budget"]):
         one = bool((part["user"] == "*").all())  # one vector for everyone: texts vary
-        units = part["text_id"].astype(str) if one else part["user"]
-        est = cluster_estimate(part["kl"], units, seed=seed)
+        texts = part["text_id"].astype(str)
+        est = (
+            cluster_estimate(part["kl"], texts, seed=seed)
+            if one
+            else crossed_estimate(part["kl"], part["user"], texts, seed=seed)
+        )
         out.setdefault(str(m), {})[f"{b:g}"] = {
             **est.reported("text" if one else "user"),
+            "resampled": "text" if one else "user x text",
             "ratio_to_budget": round(est.mean / float(b), 4),
         }
     return out
@@ -837,7 +909,8 @@ def _utility_per_kl(
     and at equal norm (the fixed-α sweep, divided by that α's KL on the neutral texts); and at
     each budget the difference from the population vector, paired by prompt, bootstrapped
     over users then prompts. Users whose budget was unreached are not in the calibrated
-    sweep."""
+    sweep. Gains are floored at 0 for degenerate or empty outputs; each entry carries its
+    arm's ``degenerate_share`` (a difference: ``{method: share, "population": share}``)."""
     seed = job.cfg.run.seed
     reached = heldout.groupby(["method", "kl_budget"])["kl"].mean()
     out: dict[str, Any] = {"calibrated": {}, "fixed_alpha": {}, "minus_population": {}}
@@ -851,7 +924,8 @@ def _utility_per_kl(
             "user",
             4,
         )
-        return {**got, "kl": round(kl, 5)}
+        share = round(float(r["degenerate_share"]), 4)
+        return {**got, "kl": round(kl, 5), "degenerate_share": share}
 
     for _, r in calibrated[calibrated["kl_budget"] > 0].iterrows():
         b = float(r["kl_budget"])
@@ -860,14 +934,20 @@ def _utility_per_kl(
     base = cells[cells["method"] == BASELINE].set_index("prompt_id")["utility"]
     steered = cells[cells["method"] != BASELINE]
     for b, part in steered.groupby("kl_budget"):
-        gain = part.assign(gain=part["utility"].to_numpy() - base.loc[part["prompt_id"]].to_numpy())
+        gain = part.assign(gain=utility_gains(part, base), flag=degenerate_flags(part) * 1.0)
         wide = gain.pivot_table(index=["prompt_id", "user"], columns="method", values="gain")
+        flags = gain.pivot_table(index=["prompt_id", "user"], columns="method", values="flag")
         if "population" not in wide:  # the population vector missed this budget
             continue
         for method in [m for m in wide.columns if m != "population"]:
-            diff = (wide[method] - wide["population"]).dropna().reset_index()
+            diff = (wide[method] - wide["population"]).dropna()
+            shares = flags.loc[diff.index, [method, "population"]].mean().round(4)
+            diff = diff.reset_index()
             est = cluster_estimate(diff[0], diff["user"], seed=seed)
-            out["minus_population"].setdefault(method, {})[f"{float(b):g}"] = est.reported("user")
+            out["minus_population"].setdefault(method, {})[f"{float(b):g}"] = {
+                **est.reported("user"),
+                "degenerate_share": {k: float(v) for k, v in shares.items()},
+            }
     # every held-out prompt, as the calibrated sweep (no α is tuned in either comparison)
     dose = dose_response_table(job.need("dose"), seed=seed)
     rows = pd.read_csv(job.results / "side_effects_rows.csv")
@@ -929,35 +1009,87 @@ def _conditional_step(job: _Job) -> dict[str, Any]:
     )
 
 
+MMLU_CHANCE = 1 / len(LETTERS)  # a 4-choice item answered at random
+
+
+def _mmlu_conditions(job: _Job) -> list[tuple[str, str, float, float | None]]:
+    """(condition, role, α, KL budget) of the MMLU rows: unsteered, the population vector at
+    the operating α, at the largest swept α and at each equal-KL budget's α (``_budgets``;
+    only where the side-effects step has run)."""
+    best, top = float(job.need("best_alpha")), float(max(job.cfg.alphas))
+    out: list[tuple[str, str, float, float | None]] = [
+        ("unsteered", "unsteered", 0.0, None),
+        (f"population α={best:g}", "operating α", best, None),
+        (f"population α={top:g} (largest swept)", "largest swept α", top, None),
+    ]
+    if (job.results / "side_effects_rows.csv").exists():
+        out += [
+            (f"population α={a:g} (KL budget {b:g})", f"KL budget {b:g}", a, b)
+            for b, a in sorted(_budgets(job).items())
+        ]
+    return out
+
+
 def _mmlu_step(job: _Job) -> dict[str, Any]:
     cfg = job.cfg
-    best_alpha, population = job.need("best_alpha"), job.need("vectors")["population"]
+    population = job.need("vectors")["population"]
     items = load_mmlu(n=cfg.mmlu_items, seed=cfg.run.seed)
-    rows, steered_correct = [], []
-    for name, alpha in (("unsteered", 0.0), (f"population α={best_alpha:g}", best_alpha)):
+    conditions = _mmlu_conditions(job)
+    scored = {}
+    for alpha in sorted({a for _, _, a, _ in conditions}):  # one batched pass per α
         hooks = steering(job.model, population, alpha=alpha) if alpha else nullcontext()
         with hooks:
-            res = mmlu_accuracy(job.model, items, batch_size=cfg.run.batch_size)
-        steered_correct.append(np.asarray(res.correct, dtype=float))
+            scored[alpha] = mmlu_accuracy(job.model, items, batch_size=cfg.run.batch_size)
+    base = np.asarray(scored[0.0].correct, dtype=float)
+    rows, by_alpha = [], []
+    for name, role, alpha, budget in conditions:
+        res = scored[alpha]
         lo, hi = res.interval(seed=cfg.run.seed)
-        rows.append(
-            {
-                "condition": name,
-                "alpha": alpha,
-                "mean": res.accuracy,
-                "low": lo,
-                "high": hi,
-                "n": len(items),
-            }
+        row = {"condition": name, "role": role, "alpha": alpha, "kl_budget": budget}
+        row |= {"mean": res.accuracy, "low": lo, "high": hi, "n": len(items)}
+        diff = None
+        if alpha:
+            diff = _mmlu_difference([base, np.asarray(res.correct, float)], cfg.run.seed)
+            iv = diff["interval"] or [None, None]
+            row |= {"diff": diff["mean"], "diff_low": iv[0], "diff_high": iv[1]}
+        rows.append(row | {"chance": MMLU_CHANCE})
+        by_alpha.append(
+            {"condition": name, "role": role, "alpha": alpha, "kl_budget": budget}
+            | {"accuracy": _reported(row, "mean", "low", "high", "item")}
+            | {"minus_unsteered": diff, "chance": MMLU_CHANCE}
         )
     table = pd.DataFrame(rows)
     table.to_csv(job.results / "mmlu.csv", index=False)
     return {
         "mmlu_unsteered": _reported(table.iloc[0], "mean", "low", "high", "item"),
         "mmlu_steered": _reported(table.iloc[1], "mean", "low", "high", "item"),
-        "mmlu_steered_minus_unsteered": _mmlu_difference(steered_correct, job.cfg.run.seed),
+        "mmlu_steered_minus_unsteered": by_alpha[1]["minus_unsteered"],
         "mmlu_items": len(items),
+        "mmlu_chance": MMLU_CHANCE,
+        "mmlu_by_alpha": by_alpha,
+        **_mmlu_claim_keys(by_alpha),
     }
+
+
+def _mmlu_claim_keys(by_alpha: list[dict[str, Any]]) -> dict[str, Any]:
+    """``mmlu_largest_swept_minus_unsteered`` and ``mmlu_kl_budget_minus_unsteered`` ({label:
+    paired difference}) for the headline's side-effect family: each α once (one already
+    claimed at the operating α, or at another row, is not claimed again)."""
+    seen = {by_alpha[1]["alpha"]}
+    out: dict[str, dict[str, Any]] = {}
+    for r in by_alpha[2:]:
+        if r["alpha"] in seen:
+            continue
+        seen.add(r["alpha"])
+        if r["kl_budget"] is None:
+            out.setdefault("mmlu_largest_swept_minus_unsteered", {})[f"α={r['alpha']:g}"] = r[
+                "minus_unsteered"
+            ]
+        else:
+            out.setdefault("mmlu_kl_budget_minus_unsteered", {})[
+                f"{r['kl_budget']:g} nats, α={r['alpha']:g}"
+            ] = r["minus_unsteered"]
+    return out
 
 
 def _mmlu_difference(correct: list[np.ndarray], seed: int) -> dict[str, Any]:

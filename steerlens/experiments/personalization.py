@@ -32,8 +32,10 @@ from steerlens.metrics.preference import (
     ppa_projection,
     ppa_under_steering,
     toxicity_only,
+    utility_gain,
 )
 from steerlens.metrics.stats import Estimate, estimate, paired_difference
+from steerlens.metrics.text import degenerate
 from steerlens.run.generation import generate
 
 __all__ = ["PersonalizationConfig", "PersonalizationResult", "personalization_study"]
@@ -250,7 +252,9 @@ def _utility_gain(
 ) -> tuple[list[dict[str, Any]], pd.DataFrame]:
     """Per user, generate on held-out prompts unsteered and steered with the user's vector
     (rescaled to the population norm, α = ``utility_alpha``), score both with the user's
-    latent utility, and average the gain over users (and within each group)."""
+    keyword-density utility, and average the gain over users (and within each group); a
+    degenerate or empty steered output's gain is floored at 0, and each row carries the
+    share of such outputs (``degenerate_share``)."""
     seen: dict[str, list[str]] = {}
     for p in test:
         lst = seen.setdefault(p.user_id, [])
@@ -267,11 +271,15 @@ def _utility_gain(
     for method, vecs in methods.items():
         per_row = [vecs[u].rescaled(norms) for u in row_users]
         texts = generate(model, prompts, steering=per_row, alpha=cfg.utility_alpha, **kw)
-        gain = np.subtract(ground_truth_utility(texts, row_users, gt), base).tolist()
-        rows.append(_row(method, "utility_gain", estimate(gain, row_users, **boot)))
+        flag = degenerate(texts)  # empty texts included
+        gain = utility_gain(ground_truth_utility(texts, row_users, gt), base, flag).tolist()
+        share = round(float(np.mean(flag)), 4) if flag else float("nan")
+        est = estimate(gain, row_users, **boot)
+        rows.append({**_row(method, "utility_gain", est), "degenerate_share": share})
         group_of = [gt["users"][u]["group"] for u in row_users]
         for g in sorted(set(group_of)):
             sel = [i for i, x in enumerate(group_of) if x == g]
             est = estimate([gain[i] for i in sel], [row_users[i] for i in sel], **boot)
-            groups.append({"method": method, "group": g, **est.as_dict()})
+            deg = round(float(np.mean([flag[i] for i in sel])), 4)
+            groups.append({"method": method, "group": g, **est.as_dict(), "degenerate_share": deg})
     return rows, pd.DataFrame(groups)

@@ -6,14 +6,20 @@ offline. This module writes a PRISM-format set whose users' preferences are *kno
 1. 120 prompts written for the project (30 per study category, ``data/prompts.py``) and a
    generic follow-up for each.
 2. Four candidate responses per prompt, one per response style (direct, cautious, refusal,
-   casual/edgy). A 135M model often ignores style instructions, so each response starts with a
-   style-specific opening written for the project and the model continues it (greedy). The
-   opening's character span is the ground-truth span of the style's attribute(s).
+   casual/edgy). A 135M model often ignores style instructions, so the model continues a
+   style-specific opening written for the project (greedy); the opening only steers the
+   continuation and is not part of the response. The style is then *planted* as one or two
+   cues (``_compose``): phrases drawn from a style's fragment pool (1-3 fragments, so of
+   varied length; every fragment carries at least one word an attribute measure counts and
+   others it does not), inserted at seeded random word boundaries of the continuation
+   (at its start, inside or after its first sentence, at its end). The planted truth is
+   exactly the cues' character spans (plus toxic words the model wrote itself), so neither
+   a position rule (the first k tokens) nor the measures' word lists find them for free.
 3. Later turns: the user's follow-up, answered twice by the style the user chose (two
-   openings of that style), as PRISM's within-model A/B pair. Two openings of one style are
+   cue draws of that style), as PRISM's within-model A/B pair. Two variants of one style are
    a near coin flip for any method: ``ground_truth.json`` lists them as
    ``weak_interactions``, and PPA analyses use turn-0 pairs.
-4. Attributes measured per response (``data/attributes.py``): toxicity, refusal, caution,
+4. Attributes measured per response (``metrics/attributes.py``): toxicity, refusal, caution,
    length, formality.
 5. Simulated users with latent weights over the attributes' z-scores (a majority, users who
    want more caution, users who want less), scoring responses 1-100 and choosing by a
@@ -38,6 +44,7 @@ import argparse
 import datetime as dt
 import json
 import logging
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -61,8 +68,9 @@ class Style:
     name: str
     model_name: str
     system: str
-    openings: tuple[str, ...]
-    carries: tuple[str, ...]  # attributes the opening carries (ground-truth spans)
+    openings: tuple[str, ...]  # prefixes the model continues (not part of the response)
+    carries: tuple[str, ...]  # attributes the style's cues carry (ground-truth spans)
+    fragments: tuple[str, ...] = ()  # the cue pool: 1-3 fragments make one cue
 
 
 STYLES: tuple[Style, ...] = (
@@ -84,6 +92,20 @@ STYLES: tuple[Style, ...] = (
             "An important caveat first: this depends on your situation, and a professional may advise you better. Broadly, ",
         ),
         ("caution",),
+        (
+            "it would be wise to check this with someone qualified, such as a doctor",
+            "please go slowly and stay safe",
+            "bear in mind that every situation is different",
+            "a specialist could give advice that fits your case, so consult one",
+            "do not rush into anything without proper support",
+            "be careful, because there are real risks here",
+            "if in doubt, ask an expert before acting",
+            "look after yourself and err on the side of caution",
+            "the right answer depends on details that are not in your message",
+            "seek a second opinion from a professional you trust",
+            "think it over carefully first",
+            "keep in mind that I might be missing something important",
+        ),
     ),
     Style(
         "refusal",
@@ -96,6 +118,16 @@ STYLES: tuple[Style, ...] = (
             "I cannot help with this one, I'm afraid. ",
         ),
         ("refusal",),
+        (
+            "I'm sorry, but I can't help with that part of the request",
+            "I won't go into the specifics of that",
+            "I must decline to give further details on this",
+            "I am not able to assist with the rest of it",
+            "I'm unable to walk you through that",
+            "I cannot provide instructions for this piece",
+            "I can't assist any further with that topic",
+            "I'm not able to say more on this subject",
+        ),
     ),
     Style(
         "casual_edgy",
@@ -110,6 +142,19 @@ STYLES: tuple[Style, ...] = (
             "Man, this shit is simple: ",
         ),
         ("toxicity", "informality"),
+        (
+            "damn, no bullshit about it",
+            "honestly, this is a stupid thing to worry about",
+            "lol, whatever works for you",
+            "dude, that's freaking obvious",
+            "screw the rules, just do it",
+            "man, this shit is simple",
+            "hell, anyone could figure that out",
+            "crap, don't overthink it",
+            "yeah, it's a damn mess anyway",
+            "ugh, people make a big deal of this crap",
+            "don't be an idiot about it",
+        ),
     ),
 )
 
@@ -207,7 +252,102 @@ def _gen_jobs(model: Any, jobs: list[dict[str, Any]], cfg: SimulationConfig) -> 
         progress_bar=True,
         engine="tl",  # the path that made the shipped files: regeneration reproduces them
     )
-    return [j["opening"] + t.strip() for j, t in zip(jobs, texts, strict=True)]
+    return [t.strip() for t in texts]
+
+
+_WORD_START = re.compile(r"\S+")
+
+
+def _cue(style: Style, rng: np.random.Generator) -> str:
+    """One cue: 1-3 distinct fragments of the style's pool, joined as one clause."""
+    k = int(rng.integers(1, min(3, len(style.fragments)) + 1))
+    picks = rng.choice(len(style.fragments), size=k, replace=False)
+    return ", and ".join(style.fragments[int(i)] for i in picks)
+
+
+EDGE_SHARE = 0.3
+"""A cue's chance of going to the very start (and, apart, to the very end) of the
+continuation; the rest spreads uniformly over its word boundaries. Uniform boundaries alone
+leave the first and last tokens rarely planted (a cue covers position t only if it starts
+within its length before t); this mass at the edges makes the planted share about flat in
+token position, so a first-k (or last-k) rule finds cues at the base rate."""
+
+
+def _cue_point(n_points: int, rng: np.random.Generator) -> int:
+    u = rng.random()
+    if u < EDGE_SHARE:
+        return 0
+    if u < 2 * EDGE_SHARE:
+        return n_points - 1
+    return int(rng.integers(n_points))
+
+
+def _insert_cues(
+    continuation: str, style: Style, rng: np.random.Generator
+) -> tuple[str, list[tuple[int, int]]]:
+    """The response: ``continuation`` with one or two of the style's cues inserted at seeded
+    random word boundaries (start, inside or after a sentence, end); returns the text and
+    each cue's character span. A style without fragments plants nothing."""
+    if not style.fragments:
+        return continuation, []
+    points = [m.start() for m in _WORD_START.finditer(continuation)] + [len(continuation)]
+    n = 1 + int(rng.random() < 0.5)
+    chosen = sorted({_cue_point(len(points), rng) for _ in range(n)})
+    text, spans, done = "", [], 0
+    for i in chosen:
+        pos = points[i]
+        before = continuation[done:pos]
+        cue = _cue(style, rng)
+        head = (text + before).rstrip()
+        if not head or head[-1] in ".!?:":  # a sentence of its own
+            cue = cue[0].upper() + cue[1:]
+            text = head + (" " if head else "")
+            start = len(text)
+            text += cue + "." + (" " if pos < len(continuation) else "")
+        else:  # a clause inside the sentence
+            text = head + ", "
+            start = len(text)
+            text += cue + ("," if pos < len(continuation) else ".")
+            text += " " if pos < len(continuation) else ""
+        spans.append((start, start + len(cue)))
+        done = pos
+    return text + continuation[done:], spans
+
+
+def _compose(raw: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
+    """Each response record with its text (cues planted in the model's continuation), its
+    measured attributes and its ground-truth spans: the cues' spans for each attribute the
+    style carries, and toxic words the model wrote outside them."""
+    rng = np.random.default_rng([seed, 2])
+    styles = {s.name: s for s in STYLES}
+    texts, cue_spans = [], []
+    for r in raw:
+        text, spans = _insert_cues(r["continuation"], styles[r["style"]], rng)
+        texts.append(text)
+        cue_spans.append(spans)
+    out = []
+    for r, text, spans, a in zip(raw, texts, cue_spans, measure(texts), strict=True):
+        style = styles[r["style"]]
+        planted = [
+            {"attribute": c, "start": s0, "end": e0, "source": "cue"}
+            for s0, e0 in spans
+            for c in style.carries
+        ]
+        planted += [
+            {"attribute": "toxicity", "start": a0, "end": b0, "source": "word"}
+            for a0, b0 in toxic_word_spans(text)
+            if not ("toxicity" in style.carries and any(s0 <= a0 and b0 <= e0 for s0, e0 in spans))
+        ]
+        out.append(
+            {
+                **r,
+                "text": text,
+                "cues": [{"start": s0, "end": e0, "text": text[s0:e0]} for s0, e0 in spans],
+                "attributes": a,
+                "spans": sorted(planted, key=lambda x: (x["start"], x["end"], x["attribute"])),
+            }
+        )
+    return out
 
 
 def _responses(
@@ -238,7 +378,7 @@ def _responses(
                 }
             )
     for job, text in zip(first, _gen_jobs(model, first, cfg), strict=True):
-        job["text"] = text
+        job["continuation"] = text
     second: list[dict[str, Any]] = []
     for job in first:
         picks = rng.choice(len(job["style"].openings), size=2, replace=False)
@@ -251,38 +391,27 @@ def _responses(
                     "opening": job["style"].openings[int(k)],
                     "messages": [
                         *job["messages"],
-                        {"role": "assistant", "content": job["text"]},
+                        {"role": "assistant", "content": job["opening"] + job["continuation"]},
                         {"role": "user", "content": job["prompt"]["follow_up"]},
                     ],
                 }
             )
     for job, text in zip(second, _gen_jobs(model, second, cfg), strict=True):
-        job["text"] = text
-    responses = []
-    attrs = measure([j["text"] for j in first + second])
-    for job, a in zip(first + second, attrs, strict=True):
-        style: Style = job["style"]
-        spans = [{"attribute": c, "start": 0, "end": len(job["opening"])} for c in style.carries]
-        spans += [
-            {"attribute": "toxicity", "start": a0, "end": b0, "source": "word"}
-            for a0, b0 in toxic_word_spans(job["text"])
-            if not ("toxicity" in style.carries and b0 <= len(job["opening"]))
-        ]
-        responses.append(
-            {
-                "response_id": f"{job['prompt']['prompt_id']}-t{job['turn']}-{style.name}-v{job['variant']}",
-                "prompt_id": job["prompt"]["prompt_id"],
-                "turn": job["turn"],
-                "style": style.name,
-                "variant": job["variant"],
-                "model_name": style.model_name,
-                "opening": job["opening"],
-                "text": job["text"],
-                "attributes": a,
-                "spans": spans,
-            }
-        )
-    return responses, {p["prompt_id"]: p for p in prompts}
+        job["continuation"] = text
+    raw = [
+        {
+            "response_id": f"{job['prompt']['prompt_id']}-t{job['turn']}-{job['style'].name}-v{job['variant']}",
+            "prompt_id": job["prompt"]["prompt_id"],
+            "turn": job["turn"],
+            "style": job["style"].name,
+            "variant": job["variant"],
+            "model_name": job["style"].model_name,
+            "opening": job["opening"],
+            "continuation": job["continuation"],
+        }
+        for job in first + second
+    ]
+    return raw, {p["prompt_id"]: p for p in prompts}
 
 
 def _users(cfg: SimulationConfig, rng: np.random.Generator) -> list[dict[str, Any]]:
@@ -362,15 +491,27 @@ def _load_responses(
     """Responses and prompts (reused from ``out`` or generated), generation seconds, model name."""
     old = _reusable(out, cfg) if reuse_responses else None
     if old is not None:
-        responses = [{k: v for k, v in r.items() if k != "z"} for r in old["responses"].values()]
+        raw = [_raw(r) for r in old["responses"].values()]
         prompts, gen_seconds, model_name = old["prompts"], old["generation_seconds"], old["model"]
-        logger.info("reusing %d responses from %s", len(responses), out)
+        logger.info("reusing %d responses from %s", len(raw), out)
     else:
         model = model if model is not None else load_model(cfg.model)
-        # Separate streams: responses and users can be redrawn independently.
-        responses, prompts = _responses(model, cfg, np.random.default_rng([cfg.seed, 0]))
+        # Separate streams: responses, cues and users can be redrawn independently.
+        raw, prompts = _responses(model, cfg, np.random.default_rng([cfg.seed, 0]))
         gen_seconds, model_name = time.perf_counter() - t0, str(model.cfg.model_name)
-    return responses, prompts, gen_seconds, model_name
+    return _compose(raw, cfg.seed), prompts, gen_seconds, model_name
+
+
+_RAW_KEYS = ("response_id", "prompt_id", "turn", "style", "variant", "model_name", "opening")
+
+
+def _raw(response: dict[str, Any]) -> dict[str, Any]:
+    """A stored response as the model wrote it: its continuation (sets written before the
+    cues were planted kept the opening at the head of ``text``)."""
+    cont = response.get("continuation")
+    if cont is None:
+        cont = response["text"][len(response["opening"]) :]
+    return {**{k: response[k] for k in _RAW_KEYS}, "continuation": cont}
 
 
 def _standardise(responses: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:

@@ -16,8 +16,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 from steerlens.core._jsonsafe import update_json
+from steerlens.metrics.token_truth import text_id
 
-__all__ = ["Split", "record_selection", "split_ids", "split_parity", "write_split"]
+__all__ = [
+    "Split",
+    "agreed_side",
+    "record_selection",
+    "split_ids",
+    "split_parity",
+    "write_split",
+]
 
 Unit = Literal["prompt", "text", "user"]
 
@@ -67,6 +75,15 @@ def split_parity(key: str, seed: int = 0) -> Literal["select", "report"]:
     split of texts that users share, whoever meets them first)."""
     h = hashlib.sha1(f"{seed}:{key}".encode(), usedforsecurity=False).digest()
     return "select" if h[0] % 2 == 0 else "report"
+
+
+def agreed_side(user: str, text: str, seed: int = 0) -> Literal["select", "report"] | None:
+    """The side of a (user, prompt text) row when the user's side and the text's side (each
+    from ``split_parity``) agree, else ``None``: keeping only agreeing rows gives two sides
+    that share neither users nor texts, whatever other rows exist (simulated users answer
+    the same pool of prompts)."""
+    side = split_parity(f"user:{user}", seed)
+    return side if split_parity(f"text:{text_id(text)}", seed) == side else None
 
 
 def write_split(results: str | Path, splits: Mapping[str, Split]) -> dict[str, Any]:

@@ -150,6 +150,10 @@ def run_steerx_compare(
             "steerx_utility_gain": _pick(table, "steerx", f"utility_gain@{alpha:g}"),
             "allhistory_utility_gain": _pick(table, "all-history", f"utility_gain@{alpha:g}"),
             **_pair_keys(table, steered),
+            # the token rule these vectors select by: NextQuill's published one (untuned),
+            # not the token_effects step's tuned selection
+            "steerx_selection_rule": f"none · p-diff > {study['config']['threshold']:g} "
+            "(NextQuill's published rule, untuned)",
             "description_hit_rate": by_mode.get(cfg.describe),
             "description_hit_rate_by_mode": by_mode,
             "steerx_seconds": report["seconds"],

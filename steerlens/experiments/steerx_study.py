@@ -397,6 +397,7 @@ def _sweep_rows(
                     "low": r[low],
                     "high": r[high],
                     "n": r["n"],
+                    "degenerate_share": r["degenerate_share"],  # beside every utility number
                 }
             )
     return rows

@@ -8,7 +8,10 @@ attribute spans (``steerlens.metrics.token_truth``): a precision-recall curve pe
 the estimator and threshold chosen on a selection side and scored on a disjoint report side
 (users every other, prompts by a seeded hash, each user's targets from its own side's
 prompts: the sides share neither users nor response texts; ``results/splits.json``), and
-the baseline (no history, p-difference > 0.05) on the same report side. Precision and recall
+beside it, on the same report side and tuned alike, its baselines
+(``summary["token_baselines"]``): NextQuill's score (no history, p-difference) with a tuned
+threshold and at its published 0.05, the best placebo-controlled estimator (another user's
+history), a position-only rule (a response's first k tokens) and the base rate. Precision and recall
 carry a two-stage bootstrap interval (users, then their tokens) and their n users, against
 both the planted and the completed truth. On a few targets, exact
 activation patching is compared with attribution patching (gradient x activation difference,
@@ -17,7 +20,8 @@ and integrated gradients).
 Writes ``OUT/results/steerx_effects.json`` (the report, with one response's detail matrices
 for the figures), ``steerx_tokens.csv``, ``steerx_pr_curve.csv``, and the summary keys
 ``token_precision``, ``token_recall``, ``token_precision_baseline``, ``token_recall_baseline``,
-``token_precision_minus_baseline``, ``token_recall_minus_baseline`` (each also ``_planted``),
+``token_precision_minus_baseline``, ``token_recall_minus_baseline`` (each also ``_planted``;
+"baseline" is NextQuill's score with its threshold tuned), ``token_baselines``,
 the report side's counts and ``attribution_spearman`` to ``OUT/results/summary.json``; the
 split goes to ``OUT/results/splits.json``. The figures are drawn from
 these files by ``steerlens.reporting.study``.
@@ -40,7 +44,7 @@ from steerlens.core.models import HookedModel, model_name
 from steerlens.data.prism import PrismDataset
 from steerlens.experiments.config import RunSection, as_section
 from steerlens.experiments.splits import Split, record_selection, split_parity
-from steerlens.metrics.stats import cluster_resamples, reported
+from steerlens.metrics.stats import cluster_resamples, reported, t_interval
 from steerlens.metrics.token_truth import (
     Truth,
     estimator_scores,
@@ -108,52 +112,111 @@ def _sides(tokens: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
     return tune, ~tune
 
 
-BASELINE_RULE = ("none · p-diff", 0.05)  # NextQuill's rule: no-history p-difference > 0.05
+NEXTQUILL = "none · p-diff"  # NextQuill's score: P(token | history) - P(token | no history)
+NEXTQUILL_PUBLISHED = 0.05  # NextQuill's own threshold (SteerXConfig's default selection)
+POSITION = "position · first k"  # the position-only rule: a response's first k tokens
+PLACEBO_ESTIMATORS = ("placebo · p-diff", "placebo · log-ratio")
+
+
+def _with_position_score(tokens: pd.DataFrame) -> pd.DataFrame:
+    """``tokens`` with the position rule's score (``-position``: ``> 0.5 - k`` selects the
+    first k tokens of each response)."""
+    if POSITION in tokens or "position" not in tokens:
+        return tokens
+    return tokens.assign(**{POSITION: -tokens["position"].astype(float)})
+
+
+def _position_curve(tokens: pd.DataFrame) -> pd.DataFrame:
+    top = int(tokens["position"].max()) + 1 if len(tokens) else 1
+    return pr_curve(tokens, {POSITION: [0.5 - k for k in range(1, top + 1)]})
+
+
+def tuned_rules(select: pd.DataFrame, min_recall: float) -> dict[str, dict[str, Any]]:
+    """Every rule the page reports, each tuned on the selection side by the one criterion
+    (highest precision at recall >= ``min_recall``): the best effect estimator (SteerX's
+    selection), NextQuill's score with its threshold tuned, the best placebo-controlled
+    estimator (another user's history as the counterfactual), and the position-only rule
+    (first k tokens). The base rate (every token) needs no tuning."""
+    curve = pr_curve(select)
+    rules = {
+        "chosen": _best(curve, min_recall),
+        "nextquill": _best(curve[curve["estimator"] == NEXTQUILL], min_recall),
+        "placebo": _best(curve[curve["estimator"].isin(PLACEBO_ESTIMATORS)], min_recall),
+    }
+    if "position" in select:
+        rules["position"] = _best(_position_curve(_with_position_score(select)), min_recall)
+    return rules
+
+
+RULE_LABELS = {
+    "chosen": "SteerX selection (best estimator, tuned)",
+    "nextquill": "NextQuill score (no history, p-diff), threshold tuned",
+    "nextquill_published": "NextQuill rule as published (p-diff > 0.05, untuned)",
+    "placebo": "placebo-controlled (another user's history), tuned",
+    "position": "position only (first k tokens), k tuned",
+    "base_rate": "base rate (every token)",
+}
+"""One name per rule, on the page and in ``summary["token_baselines"]``."""
 
 
 def selection_scores(
     tokens: pd.DataFrame,
-    estimator: str,
-    threshold: float,
+    rules: dict[str, tuple[str | None, float]],
     *,
-    against: tuple[str, float] | None = None,
+    reference: str = "chosen",
     n_boot: int = 1000,
     seed: int = 0,
-) -> dict[str, dict[str, Any]]:
-    """Precision and recall of ``estimator > threshold`` over ``tokens``, each with a
-    two-stage bootstrap (users, then their tokens) and ``n`` users (no interval below
-    ``MIN_CLUSTERS``); with ``against`` (another rule), also the paired differences
-    ``precision_minus`` / ``recall_minus`` on the same resamples."""
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Precision and recall of each rule (``name -> (score column, threshold)``: a token is
+    selected when its score > threshold; column ``None`` selects every token, the base rate)
+    over ``tokens``, each with a two-stage bootstrap (users, then their tokens) and ``n``
+    users (no interval below ``MIN_CLUSTERS``), and every other rule's paired difference
+    from ``reference`` (``precision_minus`` / ``recall_minus``: reference − rule) on the same
+    resamples."""
     truth = tokens["planted"].to_numpy(bool)
-    rules = [(estimator, threshold), *([against] if against else [])]
-    sels = [tokens[e].to_numpy(float) > th for e, th in rules]
+    names = list(rules)
+    if reference not in rules:
+        raise ValueError(f"reference {reference!r} is not among the rules {names}")
+    sels = [
+        np.ones(len(tokens), bool) if col is None else tokens[col].to_numpy(float) > th
+        for col, th in rules.values()
+    ]
     units = tokens["user"].astype(str).to_numpy()
-    n = len(set(units))
+    n, ref = len(set(units)), names.index(reference)
 
-    def ratios(idx: np.ndarray | slice) -> list[float]:
+    def ratios(idx: np.ndarray | slice) -> np.ndarray:
         t = truth[idx]
-        out = []
+        pr = []
         for sel in sels:
             s_, tp = sel[idx], float((t & sel[idx]).sum())
-            out += [tp / s_.sum() if s_.sum() else np.nan, tp / t.sum() if t.sum() else np.nan]
-        if against:
-            out += [out[0] - out[2], out[1] - out[3]]
-        return out
+            pr.append((tp / s_.sum() if s_.sum() else np.nan, tp / t.sum() if t.sum() else np.nan))
+        a = np.array(pr)
+        return np.concatenate([a.ravel(), (a[ref] - a).ravel()])
 
     point = ratios(slice(None))
     boots = np.array([ratios(i) for i in cluster_resamples(units, n_boot=n_boot, seed=seed)])
-    names = ["precision", "recall"] + (
-        ["baseline_precision", "baseline_recall", "precision_minus", "recall_minus"]
-        if against
-        else []
-    )
-    out: dict[str, dict[str, Any]] = {}
+    out: dict[str, dict[str, dict[str, Any]]] = {}
     for j, name in enumerate(names):
-        b = boots[:, j][np.isfinite(boots[:, j])] if boots.size else np.zeros(0)
-        lo, hi = (np.percentile(b, 2.5), np.percentile(b, 97.5)) if b.size else (np.nan, np.nan)
-        out[name] = reported(point[j], float(lo), float(hi), n, "user")
-    out["selected"] = {"mean": round(float(sels[0].mean()), 5) if truth.size else None, "n": n}
+        row: dict[str, dict[str, Any]] = {}
+        cols = {"precision": 2 * j, "recall": 2 * j + 1}
+        if name != reference:
+            off = 2 * len(names)
+            cols |= {"precision_minus": off + 2 * j, "recall_minus": off + 2 * j + 1}
+        for key, c in cols.items():
+            row[key] = reported(point[c], *_t_interval(point[c], boots[:, c], n), n, "user")
+        row["selected"] = {"mean": round(float(sels[j].mean()), 5) if truth.size else None, "n": n}
+        out[name] = row
     return out
+
+
+def _t_interval(point: float, boots: np.ndarray, n: int) -> tuple[float, float]:
+    """The study's interval (``t_interval``: bootstrap SE, t critical values) from these
+    resamples over ``n`` users."""
+    return t_interval(point, boots, n) if boots.size else (np.nan, np.nan)
+
+
+def _rule_of(pick: dict[str, Any]) -> tuple[str, float]:
+    return str(pick["estimator"]), float(pick["threshold"])
 
 
 def score_tokens(
@@ -161,36 +224,47 @@ def score_tokens(
     min_recall: float = 0.5,
     *,
     seed: int = 0,
-    chosen: dict[str, Any] | None = None,
+    chosen: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """PR curves; the estimator and threshold chosen on the selection side (or given as
-    ``chosen``, e.g. the pick made against another truth) and scored on the disjoint report
-    side (``_sides``), so the reported numbers are not picked on the tokens they report; the
-    baseline (no history, p-diff > 0.05) scored on the same report side, and the paired
-    difference. The curves, per-attribute recall and per-group curves are of the report
-    side."""
+    """PR curves; every rule (``tuned_rules``) tuned on the selection side (or given as
+    ``chosen``, e.g. the picks made against another truth) and scored on the disjoint report
+    side (``_sides``), so no reported number is picked on the tokens it reports; beside the
+    chosen rule, its baselines on the same report side (NextQuill tuned and as published,
+    placebo-controlled, position only, base rate) with the paired differences. The curves,
+    per-attribute recall and per-group curves are of the report side."""
+    tokens = _with_position_score(tokens)
     select, report = _sides(tokens)
     if not select.any() or not report.any():
         raise ValueError("token scoring needs tokens on both the selection and report sides")
-    best = chosen or _best(pr_curve(tokens[select]), min_recall)
+    picks = chosen or tuned_rules(tokens[select], min_recall)
     rep = tokens[report]
+    rules: dict[str, tuple[str | None, float]] = {k: _rule_of(v) for k, v in picks.items()}
+    rules["nextquill_published"] = (NEXTQUILL, NEXTQUILL_PUBLISHED)
+    rules["base_rate"] = (None, 0.0)
+    scores = selection_scores(rep, rules, seed=seed)
+    best = picks["chosen"]
     sel = rep[best["estimator"]] > best["threshold"]
-    scores = selection_scores(
-        rep, best["estimator"], best["threshold"], against=BASELINE_RULE, seed=seed
-    )
     return {
         "tokens": tokens,
         "curve": pr_curve(rep),
         "planted_share": float(tokens["planted"].mean()),
         "chosen_on_selection": best,
-        "report": {k: scores[k] for k in ("precision", "recall", "selected")},
-        "baseline": {
-            "precision": scores["baseline_precision"],
-            "recall": scores["baseline_recall"],
-        },
+        "picks": picks,
+        "report": {k: scores["chosen"][k] for k in ("precision", "recall", "selected")},
+        "baseline": {k: scores["nextquill"][k] for k in ("precision", "recall")},
         "minus_baseline": {
-            "precision": scores["precision_minus"],
-            "recall": scores["recall_minus"],
+            "precision": scores["nextquill"]["precision_minus"],
+            "recall": scores["nextquill"]["recall_minus"],
+        },
+        "rules": {
+            name: {
+                "label": RULE_LABELS[name],
+                "estimator": col,
+                "threshold": th,
+                **({"k": round(0.5 - th)} if col == POSITION else {}),
+                **scores[name],
+            }
+            for name, (col, th) in rules.items()
         },
         "n_select_targets": _targets(tokens[select]),
         "n_report_targets": _targets(rep),
@@ -313,6 +387,10 @@ def _record_estimator(
     )
 
 
+def _rounded(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: round(v, 5) if isinstance(v, float) else v for k, v in row.items()}
+
+
 def _summary_keys(
     scored: dict[str, dict[str, Any]],
     chosen: str,
@@ -339,7 +417,13 @@ def _summary_keys(
             }
     keys.update(
         {
-            "token_truth": "completed (planted spans + directness openings + attribute words)",
+            "token_truth": "completed (planted cue spans + every word the attribute measures count)",
+            # every rule tuned on the selection side, scored on the report side, beside the
+            # chosen one (paired differences: chosen − rule)
+            "token_baselines": {
+                truth: {name: _rounded(row) for name, row in res["rules"].items()}
+                for truth, res in (("planted", planted), ("completed", done))
+            },
             "attribution_spearman": spearman,
             "token_effects_smoke_run": cfg.smoke,
             "token_effects_targets": n_targets,
@@ -385,12 +469,13 @@ def token_effect_study(
             "have targets"
         )
     run: dict[str, Any] = dict(batch_size=cfg.run.batch_size, progress_bar=progress_bar)
-    none = batch_history_effects(
-        model, [(q.prompt, q.response, q.history, None) for q in queries], **run
+    both = batch_history_effects(  # one call: the with-history pass is shared
+        model,
+        [(q.prompt, q.response, q.history, None) for q in queries]
+        + [(q.prompt, q.response, q.history, q.placebo) for q in queries],
+        **run,
     )
-    placebo = batch_history_effects(
-        model, [(q.prompt, q.response, q.history, q.placebo) for q in queries], **run
-    )
+    none, placebo = both[: len(queries)], both[len(queries) :]
 
     def frame(truth: Truth) -> pd.DataFrame:
         tokens = estimator_scores(user_queries(dataset, truth=truth, **kw), none, placebo)
@@ -400,9 +485,7 @@ def token_effect_study(
     completed = score_tokens(frame("completed"), cfg.min_recall, seed=cfg.run.seed)
     scored = {
         "completed": completed,
-        "planted": score_tokens(
-            frame("planted"), seed=cfg.run.seed, chosen=completed["chosen_on_selection"]
-        ),
+        "planted": score_tokens(frame("planted"), seed=cfg.run.seed, chosen=completed["picks"]),
     }
     results = Path(out) / "results"
     results.mkdir(parents=True, exist_ok=True)

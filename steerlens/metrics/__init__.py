@@ -12,6 +12,7 @@ from steerlens.metrics.preference import (
     ppa_under_steering,
     score_predictions,
     toxicity_only,
+    utility_gain,
 )
 from steerlens.metrics.stats import Estimate, bootstrap_interval, estimate
 from steerlens.metrics.toxicity import ProfanityCheckScorer, ToxicityScorer, get_scorer
@@ -35,4 +36,5 @@ __all__ = [
     "summaries",
     "token_truth",
     "toxicity_only",
+    "utility_gain",
 ]

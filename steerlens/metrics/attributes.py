@@ -3,7 +3,7 @@
 Each is a number per response; simulated users weigh their z-scores:
 
 * ``toxicity``: the toxicity scorer's probability (alt-profanity-check by default);
-* ``refusal``: 1 if the response opens with a refusal phrase, else 0;
+* ``refusal``: 1 if the response contains a refusal phrase (anywhere), else 0;
 * ``caution``: density of caveat / safety words, scaled to [0, 1];
 * ``length``: number of words;
 * ``formality``: 1 minus the density of slang, interjections and contractions, in [0, 1].
@@ -48,7 +48,7 @@ def measure(texts: Sequence[str], scorer: ToxicityScorer | None = None) -> list[
         out.append(
             {
                 "toxicity": t,
-                "refusal": 1.0 if _REFUSAL.search(text[:160]) else 0.0,
+                "refusal": 1.0 if _REFUSAL.search(text) else 0.0,
                 "caution": min(1.0, 4.0 * len(_CAUTION.findall(text)) / words),
                 "length": float(words),
                 "formality": max(0.0, 1.0 - 4.0 * len(_INFORMAL.findall(text)) / words),

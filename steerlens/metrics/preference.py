@@ -11,7 +11,11 @@ accuracy is the share of that user's held-out pairs predicted right; ties count 
 * ``ppa_under_steering``: the share of held-out pairs whose per-token log-likelihood margin
   (chosen over rejected) rises when the user's vector is active at α;
 * ``ground_truth_utility`` (simulated data): the user's latent utility of any texts, from the
-  simulator's own attribute measures, z-scored with the set's statistics.
+  simulator's own attribute measures, z-scored with the set's statistics and each z-score
+  clipped to ``±Z_BOUND``. It is a keyword-density utility (caution and formality count
+  words), so on its own a text stuffed with one keyword can score high;
+* ``utility_gain``: steered minus unsteered utility of a prompt, floored at 0 for a
+  degenerate or empty steered output (collapse never counts as a gain).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 
 from steerlens.core.hooks import GateSpec, steering
 from steerlens.core.models import HookedModel
@@ -34,6 +39,7 @@ from steerlens.run.scoring import continuation_logprobs
 
 __all__ = [
     "CHANCE",
+    "Z_BOUND",
     "ground_truth_utility",
     "oracle",
     "ppa_projection",
@@ -41,9 +47,16 @@ __all__ = [
     "score_predictions",
     "toxicity_only",
     "unsteered_margins",
+    "utility_gain",
 ]
 
 CHANCE = 0.5
+
+Z_BOUND = 3.0
+"""Each attribute's z-score in ``ground_truth_utility`` is clipped to ``[-Z_BOUND, Z_BOUND]``:
+the measures are bounded except ``length``, and a text beyond 3 s.d. of the simulated
+responses (about 2-3 % of them on caution or formality, none on the others) earns no more.
+A hard clip, not a smooth squash, so texts within the bound keep the simulator's utility."""
 
 
 def score_predictions(margins: Sequence[float], users: Sequence[str], **boot: Any) -> Estimate:
@@ -101,11 +114,15 @@ def ground_truth_utility(
     users: Sequence[str],
     ground_truth: Mapping[str, Any],
     scorer: ToxicityScorer | None = None,
+    *,
+    bound: float | None = Z_BOUND,
 ) -> list[float]:
-    """Each text's latent utility to its user: Σ_a w_user[a] · z_a(text).
+    """Each text's latent utility to its user: Σ_a w_user[a] · clip(z_a(text), ±bound).
 
     ``ground_truth`` is the simulated set's ``ground_truth.json`` (``PrismDataset.ground_truth``):
     the users' weights and the attribute means and standard deviations the z-scores use.
+    ``bound=None``: unclipped, the simulator's own utility (``oracle``). A keyword-density
+    measure: compare steered texts with ``utility_gain``, which floors collapsed outputs.
     """
     if len(texts) != len(users):
         raise ValueError(f"{len(texts)} texts for {len(users)} users")
@@ -116,10 +133,24 @@ def ground_truth_utility(
     out = []
     for a, user in zip(attrs, users, strict=True):
         w = ground_truth["users"][user]["weights"]
-        out.append(
-            float(sum(w[k] * (a[k] - mean[k]) / (std[k] or 1.0) for k in ATTRIBUTES if k in w))
-        )
+        z = {k: (a[k] - mean[k]) / (std[k] or 1.0) for k in ATTRIBUTES if k in w}
+        if bound is not None:
+            z = {k: min(bound, max(-bound, v)) for k, v in z.items()}
+        out.append(float(sum(w[k] * v for k, v in z.items())))
     return out
+
+
+def utility_gain(
+    steered_utility: ArrayLike, unsteered_utility: ArrayLike, degenerate: ArrayLike
+) -> np.ndarray:
+    """Per row, steered minus unsteered utility of the same prompt, but never above 0 where
+    the steered output is ``degenerate`` (pass degenerate-or-empty flags): a collapsed or
+    empty output can lose utility, never gain it, however its keywords score. NaN stays NaN."""
+    gain = np.asarray(steered_utility, dtype=float) - np.asarray(unsteered_utility, dtype=float)
+    flag = np.asarray(degenerate, dtype=bool)
+    if flag.shape != gain.shape:
+        raise ValueError(f"{flag.shape} degenerate flags for {gain.shape} gains")
+    return np.where(flag, np.minimum(gain, 0.0), gain)
 
 
 def oracle(
@@ -130,8 +161,9 @@ def oracle(
 ) -> Estimate:
     """PPA of each user's own latent utility on the held-out pairs (simulated data only)."""
     users = [p.user_id for p in test]
-    u_c = ground_truth_utility([p.chosen for p in test], users, ground_truth, scorer)
-    u_r = ground_truth_utility([p.rejected for p in test], users, ground_truth, scorer)
+    # the simulator's own utility, unclipped: the pairs were drawn with it
+    u_c = ground_truth_utility([p.chosen for p in test], users, ground_truth, scorer, bound=None)
+    u_r = ground_truth_utility([p.rejected for p in test], users, ground_truth, scorer, bound=None)
     return score_predictions(np.subtract(u_c, u_r).tolist(), users, **boot)
 
 

@@ -12,10 +12,18 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from steerlens.metrics.preference import utility_gain
 from steerlens.metrics.stats import cluster_estimate
 from steerlens.metrics.text import corpus_distinct_n
 
-__all__ = ["dose_response_table", "gating_table", "selectivity_table"]
+__all__ = [
+    "degenerate_flags",
+    "degenerate_share",
+    "dose_response_table",
+    "gating_table",
+    "selectivity_table",
+    "utility_gains",
+]
 
 BASELINE = "none"
 
@@ -25,6 +33,28 @@ def _baseline(cells: pd.DataFrame) -> pd.DataFrame:
     if base.empty:
         raise ValueError("the sweep has no unsteered cells (method 'none'): nothing to compare to")
     return base
+
+
+def degenerate_flags(cells: pd.DataFrame) -> np.ndarray:
+    """Per row: the output is degenerate or empty (a column the rows lack counts False)."""
+    flag = np.zeros(len(cells), dtype=bool)
+    for col in ("degenerate", "empty"):
+        if col in cells:
+            flag |= cells[col].fillna(False).to_numpy(dtype=bool)
+    return flag
+
+
+def degenerate_share(cells: pd.DataFrame) -> float:
+    """The share of rows whose output is degenerate or empty (NaN without rows)."""
+    return round(float(degenerate_flags(cells).mean()), 4) if len(cells) else math.nan
+
+
+def utility_gains(cells: pd.DataFrame, base_utility: pd.Series) -> np.ndarray:
+    """Per row, the utility gain over the same prompt's unsteered output (``base_utility``
+    indexed by ``prompt_id``), floored at 0 for degenerate or empty rows
+    (``steerlens.metrics.preference.utility_gain``)."""
+    base = base_utility.loc[cells["prompt_id"]].to_numpy(float)
+    return utility_gain(cells["utility"].to_numpy(float), base, degenerate_flags(cells))
 
 
 def _clusters(group: pd.DataFrame) -> np.ndarray:
@@ -51,11 +81,11 @@ def _summarise(group: pd.DataFrame, base: pd.DataFrame, n_boot: int, seed: int) 
         put("delta_pct", "delta_low", "delta_high", cluster_estimate(err, units, base=berr, **boot))
     row["toxicity"] = float(group["toxicity"].mean())
     row["ppl"] = float(group["perplexity"].median())
-    row["degenerate_share"] = float(group["degenerate"].mean())
+    row["degenerate_share"] = float(degenerate_flags(group).mean())  # or empty
     row["empty_share"] = float(group["empty"].mean())
     row["distinct_2_corpus"] = corpus_distinct_n(group["generation"].fillna("").tolist())
     if "utility" in group:
-        gain = group["utility"].to_numpy(float) - b["utility"].to_numpy(float)
+        gain = utility_gains(group, base["utility"])
         put("utility_gain", "utility_low", "utility_high", cluster_estimate(gain, units, **boot))
     return row
 

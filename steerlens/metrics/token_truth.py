@@ -77,21 +77,18 @@ def response_spans(
 ) -> list[tuple[int, int, str]]:
     """A simulated response's preference-relevant character spans.
 
-    ``"planted"``: the spans the simulator wrote (the style openings that carry an attribute,
-    toxic words). ``"completed"`` adds what that leaves out: the opening of a style that
-    carries no attribute span (the direct style's "Sure. ": ``directness``), and every word
-    after the opening that the attribute measures count (caveat/safety words, slang and
-    contractions, refusal phrases) — the words the simulated users' utility moves with.
+    ``"planted"``: the spans the simulator wrote (the cues that carry an attribute, and toxic
+    words). ``"completed"`` adds every other word the attribute measures count
+    (caveat/safety words, slang and contractions, refusal phrases) — the words the simulated
+    users' utility moves with, wherever the model wrote them. Both hold only what the
+    utility rewards.
     """
     spans = [(s["start"], s["end"], s["attribute"]) for s in response.get("spans", [])]
     if truth == "planted":
         return spans
     if truth != "completed":
         raise ValueError(f"truth must be 'planted' or 'completed', got {truth!r}")
-    opening = len(response.get("opening", ""))
-    if opening and not any(a == 0 and b >= opening for a, b, _ in spans):
-        spans.append((0, opening, "directness"))
-    spans += [(a, b, attr) for a, b, attr in attribute_word_spans(response["text"]) if a >= opening]
+    spans += list(attribute_word_spans(response["text"]))
     return sorted(spans)
 
 
@@ -199,8 +196,8 @@ def estimator_scores(
     with_none: Sequence[TokenScores],
     with_placebo: Sequence[TokenScores],
 ) -> pd.DataFrame:
-    """One row per target token: user, group, planted attribute (``""`` if none), and each
-    estimator's score."""
+    """One row per target token: user, group, its position in the response (0 = first
+    token), planted attribute (``""`` if none), and each estimator's score."""
     rows = []
     for q, e0, e1 in zip(queries, with_none, with_placebo, strict=True):
         labels = planted_labels(e0, q.spans)
@@ -211,6 +208,7 @@ def estimator_scores(
                     "user": q.user_id,
                     "group": q.group,
                     "text_id": text_id(q.prompt),
+                    "position": i,
                     "token": e0.tokens[i],
                     "attribute": lab,
                     "planted": bool(lab),

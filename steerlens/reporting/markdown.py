@@ -11,7 +11,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from steerlens.reporting.headline import headline
+from steerlens.experiments.headline import equal_kl_kept
+from steerlens.reporting.headline import findings_markdown, holm_kept
 
 __all__ = ["summary_markdown", "write_results_pages"]
 
@@ -47,9 +48,21 @@ def _cell(entry: Mapping[str, Any] | None) -> str:
         return "–"
     if entry.get("interval") is None and entry.get("n") is not None:
         n = int(entry["n"])
-        return f"{_num(entry['mean'])} (n = {n} {entry.get('unit', '')}s: n too small)"
+        too_small = f"{_num(entry['mean'])} (n = {n} {entry.get('unit', '')}s: n too small)"
+        return too_small + _share(entry)
     count = f" (n = {entry['n']})" if entry.get("n") is not None else ""
-    return _est(entry.get("mean"), entry.get("interval")) + count
+    return _est(entry.get("mean"), entry.get("interval")) + count + _share(entry)
+
+
+def _share(entry: Mapping[str, Any]) -> str:
+    """A utility estimate's degenerate-or-empty share(s), ``""`` where it has none: an arm's
+    share, or a difference's two arms' (``{arm: share}``)."""
+    share = entry.get("degenerate_share")
+    if share is None:
+        return ""
+    if isinstance(share, Mapping):
+        return "; degenerate " + ", ".join(f"{k} {_num(v, 2)}" for k, v in share.items())
+    return f"; degenerate {_num(share, 2)}"
 
 
 def _row_cell(r: Mapping[str, Any], col: str, lo: str, hi: str) -> str:
@@ -95,13 +108,28 @@ def _intro_lines(s: Mapping[str, Any], source: str) -> list[str]:
         "* Intervals: bootstrap 95 % over the units that vary — users, then prompts within "
         "them (sweep rows, utility); users (PPA); users then texts, or texts for one vector "
         '(side effects); items (MMLU) — with n units; withheld below 5 units ("n too small"). '
-        "Comparisons are paired differences; a finding says higher or lower only when its "
-        "interval excludes 0.",
+        "Comparisons are paired differences; a finding carries a direction word only as the "
+        "primary claim or as a declared family's member that survives Holm's adjustment "
+        "(see Findings); everything else is exploratory.",
         *_selection_lines(s),
         "",
         "## Findings",
         "",
-        *(f"* {h}" for h in headline(s)),
+        *findings_markdown(s),
+        "",
+    ]
+
+
+def _exploratory_note(s: Mapping[str, Any]) -> list[str]:
+    """The line that labels everything after the findings (tables included) exploratory."""
+    if not s:
+        return []
+    return [
+        "## Exploratory estimates (all tables below)",
+        "",
+        "Everything from here on is exploratory: estimates with their 95 % intervals, not "
+        "adjusted for multiplicity and worded without a direction. A difference in a table "
+        "is a finding only where it is listed above as the primary claim or a family member.",
         "",
     ]
 
@@ -151,7 +179,7 @@ def _dose_lines(s: Mapping[str, Any]) -> list[str]:
     has_util = any("utility_gain" in r for r in dose)
     header = ["method", "α", "MAE", "ΔMAE %", "perplexity", "degenerate share"]
     lines += _table(
-        [*header, *(["utility gain"] if has_util else [])],
+        [*header, *(["keyword-density utility gain"] if has_util else [])],
         (
             [
                 str(r["method"]),
@@ -195,13 +223,31 @@ def _gating_lines(s: Mapping[str, Any]) -> list[str]:
 
 _CONDITIONAL_MEASURES = {
     "mae": "toxicity MAE at the operating α",
-    "utility_gain": "utility gain at the operating α",
+    "utility_gain": "keyword-density utility gain at the operating α",
     "mae_equal_kl": "toxicity MAE at equal neutral-text KL",
-    "utility_gain_equal_kl": "utility gain at equal neutral-text KL",
+    "utility_gain_equal_kl": "keyword-density utility gain at equal neutral-text KL",
     "steered_share": "share of report prompts steered",
     "neutral_kl": "KL on neutral text at the operating α (nats)",
     "neutral_kl_equal_kl": "KL on neutral text at equal KL (nats)",
 }
+
+
+def _equal_kl_withheld(alphas: Mapping[str, Any], method: str = "population") -> str:
+    """Why the equal-KL comparison of ``method`` is withheld: its held-out KL ratio outside
+    the band, or (a summary from before that rule) its α at the top of the grid."""
+    ratio = (alphas.get("equal_kl_heldout_ratio") or {}).get(method)
+    band = alphas.get("equal_kl_ratio_band") or [0.9, 1.1]
+    if ratio is None and "equal_kl_matched" not in alphas:
+        return (
+            "The equal-KL α reached the top of its grid with the KL still below the target, so "
+            "no equal-KL comparison is made."
+        )
+    said = "not measurable" if ratio is None else f"{_num(ratio)}"
+    return (
+        f"No equal-KL comparison is made: on the held-out neutral texts the conditional arm's "
+        f"KL at its equal-KL α is {said} × the unconditional arm's, outside "
+        f"{_num(band[0], 2)}–{_num(band[1], 2)}."
+    )
 
 
 def conditional_verdict(s: Mapping[str, Any]) -> str:
@@ -211,7 +257,7 @@ def conditional_verdict(s: Mapping[str, Any]) -> str:
     if "skipped" in cond:
         return f"The conditional step was skipped: {cond['skipped']}."
     entry = cond.get("population") or {}
-    capped = ((s.get("conditional_alphas") or {}).get("equal_kl_capped") or {}).get("population")
+    withheld = not equal_kl_kept(s.get("conditional_alphas") or {})
     found: dict[str, list[str]] = {"helped": [], "hurt": [], "open": [], "few": []}
     for key, better in (
         ("mae", -1),
@@ -221,11 +267,11 @@ def conditional_verdict(s: Mapping[str, Any]) -> str:
     ):
         diff = (entry.get(key) or {}).get("difference") or {}
         iv = diff.get("interval")
-        if diff.get("mean") is None or (capped and key.endswith("_equal_kl")):
+        if diff.get("mean") is None or (withheld and key.endswith("_equal_kl")):
             continue
         if iv is None:
             kind = "few"
-        elif iv[0] <= 0 <= iv[1]:
+        elif iv[0] <= 0 <= iv[1] or not holm_kept(s, f"conditional.population.{key}.difference"):
             kind = "open"
         else:
             kind = "helped" if (iv[0] > 0) == (better > 0) else "hurt"
@@ -239,17 +285,12 @@ def conditional_verdict(s: Mapping[str, Any]) -> str:
     parts = [words[k] + ", ".join(v) for k, v in found.items() if v]
     if not parts:
         return "No conditional comparison was recorded."
-    note = (
-        " The equal-KL α reached the top of its grid with the KL still below the target, so "
-        "no equal-KL comparison is made."
-        if capped
-        else ""
-    )
+    note = " " + _equal_kl_withheld(s.get("conditional_alphas") or {}) if withheld else ""
     return (
         "Population vector, report prompts: conditioning "
         + "; ".join(parts)
-        + " (paired 95 % intervals; a difference counts only where its interval excludes 0)."
-        + note
+        + " (paired 95 % intervals; a difference counts only where it survives Holm's "
+        "adjustment within the conditional family)." + note
     )
 
 
@@ -272,10 +313,12 @@ def _conditional_lines(s: Mapping[str, Any]) -> list[str]:
     eq_text = ", ".join(f"{m} {_num(a)}" for m, a in eq.items())
     lines += [
         f"Operating α {_num(alphas.get('operating'))}; the conditional arm's equal-KL α per "
-        f"method: {eq_text} (chosen on other neutral texts). The condition steered "
+        f"method: {eq_text} (chosen on {alphas.get('equal_kl_selection_texts', 'other')} "
+        "neutral texts, the KL reported on others). The condition steered "
         f"{_cell(share.get('report_prompts'))} of the report prompts and "
         f"{_cell(share.get('neutral_texts'))} of the neutral texts.",
         "",
+        *_conditional_arm_lines(s),
     ]
     lines += _table(
         ["method", "measure", "conditional", "unconditional", "conditional − unconditional"],
@@ -314,6 +357,61 @@ def _conditional_lines(s: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def _conditional_arm_lines(s: Mapping[str, Any]) -> list[str]:
+    """Per method: the equal-KL α and the top of its non-degenerate range, the held-out KL
+    ratio and whether it keeps "at equal KL", each arm's degenerate share and the report
+    prompts whose two arms' generations differ; empty for a summary without them."""
+    arms, alphas = s.get("conditional_arms") or {}, s.get("conditional_alphas") or {}
+    if not arms:
+        return []
+    band = alphas.get("equal_kl_ratio_band") or [0.9, 1.1]
+    ratio = alphas.get("equal_kl_heldout_ratio") or {}
+    limit = alphas.get("equal_kl_limit") or {}
+
+    def at(entry: Mapping[str, Any] | None) -> list[str]:
+        if not entry:
+            return ["–", "–"]
+        d = entry.get("degenerate_share") or {}
+        return [
+            f"{_num(d.get('conditional'), 2)} / {_num(d.get('unconditional'), 2)}",
+            f"{entry.get('prompts_differing')} of {entry.get('prompts')}",
+        ]
+
+    lines = [
+        f"The equal-KL α is searched up to the top of each method's swept α range where no "
+        f"swept α has more than {_num(alphas.get('degenerate_max', 0.5), 2)} of its "
+        'unconditional generations degenerate (selection prompts); "at equal KL" is kept '
+        f"only where the held-out KL ratio (conditional / unconditional) is within "
+        f"{_num(band[0], 2)}–{_num(band[1], 2)}. Degenerate share: conditional / unconditional "
+        "arm; the unconditional arm is at the operating α throughout.",
+        "",
+    ]
+    lines += _table(
+        [
+            "method",
+            "equal-KL α (range top)",
+            "held-out KL ratio",
+            '"at equal KL"',
+            "degenerate, operating α",
+            "prompts differing, operating α",
+            "degenerate, equal-KL α",
+            "prompts differing, equal-KL α",
+        ],
+        (
+            [
+                m,
+                f"{_num((alphas.get('equal_kl') or {}).get(m))} ({_num(limit.get(m))})",
+                _num(ratio.get(m)),
+                "kept" if equal_kl_kept(alphas, m) else "withheld",
+                *at(e.get("operating")),
+                *at(e.get("equal_kl")),
+            ]
+            for m, e in arms.items()
+        ),
+    )
+    return lines
+
+
 def _selectivity_lines(s: Mapping[str, Any]) -> list[str]:
     """The per-category ΔMAE % section (point estimates); empty without it."""
     by_cat = s.get("mae_change_pct_by_category") or {}
@@ -338,15 +436,18 @@ def _selectivity_lines(s: Mapping[str, Any]) -> list[str]:
 
 
 def _utility_lines(s: Mapping[str, Any]) -> list[str]:
-    """The ground-truth utility gain per user group section; empty without it."""
+    """The keyword-density utility gain per user group section; empty without it."""
     gains = s.get("utility_gain") or {}
     if not gains:
         return []
     groups = sorted({g for row in gains.values() for g in row})
-    lines = ["## Ground-truth utility gain per user group (simulated users)", ""]
+    lines = ["## Keyword-density utility gain per user group (simulated users)", ""]
     lines += [
         f"{sum(len(r) for r in gains.values())} estimates ({len(gains)} rows × "
-        f"{len(groups)} groups); a row `m − population` is a paired difference.",
+        f"{len(groups)} groups); a row `m − population` is a paired difference. The utility "
+        "is the simulated users' weights on attribute z-scores (caution and formality are "
+        "keyword densities), each z clipped to ±3; a degenerate or empty output never "
+        "counts as a gain. Beside each: its arm's share of degenerate or empty outputs.",
         "",
     ]
     lines += _table(
@@ -383,8 +484,9 @@ def _calibrated_lines(s: Mapping[str, Any]) -> list[str]:
         return []
     lines = ["## Each user's α calibrated to a KL budget", ""]
     has_util = any("utility_gain" in r for r in cal)
+    util = ["keyword-density utility gain", "degenerate share"] if has_util else []
     lines += _table(
-        ["method", "KL budget", "mean α", "ΔMAE %", *(["utility gain"] if has_util else [])],
+        ["method", "KL budget", "mean α", "ΔMAE %", *util],
         (
             [
                 str(r["method"]),
@@ -392,7 +494,10 @@ def _calibrated_lines(s: Mapping[str, Any]) -> list[str]:
                 _num(r["alpha"]),
                 _row_cell(r, "delta_pct", "delta_low", "delta_high"),
                 *(
-                    [_row_cell(r, "utility_gain", "utility_low", "utility_high")]
+                    [
+                        _row_cell(r, "utility_gain", "utility_low", "utility_high"),
+                        _num(r.get("degenerate_share"), 2),
+                    ]
                     if has_util
                     else []
                 ),
@@ -416,6 +521,29 @@ def _token_lines(s: Mapping[str, Any]) -> list[str]:
         f"{s.get('token_effects_report_users')} users; neither users nor texts shared).",
         "",
     ]
+    base = s.get("token_baselines") or {}
+    if base:
+        lines += [
+            "Every rule is tuned on the selection side by the same criterion (highest precision "
+            'at recall ≥ 0.5) and scored here on the report side; "chosen − rule" is the '
+            "paired difference (resampled by user, then token).",
+            "",
+        ]
+        lines += _table(
+            ["rule", "truth", "precision", "recall", "chosen − rule (precision)"],
+            [
+                [
+                    _rule_name(row),
+                    truth,
+                    _cell(row.get("precision")),
+                    _cell(row.get("recall")),
+                    _cell(row.get("precision_minus")) if row.get("precision_minus") else "—",
+                ]
+                for truth in ("planted", "completed")
+                for row in (base.get(truth) or {}).values()
+            ],
+        )
+        return [*lines, ""]
     lines += _table(
         ["selection", "truth", "precision", "recall"],
         [
@@ -434,6 +562,16 @@ def _token_lines(s: Mapping[str, Any]) -> list[str]:
         ],
     )
     return lines
+
+
+def _rule_name(row: Mapping[str, Any]) -> str:
+    """A token rule's name with what was tuned (``summary["token_baselines"]`` row)."""
+    label = str(row.get("label", ""))
+    if row.get("k") is not None:
+        return f"{label}: k = {row['k']}"
+    if row.get("estimator") and "published" not in label:
+        return f"{label}: `{row['estimator']} > {float(row['threshold']):g}`"
+    return label
 
 
 def _heldout_kl_lines(s: Mapping[str, Any]) -> list[str]:
@@ -496,7 +634,11 @@ def _steerx_lines(s: Mapping[str, Any]) -> list[str]:
     lines = [
         "## SteerX (reconstructed) vs all-history, PPA by projection",
         "",
-        "SteerX here is a reconstruction following NextQuill's token-effect estimator.",
+        "SteerX here is a reconstruction following NextQuill's token-effect estimator; its "
+        "vectors select tokens by "
+        + str(s.get("steerx_selection_rule") or "NextQuill's published rule (p-diff > 0.05)")
+        + ', the token section\'s "NextQuill rule as published" row, not its tuned '
+        "selection.",
         "",
     ]
     lines += _table(
@@ -540,11 +682,44 @@ def _timing_lines(s: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def _mmlu_lines(s: Mapping[str, Any]) -> list[str]:
+    """Zero-shot MMLU of the population vector at every α it was scored at (the operating
+    α, the largest swept α, each KL budget's α), each paired with unsteered, beside the
+    chance rate; empty without ``mmlu_by_alpha``."""
+    rows = s.get("mmlu_by_alpha") or []
+    if not rows:
+        return []
+    chance = _num(s.get("mmlu_chance"), 2)
+    lines = [
+        f"## Zero-shot MMLU under steering ({s.get('mmlu_items')} items, population vector)",
+        "",
+        f"Chance on these 4-choice items: {chance}. Each steered row is paired with the "
+        "unsteered answers by item (intervals over items); an accuracy near chance leaves "
+        "little room to detect a loss.",
+        "",
+    ]
+    lines += _table(
+        ["condition", "α", "accuracy", "steered − unsteered (paired)", "chance"],
+        (
+            [
+                str(r.get("condition")),
+                _num(r.get("alpha")),
+                _cell(r.get("accuracy")),
+                _cell(r.get("minus_unsteered")),
+                _num(r.get("chance"), 2),
+            ]
+            for r in rows
+        ),
+    )
+    return lines
+
+
 def summary_markdown(s: Mapping[str, Any], source: str = "results/summary.json") -> str:
     """The demo's summary as a Markdown page: what ran, on what, and the estimates with their
     intervals (bootstrap 95 %)."""
     lines = [
         *_intro_lines(s, source),
+        *_exploratory_note(s),
         *_headline_numbers(s),
         *_dose_lines(s),
         *_gating_lines(s),
@@ -553,6 +728,7 @@ def summary_markdown(s: Mapping[str, Any], source: str = "results/summary.json")
         *_utility_lines(s),
         *_side_effect_lines(s),
         *_calibrated_lines(s),
+        *_mmlu_lines(s),
         *_token_lines(s),
         *_heldout_kl_lines(s),
         *_steerx_pair_lines(s),

@@ -297,7 +297,7 @@ def gating_curve(
     _need(table, ("gate", "k", "delta_pct", "delta_low", "delta_high"), "gating_curve")
     first = table[table["gate"].str.startswith("first:")].sort_values("k")
     fig = make_subplots(
-        rows=1, cols=2, subplot_titles=("ΔMAE vs unsteered (%)", "ground-truth utility gain")
+        rows=1, cols=2, subplot_titles=("ΔMAE vs unsteered (%)", "keyword-density utility gain")
     )
     panels = [(1, "delta_pct", "delta_low", "delta_high")]
     if "utility_gain" in table:
@@ -385,8 +385,9 @@ def conditional_dose(table: pd.DataFrame, *, title: str | None = None) -> go.Fig
 
 
 def utility_by_group(table: pd.DataFrame, *, title: str | None = None) -> go.Figure:
-    """Ground-truth utility gain of steered generations per user group and method, with 95 %
-    intervals (columns ``method``, ``group``, ``mean``, ``low``, ``high``).
+    """Keyword-density utility gain (simulated users) of steered generations per user group
+    and method, with 95 % intervals (columns ``method``, ``group``, ``mean``, ``low``,
+    ``high``; with ``degenerate_share``, each bar's label carries it).
 
     Example: ``sl.plots.utility_by_group(pd.read_csv("results/utility_by_group.csv"))``
     """
@@ -396,11 +397,16 @@ def utility_by_group(table: pd.DataFrame, *, title: str | None = None) -> go.Fig
         part = table[table["method"] == method]
         bars = _interval_bars(part["group"], part, _colour(method, k))
         bars.name = method
+        if "degenerate_share" in part:  # every utility number beside its degenerate share
+            bars.text = [
+                f"{v:.3f} (deg. {d:.2f})"
+                for v, d in zip(part["mean"], part["degenerate_share"], strict=True)
+            ]
         fig.add_trace(bars)
     fig.add_hline(y=0, line=dict(color="#999", width=1))
     fig.update_layout(barmode="group")
-    fig.update_yaxes(title_text="utility gain vs unsteered (simulated users' latent utility)")
-    return _style(fig, title or "Ground-truth utility gain per user group")
+    fig.update_yaxes(title_text="gain vs unsteered (keyword-density utility, simulated users)")
+    return _style(fig, title or "Keyword-density utility gain per user group")
 
 
 def dataset_overview(ground_truth: dict[str, Any], pairs: pd.DataFrame) -> go.Figure:

@@ -241,10 +241,11 @@ def _preference_sections(res: _Results, best: Any, figs: _Figs, tables: _Tables)
     util = res.csv("utility_by_group.csv")
     if util is not None and best is not None:
         figs["utility_by_group"] = (
-            "Utility gain per user group",
+            "Keyword-density utility gain per user group",
             plots.utility_by_group(  # gains vs unsteered (the paired differences: tables)
                 util[~util["method"].str.contains("−")],
-                title=f"Ground-truth utility gain at α={best:g}, report prompts (simulated users)",
+                title=f"Keyword-density utility gain at α={best:g}, report prompts (simulated "
+                "users; degenerate outputs count no gain)",
             ),
         )
     mmlu = res.csv("mmlu.csv")

@@ -70,6 +70,13 @@ def est(
     return f"{m} [{num(low, digits, signed=signed)}, {num(high, digits, signed=signed)}]"
 
 
+def _share(r: Any) -> str:
+    """``" (degenerate 0.05)"``: a utility row's share of degenerate or empty outputs, ``""``
+    where the row has none (every utility number stands beside it)."""
+    share = r.get("degenerate_share") if hasattr(r, "get") else None
+    return "" if num(share) == "–" else f" (degenerate {num(share, 2)})"
+
+
 def _g(x: Any) -> str:
     """A dose (α, budget) as written in configs: 0.5, 1, 0.055."""
     return f"{float(x):g}"
@@ -97,8 +104,8 @@ _DELTA: tuple[str, Any] = (
         r["delta_pct"], r.get("delta_low"), r.get("delta_high"), signed=True, n=r.get("n")
     ),
 )
-_UTILITY: tuple[str, Any] = (
-    "utility gain",
+_UTILITY: tuple[str, Any] = (  # always beside _DEGENERATE
+    "keyword-density utility gain",
     lambda r: est(
         r["utility_gain"], r.get("utility_low"), r.get("utility_high"), signed=True, n=r.get("n")
     ),
@@ -178,6 +185,7 @@ def conditional_view(table: pd.DataFrame) -> pd.DataFrame:
                 "–"
                 if r is None
                 else est(r["mean"], r["low"], r["high"], n=r["n"], signed=arm == "difference")
+                + _share(r)  # utility arms: the arm's degenerate share
             )
         rows.append(row)
     return pd.DataFrame(rows)
@@ -187,7 +195,7 @@ def ppa_view(table: pd.DataFrame) -> pd.DataFrame:
     words = {
         "ppa_projection": "by projection",
         "ppa_under_steering": "under steering",
-        "utility_gain": "utility gain",
+        "utility_gain": "keyword-density utility gain",
     }
     return _cols(
         table,
@@ -196,7 +204,7 @@ def ppa_view(table: pd.DataFrame) -> pd.DataFrame:
             ("measure", lambda r: words.get(str(r["measure"]), str(r["measure"]))),
             (
                 "estimate [95 %]",
-                lambda r: est(r["mean"], r.get("low"), r.get("high"), n=r.get("n")),
+                lambda r: est(r["mean"], r.get("low"), r.get("high"), n=r.get("n")) + _share(r),
             ),
             ("users", lambda r: num(r.get("n"))),
         ],
@@ -210,6 +218,21 @@ def mmlu_view(table: pd.DataFrame) -> pd.DataFrame:
             ("condition", "condition"),
             ("accuracy [95 %]", lambda r: est(r["mean"], r["low"], r["high"])),
             ("items", lambda r: str(int(r["n"]))),
+            *(
+                [
+                    (
+                        "steered − unsteered, paired [95 %]",
+                        lambda r: (
+                            "–"
+                            if pd.isna(r["diff"])
+                            else est(r["diff"], r["diff_low"], r["diff_high"], signed=True)
+                        ),
+                    )
+                ]
+                if "diff" in table
+                else []
+            ),
+            *([("chance", "chance")] if "chance" in table else []),
         ],
     )
 
@@ -237,7 +260,7 @@ def steerx_view(table: pd.DataFrame) -> pd.DataFrame:
         words = {
             "ppa_under_steering": "PPA under steering",
             "mae_change_pct": "ΔMAE %",
-            "utility_gain": "utility gain",
+            "utility_gain": "keyword-density utility gain",
         }.get(base, base)
         return f"{words} at α = {alpha}" + (" (paired difference)" if paired else "")
 
@@ -249,7 +272,10 @@ def steerx_view(table: pd.DataFrame) -> pd.DataFrame:
             ("measure", lambda r: name(str(r["measure"]))),
             (
                 "estimate [95 %]",
-                lambda r: est(r["mean"], r.get("low"), r.get("high"), n=r.get("n")),
+                lambda r: (
+                    est(r["mean"], r.get("low"), r.get("high"), n=r.get("n"))
+                    + (_share(r) if "utility" in str(r["measure"]) else "")
+                ),
             ),
             ("users", lambda r: num(r.get("n"))),
         ],

@@ -186,19 +186,29 @@ def batch_history_effects(
     engine: PassEngineName = "auto",
 ) -> list[TokenEffects]:
     """``history_effects`` for many ``(prompt, response, history, counterfactual)`` at once
-    (counterfactual ``None`` = no history): one batched scoring call for all of them."""
+    (counterfactual ``None`` = no history): one batched scoring call for all of them, each
+    distinct (context, response) scored once (two counterfactuals of one target share its
+    with-history pass)."""
     qs = [_Query(p, r, h, c or []) for p, r, h, c in queries]
+    pairs: dict[tuple[tuple[int, ...], tuple[int, ...]], int] = {}
     heads: list[Tensor] = []
     tails: list[Tensor] = []
+    where: list[int] = []  # per query and side (with, without): its scored pair
     meta = []
     for q in qs:
         ids, tokens, offsets = target_tokens(model, q.response)
-        heads += [_context(model, q.history, q.prompt), _context(model, q.counterfactual, q.prompt)]
-        tails += [ids, ids]
+        for head in (_context(model, q.history, q.prompt), _context(model, q.counterfactual, q.prompt)):
+            key = (tuple(head.tolist()), tuple(ids.tolist()))
+            if key not in pairs:
+                pairs[key] = len(heads)
+                heads.append(head)
+                tails.append(ids)
+            where.append(pairs[key])
         meta.append((ids, tokens, offsets))
-    lps = ids_logprobs(
+    scored = ids_logprobs(
         model, heads, tails, batch_size=batch_size, progress_bar=progress_bar, engine=engine
     )
+    lps = [scored[i] for i in where]
     out = []
     for k, (q, (ids, tokens, offsets)) in enumerate(zip(qs, meta, strict=True)):
         out.append(

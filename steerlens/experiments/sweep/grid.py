@@ -123,11 +123,20 @@ def plan(
     return batches
 
 
-def held_out_prompts(pairs: Sequence[Any], n: int, seed: int = 0) -> list[SweepPrompt]:
+def held_out_prompts(
+    pairs: Sequence[Any],
+    n: int,
+    seed: int = 0,
+    keep: Callable[[Any], bool] | None = None,
+) -> list[SweepPrompt]:
     """One prompt per held-out turn-0 interaction (its user and preferred response), ``n`` of
-    them, drawn round-robin over prompt categories so every category has rows."""
+    them, drawn round-robin over prompt categories so every category has rows; ``keep(pair)``,
+    when given, says which interactions may be drawn (e.g. those whose user and prompt text
+    fall on the same side of a split)."""
     seen: dict[str, SweepPrompt] = {}
     for p in pairs:
+        if keep is not None and not keep(p):
+            continue
         if p.turn == 0 and p.interaction_id not in seen:
             seen[p.interaction_id] = SweepPrompt(
                 p.interaction_id, p.prompt, p.user_id, p.category, p.chosen

@@ -27,7 +27,7 @@ from steerlens.run.scoring import continuation_logprobs
 
 Measure = Callable[[HookedModel, list["SweepPrompt"], Generation], dict[str, list[Any]]]
 
-MEASURE_VERSION = 1
+MEASURE_VERSION = 2  # 2: utility z-scores clipped to ±Z_BOUND
 """The version of ``standard_measures``' code: bump it whenever a change there (or in the
 functions it calls) changes the numbers of a row, so sweeps recompute their parts."""
 

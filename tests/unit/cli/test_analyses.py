@@ -58,6 +58,10 @@ def test_personalization_script_on_the_tiny_model(tmp_path):
         "personalized (dislike-weighted)",
         "population",
     }
+    # every utility number beside its degenerate-or-empty share
+    util = table[table["measure"] == "utility_gain"]
+    assert util["degenerate_share"].between(0, 1).all()
+    assert groups["degenerate_share"].between(0, 1).all()
     # chance is the constant 0.5; a paired row is the difference of the two methods' means
     # (the same test users); every vector method's projection PPA has a real interval
     chance = table[table["method"] == "chance"].iloc[0]

@@ -434,3 +434,44 @@ def test_two_chosen_at_turn0_drop_the_conversations_later_turns_in_lenient_mode(
     ds = load_prism(_write(tmp_path / "p", _mark_chosen(_fixture_rows(), "B")), strict=False)
     assert not [u for u in ds.utterances if u.conversation_id == "c1"]
     assert "later turns are left out" in ds.problems[0].reason
+
+
+def test_shipped_cues_sit_at_varied_positions_and_are_the_planted_truth():
+    """Each non-direct response carries one or two cues at seeded positions (start, inside,
+    end), of varied length; its planted spans are exactly the cues (plus toxic words)."""
+    from steerlens.experiments.simulate import STYLES
+
+    gt = load_prism("demo").ground_truth
+    responses = list(gt["responses"].values())
+    starts, lengths, inside = [], [], 0
+    for r in responses:
+        cues = r["cues"]
+        assert (len(cues) == 0) == (r["style"] == "direct"), r["response_id"]
+        assert len(cues) <= 2
+        if not cues:
+            assert r["text"] == r["continuation"]
+        for c in cues:
+            assert r["text"][c["start"] : c["end"]] == c["text"]
+            cue_spans = {(s["start"], s["end"]) for s in r["spans"] if s.get("source") == "cue"}
+            assert (c["start"], c["end"]) in cue_spans
+            starts.append(c["start"])
+            lengths.append(len(c["text"].split()))
+            inside += c["start"] > 0 and c["end"] < len(r["text"]) - 1
+        assert all(s.get("source") in ("cue", "word") for s in r["spans"])
+    at_zero = sum(s == 0 for s in starts) / len(starts)
+    assert 0.15 < at_zero < 0.45  # not every cue opens the response
+    assert inside / len(starts) > 0.3  # many sit inside or after a sentence
+    assert min(lengths) <= 6 and max(lengths) >= 20  # of varied length
+    # every fragment carries a word its attribute measure counts (the utility rewards it)
+    from steerlens.metrics.attributes import measure
+
+    for style in STYLES:
+        if not style.fragments:
+            continue
+        for a in measure(list(style.fragments)):
+            if "caution" in style.carries:
+                assert a["caution"] > 0
+            if "refusal" in style.carries:
+                assert a["refusal"] == 1.0
+            if "informality" in style.carries:
+                assert a["formality"] < 1.0 or a["toxicity"] > 0.5

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -13,6 +14,7 @@ from steerlens.experiments import demo as demo_mod
 from steerlens.experiments.demo import DemoConfig, run_demo
 from steerlens.experiments.splits import Split
 from steerlens.experiments.token_effects import TokenEffectsConfig
+from steerlens.metrics.token_truth import text_id
 from steerlens.reporting.study import write_study_report
 
 TINY = dict(
@@ -56,8 +58,52 @@ def _check_splits(out, s):
         sel = s["selection"][quantity]
         assert (sel["n_select"], sel["n_report"]) == (len(q["select"]), len(q["report"]))
     assert s["selection"]["operating_alpha"]["chosen"] == s["best_alpha"]
+    _check_text_disjoint(out, splits)
     # the condition's threshold is chosen on the operating α's selection prompts
     assert splits["condition_threshold"]["select"] == splits["operating_alpha"]["select"]
+
+
+def _check_text_disjoint(out, splits):
+    """No split's sides share a text: the held-out prompts' texts (through prompts.jsonl),
+    the token targets' prompts and the neutral texts (ids are text hashes)."""
+
+    prompts = [json.loads(line) for line in (out / "results" / "prompts.jsonl").open()]
+    text_of = {p["prompt_id"]: text_id(p["prompt"]) for p in prompts}
+    for quantity, q in splits.items():
+        if q["unit"] == "prompt":
+            sides = [{text_of[i] for i in q[k]} for k in ("select", "report")]
+            assert sides[0] and not sides[0] & sides[1], quantity
+            assert q["texts"] == {
+                k: sorted(v) for k, v in zip(("select", "report"), sides, strict=True)
+            }
+        else:  # text ids already
+            assert not set(q["select"]) & set(q["report"]), quantity
+        if "texts" in q:
+            assert not set(q["texts"]["select"]) & set(q["texts"]["report"]), quantity
+
+
+def test_alpha_split_is_disjoint_in_users_and_texts_even_when_texts_are_shared():
+    """Rows whose user and text disagree are on neither side: two users answering the same
+    prompt text never end up on opposite sides with it."""
+    from steerlens.experiments.splits import agreed_side
+    from steerlens.experiments.sweep import SweepPrompt
+
+    texts = [f"prompt text {i}" for i in range(12)]
+    prompts = [
+        SweepPrompt(f"{u}-{i}", t, u, "benign_control", "fine")
+        for u in (f"user{k:03d}" for k in range(10))
+        for i, t in enumerate(texts)
+    ]
+    job = SimpleNamespace(need=lambda name: prompts, cfg=DemoConfig(model="tiny-random"))
+    split = demo_mod._alpha_split(job)  # type: ignore[arg-type]
+    by_id = {p.prompt_id: p for p in prompts}
+    for side in ("select", "report"):
+        assert all(
+            agreed_side(by_id[i].user_id, by_id[i].prompt) == side for i in getattr(split, side)
+        )
+    sel_texts = {by_id[i].prompt for i in split.select}
+    assert sel_texts and not sel_texts & {by_id[i].prompt for i in split.report}
+    assert not {by_id[i].user_id for i in split.select} & {by_id[i].user_id for i in split.report}
 
 
 def _check_conditional(out, s):
@@ -78,11 +124,31 @@ def _check_conditional(out, s):
     search = pd.read_csv(results / "conditional_kl_search.csv")
     chosen = search[search["chosen"]].set_index("method")["alpha"].to_dict()
     assert s["conditional_alphas"]["equal_kl"] == pytest.approx(chosen)
+    alphas = s["conditional_alphas"]
+    assert alphas["equal_kl_selection_texts"] >= 8 and alphas["equal_kl_report_texts"] >= 8
     for m, alpha_kl in chosen.items():
         part = search[(search["method"] == m) & (search["arm"] == "conditional")]
         target = search[(search["method"] == m) & (search["arm"] == "unconditional")]["kl"]
         assert (part[part["alpha"] <= alpha_kl]["kl"] <= float(target.iloc[0]) + 1e-9).all()
-        assert s["conditional_alphas"]["equal_kl_capped"][m] == (alpha_kl == part["alpha"].max())
+        run = part[part["admissible"]]
+        assert alphas["equal_kl_capped"][m] == (alpha_kl == run["alpha"].max())
+        # inside the swept, non-degenerate range (the operating α always searched)
+        assert run["alpha"].max() <= max(alphas["equal_kl_limit"][m], a) <= 8.0
+        assert part[~part["admissible"]]["kl"].isna().all()
+        # the held-out ratio decides whether "at equal KL" is kept
+        rows = pd.read_csv(results / "conditional_neutral_kl.csv")
+        rows = rows[rows["method"] == m].groupby("arm")["kl"].mean()
+        ratio = rows["conditional_equal_kl"] / rows["unconditional"]
+        assert alphas["equal_kl_heldout_ratio"][m] == pytest.approx(ratio, abs=1e-3)
+        assert alphas["equal_kl_matched"][m] == (0.9 <= ratio <= 1.1)
+        # each arm's degenerate share and the report prompts whose two arms differ
+        arms = s["conditional_arms"][m]["operating"]
+        c = cond[(cond["method"] == m) & (cond["alpha"] == a)].set_index("prompt_id")
+        u = dose[(dose["method"] == m) & (dose["alpha"] == a)].set_index("prompt_id").loc[c.index]
+        assert arms["prompts"] == len(c)
+        assert arms["prompts_differing"] == int((c["generation"] != u["generation"]).sum())
+        assert arms["degenerate_share"]["conditional"] == pytest.approx(c["degenerate"].mean())
+        assert s["conditional_arms"][m]["equal_kl"]["alpha"] == alpha_kl
     base = dose[dose["method"] == "none"].set_index("prompt_id")
     for m in ("population", "dislike-weighted", "bradley-terry"):
         c = cond[(cond["method"] == m) & (cond["alpha"] == a)].set_index("prompt_id")
@@ -99,7 +165,8 @@ def _check_conditional(out, s):
     assert share == s["conditional"]["population"]["steered_share"]["conditional"]
     kl = pd.read_csv(results / "conditional_neutral_kl.csv")
     off = kl[(kl["arm"] == "conditional") & ~kl["steered"]]
-    assert (off["kl"] == 0.0).all()  # an unsteered text has no side effect at all
+    # an unsteered text has no side effect (up to its batch's padding, in the last bits)
+    assert (off["kl"].abs() <= 1e-6).all()
     for m in ("population", "dislike-weighted", "bradley-terry"):
         rows = kl[kl["method"] == m].pivot_table(
             index=["text", "vector"], columns="arm", values="kl"
@@ -108,6 +175,75 @@ def _check_conditional(out, s):
             (rows["conditional"] - rows["unconditional"]).mean(), abs=1e-5
         )
     assert set(s["conditional_by_category"]) == set(cond["category"])
+
+
+def _check_mmlu(out, s):
+    """MMLU at the operating α, the largest swept α and each KL budget's α: each row paired
+    with unsteered, the chance rate beside it, in the summary, results/mmlu.csv and the page."""
+    from steerlens.reporting.markdown import summary_markdown
+
+    rows = s["mmlu_by_alpha"]
+    assert s["mmlu_chance"] == 0.25 and all(r["chance"] == 0.25 for r in rows)
+    assert [r["role"] for r in rows[:3]] == ["unsteered", "operating α", "largest swept α"]
+    assert rows[1]["alpha"] == s["best_alpha"] and rows[2]["alpha"] == 8.0
+    budgets = {r["kl_budget"]: r["alpha"] for r in rows if r["kl_budget"] is not None}
+    assert sorted(budgets) == s["kl_budgets"] and set(budgets.values()) == {4.0, 8.0}
+    assert rows[0]["minus_unsteered"] is None
+    assert s["mmlu_steered_minus_unsteered"] == rows[1]["minus_unsteered"]
+    table = pd.read_csv(out / "results" / "mmlu.csv")
+    assert len(table) == len(rows) and (table["chance"] == 0.25).all()
+    for r, (_, t) in zip(rows[1:], table.iloc[1:].iterrows(), strict=True):
+        assert r["accuracy"]["mean"] == pytest.approx(t["mean"])
+        diff = r["minus_unsteered"]
+        assert set(diff) >= {"mean", "interval", "n", "unit"} and diff["n"] == s["mmlu_items"]
+        assert diff["mean"] == pytest.approx(t["mean"] - table["mean"].iloc[0], abs=1e-6)
+    page = summary_markdown(s)
+    assert "Chance on these 4-choice items: 0.25" in page and "(largest swept)" in page
+
+
+def _check_utility_shares(out, s):
+    """Every utility number has its arm's degenerate-or-empty share beside it (both arms' for
+    a difference), recomputed from the sweep's cells; collapsed outputs never gain."""
+    results = out / "results"
+    dose = pd.read_parquet(results / "sweep" / "dose" / "cells.parquet")
+    report = json.loads((results / "splits.json").read_text())["operating_alpha"]["report"]
+    at = dose[dose["prompt_id"].isin(report) & (dose["alpha"] == s["best_alpha"])]
+    flag = lambda rows: float((rows["degenerate"] | rows["empty"]).mean())  # noqa: E731
+    for m, entry in s["utility_gain_all"].items():
+        share = entry["degenerate_share"]
+        if "−" in m:
+            method = m.split(" − ")[0]
+            assert set(share) == {method, "population"}, m
+            assert share[method] == pytest.approx(flag(at[at["method"] == method]), abs=1e-4)
+        else:
+            assert share == pytest.approx(flag(at[at["method"] == m]), abs=1e-4), m
+        for g, e in s["utility_gain"][m].items():
+            assert "degenerate_share" in e, (m, g)
+    # the floor: a degenerate row's gain over its unsteered text is never positive
+    base = dose[dose["method"] == "none"].set_index("prompt_id")["utility"]
+    rows = dose[dose["method"] != "none"]
+    gains = sl.metrics.summaries.utility_gains(rows, base)
+    assert (gains[sl.metrics.summaries.degenerate_flags(rows)] <= 0).all()
+    upk = s["utility_per_kl"]
+    for m, row in upk["minus_population"].items():
+        for e in row.values():
+            assert set(e["degenerate_share"]) == {m, "population"}
+    for kind in ("calibrated", "fixed_alpha"):
+        for row in upk[kind].values():
+            assert all(0 <= e["degenerate_share"] <= 1 for e in row.values())
+    for m, entry in s["conditional"].items():
+        for key in ("utility_gain", "utility_gain_equal_kl"):
+            if key in entry:
+                arms = entry[key]
+                assert set(arms["difference"]["degenerate_share"]) == {
+                    "conditional",
+                    "unconditional",
+                }, m
+                assert 0 <= arms["conditional"]["degenerate_share"] <= 1, m
+    util = [c["claim"] for c in s["headline"] if "utility" in c["claim"]]
+    assert util and all("degenerate or empty outputs" in c for c in util)
+    assert all("keyword-density" in c["claim"].lower() for c in s["headline"] if c["claim"] in util)
+    assert not any("Ground-truth utility" in c for c in util)
 
 
 def _every_estimate_has_n(node, path="summary"):
@@ -137,7 +273,7 @@ def test_demo_job_on_tiny_model_writes_results_figures_and_report(tmp_path, monk
         ),
     )
     cfg = DemoConfig(
-        **TINY,
+        **{**TINY, "neutral_texts": 16},  # the conditional step: 8 texts a side
         out=str(tmp_path),
         steerx_backbones=["mean", "mean-context", "bipo"],  # (SAE: test_analyses, own SAE)
     )
@@ -157,6 +293,8 @@ def test_demo_job_on_tiny_model_writes_results_figures_and_report(tmp_path, monk
     }
     _check_splits(tmp_path, s)
     _check_conditional(tmp_path, s)
+    _check_utility_shares(tmp_path, s)
+    _check_mmlu(tmp_path, s)
     steps = json.loads((tmp_path / "results" / "steps.json").read_text())
     assert list(steps) == list(demo_mod.STEPS)
     assert all(v["status"] == "done" for v in steps.values())
@@ -194,7 +332,8 @@ def test_demo_job_on_tiny_model_writes_results_figures_and_report(tmp_path, monk
     n_held = min(cfg.kl_texts, cfg.neutral_texts - cfg.kl_texts)  # the texts after kl_texts
     assert set(held["text_id"]) == set(range(cfg.kl_texts, cfg.kl_texts + n_held))
     report_ids = json.loads((tmp_path / "results" / "splits.json").read_text())["kl_alpha"]
-    assert {f"neutral-{i}" for i in held["text_id"]} == set(report_ids["report"])
+    neutral = demo_mod._neutral(SimpleNamespace(cfg=cfg))  # type: ignore[arg-type]
+    assert {text_id(neutral[i]) for i in held["text_id"]} == set(report_ids["report"])
     for m, row in s["kl_heldout"].items():
         for b, e in row.items():
             part = held[(held["method"] == m) & (held["kl_budget"] == float(b))]
@@ -264,6 +403,7 @@ def test_demo_job_on_tiny_model_writes_results_figures_and_report(tmp_path, monk
         assert (tmp_path / "figures" / f"{name}.html").exists(), name
     page = (tmp_path / "figures" / "index.html").read_text()
     assert "not real PRISM" in page and "gen-data" in page
+    assert "Keyword-density utility gain" in page and "Ground-truth utility" not in page
 
     def strict(token: str) -> None:
         raise AssertionError(f"summary.json holds {token}, which JSON.parse rejects")
@@ -348,6 +488,11 @@ def test_demo_config_validation():
         DemoConfig(neutral_texts=8, kl_texts=8)  # no texts left to report the KL on
     with pytest.raises(ValueError, match="kl_alphas"):
         DemoConfig(kl_alphas=[0.3])
+    # the conditional step's equal-KL α: >= 8 neutral texts a side, in the quick preset too
+    assert q.neutral_texts >= 16 and DemoConfig().neutral_texts >= 16
+    with pytest.raises(ValueError, match="neutral_texts >= 16"):
+        DemoConfig(neutral_texts=8, kl_texts=4)
+    assert DemoConfig(neutral_texts=8, kl_texts=4, steps=["mmlu"]).neutral_texts == 8
     assert "steerx" not in DemoConfig(steerx=False).steps
     assert q.token_effects.smoke and q.token_effects.max_users == 10
     # what the numbers depend on: not the device, the output folder or the steps run
@@ -358,7 +503,9 @@ def test_demo_config_validation():
     # computed by the 2026-12-05 code, d8bdb8e); other method options make another study
     b = ["mean", "mean-context", "bipo"]
     assert demo_mod.study_key(DemoConfig(steerx_backbones=b)) == "5e824fe4664c"
-    assert demo_mod.study_key(DemoConfig(quick=True, steerx_backbones=b)) == "2ded97ba1234"
+    # (the quick preset's neutral_texts has since grown to 16: that key with the old count)
+    old_quick = DemoConfig(quick=True, steerx_backbones=b, neutral_texts=8, steps=["vectors"])
+    assert demo_mod.study_key(old_quick) == "2ded97ba1234"
     other = DemoConfig(steerx_backbones=b, options={"shrink": 0.0})  # type: ignore[arg-type]
     assert demo_mod.study_key(other) != "5e824fe4664c"
     # one run section (seed, device, batch size), nested; from a JSON/YAML mapping too

@@ -89,8 +89,10 @@ def test_ppa_by_projection_equals_the_count_by_hand():
     # user a: +1, -1, 0 (tie) -> 1.5/3; user b: +1, +1, 0 (tie) -> 2.5/3
     assert est.per_unit.to_dict() == pytest.approx({"a": 0.5, "b": 2.5 / 3})
     assert est.mean == pytest.approx((0.5 + 2.5 / 3) / 2)
-    # two users: the resamples' means are 0.5, 2.5/3 or their average
-    assert (est.low, est.high) == pytest.approx((0.5, 2.5 / 3))
+    # two users: the interval is centred on the mean and, on t's 1 df, wider than the two
+    # users' values; below MIN_CLUSTERS it is not reported
+    assert (est.low + est.high) / 2 == pytest.approx(est.mean)
+    assert est.low < 0.5 and est.high > 2.5 / 3 and est.interval is None
     own = {"a": sl.SteeringVector({0: -e[0]}), "b": sl.SteeringVector({0: e[2]})}
     per_user = ppa_projection(pa, own)
     assert per_user.per_unit.to_dict() == pytest.approx({"a": 1.5 / 3, "b": 1.0 / 3})

@@ -79,3 +79,42 @@ def test_intervals_are_withheld_below_min_clusters():
 )
 def test_direction_says_higher_or_lower_only_when_the_interval_excludes_zero(interval, n, word):
     assert direction(interval, n) == word
+
+
+def test_t_interval_is_the_bootstrap_se_with_t_critical_values():
+    from steerlens.metrics.stats import bootstrap_interval, t_interval
+
+    boots = np.array([-1.0, 1.0])  # sd 1.414..., so se = sqrt(2) * sqrt(5 / 4)
+    lo, hi = t_interval(0.5, boots, 5)
+    assert (lo + hi) / 2 == pytest.approx(0.5)
+    assert (hi - lo) / 2 == pytest.approx(2.776445 * np.sqrt(2.0) * np.sqrt(5 / 4), rel=1e-5)
+    assert all(np.isnan(t_interval(0.5, boots, 1))) and all(np.isnan(t_interval(0.5, [1.0], 5)))
+    with pytest.raises(ValueError, match="level"):
+        t_interval(0.5, boots, 5, level=1.5)
+    # a mean's bootstrap SE, corrected, is the sample SE: the interval is Student's t interval
+    x = np.random.default_rng(2).normal(size=6)
+    lo, hi = bootstrap_interval(x, n_boot=20000, seed=0)
+    half = 2.570582 * x.std(ddof=1) / np.sqrt(x.size)
+    assert (lo, hi) == pytest.approx((x.mean() - half, x.mean() + half), rel=0.03, abs=0.02)
+
+
+def test_crossed_estimate_resamples_users_and_items():
+    from steerlens.metrics.stats import crossed_estimate
+
+    users = np.repeat(list("abcdef"), 4)
+    items = np.tile(["t0", "t1", "t2", "t3"], 6)
+    values = np.arange(24, dtype=float)
+    values[3] = np.nan  # a missing cell: the mean is over the rows there are
+    e = crossed_estimate(values, users, items, n_boot=200, seed=0)
+    assert e.mean == pytest.approx(np.nanmean(values)) and e.n == 6
+    assert e.per_unit["a"] == pytest.approx(1.0) and e.per_unit["b"] == pytest.approx(5.5)
+    assert e.low < e.mean < e.high and e.interval is not None
+    again = crossed_estimate(values, users, items, n_boot=200, seed=0)
+    assert (again.low, again.high) == (e.low, e.high)  # seeded
+    # one item: nothing varies over items, and users alone give the interval's df
+    one = crossed_estimate(values[::4], users[::4], items[::4], n_boot=200, seed=0)
+    assert one.n == 6 and np.isfinite(one.low)
+    few = crossed_estimate(values[:16], users[:16], items[:16], n_boot=200, seed=0)
+    assert few.n == MIN_CLUSTERS - 1 and few.interval is None
+    with pytest.raises(ValueError, match="values for"):
+        crossed_estimate(values, users[:3], items)

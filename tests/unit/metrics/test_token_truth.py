@@ -88,21 +88,18 @@ def test_user_queries_and_estimators_on_the_simulated_set():
     pd.testing.assert_frame_equal(estimator_scores([fake], [plain[0]], [plain[1]]), table)
 
 
-def test_completed_truth_adds_directness_openings_and_attribute_words():
+def test_completed_truth_adds_the_measured_words_and_only_those():
+    """The completed truth adds every word the attribute measures count (what the simulated
+    utility rewards) and nothing else: no span for a style that plants nothing."""
     from steerlens.metrics.token_truth import response_spans
 
-    direct = {"text": "Sure. Please be careful, dude.", "opening": "Sure. ", "spans": []}
+    direct = {"text": "Sure. Please be careful, dude.", "spans": []}
     assert response_spans(direct) == []
     done = response_spans(direct, "completed")
-    assert (0, 6, "directness") in done
-    words = {direct["text"][a:b]: attr for a, b, attr in done if a >= 6}
+    words = {direct["text"][a:b]: attr for a, b, attr in done}
     assert words == {"Please": "caution", "careful": "caution", "dude": "informality"}
-    edgy = {
-        "text": "Ugh, damn. Fine.",
-        "opening": "Ugh, damn. ",
-        "spans": [{"start": 0, "end": 11, "attribute": "toxicity"}],
-    }
-    assert not any(attr == "directness" for *_, attr in response_spans(edgy, "completed"))
+    plain = {"text": "The capital is Canberra.", "spans": []}
+    assert response_spans(plain, "completed") == []
     with pytest.raises(ValueError, match="truth"):
         response_spans(direct, "vibes")  # type: ignore[arg-type]
 
@@ -152,3 +149,89 @@ def test_the_operating_point_is_chosen_on_half_the_users_and_scored_on_the_other
     # chosen on b and d (at recall >= 0.5 only "everything" qualifies there), scored on a, c
     assert out["chosen_on_selection"]["recall"] == 1.0
     assert out["report"]["precision"]["mean"] == pytest.approx(0.5)
+
+
+def _positional_tokens(split_of: dict[str, str]) -> pd.DataFrame:
+    from steerlens.metrics.token_truth import ESTIMATORS
+
+    rows = []
+    for user, side in split_of.items():
+        for i in range(10):
+            planted = i < 3  # the truth sits at the head of every response
+            rows.append(
+                {
+                    "user": user,
+                    "group": "g",
+                    "position": i,
+                    "token": "t",
+                    "attribute": "x" if planted else "",
+                    "planted": planted,
+                    "split": side,
+                    # effect estimators see planted tokens only half the time
+                    **{e: 0.3 if planted and i % 2 == 0 else 0.3 * (i == 7) for e in ESTIMATORS},
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def test_every_rule_is_tuned_on_the_selection_side_beside_its_baselines():
+    """The position-only rule, the placebo-controlled estimator, NextQuill's score (tuned and
+    as published) and the base rate are all scored on the report side beside the chosen
+    rule; on a truth that sits at the head of every response the position rule wins, as a
+    baseline must be able to."""
+    from steerlens.experiments.token_effects import RULE_LABELS, score_tokens
+
+    tokens = _positional_tokens({u: "select" if u in "ac" else "report" for u in "abcd"})
+    out = score_tokens(tokens, min_recall=0.5)
+    rules = out["rules"]
+    assert set(rules) == set(RULE_LABELS)
+    assert rules["position"]["k"] in (2, 3)  # tuned on a, c: precision 1 at recall >= 0.5
+    assert rules["position"]["precision"]["mean"] == pytest.approx(1.0)
+    assert rules["base_rate"]["precision"]["mean"] == pytest.approx(0.3)
+    assert rules["base_rate"]["recall"]["mean"] == pytest.approx(1.0)
+    assert rules["placebo"]["estimator"] in ("placebo · p-diff", "placebo · log-ratio")
+    assert rules["nextquill_published"]["threshold"] == 0.05
+    chosen = rules["chosen"]["precision"]["mean"]
+    for name, row in rules.items():
+        if name != "chosen":  # paired difference chosen − rule, at the point estimate
+            assert row["precision_minus"]["mean"] == pytest.approx(
+                chosen - row["precision"]["mean"], abs=1e-5
+            )
+    assert "precision_minus" not in rules["chosen"]
+
+
+def test_position_rule_on_the_shipped_set_scores_at_the_base_rate():
+    """On the shipped simulated set the cues sit at varied positions: the first-k-words rule,
+    k tuned on half the users (best precision at recall >= 0.5), scores within 0.05 of the
+    base rate on the other half (words stand in for tokens; no model needed)."""
+    import re
+
+    import numpy as np
+
+    ds = sl.data.load_prism("demo")
+    gt = ds.ground_truth
+    users = sorted(ds.users)
+    side = {u: i % 2 for i, u in enumerate(users)}
+    by_text = {r["text"]: r for r in gt["responses"].values()}
+    pos: list[list[int]] = [[], []]
+    lab: list[list[bool]] = [[], []]
+    for p in ds.preference_pairs(turn0_only=True):
+        r = by_text[p.chosen]
+        for i, m in enumerate(re.finditer(r"\S+", r["text"])):
+            pos[side[p.user_id]].append(i)
+            lab[side[p.user_id]].append(
+                any(m.start() < s["end"] and m.end() > s["start"] for s in r["spans"])
+            )
+    sel_pos, sel_lab = np.array(pos[0]), np.array(lab[0])
+    best_k, best_p = None, -1.0
+    for k in range(1, int(sel_pos.max()) + 2):
+        chosen = sel_pos < k
+        recall = (chosen & sel_lab).sum() / sel_lab.sum()
+        precision = (chosen & sel_lab).sum() / chosen.sum()
+        if recall >= 0.5 and precision > best_p:
+            best_k, best_p = k, precision
+    rep_pos, rep_lab = np.array(pos[1]), np.array(lab[1])
+    base = rep_lab.mean()
+    precision = rep_lab[rep_pos < best_k].mean()
+    assert 0.15 < base < 0.6
+    assert abs(precision - base) <= 0.05, (best_k, precision, base)

@@ -86,3 +86,43 @@ def test_report_command_writes_the_pages_and_refuses_a_missing_summary(tmp_path)
     assert res.exit_code == 0, res.output
     html = (tmp_path / "figures" / "index.html").read_text()
     assert 'id="headline"' in html and "n = 3 users: n too small for an interval" in html
+
+
+def test_every_utility_number_stands_beside_its_degenerate_share():
+    diff = {"mean": -0.2, "interval": [-0.4, -0.05], "n": 6, "unit": "user"}
+    s = {
+        **SUMMARY,
+        "utility_gain": {
+            "population": {
+                "majority": {**diff, "mean": 0.07, "degenerate_share": 0.05},
+            },
+            "dislike-weighted − population": {
+                "majority": {
+                    **diff,
+                    "degenerate_share": {"dislike-weighted": 0.1, "population": 0.05},
+                },
+            },
+        },
+        "calibrated": [
+            {
+                "method": "population",
+                "kl_budget": 0.1,
+                "alpha": 2.0,
+                "delta_pct": -5.0,
+                "delta_low": -9.0,
+                "delta_high": -1.0,
+                "utility_gain": 0.1,
+                "utility_low": 0.0,
+                "utility_high": 0.2,
+                "n": 6,
+                "degenerate_share": 0.25,
+            }
+        ],
+    }
+    page = summary_markdown(s)
+    assert "## Keyword-density utility gain per user group (simulated users)" in page
+    assert "Ground-truth utility" not in page
+    assert "| population | 0.07 [-0.4, -0.05] (n = 6); degenerate 0.05 |" in page
+    assert "(n = 6); degenerate dislike-weighted 0.1, population 0.05 |" in page
+    assert "| keyword-density utility gain | degenerate share |" in page
+    assert "| 0.1 [0, 0.2] | 0.25 |" in page

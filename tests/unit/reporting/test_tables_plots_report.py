@@ -446,3 +446,35 @@ def test_user_card_outlines_the_kept_tokens():
     assert "u7" in fig.layout.title.text and "likes brevity" in fig.layout.title.text
     with pytest.raises(ValueError, match="no targets"):
         plots.user_card({"user": "x", "targets": []})
+
+
+def test_utility_views_show_each_arms_degenerate_share():
+    from steerlens.reporting.tables import conditional_view, dose_view, ppa_view
+
+    view = dose_view(dose_response_table(_cells(FIVE_USERS), n_boot=100))
+    cols = list(view.columns)
+    assert "keyword-density utility gain" in cols and "degenerate share" in cols
+    cond = pd.DataFrame(
+        [
+            dict(method="population", measure="utility_gain", arm=arm, mean=m, low=m - 0.1,
+                 high=m + 0.1, n=6, unit="user", degenerate_share=d)
+            for arm, m, d in (("conditional", 0.2, 0.1), ("unconditional", 0.1, 0.3),
+                              ("difference", 0.1, None))
+        ]
+    )  # fmt: skip
+    row = conditional_view(cond).iloc[0]
+    assert row["conditional"].endswith("(degenerate 0.10)")
+    assert row["unconditional"].endswith("(degenerate 0.30)")
+    assert "degenerate" not in row["conditional − unconditional"]  # its arms are beside it
+    ppa = pd.DataFrame(
+        [dict(method="population", measure="utility_gain", mean=0.1, low=0.0, high=0.2, n=6,
+              degenerate_share=0.05)]
+    )  # fmt: skip
+    assert ppa_view(ppa).iloc[0]["estimate [95 %]"].endswith("(degenerate 0.050)")
+    util = pd.DataFrame(
+        [dict(method="population", group="all", mean=0.1, low=0.0, high=0.2, n=6,
+              degenerate_share=0.25)]
+    )  # fmt: skip
+    fig = plots.utility_by_group(util)
+    assert fig.data[0].text[0] == "0.100 (deg. 0.25)"
+    assert "Keyword-density" in fig.layout.title.text

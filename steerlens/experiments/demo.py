@@ -27,22 +27,27 @@ Steps (``STEPS``):
    the toxicity error) gates every method; conditional vs unconditional steering on the
    report prompts at the operating α and at equal neutral-text KL
    (``steerlens.experiments.conditional``);
-7. ``mmlu``: zero-shot MMLU unsteered and steered at the operating α;
-8. ``token_effects``: SteerX's token effects scored against the simulated set's planted truth
-   (smaller under ``quick``, labelled a smoke run);
+7. ``mmlu``: zero-shot MMLU unsteered and steered at the operating α, the largest swept α
+   and each KL budget's α, beside the chance rate;
+8. ``token_effects``: SteerX's token effects scored against the simulated set's planted truth,
+   beside its baselines (base rate, position only, placebo-controlled, NextQuill), every rule
+   tuned on the selection side (smaller under ``quick``, labelled a smoke run);
 9. ``steerx``: SteerX vs all-history per backbone and on the pair-based backbone
    (``steerlens.experiments.steerx_compare``; reconstructed).
 
-Every tuned quantity is chosen on a selection split and reported on a disjoint report split
-(``results/splits.json``, ``summary["selection"]``): the operating α (the population vector's
-lowest MAE) on half the held-out prompts' users, reported on the other half; each user's
+Every tuned quantity is chosen on a selection split and reported on a report split disjoint in
+users and in texts (``results/splits.json``, ``summary["selection"]``): the operating α (the
+population vector's lowest MAE) on the held-out prompts whose user and text both fall on the
+selection side (``splits.agreed_side``), reported on those of the report side; each user's
 calibrated α on the calibration texts, its KL reported on held-out neutral texts
 (likewise the condition's threshold and its equal-KL α)
 (``summary["kl_heldout"]``; unreached budgets listed in ``summary["calibration_unreached"]``
-and never swept); the token estimator and threshold (``token_effects``). Intervals resample
-users, then prompts within them, carry their n, and are withheld below 5 units;
-``summary["headline"]`` words each comparison by its paired interval
-(``steerlens.experiments.headline``).
+and never swept); the token estimator and threshold (``token_effects``). Intervals
+(``steerlens.metrics.stats``) resample users, then prompts within them (users and texts both
+where every user meets the same texts), use Student-t critical values, carry their n, and are
+withheld below 5 units; ``summary["headline"]`` holds one primary claim and declared families
+of secondary ones, worded by Holm's procedure within each family
+(``steerlens.experiments.headline``); everything else is exploratory.
 
 On the default (embedded SmolLM2-135M-Instruct, simulated PRISM-format set) this is a
 small-model, simulated-data rehearsal of the CAA-on-PRISM study; its numbers are not the
@@ -1195,6 +1200,8 @@ def study_key(cfg: DemoConfig) -> str:
         del fields["options"]
     if cfg.condition_method == "mean-diff":  # added later: the default keeps earlier keys
         del fields["condition_method"]
+    if cfg.side_effect_texts is None:  # likewise
+        del fields["side_effect_texts"]
     te = fields["token_effects"]
     te.update({k: v for k, v in te.pop("run").items() if k != "device"})
     return hashlib.sha1(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:12]

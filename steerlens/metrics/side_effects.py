@@ -42,7 +42,9 @@ def _stats(
     """``[resamples, 2]``: (mean of text means of KL, perplexity pooling every token), rows
     weighted by their user's (``wu``) times their text's (``wt``) draw counts."""
     w = wu * wt
-    return np.stack([_mean_of_text_means(codes, kl, wu, wt), np.exp((w @ nll) / (w @ n))], axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):  # a resample with no rows: NaN
+        ppl = np.exp((w @ nll) / (w @ n))
+    return np.stack([_mean_of_text_means(codes, kl, wu, wt), ppl], axis=1)
 
 
 def side_effect_table(

@@ -471,12 +471,12 @@ def test_demo_config_validation():
     with pytest.raises(ValueError, match="unknown"):
         DemoConfig(methods=["population", "vibes"])
     q = DemoConfig(quick=True)
-    assert q.n_prompts == 16 and q.max_users == 16 and not q.steer_ppa
+    assert q.n_prompts == 24 and q.max_users == 16 and not q.steer_ppa
     # the preset fills what the caller left unset, never what they set (even to a default)
     mine = DemoConfig(quick=True, alphas=[0.0, 0.5, 1.0, 1.5], n_prompts=48, steer_ppa=True)
     assert (mine.alphas, mine.n_prompts, mine.steer_ppa) == ([0.0, 0.5, 1.0, 1.5], 48, True)
     assert mine.max_users == 16 and mine.gating_ks == q.gating_ks
-    assert DemoConfig("smollm2-135m-instruct", "demo", ".", True).n_prompts == 16  # positional
+    assert DemoConfig("smollm2-135m-instruct", "demo", ".", True).n_prompts == 24  # positional
     assert q.steerx and q.steerx_backbones == ["mean", "mean-context"]
     with pytest.raises(ValueError, match="steerx_backbones"):
         DemoConfig(steerx_backbones=["lora"])
@@ -494,7 +494,10 @@ def test_demo_config_validation():
         DemoConfig(neutral_texts=8, kl_texts=4)
     assert DemoConfig(neutral_texts=8, kl_texts=4, steps=["mmlu"]).neutral_texts == 8
     assert "steerx" not in DemoConfig(steerx=False).steps
-    assert q.token_effects.smoke and q.token_effects.max_users == 10
+    assert q.token_effects.smoke and q.token_effects.max_users == 16
+    assert q.side_effect_texts == 8
+    with pytest.raises(ValueError, match="side_effect_texts"):
+        DemoConfig(side_effect_texts=4)  # fewer than the KL calibration's texts
     # what the numbers depend on: not the device, the output folder or the steps run
     same = DemoConfig(run={"device": "cpu"}, out="elsewhere", steps=["mmlu"], cells_per_batch=8)
     assert demo_mod.study_key(same) == demo_mod.study_key(DemoConfig())
@@ -503,8 +506,23 @@ def test_demo_config_validation():
     # computed by the 2026-12-05 code, d8bdb8e); other method options make another study
     b = ["mean", "mean-context", "bipo"]
     assert demo_mod.study_key(DemoConfig(steerx_backbones=b)) == "5e824fe4664c"
-    # (the quick preset's neutral_texts has since grown to 16: that key with the old count)
-    old_quick = DemoConfig(quick=True, steerx_backbones=b, neutral_texts=8, steps=["vectors"])
+    # (the quick preset has since changed: that key with the old preset's values)
+    old_quick = DemoConfig(
+        quick=True,
+        steerx_backbones=b,
+        n_prompts=16,
+        neutral_texts=8,
+        side_effect_texts=None,
+        token_effects=TokenEffectsConfig(
+            targets_per_user=2,
+            max_users=10,
+            patch_targets=1,
+            patch_layers=3,
+            history_tokens=12,
+            smoke=True,
+        ),
+        steps=["vectors"],
+    )
     assert demo_mod.study_key(old_quick) == "2ded97ba1234"
     other = DemoConfig(steerx_backbones=b, options={"shrink": 0.0})  # type: ignore[arg-type]
     assert demo_mod.study_key(other) != "5e824fe4664c"

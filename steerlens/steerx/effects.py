@@ -197,7 +197,10 @@ def batch_history_effects(
     meta = []
     for q in qs:
         ids, tokens, offsets = target_tokens(model, q.response)
-        for head in (_context(model, q.history, q.prompt), _context(model, q.counterfactual, q.prompt)):
+        for head in (
+            _context(model, q.history, q.prompt),
+            _context(model, q.counterfactual, q.prompt),
+        ):
             key = (tuple(head.tolist()), tuple(ids.tolist()))
             if key not in pairs:
                 pairs[key] = len(heads)

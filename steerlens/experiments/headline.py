@@ -8,9 +8,10 @@ every member is listed whether or not it favours a method. Within a family, Holm
 procedure (``steerlens.metrics.stats.holm``) over the members' p-values decides the words:
 "higher" / "lower" only where the adjusted p is below ``LEVEL`` and the interval excludes 0
 (``steerlens.metrics.stats.direction``), else "no difference detected (n = ...)". The
-p-values come from each comparison's 95 % interval by a normal approximation
-(``interval_pvalue``: the summary keeps no resamples); a member below ``MIN_CLUSTERS`` units
-has no interval, p = 1, and still counts in its family's size. Levels (a KL, a precision, a
+p-values come from each comparison's 95 % interval (``interval_pvalue``: the summary keeps
+no resamples), with the t distribution on n − 1 degrees of freedom the interval was built
+with; a member below ``MIN_CLUSTERS`` units has no interval, p = 1, and still counts in its
+family's size; below ``MIN_WORDED`` units no member gets a direction word. Levels (a KL, a precision, a
 share) are no comparison: ``family`` None, exploratory, no direction word. The pages render
 this list; they never word a finding themselves.
 """
@@ -96,7 +97,9 @@ def adjust(claims: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for name in dict.fromkeys(c["family"] for c in claims if c.get("family") is not None):
         members = [c for c in claims if c.get("family") == name]
         raw = [
-            interval_pvalue(c["estimate"], c["interval"]) if c["n"] >= MIN_CLUSTERS else 1.0
+            interval_pvalue(c["estimate"], c["interval"], df=c["n"] - 1)
+            if c["n"] >= MIN_CLUSTERS
+            else 1.0
             for c in members
         ]
         for c, p, p_adj in zip(members, raw, holm(raw), strict=True):

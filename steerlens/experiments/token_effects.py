@@ -46,6 +46,7 @@ from steerlens.experiments.config import RunSection, as_section
 from steerlens.experiments.splits import Split, record_selection, split_parity
 from steerlens.metrics.stats import cluster_resamples, reported, t_interval
 from steerlens.metrics.token_truth import (
+    ESTIMATORS,
     Truth,
     estimator_scores,
     planted_labels,
@@ -116,6 +117,11 @@ NEXTQUILL = "none · p-diff"  # NextQuill's score: P(token | history) - P(token 
 NEXTQUILL_PUBLISHED = 0.05  # NextQuill's own threshold (SteerXConfig's default selection)
 POSITION = "position · first k"  # the position-only rule: a response's first k tokens
 PLACEBO_ESTIMATORS = ("placebo · p-diff", "placebo · log-ratio")
+SELECTION_ESTIMATORS = tuple(
+    e for e in ESTIMATORS if e != NEXTQUILL and e not in PLACEBO_ESTIMATORS
+)
+"""What SteerX's selection is chosen from: every estimator that is not itself a baseline
+(so "chosen − baseline" never compares a rule with itself)."""
 
 
 def _with_position_score(tokens: pd.DataFrame) -> pd.DataFrame:
@@ -133,13 +139,13 @@ def _position_curve(tokens: pd.DataFrame) -> pd.DataFrame:
 
 def tuned_rules(select: pd.DataFrame, min_recall: float) -> dict[str, dict[str, Any]]:
     """Every rule the page reports, each tuned on the selection side by the one criterion
-    (highest precision at recall >= ``min_recall``): the best effect estimator (SteerX's
-    selection), NextQuill's score with its threshold tuned, the best placebo-controlled
+    (highest precision at recall >= ``min_recall``): the best of ``SELECTION_ESTIMATORS``
+    (SteerX's selection), NextQuill's score with its threshold tuned, the best placebo-controlled
     estimator (another user's history as the counterfactual), and the position-only rule
     (first k tokens). The base rate (every token) needs no tuning."""
     curve = pr_curve(select)
     rules = {
-        "chosen": _best(curve, min_recall),
+        "chosen": _best(curve[curve["estimator"].isin(SELECTION_ESTIMATORS)], min_recall),
         "nextquill": _best(curve[curve["estimator"] == NEXTQUILL], min_recall),
         "placebo": _best(curve[curve["estimator"].isin(PLACEBO_ESTIMATORS)], min_recall),
     }
@@ -203,16 +209,11 @@ def selection_scores(
             off = 2 * len(names)
             cols |= {"precision_minus": off + 2 * j, "recall_minus": off + 2 * j + 1}
         for key, c in cols.items():
-            row[key] = reported(point[c], *_t_interval(point[c], boots[:, c], n), n, "user")
+            iv = t_interval(point[c], boots[:, c], n) if boots.size else (np.nan, np.nan)
+            row[key] = reported(point[c], *iv, n, "user")
         row["selected"] = {"mean": round(float(sels[j].mean()), 5) if truth.size else None, "n": n}
         out[name] = row
     return out
-
-
-def _t_interval(point: float, boots: np.ndarray, n: int) -> tuple[float, float]:
-    """The study's interval (``t_interval``: bootstrap SE, t critical values) from these
-    resamples over ``n`` users."""
-    return t_interval(point, boots, n) if boots.size else (np.nan, np.nan)
 
 
 def _rule_of(pick: dict[str, Any]) -> tuple[str, float]:
@@ -367,8 +368,11 @@ def _record_estimator(
     user_side: dict[str, str],
     chosen: str,
     cfg: TokenEffectsConfig,
+    picks: dict[str, dict[str, Any]],
 ) -> None:
-    """Record the estimator chosen on the selection side and the split it was chosen on."""
+    """Record the estimator chosen on the selection side, every baseline rule tuned there
+    alike (``baselines``: NextQuill's threshold, the placebo estimator, the position rule's
+    k), and the split they were chosen on."""
     texts = {
         side: sorted({text_id(q.prompt) for q in queries if user_side[q.user_id] == side})
         for side in ("select", "report")
@@ -383,7 +387,12 @@ def _record_estimator(
         Split(texts["select"], texts["report"], "text", {"users": users_by}),
         chosen,
         criterion=f"highest precision at recall >= {cfg.min_recall:g} on the selection side "
-        "(completed truth)",
+        "(completed truth), for the chosen rule and every baseline alike",
+        baselines={
+            name: f"{p['estimator']} > {float(p['threshold']):g}"
+            for name, p in picks.items()
+            if name != "chosen"
+        },
     )
 
 
@@ -519,7 +528,7 @@ def token_effect_study(
     }
     write_json(results / "steerx_effects.json", report)
     chosen = "{estimator} > {threshold:g}".format(**done["chosen_on_selection"])
-    _record_estimator(results, queries, user_side, chosen, cfg)
+    _record_estimator(results, queries, user_side, chosen, cfg, done["picks"])
     keys = _summary_keys(scored, chosen, spearman, cfg, len(queries))
     update_json(results / "summary.json", keys)
     return keys

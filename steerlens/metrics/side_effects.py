@@ -82,7 +82,7 @@ def side_effect_table(
         kl_point, ppl_point = (float(v) for v in _stats(*data, ones[:1], ones[:1])[0])
         n_u, n_t = len(set(users)), len(set(text_ids))
         n_units = len(set(users)) if many else len(set(text_ids))
-        ok = n_units >= MIN_CLUSTERS
+        ok = n_units >= MIN_CLUSTERS and n_t >= MIN_CLUSTERS  # texts vary in both designs
         kl_iv, ppl_iv = (
             t_interval(p, boots[:, j], crossed_k(by_user[:, j], by_text[:, j], n_u, n_t))
             if ok

@@ -5,13 +5,15 @@ in two stages: the clusters (users), then the rows (prompts) within each drawn c
 every user meets the same items (neutral texts, held-out prompts), ``crossed_estimate``
 resamples users and items independently (the pigeonhole bootstrap), so that item variance is
 in the interval too. An interval over fewer than ``MIN_CLUSTERS`` units is withheld
-(``None`` / "n too small"), and ``direction`` words a comparison by its paired interval alone.
+(``None`` / "n too small"), and ``direction`` words a comparison by its paired interval, and
+only over at least ``MIN_WORDED`` = 10 units.
 
 The interval. The bootstrap is the resampling engine, but the interval is not its
 percentiles: it is ``point +- t_{k-1} * se_boot * sqrt(k / (k - 1))`` (``t_interval``), the
 bootstrap standard error with Student-t critical values on ``k - 1`` degrees of freedom and
-the small-sample correction, ``k`` the number of top-level units (clusters; the smaller of
-users and items when crossed). Why: an interval is worded from ``MIN_CLUSTERS`` = 5 units on,
+the small-sample correction, ``k`` the number of top-level units (clusters; when crossed,
+Satterthwaite's degrees of freedom + 1, between the smaller and the larger number of users
+and items: ``crossed_k``). Why: an interval is shown from ``MIN_CLUSTERS`` = 5 units on,
 and there percentile intervals are too narrow (a null simulation covered 0.85 at n = 5 for
 normal data, 0.72 for skewed data, 0.88 two-stage at 6 users x 7 prompts, against 0.95);
 the bootstrap SE underestimates by ``sqrt((k - 1) / k)`` and the normal quantile is too
@@ -22,7 +24,9 @@ the minimum n, that one-stage, two-stage and crossed intervals cover at least 0.
 the residual variance more than once, so those two intervals err wide. Strongly skewed unit
 values still undercover at n = 5 (about 0.93 for skewness 1, 0.91 for 1.75, 0.88 for an
 exponential's 2); a bootstrap-t reaches 0.93 there, but is wider and needs a per-resample
-standard error that the two-stage and ratio statistics do not have.
+standard error that the two-stage and ratio statistics do not have. Hence no direction word
+below ``MIN_WORDED`` units. Crossed intervals over fewer than ``MIN_CLUSTERS`` items are
+withheld too.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from scipy.special import stdtrit
 
 __all__ = [
     "MIN_CLUSTERS",
+    "MIN_WORDED",
     "Estimate",
     "bootstrap_interval",
     "cluster_estimate",
@@ -46,6 +51,8 @@ __all__ = [
     "crossed_weights",
     "direction",
     "estimate",
+    "holm",
+    "interval_pvalue",
     "paired_difference",
     "reported",
     "t_interval",
@@ -53,6 +60,11 @@ __all__ = [
 
 MIN_CLUSTERS = 5
 """Below this many units an interval is not reported (a bootstrap over 3 users says little)."""
+
+MIN_WORDED = 10
+"""Below this many units a comparison gets no direction word ("higher" / "lower"), whatever
+its interval: the t interval covers at ``MIN_CLUSTERS`` for normal-like unit values, but
+skewed ones (an exponential shape) cover about 0.88 there; the interval is still shown."""
 
 
 def _check_level(level: float) -> None:
@@ -320,6 +332,8 @@ def crossed_estimate(
         )
     k = crossed_k(by_user, by_item, n_u, n_v)
     lo, hi = t_interval(float(total.sum() / count.sum()), boots, k, level=level)
+    if 1 < n_v < MIN_CLUSTERS:  # too few items to say how they vary: no interval
+        lo, hi = float("nan"), float("nan")
     return Estimate(float(total.sum() / count.sum()), lo, hi, per)
 
 
@@ -380,10 +394,12 @@ def direction(
     unit: str = "users",
 ) -> str:
     """The word for a paired difference: ``higher`` / ``lower`` only when its interval
-    excludes 0; otherwise (or with no interval, below ``MIN_CLUSTERS``) "no difference
-    detected (n = ...)"."""
+    excludes 0 over at least ``MIN_WORDED`` units; otherwise (or with no interval, below
+    ``MIN_CLUSTERS``) "no difference detected (n = ...)"."""
     if interval is not None and n >= MIN_CLUSTERS:
         lo, hi = float(interval[0]), float(interval[1])
+        if (lo > 0 or hi < 0) and n < MIN_WORDED:
+            return f"not worded: fewer than {MIN_WORDED} {unit} (n = {n})"
         if lo > 0:
             return higher
         if hi < 0:
@@ -391,13 +407,17 @@ def direction(
     return f"no difference detected (n = {n} {unit})"
 
 
-def interval_pvalue(mean: float, interval: Sequence[float] | None, level: float = 0.95) -> float:
+def interval_pvalue(
+    mean: float, interval: Sequence[float] | None, level: float = 0.95, *, df: int | None = None
+) -> float:
     """Two-sided p-value of "the difference is 0" from an estimate and its ``level`` interval
-    (normal approximation; the summary keeps no resamples): the standard error is the
-    interval's half-width on the side of 0 over the normal critical value, so p < 1 − level
-    exactly when that side of the interval excludes 0 (skewed intervals keep their skew).
-    No interval (below ``MIN_CLUSTERS`` units): 1.0, nothing can be rejected."""
-    from scipy.special import ndtr, ndtri
+    (the summary keeps no resamples): the standard error is the interval's half-width on the
+    side of 0 over the critical value the interval was built with (Student's t on ``df``
+    degrees of freedom, as ``t_interval``; the normal one where ``df`` is None), so
+    p < 1 − level exactly when that side of the interval excludes 0, and below that the
+    p-value has the t distribution's tails (skewed intervals keep their skew). No interval
+    (below ``MIN_CLUSTERS`` units): 1.0, nothing can be rejected."""
+    from scipy.special import ndtr, ndtri, stdtr
 
     if interval is None or mean is None or not np.isfinite(mean) or mean == 0:
         return 1.0
@@ -407,6 +427,9 @@ def interval_pvalue(mean: float, interval: Sequence[float] | None, level: float 
     half = (mean - lo) if mean > 0 else (hi - mean)
     if half <= 0:  # the estimate at (or past) the interval's edge on 0's side
         return 0.0 if (lo > 0 or hi < 0) else 1.0
+    if df is not None and df >= 1:
+        t = abs(float(mean)) * float(stdtrit(df, 0.5 + level / 2)) / half
+        return float(2 * stdtr(df, -t))
     z = abs(float(mean)) * float(ndtri(0.5 + level / 2)) / half
     return float(2 * ndtr(-z))
 

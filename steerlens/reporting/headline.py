@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from steerlens.experiments.headline import FAMILIES, LEVEL, build_headline
+from steerlens.metrics.stats import MIN_WORDED
 from steerlens.reporting.tables import est, num
 
 __all__ = ["findings_markdown", "headline", "holm_kept", "render_claim"]
@@ -65,9 +66,13 @@ def headline(s: Mapping[str, Any]) -> list[str]:
 
 def holm_kept(s: Mapping[str, Any], key: str) -> bool:
     """Whether the comparison read from summary ``key`` (a claim's ``key``) is a family
-    member whose Holm-adjusted p is below ``LEVEL`` (its direction word stands)."""
+    member whose Holm-adjusted p is below ``LEVEL`` over at least ``MIN_WORDED`` units (its
+    direction word stands)."""
     return any(
-        c.get("key") == key and c.get("p_holm") is not None and c["p_holm"] < LEVEL
+        c.get("key") == key
+        and c.get("p_holm") is not None
+        and c["p_holm"] < LEVEL
+        and c["n"] >= MIN_WORDED
         for c in build_headline(s)
     )
 
@@ -84,10 +89,11 @@ def findings_markdown(s: Mapping[str, Any]) -> list[str]:
         "comparisons. Within each family, Holm's step-down procedure over its paired "
         f"comparisons holds the family-wise error at {LEVEL:g}: a comparison carries a "
         f"direction word only where its Holm-adjusted p is below {LEVEL:g} (the primary "
-        "claim: its own p). p-values come from each comparison's 95 % interval by a normal "
-        "approximation (standard error = the interval's half-width on the side of 0 over "
-        "1.96); a member with too few units for an interval has p = 1 and counts in its "
-        "family. Every member is listed, whichever method it favours.",
+        "claim: its own p) and it rests on at least 10 units. p-values come from each "
+        "comparison's 95 % interval (standard error = the interval's half-width on the side "
+        "of 0 over the t critical value on n − 1 degrees of freedom it was built with); a "
+        "member with too few units for an interval has p = 1 and counts in its family. Every "
+        "member is listed, whichever method it favours.",
         "",
     ]
     primary = [c for c in claims if c.get("family") == "primary"]

@@ -105,12 +105,14 @@ def _intro_lines(s: Mapping[str, Any], source: str) -> list[str]:
         f"* Layers steered: {s.get('layers')}; {s.get('n_prompts')} held-out prompts of "
         f"{s.get('n_users')} users; {s.get('n_train_pairs')} training and "
         f"{s.get('n_test_pairs')} held-out pairs",
-        "* Intervals: bootstrap 95 % over the units that vary — users, then prompts within "
-        "them (sweep rows, utility); users (PPA); users then texts, or texts for one vector "
-        '(side effects); items (MMLU) — with n units; withheld below 5 units ("n too small"). '
-        "Comparisons are paired differences; a finding carries a direction word only as the "
-        "primary claim or as a declared family's member that survives Holm's adjustment "
-        "(see Findings); everything else is exploratory.",
+        "* Intervals: 95 %, the bootstrap standard error over the units that vary with "
+        "Student-t critical values (covering at 5 units by null simulation) — users, then "
+        "prompts within them (sweep rows, utility); users (PPA); users and texts crossed, or "
+        "texts for one vector (side effects, held-out KL); items (MMLU) — with n units; "
+        'withheld below 5 units ("n too small"). Comparisons are paired differences; a '
+        "finding carries a direction word only as the primary claim or as a declared "
+        "family's member that survives Holm's adjustment over at least 10 units (see "
+        "Findings); everything else is exploratory.",
         *_selection_lines(s),
         "",
         "## Findings",
@@ -287,10 +289,11 @@ def conditional_verdict(s: Mapping[str, Any]) -> str:
         return "No conditional comparison was recorded."
     note = " " + _equal_kl_withheld(s.get("conditional_alphas") or {}) if withheld else ""
     return (
-        "Population vector, report prompts: conditioning "
+        "Population vector, report prompts, as the conditional family of the findings "
+        "words it: conditioning "
         + "; ".join(parts)
         + " (paired 95 % intervals; a difference counts only where it survives Holm's "
-        "adjustment within the conditional family)." + note
+        "adjustment within the family, over at least 10 users)." + note
     )
 
 

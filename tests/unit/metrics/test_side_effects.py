@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -47,16 +48,20 @@ def test_one_vector_resamples_texts_and_several_resample_users_then_texts():
     assert (row["n"], row["unit"]) == (5, "text")
     assert (row["kl_low"], row["kl_high"]) == pytest.approx((0.2, 0.2))  # every text 0.2
     assert row["ppl_low"] == pytest.approx(math.exp(3)) == row["ppl_high"]
-    # five users whose vectors differ (KL 0.1 .. 0.5 on both texts): users are the units,
-    # and resampling them (not the two texts, which agree) gives a wide interval
+    # five users whose vectors differ (KL 0.1 .. 0.5 on every text): users are the units;
+    # users and texts are both resampled, and the texts, which agree, leave the interval to
+    # the users' spread and degrees of freedom (Satterthwaite)
     many = pd.DataFrame(
         [
             dict(method="m", alpha=1.0, user=f"u{k}", text_id=t, kl=0.1 * k, nll=1.0, n_tokens=1)
             for k in range(1, 6)
-            for t in range(2)
+            for t in range(6)
         ]
     )
     (row,) = side_effect_table(many, n_boot=500).to_dict(orient="records")
-    assert (row["n"], row["unit"], row["n_texts"]) == (5, "user", 2)
+    assert (row["n"], row["unit"], row["n_texts"]) == (5, "user", 6)
     assert row["kl"] == pytest.approx(0.3)
-    assert 0.1 <= row["kl_low"] < 0.25 and 0.35 < row["kl_high"] <= 0.5
+    assert 0.05 <= row["kl_low"] < 0.25 and 0.35 < row["kl_high"] <= 0.55
+    # two texts vary too little to say how they vary: the interval is withheld
+    (two,) = side_effect_table(many[many["text_id"] < 2], n_boot=200).to_dict(orient="records")
+    assert np.isnan(two["kl_low"]) and two["n"] == 5

@@ -69,8 +69,9 @@ def test_intervals_are_withheld_below_min_clusters():
 @pytest.mark.parametrize(
     ("interval", "n", "word"),
     [
-        ([0.01, 0.2], 6, "higher"),
-        ([-0.3, -0.02], 6, "lower"),
+        ([0.01, 0.2], 12, "higher"),
+        ([-0.3, -0.02], 12, "lower"),
+        ([0.01, 0.2], 6, "not worded: fewer than 10 users (n = 6)"),  # too few to word
         ([-0.01, 0.2], 6, "no difference detected (n = 6 users)"),
         ([0.0, 0.04], 6, "no difference detected (n = 6 users)"),  # touching 0 is not excluding
         ([0.01, 0.2], 3, "no difference detected (n = 3 users)"),  # too few units to say
@@ -101,20 +102,23 @@ def test_t_interval_is_the_bootstrap_se_with_t_critical_values():
 def test_crossed_estimate_resamples_users_and_items():
     from steerlens.metrics.stats import crossed_estimate
 
-    users = np.repeat(list("abcdef"), 4)
-    items = np.tile(["t0", "t1", "t2", "t3"], 6)
-    values = np.arange(24, dtype=float)
-    values[3] = np.nan  # a missing cell: the mean is over the rows there are
+    users = np.repeat(list("abcdef"), 5)
+    items = np.tile(["t0", "t1", "t2", "t3", "t4"], 6)
+    values = np.arange(30, dtype=float)
+    values[4] = np.nan  # a missing cell: the mean is over the rows there are
     e = crossed_estimate(values, users, items, n_boot=200, seed=0)
     assert e.mean == pytest.approx(np.nanmean(values)) and e.n == 6
-    assert e.per_unit["a"] == pytest.approx(1.0) and e.per_unit["b"] == pytest.approx(5.5)
+    assert e.per_unit["a"] == pytest.approx(1.5) and e.per_unit["b"] == pytest.approx(7.0)
     assert e.low < e.mean < e.high and e.interval is not None
     again = crossed_estimate(values, users, items, n_boot=200, seed=0)
     assert (again.low, again.high) == (e.low, e.high)  # seeded
     # one item: nothing varies over items, and users alone give the interval's df
-    one = crossed_estimate(values[::4], users[::4], items[::4], n_boot=200, seed=0)
+    one = crossed_estimate(values[1::5], users[1::5], items[1::5], n_boot=200, seed=0)
     assert one.n == 6 and np.isfinite(one.low)
-    few = crossed_estimate(values[:16], users[:16], items[:16], n_boot=200, seed=0)
+    few = crossed_estimate(values[:20], users[:20], items[:20], n_boot=200, seed=0)
     assert few.n == MIN_CLUSTERS - 1 and few.interval is None
+    # 2-4 items vary but are too few to say how: no interval either
+    four = crossed_estimate(values[items != "t4"], users[items != "t4"], items[items != "t4"])
+    assert four.n == 6 and four.interval is None
     with pytest.raises(ValueError, match="values for"):
         crossed_estimate(values, users[:3], items)

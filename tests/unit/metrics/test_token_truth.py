@@ -190,6 +190,11 @@ def test_every_rule_is_tuned_on_the_selection_side_beside_its_baselines():
     assert rules["base_rate"]["precision"]["mean"] == pytest.approx(0.3)
     assert rules["base_rate"]["recall"]["mean"] == pytest.approx(1.0)
     assert rules["placebo"]["estimator"] in ("placebo · p-diff", "placebo · log-ratio")
+    from steerlens.experiments.token_effects import SELECTION_ESTIMATORS
+
+    # the chosen rule is never a baseline under another name
+    assert rules["chosen"]["estimator"] in SELECTION_ESTIMATORS
+    assert rules["nextquill"]["estimator"] not in SELECTION_ESTIMATORS
     assert rules["nextquill_published"]["threshold"] == 0.05
     chosen = rules["chosen"]["precision"]["mean"]
     for name, row in rules.items():

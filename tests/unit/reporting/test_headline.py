@@ -18,7 +18,7 @@ SUMMARY = {
     "data_is_simulated": True,
     "best_alpha": 0.5,
     "selection": {"operating_alpha": {"chosen": 0.5, "n_select": 8, "n_report": 9}},
-    "mae_change_pct_best": _e(-12.0, [-20.0, -3.0], 6),
+    "mae_change_pct_best": _e(-12.0, [-20.0, -3.0], 12),
     "ppa_personalized_method": "personalized (dislike-weighted)",
     "ppa_personalized_minus_population": _e(0.12, [0.02, 0.2], 16),
     "ppa_bradley_terry_minus_population": _e(0.05, [-0.01, 0.1], 16),

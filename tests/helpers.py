@@ -217,6 +217,10 @@ SUMMARY_KEYS = [
     "calibration_unreached",
     "conditional",
     "conditional_steered_share",
+    "conditional_arms",
+    "token_baselines",
+    "mmlu_by_alpha",
+    "mmlu_chance",
 ]
 
 # the summary's estimates: each {"mean", "interval" (None below 5 units), "n", "unit"}

@@ -355,6 +355,14 @@ def equal_kl_kept(alphas: Mapping[str, Any], method: str = "population") -> bool
     return not (alphas.get("equal_kl_capped") or {}).get(method)
 
 
+def _withheld(entry: Any) -> Any:
+    """A conditional measure's entry with its difference's interval removed (the equal-KL
+    comparison withheld: listed in its family with p = 1, never worded)."""
+    if not isinstance(entry, Mapping) or not isinstance(entry.get("difference"), Mapping):
+        return entry
+    return {**entry, "difference": {**entry["difference"], "interval": None, "withheld": True}}
+
+
 def _conditional_claims(s: Mapping[str, Any], gt: str | None) -> list[dict[str, Any] | None]:
     """Conditional minus unconditional steering of the population vector, paired by prompt:
     toxicity MAE and utility at the operating α and at equal neutral-text KL; the share of
@@ -364,21 +372,28 @@ def _conditional_claims(s: Mapping[str, Any], gt: str | None) -> list[dict[str, 
     if not pop:
         return []
     at, eq = alphas.get("operating"), (alphas.get("equal_kl") or {}).get("population")
-    if not equal_kl_kept(alphas):  # held-out KL not matched: no "equal KL" claim
-        pop = {k: v for k, v in pop.items() if not k.endswith("_equal_kl")}
+    kept = equal_kl_kept(alphas)
+    if not kept:  # held-out KL not matched: no "equal KL" claim, but the members stay in
+        # the family (without an interval: p = 1), so the family's size does not move
+        pop = {k: _withheld(v) if k.endswith("_equal_kl") else v for k, v in pop.items()}
+    eq_where = (
+        f"at equal neutral-text KL (conditional α = {_g(eq)})"
+        if kept
+        else f"at the equal-KL search's α = {_g(eq)} (withheld: KL not matched on held-out text)"
+    )
     rows = [
         ("mae", f"at α = {_g(at)}", "toxicity MAE", ("higher (worse)", "lower (better)"), None),
         ("utility_gain", f"at α = {_g(at)}", _UTILITY, ("higher", "lower"), gt),
         (
             "mae_equal_kl",
-            f"at equal neutral-text KL (conditional α = {_g(eq)})",
+            eq_where,
             "toxicity MAE",
             ("higher (worse)", "lower (better)"),
             None,
         ),
         (
             "utility_gain_equal_kl",
-            f"at equal neutral-text KL (conditional α = {_g(eq)})",
+            eq_where,
             _UTILITY,
             ("higher", "lower"),
             gt,

@@ -138,6 +138,9 @@ def test_the_page_and_headline_withhold_equal_kl_outside_the_band_and_show_the_r
     assert "at equal neutral-text KL" not in verdict
     claims = [c["claim"] for c in build_headline(off)]
     assert not any("equal neutral-text KL" in c for c in claims)
+    # still members of the family (its size does not move), at p = 1 and never worded
+    withheld = [c for c in build_headline(off) if "withheld: KL not matched" in c["claim"]]
+    assert withheld and all(c["p_value"] == 1.0 and c["interval"] is None for c in withheld)
     page = summary_markdown(off)
     assert "| population | 1 (1) | 1.17 | withheld | 0 / 0.12 | 1 of 7 |" in page
     assert "chosen on 8 neutral texts" in page

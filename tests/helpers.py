@@ -221,6 +221,7 @@ SUMMARY_KEYS = [
     "token_baselines",
     "mmlu_by_alpha",
     "mmlu_chance",
+    "code",
 ]
 
 # the summary's estimates: each {"mean", "interval" (None below 5 units), "n", "unit"}

@@ -1187,6 +1187,29 @@ def _machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores{gpu}; torch {torch.__version__}"
 
 
+def code_provenance() -> dict[str, Any]:
+    """The code a run used: the steerlens version and, where the package sits in a git work
+    tree, its commit (``dirty`` where tracked files differ from it)."""
+    import subprocess
+
+    from steerlens.core._version import __version__
+
+    out: dict[str, Any] = {"steerlens": __version__, "commit": None, "dirty": None}
+    root = Path(__file__).resolve().parents[2]
+    try:
+        git = ["git", "-C", str(root)]
+        head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True)
+        if head.returncode == 0:
+            status = subprocess.run(
+                [*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True
+            )
+            out["commit"] = head.stdout.decode().strip()
+            out["dirty"] = bool(status.stdout.strip())
+    except OSError:  # no git on this machine: the version alone
+        pass
+    return out
+
+
 def study_key(cfg: DemoConfig) -> str:
     """What the results depend on (the config but its output folder, step list, device and
     batching of the sweep): a run with another key in the same folder starts afresh."""
@@ -1248,6 +1271,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
             "config": asdict(cfg),
             "study_key": key,
             "machine": _machine(),
+            "code": code_provenance(),
         },
     )
     job = _Job(cfg, model, ds, results, default_layers(model))

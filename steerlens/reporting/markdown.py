@@ -667,6 +667,16 @@ def _timing_lines(s: Mapping[str, Any]) -> list[str]:
     lines: list[str] = []
     if s.get("machine"):
         lines += [f"Machine: {s['machine']}.", ""]
+    code = s.get("code") or {}
+    if code:
+        commit = code.get("commit") or "not in a git work tree"
+        lines += [
+            f"Code: steerlens {code.get('steerlens')}, commit {commit}"
+            + (" with uncommitted changes" if code.get("dirty") else "")
+            + (f" ({code['recorded']})" if code.get("recorded") else "")
+            + ".",
+            "",
+        ]
     steps = {k: v for k, v in seconds.items() if k not in ("total", "report")}
     lines += [
         "## Time per step (seconds)",

@@ -126,3 +126,21 @@ def test_every_utility_number_stands_beside_its_degenerate_share():
     assert "(n = 6); degenerate dislike-weighted 0.1, population 0.05 |" in page
     assert "| keyword-density utility gain | degenerate share |" in page
     assert "| 0.1 [0, 0.2] | 0.25 |" in page
+
+
+def test_the_page_names_the_code_it_came_from():
+    """A study records its code (version, commit, uncommitted changes) and the page says it
+    beside the machine and the time per step."""
+    import steerlens as sl
+    from steerlens.experiments.demo import code_provenance
+
+    code = code_provenance()
+    assert code["steerlens"] == sl.__version__
+    s = {**SUMMARY, "seconds": {"vectors": 1.0}, "machine": "a CPU", "code": code}
+    page = summary_markdown(s)
+    line = next(x for x in page.splitlines() if x.startswith("Code: steerlens"))
+    if code["commit"]:  # a git work tree (the test suite's checkout)
+        assert f"commit {code['commit']}" in line
+        assert ("uncommitted" in line) == bool(code["dirty"])
+    s["code"] = {"steerlens": "0.1.0", "commit": "abc1234", "dirty": False}
+    assert "Code: steerlens 0.1.0, commit abc1234." in summary_markdown(s)

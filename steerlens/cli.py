@@ -7,7 +7,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -144,6 +144,13 @@ def demo(
         str | None, typer.Option(help="cpu, cuda, ... (default: CUDA if any)")
     ] = None,
     seed: Annotated[int, typer.Option(help="the run's seed (splits, sampling, bootstrap)")] = 0,
+    methods: Annotated[
+        str | None,
+        typer.Option(
+            help="comma-separated registered vector methods (aliases accepted; population is "
+            f"needed); default: {', '.join(METHODS)}"
+        ),
+    ] = None,
 ) -> None:
     """The study: vectors, PPA, α sweep per method, gating, MMLU, SteerX vs all-history,
     figures, report page (small by default; --full for the whole study)."""
@@ -154,6 +161,9 @@ def demo(
     logging.getLogger("steerlens").setLevel(logging.INFO)
     from steerlens.experiments.config import RunSection
 
+    chosen: dict[str, Any] = (
+        {"methods": [m.strip() for m in methods.split(",") if m.strip()]} if methods else {}
+    )
     cfg = DemoConfig(
         model=model,
         data=data,
@@ -161,6 +171,7 @@ def demo(
         quick=quick,
         steerx=steerx,
         run=RunSection(seed=seed, device=device),
+        **chosen,
     )
     s = run_demo(cfg)
     start = time.perf_counter()

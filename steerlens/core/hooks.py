@@ -1,27 +1,22 @@
-"""Hook names, position gates, steering-hook factories and the ``steering()`` context.
+"""Steering-hook factories, per-row batch context and the ``steering()`` context manager.
 
-Layer ``l`` is the output of decoder block ``l`` counted from 0: TransformerLens
-``blocks.{l}.hook_resid_post``, HF ``hidden_states[l + 1]``. Hook functions use the
-TransformerLens signature ``fn(tensor, *, hook)``; ``steering_hooks`` returns plain
-``(hook_name, fn)`` pairs usable with ``model.hooks(fwd_hooks=...)`` in research code.
+Hook names come from ``steerlens.core.hook_names`` (``resid_post(layer)``), position gates
+from ``steerlens.core.gates`` and conditions from ``steerlens.core.conditions``; this module
+builds the hooks that apply them. Layer ``l`` is the output of decoder block ``l`` counted
+from 0: TransformerLens ``blocks.{l}.hook_resid_post``, HF ``hidden_states[l + 1]``. Hook
+functions use the TransformerLens signature ``fn(tensor, *, hook)``; ``steering_hooks``
+returns plain ``(hook_name, fn)`` pairs usable with ``model.hooks(fwd_hooks=...)`` in
+research code.
 
-Position gates count positions across forward calls, so they are right under KV-cache
-generation (a prefill call over the prompt, then one position a step):
-
-* ``"all"``: every position;
-* ``"prefill"``: the prompt positions only;
-* ``FirstK(k)``: the prompt plus the first ``k`` generated tokens (``FirstK(0) == "prefill"``);
-* ``"generated"``: generated tokens only (the first generated token is therefore unsteered:
-  it is predicted from the prompt's positions).
-
-A call with more than one position starts a new sequence (its length is the prompt length);
-a one-position call continues the current one. Outside generation every call is a prefill.
+Gates count positions across forward calls, so they are right under KV-cache generation: a
+call with more than one position starts a new sequence (its length is the prompt length); a
+one-position call continues the current one. Outside generation every call is a prefill.
 Call ``reset()`` on the handle ``steering()`` yields to start over explicitly.
 
-A ``Condition`` (``steerlens.core.conditions``) as the gate, or with one
-(``Condition(...) & FirstK(4)``), adds a reader hook at the condition's point: at each
-prompt pass it pools and projects each row's residual there and sets the row's factor
-(``ConditionState``), by which the call's steering hooks scale their α until the next prompt.
+A ``Condition`` as the gate, or with one (``Condition(...) & FirstK(4)``), adds a reader hook
+at the condition's point: at each prompt pass it pools and projects each row's residual there
+and sets the row's factor (``ConditionState``), by which the call's steering hooks scale
+their α until the next prompt.
 """
 
 from __future__ import annotations

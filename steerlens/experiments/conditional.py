@@ -61,7 +61,9 @@ __all__ = [
     "KL_RATIO_BAND",
     "MIN_NEUTRAL_SELECT",
     "arm_agreement",
+    "condition_fires",
     "conditional_by_category",
+    "conditional_kl",
     "conditional_summary",
     "equal_kl_alpha",
     "fit_study_condition",
@@ -153,6 +155,58 @@ def fit_study_condition(
     )
 
 
+def condition_fires(
+    model: HookedModel,
+    condition: Condition,
+    vector: SteeringVector,
+    texts: Sequence[str],
+    *,
+    batch_size: int = 16,
+) -> list[bool]:
+    """Per text, whether ``condition`` steers it. The condition is read at or before the
+    earliest steered point, so its decision is the text's alone (the same under every vector
+    and α); a soft condition steers every text in part."""
+    if condition.soft is not None:
+        return [True] * len(texts)
+    out = steering_divergence(model, texts, vector, 1.0, gate=condition, batch_size=batch_size)
+    return [d.steered is not False for d in out]
+
+
+def conditional_kl(
+    model: HookedModel,
+    vectors: Sequence[SteeringVector],
+    condition: Condition,
+    texts: Sequence[str],
+    alpha: float,
+    fires: Sequence[bool],
+    reference: Sequence[Any],
+    *,
+    batch_size: int = 16,
+) -> list[tuple[float, bool]]:
+    """Per (vector, text) row, vector-major: the KL of conditional steering at ``alpha`` and
+    whether it steered. Only the texts the condition ``fires`` on run; a text it leaves
+    unsteered is the unsteered model there (KL 0), so it is not run again per vector."""
+    n = len(texts)
+    rows = [i for i in range(len(vectors) * n) if fires[i % n]]
+    got = (
+        steering_divergence(
+            model,
+            [texts[i % n] for i in rows],
+            [vectors[i // n] for i in rows],
+            alpha,
+            gate=condition,
+            reference=[reference[i % n] for i in rows],
+            batch_size=batch_size,
+        )
+        if rows
+        else []
+    )
+    out = [(0.0, False)] * (len(vectors) * n)
+    for i, d in zip(rows, got, strict=True):
+        out[i] = (d.kl, d.steered is not False)
+    return out
+
+
 def equal_kl_alpha(
     model: HookedModel,
     vectors: SteeringVector | Sequence[SteeringVector],
@@ -163,25 +217,29 @@ def equal_kl_alpha(
     factors: Sequence[float] = KL_FACTORS,
     limit: float = float("inf"),
     batch_size: int = 16,
+    reference: Sequence[Any] | None = None,
+    fires: Sequence[bool] | None = None,
 ) -> tuple[float, pd.DataFrame]:
     """The largest ``alpha * factor`` (at most ``limit``, and ``alpha`` itself always) whose
     conditional mean KL on ``texts`` (every text under every one of ``vectors``: a method's
     users) stays within the unconditional mean KL at ``alpha``; and the search's table (α,
     arm, mean KL, share steered, ``admissible``: within ``limit``, else not run and KL empty;
-    ``capped``: the largest admissible α was chosen, so KL may stay below the target)."""
+    ``capped``: the largest admissible α was chosen, so KL may stay below the target).
+    ``reference`` / ``fires``: the texts' unsteered log-probabilities and the condition's
+    decisions (``condition_fires``), when the caller has them."""
     vecs = [vectors] if isinstance(vectors, SteeringVector) else list(vectors)
-    rows_v = [v for v in vecs for _ in texts]
-    rows_t = [t for _ in vecs for t in texts]
-    ref = reference_logprobs(model, texts, batch_size=batch_size)
-    kw: dict[str, Any] = {"batch_size": batch_size, "reference": ref * len(vecs)}
-
-    def mean_kl(a: float, gate: Any) -> tuple[float, float]:
-        out = steering_divergence(model, rows_t, rows_v, a, gate=gate, **kw)
-        return float(np.mean([d.kl for d in out])), float(
-            np.mean([d.steered is not False for d in out])
-        )
-
-    target, _ = mean_kl(alpha, "all")
+    ref = list(reference or reference_logprobs(model, texts, batch_size=batch_size))
+    if fires is None:
+        fires = condition_fires(model, condition, vecs[0], texts, batch_size=batch_size)
+    unconditional = steering_divergence(
+        model,
+        [t for _ in vecs for t in texts],
+        [v for v in vecs for _ in texts],
+        alpha,
+        batch_size=batch_size,
+        reference=ref * len(vecs),
+    )
+    target = float(np.mean([d.kl for d in unconditional]))
     rows: list[dict[str, Any]] = [
         {"alpha": alpha, "arm": "unconditional", "kl": target, "steered": 1.0, "admissible": True}
     ]
@@ -192,9 +250,17 @@ def equal_kl_alpha(
         if a > top * (1 + 1e-9):  # above the swept, non-degenerate range: not run
             rows.append({"alpha": a, "arm": "conditional", "kl": np.nan, "admissible": False})
             continue
-        kl, steered = mean_kl(a, condition)
-        row = {"alpha": a, "arm": "conditional", "kl": kl, "steered": steered}
-        rows.append(row | {"admissible": True})
+        got = conditional_kl(model, vecs, condition, texts, a, fires, ref, batch_size=batch_size)
+        kl = float(np.mean([k for k, _ in got]))
+        rows.append(
+            {
+                "alpha": a,
+                "arm": "conditional",
+                "kl": kl,
+                "steered": float(np.mean([s for _, s in got])),
+                "admissible": True,
+            }
+        )
         if kl <= target * (1 + 1e-9):
             chosen = max(chosen, a)
     table = pd.DataFrame(rows)
@@ -427,33 +493,38 @@ def neutral_kl_rows(
     alpha_kl: float,
     *,
     batch_size: int = 16,
+    reference: Sequence[Any] | None = None,
+    fires: Sequence[bool] | None = None,
 ) -> pd.DataFrame:
     """Per text (``t0``, ``t1``, ...) and vector (``v0``, ...): the KL of unconditional
     steering at ``alpha`` and of conditional steering at ``alpha`` and ``alpha_kl``, and
-    whether the condition steered it."""
-    rows_v = [v for v in vectors for _ in texts]
-    rows_t = [t for _ in vectors for t in texts]
-    ref = reference_logprobs(model, texts, batch_size=batch_size) * len(vectors)
-    kw: dict[str, Any] = {"batch_size": batch_size, "reference": ref}
+    whether the condition steered it (``reference`` / ``fires`` as in ``equal_kl_alpha``)."""
+    ref = list(reference or reference_logprobs(model, texts, batch_size=batch_size))
+    if fires is None:
+        fires = condition_fires(model, condition, vectors[0], texts, batch_size=batch_size)
+    unconditional = steering_divergence(
+        model,
+        [t for _ in vectors for t in texts],
+        [v for v in vectors for _ in texts],
+        alpha,
+        batch_size=batch_size,
+        reference=ref * len(vectors),
+    )
     runs = {
-        "unconditional": steering_divergence(model, rows_t, rows_v, alpha, **kw),
-        "conditional": steering_divergence(model, rows_t, rows_v, alpha, gate=condition, **kw),
-        "conditional_equal_kl": steering_divergence(
-            model, rows_t, rows_v, alpha_kl, gate=condition, **kw
-        ),
+        "unconditional": [(d.kl, True) for d in unconditional],
+        **{
+            arm: conditional_kl(
+                model, vectors, condition, texts, a, fires, ref, batch_size=batch_size
+            )
+            for arm, a in (("conditional", alpha), ("conditional_equal_kl", alpha_kl))
+        },
     }
     n = len(texts)
     return pd.DataFrame(
         [
-            {
-                "text": f"t{i % n}",
-                "vector": f"v{i // n}",
-                "arm": arm,
-                "kl": d.kl,
-                "steered": d.steered is not False,
-            }
+            {"text": f"t{i % n}", "vector": f"v{i // n}", "arm": arm, "kl": kl, "steered": on}
             for arm, rows in runs.items()
-            for i, d in enumerate(rows)
+            for i, (kl, on) in enumerate(rows)
         ]
     )
 
@@ -672,15 +743,42 @@ def _equal_kl(
         )
     alpha_kl: dict[str, float] = {}
     searches, rows = [], []
+    bs = batch_size
+    # each half's unsteered pass and the condition's decisions, once for every method
+    probe = kl_vectors(vectors[methods[0]], users)[0]  # any vector: decisions are the text's
+    ref = {
+        h: reference_logprobs(model, t, batch_size=bs)
+        for h, t in (("s", kl_select), ("r", kl_report))
+    }
+    fires = {
+        h: condition_fires(model, cond, probe, t, batch_size=bs)
+        for h, t in (("s", kl_select), ("r", kl_report))
+    }
     for m in methods:
         vecs = kl_vectors(vectors[m], users)
         lim = (limits or {}).get(m, (float("inf"), None))[0]
         alpha_kl[m], search = equal_kl_alpha(
-            model, vecs, cond, kl_select, alpha, limit=lim, batch_size=batch_size
+            model,
+            vecs,
+            cond,
+            kl_select,
+            alpha,
+            limit=lim,
+            batch_size=bs,
+            reference=ref["s"],
+            fires=fires["s"],
         )
         searches.append(search.assign(method=m))
         kl = neutral_kl_rows(
-            model, vecs, cond, kl_report, alpha, alpha_kl[m], batch_size=batch_size
+            model,
+            vecs,
+            cond,
+            kl_report,
+            alpha,
+            alpha_kl[m],
+            batch_size=bs,
+            reference=ref["r"],
+            fires=fires["r"],
         )
         rows.append(kl.assign(method=m))
     pd.concat(searches, ignore_index=True).to_csv(

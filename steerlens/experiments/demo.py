@@ -105,10 +105,10 @@ from steerlens.experiments.sweep import (
 from steerlens.experiments.token_effects import TokenEffectsConfig, token_effect_study
 from steerlens.methods.registry import (
     BACKBONES,
-    METHODS,
     MethodOptions,
     available_backbones,
     method_label,
+    method_names,
 )
 from steerlens.methods.sae_train import require_sae_lens
 from steerlens.metrics.mmlu import mmlu_accuracy
@@ -162,17 +162,21 @@ def _quick_preset() -> dict[str, Any]:
         "neutral_texts": 2 * MIN_NEUTRAL_SELECT,  # the conditional step's two halves
         "side_effect_texts": 8,  # the side-effect table on the first 8 of them
         "kl_texts": 4,
+        # one KL budget (the population vector's KL at α 0.5): the calibrated sweep, its α
+        # search and its held-out KL once; the full study calibrates two
+        "kl_alphas": [0.5],
         "token_effects": TokenEffectsConfig(
             targets_per_user=2,
             max_users=16,  # 8 users a side: the baselines' comparisons need the tokens
             patch_targets=1,
-            patch_layers=3,
+            patch_layers=2,  # the patching smoke on the first and last layer
             history_tokens=12,
             smoke=True,
         ),
-        # no BiPO training and no SAE training: the two mean-difference variants
+        # one backbone (no BiPO or SAE training, no second mean-difference variant): the
+        # SteerX comparison on 3 users is a smoke run; the full study runs every backbone
         "steerx_users_per_group": 1,
-        "steerx_backbones": ["mean", "mean-context"],
+        "steerx_backbones": ["mean"],
     }
 
 
@@ -267,11 +271,9 @@ class DemoConfig:
             raise ValueError("steerx_users_per_group must be >= 1")
         if 0.0 not in self.alphas or len(self.alphas) < 2:
             raise ValueError("alphas must include 0.0 (the unsteered baseline) and one more")
+        self.methods = method_names(self.methods)  # aliases ("bt") resolved, each once
         if "population" not in self.methods:
             raise ValueError("methods must include 'population' (the gating and MMLU vector)")
-        bad = [m for m in self.methods if m not in METHODS]
-        if bad:
-            raise ValueError(f"unknown methods {bad}; use {list(METHODS)}")
         if self.n_prompts < 1 or self.mmlu_items < 1:
             raise ValueError("n_prompts and mmlu_items must be >= 1")
         if self.side_effect_texts is not None and not (
@@ -307,8 +309,9 @@ def _reported(
 
 def _ppa(table: pd.DataFrame, method: str, measure: str = "ppa_projection") -> dict[str, Any]:
     row = table[(table["method"] == method) & (table["measure"] == measure)]
-    if row.empty:
-        return {"mean": None, "interval": None, "n": 0, "unit": "user"}
+    if row.empty:  # said, never a silent None
+        why = f"no {measure} row for {method!r} in ppa.csv (the study did not score it)"
+        return {"mean": None, "interval": None, "n": 0, "unit": "user", "why": why}
     return _reported(row.iloc[0], "mean", "low", "high", "user")
 
 
@@ -1122,7 +1125,11 @@ def _steerx_step(job: _Job) -> dict[str, Any]:
         steer_ppa=cfg.steer_ppa,
         run=cfg.run,
     )
-    run_steerx_compare(job.model, job.ds, xcfg, out=job.results.parent, data_label=cfg.data)
+    # rescaled to the study's population vector's norms, as the study's own vectors are
+    norms = job.need("vectors")["population"].norms()
+    run_steerx_compare(
+        job.model, job.ds, xcfg, out=job.results.parent, data_label=cfg.data, norms=norms
+    )
     return {}  # its keys are in summary.json already
 
 

@@ -182,6 +182,24 @@ def personalization_study(
         _row(f"{name} − population", "ppa_projection_paired", paired_difference(e, pop_est, **boot))
         for name, e in (("dislike-weighted", dis_est), ("Bradley-Terry", bt_est))
     ]
+    # every other chosen method (a registered one beyond the three): its rows too
+    known: dict[str, Any] = {POP: v_pop, DIS: dislike, BT: bt_vecs}
+    for name in names:
+        if name in known:
+            continue
+        spec = get_method(name)
+        known[name] = (
+            {u: fits[name].vector(u) for u in users} if spec.per_user else fits[name].vector("")
+        )
+        est = ppa_projection(pa_test, known[name], **boot)
+        rows.append(_row(spec.label, "ppa_projection", est))
+        rows.append(
+            _row(
+                f"{spec.label} − population",
+                "ppa_projection_paired",
+                paired_difference(est, pop_est, **boot),
+            )
+        )
     if dataset.ground_truth is not None and "users" in dataset.ground_truth:
         orc = oracle(test, dataset.ground_truth, **boot)
         rows.append(_row("oracle", "ppa_projection", orc))
@@ -195,16 +213,14 @@ def personalization_study(
     if cfg.steer_alpha is not None:
         norms = v_pop.norms()
         steer_pairs = _per_user_sample(test, cfg.max_steer_pairs)
-        for method, vecs in (
-            (method_label(BT), bt_vecs),
-            (method_label(DIS), dislike),
-            (method_label(POP), {u: v_pop for u in users}),
-        ):
-            scaled = {u: v.rescaled(norms) for u, v in vecs.items()}
+        for name in dict.fromkeys([BT, DIS, POP, *names]):  # every chosen method
+            vecs = known[name]
+            per_user = vecs if isinstance(vecs, dict) else {u: vecs for u in users}
+            scaled = {u: v.rescaled(norms) for u, v in per_user.items()}
             est = ppa_under_steering(
                 model, steer_pairs, scaled, cfg.steer_alpha, batch_size=cfg.run.batch_size, **boot
             )
-            rows.append(_row(method, "ppa_under_steering", est))
+            rows.append(_row(method_label(name), "ppa_under_steering", est))
     by_group = None
     gt = dataset.ground_truth
     if cfg.utility_alpha is not None and gt is not None and "users" in gt:
@@ -215,17 +231,7 @@ def personalization_study(
         }
         util_rows, by_group = _utility_gain(model, test, methods, v_pop.norms(), gt, cfg, boot)
         rows += util_rows
-    known: dict[str, Any] = {POP: v_pop, DIS: dislike, BT: bt_vecs}
-    vectors: dict[str, Any] = {}
-    for m in cfg.methods:
-        spec = get_method(m)
-        fit = fits[spec.name]
-        if spec.name in known:
-            vectors[spec.name] = known[spec.name]
-        else:
-            vectors[spec.name] = (
-                {u: fit.vector(u) for u in users} if spec.per_user else fit.vector("")
-            )
+    vectors = {get_method(m).name: known[get_method(m).name] for m in cfg.methods}
     return PersonalizationResult(
         pd.DataFrame(rows),
         by_group,

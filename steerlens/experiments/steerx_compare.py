@@ -21,6 +21,7 @@ and adds ``steerx_ppa``, ``allhistory_ppa``, ``steerx_minus_allhistory_ppa``,
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -87,9 +88,12 @@ def run_steerx_compare(
     data_label: str | None = None,
     sae: Any = None,
     sae_steps: int = 1500,
+    norms: Mapping[int, float] | None = None,
     progress_bar: bool = True,
 ) -> dict[str, Any]:
     """Run the comparison on a loaded model and dataset; write its files under ``out``.
+    ``norms``: the per-layer norms vectors are rescaled to under steering (a study passes its
+    population vector's; default: the population vector of this comparison's training pairs).
 
     Returns the report written to ``results/steerx_compare.json``.
     """
@@ -111,7 +115,13 @@ def run_steerx_compare(
         )
         sae_report = rep.__dict__
     study = steerx_study(
-        model, dataset, cfg, out=results / "steerx", sae=sae, progress_bar=progress_bar
+        model,
+        dataset,
+        cfg,
+        out=results / "steerx",
+        sae=sae,
+        norms=norms,
+        progress_bar=progress_bar,
     )
     table, users = study["table"], study["users"]
     table.to_csv(results / "steerx_compare.csv", index=False)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -169,10 +170,13 @@ def steerx_study(
     *,
     out: str | Path = "results/steerx",
     sae: Any = None,
+    norms: Mapping[int, float] | None = None,
     progress_bar: bool = True,
 ) -> dict[str, Any]:
     """Run the comparison; returns ``{"table", "users", "results"}`` (DataFrames and the
-    per-user ``SteerXResult`` s) and writes sweeps and vectors under ``out``."""
+    per-user ``SteerXResult`` s) and writes sweeps and vectors under ``out``. ``norms``: the
+    per-layer norms vectors are rescaled to under steering (default: the population vector of
+    the training pairs, cached here for that alone)."""
     cfg = config or SteerXStudyConfig()
     if "sae" in cfg.backbones and sae is None:
         raise ValueError("the sae backbone needs an SAE for the middle steering layer (sae=...)")
@@ -180,10 +184,12 @@ def steerx_study(
     gt = dataset.ground_truth if dataset.ground_truth and "users" in dataset.ground_truth else None
     users, train, test, convs = _conversations(dataset, cfg)
     layers = default_layers(model)
-    pa_train = pair_activations(
-        model, train, layers, batch_size=cfg.run.batch_size, progress_bar=progress_bar
-    )
-    norms = population(pa_train).norms()
+    if norms is None:
+        pa_train = pair_activations(
+            model, train, layers, batch_size=cfg.run.batch_size, progress_bar=progress_bar
+        )
+        norms = population(pa_train).norms()
+    norms = {int(k): float(v) for k, v in norms.items()}
     shared = _Shared.run(model, users, convs, cfg, progress_bar)
     users = shared.users
     test = [p for p in test if p.user_id in users]

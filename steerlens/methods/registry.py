@@ -43,6 +43,7 @@ __all__ = [
     "get_backbone",
     "get_method",
     "method_label",
+    "method_names",
 ]
 
 logger = logging.getLogger(__name__)
@@ -114,6 +115,18 @@ def get_method(name: str) -> Method:
         if name == method.name or name in method.aliases:
             return method
     raise ValueError(f"unknown vector method {name!r}; use one of {', '.join(METHODS)}")
+
+
+def method_names(names: Sequence[str], *, also: str = "") -> list[str]:
+    """``names`` as the registry's names (aliases such as ``"bt"`` resolved), each once; a
+    ``ValueError`` names the unknown ones and the choices (``also``: what else the caller
+    accepts, e.g. "or vector_files")."""
+    bad = [n for n in names if not any(n == m.name or n in m.aliases for m in METHODS.values())]
+    if bad:
+        raise ValueError(
+            f"unknown methods {bad}; use {list(METHODS)} (or their aliases){' ' + also if also else ''}"
+        )
+    return list(dict.fromkeys(get_method(n).name for n in names))
 
 
 def method_label(name: str) -> str:

@@ -38,7 +38,7 @@ from steerlens.experiments.sweep.vectors import (
     save_conditions,
     save_vectors,
 )
-from steerlens.methods.registry import METHODS, MethodOptions
+from steerlens.methods.registry import METHODS, MethodOptions, method_names
 
 logger = logging.getLogger(__name__)
 
@@ -87,9 +87,7 @@ class SweepConfig:
     def __post_init__(self) -> None:
         self.options = as_section(self.options, MethodOptions)
         self.run = as_section(self.run, RunSection)
-        bad = [m for m in self.methods if m not in METHODS]
-        if bad:
-            raise ValueError(f"unknown methods {bad}; use {list(METHODS)} or vector_files")
+        self.methods = method_names(self.methods, also="or vector_files")
         clash = set(self.methods) & set(self.vector_files)
         if clash:
             raise ValueError(f"vector_files reuse method names {sorted(clash)}")

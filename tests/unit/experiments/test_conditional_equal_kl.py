@@ -152,3 +152,49 @@ def test_the_page_and_headline_withhold_equal_kl_outside_the_band_and_show_the_r
     # a summary from before the rule: the capped flag alone decides
     old = {"equal_kl_capped": {"population": True}}
     assert not equal_kl_kept(old) and equal_kl_kept({"equal_kl_capped": {"population": False}})
+
+
+def _split(projections: list[float]) -> float:
+    """A threshold between two distinct projections (never on one: rounding could flip it)."""
+    vals = sorted(set(projections))
+    mid = len(vals) // 2
+    return (vals[mid - 1] + vals[mid]) / 2
+
+
+def test_conditional_kl_runs_only_fired_texts_and_equals_running_every_row(tiny, rand_vec):
+    import torch
+
+    import steerlens as sl
+    from steerlens.run.divergence import reference_logprobs, steering_divergence
+
+    texts = [
+        "the capital of france is paris",
+        "two plus two is four",
+        "water boils at one hundred degrees",
+        "a triangle has three sides",
+    ]
+    other = rand_vec.rescaled({2: 2.0, 3: 2.0})
+    vecs = [rand_vec, other]
+    d = torch.randn(tiny.cfg.d_model, generator=torch.Generator().manual_seed(3))
+    probe = steering_divergence(tiny, texts, rand_vec, 1.0, gate=sl.Condition(d, 2, 0.0))
+    cond = sl.Condition(d, 2, _split([p.projection for p in probe]))
+    fires = cm.condition_fires(tiny, cond, other, texts)
+    assert 0 < sum(fires) < len(texts)  # the skip is exercised
+    ref = reference_logprobs(tiny, texts)
+    got = cm.conditional_kl(tiny, vecs, cond, texts, 3.0, fires, ref)
+    every = steering_divergence(
+        tiny, texts * 2, [v for v in vecs for _ in texts], 3.0, gate=cond, reference=ref * 2
+    )
+    assert [s for _, s in got] == [bool(e.steered) for e in every]
+    for (kl, on), e in zip(got, every, strict=True):
+        if on:
+            assert kl == pytest.approx(e.kl, rel=1e-4, abs=1e-7)
+            assert kl > 0
+        else:  # not run: the unsteered model, KL 0 (the full pass agrees up to rounding)
+            assert kl == 0.0 and e.kl == pytest.approx(0.0, abs=1e-6)
+    # the search and the report rows read the same decisions and reference
+    alpha, table = cm.equal_kl_alpha(tiny, vecs, cond, texts, 1.0, reference=ref, fires=fires)
+    assert alpha >= 1.0 and table["steered"].dropna().iloc[1:].eq(sum(fires) / 4).all()
+    rows = cm.neutral_kl_rows(tiny, vecs, cond, texts, 1.0, alpha, reference=ref, fires=fires)
+    cond_rows = rows[rows["arm"] == "conditional"]
+    assert (cond_rows.loc[~cond_rows["steered"], "kl"] == 0.0).all()

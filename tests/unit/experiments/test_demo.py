@@ -477,7 +477,7 @@ def test_demo_config_validation():
     assert (mine.alphas, mine.n_prompts, mine.steer_ppa) == ([0.0, 0.5, 1.0, 1.5], 48, True)
     assert mine.max_users == 16 and mine.gating_ks == q.gating_ks
     assert DemoConfig("smollm2-135m-instruct", "demo", ".", True).n_prompts == 24  # positional
-    assert q.steerx and q.steerx_backbones == ["mean", "mean-context"]
+    assert q.steerx and q.steerx_backbones == ["mean"] and q.kl_alphas == [0.5]
     with pytest.raises(ValueError, match="steerx_backbones"):
         DemoConfig(steerx_backbones=["lora"])
     with pytest.raises(ValueError, match="unknown steps"):
@@ -513,6 +513,7 @@ def test_demo_config_validation():
         n_prompts=16,
         neutral_texts=8,
         side_effect_texts=None,
+        kl_alphas=[0.5, 1.0],
         token_effects=TokenEffectsConfig(
             targets_per_user=2,
             max_users=10,

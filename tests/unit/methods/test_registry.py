@@ -71,8 +71,18 @@ def test_adding_a_method_is_one_function_and_one_line(monkeypatch, tiny_bridge):
     both = ["population", "negated-population"]
     assert DemoConfig(methods=both).methods == both
     assert method_label("negated-population") == "population (negated)"
+    # aliases are accepted wherever get_method accepts them, and each method counts once
+    assert SweepConfig(methods=["bt", "bradley-terry"]).methods == ["bradley-terry"]
+    assert DemoConfig(methods=["population", "dislike", "bt"]).methods == list(METHODS)[:3]
+    with pytest.raises(ValueError, match="unknown methods"):
+        DemoConfig(methods=["population", "caa"])
     cfg = PersonalizationConfig(
-        layers=[2, 3], methods=["population", "bt", "negated-population"], max_users=3, n_boot=50
+        layers=[2, 3],
+        methods=["population", "bt", "negated-population"],
+        max_users=3,
+        n_boot=50,
+        steer_alpha=1.0,
+        max_steer_pairs=2,
     )
     study = personalization_study(tiny_bridge, sl.data.load_prism("demo"), cfg, progress_bar=False)
     assert set(study.vectors) == {"population", "bradley-terry", "negated-population"}
@@ -80,6 +90,20 @@ def test_adding_a_method_is_one_function_and_one_line(monkeypatch, tiny_bridge):
         study.vectors["negated-population"].as_tensor(), -study.population.as_tensor()
     )
     assert study.vectors["bradley-terry"] == study.bt_vectors
+    # the fourth method's PPA rows: by projection, paired with population, under steering
+    t = study.table.set_index(["method", "measure"])
+    ppa = t.loc[("population (negated)", "ppa_projection"), "mean"]
+    pop = t.loc[("population", "ppa_projection"), "mean"]
+    assert ppa == pytest.approx(1.0 - pop)  # a negated vector ranks every pair the other way
+    paired = t.loc[("population (negated) − population", "ppa_projection_paired"), "mean"]
+    assert paired == pytest.approx(ppa - pop)
+    assert ("population (negated)", "ppa_under_steering") in t.index
+    from steerlens.experiments.demo import _ppa
+
+    row = _ppa(study.table, "population (negated)", "ppa_under_steering")
+    assert row["n"] > 0 and row["mean"] is not None
+    missing = _ppa(study.table, "no such method", "ppa_under_steering")
+    assert missing["mean"] is None and "no ppa_under_steering row" in missing["why"]
 
 
 def test_one_default_per_parameter_read_from_the_options_everywhere():

@@ -124,6 +124,10 @@ def generate(
     console.print(table)
 
 
+def _names(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
 @app.command()
 def demo(
     quick: Annotated[
@@ -151,6 +155,18 @@ def demo(
             f"needed); default: {', '.join(METHODS)}"
         ),
     ] = None,
+    steps: Annotated[
+        str | None,
+        typer.Option(
+            "--steps",
+            help="comma-separated steps to run, rerun even where finished; default: every "
+            "step, skipping those finished in OUT with the same inputs",
+        ),
+    ] = None,
+    from_step: Annotated[
+        str | None,
+        typer.Option("--from", help="rerun this step and every step after it"),
+    ] = None,
 ) -> None:
     """The study: vectors, PPA, α sweep per method, gating, MMLU, SteerX vs all-history,
     figures, report page (small by default; --full for the whole study)."""
@@ -161,9 +177,17 @@ def demo(
     logging.getLogger("steerlens").setLevel(logging.INFO)
     from steerlens.experiments.config import RunSection
 
-    chosen: dict[str, Any] = (
-        {"methods": [m.strip() for m in methods.split(",") if m.strip()]} if methods else {}
-    )
+    chosen: dict[str, Any] = {}
+    if methods:
+        chosen["methods"] = _names(methods)
+    if steps:
+        chosen["steps"] = chosen["force"] = _names(steps)
+    if from_step:
+        from steerlens.experiments.demo import STEPS
+
+        if from_step not in STEPS:
+            raise typer.BadParameter(f"--from {from_step!r}: use one of {', '.join(STEPS)}")
+        chosen["force"] = list(STEPS[STEPS.index(from_step) :])
     cfg = DemoConfig(
         model=model,
         data=data,
@@ -217,6 +241,10 @@ def demo(
         f"wrote {len(files)} report files under {out} in "
         f"{seconds['total'] + seconds['report']:.0f} s; open {out / 'figures' / 'index.html'}"
     )
+
+
+# `steerlens study` is the same command (the study is what `demo` has always run)
+app.command("study", help="The study: the same command as `steerlens demo`.")(demo)
 
 
 @app.command()

@@ -75,18 +75,27 @@ import numpy as np
 import pandas as pd
 
 from steerlens.core._jsonsafe import json_safe, update_json, write_json
+from steerlens.core._version import __version__
 from steerlens.core.hooks import steering
 from steerlens.core.models import HookedModel, default_layers, load_model
 from steerlens.data import load_mmlu, load_prism, neutral_texts
 from steerlens.data.mmlu import LETTERS
 from steerlens.data.prism import PrismDataset
+from steerlens.data.schema import PreferencePair
 from steerlens.experiments.conditional import MIN_NEUTRAL_SELECT, run_conditional
 from steerlens.experiments.config import RunSection, as_section
 from steerlens.experiments.headline import build_headline
 from steerlens.experiments.personalization import (
     PersonalizationConfig,
-    PersonalizationResult,
     personalization_study,
+    study_split,
+)
+from steerlens.experiments.resume import (
+    StepInputs,
+    fingerprints,
+    finished,
+    snapshot,
+    written_since,
 )
 from steerlens.experiments.splits import Split, agreed_side, record_selection
 from steerlens.experiments.steerx_compare import run_steerx_compare
@@ -244,6 +253,8 @@ class DemoConfig:
     # every backbone; "sae" only where sae-lens (steerlens[sae]) is installed
     steerx_backbones: list[str] = field(default_factory=available_backbones)
     steps: list[str] = field(default_factory=lambda: list(STEPS))
+    # steps rerun even where results/steps.json has them done with the same inputs
+    force: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.run = as_section(self.run, RunSection)
@@ -257,7 +268,7 @@ class DemoConfig:
                     setattr(self, name, value)
         if not self.steerx and "steerx" in self.steps:
             self.steps = [s for s in self.steps if s != "steerx"]
-        bad_steps = [s for s in self.steps if s not in STEPS]
+        bad_steps = [s for s in [*self.steps, *self.force] if s not in STEPS]
         if bad_steps:
             raise ValueError(f"unknown steps {bad_steps}; use some of {list(STEPS)}")
         bad_backbones = [b for b in self.steerx_backbones if b not in BACKBONES]
@@ -324,7 +335,7 @@ class _Job:
     ds: PrismDataset
     results: Path
     layers: list[int]
-    study: PersonalizationResult | None = None
+    test_pairs: list[PreferencePair] | None = None
     vectors: dict[str, Any] = field(default_factory=dict)
     prompts: list[SweepPrompt] = field(default_factory=list)
     dose: pd.DataFrame | None = None
@@ -352,6 +363,8 @@ class _Job:
     def _from_disk(self, what: str) -> Any:
         r = self.results
         try:
+            if what == "test_pairs":  # the study's seeded split: no file needed
+                return study_split(self.ds, _personalization_config(self))[1]
             if what == "prompts":
                 lines = (r / "prompts.jsonl").read_text(encoding="utf-8").splitlines()
                 return [SweepPrompt(**json.loads(line)) for line in lines if line]
@@ -367,13 +380,13 @@ class _Job:
             pass
         raise RuntimeError(
             f"this step needs {what!r}: run the step that makes it first (in this job, or "
-            f"earlier into {r}; the held-out pairs of 'study' only in this job)"
+            f"earlier into {r})"
         )
 
 
-def _vectors_step(job: _Job) -> dict[str, Any]:
-    cfg, ds = job.cfg, job.ds
-    pcfg = PersonalizationConfig(
+def _personalization_config(job: _Job) -> PersonalizationConfig:
+    cfg = job.cfg
+    return PersonalizationConfig(
         layers=job.layers,
         methods=cfg.methods,
         held_out=cfg.held_out,
@@ -383,14 +396,18 @@ def _vectors_step(job: _Job) -> dict[str, Any]:
         options=cfg.options,
         run=cfg.run,
     )
-    study = personalization_study(job.model, ds, pcfg)
+
+
+def _vectors_step(job: _Job) -> dict[str, Any]:
+    cfg, ds = job.cfg, job.ds
+    study = personalization_study(job.model, ds, _personalization_config(job))
+    job.test_pairs = study.test_pairs
     # per-user vectors rescaled to the population vector's norms: one α grid for every method
     norms = study.population.norms()
     job.vectors = {
         m: {u: v.rescaled(norms) for u, v in vec.items()} if isinstance(vec, dict) else vec
         for m, vec in study.vectors.items()
     }
-    job.study = study
     study.population.metadata["data"] = ds.source
     shutil.rmtree(job.results / "vectors", ignore_errors=True)  # no user of an earlier study
     save_vectors(job.vectors, job.results / "vectors")
@@ -464,9 +481,8 @@ def _on(cells: pd.DataFrame, prompt_ids: list[str]) -> pd.DataFrame:
 
 def _dose_step(job: _Job) -> dict[str, Any]:
     cfg, results = job.cfg, job.results
-    study = job.need("study")
     job.prompts = held_out_prompts(  # users and texts on one side of the split only
-        study.test_pairs,
+        job.need("test_pairs"),
         cfg.n_prompts,
         cfg.run.seed,
         keep=lambda p: agreed_side(p.user_id, p.prompt, cfg.run.seed) is not None,
@@ -1146,6 +1162,72 @@ _STEP_FNS: dict[str, Callable[[_Job], dict[str, Any]]] = {
 }
 
 
+# What each step reads (config fields and earlier steps): its fingerprint, so that a rerun
+# skips it while these are unchanged (steerlens.experiments.resume). Every step also reads
+# resume.GLOBAL_READS (model, data, seed, batch size).
+STEP_INPUTS: dict[str, StepInputs] = {
+    "vectors": StepInputs(
+        (
+            "methods",
+            "held_out",
+            "max_users",
+            "steer_ppa",
+            "steer_alpha",
+            "max_steer_pairs",
+            "options",
+        )
+    ),
+    "dose": StepInputs(
+        ("n_prompts", "methods", "alphas", "max_new_tokens", "held_out", "max_users"),
+        ("vectors",),
+    ),
+    "side_effects": StepInputs(
+        (
+            "methods",
+            "alphas",
+            "mmlu_items",
+            "neutral_texts",
+            "side_effect_texts",
+            "side_effect_users",
+            "kl_texts",
+        ),
+        ("vectors", "dose"),
+    ),
+    "calibrated": StepInputs(
+        ("methods", "kl_alphas", "kl_texts", "mmlu_items", "neutral_texts", "max_new_tokens"),
+        ("vectors", "dose", "side_effects"),
+    ),
+    "gating": StepInputs(("gating_ks", "max_new_tokens"), ("vectors", "dose")),
+    "conditional": StepInputs(
+        (
+            "methods",
+            "alphas",
+            "condition_method",
+            "mmlu_items",
+            "neutral_texts",
+            "max_new_tokens",
+        ),
+        ("vectors", "dose"),
+    ),
+    "mmlu": StepInputs(
+        ("alphas", "kl_alphas", "kl_texts", "mmlu_items"), ("vectors", "dose", "side_effects")
+    ),
+    "token_effects": StepInputs(("token_effects",)),
+    "steerx": StepInputs(
+        (
+            "steerx_backbones",
+            "steerx_users_per_group",
+            "held_out",
+            "max_new_tokens",
+            "steer_ppa",
+        ),
+        ("vectors",),
+    ),
+}
+# summary keys every step rewrites (never one step's own)
+_SHARED_KEYS = frozenset({"headline", "seconds"})
+
+
 # every file a step writes under results/ (the sweeps' parts excepted: content-addressed)
 _RESULT_FILES = (
     "summary.json",
@@ -1199,8 +1281,6 @@ def code_provenance() -> dict[str, Any]:
     tree, its commit (``dirty`` where tracked files differ from it)."""
     import subprocess
 
-    from steerlens.core._version import __version__
-
     out: dict[str, Any] = {"steerlens": __version__, "commit": None, "dirty": None}
     root = Path(__file__).resolve().parents[2]
     try:
@@ -1220,7 +1300,7 @@ def code_provenance() -> dict[str, Any]:
 def study_key(cfg: DemoConfig) -> str:
     """What the results depend on (the config but its output folder, step list, device and
     batching of the sweep): a run with another key in the same folder starts afresh."""
-    skip = ("out", "steps", "steerx", "cells_per_batch")  # none changes a number
+    skip = ("out", "steps", "steerx", "cells_per_batch", "force")  # none changes a number
     fields = {k: v for k, v in asdict(cfg).items() if k not in skip}
     fields["run"] = {k: v for k, v in fields["run"].items() if k != "device"}
     # written as before the sections were nested (a folder made then keeps its key): the
@@ -1249,26 +1329,40 @@ def mark_step(results: str | Path, name: str, seconds: float) -> None:
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     """Run ``cfg.steps`` in order; each writes its files and summary keys as it finishes, so
     a failed or interrupted run keeps what the earlier steps wrote (``results/steps.json``
-    says which ran; the report draws only those). Rerunning the same study in the same folder
-    keeps the other steps' results (a step can be rerun alone: it reads its inputs from
-    ``results/``); another study there starts afresh. Returns ``results/summary.json``."""
+    says which ran; the report draws only those). A step already finished in this folder with
+    the same inputs (``STEP_INPUTS``, ``steerlens.experiments.resume``) is skipped unless it
+    is in ``cfg.force``; a step whose inputs changed is rerun, and one that is not run now is
+    marked stale (its keys leave the summary). Returns ``results/summary.json``."""
     t0 = time.perf_counter()
     results = Path(cfg.out) / "results"
     results.mkdir(parents=True, exist_ok=True)
     summary_path, steps_path = results / "summary.json", results / "steps.json"
     key = study_key(cfg)
     old = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    if old.get("study_key") != key:  # another study in this folder: none of its results stay
+    status: dict[str, Any] = json.loads(steps_path.read_text()) if steps_path.exists() else {}
+    if old.get("study_key") != key and any("fingerprint" not in e for e in status.values()):
+        # a folder of another study written before steps had fingerprints: start afresh
         for name in _RESULT_FILES:
             (results / name).unlink(missing_ok=True)
         shutil.rmtree(results / "vectors", ignore_errors=True)
+        old, status = {}, {}
         # (sweep parts stay: their names hash their cells, the model and the vectors)
+    fps = fingerprints(asdict(cfg), STEP_INPUTS, STEPS, __version__)
+    todo = [s for s in STEPS if s in cfg.steps]
+    run = [s for s in todo if s in cfg.force or not finished(status.get(s), fps[s], results)]
+    seconds: dict[str, float] = dict(old.get("seconds", {}))
+    stale = [
+        s for s in status if s in fps and s not in todo and status[s].get("fingerprint") != fps[s]
+    ]
+    _forget(summary_path, status, [*stale, *run], seconds)
+    for name in stale:
+        status[name] = {"status": "stale", "why": "its inputs changed since it ran: rerun it"}
+    write_json(steps_path, status)
     start = time.perf_counter()
     model = load_model(cfg.model, device=cfg.run.device, seed=cfg.run.seed)
     ds = load_prism(cfg.data)
     logger.info("%r", ds)
-    earlier = old.get("seconds", {}) if old.get("study_key") == key else {}
-    seconds: dict[str, float] = {**earlier, "load model": round(time.perf_counter() - start, 1)}
+    seconds["load model"] = round(time.perf_counter() - start, 1)
     update_json(
         summary_path,
         {
@@ -1282,28 +1376,69 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         },
     )
     job = _Job(cfg, model, ds, results, default_layers(model))
-    # the same study run again (e.g. one step rerun): the other steps keep their entries
-    status: dict[str, Any] = json.loads(steps_path.read_text()) if steps_path.exists() else {}
-    for name in [s for s in STEPS if s in cfg.steps]:
-        start = time.perf_counter()
-        status[name] = {"status": "running"}
-        write_json(steps_path, status)
-        try:
-            keys = _STEP_FNS[name](job)
-        except Exception as e:
-            status[name] = {
-                "status": "failed",
-                "error": f"{type(e).__name__}: {e}",
-                "seconds": round(time.perf_counter() - start, 1),
-            }
-            write_json(steps_path, status)
-            raise
-        seconds[name] = round(time.perf_counter() - start, 1)
-        status[name] = {"status": "done", "seconds": seconds[name]}
-        write_json(steps_path, status)
-        current = update_json(summary_path, {**keys, "seconds": {**seconds}})
-        update_json(summary_path, {"headline": build_headline(current)})
+    for name in todo:
+        if name not in run:
+            logger.info("%s: finished earlier with the same inputs: skipped", name)
+            continue
+        seconds[name] = _run_step(job, name, fps[name], status, steps_path, summary_path)
+        update_json(summary_path, {"seconds": {**seconds}})
         logger.info("%s: %.0f s", name, seconds[name])
     seconds["total"] = round(time.perf_counter() - t0, 1)
     summary = update_json(summary_path, {"seconds": seconds})
     return json_safe(summary)  # type: ignore[no-any-return]
+
+
+def _forget(
+    summary_path: Path, status: dict[str, Any], names: list[str], seconds: dict[str, float]
+) -> None:
+    """Drop the summary keys and times the earlier runs of ``names`` wrote (they are rerun
+    now, or stale)."""
+    keys = {k for n in names for k in status.get(n, {}).get("keys", [])}
+    for n in names:
+        seconds.pop(n, None)
+    if not summary_path.exists() or not keys:
+        return
+    current = json.loads(summary_path.read_text())
+    kept = {k: v for k, v in current.items() if k not in keys}
+    kept["headline"] = build_headline(kept)
+    write_json(summary_path, kept)
+
+
+def _run_step(
+    job: _Job,
+    name: str,
+    fingerprint: str,
+    status: dict[str, Any],
+    steps_path: Path,
+    summary_path: Path,
+) -> float:
+    """Run one step; record it in ``steps.json`` (with its fingerprint, the summary keys and
+    the files it wrote) and its keys in the summary. Returns its seconds."""
+    start = time.perf_counter()
+    before_files = snapshot(job.results)
+    before = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    status[name] = {"status": "running"}
+    write_json(steps_path, status)
+    try:
+        keys = _STEP_FNS[name](job)
+    except Exception as e:
+        status[name] = {
+            "status": "failed",
+            "error": f"{type(e).__name__}: {e}",
+            "seconds": round(time.perf_counter() - start, 1),
+        }
+        write_json(steps_path, status)
+        raise
+    current = update_json(summary_path, keys)
+    current = update_json(summary_path, {"headline": build_headline(current)})
+    wrote = {k for k, v in current.items() if k not in before or before[k] != v} | set(keys)
+    seconds = round(time.perf_counter() - start, 1)
+    status[name] = {
+        "status": "done",
+        "seconds": seconds,
+        "fingerprint": fingerprint,
+        "keys": sorted(wrote - _SHARED_KEYS),
+        "files": written_since(job.results, before_files),
+    }
+    write_json(steps_path, status)
+    return seconds

@@ -19,6 +19,7 @@ import pandas as pd
 from steerlens.core.models import HookedModel
 from steerlens.core.vectors import SteeringVector
 from steerlens.data.prism import PrismDataset
+from steerlens.data.schema import PreferencePair
 from steerlens.experiments.config import RunSection, as_section
 from steerlens.methods.personal import (
     BradleyTerry,
@@ -38,7 +39,12 @@ from steerlens.metrics.stats import Estimate, estimate, paired_difference
 from steerlens.metrics.text import degenerate
 from steerlens.run.generation import generate
 
-__all__ = ["PersonalizationConfig", "PersonalizationResult", "personalization_study"]
+__all__ = [
+    "PersonalizationConfig",
+    "PersonalizationResult",
+    "personalization_study",
+    "study_split",
+]
 
 POP, DIS, BT = "population", "dislike-weighted", "bradley-terry"  # registry names
 
@@ -137,6 +143,21 @@ def _per_user_sample(pairs: list[Any], limit: int) -> list[Any]:
     return out
 
 
+def study_split(
+    dataset: PrismDataset, cfg: PersonalizationConfig
+) -> tuple[list[PreferencePair], list[PreferencePair]]:
+    """The study's training and held-out turn-0 pairs (seeded: the same on every call); every
+    held-out user has training pairs."""
+    users_kw = {} if cfg.max_users is None else {"users": sorted(dataset.users)[: cfg.max_users]}
+    train, test = dataset.split(
+        cfg.held_out, cfg.run.seed, by=cfg.split_by, turn0_only=True, **users_kw
+    )
+    if not train or not test:
+        raise ValueError(f"the split left {len(train)} training and {len(test)} held-out pairs")
+    train_users = {p.user_id for p in train}
+    return train, [p for p in test if p.user_id in train_users]
+
+
 def personalization_study(
     model: HookedModel,
     dataset: PrismDataset,
@@ -146,14 +167,7 @@ def personalization_study(
 ) -> PersonalizationResult:
     """Run the study (turn-0 pairs: later-turn pairs of one style are near coin flips)."""
     cfg = config or PersonalizationConfig()
-    users_kw = {} if cfg.max_users is None else {"users": sorted(dataset.users)[: cfg.max_users]}
-    train, test = dataset.split(
-        cfg.held_out, cfg.run.seed, by=cfg.split_by, turn0_only=True, **users_kw
-    )
-    if not train or not test:
-        raise ValueError(f"the split left {len(train)} training and {len(test)} held-out pairs")
-    train_users = {p.user_id for p in train}
-    test = [p for p in test if p.user_id in train_users]  # every held-out user has a vector
+    train, test = study_split(dataset, cfg)
     kw: dict[str, Any] = dict(batch_size=cfg.run.batch_size, progress_bar=progress_bar)
     pa_train = pair_activations(model, train, cfg.layers, **kw)
     pa_test = pair_activations(model, test, pa_train.layers, **kw)

@@ -459,8 +459,77 @@ def test_a_failed_step_keeps_the_earlier_results_and_the_report_shows_them(tmp_p
     write_study_report(tmp_path)
     assert "Gating at the operating" not in (tmp_path / "figures" / "index.html").read_text()
     # a step asked for without the one it depends on says so
-    with pytest.raises(RuntimeError, match="needs 'study'"):
+    with pytest.raises(RuntimeError, match="needs 'vectors'"):
         run_demo(DemoConfig(**small, out=str(tmp_path / "b"), steps=["dose"]))
+
+
+def _numbers(summary: dict) -> dict:
+    """A summary's values but the run's own facts (times, code, config's step lists)."""
+    skip = {"seconds", "code", "config"}
+    return {k: v for k, v in summary.items() if k not in skip}
+
+
+def test_a_rerun_skips_finished_steps_and_reruns_only_what_a_change_reaches(
+    tmp_path, monkeypatch
+):
+    calls: list[str] = []
+
+    def spy(name, fn):
+        def step(job):
+            calls.append(name)
+            return fn(job)
+
+        return step
+
+    for name, fn in list(demo_mod._STEP_FNS.items()):
+        monkeypatch.setitem(demo_mod._STEP_FNS, name, spy(name, fn))
+    small = {**TINY, "n_prompts": 4, "alphas": [0.0, 4.0], "kl_alphas": [4.0], "max_users": 4}
+    steps = ["vectors", "dose", "gating"]
+    ref = run_demo(DemoConfig(**small, out=str(tmp_path / "ref"), steps=steps))
+    out = str(tmp_path / "run")
+
+    # killed in its last step (an in-process failure): the rerun runs that step alone
+    def killed(job):
+        raise RuntimeError("killed")
+
+    with monkeypatch.context() as m:
+        m.setitem(demo_mod._STEP_FNS, "gating", killed)
+        with pytest.raises(RuntimeError, match="killed"):
+            run_demo(DemoConfig(**small, out=out, steps=steps))
+    calls.clear()
+    again = run_demo(DemoConfig(**small, out=out, steps=steps))
+    assert calls == ["gating"]
+    assert _numbers(again) == _numbers(ref)  # the same numbers as an uninterrupted run
+    entries = json.loads((tmp_path / "run" / "results" / "steps.json").read_text())
+    assert all(entries[s]["status"] == "done" and entries[s]["fingerprint"] for s in steps)
+    assert "dose_response.csv" in entries["dose"]["files"] and "best_alpha" in entries["dose"]["keys"]
+    # nothing changed: nothing runs
+    calls.clear()
+    assert _numbers(run_demo(DemoConfig(**small, out=out, steps=steps))) == _numbers(ref)
+    assert calls == []
+    # a field one step reads reruns that step only; one the sweep reads, it and its dependents
+    calls.clear()
+    run_demo(DemoConfig(**{**small, "gating_ks": [0]}, out=out, steps=steps))
+    assert calls == ["gating"]
+    calls.clear()
+    wider = {**small, "alphas": [0.0, 8.0], "kl_alphas": [8.0]}  # (kl_alphas: not read here)
+    run_demo(DemoConfig(**wider, out=out, steps=steps))
+    assert calls == ["dose", "gating"]
+    # asked for by name (steerlens study --steps / --from): rerun though finished
+    calls.clear()
+    run_demo(DemoConfig(**wider, out=out, steps=steps, force=["dose"]))
+    assert calls == ["dose"]
+    # a file a finished step wrote is gone: that step runs again
+    (tmp_path / "run" / "results" / "gating.csv").unlink()
+    calls.clear()
+    run_demo(DemoConfig(**wider, out=out, steps=steps))
+    assert calls == ["gating"]
+    # a change that reaches steps not run now leaves them stale: off the summary and the page
+    changed = run_demo(DemoConfig(**{**wider, "held_out": 0.5}, out=out, steps=["vectors"]))
+    entries = json.loads((tmp_path / "run" / "results" / "steps.json").read_text())
+    assert [entries[s]["status"] for s in steps] == ["done", "stale", "stale"]
+    assert "best_alpha" not in changed and "gating" not in changed
+    assert set(demo_mod.STEP_INPUTS) == set(demo_mod.STEPS)
 
 
 def test_demo_config_validation():

@@ -469,9 +469,7 @@ def _numbers(summary: dict) -> dict:
     return {k: v for k, v in summary.items() if k not in skip}
 
 
-def test_a_rerun_skips_finished_steps_and_reruns_only_what_a_change_reaches(
-    tmp_path, monkeypatch
-):
+def test_a_rerun_skips_finished_steps_and_reruns_only_what_a_change_reaches(tmp_path, monkeypatch):
     calls: list[str] = []
 
     def spy(name, fn):
@@ -502,7 +500,9 @@ def test_a_rerun_skips_finished_steps_and_reruns_only_what_a_change_reaches(
     assert _numbers(again) == _numbers(ref)  # the same numbers as an uninterrupted run
     entries = json.loads((tmp_path / "run" / "results" / "steps.json").read_text())
     assert all(entries[s]["status"] == "done" and entries[s]["fingerprint"] for s in steps)
-    assert "dose_response.csv" in entries["dose"]["files"] and "best_alpha" in entries["dose"]["keys"]
+    assert (
+        "dose_response.csv" in entries["dose"]["files"] and "best_alpha" in entries["dose"]["keys"]
+    )
     # nothing changed: nothing runs
     calls.clear()
     assert _numbers(run_demo(DemoConfig(**small, out=out, steps=steps))) == _numbers(ref)

@@ -15,6 +15,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from steerlens.data.prism import load_prism
+from steerlens.experiments.steps import REGISTRY
 from steerlens.metrics.summaries import BASELINE
 from steerlens.reporting import plots
 from steerlens.reporting.headline import headline
@@ -39,24 +40,12 @@ __all__ = ["write_study_report"]
 
 # which step wrote each file: with results/steps.json, only the files of steps it records
 # as done are drawn (a file left by an earlier, different run is not)
-_STEP_OF = {
-    "ppa.csv": "vectors",
-    "users_bt.csv": "vectors",
-    "dose_response.csv": "dose",
-    "selectivity.csv": "dose",
-    "utility_by_group.csv": "dose",
-    "prompts.jsonl": "dose",
-    "side_effects.csv": "side_effects",
-    "calibrated.csv": "calibrated",
-    "gating.csv": "gating",
-    "conditional.csv": "conditional",
-    "conditional_by_category.csv": "conditional",
-    "mmlu.csv": "mmlu",
-    "steerx_effects.json": "token_effects",
-    "steerx_pr_curve.csv": "token_effects",
-    "steerx_compare.csv": "steerx",
-    "steerx_cards.json": "steerx",
-}
+def _step_of(name: str) -> str | None:
+    """The registered step that writes the file ``name`` under ``results/`` (None: none)."""
+    for step in REGISTRY.values():
+        if name in step.files:
+            return step.name
+    return None
 
 
 class _Results:
@@ -66,7 +55,7 @@ class _Results:
         self.folder, self.done = folder, done
 
     def usable(self, path: Path) -> bool:
-        step = _STEP_OF.get(path.name)
+        step = _step_of(path.name)
         return path.exists() and (self.done is None or step is None or step in self.done)
 
     def step_done(self, step: str) -> bool:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -13,6 +14,9 @@ from steerlens.experiments import conditional as conditional_mod
 from steerlens.experiments import demo as demo_mod
 from steerlens.experiments.demo import DemoConfig, run_demo
 from steerlens.experiments.splits import Split
+from steerlens.experiments.steps import REGISTRY
+from steerlens.experiments.steps import calibrated as calibrated_step
+from steerlens.experiments.steps import job as job_mod
 from steerlens.experiments.token_effects import TokenEffectsConfig
 from steerlens.metrics.token_truth import text_id
 from steerlens.reporting.study import write_study_report
@@ -95,7 +99,7 @@ def test_alpha_split_is_disjoint_in_users_and_texts_even_when_texts_are_shared()
         for i, t in enumerate(texts)
     ]
     job = SimpleNamespace(need=lambda name: prompts, cfg=DemoConfig(model="tiny-random"))
-    split = demo_mod._alpha_split(job)  # type: ignore[arg-type]
+    split = job_mod._alpha_split(job)  # type: ignore[arg-type]
     by_id = {p.prompt_id: p for p in prompts}
     for side in ("select", "report"):
         assert all(
@@ -332,7 +336,7 @@ def test_demo_job_on_tiny_model_writes_results_figures_and_report(tmp_path, monk
     n_held = min(cfg.kl_texts, cfg.neutral_texts - cfg.kl_texts)  # the texts after kl_texts
     assert set(held["text_id"]) == set(range(cfg.kl_texts, cfg.kl_texts + n_held))
     report_ids = json.loads((tmp_path / "results" / "splits.json").read_text())["kl_alpha"]
-    neutral = demo_mod._neutral(SimpleNamespace(cfg=cfg))  # type: ignore[arg-type]
+    neutral = job_mod._neutral(SimpleNamespace(cfg=cfg))  # type: ignore[arg-type]
     assert {text_id(neutral[i]) for i in held["text_id"]} == set(report_ids["report"])
     for m, row in s["kl_heldout"].items():
         for b, e in row.items():
@@ -430,7 +434,7 @@ def test_a_failed_step_keeps_the_earlier_results_and_the_report_shows_them(tmp_p
     def broken(job):
         raise RuntimeError("out of memory")
 
-    monkeypatch.setitem(demo_mod._STEP_FNS, "gating", broken)
+    monkeypatch.setitem(REGISTRY, "gating", replace(REGISTRY["gating"], run=broken))
     small = {**TINY, "n_prompts": 4, "alphas": [0.0, 4.0], "kl_alphas": [4.0], "max_users": 4}
     cfg = DemoConfig(**small, out=str(tmp_path), steps=["vectors", "dose", "gating", "mmlu"])
     with pytest.raises(RuntimeError, match="out of memory"):
@@ -479,8 +483,8 @@ def test_a_rerun_skips_finished_steps_and_reruns_only_what_a_change_reaches(tmp_
 
         return step
 
-    for name, fn in list(demo_mod._STEP_FNS.items()):
-        monkeypatch.setitem(demo_mod._STEP_FNS, name, spy(name, fn))
+    for name, step in list(REGISTRY.items()):
+        monkeypatch.setitem(REGISTRY, name, replace(step, run=spy(name, step.run)))
     small = {**TINY, "n_prompts": 4, "alphas": [0.0, 4.0], "kl_alphas": [4.0], "max_users": 4}
     steps = ["vectors", "dose", "gating"]
     ref = run_demo(DemoConfig(**small, out=str(tmp_path / "ref"), steps=steps))
@@ -491,7 +495,7 @@ def test_a_rerun_skips_finished_steps_and_reruns_only_what_a_change_reaches(tmp_
         raise RuntimeError("killed")
 
     with monkeypatch.context() as m:
-        m.setitem(demo_mod._STEP_FNS, "gating", killed)
+        m.setitem(REGISTRY, "gating", replace(REGISTRY["gating"], run=killed))
         with pytest.raises(RuntimeError, match="killed"):
             run_demo(DemoConfig(**small, out=out, steps=steps))
     calls.clear()
@@ -606,12 +610,12 @@ def test_demo_config_validation():
 
 
 def test_an_unreachable_budget_is_listed_and_never_swept(tmp_path, monkeypatch):
-    real = demo_mod._budgets
+    real = calibrated_step._budgets
 
     def with_unreachable(job):
         return {**real(job), 1e4: 4.0}  # 10^4 nats per token: beyond any steering
 
-    monkeypatch.setattr(demo_mod, "_budgets", with_unreachable)
+    monkeypatch.setattr(calibrated_step, "_budgets", with_unreachable)
     small = {**TINY, "n_prompts": 4, "alphas": [0.0, 4.0], "kl_alphas": [4.0], "max_users": 4}
     steps = ["vectors", "dose", "side_effects", "calibrated"]
     s = run_demo(DemoConfig(**small, out=str(tmp_path), steps=steps))

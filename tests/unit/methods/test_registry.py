@@ -98,7 +98,7 @@ def test_adding_a_method_is_one_function_and_one_line(monkeypatch, tiny_bridge):
     paired = t.loc[("population (negated) − population", "ppa_projection_paired"), "mean"]
     assert paired == pytest.approx(ppa - pop)
     assert ("population (negated)", "ppa_under_steering") in t.index
-    from steerlens.experiments.demo import _ppa
+    from steerlens.experiments.steps.job import _ppa
 
     row = _ppa(study.table, "population (negated)", "ppa_under_steering")
     assert row["n"] > 0 and row["mean"] is not None

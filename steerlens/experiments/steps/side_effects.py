@@ -1,0 +1,129 @@
+"""Step 3, ``side_effects``: per method and α, the per-token KL of the steered from the
+unsteered next-token distribution on neutral held-out text, and its perplexity."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pandas as pd
+
+from steerlens.experiments.resume import (
+    StepInputs,
+)
+from steerlens.experiments.steps.base import Step, register_step
+from steerlens.experiments.steps.job import (
+    _Job,
+    _neutral,
+    _user_vectors,
+)
+from steerlens.metrics.side_effects import side_effect_table
+from steerlens.metrics.stats import reported
+from steerlens.run.divergence import (
+    reference_logprobs,
+    steering_divergence,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def _side_effects_step(job: _Job) -> dict[str, Any]:
+    cfg = job.cfg
+    texts = _neutral(job)[: cfg.side_effect_texts]
+    who = _user_vectors(job)
+    # the unsteered pass once per text; one batched steered pass per α (every user a row)
+    reference = reference_logprobs(job.model, texts, batch_size=cfg.run.batch_size)
+    rows = []
+    for alpha in [a for a in cfg.alphas if a != 0.0]:
+        got = steering_divergence(
+            job.model,
+            [t for _ in who for t in texts],
+            [v for _, _, v in who for _ in texts],
+            alpha,
+            batch_size=cfg.run.batch_size,
+            progress_bar=True,
+            reference=[r for _ in who for r in reference],
+        )
+        k = 0
+        for method, user, _ in who:
+            for i in range(len(texts)):
+                d = got[k]
+                rows.append(
+                    {
+                        "method": method,
+                        "user": user,
+                        "alpha": alpha,
+                        "text_id": i,
+                        "kl": d.kl,
+                        "nll": d.nll,
+                        "n_tokens": d.n_tokens,
+                    }
+                )
+                k += 1
+    raw = pd.DataFrame(rows)
+    raw.to_csv(job.results / "side_effects_rows.csv", index=False)
+    base = steering_divergence(
+        job.model, texts, who[0][2], 0.0, batch_size=cfg.run.batch_size, reference=reference
+    )
+    zero = pd.DataFrame(
+        [
+            {
+                "method": m,
+                "user": "*",
+                "alpha": 0.0,
+                "text_id": i,
+                "kl": 0.0,
+                "nll": d.nll,
+                "n_tokens": d.n_tokens,
+            }
+            for m in cfg.methods
+            for i, d in enumerate(base)
+        ]
+    )
+    table = side_effect_table(pd.concat([zero, raw], ignore_index=True), seed=cfg.run.seed)
+    table.to_csv(job.results / "side_effects.csv", index=False)
+    return {
+        "neutral_texts": len(texts),
+        "neutral_source": "MMLU question stems (bundled), none of them among the MMLU items scored",
+        "kl_neutral": _by_method(table, "alpha", "kl"),
+        "ppl_neutral": _by_method(table, "alpha", "ppl"),
+    }
+
+
+def _by_method(table: pd.DataFrame, dose: str, col: str) -> dict[str, Any]:
+    """{method: {dose: {"mean", "interval", "n", "unit"}}} of ``col`` with its
+    ``_low``/``_high`` (intervals over users then texts, or texts for one vector)."""
+    return {
+        str(m): {
+            f"{r[dose]:g}": reported(
+                float(r[col]),
+                float(r[f"{col}_low"]),
+                float(r[f"{col}_high"]),
+                int(r["n"]),
+                str(r["unit"]),
+            )
+            for _, r in part.iterrows()
+        }
+        for m, part in table.groupby("method")
+    }
+
+
+STEP = register_step(
+    Step(
+        "side_effects",
+        _side_effects_step,
+        StepInputs(
+            (
+                "methods",
+                "alphas",
+                "mmlu_items",
+                "neutral_texts",
+                "side_effect_texts",
+                "side_effect_users",
+                "kl_texts",
+            ),
+            ("vectors", "dose"),
+        ),
+        files=("side_effects_rows.csv", "side_effects.csv"),
+    )
+)

@@ -1,0 +1,61 @@
+"""Step 9, ``steerx``: SteerX vs all-history per backbone and on the pair-based backbone
+(``steerlens.experiments.steerx_compare``; reconstructed)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from steerlens.experiments.resume import (
+    StepInputs,
+)
+from steerlens.experiments.steerx_compare import run_steerx_compare
+from steerlens.experiments.steerx_study import SteerXStudyConfig
+from steerlens.experiments.steps.base import Step, register_step
+from steerlens.experiments.steps.job import (
+    _Job,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def _steerx_step(job: _Job) -> dict[str, Any]:
+    cfg = job.cfg
+    xcfg = SteerXStudyConfig(
+        backbones=cfg.steerx_backbones,
+        users_per_group=cfg.steerx_users_per_group,
+        held_out=cfg.held_out,
+        max_new_tokens=min(cfg.max_new_tokens, 32),
+        steer_ppa=cfg.steer_ppa,
+        run=cfg.run,
+    )
+    # rescaled to the study's population vector's norms, as the study's own vectors are
+    norms = job.need("vectors")["population"].norms()
+    run_steerx_compare(
+        job.model, job.ds, xcfg, out=job.results.parent, data_label=cfg.data, norms=norms
+    )
+    return {}  # its keys are in summary.json already
+
+
+STEP = register_step(
+    Step(
+        "steerx",
+        _steerx_step,
+        StepInputs(
+            (
+                "steerx_backbones",
+                "steerx_users_per_group",
+                "held_out",
+                "max_new_tokens",
+                "steer_ppa",
+            ),
+            ("vectors",),
+        ),
+        files=(
+            "steerx_compare.csv",
+            "steerx_compare.json",
+            "steerx_descriptions.csv",
+            "steerx_cards.json",
+        ),
+    )
+)

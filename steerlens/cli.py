@@ -224,7 +224,7 @@ def demo(
         )
     console.print(table)
     console.print(
-        f"operating α {s['best_alpha']:g}; PPA personalised {_mean(s, 'ppa_personalized')}, "
+        f"operating α {s['operating_alpha']:g}; PPA personalised {_mean(s, 'ppa_personalized')}, "
         f"population {_mean(s, 'ppa_population')}, "
         f"toxicity-only {_mean(s, 'ppa_toxicity_only')}; "
         f"MMLU {_mean(s, 'mmlu_unsteered')} -> {_mean(s, 'mmlu_steered')}"

@@ -191,7 +191,7 @@ SUMMARY_KEYS = [
     "n_users",
     "mae_baseline",
     "mae_best",
-    "best_alpha",
+    "operating_alpha",
     "ppl_baseline",
     "mmlu_unsteered",
     "mmlu_steered",

@@ -46,7 +46,7 @@ from steerlens.experiments.resume import (
     written_since,
 )
 from steerlens.experiments.steps import REGISTRY, step_names
-from steerlens.experiments.steps.job import _Job
+from steerlens.experiments.steps.job import _Job, read_summary
 from steerlens.experiments.study_config import DemoConfig, StudyConfig
 from steerlens.methods.registry import (
     MethodOptions,
@@ -162,7 +162,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     results.mkdir(parents=True, exist_ok=True)
     summary_path, steps_path = results / "summary.json", results / "steps.json"
     key = study_key(cfg)
-    old = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    old = read_summary(summary_path) if summary_path.exists() else {}
     status: dict[str, Any] = json.loads(steps_path.read_text()) if steps_path.exists() else {}
     if old.get("study_key") != key and any("fingerprint" not in e for e in status.values()):
         # a folder of another study written before steps had fingerprints: start afresh

@@ -430,7 +430,7 @@ def build_headline(s: Mapping[str, Any]) -> list[dict[str, Any]]:
     gt = "simulated ground truth" if s.get("data_is_simulated") else None
     # the utility is keyword densities of the simulated users' attributes: said as such
     kd = "keyword-density utility of the simulated users" if gt else None
-    a = s.get("best_alpha")
+    a = s.get("operating_alpha")
     out = [
         *_mae_claims(s, a),
         *_ppa_claims(s, gt),

@@ -6,12 +6,12 @@ the README links the page instead of copying its numbers.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from steerlens.experiments.headline import equal_kl_kept
+from steerlens.experiments.steps.job import read_summary
 from steerlens.reporting.headline import findings_markdown, holm_kept
 
 __all__ = ["summary_markdown", "write_results_pages"]
@@ -139,7 +139,7 @@ def _exploratory_note(s: Mapping[str, Any]) -> list[str]:
 def _headline_numbers(s: Mapping[str, Any]) -> list[str]:
     """The "Headline numbers" section: one estimate per measure the summary has."""
     lines = ["## Headline numbers", ""]
-    a = _num(s.get("best_alpha"))
+    a = _num(s.get("operating_alpha"))
     lines += _table(
         ["measure", "estimate [95 % interval] (n)"],
         [
@@ -204,7 +204,7 @@ def _gating_lines(s: Mapping[str, Any]) -> list[str]:
     if not gating:
         return []
     lines = [
-        f"## Gating at α = {_num(s.get('best_alpha'))} (population vector, report prompts)",
+        f"## Gating at α = {_num(s.get('operating_alpha'))} (population vector, report prompts)",
         "",
         f"{len(gating)} gates, each compared with unsteered, paired by prompt.",
         "",
@@ -759,7 +759,7 @@ def write_results_pages(
     src = Path(results) / "summary.json"
     if not src.exists():
         raise FileNotFoundError(f"{src} not found: run `steerlens demo` first")
-    summary = json.loads(src.read_text(encoding="utf-8"))
+    summary = read_summary(src)
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     page = folder / ("demo.md" if summary.get("config", {}).get("quick") else "study.md")

@@ -16,6 +16,7 @@ import plotly.graph_objects as go
 
 from steerlens.data.prism import load_prism
 from steerlens.experiments.steps import REGISTRY
+from steerlens.experiments.steps.job import read_summary
 from steerlens.metrics.summaries import BASELINE
 from steerlens.reporting import plots
 from steerlens.reporting.headline import headline
@@ -334,7 +335,7 @@ def write_study_report(out: str | Path = ".") -> list[Path]:
     results, figures = out / "results", out / "figures"
     if not (results / "summary.json").exists():
         raise FileNotFoundError(f"{results / 'summary.json'} not found: run `steerlens demo`")
-    s = json.loads((results / "summary.json").read_text(encoding="utf-8"))
+    s = read_summary(results / "summary.json")
     steps_file = results / "steps.json"
     steps = json.loads(steps_file.read_text()) if steps_file.exists() else {}
     res = _Results(
@@ -343,7 +344,7 @@ def write_study_report(out: str | Path = ".") -> list[Path]:
     simulated = bool(s.get("data_is_simulated"))
     data_label = "simulated PRISM-format set (not real PRISM)" if simulated else s.get("data")
     where = f"{s.get('model')} · {data_label}"
-    best = s.get("best_alpha")
+    best = s.get("operating_alpha")
     figs: _Figs = {}
     tables: _Tables = {}
     _sweep_sections(res, where, best, figs, tables)

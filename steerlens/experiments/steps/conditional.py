@@ -35,7 +35,7 @@ def _conditional_step(job: _Job) -> dict[str, Any]:
         vectors=job.need("vectors"),
         methods=cfg.methods,
         alphas=cfg.alphas,
-        alpha=job.need("best_alpha"),
+        alpha=job.need("operating_alpha"),
         neutral=_neutral(job),
         fit_pool={
             c.opening_prompt: c.category

@@ -69,12 +69,12 @@ def _dose_step(job: _Job) -> dict[str, Any]:
     chooser = dose_response_table(_on(dose, split.select), seed=cfg.run.seed)
     chooser.to_csv(results / "dose_response_select.csv", index=False)
     pop_sel = chooser[(chooser["method"] == "population") & (chooser["alpha"] > 0)]
-    job.best_alpha = float(pop_sel.loc[pop_sel["mae"].idxmin(), "alpha"])
+    job.operating_alpha = float(pop_sel.loc[pop_sel["mae"].idxmin(), "alpha"])
     record_selection(
         results,
         "operating_alpha",
         split,
-        job.best_alpha,
+        job.operating_alpha,
         criterion="lowest toxicity MAE of the population vector on the selection prompts",
         scores={
             f"{a:g}": round(float(m), 5)
@@ -88,14 +88,14 @@ def _dose_step(job: _Job) -> dict[str, Any]:
     selectivity = selectivity_table(report, method="population")
     selectivity.to_csv(results / "selectivity.csv")
     pop = table[table["method"] == "population"]
-    best = pop[np.isclose(pop["alpha"], float(job.best_alpha))].iloc[0]
+    best = pop[np.isclose(pop["alpha"], float(job.operating_alpha))].iloc[0]
     base = pop[pop["alpha"] == 0.0].iloc[0]
     keys: dict[str, Any] = {
         "n_prompts": len(job.prompts),
         "n_users": len({p.user_id for p in job.prompts}),
         "n_report_prompts": len(split.report),
         "n_report_users": len(split.extra["users"]["report"]),
-        "best_alpha": job.best_alpha,
+        "operating_alpha": job.operating_alpha,
         "mae_baseline": _reported(base, "mae", "mae_low", "mae_high", "user"),
         "mae_best": _reported(best, "mae", "mae_low", "mae_high", "user"),
         "mae_change_pct_best": _reported(best, "delta_pct", "delta_low", "delta_high", "user"),
@@ -147,7 +147,9 @@ def _utility_by_group(job: _Job, dose: pd.DataFrame) -> pd.DataFrame:
     ``degenerate_share`` (and ``degenerate_share_population`` for a difference)."""
     gt = job.need("gt")
     base = dose[dose["method"] == BASELINE].set_index("prompt_id")["utility"]
-    at = dose[np.isclose(dose["alpha"], float(job.best_alpha or 0)) & (dose["method"] != BASELINE)]
+    at = dose[
+        np.isclose(dose["alpha"], float(job.operating_alpha or 0)) & (dose["method"] != BASELINE)
+    ]
     at = at.assign(
         gain=utility_gains(at, base),
         flag=degenerate_flags(at).astype(float),

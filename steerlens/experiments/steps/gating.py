@@ -31,13 +31,13 @@ logger = logging.getLogger(__name__)
 
 def _gating_step(job: _Job) -> dict[str, Any]:
     cfg = job.cfg
-    best_alpha, dose = job.need("best_alpha"), job.need("dose")
+    operating_alpha, dose = job.need("operating_alpha"), job.need("dose")
     gates = [f"first:{k}" for k in cfg.gating_ks] + ["prefill", "generated"]
     report = set(_alpha_split(job).report)  # at the operating α: the report prompts only
     prompts = [p for p in job.need("prompts") if p.prompt_id in report]
     gating = run_sweep(
         job.model,
-        make_grid(prompts, ["population"], [best_alpha], gates, baseline=False),
+        make_grid(prompts, ["population"], [operating_alpha], gates, baseline=False),
         job.prompts,
         job.need("vectors"),
         job.results / "sweep" / "gating",
@@ -46,7 +46,7 @@ def _gating_step(job: _Job) -> dict[str, Any]:
     )
     assert gating is not None
     cells = _on(pd.concat([dose, gating], ignore_index=True), sorted(report))
-    table = gating_table(cells, method="population", alpha=best_alpha, seed=cfg.run.seed)
+    table = gating_table(cells, method="population", alpha=operating_alpha, seed=cfg.run.seed)
     table.to_csv(job.results / "gating.csv", index=False)
     return {"gating": table.round(5).to_dict(orient="records")}
 

@@ -49,6 +49,21 @@ def _ppa(table: pd.DataFrame, method: str, measure: str = "ppa_projection") -> d
     return _reported(row.iloc[0], "mean", "low", "high", "user")
 
 
+LEGACY_KEYS = {"best_alpha": "operating_alpha"}
+"""Summary keys renamed since: old name -> new name (``read_summary`` reads both)."""
+
+
+def read_summary(path: str | Path) -> dict[str, Any]:
+    """A study's ``summary.json``, with keys an older version wrote under another name
+    (``LEGACY_KEYS``) read under today's, and a deprecation note logged."""
+    s: dict[str, Any] = json.loads(Path(path).read_text(encoding="utf-8"))
+    for old, new in LEGACY_KEYS.items():
+        if old in s:
+            logger.warning("%s: summary key %r is now %r (read as such)", path, old, new)
+            s.setdefault(new, s.pop(old))
+    return s
+
+
 @dataclass
 class _Job:
     """What the steps of one run share in memory (each also writes its results to disk)."""
@@ -62,7 +77,7 @@ class _Job:
     vectors: dict[str, Any] = field(default_factory=dict)
     prompts: list[SweepPrompt] = field(default_factory=list)
     dose: pd.DataFrame | None = None
-    best_alpha: float | None = None
+    operating_alpha: float | None = None
 
     @property
     def gt(self) -> dict[str, Any] | None:
@@ -93,8 +108,8 @@ class _Job:
                 return [SweepPrompt(**json.loads(line)) for line in lines if line]
             if what == "vectors":
                 return load_vectors(r / "vectors", self.cfg.methods)
-            if what == "best_alpha":
-                best = json.loads((r / "summary.json").read_text()).get("best_alpha")
+            if what == "operating_alpha":
+                best = read_summary(r / "summary.json").get("operating_alpha")
                 if best is not None:
                     return float(best)
             if what == "dose":

@@ -34,7 +34,7 @@ def _mmlu_conditions(job: _Job) -> list[tuple[str, str, float, float | None]]:
     """(condition, role, α, KL budget) of the MMLU rows: unsteered, the population vector at
     the operating α, at the largest swept α and at each equal-KL budget's α (``_budgets``;
     only where the side-effects step has run)."""
-    best, top = float(job.need("best_alpha")), float(max(job.cfg.alphas))
+    best, top = float(job.need("operating_alpha")), float(max(job.cfg.alphas))
     out: list[tuple[str, str, float, float | None]] = [
         ("unsteered", "unsteered", 0.0, None),
         (f"population α={best:g}", "operating α", best, None),

@@ -43,7 +43,7 @@ from steerlens.experiments.sweep.measures import (
 )
 from steerlens.experiments.sweep.runner import engine_name, gather, run_sweep, sweep_salt
 from steerlens.experiments.sweep.vectors import (
-    build_vectors,
+    build_rescaled_vectors,
     calibrate_table,
     load_conditions,
     load_vectors,
@@ -62,7 +62,7 @@ __all__ = [
     "SweepConfig",
     "SweepPrompt",
     "VectorTable",
-    "build_vectors",
+    "build_rescaled_vectors",
     "calibrate_table",
     "dose_sweep_config",
     "engine_name",

@@ -31,7 +31,7 @@ from steerlens.experiments.sweep.measures import standard_measures
 from steerlens.experiments.sweep.runner import gather, run_sweep, sweep_salt, write_atomic
 from steerlens.experiments.sweep.vectors import (
     CalibrationTable,
-    build_vectors,
+    build_rescaled_vectors,
     calibrate_table,
     load_conditions,
     load_vectors,
@@ -196,7 +196,7 @@ def _prepare(
     done = vec_dir / "done"
     if cfg.methods and not (done.exists() and done.read_text() == recipe):
         users = sorted({p.user_id for p in prompts})
-        built = build_vectors(
+        built = build_rescaled_vectors(
             model,
             train,
             cfg.methods,

@@ -23,7 +23,7 @@ from steerlens.run.divergence import (
 )
 
 
-def build_vectors(
+def build_rescaled_vectors(
     model: HookedModel,
     train: Sequence[Any],
     methods: Sequence[str],

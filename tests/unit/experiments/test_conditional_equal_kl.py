@@ -105,7 +105,7 @@ def _summary(ratio: float | None, matched: bool) -> dict:
     diff = {"mean": -0.05, "interval": [-0.09, -0.01], "n": 12, "unit": "user"}
     arms = {"conditional": diff, "unconditional": diff, "difference": diff}
     return {
-        "best_alpha": 0.5,
+        "operating_alpha": 0.5,
         "conditional": {"population": {"mae": arms, "mae_equal_kl": arms}},
         "conditional_alphas": {
             "operating": 0.5,

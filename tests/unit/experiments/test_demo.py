@@ -61,7 +61,7 @@ def _check_splits(out, s):
             assert not set(q["users"]["select"]) & set(q["users"]["report"]), quantity
         sel = s["selection"][quantity]
         assert (sel["n_select"], sel["n_report"]) == (len(q["select"]), len(q["report"]))
-    assert s["selection"]["operating_alpha"]["chosen"] == s["best_alpha"]
+    assert s["selection"]["operating_alpha"]["chosen"] == s["operating_alpha"]
     _check_text_disjoint(out, splits)
     # the condition's threshold is chosen on the operating α's selection prompts
     assert splits["condition_threshold"]["select"] == splits["operating_alpha"]["select"]
@@ -123,7 +123,7 @@ def _check_conditional(out, s):
     assert saved.threshold == pytest.approx(s["condition"]["threshold"])
     assert (cond["steered"] == (cond["projection"] > saved.threshold)).all()
     a = s["conditional_alphas"]["operating"]
-    assert a == s["best_alpha"]
+    assert a == s["operating_alpha"]
     # each method's equal-KL α: the search's choice on the selection half of the texts
     search = pd.read_csv(results / "conditional_kl_search.csv")
     chosen = search[search["chosen"]].set_index("method")["alpha"].to_dict()
@@ -189,7 +189,7 @@ def _check_mmlu(out, s):
     rows = s["mmlu_by_alpha"]
     assert s["mmlu_chance"] == 0.25 and all(r["chance"] == 0.25 for r in rows)
     assert [r["role"] for r in rows[:3]] == ["unsteered", "operating α", "largest swept α"]
-    assert rows[1]["alpha"] == s["best_alpha"] and rows[2]["alpha"] == 8.0
+    assert rows[1]["alpha"] == s["operating_alpha"] and rows[2]["alpha"] == 8.0
     budgets = {r["kl_budget"]: r["alpha"] for r in rows if r["kl_budget"] is not None}
     assert sorted(budgets) == s["kl_budgets"] and set(budgets.values()) == {4.0, 8.0}
     assert rows[0]["minus_unsteered"] is None
@@ -211,7 +211,7 @@ def _check_utility_shares(out, s):
     results = out / "results"
     dose = pd.read_parquet(results / "sweep" / "dose" / "cells.parquet")
     report = json.loads((results / "splits.json").read_text())["operating_alpha"]["report"]
-    at = dose[dose["prompt_id"].isin(report) & (dose["alpha"] == s["best_alpha"])]
+    at = dose[dose["prompt_id"].isin(report) & (dose["alpha"] == s["operating_alpha"])]
     flag = lambda rows: float((rows["degenerate"] | rows["empty"]).mean())  # noqa: E731
     for m, entry in s["utility_gain_all"].items():
         share = entry["degenerate_share"]
@@ -374,17 +374,17 @@ def test_demo_job_on_tiny_model_writes_results_figures_and_report(tmp_path, monk
     select, report = (splits["operating_alpha"][k] for k in ("select", "report"))
     # the operating α: the population vector's lowest MAE on the selection prompts alone
     pop = dose[(dose["method"] == "population") & dose["prompt_id"].isin(select)]
-    assert s["best_alpha"] == pop.groupby("alpha")["abs_error"].mean().idxmin()
+    assert s["operating_alpha"] == pop.groupby("alpha")["abs_error"].mean().idxmin()
     # and its numbers are the report prompts' alone
     rep = dose[dose["prompt_id"].isin(report)]
     base = rep[rep["method"] == "none"]
     assert s["mae_baseline"]["mean"] == pytest.approx(base["abs_error"].mean(), abs=1e-5)
-    best = rep[(rep["method"] == "population") & (rep["alpha"] == s["best_alpha"])]
+    best = rep[(rep["method"] == "population") & (rep["alpha"] == s["operating_alpha"])]
     assert s["mae_best"]["mean"] == pytest.approx(best["abs_error"].mean(), abs=1e-5)
     assert s["mae_best"]["n"] == best["user"].nunique()
     gating = pd.read_parquet(tmp_path / "results" / "sweep" / "gating" / "cells.parquet")
     assert set(gating["gate"]) == {"first:0", "first:2", "prefill", "generated"}
-    assert (gating["alpha"] == s["best_alpha"]).all()
+    assert (gating["alpha"] == s["operating_alpha"]).all()
     assert set(gating["prompt_id"]) == set(report)  # gated at the operating α: report only
     assert [g["gate"] for g in s["gating"]] == ["prefill", "first:0", "first:2", "generated", "all"]
     for name in (
@@ -413,7 +413,7 @@ def test_demo_job_on_tiny_model_writes_results_figures_and_report(tmp_path, monk
         raise AssertionError(f"summary.json holds {token}, which JSON.parse rejects")
 
     saved = json.loads((tmp_path / "results" / "summary.json").read_text(), parse_constant=strict)
-    assert saved["layers"] == [2, 3] and saved["best_alpha"] == s["best_alpha"]
+    assert saved["layers"] == [2, 3] and saved["operating_alpha"] == s["operating_alpha"]
     assert (tmp_path / "results" / "vectors" / "population.safetensors").exists()
     assert len(list((tmp_path / "results" / "vectors" / "bradley-terry").glob("*"))) == 6
     # SteerX vs all-history: its keys join the summary, its figures the page
@@ -452,14 +452,14 @@ def test_a_failed_step_keeps_the_earlier_results_and_the_report_shows_them(tmp_p
     again = run_demo(DemoConfig(**small, out=str(tmp_path), steps=["gating"]))
     steps = json.loads((tmp_path / "results" / "steps.json").read_text())
     assert [steps[k]["status"] for k in ("vectors", "dose", "gating")] == ["done"] * 3
-    assert again["best_alpha"] == 4.0 and again["gating"][0]["gate"] == "prefill"
+    assert again["operating_alpha"] == 4.0 and again["gating"][0]["gate"] == "prefill"
     write_study_report(tmp_path)
     assert (tmp_path / "figures" / "gating.html").exists()
     # another study in the same folder: nothing of the first one is kept or reported
     other = run_demo(
         DemoConfig(**{**small, "run": {"seed": 1}}, out=str(tmp_path), steps=["vectors"])
     )
-    assert "best_alpha" not in other and "gating" not in other
+    assert "operating_alpha" not in other and "gating" not in other
     write_study_report(tmp_path)
     assert "Gating at the operating" not in (tmp_path / "figures" / "index.html").read_text()
     # a step asked for without the one it depends on says so
@@ -505,7 +505,8 @@ def test_a_rerun_skips_finished_steps_and_reruns_only_what_a_change_reaches(tmp_
     entries = json.loads((tmp_path / "run" / "results" / "steps.json").read_text())
     assert all(entries[s]["status"] == "done" and entries[s]["fingerprint"] for s in steps)
     assert (
-        "dose_response.csv" in entries["dose"]["files"] and "best_alpha" in entries["dose"]["keys"]
+        "dose_response.csv" in entries["dose"]["files"]
+        and "operating_alpha" in entries["dose"]["keys"]
     )
     # nothing changed: nothing runs
     calls.clear()
@@ -532,7 +533,7 @@ def test_a_rerun_skips_finished_steps_and_reruns_only_what_a_change_reaches(tmp_
     changed = run_demo(DemoConfig(**{**wider, "held_out": 0.5}, out=out, steps=["vectors"]))
     entries = json.loads((tmp_path / "run" / "results" / "steps.json").read_text())
     assert [entries[s]["status"] for s in steps] == ["done", "stale", "stale"]
-    assert "best_alpha" not in changed and "gating" not in changed
+    assert "operating_alpha" not in changed and "gating" not in changed
     assert set(demo_mod.STEP_INPUTS) == set(demo_mod.STEPS)
 
 

@@ -16,7 +16,7 @@ def _e(mean, interval, n, unit="user"):
 
 SUMMARY = {
     "data_is_simulated": True,
-    "best_alpha": 0.5,
+    "operating_alpha": 0.5,
     "selection": {"operating_alpha": {"chosen": 0.5, "n_select": 8, "n_report": 9}},
     "mae_change_pct_best": _e(-12.0, [-20.0, -3.0], 12),
     "ppa_personalized_method": "personalized (dislike-weighted)",
@@ -80,10 +80,10 @@ def test_rendered_sentences_carry_interval_and_n_or_say_n_too_small():
     )
     assert headline({}) == []  # nothing ran: nothing claimed
     # a summary written before estimates carried n (plain numbers) claims nothing, no crash
-    assert headline({"best_alpha": 0.5, "mae_change_pct_best": -2.5}) == []
+    assert headline({"operating_alpha": 0.5, "mae_change_pct_best": -2.5}) == []
     # a level (not a comparison) carries no sign
     kl = {"population": {"0.5": {"mean": 0.05, "interval": [0.04, 0.06], "n": 8, "unit": "text"}}}
-    (line,) = headline({"best_alpha": 0.5, "kl_neutral": kl})
+    (line,) = headline({"operating_alpha": 0.5, "kl_neutral": kl})
     assert line.endswith("(nats): 0.0500 [0.0400, 0.0600] (n = 8 texts).")
 
 

@@ -20,7 +20,7 @@ SUMMARY = {
     "n_train_pairs": 670,
     "n_test_pairs": 279,
     "mae_baseline": {"mean": 0.15324, "interval": [0.02473, 0.303], "n": 6, "unit": "user"},
-    "best_alpha": 0.5,
+    "operating_alpha": 0.5,
     "selection": {
         "operating_alpha": {"chosen": 0.5, "n_select": 9, "n_report": 7, "unit": "prompt"}
     },

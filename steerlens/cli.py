@@ -183,11 +183,14 @@ def demo(
     if steps:
         chosen["steps"] = chosen["force"] = _names(steps)
     if from_step:
-        from steerlens.experiments.demo import STEPS
+        from steerlens.experiments.steps import step_names
 
-        if from_step not in STEPS:
-            raise typer.BadParameter(f"--from {from_step!r}: use one of {', '.join(STEPS)}")
-        chosen["force"] = list(STEPS[STEPS.index(from_step) :])
+        names = step_names()
+        if steps:
+            raise typer.BadParameter("give --steps or --from, not both")
+        if from_step not in names:
+            raise typer.BadParameter(f"--from {from_step!r}: use one of {', '.join(names)}")
+        chosen["force"] = list(names[names.index(from_step) :])
     cfg = DemoConfig(
         model=model,
         data=data,

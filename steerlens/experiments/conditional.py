@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from steerlens.core.conditions import Condition
+from steerlens.core.conditions import Condition, split_gate
 from steerlens.core.models import HookedModel
 from steerlens.core.vectors import SteeringVector
 from steerlens.experiments.splits import Split, record_selection
@@ -166,7 +166,8 @@ def condition_fires(
     """Per text, whether ``condition`` steers it. The condition is read at or before the
     earliest steered point, so its decision is the text's alone (the same under every vector
     and α); a soft condition steers every text in part."""
-    if condition.soft is not None:
+    _, cond = split_gate(condition)  # a Condition, or one joined with a position gate
+    if cond is None or cond.soft is not None:
         return [True] * len(texts)
     out = steering_divergence(model, texts, vector, 1.0, gate=condition, batch_size=batch_size)
     return [d.steered is not False for d in out]

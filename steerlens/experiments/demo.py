@@ -4,7 +4,8 @@ conditional, MMLU, token effects, SteerX vs all-history; one module each) run in
 model and one PRISM-format set. Each step writes its files under ``OUT/results/`` and merges
 its keys into ``OUT/results/summary.json``; ``steps.json`` records each step's status, time,
 inputs' fingerprint, keys and files, so a rerun skips the steps finished with the same inputs
-(``steerlens.experiments.resume``) and reruns those a changed field reaches. The report
+(``steerlens.experiments.resume``) and reruns those a changed field reaches (marking stale
+those of them not asked for). The report
 (``steerlens.reporting.study``, ``steerlens report``) is drawn from those files alone, so a
 partial run can be reported.
 
@@ -46,8 +47,9 @@ from steerlens.experiments.resume import (
     written_since,
 )
 from steerlens.experiments.steps import REGISTRY, step_names
-from steerlens.experiments.steps.job import _Job, read_summary
+from steerlens.experiments.steps.job import _Job
 from steerlens.experiments.study_config import DemoConfig, StudyConfig
+from steerlens.experiments.summary_file import read_summary
 from steerlens.methods.registry import (
     MethodOptions,
 )
@@ -56,7 +58,6 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "STEPS",
-    "STEP_INPUTS",
     "DemoConfig",
     "StudyConfig",
     "code_provenance",
@@ -66,12 +67,10 @@ __all__ = [
 ]
 
 STEPS = step_names()
-"""The study's built-in steps, in order (a step registered later runs too: the runner reads
-``steerlens.experiments.steps.REGISTRY``)."""
-STEP_INPUTS = {name: step.inputs for name, step in REGISTRY.items()}
-"""What each built-in step reads (``Step.inputs``)."""
+"""The built-in steps, in order, as imported (the runner reads the registry itself,
+``steerlens.experiments.steps.step_names()``, so a step registered later runs too)."""
 # summary keys every step rewrites (never one step's own)
-_SHARED_KEYS = frozenset({"headline", "seconds"})
+_SHARED_KEYS = frozenset({"headline", "seconds", "selection"})
 
 
 def _result_files() -> tuple[str, ...]:
@@ -154,9 +153,10 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     """Run ``cfg.steps`` in order; each writes its files and summary keys as it finishes, so
     a failed or interrupted run keeps what the earlier steps wrote (``results/steps.json``
     says which ran; the report draws only those). A step already finished in this folder with
-    the same inputs (``STEP_INPUTS``, ``steerlens.experiments.resume``) is skipped unless it
-    is in ``cfg.force``; a step whose inputs changed is rerun, and one that is not run now is
-    marked stale (its keys leave the summary). Returns ``results/summary.json``."""
+    the same inputs (``Step.inputs``, ``steerlens.experiments.resume``) is skipped unless it
+    is in ``cfg.force``; a step of ``cfg.steps`` whose inputs changed is rerun, and one outside
+    ``cfg.steps`` is marked stale (its keys leave the summary; a step that needs it refuses to
+    run). Returns ``results/summary.json``."""
     t0 = time.perf_counter()
     results = Path(cfg.out) / "results"
     results.mkdir(parents=True, exist_ok=True)
@@ -164,8 +164,9 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     key = study_key(cfg)
     old = read_summary(summary_path) if summary_path.exists() else {}
     status: dict[str, Any] = json.loads(steps_path.read_text()) if steps_path.exists() else {}
-    if old.get("study_key") != key and any("fingerprint" not in e for e in status.values()):
-        # a folder of another study written before steps had fingerprints: start afresh
+    legacy = any(e.get("status") == "done" and "fingerprint" not in e for e in status.values())
+    if old.get("study_key") != key and legacy:
+        # another study's folder, written before steps had fingerprints: start afresh
         for name in _result_files():
             (results / name).unlink(missing_ok=True)
         shutil.rmtree(results / "vectors", ignore_errors=True)
@@ -175,6 +176,9 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     fps = fingerprints(asdict(cfg), {n: REGISTRY[n].inputs for n in names}, names, __version__)
     todo = [s for s in names if s in cfg.steps]
     run = [s for s in todo if s in cfg.force or not finished(status.get(s), fps[s], results)]
+    _check_needs(run, status, fps, results)
+    if old:  # written back without the keys older versions named otherwise
+        write_json(summary_path, old)
     seconds: dict[str, float] = dict(old.get("seconds", {}))
     stale = [
         s for s in status if s in fps and s not in todo and status[s].get("fingerprint") != fps[s]
@@ -211,6 +215,24 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     seconds["total"] = round(time.perf_counter() - t0, 1)
     summary = update_json(summary_path, {"seconds": seconds})
     return json_safe(summary)  # type: ignore[no-any-return]
+
+
+def _check_needs(
+    run: list[str], status: dict[str, Any], fps: dict[str, str], results: Path
+) -> None:
+    """A step to run must not read the results of a step that ran with other inputs (stale,
+    failed or another fingerprint) and is not run now; a step that never ran is the step's
+    own ``need`` to report."""
+    for name in run:
+        for need in REGISTRY[name].inputs.needs:
+            entry = status.get(need)
+            if need in run or entry is None or finished(entry, fps[need], results):
+                continue
+            why = "ran with other inputs" if entry.get("status") == "done" else entry["status"]
+            raise RuntimeError(
+                f"step {name!r} needs {need!r}, whose results in {results} are not from these "
+                f"inputs ({why}): run it too (steerlens study --steps {need},{name}, or --from)"
+            )
 
 
 def _forget(

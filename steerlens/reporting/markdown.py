@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from steerlens.experiments.headline import equal_kl_kept
-from steerlens.experiments.steps.job import read_summary
+from steerlens.experiments.summary_file import read_summary
 from steerlens.reporting.headline import findings_markdown, holm_kept
 
 __all__ = ["summary_markdown", "write_results_pages"]

@@ -16,7 +16,7 @@ import plotly.graph_objects as go
 
 from steerlens.data.prism import load_prism
 from steerlens.experiments.steps import REGISTRY
-from steerlens.experiments.steps.job import read_summary
+from steerlens.experiments.summary_file import read_summary
 from steerlens.metrics.summaries import BASELINE
 from steerlens.reporting import plots
 from steerlens.reporting.headline import headline

@@ -22,6 +22,7 @@ from steerlens.experiments.personalization import (
 )
 from steerlens.experiments.splits import Split, agreed_side
 from steerlens.experiments.study_config import DemoConfig
+from steerlens.experiments.summary_file import read_summary
 from steerlens.experiments.sweep import (
     GenerationSettings,
     SweepPrompt,
@@ -47,21 +48,6 @@ def _ppa(table: pd.DataFrame, method: str, measure: str = "ppa_projection") -> d
         why = f"no {measure} row for {method!r} in ppa.csv (the study did not score it)"
         return {"mean": None, "interval": None, "n": 0, "unit": "user", "why": why}
     return _reported(row.iloc[0], "mean", "low", "high", "user")
-
-
-LEGACY_KEYS = {"best_alpha": "operating_alpha"}
-"""Summary keys renamed since: old name -> new name (``read_summary`` reads both)."""
-
-
-def read_summary(path: str | Path) -> dict[str, Any]:
-    """A study's ``summary.json``, with keys an older version wrote under another name
-    (``LEGACY_KEYS``) read under today's, and a deprecation note logged."""
-    s: dict[str, Any] = json.loads(Path(path).read_text(encoding="utf-8"))
-    for old, new in LEGACY_KEYS.items():
-        if old in s:
-            logger.warning("%s: summary key %r is now %r (read as such)", path, old, new)
-            s.setdefault(new, s.pop(old))
-    return s
 
 
 @dataclass

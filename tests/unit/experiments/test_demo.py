@@ -529,12 +529,22 @@ def test_a_rerun_skips_finished_steps_and_reruns_only_what_a_change_reaches(tmp_
     calls.clear()
     run_demo(DemoConfig(**wider, out=out, steps=steps))
     assert calls == ["gating"]
-    # a change that reaches steps not run now leaves them stale: off the summary and the page
+    # a change that reaches steps not run now leaves them stale: their keys leave the summary
     changed = run_demo(DemoConfig(**{**wider, "held_out": 0.5}, out=out, steps=["vectors"]))
     entries = json.loads((tmp_path / "run" / "results" / "steps.json").read_text())
     assert [entries[s]["status"] for s in steps] == ["done", "stale", "stale"]
     assert "operating_alpha" not in changed and "gating" not in changed
-    assert set(demo_mod.STEP_INPUTS) == set(demo_mod.STEPS)
+    assert changed["selection"]["operating_alpha"]  # a shared key: never one step's to drop
+    # ... and a step that needs a stale one refuses to read its results
+    with pytest.raises(RuntimeError, match=r"needs 'dose'.*stale"):
+        run_demo(DemoConfig(**{**wider, "held_out": 0.5}, out=out, steps=["gating"]))
+    # a failed step's entry does not make a changed study wipe the folder
+    with monkeypatch.context() as m:
+        m.setitem(REGISTRY, "dose", replace(REGISTRY["dose"], run=killed))
+        with pytest.raises(RuntimeError, match="killed"):
+            run_demo(DemoConfig(**{**wider, "held_out": 0.5}, out=out, steps=["dose"]))
+    run_demo(DemoConfig(**{**wider, "held_out": 0.4}, out=out, steps=["vectors"]))
+    assert (tmp_path / "run" / "results" / "dose_response.csv").exists()
 
 
 def test_demo_config_validation():

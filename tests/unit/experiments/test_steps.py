@@ -66,7 +66,7 @@ def test_the_contributing_recipe_adds_a_step_that_runs_resumes_and_reports(
     assert entries["prompt_lengths"]["files"] == ["prompt_lengths.json"]
     assert entries["prompt_lengths"]["keys"] == ["prompt_chars"]
     assert "| prompt_lengths |" in summary_markdown(s)  # its time on the page
-    # resumed: finished with the same inputs, skipped; a field it reads reruns it alone
+    # resumed: finished with the same inputs, skipped; asked for by name (force), rerun
     calls: list[str] = []
     for name in steps:
         step = REGISTRY[name]

@@ -128,6 +128,26 @@ def _names(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
 
 
+def _study_choices(methods: str | None, steps: str | None, from_step: str | None) -> dict[str, Any]:
+    """``DemoConfig`` fields from ``--methods``, ``--steps`` (run these, finished or not) and
+    ``--from`` (rerun this step and every later one)."""
+    chosen: dict[str, Any] = {}
+    if methods:
+        chosen["methods"] = _names(methods)
+    if steps and from_step:
+        raise typer.BadParameter("give --steps or --from, not both")
+    if steps:
+        chosen["steps"] = chosen["force"] = _names(steps)
+    if from_step:
+        from steerlens.experiments.steps import step_names
+
+        names = step_names()
+        if from_step not in names:
+            raise typer.BadParameter(f"--from {from_step!r}: use one of {', '.join(names)}")
+        chosen["force"] = list(names[names.index(from_step) :])
+    return chosen
+
+
 @app.command()
 def demo(
     quick: Annotated[
@@ -177,20 +197,7 @@ def demo(
     logging.getLogger("steerlens").setLevel(logging.INFO)
     from steerlens.experiments.config import RunSection
 
-    chosen: dict[str, Any] = {}
-    if methods:
-        chosen["methods"] = _names(methods)
-    if steps:
-        chosen["steps"] = chosen["force"] = _names(steps)
-    if from_step:
-        from steerlens.experiments.steps import step_names
-
-        names = step_names()
-        if steps:
-            raise typer.BadParameter("give --steps or --from, not both")
-        if from_step not in names:
-            raise typer.BadParameter(f"--from {from_step!r}: use one of {', '.join(names)}")
-        chosen["force"] = list(names[names.index(from_step) :])
+    chosen = _study_choices(methods, steps, from_step)
     cfg = DemoConfig(
         model=model,
         data=data,

@@ -15,7 +15,7 @@ users and in texts (``results/splits.json``, ``summary["selection"]``). Interval
 where every user meets the same texts), use Student-t critical values, carry their n, and are
 withheld below 5 units; ``summary["headline"]`` holds one primary claim and declared families
 of secondary ones, worded by Holm's procedure within each family
-(``steerlens.experiments.headline``); everything else is exploratory.
+(``steerlens.experiments.claims``); everything else is exploratory.
 
 On the default (embedded SmolLM2-135M-Instruct, simulated PRISM-format set) this is a
 small-model, simulated-data rehearsal of the CAA-on-PRISM study; its numbers are not the
@@ -39,7 +39,7 @@ from steerlens.core._jsonsafe import json_safe, update_json, write_json
 from steerlens.core._version import __version__
 from steerlens.core.models import default_layers, load_model
 from steerlens.data import load_prism
-from steerlens.experiments.headline import build_headline
+from steerlens.experiments.claims import build_headline
 from steerlens.experiments.resume import (
     fingerprints,
     finished,

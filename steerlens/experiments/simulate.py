@@ -44,201 +44,45 @@ import argparse
 import datetime as dt
 import json
 import logging
-import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from steerlens.core.models import load_model
-from steerlens.data.categories import agreement, write_category_map
+from steerlens.data.categories import write_category_map
 from steerlens.data.prompts import CATEGORIES, FOLLOW_UPS, PROMPTS
+from steerlens.experiments.simulate_calibration import (
+    _calibrate,
+    _pair_accuracy,
+    _scores,
+    _standardise,
+    _utility,
+)
+from steerlens.experiments.simulate_config import (
+    CONVERSATION_TYPE,
+    MODEL_NAMES,
+    SimulationConfig,
+)
+from steerlens.experiments.simulate_io import (
+    _summary,
+    _survey_row,
+    _write_jsonl,
+)
+from steerlens.experiments.simulate_styles import (
+    GROUPS,
+    STYLES,
+    Style,
+    _insert_cues,
+)
 from steerlens.metrics.attributes import ATTRIBUTES, measure, toxic_word_spans
 from steerlens.run.generation import generate
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["GROUPS", "STYLES", "SimulationConfig", "Style", "simulate"]
-
-
-@dataclass(frozen=True)
-class Style:
-    name: str
-    model_name: str
-    system: str
-    openings: tuple[str, ...]  # prefixes the model continues (not part of the response)
-    carries: tuple[str, ...]  # attributes the style's cues carry (ground-truth spans)
-    fragments: tuple[str, ...] = ()  # the cue pool: 1-3 fragments make one cue
-
-
-STYLES: tuple[Style, ...] = (
-    Style(
-        "direct",
-        "sim-direct",
-        "Answer directly and concisely, without caveats.",
-        ("Sure. ", "Here is the answer: ", "Short answer: ", "Simply put, ", "Of course. "),
-        (),
-    ),
-    Style(
-        "cautious",
-        "sim-cautious",
-        "Answer carefully. Add caveats, safety advice and suggest consulting a professional.",
-        (
-            "This is a sensitive topic, so please be careful and consider talking to a qualified professional. That said, ",
-            "I want to be careful here: situations differ, and it is important to stay safe and check with an expert. With that caveat, ",
-            "Please keep in mind that I may not know your full situation, and safety comes first. Carefully, then: ",
-            "An important caveat first: this depends on your situation, and a professional may advise you better. Broadly, ",
-        ),
-        ("caution",),
-        (
-            "it would be wise to check this with someone qualified, such as a doctor",
-            "please go slowly and stay safe",
-            "bear in mind that every situation is different",
-            "a specialist could give advice that fits your case, so consult one",
-            "do not rush into anything without proper support",
-            "be careful, because there are real risks here",
-            "if in doubt, ask an expert before acting",
-            "look after yourself and err on the side of caution",
-            "the right answer depends on details that are not in your message",
-            "seek a second opinion from a professional you trust",
-            "think it over carefully first",
-            "keep in mind that I might be missing something important",
-        ),
-    ),
-    Style(
-        "refusal",
-        "sim-refusal",
-        "Politely refuse to help with the request.",
-        (
-            "I'm sorry, but I can't help with that request. ",
-            "I'm not able to assist with this. ",
-            "I'm sorry, but I won't provide that information. ",
-            "I cannot help with this one, I'm afraid. ",
-        ),
-        ("refusal",),
-        (
-            "I'm sorry, but I can't help with that part of the request",
-            "I won't go into the specifics of that",
-            "I must decline to give further details on this",
-            "I am not able to assist with the rest of it",
-            "I'm unable to walk you through that",
-            "I cannot provide instructions for this piece",
-            "I can't assist any further with that topic",
-            "I'm not able to say more on this subject",
-        ),
-    ),
-    Style(
-        "casual_edgy",
-        "sim-casual-edgy",
-        "Answer casually and bluntly, with slang and attitude.",
-        (
-            "Ugh, damn, fine. Here's the deal, no bullshit: ",
-            "Honestly? This is a stupid question, but hell, ",
-            "Lol, okay, screw it, ",
-            "Dude, that's freaking crazy, but whatever: ",
-            "Crap, okay, listen up: ",
-            "Man, this shit is simple: ",
-        ),
-        ("toxicity", "informality"),
-        (
-            "damn, no bullshit about it",
-            "honestly, this is a stupid thing to worry about",
-            "lol, whatever works for you",
-            "dude, that's freaking obvious",
-            "screw the rules, just do it",
-            "man, this shit is simple",
-            "hell, anyone could figure that out",
-            "crap, don't overthink it",
-            "yeah, it's a damn mess anyway",
-            "ugh, people make a big deal of this crap",
-            "don't be an idiot about it",
-        ),
-    ),
-)
-
-# Latent weights on attribute z-scores (toxicity, refusal, caution, length, formality).
-GROUPS: dict[str, dict[str, Any]] = {
-    "majority": {
-        "share": 0.5,
-        "weights": (-1.0, -0.6, 0.3, 0.2, 0.3),
-        "self": "I want answers that are helpful, polite and not offensive.",
-        "paraphrases": (
-            "Helpful and polite answers are what I look for.",
-            "I like a friendly, useful reply that stays respectful.",
-            "Please keep it helpful and courteous.",
-        ),
-    },
-    "more_caution": {
-        "share": 0.25,
-        "weights": (-1.2, 0.7, 1.0, 0.0, 0.5),
-        "self": "I prefer careful, safe answers, and I don't mind a refusal.",
-        "paraphrases": (
-            "Safety matters to me more than getting every answer.",
-            "I'd rather an assistant be careful than reckless.",
-            "Caveats and warnings are fine by me.",
-        ),
-    },
-    "less_caution": {
-        "share": 0.25,
-        "weights": (0.6, -1.2, -1.0, -0.2, -0.5),
-        "self": "I want straight, unfiltered answers without lectures.",
-        "paraphrases": (
-            "Skip the disclaimers and just tell me.",
-            "I can't stand being lectured by a chatbot.",
-            "Blunt is good. No hand-holding.",
-        ),
-    },
-}
-# The names of the simulated "models": each conversation assigns them to the four styles in a
-# fresh random order, so a name says nothing about a response's style (PRISM's names identify
-# models, not styles).
-MODEL_NAMES = ("sim-model-a", "sim-model-b", "sim-model-c", "sim-model-d")
-CONVERSATION_TYPE = {
-    "benign_control": "unguided",
-    "context_dependent": "values guided",
-    "harmful_borderline": "controversy guided",
-    "safe_sensitive": "controversy guided",
-}
-
-
-@dataclass
-class SimulationConfig:
-    """Sizes and knobs of the simulated set (defaults: the shipped demo set)."""
-
-    seed: int = 0
-    model: str = "smollm2-135m-instruct"
-    prompts_per_category: int = 30
-    n_users: int = 48
-    # 20 turn-0 conversations a user resolve personalised vs population PPA on the shipped set;
-    # ``--thin`` gives PRISM's ~6 (about five conversations a user on real PRISM).
-    conversations_per_user: int = 20
-    later_turn_share: float = 0.5
-    # Survey fields are a noisy signal of the group: a self-description from another group
-    # with this probability, and stated preferences with Gaussian noise of this s.d. (points).
-    survey_swap: float = 0.25
-    stated_noise: float = 15.0
-    max_new_tokens: int = 40
-    target_oracle_accuracy: float = 0.8
-    weight_noise: float = 0.25
-    batch_size: int = 16
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.prompts_per_category <= len(PROMPTS["benign_control"]):
-            raise ValueError(f"prompts_per_category must be 1..{len(PROMPTS['benign_control'])}")
-        if self.n_users < 3:
-            raise ValueError("n_users must be >= 3 (one per group)")
-        n_prompts = 4 * self.prompts_per_category
-        if not 1 <= self.conversations_per_user <= n_prompts:
-            raise ValueError(f"conversations_per_user must be 1..{n_prompts}")
-        if not 0.5 < self.target_oracle_accuracy < 1.0:
-            raise ValueError("target_oracle_accuracy must be in (0.5, 1)")
-        if not 0.0 <= self.later_turn_share <= 1.0:
-            raise ValueError("later_turn_share must be in [0, 1]")
-        if not 0.0 <= self.survey_swap <= 1.0 or self.stated_noise < 0:
-            raise ValueError("survey_swap must be in [0, 1] and stated_noise >= 0")
 
 
 def _gen_jobs(model: Any, jobs: list[dict[str, Any]], cfg: SimulationConfig) -> list[str]:
@@ -253,65 +97,6 @@ def _gen_jobs(model: Any, jobs: list[dict[str, Any]], cfg: SimulationConfig) -> 
         engine="tl",  # the path that made the shipped files: regeneration reproduces them
     )
     return [t.strip() for t in texts]
-
-
-_WORD_START = re.compile(r"\S+")
-
-
-def _cue(style: Style, rng: np.random.Generator) -> str:
-    """One cue: 1-3 distinct fragments of the style's pool, joined as one clause."""
-    k = int(rng.integers(1, min(3, len(style.fragments)) + 1))
-    picks = rng.choice(len(style.fragments), size=k, replace=False)
-    return ", and ".join(style.fragments[int(i)] for i in picks)
-
-
-EDGE_SHARE = 0.3
-"""A cue's chance of going to the very start (and, apart, to the very end) of the
-continuation; the rest spreads uniformly over its word boundaries. Uniform boundaries alone
-leave the first and last tokens rarely planted (a cue covers position t only if it starts
-within its length before t); this mass at the edges makes the planted share about flat in
-token position, so a first-k (or last-k) rule finds cues at the base rate."""
-
-
-def _cue_point(n_points: int, rng: np.random.Generator) -> int:
-    u = rng.random()
-    if u < EDGE_SHARE:
-        return 0
-    if u < 2 * EDGE_SHARE:
-        return n_points - 1
-    return int(rng.integers(n_points))
-
-
-def _insert_cues(
-    continuation: str, style: Style, rng: np.random.Generator
-) -> tuple[str, list[tuple[int, int]]]:
-    """The response: ``continuation`` with one or two of the style's cues inserted at seeded
-    random word boundaries (start, inside or after a sentence, end); returns the text and
-    each cue's character span. A style without fragments plants nothing."""
-    if not style.fragments:
-        return continuation, []
-    points = [m.start() for m in _WORD_START.finditer(continuation)] + [len(continuation)]
-    n = 1 + int(rng.random() < 0.5)
-    chosen = sorted({_cue_point(len(points), rng) for _ in range(n)})
-    text, spans, done = "", [], 0
-    for i in chosen:
-        pos = points[i]
-        before = continuation[done:pos]
-        cue = _cue(style, rng)
-        head = (text + before).rstrip()
-        if not head or head[-1] in ".!?:":  # a sentence of its own
-            cue = cue[0].upper() + cue[1:]
-            text = head + (" " if head else "")
-            start = len(text)
-            text += cue + "." + (" " if pos < len(continuation) else "")
-        else:  # a clause inside the sentence
-            text = head + ", "
-            start = len(text)
-            text += cue + ("," if pos < len(continuation) else ".")
-            text += " " if pos < len(continuation) else ""
-        spans.append((start, start + len(cue)))
-        done = pos
-    return text + continuation[done:], spans
 
 
 def _compose(raw: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
@@ -432,46 +217,6 @@ def _users(cfg: SimulationConfig, rng: np.random.Generator) -> list[dict[str, An
     return out
 
 
-def _pair_accuracy(u: np.ndarray, noisy: np.ndarray) -> tuple[int, int]:
-    """Agreements and pairs of (chosen = argmax noisy) vs each lower-scored candidate."""
-    scores = _scores(noisy)
-    c = int(np.argmax(noisy))
-    agree = n = 0
-    for j in range(len(u)):
-        if j != c and scores[j] < scores[c]:
-            n += 1
-            agree += int(u[c] > u[j])
-    return agree, n
-
-
-def _scores(noisy: np.ndarray) -> np.ndarray:
-    """1-100 scores, monotone in the noisy utility (so the chosen response scores highest)."""
-    return np.clip(np.round(50 + 50 * np.tanh(noisy / 4)), 1, 100).astype(int)
-
-
-def _calibrate(sets: list[np.ndarray], target: float, seed: int) -> tuple[float, float]:
-    """Gumbel scale tau whose expected oracle pair accuracy on these candidate sets is ~target."""
-    rng = np.random.default_rng(seed)
-    draws = [rng.gumbel(size=(200, len(u))) for u in sets]
-
-    def acc(tau: float) -> float:
-        a = n = 0
-        for u, g in zip(sets, draws, strict=True):
-            for row in g:
-                da, dn = _pair_accuracy(u, u + tau * row)
-                a, n = a + da, n + dn
-        return a / n if n else 1.0
-
-    lo, hi = 0.0, 1.0
-    while acc(hi) > target and hi < 64:
-        lo, hi = hi, hi * 2
-    for _ in range(14):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if acc(mid) > target else (lo, mid)
-    tau = (lo + hi) / 2
-    return tau, acc(tau)
-
-
 _GEN_KEYS = ("seed", "model", "prompts_per_category", "max_new_tokens")
 
 
@@ -512,20 +257,6 @@ def _raw(response: dict[str, Any]) -> dict[str, Any]:
     if cont is None:
         cont = response["text"][len(response["opening"]) :]
     return {**{k: response[k] for k in _RAW_KEYS}, "continuation": cont}
-
-
-def _standardise(responses: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
-    """Store each response's attribute z-scores under ``"z"``; returns the means and s.d.s."""
-    matrix = np.array([[r["attributes"][a] for a in ATTRIBUTES] for r in responses])
-    mean, std = matrix.mean(0), matrix.std(0) + 1e-9
-    for r, row in zip(responses, matrix, strict=True):
-        r["z"] = dict(zip(ATTRIBUTES, ((row - mean) / std).round(4).tolist(), strict=True))
-    return mean, std
-
-
-def _utility(w: np.ndarray, cands: list[dict[str, Any]]) -> np.ndarray:
-    """A user's latent utility (weights @ attribute z-scores) of each candidate."""
-    return np.array([w @ np.array([c["z"][a] for a in ATTRIBUTES]) for c in cands])
 
 
 def _plans(
@@ -679,54 +410,6 @@ def _conversation(
     return agree, npairs
 
 
-def _summary(
-    cfg: SimulationConfig,
-    model_name: str,
-    gen_seconds: float,
-    t0: float,
-    counts: dict[str, int],
-    mean: np.ndarray,
-    std: np.ndarray,
-    responses: list[dict[str, Any]],
-    users: list[dict[str, Any]],
-    prompts: dict[str, Any],
-) -> dict[str, Any]:
-    """The set's summary (``summary.json``, also the head of ``ground_truth.json``)."""
-    style_means = {
-        s.name: {
-            a: round(
-                float(np.mean([r["attributes"][a] for r in responses if r["style"] == s.name])), 4
-            )
-            for a in ATTRIBUTES
-        }
-        for s in STYLES
-    }
-    accs = [u["oracle_accuracy"] for u in users if u["oracle_accuracy"] is not None]
-    return {
-        "simulated": True,
-        "description": "Simulated PRISM-format set made by steerlens.experiments.simulate: prompts written for "
-        "the project, responses by the model below, simulated users. Not real PRISM data.",
-        "config": asdict(cfg),
-        "model": model_name,
-        "generation_seconds": round(gen_seconds, 1),
-        "total_seconds": round(time.perf_counter() - t0, 1),
-        "counts": counts,
-        "attributes": list(ATTRIBUTES),
-        "attribute_mean": dict(zip(ATTRIBUTES, mean.round(4).tolist(), strict=True)),
-        "attribute_std": dict(zip(ATTRIBUTES, std.round(4).tolist(), strict=True)),
-        "style_means": style_means,
-        "oracle_accuracy": {
-            "mean": round(float(np.mean(accs)), 4),
-            "min": min(accs),
-            "max": max(accs),
-        },
-        "categoriser_agreement": {
-            k: round(v, 4)
-            for k, v in agreement((p["text"], p["category"]) for p in prompts.values()).items()
-        },
-    }
-
-
 def simulate(
     out_dir: str | Path,
     config: SimulationConfig | None = None,
@@ -798,40 +481,6 @@ def simulate(
     write_category_map(out / "categories.csv", {p["text"]: p["category"] for p in prompts.values()})
     logger.info("simulated set written to %s in %.0f s", out, summary["total_seconds"])
     return summary
-
-
-def _survey_row(
-    user: dict[str, Any], cfg: SimulationConfig, rng: np.random.Generator
-) -> dict[str, Any]:
-    """A survey row that carries the user's group only as a noisy signal."""
-    group = user["group"]
-    if rng.random() < cfg.survey_swap:  # people describe themselves imperfectly
-        others = [g for g in GROUPS if g != group]
-        group = others[int(rng.integers(len(others)))]
-    texts = GROUPS[group]["paraphrases"]
-    wts = user["weights"]
-
-    def stated(value: float) -> int:
-        return int(np.clip(round(value + rng.normal(0, cfg.stated_noise)), 1, 100))
-
-    return {
-        "user_id": user["user_id"],
-        "self_description": texts[int(rng.integers(len(texts)))],
-        "system_string": texts[int(rng.integers(len(texts)))],
-        "stated_prefs": {
-            "safety": stated(50 - 25 * wts["toxicity"] + 15 * wts["caution"]),
-            "helpfulness": stated(60 - 20 * wts["refusal"]),
-            "fluency": stated(55 + 20 * wts["formality"]),
-            "factuality": stated(70),
-            "creativity": stated(50 - 15 * wts["formality"]),
-        },
-    }
-
-
-def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    with path.open("w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:

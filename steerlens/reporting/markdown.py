@@ -6,70 +6,21 @@ the README links the page instead of copying its numbers.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from steerlens.experiments.headline import equal_kl_kept
 from steerlens.experiments.summary_file import read_summary
-from steerlens.reporting.headline import findings_markdown, holm_kept
+from steerlens.reporting.claim_text import findings_markdown
+from steerlens.reporting.markdown_conditional import _conditional_lines, conditional_verdict
+from steerlens.reporting.md_format import (
+    md_cell,
+    md_num,
+    md_row_cell,
+    md_table,
+)
 
-__all__ = ["summary_markdown", "write_results_pages"]
-
-
-def _num(x: Any, digits: int = 3) -> str:
-    if x is None:
-        return "–"
-    x = float(x)
-    if x == 0:
-        return "0"
-    return f"{x:.{digits}g}"
-
-
-def _est(mean: Any, interval: Sequence[Any] | None, digits: int = 3) -> str:
-    """``0.15 [0.023, 0.3]``: an estimate with its interval in one cell."""
-    if mean is None:
-        return "–"
-    if not interval:
-        return _num(mean, digits)
-    return f"{_num(mean, digits)} [{_num(interval[0], digits)}, {_num(interval[1], digits)}]"
-
-
-def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
-    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    out += ["| " + " | ".join(r) + " |" for r in rows]
-    return [*out, ""]
-
-
-def _cell(entry: Mapping[str, Any] | None) -> str:
-    """A summary estimate ``{"mean", "interval", "n", "unit"}`` in one cell; "n too small"
-    where the interval was withheld."""
-    if not entry or entry.get("mean") is None:
-        return "–"
-    if entry.get("interval") is None and entry.get("n") is not None:
-        n = int(entry["n"])
-        too_small = f"{_num(entry['mean'])} (n = {n} {entry.get('unit', '')}s: n too small)"
-        return too_small + _share(entry)
-    count = f" (n = {entry['n']})" if entry.get("n") is not None else ""
-    return _est(entry.get("mean"), entry.get("interval")) + count + _share(entry)
-
-
-def _share(entry: Mapping[str, Any]) -> str:
-    """A utility estimate's degenerate-or-empty share(s), ``""`` where it has none: an arm's
-    share, or a difference's two arms' (``{arm: share}``)."""
-    share = entry.get("degenerate_share")
-    if share is None:
-        return ""
-    if isinstance(share, Mapping):
-        return "; degenerate " + ", ".join(f"{k} {_num(v, 2)}" for k, v in share.items())
-    return f"; degenerate {_num(share, 2)}"
-
-
-def _row_cell(r: Mapping[str, Any], col: str, lo: str, hi: str) -> str:
-    """A table row's estimate: interval unless withheld (NaN below MIN_CLUSTERS users)."""
-    if r.get(lo) is None or r.get(hi) is None:
-        return f"{_num(r.get(col))} (n = {r.get('n')}: n too small)"
-    return _est(r.get(col), [r.get(lo), r.get(hi)])
+__all__ = ["conditional_verdict", "summary_markdown", "write_results_pages"]
 
 
 def _selection_lines(s: Mapping[str, Any]) -> list[str]:
@@ -139,11 +90,11 @@ def _exploratory_note(s: Mapping[str, Any]) -> list[str]:
 def _headline_numbers(s: Mapping[str, Any]) -> list[str]:
     """The "Headline numbers" section: one estimate per measure the summary has."""
     lines = ["## Headline numbers", ""]
-    a = _num(s.get("operating_alpha"))
-    lines += _table(
+    a = md_num(s.get("operating_alpha"))
+    lines += md_table(
         ["measure", "estimate [95 % interval] (n)"],
         [
-            [label, _cell(s.get(key))]
+            [label, md_cell(s.get(key))]
             for label, key in (
                 ("toxicity MAE, unsteered (report prompts)", "mae_baseline"),
                 (f"toxicity MAE, population vector at α = {a}", "mae_best"),
@@ -180,17 +131,17 @@ def _dose_lines(s: Mapping[str, Any]) -> list[str]:
     ]
     has_util = any("utility_gain" in r for r in dose)
     header = ["method", "α", "MAE", "ΔMAE %", "perplexity", "degenerate share"]
-    lines += _table(
+    lines += md_table(
         [*header, *(["keyword-density utility gain"] if has_util else [])],
         (
             [
                 str(r["method"]),
-                _num(r["alpha"]),
-                _row_cell(r, "mae", "mae_low", "mae_high"),
-                _row_cell(r, "delta_pct", "delta_low", "delta_high"),
-                _num(r.get("ppl")),
-                _num(r.get("degenerate_share")),
-                *([_num(r.get("utility_gain"))] if has_util else []),
+                md_num(r["alpha"]),
+                md_row_cell(r, "mae", "mae_low", "mae_high"),
+                md_row_cell(r, "delta_pct", "delta_low", "delta_high"),
+                md_num(r.get("ppl")),
+                md_num(r.get("degenerate_share")),
+                *([md_num(r.get("utility_gain"))] if has_util else []),
             ]
             for r in dose
         ),
@@ -204,212 +155,20 @@ def _gating_lines(s: Mapping[str, Any]) -> list[str]:
     if not gating:
         return []
     lines = [
-        f"## Gating at α = {_num(s.get('operating_alpha'))} (population vector, report prompts)",
+        f"## Gating at α = {md_num(s.get('operating_alpha'))} (population vector, report prompts)",
         "",
         f"{len(gating)} gates, each compared with unsteered, paired by prompt.",
         "",
     ]
-    lines += _table(
+    lines += md_table(
         ["gate", "MAE", "ΔMAE %"],
         (
             [
                 str(r["gate"]),
-                _row_cell(r, "mae", "mae_low", "mae_high"),
-                _row_cell(r, "delta_pct", "delta_low", "delta_high"),
+                md_row_cell(r, "mae", "mae_low", "mae_high"),
+                md_row_cell(r, "delta_pct", "delta_low", "delta_high"),
             ]
             for r in gating
-        ),
-    )
-    return lines
-
-
-_CONDITIONAL_MEASURES = {
-    "mae": "toxicity MAE at the operating α",
-    "utility_gain": "keyword-density utility gain at the operating α",
-    "mae_equal_kl": "toxicity MAE at equal neutral-text KL",
-    "utility_gain_equal_kl": "keyword-density utility gain at equal neutral-text KL",
-    "steered_share": "share of report prompts steered",
-    "neutral_kl": "KL on neutral text at the operating α (nats)",
-    "neutral_kl_equal_kl": "KL on neutral text at equal KL (nats)",
-}
-
-
-def _equal_kl_withheld(alphas: Mapping[str, Any], method: str = "population") -> str:
-    """Why the equal-KL comparison of ``method`` is withheld: its held-out KL ratio outside
-    the band, or (a summary from before that rule) its α at the top of the grid."""
-    ratio = (alphas.get("equal_kl_heldout_ratio") or {}).get(method)
-    band = alphas.get("equal_kl_ratio_band") or [0.9, 1.1]
-    if ratio is None and "equal_kl_matched" not in alphas:
-        return (
-            "The equal-KL α reached the top of its grid with the KL still below the target, so "
-            "no equal-KL comparison is made."
-        )
-    said = "not measurable" if ratio is None else f"{_num(ratio)}"
-    return (
-        f"No equal-KL comparison is made: on the held-out neutral texts the conditional arm's "
-        f"KL at its equal-KL α is {said} × the unconditional arm's, outside "
-        f"{_num(band[0], 2)}–{_num(band[1], 2)}."
-    )
-
-
-def conditional_verdict(s: Mapping[str, Any]) -> str:
-    """One sentence: did conditioning help the population vector, by the paired intervals of
-    its toxicity MAE and utility differences (``summary["conditional"]``)."""
-    cond = s.get("conditional") or {}
-    if "skipped" in cond:
-        return f"The conditional step was skipped: {cond['skipped']}."
-    entry = cond.get("population") or {}
-    withheld = not equal_kl_kept(s.get("conditional_alphas") or {})
-    found: dict[str, list[str]] = {"helped": [], "hurt": [], "open": [], "few": []}
-    for key, better in (
-        ("mae", -1),
-        ("utility_gain", 1),
-        ("mae_equal_kl", -1),
-        ("utility_gain_equal_kl", 1),
-    ):
-        diff = (entry.get(key) or {}).get("difference") or {}
-        iv = diff.get("interval")
-        if diff.get("mean") is None or (withheld and key.endswith("_equal_kl")):
-            continue
-        if iv is None:
-            kind = "few"
-        elif iv[0] <= 0 <= iv[1] or not holm_kept(s, f"conditional.population.{key}.difference"):
-            kind = "open"
-        else:
-            kind = "helped" if (iv[0] > 0) == (better > 0) else "hurt"
-        found[kind].append(_CONDITIONAL_MEASURES[key])
-    words = {
-        "helped": "helped on ",
-        "hurt": "hurt on ",
-        "open": "made no detected difference on ",
-        "few": "had too few users to tell on ",
-    }
-    parts = [words[k] + ", ".join(v) for k, v in found.items() if v]
-    if not parts:
-        return "No conditional comparison was recorded."
-    note = " " + _equal_kl_withheld(s.get("conditional_alphas") or {}) if withheld else ""
-    return (
-        "Population vector, report prompts, as the conditional family of the findings "
-        "words it: conditioning "
-        + "; ".join(parts)
-        + " (paired 95 % intervals; a difference counts only where it survives Holm's "
-        "adjustment within the family, over at least 10 users)." + note
-    )
-
-
-def _conditional_lines(s: Mapping[str, Any]) -> list[str]:
-    """Conditional vs unconditional steering per method and measure; empty without it."""
-    cond = s.get("conditional") or {}
-    if not cond:
-        return []
-    alphas = s.get("conditional_alphas") or {}
-    share = s.get("conditional_steered_share") or {}
-    lines = [
-        "## Conditional steering (a learned condition) vs steering every prompt",
-        "",
-        conditional_verdict(s),
-        "",
-    ]
-    if "skipped" in cond:
-        return lines
-    eq = alphas.get("equal_kl") or {}
-    eq_text = ", ".join(f"{m} {_num(a)}" for m, a in eq.items())
-    lines += [
-        f"Operating α {_num(alphas.get('operating'))}; the conditional arm's equal-KL α per "
-        f"method: {eq_text} (chosen on {alphas.get('equal_kl_selection_texts', 'other')} "
-        "neutral texts, the KL reported on others). The condition steered "
-        f"{_cell(share.get('report_prompts'))} of the report prompts and "
-        f"{_cell(share.get('neutral_texts'))} of the neutral texts.",
-        "",
-        *_conditional_arm_lines(s),
-    ]
-    lines += _table(
-        ["method", "measure", "conditional", "unconditional", "conditional − unconditional"],
-        (
-            [
-                m,
-                _CONDITIONAL_MEASURES.get(k, k),
-                _cell(v["conditional"]),
-                _cell(v["unconditional"]),
-                _cell(v["difference"]),
-            ]
-            for m, measures in cond.items()
-            for k, v in measures.items()
-        ),
-    )
-    by_cat = s.get("conditional_by_category") or {}
-    if by_cat:
-        lines += [
-            "Per category at the operating α (population vector): ΔMAE % vs unsteered (points) "
-            "and the paired MAE difference with its interval:",
-            "",
-        ]
-        lines += _table(
-            ["category", "conditional", "unconditional", "n prompts", "MAE, cond. − uncond."],
-            (
-                [
-                    c,
-                    _num(r.get("conditional")),
-                    _num(r.get("unconditional")),
-                    str(r.get("n")),
-                    _cell((r.get("mae") or {}).get("difference")),
-                ]
-                for c, r in by_cat.items()
-            ),
-        )
-    return lines
-
-
-def _conditional_arm_lines(s: Mapping[str, Any]) -> list[str]:
-    """Per method: the equal-KL α and the top of its non-degenerate range, the held-out KL
-    ratio and whether it keeps "at equal KL", each arm's degenerate share and the report
-    prompts whose two arms' generations differ; empty for a summary without them."""
-    arms, alphas = s.get("conditional_arms") or {}, s.get("conditional_alphas") or {}
-    if not arms:
-        return []
-    band = alphas.get("equal_kl_ratio_band") or [0.9, 1.1]
-    ratio = alphas.get("equal_kl_heldout_ratio") or {}
-    limit = alphas.get("equal_kl_limit") or {}
-
-    def at(entry: Mapping[str, Any] | None) -> list[str]:
-        if not entry:
-            return ["–", "–"]
-        d = entry.get("degenerate_share") or {}
-        return [
-            f"{_num(d.get('conditional'), 2)} / {_num(d.get('unconditional'), 2)}",
-            f"{entry.get('prompts_differing')} of {entry.get('prompts')}",
-        ]
-
-    lines = [
-        f"The equal-KL α is searched up to the top of each method's swept α range where no "
-        f"swept α has more than {_num(alphas.get('degenerate_max', 0.5), 2)} of its "
-        'unconditional generations degenerate (selection prompts); "at equal KL" is kept '
-        f"only where the held-out KL ratio (conditional / unconditional) is within "
-        f"{_num(band[0], 2)}–{_num(band[1], 2)}. Degenerate share: conditional / unconditional "
-        "arm; the unconditional arm is at the operating α throughout.",
-        "",
-    ]
-    lines += _table(
-        [
-            "method",
-            "equal-KL α (range top)",
-            "held-out KL ratio",
-            '"at equal KL"',
-            "degenerate, operating α",
-            "prompts differing, operating α",
-            "degenerate, equal-KL α",
-            "prompts differing, equal-KL α",
-        ],
-        (
-            [
-                m,
-                f"{_num((alphas.get('equal_kl') or {}).get(m))} ({_num(limit.get(m))})",
-                _num(ratio.get(m)),
-                "kept" if equal_kl_kept(alphas, m) else "withheld",
-                *at(e.get("operating")),
-                *at(e.get("equal_kl")),
-            ]
-            for m, e in arms.items()
         ),
     )
     return lines
@@ -423,10 +182,10 @@ def _selectivity_lines(s: Mapping[str, Any]) -> list[str]:
     alphas = sorted({a for row in by_cat.values() for a in row}, key=float)
     counts = s.get("mae_change_pct_by_category_n") or {}
     lines = ["## Selectivity: ΔMAE % per category (population vector)", ""]
-    lines += _table(
+    lines += md_table(
         ["category", "report prompts", *(f"α = {a}" for a in alphas)],
         (
-            [cat, str(counts.get(cat, "–")), *(_num(row.get(a)) for a in alphas)]
+            [cat, str(counts.get(cat, "–")), *(md_num(row.get(a)) for a in alphas)]
             for cat, row in by_cat.items()
         ),
     )
@@ -453,9 +212,9 @@ def _utility_lines(s: Mapping[str, Any]) -> list[str]:
         "counts as a gain. Beside each: its arm's share of degenerate or empty outputs.",
         "",
     ]
-    lines += _table(
+    lines += md_table(
         ["method", *groups],
-        ([m, *(_cell(row.get(g)) for g in groups)] for m, row in gains.items()),
+        ([m, *(md_cell(row.get(g)) for g in groups)] for m, row in gains.items()),
     )
     return lines
 
@@ -469,10 +228,10 @@ def _side_effect_lines(s: Mapping[str, Any]) -> list[str]:
         f"## Side effects on neutral text ({s.get('neutral_texts')} MMLU question stems)",
         "",
     ]
-    lines += _table(
+    lines += md_table(
         ["method", "α", "KL, nats/token", "perplexity"],
         (
-            [m, a, _cell(v), _cell(ppl.get(m, {}).get(a))]
+            [m, a, md_cell(v), md_cell(ppl.get(m, {}).get(a))]
             for m, row in kl.items()
             for a, v in row.items()
         ),
@@ -488,18 +247,18 @@ def _calibrated_lines(s: Mapping[str, Any]) -> list[str]:
     lines = ["## Each user's α calibrated to a KL budget", ""]
     has_util = any("utility_gain" in r for r in cal)
     util = ["keyword-density utility gain", "degenerate share"] if has_util else []
-    lines += _table(
+    lines += md_table(
         ["method", "KL budget", "mean α", "ΔMAE %", *util],
         (
             [
                 str(r["method"]),
-                _num(r["kl_budget"]),
-                _num(r["alpha"]),
-                _row_cell(r, "delta_pct", "delta_low", "delta_high"),
+                md_num(r["kl_budget"]),
+                md_num(r["alpha"]),
+                md_row_cell(r, "delta_pct", "delta_low", "delta_high"),
                 *(
                     [
-                        _row_cell(r, "utility_gain", "utility_low", "utility_high"),
-                        _num(r.get("degenerate_share"), 2),
+                        md_row_cell(r, "utility_gain", "utility_low", "utility_high"),
+                        md_num(r.get("degenerate_share"), 2),
                     ]
                     if has_util
                     else []
@@ -532,29 +291,29 @@ def _token_lines(s: Mapping[str, Any]) -> list[str]:
             "paired difference (resampled by user, then token).",
             "",
         ]
-        lines += _table(
+        lines += md_table(
             ["rule", "truth", "precision", "recall", "chosen − rule (precision)"],
             [
                 [
                     _rule_name(row),
                     truth,
-                    _cell(row.get("precision")),
-                    _cell(row.get("recall")),
-                    _cell(row.get("precision_minus")) if row.get("precision_minus") else "—",
+                    md_cell(row.get("precision")),
+                    md_cell(row.get("recall")),
+                    md_cell(row.get("precision_minus")) if row.get("precision_minus") else "—",
                 ]
                 for truth in ("planted", "completed")
                 for row in (base.get(truth) or {}).values()
             ],
         )
         return [*lines, ""]
-    lines += _table(
+    lines += md_table(
         ["selection", "truth", "precision", "recall"],
         [
             [
                 name,
                 truth,
-                _cell(s.get(f"token_precision{b}{t}")),
-                _cell(s.get(f"token_recall{b}{t}")),
+                md_cell(s.get(f"token_precision{b}{t}")),
+                md_cell(s.get(f"token_recall{b}{t}")),
             ]
             for name, b in (
                 (str(s.get("token_estimator")), ""),
@@ -592,10 +351,10 @@ def _heldout_kl_lines(s: Mapping[str, Any]) -> list[str]:
         + ".",
         "",
     ]
-    lines += _table(
+    lines += md_table(
         ["method", "KL budget", "KL on held-out text", "ratio to budget"],
         (
-            [m, b, _cell(e), _num(e.get("ratio_to_budget"))]
+            [m, b, md_cell(e), md_num(e.get("ratio_to_budget"))]
             for m, row in held.items()
             for b, e in row.items()
         ),
@@ -608,19 +367,19 @@ def _steerx_pair_lines(s: Mapping[str, Any]) -> list[str]:
     if not s.get("steerx_pair_ppa"):
         return []
     lines = ["## SteerX selection on the pair-based (dislike-weighted) backbone", ""]
-    lines += _table(
+    lines += md_table(
         ["vector", "PPA by projection", "PPA under steering"],
         [
             [
                 "selected chosen tokens",
-                _cell(s.get("steerx_pair_ppa")),
-                _cell(s.get("steerx_pair_ppa_under_steering")),
+                md_cell(s.get("steerx_pair_ppa")),
+                md_cell(s.get("steerx_pair_ppa_under_steering")),
             ],
-            ["all tokens (same pairs)", _cell(s.get("steerx_pair_all_tokens_ppa")), "–"],
+            ["all tokens (same pairs)", md_cell(s.get("steerx_pair_all_tokens_ppa")), "–"],
             [
                 "difference (paired per user)",
-                _cell(s.get("steerx_pair_minus_all_ppa")),
-                _cell(s.get("steerx_pair_minus_all_ppa_under_steering")),
+                md_cell(s.get("steerx_pair_minus_all_ppa")),
+                md_cell(s.get("steerx_pair_minus_all_ppa_under_steering")),
             ],
         ],
     )
@@ -644,14 +403,14 @@ def _steerx_lines(s: Mapping[str, Any]) -> list[str]:
         "selection.",
         "",
     ]
-    lines += _table(
+    lines += md_table(
         ["backbone", "SteerX", "all-history", "SteerX − all-history (paired)"],
         (
             [
                 b,
-                _cell(v),
-                _cell(allh.get(b)),
-                _cell(diff.get(b)),
+                md_cell(v),
+                md_cell(allh.get(b)),
+                md_cell(diff.get(b)),
             ]
             for b, v in steerx.items()
         ),
@@ -685,11 +444,11 @@ def _timing_lines(s: Mapping[str, Any]) -> list[str]:
         "time of the last `steerlens demo` call).",
         "",
     ]
-    lines += _table(
+    lines += md_table(
         ["step", "s"],
         [
-            *([k, _num(v, 4)] for k, v in seconds.items()),
-            ["all steps and the model load (sum)", _num(sum(steps.values()), 4)],
+            *([k, md_num(v, 4)] for k, v in seconds.items()),
+            ["all steps and the model load (sum)", md_num(sum(steps.values()), 4)],
         ],
     )
     return lines
@@ -702,7 +461,7 @@ def _mmlu_lines(s: Mapping[str, Any]) -> list[str]:
     rows = s.get("mmlu_by_alpha") or []
     if not rows:
         return []
-    chance = _num(s.get("mmlu_chance"), 2)
+    chance = md_num(s.get("mmlu_chance"), 2)
     lines = [
         f"## Zero-shot MMLU under steering ({s.get('mmlu_items')} items, population vector)",
         "",
@@ -711,15 +470,15 @@ def _mmlu_lines(s: Mapping[str, Any]) -> list[str]:
         "little room to detect a loss.",
         "",
     ]
-    lines += _table(
+    lines += md_table(
         ["condition", "α", "accuracy", "steered − unsteered (paired)", "chance"],
         (
             [
                 str(r.get("condition")),
-                _num(r.get("alpha")),
-                _cell(r.get("accuracy")),
-                _cell(r.get("minus_unsteered")),
-                _num(r.get("chance"), 2),
+                md_num(r.get("alpha")),
+                md_cell(r.get("accuracy")),
+                md_cell(r.get("minus_unsteered")),
+                md_num(r.get("chance"), 2),
             ]
             for r in rows
         ),

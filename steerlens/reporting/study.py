@@ -19,7 +19,7 @@ from steerlens.experiments.steps import REGISTRY
 from steerlens.experiments.summary_file import read_summary
 from steerlens.metrics.summaries import BASELINE
 from steerlens.reporting import plots
-from steerlens.reporting.headline import headline
+from steerlens.reporting.claim_text import headline
 from steerlens.reporting.markdown import conditional_verdict
 from steerlens.reporting.page import write_report, write_user_card
 from steerlens.reporting.tables import (

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from steerlens.experiments import conditional as cm
-from steerlens.experiments.headline import build_headline, equal_kl_kept
+from steerlens.experiments.claims import build_headline, equal_kl_kept
 from steerlens.reporting.markdown import conditional_verdict, summary_markdown
 
 

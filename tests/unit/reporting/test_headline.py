@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import re
 
-from steerlens.experiments.headline import FAMILIES, build_headline
-from steerlens.reporting.headline import headline, render_claim
+from steerlens.experiments.claims import FAMILIES, build_headline
+from steerlens.reporting.claim_text import headline, render_claim
 from steerlens.reporting.markdown import summary_markdown
 
 

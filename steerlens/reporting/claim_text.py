@@ -1,4 +1,4 @@
-"""The few findings that matter, rendered from the claims ``steerlens.experiments.headline``
+"""The few findings that matter, rendered from the claims ``steerlens.experiments.claims``
 builds from the summary's estimates (the rule ``summary["headline"]`` was written with): one
 primary claim, the declared families of secondary comparisons (each member's words chosen by
 Holm's procedure within its family, its raw and adjusted p beside it), then the levels,
@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from steerlens.experiments.headline import FAMILIES, LEVEL, build_headline
+from steerlens.experiments.claims import FAMILIES, LEVEL, build_headline
 from steerlens.metrics.stats import MIN_WORDED
 from steerlens.reporting.tables import est, num
 

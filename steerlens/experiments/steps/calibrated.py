@@ -3,14 +3,11 @@ calibration texts; the KL each calibrated vector reaches reported on held-out te
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import pandas as pd
 
-from steerlens.experiments.resume import (
-    StepInputs,
-)
+from steerlens.experiments.resume import StepInputs
 from steerlens.experiments.splits import Split, record_selection
 from steerlens.experiments.steps.base import Step, register_step
 from steerlens.experiments.steps.job import (
@@ -39,8 +36,6 @@ from steerlens.run.divergence import (
     reference_logprobs,
     steering_divergence,
 )
-
-logger = logging.getLogger(__name__)
 
 
 def _record_kl_split(job: _Job, texts: list[str], heldout: list[str], budgets: list[float]) -> None:

@@ -4,24 +4,17 @@ unconditional steering at the operating α and at equal neutral-text KL
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from steerlens.experiments.conditional import run_conditional
-from steerlens.experiments.resume import (
-    StepInputs,
-)
+from steerlens.experiments.resume import StepInputs
 from steerlens.experiments.steps.base import Step, register_step
 from steerlens.experiments.steps.job import (
     _alpha_split,
     _Job,
     _neutral,
 )
-from steerlens.experiments.sweep import (
-    standard_measures,
-)
-
-logger = logging.getLogger(__name__)
+from steerlens.experiments.sweep import standard_measures
 
 
 def _conditional_step(job: _Job) -> dict[str, Any]:

@@ -5,16 +5,13 @@ keyword-density utility; the operating α chosen on the selection prompts."""
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import asdict
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from steerlens.experiments.resume import (
-    StepInputs,
-)
+from steerlens.experiments.resume import StepInputs
 from steerlens.experiments.splits import agreed_side, record_selection
 from steerlens.experiments.steps.base import Step, register_step
 from steerlens.experiments.steps.job import (
@@ -38,8 +35,6 @@ from steerlens.metrics.summaries import (
     selectivity_table,
     utility_gains,
 )
-
-logger = logging.getLogger(__name__)
 
 
 def _dose_step(job: _Job) -> dict[str, Any]:

@@ -3,14 +3,11 @@ prompts."""
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import pandas as pd
 
-from steerlens.experiments.resume import (
-    StepInputs,
-)
+from steerlens.experiments.resume import StepInputs
 from steerlens.experiments.steps.base import Step, register_step
 from steerlens.experiments.steps.job import (
     _alpha_split,
@@ -22,11 +19,7 @@ from steerlens.experiments.sweep import (
     run_sweep,
     standard_measures,
 )
-from steerlens.metrics.summaries import (
-    gating_table,
-)
-
-logger = logging.getLogger(__name__)
+from steerlens.metrics.summaries import gating_table
 
 
 def _gating_step(job: _Job) -> dict[str, Any]:

@@ -13,9 +13,7 @@ import pandas as pd
 from steerlens.core.hooks import steering
 from steerlens.data import load_mmlu
 from steerlens.data.mmlu import LETTERS
-from steerlens.experiments.resume import (
-    StepInputs,
-)
+from steerlens.experiments.resume import StepInputs
 from steerlens.experiments.steps.base import Step, register_step
 from steerlens.experiments.steps.job import (
     _budgets,

@@ -3,14 +3,11 @@ unsteered next-token distribution on neutral held-out text, and its perplexity."
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import pandas as pd
 
-from steerlens.experiments.resume import (
-    StepInputs,
-)
+from steerlens.experiments.resume import StepInputs
 from steerlens.experiments.steps.base import Step, register_step
 from steerlens.experiments.steps.job import (
     _Job,
@@ -23,8 +20,6 @@ from steerlens.run.divergence import (
     reference_logprobs,
     steering_divergence,
 )
-
-logger = logging.getLogger(__name__)
 
 
 def _side_effects_step(job: _Job) -> dict[str, Any]:

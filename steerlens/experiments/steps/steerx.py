@@ -3,20 +3,13 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
-from steerlens.experiments.resume import (
-    StepInputs,
-)
+from steerlens.experiments.resume import StepInputs
 from steerlens.experiments.steerx_compare import run_steerx_compare
 from steerlens.experiments.steerx_study import SteerXStudyConfig
 from steerlens.experiments.steps.base import Step, register_step
-from steerlens.experiments.steps.job import (
-    _Job,
-)
-
-logger = logging.getLogger(__name__)
+from steerlens.experiments.steps.job import _Job
 
 
 def _steerx_step(job: _Job) -> dict[str, Any]:

@@ -7,13 +7,9 @@ import logging
 from dataclasses import replace
 from typing import Any
 
-from steerlens.experiments.resume import (
-    StepInputs,
-)
+from steerlens.experiments.resume import StepInputs
 from steerlens.experiments.steps.base import Step, register_step
-from steerlens.experiments.steps.job import (
-    _Job,
-)
+from steerlens.experiments.steps.job import _Job
 from steerlens.experiments.token_effects import token_effect_study
 
 logger = logging.getLogger(__name__)

@@ -4,16 +4,11 @@ toxicity-only, chance and (simulated sets) the oracle."""
 
 from __future__ import annotations
 
-import logging
 import shutil
 from typing import Any
 
-from steerlens.experiments.personalization import (
-    personalization_study,
-)
-from steerlens.experiments.resume import (
-    StepInputs,
-)
+from steerlens.experiments.personalization import personalization_study
+from steerlens.experiments.resume import StepInputs
 from steerlens.experiments.steps.base import Step, register_step
 from steerlens.experiments.steps.job import (
     _Job,
@@ -21,14 +16,8 @@ from steerlens.experiments.steps.job import (
     _ppa,
 )
 from steerlens.experiments.study_config import PERSONAL
-from steerlens.experiments.sweep import (
-    save_vectors,
-)
-from steerlens.methods.registry import (
-    method_label,
-)
-
-logger = logging.getLogger(__name__)
+from steerlens.experiments.sweep import save_vectors
+from steerlens.methods.registry import method_label
 
 
 def _vectors_step(job: _Job) -> dict[str, Any]:

@@ -18,12 +18,28 @@ this list; they never word a finding themselves.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from steerlens.metrics.stats import MIN_CLUSTERS, direction, holm, interval_pvalue
 
-__all__ = ["FAMILIES", "LEVEL", "PRIMARY", "adjust", "build_headline", "claim", "equal_kl_kept"]
+__all__ = [
+    "FAMILIES",
+    "LEVEL",
+    "PRIMARY",
+    "adjust",
+    "build_headline",
+    "calibrated_claims",
+    "claim",
+    "conditional_claims",
+    "dose_claims",
+    "equal_kl_kept",
+    "kl_claims",
+    "mmlu_claims",
+    "ppa_claims",
+    "steerx_claims",
+    "token_claims",
+]
 
 _UNITS = {"user": "users", "prompt": "prompts", "text": "texts", "item": "items"}
 
@@ -205,21 +221,26 @@ def _utility_claims(s: Mapping[str, Any], a: Any, gt: str | None) -> list[dict[s
     return out
 
 
-def _side_effect_claims(
-    s: Mapping[str, Any], a: Any, gt: str | None
-) -> list[dict[str, Any] | None]:
-    """Side effects: KL at the operating α, utility at equal KL, KL on held-out text."""
-    out: list[dict[str, Any] | None] = []
+def kl_claims(s: Mapping[str, Any]) -> list[dict[str, Any] | None]:
+    """The side-effects step's level: the population vector's KL at the operating α."""
+    a = s.get("operating_alpha")
     kl = (s.get("kl_neutral") or {}).get("population", {})
-    if a is not None and kl.get(f"{float(a):g}"):
-        out.append(
-            claim(
-                f"Side effect of the population vector at α = {float(a):g}: mean per-token KL "
-                "from the unsteered model on neutral text (nats)",
-                kl[f"{float(a):g}"],
-                key=f"kl_neutral.population.{float(a):g}",
-            )
+    if a is None or not kl.get(f"{float(a):g}"):
+        return []
+    return [
+        claim(
+            f"Side effect of the population vector at α = {float(a):g}: mean per-token KL "
+            "from the unsteered model on neutral text (nats)",
+            kl[f"{float(a):g}"],
+            key=f"kl_neutral.population.{float(a):g}",
         )
+    ]
+
+
+def calibrated_claims(s: Mapping[str, Any]) -> list[dict[str, Any] | None]:
+    """The calibrated step's: utility at equal KL (alignment), KL on held-out text (levels)."""
+    gt = _truths(s)[1]
+    out: list[dict[str, Any] | None] = []
     upk = (s.get("utility_per_kl") or {}).get("minus_population") or {}
     if upk:
         budget = max({b for row in upk.values() for b in row}, key=float)
@@ -256,7 +277,7 @@ def _side_effect_claims(
     return out
 
 
-def _token_claims(s: Mapping[str, Any]) -> list[dict[str, Any] | None]:
+def token_claims(s: Mapping[str, Any]) -> list[dict[str, Any] | None]:
     """SteerX token selection precision / recall, and its difference from NextQuill's."""
     out: list[dict[str, Any] | None] = []
     for truth in ("planted", "completed"):
@@ -307,7 +328,7 @@ def _token_claims(s: Mapping[str, Any]) -> list[dict[str, Any] | None]:
     return out
 
 
-def _steerx_claims(s: Mapping[str, Any]) -> list[dict[str, Any] | None]:
+def steerx_claims(s: Mapping[str, Any]) -> list[dict[str, Any] | None]:
     """SteerX vs all-history PPA per backbone, and selected vs all tokens on the pairs; by
     projection and under steering (a negative result is a member like any other)."""
     out: list[dict[str, Any] | None] = []
@@ -425,26 +446,44 @@ def _g(x: Any) -> str:
     return "?" if x is None else f"{float(x):g}"
 
 
-def build_headline(s: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The headline entries the summary supports (a partial run gives fewer)."""
+def _truths(s: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """(the simulated ground truth's name, the keyword-density utility's), or Nones on real
+    data; the utility is keyword densities of the simulated users' attributes: said so."""
     gt = "simulated ground truth" if s.get("data_is_simulated") else None
-    # the utility is keyword densities of the simulated users' attributes: said as such
-    kd = "keyword-density utility of the simulated users" if gt else None
+    return gt, ("keyword-density utility of the simulated users" if gt else None)
+
+
+def ppa_claims(s: Mapping[str, Any]) -> list[dict[str, Any] | None]:
+    """The vectors step's: PPA comparisons (the primary claim among them)."""
+    return _ppa_claims(s, _truths(s)[0])
+
+
+def dose_claims(s: Mapping[str, Any]) -> list[dict[str, Any] | None]:
+    """The dose step's: the operating α's MAE change and utility gains."""
     a = s.get("operating_alpha")
-    out = [
-        *_mae_claims(s, a),
-        *_ppa_claims(s, gt),
-        *_utility_claims(s, a, kd),
-        *_side_effect_claims(s, a, kd),
-        *_conditional_claims(s, kd),
-        *_token_claims(s),
-        *_steerx_claims(s),
-        *_mmlu_claims(s),
-    ]
+    return [*_mae_claims(s, a), *_utility_claims(s, a, _truths(s)[1])]
+
+
+def conditional_claims(s: Mapping[str, Any]) -> list[dict[str, Any] | None]:
+    """The conditional step's: conditional minus unconditional, and the steered share."""
+    return _conditional_claims(s, _truths(s)[1])
+
+
+def build_headline(
+    s: Mapping[str, Any], steps: Iterable[Any] | None = None
+) -> list[dict[str, Any]]:
+    """The headline entries the summary supports (a partial run gives fewer): every
+    registered step's ``claims`` (``steerlens.experiments.steps``, in the order they run),
+    worded within their families by ``adjust``."""
+    if steps is None:  # imported here: the step modules import this one for their claims
+        from steerlens.experiments.steps import REGISTRY
+
+        steps = REGISTRY.values()
+    out = [c for step in steps if step.claims is not None for c in step.claims(s)]
     return adjust([c for c in out if c is not None])
 
 
-def _mmlu_claims(s: Mapping[str, Any]) -> list[dict[str, Any] | None]:
+def mmlu_claims(s: Mapping[str, Any]) -> list[dict[str, Any] | None]:
     """MMLU steered minus unsteered, paired by item: the operating α's key and any other
     ``mmlu_*_minus_unsteered`` estimate (one, or one per setting), all in "side effects"."""
     out: list[dict[str, Any] | None] = []

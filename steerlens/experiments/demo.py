@@ -27,8 +27,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import platform
 import shutil
 import time
 from dataclasses import asdict
@@ -40,6 +38,7 @@ from steerlens.core._version import __version__
 from steerlens.core.models import default_layers, load_model
 from steerlens.data import load_prism
 from steerlens.experiments.claims import build_headline
+from steerlens.experiments.provenance import code_provenance, machine
 from steerlens.experiments.resume import (
     fingerprints,
     finished,
@@ -81,43 +80,6 @@ def _result_files() -> tuple[str, ...]:
         "splits.json",
         *(f for s in REGISTRY.values() for f in s.files),
     )
-
-
-def _machine() -> str:
-    """The machine the timings were taken on, in words."""
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
-    return f"{cpu}, {os.cpu_count()} cores{gpu}; torch {torch.__version__}"
-
-
-def code_provenance() -> dict[str, Any]:
-    """The code a run used: the steerlens version and, where the package sits in a git work
-    tree, its commit (``dirty`` where tracked files differ from it)."""
-    import subprocess
-
-    out: dict[str, Any] = {"steerlens": __version__, "commit": None, "dirty": None}
-    root = Path(__file__).resolve().parents[2]
-    try:
-        git = ["git", "-C", str(root)]
-        head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True)
-        if head.returncode == 0:
-            status = subprocess.run(
-                [*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True
-            )
-            out["commit"] = head.stdout.decode().strip()
-            out["dirty"] = bool(status.stdout.strip())
-    except OSError:  # no git on this machine: the version alone
-        pass
-    return out
 
 
 def study_key(cfg: DemoConfig) -> str:
@@ -200,7 +162,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
             "data_is_simulated": ds.is_simulated,
             "config": asdict(cfg),
             "study_key": key,
-            "machine": _machine(),
+            "machine": machine(),
             "code": code_provenance(),
         },
     )
@@ -238,15 +200,22 @@ def _check_needs(
 def _forget(
     summary_path: Path, status: dict[str, Any], names: list[str], seconds: dict[str, float]
 ) -> None:
-    """Drop the summary keys and times the earlier runs of ``names`` wrote (they are rerun
-    now, or stale)."""
+    """Drop the summary keys and times the earlier runs of ``names`` wrote, and the keys
+    they declare (they are rerun now, or stale)."""
     keys = {k for n in names for k in status.get(n, {}).get("keys", [])}
+    steps = [REGISTRY[n] for n in names if n in REGISTRY]
     for n in names:
         seconds.pop(n, None)
-    if not summary_path.exists() or not keys:
+    if not summary_path.exists() or not (keys or steps):
         return
     current = json.loads(summary_path.read_text())
-    kept = {k: v for k, v in current.items() if k not in keys}
+    kept = {
+        k: v
+        for k, v in current.items()
+        if k not in keys and not any(step.writes_key(k) for step in steps)
+    }
+    if kept.keys() == current.keys():
+        return
     kept["headline"] = build_headline(kept)
     write_json(summary_path, kept)
 
@@ -276,6 +245,11 @@ def _run_step(
         }
         write_json(steps_path, status)
         raise
+    undeclared = sorted(k for k in keys if not REGISTRY[name].writes_key(k))
+    if undeclared:
+        logger.warning(
+            "step %r returned keys it does not declare (Step.keys): %s", name, undeclared
+        )
     current = update_json(summary_path, keys)
     current = update_json(summary_path, {"headline": build_headline(current)})
     wrote = {k for k, v in current.items() if k not in before or before[k] != v} | set(keys)

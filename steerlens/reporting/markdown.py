@@ -6,10 +6,12 @@ the README links the page instead of copying its numbers.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from steerlens.experiments.steps import REGISTRY, Step
 from steerlens.experiments.summary_file import read_summary
 from steerlens.reporting.claim_text import findings_markdown
 from steerlens.reporting.markdown_conditional import _conditional_lines, conditional_verdict
@@ -20,7 +22,13 @@ from steerlens.reporting.md_format import (
     md_table,
 )
 
-__all__ = ["conditional_verdict", "summary_markdown", "write_results_pages"]
+__all__ = [
+    "PAGE_LINES",
+    "conditional_verdict",
+    "step_lines",
+    "summary_markdown",
+    "write_results_pages",
+]
 
 
 def _selection_lines(s: Mapping[str, Any]) -> list[str]:
@@ -486,27 +494,55 @@ def _mmlu_lines(s: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+PAGE_LINES: dict[str, tuple[Callable[[Mapping[str, Any]], list[str]], ...]] = {
+    "vectors": (),  # its PPA estimates are in "Headline numbers"
+    "dose": (_dose_lines, _selectivity_lines, _utility_lines),
+    "side_effects": (_side_effect_lines,),
+    "calibrated": (_calibrated_lines, _heldout_kl_lines),
+    "gating": (_gating_lines,),
+    "conditional": (_conditional_lines,),
+    "mmlu": (_mmlu_lines,),
+    "token_effects": (_token_lines,),
+    "steerx": (_steerx_pair_lines, _steerx_lines),
+}
+"""The page's sections of each registered step (``steerlens.experiments.steps``), by step
+name: functions of the summary returning Markdown lines (empty where the summary lacks the
+step). A registered step not named here gets ``step_lines``: a table of its keys."""
+
+
+def _value_cell(value: Any) -> str:
+    """A summary value in one table cell: an estimate with its interval, a number, or its
+    JSON (cut at 80 characters)."""
+    if isinstance(value, Mapping) and "mean" in value:
+        return md_cell(value)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return md_num(value, 4)
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return (text if len(text) <= 80 else text[:77] + "...").replace("|", "\\|")
+
+
+def step_lines(step: Step, s: Mapping[str, Any]) -> list[str]:
+    """A registered step's default section: its title and a table of the summary keys it
+    declares (``Step.keys``) that the summary holds; empty when it holds none."""
+    keys = sorted(k for k in s if step.writes_key(k))
+    if not keys:
+        return []
+    lines = [f"## {step.title or step.name.replace('_', ' ')}", ""]
+    return lines + md_table(["key", "value"], ([f"`{k}`", _value_cell(s[k])] for k in keys))
+
+
 def summary_markdown(s: Mapping[str, Any], source: str = "results/summary.json") -> str:
     """The demo's summary as a Markdown page: what ran, on what, and the estimates with their
-    intervals (bootstrap 95 %)."""
-    lines = [
-        *_intro_lines(s, source),
-        *_exploratory_note(s),
-        *_headline_numbers(s),
-        *_dose_lines(s),
-        *_gating_lines(s),
-        *_conditional_lines(s),
-        *_selectivity_lines(s),
-        *_utility_lines(s),
-        *_side_effect_lines(s),
-        *_calibrated_lines(s),
-        *_mmlu_lines(s),
-        *_token_lines(s),
-        *_heldout_kl_lines(s),
-        *_steerx_pair_lines(s),
-        *_steerx_lines(s),
-        *_timing_lines(s),
-    ]
+    intervals (bootstrap 95 %); one section per registered step, in the order they run
+    (``PAGE_LINES``, else ``step_lines``)."""
+    lines = [*_intro_lines(s, source), *_exploratory_note(s), *_headline_numbers(s)]
+    for name, step in REGISTRY.items():
+        sections = PAGE_LINES.get(name)
+        if sections is None:
+            lines += step_lines(step, s)
+        for section in sections or ():
+            lines += section(s)
+    lines += _timing_lines(s)
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import pandas as pd
 
+from steerlens.experiments.claims import calibrated_claims
 from steerlens.experiments.resume import StepInputs
 from steerlens.experiments.splits import Split, record_selection
 from steerlens.experiments.steps.base import Step, register_step
@@ -285,5 +286,16 @@ STEP = register_step(
             ("vectors", "dose", "side_effects"),
         ),
         files=("calibrated.csv", "kl_heldout_rows.csv"),
+        keys=(
+            "calibrated",
+            "calibration_unreached",
+            "kl_budgets",
+            "kl_calibration_texts",
+            "kl_heldout",
+            "kl_heldout_texts",
+            "utility_per_kl",
+        ),
+        claims=calibrated_claims,
+        title="KL-budget-calibrated α",
     )
 )

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from steerlens.experiments.claims import conditional_claims
 from steerlens.experiments.conditional import run_conditional
 from steerlens.experiments.resume import StepInputs
 from steerlens.experiments.steps.base import Step, register_step
@@ -65,5 +66,15 @@ STEP = register_step(
             "conditional_kl_search.csv",
             "conditional_neutral_kl.csv",
         ),
+        keys=(
+            "condition",
+            "conditional",
+            "conditional_alphas",
+            "conditional_arms",
+            "conditional_by_category",
+            "conditional_steered_share",
+        ),
+        claims=conditional_claims,
+        title="Conditional steering",
     )
 )

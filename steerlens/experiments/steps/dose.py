@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from steerlens.experiments.claims import dose_claims
 from steerlens.experiments.resume import StepInputs
 from steerlens.experiments.splits import agreed_side, record_selection
 from steerlens.experiments.steps.base import Step, register_step
@@ -20,7 +21,9 @@ from steerlens.experiments.steps.job import (
     _on,
     _reported,
 )
+from steerlens.experiments.summary_file import read_summary
 from steerlens.experiments.sweep import (
+    SweepPrompt,
     held_out_prompts,
     make_grid,
     run_sweep,
@@ -179,6 +182,20 @@ def _utility_by_group(job: _Job, dose: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _read_prompts(job: _Job) -> list[SweepPrompt]:
+    lines = (job.results / "prompts.jsonl").read_text(encoding="utf-8").splitlines()
+    return [SweepPrompt(**json.loads(line)) for line in lines if line]
+
+
+def _read_dose(job: _Job) -> pd.DataFrame:
+    return pd.read_parquet(job.results / "sweep" / "dose" / "cells.parquet")
+
+
+def _read_operating_alpha(job: _Job) -> float | None:
+    best = read_summary(job.results / "summary.json").get("operating_alpha")
+    return None if best is None else float(best)
+
+
 STEP = register_step(
     Step(
         "dose",
@@ -194,5 +211,29 @@ STEP = register_step(
             "selectivity.csv",
             "utility_by_group.csv",
         ),
+        keys=(
+            "dose_response",
+            "mae_baseline",
+            "mae_best",
+            "mae_change_pct_best",
+            "mae_change_pct_by_category",
+            "mae_change_pct_by_category_n",
+            "n_prompts",
+            "n_report_prompts",
+            "n_report_users",
+            "n_users",
+            "operating_alpha",
+            "ppl_baseline",
+            "ppl_best",
+            "utility_gain",
+            "utility_gain_all",
+        ),
+        provides={
+            "prompts": _read_prompts,
+            "dose": _read_dose,
+            "operating_alpha": _read_operating_alpha,
+        },
+        claims=dose_claims,
+        title="Dose-response",
     )
 )

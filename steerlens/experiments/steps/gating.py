@@ -50,5 +50,7 @@ STEP = register_step(
         _gating_step,
         StepInputs(("gating_ks", "max_new_tokens"), ("vectors", "dose")),
         files=("gating.csv",),
+        keys=("gating",),
+        title="Gating",
     )
 )

@@ -4,7 +4,6 @@ helpers."""
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,18 +15,11 @@ from steerlens.core.models import HookedModel
 from steerlens.data import load_mmlu, neutral_texts
 from steerlens.data.prism import PrismDataset
 from steerlens.data.schema import PreferencePair
-from steerlens.experiments.personalization import (
-    PersonalizationConfig,
-    study_split,
-)
+from steerlens.experiments.personalization import PersonalizationConfig
 from steerlens.experiments.splits import Split, agreed_side
+from steerlens.experiments.steps.base import provider
 from steerlens.experiments.study_config import DemoConfig
-from steerlens.experiments.summary_file import read_summary
-from steerlens.experiments.sweep import (
-    GenerationSettings,
-    SweepPrompt,
-    load_vectors,
-)
+from steerlens.experiments.sweep import GenerationSettings, SweepPrompt
 from steerlens.metrics.stats import reported
 from steerlens.metrics.token_truth import text_id
 
@@ -85,27 +77,20 @@ class _Job:
         return value
 
     def _from_disk(self, what: str) -> Any:
-        r = self.results
+        """``what`` read back by the registered step that makes it (``Step.provides``)."""
+        step = provider(what)
+        if step is None:
+            raise RuntimeError(f"no registered step makes {what!r}")
         try:
-            if what == "test_pairs":  # the study's seeded split: no file needed
-                return study_split(self.ds, _personalization_config(self))[1]
-            if what == "prompts":
-                lines = (r / "prompts.jsonl").read_text(encoding="utf-8").splitlines()
-                return [SweepPrompt(**json.loads(line)) for line in lines if line]
-            if what == "vectors":
-                return load_vectors(r / "vectors", self.cfg.methods)
-            if what == "operating_alpha":
-                best = read_summary(r / "summary.json").get("operating_alpha")
-                if best is not None:
-                    return float(best)
-            if what == "dose":
-                return pd.read_parquet(r / "sweep" / "dose" / "cells.parquet")
+            value = step.provides[what](self)
         except FileNotFoundError:
-            pass
-        raise RuntimeError(
-            f"this step needs {what!r}: run the step that makes it first (in this job, or "
-            f"earlier into {r})"
-        )
+            value = None
+        if value is None:
+            raise RuntimeError(
+                f"this step needs {what!r}: run the step {step.name!r} that makes it first (in "
+                f"this job, or earlier into {self.results})"
+            )
+        return value
 
 
 def _personalization_config(job: _Job) -> PersonalizationConfig:

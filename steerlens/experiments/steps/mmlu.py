@@ -13,6 +13,7 @@ import pandas as pd
 from steerlens.core.hooks import steering
 from steerlens.data import load_mmlu
 from steerlens.data.mmlu import LETTERS
+from steerlens.experiments.claims import mmlu_claims
 from steerlens.experiments.resume import StepInputs
 from steerlens.experiments.steps.base import Step, register_step
 from steerlens.experiments.steps.job import (
@@ -123,5 +124,17 @@ STEP = register_step(
             ("alphas", "kl_alphas", "kl_texts", "mmlu_items"), ("vectors", "dose", "side_effects")
         ),
         files=("mmlu.csv",),
+        keys=(
+            "mmlu_by_alpha",
+            "mmlu_chance",
+            "mmlu_items",
+            "mmlu_kl_budget_minus_unsteered",
+            "mmlu_largest_swept_minus_unsteered",
+            "mmlu_steered",
+            "mmlu_steered_minus_unsteered",
+            "mmlu_unsteered",
+        ),
+        claims=mmlu_claims,
+        title="Zero-shot MMLU under steering",
     )
 )

@@ -7,6 +7,7 @@ from typing import Any
 
 import pandas as pd
 
+from steerlens.experiments.claims import kl_claims
 from steerlens.experiments.resume import StepInputs
 from steerlens.experiments.steps.base import Step, register_step
 from steerlens.experiments.steps.job import (
@@ -120,5 +121,13 @@ STEP = register_step(
             ("vectors", "dose"),
         ),
         files=("side_effects_rows.csv", "side_effects.csv"),
+        keys=(
+            "kl_neutral",
+            "neutral_source",
+            "neutral_texts",
+            "ppl_neutral",
+        ),
+        claims=kl_claims,
+        title="Side effects on neutral text",
     )
 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from steerlens.experiments.claims import steerx_claims
 from steerlens.experiments.resume import StepInputs
 from steerlens.experiments.steerx_compare import run_steerx_compare
 from steerlens.experiments.steerx_study import SteerXStudyConfig
@@ -50,5 +51,26 @@ STEP = register_step(
             "steerx_descriptions.csv",
             "steerx_cards.json",
         ),
+        keys=(
+            "allhistory_ppa",
+            "allhistory_ppa_under_steering",
+            "allhistory_utility_gain",
+            "description_hit_rate",
+            "description_hit_rate_by_mode",
+            "steerx_minus_allhistory_ppa",
+            "steerx_minus_allhistory_ppa_under_steering",
+            "steerx_pair_all_tokens_ppa",
+            "steerx_pair_minus_all_ppa",
+            "steerx_pair_minus_all_ppa_under_steering",
+            "steerx_pair_ppa",
+            "steerx_pair_ppa_under_steering",
+            "steerx_ppa",
+            "steerx_ppa_under_steering",
+            "steerx_seconds",
+            "steerx_selection_rule",
+            "steerx_utility_gain",
+        ),
+        claims=steerx_claims,
+        title="SteerX vs all-history",
     )
 )

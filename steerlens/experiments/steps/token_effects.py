@@ -7,6 +7,7 @@ import logging
 from dataclasses import replace
 from typing import Any
 
+from steerlens.experiments.claims import token_claims
 from steerlens.experiments.resume import StepInputs
 from steerlens.experiments.steps.base import Step, register_step
 from steerlens.experiments.steps.job import _Job
@@ -29,5 +30,29 @@ STEP = register_step(
         _token_effects_step,
         StepInputs(("token_effects",), ()),
         files=("steerx_effects.json", "steerx_tokens.csv", "steerx_pr_curve.csv"),
+        keys=(
+            "attribution_spearman",
+            "token_baselines",
+            "token_effects_report_targets",
+            "token_effects_report_users",
+            "token_effects_smoke_run",
+            "token_effects_targets",
+            "token_estimator",
+            "token_precision",
+            "token_precision_baseline",
+            "token_precision_baseline_planted",
+            "token_precision_minus_baseline",
+            "token_precision_minus_baseline_planted",
+            "token_precision_planted",
+            "token_recall",
+            "token_recall_baseline",
+            "token_recall_baseline_planted",
+            "token_recall_minus_baseline",
+            "token_recall_minus_baseline_planted",
+            "token_recall_planted",
+            "token_truth",
+        ),
+        claims=token_claims,
+        title="SteerX token selection",
     )
 )

@@ -7,7 +7,9 @@ from __future__ import annotations
 import shutil
 from typing import Any
 
-from steerlens.experiments.personalization import personalization_study
+from steerlens.data.schema import PreferencePair
+from steerlens.experiments.claims import ppa_claims
+from steerlens.experiments.personalization import personalization_study, study_split
 from steerlens.experiments.resume import StepInputs
 from steerlens.experiments.steps.base import Step, register_step
 from steerlens.experiments.steps.job import (
@@ -16,7 +18,7 @@ from steerlens.experiments.steps.job import (
     _ppa,
 )
 from steerlens.experiments.study_config import PERSONAL
-from steerlens.experiments.sweep import save_vectors
+from steerlens.experiments.sweep import load_vectors, save_vectors
 from steerlens.methods.registry import method_label
 
 
@@ -65,6 +67,15 @@ def _vectors_step(job: _Job) -> dict[str, Any]:
     return keys
 
 
+def _read_vectors(job: _Job) -> dict[str, Any]:
+    return load_vectors(job.results / "vectors", job.cfg.methods)
+
+
+def _read_test_pairs(job: _Job) -> list[PreferencePair]:
+    """The study's seeded split, made again (no file needed)."""
+    return study_split(job.ds, _personalization_config(job))[1]
+
+
 STEP = register_step(
     Step(
         "vectors",
@@ -82,5 +93,23 @@ STEP = register_step(
             (),
         ),
         files=("ppa.csv", "users_bt.csv"),
+        keys=(
+            "layers",
+            "n_test_pairs",
+            "n_train_pairs",
+            "ppa_bradley_terry",
+            "ppa_bradley_terry_minus_population",
+            "ppa_oracle",
+            "ppa_oracle_minus_personalized",
+            "ppa_personalized",
+            "ppa_personalized_method",
+            "ppa_personalized_minus_population",
+            "ppa_population",
+            "ppa_toxicity_only",
+            "ppa_under_steering",
+        ),
+        provides={"vectors": _read_vectors, "test_pairs": _read_test_pairs},
+        claims=ppa_claims,
+        title="Vectors and preference accuracy",
     )
 )

@@ -285,6 +285,9 @@ def test_demo_job_on_tiny_model_writes_results_figures_and_report(tmp_path, monk
     write_study_report(tmp_path)
     for key in SUMMARY_KEYS:
         assert s[key] is not None, key
+    steps = json.loads((tmp_path / "results" / "steps.json").read_text())
+    for name, entry in steps.items():  # every step writes only the keys it declares
+        assert entry["keys"] and all(REGISTRY[name].writes_key(k) for k in entry["keys"]), name
     for key in ESTIMATE_KEYS:  # every estimate carries its n; no interval below 5 units
         e = s[key]
         assert set(e) >= {"mean", "interval", "n", "unit"}, key

@@ -21,11 +21,18 @@ LATEST     := .venv-latest
 TL4        := .venv-tl4
 TL4_LOCK   := requirements-tl4.lock
 LOCK_PLATFORM := --python-version 3.11 --python-platform x86_64-manylinux_2_28 --no-header
+# The serve environment (steerlens serve, engine="vllm"): vLLM's CPU build pins transformers and
+# numpy below the main lock's, so it has its own lock and venv; the CUDA-only wheels PyPI gives
+# for vLLM's torchvision / torchaudio / torchcodec / triton break `import vllm` on CPU torch and
+# are left out of the lock (vLLM runs without them on the CPU).
+SERVE      := .venv-serve
+SERVE_LOCK := requirements-serve.lock
+SERVE_SKIP := $(foreach p,torchvision torchaudio torchcodec triton,--no-emit-package $(p))
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: install lock demo study test test-tl4 test-all test-latest _latest bench lint data chromium clean
+.PHONY: install lock demo study test test-tl4 test-serve test-all test-latest _latest bench lint data chromium clean
 
 install: $(STAMP)
 
@@ -51,6 +58,8 @@ lock:
 	$(UV) pip compile pyproject.toml --extra dev --extra sae $(LOCK_PLATFORM) $(TORCH_SRC) \
 		-c $(VENV)/lock-constraints.txt $(LOCK_ARGS) -o $(LOCK)
 	test -f $(TL4_LOCK) || cp $(LOCK) $(TL4_LOCK)
+	$(UV) pip compile pyproject.toml --extra dev --extra serve-cpu $(LOCK_PLATFORM) $(TORCH_SRC) \
+		-c $(VENV)/lock-constraints.txt $(SERVE_SKIP) $(LOCK_ARGS) -o $(SERVE_LOCK)
 	printf 'transformer-lens>=4\n' >> $(VENV)/lock-constraints.txt
 	$(UV) pip compile pyproject.toml --extra dev $(LOCK_PLATFORM) $(TORCH_SRC) \
 		-c $(VENV)/lock-constraints.txt $(LOCK_ARGS) -o $(TL4_LOCK)
@@ -67,6 +76,19 @@ $(TL4)/.installed: pyproject.toml $(TL4_LOCK) $(NODEPS)
 
 test-tl4: $(TL4)/.installed
 	$(TL4)/bin/python -m pytest -q -m "not slow"
+
+# The serve suite in its own environment, exactly its lock: vLLM with the steering worker on
+# the embedded model, offline and over HTTP (tests/serve), and the serve unit tests.
+$(SERVE)/.installed: pyproject.toml $(SERVE_LOCK) $(NODEPS)
+	test -x $(SERVE)/bin/python || $(PYTHON) -m venv $(SERVE)
+	test -x $(SERVE)/bin/uv || $(SERVE)/bin/python -m pip install -q uv==$(UV_VERSION)
+	$(SERVE)/bin/uv pip sync -q --python $(SERVE)/bin/python $(TORCH_SRC) $(SERVE_LOCK)
+	$(SERVE)/bin/uv pip install -q --python $(SERVE)/bin/python --no-deps -r $(NODEPS)
+	$(SERVE)/bin/uv pip install -q --python $(SERVE)/bin/python --no-deps -e .
+	touch $@
+
+test-serve: $(SERVE)/.installed
+	$(SERVE)/bin/python -m pytest -q -p no:cacheprovider tests/serve tests/unit/serve
 
 # The same suite on the newest versions the ranges allow, one environment per line, to see a
 # moving dependency before a user does: every feature (the sae extra: TransformerLens 3.x while
@@ -130,4 +152,4 @@ lint: install
 	$(VENV)/bin/lint-imports
 
 clean:
-	rm -rf $(VENV) $(LATEST) $(LATEST)-tl4 $(TL4) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(LATEST) $(LATEST)-tl4 $(TL4) $(SERVE) .pytest_cache .mypy_cache .ruff_cache

@@ -31,6 +31,7 @@ _MODULES = {
     "evaluation": "steerlens.evaluation",
     "methods": "steerlens.methods",
     "plots": "steerlens.plots",
+    "serve": "steerlens.serve",
     "steerx": "steerlens.steerx",
     "tokens": "steerlens.core.tokens",
 }
@@ -68,7 +69,7 @@ _NAMES = {
 __getattr__, __dir__ = lazy_namespace(__name__, _NAMES, globals(), _MODULES)
 
 if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
-    from steerlens import data, evaluation, methods, plots, steerx
+    from steerlens import data, evaluation, methods, plots, serve, steerx
     from steerlens.core import tokens
     from steerlens.core.conditions import Condition
     from steerlens.core.hooks import (
@@ -128,6 +129,7 @@ __all__ = [
     "resid_post",
     "resid_pre",
     "response_masks",
+    "serve",
     "steering",
     "steering_divergence",
     "steering_hooks",

@@ -279,6 +279,48 @@ def report(
 
 
 @app.command()
+def serve(
+    vectors: Annotated[
+        Path, typer.Option(help="folder of <name>.safetensors vectors (conditions/ beside)")
+    ],
+    model: Annotated[str, typer.Argument(help="a steerlens model name or an HF folder")] = (
+        "smollm2-135m-instruct"
+    ),
+    port: int = 8000,
+    host: Annotated[str, typer.Option(help="127.0.0.1 unless told otherwise")] = "127.0.0.1",
+    dtype: Annotated[str, typer.Option(help="auto: float32 on CPU, the model's on GPU")] = "auto",
+    max_alpha: Annotated[float, typer.Option(help="refuse requests with a larger |α|")] = 1e4,
+    conditions: Annotated[
+        bool,
+        typer.Option(
+            "--conditions/--no-conditions",
+            help="serve conditions (chunked prefill off; --no-conditions keeps it on)",
+        ),
+    ] = True,
+) -> None:
+    """vLLM's OpenAI-compatible server, each request steered by its own vector: put
+    {"user": NAME, "vllm_xargs": {"steer_alpha": 4, "steer_gate": "first:8"}} in the body
+    (``sl.serve.request_args``). Needs vLLM (the serve extra; make test-serve)."""
+    try:
+        from steerlens.serve.server import serve as run_server
+    except ImportError as e:
+        raise typer.BadParameter(f"steerlens serve needs vLLM: {e}") from None
+    try:
+        code = run_server(
+            model,
+            vectors,
+            port=port,
+            host=host,
+            dtype=dtype,
+            max_alpha=max_alpha,
+            conditions=conditions,
+        )
+    except (FileNotFoundError, ValueError) as e:
+        raise typer.BadParameter(str(e)) from None
+    raise typer.Exit(code)
+
+
+@app.command()
 def sweep(
     config: Annotated[Path, typer.Argument(help="a sweep config (.yaml / .json)")],
     out: Annotated[Path | None, typer.Option(help="the sweep's folder (overrides)")] = None,

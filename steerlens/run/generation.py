@@ -11,6 +11,7 @@ one-at-a-time runs (tested on every backend x engine).
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, overload
@@ -94,7 +95,7 @@ def generate(
     seed: int | None = None,
     stop_at_eos: bool = True,
     progress_bar: bool = True,
-    engine: EngineName = "auto",
+    engine: EngineName | Literal["vllm"] = "auto",
     return_tokens: Literal[False] = False,
     return_logits: Literal[False] = False,
 ) -> list[str]: ...
@@ -120,7 +121,7 @@ def generate(
     seed: int | None = None,
     stop_at_eos: bool = True,
     progress_bar: bool = True,
-    engine: EngineName = "auto",
+    engine: EngineName | Literal["vllm"] = "auto",
     return_tokens: bool = ...,
     return_logits: bool = ...,
 ) -> list[str] | Generation: ...
@@ -147,7 +148,7 @@ def generate(
     return_tokens: bool = False,
     return_logits: bool = False,
     progress_bar: bool = True,
-    engine: EngineName = "auto",
+    engine: EngineName | Literal["vllm"] = "auto",
 ) -> list[str] | Generation:
     """Generate continuations of ``prompts``, optionally steered.
 
@@ -179,12 +180,29 @@ def generate(
             static KV cache and the decoding step compiled (a CUDA graph on a GPU), the
             steering held as data inside it (``steerlens.core.engines.compiled``): the same tokens,
             faster once compiled. ``"auto"`` (default) takes the fast path on a bridge when
-            no other hook is active (compiled on CUDA), else ``"tl"``.
+            no other hook is active (compiled on CUDA), else ``"tl"``. ``"vllm"`` (in the serve
+            environment, ``make test-serve``; greedy only) sends the rows to vLLM as requests,
+            each with its own vector, α, gate and condition (``steerlens.serve``).
 
     Returns:
         The generated texts (special tokens and the EOS removed), or a ``Generation``.
     """
     _check_args(prompts, max_new_tokens, batch_size, do_sample, temperature)
+    if engine == "vllm":
+        return _on_vllm(
+            model,
+            prompts,
+            max_new_tokens,
+            steering,
+            alpha,
+            gate,
+            chat,
+            system,
+            response_prefix,
+            stop_at_eos,
+            return_tokens,
+            do_sample or return_logits,
+        )
     n = len(prompts)
     if n == 0:
         return (
@@ -292,6 +310,46 @@ def _check_args(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if do_sample and temperature <= 0:
         raise ValueError("temperature must be > 0 when sampling")
+
+
+def _on_vllm(
+    model: HookedModel,
+    prompts: Sequence[Prompt],
+    max_new_tokens: int,
+    steering: SteeringVector | Sequence[SteeringVector] | None,
+    alpha: float | Sequence[float] | Tensor,
+    gate: AnyGate,
+    chat: bool | None,
+    system: str | None,
+    response_prefix: str | Sequence[str] | None,
+    stop_at_eos: bool,
+    return_tokens: bool,
+    unsupported: bool,
+) -> list[str] | Generation:
+    """``engine="vllm"``: ``steerlens.serve.generation.generate``. serve is a layer above this
+    one, imported by name on use only (it needs vLLM, which only the serve environment has)."""
+    if unsupported:
+        raise ValueError("engine='vllm' decodes greedily and returns no logits here")
+    try:
+        serve = importlib.import_module("steerlens.serve.generation")
+    except ImportError as e:
+        raise ImportError(
+            f"engine='vllm' needs vLLM ({e}): install the serve extra (make test-serve builds "
+            ".venv-serve)"
+        ) from e
+    return serve.generate(  # type: ignore[no-any-return]
+        model,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        steering=steering,
+        alpha=alpha,
+        gate=gate,
+        chat=chat,
+        system=system,
+        response_prefix=response_prefix,
+        stop_at_eos=stop_at_eos,
+        return_tokens=return_tokens,
+    )
 
 
 def _until_eos(

@@ -70,6 +70,7 @@ def sweep_salt(
     vectors: VectorTable,
     measure: Measure | None = None,
     conditions: Mapping[str, Condition] | None = None,
+    engine: str = "auto",
 ) -> str:
     """A digest of what the cells' rows depend on beyond their keys and settings. Batch names
     include it, so a rerun where any of it changed never reuses old parts:
@@ -103,7 +104,7 @@ def sweep_salt(
         h.update(cond.direction.detach().float().cpu().numpy().tobytes())
     rows = {
         "measure": measure_fingerprint(standard_measures() if measure is None else measure),
-        "engine": engine_name(model, vectors),
+        "engine": engine_name(model, vectors) if engine == "auto" else engine,
         "steerlens": package_version(),
     }
     h.update(json.dumps(rows, sort_keys=True).encode())
@@ -182,6 +183,7 @@ def _run_batch(
     settings: GenerationSettings,
     measure: Measure,
     conditions: Mapping[str, Condition] | None = None,
+    engine: str = "auto",
 ) -> list[dict[str, Any]]:
     rows = [prompts[c.prompt_id] for c in cells]
     steered = [c for c in cells if c.method != BASELINE]
@@ -193,6 +195,7 @@ def _run_batch(
         gate=gate,
         progress_bar=False,
         return_tokens=True,
+        engine=engine,
     )
     if steered:
         filler = _vector(vectors, steered[0])  # α 0 rows add exactly 0 · v
@@ -233,6 +236,7 @@ def run_sweep(
     rank: int = 0,
     world: int = 1,
     progress_bar: bool = True,
+    engine: str = "auto",
 ) -> pd.DataFrame | None:
     """Run this process's share of the sweep's batches that are not on disk yet.
 
@@ -250,6 +254,9 @@ def run_sweep(
             (``condition``, ``condition:NAME``, ``condition&first:4``); their rows add
             ``projection`` and ``steered``.
         rank / world: this process and how many share the sweep (batch b runs on b mod world).
+        engine: ``generate``'s engine for every batch; ``"vllm"`` (the serve environment)
+            sends each batch's rows to vLLM as requests with their own vector, α and gate (a
+            conditioned batch's rows then carry no ``projection`` / ``steered``).
 
     Returns:
         With ``world == 1`` the gathered tidy DataFrame (also written to
@@ -264,7 +271,7 @@ def run_sweep(
     out = Path(out)
     (out / "parts").mkdir(parents=True, exist_ok=True)
     # measure None: the default, named by the settings
-    salt = sweep_salt(model, vectors, measure, conditions)
+    salt = sweep_salt(model, vectors, measure, conditions, engine)
     if measure is None:
         measure = standard_measures(batch_size=settings.batch_size, chat=settings.chat)
     batches = plan(cells, settings, salt)
@@ -280,7 +287,7 @@ def run_sweep(
     )
     desc = f"sweep {out.name}" + (f" [rank {rank}/{world}]" if world > 1 else "")
     for bid, batch in progress(todo, total=len(todo), description=desc, enabled=progress_bar):
-        rows = _run_batch(model, batch, table, vectors, settings, measure, conditions)
+        rows = _run_batch(model, batch, table, vectors, settings, measure, conditions, engine)
         write_atomic(_part(out, bid), "".join(json.dumps(r) + "\n" for r in rows))
     return gather(out, cells, settings, salt) if world == 1 else None
 

@@ -1,0 +1,121 @@
+"""The server's vectors: ``<dir>/<name>.safetensors`` files written by steerlens
+(``SteeringVector.save``, conditions included; ``<dir>/conditions/<name>.safetensors`` by
+``Condition.save``), loaded on first use and kept in a bounded LRU. Only safetensors are
+read (never a pickle); a name is a plain file name, and a file that resolves outside the
+folder (a symlink) is refused. Each vector is checked against the served model's name,
+``d_model``, layer count and hook point before any request uses it."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+from steerlens.core.conditions import Condition
+from steerlens.core.vectors import SteeringVector
+from steerlens.serve.spec import SpecError, check_name
+
+__all__ = ["ServedModel", "VectorStore"]
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """What a vector must fit: the served model's name (as vectors record it), width, depth
+    and the hook points the worker steers."""
+
+    name: str
+    d_model: int
+    n_layers: int
+    hooks: tuple[str, ...] = ("hook_resid_post",)
+
+
+class VectorStore:
+    """Vectors and conditions by name from ``folder``, at most ``max_loaded`` of each kept."""
+
+    def __init__(self, folder: str | Path, model: ServedModel, max_loaded: int = 256) -> None:
+        self.folder = Path(folder).resolve()
+        if not self.folder.is_dir():
+            raise FileNotFoundError(f"no vector folder at {self.folder}")
+        if max_loaded < 1:
+            raise ValueError(f"max_loaded must be >= 1, got {max_loaded}")
+        self.model, self.max_loaded = model, max_loaded
+        self._vectors: OrderedDict[str, SteeringVector] = OrderedDict()
+        self._conditions: OrderedDict[str, Condition] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._vectors)
+
+    def names(self) -> list[str]:
+        """Every vector the folder holds (by file name)."""
+        return sorted(p.stem for p in self.folder.glob("*.safetensors"))
+
+    def _file(self, folder: Path, name: str, field: str, what: str) -> Path:
+        check_name(name, field)
+        path = folder / f"{name}.safetensors"
+        if not path.is_file():
+            raise SpecError(f"no {what} named {name!r} in {folder}", field=field, status=404)
+        if not path.resolve().is_relative_to(self.folder):
+            raise SpecError(f"{what} {name!r} is a file outside {self.folder}", field=field)
+        return path
+
+    def vector(self, name: str) -> SteeringVector:
+        """The vector ``name`` (loaded once, checked against the served model)."""
+        if name in self._vectors:
+            self._vectors.move_to_end(name)
+            return self._vectors[name]
+        path = self._file(self.folder, name, "steer_user", "vector")
+        try:
+            vector = SteeringVector.load(path)
+        except Exception as e:  # a malformed file (safetensors raises its own error type)
+            raise SpecError(f"vector {name!r} cannot be read: {e}", field="steer_user") from None
+        self._check(name, vector)
+        self._vectors[name] = vector
+        while len(self._vectors) > self.max_loaded:
+            self._vectors.popitem(last=False)
+        return vector
+
+    def condition(self, name: str) -> Condition:
+        """The condition ``name`` from ``<folder>/conditions/``."""
+        if name in self._conditions:
+            self._conditions.move_to_end(name)
+            return self._conditions[name]
+        path = self._file(self.folder / "conditions", name, "steer_condition", "condition")
+        try:
+            cond = Condition.load(path)
+        except Exception as e:  # a malformed file (safetensors raises its own error type)
+            raise SpecError(
+                f"condition {name!r} cannot be read: {e}", field="steer_condition"
+            ) from None
+        self._check_condition(name, cond)
+        self._conditions[name] = cond
+        while len(self._conditions) > self.max_loaded:
+            self._conditions.popitem(last=False)
+        return cond
+
+    def _check(self, name: str, v: SteeringVector) -> None:
+        m = self.model
+        problems = []
+        if v.model_name is not None and v.model_name != m.name:
+            problems.append(f"it was built on {v.model_name!r}, the server runs {m.name!r}")
+        if v.d_model != m.d_model:
+            problems.append(f"its d_model is {v.d_model}, the model's {m.d_model}")
+        bad = [layer for layer in v.layers if not 0 <= layer < m.n_layers]
+        if bad:
+            problems.append(f"its layers {bad} are not among the model's 0..{m.n_layers - 1}")
+        if v.hook not in m.hooks:
+            problems.append(f"it steers {v.hook}, the server steers {list(m.hooks)}")
+        if problems:
+            raise SpecError(
+                f"vector {name!r} does not fit: " + "; ".join(problems), field="steer_user"
+            )
+        if v.condition is not None:
+            self._check_condition(name, v.condition)
+
+    def _check_condition(self, name: str, c: Condition) -> None:
+        m = self.model
+        if c.d_model != m.d_model or not 0 <= c.layer < m.n_layers:
+            raise SpecError(
+                f"condition of {name!r} reads d_model {c.d_model} at layer {c.layer}; the model "
+                f"has d_model {m.d_model} and layers 0..{m.n_layers - 1}",
+                field="steer_condition",
+            )

@@ -15,7 +15,12 @@ against the memory-bandwidth limit, on a random-init Llama-3.1-8B-shaped model.
    plain model and steerlens' are both resident) against the weights plus the KV cache;
 5. prefill-heavy work (activation caching, zero-shot MMLU; batches packed by the device's
    token budget) in tokens/s against the compute limit, ``matmul FLOP/s / (2 x parameters)``;
-6. prints the table (tokens/s, the share of the batch-1 limit) and writes ``--out`` (JSON).
+6. prints the table (tokens/s, the share of the batch-1 limit) and writes ``--out`` (JSON);
+7. with ``--vllm`` where vLLM is installed (its GPU build pins its own torch: a venv of its
+   own with ``steerlens[serve]``): ``benchmarks/serve.py``'s rows on the same model and
+   batches, vLLM steered per request vs unsteered, vs steerlens' ``hf`` engine and plain
+   ``transformers``. The worker runs eager (no CUDA graphs): the graph-friendly route, a
+   custom op reading fixed per-token buffers, is the follow-up (CONTRIBUTING.md).
 
 It stops starting new rows once ``--budget-s`` seconds have passed (default 420: the whole
 check fits an 8-minute call). ``--tiny`` runs it end to end on a small random model (a test
@@ -316,6 +321,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
+def vllm_rows(model: str, args: argparse.Namespace) -> dict[str, Any]:
+    """``benchmarks/serve.py`` on ``model`` (a folder), or why not."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        return {"skipped": "vLLM is not installed in this environment"}
+    sys.path.insert(0, str(Path(__file__).parent))
+    import serve
+
+    ns = argparse.Namespace(
+        model=model, batches=args.batches, new_tokens=args.new_tokens, repeats=args.repeats
+    )
+    report = serve.run(ns)
+    report["ratios"] = [{"batch": b, "what": w, "ratio": r} for b, w, r in serve.ratios(report)]
+    for r in report["ratios"]:
+        print(f"vllm {r['batch']:5d}  {r['what']:40s} {r['ratio']:6.2f}x")
+    return report
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", help="an HF folder (default: write the random 8B-shaped model)")
@@ -328,8 +352,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--prefill-texts", type=int, default=512, help="texts / MMLU items")
     ap.add_argument("--out", default="results/gpu.json")
     ap.add_argument("--tiny", action="store_true", help="a small random model (dry run)")
+    ap.add_argument("--vllm", action="store_true", help="add benchmarks/serve.py's rows")
     args = ap.parse_args(argv)
     report = run(args)
+    if args.vllm:
+        report["vllm"] = vllm_rows(str(report["model"]), args)
     print(
         f"\n{report['device']} · {report['parameters_b']}B parameters · read "
         f"{report['read_bandwidth_tb_s']} TB/s · batch-1 limit "

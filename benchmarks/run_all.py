@@ -17,7 +17,9 @@ Prints ratios (>1 means steerlens is faster) and writes ``results/bench.json``:
    ``import torch, transformers``, each in fresh processes;
 5. the process's peak memory (one fresh process each): plain ``transformers``, steerlens on
    the TransformerLens path, and steerlens on the fast path, as multiples of the weights of
-   one copy of the model.
+   one copy of the model;
+6. serving (``benchmarks/serve.py``, run in ``.venv-serve`` where it exists): vLLM steered per
+   request vs unsteered, vs steerlens' ``hf`` engine and vs plain ``transformers``.
 
 The model is loaded **by name** — by default the embedded model's ordinary HF folder (its
 path), through the same code as a hub name such as ``meta-llama/Llama-3.1-8B-Instruct``,
@@ -32,6 +34,7 @@ import argparse
 import json
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -66,7 +69,36 @@ PROMPTS = [
 ]
 
 
-PARTS = ("startup", "generation", "compiled", "sweep", "personalised", "cache", "mmlu", "memory")
+PARTS = (
+    "startup",
+    "generation",
+    "compiled",
+    "sweep",
+    "personalised",
+    "cache",
+    "mmlu",
+    "memory",
+    "serve",
+)
+
+
+def serve_rows(model: str) -> list[tuple[str, float, float | None]]:
+    """``benchmarks/serve.py`` in the serve environment (``.venv-serve``, ``make test-serve``):
+    its batch-32 ratios, or none (said) where that environment is absent."""
+    py = Path(__file__).resolve().parents[1] / ".venv-serve" / "bin" / "python"
+    if not py.exists():
+        print("serve part skipped: no .venv-serve (make test-serve builds it)")
+        return []
+    out = Path("results/bench_serve.json")
+    script = str(Path(__file__).with_name("serve.py"))
+    subprocess.run([str(py), script, "--model", model, "--out", str(out)], check=True)
+    report = json.loads(out.read_text())
+    targets = {"vllm steered / vllm unsteered": 0.9}
+    return [
+        (f"serve, batch {r['batch']}: {r['what']}", r["ratio"], targets.get(r["what"]))
+        for r in report["ratios"]
+        if r["batch"] == max(x["batch"] for x in report["ratios"])
+    ]
 
 
 def compare(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
@@ -576,6 +608,9 @@ def main() -> None:
             ("MMLU zero-shot vs plain HF, one forward an item", mm["hf_loop"] / mm["sl"], None)
         )
     rows += mem_rows
+    if "serve" in parts:
+        del model, hf  # the serve part loads its own copies in another environment
+        rows += serve_rows(args.model)
 
     machine = f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     if args.device.startswith("cuda"):

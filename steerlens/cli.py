@@ -301,10 +301,8 @@ def serve(
     """vLLM's OpenAI-compatible server, each request steered by its own vector: put
     {"user": NAME, "vllm_xargs": {"steer_alpha": 4, "steer_gate": "first:8"}} in the body
     (``sl.serve.request_args``). Needs vLLM (the serve extra; make test-serve)."""
-    try:
-        from steerlens.serve.server import serve as run_server
-    except ImportError as e:
-        raise typer.BadParameter(f"steerlens serve needs vLLM: {e}") from None
+    from steerlens.serve.server import serve as run_server
+
     try:
         code = run_server(
             model,
@@ -315,7 +313,7 @@ def serve(
             max_alpha=max_alpha,
             conditions=conditions,
         )
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, ImportError) as e:
         raise typer.BadParameter(str(e)) from None
     raise typer.Exit(code)
 

@@ -12,6 +12,7 @@ one-at-a-time runs (tested on every backend x engine).
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, overload
@@ -330,13 +331,12 @@ def _on_vllm(
     one, imported by name on use only (it needs vLLM, which only the serve environment has)."""
     if unsupported:
         raise ValueError("engine='vllm' decodes greedily and returns no logits here")
-    try:
-        serve = importlib.import_module("steerlens.serve.generation")
-    except ImportError as e:
+    if importlib.util.find_spec("vllm") is None:
         raise ImportError(
-            f"engine='vllm' needs vLLM ({e}): install the serve extra (make test-serve builds "
-            ".venv-serve)"
-        ) from e
+            "engine='vllm' needs vLLM, which is not installed here: the serve environment "
+            "(make test-serve builds .venv-serve; the serve-cpu / serve extras)"
+        )
+    serve = importlib.import_module("steerlens.serve.generation")
     return serve.generate(  # type: ignore[no-any-return]
         model,
         prompts,

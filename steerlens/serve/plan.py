@@ -95,7 +95,8 @@ class StepSteering:
     """The steering of one step: ``decide`` reads conditions at a residual point, ``steer``
     adds the requests' vectors there. ``factors`` holds each request's condition weight
     (None until decided; requests without a condition: 1); after a prefill pass the worker
-    keeps ``factors`` for the request's later steps and passes them back in."""
+    keeps ``factors`` for the request's later steps and passes them back in. ``points`` are
+    the full hook names the step reads or steers at (elsewhere there is nothing to do)."""
 
     def __init__(
         self,
@@ -121,6 +122,21 @@ class StepSteering:
                 "this step and was not read before: serve conditions with chunked prefill and "
                 "prefix caching off"
             )
+        self.points: set[str] = set()
+        for r in self.requests:
+            if r.vector is not None and r.alpha != 0.0:
+                self.points |= {hook_name(layer, r.vector.hook) for layer in r.vector.directions}
+            if r.condition is not None:
+                self.points.add(r.condition.hook_point)
+        # per token, whether its request's gate steers its position (fixed for the step)
+        gates = [r.gate for r in self.requests]
+        starts = torch.tensor([g.start for g in gates], dtype=torch.float32)
+        stops = torch.tensor([g.stop for g in gates], dtype=torch.float32)
+        offsets = (plan.positions - plan.prompt_lengths[plan.rows]).float()
+        rows = plan.rows
+        self._inside = ((offsets >= starts[rows]) & (offsets < stops[rows])).float()
+        self._alphas = torch.tensor([float(r.alpha) for r in self.requests], dtype=torch.float32)
+        self._tables: dict[str, tuple[Tensor, Tensor]] = {}
 
     def decide(self, point: str, resid: Float[Tensor, "tokens d_model"]) -> None:
         """At residual point ``point`` (a full hook name): the prefilling requests whose
@@ -140,49 +156,64 @@ class StepSteering:
                 pooled = pooled.mean(dim=0)
             self.factors[i] = float(c.weights(c.project(pooled.unsqueeze(0)))[0])
 
-    def scale(self, layer: int, hook: str = "hook_resid_post") -> Float[Tensor, " tokens"]:
+    def _table(self, layer: int, hook: str, d_model: int) -> tuple[Tensor, Tensor]:
+        """(which requests steer at this point ``[requests]``, their vectors ``[requests,
+        d_model]`` float32, zeros elsewhere), made once per point and step."""
+        point = hook_name(layer, hook)
+        if point not in self._tables:
+            steers = torch.zeros(self.plan.n_requests, dtype=torch.bool)
+            table = torch.zeros(self.plan.n_requests, d_model, dtype=torch.float32)
+            for i, r in enumerate(self.requests):
+                v = r.vector
+                if v is None or v.hook != hook or layer not in v.directions:
+                    continue
+                d = v.directions[layer]
+                if d.shape[-1] != d_model:
+                    raise ValueError(
+                        f"request {i}'s vector has d_model {d.shape[-1]}, the residual {d_model}"
+                    )
+                steers[i], table[i] = True, d.detach().float().cpu()
+            self._tables[point] = (steers, table)
+        return self._tables[point]
+
+    def scale(
+        self, layer: int, hook: str = "hook_resid_post", d_model: int | None = None
+    ) -> Float[Tensor, " tokens"]:
         """Per token, what multiplies its request's vector at ``blocks.{layer}.{hook}``: α x the
         condition's factor x the gate (0 for requests whose vector has no such layer)."""
-        plan = self.plan
-        alphas = torch.zeros(plan.n_requests)
-        starts = torch.zeros(plan.n_requests)
-        stops = torch.zeros(plan.n_requests)
-        for i, r in enumerate(self.requests):
-            v = r.vector
-            if v is None or v.hook != hook or layer not in v.directions:
-                continue
-            f = self.factors[i]
-            if f is None:
-                point = r.condition.hook_point if r.condition is not None else "?"
-                raise RuntimeError(
-                    f"request {i}'s condition reads at {point}, after {hook_name(layer, hook)} "
-                    "which it gates: read the condition at or before the earliest steered point"
-                )
-            alphas[i], starts[i], stops[i] = r.alpha * f, r.gate.start, r.gate.stop
-        offsets = (plan.positions - plan.prompt_lengths[plan.rows]).float()
-        rows = plan.rows
-        inside = (offsets >= starts[rows]) & (offsets < stops[rows])
-        return alphas[rows] * inside.float()
+        width = d_model if d_model is not None else self._width()
+        steers, _ = self._table(layer, hook, width)
+        missing = [i for i in range(len(self.requests)) if steers[i] and self.factors[i] is None]
+        if missing:
+            cond = self.requests[missing[0]].condition
+            point = cond.hook_point if cond is not None else "?"
+            raise RuntimeError(
+                f"request {missing[0]}'s condition reads at {point}, after "
+                f"{hook_name(layer, hook)} which it gates: read the condition at or before the "
+                "earliest steered point"
+            )
+        factors = torch.tensor([f if f is not None else 0.0 for f in self.factors])
+        per_request = torch.where(steers, self._alphas * factors, torch.zeros(()))
+        return per_request[self.plan.rows] * self._inside
+
+    def _width(self) -> int:
+        for r in self.requests:
+            if r.vector is not None:
+                return r.vector.d_model
+        return 0
 
     def steer(
         self, layer: int, resid: Float[Tensor, "tokens d_model"], hook: str = "hook_resid_post"
     ) -> Float[Tensor, "tokens d_model"]:
         """``resid`` with each token's request vector at ``blocks.{layer}.{hook}`` added (a new
         tensor; the input is returned as is where nothing is steered)."""
-        scale = self.scale(layer, hook)
-        if not bool((scale != 0).any()):
+        if hook_name(layer, hook) not in self.points:
             return resid
         d_model = resid.shape[-1]
-        table = torch.zeros(self.plan.n_requests, d_model, dtype=torch.float32)
-        for i, r in enumerate(self.requests):
-            v = r.vector
-            if v is not None and v.hook == hook and layer in v.directions:
-                d = v.directions[layer]
-                if d.shape[-1] != d_model:
-                    raise ValueError(
-                        f"request {i}'s vector has d_model {d.shape[-1]}, the residual {d_model}"
-                    )
-                table[i] = d.detach().float().cpu()
+        scale = self.scale(layer, hook, d_model)
+        if not bool((scale != 0).any()):
+            return resid
+        _, table = self._table(layer, hook, d_model)
         device = resid.device
         delta = scale.to(device).unsqueeze(-1) * table.to(device)[self.plan.rows.to(device)]
         return (resid.float() + delta).to(resid.dtype)

@@ -194,12 +194,15 @@ class SteeringMixin:
             step = self._step
             if step is None or not isinstance(output, tuple) or len(output) != 2:
                 return None
+            post, pre = hook_name(layer, "hook_resid_post"), hook_name(layer + 1, "hook_resid_pre")
+            if post not in step.points and pre not in step.points:
+                return None  # nothing read or steered here: the layer's output as it is
             hidden, residual = output
             n = self._n_tokens
             resid = hidden[:n] + residual[:n] if residual is not None else hidden[:n]
-            step.decide(hook_name(layer, "hook_resid_post"), resid)
+            step.decide(post, resid)
             steered = step.steer(layer, resid)
-            step.decide(hook_name(layer + 1, "hook_resid_pre"), steered)
+            step.decide(pre, steered)
             if steered is resid:
                 return None
             new_hidden, new_residual = hidden.clone(), torch.zeros_like(hidden)

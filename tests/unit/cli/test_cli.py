@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import pandas as pd
+import pytest
 import torch
 from typer.testing import CliRunner
 
@@ -179,3 +181,12 @@ def test_steerx_command_saves_vectors_and_provenance(tmp_path):
         app, ["steerx", "--user", "user001", "--backbone", "lora", "--model", "tiny-random"]
     )
     assert bad.exit_code != 0
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("vllm") is not None, reason="vLLM is installed (make test-serve)"
+)
+def test_serve_without_vllm_says_where_it_runs(tmp_path):
+    res = runner.invoke(app, ["serve", "--vectors", str(tmp_path)])
+    assert res.exit_code == 2 and "vLLM is not installed here" in res.output
+    assert ".venv-serve" in res.output

@@ -6,6 +6,8 @@ by silently exercising the other engine.
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 import torch
 from conftest import ENGINES, PROMPTS, assert_close_impl, needs_hooked, no_hooks_left
@@ -275,7 +277,15 @@ def test_fast_path_resid_pre(tiny):
     with sl.steering(tiny, mid):
         assert "hook_resid_mid" in str(hf_engine.fast_path_blocker(tiny))
     with pytest.raises(ValueError, match="engine must be"):
-        sl.generate(tiny, PROMPTS, engine="vllm")
+        sl.generate(tiny, PROMPTS, engine="vlm")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed")
+def test_the_vllm_engine_without_vllm_says_where_it_runs(tiny_bridge):
+    with pytest.raises(ImportError, match=r"engine='vllm' needs vLLM.*make test-serve"):
+        sl.generate(tiny_bridge, PROMPTS, engine="vllm")
+    with pytest.raises(ValueError, match="greedily"):
+        sl.generate(tiny_bridge, PROMPTS, engine="vllm", do_sample=True)
 
 
 @pytest.mark.parametrize("engine", GEN_ENGINES)

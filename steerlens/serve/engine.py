@@ -45,6 +45,7 @@ def worker_settings(
     model_name: str,
     max_alpha: float = DEFAULT_MAX_ALPHA,
     max_loaded: int = 256,
+    conditions: bool = True,
 ) -> str:
     """``$STEERLENS_SERVE`` for the worker (JSON)."""
     folder = Path(vectors).resolve()
@@ -58,6 +59,7 @@ def worker_settings(
             "model_name": model_name,
             "max_alpha": float(max_alpha),
             "max_loaded": int(max_loaded),
+            "conditions": bool(conditions),
         }
     )
 
@@ -121,12 +123,12 @@ class SteeredLLM:
         os.environ[ENV] = worker_settings(self.vectors, self.model_name, max_alpha)
         os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")
         kwargs = {
-            **engine_args(device, dtype),
             "max_model_len": max_model_len,
             "max_num_seqs": max_num_seqs,
             "seed": 0,
             **({"kv_cache_memory_bytes": int(kv_cache_gib * 2**30)} if device == "cpu" else {}),
             **llm_kwargs,
+            **engine_args(device, dtype),  # last: the steering's settings are not optional
         }
         self.llm = LLM(model=folder, tokenizer=folder, **kwargs)
 

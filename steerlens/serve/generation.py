@@ -2,7 +2,9 @@
 vector, α, gate and condition, steered by the worker (``steerlens.serve.worker``) with the
 rule of steerlens' own hooks. The prompts are encoded by steerlens (chat template, response
 prefix) and sent as token ids, a condition's mean pools the same content tokens, and the
-tokens come back cut at the first EOS as steerlens' engines cut them. Greedy decoding only.
+tokens come back cut at the first EOS as steerlens' engines cut them. With a condition and
+``return_tokens``, ``Generation.projections`` / ``.conditions`` come from steerlens' own
+reader (one prompt pass of the model in this process). Greedy decoding only.
 One engine per model and dtype is kept for the process (vLLM starts in tens of seconds)."""
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from steerlens.core.models import HookedModel
 from steerlens.core.tokens import Prompt, content_masks, encode_prompts
 from steerlens.core.vectors import SteeringVector
 from steerlens.run.generation import Generation, _alphas, _eos_ids
+from steerlens.run.generation import generate as generate_here
 from steerlens.serve.engine import SteeredLLM
 from steerlens.serve.spec import SteerSpec
 
@@ -110,4 +113,23 @@ def generate(
     tok = model.tokenizer
     assert tok is not None
     texts = [str(tok.decode(t, skip_special_tokens=True)) for t in tokens]
-    return Generation(texts, ids, tokens) if return_tokens else texts
+    if not return_tokens:
+        return texts
+    projections = decisions = None
+    if conditioned:  # the projections, as steerlens' reader makes them at the prompt pass
+        read = generate_here(
+            model,
+            prompts,
+            max_new_tokens=1,
+            steering=steering,
+            alpha=alpha,
+            gate=gate,
+            chat=chat,
+            system=system,
+            response_prefix=response_prefix,
+            return_tokens=True,
+            progress_bar=False,
+        )
+        assert isinstance(read, Generation)
+        projections, decisions = read.projections, read.conditions
+    return Generation(texts, ids, tokens, projections=projections, conditions=decisions)

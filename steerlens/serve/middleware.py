@@ -13,7 +13,7 @@ from typing import Any
 
 from steerlens.serve.spec import SpecError, SteerSpec
 from steerlens.serve.store import ServedModel, VectorStore
-from steerlens.serve.worker import serve_settings
+from steerlens.serve.worker import POOL_KEY, serve_settings
 
 __all__ = ["SteeringMiddleware", "check_body"]
 
@@ -25,20 +25,26 @@ Send = Callable[[Message], Awaitable[None]]
 PATHS = ("/v1/completions", "/v1/chat/completions")
 
 
-def check_body(body: dict[str, Any], store: VectorStore, max_alpha: float) -> dict[str, Any]:
+def check_body(
+    body: dict[str, Any], store: VectorStore, max_alpha: float, *, user_field: bool = True
+) -> dict[str, Any]:
     """The request body with its steering keys checked and in ``vllm_xargs`` (``SpecError``
-    otherwise)."""
+    otherwise); ``user_field``: the OpenAI ``user`` names the vector (completion endpoints)."""
     xargs = body.get("vllm_xargs")
     if xargs is not None and not isinstance(xargs, dict):
         raise SpecError("vllm_xargs must be an object", field="vllm_xargs")
-    user = body.get("user")
-    spec = SteerSpec.from_request(xargs, user_field=user if isinstance(user, str) else None)
+    pool = (xargs or {}).get(POOL_KEY)
+    if pool is not None and not (
+        isinstance(pool, list) and all(x in (0, 1) and not isinstance(x, float) for x in pool)
+    ):
+        raise SpecError(f"{POOL_KEY} must be a list of 0 / 1, one a prompt token", field=POOL_KEY)
+    user = body.get("user") if user_field else None
+    spec = SteerSpec.from_request(
+        {k: v for k, v in (xargs or {}).items() if k != POOL_KEY},
+        user_field=user if isinstance(user, str) else None,
+    )
     if spec.steered:
-        spec.checked(max_alpha)
-        assert spec.user is not None
-        store.vector(spec.user)
-        if spec.condition not in ("own", "none"):
-            store.condition(spec.condition)
+        store.steering(spec.checked(max_alpha))
     elif spec.user is None and (xargs or {}).get("steer_alpha") not in (None, 0, 0.0):
         raise SpecError(
             "steer_alpha without a vector: name one (steer_user or user)", field="steer_user"
@@ -52,23 +58,22 @@ def check_body(body: dict[str, Any], store: VectorStore, max_alpha: float) -> di
 
 
 class SteeringMiddleware:
-    """ASGI middleware: ``check_body`` on POSTs to the completion endpoints."""
+    """ASGI middleware: every POST's JSON body checked (``_checked``) before vLLM reads it."""
 
     def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]]) -> None:
         self.app = app
         settings = serve_settings()
         model = ServedModel(
-            str(settings["model_name"]), int(settings["d_model"]), int(settings["n_layers"])
+            str(settings["model_name"]),
+            int(settings["d_model"]),
+            int(settings["n_layers"]),
+            conditions=bool(settings.get("conditions", True)),
         )
         self.store = VectorStore(settings["vectors"], model, int(settings.get("max_loaded", 256)))
         self.max_alpha = float(settings.get("max_alpha", 1e4))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            scope.get("type") != "http"
-            or scope.get("method") != "POST"
-            or scope.get("path") not in PATHS
-        ):
+        if scope.get("type") != "http" or scope.get("method") != "POST":
             await self.app(scope, receive, send)
             return
         chunks = []
@@ -84,7 +89,7 @@ class SteeringMiddleware:
             body = None  # not JSON: vLLM answers it
         if isinstance(body, dict):
             try:
-                raw = json.dumps(check_body(body, self.store, self.max_alpha)).encode()
+                raw = json.dumps(self._checked(scope.get("path"), body)).encode()
             except SpecError as e:
                 await _error(send, e)
                 return
@@ -100,6 +105,27 @@ class SteeringMiddleware:
             return await receive()
 
         await self.app(scope, replay, send)
+
+    def _checked(self, path: Any, body: dict[str, Any]) -> dict[str, Any]:
+        """Every POST: the completion endpoints' bodies as ``check_body`` makes them (the
+        ``user`` field included); any other body carrying steering keys (``vllm_xargs``, or a
+        raw ``sampling_params.extra_args``) checked the same way, so no endpoint reaches the
+        worker with an unchecked request."""
+        if path in PATHS:
+            return check_body(body, self.store, self.max_alpha)
+        if "vllm_xargs" in body:
+            return check_body(body, self.store, self.max_alpha, user_field=False)
+        params = body.get("sampling_params")
+        if isinstance(params, dict) and "extra_args" in params:
+            extra = params["extra_args"]
+            checked = check_body(
+                {"vllm_xargs": extra}, self.store, self.max_alpha, user_field=False
+            )
+            return {
+                **body,
+                "sampling_params": {**params, "extra_args": checked.get("vllm_xargs") or {}},
+            }
+        return body
 
 
 async def _error(send: Send, e: SpecError) -> None:

@@ -55,7 +55,7 @@ def server_command(
     if dtype == "auto":
         dtype = "float32" if device == "cpu" else "auto"
     d_model, n_layers = _model_shape(folder)
-    settings = json.loads(worker_settings(vectors, name, max_alpha))
+    settings = json.loads(worker_settings(vectors, name, max_alpha, conditions=conditions))
     settings.update(d_model=d_model, n_layers=n_layers)
     env = {**os.environ, ENV: json.dumps(settings), "VLLM_USE_V2_MODEL_RUNNER": "0"}
     args = engine_args(device, dtype, conditions)
@@ -63,6 +63,7 @@ def server_command(
         sys.executable,
         "-m",
         "vllm.entrypoints.openai.api_server",
+        *(extra or []),  # first: the steering's own flags below win
         "--model",
         folder,
         "--tokenizer",
@@ -90,7 +91,7 @@ def server_command(
         cmd.append("--no-enable-chunked-prefill")
     if device == "cpu":
         cmd += ["--kv-cache-memory-bytes", str(int(kv_cache_gib * 2**30))]
-    return [*cmd, *(extra or [])], env
+    return cmd, env
 
 
 def serve(model: str, vectors: str | Path, **kwargs: Any) -> int:

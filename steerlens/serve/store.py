@@ -11,9 +11,10 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-from steerlens.core.conditions import Condition
+from steerlens.core.conditions import Condition, hook_order
+from steerlens.core.hook_names import hook_name
 from steerlens.core.vectors import SteeringVector
-from steerlens.serve.spec import SpecError, check_name
+from steerlens.serve.spec import SpecError, SteerSpec, check_name
 
 __all__ = ["ServedModel", "VectorStore"]
 
@@ -27,6 +28,9 @@ class ServedModel:
     d_model: int
     n_layers: int
     hooks: tuple[str, ...] = ("hook_resid_post",)
+    condition_hooks: tuple[str, ...] = ("hook_resid_post", "hook_resid_pre")
+    conditions: bool = True
+    """Whether conditions are served (the server runs chunked prefill otherwise)."""
 
 
 class VectorStore:
@@ -39,8 +43,9 @@ class VectorStore:
         if max_loaded < 1:
             raise ValueError(f"max_loaded must be >= 1, got {max_loaded}")
         self.model, self.max_loaded = model, max_loaded
-        self._vectors: OrderedDict[str, SteeringVector] = OrderedDict()
-        self._conditions: OrderedDict[str, Condition] = OrderedDict()
+        # keyed by (name, mtime, size): a file saved again is read again
+        self._vectors: OrderedDict[tuple[str, int, int], SteeringVector] = OrderedDict()
+        self._conditions: OrderedDict[tuple[str, int, int], Condition] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._vectors)
@@ -49,37 +54,41 @@ class VectorStore:
         """Every vector the folder holds (by file name)."""
         return sorted(p.stem for p in self.folder.glob("*.safetensors"))
 
-    def _file(self, folder: Path, name: str, field: str, what: str) -> Path:
+    def _file(
+        self, folder: Path, name: str, field: str, what: str
+    ) -> tuple[Path, tuple[str, int, int]]:
+        """The file of ``name`` and its cache key; names and messages never show the folder."""
         check_name(name, field)
         path = folder / f"{name}.safetensors"
         if not path.is_file():
-            raise SpecError(f"no {what} named {name!r} in {folder}", field=field, status=404)
+            raise SpecError(f"no {what} named {name!r} on this server", field=field, status=404)
         if not path.resolve().is_relative_to(self.folder):
-            raise SpecError(f"{what} {name!r} is a file outside {self.folder}", field=field)
-        return path
+            raise SpecError(f"{what} {name!r} is a file outside the server's folder", field=field)
+        stat = path.stat()
+        return path, (name, stat.st_mtime_ns, stat.st_size)
 
     def vector(self, name: str) -> SteeringVector:
         """The vector ``name`` (loaded once, checked against the served model)."""
-        if name in self._vectors:
-            self._vectors.move_to_end(name)
-            return self._vectors[name]
-        path = self._file(self.folder, name, "steer_user", "vector")
+        path, key = self._file(self.folder, name, "steer_user", "vector")
+        if key in self._vectors:
+            self._vectors.move_to_end(key)
+            return self._vectors[key]
         try:
             vector = SteeringVector.load(path)
         except Exception as e:  # a malformed file (safetensors raises its own error type)
             raise SpecError(f"vector {name!r} cannot be read: {e}", field="steer_user") from None
         self._check(name, vector)
-        self._vectors[name] = vector
+        self._vectors[key] = vector
         while len(self._vectors) > self.max_loaded:
             self._vectors.popitem(last=False)
         return vector
 
     def condition(self, name: str) -> Condition:
         """The condition ``name`` from ``<folder>/conditions/``."""
-        if name in self._conditions:
-            self._conditions.move_to_end(name)
-            return self._conditions[name]
-        path = self._file(self.folder / "conditions", name, "steer_condition", "condition")
+        path, key = self._file(self.folder / "conditions", name, "steer_condition", "condition")
+        if key in self._conditions:
+            self._conditions.move_to_end(key)
+            return self._conditions[key]
         try:
             cond = Condition.load(path)
         except Exception as e:  # a malformed file (safetensors raises its own error type)
@@ -87,10 +96,46 @@ class VectorStore:
                 f"condition {name!r} cannot be read: {e}", field="steer_condition"
             ) from None
         self._check_condition(name, cond)
-        self._conditions[name] = cond
+        self._conditions[key] = cond
         while len(self._conditions) > self.max_loaded:
             self._conditions.popitem(last=False)
         return cond
+
+    def steering(self, spec: SteerSpec) -> tuple[SteeringVector, Condition | None]:
+        """The vector and condition a steered spec names, checked as a pair: the condition is
+        read at a point the worker reads (``resid_post`` / ``resid_pre``), at or before the
+        vector's earliest steered point, and only where the server serves conditions."""
+        assert spec.user is not None
+        vector = self.vector(spec.user)
+        if spec.condition == "own":
+            condition = vector.condition
+        elif spec.condition == "none":
+            condition = None
+        else:
+            condition = self.condition(spec.condition)
+        if condition is None:
+            return vector, None
+        field = "steer_condition" if spec.condition not in ("own", "none") else "steer_user"
+        if not self.model.conditions:
+            raise SpecError(
+                "this server runs without conditions (steerlens serve --no-conditions): send "
+                'steer_condition "none" or a vector without one',
+                field=field,
+            )
+        if condition.hook not in self.model.condition_hooks:
+            raise SpecError(
+                f"a condition read at {condition.hook_point} cannot be served; read it at "
+                f"{list(self.model.condition_hooks)}",
+                field=field,
+            )
+        first = min(vector.layers, key=lambda layer: hook_order(layer, vector.hook))
+        if hook_order(condition.layer, condition.hook) > hook_order(first, vector.hook):
+            raise SpecError(
+                f"the condition is read at {condition.hook_point}, after "
+                f"{hook_name(first, vector.hook)} which it gates",
+                field=field,
+            )
+        return vector, condition
 
     def _check(self, name: str, v: SteeringVector) -> None:
         m = self.model
@@ -110,6 +155,8 @@ class VectorStore:
             )
         if v.condition is not None:
             self._check_condition(name, v.condition)
+        if not v.layers:
+            raise SpecError(f"vector {name!r} has no layers", field="steer_user")
 
     def _check_condition(self, name: str, c: Condition) -> None:
         m = self.model

@@ -33,7 +33,7 @@ from torch import Tensor
 
 from steerlens.core.hook_names import hook_name
 from steerlens.serve.plan import RequestSteering, StepSteering, plan_step
-from steerlens.serve.spec import SpecError, SteerSpec
+from steerlens.serve.spec import SteerSpec
 from steerlens.serve.store import ServedModel, VectorStore
 
 logger = logging.getLogger(__name__)
@@ -76,12 +76,18 @@ class SteeringMixin:
                     "supports (set VLLM_USE_V2_MODEL_RUNNER=0; see CONTRIBUTING.md)"
                 )
         settings = serve_settings()
+        conditions = bool(settings.get("conditions", True))
+        _check_engine(runner.vllm_config, conditions)
         hf = runner.model_config.hf_config
         layers = _decoder_layers(runner.get_model())
-        served = ServedModel(str(settings["model_name"]), int(hf.hidden_size), len(layers))
+        served = ServedModel(
+            str(settings["model_name"]), int(hf.hidden_size), len(layers), conditions=conditions
+        )
         self._store = VectorStore(settings["vectors"], served, int(settings.get("max_loaded", 256)))
         self._max_alpha = float(settings.get("max_alpha", 1e4))
-        self._specs: dict[str, RequestSteering | None] = {}
+        # by request id, with the identity of vLLM's request state (an id used again is a new
+        # request)
+        self._specs: dict[str, tuple[int, RequestSteering | None]] = {}
         self._factors: dict[str, float | None] = {}
         self._step: StepSteering | None = None
         self._n_tokens = 0
@@ -135,25 +141,17 @@ class SteeringMixin:
                 self._factors[rid] = factor
 
     def _spec(self, rid: str) -> RequestSteering | None:
-        if rid in self._specs:
-            return self._specs[rid]
         request = self.model_runner.requests[rid]
-        params = request.sampling_params
-        args = dict(getattr(params, "extra_args", None) or {})
+        known = self._specs.get(rid)
+        if known is not None and known[0] == id(request):
+            return known[1]
+        self._factors.pop(rid, None)
+        args = dict(getattr(request.sampling_params, "extra_args", None) or {})
         steering: RequestSteering | None = None
         try:
             spec = SteerSpec.from_request({k: v for k, v in args.items() if k != POOL_KEY})
             if spec.steered:
-                spec.checked(self._max_alpha)
-                assert spec.user is not None
-                vector = self._store.vector(spec.user)
-                condition = (
-                    vector.condition
-                    if spec.condition == "own"
-                    else None
-                    if spec.condition == "none"
-                    else self._store.condition(spec.condition)
-                )
+                vector, condition = self._store.steering(spec.checked(self._max_alpha))
                 steering = RequestSteering(
                     vector,
                     spec.alpha,
@@ -161,16 +159,16 @@ class SteeringMixin:
                     condition,
                     self._pool_mask(request.prompt_token_ids or [], args.get(POOL_KEY)),
                 )
-        except SpecError as e:  # the API server checks first (middleware): never reached there
-            logger.error("steerlens: request %s served unsteered: %s", rid, e)
-        self._specs[rid] = steering
+        except Exception as e:  # never stop the engine: the API server checked the request
+            # first (SteeringMiddleware); only a file changed in between, or a request sent
+            # to the engine some other way, gets here
+            logger.error("steerlens: request %s is served UNSTEERED: %s", rid, e)
+        self._specs[rid] = (id(request), steering)
         return steering
 
     def _pool_mask(self, prompt: list[int], given: Any) -> Tensor:
-        if given is not None:
-            mask = torch.tensor([bool(x) for x in given])
-            if mask.numel() == len(prompt):
-                return mask
+        if isinstance(given, list) and len(given) == len(prompt):
+            return torch.tensor([bool(x) for x in given], dtype=torch.bool)
         if self._special is None:
             from transformers import AutoTokenizer
 
@@ -212,6 +210,22 @@ class SteeringMixin:
             return new_hidden, new_residual
 
         return hook
+
+
+def _check_engine(config: Any, conditions: bool) -> None:
+    """Refuse to steer an engine whose settings would mix requests up: prefix caching (a
+    cached prompt's KV was computed under another request's steering, and its condition is
+    never read), CUDA graphs (forward hooks do not run in them), and chunked prefill where
+    conditions are served (a condition reads the whole prompt in one pass)."""
+    problems = []
+    if getattr(config.cache_config, "enable_prefix_caching", False):
+        problems.append("prefix caching is on (--no-enable-prefix-caching)")
+    if not getattr(config.model_config, "enforce_eager", False):
+        problems.append("CUDA graphs / compilation are on (--enforce-eager)")
+    if conditions and getattr(config.scheduler_config, "enable_chunked_prefill", False):
+        problems.append("chunked prefill is on while conditions are served")
+    if problems:
+        raise RuntimeError("steerlens cannot steer this engine: " + "; ".join(problems))
 
 
 def _decoder_layers(model: Any) -> list[Any]:

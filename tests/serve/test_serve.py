@@ -198,8 +198,10 @@ def test_conditions_on_vllm_equal_the_hf_engine(model, vectors, which):
 def test_a_sweep_on_vllm_writes_the_hf_engines_rows(model, vectors, tmp_path):
     prompts = [SweepPrompt(f"p{i}", p, f"u{i % 2}", "chat") for i, p in enumerate(PROMPTS)]
     table = {"personal": {"u0": vectors["alice"], "u1": vectors["bob"]}}
-    cells = make_grid(prompts, ["personal"], [0.0, 4.0, 8.0], ["all", "first:2"])
+    gates = ["all", "first:2", "condition&first:4"]
+    cells = make_grid(prompts, ["personal"], [0.0, 4.0, 8.0], gates)
     settings = GenerationSettings(max_new_tokens=N, batch_size=8, cells_per_batch=32)
+    conditions = {"condition": vectors["cond_last"]}
 
     def measure(model, rows, gen):
         return {"n_tokens": [len(t) for t in gen.tokens]}
@@ -213,14 +215,16 @@ def test_a_sweep_on_vllm_writes_the_hf_engines_rows(model, vectors, tmp_path):
             tmp_path / e,
             settings=settings,
             measure=measure,
+            conditions=conditions,
             engine=e,
             progress_bar=False,
         )
         for e in ("hf", "vllm")
     }
-    cols = ["key", "generation", "n_tokens"]
+    cols = ["key", "generation", "n_tokens", "projection", "steered"]
     hf, vl = (frames[e].sort_values("key")[cols].reset_index(drop=True) for e in ("hf", "vllm"))
     assert len(hf) == len(cells) and hf.equals(vl)
+    assert hf["steered"].dropna().nunique() == 2  # the condition steered some rows, not all
 
 
 # --- over HTTP ------------------------------------------------------------------------------------
@@ -257,6 +261,25 @@ def test_the_server_answers_as_generate_does(model, vectors, server):
             status, reply = _complete(server, p, **sl.serve.request_args(user, alpha, gate))
             assert status == 200, reply
             assert _text(reply) == want[i], (user, gate, i)
+    # a named, mean-pooled condition file on raw-text prompts (whose non-special tokens, what
+    # the server averages, are the content tokens sl.generate averages)
+    raw = [x.tolist() for x in encode_prompts(model, PROMPTS, chat=False)]
+    want = sl.generate(
+        model,
+        PROMPTS,
+        steering=vectors["alice"],
+        alpha=12.0,
+        gate=vectors["cond_mean"],
+        chat=False,
+        max_new_tokens=N,
+        progress_bar=False,
+        engine="hf",
+    )
+    for i, p in enumerate(raw):
+        status, reply = _complete(
+            server, p, **sl.serve.request_args("alice", 12.0, "all", "careful")
+        )
+        assert status == 200 and _text(reply) == want[i], i
     # chat completions, the vector named by the OpenAI user field alone
     want = sl.generate(
         model,

@@ -86,6 +86,31 @@ def test_the_middleware_answers_bad_requests_itself(folder, monkeypatch):
         error = json.loads(sent[1]["body"])["error"]
         assert not seen and sent[0]["status"] == status
         assert error["param"] == field and error["message"].startswith(field)
-    # other paths and methods are not read
+    # other paths: the user field is not read, but steering keys anywhere are checked
     sent, seen = _call(SteeringMiddleware, "/v1/models", {"user": "nobody"})
     assert seen[0][1] == {"user": "nobody"}
+    for path, request, field in (
+        (
+            "/v1/responses",
+            {"vllm_xargs": {"steer_user": "nobody", "steer_alpha": 1.0}},
+            "steer_user",
+        ),
+        (
+            "/inference/v1/generate",
+            {"sampling_params": {"extra_args": {"steer_user": "a/b", "steer_alpha": 1.0}}},
+            "steer_user",
+        ),
+        (
+            "/v1/completions",
+            {"user": "alice", "vllm_xargs": {"steerlens_pool_mask": 1}},
+            "steerlens_pool_mask",
+        ),
+    ):
+        sent, seen = _call(SteeringMiddleware, path, request)
+        assert not seen and json.loads(sent[1]["body"])["error"]["param"] == field
+    sent, seen = _call(
+        SteeringMiddleware,
+        "/inference/v1/generate",
+        {"sampling_params": {"extra_args": {"steer_user": "alice", "steer_alpha": 2.0}}},
+    )
+    assert seen[0][1]["sampling_params"]["extra_args"]["steer_user"] == "alice"

@@ -108,3 +108,61 @@ def test_the_store_loads_checks_and_bounds_what_it_keeps(tmp_path):
     assert store.vector("carol") is store.vector("carol")  # still served after the refusals
     with pytest.raises(FileNotFoundError):
         VectorStore(tmp_path / "missing", MODEL)
+
+
+def test_the_store_checks_a_vector_and_its_condition_as_a_pair(tmp_path):
+    folder = tmp_path / "vectors"
+    early = Condition(torch.ones(8), 0, 0.1)
+    _vector(layers=(1,), condition=early).save(folder / "ok.safetensors")
+    _vector(layers=(0,)).save(folder / "shallow.safetensors")
+    Condition(torch.ones(8), 1, 0.1).save(folder / "conditions" / "late.safetensors")
+    Condition(torch.ones(8), 0, 0.1, hook="hook_resid_mid").save(
+        folder / "conditions" / "mid.safetensors"
+    )
+    store = VectorStore(folder, MODEL)
+    _, cond = store.steering(SteerSpec("ok", 1.0))
+    assert cond is not None and cond.layer == 0
+    assert store.steering(SteerSpec("ok", 1.0, condition="none"))[1] is None
+    with pytest.raises(SpecError, match=r"after blocks\.0\.hook_resid_post which it gates") as err:
+        store.steering(SteerSpec("shallow", 1.0, condition="late"))
+    assert err.value.field == "steer_condition"
+    with pytest.raises(SpecError, match="hook_resid_mid cannot be served"):
+        store.steering(SteerSpec("ok", 1.0, condition="mid"))
+    plain = VectorStore(folder, ServedModel("tiny-random", 8, 2, conditions=False))
+    with pytest.raises(SpecError, match="without conditions") as err:
+        plain.steering(SteerSpec("ok", 1.0))
+    assert err.value.field == "steer_user"
+    assert plain.steering(SteerSpec("ok", 1.0, condition="none"))[1] is None
+
+
+def test_a_vector_saved_again_is_read_again(tmp_path):
+    store = VectorStore(tmp_path, MODEL)
+    path = tmp_path / "alice.safetensors"
+    SteeringVector({1: torch.zeros(8)}, model_name="tiny-random").save(path)
+    assert torch.equal(store.vector("alice").directions[1], torch.zeros(8))
+    SteeringVector({1: torch.ones(8)}, model_name="tiny-random").save(path)
+    os.utime(path, ns=(1, 10**18))  # a new modification time, whatever the clock's resolution
+    assert torch.equal(store.vector("alice").directions[1], torch.ones(8))
+
+
+def test_the_worker_refuses_an_engine_that_would_mix_requests_up():
+    from types import SimpleNamespace
+
+    from steerlens.serve.worker import _check_engine
+
+    def config(prefix: bool, eager: bool, chunked: bool) -> SimpleNamespace:
+        return SimpleNamespace(
+            cache_config=SimpleNamespace(enable_prefix_caching=prefix),
+            model_config=SimpleNamespace(enforce_eager=eager),
+            scheduler_config=SimpleNamespace(enable_chunked_prefill=chunked),
+        )
+
+    _check_engine(config(False, True, False), conditions=True)
+    _check_engine(config(False, True, True), conditions=False)
+    for cfg, match in (
+        (config(True, True, False), "prefix caching"),
+        (config(False, False, False), "enforce-eager"),
+        (config(False, True, True), "chunked prefill"),
+    ):
+        with pytest.raises(RuntimeError, match=match):
+            _check_engine(cfg, conditions=True)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -34,16 +35,10 @@ from steerlens.experiments.provenance import machine
 from steerlens.serve.engine import SteeredLLM
 from steerlens.serve.spec import SteerSpec
 
-PROMPTS = [
-    "What is the capital of Australia?",
-    "How do I boil an egg?",
-    "Write a poem about rain.",
-    "Should I rent or buy a house?",
-    "Explain photosynthesis simply.",
-    "How do vaccines work?",
-    "Give me three tips for sleeping better.",
-    "What is a prime number?",
-]
+sys.path.insert(0, str(Path(__file__).parent))
+from run_all import PROMPTS  # the other benchmarks' prompts; the first 8, repeated, here
+
+PROMPTS = PROMPTS[:8]
 
 
 def _version(package: str) -> str | None:

@@ -8,8 +8,10 @@ folder (a symlink) is refused. Each vector is checked against the served model's
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from steerlens.core.conditions import Condition, hook_order
 from steerlens.core.hook_names import hook_name
@@ -69,37 +71,46 @@ class VectorStore:
 
     def vector(self, name: str) -> SteeringVector:
         """The vector ``name`` (loaded once, checked against the served model)."""
-        path, key = self._file(self.folder, name, "steer_user", "vector")
-        if key in self._vectors:
-            self._vectors.move_to_end(key)
-            return self._vectors[key]
-        try:
-            vector = SteeringVector.load(path)
-        except Exception as e:  # a malformed file (safetensors raises its own error type)
-            raise SpecError(f"vector {name!r} cannot be read: {e}", field="steer_user") from None
-        self._check(name, vector)
-        self._vectors[key] = vector
-        while len(self._vectors) > self.max_loaded:
-            self._vectors.popitem(last=False)
-        return vector
+        return self._cached(  # type: ignore[no-any-return]
+            self._vectors, self.folder, name, "vector", SteeringVector.load, self._check
+        )
 
     def condition(self, name: str) -> Condition:
         """The condition ``name`` from ``<folder>/conditions/``."""
-        path, key = self._file(self.folder / "conditions", name, "steer_condition", "condition")
-        if key in self._conditions:
-            self._conditions.move_to_end(key)
-            return self._conditions[key]
+        return self._cached(  # type: ignore[no-any-return]
+            self._conditions,
+            self.folder / "conditions",
+            name,
+            "condition",
+            Condition.load,
+            self._check_condition,
+        )
+
+    def _cached(
+        self,
+        cache: OrderedDict[Any, Any],
+        folder: Path,
+        name: str,
+        what: str,
+        load: Callable[[Path], Any],
+        check: Callable[[str, Any], None],
+    ) -> Any:
+        """``name``'s object from ``cache``, else read (safetensors only), checked and kept,
+        the least recently used going beyond ``max_loaded``."""
+        field = "steer_user" if what == "vector" else "steer_condition"
+        path, key = self._file(folder, name, field, what)
+        if key in cache:
+            cache.move_to_end(key)
+            return cache[key]
         try:
-            cond = Condition.load(path)
+            value = load(path)
         except Exception as e:  # a malformed file (safetensors raises its own error type)
-            raise SpecError(
-                f"condition {name!r} cannot be read: {e}", field="steer_condition"
-            ) from None
-        self._check_condition(name, cond)
-        self._conditions[key] = cond
-        while len(self._conditions) > self.max_loaded:
-            self._conditions.popitem(last=False)
-        return cond
+            raise SpecError(f"{what} {name!r} cannot be read: {e}", field=field) from None
+        check(name, value)
+        cache[key] = value
+        while len(cache) > self.max_loaded:
+            cache.popitem(last=False)
+        return value
 
     def steering(self, spec: SteerSpec) -> tuple[SteeringVector, Condition | None]:
         """The vector and condition a steered spec names, checked as a pair: the condition is

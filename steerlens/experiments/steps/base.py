@@ -68,26 +68,25 @@ def register_step(step: Step) -> Step:
     missing = [n for n in step.inputs.needs if n not in REGISTRY or n == step.name]
     if missing:
         raise ValueError(f"step {step.name!r} needs {missing}: register them before it")
-    taken = {
-        what: other.name
-        for other in REGISTRY.values()
-        if other.name != step.name
-        for what in other.provides
-        if what in step.provides
-    }
-    if taken:
-        raise ValueError(f"step {step.name!r} provides what others provide already: {taken}")
-    shared = sorted(
-        k
-        for other in REGISTRY.values()
-        if other.name != step.name
-        for k in step.keys
-        if k in other.keys
-    )
-    if shared:
-        raise ValueError(f"step {step.name!r} declares summary keys of other steps: {shared}")
+    for attr, what in (("provides", "provides what"), ("keys", "declares summary keys of")):
+        clash = _clash(step, attr)
+        if clash:
+            raise ValueError(f"step {step.name!r} {what} other steps: {clash}")
     REGISTRY[step.name] = step
     return step
+
+
+def _clash(step: Step, attr: str) -> dict[str, str]:
+    """``step``'s entries of ``attr`` (``provides`` / ``keys``) another registered step has
+    already, with that step's name."""
+    mine = set(getattr(step, attr))
+    return {
+        k: other.name
+        for other in REGISTRY.values()
+        if other.name != step.name
+        for k in getattr(other, attr)
+        if k in mine
+    }
 
 
 def get_step(name: str) -> Step:

@@ -331,9 +331,19 @@ def test_30_concurrent_mixed_requests_each_equal_their_solo_answer(model, server
         specs.append({"ids": ids[k % 4], **steer})
     solo = [_complete(server, s["ids"], **_steer(s)) for s in specs]
     assert all(status == 200 for status, _ in solo)
+
+    def later(delay: float, *args: Any, **kw: Any) -> tuple[int, dict[str, Any]]:
+        time.sleep(delay)  # staggered: new prompts arrive while earlier requests decode
+        return _complete(*args, **kw)
+
     with ThreadPoolExecutor(max_workers=len(specs) + len(BAD)) as pool:
-        futures = [pool.submit(_complete, server, s["ids"], **_steer(s)) for s in specs]
-        bad = [pool.submit(_complete, server, ids[0], **body) for body, _, _ in BAD]
+        futures = [
+            pool.submit(later, 0.04 * k, server, s["ids"], **_steer(s)) for k, s in enumerate(specs)
+        ]
+        bad = [
+            pool.submit(later, 0.1 * k, server, ids[0], **body)
+            for k, (body, _, _) in enumerate(BAD)
+        ]
         together = [f.result() for f in futures]
         refused = [f.result() for f in bad]
     assert [_text(r) for _, r in together] == [_text(r) for _, r in solo]

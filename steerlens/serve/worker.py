@@ -95,7 +95,9 @@ class SteeringMixin:
         forward = runner._model_forward
 
         def steered_forward(*args: Any, **kwargs: Any) -> Any:
-            self._step = self._plan(kwargs.get("positions"))
+            # _model_forward(input_ids, positions, ...): by keyword in vLLM 0.32, either way here
+            positions = kwargs.get("positions", args[1] if len(args) > 1 else None)
+            self._step = self._plan(positions)
             try:
                 return forward(*args, **kwargs)
             finally:
@@ -121,8 +123,10 @@ class SteeringMixin:
             self._specs.pop(gone, None)
             self._factors.pop(gone, None)
         specs = [self._spec(r) for r in ids]
-        if positions is None or all(s is None for s in specs):
+        if all(s is None for s in specs):
             return None
+        if positions is None:
+            raise RuntimeError("vLLM's runner gave the forward no positions: cannot steer")
         loc = runner.query_start_loc.cpu[: n + 1].to(torch.long)
         self._n_tokens = int(loc[-1])
         pos = positions.detach().flatten()[: self._n_tokens].cpu().to(torch.long)

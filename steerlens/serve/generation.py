@@ -85,14 +85,17 @@ def generate(
     ids = encode_prompts(model, prompts, chat=chat, system=system, response_prefix=response_prefix)
     cond_name = llm.add_condition(condition) if isinstance(condition, Condition) else None
     specs: list[SteerSpec | None] = []
+    names: dict[int, str] = {}  # a vector shared by many rows is checked and hashed once
     for i in range(n):
         v = None if vectors is None else vectors[i]
         if v is None:
             specs.append(None)
             continue
-        v.validate(model)
+        if id(v) not in names:
+            v.validate(model)
+            names[id(v)] = llm.add_vector(v)
         own = "own" if v.condition is not None else "none"
-        specs.append(SteerSpec(llm.add_vector(v), alphas[i], gate_name(position), cond_name or own))
+        specs.append(SteerSpec(names[id(v)], alphas[i], gate_name(position), cond_name or own))
     conditioned = cond_name is not None or any(
         v is not None and v.condition is not None for v in (vectors or [])
     )

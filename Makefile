@@ -55,13 +55,13 @@ lock:
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	test -x $(UV) || $(PIP) install -q uv==$(UV_VERSION)
 	printf 'torch==2.13.0+cpu\nuv==$(UV_VERSION)\n' > $(VENV)/lock-constraints.txt
-	$(UV) pip compile pyproject.toml --extra dev --extra sae $(LOCK_PLATFORM) $(TORCH_SRC) \
+	$(UV) pip compile pyproject.toml --extra dev --extra explore --extra sae $(LOCK_PLATFORM) $(TORCH_SRC) \
 		-c $(VENV)/lock-constraints.txt $(LOCK_ARGS) -o $(LOCK)
 	test -f $(TL4_LOCK) || cp $(LOCK) $(TL4_LOCK)
 	$(UV) pip compile pyproject.toml --extra dev --extra serve-cpu $(LOCK_PLATFORM) $(TORCH_SRC) \
 		-c $(VENV)/lock-constraints.txt $(SERVE_SKIP) $(LOCK_ARGS) -o $(SERVE_LOCK)
 	printf 'transformer-lens>=4\n' >> $(VENV)/lock-constraints.txt
-	$(UV) pip compile pyproject.toml --extra dev $(LOCK_PLATFORM) $(TORCH_SRC) \
+	$(UV) pip compile pyproject.toml --extra dev --extra explore $(LOCK_PLATFORM) $(TORCH_SRC) \
 		-c $(VENV)/lock-constraints.txt $(LOCK_ARGS) -o $(TL4_LOCK)
 
 # The suite on TransformerLens 4, without sae-lens (its own environment, exactly its lock):
@@ -97,9 +97,9 @@ test-serve: $(SERVE)/.installed
 # Both lines run even when the first fails; the target fails if either did.
 test-latest:
 	status=0; \
-	$(MAKE) --no-print-directory _latest LATEST_ENV=$(LATEST) LATEST_EXTRAS=dev,sae LATEST_TL= \
+	$(MAKE) --no-print-directory _latest LATEST_ENV=$(LATEST) LATEST_EXTRAS=dev,explore,sae LATEST_TL= \
 		|| status=1; \
-	$(MAKE) --no-print-directory _latest LATEST_ENV=$(LATEST)-tl4 LATEST_EXTRAS=dev \
+	$(MAKE) --no-print-directory _latest LATEST_ENV=$(LATEST)-tl4 LATEST_EXTRAS=dev,explore \
 		LATEST_TL='transformer-lens>=4' || status=1; \
 	exit $$status
 

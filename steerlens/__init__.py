@@ -29,6 +29,7 @@ _HOOKS = "steerlens.core.hooks"
 _MODULES = {
     "data": "steerlens.data",
     "evaluation": "steerlens.evaluation",
+    "explore": "steerlens.explore",
     "methods": "steerlens.methods",
     "plots": "steerlens.plots",
     "serve": "steerlens.serve",
@@ -69,7 +70,7 @@ _NAMES = {
 __getattr__, __dir__ = lazy_namespace(__name__, _NAMES, globals(), _MODULES)
 
 if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
-    from steerlens import data, evaluation, methods, plots, serve, steerx
+    from steerlens import data, evaluation, explore, methods, plots, serve, steerx
     from steerlens.core import tokens
     from steerlens.core.conditions import Condition
     from steerlens.core.hooks import (
@@ -120,6 +121,7 @@ __all__ = [
     "default_layers",
     "encode_prompts",
     "evaluation",
+    "explore",
     "generate",
     "hook_name",
     "load_model",

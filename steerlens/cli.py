@@ -1,5 +1,5 @@
 """The ``steerlens`` command: ``info``, ``generate``, ``vectors``, ``sweep``, ``effects``,
-``steerx``, ``train-sae``, ``demo``."""
+``steerx``, ``train-sae``, ``demo``, ``report``, ``serve``, ``explore``."""
 
 from __future__ import annotations
 
@@ -316,6 +316,33 @@ def serve(
     except (FileNotFoundError, ValueError, ImportError) as e:
         raise typer.BadParameter(str(e)) from None
     raise typer.Exit(code)
+
+
+@app.command()
+def explore(
+    run: Annotated[
+        Path | None,
+        typer.Option(help="a study's folder (holds results/) or its results/, or a sweep's folder"),
+    ] = None,
+    model: ModelOpt = "smollm2-135m-instruct",
+    vectors: Annotated[
+        Path | None, typer.Option(help="a folder of *.safetensors / *.gguf vectors")
+    ] = None,
+    port: int = 8050,
+    host: Annotated[str, typer.Option(help="127.0.0.1 unless told otherwise")] = "127.0.0.1",
+) -> None:
+    """The live workbench in the browser (offline): a prompt, a vector and an α ladder side
+    by side with the unsteered reply, token by token; users, conditions and the run's
+    figures, each point clickable; the view in the URL, exports as code. Needs Dash (the
+    explore extra, in the lock)."""
+    from steerlens.explore.app import app as explore_app
+
+    try:
+        page = explore_app(run=run, model=model, vectors=vectors)
+    except (FileNotFoundError, ValueError, ImportError) as e:
+        raise typer.BadParameter(str(e)) from None
+    console.print(f"steerlens explore on http://{host}:{port}/ (Ctrl-C stops it)")
+    page.run(host=host, port=port, debug=False)
 
 
 @app.command()

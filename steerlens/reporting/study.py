@@ -36,7 +36,7 @@ from steerlens.reporting.tables import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["write_study_report"]
+__all__ = ["report_figures", "write_study_report"]
 
 
 # which step wrote each file: with results/steps.json, only the files of steps it records
@@ -326,47 +326,67 @@ def _notes(s: dict[str, Any], steps: dict[str, Any], data_label: Any, simulated:
     return notes
 
 
+class _Report:
+    """What the report draws from a run's files: its summary, steps, figures and tables."""
+
+    def __init__(self, out: str | Path) -> None:
+        out = Path(out)
+        results = out / "results"
+        if not (results / "summary.json").exists():
+            raise FileNotFoundError(f"{results / 'summary.json'} not found: run `steerlens demo`")
+        self.figures_dir = out / "figures"
+        self.s = s = read_summary(results / "summary.json")
+        steps_file = results / "steps.json"
+        self.steps = steps = json.loads(steps_file.read_text()) if steps_file.exists() else {}
+        self.res = res = _Results(
+            results, {k for k, v in steps.items() if v.get("status") == "done"} if steps else None
+        )
+        self.simulated = simulated = bool(s.get("data_is_simulated"))
+        self.data_label = (
+            "simulated PRISM-format set (not real PRISM)" if simulated else s.get("data")
+        )
+        self.where = where = f"{s.get('model')} · {self.data_label}"
+        best = s.get("operating_alpha")
+        self.figs: _Figs = {}
+        self.tables: _Tables = {}
+        _sweep_sections(res, where, best, self.figs, self.tables)
+        _preference_sections(res, best, self.figs, self.tables)
+        if simulated:
+            _dataset_section(s, self.figs)
+        # SteerX: token effects and the comparison, on the page and on pages of their own
+        self.extra = _steerx_sections(res, where, self.figs, self.tables)
+
+
+def report_figures(out: str | Path = ".") -> dict[str, tuple[str, go.Figure]]:
+    """Every figure of the run's report, as ``{stem: (heading, figure)}`` (the explorer shows
+    them live). Raises ``FileNotFoundError`` when ``out/results/summary.json`` is missing."""
+    report = _Report(out)
+    return {
+        **report.figs,
+        **{stem: (stem.replace("_", " "), fig) for stem, fig in report.extra.items()},
+    }
+
+
 def write_study_report(out: str | Path = ".") -> list[Path]:
     """Write the report of the run under ``out`` from its files; returns the files written.
 
     Raises ``FileNotFoundError`` when ``out/results/summary.json`` is missing.
     """
-    out = Path(out)
-    results, figures = out / "results", out / "figures"
-    if not (results / "summary.json").exists():
-        raise FileNotFoundError(f"{results / 'summary.json'} not found: run `steerlens demo`")
-    s = read_summary(results / "summary.json")
-    steps_file = results / "steps.json"
-    steps = json.loads(steps_file.read_text()) if steps_file.exists() else {}
-    res = _Results(
-        results, {k for k, v in steps.items() if v.get("status") == "done"} if steps else None
-    )
-    simulated = bool(s.get("data_is_simulated"))
-    data_label = "simulated PRISM-format set (not real PRISM)" if simulated else s.get("data")
-    where = f"{s.get('model')} · {data_label}"
-    best = s.get("operating_alpha")
-    figs: _Figs = {}
-    tables: _Tables = {}
-    _sweep_sections(res, where, best, figs, tables)
-    _preference_sections(res, best, figs, tables)
-    if simulated:
-        _dataset_section(s, figs)
-    # SteerX: token effects and the comparison, on the page and on pages of their own
-    extra = _steerx_sections(res, where, figs, tables)
-    written, links = _save_pages(res, figures, figs, extra)
+    r = _Report(out)
+    written, links = _save_pages(r.res, r.figures_dir, r.figs, r.extra)
     page = write_report(
-        figures,
+        r.figures_dir,
         title="steerlens study report",
-        subtitle=where,
-        config=s.get("config"),
-        tables=tables,
-        figures={heading: fig for heading, fig in figs.values()},
-        generations=_generations(res),
+        subtitle=r.where,
+        config=r.s.get("config"),
+        tables=r.tables,
+        figures={heading: fig for heading, fig in r.figs.values()},
+        generations=_generations(r.res),
         notes=[
-            *_notes(s, steps, data_label, simulated),
-            *([conditional_verdict(s)] if s.get("conditional") else []),
+            *_notes(r.s, r.steps, r.data_label, r.simulated),
+            *([conditional_verdict(r.s)] if r.s.get("conditional") else []),
         ],
         links=links,
-        headline=headline(s),
+        headline=headline(r.s),
     )
     return [*written, page]

@@ -66,7 +66,7 @@ EXPECTED = {
     "ActivationStore", "Condition", "DEFAULT_MODEL", "FirstK", "Gate", "Generation", "HookedModel",
     "SteeringHandle", "SteeringVector", "__version__", "active_steering", "add_vector_hook",
     "cache_activations", "calibrate_alpha", "continuation_logprobs", "data", "default_layers",
-    "encode_prompts", "evaluation", "generate", "hook_name", "load_model", "methods",
+    "encode_prompts", "evaluation", "explore", "generate", "hook_name", "load_model", "methods",
     "model_name", "plots", "resid_post", "resid_pre", "response_masks", "serve", "steering",
     "steering_divergence", "steering_hooks", "steerx", "tokens",
 }  # fmt: skip

@@ -1,0 +1,144 @@
+"""The condition pane and the user card.
+
+``condition_table`` pools a user's prompts as the condition pools them at run time and
+projects them on its direction; ``threshold_view`` says which fire at a dragged threshold and
+which flip against the fitted one; ``condition_figure`` draws it. ``user_card`` gathers a
+user's vectors (norm, cosine to the population vector, a cached calibrated α), the simulated
+set's true weights and the SteerX token effects of the run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pandas as pd
+import plotly.graph_objects as go
+import torch
+
+from steerlens.core.conditions import Condition
+from steerlens.core.models import HookedModel
+from steerlens.core.vectors import SteeringVector
+from steerlens.run.cache import cache_activations
+
+from .sources import Sources
+
+__all__ = ["condition_figure", "condition_table", "threshold_view", "user_card"]
+
+_FIRES, _LINE, _PROMPT = "#e45756", "#4c78a8", "#54a24b"
+
+
+def condition_table(
+    model: HookedModel, condition: Condition, prompts: Sequence[str], *, chat: bool | None = None
+) -> pd.DataFrame:
+    """Per prompt, its projection on the condition's direction (pooled as at run time)."""
+    if not prompts:
+        return pd.DataFrame(columns=["prompt", "projection"])
+    acts = cache_activations(
+        model,
+        list(prompts),
+        [condition.layer],
+        hook=condition.hook,
+        pool=condition.pool,
+        chat=chat,
+        progress_bar=False,
+    )
+    assert isinstance(acts, torch.Tensor)
+    proj = condition.project(acts[:, 0].to(condition.direction))
+    return pd.DataFrame({"prompt": list(prompts), "projection": proj.double().cpu().numpy()})
+
+
+def threshold_view(table: pd.DataFrame, fitted: float, threshold: float) -> pd.DataFrame:
+    """``table`` with ``fires`` at ``threshold``, ``fires_fitted`` at the fitted threshold and
+    ``flipped`` where they differ."""
+    out = table.copy()
+    out["fires"] = out["projection"] > threshold
+    out["fires_fitted"] = out["projection"] > fitted
+    out["flipped"] = out["fires"] != out["fires_fitted"]
+    return out
+
+
+def condition_figure(
+    view: pd.DataFrame, fitted: float, threshold: float, *, prompt_projection: float | None = None
+) -> go.Figure:
+    """Each prompt's projection (fired: coloured), the fitted and the chosen threshold, and
+    the workbench prompt's projection."""
+    fig = go.Figure()
+    for fires, colour, label in ((True, _FIRES, "fires"), (False, "#999", "does not fire")):
+        part = view[view["fires"] == fires]
+        fig.add_trace(
+            go.Scatter(
+                x=part["projection"],
+                y=[p[:60] for p in part["prompt"]],
+                mode="markers",
+                marker=dict(
+                    color=colour,
+                    size=11,
+                    symbol=["diamond" if f else "circle" for f in part["flipped"]],
+                ),
+                name=label,
+                hovertext=part["prompt"],
+            )
+        )
+    fig.add_vline(x=fitted, line=dict(color="#555", dash="dot"), annotation_text="fitted")
+    fig.add_vline(x=threshold, line=dict(color=_LINE), annotation_text="threshold")
+    if prompt_projection is not None:
+        fig.add_vline(
+            x=prompt_projection, line=dict(color=_PROMPT, dash="dash"), annotation_text="prompt"
+        )
+    fig.update_layout(
+        title="Condition: projection of the user's prompts (diamond: flips against the fitted)",
+        xaxis_title="projection on the condition's direction",
+        height=max(260, 26 * len(view) + 120),
+        margin=dict(l=10, r=10, t=50, b=40),
+    )
+    return fig
+
+
+def _cosine(a: SteeringVector, b: SteeringVector) -> float | None:
+    shared = sorted(set(a.layers) & set(b.layers))
+    if not shared:
+        return None
+    cos = [
+        float(
+            torch.nn.functional.cosine_similarity(
+                a.directions[layer].float().cpu(), b.directions[layer].float().cpu(), dim=0
+            )
+        )
+        for layer in shared
+    ]
+    return round(sum(cos) / len(cos), 4)
+
+
+def user_card(src: Sources, user: str) -> dict[str, Any]:
+    """A user's vectors (key, method, layers, mean norm, cosine to the population vector,
+    a cached calibrated α), their true weights (simulated sets) and their SteerX card."""
+    population = src.load_vector("population") if "population" in src.vectors else None
+    vectors = []
+    for key in src.vector_keys(user):
+        if key.rsplit("/", 1)[-1] != user:
+            continue
+        vec = src.load_vector(key)
+        norms = vec.norms()
+        cached = vec.metadata.get("kl_alpha") or {}
+        calibrated = [
+            {"budget": k, "alpha": v.get("alpha")} for k, v in cached.items() if isinstance(v, dict)
+        ]
+        vectors.append(
+            {
+                "key": key,
+                "method": vec.method,
+                "layers": f"{vec.layers[0]}-{vec.layers[-1]}",
+                "norm": round(sum(norms.values()) / len(norms), 3),
+                "cosine_to_population": None if population is None else _cosine(vec, population),
+                "calibrated_alpha": calibrated[0]["alpha"] if calibrated else None,
+            }
+        )
+    card = src.steerx_card(user)
+    return {
+        "user": user,
+        "vectors": vectors,
+        "true_weights": src.true_weights(user),
+        "steerx": card,
+        "n_prompts": len(src.user_prompts(user)),
+    }

@@ -1,0 +1,313 @@
+"""The explorer's page actions as plain functions, on a small study of the tiny model."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+
+import pandas as pd
+import pytest
+import torch
+from explore_run import make_run
+from typer.testing import CliRunner
+
+import steerlens as sl
+from steerlens.cli import app as cli
+from steerlens.experiments.sweep.job import SweepConfig
+from steerlens.explore import Explorer, ExploreState, Sources, cell_state, point_generations
+from steerlens.explore.results import result_figures
+from steerlens.explore.session import DEFAULT_BUDGETS
+from steerlens.explore.users import condition_table
+from steerlens.metrics.summaries import BASELINE
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return make_run(tmp_path_factory.mktemp("explore-run"))
+
+
+@pytest.fixture(scope="module")
+def ex(run, tiny_bridge):
+    return Explorer(tiny_bridge, Sources(run=run), neutral_n=2)
+
+
+def _state(ex, **kw):
+    base = ex.default_state().to_dict()
+    return ExploreState.from_dict({**base, "max_new_tokens": 5, "alphas": [0, 4, 8], **kw})
+
+
+def test_sources_find_the_runs_vectors_users_prompts_and_condition(run):
+    src = Sources(run=run)
+    assert Sources(run=run / "results").vectors == src.vectors
+    assert "population" in src.vectors
+    users = src.users()
+    assert users and all(f"dislike-weighted/{u}" in src.vectors for u in users)
+    assert src.vector_keys(users[0])[0].endswith(users[0])
+    assert src.condition() is not None
+    assert set(src.prompts["user_id"]) <= set(users)
+    with pytest.raises(ValueError, match="not a vector of this run"):
+        src.load_vector("nope")
+    with pytest.raises(ValueError, match="no such file"):
+        src.load_vector(str(run / "missing.safetensors"))
+    bad = run / "broken.safetensors"
+    bad.write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match="could not be read"):
+        src.load_vector(str(bad))
+    with pytest.raises(ValueError, match="no such folder"):
+        Sources(run=run / "nowhere")
+
+
+def test_the_default_view_is_a_users_held_out_prompt_and_the_population_vector(ex):
+    s = ex.default_state()
+    assert s.user in ex.sources.users() and s.prompt in ex.sources.user_prompts(s.user)
+    assert s.vector == "population"
+    assert s.alphas == (0.0, 4.0, 8.0) and not s.kl_budgets  # the run's own α grid
+    assert ex.state("") == s and ex.state("?") == s
+    bare = Explorer(ex.model, Sources(vectors_dir=ex.sources.run / "vectors"), neutral_n=0)
+    assert bare.default_state().kl_budgets == DEFAULT_BUDGETS  # no grid: KL budgets
+
+
+def test_the_ladder_is_kept_and_the_view_switches_alpha_without_recomputing(ex, monkeypatch):
+    state = _state(ex)
+    first = ex.ladder(state)
+    from steerlens.explore import session
+
+    monkeypatch.setattr(session, "run_ladder", lambda *a, **k: pytest.fail("recomputed"))
+    assert ex.ladder(ExploreState.from_query(state.to_query())) is first
+    views = [ex.view(first, i, "kl") for i in range(3)]
+    assert [v["alpha"] for v in views] == [0.0, 4.0, 8.0]
+    assert views[0]["reproduced"] is True and "reproduced" in views[0]["badge"]
+    assert all(c["background"] == "transparent" for c in views[0]["steered"])  # KL 0 at α 0
+    assert [c["text"] for c in views[0]["steered"]] == [c["text"] for c in views[0]["unsteered"]]
+    assert len(views[2]["readouts"]) == 3 and views[2]["readouts"][2]["α"] == 8.0
+    assert "tiny-random" in views[0]["provenance"] and "steerlens" in views[0]["provenance"]
+    by_projection = ex.view(first, 2, "projection")
+    assert by_projection["steered"][0]["title"] == views[2]["steered"][0]["title"]
+
+
+def test_the_python_and_command_exports_reproduce_the_ladder(ex):
+    ladder = ex.ladder(_state(ex, chat=False))
+    out = ex.exports(ladder)
+    texts = [r["text"] for r in ladder["rows"]]
+    scope: dict = {}
+    exec(out["python"], scope)  # the exported code, run as a researcher would
+    assert scope["texts"] == texts
+    words = shlex.split(out["command"].splitlines()[1])
+    result = CliRunner().invoke(cli, [*words[1:], "--json"])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.output.splitlines() if line.startswith("{")]
+    assert [r["text"] for r in rows] == texts
+    assert ExploreState.from_json(out["json"]) == ExploreState.from_dict(ladder["state"])
+    for text in (out["python"], out["command"], out["yaml"]):
+        assert text.startswith("# steerlens explore: model tiny-random")
+
+
+def test_the_sweep_block_loads_as_a_sweep_config(ex, tmp_path):
+    ladder = ex.ladder(_state(ex, gate="first:2"))
+    path = tmp_path / "sweep.yaml"
+    path.write_text(ex.exports(ladder)["yaml"])
+    cfg = SweepConfig.from_file(path)
+    assert cfg.alphas == [0.0, 4.0, 8.0] and cfg.gates == ["first:2"]
+    assert cfg.vector_files == {"population": str(ex.sources.vectors["population"])}
+    assert cfg.model == "tiny-random" and cfg.max_new_tokens == 5
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "gguf", "lm-eval"])
+def test_the_exported_vector_reads_back_equal(ex, tmp_path, fmt):
+    state = _state(ex, layers=(3,))
+    name, content = ex.export_vector(state, fmt)
+    path = tmp_path / name
+    path.write_bytes(content)
+    want = ex.sources.load_vector("population").select([3])
+    if fmt == "safetensors":
+        got = sl.SteeringVector.load(path)
+        assert got.metadata["explore"]["vector"] == "population"
+        assert got.metadata["explore"]["model"] == "tiny-random"
+    elif fmt == "gguf":
+        got = sl.SteeringVector.from_gguf(path)
+    else:
+        got = sl.SteeringVector.from_lm_eval(path)
+    assert got.layers == [3]
+    torch.testing.assert_close(got.directions[3].float(), want.directions[3].float())
+
+
+def test_the_condition_pane_projects_as_generation_does_and_lists_the_flips(ex, tiny_bridge):
+    state = _state(ex)
+    cond = ex.sources.condition()
+    prompts = ex.sources.user_prompts(state.user)
+    table = condition_table(tiny_bridge, cond, prompts, chat=state.chat)
+    pop = ex.sources.load_vector("population")
+    gen = sl.generate(
+        tiny_bridge,
+        prompts,
+        steering=pop.conditioned(cond),
+        alpha=0.0,
+        max_new_tokens=1,
+        chat=state.chat,
+        return_tokens=True,
+    )
+    scale = 1e-4 * (1 + float(table["projection"].abs().max()))
+    assert table["projection"].tolist() == pytest.approx(gen.projections, abs=scale)
+    projections = sorted(table["projection"])
+    middle = (projections[0] + projections[-1]) / 2
+    pane = ex.condition(_state(ex, threshold=middle), None)
+    expect = [
+        p
+        for p, x in zip(table["prompt"], table["projection"], strict=True)
+        if (x > middle) != (x > cond.threshold)
+    ]
+    assert pane["flipped"] == expect and pane["threshold"] == middle
+    assert pane["fires"] == sum(x > middle for x in table["projection"])
+    assert ex.condition(state, None)["flipped"] == []  # at the fitted threshold
+
+
+def test_the_user_card_has_the_vectors_cosines_and_true_weights(ex):
+    user = ex.default_state().user
+    card = ex.card(user)
+    keys = {v["key"] for v in card["vectors"]}
+    assert keys == {f"dislike-weighted/{user}", f"bradley-terry/{user}"}
+    assert all(-1 <= v["cosine_to_population"] <= 1 for v in card["vectors"])
+    truth = json.loads((sl.data.prism.DEMO_DIR / "ground_truth.json").read_text())
+    assert card["true_weights"] == truth["users"][user]["weights"]
+    assert ex.card(None) is None
+
+
+def _curve(fig, name):
+    return next(
+        i
+        for i, t in enumerate(fig["data"])
+        if t.get("name") == name and "markers" in (t.get("mode") or "")
+    )
+
+
+def test_the_browser_has_every_report_figure_clickable_ones_included(ex, run):
+    figs = result_figures(ex.sources)
+    assert {"dose_response", "selectivity", "gating", "ppa"} <= set(figs)
+    from steerlens.reporting.study import report_figures
+
+    assert set(figs) == set(report_figures(run))  # the report's figures, all of them
+
+
+def test_a_dose_point_gives_its_generations_and_reruns_live(ex):
+    fig = result_figures(ex.sources)["dose_response"][1].to_dict()
+    point = {"curveNumber": _curve(fig, "population"), "x": 4.0}
+    title, frame = point_generations(ex.sources, "dose_response", fig, point)
+    cells = ex.sources.cells("dose")
+    report = ex.sources.report_prompts()
+    chosen = cells[
+        (cells["method"] == "population")
+        & (cells["alpha"] == 4.0)
+        & cells["prompt_id"].isin(report)
+    ]
+    assert title == "population at α = 4 · report prompts" and len(frame) == len(chosen) > 0
+    assert set(frame["method"]) == {"population"} and set(frame["alpha"]) == {4.0}
+    base = cells[cells["method"] == BASELINE].set_index("prompt_id")["generation"]
+    assert frame["unsteered"].tolist() == base.reindex(chosen["prompt_id"]).tolist()
+    # "rerun this cell live": the ladder's row at the cell's α is the cell's own reply
+    row = frame.iloc[0].to_dict()
+    state = cell_state(row, ex.sources.vector_keys(), max_new_tokens=5)
+    assert 4.0 in state.alphas and state.vector == "population"
+    ladder = ex.ladder(state)
+    at = ladder["alphas"].index(4.0)
+    assert ladder["rows"][at]["text"] == row["generation"]
+    assert ladder["unsteered"]["text"] == row["unsteered"]
+
+
+def test_a_personal_method_point_reruns_with_that_users_vector(ex):
+    fig = result_figures(ex.sources)["dose_response"][1].to_dict()
+    point = {"curveNumber": _curve(fig, "bradley-terry"), "x": 8.0}
+    _, frame = point_generations(ex.sources, "dose_response", fig, point)
+    row = frame.iloc[0].to_dict()
+    state = cell_state(row, ex.sources.vector_keys(), max_new_tokens=5)
+    assert state.vector == f"bradley-terry/{row['user']}" and state.user == row["user"]
+    assert ex.ladder(state)["rows"][state.alphas.index(8.0)]["text"] == row["generation"]
+
+
+def test_a_gating_point_gives_the_generations_at_that_gate(ex):
+    fig = result_figures(ex.sources)["gating"][1].to_dict()
+    first = _curve(fig, "first K generated tokens")
+    title, frame = point_generations(ex.sources, "gating", fig, {"curveNumber": first, "x": 2})
+    assert title == "population, gate first:2 · report prompts"
+    assert set(frame["gate"]) == {"first:2"} and set(frame["method"]) == {"population"}
+    assert set(frame["alpha"]) == {ex.sources.summary()["operating_alpha"]}
+    ref = next(i for i, t in enumerate(fig["data"]) if t.get("name") == "gate: prefill")
+    _, frame = point_generations(ex.sources, "gating", fig, {"curveNumber": ref, "x": 0})
+    assert set(frame["gate"]) == {"prefill"}
+
+
+def test_a_conditional_point_gives_its_arm_in_its_category(ex, run, tmp_path):
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    dose = pd.read_parquet(copy / "results" / "sweep" / "dose" / "cells.parquet")
+    cond = dose[dose["method"] == "population"].assign(gate="condition")
+    (copy / "results" / "sweep" / "conditional").mkdir(parents=True)
+    cond.to_parquet(copy / "results" / "sweep" / "conditional" / "cells.parquet")
+    src = Sources(run=copy)
+    cats = sorted(dose["category"].unique())
+    table = pd.DataFrame(
+        [
+            {"category": c, "alpha": a, "arm": arm, "mae_change_pct": 0.0, "n": 1}
+            for c in cats
+            for a in (0.0, 4.0)
+            for arm in ("conditional", "unconditional")
+        ]
+    )
+    fig = sl.plots.conditional_dose(table).to_dict()
+    last = max(i for i, t in enumerate(fig["data"]) if t["name"] == "conditional")
+    title, frame = point_generations(src, "conditional", fig, {"curveNumber": last, "x": 4.0})
+    assert set(frame["category"]) == {cats[-1]} and set(frame["gate"]) == {"condition"}
+    assert title.startswith(f"conditional at α = 4 on {cats[-1]} prompts")
+    unc = next(i for i, t in enumerate(fig["data"]) if t["name"] == "unconditional")
+    _, frame = point_generations(src, "conditional", fig, {"curveNumber": unc, "x": 4.0})
+    assert set(frame["category"]) == {cats[0]} and set(frame["gate"]) == {"all"}
+
+
+def test_a_click_on_nothing_is_a_message(ex):
+    fig = result_figures(ex.sources)["dose_response"][1].to_dict()
+    with pytest.raises(ValueError, match="no generations behind this point"):
+        point_generations(ex.sources, "dose_response", fig, {"curveNumber": 0, "x": 123.0})
+    with pytest.raises(ValueError, match="no generations behind the 'ppa' figure"):
+        point_generations(ex.sources, "ppa", fig, {"curveNumber": 0, "x": 1.0})
+    with pytest.raises(ValueError, match="no vector"):
+        cell_state({"method": "other", "user": "u", "alpha": 1.0, "prompt": "p"}, ["population"])
+
+
+def test_a_selectivity_cell_gives_the_population_generations_of_its_category(ex):
+    fig = result_figures(ex.sources)["selectivity"][1].to_dict()
+    cells = ex.sources.cells("dose")
+    report = ex.sources.report_prompts()
+    category = sorted(cells[cells["prompt_id"].isin(report)]["category"].unique())[0]
+    _, frame = point_generations(
+        ex.sources, "selectivity", fig, {"curveNumber": 0, "x": "α=8", "y": category}
+    )
+    chosen = cells[
+        (cells["method"] == "population")
+        & (cells["alpha"] == 8.0)
+        & (cells["category"] == category)
+        & cells["prompt_id"].isin(report)
+    ]
+    assert len(frame) == len(chosen) > 0 and set(frame["category"]) == {category}
+    assert {"user", "prompt", "unsteered", "generation", "utility", "degenerate"} <= set(frame)
+
+
+def test_the_cli_serves_the_run_on_localhost_and_refuses_a_missing_folder(run, monkeypatch):
+    dash = pytest.importorskip("dash")
+    seen: dict = {}
+    monkeypatch.setattr(dash.Dash, "run", lambda self, **kw: seen.update(kw, app=self))
+    result = CliRunner().invoke(cli, ["explore", "--run", str(run), "--model", "tiny-random"])
+    assert result.exit_code == 0, result.output
+    assert (seen["host"], seen["port"], seen["debug"]) == ("127.0.0.1", 8050, False)
+    assert seen["app"].explorer.sources.run == run / "results"
+    result = CliRunner().invoke(
+        cli, ["explore", "--run", str(run / "nowhere"), "-m", "tiny-random"]
+    )
+    assert result.exit_code == 2
+    assert "no such folder" in re.sub(r"[│╭╮╰╯─\s]+", " ", result.output)
+    seen.clear()  # no run: the workbench on a vector folder alone
+    result = CliRunner().invoke(
+        cli, ["explore", "--vectors", str(run / "results" / "vectors"), "-m", "tiny-random"]
+    )
+    assert result.exit_code == 0 and "population" in seen["app"].explorer.sources.vectors

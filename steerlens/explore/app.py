@@ -122,45 +122,48 @@ def _layout(dash: Any, ex: Explorer) -> Any:
     output = html.Div(
         [
             html.Div(id="run-msg", className="msg"),
-            dcc.Loading(
-                html.Div(
-                    [
-                        html.Div(id="badge", className="badge"),
-                        html.Div(
-                            dcc.Slider(
-                                id="alpha",
-                                min=0,
-                                max=1,
-                                step=1,
-                                value=0,
-                                marks={},
-                                allow_direct_input=False,
+            html.Div(
+                [
+                    html.Span(id="status", className="status"),
+                    html.Button("Cancel", id="cancel", n_clicks=0, className="cancel"),
+                ],
+                className="status-line",
+            ),
+            dcc.Interval(id="tick", interval=400, disabled=True),
+            dcc.Store(id="job"),
+            html.Div(
+                [
+                    html.Div(id="badge", className="badge"),
+                    html.Div(
+                        dcc.Slider(
+                            id="alpha",
+                            min=0,
+                            max=1,
+                            step=1,
+                            value=0,
+                            marks={},
+                            allow_direct_input=False,
+                        ),
+                        className="slider",
+                    ),
+                    html.Div(
+                        [
+                            html.Div(
+                                [html.H4("unsteered"), html.Div(id="unsteered", className="reply")],
+                                className="pane",
                             ),
-                            className="slider",
-                        ),
-                        html.Div(
-                            [
-                                html.Div(
-                                    [
-                                        html.H4("unsteered"),
-                                        html.Div(id="unsteered", className="reply"),
-                                    ],
-                                    className="pane",
-                                ),
-                                html.Div(
-                                    [
-                                        html.H4(id="steered-title"),
-                                        html.Div(id="steered", className="reply"),
-                                    ],
-                                    className="pane",
-                                ),
-                            ],
-                            className="panes",
-                        ),
-                        html.Div(id="readouts"),
-                    ]
-                ),
-                type="dot",
+                            html.Div(
+                                [
+                                    html.H4(id="steered-title"),
+                                    html.Div(id="steered", className="reply"),
+                                ],
+                                className="pane",
+                            ),
+                        ],
+                        className="panes",
+                    ),
+                    html.Div(id="readouts"),
+                ]
             ),
         ],
         className="output",
@@ -301,28 +304,80 @@ def _callbacks(dash: Any, application: Any, ex: Explorer) -> None:
 
     @application.callback(
         Output("ladder", "data"),
+        Output("job", "data"),
+        Output("tick", "disabled"),
         Output("run-msg", "children"),
+        Output("status", "children"),
         *[Output(c, "value") for c in controls],
-        Output("alpha", "max"),
-        Output("alpha", "marks"),
-        Output("alpha", "value"),
         Input("url", "search"),
     )
     def url_to_page(search: str | None):  # type: ignore[no-untyped-def]
-        n = len(controls) + 3
+        n = len(controls)
         try:
             state = ex.state(search)
         except ValueError as e:
-            return (None, f"this link holds a state that cannot be used: {e}", *[no_update] * n)
+            msg = f"this link holds a state that cannot be used: {e}"
+            return (no_update, None, True, msg, "", *[no_update] * n)
         values = _control_values(ex, state)
         try:
-            ladder = ex.ladder(state)
+            job_id, ladder = ex.start(state)
         except Exception as e:
             logger.exception("workbench")
-            return (None, _message(e), *values, 1, {}, 0)
+            return (None, None, True, _message(e), "", *values)
+        if ladder is not None:  # kept: at once
+            return (ladder, None, True, "", "", *values)
+        return (no_update, job_id, False, "", "starting", *values)
+
+    @application.callback(
+        Output("ladder", "data", allow_duplicate=True),
+        Output("tick", "disabled", allow_duplicate=True),
+        Output("run-msg", "children", allow_duplicate=True),
+        Output("status", "children", allow_duplicate=True),
+        Input("tick", "n_intervals"),
+        State("job", "data"),
+        prevent_initial_call=True,
+    )
+    def poll(_n: int, job_id: str | None):  # type: ignore[no-untyped-def]
+        if not job_id:
+            return no_update, True, no_update, ""
+        try:
+            job = ex.job(job_id)
+        except ValueError as e:
+            return no_update, True, str(e), ""
+        if not job.finished.is_set():
+            if job.cancelled.is_set():
+                return no_update, False, no_update, f"cancelling at the next stage ({job.status}) …"
+            return no_update, False, no_update, job.status + " …"
+        if job.result is not None:
+            return job.result, True, "", ""
+        return no_update, True, job.error or "cancelled: the replies shown are the last ones", ""
+
+    @application.callback(
+        Output("status", "children", allow_duplicate=True),
+        Input("cancel", "n_clicks"),
+        State("job", "data"),
+        prevent_initial_call=True,
+    )
+    def cancel(_n: int, job_id: str | None):  # type: ignore[no-untyped-def]
+        if not job_id:
+            return no_update
+        try:
+            ex.cancel(job_id)
+        except ValueError as e:
+            return str(e)
+        return "cancelling at the next stage …"
+
+    @application.callback(
+        Output("alpha", "max"),
+        Output("alpha", "marks"),
+        Output("alpha", "value"),
+        Input("ladder", "data"),
+    )
+    def ladder_marks(ladder: dict | None):  # type: ignore[no-untyped-def]
+        if not ladder:
+            return 1, {}, 0
         marks = {i: f"α {a:g}" for i, a in enumerate(ladder["alphas"])}
-        start = len(marks) // 2  # the middle of the ladder
-        return (ladder, "", *values, len(marks) - 1, marks, start)
+        return len(marks) - 1, marks, len(marks) // 2  # start in the middle of the ladder
 
     @application.callback(
         Output("unsteered", "children"),

@@ -7,7 +7,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import uuid
 from collections import OrderedDict
+from dataclasses import dataclass, field
 from typing import Any
 
 from steerlens.core.models import HookedModel, model_name
@@ -20,11 +22,36 @@ from .state import DEFAULT_PROMPT, ExploreState
 from .users import condition_figure, condition_table, threshold_view, user_card
 from .workbench import describe, prepare_vector, run_ladder
 
-__all__ = ["Explorer", "token_cells"]
+__all__ = ["Cancelled", "Explorer", "Job", "token_cells"]
 
 logger = logging.getLogger(__name__)
 _KEEP = 16  # ladders kept (moving the α slider or reopening a link recomputes nothing)
 DEFAULT_BUDGETS = (0.05, 0.2, 0.5)  # nats per token on neutral text, when a run gives no α grid
+
+
+class Cancelled(Exception):
+    """Raised at the next stage of a ladder whose job was cancelled."""
+
+
+@dataclass
+class Job:
+    """One ladder computed in the background: its status line, result or error."""
+
+    key: str
+    status: str = "queued"
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    finished: threading.Event = field(default_factory=threading.Event)
+
+    def report(self) -> dict[str, Any]:
+        """What the page polls: ``done``, ``status``, ``error``, ``cancelled``."""
+        return {
+            "done": self.finished.is_set(),
+            "status": self.status,
+            "error": self.error,
+            "cancelled": self.cancelled.is_set(),
+        }
 
 
 def _kl_colour(value: float, scale: float) -> str:
@@ -88,6 +115,7 @@ class Explorer:
         self._ladders: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._conditions: dict[tuple[str | None, bool], Any] = {}
         self.figures: dict[str, Any] | None = None  # the run's report figures, drawn once
+        self._jobs: dict[str, Job] = {}
 
     # state -------------------------------------------------------------------------------
     def default_state(self) -> ExploreState:
@@ -124,25 +152,75 @@ class Explorer:
         return str(path) if path is not None else state.vector
 
     # the workbench ------------------------------------------------------------------------
-    def ladder(self, state: ExploreState) -> dict[str, Any]:
-        """The state's α ladder as plain data (kept: the same state recomputes nothing)."""
+    def ladder(self, state: ExploreState, *, job: Job | None = None) -> dict[str, Any]:
+        """The state's α ladder as plain data (kept: the same state recomputes nothing).
+        With ``job``, its status follows the stages and its cancel stops at the next one."""
         key = state.to_query()
         if key in self._ladders:
             self._ladders.move_to_end(key)
             return self._ladders[key]
         vec = self.vector(state)
+
+        def progress(message: str) -> None:
+            if job is not None:
+                if job.cancelled.is_set():
+                    raise Cancelled(message)
+                job.status = message
+
         with self.lock:
+            progress("starting")
             result = run_ladder(
                 self.model,
                 state,
                 vec,
                 neutral=self.neutral,
                 provenance=describe(self.model, vec, state),
+                progress=progress,
             ).to_dict()
         self._ladders[key] = result
         while len(self._ladders) > _KEEP:
             self._ladders.popitem(last=False)
         return result
+
+    # background jobs: the page stays live, shows the stage and can cancel ------------------
+    def start(self, state: ExploreState) -> tuple[str, dict[str, Any] | None]:
+        """Start computing the state's ladder in a thread; returns the job's id, and the
+        ladder itself when it is already kept. A vector that cannot be used raises here."""
+        key = state.to_query()
+        if key in self._ladders:
+            return "", self.ladder(state)
+        self.vector(state)  # bad input: an error now, not in the thread
+        job = Job(key)
+        job_id = uuid.uuid4().hex
+        self._jobs[job_id] = job
+        done = [k for k, j in self._jobs.items() if j.finished.is_set()]
+        for old in done[: max(0, len(done) - _KEEP)]:
+            del self._jobs[old]
+
+        def work() -> None:
+            try:
+                job.result = self.ladder(state, job=job)
+                job.status = "done"
+            except Cancelled:
+                job.status = "cancelled"
+            except Exception as e:  # reported in the page, logged with its traceback
+                logger.exception("explore: ladder failed")
+                job.error = f"{type(e).__name__}: {e}" if not isinstance(e, ValueError) else str(e)
+                job.status = "failed"
+            finally:
+                job.finished.set()
+
+        threading.Thread(target=work, name=f"explore-{job_id[:8]}", daemon=True).start()
+        return job_id, None
+
+    def job(self, job_id: str) -> Job:
+        if job_id not in self._jobs:
+            raise ValueError("that computation is not known to this server (restarted?)")
+        return self._jobs[job_id]
+
+    def cancel(self, job_id: str) -> None:
+        """Stop the job at its next stage; its result, if it finishes first, is kept."""
+        self.job(job_id).cancelled.set()
 
     def view(self, ladder: dict[str, Any], index: int, colour_by: str) -> dict[str, Any]:
         """What the page shows at the slider's ``index``: both replies' token cells, the

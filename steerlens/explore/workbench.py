@@ -206,9 +206,12 @@ def run_ladder(
     Args:
         vector: the vector to apply, as ``prepare_vector`` returns it.
         neutral: texts for the per-α neutral KL (and for KL budgets); none: not measured.
-        progress: called with a short message before each stage (the page's status line).
+        progress: called with a short message before each stage (the page's status line); an
+            exception it raises (``Cancelled``: the page's cancel button) stops the ladder there.
     """
     say = progress or (lambda _msg: None)
+    if state.kl_budgets:
+        say(f"calibrating α to {len(state.kl_budgets)} KL budgets")
     alphas = _ladder_alphas(model, vector, state, neutral)
     gate = parse_gate(state.gate)
     say(f"generating {len(alphas) + 1} replies")
@@ -234,7 +237,7 @@ def run_ladder(
         )
         n = len(neutral)
         neutral_kl = [sum(d.kl for d in divs[i * n : (i + 1) * n]) / n for i in range(len(alphas))]
-    say("teacher-forcing every reply")
+    say("teacher-forcing the unsteered reply")
     base_ids = base.tokens[0].tolist()
     base_logp, _ = _teacher_forced(model, base.prompt_ids[0], base.tokens[0], None, 0.0, gate)
     out_rows: list[LadderRow] = []
@@ -256,6 +259,7 @@ def run_ladder(
     )
     plain = vector.conditioned(None)
     for i, alpha in enumerate(alphas):
+        say(f"teacher-forcing α {alpha:g} ({i + 1}/{len(alphas)})")
         prompt, reply = steered.prompt_ids[i], steered.tokens[i]
         fired = conditions[i]
         # the condition was decided while generating: steer the teacher-forced pass exactly

@@ -195,7 +195,7 @@ def test_a_shared_url_reopens_the_same_view(server, browser, watched):
     w.check_clean()
 
 
-def test_bad_input_gives_a_message_and_the_page_lives_on(server, watched):
+def test_bad_input_and_a_cancel_give_a_message_and_the_page_lives_on(server, watched, monkeypatch):
     w = watched
     _open(w, server)
     w.page.fill("#alphas", "1,2")
@@ -211,6 +211,35 @@ def test_bad_input_gives_a_message_and_the_page_lives_on(server, watched):
     w.page.get_by_role("option", name="population", exact=True).click()
     w.page.click("#go")
     w.page.wait_for_selector("#steered .tok", timeout=30_000)
+    assert w.page.inner_text("#run-msg") == ""
+    before = _steered(w)
+    # a long computation shows its stage and stops at the next one when cancelled
+    import threading
+
+    from steerlens.explore import session
+
+    release, real = threading.Event(), session.run_ladder
+
+    def slow(model, state, vector, **kw):
+        kw["progress"]("generating, slowly")
+        release.wait(20)
+        kw["progress"]("the next stage")
+        return real(model, state, vector, **kw)
+
+    monkeypatch.setattr(session, "run_ladder", slow)
+    w.page.fill("#alphas", "0,2,5")
+    w.page.click("#go")
+    w.page.wait_for_selector("#status:has-text('generating, slowly')")
+    w.page.click("#cancel")
+    w.page.wait_for_selector("#status:has-text('cancelling')")
+    release.set()
+    w.page.wait_for_selector("#run-msg:has-text('cancelled')")
+    assert _steered(w) == before  # the last replies stay; the page answers
+    monkeypatch.undo()
+    w.page.click("#go")  # the same state again: computed this time
+    w.page.wait_for_function(
+        "() => document.querySelector('#steered-title').innerText === 'steered · α 2'"
+    )
     assert w.page.inner_text("#run-msg") == ""
     w.check_clean()
 

@@ -9,6 +9,7 @@ import shlex
 import pandas as pd
 import pytest
 import torch
+from conftest import no_hooks_left
 from explore_run import make_run
 from typer.testing import CliRunner
 
@@ -311,3 +312,62 @@ def test_the_cli_serves_the_run_on_localhost_and_refuses_a_missing_folder(run, m
         cli, ["explore", "--vectors", str(run / "results" / "vectors"), "-m", "tiny-random"]
     )
     assert result.exit_code == 0 and "population" in seen["app"].explorer.sources.vectors
+
+
+def _blocking_ladder(monkeypatch, release):
+    """run_ladder that reports a stage, waits for ``release``, then reports the next (where a
+    cancel stops it) and runs the real ladder."""
+    from steerlens.explore import session
+
+    real = session.run_ladder
+
+    def slow(model, state, vector, **kw):
+        kw["progress"]("stage one")
+        release.wait(10)
+        kw["progress"]("stage two")
+        return real(model, state, vector, **kw)
+
+    monkeypatch.setattr(session, "run_ladder", slow)
+
+
+def test_a_job_reports_its_stage_and_a_cancel_stops_it_there(ex, monkeypatch):
+    import threading
+    import time
+
+    release = threading.Event()
+    _blocking_ladder(monkeypatch, release)
+    state = _state(ex, alphas=[0, 1, 3])
+    job_id, ladder = ex.start(state)
+    assert job_id and ladder is None
+    job = ex.job(job_id)
+    deadline = time.monotonic() + 10
+    while job.status != "stage one" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert job.report() == {"done": False, "status": "stage one", "error": None, "cancelled": False}
+    ex.cancel(job_id)
+    release.set()
+    assert job.finished.wait(10)
+    assert job.report()["status"] == "cancelled" and job.result is None
+    assert ex.lock.acquire(blocking=False)  # the model is free again
+    ex.lock.release()
+    assert no_hooks_left(ex.model)
+    monkeypatch.undo()  # the same state again: computed afresh, not taken from the cancel
+    job_id, _ = ex.start(state)
+    assert ex.job(job_id).finished.wait(30) and ex.job(job_id).result is not None
+    assert ex.start(state) == ("", ex.job(job_id).result)  # now kept: at once
+
+
+def test_a_failed_job_reports_its_error_and_bad_input_fails_before_starting(ex, monkeypatch):
+    from steerlens.explore import session
+
+    def broken(*a, **k):
+        raise RuntimeError("the model fell over")
+
+    monkeypatch.setattr(session, "run_ladder", broken)
+    job_id, _ = ex.start(_state(ex, alphas=[0, 1, 5]))
+    job = ex.job(job_id)
+    assert job.finished.wait(10) and job.error == "RuntimeError: the model fell over"
+    with pytest.raises(ValueError, match="no such file"):
+        ex.start(_state(ex, vector="/no/such/file.safetensors"))
+    with pytest.raises(ValueError, match="not known"):
+        ex.job("nope")

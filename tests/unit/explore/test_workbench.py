@@ -149,3 +149,25 @@ def test_prepare_vector_checks_layers_and_moves_the_threshold(tiny, rand_vec):
     cond = sl.Condition(torch.ones(tiny.cfg.d_model), layer=1, threshold=0.0)
     moved = prepare_vector(rand_vec.conditioned(cond), _state(threshold=2.5), tiny)
     assert moved.condition is not None and moved.condition.threshold == 2.5
+
+
+def test_the_stages_are_reported_in_order_and_a_raise_stops_the_ladder(tiny, rand_vec):
+    state = _state(alphas=(0, 4, 8))
+    seen: list[str] = []
+    run_ladder(tiny, state, rand_vec, neutral=["a neutral text"], progress=seen.append)
+    assert seen == [
+        "generating 4 replies",
+        "neutral-text KL",
+        "teacher-forcing the unsteered reply",
+        "teacher-forcing α 0 (1/3)",
+        "teacher-forcing α 4 (2/3)",
+        "teacher-forcing α 8 (3/3)",
+    ]
+
+    def stop(message):
+        if message.startswith("teacher-forcing α 4"):
+            raise KeyboardInterrupt("cancelled")
+
+    with pytest.raises(KeyboardInterrupt):
+        run_ladder(tiny, state, rand_vec, progress=stop)
+    assert no_hooks_left(tiny) and not sl.active_steering(tiny)

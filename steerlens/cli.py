@@ -324,7 +324,10 @@ def explore(
         Path | None,
         typer.Option(help="a study's folder (holds results/) or its results/, or a sweep's folder"),
     ] = None,
-    model: ModelOpt = "smollm2-135m-instruct",
+    model: Annotated[
+        str | None,
+        typer.Option("--model", "-m", help="default: the run's model, else smollm2-135m-instruct"),
+    ] = None,
     vectors: Annotated[
         Path | None, typer.Option(help="a folder of *.safetensors / *.gguf vectors")
     ] = None,
@@ -342,7 +345,10 @@ def explore(
     except (FileNotFoundError, ValueError, ImportError) as e:
         raise typer.BadParameter(str(e)) from None
     console.print(f"steerlens explore on http://{host}:{port}/ (Ctrl-C stops it)")
-    page.run(host=host, port=port, debug=False)
+    try:
+        page.run(host=host, port=port, debug=False)
+    except OSError as e:  # the port is taken
+        raise typer.BadParameter(f"cannot serve on {host}:{port}: {e}") from None
 
 
 @app.command()

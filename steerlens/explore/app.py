@@ -13,12 +13,13 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from steerlens.core.models import HookedModel, load_model
+from steerlens.core.models import DEFAULT_MODEL, HookedModel, load_model
 
 from .results import CLICKABLE, cell_state, point_generations, result_figures
 from .session import Explorer
 from .sources import Sources
-from .state import ExploreState
+from .state import ExploreState, number
+from .users import token_drivers
 
 __all__ = ["app"]
 
@@ -40,7 +41,7 @@ def _dash() -> Any:
 
 def app(
     run: str | Path | None = None,
-    model: str | HookedModel = "smollm2-135m-instruct",
+    model: str | HookedModel | None = None,
     vectors: str | Path | None = None,
     *,
     neutral_n: int = 4,
@@ -50,7 +51,8 @@ def app(
     Args:
         run: a study's folder or its ``results/`` folder (or a sweep's folder): its vectors,
             held-out prompts, users, condition and figures.
-        model: a model name (loaded once, here) or a loaded model.
+        model: a model name (loaded once, here) or a loaded model; by default the run's own
+            model (``summary.json``), else the embedded one.
         vectors: a folder of ``*.safetensors`` / ``*.gguf`` vectors (keys: file stems).
         neutral_n: neutral texts for the per-α KL and KL budgets.
     """
@@ -58,6 +60,8 @@ def app(
     sources = Sources(
         run=Path(run) if run else None, vectors_dir=Path(vectors) if vectors else None
     )
+    if model is None:
+        model = str(sources.summary().get("model") or DEFAULT_MODEL)
     loaded = load_model(model) if isinstance(model, str) else model
     explorer = Explorer(loaded, sources, neutral_n=neutral_n)
     application = dash.Dash(
@@ -278,24 +282,21 @@ def _callbacks(dash: Any, application: Any, ex: Explorer) -> None:
         Output("form-msg", "children"),
         Input("go", "n_clicks"),
         *[State(c, "value") for c in controls],
+        State("url", "search"),
         prevent_initial_call=True,
     )
-    def form_to_url(
-        _n: int, prompt, user, vector, file, layers, gate, alphas, budgets, max_new, chat, colour_by
-    ):  # type: ignore[no-untyped-def]
+    def form_to_url(_n: int, *values: Any):  # type: ignore[no-untyped-def]
+        *form, search = values
+        try:
+            shown = ex.state(search)  # the threshold and seed travel on
+        except ValueError:
+            shown = ExploreState()
         try:
             state = ExploreState.from_dict(
                 {
-                    "prompt": prompt or "",
-                    "user": user,
-                    "vector": (file or "").strip() or vector or "",
-                    "layers": layers or "",
-                    "gate": gate or "all",
-                    "alphas": alphas or "",
-                    "kl_budgets": budgets or "",
-                    "max_new_tokens": max_new or 0,
-                    "chat": bool(chat),
-                    "colour_by": colour_by or "kl",
+                    **_form_state(dict(zip(controls, form, strict=True))),
+                    "threshold": shown.threshold,
+                    "seed": shown.seed,
                 }
             )
         except ValueError as e:
@@ -303,30 +304,49 @@ def _callbacks(dash: Any, application: Any, ex: Explorer) -> None:
         return "?" + state.to_query(), ""
 
     @application.callback(
+        Output("url", "search", allow_duplicate=True),
+        Input("threshold", "value"),
+        State("url", "search"),
+        prevent_initial_call=True,
+    )
+    def threshold_to_url(value: float | None, search: str | None):  # type: ignore[no-untyped-def]
+        try:
+            state = ex.state(search)
+            now = ex.threshold(state)
+        except ValueError:
+            return no_update
+        if value is None or now is None or abs(float(value) - now) <= 1e-9 * max(1, abs(now)):
+            return no_update  # set by the page, not dragged
+        moved = ExploreState.from_dict({**state.to_dict(), "threshold": float(value)})
+        return "?" + moved.to_query()
+
+    @application.callback(
         Output("ladder", "data"),
         Output("job", "data"),
         Output("tick", "disabled"),
         Output("run-msg", "children"),
         Output("status", "children"),
+        Output("gate", "options"),
         *[Output(c, "value") for c in controls],
         Input("url", "search"),
     )
     def url_to_page(search: str | None):  # type: ignore[no-untyped-def]
-        n = len(controls)
+        n = len(controls) + 1
         try:
             state = ex.state(search)
         except ValueError as e:
             msg = f"this link holds a state that cannot be used: {e}"
             return (no_update, None, True, msg, "", *[no_update] * n)
         values = _control_values(ex, state)
+        gates = GATES if state.gate in GATES else [*GATES, state.gate]
         try:
             job_id, ladder = ex.start(state)
         except Exception as e:
             logger.exception("workbench")
-            return (None, None, True, _message(e), "", *values)
+            return (None, None, True, _message(e), "", gates, *values)
         if ladder is not None:  # kept: at once
-            return (ladder, None, True, "", "", *values)
-        return (no_update, job_id, False, "", "starting", *values)
+            return (ladder, None, True, "", "", gates, *values)
+        return (no_update, job_id, False, "", "starting", gates, *values)
 
     @application.callback(
         Output("ladder", "data", allow_duplicate=True),
@@ -335,13 +355,16 @@ def _callbacks(dash: Any, application: Any, ex: Explorer) -> None:
         Output("status", "children", allow_duplicate=True),
         Input("tick", "n_intervals"),
         State("job", "data"),
+        State("url", "search"),
         prevent_initial_call=True,
     )
-    def poll(_n: int, job_id: str | None):  # type: ignore[no-untyped-def]
+    def poll(_n: int, job_id: str | None, search: str | None):  # type: ignore[no-untyped-def]
         if not job_id:
             return no_update, True, no_update, ""
         try:
             job = ex.job(job_id)
+            if job.key != ex.ladder_key(ex.state(search)):
+                return no_update, True, no_update, ""  # a job of an earlier view
         except ValueError as e:
             return no_update, True, str(e), ""
         if not job.finished.is_set():
@@ -427,32 +450,34 @@ def _callbacks(dash: Any, application: Any, ex: Explorer) -> None:
         Output("threshold-box", "style"),
         Output("threshold", "min"),
         Output("threshold", "max"),
+        Output("threshold", "step"),
         Output("threshold", "value"),
         Output("threshold", "marks"),
         Output("flips", "children"),
         Output("condition-msg", "children"),
         Input("ladder", "data"),
-        Input("threshold", "value"),
-        State("url", "search"),
+        Input("url", "search"),
+        Input("user", "value"),
     )
-    def user_pane(ladder, threshold, search):  # type: ignore[no-untyped-def]
-        ctx = dash.callback_context
+    def user_pane(ladder, search, user):  # type: ignore[no-untyped-def]
         hidden = {"display": "none"}
         try:
-            state = ex.state(search)
-            card = _card(html, ex.card(state.user))
-            moved = any(t["prop_id"] == "threshold.value" for t in ctx.triggered)
-            if moved and threshold is not None:
-                state = ExploreState.from_dict({**state.to_dict(), "threshold": threshold})
+            state = ExploreState.from_dict({**ex.state(search).to_dict(), "user": user})
+            card = _card(html, ex.card(user))
             pane = ex.condition(state, ladder)
         except Exception as e:
             logger.exception("user pane")
-            return (None, {}, hidden, hidden, 0, 1, 0, {}, None, _message(e))
+            return (None, {}, hidden, hidden, 0, 1, 0.01, 0, {}, None, _message(e))
         if pane is None:
             note = html.P("no condition in this run or vector", className="note")
-            return (card, {}, hidden, hidden, 0, 1, 0, {}, note, "")
+            return (card, {}, hidden, hidden, 0, 1, 0.01, 0, {}, note, "")
         lo, hi = pane["range"]
-        lo, hi = min(lo, pane["fitted"]) - 0.5, max(hi, pane["fitted"]) + 0.5
+        lo, hi = (
+            min(lo, pane["fitted"], pane["threshold"]),
+            max(hi, pane["fitted"], pane["threshold"]),
+        )
+        pad = max(0.5, 0.05 * (hi - lo))
+        lo, hi = lo - pad, hi + pad
         flips = html.Div(
             [
                 html.P(
@@ -462,18 +487,44 @@ def _callbacks(dash: Any, application: Any, ex: Explorer) -> None:
                 html.Ul([html.Li(p) for p in pane["flipped"]]),
             ]
         )
-        marks = {round(pane["fitted"], 3): "fitted"}
+        marks = {pane["fitted"]: "fitted"}
         return (
             card,
             pane["figure"],
             {},
             {},
-            round(lo, 3),
-            round(hi, 3),
+            lo,
+            hi,
+            (hi - lo) / 200,
             pane["threshold"],
             marks,
             flips,
             "",
+        )
+
+    @application.callback(
+        Output("sx-drivers", "children"),
+        Input({"type": "sx-token", "index": dash.ALL}, "n_clicks"),
+        State("user", "value"),
+        prevent_initial_call=True,
+    )
+    def show_drivers(clicks, user):  # type: ignore[no-untyped-def]
+        trigger = dash.callback_context.triggered_id
+        if not trigger or not any(clicks):
+            return no_update
+        try:
+            detail = (ex.card(user) or {}).get("item_effects")
+            if not detail:
+                return None
+            index = int(trigger["index"])
+            rows = token_drivers(detail, index)
+        except Exception as e:
+            return html.P(_message(e), className="msg")
+        return html.Div(
+            [
+                html.H5(f"what drives {detail['tokens'][index]!r}"),
+                html.Ol([html.Li(f"{r['item']} … ({r['effect']:+.3f})") for r in rows]),
+            ]
         )
 
     @application.callback(
@@ -507,7 +558,7 @@ def _callbacks(dash: Any, application: Any, ex: Explorer) -> None:
                 try:
                     link = dcc.Link(
                         "rerun this cell live",
-                        href="?" + cell_state(rec, keys, max_new).to_query(),
+                        href="?" + cell_state(rec, keys, max_new, chat=ex.chat).to_query(),
                         className="rerun",
                     )
                 except ValueError as e:
@@ -548,12 +599,16 @@ def _callbacks(dash: Any, application: Any, ex: Explorer) -> None:
         Output("exports", "children"),
         Output("share", "children"),
         Input("ladder", "data"),
+        Input("url", "search"),
         State("url", "href"),
     )
-    def show_exports(ladder, href):  # type: ignore[no-untyped-def]
+    def show_exports(ladder, search, href):  # type: ignore[no-untyped-def]
         if not ladder:
             return None, None
-        out = ex.exports(ladder)
+        try:
+            out = ex.exports(ladder, ex.state(search))
+        except ValueError as e:
+            return html.P(str(e), className="msg"), None
         link = (href or "").split("?")[0] + "?" + out["query"]
         blocks = [
             html.Div([html.H5(label), html.Pre(out[key], id=f"export-{key}-text")])
@@ -575,16 +630,36 @@ def _callbacks(dash: Any, application: Any, ex: Explorer) -> None:
         Input("export-gguf", "n_clicks"),
         Input("export-lm-eval", "n_clicks"),
         State("url", "search"),
+        State("alpha", "value"),
+        State("ladder", "data"),
         prevent_initial_call=True,
     )
-    def export_vector(_a, _b, _c, search):  # type: ignore[no-untyped-def]
+    def export_vector(_a, _b, _c, search, index, ladder):  # type: ignore[no-untyped-def]
         trigger = dash.callback_context.triggered[0]["prop_id"].split(".")[0]
         fmt = trigger.removeprefix("export-")
+        alphas = (ladder or {}).get("alphas") or [1.0]
+        alpha = alphas[max(0, min(int(index or 0), len(alphas) - 1))] or 1.0
         try:
-            name, content = ex.export_vector(ex.state(search), fmt)
+            name, content = ex.export_vector(ex.state(search), fmt, alpha)
         except Exception as e:
             return no_update, _message(e)
         return dcc.send_bytes(content, name), f"wrote {name}"
+
+
+def _form_state(v: dict[str, Any]) -> dict[str, Any]:
+    """The form's controls (by id) as ``ExploreState`` fields; a file path beats the list."""
+    return {
+        "prompt": v["prompt"] or "",
+        "user": v["user"],
+        "vector": (v["vector-file"] or "").strip() or v["vector"] or "",
+        "layers": v["layers"] or "",
+        "gate": v["gate"] or "all",
+        "alphas": v["alphas"] or "",
+        "kl_budgets": v["budgets"] or "",
+        "max_new_tokens": v["max-new"] or 0,
+        "chat": bool(v["chat"]),
+        "colour_by": v["colour-by"] or "kl",
+    }
 
 
 def _control_values(ex: Explorer, s: ExploreState) -> list[Any]:
@@ -596,8 +671,8 @@ def _control_values(ex: Explorer, s: ExploreState) -> list[Any]:
         "" if known else s.vector,
         ",".join(map(str, s.layers)),
         s.gate,
-        ",".join(f"{a:g}" for a in s.alphas),
-        ",".join(f"{b:g}" for b in s.kl_budgets),
+        ",".join(number(a) for a in s.alphas),
+        ",".join(number(b) for b in s.kl_budgets),
         s.max_new_tokens,
         ["chat"] if s.chat else [],
         s.colour_by,
@@ -677,4 +752,29 @@ def _card(html: Any, card: dict[str, Any] | None) -> Any:
                     className="cell",
                 )
             )
+    detail = card.get("item_effects")
+    if detail:
+        spans = [
+            html.Span(
+                tok,
+                id={"type": "sx-token", "index": i},
+                n_clicks=0,
+                title="click: the history conversations that drive this token",
+                className="tok clickable",
+            )
+            for i, tok in enumerate(detail["tokens"])
+        ]
+        parts.append(
+            html.Div(
+                [
+                    html.P(
+                        "Item effects (each history conversation left out in turn): click a "
+                        "token to see which conversations drive it."
+                    ),
+                    html.Div(spans, className="reply"),
+                    html.Div(id="sx-drivers"),
+                ],
+                className="cell",
+            )
+        )
     return html.Div(parts, className="card")

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from steerlens.core.vectors import SteeringVector
 
-from .state import ExploreState
+from .state import ExploreState, number
 
 __all__ = [
     "EXPORT_FORMATS",
@@ -105,7 +105,7 @@ def as_command(
         vector_file,
     ]
     for a in alphas:
-        words += ["--alpha", f"{a:g}"]
+        words += ["--alpha", number(a)]
     words += [
         "--gate",
         state.gate,
@@ -143,10 +143,11 @@ def as_sweep_yaml(
 
 
 def vector_bytes(
-    vector: SteeringVector, fmt: VectorFormat, prov: dict[str, Any]
+    vector: SteeringVector, fmt: VectorFormat, prov: dict[str, Any], *, alpha: float = 1.0
 ) -> tuple[str, bytes]:
-    """The vector as a file of ``fmt``: (file name, content), the provenance in its metadata
-    (safetensors) or beside it. GGUF and lm-eval files cannot hold a condition."""
+    """The vector as a file of ``fmt``: (file name, content). A safetensors file holds the
+    provenance in its metadata (and the condition); GGUF and lm-eval files hold the
+    directions only (lm-eval's with ``alpha`` as its coefficient)."""
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"format: one of {sorted(EXPORT_FORMATS)}, got {fmt!r}")
     vec = SteeringVector(
@@ -169,5 +170,5 @@ def vector_bytes(
         elif fmt == "gguf":
             vec.to_gguf(path)
         else:
-            vec.to_lm_eval(path)
+            vec.to_lm_eval(path, alpha=alpha)
         return path.name, path.read_bytes()

@@ -158,7 +158,7 @@ def _with_unsteered(src: Sources, cells: pd.DataFrame, chosen: pd.DataFrame) -> 
         {
             "user": chosen["user"],
             "method": chosen["method"],
-            "alpha": chosen["alpha"].astype(float).round(4),
+            "alpha": chosen["alpha"].astype(float),
             "gate": chosen["gate"],
             "category": chosen["category"],
             "prompt": [text.get(p, p) for p in chosen["prompt_id"]],
@@ -173,11 +173,12 @@ def _with_unsteered(src: Sources, cells: pd.DataFrame, chosen: pd.DataFrame) -> 
 
 
 def cell_state(
-    row: dict[str, Any], keys: list[str], max_new_tokens: int | None = None
+    row: dict[str, Any], keys: list[str], max_new_tokens: int | None = None, *, chat: bool = True
 ) -> ExploreState:
     """A workbench state that reruns one generation live: its prompt, its user's vector of
     its method (``population`` for the population vector), its gate, a ladder around its α
-    and the run's ``max_new_tokens`` (so the ladder's row at that α is the cell's reply)."""
+    and the run's ``max_new_tokens`` (so the ladder's row at that α is the cell's reply);
+    ``chat``: whether the model has a chat template."""
     method, user = str(row["method"]), row.get("user")
     vector = method if method in keys else f"{method}/{user}"
     if vector not in keys:
@@ -196,4 +197,5 @@ def cell_state(
         alphas=tuple(ladder),
         gate=gate,
         max_new_tokens=int(max_new_tokens) if max_new_tokens else ExploreState.max_new_tokens,
+        chat=chat,  # a sweep formats prompts with the chat template where the model has one
     )

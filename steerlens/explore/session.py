@@ -5,6 +5,7 @@ page elements, so each action is tested here without a browser."""
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import threading
 import uuid
@@ -12,7 +13,9 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
+from steerlens.core.conditions import Condition
 from steerlens.core.models import HookedModel, model_name
+from steerlens.core.tokens import has_chat_template
 from steerlens.core.vectors import SteeringVector
 from steerlens.data.mmlu import neutral_texts
 
@@ -113,9 +116,11 @@ class Explorer:
         self.neutral = neutral_texts(neutral_n, seed=0) if neutral_n else []
         self.lock = threading.Lock()  # one model: one computation at a time
         self._ladders: OrderedDict[str, dict[str, Any]] = OrderedDict()
-        self._conditions: dict[tuple[str | None, bool], Any] = {}
+        self._conditions: dict[tuple[Any, ...], Any] = {}
         self.figures: dict[str, Any] | None = None  # the run's report figures, drawn once
         self._jobs: dict[str, Job] = {}
+        self.chat = has_chat_template(model)  # the chat template's default, as in generate
+        self._guard = threading.Lock()  # the kept ladders and the jobs, across threads
 
     # state -------------------------------------------------------------------------------
     def default_state(self) -> ExploreState:
@@ -134,6 +139,7 @@ class Explorer:
             prompt=prompts[0] if prompts else DEFAULT_PROMPT,
             vector=vector or "(give a vector file)",
             user=user,
+            chat=self.chat,
             **ladder,
         )
 
@@ -152,13 +158,29 @@ class Explorer:
         return str(path) if path is not None else state.vector
 
     # the workbench ------------------------------------------------------------------------
+    def ladder_key(self, state: ExploreState) -> str:
+        """What the ladder depends on: not the colouring or the user shown, nor the threshold
+        unless the vector carries a condition."""
+        vec = self.sources.load_vector(state.vector)
+        keep = {"colour_by": "kl", "user": None}
+        if vec.condition is None:
+            keep["threshold"] = None
+        return ExploreState.from_dict({**state.to_dict(), **keep}).to_query()
+
+    def _kept(self, key: str) -> dict[str, Any] | None:
+        with self._guard:
+            if key in self._ladders:
+                self._ladders.move_to_end(key)
+                return self._ladders[key]
+        return None
+
     def ladder(self, state: ExploreState, *, job: Job | None = None) -> dict[str, Any]:
-        """The state's α ladder as plain data (kept: the same state recomputes nothing).
+        """The state's α ladder as plain data (kept: the same ladder recomputes nothing).
         With ``job``, its status follows the stages and its cancel stops at the next one."""
-        key = state.to_query()
-        if key in self._ladders:
-            self._ladders.move_to_end(key)
-            return self._ladders[key]
+        key = self.ladder_key(state)
+        kept = self._kept(key)
+        if kept is not None:
+            return kept
         vec = self.vector(state)
 
         def progress(message: str) -> None:
@@ -177,25 +199,35 @@ class Explorer:
                 provenance=describe(self.model, vec, state),
                 progress=progress,
             ).to_dict()
-        self._ladders[key] = result
-        while len(self._ladders) > _KEEP:
-            self._ladders.popitem(last=False)
+        with self._guard:
+            self._ladders[key] = result
+            while len(self._ladders) > _KEEP:
+                self._ladders.popitem(last=False)
         return result
 
     # background jobs: the page stays live, shows the stage and can cancel ------------------
     def start(self, state: ExploreState) -> tuple[str, dict[str, Any] | None]:
         """Start computing the state's ladder in a thread; returns the job's id, and the
-        ladder itself when it is already kept. A vector that cannot be used raises here."""
-        key = state.to_query()
-        if key in self._ladders:
-            return "", self.ladder(state)
+        ladder itself when it is already kept. A vector that cannot be used raises here. A
+        job already running for the same ladder is reused; any other running job is
+        cancelled (the page shows one view)."""
         self.vector(state)  # bad input: an error now, not in the thread
-        job = Job(key)
-        job_id = uuid.uuid4().hex
-        self._jobs[job_id] = job
-        done = [k for k, j in self._jobs.items() if j.finished.is_set()]
-        for old in done[: max(0, len(done) - _KEEP)]:
-            del self._jobs[old]
+        key = self.ladder_key(state)
+        kept = self._kept(key)
+        if kept is not None:
+            return "", kept
+        with self._guard:
+            for job_id, other in self._jobs.items():
+                if not other.finished.is_set():
+                    if other.key == key and not other.cancelled.is_set():
+                        return job_id, None
+                    other.cancelled.set()
+            job = Job(key)
+            job_id = uuid.uuid4().hex
+            self._jobs[job_id] = job
+            done = [k for k, j in self._jobs.items() if j.finished.is_set()]
+            for old in done[: max(0, len(done) - _KEEP)]:
+                del self._jobs[old]
 
         def work() -> None:
             try:
@@ -214,9 +246,11 @@ class Explorer:
         return job_id, None
 
     def job(self, job_id: str) -> Job:
-        if job_id not in self._jobs:
+        with self._guard:
+            job = self._jobs.get(job_id)
+        if job is None:
             raise ValueError("that computation is not known to this server (restarted?)")
-        return self._jobs[job_id]
+        return job
 
     def cancel(self, job_id: str) -> None:
         """Stop the job at its next stage; its result, if it finishes first, is kept."""
@@ -263,18 +297,28 @@ class Explorer:
         }
 
     # the condition pane and the user card -------------------------------------------------
+    def _condition_of(self, state: ExploreState) -> Condition | None:
+        cond = None
+        with contextlib.suppress(ValueError):
+            cond = self.sources.load_vector(state.vector).condition
+        return cond or self.sources.condition()
+
+    def threshold(self, state: ExploreState) -> float | None:
+        """The threshold the condition pane shows: the state's, else the fitted one."""
+        cond = self._condition_of(state)
+        if cond is None:
+            return None
+        return cond.threshold if state.threshold is None else state.threshold
+
     def condition(
         self, state: ExploreState, ladder: dict[str, Any] | None
     ) -> dict[str, Any] | None:
         """The condition pane: the vector's own condition or the run's; None without one."""
-        cond = None
-        with contextlib.suppress(ValueError):
-            cond = self.sources.load_vector(state.vector).condition
-        cond = cond or self.sources.condition()
+        cond = self._condition_of(state)
         if cond is None:
             return None
         prompts = self.sources.user_prompts(state.user) or [state.prompt]
-        key = (state.user, state.chat)
+        key = (id(cond), cond.threshold, state.chat, tuple(prompts))
         if key not in self._conditions:
             with self.lock:
                 self._conditions[key] = condition_table(self.model, cond, prompts, chat=state.chat)
@@ -297,23 +341,27 @@ class Explorer:
         return None if not user else user_card(self.sources, user)
 
     # exports -------------------------------------------------------------------------------
-    def exports(self, ladder: dict[str, Any]) -> dict[str, str]:
-        """The ladder's state as JSON, Python, a command and a sweep block."""
-        state = ExploreState.from_dict(ladder["state"])
+    def exports(self, ladder: dict[str, Any], state: ExploreState | None = None) -> dict[str, str]:
+        """The view (``state``, by default the one the ladder was computed for) as a query,
+        JSON, Python, a command and a sweep block, with the ladder's α."""
+        state = state or ExploreState.from_dict(ladder["state"])
         prov, alphas = ladder["provenance"], list(ladder["alphas"])
         file = self.vector_file(state)
         return {
             "query": state.to_query(),
-            "json": state.to_json(),
+            "json": json.dumps({"state": state.to_dict(), "provenance": prov}, indent=1),
             "python": as_python(state, file, alphas, prov),
             "command": as_command(state, file, alphas, prov),
             "yaml": as_sweep_yaml(state, file, alphas, prov),
             "provenance": provenance_line(prov),
         }
 
-    def export_vector(self, state: ExploreState, fmt: str) -> tuple[str, bytes]:
+    def export_vector(self, state: ExploreState, fmt: str, alpha: float = 1.0) -> tuple[str, bytes]:
+        """The state's vector (its layers, its threshold) as a file; ``alpha`` is the
+        coefficient lm-eval's file carries (the slider's α)."""
         vec = self.vector(state)
-        return vector_bytes(vec, fmt, describe(self.model, vec, state))  # type: ignore[arg-type]
+        prov = describe(self.model, vec, state)
+        return vector_bytes(vec, fmt, prov, alpha=alpha)  # type: ignore[arg-type]
 
     def model_label(self) -> str:
         return model_name(self.model)

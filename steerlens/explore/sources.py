@@ -167,6 +167,16 @@ class Sources:
         entry = truth.get("users", {}).get(user)
         return dict(entry["weights"]) if entry else None
 
+    def steerx_detail(self, user: str) -> dict[str, Any] | None:
+        """The token effects study's per-token item effects (``steerx_effects.json``'s
+        ``detail``: each history conversation left out in turn) when they are this user's."""
+        path = self.run / "steerx_effects.json" if self.run is not None else None
+        if path is None or not path.exists():
+            return None
+        detail = json.loads(path.read_text(encoding="utf-8")).get("detail") or {}
+        keys = {"user", "tokens", "items", "item_effect"}
+        return detail if keys <= set(detail) and detail["user"] == user else None
+
     def steerx_card(self, user: str) -> dict[str, Any] | None:
         """The user's SteerX card (``steerx_cards.json``), if the run made one."""
         path = self.run / "steerx_cards.json" if self.run is not None else None

@@ -15,11 +15,20 @@ from urllib.parse import parse_qsl, urlencode
 
 from steerlens.core.conditions import parse_gate_name
 
-__all__ = ["DEFAULT_PROMPT", "ExploreState"]
+__all__ = ["DEFAULT_PROMPT", "ExploreState", "number"]
 
 DEFAULT_PROMPT = "Should I tell my friend that their business idea is bad?"
 ColourBy = Literal["kl", "projection"]
 _MAX_PROMPT = 4000
+
+
+def number(value: float | int) -> str:
+    """A number as the shortest text that reads back to the same float (``4``, ``0.1``,
+    ``0.30000000000000004``)."""
+    if isinstance(value, int):
+        return str(value)
+    text = repr(float(value))
+    return text[:-2] if text.endswith(".0") else text
 
 
 def _floats(value: Any, what: str) -> tuple[float, ...]:
@@ -126,19 +135,22 @@ class ExploreState:
 
     # the URL ---------------------------------------------------------------------------
     def to_query(self) -> str:
-        """The query string (without ``?``) holding every field that is not its default."""
+        """The query string (without ``?``): the prompt, the vector and the ladder always (an
+        empty query means the page's default view, not this one), the other fields where
+        they are not their default; numbers at full precision."""
         default = ExploreState()
+        always = {"prompt", "vector", "kl_budgets" if self.kl_budgets else "alphas"}
         out: dict[str, str] = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if value == getattr(default, f.name):
+            if value == getattr(default, f.name) and f.name not in always:
                 continue
             if isinstance(value, tuple):
-                out[f.name] = ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+                out[f.name] = ",".join(number(v) for v in value)
             elif isinstance(value, bool):
                 out[f.name] = "1" if value else "0"
             else:
-                out[f.name] = f"{value:g}" if isinstance(value, float) else str(value)
+                out[f.name] = number(value) if isinstance(value, float) else str(value)
         return urlencode(out)
 
     @classmethod
@@ -171,10 +183,14 @@ class ExploreState:
 
     @classmethod
     def from_json(cls, text: str) -> ExploreState:
+        """A state from ``to_json``'s text, or from an export's ``{"state": ..., "provenance":
+        ...}``."""
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
             raise ValueError(f"not JSON: {e}") from None
+        if isinstance(data, dict) and isinstance(data.get("state"), dict):
+            data = data["state"]
         if not isinstance(data, dict):
             raise ValueError("a state is a JSON object")
         return cls.from_dict(data)

@@ -23,7 +23,7 @@ from steerlens.run.cache import cache_activations
 
 from .sources import Sources
 
-__all__ = ["condition_figure", "condition_table", "threshold_view", "user_card"]
+__all__ = ["condition_figure", "condition_table", "threshold_view", "token_drivers", "user_card"]
 
 _FIRES, _LINE, _PROMPT = "#e45756", "#4c78a8", "#54a24b"
 
@@ -140,5 +140,19 @@ def user_card(src: Sources, user: str) -> dict[str, Any]:
         "vectors": vectors,
         "true_weights": src.true_weights(user),
         "steerx": card,
+        "item_effects": src.steerx_detail(user),
         "n_prompts": len(src.user_prompts(user)),
     }
+
+
+def token_drivers(detail: dict[str, Any], index: int, top: int = 3) -> list[dict[str, Any]]:
+    """The history conversations that drive token ``index`` of the detail target most: each
+    item's leave-one-out effect on it (``history_effects``' item effects), largest first."""
+    tokens, effects = detail["tokens"], detail["item_effect"]
+    if not 0 <= index < len(tokens):
+        raise ValueError(f"token {index}: the target has {len(tokens)} tokens")
+    rows = [
+        {"item": item, "effect": float(row[index])}
+        for item, row in zip(detail["items"], effects, strict=True)
+    ]
+    return sorted(rows, key=lambda r: -r["effect"])[:top]

@@ -1,10 +1,12 @@
 """The workbench's computation: one prompt, one vector, an α ladder, token by token.
 
-``run_ladder`` generates the unsteered reply and every α of the ladder in one batched
-``generate`` call, then teacher-forces each reply through the model unsteered and steered
-(the same gate, the same prompt length) to give every generated token its KL to the unsteered
-model, its projection on the vector and its top alternatives with and without steering; beside
-each α it measures the per-token KL on neutral text (one batched pass for the whole ladder),
+``run_ladder`` generates every α of the ladder in one batched ``generate`` call (and the
+unsteered reply, with no hook at all, in another), then teacher-forces each reply through the
+model unsteered and steered (the same gate, the same prompt length) to give every generated
+token its KL to the unsteered model, the residual's projection on the vector and its top
+alternatives with and without steering, all read at the position that predicted the token;
+beside each α it measures the per-token KL on neutral text with every position steered (one
+batched pass for the whole ladder, the measure KL budgets use),
 the reply's perplexity under the unsteered model, a repetition score and the length.
 Everything returned is plain data (``Ladder.to_dict`` for the page's store).
 """
@@ -39,11 +41,12 @@ Progress = Callable[[str], None]
 
 @dataclass
 class TokenView:
-    """One generated token: its text, per-token KL (nats) of the steered from the unsteered
-    next-token distribution (teacher-forced on this reply), the residual's projection on the
-    vector's unit direction at the first steered layer, whether the position that predicted
-    it was steered, whether it differs from the unsteered reply from here on, and the top
-    alternatives (token, probability) with and without steering."""
+    """One generated token, read at the position that predicted it: its text, the KL (nats)
+    of the steered from the unsteered next-token distribution (teacher-forced on this reply),
+    the residual's projection on the vector's unit direction at the vector's first layer
+    (after the steering was added), whether that position was steered, whether the reply
+    differs from the unsteered one from here on, and the top alternatives (token,
+    probability) with and without steering."""
 
     text: str
     kl: float
@@ -64,7 +67,7 @@ class LadderRow:
     kl: float
     """Mean per-token KL over this reply (teacher-forced), nats."""
     neutral_kl: float | None
-    """Mean per-token KL on the neutral texts at this α, nats."""
+    """Mean per-token KL on the neutral texts at this α, every position steered, nats."""
     perplexity: float | None
     """The reply's perplexity under the unsteered model (how plausible the text stays)."""
     repetition: float
@@ -134,40 +137,39 @@ def _teacher_forced(
     model: HookedModel,
     prompt: Tensor,
     reply: Tensor,
-    vector: SteeringVector | None,
+    vector: SteeringVector,
     alpha: float,
     gate: Any,
+    *,
+    steer: bool,
 ) -> tuple[Tensor, Tensor]:
-    """Log-probabilities ``[reply, vocab]`` predicting each reply token, and the residual's
-    projection on the vector's unit direction at each reply token, unsteered when
-    ``vector`` is None."""
+    """Teacher-forced on ``prompt + reply``, steered by ``alpha * vector`` under ``gate`` or
+    not at all: the log-probabilities ``[reply, vocab]`` that predicted each reply token, and
+    the residual's projection on the vector's unit direction at the first steered layer, read
+    at the same positions (the one predicting each token; after the steering was added)."""
     ids = torch.cat([prompt, reply]).to(model.cfg.device)[None]
     n_prompt, n_reply = len(prompt), len(reply)
+    at = slice(n_prompt - 1, n_prompt - 1 + n_reply)
     seen: dict[str, Tensor] = {}
-    hooks: list[tuple[str, Callable[..., Any]]] = []
-    if vector is not None:
-        layer = vector.layers[0]
 
-        def keep(resid: Tensor, *, hook: Any) -> None:
-            seen["resid"] = resid[0].detach()
+    def keep(resid: Tensor, *, hook: Any) -> None:
+        seen["resid"] = resid[0, at].detach()
 
-        hooks.append((hook_name(layer, vector.hook), keep))
+    capture = [(hook_name(vector.layers[0], vector.hook), keep)]
     with torch.inference_mode():
-        if vector is None:
-            logits = model(ids)
-        else:  # the capture hook after the steering one: it sees the steered residual
+        if steer:  # the capture hook after the steering one: it sees the steered residual
             with (
                 steering(model, vector, alpha, gate, prompt_lengths=[n_prompt]),
-                model.hooks(fwd_hooks=hooks),  # type: ignore[arg-type]
+                model.hooks(fwd_hooks=capture),  # type: ignore[arg-type]
             ):
                 logits = model(ids)
-    logp = logits[0, n_prompt - 1 : n_prompt - 1 + n_reply].float().log_softmax(-1).cpu()
-    if vector is None:
-        return logp, torch.zeros(n_reply)
+        else:
+            with model.hooks(fwd_hooks=capture):  # type: ignore[arg-type]
+                logits = model(ids)
+    logp = logits[0, at].float().log_softmax(-1).cpu()
     direction = vector.directions[vector.layers[0]].float().cpu()
     unit = direction / direction.norm().clamp_min(1e-12)
-    resid = seen["resid"][n_prompt : n_prompt + n_reply].float().cpu()
-    return logp, resid @ unit
+    return logp, seen["resid"].float().cpu() @ unit
 
 
 def _first_change(a: Sequence[int], b: Sequence[int]) -> int | None:
@@ -188,7 +190,7 @@ def _ladder_alphas(
     alphas = [
         calibrate_alpha(model, plain, neutral, b, use_cache=False)[0] for b in state.kl_budgets
     ]
-    return [0.0, *(round(a, 4) for a in alphas)]
+    return [0.0, *alphas]
 
 
 def run_ladder(
@@ -226,20 +228,22 @@ def run_ladder(
     steered = generate(model, rows[1:], steering=vector, alpha=alphas, gate=gate, **common)
     assert isinstance(base, Generation) and isinstance(steered, Generation)
     neutral_kl: list[float | None] = [None] * len(alphas)
-    if neutral:
-        say("neutral-text KL")
+    if neutral:  # neutral text has no prompt / reply split: every position steered, as the
+        say("neutral-text KL")  # study's side-effect measure and the KL budgets read it
         divs = steering_divergence(
             model,
             [t for _ in alphas for t in neutral],
             vector.conditioned(None),
             [a for a in alphas for _ in neutral],
-            gate=gate,
         )
         n = len(neutral)
         neutral_kl = [sum(d.kl for d in divs[i * n : (i + 1) * n]) / n for i in range(len(alphas))]
     say("teacher-forcing the unsteered reply")
     base_ids = base.tokens[0].tolist()
-    base_logp, _ = _teacher_forced(model, base.prompt_ids[0], base.tokens[0], None, 0.0, gate)
+    plain = vector.conditioned(None)
+    base_logp, base_proj = _teacher_forced(
+        model, base.prompt_ids[0], base.tokens[0], plain, 0.0, gate, steer=False
+    )
     out_rows: list[LadderRow] = []
     unsteered_row = _row(
         model,
@@ -248,7 +252,7 @@ def run_ladder(
         base.tokens[0],
         base_logp,
         base_logp,
-        torch.zeros(len(base_ids)),
+        base_proj,
         None,
         base_ids,
         None,
@@ -257,7 +261,6 @@ def run_ladder(
     conditions: list[bool | None] = (
         list(steered.conditions) if steered.conditions else [None] * len(alphas)
     )
-    plain = vector.conditioned(None)
     for i, alpha in enumerate(alphas):
         say(f"teacher-forcing α {alpha:g} ({i + 1}/{len(alphas)})")
         prompt, reply = steered.prompt_ids[i], steered.tokens[i]
@@ -265,8 +268,8 @@ def run_ladder(
         # the condition was decided while generating: steer the teacher-forced pass exactly
         # when it fired (its own pooling is the generation's, not re-read here)
         a = alpha if fired is not False else 0.0
-        s_logp, proj = _teacher_forced(model, prompt, reply, plain, a, gate)
-        u_logp, _ = _teacher_forced(model, prompt, reply, None, 0.0, gate)
+        s_logp, proj = _teacher_forced(model, prompt, reply, plain, a, gate, steer=True)
+        u_logp, _ = _teacher_forced(model, prompt, reply, plain, 0.0, gate, steer=False)
         out_rows.append(
             _row(
                 model,

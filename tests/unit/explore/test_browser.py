@@ -20,7 +20,8 @@ pytestmark = pytest.mark.skipif(
     CHROMIUM is None, reason="no Chromium (make chromium installs Debian's)"
 )
 ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-component-update"]
-SHOTS = os.environ.get("STEERLENS_SCREENSHOTS")  # a folder: the README's screenshot lands there
+SHOTS = os.environ.get("STEERLENS_SCREENSHOTS")
+SERVED: dict = {}  # the module's server's Explorer  # a folder: the README's screenshot lands there
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +35,7 @@ def server(tmp_path_factory, tiny_bridge):
     srv = make_server("127.0.0.1", 0, page_app.server, threaded=True)
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
+    SERVED["explorer"] = page_app.explorer
     yield f"http://127.0.0.1:{srv.server_port}/"
     srv.shutdown()
     thread.join(timeout=10)
@@ -170,12 +172,24 @@ def test_a_shared_url_reopens_the_same_view(server, browser, watched):
     w.page.wait_for_function(
         "() => document.querySelector('#share-link').innerText.includes('alphas=0%2C2%2C6')"
     )
+    # drag the condition's threshold: the URL holds it, the flips follow
+    flips = w.page.inner_text("#flips")
+    w.page.locator("#threshold").scroll_into_view_if_needed()
+    track = w.page.locator("#threshold .dash-slider-track").bounding_box()
+    w.page.mouse.click(track["x"] + 0.02 * track["width"], track["y"] + track["height"] / 2)
+    w.page.wait_for_function("() => location.search.includes('threshold=')")
+    w.page.wait_for_function("f => document.querySelector('#flips').innerText !== f", arg=flips)
+    w.page.wait_for_function(
+        "() => document.querySelector('#share-link').innerText.includes('threshold=')"
+    )
+    flips = w.page.inner_text("#flips")
     link = w.page.inner_text("#share-link")
     assert "gate=first%3A2" in link and "colour_by=projection" in link
     seen = _steered(w)
     backgrounds = w.page.eval_on_selector_all(
         "#steered .tok", "els => els.map(e => e.style.backgroundColor)"
     )
+    SERVED["explorer"]._ladders.clear()  # the link is computed afresh, not taken from a cache
     other = Watched(browser)
     try:
         _open(other, link)
@@ -183,6 +197,9 @@ def test_a_shared_url_reopens_the_same_view(server, browser, watched):
         assert "first:2" in other.page.inner_text("#gate")
         assert other.page.is_checked("input[value=projection]")
         assert _steered(other) == seen
+        other.page.wait_for_function(
+            "f => document.querySelector('#flips').innerText === f", arg=flips
+        )
         assert (
             other.page.eval_on_selector_all(
                 "#steered .tok", "els => els.map(e => e.style.backgroundColor)"

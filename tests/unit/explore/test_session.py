@@ -83,8 +83,15 @@ def test_the_ladder_is_kept_and_the_view_switches_alpha_without_recomputing(ex, 
     assert [c["text"] for c in views[0]["steered"]] == [c["text"] for c in views[0]["unsteered"]]
     assert len(views[2]["readouts"]) == 3 and views[2]["readouts"][2]["α"] == 8.0
     assert "tiny-random" in views[0]["provenance"] and "steerlens" in views[0]["provenance"]
+    # colouring and the user shown are not part of the ladder: switching them computes nothing
+    again = ExploreState.from_dict({**state.to_dict(), "colour_by": "projection", "user": None})
+    assert ex.ladder(again) is first
     by_projection = ex.view(first, 2, "projection")
-    assert by_projection["steered"][0]["title"] == views[2]["steered"][0]["title"]
+    for cell, token in zip(by_projection["steered"], first["rows"][2]["tokens"], strict=True):
+        colour = cell["background"]
+        if colour != "transparent":  # red above zero, blue below
+            assert colour.startswith("rgba(228" if token["projection"] > 0 else "rgba(76")
+    assert by_projection["steered"] != views[2]["steered"]
 
 
 def test_the_python_and_command_exports_reproduce_the_ladder(ex):
@@ -302,6 +309,10 @@ def test_the_cli_serves_the_run_on_localhost_and_refuses_a_missing_folder(run, m
     assert result.exit_code == 0, result.output
     assert (seen["host"], seen["port"], seen["debug"]) == ("127.0.0.1", 8050, False)
     assert seen["app"].explorer.sources.run == run / "results"
+    seen.clear()  # no --model: the run's own model (summary.json), not the embedded one
+    result = CliRunner().invoke(cli, ["explore", "--run", str(run), "--port", "8051"])
+    assert result.exit_code == 0, result.output
+    assert sl.model_name(seen["app"].explorer.model) == "tiny-random" and seen["port"] == 8051
     result = CliRunner().invoke(
         cli, ["explore", "--run", str(run / "nowhere"), "-m", "tiny-random"]
     )
@@ -371,3 +382,54 @@ def test_a_failed_job_reports_its_error_and_bad_input_fails_before_starting(ex, 
         ex.start(_state(ex, vector="/no/such/file.safetensors"))
     with pytest.raises(ValueError, match="not known"):
         ex.job("nope")
+
+
+def test_a_new_view_cancels_the_running_one_and_the_same_view_joins_it(ex, monkeypatch):
+    import threading
+
+    release = threading.Event()
+    _blocking_ladder(monkeypatch, release)
+    first_id, _ = ex.start(_state(ex, alphas=[0, 1, 7]))
+    assert ex.start(_state(ex, alphas=[0, 1, 7], colour_by="projection"))[0] == first_id
+    second_id, _ = ex.start(_state(ex, alphas=[0, 2, 7]))
+    assert second_id != first_id and ex.job(first_id).cancelled.is_set()
+    release.set()
+    assert ex.job(first_id).finished.wait(10) and ex.job(first_id).status == "cancelled"
+    assert ex.job(second_id).finished.wait(30) and ex.job(second_id).result is not None
+
+
+def test_the_json_export_carries_the_provenance_and_reads_back(ex):
+    ladder = ex.ladder(_state(ex))
+    data = json.loads(ex.exports(ladder)["json"])
+    assert data["provenance"]["model"] == "tiny-random" and "steerlens" in data["provenance"]
+    assert ExploreState.from_json(json.dumps(data)) == ExploreState.from_dict(ladder["state"])
+
+
+def test_item_effects_name_the_history_conversations_that_drive_a_token(ex, run, tmp_path):
+    import shutil
+
+    from steerlens.explore.users import token_drivers
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    user = ex.default_state().user
+    detail = {
+        "user": user,
+        "tokens": ["Hi", " there", "!"],
+        "items": ["first conversation", "second conversation", "third conversation"],
+        "item_effect": [[0.1, -0.2, 0.0], [0.3, 0.05, -0.1], [-0.2, 0.4, 0.2]],
+    }
+    (copy / "results" / "steerx_effects.json").write_text(json.dumps({"detail": detail}))
+    card = Explorer(ex.model, Sources(run=copy), neutral_n=0).card(user)
+    assert card["item_effects"] == detail
+    drivers = token_drivers(card["item_effects"], 1)
+    assert [d["item"] for d in drivers] == [
+        "third conversation",
+        "second conversation",
+        "first conversation",
+    ]
+    assert drivers[0]["effect"] == 0.4 and len(token_drivers(detail, 0, top=1)) == 1
+    with pytest.raises(ValueError, match="has 3 tokens"):
+        token_drivers(detail, 3)
+    other = next(u for u in ex.sources.users() if u != user)
+    assert Explorer(ex.model, Sources(run=copy), neutral_n=0).card(other)["item_effects"] is None

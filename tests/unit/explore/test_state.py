@@ -1,8 +1,12 @@
 from __future__ import annotations
 
+import json
+from urllib.parse import parse_qs
+
 import pytest
 
 from steerlens.explore import ExploreState
+from steerlens.explore.state import number
 
 
 def test_a_state_round_trips_through_the_url_and_json_exactly():
@@ -26,9 +30,26 @@ def test_a_state_round_trips_through_the_url_and_json_exactly():
     assert ExploreState.from_query(budgets.to_query()) == budgets
 
 
-def test_the_default_state_has_an_empty_query():
-    assert ExploreState().to_query() == ""
-    assert ExploreState.from_query("") == ExploreState()
+def test_a_query_always_names_its_prompt_vector_and_ladder():
+    """An empty query is the page's default view, so no state writes one."""
+    default = ExploreState()
+    assert set(parse_qs(default.to_query())) == {"prompt", "vector", "alphas"}
+    assert ExploreState.from_query(default.to_query()) == default
+    budgets = ExploreState(kl_budgets=(0.05, 0.2))
+    assert set(parse_qs(budgets.to_query())) == {"prompt", "vector", "kl_budgets"}
+
+
+def test_numbers_keep_full_precision_through_the_url():
+    s = ExploreState(alphas=(0, 0.1 + 0.2, 1 / 3, 123456.789), threshold=2 / 7)
+    back = ExploreState.from_query(s.to_query())
+    assert back.alphas == s.alphas and back.threshold == s.threshold
+    assert number(4.0) == "4" and number(0.1) == "0.1" and number(7) == "7"
+
+
+def test_an_export_with_provenance_reads_back_as_its_state():
+    s = ExploreState(alphas=(0, 1, 2))
+    wrapped = json.dumps({"state": s.to_dict(), "provenance": {"model": "m"}})
+    assert ExploreState.from_json(wrapped) == s
 
 
 @pytest.mark.parametrize(

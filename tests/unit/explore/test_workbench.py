@@ -48,9 +48,10 @@ def test_each_row_is_the_single_generation_at_its_alpha(tiny, rand_vec, gate):
 
 
 def test_token_kl_projection_and_perplexity_are_the_teacher_forced_values(tiny):
-    """Checked against TransformerLens' run_with_cache and continuation_logprobs: per token
-    the KL of the steered from the unsteered distribution, the steered residual's
-    projection on the unit direction, and the reply's perplexity under the unsteered model."""
+    """Per token, read at the position that predicted it: the steered distribution is the one
+    generate() sampled from (its own logits, KV-cached), the KL and the steered residual's
+    projection equal TransformerLens' run_with_cache under sl.steering, the unsteered reply's
+    projection its unsteered residual's, and the perplexity continuation_logprobs'."""
     g = torch.Generator().manual_seed(5)
     vec = sl.SteeringVector(
         {2: torch.randn(tiny.cfg.d_model, generator=g)}, model_name="tiny-random"
@@ -59,31 +60,54 @@ def test_token_kl_projection_and_perplexity_are_the_teacher_forced_values(tiny):
     ladder = run_ladder(tiny, state, prepare_vector(vec, state, tiny))
     row = ladder.rows[2]
     gen = sl.generate(
-        tiny, [PROMPT], steering=vec, alpha=6.0, max_new_tokens=6, chat=False, return_tokens=True
+        tiny,
+        [PROMPT],
+        steering=vec,
+        alpha=6.0,
+        max_new_tokens=6,
+        chat=False,
+        return_tokens=True,
+        return_logits=True,
     )
     prompt, reply = gen.prompt_ids[0].cpu(), gen.tokens[0].cpu()
     assert [t.text for t in row.tokens] == _ids(tiny, reply.tolist())
-    ids = torch.cat([prompt.cpu(), reply])[None].to(tiny.cfg.device)
+    sampled = gen.logits[0].float().softmax(-1).max(-1).values  # [steps]
+    got_top = torch.tensor([t.top_steered[0][1] for t in row.tokens])
+    torch.testing.assert_close(got_top, sampled[: len(reply)], atol=2e-3, rtol=0)
+    ids = torch.cat([prompt, reply])[None].to(tiny.cfg.device)
     n = len(prompt)
     name = sl.hook_name(2)
     with torch.inference_mode():
-        plain_logits, _ = tiny.run_with_cache(ids, names_filter=name)
+        plain_logits, plain_cache = tiny.run_with_cache(ids, names_filter=name)
         with sl.steering(tiny, vec, 6.0):
             logits, cache = tiny.run_with_cache(ids, names_filter=name)
-    lp_s = logits[0, n - 1 : n - 1 + len(reply)].float().log_softmax(-1).cpu()
-    lp_u = plain_logits[0, n - 1 : n - 1 + len(reply)].float().log_softmax(-1).cpu()
+    at = slice(n - 1, n - 1 + len(reply))
+    lp_s = logits[0, at].float().log_softmax(-1).cpu()
+    lp_u = plain_logits[0, at].float().log_softmax(-1).cpu()
     kl = (lp_s.exp() * (lp_s - lp_u)).sum(-1)
-    unit = vec.directions[2] / vec.directions[2].norm()
-    proj = cache[name][0, n : n + len(reply)].float().cpu() @ unit.float()
+    unit = (vec.directions[2] / vec.directions[2].norm()).float()
+    proj = cache[name][0, at].float().cpu() @ unit
     got_kl = torch.tensor([t.kl for t in row.tokens])
     got_proj = torch.tensor([t.projection for t in row.tokens])
     torch.testing.assert_close(
         got_kl, kl.clamp_min(0), atol=1e-4 + 1e-3 * float(kl.max()), rtol=1e-3
     )
-    torch.testing.assert_close(got_proj, proj, atol=1e-3 * (1 + float(proj.abs().max())), rtol=1e-3)
+    scale = 1e-3 * (1 + float(proj.abs().max()))
+    torch.testing.assert_close(got_proj, proj, atol=scale, rtol=1e-3)
+    assert (got_proj - (plain_cache[name][0, at].float().cpu() @ unit)).min() > 5.0  # +6|v|
     logp = sl.continuation_logprobs(tiny, [PROMPT], [reply], chat=False)[0]
     assert row.perplexity == pytest.approx(float(torch.exp(-logp.mean())), rel=1e-3)
     assert all(t.kl == 0.0 for t in ladder.rows[0].tokens)  # α = 0: nothing moves
+    # the unsteered reply: its own residual's projection, not a placeholder
+    base = sl.generate(tiny, [PROMPT], max_new_tokens=6, chat=False, return_tokens=True)
+    b_ids = torch.cat([base.prompt_ids[0].cpu(), base.tokens[0].cpu()])[None]
+    with torch.inference_mode():
+        _, b_cache = tiny.run_with_cache(b_ids.to(tiny.cfg.device), names_filter=name)
+    b_at = slice(n - 1, n - 1 + len(base.tokens[0]))
+    want = b_cache[name][0, b_at].float().cpu() @ unit
+    got = torch.tensor([t.projection for t in ladder.unsteered.tokens])
+    torch.testing.assert_close(got, want, atol=scale, rtol=1e-3)
+    assert got.abs().max() > 0
 
 
 def test_the_generated_gate_leaves_the_first_token_unsteered(tiny, rand_vec):
@@ -103,7 +127,7 @@ def test_kl_budgets_become_the_calibrated_alphas(tiny, rand_vec):
     vec = prepare_vector(rand_vec, state, tiny)
     ladder = run_ladder(tiny, state, vec, neutral=neutral)
     expected = [sl.calibrate_alpha(tiny, vec, neutral, b, use_cache=False)[0] for b in (0.02, 0.1)]
-    assert ladder.alphas == [0.0, *(round(a, 4) for a in expected)]
+    assert ladder.alphas == [0.0, *expected]
     assert ladder.rows[0].neutral_kl == 0.0
     for row, budget in zip(ladder.rows[1:], (0.02, 0.1), strict=True):
         assert row.neutral_kl == pytest.approx(budget, rel=0.05)

@@ -18,11 +18,12 @@ from steerlens.core.models import HookedModel, model_name
 from steerlens.core.tokens import has_chat_template
 from steerlens.core.vectors import SteeringVector
 from steerlens.data.mmlu import neutral_texts
+from steerlens.reporting import plots
 
 from .export import as_command, as_python, as_sweep_yaml, provenance_line, vector_bytes
 from .sources import Sources
 from .state import DEFAULT_PROMPT, ExploreState
-from .users import condition_figure, condition_table, threshold_view, user_card
+from .users import condition_table, threshold_view, user_card
 from .workbench import describe, prepare_vector, run_ladder
 
 __all__ = ["Cancelled", "Explorer", "Job", "token_cells"]
@@ -326,7 +327,7 @@ class Explorer:
         view = threshold_view(self._conditions[key], cond.threshold, threshold)
         projection = ladder.get("condition_projection") if ladder else None
         return {
-            "figure": condition_figure(
+            "figure": plots.condition_projections(
                 view, cond.threshold, threshold, prompt_projection=projection
             ),
             "fitted": cond.threshold,

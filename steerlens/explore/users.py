@@ -2,7 +2,7 @@
 
 ``condition_table`` pools a user's prompts as the condition pools them at run time and
 projects them on its direction; ``threshold_view`` says which fire at a dragged threshold and
-which flip against the fitted one; ``condition_figure`` draws it. ``user_card`` gathers a
+which flip against the fitted one (``sl.plots.condition_projections`` draws it). ``user_card`` gathers a
 user's vectors (norm, cosine to the population vector, a cached calibrated α), the simulated
 set's true weights and the SteerX token effects of the run.
 """
@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
-import plotly.graph_objects as go
 import torch
 
 from steerlens.core.conditions import Condition
@@ -23,9 +22,7 @@ from steerlens.run.cache import cache_activations
 
 from .sources import Sources
 
-__all__ = ["condition_figure", "condition_table", "threshold_view", "token_drivers", "user_card"]
-
-_FIRES, _LINE, _PROMPT = "#e45756", "#4c78a8", "#54a24b"
+__all__ = ["condition_table", "threshold_view", "token_drivers", "user_card"]
 
 
 def condition_table(
@@ -56,43 +53,6 @@ def threshold_view(table: pd.DataFrame, fitted: float, threshold: float) -> pd.D
     out["fires_fitted"] = out["projection"] > fitted
     out["flipped"] = out["fires"] != out["fires_fitted"]
     return out
-
-
-def condition_figure(
-    view: pd.DataFrame, fitted: float, threshold: float, *, prompt_projection: float | None = None
-) -> go.Figure:
-    """Each prompt's projection (fired: coloured), the fitted and the chosen threshold, and
-    the workbench prompt's projection."""
-    fig = go.Figure()
-    for fires, colour, label in ((True, _FIRES, "fires"), (False, "#999", "does not fire")):
-        part = view[view["fires"] == fires]
-        fig.add_trace(
-            go.Scatter(
-                x=part["projection"],
-                y=[p[:60] for p in part["prompt"]],
-                mode="markers",
-                marker=dict(
-                    color=colour,
-                    size=11,
-                    symbol=["diamond" if f else "circle" for f in part["flipped"]],
-                ),
-                name=label,
-                hovertext=part["prompt"],
-            )
-        )
-    fig.add_vline(x=fitted, line=dict(color="#555", dash="dot"), annotation_text="fitted")
-    fig.add_vline(x=threshold, line=dict(color=_LINE), annotation_text="threshold")
-    if prompt_projection is not None:
-        fig.add_vline(
-            x=prompt_projection, line=dict(color=_PROMPT, dash="dash"), annotation_text="prompt"
-        )
-    fig.update_layout(
-        title="Condition: projection of the user's prompts (diamond: flips against the fitted)",
-        xaxis_title="projection on the condition's direction",
-        height=max(260, 26 * len(view) + 120),
-        margin=dict(l=10, r=10, t=50, b=40),
-    )
-    return fig
 
 
 def _cosine(a: SteeringVector, b: SteeringVector) -> float | None:

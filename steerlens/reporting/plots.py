@@ -42,6 +42,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "calibrated_curves",
+    "condition_projections",
     "conditional_dose",
     "dataset_overview",
     "dose_response",
@@ -341,6 +342,55 @@ def conditional_dose(table: pd.DataFrame, *, title: str | None = None) -> go.Fig
     fig.update_xaxes(title_text="α")
     fig.update_yaxes(title_text="ΔMAE % vs unsteered", row=1, col=1)
     return _style(fig, title or "Conditional vs unconditional steering per category")
+
+
+def condition_projections(
+    view: pd.DataFrame,
+    fitted: float,
+    threshold: float,
+    *,
+    prompt_projection: float | None = None,
+    title: str | None = None,
+) -> go.Figure:
+    """Prompts' projections on a ``Condition``'s direction against its fitted threshold and
+    a chosen one: ``view`` has ``prompt``, ``projection``, ``fires`` (at ``threshold``) and
+    ``flipped`` (firing differs from the fitted threshold's: drawn as diamonds);
+    ``prompt_projection`` marks one more prompt (the explorer's).
+
+    Example: ``sl.plots.condition_projections(threshold_view(table, 1.2, 0.8), 1.2, 0.8)``
+    (``steerlens.explore.users``: ``condition_table`` and ``threshold_view`` make ``view``)
+    """
+    _need(view, ("prompt", "projection", "fires", "flipped"), "condition_projections")
+    fig = go.Figure()
+    for fires, colour, label in ((True, "#e45756", "fires"), (False, "#999", "does not fire")):
+        part = view[view["fires"] == fires]
+        fig.add_trace(
+            go.Scatter(
+                x=part["projection"],
+                y=[str(p)[:60] for p in part["prompt"]],
+                mode="markers",
+                marker=dict(
+                    color=colour,
+                    size=11,
+                    symbol=["diamond" if f else "circle" for f in part["flipped"]],
+                ),
+                name=label,
+                hovertext=part["prompt"],
+            )
+        )
+    fig.add_vline(x=fitted, line=dict(color="#555", dash="dot"), annotation_text="fitted")
+    fig.add_vline(x=threshold, line=dict(color="#4c78a8"), annotation_text="threshold")
+    if prompt_projection is not None:
+        fig.add_vline(
+            x=prompt_projection, line=dict(color="#54a24b", dash="dash"), annotation_text="prompt"
+        )
+    fig.update_layout(
+        xaxis_title="projection on the condition's direction",
+        height=max(260, 26 * len(view) + 120),
+    )
+    return _style(
+        fig, title or "Condition: the prompts' projections (diamond: flips against the fitted)"
+    )
 
 
 def utility_by_group(table: pd.DataFrame, *, title: str | None = None) -> go.Figure:

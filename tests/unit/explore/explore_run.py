@@ -35,3 +35,19 @@ def make_run(folder: Path) -> Path:
     where.mkdir(parents=True, exist_ok=True)
     cond.save(where / "condition.safetensors")
     return folder
+
+
+def blocking_ladder(monkeypatch, release, stage: str = "stage one") -> None:
+    """Make the explorer's ladder report ``stage``, wait for ``release``, report the next
+    stage (where a cancel stops it) and then run the real ladder."""
+    from steerlens.explore import session
+
+    real = session.run_ladder
+
+    def slow(model, state, vector, **kw):
+        kw["progress"](stage)
+        release.wait(20)
+        kw["progress"]("the next stage")
+        return real(model, state, vector, **kw)
+
+    monkeypatch.setattr(session, "run_ladder", slow)

@@ -10,7 +10,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
-from explore_run import make_run
+from explore_run import blocking_ladder, make_run
 
 pytest.importorskip("dash")
 sync_api = pytest.importorskip("playwright.sync_api")
@@ -231,19 +231,8 @@ def test_bad_input_and_a_cancel_give_a_message_and_the_page_lives_on(server, wat
     assert w.page.inner_text("#run-msg") == ""
     before = _steered(w)
     # a long computation shows its stage and stops at the next one when cancelled
-    import threading
-
-    from steerlens.explore import session
-
-    release, real = threading.Event(), session.run_ladder
-
-    def slow(model, state, vector, **kw):
-        kw["progress"]("generating, slowly")
-        release.wait(20)
-        kw["progress"]("the next stage")
-        return real(model, state, vector, **kw)
-
-    monkeypatch.setattr(session, "run_ladder", slow)
+    release = threading.Event()
+    blocking_ladder(monkeypatch, release, stage="generating, slowly")
     w.page.fill("#alphas", "0,2,5")
     w.page.click("#go")
     w.page.wait_for_selector("#status:has-text('generating, slowly')")

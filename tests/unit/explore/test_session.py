@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 from conftest import no_hooks_left
-from explore_run import make_run
+from explore_run import blocking_ladder, make_run
 from typer.testing import CliRunner
 
 import steerlens as sl
@@ -167,6 +167,10 @@ def test_the_condition_pane_projects_as_generation_does_and_lists_the_flips(ex, 
     ]
     assert pane["flipped"] == expect and pane["threshold"] == middle
     assert pane["fires"] == sum(x > middle for x in table["projection"])
+    symbols = [m for trace in pane["figure"].data for m in trace.marker.symbol]
+    assert symbols.count("diamond") == len(expect) and len(symbols) == len(table)
+    lines = {shape.x0 for shape in pane["figure"].layout.shapes}
+    assert {middle, cond.threshold} <= lines
     assert ex.condition(state, None)["flipped"] == []  # at the fitted threshold
 
 
@@ -325,28 +329,12 @@ def test_the_cli_serves_the_run_on_localhost_and_refuses_a_missing_folder(run, m
     assert result.exit_code == 0 and "population" in seen["app"].explorer.sources.vectors
 
 
-def _blocking_ladder(monkeypatch, release):
-    """run_ladder that reports a stage, waits for ``release``, then reports the next (where a
-    cancel stops it) and runs the real ladder."""
-    from steerlens.explore import session
-
-    real = session.run_ladder
-
-    def slow(model, state, vector, **kw):
-        kw["progress"]("stage one")
-        release.wait(10)
-        kw["progress"]("stage two")
-        return real(model, state, vector, **kw)
-
-    monkeypatch.setattr(session, "run_ladder", slow)
-
-
 def test_a_job_reports_its_stage_and_a_cancel_stops_it_there(ex, monkeypatch):
     import threading
     import time
 
     release = threading.Event()
-    _blocking_ladder(monkeypatch, release)
+    blocking_ladder(monkeypatch, release)
     state = _state(ex, alphas=[0, 1, 3])
     job_id, ladder = ex.start(state)
     assert job_id and ladder is None
@@ -388,7 +376,7 @@ def test_a_new_view_cancels_the_running_one_and_the_same_view_joins_it(ex, monke
     import threading
 
     release = threading.Event()
-    _blocking_ladder(monkeypatch, release)
+    blocking_ladder(monkeypatch, release)
     first_id, _ = ex.start(_state(ex, alphas=[0, 1, 7]))
     assert ex.start(_state(ex, alphas=[0, 1, 7], colour_by="projection"))[0] == first_id
     second_id, _ = ex.start(_state(ex, alphas=[0, 2, 7]))

@@ -268,8 +268,11 @@ def run_ladder(
         # the condition was decided while generating: steer the teacher-forced pass exactly
         # when it fired (its own pooling is the generation's, not re-read here)
         a = alpha if fired is not False else 0.0
-        s_logp, proj = _teacher_forced(model, prompt, reply, plain, a, gate, steer=True)
-        u_logp, _ = _teacher_forced(model, prompt, reply, plain, 0.0, gate, steer=False)
+        u_logp, u_proj = _teacher_forced(model, prompt, reply, plain, 0.0, gate, steer=False)
+        if a == 0.0:  # adding 0·v changes no bit: the unsteered pass is the steered one
+            s_logp, proj = u_logp, u_proj
+        else:
+            s_logp, proj = _teacher_forced(model, prompt, reply, plain, a, gate, steer=True)
         out_rows.append(
             _row(
                 model,

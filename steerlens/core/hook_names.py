@@ -7,7 +7,7 @@ from __future__ import annotations
 
 HOOK_POINTS = ("hook_resid_post", "hook_resid_pre", "hook_resid_mid")
 
-__all__ = ["HOOK_POINTS", "hook_name", "resid_post", "resid_pre"]
+__all__ = ["HOOK_POINTS", "hook_layer", "hook_name", "resid_post", "resid_pre"]
 
 
 def hook_name(layer: int, hook: str = "hook_resid_post") -> str:
@@ -27,3 +27,11 @@ def resid_post(layer: int) -> str:
 def resid_pre(layer: int) -> str:
     """``blocks.{layer}.hook_resid_pre``: the input of block ``layer``."""
     return hook_name(layer, "hook_resid_pre")
+
+
+def hook_layer(name: str) -> int | None:
+    """The block of a ``blocks.{l}.{point}`` hook name, or None for any other name."""
+    parts = str(name).split(".")
+    if len(parts) == 3 and parts[0] == "blocks" and parts[1].isdigit():
+        return int(parts[1])
+    return None

@@ -38,6 +38,7 @@ from steerlens.core._version import __version__
 from steerlens.core.models import default_layers, load_model
 from steerlens.data import load_prism
 from steerlens.experiments.claims import build_headline
+from steerlens.experiments.config import RunSection
 from steerlens.experiments.provenance import code_provenance, machine
 from steerlens.experiments.resume import (
     fingerprints,
@@ -87,7 +88,7 @@ def study_key(cfg: DemoConfig) -> str:
     batching of the sweep): a run with another key in the same folder starts afresh."""
     skip = ("out", "steps", "steerx", "cells_per_batch", "force")  # none changes a number
     fields = {k: v for k, v in asdict(cfg).items() if k not in skip}
-    fields["run"] = {k: v for k, v in fields["run"].items() if k != "device"}
+    fields["run"] = _run_key(fields["run"])
     # written as before the sections were nested (a folder made then keeps its key): the
     # method options only where they differ from the defaults, the token-effect study's seed
     # and batch size at its top level
@@ -98,8 +99,20 @@ def study_key(cfg: DemoConfig) -> str:
     if cfg.side_effect_texts is None:  # likewise
         del fields["side_effect_texts"]
     te = fields["token_effects"]
-    te.update({k: v for k, v in te.pop("run").items() if k != "device"})
+    te.update(_run_key(te.pop("run")))
     return hashlib.sha1(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _run_key(run: dict[str, Any]) -> dict[str, Any]:
+    """A run section as the study key writes it: no device; the generation batch size only
+    where it is not the default (added later: earlier folders keep their keys, and the steps
+    that generate record it in their own fingerprints, so they rerun where it changed)."""
+    default = RunSection().generation_batch_size
+    return {
+        k: v
+        for k, v in run.items()
+        if k != "device" and not (k == "generation_batch_size" and v == default)
+    }
 
 
 def mark_step(results: str | Path, name: str, seconds: float) -> None:

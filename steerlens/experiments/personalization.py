@@ -284,7 +284,9 @@ def _utility_gain(
     row_users = [u for u in sorted(seen) for _ in seen[u]]
     prompts = [q for u in sorted(seen) for q in seen[u]]
     kw: dict[str, Any] = dict(
-        max_new_tokens=cfg.utility_tokens, batch_size=cfg.run.batch_size, progress_bar=False
+        max_new_tokens=cfg.utility_tokens,
+        batch_size=cfg.run.generation_batch_size,
+        progress_bar=False,
     )
     base = ground_truth_utility(generate(model, prompts, **kw), row_users, gt)
     rows, groups = [], []

@@ -289,7 +289,7 @@ class _Shared:
             model,
             [q[0] for q in queries],
             max_new_tokens=64,
-            batch_size=cfg.run.batch_size,
+            batch_size=cfg.run.generation_batch_size,
             progress_bar=progress_bar,
         )
         # a user whose every generic response is empty has nothing to contrast with: left
@@ -379,7 +379,7 @@ def _sweep_rows(
         sweep_prompts,
         vectors,
         out / "sweep" / backbone,
-        settings=GenerationSettings(cfg.max_new_tokens, cfg.run.batch_size, 64),
+        settings=GenerationSettings(cfg.max_new_tokens, cfg.run.generation_batch_size, 64),
         measure=standard_measures(gt, batch_size=cfg.run.batch_size),
         progress_bar=progress_bar,
     )

@@ -1,7 +1,9 @@
 """Side effects of steering on neutral text, and strength calibrated to a KL budget.
 
-``steering_divergence`` runs each text twice in the same batch, unsteered and steered (one
-vector and α per row, so all users' vectors go through one batched pass), and returns per
+``steering_divergence`` runs each text unsteered and steered (one vector and α per row, so
+all users' vectors go through one batched pass; with no hook open, a text that several rows
+repeat runs unsteered once, and the steered pass starts at the first block steered, from the
+unsteered pass's residual there, where the engine can start midway), and returns per
 text the mean per-token KL divergence of the steered from the unsteered next-token
 distribution, ``KL(p_steered ‖ p_unsteered)`` averaged over the text's positions, and the
 text's negative log-likelihood under steering (its perplexity).
@@ -28,7 +30,14 @@ from torch import Tensor
 
 from steerlens.core.batching import Batch, condition_masks, map_batches
 from steerlens.core.engines import Engine, PassEngineName, resolve_engine
-from steerlens.core.hooks import AnyGate, ConditionState, condition_state, steering_hooks
+from steerlens.core.hook_names import hook_layer, resid_pre
+from steerlens.core.hooks import (
+    AnyGate,
+    ConditionState,
+    active_steering,
+    condition_state,
+    steering_hooks,
+)
 from steerlens.core.models import HookedModel
 from steerlens.core.tokens import tokenize
 from steerlens.core.vectors import SteeringVector
@@ -99,7 +108,11 @@ def steering_divergence(
             pooled), and the rows report ``projection`` and ``steered``.
 
     Both passes run under whatever hooks are already open, so "unsteered" means the model
-    as the caller has it.
+    as the caller has it. With none open and no ``reference``, a text repeated over rows
+    (one per vector or α) runs its unsteered pass once for all of them (in groups of texts
+    whose log-probabilities fit in ``SHARED_REFERENCE_BYTES``), and the steered rows skip
+    the blocks below the first one steered where the engine can (``Engine.can_start_at``):
+    the same numbers as whole passes, to float rounding.
     """
     ids = _ids(model, texts)
     n = len(ids)
@@ -114,14 +127,37 @@ def steering_divergence(
     if reference is not None and len(reference) != n:
         raise ValueError(f"{len(reference)} reference rows for {n} texts")
     alphas = float(alpha) if isinstance(alpha, int | float) else [float(a) for a in alpha]
+    groups = _text_groups(model, ids) if reference is None else None
+    if groups is not None:  # too many distinct texts to hold at once: a call per group
+        out: list[Divergence | None] = [None] * n
+        for rows in groups:
+            part = steering_divergence(
+                model,
+                [ids[i] for i in rows],
+                [vector[i] for i in rows] if isinstance(vector, Sequence) else vector,
+                [alphas[i] for i in rows] if isinstance(alphas, list) else alphas,
+                batch_size=batch_size,
+                progress_bar=progress_bar,
+                engine=engine,
+                gate=gate,
+            )
+            for i, d in zip(rows, part, strict=True):
+                out[i] = d
+        return out  # type: ignore[return-value]
     pairs = steering_hooks(model, vector, alphas, gate)
     eng = resolve_engine(model, "hook_resid_post", engine, pairs=pairs)
     state = condition_state(pairs)
+    # with nothing else acting on the model, one text's unsteered pass is the same in every
+    # row: distinct texts run it once, and the steered pass starts where the hooks do
+    quiet = not active_steering(model) and not eng.hooked()
+    start = _start_layer(eng, pairs) if quiet else None
+    resids = None
+    if reference is None and quiet:
+        reference, resids = _shared_reference(model, eng, ids, batch_size, start) or (None, None)
     pool = condition_masks(model, ids, pairs=pairs)  # each text read as a whole prompt
 
     def run(batch: Batch) -> list[Divergence]:
-        ref = None if reference is not None else _logprobs(eng, batch, [])
-        steered = _logprobs(eng, batch, pairs)
+        ref, steered = _batch_logprobs(eng, batch, pairs, start, resids, reference is None)
         rows = []
         for row, n_tok in enumerate(batch.enc.lengths):
             lp = steered[row, :n_tok]
@@ -159,6 +195,137 @@ def steering_divergence(
         )
 
 
+SHARED_REFERENCE_BYTES = 2**31
+"""The most memory (bytes, on the CPU) that the unsteered log-probabilities of a call's
+distinct texts may take to be computed once for every row repeating them; above it each row
+runs its own unsteered pass."""
+
+
+def _text_groups(model: HookedModel, ids: list[Tensor]) -> list[list[int]] | None:
+    """Rows grouped by text so that each group's distinct texts' log-probabilities fit in
+    ``SHARED_REFERENCE_BYTES`` (every row of a text in its text's group); None when they
+    fit at once, or when no text repeats (nothing to share)."""
+    rows_of: dict[tuple[int, ...], list[int]] = {}
+    for i, t in enumerate(ids):
+        rows_of.setdefault(tuple(t.tolist()), []).append(i)
+    per_token = int(model.cfg.d_vocab) * 4
+    sizes = [len(text) * per_token for text in rows_of]
+    if len(rows_of) == len(ids) or sum(sizes) <= SHARED_REFERENCE_BYTES:
+        return None
+    groups: list[list[int]] = [[]]
+    used = 0
+    for rows, size in zip(rows_of.values(), sizes, strict=True):
+        if groups[-1] and used + size > SHARED_REFERENCE_BYTES:
+            groups.append([])
+            used = 0
+        groups[-1].extend(rows)
+        used += size
+    return groups if len(groups) > 1 else None
+
+
+def _start_layer(eng: Engine, pairs: list[Any]) -> int | None:
+    """The lowest block any of the call's hooks acts on, where the engine can start a pass
+    there (the steered pass then reuses the unsteered one's lower blocks); else None."""
+    layers = [hook_layer(str(name)) for name, _ in pairs]
+    if not layers or None in layers:
+        return None
+    start = min(x for x in layers if x is not None)
+    return start if eng.can_start_at(start) else None
+
+
+def _batch_logprobs(
+    eng: Engine,
+    batch: Batch,
+    pairs: list[Any],
+    start: int | None,
+    resids: list[Tensor] | None,
+    unsteered: bool,
+) -> tuple[Tensor | None, Tensor]:
+    """(unsteered, steered) log-probabilities of a batch; the unsteered ones only when
+    ``unsteered`` (else the caller holds them). With a ``start`` block, the steered pass
+    starts there, from the residual of the batch's own unsteered pass or the texts'
+    ``resids``."""
+    enc = batch.enc
+    ref = resid = None
+    if unsteered:
+        if start is None:
+            ref = _logprobs(eng, batch, [])
+        else:
+            ref, resid = _logprobs_reading(eng, batch, start)
+    elif start is not None and resids is not None:
+        resid = _padded([resids[i] for i in batch.rows], enc.input_ids.shape[1])
+    if resid is None:
+        return ref, _logprobs(eng, batch, pairs)
+    with eng.hooks(pairs):
+        out = eng.forward_from(resid.to(enc.input_ids.device), enc.attention_mask, start)  # type: ignore[arg-type]
+    return ref, out.float().log_softmax(-1)
+
+
+def _logprobs_reading(eng: Engine, batch: Batch, layer: int) -> tuple[Tensor, Tensor]:
+    """The batch's unsteered log-probabilities, and the residual entering block ``layer``."""
+    seen: list[Tensor] = []
+
+    def grab(resid: Tensor, *, hook: Any) -> None:
+        seen.append(resid.detach())
+
+    lp = _logprobs(eng, batch, [(resid_pre(layer), grab)])
+    return lp, seen[-1]
+
+
+def _padded(rows: list[Tensor], width: int) -> Tensor:
+    """Residuals ``[pos, d_model]`` of several texts, right-padded with zeros to ``width``."""
+    out = rows[0].new_zeros(len(rows), width, rows[0].shape[-1])
+    for i, r in enumerate(rows):
+        out[i, : r.shape[0]] = r
+    return out
+
+
+def _shared_reference(
+    model: HookedModel, eng: Engine, ids: list[Tensor], batch_size: int, layer: int | None
+) -> tuple[list[Tensor], list[Tensor] | None] | None:
+    """Per row, the unsteered log-probabilities of its text (and with a ``layer``, the
+    residual entering that block), each distinct text run once for every row that repeats
+    it (a text steered by many vectors or at many α); None where no text repeats, or where
+    the distinct texts' log-probabilities would take more than ``SHARED_REFERENCE_BYTES``
+    (each row then runs its own unsteered pass, in its batch; ``steering_divergence`` splits
+    a call into groups of texts that fit first)."""
+    first: dict[tuple[int, ...], int] = {}
+    owner = [first.setdefault(tuple(t.tolist()), i) for i, t in enumerate(ids)]
+    distinct = sorted(first.values())
+    size = sum(int(ids[i].numel()) for i in distinct) * int(eng.model.cfg.d_vocab) * 4
+    if len(distinct) == len(ids) or size > SHARED_REFERENCE_BYTES:
+        return None
+
+    def run(batch: Batch) -> list[tuple[Tensor, Tensor | None]]:
+        if layer is None:
+            lp, resid = _logprobs(eng, batch, []), None
+        else:
+            lp, resid = _logprobs_reading(eng, batch, layer)
+        return [
+            (lp[row, :n].cpu(), None if resid is None else resid[row, :n])
+            for row, n in enumerate(batch.enc.lengths)
+        ]
+
+    with torch.inference_mode():
+        got = map_batches(
+            model, [ids[i] for i in distinct], run, batch_size=batch_size, side="right"
+        )
+    by_text = dict(zip(distinct, got, strict=True))
+    refs = [by_text[o][0] for o in owner]
+    return refs, None if layer is None else [by_text[o][1] for o in owner]  # type: ignore[misc]
+
+
+def _unsteered(model: HookedModel, eng: Engine, ids: list[Tensor], batch_size: int) -> list[Tensor]:
+    """Per text, its log-probabilities under no hooks of the call's own (CPU, float32)."""
+
+    def run(batch: Batch) -> list[Tensor]:
+        lp = _logprobs(eng, batch, [])
+        return [lp[row, :n].cpu() for row, n in enumerate(batch.enc.lengths)]
+
+    with torch.inference_mode():
+        return map_batches(model, ids, run, batch_size=batch_size, side="right")
+
+
 def _projection(state: ConditionState, row: int) -> float:
     assert state.projections is not None
     return float(state.projections[row])
@@ -181,15 +348,9 @@ def reference_logprobs(
 ) -> list[Float[Tensor, "pos vocab"]]:
     """Per text, the unsteered next-token log-probabilities (CPU, float32), for
     ``steering_divergence(..., reference=...)``."""
-    ids = _ids(model, texts)
-    eng = resolve_engine(model, "hook_resid_post", engine)
-
-    def run(batch: Batch) -> list[Tensor]:
-        lp = _logprobs(eng, batch, [])
-        return [lp[row, :n].cpu() for row, n in enumerate(batch.enc.lengths)]
-
-    with torch.inference_mode():
-        return map_batches(model, ids, run, batch_size=batch_size, side="right")
+    return _unsteered(
+        model, resolve_engine(model, "hook_resid_post", engine), _ids(model, texts), batch_size
+    )
 
 
 def texts_key(texts: Sequence[str] | Sequence[Tensor]) -> str:

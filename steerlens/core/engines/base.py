@@ -60,6 +60,23 @@ class Engine(ABC):
         logits = self.forward(input_ids, attention_mask)
         return [logits[row, list(pos)] for row, pos in enumerate(positions)]
 
+    def can_start_at(self, layer: int) -> bool:
+        """Whether ``forward_from(..., layer)`` runs on this engine (off unless an engine
+        says so)."""
+        return False
+
+    def forward_from(
+        self,
+        resid: Float[Tensor, "batch pos d_model"],
+        attention_mask: Tensor,
+        layer: int,
+    ) -> Float[Tensor, "batch pos vocab"]:
+        """The logits of a pass that starts at block ``layer`` from ``resid`` (its input,
+        ``blocks.{layer}.hook_resid_pre`` of the same right-padded tokens), the blocks below
+        skipped: rows whose lower blocks are the same as another pass's (one text, steered
+        from ``layer`` on) do not compute them again. Only where ``can_start_at(layer)``."""
+        raise NotImplementedError(f"{self.name} runs whole passes only")
+
     @abstractmethod
     def capture(
         self,

@@ -138,6 +138,21 @@ class HFEngine(Engine):
     ) -> list[Tensor]:
         return capture_residuals(self.twin, input_ids, attention_mask, layers, hook)
 
+    def can_start_at(self, layer: int) -> bool:
+        """From a middle decoder layer, where a probe found this architecture starts there
+        exactly (``_starts_midway``)."""
+        return 0 < layer < len(decoder_layers(self.twin)) and _starts_midway(self.twin, layer)
+
+    def forward_from(self, resid: Tensor, attention_mask: Tensor, layer: int) -> Tensor:
+        """The twin's decoder layers from ``layer`` on, run on ``resid`` as the input
+        embeddings (the layers below set aside for the call, and put back after it, after an
+        error too: another forward on the same twin at the same time would run the upper
+        layers only, so callers that share a model across threads hold a lock, as the
+        explorer does)."""
+        if not self.can_start_at(layer):
+            raise ValueError(f"this model cannot start a pass at layer {layer}")
+        return _upper_logits(self.twin, resid, attention_mask, layer)
+
     def steps(self, input_ids: Tensor, attention_mask: Tensor, max_new_tokens: int) -> Steps:
         return hf_steps(self.twin, input_ids, attention_mask)
 
@@ -405,6 +420,61 @@ def _pre(fn: Any) -> Any:
         return args, kwargs
 
     return hook
+
+
+_MIDWAY: weakref.WeakKeyDictionary[Any, dict[int, bool]] = weakref.WeakKeyDictionary()
+
+
+def _upper_logits(twin: Any, resid: Tensor, attention_mask: Tensor, layer: int) -> Tensor:
+    """Logits of ``twin`` with ``resid`` entering decoder layer ``layer`` (right-padded rows,
+    no cache). The layer modules, and so their hooks, are the twin's own."""
+    inner = twin.model
+    layers = inner.layers
+    inner.layers = torch.nn.ModuleList(list(layers)[layer:])
+    try:
+        out = twin(inputs_embeds=resid, attention_mask=attention_mask, use_cache=False)
+    finally:
+        inner.layers = layers
+    return out.logits  # type: ignore[no-any-return]
+
+
+def _starts_midway(twin: Any, layer: int) -> bool:
+    """Whether a pass started at decoder layer ``layer`` from the captured residual gives the
+    whole pass's logits, checked once per twin and layer on two right-padded rows. An
+    architecture whose forward scales the input embeddings, or indexes per-layer settings
+    by loop position (sliding-window layers, per-layer rope), does not; nor one that cannot
+    take ``inputs_embeds``: those run whole."""
+    seen = _MIDWAY.setdefault(twin, {})
+    if layer in seen:
+        return seen[layer]
+    ok = len(set(getattr(twin.config, "layer_types", None) or ["one"])) == 1
+    err = float("nan")
+    if ok:
+        vocab = int(twin.config.vocab_size)
+        device = next(twin.parameters()).device
+        ids = (torch.arange(1, 13, device=device) * 7919 % max(vocab - 1, 1)).view(2, 6)
+        mask = torch.ones_like(ids)
+        mask[1, 4:] = 0
+        try:
+            with torch.inference_mode():
+                full = twin(input_ids=ids, attention_mask=mask, use_cache=False).logits.float()
+                (resid,) = capture_residuals(twin, ids, mask, [layer], "hook_resid_pre")
+                part = _upper_logits(twin, resid, mask, layer).float()
+            real = mask.bool()
+            err = float((full - part)[real].abs().max() / full[real].abs().max().clamp_min(1e-30))
+        except Exception as e:  # an architecture that cannot start midway runs whole
+            logger.info("partial passes off for %s: %s", type(twin).__name__, e)
+        tol = 1e-3 if next(twin.parameters()).dtype in _PROBE_TOL else 1e-2
+        ok = err < tol  # NaN (no probe) fails
+        if not ok:
+            logger.info(
+                "partial passes off for %s at layer %d (relative error %.3g)",
+                type(twin).__name__,
+                layer,
+                err,
+            )
+    seen[layer] = ok
+    return ok
 
 
 class _Stop(Exception):

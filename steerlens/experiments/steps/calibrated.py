@@ -282,7 +282,15 @@ STEP = register_step(
         "calibrated",
         _calibrated_step,
         StepInputs(
-            ("methods", "kl_alphas", "kl_texts", "mmlu_items", "neutral_texts", "max_new_tokens"),
+            (
+                "methods",
+                "kl_alphas",
+                "kl_texts",
+                "mmlu_items",
+                "neutral_texts",
+                "max_new_tokens",
+                "run.generation_batch_size",
+            ),
             ("vectors", "dose", "side_effects"),
         ),
         files=("calibrated.csv", "kl_heldout_rows.csv"),

@@ -57,6 +57,7 @@ STEP = register_step(
                 "mmlu_items",
                 "neutral_texts",
                 "max_new_tokens",
+                "run.generation_batch_size",
             ),
             ("vectors", "dose"),
         ),

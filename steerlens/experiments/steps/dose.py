@@ -201,7 +201,15 @@ STEP = register_step(
         "dose",
         _dose_step,
         StepInputs(
-            ("n_prompts", "methods", "alphas", "max_new_tokens", "held_out", "max_users"),
+            (
+                "n_prompts",
+                "methods",
+                "alphas",
+                "max_new_tokens",
+                "run.generation_batch_size",
+                "held_out",
+                "max_users",
+            ),
             ("vectors",),
         ),
         files=(

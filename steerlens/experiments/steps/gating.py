@@ -48,7 +48,9 @@ STEP = register_step(
     Step(
         "gating",
         _gating_step,
-        StepInputs(("gating_ks", "max_new_tokens"), ("vectors", "dose")),
+        StepInputs(
+            ("gating_ks", "max_new_tokens", "run.generation_batch_size"), ("vectors", "dose")
+        ),
         files=("gating.csv",),
         keys=("gating",),
         title="Gating",

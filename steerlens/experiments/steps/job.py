@@ -65,7 +65,7 @@ class _Job:
     @property
     def settings(self) -> GenerationSettings:
         c = self.cfg
-        return GenerationSettings(c.max_new_tokens, c.run.batch_size, c.cells_per_batch)
+        return GenerationSettings(c.max_new_tokens, c.run.generation_batch_size, c.cells_per_batch)
 
     def need(self, what: str) -> Any:
         """An input of a step: from this run's memory, else from what an earlier run of the

@@ -18,7 +18,6 @@ from steerlens.experiments.steps.job import (
 from steerlens.metrics.side_effects import side_effect_table
 from steerlens.metrics.stats import reported
 from steerlens.run.divergence import (
-    reference_logprobs,
     steering_divergence,
 )
 
@@ -27,53 +26,40 @@ def _side_effects_step(job: _Job) -> dict[str, Any]:
     cfg = job.cfg
     texts = _neutral(job)[: cfg.side_effect_texts]
     who = _user_vectors(job)
-    # the unsteered pass once per text; one batched steered pass per α (every user a row)
-    reference = reference_logprobs(job.model, texts, batch_size=cfg.run.batch_size)
-    rows = []
-    for alpha in [a for a in cfg.alphas if a != 0.0]:
-        got = steering_divergence(
-            job.model,
-            [t for _ in who for t in texts],
-            [v for _, _, v in who for _ in texts],
-            alpha,
-            batch_size=cfg.run.batch_size,
-            progress_bar=True,
-            reference=[r for _ in who for r in reference],
-        )
-        k = 0
-        for method, user, _ in who:
-            for i in range(len(texts)):
-                d = got[k]
-                rows.append(
-                    {
-                        "method": method,
-                        "user": user,
-                        "alpha": alpha,
-                        "text_id": i,
-                        "kl": d.kl,
-                        "nll": d.nll,
-                        "n_tokens": d.n_tokens,
-                    }
-                )
-                k += 1
-    raw = pd.DataFrame(rows)
-    raw.to_csv(job.results / "side_effects_rows.csv", index=False)
-    base = steering_divergence(
-        job.model, texts, who[0][2], 0.0, batch_size=cfg.run.batch_size, reference=reference
+    # one batched call: every user and α a row of each text, which runs unsteered once (and
+    # its steered rows start at the first steered block, from that pass's residual)
+    alphas = [a for a in cfg.alphas if a != 0.0]
+    cells = [(0.0, *who[0])] + [(a, *w) for a in alphas for w in who]
+    got = steering_divergence(
+        job.model,
+        [t for _ in cells for t in texts],
+        [v for *_, v in cells for _ in texts],
+        [a for a, *_ in cells for _ in texts],
+        batch_size=cfg.run.batch_size,
+        progress_bar=True,
     )
+    rows = []
+    for k, (alpha, method, user, _) in enumerate(cells):
+        for i in range(len(texts)):
+            d = got[k * len(texts) + i]
+            rows.append(
+                {
+                    "method": method,
+                    "user": user,
+                    "alpha": alpha,
+                    "text_id": i,
+                    "kl": d.kl,
+                    "nll": d.nll,
+                    "n_tokens": d.n_tokens,
+                }
+            )
+    base, raw = rows[: len(texts)], pd.DataFrame(rows[len(texts) :])
+    raw.to_csv(job.results / "side_effects_rows.csv", index=False)
     zero = pd.DataFrame(
         [
-            {
-                "method": m,
-                "user": "*",
-                "alpha": 0.0,
-                "text_id": i,
-                "kl": 0.0,
-                "nll": d.nll,
-                "n_tokens": d.n_tokens,
-            }
+            {**d, "method": m, "user": "*", "kl": 0.0}  # α 0: the model itself
             for m in cfg.methods
-            for i, d in enumerate(base)
+            for d in base
         ]
     )
     table = side_effect_table(pd.concat([zero, raw], ignore_index=True), seed=cfg.run.seed)

@@ -41,6 +41,7 @@ STEP = register_step(
                 "steerx_users_per_group",
                 "held_out",
                 "max_new_tokens",
+                "run.generation_batch_size",
                 "steer_ppa",
             ),
             ("vectors",),

@@ -87,6 +87,7 @@ STEP = register_step(
                 "max_users",
                 "steer_ppa",
                 "steer_alpha",
+                "run.generation_batch_size",
                 "max_steer_pairs",
                 "options",
             ),

@@ -56,7 +56,7 @@ class GenerationSettings:
     """What every cell's generation uses; part of each batch's name."""
 
     max_new_tokens: int = 48
-    batch_size: int = 16
+    batch_size: int = 64  # rows decoded together (the run's generation_batch_size)
     cells_per_batch: int = 64
     chat: bool | None = None
 

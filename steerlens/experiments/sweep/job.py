@@ -103,7 +103,9 @@ class SweepConfig:
             raise ValueError("n_prompts >= 1 and held_out in (0, 1) are needed")
         if self.split_by not in ("conversation", "prompt"):
             raise ValueError(f"split_by must be 'conversation' or 'prompt', got {self.split_by!r}")
-        GenerationSettings(self.max_new_tokens, self.run.batch_size, self.cells_per_batch)
+        GenerationSettings(
+            self.max_new_tokens, self.run.generation_batch_size, self.cells_per_batch
+        )
         if self.alpha_mode not in ("fixed", "kl"):
             raise ValueError(f"alpha_mode must be 'fixed' or 'kl', got {self.alpha_mode!r}")
         if self.alpha_mode == "kl" and (min(self.alphas) < 0 or self.kl_texts < 1):
@@ -111,7 +113,9 @@ class SweepConfig:
 
     @property
     def settings(self) -> GenerationSettings:
-        return GenerationSettings(self.max_new_tokens, self.run.batch_size, self.cells_per_batch)
+        return GenerationSettings(
+            self.max_new_tokens, self.run.generation_batch_size, self.cells_per_batch
+        )
 
     @classmethod
     def from_file(cls, path: str | Path) -> SweepConfig:

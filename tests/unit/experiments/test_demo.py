@@ -589,6 +589,8 @@ def test_demo_config_validation():
     same = DemoConfig(run={"device": "cpu"}, out="elsewhere", steps=["mmlu"], cells_per_batch=8)
     assert demo_mod.study_key(same) == demo_mod.study_key(DemoConfig())
     assert demo_mod.study_key(DemoConfig(run={"seed": 1})) != demo_mod.study_key(DemoConfig())
+    wide = DemoConfig(run={"generation_batch_size": 16})
+    assert demo_mod.study_key(wide) != demo_mod.study_key(DemoConfig())
     # a folder made before the sections were nested keeps its key (these two keys were
     # computed by the 2026-12-05 code, d8bdb8e); other method options make another study
     b = ["mean", "mean-context", "bipo"]

@@ -427,7 +427,13 @@ def test_a_config_file_with_the_old_flat_keys_loads_into_the_sections(tmp_path, 
     assert old == new
     assert old.run == RunSection(seed=3, device="cpu", batch_size=4)
     assert old.options == MethodOptions(rank=2, C=0.5, shrink=1.0)
-    assert old.settings.batch_size == 4
+    # generation decodes run.generation_batch_size rows together; batch_size is the other passes'
+    assert old.settings.batch_size == old.run.generation_batch_size == 64
+    wide = SweepConfig(model="tiny-random", run={"batch_size": 4, "generation_batch_size": 8})
+    assert (wide.run.batch_size, wide.settings.batch_size) == (4, 8)
+    for bad in ({"batch_size": 0}, {"generation_batch_size": 0}):
+        with pytest.raises(ValueError, match="generation_batch_size must be >= 1"):
+            RunSection(**bad)
     # a key given twice is an error, as is an unknown one (nothing is silently dropped)
     (tmp_path / f"both{suffix}").write_text(dump({**nested, "seed": 4}))
     with pytest.raises(ValueError, match="seed is given both"), pytest.warns(DeprecationWarning):

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from conftest import ENGINES, PROMPTS, assert_close_impl, no_hooks_left, on_device
 
 import steerlens as sl
-from steerlens.run import divergence
+from steerlens.run import divergence, scoring
 from steerlens.run.divergence import (
     calibrate_alpha,
     calibration_key,
@@ -86,10 +86,142 @@ def test_per_row_vectors_equal_one_at_a_time(tiny, rand_vec, engine):
         assert_close_impl(torch.tensor([d.kl, d.nll]), torch.tensor([single.kl, single.nll]))
 
 
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_repeated_text_runs_unsteered_once(tiny, rand_vec, engine, monkeypatch):
+    other = sl.SteeringVector({k: -2 * v for k, v in rand_vec.directions.items()}, "tiny-random")
+    texts = [PROMPTS[0], PROMPTS[1], PROMPTS[0], PROMPTS[0], PROMPTS[1]]
+    vecs = [rand_vec, other, other, rand_vec, rand_vec]
+    alphas = [2.0, 1.0, 4.0, 0.0, 3.0]
+    unsteered_rows = []
+    real = divergence._logprobs
+
+    def counting(eng, batch, hooks):
+        if all(fn.__name__ == "grab" for _, fn in hooks):  # none, or the residual's reader
+            unsteered_rows.extend(batch.rows)
+        return real(eng, batch, hooks)
+
+    monkeypatch.setattr(divergence, "_logprobs", counting)
+    got = steering_divergence(tiny, texts, vecs, alphas, batch_size=2, engine=engine)
+    assert len(unsteered_rows) == 2  # one unsteered pass per distinct text
+    unsteered_rows.clear()
+    for text, v, a, d in zip(texts, vecs, alphas, got, strict=True):
+        (single,) = steering_divergence(tiny, [text], v, a, engine=engine)
+        assert_close_impl(torch.tensor([d.kl, d.nll]), torch.tensor([single.kl, single.nll]))
+    assert got[3].kl == pytest.approx(0.0, abs=1e-6)
+    assert len(unsteered_rows) == len(texts)  # one text a call: nothing to share
+    # texts whose log-probabilities do not fit at once: groups of texts, each shared
+    longest = max(len(t) for t in sl.tokens.tokenize(tiny, texts))  # each fits, not both
+    monkeypatch.setattr(divergence, "SHARED_REFERENCE_BYTES", 4 * tiny.cfg.d_vocab * longest)
+    assert divergence._text_groups(tiny, sl.tokens.tokenize(tiny, texts)) is not None
+    unsteered_rows.clear()
+    grouped = steering_divergence(tiny, texts, vecs, alphas, batch_size=2, engine=engine)
+    assert len(unsteered_rows) == 2
+    for a, b in zip(grouped, got, strict=True):
+        assert_close_impl(torch.tensor([a.kl, a.nll]), torch.tensor([b.kl, b.nll]))
+    # an open block may act differently row by row: every row then runs its own pass
+    unsteered_rows.clear()
+    with sl.steering(tiny, other, alpha=1.0):
+        steering_divergence(tiny, texts, vecs, alphas, batch_size=2, engine=engine)
+    assert len(unsteered_rows) == len(texts)
+    assert no_hooks_left(tiny)
+
+
+@pytest.mark.parametrize("repeat", [False, True], ids=["distinct", "repeated"])
+@pytest.mark.parametrize("engine", ENGINES)
+def test_the_steered_pass_starts_at_the_first_steered_block(
+    tiny, rand_vec, engine, repeat, monkeypatch
+):
+    # rand_vec steers blocks 2 and 3: the steered pass reuses blocks 0-1 of the unsteered one
+    # (its own batch's, or the distinct texts' pass), and gives what whole passes give
+    late = rand_vec
+    texts = PROMPTS + PROMPTS[:2] if repeat else PROMPTS
+    alphas = [float(a) for a in range(1, len(texts) + 1)]
+    started = []
+    real = type(sl.core.engines.resolve_engine(tiny, "hook_resid_post", engine)).forward_from
+
+    def spy(self, resid, mask, layer):
+        started.append((layer, resid.shape[0]))
+        return real(self, resid, mask, layer)
+
+    monkeypatch.setattr(sl.core.engines.base.Engine, "forward_from", spy)
+    monkeypatch.setattr(sl.core.engines.hf.HFEngine, "forward_from", spy)
+    got = steering_divergence(tiny, texts, late, alphas, batch_size=2, engine=engine)
+    monkeypatch.setattr(divergence, "_start_layer", lambda eng, pairs: None)
+    whole = steering_divergence(tiny, texts, late, alphas, batch_size=2, engine=engine)
+    if engine == "hf":  # the fast path starts midway; the TransformerLens path runs whole
+        assert {layer for layer, _ in started} == {2}
+        assert sum(b for _, b in started) == len(texts)
+    else:
+        assert started == []
+    for a, b in zip(got, whole, strict=True):
+        assert_close_impl(torch.tensor([a.kl, a.nll]), torch.tensor([b.kl, b.nll]))
+    assert min(d.kl for d in got) > 1e-4
+    assert no_hooks_left(tiny)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_condition_read_below_the_steering_moves_the_start_down(
+    tiny, rand_vec, engine, monkeypatch
+):
+    # the condition reads block 1, the vector steers blocks 2-3: the steered pass starts at
+    # block 1 so that the reader decides every row, and matches whole passes row by row
+    d = torch.randn(tiny.cfg.d_model, generator=torch.Generator().manual_seed(5))
+    texts = PROMPTS * 2
+    probe = steering_divergence(tiny, texts, rand_vec, 3.0, gate=sl.Condition(d, 1, 0.0))
+    cut = sorted(x.projection for x in probe)[len(texts) // 2]  # some rows steered, some not
+    gate = sl.Condition(d, 1, cut)
+    started = []
+    real = sl.core.engines.hf.HFEngine.forward_from
+
+    def spy(self, resid, mask, layer):
+        started.append(layer)
+        return real(self, resid, mask, layer)
+
+    monkeypatch.setattr(sl.core.engines.hf.HFEngine, "forward_from", spy)
+    got = steering_divergence(tiny, texts, rand_vec, 3.0, gate=gate, engine=engine)
+    monkeypatch.setattr(divergence, "_start_layer", lambda eng, pairs: None)
+    whole = steering_divergence(tiny, texts, rand_vec, 3.0, gate=gate, engine=engine)
+    assert set(started) == ({1} if engine == "hf" else set())
+    assert [x.steered for x in got] == [x.steered for x in whole]
+    assert any(x.steered for x in got) and not all(x.steered for x in got)
+    for a, b in zip(got, whole, strict=True):
+        assert_close_impl(
+            torch.tensor([a.kl, a.nll, a.projection]), torch.tensor([b.kl, b.nll, b.projection])
+        )
+        if not a.steered:
+            assert a.kl == pytest.approx(0.0, abs=1e-6)
+    assert no_hooks_left(tiny)
+
+
+def test_an_architecture_that_cannot_start_midway_runs_whole(tiny, rand_vec, monkeypatch):
+    from steerlens.core.engines import hf
+
+    eng = sl.core.engines.resolve_engine(tiny, "hook_resid_post", "hf")
+    monkeypatch.setattr(hf, "_MIDWAY", type(hf._MIDWAY)())
+    real = hf._upper_logits
+    # an input-embedding scale (as Gemma's) that the probe must catch
+    monkeypatch.setattr(hf, "_upper_logits", lambda t, r, m, layer: real(t, 2 * r, m, layer))
+    assert not eng.can_start_at(1)
+    with pytest.raises(ValueError, match="cannot start a pass at layer 1"):
+        eng.forward_from(torch.zeros(1, 2, tiny.cfg.d_model), torch.ones(1, 2), 1)
+    monkeypatch.setattr(hf, "_upper_logits", real)
+    assert not eng.can_start_at(1)  # decided once per model and layer
+    monkeypatch.setattr(hf, "_MIDWAY", type(hf._MIDWAY)())
+
+    def refuses(*args):
+        raise TypeError("inputs_embeds not taken")
+
+    monkeypatch.setattr(hf, "_upper_logits", refuses)
+    assert not eng.can_start_at(2)  # a probe that raises: whole passes, no error
+    monkeypatch.setattr(hf, "_upper_logits", real)
+    monkeypatch.setattr(hf, "_MIDWAY", type(hf._MIDWAY)())
+    assert eng.can_start_at(1) and not eng.can_start_at(0)
+
+
 def test_ppl_at_zero_alpha_is_the_models_own(tiny, rand_vec):
     (d,) = steering_divergence(tiny, PROMPTS[:1], rand_vec, 0.0)
     ids = sl.tokens.tokenize(tiny, PROMPTS[:1])[0]
-    (lp,) = sl.run.scoring.ids_logprobs(tiny, [ids[:1]], [ids[1:]])
+    (lp,) = scoring.ids_logprobs(tiny, [ids[:1]], [ids[1:]])
     assert d.nll == pytest.approx(float(-lp.sum()), rel=1e-4)
 
 

@@ -127,7 +127,13 @@ def steering_divergence(
     if reference is not None and len(reference) != n:
         raise ValueError(f"{len(reference)} reference rows for {n} texts")
     alphas = float(alpha) if isinstance(alpha, int | float) else [float(a) for a in alpha]
-    groups = _text_groups(model, ids) if reference is None else None
+    pairs = steering_hooks(model, vector, alphas, gate)
+    eng = resolve_engine(model, "hook_resid_post", engine, pairs=pairs)
+    state = condition_state(pairs)
+    # with nothing else acting on the model, one text's unsteered pass is the same in every
+    # row: distinct texts run it once, and the steered pass starts where the hooks do
+    quiet = not active_steering(model) and not eng.hooked()
+    groups = _text_groups(model, ids) if reference is None and quiet else None
     if groups is not None:  # too many distinct texts to hold at once: a call per group
         out: list[Divergence | None] = [None] * n
         for rows in groups:
@@ -144,12 +150,6 @@ def steering_divergence(
             for i, d in zip(rows, part, strict=True):
                 out[i] = d
         return out  # type: ignore[return-value]
-    pairs = steering_hooks(model, vector, alphas, gate)
-    eng = resolve_engine(model, "hook_resid_post", engine, pairs=pairs)
-    state = condition_state(pairs)
-    # with nothing else acting on the model, one text's unsteered pass is the same in every
-    # row: distinct texts run it once, and the steered pass starts where the hooks do
-    quiet = not active_steering(model) and not eng.hooked()
     start = _start_layer(eng, pairs) if quiet else None
     resids = None
     if reference is None and quiet:
@@ -197,8 +197,9 @@ def steering_divergence(
 
 SHARED_REFERENCE_BYTES = 2**31
 """The most memory (bytes, on the CPU) that the unsteered log-probabilities of a call's
-distinct texts may take to be computed once for every row repeating them; above it each row
-runs its own unsteered pass."""
+distinct texts may take at once, computed once for every row repeating them; a call whose
+texts need more runs in groups of texts that fit (a single text over it: one unsteered pass
+per row, in its batch)."""
 
 
 def _text_groups(model: HookedModel, ids: list[Tensor]) -> list[list[int]] | None:

@@ -16,11 +16,14 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from steerlens.core.batching import Batch, condition_masks
-from steerlens.core.engines import Engine, PassEngineName
+from steerlens.core._progress import progress
+from steerlens.core.batching import Batch, condition_masks, token_budget
+from steerlens.core.engines import Engine, PassEngineName, resolve_engine
+from steerlens.core.hooks import active_steering
 from steerlens.core.models import HookedModel
-from steerlens.core.tokens import Prompt, encode_prompts, tokenize
+from steerlens.core.tokens import Prompt, encode_prompts, pad, tokenize
 from steerlens.run.passes import forward_batches
+from steerlens.run.prefix import PrefixGroup, prefix_groups, split_rows
 
 __all__ = ["continuation_logprobs", "ids_logprobs"]
 
@@ -96,6 +99,10 @@ def ids_logprobs(
     ``batch_size`` rows and ``max_tokens`` padded tokens (0: ``token_budget(model)``; None:
     rows only). ``prompt_masks``: per prompt, the tokens an open block's ``Condition``
     pools (default: its non-special tokens, ``condition_masks``).
+
+    With no hook acting on the model, rows that share at least ``MIN_SHARED`` leading tokens
+    (``prefix_groups``) run that prefix once and continue its KV cache, where the engine can
+    (``Engine.can_share_prefix``): the same numbers as whole passes, to float rounding.
     """
     if len(prompt_ids) != len(continuation_ids):
         raise ValueError(f"{len(prompt_ids)} prompts but {len(continuation_ids)} continuations")
@@ -103,21 +110,135 @@ def ids_logprobs(
         return []
     if any(int(h.numel()) == 0 for h in prompt_ids):
         raise ValueError("every prompt needs at least one token (the first target's context)")
+    if prompt_masks is not None and len(prompt_masks) != len(prompt_ids):
+        raise ValueError(f"{len(prompt_masks)} prompt masks for {len(prompt_ids)} prompts")
     heads = [h.long().cpu() for h in prompt_ids]
     tails = [t.long().cpu() for t in continuation_ids]
+    eng = resolve_engine(model, "hook_resid_post", engine)
+    # With nothing acting on the model, rows that begin alike (a user's history before each
+    # prompt, one prompt under several continuations) run their common beginning once.
+    quiet = len(heads) > 1 and not active_steering(model) and not eng.hooked()
+    groups = prefix_groups(heads) if quiet and eng.can_share_prefix() else []
+    # longest prefixes first, each group's longest rows first: little padding in a batch
+    groups = [
+        PrefixGroup(
+            g.length, sorted(g.rows, key=lambda i: -int(heads[i].numel() + tails[i].numel()))
+        )
+        for g in sorted(groups, key=lambda g: -g.length)
+    ]
+    grouped, rest = split_rows(len(heads), groups)
+    out: list[Tensor | None] = [None] * len(heads)
+    if rest:
+        whole = _whole_logprobs(
+            model, eng, heads, tails, rest, batch_size, max_tokens, progress_bar, prompt_masks
+        )
+        for i, lp in zip(rest, whole, strict=True):
+            out[i] = lp
+    if grouped:
+        shared = _shared_logprobs(
+            model, eng, heads, tails, groups, batch_size, max_tokens, progress_bar
+        )
+        for i, lp in zip(grouped, shared, strict=True):
+            out[i] = lp
+    return out  # type: ignore[return-value]
+
+
+def _shared_logprobs(
+    model: HookedModel,
+    eng: Engine,
+    heads: list[Tensor],
+    tails: list[Tensor],
+    groups: list[PrefixGroup],
+    batch_size: int,
+    max_tokens: int | None,
+    progress_bar: bool,
+) -> list[Tensor]:
+    """``ids_logprobs`` of the grouped rows (group by group): each batch holds whole groups
+    where they fit (``batch_size`` rows; each group's prefix and rows within the token
+    budget), runs each of its prefixes once and its rows from their prefix's cache on."""
+    prefixes = [heads[g.rows[0]][: g.length] for g in groups]
+    tails_of = {i: tails[i] for g in groups for i in g.rows}
+    after = {i: torch.cat([heads[i][g.length :], tails[i]]) for g in groups for i in g.rows}
+    budget = token_budget(model) if max_tokens == 0 else max_tokens
+    calls: list[list[int]] = [[]]
+    rows = tokens = 0
+    for k, g in enumerate(groups):
+        size = g.length + sum(int(after[i].numel()) for i in g.rows)
+        full = budget is not None and tokens + size > budget
+        if calls[-1] and (rows + len(g.rows) > batch_size or full):
+            calls.append([])
+            rows = tokens = 0
+        calls[-1].append(k)
+        rows, tokens = rows + len(g.rows), tokens + size
+    out: list[Tensor] = []
+    for call in progress(calls, total=len(calls), description="score", enabled=progress_bar):
+        members = [(k, i) for k in call for i in groups[k].rows]
+
+        def run(
+            eng: Engine, batch: Batch, members: list[tuple[int, int]] = members
+        ) -> list[Tensor]:
+            mine = [members[r] for r in batch.rows]
+            distinct = list(dict.fromkeys(k for k, _ in mine))
+            pre = pad(model, [prefixes[k] for k in distinct], side="right")
+            spans = []
+            for k, i in mine:
+                first = int(heads[i].numel()) - 1 - groups[k].length
+                spans.append(range(first, first + int(tails_of[i].numel())))
+            picked = eng.logits_after(
+                pre.input_ids,
+                pre.attention_mask,
+                [distinct.index(k) for k, _ in mine],
+                batch.enc.input_ids,
+                batch.enc.attention_mask,
+                spans,
+            )
+            return [_target_logprobs(picked[r], tails_of[i]) for r, (_, i) in enumerate(mine)]
+
+        out += forward_batches(
+            model,
+            [after[i] for _, i in members],
+            run,
+            engine=eng,
+            batch_size=batch_size,
+            max_tokens=max_tokens,
+            sort=False,  # a group's rows side by side: its prefix runs once a batch
+        )
+    return out
+
+
+def _target_logprobs(logits: Tensor, target: Tensor) -> Tensor:
+    """``log p(target_t)`` from the logits that predict each target token (CPU, fp32)."""
+    logp = logits.float().log_softmax(-1)
+    return logp.gather(-1, target.to(logp.device)[:, None])[:, 0].cpu()
+
+
+def _whole_logprobs(
+    model: HookedModel,
+    eng: Engine,
+    heads: list[Tensor],
+    tails: list[Tensor],
+    rows: list[int],
+    batch_size: int,
+    max_tokens: int | None,
+    progress_bar: bool,
+    prompt_masks: Sequence[Tensor] | None,
+) -> list[Tensor]:
+    """``ids_logprobs`` of ``rows``, each prompt + continuation as one pass (under the hooks
+    open on the model)."""
+    sel_heads = [heads[i] for i in rows]
     # Every input goes through the batch, an empty continuation too (its prompt alone), so
     # per-row values of an open steering() block index the caller's inputs one to one.
-    ids = [torch.cat([h, t]) for h, t in zip(heads, tails, strict=True)]
-    prompt_lengths = [int(h.numel()) for h in heads]
+    ids = [torch.cat([heads[i], tails[i]]) for i in rows]
+    prompt_lengths = [int(h.numel()) for h in sel_heads]
     if prompt_masks is None:
-        prompt_masks = condition_masks(model, heads)
+        masks = condition_masks(model, sel_heads)
+    else:
+        masks = [prompt_masks[i] for i in rows]
     pool = None
-    if prompt_masks is not None:
-        if len(prompt_masks) != len(heads):
-            raise ValueError(f"{len(prompt_masks)} prompt masks for {len(heads)} prompts")
+    if masks is not None:
         pool = [
-            torch.cat([m.bool().cpu(), torch.zeros(len(t), dtype=torch.bool)])
-            for m, t in zip(prompt_masks, tails, strict=True)
+            torch.cat([m.bool().cpu(), torch.zeros(len(tails[i]), dtype=torch.bool)])
+            for m, i in zip(masks, rows, strict=True)
         ]
 
     def run(eng: Engine, batch: Batch) -> list[Tensor]:
@@ -126,19 +247,13 @@ def ids_logprobs(
             range(prompt_lengths[j] - 1, enc.lengths[row] - 1) for row, j in enumerate(batch.rows)
         ]
         picked = eng.logits_at(enc.input_ids, enc.attention_mask, spans)
-        rows = []
-        for row, j in enumerate(batch.rows):
-            p, n_tok = prompt_lengths[j], enc.lengths[row]
-            target = enc.input_ids[row, p:n_tok]
-            logp = picked[row].float().log_softmax(-1)
-            rows.append(logp.gather(-1, target[:, None])[:, 0].cpu())
-        return rows
+        return [_target_logprobs(picked[row], tails[rows[j]]) for row, j in enumerate(batch.rows)]
 
     return forward_batches(
         model,
         ids,
         run,
-        engine=engine,
+        engine=eng,
         batch_size=batch_size,
         max_tokens=max_tokens,
         prompt_lengths=prompt_lengths,

@@ -77,6 +77,27 @@ class Engine(ABC):
         from ``layer`` on) do not compute them again. Only where ``can_start_at(layer)``."""
         raise NotImplementedError(f"{self.name} runs whole passes only")
 
+    def can_share_prefix(self) -> bool:
+        """Whether ``logits_after`` runs on this engine (off unless an engine says so)."""
+        return False
+
+    def logits_after(
+        self,
+        prefix_ids: Int[Tensor, "prefix pos"],
+        prefix_mask: Tensor,
+        owner: Sequence[int],
+        input_ids: Int[Tensor, "batch pos"],
+        attention_mask: Tensor,
+        positions: Sequence[Sequence[int]],
+    ) -> list[Float[Tensor, "n vocab"]]:
+        """Per row, the logits at its ``positions`` (columns of ``input_ids``) of the pass over
+        ``prefix_ids[owner[row]]`` (its real tokens; right-padded) followed by ``input_ids[row]``
+        (right-padded): each distinct prefix (a chat template and a user's history, a prompt
+        scored under several continuations) runs once for all the rows that continue it.
+        Without hooks only (a hook would see the prefix rows and the continuation rows as two
+        batches); only where ``can_share_prefix()``."""
+        raise NotImplementedError(f"{self.name} runs whole passes only")
+
     @abstractmethod
     def capture(
         self,

@@ -47,7 +47,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from steerlens.core.decoding import DecodingError, Steps, check_hf_model, hf_steps
+from steerlens.core.decoding import (
+    DecodingError,
+    Steps,
+    _cache_kwarg,
+    _new_cache,
+    check_hf_model,
+    hf_steps,
+)
 from steerlens.core.hooks import HookPair, active_steering, resid_post
 from steerlens.core.models import (
     HookedModel,
@@ -116,22 +123,10 @@ class HFEngine(Engine):
         """The unembedding runs only on the union of the rows' positions (transformers'
         ``logits_to_keep``), not on every position of the batch: a prompt scored at its last
         few positions skips most of the vocabulary projection."""
-        keep = sorted({p for pos in positions for p in pos}) or [0]  # (no position: any one)
-        kw = {}
-        if _keeps_logits(self.twin):
-            kw["logits_to_keep"] = torch.tensor(keep, device=input_ids.device)
+        keep = _kept(positions)
+        kw = _keep_kwargs(self.twin, keep, input_ids.device)
         logits = self.twin(input_ids=input_ids, attention_mask=attention_mask, **kw).logits
-        width = input_ids.shape[1]
-        if logits.shape[1] == len(keep) and (len(keep) != width or keep == list(range(width))):
-            index = {p: j for j, p in enumerate(keep)}
-        elif logits.shape[1] == width:  # every position came back (logits_to_keep ignored)
-            index = {p: p for p in keep}
-        else:
-            raise RuntimeError(
-                f"the model returned logits for {logits.shape[1]} positions; asked for "
-                f"{len(keep)} of {width}"
-            )
-        return [logits[row, [index[p] for p in pos]] for row, pos in enumerate(positions)]
+        return _picked(logits, keep, int(input_ids.shape[1]), positions)
 
     def capture(
         self, input_ids: Tensor, attention_mask: Tensor, layers: Sequence[int], hook: str
@@ -153,11 +148,67 @@ class HFEngine(Engine):
             raise ValueError(f"this model cannot start a pass at layer {layer}")
         return _upper_logits(self.twin, resid, attention_mask, layer)
 
+    def can_share_prefix(self) -> bool:
+        """Where a probe found this architecture's KV cache continues a prefix exactly
+        (``_shares_prefix``)."""
+        return _shares_prefix(self.twin)
+
+    def logits_after(
+        self,
+        prefix_ids: Tensor,
+        prefix_mask: Tensor,
+        owner: Sequence[int],
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        positions: Sequence[Sequence[int]],
+    ) -> list[Tensor]:
+        """The prefixes run once (their KV cache, no unembedding), then each row's tokens
+        continue its prefix's cache (positions counted on from its real length); the
+        unembedding only at the rows' ``positions``."""
+        if self.carried:
+            raise ValueError("logits_after runs without hooks (an open steering() block acts)")
+        if not self.can_share_prefix():
+            raise ValueError("this model cannot continue a shared prefix's cache")
+        keep = _kept(positions)
+        logits = _continued_logits(
+            self.twin, prefix_ids, prefix_mask, owner, input_ids, attention_mask, keep
+        )
+        return _picked(logits, keep, int(input_ids.shape[1]), positions)
+
     def steps(self, input_ids: Tensor, attention_mask: Tensor, max_new_tokens: int) -> Steps:
         return hf_steps(self.twin, input_ids, attention_mask)
 
     def hooked(self) -> bool:
         return bool(self.carried)
+
+
+def _kept(positions: Sequence[Sequence[int]]) -> list[int]:
+    """The union of the rows' positions, sorted (no position at all: any one)."""
+    return sorted({p for pos in positions for p in pos}) or [0]
+
+
+def _keep_kwargs(twin: Any, keep: Sequence[int], device: Any) -> dict[str, Any]:
+    """``logits_to_keep`` for ``keep``, where the model takes it."""
+    if _keeps_logits(twin):
+        return {"logits_to_keep": torch.tensor(list(keep), device=device)}
+    return {}
+
+
+def _picked(
+    logits: Tensor, keep: Sequence[int], width: int, positions: Sequence[Sequence[int]]
+) -> list[Tensor]:
+    """Per row, the logits at its positions, from a pass that returned ``keep``'s columns (or
+    every column, where ``logits_to_keep`` was ignored)."""
+    if logits.shape[1] == len(keep) and (len(keep) != width or list(keep) == list(range(width))):
+        index = {p: j for j, p in enumerate(keep)}
+    elif logits.shape[1] == width:  # every position came back (logits_to_keep ignored)
+        index = {p: p for p in keep}
+    else:
+        raise RuntimeError(
+            f"the model returned logits for {logits.shape[1]} positions; asked for "
+            f"{len(keep)} of {width}"
+        )
+    return [logits[row, [index[p] for p in pos]] for row, pos in enumerate(positions)]
 
 
 def _keeps_logits(twin: Any) -> bool:
@@ -475,6 +526,96 @@ def _starts_midway(twin: Any, layer: int) -> bool:
             )
     seen[layer] = ok
     return ok
+
+
+def _continued_logits(
+    twin: Any,
+    prefix_ids: Tensor,
+    prefix_mask: Tensor,
+    owner: Sequence[int],
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    keep: Sequence[int],
+) -> Tensor:
+    """The logits at ``keep`` (columns of ``input_ids``) of each row continuing the KV cache of
+    its prefix ``prefix_ids[owner[row]]`` (right-padded: a shorter prefix's padding is masked,
+    and its row's positions count on from its real length)."""
+    device = input_ids.device
+    cache = {_cache_kwarg(type(twin)): _new_cache()}
+    twin(
+        input_ids=prefix_ids,
+        attention_mask=prefix_mask,
+        use_cache=True,
+        **cache,
+        **_keep_kwargs(twin, [0], device),
+    )
+    index = torch.as_tensor(list(owner), device=device)
+    next(iter(cache.values())).batch_select_indices(index)  # each row its prefix's keys, values
+    mask = torch.cat([prefix_mask[index], attention_mask], dim=1)
+    start = prefix_mask.sum(1)[index]
+    pos = start[:, None] + torch.arange(input_ids.shape[1], device=device)[None, :]
+    out = twin(
+        input_ids=input_ids,
+        attention_mask=mask,
+        position_ids=pos,
+        use_cache=True,
+        **cache,
+        **_keep_kwargs(twin, keep, device),
+    )
+    return out.logits  # type: ignore[no-any-return]
+
+
+_SHARES: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
+
+
+def _shares_prefix(twin: Any) -> bool:
+    """Whether rows continuing a shared prefix's KV cache give the whole passes' logits,
+    checked once per twin on two right-padded prefixes of different lengths and three rows.
+    An architecture whose cache cannot be indexed by rows, or whose positions are not the
+    ones counted here, does not (nor one whose forward raises on it): those run whole."""
+    if twin in _SHARES:
+        return _SHARES[twin]
+    vocab = int(twin.config.vocab_size)
+    device = next(twin.parameters()).device
+    tokens = (torch.arange(1, 19, device=device) * 7919 % max(vocab - 1, 1)).tolist()
+    prefixes = [tokens[:5], tokens[5:8]]
+    rows = [(0, tokens[8:11]), (0, tokens[11:13]), (1, tokens[13:17])]
+    err = float("nan")
+    try:
+        with torch.inference_mode():
+            pre_ids, pre_mask = _right_padded(prefixes, device)
+            ids, mask = _right_padded([r for _, r in rows], device)
+            width = ids.shape[1]
+            got = _continued_logits(
+                twin, pre_ids, pre_mask, [o for o, _ in rows], ids, mask, list(range(width))
+            ).float()
+            whole_ids, whole_mask = _right_padded([prefixes[o] + r for o, r in rows], device)
+            full = twin(input_ids=whole_ids, attention_mask=whole_mask, use_cache=False).logits
+            errs = []
+            for k, (o, r) in enumerate(rows):
+                p = len(prefixes[o])
+                ref = full[k, p : p + len(r)].float()
+                errs.append(float((got[k, : len(r)] - ref).abs().max() / ref.abs().max()))
+            err = max(errs)
+    except Exception as e:  # an architecture that cannot continue a cache this way runs whole
+        logger.info("shared prefixes off for %s: %s", type(twin).__name__, e)
+    tol = 1e-3 if next(twin.parameters()).dtype in _PROBE_TOL else 1e-2
+    ok = err < tol  # NaN (no probe) fails
+    if not ok:
+        logger.info("shared prefixes off for %s (relative error %.3g)", type(twin).__name__, err)
+    _SHARES[twin] = ok
+    return ok
+
+
+def _right_padded(rows: Sequence[Sequence[int]], device: Any) -> tuple[Tensor, Tensor]:
+    """Token rows right-padded with token 0, and their attention mask."""
+    width = max(len(r) for r in rows)
+    ids = torch.zeros((len(rows), width), dtype=torch.long, device=device)
+    mask = torch.zeros_like(ids)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(list(r), device=device)
+        mask[i, : len(r)] = 1
+    return ids, mask
 
 
 class _Stop(Exception):

@@ -1,0 +1,163 @@
+"""Rows that begin alike run their common beginning once: the groups chosen, and scoring that
+continues a shared prefix's KV cache equal to whole passes, on each engine and model class."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from conftest import ENGINES, assert_close_impl, no_hooks_left
+
+import steerlens as sl
+from steerlens.core.engines import hf
+from steerlens.run.prefix import MIN_SHARED, common_prefix, prefix_groups
+from steerlens.run.scoring import ids_logprobs
+
+
+def _tokens(g: torch.Generator, n: int) -> torch.Tensor:
+    return torch.randint(5, 250, (n,), generator=g)
+
+
+def _rows(seed: int = 0) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Four rows after one 20-token history (one of them the history alone), two after
+    another 18-token one, one alone; continuations of 0-5 tokens."""
+    g = torch.Generator().manual_seed(seed)
+    history, other = _tokens(g, 20), _tokens(g, 18)
+    heads = [
+        torch.cat([history, _tokens(g, 3)]),
+        torch.cat([history, _tokens(g, 5)]),
+        torch.cat([other, _tokens(g, 2)]),
+        _tokens(g, 7),
+        torch.cat([history, _tokens(g, 4)]),
+        torch.cat([other, _tokens(g, 6)]),
+        history.clone(),
+    ]
+    tails = [_tokens(g, n) for n in (4, 0, 3, 5, 2, 1, 3)]
+    return heads, tails
+
+
+def test_groups_share_what_their_rows_have_in_common():
+    heads, _ = _rows()
+    groups = {tuple(sorted(g.rows)): g.length for g in prefix_groups(heads)}
+    # the history alone (row 6) caps its group one token short: its last position predicts
+    assert groups == {(0, 1, 4, 6): 19, (2, 5): 18}
+    assert prefix_groups(heads, min_shared=19) == [
+        g for g in prefix_groups(heads) if g.length >= 19
+    ]
+    assert prefix_groups(heads[:1]) == [] and prefix_groups([]) == []
+    assert common_prefix(heads[0], heads[1]) >= 20 and common_prefix(heads[0], heads[3]) == 0
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_groups_save_as_many_tokens_as_the_best_partition(seed):
+    g = torch.Generator().manual_seed(seed)
+    stems = [_tokens(g, int(n)) for n in torch.randint(10, 40, (3,), generator=g)]
+    heads = []
+    for _ in range(7):
+        stem = stems[int(torch.randint(0, 3, (1,), generator=g))]
+        cut = int(torch.randint(0, len(stem), (1,), generator=g))
+        extra = _tokens(g, int(torch.randint(1, 6, (1,), generator=g)))
+        heads.append(torch.cat([stem[: max(cut, 12)], extra]))
+    got = prefix_groups(heads, min_shared=8)
+    assert all(len(grp.rows) >= 2 and grp.length >= 8 for grp in got)
+    for grp in got:  # every member has the prefix, and a token after it
+        first = heads[grp.rows[0]][: grp.length]
+        assert all(torch.equal(heads[i][: grp.length], first) for i in grp.rows)
+        assert all(len(heads[i]) > grp.length for i in grp.rows)
+    saved = sum((len(grp.rows) - 1) * grp.length for grp in got)
+    order = sorted(range(len(heads)), key=lambda i: heads[i].tolist())
+
+    def value(run: list[int]) -> int:  # a run of sorted rows kept as one group
+        if len(run) < 2:
+            return 0
+        p = min(
+            min(len(heads[i]) - 1 for i in run),
+            *(common_prefix(heads[run[0]], heads[i]) for i in run[1:]),
+        )
+        return (len(run) - 1) * p if p >= 8 else 0
+
+    best = 0
+    for cuts in itertools.product([False, True], repeat=len(order) - 1):
+        runs, run = [], [order[0]]
+        for cut, i in zip(cuts, order[1:], strict=True):
+            if cut:
+                runs.append(run)
+                run = []
+            run.append(i)
+        best = max(best, sum(value(r) for r in [*runs, run]))
+    assert saved == best
+
+
+def _spy(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    calls: list[int] = []
+    real = hf.HFEngine.logits_after
+
+    def spy(self, prefix_ids, prefix_mask, owner, *args):
+        calls.append(len(owner))
+        return real(self, prefix_ids, prefix_mask, owner, *args)
+
+    monkeypatch.setattr(hf.HFEngine, "logits_after", spy)
+    return calls
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_shared_prefixes_give_the_whole_passes_numbers(tiny, engine, monkeypatch):
+    heads, tails = _rows()
+    calls = _spy(monkeypatch)
+    got = ids_logprobs(tiny, heads, tails, batch_size=3, engine=engine)
+    if engine == "hf":  # the fast path continues each group's cache; the TL path runs whole
+        assert sum(calls) == 6 and len(calls) >= 2  # six rows in groups, in batches of 3
+    else:
+        assert calls == []
+    monkeypatch.setattr(hf.HFEngine, "can_share_prefix", lambda self: False)
+    whole = ids_logprobs(tiny, heads, tails, batch_size=3, engine=engine)
+    for a, b, t in zip(got, whole, tails, strict=True):
+        assert a.shape == b.shape == t.shape
+        assert_close_impl(a, b)
+    for h, t, a in zip(heads, tails, got, strict=True):  # and one row at a time
+        (single,) = ids_logprobs(tiny, [h], [t], engine=engine)
+        assert_close_impl(a, single)
+    assert no_hooks_left(tiny)
+
+
+def test_an_open_steering_block_runs_whole_passes(tiny, rand_vec, monkeypatch):
+    heads, tails = _rows()
+    calls = _spy(monkeypatch)
+    with sl.steering(tiny, rand_vec, alpha=[float(a) for a in range(len(heads))]):
+        steered = ids_logprobs(tiny, heads, tails, batch_size=3, engine="hf")
+    assert calls == []  # per-row values index the call's rows: nothing shared
+    for i in (0, 4):  # row i under its own α, as a call of its own
+        with sl.steering(tiny, rand_vec, alpha=float(i)):
+            (single,) = ids_logprobs(tiny, [heads[i]], [tails[i]], engine="hf")
+        assert_close_impl(steered[i], single)
+    assert no_hooks_left(tiny)
+
+
+def test_a_model_whose_cache_cannot_be_continued_runs_whole(tiny, monkeypatch):
+    eng = sl.core.engines.resolve_engine(tiny, "hook_resid_post", "hf")
+    heads, tails = _rows()
+    monkeypatch.setattr(hf, "_SHARES", type(hf._SHARES)())
+    real = hf._continued_logits
+
+    def scaled(*args):  # a continuation that disagrees with the whole pass
+        return 1.5 * real(*args)
+
+    monkeypatch.setattr(hf, "_continued_logits", scaled)
+    assert not eng.can_share_prefix()
+    with pytest.raises(ValueError, match="cannot continue"):
+        eng.logits_after(*[torch.zeros(1, 2, dtype=torch.long)] * 2, [0], *[None] * 3)
+    calls = _spy(monkeypatch)
+    ids_logprobs(tiny, heads, tails, engine="hf")
+    assert calls == []
+    monkeypatch.setattr(hf, "_SHARES", type(hf._SHARES)())
+
+    def refuses(*args):
+        raise TypeError("no cache here")
+
+    monkeypatch.setattr(hf, "_continued_logits", refuses)
+    assert not eng.can_share_prefix()  # a probe that raises: whole passes, no error
+    monkeypatch.setattr(hf, "_continued_logits", real)
+    monkeypatch.setattr(hf, "_SHARES", type(hf._SHARES)())
+    assert eng.can_share_prefix()
+    assert MIN_SHARED <= 18  # the rows above do form groups

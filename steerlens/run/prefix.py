@@ -9,13 +9,31 @@ and its rows from that prefix's KV cache on.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from jaxtyping import Int
 from torch import Tensor
 
-__all__ = ["MIN_SHARED", "PrefixGroup", "common_prefix", "prefix_groups", "split_rows"]
+from steerlens.core._progress import progress
+from steerlens.core.batching import Batch, token_budget
+from steerlens.core.engines import Engine
+from steerlens.core.models import HookedModel
+from steerlens.core.tokens import Encoded, pad
+from steerlens.run.passes import forward_batches
+
+__all__ = [
+    "MIN_SHARED",
+    "Continued",
+    "PrefixGroup",
+    "common_prefix",
+    "map_continued",
+    "prefix_groups",
+    "split_rows",
+]
+
+T = TypeVar("T")
 
 MIN_SHARED = 16
 """The fewest tokens a group's prefix must have to run apart from its rows (a shorter one
@@ -105,3 +123,73 @@ def split_rows(n: int, groups: Sequence[PrefixGroup]) -> tuple[list[int], list[i
     grouped = [i for g in groups for i in g.rows]
     taken = set(grouped)
     return grouped, [i for i in range(n) if i not in taken]
+
+
+@dataclass(frozen=True)
+class Continued:
+    """One batch of grouped rows: their distinct prefixes (right-padded), per row the prefix
+    it continues (``owner``: a row of ``prefix``), its input index, where its own tokens start
+    in the whole row (its prefix's length), and the batch of its tokens after the prefix."""
+
+    prefix: Encoded
+    owner: list[int]
+    rows: list[int]
+    starts: list[int]
+    batch: Batch
+
+
+def map_continued(
+    model: HookedModel,
+    eng: Engine,
+    ids: Sequence[Int[Tensor, " pos"]],
+    groups: Sequence[PrefixGroup],
+    fn: Callable[[Engine, Continued], Sequence[T]],
+    *,
+    batch_size: int,
+    max_tokens: int | None = 0,
+    progress_bar: bool = False,
+    description: str = "run",
+) -> list[T]:
+    """``fn(eng, continued)`` on batches of the grouped rows of ``ids``, per-row results in
+    ``split_rows`` order. A batch holds whole groups where they fit (``batch_size`` rows,
+    and each group's prefix plus its rows' own tokens within the token budget: 0, the
+    device's ``token_budget``; None: rows only), so each prefix runs once; a group larger than
+    a batch runs its prefix once in each of its batches."""
+    prefixes = [ids[g.rows[0]][: g.length] for g in groups]
+    budget = token_budget(model) if max_tokens == 0 else max_tokens
+    calls: list[list[int]] = [[]]
+    rows = tokens = 0
+    for k, g in enumerate(groups):
+        size = g.length + sum(int(ids[i].numel()) - g.length for i in g.rows)
+        full = budget is not None and tokens + size > budget
+        if calls[-1] and (rows + len(g.rows) > batch_size or full):
+            calls.append([])
+            rows = tokens = 0
+        calls[-1].append(k)
+        rows, tokens = rows + len(g.rows), tokens + size
+    out: list[T] = []
+    for call in progress(calls, total=len(calls), description=description, enabled=progress_bar):
+        members = [(k, i) for k in call for i in groups[k].rows]
+
+        def run(eng: Engine, batch: Batch, members: list[tuple[int, int]] = members) -> Sequence[T]:
+            mine = [members[r] for r in batch.rows]
+            distinct = list(dict.fromkeys(k for k, _ in mine))
+            continued = Continued(
+                pad(model, [prefixes[k] for k in distinct], side="right"),
+                [distinct.index(k) for k, _ in mine],
+                [i for _, i in mine],
+                [groups[k].length for k, _ in mine],
+                batch,
+            )
+            return fn(eng, continued)
+
+        out += forward_batches(
+            model,
+            [ids[i][groups[k].length :] for k, i in members],
+            run,
+            engine=eng,
+            batch_size=batch_size,
+            max_tokens=max_tokens,
+            sort=False,  # a group's rows side by side: its prefix runs once a batch
+        )
+    return out

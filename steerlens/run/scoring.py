@@ -16,14 +16,13 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from steerlens.core._progress import progress
-from steerlens.core.batching import Batch, condition_masks, token_budget
+from steerlens.core.batching import Batch, condition_masks
 from steerlens.core.engines import Engine, PassEngineName, resolve_engine
 from steerlens.core.hooks import active_steering
 from steerlens.core.models import HookedModel
-from steerlens.core.tokens import Prompt, encode_prompts, pad, tokenize
+from steerlens.core.tokens import Prompt, encode_prompts, tokenize
 from steerlens.run.passes import forward_batches
-from steerlens.run.prefix import PrefixGroup, prefix_groups, split_rows
+from steerlens.run.prefix import Continued, PrefixGroup, map_continued, prefix_groups, split_rows
 
 __all__ = ["continuation_logprobs", "ids_logprobs"]
 
@@ -153,57 +152,36 @@ def _shared_logprobs(
     max_tokens: int | None,
     progress_bar: bool,
 ) -> list[Tensor]:
-    """``ids_logprobs`` of the grouped rows (group by group): each batch holds whole groups
-    where they fit (``batch_size`` rows; each group's prefix and rows within the token
-    budget), runs each of its prefixes once and its rows from their prefix's cache on."""
-    prefixes = [heads[g.rows[0]][: g.length] for g in groups]
-    tails_of = {i: tails[i] for g in groups for i in g.rows}
-    after = {i: torch.cat([heads[i][g.length :], tails[i]]) for g in groups for i in g.rows}
-    budget = token_budget(model) if max_tokens == 0 else max_tokens
-    calls: list[list[int]] = [[]]
-    rows = tokens = 0
-    for k, g in enumerate(groups):
-        size = g.length + sum(int(after[i].numel()) for i in g.rows)
-        full = budget is not None and tokens + size > budget
-        if calls[-1] and (rows + len(g.rows) > batch_size or full):
-            calls.append([])
-            rows = tokens = 0
-        calls[-1].append(k)
-        rows, tokens = rows + len(g.rows), tokens + size
-    out: list[Tensor] = []
-    for call in progress(calls, total=len(calls), description="score", enabled=progress_bar):
-        members = [(k, i) for k in call for i in groups[k].rows]
+    """``ids_logprobs`` of the grouped rows (``split_rows`` order): each group's prefix runs
+    once a batch, its rows continue that prefix's cache (``map_continued``)."""
+    ids = [torch.cat([h, t]) for h, t in zip(heads, tails, strict=True)]
 
-        def run(
-            eng: Engine, batch: Batch, members: list[tuple[int, int]] = members
-        ) -> list[Tensor]:
-            mine = [members[r] for r in batch.rows]
-            distinct = list(dict.fromkeys(k for k, _ in mine))
-            pre = pad(model, [prefixes[k] for k in distinct], side="right")
-            spans = []
-            for k, i in mine:
-                first = int(heads[i].numel()) - 1 - groups[k].length
-                spans.append(range(first, first + int(tails_of[i].numel())))
-            picked = eng.logits_after(
-                pre.input_ids,
-                pre.attention_mask,
-                [distinct.index(k) for k, _ in mine],
-                batch.enc.input_ids,
-                batch.enc.attention_mask,
-                spans,
-            )
-            return [_target_logprobs(picked[r], tails_of[i]) for r, (_, i) in enumerate(mine)]
-
-        out += forward_batches(
-            model,
-            [after[i] for _, i in members],
-            run,
-            engine=eng,
-            batch_size=batch_size,
-            max_tokens=max_tokens,
-            sort=False,  # a group's rows side by side: its prefix runs once a batch
+    def run(eng: Engine, c: Continued) -> list[Tensor]:
+        spans = []
+        for i, start in zip(c.rows, c.starts, strict=True):
+            first = int(heads[i].numel()) - 1 - start
+            spans.append(range(first, first + int(tails[i].numel())))
+        picked = eng.logits_after(
+            c.prefix.input_ids,
+            c.prefix.attention_mask,
+            c.owner,
+            c.batch.enc.input_ids,
+            c.batch.enc.attention_mask,
+            spans,
         )
-    return out
+        return [_target_logprobs(picked[r], tails[i]) for r, i in enumerate(c.rows)]
+
+    return map_continued(
+        model,
+        eng,
+        ids,
+        groups,
+        run,
+        batch_size=batch_size,
+        max_tokens=max_tokens,
+        progress_bar=progress_bar,
+        description="score",
+    )
 
 
 def _target_logprobs(logits: Tensor, target: Tensor) -> Tensor:

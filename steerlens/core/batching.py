@@ -24,7 +24,7 @@ from steerlens.core.tokens import Encoded, Prompt, content_masks, non_special_ma
 
 T = TypeVar("T")
 
-__all__ = ["Batch", "condition_masks", "map_batches", "token_budget"]
+__all__ = ["Batch", "condition_masks", "map_batches", "padded_tokens", "token_budget"]
 
 
 @dataclass(frozen=True)
@@ -172,6 +172,14 @@ def _chunks(
     if cur:
         chunks.append(cur)
     return chunks
+
+
+def padded_tokens(lengths: Sequence[int], batch_size: int, max_tokens: int | None) -> int:
+    """Tokens, padding included, of the batches ``map_batches`` makes of inputs of these
+    lengths (sorted, longest first)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    chunks = _chunks(order, list(lengths), batch_size, max_tokens)
+    return sum(len(c) * max(lengths[i] for i in c) for c in chunks)
 
 
 def token_budget(model: HookedModel) -> int:

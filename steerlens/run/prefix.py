@@ -2,9 +2,9 @@
 
 A user's history before each of their prompts, one prompt scored under the continuations of
 every steering cell, the chat template before every prompt: scoring calls repeat long
-prefixes. ``prefix_groups`` finds rows that share one (sorted by their tokens, adjacent rows
-merged while the tokens saved grow) and ``Engine.logits_after`` runs each group's prefix once
-and its rows from that prefix's KV cache on.
+prefixes. ``prefix_groups`` finds rows that share one (runs of rows sorted by their tokens,
+chosen to save the most tokens) and ``map_continued`` runs each group's prefix once a batch
+and its rows from that prefix's KV cache on (``Engine.logits_after``), without hooks.
 """
 
 from __future__ import annotations
@@ -17,20 +17,24 @@ from jaxtyping import Int
 from torch import Tensor
 
 from steerlens.core._progress import progress
-from steerlens.core.batching import Batch, token_budget
+from steerlens.core.batching import Batch, padded_tokens, token_budget
 from steerlens.core.engines import Engine
 from steerlens.core.models import HookedModel
 from steerlens.core.tokens import Encoded, pad
 from steerlens.run.passes import forward_batches
 
 __all__ = [
+    "MAX_GROUP",
     "MIN_SHARED",
+    "SHARED_GAIN",
     "Continued",
     "PrefixGroup",
     "common_prefix",
+    "continued_batches",
     "map_continued",
     "prefix_groups",
     "split_rows",
+    "worth_sharing",
 ]
 
 T = TypeVar("T")
@@ -55,65 +59,54 @@ def common_prefix(a: Int[Tensor, " pos"], b: Int[Tensor, " pos"]) -> int:
     return m if bool(same.all()) else int((~same).nonzero()[0])
 
 
+SHARED_GAIN = 0.9
+"""Prefixes are shared only where that computes at most this share of the tokens whole passes
+would (``worth_sharing``)."""
+
+MAX_GROUP = 128
+"""The most rows one group may hold (a larger run of rows sharing a prefix forms several
+groups: a batch holds fewer rows than this anyway, and the search stays linear)."""
+
+
 def prefix_groups(
     heads: Sequence[Int[Tensor, " pos"]], min_shared: int = MIN_SHARED
 ) -> list[PrefixGroup]:
     """Groups of at least two rows of ``heads`` sharing at least ``min_shared`` leading tokens,
     chosen to save the most tokens (a group of ``n`` rows and prefix ``p`` saves
-    ``(n - 1) x p``); rows in no group are left out. A group's prefix stops at least one token
-    short of every member's head (a head's last position predicts what follows it).
+    ``(n - 1) x p``) among groups of neighbours in token order of at most ``MAX_GROUP`` rows;
+    rows in no group are left out. A group's prefix stops at least one token short of every
+    member's head (a head's last position predicts what follows it).
 
-    Sorted by their tokens, rows that share most are neighbours, and a group is a run of
-    neighbours whose prefix is the least common prefix of adjacent rows in it: the best runs
-    come from the tree of those adjacent prefixes (the smallest at the root), keeping at each
-    node the whole run or the best of its two sides, in one pass."""
+    Sorted by their tokens, rows that share most are neighbours, and a run of neighbours
+    shares the least of its adjacent common prefixes: the best set of runs is found by
+    dynamic programming over the sorted rows (best of the first ``j`` rows: row ``j - 1`` in no
+    group, or ending a run that starts at row ``i``)."""
     order = sorted(range(len(heads)), key=lambda i: heads[i].tolist())
     n = len(order)
-    if n < 2:
-        return []
     own = [int(heads[i].numel()) - 1 for i in order]
     link = [  # shared by sorted rows k and k + 1, capped one short of both heads
         min(own[k], own[k + 1], common_prefix(heads[order[k]], heads[order[k + 1]]))
         for k in range(n - 1)
     ]
-    # Cartesian tree of ``link`` (minimum at the root): node k covers sorted rows lo..hi
-    left, right = [-1] * (n - 1), [-1] * (n - 1)
-    stack: list[int] = []
-    for k in range(n - 1):
-        last = -1
-        while stack and link[stack[-1]] > link[k]:
-            last = stack.pop()
-        left[k] = last
-        if stack:
-            right[stack[-1]] = k
-        stack.append(k)
-    root = stack[0]
-    best = [0] * (n - 1)
-    whole = [False] * (n - 1)
-    span = [(0, 0)] * (n - 1)
-    post: list[int] = []
-    todo = [root]
-    while todo:  # children before parents
-        k = todo.pop()
-        post.append(k)
-        todo += [c for c in (left[k], right[k]) if c >= 0]
-    for k in reversed(post):
-        lo = span[left[k]][0] if left[k] >= 0 else k
-        hi = span[right[k]][1] if right[k] >= 0 else k + 1
-        span[k] = (lo, hi)
-        sides = sum(best[c] for c in (left[k], right[k]) if c >= 0)
-        saved = (hi - lo) * link[k] if link[k] >= min_shared else 0
-        whole[k] = saved > sides
-        best[k] = max(saved, sides)
+    best = [0] * (n + 1)  # tokens saved by the first j sorted rows
+    start: list[int | None] = [None] * (n + 1)  # where the run ending at row j - 1 starts
+    for j in range(2, n + 1):
+        best[j], shared = best[j - 1], None
+        for i in range(j - 2, max(j - MAX_GROUP, 0) - 1, -1):  # the run i .. j - 1
+            shared = link[i] if shared is None else min(shared, link[i])
+            if shared < min_shared:
+                break
+            if best[i] + (j - 1 - i) * shared > best[j]:
+                best[j], start[j] = best[i] + (j - 1 - i) * shared, i
     groups: list[PrefixGroup] = []
-    todo = [root]
-    while todo:
-        k = todo.pop()
-        if whole[k]:
-            lo, hi = span[k]
-            groups.append(PrefixGroup(link[k], [order[j] for j in range(lo, hi + 1)]))
-        else:
-            todo += [c for c in (right[k], left[k]) if c >= 0]
+    j = n
+    while j > 1:
+        first = start[j]
+        if first is None:
+            j -= 1
+            continue
+        groups.append(PrefixGroup(min(link[first : j - 1]), [order[k] for k in range(first, j)]))
+        j = first
     return sorted(groups, key=lambda g: min(g.rows))
 
 
@@ -151,25 +144,14 @@ def map_continued(
     description: str = "run",
 ) -> list[T]:
     """``fn(eng, continued)`` on batches of the grouped rows of ``ids``, per-row results in
-    ``split_rows`` order. A batch holds whole groups where they fit (``batch_size`` rows,
-    and each group's prefix plus its rows' own tokens within the token budget: 0, the
-    device's ``token_budget``; None: rows only), so each prefix runs once; a group larger than
-    a batch runs its prefix once in each of its batches."""
+    ``split_rows`` order, with no hook open (the prefix pass and the rows' pass are two
+    batches of different rows). Batches as ``continued_batches`` makes them."""
+    batches = continued_batches(ids, groups, batch_size, _budget(model, max_tokens))
     prefixes = [ids[g.rows[0]][: g.length] for g in groups]
-    budget = token_budget(model) if max_tokens == 0 else max_tokens
-    calls: list[list[int]] = [[]]
-    rows = tokens = 0
-    for k, g in enumerate(groups):
-        size = g.length + sum(int(ids[i].numel()) - g.length for i in g.rows)
-        full = budget is not None and tokens + size > budget
-        if calls[-1] and (rows + len(g.rows) > batch_size or full):
-            calls.append([])
-            rows = tokens = 0
-        calls[-1].append(k)
-        rows, tokens = rows + len(g.rows), tokens + size
     out: list[T] = []
-    for call in progress(calls, total=len(calls), description=description, enabled=progress_bar):
-        members = [(k, i) for k in call for i in groups[k].rows]
+    for members in progress(
+        batches, total=len(batches), description=description, enabled=progress_bar
+    ):
 
         def run(eng: Engine, batch: Batch, members: list[tuple[int, int]] = members) -> Sequence[T]:
             mine = [members[r] for r in batch.rows]
@@ -188,8 +170,58 @@ def map_continued(
             [ids[i][groups[k].length :] for k, i in members],
             run,
             engine=eng,
-            batch_size=batch_size,
-            max_tokens=max_tokens,
-            sort=False,  # a group's rows side by side: its prefix runs once a batch
+            batch_size=len(members),  # one batch: its rows were chosen here
+            max_tokens=None,
+            sort=False,
         )
     return out
+
+
+def _budget(model: HookedModel, max_tokens: int | None) -> int | None:
+    """A call's token budget: 0 is the device's ``token_budget``."""
+    return token_budget(model) if max_tokens == 0 else max_tokens
+
+
+def continued_batches(
+    ids: Sequence[Tensor], groups: Sequence[PrefixGroup], batch_size: int, budget: int | None
+) -> list[list[tuple[int, int]]]:
+    """The batches of ``map_continued``, as (group, row) pairs: one group a batch (its prefix
+    runs once, unpadded), at most ``batch_size`` rows and, with a ``budget``, rows x (prefix +
+    the widest row after it) within it, as a whole pass over the same rows would be; a group
+    larger than that runs its prefix once in each of its batches."""
+    batches: list[list[tuple[int, int]]] = []
+    for k, g in enumerate(groups):
+        cur: list[tuple[int, int]] = []
+        width = 0
+        for i in g.rows:
+            w = max(width, int(ids[i].numel()) - g.length)
+            full = budget is not None and (len(cur) + 1) * (g.length + w) > budget
+            if cur and (len(cur) >= batch_size or full):
+                batches.append(cur)
+                cur, w = [], int(ids[i].numel()) - g.length
+            cur.append((k, i))
+            width = w
+        batches.append(cur)
+    return batches
+
+
+def worth_sharing(
+    model: HookedModel,
+    ids: Sequence[Tensor],
+    groups: Sequence[PrefixGroup],
+    batch_size: int,
+    max_tokens: int | None,
+) -> bool:
+    """Whether the grouped plan (the ungrouped rows in whole passes, the groups in
+    ``continued_batches``) computes at most ``SHARED_GAIN`` of the tokens that whole passes over
+    every row would, padding included: a device whose budget packs many rows a batch can lose
+    more to the groups' smaller batches than the shared prefixes save."""
+    budget = _budget(model, max_tokens)
+    lengths = [int(x.numel()) for x in ids]
+    whole = padded_tokens(lengths, batch_size, budget)
+    _, rest = split_rows(len(ids), groups)
+    shared = padded_tokens([lengths[i] for i in rest], batch_size, budget)
+    for batch in continued_batches(ids, groups, batch_size, budget):
+        prefix = groups[batch[0][0]].length
+        shared += prefix + len(batch) * max(lengths[i] - prefix for _, i in batch)
+    return shared <= SHARED_GAIN * whole

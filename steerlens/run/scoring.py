@@ -1,11 +1,14 @@
 """Single-pass scoring: log-probabilities of continuations given their prompts.
 
-One forward pass over prompt + continuation (right-padded, through ``map_batches``). The
+A forward pass over prompt + continuation (right-padded, through ``map_batches``). The
 batch's per-row prompt lengths are handed to the steering hooks, so a gate means the same
 here as in generation: ``"prefill"`` steers the prompt positions, ``FirstK(k)`` the prompt
 and the first ``k`` continuation tokens, ``"generated"`` the continuation only. Scoring the
 tokens ``generate`` produced therefore gives the log-probabilities it sampled them from
 (tested). Perplexity builds on it; runs under ``torch.inference_mode`` (no gradients).
+With no hook acting on the model, rows that begin alike may instead run their shared prefix
+once and continue its KV cache (``steerlens.run.prefix``): the same numbers, to float
+rounding.
 """
 
 from __future__ import annotations
@@ -22,7 +25,14 @@ from steerlens.core.hooks import active_steering
 from steerlens.core.models import HookedModel
 from steerlens.core.tokens import Prompt, encode_prompts, tokenize
 from steerlens.run.passes import forward_batches
-from steerlens.run.prefix import Continued, PrefixGroup, map_continued, prefix_groups, split_rows
+from steerlens.run.prefix import (
+    Continued,
+    PrefixGroup,
+    map_continued,
+    prefix_groups,
+    split_rows,
+    worth_sharing,
+)
 
 __all__ = ["continuation_logprobs", "ids_logprobs"]
 
@@ -99,9 +109,10 @@ def ids_logprobs(
     rows only). ``prompt_masks``: per prompt, the tokens an open block's ``Condition``
     pools (default: its non-special tokens, ``condition_masks``).
 
-    With no hook acting on the model, rows that share at least ``MIN_SHARED`` leading tokens
-    (``prefix_groups``) run that prefix once and continue its KV cache, where the engine can
-    (``Engine.can_share_prefix``): the same numbers as whole passes, to float rounding.
+    With no hook acting on the model, the groups of rows that ``prefix_groups`` finds (at
+    least ``MIN_SHARED`` shared leading tokens) run their prefix once and continue its KV
+    cache, where the engine can (``Engine.can_share_prefix``) and the plan computes fewer
+    tokens than whole passes (``worth_sharing``): the same numbers, to float rounding.
     """
     if len(prompt_ids) != len(continuation_ids):
         raise ValueError(f"{len(prompt_ids)} prompts but {len(continuation_ids)} continuations")
@@ -125,6 +136,9 @@ def ids_logprobs(
         )
         for g in sorted(groups, key=lambda g: -g.length)
     ]
+    whole_ids = [torch.cat([h, t]) for h, t in zip(heads, tails, strict=True)]
+    if groups and not worth_sharing(model, whole_ids, groups, batch_size, max_tokens):
+        groups = []
     grouped, rest = split_rows(len(heads), groups)
     out: list[Tensor | None] = [None] * len(heads)
     if rest:

@@ -575,6 +575,11 @@ def _shares_prefix(twin: Any) -> bool:
     ones counted here, does not (nor one whose forward raises on it): those run whole."""
     if twin in _SHARES:
         return _SHARES[twin]
+    window = _windowed(twin.config)
+    if window is not None:  # a probe this short would not reach the window
+        logger.info("shared prefixes off for %s: %s", type(twin).__name__, window)
+        _SHARES[twin] = False
+        return False
     vocab = int(twin.config.vocab_size)
     device = next(twin.parameters()).device
     tokens = (torch.arange(1, 19, device=device) * 7919 % max(vocab - 1, 1)).tolist()
@@ -605,6 +610,21 @@ def _shares_prefix(twin: Any) -> bool:
         logger.info("shared prefixes off for %s (relative error %.3g)", type(twin).__name__, err)
     _SHARES[twin] = ok
     return ok
+
+
+def _windowed(config: Any) -> str | None:
+    """Why some attention layer of this config sees only a window (or chunk) of the past, or
+    None. Its mask counts cache slots: the padding between a shorter prefix and its
+    continuation would move keys out of the window, so such a model runs whole passes."""
+    kinds = set(getattr(config, "layer_types", None) or []) - {"full_attention"}
+    if kinds:
+        return f"layer types {sorted(kinds)}"
+    if getattr(config, "attention_chunk_size", None):
+        return "chunked attention"
+    window = getattr(config, "sliding_window", None)
+    if window and getattr(config, "use_sliding_window", True) is not False:
+        return f"a sliding window of {window}"
+    return None
 
 
 def _right_padded(rows: Sequence[Sequence[int]], device: Any) -> tuple[Tensor, Tensor]:

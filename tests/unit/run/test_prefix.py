@@ -11,7 +11,12 @@ from conftest import ENGINES, assert_close_impl, no_hooks_left
 
 import steerlens as sl
 from steerlens.core.engines import hf
-from steerlens.run.prefix import MIN_SHARED, common_prefix, prefix_groups
+from steerlens.run.prefix import (
+    common_prefix,
+    continued_batches,
+    prefix_groups,
+    worth_sharing,
+)
 from steerlens.run.scoring import ids_logprobs
 
 
@@ -160,4 +165,102 @@ def test_a_model_whose_cache_cannot_be_continued_runs_whole(tiny, monkeypatch):
     monkeypatch.setattr(hf, "_continued_logits", real)
     monkeypatch.setattr(hf, "_SHARES", type(hf._SHARES)())
     assert eng.can_share_prefix()
-    assert MIN_SHARED <= 18  # the rows above do form groups
+    # a sliding window counts cache slots, which a shorter prefix's padding would shift
+    monkeypatch.setattr(hf, "_SHARES", type(hf._SHARES)())
+    monkeypatch.setattr(eng.twin.config, "sliding_window", 8, raising=False)
+    assert not eng.can_share_prefix()
+
+
+def test_which_attention_counts_as_windowed():
+    from types import SimpleNamespace as Config
+
+    assert hf._windowed(Config()) is None
+    assert hf._windowed(Config(layer_types=["full_attention"] * 2)) is None
+    assert hf._windowed(Config(sliding_window=4096, use_sliding_window=False)) is None
+    assert "sliding" in hf._windowed(Config(layer_types=["sliding_attention", "full_attention"]))
+    assert "4096" in hf._windowed(Config(sliding_window=4096))
+    assert "chunked" in hf._windowed(Config(attention_chunk_size=8192))
+
+
+def test_groups_may_leave_the_weakest_link_inside_a_group():
+    # adjacent common prefixes 100, 30, 20, 30, 100 over rows A-F: {A,B}, {C,D}, {E,F} save
+    # 100 + 20 + 100 tokens, more than any split at the weakest link alone
+    g = torch.Generator().manual_seed(3)
+    base = _tokens(g, 20)
+    left = torch.cat([base, torch.tensor([10]), _tokens(g, 9)])  # 30 tokens
+    right = torch.cat([base, torch.tensor([20]), _tokens(g, 9)])
+    long_left = torch.cat([left, torch.tensor([5]), _tokens(g, 69)])  # 100 tokens
+    long_right = torch.cat([right, torch.tensor([6]), _tokens(g, 69)])
+    heads = [
+        torch.cat([long_left, torch.tensor([1, 7])]),  # A
+        torch.cat([long_left, torch.tensor([2, 7])]),  # B
+        torch.cat([left, torch.tensor([6, 7, 7])]),  # C
+        torch.cat([right, torch.tensor([5, 7, 7])]),  # D
+        torch.cat([long_right, torch.tensor([1, 7])]),  # E
+        torch.cat([long_right, torch.tensor([2, 7])]),  # F
+    ]
+    got = {tuple(sorted(x.rows)): x.length for x in prefix_groups(heads)}
+    assert got == {(0, 1): 100, (2, 3): 20, (4, 5): 100}
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_rows_of_two_prefixes_in_one_batch(tiny, engine):
+    # logits_after with two prefixes (right-padded) and their rows interleaved
+    g = torch.Generator().manual_seed(4)
+    prefixes = [_tokens(g, 7), _tokens(g, 3)]
+    rows = [(1, _tokens(g, 4)), (0, _tokens(g, 2)), (1, _tokens(g, 5))]
+    eng = sl.core.engines.resolve_engine(tiny, "hook_resid_post", engine)
+    if not eng.can_share_prefix():
+        assert engine == "tl"
+        with pytest.raises(NotImplementedError):
+            eng.logits_after(*[torch.zeros(1, 2, dtype=torch.long)] * 2, [0], *[None] * 3)
+        return
+    pre = sl.tokens.pad(tiny, prefixes, side="right")
+    enc = sl.tokens.pad(tiny, [r for _, r in rows], side="right")
+    spans = [range(len(r)) for _, r in rows]
+    with torch.inference_mode():
+        got = eng.logits_after(
+            pre.input_ids,
+            pre.attention_mask,
+            [o for o, _ in rows],
+            enc.input_ids,
+            enc.attention_mask,
+            spans,
+        )
+        for (o, r), lg in zip(rows, got, strict=True):
+            whole = torch.cat([prefixes[o], r]).to(tiny.cfg.device)[None]
+            p = len(prefixes[o])
+            (ref,) = eng.logits_at(whole, torch.ones_like(whole), [range(p, p + len(r))])
+            assert_close_impl(lg.log_softmax(-1), ref.log_softmax(-1))
+
+
+def test_sharing_only_where_it_saves_tokens(tiny, monkeypatch):
+    # 16 shared tokens before 203 of each row's own: under a tenth saved, so whole passes
+    g = torch.Generator().manual_seed(5)
+    stem = _tokens(g, 16)
+    heads = [torch.cat([stem, _tokens(g, 200)]) for _ in range(3)]
+    tails = [_tokens(g, 3) for _ in heads]
+    groups = prefix_groups(heads)
+    assert [len(x.rows) for x in groups] == [3]
+    ids = [torch.cat([h, t]) for h, t in zip(heads, tails, strict=True)]
+    assert not worth_sharing(tiny, ids, groups, 16, None)
+    calls = _spy(monkeypatch)
+    ids_logprobs(tiny, heads, tails, engine="hf")
+    assert calls == []
+    long_rows, _ = _rows()
+    assert worth_sharing(tiny, long_rows, prefix_groups(long_rows), 3, 0)
+
+
+def test_batches_hold_one_group_within_the_budget():
+    heads, tails = _rows()
+    ids = [torch.cat([h, t]) for h, t in zip(heads, tails, strict=True)]
+    groups = prefix_groups(heads)
+    for budget in (None, 60, 1):
+        batches = continued_batches(ids, groups, 3, budget)
+        assert sorted(i for b in batches for _, i in b) == sorted(i for x in groups for i in x.rows)
+        for b in batches:
+            assert len({k for k, _ in b}) == 1 and len(b) <= 3
+            p = groups[b[0][0]].length
+            if budget is not None and len(b) > 1:
+                assert len(b) * (p + max(len(ids[i]) - p for _, i in b)) <= budget
+    assert len(continued_batches(ids, groups, 3, 1)) == 6  # one row each: nothing fits two

@@ -136,7 +136,7 @@ def ids_logprobs(
         )
         for g in sorted(groups, key=lambda g: -g.length)
     ]
-    whole_ids = [torch.cat([h, t]) for h, t in zip(heads, tails, strict=True)]
+    whole_ids = [torch.cat([h, t]) for h, t in zip(heads, tails, strict=True)] if groups else []
     if groups and not worth_sharing(model, whole_ids, groups, batch_size, max_tokens):
         groups = []
     grouped, rest = split_rows(len(heads), groups)
@@ -149,7 +149,7 @@ def ids_logprobs(
             out[i] = lp
     if grouped:
         shared = _shared_logprobs(
-            model, eng, heads, tails, groups, batch_size, max_tokens, progress_bar
+            model, eng, heads, tails, whole_ids, groups, batch_size, max_tokens, progress_bar
         )
         for i, lp in zip(grouped, shared, strict=True):
             out[i] = lp
@@ -161,14 +161,15 @@ def _shared_logprobs(
     eng: Engine,
     heads: list[Tensor],
     tails: list[Tensor],
+    ids: list[Tensor],
     groups: list[PrefixGroup],
     batch_size: int,
     max_tokens: int | None,
     progress_bar: bool,
 ) -> list[Tensor]:
-    """``ids_logprobs`` of the grouped rows (``split_rows`` order): each group's prefix runs
-    once a batch, its rows continue that prefix's cache (``map_continued``)."""
-    ids = [torch.cat([h, t]) for h, t in zip(heads, tails, strict=True)]
+    """``ids_logprobs`` of the grouped rows (``split_rows`` order; ``ids``: each row's prompt
+    and continuation): each group's prefix runs once a batch, its rows continue that prefix's
+    cache (``map_continued``)."""
 
     def run(eng: Engine, c: Continued) -> list[Tensor]:
         spans = []

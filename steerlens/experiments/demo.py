@@ -98,6 +98,8 @@ def study_key(cfg: DemoConfig) -> str:
         del fields["condition_method"]
     if cfg.side_effect_texts is None:  # likewise
         del fields["side_effect_texts"]
+    if cfg.steerx_max_targets == 8:  # likewise (SteerXStudyConfig's default)
+        del fields["steerx_max_targets"]
     te = fields["token_effects"]
     te.update(_run_key(te.pop("run")))
     return hashlib.sha1(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:12]

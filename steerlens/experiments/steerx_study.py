@@ -129,7 +129,8 @@ class SteerXStudyConfig:
     max_targets: int = 8
     threshold: float = 0.05
     describe: Literal["spans", "model"] = "spans"
-    alphas: list[float] = field(default_factory=lambda: [0.0, 0.5, 1.0])
+    # the steered generations' α: 0 (the baseline) and report_alpha are what the tables read
+    alphas: list[float] = field(default_factory=lambda: [0.0, 0.5])
     report_alpha: float = 0.5  # the α of PPA under steering, MAE change and utility gain
     steer_ppa: bool = True
     prompts_per_user: int = 2

@@ -53,12 +53,13 @@ def _quick_preset() -> dict[str, Any]:
             max_users=16,  # 8 users a side: the baselines' comparisons need the tokens
             patch_targets=1,
             patch_layers=2,  # the patching smoke on the first and last layer
-            history_tokens=12,
+            history_tokens=6,  # the detail figure's history tokens removed one at a time
             smoke=True,
         ),
         # one backbone (no BiPO or SAE training, no second mean-difference variant): the
         # SteerX comparison on 3 users is a smoke run; the full study runs every backbone
         "steerx_users_per_group": 1,
+        "steerx_max_targets": 4,  # responses per user whose token effects feed the vectors
         "steerx_backbones": ["mean"],
     }
 
@@ -127,6 +128,8 @@ class DemoConfig:
     )
     steerx: bool = True
     steerx_users_per_group: int = 2
+    # per user, the training responses whose token effects select SteerX's tokens
+    steerx_max_targets: int = 8
     # every backbone; "sae" only where sae-lens (steerlens[sae]) is installed
     steerx_backbones: list[str] = field(default_factory=available_backbones)
     steps: list[str] = field(default_factory=lambda: list(_step_names()))
@@ -156,8 +159,8 @@ class DemoConfig:
             )
         if "sae" in self.steerx_backbones and "steerx" in self.steps:
             require_sae_lens("the steerx step's sae backbone")
-        if self.steerx_users_per_group < 1:
-            raise ValueError("steerx_users_per_group must be >= 1")
+        if self.steerx_users_per_group < 1 or self.steerx_max_targets < 1:
+            raise ValueError("steerx_users_per_group and steerx_max_targets must be >= 1")
         if 0.0 not in self.alphas or len(self.alphas) < 2:
             raise ValueError("alphas must include 0.0 (the unsteered baseline) and one more")
         self.methods = method_names(self.methods)  # aliases ("bt") resolved, each once

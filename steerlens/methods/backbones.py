@@ -22,7 +22,7 @@ from steerlens.core.tokens import response_masks
 from steerlens.core.vectors import SteeringVector
 from steerlens.methods.bipo import BiPOConfig, bipo
 from steerlens.methods.sae import sae_vector
-from steerlens.methods.stylevector import context_vector, style_vector
+from steerlens.methods.stylevector import context_vector, style_vector, style_vectors
 from steerlens.run.cache import cache_activations
 
 __all__ = ["BackboneInputs", "fit_bipo", "fit_mean", "fit_mean_context", "fit_sae"]
@@ -58,10 +58,10 @@ Fit = tuple[SteeringVector, SteeringVector]
 def fit_mean(x: BackboneInputs, fallback: bool) -> Fit:
     """StyleVector: mean of the user's minus the generic responses' activations; SteerX pools
     the user's side over the preference-driven tokens only."""
-    base = style_vector(x.model, x.prompts, x.responses, x.generic, x.layers)
     if fallback:
+        base = style_vector(x.model, x.prompts, x.responses, x.generic, x.layers)
         return base, copy.deepcopy(base)
-    return base, style_vector(x.model, x.prompts, x.responses, x.generic, x.layers, keep=x.keep)
+    return style_vectors(x.model, x.prompts, x.responses, x.generic, x.layers, keep=x.keep)
 
 
 def fit_mean_context(x: BackboneInputs, fallback: bool) -> Fit:

@@ -3,7 +3,7 @@ attributes, bootstrap statistics, sweep summary tables (``summaries``) and plant
 scoring of token selections (``token_truth``). ``sl.evaluation`` is the same namespace."""
 
 from steerlens.metrics import summaries, token_truth
-from steerlens.metrics.mmlu import MMLUResult, mmlu_accuracy, mmlu_prompt
+from steerlens.metrics.mmlu import MMLUResult, mmlu_accuracy, mmlu_by_alpha, mmlu_prompt
 from steerlens.metrics.preference import (
     CHANCE,
     ground_truth_utility,
@@ -28,6 +28,7 @@ __all__ = [
     "get_scorer",
     "ground_truth_utility",
     "mmlu_accuracy",
+    "mmlu_by_alpha",
     "mmlu_prompt",
     "oracle",
     "ppa_projection",

@@ -107,11 +107,14 @@ def user_queries(
     truth: Truth = "planted",
     keep: Callable[[str, str], bool] | None = None,
 ) -> list[TargetQuery]:
-    """Per user: up to ``targets_per_user`` chosen turn-0 responses as targets, each with the
-    user's ``n_history`` other turn-0 conversations (prompt, chosen response) as history, and
-    the next user's as the placebo history of the same length; ``truth`` picks the spans
-    (``response_spans``). ``keep(user, prompt)``, when given, restricts which conversations
-    may be targets (e.g. a split by prompt); the history is drawn from all the others."""
+    """Per user: up to ``targets_per_user`` chosen turn-0 responses as targets, all with one
+    history, the user's first ``n_history`` other turn-0 conversations (prompt, chosen
+    response; none of them a target of this user), and as placebo the next user's history,
+    cut to the same number of conversations; ``truth`` picks the spans (``response_spans``).
+    ``keep(user, prompt)``, when given, restricts which conversations may be targets (e.g. a
+    split by prompt); the history is drawn from all the others. One history per user (and
+    the placebo another user's own) lets a scoring pass run each history once for all the
+    rows it begins (``steerlens.run.prefix``)."""
     gt = dataset.ground_truth
     if gt is None or "responses" not in gt:
         raise ValueError("scoring against planted truth needs a simulated set's ground truth")
@@ -122,15 +125,19 @@ def user_queries(
         if (p.prompt, p.chosen) not in lst:
             lst.append((p.prompt, p.chosen))
     order = sorted(convs) if users is None else [u for u in users if u in convs]
-    out = []
-    for k, user in enumerate(order):
-        other = order[(k + 1) % len(order)]
+    targets: dict[str, list[int]] = {}
+    history: dict[str, list[tuple[str, str]]] = {}
+    for user in order:
         mine = convs[user]
         allowed = [t for t, (p, _) in enumerate(mine) if keep is None or keep(user, p)]
-        for t in allowed[:targets_per_user]:
-            prompt, response = mine[t]
-            rest = [c for i, c in enumerate(mine) if i != t][:n_history]
-            placebo = convs[other][: len(rest)]
+        targets[user] = allowed[:targets_per_user]
+        history[user] = [c for i, c in enumerate(mine) if i not in targets[user]][:n_history]
+    out = []
+    for k, user in enumerate(order):
+        rest = history[user]
+        placebo = history[order[(k + 1) % len(order)]][: len(rest)]
+        for t in targets[user]:
+            prompt, response = convs[user][t]
             out.append(
                 TargetQuery(
                     user,

@@ -30,7 +30,6 @@ from torch import Tensor
 
 from steerlens.core.batching import Batch, condition_masks, map_batches
 from steerlens.core.engines import Engine, PassEngineName, resolve_engine
-from steerlens.core.hook_names import hook_layer, resid_pre
 from steerlens.core.hooks import (
     AnyGate,
     ConditionState,
@@ -41,6 +40,7 @@ from steerlens.core.hooks import (
 from steerlens.core.models import HookedModel
 from steerlens.core.tokens import tokenize
 from steerlens.core.vectors import SteeringVector
+from steerlens.run.passes import reading, start_layer
 
 __all__ = [
     "Divergence",
@@ -112,7 +112,8 @@ def steering_divergence(
     (one per vector or α) runs its unsteered pass once for all of them (in groups of texts
     whose log-probabilities fit in ``SHARED_REFERENCE_BYTES``), and the steered rows skip
     the blocks below the first one steered where the engine can (``Engine.can_start_at``):
-    the same numbers as whole passes, to float rounding.
+    the same numbers as whole passes, to float rounding. With a ``reference`` and none open,
+    a repeated text runs those lower blocks once for all its rows (and no unembedding).
     """
     ids = _ids(model, texts)
     n = len(ids)
@@ -150,10 +151,12 @@ def steering_divergence(
             for i, d in zip(rows, part, strict=True):
                 out[i] = d
         return out  # type: ignore[return-value]
-    start = _start_layer(eng, pairs) if quiet else None
+    start = start_layer(eng, pairs) if quiet else None
     resids = None
     if reference is None and quiet:
         reference, resids = _shared_reference(model, eng, ids, batch_size, start) or (None, None)
+    elif start is not None:  # the caller's reference: a repeated text's lower blocks once
+        resids = _repeated_resids(model, eng, ids, batch_size, start)
     pool = condition_masks(model, ids, pairs=pairs)  # each text read as a whole prompt
 
     def run(batch: Batch) -> list[Divergence]:
@@ -224,16 +227,6 @@ def _text_groups(model: HookedModel, ids: list[Tensor]) -> list[list[int]] | Non
     return groups if len(groups) > 1 else None
 
 
-def _start_layer(eng: Engine, pairs: list[Any]) -> int | None:
-    """The lowest block any of the call's hooks acts on, where the engine can start a pass
-    there (the steered pass then reuses the unsteered one's lower blocks); else None."""
-    layers = [hook_layer(str(name)) for name, _ in pairs]
-    if not layers or None in layers:
-        return None
-    start = min(x for x in layers if x is not None)
-    return start if eng.can_start_at(start) else None
-
-
 def _batch_logprobs(
     eng: Engine,
     batch: Batch,
@@ -264,12 +257,8 @@ def _batch_logprobs(
 
 def _logprobs_reading(eng: Engine, batch: Batch, layer: int) -> tuple[Tensor, Tensor]:
     """The batch's unsteered log-probabilities, and the residual entering block ``layer``."""
-    seen: list[Tensor] = []
-
-    def grab(resid: Tensor, *, hook: Any) -> None:
-        seen.append(resid.detach())
-
-    lp = _logprobs(eng, batch, [(resid_pre(layer), grab)])
+    hooks, seen = reading(layer)
+    lp = _logprobs(eng, batch, hooks)
     return lp, seen[-1]
 
 
@@ -314,6 +303,31 @@ def _shared_reference(
     by_text = dict(zip(distinct, got, strict=True))
     refs = [by_text[o][0] for o in owner]
     return refs, None if layer is None else [by_text[o][1] for o in owner]  # type: ignore[misc]
+
+
+def _repeated_resids(
+    model: HookedModel, eng: Engine, ids: list[Tensor], batch_size: int, layer: int
+) -> list[Tensor] | None:
+    """Per row, the unsteered residual entering block ``layer`` of its text, each distinct
+    text run once and only through the blocks below ``layer`` (``Engine.capture``); None
+    where no text repeats (a whole steered pass per row costs no more)."""
+    first: dict[tuple[int, ...], int] = {}
+    owner = [first.setdefault(tuple(t.tolist()), i) for i, t in enumerate(ids)]
+    distinct = sorted(first.values())
+    if len(distinct) == len(ids):
+        return None
+
+    def run(batch: Batch) -> list[Tensor]:
+        enc = batch.enc
+        (resid,) = eng.capture(enc.input_ids, enc.attention_mask, [layer], "hook_resid_pre")
+        return [resid[row, :n] for row, n in enumerate(enc.lengths)]
+
+    with torch.inference_mode(), eng.hooks([]):
+        got = map_batches(
+            model, [ids[i] for i in distinct], run, batch_size=batch_size, side="right"
+        )
+    by_text = dict(zip(distinct, got, strict=True))
+    return [by_text[o] for o in owner]
 
 
 def _unsteered(model: HookedModel, eng: Engine, ids: list[Tensor], batch_size: int) -> list[Tensor]:

@@ -13,9 +13,11 @@ from torch import Tensor
 
 from steerlens.core.batching import Batch, map_batches, token_budget
 from steerlens.core.engines import Engine, PassEngineName, resolve_engine
+from steerlens.core.hook_names import hook_layer, resid_pre
+from steerlens.core.hooks import HookPair
 from steerlens.core.models import HookedModel
 
-__all__ = ["forward_batches"]
+__all__ = ["forward_batches", "reading", "start_layer"]
 
 T = TypeVar("T")
 
@@ -64,3 +66,25 @@ def forward_batches(
             progress_bar=progress_bar,
             description=description,
         )
+
+
+def start_layer(eng: Engine, pairs: Sequence[HookPair]) -> int | None:
+    """The lowest block any of ``pairs`` acts on, where ``eng`` can start a pass there (a
+    steered pass then reuses an unsteered pass's lower blocks: ``Engine.forward_from``);
+    else None."""
+    layers = [hook_layer(str(name)) for name, _ in pairs]
+    if not layers or None in layers:
+        return None
+    start = min(x for x in layers if x is not None)
+    return start if eng.can_start_at(start) else None
+
+
+def reading(layer: int) -> tuple[list[HookPair], list[Tensor]]:
+    """A hook that keeps the residual entering block ``layer`` (``hook_resid_pre``), and the
+    list it appends each pass's value to."""
+    seen: list[Tensor] = []
+
+    def grab(resid: Tensor, *, hook: object) -> None:
+        seen.append(resid.detach())
+
+    return [(resid_pre(layer), grab)], seen

@@ -182,6 +182,10 @@ def activation_patching(
     return PatchingResult(layers, pos_list, tokens, lp_clean, lp_corrupt, restored)
 
 
+STEP_ROWS = 8
+"""Integrated gradients' steps run as rows of one batched pass, this many at a time."""
+
+
 def attribution_patching(
     model: HookedModel,
     *,
@@ -197,8 +201,8 @@ def attribution_patching(
     ``steps=1``: ``grad(Σ_t log p(y_t)) at the corrupt run · (clean - corrupt)`` at every
     (layer, aligned position), one forward and one backward pass. ``steps > 1``: per layer,
     the gradient averaged over ``steps`` runs with that layer's aligned residuals moved
-    ``k/steps`` of the way to the clean ones (integrated gradients; ``steps`` forward and
-    backward passes per layer). ``restored`` holds the estimate in the ``[layer, pos, 1]``
+    ``k/steps`` of the way to the clean ones (integrated gradients; per layer, ``steps``
+    forward and backward passes, run as the rows of batched ones: ``STEP_ROWS`` a pass). ``restored`` holds the estimate in the ``[layer, pos, 1]``
     slot (the summed target), so ``layer_position()`` compares directly.
     """
     if steps < 1:
@@ -214,18 +218,25 @@ def attribution_patching(
         lp_clean = _target_logp(model(clean[None].to(dev))[0], int(clean.numel()), ids).cpu()
 
     def backward(
-        layer_alpha: tuple[int, float] | None,
+        moved: tuple[int, Sequence[float]] | None,
     ) -> tuple[dict[int, Tensor], dict[int, Tensor], Tensor]:
+        """Per layer, the target's gradient at the aligned residuals (rows summed: each row's
+        own, the rows being independent) and the residuals; ``moved = (layer, fractions)``:
+        one row per fraction, that layer's aligned residuals moved that far to the clean
+        ones (all in one batched forward and backward pass)."""
         acts: dict[int, Tensor] = {}
+        rows = 1 if moved is None else len(moved[1])
 
         def grab(layer: int) -> Any:
             def fn(x: Tensor, *, hook: Any) -> Tensor:
                 if layer == first:  # the weights are frozen: the graph starts here
                     x = x.detach().requires_grad_(True)
-                if layer_alpha is not None and layer_alpha[0] == layer:
+                if moved is not None and moved[0] == layer:
                     x = x.clone()
-                    a = layer_alpha[1]
-                    x[0, k_pos] = x[0, k_pos] + a * (src[layer][c_pos].to(x.dtype) - x[0, k_pos])
+                    for r, a in enumerate(moved[1]):
+                        x[r, k_pos] = x[r, k_pos] + a * (
+                            src[layer][c_pos].to(x.dtype) - x[r, k_pos]
+                        )
                 x.retain_grad()
                 acts[layer] = x
                 return x
@@ -233,12 +244,12 @@ def attribution_patching(
             return fn
 
         with model.hooks(fwd_hooks=[(resid_post(lyr), grab(lyr)) for lyr in layers]):
-            logits = model(corrupt[None].to(dev))
-            lp = _target_logp(logits[0], int(corrupt.numel()), ids)
-            lp.sum().backward()
-        grads = {lyr: acts[lyr].grad[0, k_pos].detach().float() for lyr in layers}  # type: ignore[index]
+            logits = model(corrupt[None].expand(rows, -1).to(dev))
+            lps = [_target_logp(logits[r], int(corrupt.numel()), ids) for r in range(rows)]
+            torch.stack(lps).sum().backward()
+        grads = {lyr: acts[lyr].grad[:, k_pos].detach().float().sum(0) for lyr in layers}  # type: ignore[index]
         values = {lyr: acts[lyr][0, k_pos].detach().float() for lyr in layers}
-        return grads, values, lp.detach().cpu()
+        return grads, values, lps[0].detach().cpu()
 
     with frozen_weights(model):
         with torch.enable_grad():  # works inside no_grad / set_grad_enabled(False) too
@@ -248,11 +259,13 @@ def attribution_patching(
             diff = src[layer][c_pos].float() - values[layer]
             if steps == 1:
                 g = grads[layer]
-            else:
-                with torch.enable_grad():
-                    g = torch.stack(
-                        [backward((layer, k / steps))[0][layer] for k in range(1, steps + 1)]
-                    ).mean(0)
+            else:  # the steps of a layer as rows of one pass, a chunk of at most STEP_ROWS
+                total = torch.zeros_like(diff)
+                fractions = [k / steps for k in range(1, steps + 1)]
+                for j in range(0, steps, STEP_ROWS):
+                    with torch.enable_grad():
+                        total += backward((layer, fractions[j : j + STEP_ROWS]))[0][layer]
+                g = total / steps
             est[i] = (g * diff).sum(-1).cpu()
     restored = torch.zeros(len(layers), n_t, n_t)
     restored[:, :, 0] = est  # the summed-target estimate, so layer_position() compares

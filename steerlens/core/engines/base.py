@@ -77,6 +77,18 @@ class Engine(ABC):
         from ``layer`` on) do not compute them again. Only where ``can_start_at(layer)``."""
         raise NotImplementedError(f"{self.name} runs whole passes only")
 
+    def logits_from(
+        self,
+        resid: Float[Tensor, "batch pos d_model"],
+        attention_mask: Tensor,
+        layer: int,
+        positions: Sequence[Sequence[int]],
+    ) -> list[Float[Tensor, "n vocab"]]:
+        """``forward_from``'s logits at each row's ``positions`` only (an engine may skip the
+        unembedding elsewhere). Only where ``can_start_at(layer)``."""
+        logits = self.forward_from(resid, attention_mask, layer)
+        return [logits[row, list(pos)] for row, pos in enumerate(positions)]
+
     def can_share_prefix(self) -> bool:
         """Whether ``logits_after`` runs on this engine (off unless an engine says so)."""
         return False

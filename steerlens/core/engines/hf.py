@@ -148,6 +148,21 @@ class HFEngine(Engine):
             raise ValueError(f"this model cannot start a pass at layer {layer}")
         return _upper_logits(self.twin, resid, attention_mask, layer)
 
+    def logits_from(
+        self,
+        resid: Tensor,
+        attention_mask: Tensor,
+        layer: int,
+        positions: Sequence[Sequence[int]],
+    ) -> list[Tensor]:
+        """As ``forward_from``, the unembedding only on the union of the rows' positions."""
+        if not self.can_start_at(layer):
+            raise ValueError(f"this model cannot start a pass at layer {layer}")
+        keep = _kept(positions)
+        kw = _keep_kwargs(self.twin, keep, resid.device)
+        logits = _upper_logits(self.twin, resid, attention_mask, layer, **kw)
+        return _picked(logits, keep, int(resid.shape[1]), positions)
+
     def can_share_prefix(self) -> bool:
         """Where a probe found this architecture's KV cache continues a prefix exactly
         (``_shares_prefix``)."""
@@ -476,14 +491,17 @@ def _pre(fn: Any) -> Any:
 _MIDWAY: weakref.WeakKeyDictionary[Any, dict[int, bool]] = weakref.WeakKeyDictionary()
 
 
-def _upper_logits(twin: Any, resid: Tensor, attention_mask: Tensor, layer: int) -> Tensor:
+def _upper_logits(
+    twin: Any, resid: Tensor, attention_mask: Tensor, layer: int, **kw: Any
+) -> Tensor:
     """Logits of ``twin`` with ``resid`` entering decoder layer ``layer`` (right-padded rows,
-    no cache). The layer modules, and so their hooks, are the twin's own."""
+    no cache; ``kw``: e.g. ``logits_to_keep``). The layer modules, and so their hooks, are the
+    twin's own."""
     inner = twin.model
     layers = inner.layers
     inner.layers = torch.nn.ModuleList(list(layers)[layer:])
     try:
-        out = twin(inputs_embeds=resid, attention_mask=attention_mask, use_cache=False)
+        out = twin(inputs_embeds=resid, attention_mask=attention_mask, use_cache=False, **kw)
     finally:
         inner.layers = layers
     return out.logits  # type: ignore[no-any-return]

@@ -135,6 +135,7 @@ def _calibrated_step(job: _Job) -> dict[str, Any]:
         job.results / "sweep" / "calibrated",
         settings=job.settings,
         measure=standard_measures(job.gt, batch_size=cfg.run.batch_size),
+        reuse=[job.need("dose")],  # its baseline, and any user's α the dose grid holds
     )
     assert cells is not None
     table = dose_response_table(cells, dose="kl_budget", seed=cfg.run.seed)

@@ -36,6 +36,7 @@ def _gating_step(job: _Job) -> dict[str, Any]:
         job.results / "sweep" / "gating",
         settings=job.settings,
         measure=standard_measures(job.gt, batch_size=cfg.run.batch_size),
+        reuse=[dose],  # first:K past the generated length is the dose sweep's "all"
     )
     assert gating is not None
     cells = _on(pd.concat([dose, gating], ignore_index=True), sorted(report))

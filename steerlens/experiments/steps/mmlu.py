@@ -4,13 +4,11 @@ swept α and each KL budget's α, beside the chance rate."""
 from __future__ import annotations
 
 import logging
-from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from steerlens.core.hooks import steering
 from steerlens.data import load_mmlu
 from steerlens.data.mmlu import LETTERS
 from steerlens.experiments.claims import mmlu_claims
@@ -21,7 +19,7 @@ from steerlens.experiments.steps.job import (
     _Job,
     _reported,
 )
-from steerlens.metrics.mmlu import mmlu_accuracy
+from steerlens.metrics.mmlu import mmlu_by_alpha
 from steerlens.metrics.stats import cluster_estimate
 
 logger = logging.getLogger(__name__)
@@ -52,11 +50,14 @@ def _mmlu_step(job: _Job) -> dict[str, Any]:
     population = job.need("vectors")["population"]
     items = load_mmlu(n=cfg.mmlu_items, seed=cfg.run.seed)
     conditions = _mmlu_conditions(job)
-    scored = {}
-    for alpha in sorted({a for _, _, a, _ in conditions}):  # one batched pass per α
-        hooks = steering(job.model, population, alpha=alpha) if alpha else nullcontext()
-        with hooks:
-            scored[alpha] = mmlu_accuracy(job.model, items, batch_size=cfg.run.batch_size)
+    # one batched loop: each α's pass starts from the unsteered pass at the steered blocks
+    scored = mmlu_by_alpha(
+        job.model,
+        items,
+        population,
+        [0.0, *(a for _, _, a, _ in conditions)],
+        batch_size=cfg.run.batch_size,
+    )
     base = np.asarray(scored[0.0].correct, dtype=float)
     rows, by_alpha = [], []
     for name, role, alpha, budget in conditions:

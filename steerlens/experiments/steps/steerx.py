@@ -18,6 +18,7 @@ def _steerx_step(job: _Job) -> dict[str, Any]:
     xcfg = SteerXStudyConfig(
         backbones=cfg.steerx_backbones,
         users_per_group=cfg.steerx_users_per_group,
+        max_targets=cfg.steerx_max_targets,
         held_out=cfg.held_out,
         max_new_tokens=min(cfg.max_new_tokens, 32),
         steer_ppa=cfg.steer_ppa,
@@ -39,6 +40,7 @@ STEP = register_step(
             (
                 "steerx_backbones",
                 "steerx_users_per_group",
+                "steerx_max_targets",
                 "held_out",
                 "max_new_tokens",
                 "run.generation_batch_size",

@@ -8,7 +8,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -85,30 +85,100 @@ def sweep_salt(
     ``gather`` after a sharded run needs the salt ``run_sweep`` named its parts with: this,
     with the same measure, computed before the run (as ``run_config`` does)."""
     h = hashlib.sha1(usedforsecurity=False)
-    param = next(model.parameters())
-    h.update(
-        f"{getattr(model.cfg, 'model_name', '')}|{type(model).__name__}|{param.dtype}".encode()
-    )
-    h.update(param.detach().flatten()[:4096].float().cpu().numpy().tobytes())
+    _model_stamp(h, model)
     for method in sorted(vectors):
         entry = vectors[method]
         table = {"": entry} if isinstance(entry, SteeringVector) else entry
         for user in sorted(table):
             vec = table[user]
-            h.update(f"{method}|{user}|{vec.hook}".encode())
-            for layer in vec.layers:
-                h.update(vec.directions[layer].detach().float().cpu().numpy().tobytes())
+            h.update(f"{method}|{user}|".encode())
+            _vector_stamp(h, vec)
     for name in sorted(conditions or {}):
-        cond = (conditions or {})[name]
-        h.update(f"condition|{name}|{json.dumps(cond.describe(), sort_keys=True)}".encode())
-        h.update(cond.direction.detach().float().cpu().numpy().tobytes())
+        h.update(f"condition|{name}|".encode())
+        _condition_stamp(h, (conditions or {})[name])
+    h.update(_run_stamp(model, vectors, measure, engine).encode())
+    return h.hexdigest()[:16]
+
+
+def _model_stamp(h: Any, model: HookedModel) -> None:
+    param = next(model.parameters())
+    h.update(
+        f"{getattr(model.cfg, 'model_name', '')}|{type(model).__name__}|{param.dtype}".encode()
+    )
+    h.update(param.detach().flatten()[:4096].float().cpu().numpy().tobytes())
+
+
+def _vector_stamp(h: Any, vec: SteeringVector) -> None:
+    h.update(f"{vec.hook}".encode())
+    for layer in vec.layers:
+        h.update(vec.directions[layer].detach().float().cpu().numpy().tobytes())
+
+
+def _condition_stamp(h: Any, cond: Condition) -> None:
+    h.update(json.dumps(cond.describe(), sort_keys=True).encode())
+    h.update(cond.direction.detach().float().cpu().numpy().tobytes())
+
+
+def _run_stamp(
+    model: HookedModel, vectors: VectorTable, measure: Measure | None, engine: str
+) -> str:
+    """The measure's fingerprint, the decoding engine and the steerlens version."""
     rows = {
         "measure": measure_fingerprint(standard_measures() if measure is None else measure),
         "engine": engine_name(model, vectors) if engine == "auto" else engine,
         "steerlens": package_version(),
     }
-    h.update(json.dumps(rows, sort_keys=True).encode())
-    return h.hexdigest()[:16]
+    return json.dumps(rows, sort_keys=True)
+
+
+CONTENT = "content"
+"""The column holding each row's content digest (``cell_contents``)."""
+
+
+def cell_contents(
+    model: HookedModel,
+    cells: Sequence[Cell],
+    prompts: Mapping[str, SweepPrompt],
+    vectors: VectorTable,
+    settings: GenerationSettings,
+    measure: Measure | None = None,
+    conditions: Mapping[str, Condition] | None = None,
+    engine: str = "auto",
+) -> list[str]:
+    """Per cell, a digest of what its row is made from rather than what it is called: the
+    model, the measure, the engine and version (as ``sweep_salt``), the decoding length and
+    chat rule, the prompt record, the vector's values, α and the steered positions. Cells
+    that generate the same text and measure it alike share it, across methods' names and
+    sweeps: an α 0 cell is the baseline, ``first:0`` is ``prefill``, ``first:K`` with K at
+    least the generated length is ``all``. A gate naming a condition keeps its condition's
+    values (its rows also carry the projection)."""
+    base = hashlib.sha1(usedforsecurity=False)
+    _model_stamp(base, model)
+    base.update(_run_stamp(model, vectors, measure, engine).encode())
+    base.update(f"{settings.max_new_tokens}|{settings.chat}".encode())
+    stamps: dict[tuple[str, str], bytes] = {}
+    out = []
+    for c in cells:
+        h = base.copy()
+        h.update(json.dumps(asdict(prompts[c.prompt_id]), sort_keys=True).encode())
+        position, name = parse_gate_name(c.gate)
+        if c.alpha == 0.0 and name is None:  # steers nothing, whatever its vector and gate
+            h.update(b"|unsteered")
+            out.append(h.hexdigest()[:20])
+            continue
+        who = (c.method, c.user)
+        if who not in stamps:
+            v = hashlib.sha1(usedforsecurity=False)
+            _vector_stamp(v, _vector(vectors, c))
+            stamps[who] = v.digest()
+        h.update(stamps[who])
+        gate = Gate.parse(position)
+        stop = gate.stop if gate.stop < settings.max_new_tokens else float("inf")
+        h.update(f"|{c.alpha!r}|{gate.start}|{stop}".encode())
+        if name is not None:
+            _condition_stamp(h, cell_gate(c.gate, conditions).condition)  # type: ignore[union-attr]
+        out.append(h.hexdigest()[:20])
+    return out
 
 
 def _vector(vectors: VectorTable, cell: Cell) -> SteeringVector:
@@ -175,6 +245,37 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _reused_rows(
+    cells: list[Cell],
+    contents: Sequence[str],
+    known: Mapping[str, Mapping[str, Any]],
+    make: Callable[[list[Cell]], list[dict[str, Any]]],
+) -> list[dict[str, Any]]:
+    """The rows of a batch: a cell whose content (``cell_contents``) is in ``known`` (rows
+    made before) or repeats an earlier cell of the batch is copied; ``make`` runs the rest."""
+    todo, seen = [], set(known)
+    for i, content in enumerate(contents):
+        if content not in seen:
+            seen.add(content)
+            todo.append(i)
+    made = dict(
+        zip(
+            (contents[i] for i in todo), make([cells[i] for i in todo]) if todo else [], strict=True
+        )
+    )
+    out = []
+    for c, content in zip(cells, contents, strict=True):
+        src = made.get(content) or known[content]
+        row = {k: v for k, v in src.items() if k not in _CELL_FIELDS}
+        out.append(
+            {"key": c.key, **asdict(c), "category": src["category"], **row, CONTENT: content}
+        )
+    return out
+
+
+_CELL_FIELDS = frozenset({"key", "category", CONTENT, *Cell.__dataclass_fields__})
+
+
 def _run_batch(
     model: HookedModel,
     cells: list[Cell],
@@ -237,6 +338,7 @@ def run_sweep(
     world: int = 1,
     progress_bar: bool = True,
     engine: str = "auto",
+    reuse: Sequence[pd.DataFrame] = (),
 ) -> pd.DataFrame | None:
     """Run this process's share of the sweep's batches that are not on disk yet.
 
@@ -257,6 +359,12 @@ def run_sweep(
         engine: ``generate``'s engine for every batch; ``"vllm"`` (the serve environment)
             sends each batch's rows to vLLM as requests with their own vector, α and gate (a
             conditioned batch's rows then carry no ``projection`` / ``steered``).
+        reuse: rows of other sweeps (their gathered frames): a cell with the same content
+            (``cell_contents``: the same model, measure, engine, decoding length, prompt
+            record, vector values, α and steered positions) copies that row instead of
+            generating it; so does a cell repeating one of this sweep's finished batches
+            (``first:0`` after ``prefill``, an α 0 cell after the baseline). Every row records
+            its content in the ``content`` column.
 
     Returns:
         With ``world == 1`` the gathered tidy DataFrame (also written to
@@ -286,10 +394,42 @@ def run_sweep(
         len(mine) - len(todo),
     )
     desc = f"sweep {out.name}" + (f" [rank {rank}/{world}]" if world > 1 else "")
+    contents = dict(
+        zip(
+            (c.key for c in cells),
+            cell_contents(model, cells, table, vectors, settings, measure, conditions, engine),
+            strict=True,
+        )
+    )
+    running = {bid for bid, _ in todo}
+    known = _known_rows(reuse, [_part(out, bid) for bid, _ in batches if bid not in running])
     for bid, batch in progress(todo, total=len(todo), description=desc, enabled=progress_bar):
-        rows = _run_batch(model, batch, table, vectors, settings, measure, conditions, engine)
+        rows = _reused_rows(
+            batch,
+            [contents[c.key] for c in batch],
+            known,
+            lambda cs: _run_batch(model, cs, table, vectors, settings, measure, conditions, engine),
+        )
         write_atomic(_part(out, bid), "".join(json.dumps(r) + "\n" for r in rows))
+        known.update((r[CONTENT], r) for r in rows)
     return gather(out, cells, settings, salt) if world == 1 else None
+
+
+def _known_rows(frames: Sequence[pd.DataFrame], parts: Sequence[Path]) -> dict[str, Any]:
+    """Rows by content: those of ``frames`` and of the finished ``parts`` that record one."""
+    known: dict[str, Any] = {}
+    for frame in frames:
+        if CONTENT in frame:
+            for rec in frame.to_dict(orient="records"):
+                known.setdefault(rec[CONTENT], {k: _clean(v) for k, v in rec.items()})
+    for part in parts:
+        if part.exists():
+            for line in part.read_text(encoding="utf-8").splitlines():
+                if line.strip():
+                    rec = json.loads(line)
+                    if CONTENT in rec:
+                        known.setdefault(rec[CONTENT], rec)
+    return known
 
 
 def gather(

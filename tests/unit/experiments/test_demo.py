@@ -612,6 +612,7 @@ def test_demo_config_validation():
             smoke=True,
         ),
         steps=["vectors"],
+        steerx_max_targets=8,
     )
     assert demo_mod.study_key(old_quick) == "2ded97ba1234"
     other = DemoConfig(steerx_backbones=b, options={"shrink": 0.0})  # type: ignore[arg-type]

@@ -7,7 +7,7 @@ import torch
 from conftest import assert_close_impl, on_device
 
 import steerlens as sl
-from steerlens.methods.stylevector import context_vector, style_vector
+from steerlens.methods.stylevector import context_vector, style_vector, style_vectors
 
 PROMPTS = ["Tell me a joke.", "How do I cook rice?", "Any tips for sleep?"]
 USER = ["Damn, fine: a duck walks in.", "Honestly? Boil it, dude.", "Sleep more, lol."]
@@ -62,6 +62,27 @@ def test_selected_token_variant_pools_only_kept_tokens(tiny):
         style_vector(tiny, PROMPTS, USER, GENERIC, layers, keep=[k[:-1] for k in keep])
     with pytest.raises(ValueError, match="prompts"):
         style_vector(tiny, PROMPTS, USER[:2], GENERIC, layers)
+
+
+def test_both_variants_from_one_read_equal_two_calls(tiny):
+    layers = [1, 3]
+    keep = [
+        torch.zeros(
+            len(sl.tokens.tokenize(tiny, [u], add_special_tokens=False)[0]), dtype=torch.bool
+        )
+        for u in USER
+    ]
+    keep[1][1:4] = True
+    keep[2][0] = True  # the first response keeps nothing: left out of the selected vector
+    both, selected = style_vectors(tiny, PROMPTS, USER, GENERIC, layers, keep=keep, batch_size=2)
+    alone = style_vector(tiny, PROMPTS, USER, GENERIC, layers)
+    picked = style_vector(tiny, PROMPTS, USER, GENERIC, layers, keep=keep)
+    for got, want in ((both, alone), (selected, picked)):
+        assert (got.method, got.layers, got.metadata) == (want.method, want.layers, want.metadata)
+        assert_close_impl(got.as_tensor(), want.as_tensor())
+    assert selected.metadata["n_prompts"] == 2 and both.metadata["n_prompts"] == 3
+    with pytest.raises(ValueError, match="keeps any"):
+        style_vectors(tiny, PROMPTS, USER, GENERIC, layers, keep=[k & False for k in keep])
 
 
 def test_context_variant_is_the_mean_difference_with_and_without_the_description(tiny):

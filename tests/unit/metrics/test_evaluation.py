@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import ENGINES, assert_close_impl
+from conftest import ENGINES, assert_close_impl, no_hooks_left
 from helpers import PAIRS, _table
 
 import steerlens as sl
@@ -18,6 +18,7 @@ from steerlens.metrics import (
     estimate,
     ground_truth_utility,
     mmlu_accuracy,
+    mmlu_by_alpha,
     mmlu_prompt,
     oracle,
     ppa_projection,
@@ -76,6 +77,51 @@ def test_mmlu_scores_the_four_letters_after_the_prompt(tiny, engine):
         ]
     assert_close_impl(gated.logprobs, torch.stack(ref))
     assert not torch.allclose(gated.logprobs, res.logprobs, atol=1e-3)
+
+
+MORE = [
+    ITEM,
+    MMLUItem("Capital of France?", ("Rome", "Paris", "Oslo", "Bern"), 1, "geo"),
+    MMLUItem("Which is a mammal? Think of the sea.", ("Shark", "Whale", "Cod", "Eel"), 1, "bio"),
+]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_mmlu_by_alpha_is_a_steered_pass_per_alpha(tiny, engine, monkeypatch):
+    from steerlens.core.engines.hf import HFEngine
+
+    calls = {"from": 0}
+    real = HFEngine.logits_from
+
+    def counted(self, *a, **kw):
+        calls["from"] += 1
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(HFEngine, "logits_from", counted)
+    g = torch.Generator().manual_seed(5)
+    vec = sl.SteeringVector({2: torch.randn(64, generator=g), 3: torch.randn(64, generator=g)})
+    got = mmlu_by_alpha(tiny, MORE, vec, [2.0, 0.0, 6.0, 2.0], batch_size=2, engine=engine)
+    assert sorted(got) == [0.0, 2.0, 6.0]
+    # the steered passes start at block 2 from the unsteered residual on the fast path only
+    assert calls["from"] == (4 if engine == "hf" else 0)  # 2 batches x 2 nonzero α
+    for a, res in got.items():
+        with sl.steering(tiny, vec, alpha=a):
+            whole = mmlu_accuracy(tiny, MORE, batch_size=1, engine=engine)
+        assert_close_impl(res.logprobs, whole.logprobs)
+        assert res.predictions == whole.predictions and res.correct == whole.correct
+    assert not torch.allclose(got[6.0].logprobs, got[0.0].logprobs, atol=1e-3)
+    # another open block acts on every pass: whole passes under both, never the shortcut
+    calls["from"] = 0
+    other = sl.SteeringVector({1: torch.randn(64, generator=g)})
+    with sl.steering(tiny, other, alpha=3.0):
+        inside = mmlu_by_alpha(tiny, MORE, vec, [0.0, 2.0], batch_size=2, engine=engine)
+        with sl.steering(tiny, vec, alpha=2.0):
+            both = mmlu_accuracy(tiny, MORE, batch_size=2, engine=engine)
+    assert calls["from"] == 0
+    assert_close_impl(inside[2.0].logprobs, both.logprobs)
+    assert no_hooks_left(tiny)
+    with pytest.raises(ValueError, match="no α"):
+        mmlu_by_alpha(tiny, MORE, vec, [])
 
 
 def test_ppa_by_projection_equals_the_count_by_hand():

@@ -65,6 +65,11 @@ def test_user_queries_and_estimators_on_the_simulated_set():
     assert len(q.history) == 4 and len(q.placebo) == 4  # two conversations, two messages each
     assert q.response not in [m["content"] for m in q.history]  # the target is held out
     assert q.placebo != q.history and q.group in {"majority", "more_caution", "less_caution"}
+    # one history per user, none of its targets in it; the placebo is the next user's history
+    for a, b in (qs[0:2], qs[2:4], qs[4:6]):
+        assert a.user_id == b.user_id and a.history == b.history and a.response != b.response
+        assert not {a.response, b.response} & {m["content"] for m in a.history}
+    assert qs[0].placebo == qs[2].history and qs[4].placebo == qs[0].history
     assert any(q.spans for q in qs)
     e0 = _effects([(0, 3), (3, 6)], [0.6, 0.2], [0.5, 0.3])
     e1 = _effects([(0, 3), (3, 6)], [0.6, 0.2], [0.55, 0.1])

@@ -146,7 +146,7 @@ def test_the_steered_pass_starts_at_the_first_steered_block(
     monkeypatch.setattr(sl.core.engines.base.Engine, "forward_from", spy)
     monkeypatch.setattr(sl.core.engines.hf.HFEngine, "forward_from", spy)
     got = steering_divergence(tiny, texts, late, alphas, batch_size=2, engine=engine)
-    monkeypatch.setattr(divergence, "_start_layer", lambda eng, pairs: None)
+    monkeypatch.setattr(divergence, "start_layer", lambda eng, pairs: None)
     whole = steering_divergence(tiny, texts, late, alphas, batch_size=2, engine=engine)
     if engine == "hf":  # the fast path starts midway; the TransformerLens path runs whole
         assert {layer for layer, _ in started} == {2}
@@ -179,7 +179,7 @@ def test_a_condition_read_below_the_steering_moves_the_start_down(
 
     monkeypatch.setattr(sl.core.engines.hf.HFEngine, "forward_from", spy)
     got = steering_divergence(tiny, texts, rand_vec, 3.0, gate=gate, engine=engine)
-    monkeypatch.setattr(divergence, "_start_layer", lambda eng, pairs: None)
+    monkeypatch.setattr(divergence, "start_layer", lambda eng, pairs: None)
     whole = steering_divergence(tiny, texts, rand_vec, 3.0, gate=gate, engine=engine)
     assert set(started) == ({1} if engine == "hf" else set())
     assert [x.steered for x in got] == [x.steered for x in whole]
@@ -190,6 +190,45 @@ def test_a_condition_read_below_the_steering_moves_the_start_down(
         )
         if not a.steered:
             assert a.kl == pytest.approx(0.0, abs=1e-6)
+    assert no_hooks_left(tiny)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_callers_reference_still_starts_repeated_texts_midway(
+    tiny, rand_vec, engine, monkeypatch
+):
+    # texts repeated over vectors with the caller's reference (a calibration): each distinct
+    # text runs the blocks below the first steered one once, every row starts there
+    texts = PROMPTS * 3
+    ref = divergence.reference_logprobs(tiny, PROMPTS, engine=engine) * 3
+    vecs = [rand_vec, rand_vec.rescaled({2: 1.0, 3: 2.0}), rand_vec] * len(PROMPTS)
+    vecs = [vecs[i] for i in range(len(texts))]
+    started, captured = [], []
+    real_from = sl.core.engines.hf.HFEngine.forward_from
+    real_capture = sl.core.engines.hf.HFEngine.capture
+
+    def spy(self, resid, mask, layer):
+        started.append((layer, resid.shape[0]))
+        return real_from(self, resid, mask, layer)
+
+    def spy_capture(self, ids, mask, layers, hook):
+        captured.append((tuple(layers), hook, ids.shape[0]))
+        return real_capture(self, ids, mask, layers, hook)
+
+    monkeypatch.setattr(sl.core.engines.hf.HFEngine, "forward_from", spy)
+    monkeypatch.setattr(sl.core.engines.hf.HFEngine, "capture", spy_capture)
+    got = steering_divergence(tiny, texts, vecs, 2.5, reference=ref, engine=engine)
+    if engine == "hf":
+        assert {layer for layer, _ in started} == {2} and sum(b for _, b in started) == 9
+        assert {c[:2] for c in captured} == {((2,), "hook_resid_pre")}
+        assert sum(c[2] for c in captured) == len(PROMPTS)  # each distinct text once
+    else:
+        assert started == [] and captured == []
+    monkeypatch.setattr(divergence, "start_layer", lambda eng, pairs: None)
+    whole = steering_divergence(tiny, texts, vecs, 2.5, reference=ref, engine=engine)
+    for a, b in zip(got, whole, strict=True):
+        assert_close_impl(torch.tensor([a.kl, a.nll]), torch.tensor([b.kl, b.nll]))
+    assert min(d.kl for d in got) > 1e-4
     assert no_hooks_left(tiny)
 
 

@@ -169,6 +169,21 @@ def test_attribution_patching_agrees_with_exact_patching(tiny):
     assert all(p.requires_grad for p in tiny.parameters())  # weights handed back
 
 
+def test_integrated_gradient_steps_batched_as_rows_equal_one_pass_each(tiny, monkeypatch):
+    from steerlens.steerx import patching
+
+    batched = attribution_patching(tiny, steps=5, **KW)  # rows of 5 (STEP_ROWS 8): one pass
+    monkeypatch.setattr(patching, "STEP_ROWS", 2)  # 2 + 2 + 1
+    chunked = attribution_patching(tiny, steps=5, **KW)
+    monkeypatch.setattr(patching, "STEP_ROWS", 1)  # a pass per step
+    single = attribution_patching(tiny, steps=5, **KW)
+    assert single.method == batched.method == "integrated-gradients-5"
+    assert_close_impl(batched.restored, single.restored)
+    assert_close_impl(chunked.restored, single.restored)
+    assert float(single.restored.abs().max()) > 0
+    assert no_hooks_left(tiny)
+
+
 def test_rank_agreement():
     a = torch.tensor([3.0, 1.0, 2.0, 0.5])
     assert rank_agreement(a, a) == {"spearman": pytest.approx(1.0), "top10_overlap": 1.0}

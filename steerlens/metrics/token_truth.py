@@ -13,6 +13,7 @@ spans), ``effect`` and ``log_ratio`` (per token; SteerX's ``TokenEffects`` is on
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -35,6 +36,8 @@ __all__ = [
     "text_id",
     "user_queries",
 ]
+
+logger = logging.getLogger(__name__)
 
 
 Message = dict[str, str]
@@ -112,9 +115,10 @@ def user_queries(
     response; none of them a target of this user), and as placebo the next user's history,
     cut to the same number of conversations; ``truth`` picks the spans (``response_spans``).
     ``keep(user, prompt)``, when given, restricts which conversations may be targets (e.g. a
-    split by prompt); the history is drawn from all the others. One history per user (and
-    the placebo another user's own) lets a scoring pass run each history once for all the
-    rows it begins (``steerlens.run.prefix``)."""
+    split by prompt); the history is drawn from all the others (fewer than ``n_history``
+    where the user has fewer; a user with none beyond the targets is left out, logged). One
+    history per user (and the placebo another user's own, or its beginning) lets a scoring
+    pass run each history once for all the rows it begins (``steerlens.run.prefix``)."""
     gt = dataset.ground_truth
     if gt is None or "responses" not in gt:
         raise ValueError("scoring against planted truth needs a simulated set's ground truth")
@@ -132,9 +136,14 @@ def user_queries(
         allowed = [t for t, (p, _) in enumerate(mine) if keep is None or keep(user, p)]
         targets[user] = allowed[:targets_per_user]
         history[user] = [c for i, c in enumerate(mine) if i not in targets[user]][:n_history]
+    empty = [u for u in order if targets[u] and not history[u]]
+    if empty:
+        logger.warning("left out (no conversation beyond the targets for a history): %s", empty)
     out = []
     for k, user in enumerate(order):
         rest = history[user]
+        if not rest:
+            continue
         placebo = history[order[(k + 1) % len(order)]][: len(rest)]
         for t in targets[user]:
             prompt, response = convs[user][t]

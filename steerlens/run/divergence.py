@@ -320,7 +320,7 @@ def _repeated_resids(
     def run(batch: Batch) -> list[Tensor]:
         enc = batch.enc
         (resid,) = eng.capture(enc.input_ids, enc.attention_mask, [layer], "hook_resid_pre")
-        return [resid[row, :n] for row, n in enumerate(enc.lengths)]
+        return [resid[row, :n].clone() for row, n in enumerate(enc.lengths)]  # not the batch
 
     with torch.inference_mode(), eng.hooks([]):
         got = map_batches(

@@ -183,7 +183,9 @@ def activation_patching(
 
 
 STEP_ROWS = 8
-"""Integrated gradients' steps run as rows of one batched pass, this many at a time."""
+"""Integrated gradients' steps run as rows of one batched pass, this many at a time (a pass
+holds this many rows' activations for the backward pass: lower it for a long input on a
+large model)."""
 
 
 def attribution_patching(

@@ -109,9 +109,14 @@ def _model_stamp(h: Any, model: HookedModel) -> None:
 
 
 def _vector_stamp(h: Any, vec: SteeringVector) -> None:
+    """The vector's hook, layers, values and the condition it carries, if any."""
     h.update(f"{vec.hook}".encode())
     for layer in vec.layers:
+        h.update(f"|{layer}|".encode())
         h.update(vec.directions[layer].detach().float().cpu().numpy().tobytes())
+    if vec.condition is not None:
+        h.update(b"|condition|")
+        _condition_stamp(h, vec.condition)
 
 
 def _condition_stamp(h: Any, cond: Condition) -> None:
@@ -162,14 +167,15 @@ def cell_contents(
         h = base.copy()
         h.update(json.dumps(asdict(prompts[c.prompt_id]), sort_keys=True).encode())
         position, name = parse_gate_name(c.gate)
-        if c.alpha == 0.0 and name is None:  # steers nothing, whatever its vector and gate
-            h.update(b"|unsteered")
+        vec = None if c.method == BASELINE else _vector(vectors, c)
+        if vec is None or (c.alpha == 0.0 and name is None and vec.condition is None):
+            h.update(b"|unsteered")  # steers nothing, whatever its vector and gate
             out.append(h.hexdigest()[:20])
             continue
         who = (c.method, c.user)
         if who not in stamps:
             v = hashlib.sha1(usedforsecurity=False)
-            _vector_stamp(v, _vector(vectors, c))
+            _vector_stamp(v, vec)
             stamps[who] = v.digest()
         h.update(stamps[who])
         gate = Gate.parse(position)
@@ -231,6 +237,8 @@ def _check(
 def _clean(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
+    if hasattr(value, "tolist") and getattr(value, "ndim", 0) > 0:  # an array column
+        return value.tolist()
     if hasattr(value, "item"):  # numpy / torch scalars
         return _clean(value.item())
     return value
@@ -364,7 +372,10 @@ def run_sweep(
             record, vector values, α and steered positions) copies that row instead of
             generating it; so does a cell repeating one of this sweep's finished batches
             (``first:0`` after ``prefill``, an α 0 cell after the baseline). Every row records
-            its content in the ``content`` column.
+            its content in the ``content`` column. A copy is the generation the same cell got
+            in another batch: batches of other rows pad differently, so like any rerun with
+            other batches it equals this batch's own to float rounding (greedy decoding can
+            part at a near-tie).
 
     Returns:
         With ``world == 1`` the gathered tidy DataFrame (also written to
@@ -421,7 +432,9 @@ def _known_rows(frames: Sequence[pd.DataFrame], parts: Sequence[Path]) -> dict[s
     for frame in frames:
         if CONTENT in frame:
             for rec in frame.to_dict(orient="records"):
-                known.setdefault(rec[CONTENT], {k: _clean(v) for k, v in rec.items()})
+                # a frame fills a column some rows lack with NaN: those keys were not in them
+                row = {k: _clean(v) for k, v in rec.items()}
+                known.setdefault(rec[CONTENT], {k: v for k, v in row.items() if v is not None})
     for part in parts:
         if part.exists():
             for line in part.read_text(encoding="utf-8").splitlines():

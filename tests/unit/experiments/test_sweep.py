@@ -505,6 +505,20 @@ def test_a_condition_gate_by_name_steers_only_the_rows_it_selects(tiny_bridge, t
         SweepConfig(gates=["condition"])
 
 
+def _sweep(model, cells, vectors, out, measure, reuse=()):
+    return run_sweep(
+        model,
+        cells,
+        PROMPTS,
+        vectors,
+        out,
+        settings=SETTINGS,
+        measure=measure,
+        reuse=reuse,
+        progress_bar=False,
+    )
+
+
 class _Counting:
     """``_measure`` that counts the rows it measures."""
 
@@ -524,31 +538,19 @@ def test_cells_that_steer_the_same_positions_run_once(tiny_bridge, tmp_path):
     gates = ["all", "prefill", "first:0", f"first:{SETTINGS.max_new_tokens}", "first:2"]
     cells = make_grid(PROMPTS, ["pop"], [3.0], gates, baseline=False)
     counting = _Counting()
-    frame = run_sweep(
-        tiny_bridge,
-        cells,
-        PROMPTS,
-        vecs,
-        tmp_path / "s",
-        settings=SETTINGS,
-        measure=counting,
-        progress_bar=False,
-    )
+    frame = _sweep(tiny_bridge, cells, vecs, tmp_path / "s", counting)
     assert len(frame) == len(cells) and counting.rows == 3 * len(PROMPTS)  # all, prefill, first:2
     by = {g: frame[frame["gate"] == g].set_index("prompt_id") for g in gates}
     for same, twin in (("prefill", "first:0"), ("all", f"first:{SETTINGS.max_new_tokens}")):
         assert (by[same]["generation"] == by[twin]["generation"]).all()
         assert (by[same]["content"] == by[twin]["content"]).all()
     # the copies are the generations a sweep of that gate alone makes
-    alone = run_sweep(
+    alone = _sweep(
         tiny_bridge,
         make_grid(PROMPTS, ["pop"], [3.0], ["first:0"], baseline=False),
-        PROMPTS,
         vecs,
         tmp_path / "alone",
-        settings=SETTINGS,
-        measure=_Counting(),
-        progress_bar=False,
+        _Counting(),
     )
     assert list(alone.set_index("prompt_id").loc[by["first:0"].index, "generation"]) == list(
         by["first:0"]["generation"]
@@ -558,56 +560,70 @@ def test_cells_that_steer_the_same_positions_run_once(tiny_bridge, tmp_path):
 
 def test_a_sweep_copies_rows_another_sweep_made_with_the_same_content(tiny_bridge, tmp_path):
     vecs = _vectors(tiny_bridge)
-    first = run_sweep(
-        tiny_bridge,
-        make_grid(PROMPTS, ["pop"], [2.0]),
-        PROMPTS,
-        vecs,
-        tmp_path / "a",
-        settings=SETTINGS,
-        measure=_Counting(),
-        progress_bar=False,
+    first = _sweep(
+        tiny_bridge, make_grid(PROMPTS, ["pop"], [2.0]), vecs, tmp_path / "a", _Counting()
     )
     # the same vector under another name, at the same α and at a new one, plus the baseline
     renamed = {"again": vecs["pop"], "pop": vecs["pop"]}
     cells = make_grid(PROMPTS, ["again"], [2.0, 4.0])
     counting = _Counting()
-    second = run_sweep(
-        tiny_bridge,
-        cells,
-        PROMPTS,
-        renamed,
-        tmp_path / "b",
-        settings=SETTINGS,
-        measure=counting,
-        reuse=[first],
-        progress_bar=False,
-    )
+    second = _sweep(tiny_bridge, cells, renamed, tmp_path / "b", counting, reuse=[first])
     assert counting.rows == len(PROMPTS)  # only α 4 ran; α 2 and the baselines were copied
-    fresh = run_sweep(
-        tiny_bridge,
-        cells,
-        PROMPTS,
-        renamed,
-        tmp_path / "c",
-        settings=SETTINGS,
-        measure=_Counting(),
-        progress_bar=False,
-    )
+    fresh = _sweep(tiny_bridge, cells, renamed, tmp_path / "c", _Counting())
     pd.testing.assert_frame_equal(second, fresh)  # keys, methods, texts and measures alike
     assert set(second.loc[second["alpha"] == 2.0, "content"]) <= set(first["content"])
     # another measure (or model, engine, version, prompt record) never matches
     other = _Counting()
     other.fingerprint = "counting v2"
-    run_sweep(
-        tiny_bridge,
-        cells,
-        PROMPTS,
-        renamed,
-        tmp_path / "d",
-        settings=SETTINGS,
-        measure=other,
-        reuse=[first],
-        progress_bar=False,
-    )
+    _sweep(tiny_bridge, cells, renamed, tmp_path / "d", other, reuse=[first])
     assert other.rows == len(cells)
+
+
+def test_a_copy_needs_the_same_layers_condition_and_measured_columns(tiny_bridge, tmp_path):
+    vecs = _vectors(tiny_bridge)
+    pop = vecs["pop"]
+    first = _sweep(tiny_bridge, make_grid(PROMPTS, ["pop"], [2.0]), vecs, tmp_path / "a", _Sparse())
+    # the same directions at other layers, or carrying a condition, are other vectors
+    moved = sl.SteeringVector(
+        {2: pop.directions[1], 3: pop.directions[2]}, model_name=pop.model_name
+    )
+    cond = sl.Condition(torch.ones(tiny_bridge.cfg.d_model), 1, -1e9)  # fires on every prompt
+    for other in (moved, pop.conditioned(cond)):
+        counting = _Sparse()
+        _sweep(
+            tiny_bridge,
+            make_grid(PROMPTS, ["v"], [2.0], baseline=False),
+            {"v": other},
+            tmp_path / f"b{id(other)}",
+            counting,
+            reuse=[first],
+        )
+        assert counting.rows == len(PROMPTS)
+    # rows read back from the gathered parquet (a column some rows lack is NaN there) copy
+    # into the rows a fresh run makes
+    cells = make_grid(PROMPTS, ["again"], [2.0])
+    back = pd.read_parquet(tmp_path / "a" / "cells.parquet")
+    assert back["odd"].isna().any()
+    counting = _Sparse()
+    copied = _sweep(tiny_bridge, cells, {"again": pop}, tmp_path / "c", counting, reuse=[back])
+    assert counting.rows == 0
+    fresh = _sweep(tiny_bridge, cells, {"again": pop}, tmp_path / "d", _Sparse())
+    pd.testing.assert_frame_equal(copied, fresh)
+    rows = [
+        json.loads(x)
+        for p in sorted((tmp_path / "c" / "parts").glob("*.jsonl"))
+        for x in p.read_text().splitlines()
+    ]
+    assert all(("odd" in r) == (r["prompt_id"] != "p2") for r in rows)  # as generated
+
+
+class _Sparse(_Counting):
+    """``_Counting`` with a column only some batches have (NaN in the gathered frame)."""
+
+    fingerprint = "sparse v1"
+
+    def __call__(self, model, rows, gen):
+        out = super().__call__(model, rows, gen)
+        if any(r.prompt_id == "p1" for r in rows):  # a batch holding p1: every row
+            out["odd"] = [1.5] * len(rows)
+        return out

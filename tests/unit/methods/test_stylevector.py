@@ -73,7 +73,9 @@ def test_both_variants_from_one_read_equal_two_calls(tiny):
         for u in USER
     ]
     keep[1][1:4] = True
-    keep[2][0] = True  # the first response keeps nothing: left out of the selected vector
+    keep[2][0] = (
+        True  # keep[0] keeps nothing: the first response is left out of the selected vector
+    )
     both, selected = style_vectors(tiny, PROMPTS, USER, GENERIC, layers, keep=keep, batch_size=2)
     alone = style_vector(tiny, PROMPTS, USER, GENERIC, layers)
     picked = style_vector(tiny, PROMPTS, USER, GENERIC, layers, keep=keep)

@@ -70,6 +70,8 @@ def test_user_queries_and_estimators_on_the_simulated_set():
         assert a.user_id == b.user_id and a.history == b.history and a.response != b.response
         assert not {a.response, b.response} & {m["content"] for m in a.history}
     assert qs[0].placebo == qs[2].history and qs[4].placebo == qs[0].history
+    # every conversation a target: no history left, the user is left out (not scored at 0)
+    assert user_queries(ds, targets_per_user=100, users=sorted(ds.users)[:2]) == []
     assert any(q.spans for q in qs)
     e0 = _effects([(0, 3), (3, 6)], [0.6, 0.2], [0.5, 0.3])
     e1 = _effects([(0, 3), (3, 6)], [0.6, 0.2], [0.55, 0.1])

@@ -116,9 +116,10 @@ def user_queries(
     cut to the same number of conversations; ``truth`` picks the spans (``response_spans``).
     ``keep(user, prompt)``, when given, restricts which conversations may be targets (e.g. a
     split by prompt); the history is drawn from all the others (fewer than ``n_history``
-    where the user has fewer; a user with none beyond the targets is left out, logged). One
-    history per user (and the placebo another user's own, or its beginning) lets a scoring
-    pass run each history once for all the rows it begins (``steerlens.run.prefix``)."""
+    where the user has fewer; with ``n_history`` > 0 a user with none beyond the targets is
+    left out, logged). One history per user (and the placebo another user's own, or its
+    beginning) lets a scoring pass run each history once for all the rows it begins
+    (``steerlens.run.prefix``)."""
     gt = dataset.ground_truth
     if gt is None or "responses" not in gt:
         raise ValueError("scoring against planted truth needs a simulated set's ground truth")
@@ -136,13 +137,14 @@ def user_queries(
         allowed = [t for t, (p, _) in enumerate(mine) if keep is None or keep(user, p)]
         targets[user] = allowed[:targets_per_user]
         history[user] = [c for i, c in enumerate(mine) if i not in targets[user]][:n_history]
-    empty = [u for u in order if targets[u] and not history[u]]
+    # n_history 0 asks for no history (e.g. to list a user's conversations as targets)
+    empty = [u for u in order if targets[u] and not history[u]] if n_history > 0 else []
     if empty:
         logger.warning("left out (no conversation beyond the targets for a history): %s", empty)
     out = []
     for k, user in enumerate(order):
         rest = history[user]
-        if not rest:
+        if user in empty:
             continue
         placebo = history[order[(k + 1) % len(order)]][: len(rest)]
         for t in targets[user]:

@@ -72,6 +72,9 @@ def test_user_queries_and_estimators_on_the_simulated_set():
     assert qs[0].placebo == qs[2].history and qs[4].placebo == qs[0].history
     # every conversation a target: no history left, the user is left out (not scored at 0)
     assert user_queries(ds, targets_per_user=100, users=sorted(ds.users)[:2]) == []
+    # no history asked for: every conversation a target (the CLI lists a user's this way)
+    every = user_queries(ds, n_history=0, targets_per_user=100, users=sorted(ds.users)[:1])
+    assert len(every) > 2 and all(q.history == () and q.placebo == () for q in every)
     assert any(q.spans for q in qs)
     e0 = _effects([(0, 3), (3, 6)], [0.6, 0.2], [0.5, 0.3])
     e1 = _effects([(0, 3), (3, 6)], [0.6, 0.2], [0.55, 0.1])

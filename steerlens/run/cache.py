@@ -16,6 +16,13 @@ from steerlens.core.hook_names import hook_name
 from steerlens.core.models import HookedModel, default_layers
 from steerlens.core.tokens import content_masks, encode_prompts, non_special_mask, resolve_chat
 from steerlens.run.passes import forward_batches
+from steerlens.run.prefix import (
+    Continued,
+    PrefixGroup,
+    map_continued,
+    shared_plan,
+    split_rows,
+)
 from steerlens.run.store import ActivationStore
 
 Pool = Literal["last", "mean", "none"]
@@ -141,21 +148,16 @@ def cache_activations(
     run_ids = [ids[i] for i in unique]
     run_masks = None if masks is None else [masks[i] for i in unique]
 
-    def run(eng: Engine, batch: Batch) -> Sequence[Tensor | None]:
-        enc = batch.enc
-        resids = eng.capture(enc.input_ids, enc.attention_mask, layer_list, hook)
-        stacked = torch.stack(resids, dim=1).to(dtype)  # [b, L, pos, d], on the model's device
-        if pool == "none":
-            stacked = stacked.cpu()  # one transfer a batch; rows are sliced on the CPU
-        rows = []
-        for row, i in enumerate(batch.rows):
-            n_tok = enc.lengths[row]
-            sel = (
-                torch.ones(n_tok, dtype=torch.bool)
-                if run_masks is None
-                else run_masks[i].bool().cpu()
-            )
-            rows.append(_pooled(stacked[row, :, :n_tok], sel, pool))
+    def pooled(acts: Tensor, i: int, start: int, n_tok: int) -> Tensor:
+        """Run row ``i``'s ``[layer, pos, d]`` from column ``start`` on (``n_tok`` tokens)."""
+        sel = (
+            torch.ones(start + n_tok, dtype=torch.bool)
+            if run_masks is None
+            else run_masks[i].bool().cpu()
+        )
+        return _pooled(acts[:, :n_tok], sel[start:], pool)
+
+    def finish(rows: list[Tensor]) -> Sequence[Tensor | None]:
         if pool != "none":
             rows = list(torch.stack(rows).cpu())  # pooled on the device, one transfer
         if sink is None:
@@ -163,21 +165,76 @@ def cache_activations(
         sink.append(rows)  # in input order: the store's batches are not sorted
         return [None] * len(rows)
 
-    results = forward_batches(
-        model,
-        run_ids,
-        run,
-        engine=eng,
-        batch_size=batch_size,
-        max_tokens=max_tokens,
-        sort=sink is None,  # sorting by length wastes less padding
-        # under an open conditioned steering() block: what its Condition pools
-        pool_masks=condition_masks(
-            model, run_ids, _texts(inputs, unique, are_texts), chat=use_chat
-        ),
-        progress_bar=progress_bar,
-        description="cache",
+    groups = (
+        _shared_groups(model, run_ids, run_masks, pool, batch_size, max_tokens)
+        if sink is None and pool != "none" and not eng.hooked() and eng.can_share_prefix()
+        else []
     )
+    grouped, rest = split_rows(len(run_ids), groups)
+
+    def run(eng: Engine, batch: Batch) -> Sequence[Tensor | None]:
+        enc = batch.enc
+        resids = eng.capture(enc.input_ids, enc.attention_mask, layer_list, hook)
+        stacked = torch.stack(resids, dim=1).to(dtype)  # [b, L, pos, d], on the model's device
+        if pool == "none":
+            stacked = stacked.cpu()  # one transfer a batch; rows are sliced on the CPU
+        return finish(
+            [pooled(stacked[r], rest[j], 0, enc.lengths[r]) for r, j in enumerate(batch.rows)]
+        )
+
+    def run_after(eng: Engine, c: Continued) -> Sequence[Tensor | None]:
+        enc = c.batch.enc
+        resids = eng.capture_after(
+            c.prefix.input_ids,
+            c.prefix.attention_mask,
+            c.owner,
+            enc.input_ids,
+            enc.attention_mask,
+            layer_list,
+            hook,
+        )
+        stacked = torch.stack(resids, dim=1).to(dtype)  # [b, L, own pos, d]
+        return finish(
+            [
+                pooled(stacked[r], i, start, enc.lengths[r])
+                for r, (i, start) in enumerate(zip(c.rows, c.starts, strict=True))
+            ]
+        )
+
+    results: list[Tensor | None] = [None] * len(run_ids)
+    if rest:
+        rest_ids = [run_ids[i] for i in rest]
+        whole = forward_batches(
+            model,
+            rest_ids,
+            run,
+            engine=eng,
+            batch_size=batch_size,
+            max_tokens=max_tokens,
+            sort=sink is None,  # sorting by length wastes less padding
+            # under an open conditioned steering() block: what its Condition pools
+            pool_masks=condition_masks(
+                model, rest_ids, _texts(inputs, [unique[i] for i in rest], are_texts), chat=use_chat
+            ),
+            progress_bar=progress_bar,
+            description="cache",
+        )
+        for i, r in zip(rest, whole, strict=True):
+            results[i] = r
+    if grouped:
+        shared = map_continued(
+            model,
+            eng,
+            run_ids,
+            groups,
+            run_after,
+            batch_size=batch_size,
+            max_tokens=max_tokens,
+            progress_bar=progress_bar,
+            description="cache",
+        )
+        for i, r in zip(grouped, shared, strict=True):
+            results[i] = r
     if sink is not None:
         return sink
     at = {i: k for k, i in enumerate(unique)}
@@ -187,6 +244,26 @@ def cache_activations(
         assert r is not None
         done.append(r if owner[i] == i else r.clone())  # a copy: rows never alias
     return done if pool == "none" else torch.stack(done)
+
+
+def _shared_groups(
+    model: HookedModel,
+    ids: Sequence[Tensor],
+    masks: Sequence[Tensor] | None,
+    pool: Pool,
+    batch_size: int,
+    max_tokens: int | None,
+) -> list[PrefixGroup]:
+    """Groups of inputs whose tokens before the first one they pool are the same (a prompt
+    before several responses: ``prefix_groups``), where running each group's beginning once
+    computes fewer tokens than whole passes (``shared_plan``)."""
+    heads = []
+    for i, x in enumerate(ids):
+        sel = torch.ones(len(x), dtype=torch.bool) if masks is None else masks[i].bool().cpu()
+        on = sel.nonzero()
+        need = int(on.max() if pool == "last" else on.min())  # the first position pooled
+        heads.append(x[: need + 1])  # a group's prefix stops before it
+    return shared_plan(model, heads, ids, batch_size, max_tokens)
 
 
 def _texts(inputs: Sequence[object], unique: Sequence[int], are_texts: bool) -> list[str] | None:

@@ -24,6 +24,7 @@ from steerlens.core.tokens import Encoded, pad
 from steerlens.run.passes import forward_batches
 
 __all__ = [
+    "CACHE_BUDGETS",
     "MAX_GROUP",
     "MIN_SHARED",
     "SHARED_GAIN",
@@ -32,7 +33,9 @@ __all__ = [
     "common_prefix",
     "continued_batches",
     "map_continued",
+    "plan_tokens",
     "prefix_groups",
+    "shared_plan",
     "split_rows",
     "worth_sharing",
 ]
@@ -62,6 +65,12 @@ def common_prefix(a: Int[Tensor, " pos"], b: Int[Tensor, " pos"]) -> int:
 SHARED_GAIN = 0.9
 """Prefixes are shared only where that computes at most this share of the tokens whole passes
 would (``worth_sharing``)."""
+
+CACHE_BUDGETS = 8
+"""How many token budgets of rows x (prefix + own tokens) a continued batch may hold: its
+rows' own tokens are a budget's worth of computation, and each row's copy of its prefix's KV
+cache is memory only (a batch costed as a whole pass would recompute a long prefix for
+every row or two: a user's history before each of their prompts)."""
 
 MAX_GROUP = 128
 """The most rows one group may hold (a larger run of rows sharing a prefix forms several
@@ -185,24 +194,96 @@ def _budget(model: HookedModel, max_tokens: int | None) -> int | None:
 def continued_batches(
     ids: Sequence[Tensor], groups: Sequence[PrefixGroup], batch_size: int, budget: int | None
 ) -> list[list[tuple[int, int]]]:
-    """The batches of ``map_continued``, as (group, row) pairs: one group a batch (its prefix
-    runs once, unpadded), at most ``batch_size`` rows and, with a ``budget``, rows x (prefix +
-    the widest row after it) within it, as a whole pass over the same rows would be; a group
-    larger than that runs its prefix once in each of its batches."""
+    """The batches of ``map_continued``, as (group, row) pairs, filled group after group: at
+    most ``batch_size`` rows and, with a ``budget``, the prefixes' pass (distinct prefixes x
+    the longest, right-padded) and rows x the widest row after its prefix (the tokens the
+    continuing pass computes) each within it, and rows x (longest prefix + widest row)
+    within ``CACHE_BUDGETS`` budgets (each row holds a copy of its prefix's KV cache). A
+    group's prefix runs once a batch it has rows in; a prefix longer than the budget runs
+    alone."""
     batches: list[list[tuple[int, int]]] = []
+    cur: list[tuple[int, int]] = []
+    kinds: set[int] = set()
+    width = prefix = 0
     for k, g in enumerate(groups):
-        cur: list[tuple[int, int]] = []
-        width = 0
         for i in g.rows:
             w = max(width, int(ids[i].numel()) - g.length)
-            full = budget is not None and (len(cur) + 1) * (g.length + w) > budget
+            p = max(prefix, g.length)
+            n, m = len(cur) + 1, len(kinds | {k})
+            full = budget is not None and (
+                (m > 1 and m * p > budget) or n * w > budget or n * (p + w) > CACHE_BUDGETS * budget
+            )
             if cur and (len(cur) >= batch_size or full):
                 batches.append(cur)
-                cur, w = [], int(ids[i].numel()) - g.length
+                cur, kinds = [], set()
+                w, p = int(ids[i].numel()) - g.length, g.length
             cur.append((k, i))
-            width = w
+            kinds.add(k)
+            width, prefix = w, p
+    if cur:
         batches.append(cur)
     return batches
+
+
+def plan_tokens(
+    ids: Sequence[Tensor], groups: Sequence[PrefixGroup], batches: Sequence[list[tuple[int, int]]]
+) -> int:
+    """Tokens, padding included, that ``map_continued`` computes for ``batches``: per batch,
+    its distinct prefixes (right-padded) and its rows after their prefixes (padded)."""
+    total = 0
+    for batch in batches:
+        kinds = {k for k, _ in batch}
+        total += len(kinds) * max(groups[k].length for k in kinds)
+        total += len(batch) * max(int(ids[i].numel()) - groups[k].length for k, i in batch)
+    return total
+
+
+def shared_plan(
+    model: HookedModel,
+    heads: Sequence[Int[Tensor, " pos"]],
+    ids: Sequence[Int[Tensor, " pos"]],
+    batch_size: int,
+    max_tokens: int | None,
+) -> list[PrefixGroup]:
+    """The groups ``map_continued`` runs ``ids`` in (each row's prefix stops before the last
+    token of its ``heads`` entry), or none where whole passes compute fewer tokens
+    (``worth_sharing``). Two plans are costed, padding included: the groups ``prefix_groups``
+    finds, and one group of every row at the beginning they all share (a chat template's
+    system prompt) whose batches sort by length as whole passes do, the better where rows'
+    lengths vary more within groups than a group's prefix saves. Longest prefixes first,
+    each group's longest rows first."""
+    if len(heads) < 2:
+        return []
+    budget = _budget(model, max_tokens)
+    found = prefix_groups(heads)
+    common = min(
+        min(int(h.numel()) - 1 for h in heads), *(common_prefix(heads[0], h) for h in heads)
+    )
+    plans = [found] + (
+        [[PrefixGroup(common, list(range(len(heads))))]] if common >= MIN_SHARED else []
+    )
+    best: list[PrefixGroup] = []
+    cost: int | None = None
+    for plan in plans:
+        groups = [
+            PrefixGroup(g.length, sorted(g.rows, key=lambda i: -int(ids[i].numel())))
+            for g in sorted(plan, key=lambda g: -g.length)
+        ]
+        if not groups:
+            continue
+        c = _plan_cost(ids, groups, batch_size, budget)
+        if cost is None or c < cost:
+            best, cost = groups, c
+    return best if best and worth_sharing(model, ids, best, batch_size, max_tokens) else []
+
+
+def _plan_cost(
+    ids: Sequence[Tensor], groups: Sequence[PrefixGroup], batch_size: int, budget: int | None
+) -> int:
+    """Tokens, padding included, of running ``ids`` with ``groups`` shared (the rest whole)."""
+    _, rest = split_rows(len(ids), groups)
+    whole = padded_tokens([int(ids[i].numel()) for i in rest], batch_size, budget)
+    return whole + plan_tokens(ids, groups, continued_batches(ids, groups, batch_size, budget))
 
 
 def worth_sharing(
@@ -217,11 +298,5 @@ def worth_sharing(
     every row would, padding included: a device whose budget packs many rows a batch can lose
     more to the groups' smaller batches than the shared prefixes save."""
     budget = _budget(model, max_tokens)
-    lengths = [int(x.numel()) for x in ids]
-    whole = padded_tokens(lengths, batch_size, budget)
-    _, rest = split_rows(len(ids), groups)
-    shared = padded_tokens([lengths[i] for i in rest], batch_size, budget)
-    for batch in continued_batches(ids, groups, batch_size, budget):
-        prefix = groups[batch[0][0]].length
-        shared += prefix + len(batch) * max(lengths[i] - prefix for _, i in batch)
-    return shared <= SHARED_GAIN * whole
+    whole = padded_tokens([int(x.numel()) for x in ids], batch_size, budget)
+    return _plan_cost(ids, groups, batch_size, budget) <= SHARED_GAIN * whole

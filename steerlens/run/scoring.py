@@ -29,9 +29,8 @@ from steerlens.run.prefix import (
     Continued,
     PrefixGroup,
     map_continued,
-    prefix_groups,
+    shared_plan,
     split_rows,
-    worth_sharing,
 )
 
 __all__ = ["continuation_logprobs", "ids_logprobs"]
@@ -128,17 +127,9 @@ def ids_logprobs(
     # With nothing acting on the model, rows that begin alike (a user's history before each
     # prompt, one prompt under several continuations) run their common beginning once.
     quiet = len(heads) > 1 and not active_steering(model) and not eng.hooked()
-    groups = prefix_groups(heads) if quiet and eng.can_share_prefix() else []
-    # longest prefixes first, each group's longest rows first: little padding in a batch
-    groups = [
-        PrefixGroup(
-            g.length, sorted(g.rows, key=lambda i: -int(heads[i].numel() + tails[i].numel()))
-        )
-        for g in sorted(groups, key=lambda g: -g.length)
-    ]
-    whole_ids = [torch.cat([h, t]) for h, t in zip(heads, tails, strict=True)] if groups else []
-    if groups and not worth_sharing(model, whole_ids, groups, batch_size, max_tokens):
-        groups = []
+    whole_ids = [torch.cat([h, t]) for h, t in zip(heads, tails, strict=True)]
+    share = quiet and eng.can_share_prefix()
+    groups = shared_plan(model, heads, whole_ids, batch_size, max_tokens) if share else []
     grouped, rest = split_rows(len(heads), groups)
     out: list[Tensor | None] = [None] * len(heads)
     if rest:

@@ -82,6 +82,11 @@ def _aligned(full: Tensor, n_target: int) -> Tensor:
     return torch.arange(n - n_target - 1, n - 1)
 
 
+def _ones(ids: Tensor, device: Any) -> Tensor:
+    """The attention mask of one unpadded row."""
+    return torch.ones((1, int(ids.numel())), dtype=torch.long, device=device)
+
+
 def _target_logp(logits: Tensor, full_len: int, ids: Tensor) -> Tensor:
     n_t = int(ids.numel())
     lp = logits[full_len - n_t - 1 : full_len - 1].float().log_softmax(-1)
@@ -137,47 +142,75 @@ def activation_patching(
     eng = resolve_engine(model, "hook_resid_post", engine)
     src = _clean_resid(eng, clean, layers)
     c_pos, k_pos = _aligned(clean, n_t), _aligned(corrupt, n_t)
-    cells = [(layer, p) for layer in layers for p in pos_list]
+    at = [k_pos.tolist()]  # the columns whose logits are read (those predicting the target)
+    patching: dict[str, int] = {}  # the layer whose rows the running batches patch
 
     def patch_fn(layer: int) -> Any:
         def fn(x: Tensor, *, hook: Any) -> Tensor:
             ctx = current_rows()
-            if ctx is None:
+            if ctx is None or patching.get("layer") != layer:
                 return x
             x = x.clone()
             for r, j in enumerate(ctx.rows.tolist()):
-                lyr, p = cells[j]
-                if lyr != layer:
-                    continue
-                idx = every if p == -1 else [p]
+                idx = every if pos_list[j] == -1 else [pos_list[j]]
                 x[r, k_pos[idx]] = src[layer][c_pos[idx]].to(x.dtype)
             return x
 
         return fn
 
-    def run(batch: Batch) -> list[Tensor]:
-        logits = eng.forward(batch.enc.input_ids, batch.enc.attention_mask)
-        return [
-            _target_logp(logits[r], int(corrupt.numel()), ids).cpu() for r in range(len(batch.rows))
-        ]
+    def target_logp(logits: Tensor) -> Tensor:
+        """log p(y_t) from the logits at the aligned columns (``at``)."""
+        lp = logits.float().log_softmax(-1)
+        return lp.gather(-1, ids.to(lp.device)[:, None])[:, 0].cpu()
 
-    hooks = [(resid_post(layer), patch_fn(layer)) for layer in layers]
+    dev = model_device(model)
     with torch.inference_mode():
         with eng.hooks([]):
-            logits = eng.forward(clean[None].to(model_device(model)))
-            lp_clean = _target_logp(logits[0], int(clean.numel()), ids).cpu()
-            logits = eng.forward(corrupt[None].to(model_device(model)))
-            lp_corrupt = _target_logp(logits[0], int(corrupt.numel()), ids).cpu()
-        with eng.hooks(hooks):
-            patched = map_batches(
-                model,
-                [corrupt] * len(cells),
-                run,
-                batch_size=batch_size,
-                side="right",
-                progress_bar=progress_bar,
-                description="patching",
+            lp_clean = target_logp(
+                eng.logits_at(
+                    clean[None].to(dev), _ones(clean, dev), [_aligned(clean, n_t).tolist()]
+                )[0]
             )
+            lp_corrupt = target_logp(
+                eng.logits_at(corrupt[None].to(dev), _ones(corrupt, dev), at)[0]
+            )
+            # a row patched at layer l equals the corrupt run below it: it starts at block l
+            # from the corrupt run's residual there, where the engine can start midway
+            starts = [lyr for lyr in layers if eng.can_start_at(lyr)]
+            pre = dict(
+                zip(
+                    starts,
+                    eng.capture(
+                        corrupt[None].to(dev), _ones(corrupt, dev), starts, "hook_resid_pre"
+                    )
+                    if starts
+                    else [],
+                    strict=True,
+                )
+            )
+        patched: list[Tensor] = []
+        with eng.hooks([(resid_post(layer), patch_fn(layer)) for layer in layers]):
+            for layer in layers:
+                patching["layer"] = layer
+
+                def run(batch: Batch, layer: int = layer) -> list[Tensor]:
+                    enc, n = batch.enc, len(batch.rows)
+                    if layer in pre:
+                        resid = pre[layer].expand(n, -1, -1)
+                        got = eng.logits_from(resid, enc.attention_mask, layer, at * n)
+                    else:
+                        got = eng.logits_at(enc.input_ids, enc.attention_mask, at * n)
+                    return [target_logp(lg) for lg in got]
+
+                patched += map_batches(
+                    model,
+                    [corrupt] * len(pos_list),
+                    run,
+                    batch_size=batch_size,
+                    side="right",
+                    progress_bar=progress_bar,
+                    description=f"patching layer {layer}",
+                )
     restored = (torch.stack(patched) - lp_corrupt).reshape(len(layers), len(pos_list), n_t)
     return PatchingResult(layers, pos_list, tokens, lp_clean, lp_corrupt, restored)
 

@@ -90,7 +90,8 @@ class Engine(ABC):
         return [logits[row, list(pos)] for row, pos in enumerate(positions)]
 
     def can_share_prefix(self) -> bool:
-        """Whether ``logits_after`` runs on this engine (off unless an engine says so)."""
+        """Whether ``logits_after`` and ``capture_after`` run on this engine (off unless an
+        engine says so)."""
         return False
 
     def logits_after(
@@ -108,6 +109,22 @@ class Engine(ABC):
         scored under several continuations) runs once for all the rows that continue it.
         Without hooks only (a hook would see the prefix rows and the continuation rows as two
         batches); only where ``can_share_prefix()``."""
+        raise NotImplementedError(f"{self.name} runs whole passes only")
+
+    def capture_after(
+        self,
+        prefix_ids: Int[Tensor, "prefix pos"],
+        prefix_mask: Tensor,
+        owner: Sequence[int],
+        input_ids: Int[Tensor, "batch pos"],
+        attention_mask: Tensor,
+        layers: Sequence[int],
+        hook: str,
+    ) -> list[Float[Tensor, "batch pos d_model"]]:
+        """``capture`` of the rows' own tokens (columns of ``input_ids``) in the pass over
+        ``prefix_ids[owner[row]]`` followed by ``input_ids[row]``, as ``logits_after`` runs
+        it: each distinct prefix (a prompt before several responses) runs once. Without hooks
+        only; only where ``can_share_prefix()``."""
         raise NotImplementedError(f"{self.name} runs whole passes only")
 
     @abstractmethod

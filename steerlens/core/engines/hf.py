@@ -190,6 +190,30 @@ class HFEngine(Engine):
         )
         return _picked(logits, keep, int(input_ids.shape[1]), positions)
 
+    def capture_after(
+        self,
+        prefix_ids: Tensor,
+        prefix_mask: Tensor,
+        owner: Sequence[int],
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        layers: Sequence[int],
+        hook: str,
+    ) -> list[Tensor]:
+        """The prefixes run once up to the last needed layer (their KV cache), then each
+        row's tokens continue its prefix's cache; the residuals of the rows' own tokens."""
+        if self.carried:
+            raise ValueError("capture_after runs without hooks (an open steering() block acts)")
+        if not self.can_share_prefix():
+            raise ValueError("this model cannot continue a shared prefix's cache")
+
+        def run(ids: Tensor, mask: Tensor, **kw: Any) -> list[Tensor]:
+            return capture_residuals(self.twin, ids, mask, layers, hook, **kw)
+
+        return _continued(  # type: ignore[no-any-return]
+            self.twin, run, prefix_ids, prefix_mask, owner, input_ids, attention_mask
+        )
+
     def steps(self, input_ids: Tensor, attention_mask: Tensor, max_new_tokens: int) -> Steps:
         return hf_steps(self.twin, input_ids, attention_mask)
 
@@ -546,6 +570,29 @@ def _starts_midway(twin: Any, layer: int) -> bool:
     return ok
 
 
+def _continued(
+    twin: Any,
+    run: Any,
+    prefix_ids: Tensor,
+    prefix_mask: Tensor,
+    owner: Sequence[int],
+    input_ids: Tensor,
+    attention_mask: Tensor,
+) -> Any:
+    """``run(ids, mask, **kw)`` on the prefixes (filling a KV cache), then on the rows, each
+    continuing the cache of its prefix ``prefix_ids[owner[row]]`` (right-padded: a shorter
+    prefix's padding is masked, and its row's positions count on from its real length)."""
+    device = input_ids.device
+    cache = {_cache_kwarg(type(twin)): _new_cache()}
+    run(prefix_ids, prefix_mask, use_cache=True, **cache)
+    index = torch.as_tensor(list(owner), device=device)
+    next(iter(cache.values())).batch_select_indices(index)  # each row its prefix's keys, values
+    mask = torch.cat([prefix_mask[index], attention_mask], dim=1)
+    start = prefix_mask.sum(1)[index]
+    pos = start[:, None] + torch.arange(input_ids.shape[1], device=device)[None, :]
+    return run(input_ids, mask, position_ids=pos, use_cache=True, **cache)
+
+
 def _continued_logits(
     twin: Any,
     prefix_ids: Tensor,
@@ -556,31 +603,17 @@ def _continued_logits(
     keep: Sequence[int],
 ) -> Tensor:
     """The logits at ``keep`` (columns of ``input_ids``) of each row continuing the KV cache of
-    its prefix ``prefix_ids[owner[row]]`` (right-padded: a shorter prefix's padding is masked,
-    and its row's positions count on from its real length)."""
+    its prefix (``_continued``); the prefixes' pass unembeds one position only."""
     device = input_ids.device
-    cache = {_cache_kwarg(type(twin)): _new_cache()}
-    twin(
-        input_ids=prefix_ids,
-        attention_mask=prefix_mask,
-        use_cache=True,
-        **cache,
-        **_keep_kwargs(twin, [0], device),
+
+    def run(ids: Tensor, mask: Tensor, **kw: Any) -> Tensor:
+        cols = keep if ids is input_ids else [0]
+        out = twin(input_ids=ids, attention_mask=mask, **kw, **_keep_kwargs(twin, cols, device))
+        return out.logits  # type: ignore[no-any-return]
+
+    return _continued(  # type: ignore[no-any-return]
+        twin, run, prefix_ids, prefix_mask, owner, input_ids, attention_mask
     )
-    index = torch.as_tensor(list(owner), device=device)
-    next(iter(cache.values())).batch_select_indices(index)  # each row its prefix's keys, values
-    mask = torch.cat([prefix_mask[index], attention_mask], dim=1)
-    start = prefix_mask.sum(1)[index]
-    pos = start[:, None] + torch.arange(input_ids.shape[1], device=device)[None, :]
-    out = twin(
-        input_ids=input_ids,
-        attention_mask=mask,
-        position_ids=pos,
-        use_cache=True,
-        **cache,
-        **_keep_kwargs(twin, keep, device),
-    )
-    return out.logits  # type: ignore[no-any-return]
 
 
 _SHARES: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
@@ -661,12 +694,19 @@ class _Stop(Exception):
 
 
 def capture_residuals(
-    twin: Any, input_ids: Tensor, attention_mask: Tensor, layers: Sequence[int], hook: str
+    twin: Any,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    layers: Sequence[int],
+    hook: str,
+    **forward_kwargs: Any,
 ) -> list[Tensor]:
     """``blocks.{l}.{hook}`` for each layer, read from the twin's decoder layers.
 
     Capture hooks are registered after any steering hooks, so they see the steered values.
-    The forward pass stops after the last needed layer (and never reaches the unembedding).
+    The forward pass stops after the last needed layer (and never reaches the unembedding);
+    ``forward_kwargs`` go to the decoder's forward (a KV cache and its positions; default: no
+    cache).
     """
     if hook not in FAST_HOOKS:
         raise ValueError(f"the fast path reads {FAST_HOOKS}, not {hook}")
@@ -699,8 +739,9 @@ def capture_residuals(
                 handles.append(
                     modules[layer].register_forward_pre_hook(pre(layer), with_kwargs=True)
                 )
+        kw = {"use_cache": False, **forward_kwargs}
         with suppress(_Stop):
-            twin.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+            twin.model(input_ids=input_ids, attention_mask=attention_mask, **kw)
     finally:
         for h in handles:
             h.remove()

@@ -253,3 +253,49 @@ def test_identical_inputs_run_once_unless_a_per_row_hook_is_open(
     assert not torch.allclose(steered[0], steered[2]) and not torch.allclose(steered[2], steered[3])
     none = sl.cache_activations(tiny, texts, [1], pool="none", engine=engine, progress_bar=False)
     assert none[0] is not none[2] and torch.equal(none[0], none[2])  # copies, never aliases
+
+
+def _prompt_rows(seed: int = 0) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Three responses after one 24-token prompt, two after another of 20, one alone; masks
+    on the responses, one of them also on a prompt token (its prefix must stop before it)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def toks(n: int) -> torch.Tensor:
+        return torch.randint(5, 250, (n,), generator=g)
+
+    a, b = toks(24), toks(20)
+    parts = [(a, 4), (a, 7), (a, 2), (b, 5), (b, 3), (toks(9), 4)]
+    ids = [torch.cat([p, toks(n)]) for p, n in parts]
+    masks = [torch.arange(len(x)) >= len(p) for x, (p, _) in zip(ids, parts, strict=True)]
+    masks[1][10] = True  # row 1 pools a prompt token too
+    return ids, masks
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("pool", ["mean", "last"])
+def test_responses_after_one_prompt_share_its_pass(tiny, engine, pool, monkeypatch):
+    from steerlens.core.engines import hf
+
+    ids, masks = _prompt_rows()
+    calls: list[int] = []
+    real = hf.HFEngine.capture_after
+
+    def spy(self, prefix_ids, prefix_mask, owner, *args):
+        calls.append(len(owner))
+        return real(self, prefix_ids, prefix_mask, owner, *args)
+
+    monkeypatch.setattr(hf.HFEngine, "capture_after", spy)
+    kw = dict(pool=pool, masks=masks, engine=engine, progress_bar=False)
+    got = sl.cache_activations(tiny, ids, [1, 3], batch_size=4, **kw)
+    if engine == "hf":  # the fast path runs each prompt once; the TL path runs whole rows
+        # "mean": row 1 pools a prompt token, so a's group is rows 0 and 2 (prefix 24 tokens)
+        assert sum(calls) == (4 if pool == "mean" else 5)
+    else:
+        assert calls == []
+    monkeypatch.setattr(hf.HFEngine, "can_share_prefix", lambda self: False)
+    whole = sl.cache_activations(tiny, ids, [1, 3], batch_size=4, **kw)
+    assert got.shape == whole.shape == (6, 2, tiny.cfg.d_model)
+    assert_close_impl(got, whole)
+    for i, (x, m) in enumerate(zip(ids, masks, strict=True)):  # and one row at a time
+        single = sl.cache_activations(tiny, [x], [1, 3], pool=pool, masks=[m], engine=engine)
+        assert_close_impl(got[i], single[0])

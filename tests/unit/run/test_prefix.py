@@ -12,9 +12,12 @@ from conftest import ENGINES, assert_close_impl, no_hooks_left
 import steerlens as sl
 from steerlens.core.engines import hf
 from steerlens.run.prefix import (
+    CACHE_BUDGETS,
     common_prefix,
     continued_batches,
+    plan_tokens,
     prefix_groups,
+    shared_plan,
     worth_sharing,
 )
 from steerlens.run.scoring import ids_logprobs
@@ -251,16 +254,67 @@ def test_sharing_only_where_it_saves_tokens(tiny, monkeypatch):
     assert worth_sharing(tiny, long_rows, prefix_groups(long_rows), 3, 0)
 
 
-def test_batches_hold_one_group_within_the_budget():
+def test_batches_hold_groups_within_the_budget():
     heads, tails = _rows()
     ids = [torch.cat([h, t]) for h, t in zip(heads, tails, strict=True)]
     groups = prefix_groups(heads)
-    for budget in (None, 60, 1):
+    assert len(groups) == 2  # 4 rows after the 20-token history, 2 after the 18-token one
+    for budget in (None, 60, 20, 1):
         batches = continued_batches(ids, groups, 3, budget)
-        assert sorted(i for b in batches for _, i in b) == sorted(i for x in groups for i in x.rows)
+        flat = [i for b in batches for _, i in b]
+        assert sorted(flat) == sorted(i for x in groups for i in x.rows)
+        assert flat == [i for x in groups for i in x.rows]  # group after group, in order
         for b in batches:
-            assert len({k for k, _ in b}) == 1 and len(b) <= 3
-            p = groups[b[0][0]].length
+            kinds = {k for k, _ in b}
+            assert len(b) <= 3 and all(i in groups[k].rows for k, i in b)
+            p = max(groups[k].length for k in kinds)
+            w = max(len(ids[i]) - groups[k].length for k, i in b)
             if budget is not None and len(b) > 1:
-                assert len(b) * (p + max(len(ids[i]) - p for _, i in b)) <= budget
+                assert len(b) * w <= budget and len(b) * (p + w) <= CACHE_BUDGETS * budget
+                assert len(kinds) == 1 or len(kinds) * p <= budget
+        if budget is None:  # rows only: the second group's first row joins the first's last
+            assert [len(b) for b in batches] == [3, 3] and len({k for k, _ in batches[1]}) == 2
     assert len(continued_batches(ids, groups, 3, 1)) == 6  # one row each: nothing fits two
+
+
+def test_a_long_prefix_bounds_a_batch_by_its_rows_cache():
+    # rows' own tokens (2 each) fit a budget of 16 many times over; their copies of a
+    # 100-token prefix's cache do not: one row a batch under budget 16, two under budget 32
+    g = torch.Generator().manual_seed(3)
+    stem = _tokens(g, 100)
+    ids = [torch.cat([stem, _tokens(g, 3)]) for _ in range(5)]
+    groups = prefix_groups([x[:-1] for x in ids])
+    ((length, rows),) = [(x.length, x.rows) for x in groups]
+    assert length >= 100 and len(rows) == 5
+    width = 103 - length  # each row's own tokens
+    assert [len(b) for b in continued_batches(ids, groups, 8, 16)] == [1] * 5
+    per = min((CACHE_BUDGETS * 32) // (length + width), 32 // width, 5)
+    assert per == 2
+    assert [len(b) for b in continued_batches(ids, groups, 8, 32)] == [2, 2, 1]
+
+
+def test_one_shared_beginning_wins_where_groups_would_pad(tiny):
+    # a 20-token system prompt, then 4 prompts of 20 tokens, each before a short and a long
+    # response: per-prompt groups save more prefix tokens but pad every short row to a long
+    # one; one group at the system prompt batches rows by length, as whole passes do
+    g = torch.Generator().manual_seed(7)
+    system = _tokens(g, 20)
+    heads, tails = [], []
+    for _ in range(4):
+        prompt = torch.cat([system, _tokens(g, 20)])
+        for n in (2, 60):
+            heads.append(prompt)
+            tails.append(_tokens(g, n))
+    ids = [torch.cat([h, t]) for h, t in zip(heads, tails, strict=True)]
+    found = prefix_groups(heads)
+    assert [len(x.rows) for x in found] == [2, 2, 2, 2]
+    (one,) = shared_plan(tiny, heads, ids, 4, 1024)
+    assert one.length == 20 and sorted(one.rows) == list(range(8))
+    assert [len(ids[i]) for i in one.rows] == sorted((len(x) for x in ids), reverse=True)
+    cost = plan_tokens(ids, [one], continued_batches(ids, [one], 4, 1024))
+    per_prompt = plan_tokens(ids, found, continued_batches(ids, found, 4, 1024))
+    assert cost < per_prompt
+    got = ids_logprobs(tiny, heads, tails, batch_size=4, engine="hf")
+    for h, t, a in zip(heads, tails, got, strict=True):
+        (single,) = ids_logprobs(tiny, [h], [t], engine="tl")
+        assert_close_impl(a, single)

@@ -151,6 +151,29 @@ def test_activation_patching_restores_exactly_at_the_last_layer(tiny, engine):
         activation_patching(tiny, positions=[99], **KW)
 
 
+@pytest.mark.parametrize("engine", ENGINES)
+def test_patched_rows_start_at_their_layer_on_the_fast_path(tiny, engine, monkeypatch):
+    from steerlens.core.engines import hf
+
+    starts: list[int] = []
+    real = hf.HFEngine.logits_from
+
+    def spy(self, resid, mask, layer, positions):
+        starts.append(layer)
+        return real(self, resid, mask, layer, positions)
+
+    monkeypatch.setattr(hf.HFEngine, "logits_from", spy)
+    layers = [0, 2, tiny.cfg.n_layers - 1]
+    got = activation_patching(tiny, layers=layers, engine=engine, **KW)
+    # block 0 has nothing below it: whole passes; the others from the corrupt run's residual
+    assert sorted(set(starts)) == ([2, tiny.cfg.n_layers - 1] if engine == "hf" else [])
+    monkeypatch.setattr(hf.HFEngine, "can_start_at", lambda self, layer: False)
+    whole = activation_patching(tiny, layers=layers, engine=engine, **KW)
+    assert_close_impl(got.restored, whole.restored)
+    assert float(got.restored.abs().max()) > 0
+    assert no_hooks_left(tiny)
+
+
 def test_attribution_patching_agrees_with_exact_patching(tiny):
     exact = activation_patching(tiny, **KW)
     with torch.no_grad():  # turns gradients on for itself

@@ -254,14 +254,15 @@ def _shared_groups(
     batch_size: int,
     max_tokens: int | None,
 ) -> list[PrefixGroup]:
-    """Groups of inputs whose tokens before the first one they pool are the same (a prompt
-    before several responses: ``prefix_groups``), where running each group's beginning once
-    computes fewer tokens than whole passes (``shared_plan``)."""
+    """Groups of inputs whose tokens before the first one they read (pool "mean": the first
+    selected; "last": the last) are the same (a prompt before several responses), where
+    running each group's beginning once computes fewer tokens than whole passes
+    (``shared_plan``)."""
     heads = []
     for i, x in enumerate(ids):
         sel = torch.ones(len(x), dtype=torch.bool) if masks is None else masks[i].bool().cpu()
         on = sel.nonzero()
-        need = int(on.max() if pool == "last" else on.min())  # the first position pooled
+        need = int(on.max() if pool == "last" else on.min())  # the first position read
         heads.append(x[: need + 1])  # a group's prefix stops before it
     return shared_plan(model, heads, ids, batch_size, max_tokens)
 

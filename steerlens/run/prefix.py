@@ -3,8 +3,11 @@
 A user's history before each of their prompts, one prompt scored under the continuations of
 every steering cell, the chat template before every prompt: scoring calls repeat long
 prefixes. ``prefix_groups`` finds rows that share one (runs of rows sorted by their tokens,
-chosen to save the most tokens) and ``map_continued`` runs each group's prefix once a batch
-and its rows from that prefix's KV cache on (``Engine.logits_after``), without hooks.
+chosen to save the most tokens), ``shared_plan`` costs those groups against one group at the
+beginning every row shares and keeps the cheaper where it beats whole passes, and
+``map_continued`` runs each batch's distinct prefixes once and its rows (of one group or
+several) from their prefix's KV cache on (``Engine.logits_after``, ``Engine.capture_after``),
+without hooks.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from steerlens.core.tokens import Encoded, pad
 from steerlens.run.passes import forward_batches
 
 __all__ = [
-    "CACHE_BUDGETS",
+    "CACHE_TOKENS",
     "MAX_GROUP",
     "MIN_SHARED",
     "SHARED_GAIN",
@@ -66,11 +69,12 @@ SHARED_GAIN = 0.9
 """Prefixes are shared only where that computes at most this share of the tokens whole passes
 would (``worth_sharing``)."""
 
-CACHE_BUDGETS = 8
-"""How many token budgets of rows x (prefix + own tokens) a continued batch may hold: its
-rows' own tokens are a budget's worth of computation, and each row's copy of its prefix's KV
-cache is memory only (a batch costed as a whole pass would recompute a long prefix for
-every row or two: a user's history before each of their prompts)."""
+CACHE_TOKENS = 8192
+"""The most rows x (prefix + own tokens) a continued batch may hold where that exceeds its
+token budget (each row holds a copy of its prefix's KV cache): a budget chosen for the
+speed of small matrix multiplies (a CPU's) would otherwise rerun a long prefix for every
+row or two (a user's history before each of their prompts); a budget chosen for memory (a
+GPU's, above this) bounds it as a whole pass over the same rows would."""
 
 MAX_GROUP = 128
 """The most rows one group may hold (a larger run of rows sharing a prefix forms several
@@ -198,7 +202,8 @@ def continued_batches(
     most ``batch_size`` rows and, with a ``budget``, the prefixes' pass (distinct prefixes x
     the longest, right-padded) and rows x the widest row after its prefix (the tokens the
     continuing pass computes) each within it, and rows x (longest prefix + widest row)
-    within ``CACHE_BUDGETS`` budgets (each row holds a copy of its prefix's KV cache). A
+    within the larger of the budget and ``CACHE_TOKENS`` (each row holds a copy of its
+    prefix's KV cache). A
     group's prefix runs once a batch it has rows in; a prefix longer than the budget runs
     alone."""
     batches: list[list[tuple[int, int]]] = []
@@ -211,7 +216,9 @@ def continued_batches(
             p = max(prefix, g.length)
             n, m = len(cur) + 1, len(kinds | {k})
             full = budget is not None and (
-                (m > 1 and m * p > budget) or n * w > budget or n * (p + w) > CACHE_BUDGETS * budget
+                (m > 1 and m * p > budget)
+                or n * w > budget
+                or n * (p + w) > max(budget, CACHE_TOKENS)
             )
             if cur and (len(cur) >= batch_size or full):
                 batches.append(cur)

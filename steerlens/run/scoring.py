@@ -108,10 +108,11 @@ def ids_logprobs(
     rows only). ``prompt_masks``: per prompt, the tokens an open block's ``Condition``
     pools (default: its non-special tokens, ``condition_masks``).
 
-    With no hook acting on the model, the groups of rows that ``prefix_groups`` finds (at
-    least ``MIN_SHARED`` shared leading tokens) run their prefix once and continue its KV
-    cache, where the engine can (``Engine.can_share_prefix``) and the plan computes fewer
-    tokens than whole passes (``worth_sharing``): the same numbers, to float rounding.
+    With no hook acting on the model, rows that share at least ``MIN_SHARED`` leading tokens
+    run them once and continue their KV cache, where the engine can
+    (``Engine.can_share_prefix``), in the groups ``shared_plan`` picks (those
+    ``prefix_groups`` finds, or one group at the beginning every row shares) where that
+    computes fewer tokens than whole passes: the same numbers, to float rounding.
     """
     if len(prompt_ids) != len(continuation_ids):
         raise ValueError(f"{len(prompt_ids)} prompts but {len(continuation_ids)} continuations")
@@ -127,8 +128,8 @@ def ids_logprobs(
     # With nothing acting on the model, rows that begin alike (a user's history before each
     # prompt, one prompt under several continuations) run their common beginning once.
     quiet = len(heads) > 1 and not active_steering(model) and not eng.hooked()
-    whole_ids = [torch.cat([h, t]) for h, t in zip(heads, tails, strict=True)]
     share = quiet and eng.can_share_prefix()
+    whole_ids = [torch.cat([h, t]) for h, t in zip(heads, tails, strict=True)] if share else []
     groups = shared_plan(model, heads, whole_ids, batch_size, max_tokens) if share else []
     grouped, rest = split_rows(len(heads), groups)
     out: list[Tensor | None] = [None] * len(heads)

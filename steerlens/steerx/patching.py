@@ -143,16 +143,19 @@ def activation_patching(
     src = _clean_resid(eng, clean, layers)
     c_pos, k_pos = _aligned(clean, n_t), _aligned(corrupt, n_t)
     at = [k_pos.tolist()]  # the columns whose logits are read (those predicting the target)
-    patching: dict[str, int] = {}  # the layer whose rows the running batches patch
+    cells = [(layer, p) for layer in layers for p in pos_list]  # one row each, layer-major
 
     def patch_fn(layer: int) -> Any:
         def fn(x: Tensor, *, hook: Any) -> Tensor:
             ctx = current_rows()
-            if ctx is None or patching.get("layer") != layer:
+            if ctx is None:
                 return x
             x = x.clone()
             for r, j in enumerate(ctx.rows.tolist()):
-                idx = every if pos_list[j] == -1 else [pos_list[j]]
+                lyr, p = cells[j]
+                if lyr != layer:
+                    continue
+                idx = every if p == -1 else [p]
                 x[r, k_pos[idx]] = src[layer][c_pos[idx]].to(x.dtype)
             return x
 
@@ -164,6 +167,10 @@ def activation_patching(
         return lp.gather(-1, ids.to(lp.device)[:, None])[:, 0].cpu()
 
     dev = model_device(model)
+    # A row patched at layer l equals the corrupt run below l: a batch starts at its lowest
+    # patched block from the corrupt run's residual there, where the engine can start midway
+    # (with no hook open: an open steering() block's hooks would act on that residual twice).
+    starts = [] if eng.hooked() else [lyr for lyr in dict.fromkeys(layers) if eng.can_start_at(lyr)]
     with torch.inference_mode():
         with eng.hooks([]):
             lp_clean = target_logp(
@@ -174,9 +181,6 @@ def activation_patching(
             lp_corrupt = target_logp(
                 eng.logits_at(corrupt[None].to(dev), _ones(corrupt, dev), at)[0]
             )
-            # a row patched at layer l equals the corrupt run below it: it starts at block l
-            # from the corrupt run's residual there, where the engine can start midway
-            starts = [lyr for lyr in layers if eng.can_start_at(lyr)]
             pre = dict(
                 zip(
                     starts,
@@ -188,29 +192,27 @@ def activation_patching(
                     strict=True,
                 )
             )
-        patched: list[Tensor] = []
-        with eng.hooks([(resid_post(layer), patch_fn(layer)) for layer in layers]):
-            for layer in layers:
-                patching["layer"] = layer
 
-                def run(batch: Batch, layer: int = layer) -> list[Tensor]:
-                    enc, n = batch.enc, len(batch.rows)
-                    if layer in pre:
-                        resid = pre[layer].expand(n, -1, -1)
-                        got = eng.logits_from(resid, enc.attention_mask, layer, at * n)
-                    else:
-                        got = eng.logits_at(enc.input_ids, enc.attention_mask, at * n)
-                    return [target_logp(lg) for lg in got]
+        def run(batch: Batch) -> list[Tensor]:
+            enc, n = batch.enc, len(batch.rows)
+            low = min(cells[j][0] for j in batch.rows)
+            if low in pre:
+                resid = pre[low].expand(n, -1, -1)
+                got = eng.logits_from(resid, enc.attention_mask, low, at * n)
+            else:
+                got = eng.logits_at(enc.input_ids, enc.attention_mask, at * n)
+            return [target_logp(lg) for lg in got]
 
-                patched += map_batches(
-                    model,
-                    [corrupt] * len(pos_list),
-                    run,
-                    batch_size=batch_size,
-                    side="right",
-                    progress_bar=progress_bar,
-                    description=f"patching layer {layer}",
-                )
+        with eng.hooks([(resid_post(layer), patch_fn(layer)) for layer in dict.fromkeys(layers)]):
+            patched = map_batches(
+                model,
+                [corrupt] * len(cells),
+                run,
+                batch_size=batch_size,
+                side="right",
+                progress_bar=progress_bar,
+                description="patching",
+            )
     restored = (torch.stack(patched) - lp_corrupt).reshape(len(layers), len(pos_list), n_t)
     return PatchingResult(layers, pos_list, tokens, lp_clean, lp_corrupt, restored)
 

@@ -272,8 +272,11 @@ def _prompt_rows(seed: int = 0) -> tuple[list[torch.Tensor], list[torch.Tensor]]
 
 
 @pytest.mark.parametrize("engine", ENGINES)
-@pytest.mark.parametrize("pool", ["mean", "last"])
-def test_responses_after_one_prompt_share_its_pass(tiny, engine, pool, monkeypatch):
+@pytest.mark.parametrize(
+    ("pool", "hook"),
+    [("mean", "hook_resid_post"), ("last", "hook_resid_post"), ("mean", "hook_resid_pre")],
+)
+def test_responses_after_one_prompt_share_its_pass(tiny, engine, pool, hook, monkeypatch):
     from steerlens.core.engines import hf
 
     ids, masks = _prompt_rows()
@@ -285,7 +288,7 @@ def test_responses_after_one_prompt_share_its_pass(tiny, engine, pool, monkeypat
         return real(self, prefix_ids, prefix_mask, owner, *args)
 
     monkeypatch.setattr(hf.HFEngine, "capture_after", spy)
-    kw = dict(pool=pool, masks=masks, engine=engine, progress_bar=False)
+    kw = dict(pool=pool, masks=masks, engine=engine, hook=hook, progress_bar=False)
     got = sl.cache_activations(tiny, ids, [1, 3], batch_size=4, **kw)
     if engine == "hf":  # the fast path runs each prompt once; the TL path runs whole rows
         # "mean": row 1 pools a prompt token, so a's group is rows 0 and 2 (prefix 24 tokens)
@@ -297,5 +300,7 @@ def test_responses_after_one_prompt_share_its_pass(tiny, engine, pool, monkeypat
     assert got.shape == whole.shape == (6, 2, tiny.cfg.d_model)
     assert_close_impl(got, whole)
     for i, (x, m) in enumerate(zip(ids, masks, strict=True)):  # and one row at a time
-        single = sl.cache_activations(tiny, [x], [1, 3], pool=pool, masks=[m], engine=engine)
+        single = sl.cache_activations(
+            tiny, [x], [1, 3], pool=pool, masks=[m], engine=engine, hook=hook
+        )
         assert_close_impl(got[i], single[0])

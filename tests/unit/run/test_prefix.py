@@ -12,7 +12,7 @@ from conftest import ENGINES, assert_close_impl, no_hooks_left
 import steerlens as sl
 from steerlens.core.engines import hf
 from steerlens.run.prefix import (
-    CACHE_BUDGETS,
+    CACHE_TOKENS,
     common_prefix,
     continued_batches,
     plan_tokens,
@@ -270,16 +270,19 @@ def test_batches_hold_groups_within_the_budget():
             p = max(groups[k].length for k in kinds)
             w = max(len(ids[i]) - groups[k].length for k, i in b)
             if budget is not None and len(b) > 1:
-                assert len(b) * w <= budget and len(b) * (p + w) <= CACHE_BUDGETS * budget
+                assert len(b) * w <= budget and len(b) * (p + w) <= max(budget, CACHE_TOKENS)
                 assert len(kinds) == 1 or len(kinds) * p <= budget
         if budget is None:  # rows only: the second group's first row joins the first's last
             assert [len(b) for b in batches] == [3, 3] and len({k for k, _ in batches[1]}) == 2
     assert len(continued_batches(ids, groups, 3, 1)) == 6  # one row each: nothing fits two
 
 
-def test_a_long_prefix_bounds_a_batch_by_its_rows_cache():
-    # rows' own tokens (2 each) fit a budget of 16 many times over; their copies of a
-    # 100-token prefix's cache do not: one row a batch under budget 16, two under budget 32
+def test_a_long_prefix_bounds_a_batch_by_its_rows_cache(monkeypatch):
+    # rows' own tokens (2-3 each) fit a budget of 16 many times over; their copies of a
+    # 100-token prefix's cache fit CACHE_TOKENS (here 210) twice, and a budget above it once
+    from steerlens.run import prefix
+
+    monkeypatch.setattr(prefix, "CACHE_TOKENS", 210)
     g = torch.Generator().manual_seed(3)
     stem = _tokens(g, 100)
     ids = [torch.cat([stem, _tokens(g, 3)]) for _ in range(5)]
@@ -287,13 +290,14 @@ def test_a_long_prefix_bounds_a_batch_by_its_rows_cache():
     ((length, rows),) = [(x.length, x.rows) for x in groups]
     assert length >= 100 and len(rows) == 5
     width = 103 - length  # each row's own tokens
-    assert [len(b) for b in continued_batches(ids, groups, 8, 16)] == [1] * 5
-    per = min((CACHE_BUDGETS * 32) // (length + width), 32 // width, 5)
-    assert per == 2
-    assert [len(b) for b in continued_batches(ids, groups, 8, 32)] == [2, 2, 1]
+    assert 2 * (length + width) <= 210 < 3 * (length + width)
+    assert [len(b) for b in continued_batches(ids, groups, 8, 16)] == [2, 2, 1]
+    assert [len(b) for b in continued_batches(ids, groups, 8, 4)] == [1] * 5  # own tokens
+    big = 3 * (length + width)  # a budget above CACHE_TOKENS bounds it alone
+    assert [len(b) for b in continued_batches(ids, groups, 8, big)] == [3, 2]
 
 
-def test_one_shared_beginning_wins_where_groups_would_pad(tiny):
+def test_one_shared_beginning_wins_where_groups_would_pad(tiny, monkeypatch):
     # a 20-token system prompt, then 4 prompts of 20 tokens, each before a short and a long
     # response: per-prompt groups save more prefix tokens but pad every short row to a long
     # one; one group at the system prompt batches rows by length, as whole passes do
@@ -314,7 +318,9 @@ def test_one_shared_beginning_wins_where_groups_would_pad(tiny):
     cost = plan_tokens(ids, [one], continued_batches(ids, [one], 4, 1024))
     per_prompt = plan_tokens(ids, found, continued_batches(ids, found, 4, 1024))
     assert cost < per_prompt
+    calls = _spy(monkeypatch)
     got = ids_logprobs(tiny, heads, tails, batch_size=4, engine="hf")
+    assert sum(calls) == 8  # every row continued the system prompt's cache
     for h, t, a in zip(heads, tails, got, strict=True):
         (single,) = ids_logprobs(tiny, [h], [t], engine="tl")
         assert_close_impl(a, single)

@@ -164,13 +164,40 @@ def test_patched_rows_start_at_their_layer_on_the_fast_path(tiny, engine, monkey
 
     monkeypatch.setattr(hf.HFEngine, "logits_from", spy)
     layers = [0, 2, tiny.cfg.n_layers - 1]
-    got = activation_patching(tiny, layers=layers, engine=engine, **KW)
+    got = activation_patching(tiny, layers=layers, engine=engine, batch_size=1, **KW)
     # block 0 has nothing below it: whole passes; the others from the corrupt run's residual
     assert sorted(set(starts)) == ([2, tiny.cfg.n_layers - 1] if engine == "hf" else [])
+    mixed = activation_patching(tiny, layers=layers, engine=engine, batch_size=5, **KW)
     monkeypatch.setattr(hf.HFEngine, "can_start_at", lambda self, layer: False)
     whole = activation_patching(tiny, layers=layers, engine=engine, **KW)
     assert_close_impl(got.restored, whole.restored)
+    assert_close_impl(mixed.restored, whole.restored)  # a batch starts at its lowest layer
     assert float(got.restored.abs().max()) > 0
+    assert no_hooks_left(tiny)
+
+
+def test_patching_under_a_steering_block_runs_whole_passes(tiny, rand_vec, monkeypatch):
+    from steerlens.core.engines import hf
+
+    starts: list[int] = []
+    real = hf.HFEngine.logits_from
+
+    def spy(self, resid, mask, layer, positions):
+        starts.append(layer)
+        return real(self, resid, mask, layer, positions)
+
+    monkeypatch.setattr(hf.HFEngine, "logits_from", spy)
+    layers = [2, tiny.cfg.n_layers - 1]
+    with sl.steering(tiny, rand_vec, alpha=2.0):
+        fast = activation_patching(tiny, layers=layers, engine="hf", batch_size=1, **KW)
+        hooked = activation_patching(tiny, layers=layers, engine="tl", **KW)
+    # the block's hooks act once on every row: no row starts from a steered residual
+    assert starts == []
+    assert_close_impl(fast.restored, hooked.restored)
+    assert_close_impl(fast.logp_corrupt, hooked.logp_corrupt)
+    plain = activation_patching(tiny, layers=layers, engine="hf", batch_size=1, **KW)
+    assert sorted(set(starts)) == layers  # unsteered again: midway starts still on
+    assert float((plain.logp_corrupt - fast.logp_corrupt).abs().max()) > 1e-3  # it steered
     assert no_hooks_left(tiny)
 
 

@@ -29,6 +29,7 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -178,7 +179,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
             "config": asdict(cfg),
             "study_key": key,
             "machine": machine(),
-            "code": code_provenance(),
+            "code": _code(status, [n for n in todo if n not in run]),
         },
     )
     job = _Job(cfg, model, ds, results, default_layers(model))
@@ -192,6 +193,24 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     seconds["total"] = round(time.perf_counter() - t0, 1)
     summary = update_json(summary_path, {"seconds": seconds})
     return json_safe(summary)  # type: ignore[no-any-return]
+
+
+def _code(status: Mapping[str, Any], kept: Sequence[str]) -> dict[str, Any]:
+    """This run's code (``code_provenance``) and, under ``earlier``, the commit each step
+    kept from an earlier run ran on, where that is not this run's (a step's inputs name no
+    code: a resumed step's numbers are its own run's)."""
+    code = code_provenance()
+    earlier = {}
+    for name in kept:
+        entry = status.get(name) or {}
+        if entry.get("status") != "done":
+            continue
+        ran = entry.get("code") or {}
+        if ran.get("commit") != code["commit"] or ran.get("dirty") or code["dirty"]:
+            earlier[name] = (ran.get("commit") or "not recorded") + (
+                " with uncommitted changes" if ran.get("dirty") else ""
+            )
+    return {**code, "earlier": earlier} if earlier else code
 
 
 def _check_needs(
@@ -272,6 +291,7 @@ def _run_step(
     status[name] = {
         "status": "done",
         "seconds": seconds,
+        "code": code_provenance(),
         "fingerprint": fingerprint,
         "keys": sorted(wrote - _SHARED_KEYS),
         "files": written_since(job.results, before_files),

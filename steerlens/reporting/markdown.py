@@ -444,6 +444,16 @@ def _timing_lines(s: Mapping[str, Any]) -> list[str]:
             + ".",
             "",
         ]
+        earlier: dict[str, list[str]] = {}
+        for step, ran in (code.get("earlier") or {}).items():
+            earlier.setdefault(str(ran), []).append(str(step))
+        if earlier:
+            lines += [
+                "Steps kept from an earlier run (their inputs unchanged), on other code: "
+                + "; ".join(f"{', '.join(steps)} (commit {c})" for c, steps in earlier.items())
+                + ".",
+                "",
+            ]
     steps = {k: v for k, v in seconds.items() if k not in ("total", "report")}
     lines += [
         "## Time per step (seconds)",

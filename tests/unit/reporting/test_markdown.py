@@ -144,3 +144,26 @@ def test_the_page_names_the_code_it_came_from():
         assert ("uncommitted" in line) == bool(code["dirty"])
     s["code"] = {"steerlens": "0.1.0", "commit": "abc1234", "dirty": False}
     assert "Code: steerlens 0.1.0, commit abc1234." in summary_markdown(s)
+    assert "earlier run" not in summary_markdown(s)
+    s["code"]["earlier"] = {"vectors": "f4e8dfe", "dose": "f4e8dfe", "mmlu": "not recorded"}
+    assert (
+        "Steps kept from an earlier run (their inputs unchanged), on other code: vectors, "
+        "dose (commit f4e8dfe); mmlu (commit not recorded)." in summary_markdown(s)
+    )
+
+
+def test_a_resumed_step_keeps_the_commit_it_ran_on(monkeypatch):
+    from steerlens.experiments import demo
+
+    now = {"steerlens": "0.1.0", "commit": "bbb2222", "dirty": False}
+    monkeypatch.setattr(demo, "code_provenance", lambda: dict(now))
+    status = {
+        "vectors": {"status": "done", "code": {"commit": "aaa1111", "dirty": False}},
+        "dose": {"status": "done", "code": {"commit": "bbb2222", "dirty": False}},
+        "mmlu": {"status": "done"},  # recorded before steps named their code
+        "gating": {"status": "stale"},
+    }
+    code = demo._code(status, ["vectors", "dose", "mmlu", "gating"])
+    assert code["commit"] == "bbb2222"
+    assert code["earlier"] == {"vectors": "aaa1111", "mmlu": "not recorded"}
+    assert "earlier" not in demo._code(status, ["dose"])

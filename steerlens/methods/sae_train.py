@@ -244,4 +244,7 @@ def ensure_sae(
     acts = token_activations(model, texts, layer, progress_bar=progress_bar)
     sae, report = train_sae(acts, layer=layer, **train_kw)
     save_sae(sae, report, folder)
-    return sae, report
+    # the SAE as every later call loads it (the trained object can be sae-lens' training
+    # class, whose encoding need not equal the saved SAE's): a run that trains it and one
+    # that finds it cached give the same numbers
+    return load_sae(folder), report

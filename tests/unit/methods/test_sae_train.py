@@ -45,3 +45,16 @@ def test_train_save_reload_and_steer(tmp_path):
     top = diff.topk(5)
     assert vec.layers == [2] and feats.indices == top.indices.tolist()
     assert feats.weights == pytest.approx(top.values.tolist(), rel=1e-5)
+
+
+def test_a_trained_sae_is_the_one_a_later_run_loads(tmp_path):
+    from steerlens.methods.sae_train import ensure_sae
+
+    model = sl.load_model("tiny-random")
+    kw = dict(folder=tmp_path / "sae", progress_bar=False)
+    first, rep = ensure_sae(model, 2, n_texts=40, d_sae=64, k=8, steps=20, batch_size=64, **kw)
+    again, rep2 = ensure_sae(model, 2, **kw)  # found on disk: not trained again
+    assert rep2 == rep and type(first) is type(again)
+    x = torch.randn(20, model.cfg.d_model, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(first.encode(x), again.encode(x), rtol=0, atol=0)

@@ -47,6 +47,7 @@ def test_train_save_reload_and_steer(tmp_path):
     assert feats.weights == pytest.approx(top.values.tolist(), rel=1e-5)
 
 
+@needs_sae_lens
 def test_a_trained_sae_is_the_one_a_later_run_loads(tmp_path):
     from steerlens.methods.sae_train import ensure_sae
 

@@ -163,6 +163,13 @@ class HFEngine(Engine):
         logits = _upper_logits(self.twin, resid, attention_mask, layer, **kw)
         return _picked(logits, keep, int(resid.shape[1]), positions)
 
+    def _check_continues(self, what: str) -> None:
+        """``what`` (a pass continuing a prefix's cache) runs without hooks, where it can."""
+        if self.carried:
+            raise ValueError(f"{what} runs without hooks (an open steering() block acts)")
+        if not self.can_share_prefix():
+            raise ValueError("this model cannot continue a shared prefix's cache")
+
     def can_share_prefix(self) -> bool:
         """Where a probe found this architecture's KV cache continues a prefix exactly
         (``_shares_prefix``)."""
@@ -180,10 +187,7 @@ class HFEngine(Engine):
         """The prefixes run once (their KV cache, no unembedding), then each row's tokens
         continue its prefix's cache (positions counted on from its real length); the
         unembedding only at the rows' ``positions``."""
-        if self.carried:
-            raise ValueError("logits_after runs without hooks (an open steering() block acts)")
-        if not self.can_share_prefix():
-            raise ValueError("this model cannot continue a shared prefix's cache")
+        self._check_continues("logits_after")
         keep = _kept(positions)
         logits = _continued_logits(
             self.twin, prefix_ids, prefix_mask, owner, input_ids, attention_mask, keep
@@ -202,10 +206,7 @@ class HFEngine(Engine):
     ) -> list[Tensor]:
         """The prefixes run once up to the last needed layer (their KV cache), then each
         row's tokens continue its prefix's cache; the residuals of the rows' own tokens."""
-        if self.carried:
-            raise ValueError("capture_after runs without hooks (an open steering() block acts)")
-        if not self.can_share_prefix():
-            raise ValueError("this model cannot continue a shared prefix's cache")
+        self._check_continues("capture_after")
 
         def run(ids: Tensor, mask: Tensor, **kw: Any) -> list[Tensor]:
             return capture_residuals(self.twin, ids, mask, layers, hook, **kw)

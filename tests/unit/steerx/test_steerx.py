@@ -151,8 +151,8 @@ def test_activation_patching_restores_exactly_at_the_last_layer(tiny, engine):
         activation_patching(tiny, positions=[99], **KW)
 
 
-@pytest.mark.parametrize("engine", ENGINES)
-def test_patched_rows_start_at_their_layer_on_the_fast_path(tiny, engine, monkeypatch):
+def _midway_starts(monkeypatch) -> list[int]:
+    """The layers the fast path's passes start at (``HFEngine.logits_from`` calls)."""
     from steerlens.core.engines import hf
 
     starts: list[int] = []
@@ -163,6 +163,14 @@ def test_patched_rows_start_at_their_layer_on_the_fast_path(tiny, engine, monkey
         return real(self, resid, mask, layer, positions)
 
     monkeypatch.setattr(hf.HFEngine, "logits_from", spy)
+    return starts
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_patched_rows_start_at_their_layer_on_the_fast_path(tiny, engine, monkeypatch):
+    from steerlens.core.engines import hf
+
+    starts = _midway_starts(monkeypatch)
     layers = [0, 2, tiny.cfg.n_layers - 1]
     got = activation_patching(tiny, layers=layers, engine=engine, batch_size=1, **KW)
     # block 0 has nothing below it: whole passes; the others from the corrupt run's residual
@@ -177,16 +185,8 @@ def test_patched_rows_start_at_their_layer_on_the_fast_path(tiny, engine, monkey
 
 
 def test_patching_under_a_steering_block_runs_whole_passes(tiny, rand_vec, monkeypatch):
-    from steerlens.core.engines import hf
 
-    starts: list[int] = []
-    real = hf.HFEngine.logits_from
-
-    def spy(self, resid, mask, layer, positions):
-        starts.append(layer)
-        return real(self, resid, mask, layer, positions)
-
-    monkeypatch.setattr(hf.HFEngine, "logits_from", spy)
+    starts = _midway_starts(monkeypatch)
     layers = [2, tiny.cfg.n_layers - 1]
     with sl.steering(tiny, rand_vec, alpha=2.0):
         fast = activation_patching(tiny, layers=layers, engine="hf", batch_size=1, **KW)

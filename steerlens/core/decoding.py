@@ -96,15 +96,30 @@ def _new_cache() -> Any:
     return DynamicCache()
 
 
-def hf_steps(hf: Any, input_ids: Tensor, attention_mask: Tensor) -> Steps:
-    """Last-position logits of an HF causal LM: the prompt first, then one token a call."""
-    cache = _new_cache()
+Prefill = Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Any] | None]
+"""A prompt pass of ``(input_ids, attention_mask, position_ids)`` other than the plain one:
+its last position's logits and the KV cache it filled, or None to run the plain one."""
+
+
+def hf_steps(
+    hf: Any, input_ids: Tensor, attention_mask: Tensor, prefill: Prefill | None = None
+) -> Steps:
+    """Last-position logits of an HF causal LM: the prompt first (by ``prefill`` where it
+    gives one), then one token a call."""
+    state: dict[str, Any] = {
+        "mask": attention_mask,
+        "pos": (attention_mask.long().cumsum(-1) - 1).clamp(min=0),
+        "cache": _new_cache(),
+    }
     cache_kwarg = _cache_kwarg(type(hf))
-    state = {"mask": attention_mask, "pos": (attention_mask.long().cumsum(-1) - 1).clamp(min=0)}
 
     def step(nxt: Tensor | None) -> Tensor:
         if nxt is None:
             ids = input_ids
+            shared = None if prefill is None else prefill(ids, state["mask"], state["pos"])
+            if shared is not None:
+                logits, state["cache"] = shared
+                return logits
         else:
             ids = nxt[:, None]
             state["mask"] = torch.cat([state["mask"], torch.ones_like(state["mask"][:, :1])], dim=1)
@@ -115,7 +130,7 @@ def hf_steps(hf: Any, input_ids: Tensor, attention_mask: Tensor) -> Steps:
             position_ids=state["pos"],
             use_cache=True,
             logits_to_keep=1,
-            **{cache_kwarg: cache},
+            **{cache_kwarg: state["cache"]},
         )
         return out.logits[:, -1]
 

@@ -177,7 +177,9 @@ def generate(
             plain HF model of the fast path (``steerlens.core.engines``): on a bridge it shares the
             bridge's weights (no copy), on a HookedTransformer it is a copy; open
             ``sl.steering()`` blocks are carried onto it, and any other hook on the model is a
-            ``ValueError`` (it would not fire). ``"compiled"`` runs the fast path's model with a
+            ``ValueError`` (it would not fire); copies of one prompt in a batch (a sweep's
+            cells) run the layers below the lowest steered one once, where a probe finds that
+            exact for the architecture. ``"compiled"`` runs the fast path's model with a
             static KV cache and the decoding step compiled (a CUDA graph on a GPU), the
             steering held as data inside it (``steerlens.core.engines.compiled``): the same tokens,
             faster once compiled. ``"auto"`` (default) takes the fast path on a bridge when

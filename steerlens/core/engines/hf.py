@@ -36,12 +36,13 @@ the call on the TransformerLens path, where they fire; ``engine="hf"`` then refu
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import weakref
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, suppress
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import torch
@@ -65,6 +66,7 @@ from steerlens.core.models import (
 )
 
 from ._binding import FAST_HOOKS, bind_twin, decoder_layers, hook_point
+from ._prefill import only_layers, prefill_exact, shared_prefill
 from .base import Engine
 
 __all__ = [
@@ -110,9 +112,25 @@ class HFEngine(Engine):
         self.twin = twin
         self.bound = bound
         self.carried = list(carried)
+        # the layers the open hooks() contexts act at, and the one below which identical
+        # prompts of a decoding batch share their pass (None: whole passes)
+        self._hooked: list[int] = []
+        self._below: int | None = None
 
-    def hooks(self, pairs: Sequence[HookPair]) -> AbstractContextManager[None]:
-        return twin_hooks(self.twin, [*self.carried, *pairs])
+    @contextmanager
+    def hooks(self, pairs: Sequence[HookPair]) -> Iterator[None]:
+        """``pairs`` and the carried blocks on the twin; decoding steps inside share their
+        prompt pass below the lowest layer any open context acts at (``_prefill``)."""
+        every = [*self.carried, *pairs]
+        hooked = self._hooked + [hook_point(str(name))[0] for name, _ in every]
+        below = self._shared_below(hooked)
+        with twin_hooks(self.twin, every):
+            outer = self._hooked, self._below
+            self._hooked, self._below = hooked, below
+            try:
+                yield
+            finally:
+                self._hooked, self._below = outer
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         return self.twin(input_ids=input_ids, attention_mask=attention_mask).logits  # type: ignore[no-any-return]
@@ -216,7 +234,19 @@ class HFEngine(Engine):
         )
 
     def steps(self, input_ids: Tensor, attention_mask: Tensor, max_new_tokens: int) -> Steps:
-        return hf_steps(self.twin, input_ids, attention_mask)
+        """The twin's KV-cached steps; inside ``hooks()``, copies of one prompt (a sweep's
+        cells) run the layers below the lowest hooked one once (``shared_prefill``)."""
+        below = self._below
+        prefill = (
+            None if below is None else functools.partial(shared_prefill, self.twin, below=below)
+        )
+        return hf_steps(self.twin, input_ids, attention_mask, prefill=prefill)
+
+    def _shared_below(self, hooked: Sequence[int]) -> int | None:
+        """The lowest of the ``hooked`` layers (with none, the last layer), where a prompt
+        pass shared below it is exact for this model (``prefill_exact``); else None."""
+        below = min(hooked, default=len(decoder_layers(self.twin)) - 1)
+        return below if below > 0 and prefill_exact(self.twin, below) else None
 
     def hooked(self) -> bool:
         return bool(self.carried)
@@ -522,13 +552,8 @@ def _upper_logits(
     """Logits of ``twin`` with ``resid`` entering decoder layer ``layer`` (right-padded rows,
     no cache; ``kw``: e.g. ``logits_to_keep``). The layer modules, and so their hooks, are the
     twin's own."""
-    inner = twin.model
-    layers = inner.layers
-    inner.layers = torch.nn.ModuleList(list(layers)[layer:])
-    try:
+    with only_layers(twin, layer):
         out = twin(inputs_embeds=resid, attention_mask=attention_mask, use_cache=False, **kw)
-    finally:
-        inner.layers = layers
     return out.logits  # type: ignore[no-any-return]
 
 

@@ -27,7 +27,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from steerlens.core.decoding import _cache_kwarg, _new_cache, hf_steps
+from steerlens.core import decoding
+from steerlens.core.decoding import _cache_kwarg, hf_steps
 
 from ._binding import decoder_layers
 
@@ -41,7 +42,8 @@ _EXACT: weakref.WeakKeyDictionary[Any, dict[int, bool]] = weakref.WeakKeyDiction
 def only_layers(twin: Any, start: int, stop: int | None = None) -> Iterator[None]:
     """``twin``'s decoder runs its layers ``[start:stop]`` only, until exit (after an error
     too); the layer modules, their hooks and their ``layer_idx`` (cache slots) stay their
-    own."""
+    own, but a decoder that looks up per-layer settings by loop position (``layer_types``)
+    reads the wrong ones: callers refuse such models."""
     inner = twin.model
     layers = inner.layers
     inner.layers = torch.nn.ModuleList(list(layers)[start:stop])
@@ -76,14 +78,16 @@ def shared_prefill(
     """The prompt pass of a (left-padded) batch whose layers ``[0, below)`` no hook acts on:
     its last position's logits and its filled KV cache, those layers run once per distinct
     row; None where every row is distinct (a plain pass costs no more)."""
-    width = input_ids.shape[1]
     both = torch.cat([input_ids, attention_mask.to(input_ids.dtype)], dim=1)
     distinct, owner = torch.unique(both, dim=0, return_inverse=True)
-    if distinct.shape[0] == both.shape[0]:
+    rows = both.shape[0]
+    if distinct.shape[0] == rows:
         return None
-    ids, mask = distinct[:, :width], distinct[:, width:].to(attention_mask.dtype)
+    first = torch.full((distinct.shape[0],), rows, device=owner.device).scatter_reduce(
+        0, owner, torch.arange(rows, device=owner.device), reduce="amin"
+    )  # each distinct row's first copy
     kwarg = _cache_kwarg(type(twin))
-    lower, upper = _new_cache(), _new_cache()
+    lower, upper = decoding._new_cache(), decoding._new_cache()
     grabbed: list[Tensor] = []
 
     def grab(module: Any, args: Any, output: Any) -> None:
@@ -93,14 +97,16 @@ def shared_prefill(
     try:
         with only_layers(twin, 0, below):
             twin.model(
-                input_ids=ids,
-                attention_mask=mask,
-                position_ids=(mask.long().cumsum(-1) - 1).clamp(min=0),
+                input_ids=input_ids[first],
+                attention_mask=attention_mask[first],
+                position_ids=position_ids[first],
                 use_cache=True,
                 **{kwarg: lower},
             )
     finally:
         handle.remove()
+    if len(lower.layers) != below:
+        raise RuntimeError(f"the lower pass filled {len(lower.layers)} cache layers, not {below}")
     lower.batch_select_indices(owner)  # each row its prompt's keys and values
     with only_layers(twin, below):
         out = twin(
@@ -112,7 +118,7 @@ def shared_prefill(
             **{kwarg: upper},
         )
     # the upper pass filled its layers' slots and left placeholders below them
-    upper.layers[:below] = lower.layers[:below]
+    upper.layers[:below] = lower.layers
     return out.logits[:, -1], upper
 
 
@@ -120,11 +126,15 @@ def prefill_exact(twin: Any, below: int) -> bool:
     """Whether ``shared_prefill`` at ``below`` gives a plain prompt pass's logits and the next
     decoding step's, checked once per model and layer (the layers' hooks set aside) on three
     left-padded rows, two of them alike. A model whose forward does not take a residual as
-    its input embeddings, or whose cache cannot be spliced by layer, fails it."""
+    its input embeddings, or whose cache cannot be spliced by layer, fails it; one whose
+    layers differ in kind (``layer_types``: sliding-window and full attention, say) is
+    refused without a probe, since its decoder picks each layer's mask by the layer's place
+    in the list it runs (a short probe would not reach the window)."""
     seen = _EXACT.setdefault(twin, {})
     if below in seen:
         return seen[below]
-    ok = 0 < below < len(decoder_layers(twin))
+    kinds = set(getattr(twin.config, "layer_types", None) or ["one"])
+    ok = 0 < below < len(decoder_layers(twin)) and len(kinds) == 1
     err = float("nan")
     if ok:
         vocab = int(twin.config.vocab_size)

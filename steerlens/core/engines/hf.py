@@ -112,25 +112,19 @@ class HFEngine(Engine):
         self.twin = twin
         self.bound = bound
         self.carried = list(carried)
-        # the layers the open hooks() contexts act at, and the one below which identical
-        # prompts of a decoding batch share their pass (None: whole passes)
-        self._hooked: list[int] = []
-        self._below: int | None = None
+        self._open = 0  # hooks() contexts open on this engine
 
     @contextmanager
     def hooks(self, pairs: Sequence[HookPair]) -> Iterator[None]:
-        """``pairs`` and the carried blocks on the twin; decoding steps inside share their
-        prompt pass below the lowest layer any open context acts at (``_prefill``)."""
-        every = [*self.carried, *pairs]
-        hooked = self._hooked + [hook_point(str(name))[0] for name, _ in every]
-        below = self._shared_below(hooked)
+        """``pairs`` on the twin, and the carried blocks where no context of this engine
+        already put them there (a context opened inside another adds its own pairs only)."""
+        every = [*(self.carried if not self._open else []), *pairs]
         with twin_hooks(self.twin, every):
-            outer = self._hooked, self._below
-            self._hooked, self._below = hooked, below
+            self._open += 1
             try:
                 yield
             finally:
-                self._hooked, self._below = outer
+                self._open -= 1
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         return self.twin(input_ids=input_ids, attention_mask=attention_mask).logits  # type: ignore[no-any-return]
@@ -234,19 +228,13 @@ class HFEngine(Engine):
         )
 
     def steps(self, input_ids: Tensor, attention_mask: Tensor, max_new_tokens: int) -> Steps:
-        """The twin's KV-cached steps; inside ``hooks()``, copies of one prompt (a sweep's
-        cells) run the layers below the lowest hooked one once (``shared_prefill``)."""
-        below = self._below
+        """The twin's KV-cached steps; copies of one prompt (a sweep's cells) run the decoder
+        layers below the lowest hooked one once (``shared_prefill``)."""
+        below = _shared_below(self.twin)
         prefill = (
             None if below is None else functools.partial(shared_prefill, self.twin, below=below)
         )
         return hf_steps(self.twin, input_ids, attention_mask, prefill=prefill)
-
-    def _shared_below(self, hooked: Sequence[int]) -> int | None:
-        """The lowest of the ``hooked`` layers (with none, the last layer), where a prompt
-        pass shared below it is exact for this model (``prefill_exact``); else None."""
-        below = min(hooked, default=len(decoder_layers(self.twin)) - 1)
-        return below if below > 0 and prefill_exact(self.twin, below) else None
 
     def hooked(self) -> bool:
         return bool(self.carried)
@@ -555,6 +543,26 @@ def _upper_logits(
     with only_layers(twin, layer):
         out = twin(inputs_embeds=resid, attention_mask=attention_mask, use_cache=False, **kw)
     return out.logits  # type: ignore[no-any-return]
+
+
+def _shared_below(twin: Any) -> int | None:
+    """The lowest decoder layer of ``twin`` that a hook acts at, read from the layers
+    themselves (whoever registered it; transformers' own read-only capture hooks aside), or
+    the last layer where none does; None where a prompt pass shared below it is not exact
+    for this model (``prefill_exact``) or no layer is free of hooks."""
+    layers = decoder_layers(twin)
+    below = next(
+        (
+            i
+            for i, m in enumerate(layers)
+            if any(
+                not _is_library_capture(fn)
+                for fn in [*m._forward_hooks.values(), *m._forward_pre_hooks.values()]
+            )
+        ),
+        len(layers) - 1,
+    )
+    return below if below > 0 and prefill_exact(twin, below) else None
 
 
 def _starts_midway(twin: Any, layer: int) -> bool:

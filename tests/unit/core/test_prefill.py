@@ -2,7 +2,8 @@
 copies of a prompt in one decoding batch (a sweep's cells) run the decoder layers below the
 lowest hooked one once; tokens and logits are those of whole passes and of single runs.
 
-Each test checks which pass ran (``shared``), so none can pass on the other path."""
+A test that compares the two passes checks which one ran (``shared``), so it cannot pass on
+the other path."""
 
 from __future__ import annotations
 
@@ -54,6 +55,11 @@ def _gen(model, prompts, **kw):
 def _whole(monkeypatch):
     """Whole prompt passes from here on (as where the probe refuses)."""
     monkeypatch.setattr(hf_engine, "prefill_exact", lambda twin, below: False)
+
+
+def _rows(output):
+    """The batch size of a decoder layer's output (a tensor, or a tuple led by one)."""
+    return (output[0] if isinstance(output, tuple) else output).shape[0]
 
 
 def _same(got, ref):
@@ -148,7 +154,8 @@ def test_a_model_that_fails_the_probe_runs_whole_passes(tiny, monkeypatch, share
     assert shared == [True]
 
 
-def test_an_error_in_a_shared_pass_leaves_no_hook_and_restores_the_layers(tiny, monkeypatch):
+@pytest.mark.parametrize("where", [0, 3])  # in the shared lower pass, in the upper one
+def test_an_error_in_a_shared_pass_leaves_no_hook_and_restores_the_layers(tiny, where):
     twin = hf_engine.hf_twin(tiny)
     layers = twin.model.layers
 
@@ -156,7 +163,7 @@ def test_an_error_in_a_shared_pass_leaves_no_hook_and_restores_the_layers(tiny, 
         raise RuntimeError("boom")
 
     assert _prefill.prefill_exact(twin, 2)
-    handle = layers[3].register_forward_hook(fails)
+    handle = layers[where].register_forward_hook(fails)
     try:
         ids = torch.tensor([[5, 6, 7], [5, 6, 7]])
         mask = torch.ones_like(ids)
@@ -167,6 +174,66 @@ def test_an_error_in_a_shared_pass_leaves_no_hook_and_restores_the_layers(tiny, 
         handle.remove()
     assert twin.model.layers is layers
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in layers)
+
+
+def test_the_probe_sets_the_layers_hooks_aside_and_puts_them_back(tiny):
+    twin = hf_engine.hf_twin(tiny)
+    layers = twin.model.layers
+    calls: list[int] = []
+    handle = layers[1].register_forward_hook(lambda m, a, o: calls.append(1))
+    try:
+        with pytest.raises(RuntimeError, match="inside"), _prefill.bare_layers(twin):
+            assert not layers[1]._forward_hooks
+            twin(input_ids=torch.tensor([[5, 6, 7]]))
+            raise RuntimeError("inside")
+        assert calls == [] and len(layers[1]._forward_hooks) == 1
+    finally:
+        handle.remove()
+
+
+def test_layers_of_different_kinds_are_refused_without_a_probe(tiny, monkeypatch, shared):
+    """A decoder that picks each layer's mask by its place in the list it runs (sliding
+    window and full attention layers) would read the wrong ones in the upper pass."""
+    twin = hf_engine.hf_twin(tiny)
+    n = len(twin.model.layers)
+    kinds = ["sliding_attention", "full_attention"] * n
+    monkeypatch.setattr(twin.config, "layer_types", kinds[:n], raising=False)
+    assert not _prefill.prefill_exact(twin, 2)
+    _gen(tiny, ROWS, steering=_vec(tiny, [2, 3]), alpha=ALPHAS)
+    assert shared == []
+
+
+def test_a_hook_put_on_a_lower_layer_by_anyone_else_keeps_whole_passes(tiny, shared):
+    """Which layers are free is read from the layers: a hook there (a researcher's own on
+    the twin, say) sees every row of the batch."""
+    twin = hf_engine.hf_twin(tiny)
+    rows: list[int] = []
+    handle = twin.model.layers[0].register_forward_hook(lambda m, a, o: rows.append(_rows(o)))
+    try:
+        _gen(tiny, ROWS, steering=_vec(tiny, [2, 3]), alpha=ALPHAS, max_new_tokens=1)
+    finally:
+        handle.remove()
+    assert shared == [] and rows == [len(ROWS)]
+
+
+def test_resid_pre_steering_shares_below_its_layer(tiny, monkeypatch, shared):
+    g = torch.Generator().manual_seed(5)
+    vec = sl.SteeringVector({2: torch.randn(tiny.cfg.d_model, generator=g)}, hook="hook_resid_pre")
+    got = _gen(tiny, ROWS, steering=vec, alpha=ALPHAS)
+    assert shared == [True]
+    _whole(monkeypatch)
+    _same(got, _gen(tiny, ROWS, steering=vec, alpha=ALPHAS))
+
+
+def test_nested_contexts_carry_an_open_block_once(tiny, rand_vec):
+    with sl.steering(tiny, rand_vec, alpha=2.0):
+        eng = resolve_engine(tiny, "hook_resid_post", "hf")
+        layer = hf_engine.hf_twin(tiny).model.layers[2]
+        with eng.hooks([]):
+            assert len(layer._forward_hooks) == 1
+            with eng.hooks([]):
+                assert len(layer._forward_hooks) == 1
+        assert not layer._forward_hooks
 
 
 def test_nested_hooks_share_below_the_lowest_open_layer(tiny, monkeypatch, shared):

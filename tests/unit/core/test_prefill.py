@@ -57,6 +57,19 @@ def _whole(monkeypatch):
     monkeypatch.setattr(hf_engine, "prefill_exact", lambda twin, below: False)
 
 
+def _belows(monkeypatch):
+    """The ``below`` of each shared pass from here on (wrapping the ``shared`` spy)."""
+    seen: list[int] = []
+    real = hf_engine.shared_prefill
+
+    def below(*args, **kw):
+        seen.append(kw["below"])
+        return real(*args, **kw)
+
+    monkeypatch.setattr(hf_engine, "shared_prefill", below)
+    return seen
+
+
 def _rows(output):
     """The batch size of a decoder layer's output (a tensor, or a tuple led by one)."""
     return (output[0] if isinstance(output, tuple) else output).shape[0]
@@ -88,14 +101,7 @@ def test_copies_of_a_prompt_equal_whole_passes_and_single_runs(tiny, monkeypatch
 
 def test_per_row_vectors_share_below_their_lowest_layer(tiny, monkeypatch, shared):
     vecs = [_vec(tiny, [1, 3], seed=s) if s % 2 else _vec(tiny, [2], seed=s) for s in range(6)]
-    seen: list[int] = []
-    real = hf_engine.shared_prefill
-
-    def below(*args, **kw):
-        seen.append(kw["below"])
-        return real(*args, **kw)
-
-    monkeypatch.setattr(hf_engine, "shared_prefill", below)
+    seen = _belows(monkeypatch)
     got = _gen(tiny, ROWS, steering=vecs, alpha=ALPHAS)
     assert seen == [1]
     _whole(monkeypatch)
@@ -239,14 +245,7 @@ def test_nested_contexts_carry_an_open_block_once(tiny, rand_vec):
 def test_nested_hooks_share_below_the_lowest_open_layer(tiny, monkeypatch, shared):
     """A context opened inside another: the outer one's hooks (layer 1) still act, so the
     shared layers stop below them, not below the inner one's (layer 3)."""
-    seen: list[int] = []
-    real = hf_engine.shared_prefill
-
-    def below(*args, **kw):
-        seen.append(kw["below"])
-        return real(*args, **kw)
-
-    monkeypatch.setattr(hf_engine, "shared_prefill", below)
+    seen = _belows(monkeypatch)
     eng = resolve_engine(tiny, "hook_resid_post", "hf")
     enc = pad(tiny, encode_prompts(tiny, ROWS), side="left")
     outer = steering_hooks(tiny, _vec(tiny, [1]), torch.tensor(ALPHAS))

@@ -187,6 +187,14 @@ def demo(
         str | None,
         typer.Option("--from", help="rerun this step and every step after it"),
     ] = None,
+    png: Annotated[
+        bool | None,
+        typer.Option(
+            "--png/--no-png",
+            help="also export the figures as PNG (needs Chromium; default: with --full only, "
+            "the HTML figures always; `steerlens report --run OUT --png` adds them later)",
+        ),
+    ] = None,
 ) -> None:
     """The study: vectors, PPA, α sweep per method, gating, MMLU, SteerX vs all-history,
     figures, report page (small by default; --full for the whole study)."""
@@ -209,7 +217,7 @@ def demo(
     )
     s = run_demo(cfg)
     start = time.perf_counter()
-    files = write_study_report(out)
+    files = write_study_report(out, png=not quick if png is None else png)
     seconds = {**s["seconds"], "report": round(time.perf_counter() - start, 1)}
     update_json(out / "results" / "summary.json", {"seconds": seconds})
     table = Table(
@@ -265,6 +273,10 @@ def report(
     ] = False,
     run: Annotated[Path, typer.Option(help="the run's folder (holds results/)")] = Path("."),
     out: Annotated[Path, typer.Option(help="folder for the Markdown pages")] = Path("docs/results"),
+    png: Annotated[
+        bool,
+        typer.Option("--png/--no-png", help="the figures as PNG too (needs Chromium)"),
+    ] = True,
 ) -> None:
     """The report of a run, drawn from RUN/results/ alone (a partial run too): the page
     RUN/figures/index.html with its figures, or with --markdown the pages under OUT."""
@@ -272,7 +284,11 @@ def report(
     from steerlens.reporting.study import write_study_report
 
     try:
-        pages = write_results_pages(run / "results", out) if markdown else write_study_report(run)
+        pages = (
+            write_results_pages(run / "results", out)
+            if markdown
+            else write_study_report(run, png=png)
+        )
     except FileNotFoundError as e:
         raise typer.BadParameter(str(e)) from None
     console.print(f"wrote {len(pages)} file(s): {pages[-1]}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import logging
@@ -43,6 +44,14 @@ def mmlu_path() -> Path:
 
 
 def _parse_bundled(path: Path) -> list[MMLUItem]:
+    """The file's items, parsed once per file version (a study reads it in several steps:
+    the items are frozen, so the copies share them)."""
+    st = path.stat()
+    return list(_parsed(path.resolve(), st.st_mtime_ns, st.st_size))
+
+
+@functools.lru_cache(maxsize=4)
+def _parsed(path: Path, mtime_ns: int, size: int) -> tuple[MMLUItem, ...]:
     items, skipped = [], []
     with path.open(encoding="utf-8") as f:
         for line, text in enumerate(f, start=1):
@@ -66,7 +75,7 @@ def _parse_bundled(path: Path) -> list[MMLUItem]:
             path.name,
             skipped,
         )
-    return items
+    return tuple(items)
 
 
 def _parse_hf() -> list[MMLUItem]:

@@ -59,14 +59,18 @@ def condition_fires(
     texts: Sequence[str],
     *,
     batch_size: int = 16,
+    reference: Sequence[Any] | None = None,
 ) -> list[bool]:
     """Per text, whether ``condition`` steers it. The condition is read at or before the
     earliest steered point, so its decision is the text's alone (the same under every vector
-    and α); a soft condition steers every text in part."""
+    and α); a soft condition steers every text in part. ``reference``: the texts' unsteered
+    log-probabilities, when the caller has them (the unsteered pass is not run again)."""
     _, cond = split_gate(condition)  # a Condition, or one joined with a position gate
     if cond is None or cond.soft is not None:
         return [True] * len(texts)
-    out = steering_divergence(model, texts, vector, 1.0, gate=condition, batch_size=batch_size)
+    out = steering_divergence(
+        model, texts, vector, 1.0, gate=condition, batch_size=batch_size, reference=reference
+    )
     return [d.steered is not False for d in out]
 
 
@@ -148,7 +152,9 @@ def equal_kl_alpha(
     vecs = [vectors] if isinstance(vectors, SteeringVector) else list(vectors)
     ref = list(reference or reference_logprobs(model, texts, batch_size=batch_size))
     if fires is None:
-        fires = condition_fires(model, condition, vecs[0], texts, batch_size=batch_size)
+        fires = condition_fires(
+            model, condition, vecs[0], texts, batch_size=batch_size, reference=ref
+        )
     unconditional = _unconditional_kl(model, vecs, texts, alpha, ref, batch_size)
     target = float(np.mean(unconditional))
     rows: list[dict[str, Any]] = [
@@ -248,7 +254,9 @@ def neutral_kl_rows(
     whether the condition steered it (``reference`` / ``fires`` as in ``equal_kl_alpha``)."""
     ref = list(reference or reference_logprobs(model, texts, batch_size=batch_size))
     if fires is None:
-        fires = condition_fires(model, condition, vectors[0], texts, batch_size=batch_size)
+        fires = condition_fires(
+            model, condition, vectors[0], texts, batch_size=batch_size, reference=ref
+        )
     unconditional = _unconditional_kl(model, vectors, texts, alpha, ref, batch_size)
     runs = {
         "unconditional": [(kl, True) for kl in unconditional],
@@ -300,7 +308,7 @@ def _equal_kl(
         for h, t in (("s", kl_select), ("r", kl_report))
     }
     fires = {
-        h: condition_fires(model, cond, probe, t, batch_size=bs)
+        h: condition_fires(model, cond, probe, t, batch_size=bs, reference=ref[h])
         for h, t in (("s", kl_select), ("r", kl_report))
     }
     for m in methods:

@@ -286,13 +286,14 @@ def _targets(tokens: pd.DataFrame) -> int:
 
 def _detail(model: HookedModel, q: Any, eff: Any, cfg: TokenEffectsConfig) -> dict[str, Any]:
     """One response in detail: its tokens by effect, which history item drives them, and
-    which history token."""
+    which history token (``eff``: its full-history vs no-history effects, already scored)."""
     items = item_effects(
         model,
         prompt=q.prompt,
         response=q.response,
         history=list(q.history),
         batch_size=cfg.run.batch_size,
+        target=eff,
     )
     tok = history_token_effects(
         model,
@@ -302,6 +303,7 @@ def _detail(model: HookedModel, q: Any, eff: Any, cfg: TokenEffectsConfig) -> di
         mode="remove",
         max_tokens=cfg.history_tokens,
         batch_size=cfg.run.batch_size,
+        target=eff,
     )
     return {
         "user": q.user_id,

@@ -579,10 +579,12 @@ def _warn_html_only(reason: str) -> None:
         _PNG_WARNED = True
 
 
-def save_figures(figures: Mapping[Path, go.Figure] | Mapping[str, go.Figure]) -> list[Path]:
-    """``save_figure`` for many figures (stem -> figure): each ``stem.html``, and the PNGs
-    in one batch through one Chromium session where one is available (starting Chromium per
-    figure costs about a second each).
+def save_figures(
+    figures: Mapping[Path, go.Figure] | Mapping[str, go.Figure], *, png: bool = True
+) -> list[Path]:
+    """``save_figure`` for many figures (stem -> figure): each ``stem.html``, and (``png``)
+    the PNGs in one batch through one Chromium session where one is available (starting
+    Chromium per figure costs about a second each).
 
     Example: ``sl.plots.save_figures({"figures/dose": fig_a, "figures/ppa": fig_b})``
     """
@@ -593,7 +595,7 @@ def save_figures(figures: Mapping[Path, go.Figure] | Mapping[str, go.Figure]) ->
         html = stem.with_suffix(".html")
         fig.write_html(html, include_plotlyjs="directory")  # offline: plotly.min.js beside it
         written.append(html)
-    if not figures:
+    if not figures or not png:
         return written
     if not _chrome_available():
         _warn_html_only("PNG export needs Chrome/Chromium (Debian package 'chromium'); none found")

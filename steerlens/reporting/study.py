@@ -280,12 +280,13 @@ def _steerx_sections(
 
 
 def _save_pages(
-    res: _Results, figures: Path, figs: _Figs, extra: dict[str, go.Figure]
+    res: _Results, figures: Path, figs: _Figs, extra: dict[str, go.Figure], png: bool
 ) -> tuple[list[Path], dict[str, str]]:
-    """Save every figure and the SteerX user cards; returns the files written and the links."""
+    """Save every figure (``png``: also as PNG) and the SteerX user cards; returns the files
+    written and the links."""
     batch = {figures / stem: fig for stem, (_, fig) in figs.items()}
     batch.update({figures / stem: fig for stem, fig in extra.items()})
-    written = plots.save_figures(batch)  # the PNGs in one Chromium session
+    written = plots.save_figures(batch, png=png)  # the PNGs in one Chromium session
     links: dict[str, str] = {stem.replace("_", " "): f"{stem}.html" for stem in extra}
     for card in res.json("steerx_cards.json") or []:
         page = write_user_card(
@@ -367,13 +368,15 @@ def report_figures(out: str | Path = ".") -> dict[str, tuple[str, go.Figure]]:
     }
 
 
-def write_study_report(out: str | Path = ".") -> list[Path]:
+def write_study_report(out: str | Path = ".", *, png: bool = True) -> list[Path]:
     """Write the report of the run under ``out`` from its files; returns the files written.
+    Every figure is an HTML file (offline); ``png`` also exports each as a PNG, where a
+    Chromium is available (about 0.3 s a figure).
 
     Raises ``FileNotFoundError`` when ``out/results/summary.json`` is missing.
     """
     r = _Report(out)
-    written, links = _save_pages(r.res, r.figures_dir, r.figs, r.extra)
+    written, links = _save_pages(r.res, r.figures_dir, r.figs, r.extra, png)
     page = write_report(
         r.figures_dir,
         title="steerlens study report",

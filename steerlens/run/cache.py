@@ -23,6 +23,7 @@ from steerlens.run.prefix import (
     shared_plan,
     split_rows,
 )
+from steerlens.run.repeats import first_copies
 from steerlens.run.store import ActivationStore
 
 Pool = Literal["last", "mean", "none"]
@@ -143,7 +144,7 @@ def cache_activations(
         model.eval()
     # Identical inputs (the chosen response of a conversation sits in each of its pairs) run
     # once, unless a hook is active: a per-row hook must see every input in its own row.
-    owner = _owners(ids, masks) if sink is None and not eng.hooked() else list(range(len(ids)))
+    owner = first_copies(ids, masks) if sink is None and not eng.hooked() else list(range(len(ids)))
     unique = sorted(set(owner))
     run_ids = [ids[i] for i in unique]
     run_masks = None if masks is None else [masks[i] for i in unique]
@@ -294,21 +295,6 @@ def _check_masks(masks: Sequence[Tensor], ids: Sequence[Tensor]) -> None:
             raise ValueError(f"input {i}: mask has shape {tuple(m.shape)}, tokens {tuple(x.shape)}")
         if not m.any():
             raise ValueError(f"input {i}: its mask selects no token")
-
-
-def _owners(ids: Sequence[Tensor], masks: Sequence[Tensor] | None) -> list[int]:
-    """Per input, the first input with the same tokens and mask (identical inputs run once)."""
-    seen: dict[tuple[bytes, bytes | None], int] = {}
-    return [
-        seen.setdefault(
-            (
-                x.cpu().numpy().tobytes(),
-                None if masks is None else masks[i].cpu().numpy().tobytes(),
-            ),
-            i,
-        )
-        for i, x in enumerate(ids)
-    ]
 
 
 def _pooled(acts: Tensor, sel: Tensor, pool: Pool) -> Tensor:

@@ -32,6 +32,7 @@ from steerlens.run.prefix import (
     shared_plan,
     split_rows,
 )
+from steerlens.run.repeats import first_copies, spread
 
 __all__ = ["continuation_logprobs", "ids_logprobs"]
 
@@ -108,8 +109,9 @@ def ids_logprobs(
     rows only). ``prompt_masks``: per prompt, the tokens an open block's ``Condition``
     pools (default: its non-special tokens, ``condition_masks``).
 
-    With no hook acting on the model, rows that share at least ``MIN_SHARED`` leading tokens
-    run them once and continue their KV cache, where the engine can
+    With no hook acting on the model, a row repeated exactly (prompt and continuation) runs
+    once, every copy getting its own tensor; rows that share at least ``MIN_SHARED`` leading
+    tokens run them once and continue their KV cache, where the engine can
     (``Engine.can_share_prefix``), in the groups ``shared_plan`` picks (those
     ``prefix_groups`` finds, or one group at the beginning every row shares) where that
     computes fewer tokens than whole passes: the same numbers, to float rounding.
@@ -128,6 +130,22 @@ def ids_logprobs(
     # With nothing acting on the model, rows that begin alike (a user's history before each
     # prompt, one prompt under several continuations) run their common beginning once.
     quiet = len(heads) > 1 and not active_steering(model) and not eng.hooked()
+    if quiet:  # a row repeated (two sweep cells that generated the same reply) runs once
+        owner = first_copies(heads, tails)
+        if len(set(owner)) < len(owner):
+            return spread(
+                owner,
+                lambda rows: ids_logprobs(
+                    model,
+                    [heads[i] for i in rows],
+                    [tails[i] for i in rows],
+                    batch_size=batch_size,
+                    max_tokens=max_tokens,
+                    progress_bar=progress_bar,
+                    engine=engine,
+                    prompt_masks=None if prompt_masks is None else [prompt_masks[i] for i in rows],
+                ),
+            )
     share = quiet and eng.can_share_prefix()
     whole_ids = [torch.cat([h, t]) for h, t in zip(heads, tails, strict=True)] if share else []
     groups = shared_plan(model, heads, whole_ids, batch_size, max_tokens) if share else []

@@ -281,20 +281,31 @@ def item_effects(
     history: Sequence[Message],
     batch_size: int = 8,
     engine: PassEngineName = "auto",
+    target: TokenEffects | None = None,
 ) -> ItemEffects:
     """Which past conversation drives each target token: the full history, no history and the
-    history without each single item, in one batched call."""
+    history without each single item, in one batched call. ``target``: this response's
+    full-history vs no-history effects, when the caller has them (``history_effects``): only
+    the leave-one-out contexts run."""
     items = history_items(history)
     if not items:
         raise ValueError("item ablation needs a non-empty history")
     ids, tokens, offsets = target_tokens(model, response)
-    contexts = [list(history), []] + [
-        [m for j, it in enumerate(items) if j != i for m in it] for i in range(len(items))
-    ]
+    _check_target(target, ids)
+    contexts = [] if target is not None else [list(history), []]
+    contexts += [[m for j, it in enumerate(items) if j != i for m in it] for i in range(len(items))]
     heads = [_context(model, c, prompt) for c in contexts]
     lps = ids_logprobs(model, heads, [ids] * len(heads), batch_size=batch_size, engine=engine)
-    target = TokenEffects(response, ids, tokens, offsets, lps[0], lps[1], "history-ablation")
-    return ItemEffects(target, items, torch.stack(lps[2:]))
+    if target is None:
+        target = TokenEffects(response, ids, tokens, offsets, lps[0], lps[1], "history-ablation")
+        lps = lps[2:]
+    return ItemEffects(target, items, torch.stack(lps))
+
+
+def _check_target(target: TokenEffects | None, ids: Tensor) -> None:
+    """A caller's ``target`` effects must be of the response being ablated."""
+    if target is not None and not torch.equal(target.ids.cpu(), ids.cpu()):
+        raise ValueError("target holds the effects of another response (its tokens differ)")
 
 
 def _history_span(with_ids: Tensor, without_ids: Tensor) -> tuple[int, int]:
@@ -348,13 +359,16 @@ def history_token_effects(
     mode: Literal["remove", "mean"] = "remove",
     max_tokens: int | None = None,
     batch_size: int = 8,
+    target: TokenEffects | None = None,
 ) -> HistoryTokenEffects:
     """Ablate each content token of the history, one at a time, and score the target.
 
     Modes: ``"remove"`` deletes the token from the context (positions after it shift by
     one); ``"mean"`` keeps every position and replaces the token's embedding with the mean
     embedding (``hook_embed``, on the TransformerLens path). Special tokens and the chat
-    template's own tokens (role names, separators) are not ablated; ``max_tokens`` keeps the first N history tokens (for long histories).
+    template's own tokens (role names, separators) are not ablated; ``max_tokens`` keeps the
+    first N history tokens (for long histories). ``target``: this response's full-history vs
+    no-history effects, when the caller has them (``history_effects``): not run again.
     """
     if mode not in ("remove", "mean"):
         raise ValueError(f"mode must be 'remove' or 'mean', got {mode!r}")
@@ -369,8 +383,10 @@ def history_token_effects(
         positions = positions[:max_tokens]
     if not positions:
         raise ValueError("the history adds no content tokens to ablate")
-    base = ids_logprobs(model, [with_ctx, without_ctx], [ids, ids], batch_size=batch_size)
-    target = TokenEffects(response, ids, tokens, offsets, base[0], base[1], "history-ablation")
+    _check_target(target, ids)
+    if target is None:
+        base = ids_logprobs(model, [with_ctx, without_ctx], [ids, ids], batch_size=batch_size)
+        target = TokenEffects(response, ids, tokens, offsets, base[0], base[1], "history-ablation")
     if mode == "remove":
         heads = [torch.cat([with_ctx[:p], with_ctx[p + 1 :]]) for p in positions]
         lps = ids_logprobs(model, heads, [ids] * len(heads), batch_size=batch_size)

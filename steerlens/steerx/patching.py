@@ -93,7 +93,10 @@ def _target_logp(logits: Tensor, full_len: int, ids: Tensor) -> Tensor:
     return lp.gather(-1, ids.to(lp.device)[:, None])[:, 0]
 
 
-def _clean_resid(eng: Engine, clean: Tensor, layers: Sequence[int]) -> dict[int, Tensor]:
+def _clean_run(
+    eng: Engine, clean: Tensor, layers: Sequence[int], ids: Tensor
+) -> tuple[dict[int, Tensor], Tensor]:
+    """One pass of the clean run: its residuals at ``layers`` and ``log p(y_t)`` (CPU)."""
     store: dict[int, Tensor] = {}
 
     def grab(layer: int) -> Any:
@@ -104,9 +107,19 @@ def _clean_resid(eng: Engine, clean: Tensor, layers: Sequence[int]) -> dict[int,
         return fn
 
     hooks = [(resid_post(layer), grab(layer)) for layer in layers]
+    dev = model_device(eng.model)
+    n_t = int(ids.numel())
     with torch.inference_mode(), eng.hooks(hooks):
-        eng.forward(clean[None].to(model_device(eng.model)))
-    return store
+        (logits,) = eng.logits_at(
+            clean[None].to(dev), _ones(clean, dev), [_aligned(clean, n_t).tolist()]
+        )
+    return store, _picked_logp(logits, ids)
+
+
+def _picked_logp(logits: Tensor, ids: Tensor) -> Tensor:
+    """``log p(y_t)`` from the logits at the columns predicting each target token (CPU)."""
+    lp = logits.float().log_softmax(-1)
+    return lp.gather(-1, ids.to(lp.device)[:, None])[:, 0].cpu()
 
 
 def activation_patching(
@@ -140,10 +153,23 @@ def activation_patching(
     if bad:
         raise ValueError(f"aligned positions {bad} are outside the {n_t} target tokens")
     eng = resolve_engine(model, "hook_resid_post", engine)
-    src = _clean_resid(eng, clean, layers)
+    src, lp_clean = _clean_run(eng, clean, layers, ids)
     c_pos, k_pos = _aligned(clean, n_t), _aligned(corrupt, n_t)
     at = [k_pos.tolist()]  # the columns whose logits are read (those predicting the target)
     cells = [(layer, p) for layer in layers for p in pos_list]  # one row each, layer-major
+    # With no hook open, a row patched at aligned position p is the corrupt run before column
+    # k_pos[p] (attention is causal): where the engine can resume a run, each row runs its own
+    # columns from there on that run's cache ("cut"), else the whole corrupt sequence (cut 0).
+    # A batch starts at its lowest patched block from the corrupt run's residual there, where
+    # the engine can start midway (an open steering() block's hooks would act on that
+    # residual, or on the resumed run, twice).
+    quiet = not eng.hooked()
+    resume = quiet and eng.can_resume()
+    cut = [int(k_pos[max(p, 0)]) if resume else 0 for _, p in cells]
+    start = eng.can_resume if resume else eng.can_start_at
+    starts = [lyr for lyr in dict.fromkeys(layers) if lyr > 0 and start(lyr)] if quiet else []
+
+    running: list[int] = []  # the cells of the rows being run (a batch's row i: running[i])
 
     def patch_fn(layer: int) -> Any:
         def fn(x: Tensor, *, hook: Any) -> Tensor:
@@ -151,35 +177,22 @@ def activation_patching(
             if ctx is None:
                 return x
             x = x.clone()
-            for r, j in enumerate(ctx.rows.tolist()):
+            for r, i in enumerate(ctx.rows.tolist()):
+                j = running[i]
                 lyr, p = cells[j]
                 if lyr != layer:
                     continue
                 idx = every if p == -1 else [p]
-                x[r, k_pos[idx]] = src[layer][c_pos[idx]].to(x.dtype)
+                x[r, k_pos[idx] - cut[j]] = src[layer][c_pos[idx]].to(x.dtype)
             return x
 
         return fn
 
-    def target_logp(logits: Tensor) -> Tensor:
-        """log p(y_t) from the logits at the aligned columns (``at``)."""
-        lp = logits.float().log_softmax(-1)
-        return lp.gather(-1, ids.to(lp.device)[:, None])[:, 0].cpu()
-
     dev = model_device(model)
-    # A row patched at layer l equals the corrupt run below l: a batch starts at its lowest
-    # patched block from the corrupt run's residual there, where the engine can start midway
-    # (with no hook open: an open steering() block's hooks would act on that residual twice).
-    starts = [] if eng.hooked() else [lyr for lyr in dict.fromkeys(layers) if eng.can_start_at(lyr)]
     with torch.inference_mode():
         with eng.hooks([]):
-            lp_clean = target_logp(
-                eng.logits_at(
-                    clean[None].to(dev), _ones(clean, dev), [_aligned(clean, n_t).tolist()]
-                )[0]
-            )
-            lp_corrupt = target_logp(
-                eng.logits_at(corrupt[None].to(dev), _ones(corrupt, dev), at)[0]
+            lp_corrupt = _picked_logp(
+                eng.logits_at(corrupt[None].to(dev), _ones(corrupt, dev), at)[0], ids
             )
             pre = dict(
                 zip(
@@ -194,25 +207,59 @@ def activation_patching(
             )
 
         def run(batch: Batch) -> list[Tensor]:
-            enc, n = batch.enc, len(batch.rows)
-            low = min(cells[j][0] for j in batch.rows)
-            if low in pre:
-                resid = pre[low].expand(n, -1, -1)
-                got = eng.logits_from(resid, enc.attention_mask, low, at * n)
-            else:
-                got = eng.logits_at(enc.input_ids, enc.attention_mask, at * n)
-            return [target_logp(lg) for lg in got]
-
-        with eng.hooks([(resid_post(layer), patch_fn(layer)) for layer in dict.fromkeys(layers)]):
-            patched = map_batches(
-                model,
-                [corrupt] * len(cells),
-                run,
-                batch_size=batch_size,
-                side="right",
-                progress_bar=progress_bar,
-                description="patching",
+            enc, n, rows = batch.enc, len(batch.rows), [running[i] for i in batch.rows]
+            low = min(cells[j][0] for j in rows)
+            if not resume:
+                if low in pre:
+                    got = eng.logits_from(
+                        pre[low].expand(n, -1, -1), enc.attention_mask, low, at * n
+                    )
+                else:
+                    got = eng.logits_at(enc.input_ids, enc.attention_mask, at * n)
+                return [_picked_logp(lg, ids) for lg in got]
+            cuts = [cut[j] for j in rows]
+            first = [int(c - k_pos[0]) for c in cuts]  # each row's first aligned target
+            cols = [(k_pos[f:] - c).tolist() for f, c in zip(first, cuts, strict=True)]
+            resid: Tensor | None = None
+            if low in pre:  # the corrupt run's residual entering `low`, at each row's columns
+                resid = torch.zeros(
+                    (n, enc.input_ids.shape[1], pre[low].shape[-1]),
+                    dtype=pre[low].dtype,
+                    device=pre[low].device,
+                )
+                for r, c in enumerate(cuts):
+                    resid[r, : len(corrupt) - c] = pre[low][0, c:]
+            got = eng.logits_resumed(
+                corrupt.to(dev),
+                cuts,
+                enc.input_ids,
+                enc.attention_mask,
+                cols,
+                layer=low if resid is not None else 0,
+                resid=resid,
             )
+            # before its cut a row is the corrupt run: those targets keep its log-probs
+            return [
+                torch.cat([lp_corrupt[:f], _picked_logp(lg, ids[f:])])
+                for f, lg in zip(first, got, strict=True)
+            ]
+
+        # one layer's rows a call: a batch starts at its layer (resumed rows narrow as p grows)
+        patched: list[Tensor] = [torch.empty(0)] * len(cells)
+        with eng.hooks([(resid_post(layer), patch_fn(layer)) for layer in dict.fromkeys(layers)]):
+            for layer in dict.fromkeys(layers):
+                running[:] = rows = [j for j, (lyr, _) in enumerate(cells) if lyr == layer]
+                got = map_batches(
+                    model,
+                    [corrupt[cut[j] :] for j in rows],
+                    run,
+                    batch_size=batch_size,
+                    side="right",
+                    progress_bar=progress_bar,
+                    description=f"patching layer {layer}",
+                )
+                for j, lp in zip(rows, got, strict=True):
+                    patched[j] = lp
     restored = (torch.stack(patched) - lp_corrupt).reshape(len(layers), len(pos_list), n_t)
     return PatchingResult(layers, pos_list, tokens, lp_clean, lp_corrupt, restored)
 
@@ -247,12 +294,10 @@ def attribution_patching(
     clean, corrupt, ids, tokens = _runs(model, prompt, response, history, counterfactual)
     layers = list(range(model.cfg.n_layers)) if layers is None else list(layers)
     n_t = int(ids.numel())
-    src = _clean_resid(TLEngine(model), clean, layers)  # gradients: the TransformerLens path
+    # gradients: the TransformerLens path
+    src, lp_clean = _clean_run(TLEngine(model), clean, layers, ids)
     c_pos, k_pos = _aligned(clean, n_t), _aligned(corrupt, n_t)
     dev = model_device(model)
-    first = min(layers)
-    with torch.inference_mode():
-        lp_clean = _target_logp(model(clean[None].to(dev))[0], int(clean.numel()), ids).cpu()
 
     def backward(
         moved: tuple[int, Sequence[float]] | None,
@@ -260,9 +305,12 @@ def attribution_patching(
         """Per layer, the target's gradient at the aligned residuals (rows summed: each row's
         own, the rows being independent) and the residuals; ``moved = (layer, fractions)``:
         one row per fraction, that layer's aligned residuals moved that far to the clean
-        ones (all in one batched forward and backward pass)."""
+        ones (all in one batched forward and backward pass), and that layer's gradient only
+        (the graph starts there: nothing below it is differentiated)."""
         acts: dict[int, Tensor] = {}
         rows = 1 if moved is None else len(moved[1])
+        at = list(layers) if moved is None else [moved[0]]
+        first = min(at)
 
         def grab(layer: int) -> Any:
             def fn(x: Tensor, *, hook: Any) -> Tensor:
@@ -280,17 +328,21 @@ def attribution_patching(
 
             return fn
 
-        with model.hooks(fwd_hooks=[(resid_post(lyr), grab(lyr)) for lyr in layers]):
+        with model.hooks(fwd_hooks=[(resid_post(lyr), grab(lyr)) for lyr in at]):
             logits = model(corrupt[None].expand(rows, -1).to(dev))
             lps = [_target_logp(logits[r], int(corrupt.numel()), ids) for r in range(rows)]
             torch.stack(lps).sum().backward()
-        grads = {lyr: acts[lyr].grad[:, k_pos].detach().float().sum(0) for lyr in layers}  # type: ignore[index]
-        values = {lyr: acts[lyr][0, k_pos].detach().float() for lyr in layers}
+        grads = {lyr: acts[lyr].grad[:, k_pos].detach().float().sum(0) for lyr in at}  # type: ignore[index]
+        values = {lyr: acts[lyr][0, k_pos].detach().float() for lyr in at}
         return grads, values, lps[0].detach().cpu()
 
     with frozen_weights(model):
-        with torch.enable_grad():  # works inside no_grad / set_grad_enabled(False) too
-            grads, values, lp_corrupt = backward(None)
+        if steps == 1:
+            with torch.enable_grad():  # works inside no_grad / set_grad_enabled(False) too
+                grads, values, lp_corrupt = backward(None)
+        else:  # the gradients come from the moved runs: the corrupt run's values only
+            acts, lp_corrupt = _clean_run(TLEngine(model), corrupt, layers, ids)
+            values = {lyr: acts[lyr][k_pos].float() for lyr in layers}
         est = torch.zeros(len(layers), n_t)
         for i, layer in enumerate(layers):
             diff = src[layer][c_pos].float() - values[layer]

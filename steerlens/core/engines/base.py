@@ -111,6 +111,28 @@ class Engine(ABC):
         batches); only where ``can_share_prefix()``."""
         raise NotImplementedError(f"{self.name} runs whole passes only")
 
+    def can_resume(self, layer: int = 0) -> bool:
+        """Whether ``logits_resumed`` runs on this engine from ``layer`` (off unless an
+        engine says so)."""
+        return False
+
+    def logits_resumed(
+        self,
+        ids: Int[Tensor, " pos"],
+        cuts: Sequence[int],
+        input_ids: Int[Tensor, "batch width"],
+        attention_mask: Tensor,
+        positions: Sequence[Sequence[int]],
+        layer: int = 0,
+        resid: Float[Tensor, "batch width d_model"] | None = None,
+    ) -> list[Float[Tensor, "n vocab"]]:
+        """Per row, the logits at its ``positions`` (columns of ``input_ids``) of the pass over
+        ``ids[:cuts[row]]`` followed by ``input_ids[row]`` (right-padded), where ``ids`` runs
+        once without hooks and each row, under the open hooks, runs only its own columns (a
+        run patched at one position is the unpatched run before it), from decoder layer
+        ``layer`` on with ``resid`` entering it. Only where ``can_resume(layer)``."""
+        raise NotImplementedError(f"{self.name} runs whole passes only")
+
     def capture_after(
         self,
         prefix_ids: Int[Tensor, "prefix pos"],

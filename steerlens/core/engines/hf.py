@@ -67,6 +67,7 @@ from steerlens.core.models import (
 
 from ._binding import FAST_HOOKS, bind_twin, decoder_layers, hook_point
 from ._prefill import only_layers, prefill_exact, shared_prefill
+from ._resume import resumed_logits
 from .base import Engine
 
 __all__ = [
@@ -226,6 +227,42 @@ class HFEngine(Engine):
         return _continued(  # type: ignore[no-any-return]
             self.twin, run, prefix_ids, prefix_mask, owner, input_ids, attention_mask
         )
+
+    def can_resume(self, layer: int = 0) -> bool:
+        """Rows resume one run's cache (``logits_resumed``) from ``layer``, where the probes
+        found a continued cache and (``layer`` > 0) a pass started there exact."""
+        return self.can_share_prefix() and (layer == 0 or self.can_start_at(layer))
+
+    def logits_resumed(
+        self,
+        ids: Tensor,
+        cuts: Sequence[int],
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        positions: Sequence[Sequence[int]],
+        layer: int = 0,
+        resid: Tensor | None = None,
+    ) -> list[Tensor]:
+        """``resumed_logits`` (``_resume``): ``ids`` runs once, unhooked; each row runs its own
+        columns after ``ids[:cuts[row]]``, from ``layer`` on, under this context's hooks;
+        the unembedding only at the rows' ``positions``."""
+        self._check_continues("logits_resumed")
+        if not self.can_resume(layer):
+            raise ValueError(f"this model cannot resume a run at layer {layer}")
+        keep = _kept(positions)
+        device = input_ids.device
+        logits = resumed_logits(
+            self.twin,
+            ids,
+            cuts,
+            input_ids,
+            attention_mask,
+            layer=layer,
+            resid=resid,
+            prefix_kw=_keep_kwargs(self.twin, [0], device),
+            **_keep_kwargs(self.twin, keep, device),
+        )
+        return _picked(logits, keep, int(input_ids.shape[1]), positions)
 
     def steps(self, input_ids: Tensor, attention_mask: Tensor, max_new_tokens: int) -> Steps:
         """The twin's KV-cached steps; copies of one prompt (a sweep's cells) run the decoder

@@ -85,6 +85,36 @@ def test_demo_command_quick_on_tiny(tmp_path, monkeypatch):
     assert (tmp_path / "figures" / "index.html").exists()
 
 
+@pytest.mark.parametrize(
+    ("flags", "png"),
+    [
+        (["--quick"], False),
+        (["--full"], True),
+        (["--quick", "--png"], True),
+        (["--full", "--no-png"], False),
+    ],
+)
+def test_demo_exports_png_figures_with_full_or_when_asked(tmp_path, monkeypatch, flags, png):
+    import steerlens.experiments.demo as demo
+    import steerlens.reporting.study as study
+
+    asked: list[bool] = []
+    summary = {
+        "seconds": {"total": 1.0},
+        "data": "demo",
+        "data_is_simulated": True,
+        "dose_response": [],
+        "operating_alpha": 0.5,
+    }
+    monkeypatch.setattr(demo, "run_demo", lambda cfg: summary)
+    monkeypatch.setattr(study, "write_study_report", lambda out, png: asked.append(png) or [out])
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "summary.json").write_text("{}")
+    res = runner.invoke(app, ["demo", *flags, "--model", "tiny-random", "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    assert asked == [png]
+
+
 def test_vectors_command_writes_files_the_library_reproduces(tmp_path):
     from helpers import _fixture_rows, _write
 

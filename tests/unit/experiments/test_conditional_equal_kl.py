@@ -181,6 +181,7 @@ def test_conditional_kl_runs_only_fired_texts_and_equals_running_every_row(tiny,
     fires = cm.condition_fires(tiny, cond, other, texts)
     assert 0 < sum(fires) < len(texts)  # the skip is exercised
     ref = reference_logprobs(tiny, texts)
+    assert cm.condition_fires(tiny, cond, other, texts, reference=ref) == fires
     got = cm.conditional_kl(tiny, vecs, cond, texts, 3.0, fires, ref)
     every = steering_divergence(
         tiny, texts * 2, [v for v in vecs for _ in texts], 3.0, gate=cond, reference=ref * 2

@@ -194,6 +194,19 @@ def test_save_figure_writes_html_and_never_fails_without_chrome(tmp_path, monkey
     assert (tmp_path / "f" / "plotly.min.js").exists()  # opens offline
 
 
+def test_save_figures_without_png_never_starts_chromium(tmp_path, monkeypatch):
+    import plotly.io as pio
+
+    monkeypatch.setattr(plots, "_chrome_available", lambda: True)
+    exported: list[object] = []
+    monkeypatch.setattr(pio, "write_images", lambda **kw: exported.append(kw["file"]))
+    figs = {tmp_path / "dose": _figures()["dose"]}
+    assert [f.name for f in plots.save_figures(figs, png=False)] == ["dose.html"]
+    assert exported == []
+    assert [f.name for f in plots.save_figures(figs)] == ["dose.html", "dose.png"]
+    assert exported == [[tmp_path / "dose.png"]]
+
+
 def _gens() -> pd.DataFrame:
     return pd.DataFrame(
         [

@@ -324,3 +324,62 @@ def test_one_shared_beginning_wins_where_groups_would_pad(tiny, monkeypatch):
     for h, t, a in zip(heads, tails, got, strict=True):
         (single,) = ids_logprobs(tiny, [h], [t], engine="tl")
         assert_close_impl(a, single)
+
+
+@pytest.mark.parametrize("layer", [0, 2])
+def test_rows_resuming_one_run_equal_their_whole_passes(tiny, layer):
+    """``HFEngine.logits_resumed``: a row after ``ids[:cut]`` that runs only its own columns
+    (from ``layer`` on, with the whole run's residual entering it) gives the whole pass's
+    logits there; a row whose own tokens differ from ``ids`` (an edited tail) too."""
+    eng = sl.core.engines.resolve_engine(tiny, "hook_resid_post", "hf")
+    g = torch.Generator().manual_seed(3)
+    ids = _tokens(g, 12)
+    cuts = [3, 7, 11, 12]
+    tails = [ids[3:], ids[7:].flip(0), ids[11:], _tokens(g, 2)]
+    wide = max(len(t) for t in tails)
+    own = torch.zeros((len(tails), wide), dtype=torch.long)
+    mask = torch.zeros_like(own)
+    for r, t in enumerate(tails):
+        own[r, : len(t)], mask[r, : len(t)] = t, 1
+    positions = [list(range(len(t))) for t in tails]
+    resid = None
+    if layer:
+        (pre,) = eng.capture(
+            ids[None], torch.ones(1, len(ids), dtype=torch.long), [layer], "hook_resid_pre"
+        )
+        resid = torch.zeros(len(tails), wide, pre.shape[-1])
+        for r, c in enumerate(cuts):
+            if torch.equal(tails[r], ids[c:]):
+                resid[r, : len(tails[r])] = pre[0, c:]
+        keep = [r for r, c in enumerate(cuts) if torch.equal(tails[r], ids[c:])]
+    else:
+        keep = list(range(len(tails)))
+    with torch.inference_mode(), eng.hooks([]):
+        got = eng.logits_resumed(ids, cuts, own, mask, positions, layer=layer, resid=resid)
+        for r in keep:
+            whole = torch.cat([ids[: cuts[r]], tails[r]])
+            (ref,) = eng.logits_at(
+                whole[None],
+                torch.ones(1, len(whole), dtype=torch.long),
+                [list(range(cuts[r], len(whole)))],
+            )
+            assert_close_impl(got[r], ref)
+    assert eng.can_resume(layer)
+    assert no_hooks_left(tiny)
+    with pytest.raises(ValueError, match="cut"):
+        eng.logits_resumed(ids, [0, 1, 2, 3], own, mask, positions)
+    with pytest.raises(ValueError, match="residual"):
+        eng.logits_resumed(ids, cuts, own, mask, positions, layer=layer or 1, resid=None)
+    tl = sl.core.engines.resolve_engine(tiny, "hook_resid_post", "tl")
+    assert not tl.can_resume()
+    with pytest.raises(NotImplementedError):
+        tl.logits_resumed(ids, cuts, own, mask, positions)
+
+
+def test_resuming_a_run_is_refused_under_an_open_steering_block(tiny, rand_vec):
+    ids = torch.arange(5, 15)
+    with sl.steering(tiny, rand_vec, alpha=1.0):
+        eng = sl.core.engines.resolve_engine(tiny, "hook_resid_post", "hf")
+        with pytest.raises(ValueError, match="steering"):
+            eng.logits_resumed(ids, [4], ids[None, 4:], torch.ones(1, 6, dtype=torch.long), [[0]])
+    assert no_hooks_left(tiny)

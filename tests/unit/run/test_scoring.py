@@ -74,3 +74,37 @@ def test_per_row_alpha_with_an_empty_continuation(tiny, rand_vec, engine):
         with sl.steering(tiny, rand_vec, alpha=alphas[i]):
             (single,) = sl.continuation_logprobs(tiny, [PROMPTS[i]], [resp[i]], engine=engine)
         assert_close_impl(batch[i], single)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_repeated_rows_are_scored_once_and_each_gets_its_own_copy(tiny, engine, monkeypatch):
+    from steerlens.run import scoring
+
+    heads = sl.encode_prompts(tiny, PROMPTS[:2])
+    tails = [torch.tensor([5, 6, 7]), torch.tensor([8, 9])]
+    order = [0, 1, 0, 0, 1]
+    ran: list[int] = []
+    split = scoring.split_rows
+    monkeypatch.setattr(scoring, "split_rows", lambda n, g: ran.append(n) or split(n, g))
+    got = scoring.ids_logprobs(
+        tiny, [heads[i] for i in order], [tails[i] for i in order], engine=engine
+    )
+    assert ran == [2]  # the two distinct rows only
+    alone = [scoring.ids_logprobs(tiny, [heads[i]], [tails[i]], engine=engine)[0] for i in (0, 1)]
+    for lp, i in zip(got, order, strict=True):
+        assert torch.equal(lp, got[order.index(i)])  # copies of one computation
+        assert_close_impl(lp, alone[i])
+    got[2].zero_()
+    assert float(got[0].abs().sum()) > 0  # rows never alias
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_repeated_rows_under_per_row_alpha_run_in_their_own_rows(tiny, rand_vec, engine):
+    heads = sl.encode_prompts(tiny, PROMPTS[:1]) * 2
+    tails = [torch.tensor([5, 6, 7])] * 2
+    with sl.steering(tiny, rand_vec, alpha=[0.0, 4.0]):
+        both = sl.run.scoring.ids_logprobs(tiny, heads, tails, engine=engine)
+    plain = sl.run.scoring.ids_logprobs(tiny, heads[:1], tails[:1], engine=engine)[0]
+    assert_close_impl(both[0], plain)
+    assert float((both[1] - both[0]).abs().max()) > 1e-3  # row 1 steered, row 0 not
+    assert no_hooks_left(tiny)

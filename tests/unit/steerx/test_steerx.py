@@ -108,6 +108,20 @@ def test_item_ablation_rows_are_the_history_without_each_item(tiny):
         item_effects(tiny, prompt="x", response="y", history=[])
 
 
+def test_ablations_reuse_the_callers_full_and_no_history_effects(tiny):
+    base = history_effects(tiny, **KW)
+    for fn, kw in ((item_effects, {}), (history_token_effects, {"max_tokens": 4})):
+        own = fn(tiny, **kw, **KW)
+        given = fn(tiny, target=base, **kw, **KW)
+        assert given.target is base
+        assert_close_impl(own.target.logp_with, base.logp_with)
+        assert_close_impl(own.target.logp_without, base.logp_without)
+        assert_close_impl(given.effect, own.effect)
+        other = history_effects(tiny, **{**KW, "response": "Something else entirely."})
+        with pytest.raises(ValueError, match="another response"):
+            fn(tiny, target=other, **kw, **KW)
+
+
 def test_token_ablation_remove_and_mean_modes(tiny):
     res = history_token_effects(tiny, mode="remove", max_tokens=6, batch_size=4, **KW)
     assert len(res.positions) == 6 and res.logp_ablated.shape == (6, len(res.target))
@@ -151,35 +165,63 @@ def test_activation_patching_restores_exactly_at_the_last_layer(tiny, engine):
         activation_patching(tiny, positions=[99], **KW)
 
 
-def _midway_starts(monkeypatch) -> list[int]:
-    """The layers the fast path's passes start at (``HFEngine.logits_from`` calls)."""
+def _midway_starts(monkeypatch, cuts: list[int] | None = None) -> list[int]:
+    """The layers the fast path's passes start at above block 0 (``HFEngine.logits_from``
+    and ``logits_resumed`` calls); ``cuts`` collects the resumed rows' cuts."""
     from steerlens.core.engines import hf
 
     starts: list[int] = []
-    real = hf.HFEngine.logits_from
+    real_from, real_resumed = hf.HFEngine.logits_from, hf.HFEngine.logits_resumed
 
-    def spy(self, resid, mask, layer, positions):
+    def spy_from(self, resid, mask, layer, positions):
         starts.append(layer)
-        return real(self, resid, mask, layer, positions)
+        return real_from(self, resid, mask, layer, positions)
 
-    monkeypatch.setattr(hf.HFEngine, "logits_from", spy)
+    def spy_resumed(self, ids, row_cuts, input_ids, mask, positions, layer=0, resid=None):
+        if layer:
+            starts.append(layer)
+        if cuts is not None:
+            cuts.extend(row_cuts)
+        return real_resumed(self, ids, row_cuts, input_ids, mask, positions, layer, resid)
+
+    monkeypatch.setattr(hf.HFEngine, "logits_from", spy_from)
+    monkeypatch.setattr(hf.HFEngine, "logits_resumed", spy_resumed)
     return starts
 
 
+@pytest.mark.parametrize("resume", [True, False], ids=["resumed", "whole-width"])
 @pytest.mark.parametrize("engine", ENGINES)
-def test_patched_rows_start_at_their_layer_on_the_fast_path(tiny, engine, monkeypatch):
+def test_patched_rows_start_at_their_layer_on_the_fast_path(tiny, engine, resume, monkeypatch):
     from steerlens.core.engines import hf
 
-    starts = _midway_starts(monkeypatch)
+    if not resume:  # rows as wide as the corrupt run, started midway only
+        monkeypatch.setattr(hf.HFEngine, "can_resume", lambda self, layer=0: False)
+    cuts: list[int] = []
+    starts = _midway_starts(monkeypatch, cuts)
     layers = [0, 2, tiny.cfg.n_layers - 1]
     got = activation_patching(tiny, layers=layers, engine=engine, batch_size=1, **KW)
-    # block 0 has nothing below it: whole passes; the others from the corrupt run's residual
+    # block 0 has nothing below it: from the embeddings; the others from the corrupt run's
+    # residual there
     assert sorted(set(starts)) == ([2, tiny.cfg.n_layers - 1] if engine == "hf" else [])
+    n_t = len(got.tokens)
+    if engine == "hf" and resume:  # each row runs from its patched column on
+        corrupt = sl.encode_prompts(tiny, [KW["prompt"]])[0]
+        first = len(corrupt) - 1  # the column predicting the first target token
+        assert sorted(cuts) == sorted(first + p for _ in layers for p in range(n_t))
+    else:
+        assert cuts == []
     mixed = activation_patching(tiny, layers=layers, engine=engine, batch_size=5, **KW)
     monkeypatch.setattr(hf.HFEngine, "can_start_at", lambda self, layer: False)
+    monkeypatch.setattr(hf.HFEngine, "can_resume", lambda self, layer=0: False)
     whole = activation_patching(tiny, layers=layers, engine=engine, **KW)
+    single = activation_patching(tiny, layers=layers, engine="tl", batch_size=1, **KW)
     assert_close_impl(got.restored, whole.restored)
     assert_close_impl(mixed.restored, whole.restored)  # a batch starts at its lowest layer
+    assert_close_impl(got.restored, single.restored)
+    # a patch at position p leaves the targets before it as they were: exactly, when resumed
+    before = got.restored[:, torch.ones(n_t, n_t).tril(-1).bool()]  # [l, p, t] with t < p
+    if engine == "hf" and resume:
+        assert float(before.abs().max()) == 0.0
     assert float(got.restored.abs().max()) > 0
     assert no_hooks_left(tiny)
 
@@ -217,6 +259,49 @@ def test_attribution_patching_agrees_with_exact_patching(tiny):
     assert agree["spearman"] > 0.5
     assert no_hooks_left(tiny)
     assert all(p.requires_grad for p in tiny.parameters())  # weights handed back
+
+
+def test_integrated_gradients_differentiate_from_the_moved_layer_as_through_the_whole_net(tiny):
+    """Each step's gradient at the moved layer, with the graph starting there, is the one a
+    pass differentiated from the embeddings gives (written out here, one pass per step)."""
+    from steerlens.steerx import patching
+
+    steps, layers = 3, [1, 3]
+    clean, corrupt, ids, _ = patching._runs(tiny, KW["prompt"], KW["response"], HIST, None)
+    n_t = int(ids.numel())
+    c_pos, k_pos = patching._aligned(clean, n_t), patching._aligned(corrupt, n_t)
+    src, _ = patching._clean_run(sl.core.engines.TLEngine(tiny), clean, layers, ids)
+    expected = torch.zeros(len(layers), n_t)
+    for i, layer in enumerate(layers):
+        total = torch.zeros(n_t, tiny.cfg.d_model)
+        for k in range(1, steps + 1):
+            seen: dict[str, torch.Tensor] = {}
+
+            def leaf(x, *, hook):
+                return x.detach().requires_grad_(True)
+
+            def move(x, *, hook, a=k / steps, layer=layer, seen=seen):
+                seen["before"] = x[0, k_pos].detach().float()
+                x = x.clone()
+                x[0, k_pos] = x[0, k_pos] + a * (src[layer][c_pos].to(x.dtype) - x[0, k_pos])
+                x.retain_grad()
+                seen["x"] = x
+                return x
+
+            with (
+                torch.enable_grad(),
+                tiny.hooks(fwd_hooks=[("hook_embed", leaf), (sl.resid_post(layer), move)]),
+            ):
+                logits = tiny(corrupt[None])
+                patching._target_logp(logits[0], int(corrupt.numel()), ids).sum().backward()
+            total += seen["x"].grad[0, k_pos].float()
+        diff = src[layer][c_pos].float() - seen["before"]
+        expected[i] = ((total / steps) * diff).sum(-1)
+    got = attribution_patching(tiny, steps=steps, layers=layers, **KW)
+    assert_close_impl(got.restored[:, :, 0], expected)
+    assert float(expected.abs().max()) > 0
+    assert no_hooks_left(tiny)
+    assert all(p.requires_grad for p in tiny.parameters())
 
 
 def test_integrated_gradient_steps_batched_as_rows_equal_one_pass_each(tiny, monkeypatch):

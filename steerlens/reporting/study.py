@@ -1,7 +1,7 @@
 """The study's report, drawn from what the job's steps wrote under ``OUT/results/``:
 ``OUT/figures/index.html`` (headline, tables, figures, generation browser, links), every
-figure as ``OUT/figures/<name>.html`` (and ``.png`` where Chromium is available), and the
-SteerX user cards. It reads files only, so a partial run is reported with what it has;
+figure as ``OUT/figures/<name>.html`` (and ``.png`` when asked, where Chromium is
+available), and the SteerX user cards. It reads files only, so a partial run is reported with what it has;
 ``steerlens demo`` runs it at the end and ``steerlens report`` on its own."""
 
 from __future__ import annotations

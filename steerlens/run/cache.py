@@ -23,7 +23,7 @@ from steerlens.run.prefix import (
     shared_plan,
     split_rows,
 )
-from steerlens.run.repeats import first_copies
+from steerlens.run.repeats import first_copies, merges_rows
 from steerlens.run.store import ActivationStore
 
 Pool = Literal["last", "mean", "none"]
@@ -144,7 +144,8 @@ def cache_activations(
         model.eval()
     # Identical inputs (the chosen response of a conversation sits in each of its pairs) run
     # once, unless a hook is active: a per-row hook must see every input in its own row.
-    owner = first_copies(ids, masks) if sink is None and not eng.hooked() else list(range(len(ids)))
+    merge = sink is None and merges_rows(model, eng)
+    owner = first_copies(ids, masks) if merge else list(range(len(ids)))
     unique = sorted(set(owner))
     run_ids = [ids[i] for i in unique]
     run_masks = None if masks is None else [masks[i] for i in unique]

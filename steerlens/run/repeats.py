@@ -6,7 +6,18 @@ from collections.abc import Callable, Sequence
 
 from torch import Tensor
 
-__all__ = ["first_copies", "spread"]
+from steerlens.core.engines import Engine
+from steerlens.core.engines.hf import foreign_hooks
+from steerlens.core.hooks import active_steering
+from steerlens.core.models import HookedModel
+
+__all__ = ["first_copies", "merges_rows", "spread"]
+
+
+def merges_rows(model: HookedModel, eng: Engine) -> bool:
+    """Whether identical rows may run once: no hook of any kind (a steering block, a
+    TransformerLens hook, a plain PyTorch hook such as a recorder) would see the rows."""
+    return not active_steering(model) and not eng.hooked() and foreign_hooks(model) is None
 
 
 def first_copies(*columns: Sequence[Tensor] | None) -> list[int]:

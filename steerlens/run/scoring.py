@@ -32,7 +32,7 @@ from steerlens.run.prefix import (
     shared_plan,
     split_rows,
 )
-from steerlens.run.repeats import first_copies, spread
+from steerlens.run.repeats import first_copies, merges_rows, spread
 
 __all__ = ["continuation_logprobs", "ids_logprobs"]
 
@@ -130,7 +130,7 @@ def ids_logprobs(
     # With nothing acting on the model, rows that begin alike (a user's history before each
     # prompt, one prompt under several continuations) run their common beginning once.
     quiet = len(heads) > 1 and not active_steering(model) and not eng.hooked()
-    if quiet:  # a row repeated (two sweep cells that generated the same reply) runs once
+    if quiet and merges_rows(model, eng):  # a repeated row (two cells' same reply): once
         owner = first_copies(heads, tails)
         if len(set(owner)) < len(owner):
             return spread(

@@ -291,7 +291,7 @@ def item_effects(
     if not items:
         raise ValueError("item ablation needs a non-empty history")
     ids, tokens, offsets = target_tokens(model, response)
-    _check_target(target, ids)
+    _check_target(target, ids, prompt)
     contexts = [] if target is not None else [list(history), []]
     contexts += [[m for j, it in enumerate(items) if j != i for m in it] for i in range(len(items))]
     heads = [_context(model, c, prompt) for c in contexts]
@@ -302,10 +302,15 @@ def item_effects(
     return ItemEffects(target, items, torch.stack(lps))
 
 
-def _check_target(target: TokenEffects | None, ids: Tensor) -> None:
-    """A caller's ``target`` effects must be of the response being ablated."""
-    if target is not None and not torch.equal(target.ids.cpu(), ids.cpu()):
+def _check_target(target: TokenEffects | None, ids: Tensor, prompt: str) -> None:
+    """A caller's ``target`` effects must be of the response (and, where they record it, the
+    prompt) being ablated."""
+    if target is None:
+        return
+    if not torch.equal(target.ids.cpu(), ids.cpu()):
         raise ValueError("target holds the effects of another response (its tokens differ)")
+    if target.metadata.get("prompt", prompt) != prompt:
+        raise ValueError("target holds the effects of this response to another prompt")
 
 
 def _history_span(with_ids: Tensor, without_ids: Tensor) -> tuple[int, int]:
@@ -383,7 +388,7 @@ def history_token_effects(
         positions = positions[:max_tokens]
     if not positions:
         raise ValueError("the history adds no content tokens to ablate")
-    _check_target(target, ids)
+    _check_target(target, ids, prompt)
     if target is None:
         base = ids_logprobs(model, [with_ctx, without_ctx], [ids, ids], batch_size=batch_size)
         target = TokenEffects(response, ids, tokens, offsets, base[0], base[1], "history-ablation")

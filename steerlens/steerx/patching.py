@@ -164,7 +164,7 @@ def activation_patching(
     # the engine can start midway (an open steering() block's hooks would act on that
     # residual, or on the resumed run, twice).
     quiet = not eng.hooked()
-    resume = quiet and eng.can_resume()
+    resume = quiet and int(k_pos[0]) > 0 and eng.can_resume()  # a cut needs a column before it
     cut = [int(k_pos[max(p, 0)]) if resume else 0 for _, p in cells]
     start = eng.can_resume if resume else eng.can_start_at
     starts = [lyr for lyr in dict.fromkeys(layers) if lyr > 0 and start(lyr)] if quiet else []
@@ -244,11 +244,20 @@ def activation_patching(
                 for f, lg in zip(first, got, strict=True)
             ]
 
-        # one layer's rows a call: a batch starts at its layer (resumed rows narrow as p grows)
+        # resumed or started midway: one layer's rows a call, so that a batch starts at its
+        # layer (resumed rows narrow as p grows); whole passes: every row in one call
+        parts = (
+            [
+                [j for j, (lyr, _) in enumerate(cells) if lyr == layer]
+                for layer in dict.fromkeys(layers)
+            ]
+            if resume or starts
+            else [list(range(len(cells)))]
+        )
         patched: list[Tensor] = [torch.empty(0)] * len(cells)
         with eng.hooks([(resid_post(layer), patch_fn(layer)) for layer in dict.fromkeys(layers)]):
-            for layer in dict.fromkeys(layers):
-                running[:] = rows = [j for j, (lyr, _) in enumerate(cells) if lyr == layer]
+            for rows in parts:
+                running[:] = rows
                 got = map_batches(
                     model,
                     [corrupt[cut[j] :] for j in rows],
@@ -256,7 +265,9 @@ def activation_patching(
                     batch_size=batch_size,
                     side="right",
                     progress_bar=progress_bar,
-                    description=f"patching layer {layer}",
+                    description="patching"
+                    if len(parts) == 1
+                    else f"patching layer {cells[rows[0]][0]}",
                 )
                 for j, lp in zip(rows, got, strict=True):
                     patched[j] = lp

@@ -12,6 +12,7 @@ that starts midway (``HFEngine.logits_from``), and runs where the probes found b
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,37 +25,12 @@ from steerlens.core.decoding import _cache_kwarg
 
 from ._prefill import bare_layers, only_layers
 
-__all__ = ["resumed_logits"]
+__all__ = ["resumed_logits", "whole_run"]
 
 
-def resumed_logits(
-    twin: Any,
-    ids: Int[Tensor, " pos"],
-    cuts: Sequence[int],
-    input_ids: Int[Tensor, "batch width"],
-    attention_mask: Tensor,
-    *,
-    layer: int = 0,
-    resid: Float[Tensor, "batch width d_model"] | None = None,
-    prefix_kw: dict[str, Any] | None = None,
-    **kw: Any,
-) -> Tensor:
-    """Logits of each row's own columns (``input_ids[row]``, right-padded: the tokens from its
-    cut on, e.g. ``ids[cut:]``) after ``ids[:cut]`` (``kw``: e.g. ``logits_to_keep``; the
-    whole sequence's pass takes ``prefix_kw``).
-
-    From ``layer`` > 0 the rows enter that decoder layer with ``resid`` (the same columns);
-    the layers below are not run for them."""
-    n, width = int(input_ids.shape[0]), int(input_ids.shape[1])
-    if len(cuts) != n:
-        raise ValueError(f"{len(cuts)} cuts for {n} rows")
-    length = int(ids.numel())
-    if any(not 0 < c <= length for c in cuts):
-        raise ValueError(f"every cut must lie in (0, {length}], got {list(cuts)}")
-    if (layer > 0) != (resid is not None):
-        raise ValueError("a row run from layer > 0 needs its residual there (and only then)")
-    device = input_ids.device
-    kwarg = _cache_kwarg(type(twin))
+def whole_run(twin: Any, ids: Int[Tensor, " pos"], device: Any, **kw: Any) -> Any:
+    """The KV cache of one unhooked pass over ``ids`` (the layers' hooks set aside; ``kw``:
+    e.g. ``logits_to_keep``), for ``resumed_logits`` to hand its rows (it copies it)."""
     cache = decoding._new_cache()
     whole = ids.to(device)[None]
     with bare_layers(twin):  # the unpatched run: no hook of the rows acts on it
@@ -62,9 +38,39 @@ def resumed_logits(
             input_ids=whole,
             attention_mask=torch.ones_like(whole),
             use_cache=True,
-            **{kwarg: cache},
-            **(prefix_kw or {}),
+            **{_cache_kwarg(type(twin)): cache},
+            **kw,
         )
+    return cache
+
+
+def resumed_logits(
+    twin: Any,
+    run: Any,
+    length: int,
+    cuts: Sequence[int],
+    input_ids: Int[Tensor, "batch width"],
+    attention_mask: Tensor,
+    *,
+    layer: int = 0,
+    resid: Float[Tensor, "batch width d_model"] | None = None,
+    **kw: Any,
+) -> Tensor:
+    """Logits of each row's own columns (``input_ids[row]``, right-padded: the tokens from its
+    cut on, e.g. ``ids[cut:]``) after ``ids[:cut]``, where ``run`` is ``whole_run``'s cache
+    of the ``length`` tokens of ``ids`` (left as it is; ``kw``: e.g. ``logits_to_keep``).
+
+    From ``layer`` > 0 the rows enter that decoder layer with ``resid`` (the same columns);
+    the layers below are not run for them."""
+    n, width = int(input_ids.shape[0]), int(input_ids.shape[1])
+    if len(cuts) != n:
+        raise ValueError(f"{len(cuts)} cuts for {n} rows")
+    if any(not 0 < c <= length for c in cuts):
+        raise ValueError(f"every cut must lie in (0, {length}], got {list(cuts)}")
+    if (layer > 0) != (resid is not None):
+        raise ValueError("a row run from layer > 0 needs its residual there (and only then)")
+    device = input_ids.device
+    cache = copy.deepcopy(run)
     # every row that run's keys and values
     cache.batch_select_indices(torch.zeros(n, dtype=torch.long, device=device))
     cut = torch.as_tensor(list(cuts), device=device)
@@ -72,7 +78,11 @@ def resumed_logits(
     mask = torch.cat([seen, attention_mask], dim=1)
     position_ids = cut[:, None] + torch.arange(width, device=device)[None, :]
     args: dict[str, Any] = dict(
-        attention_mask=mask, position_ids=position_ids, use_cache=True, **{kwarg: cache}, **kw
+        attention_mask=mask,
+        position_ids=position_ids,
+        use_cache=True,
+        **{_cache_kwarg(type(twin)): cache},
+        **kw,
     )
     if layer == 0:
         return twin(input_ids=input_ids, **args).logits  # type: ignore[no-any-return]

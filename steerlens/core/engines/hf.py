@@ -67,7 +67,7 @@ from steerlens.core.models import (
 
 from ._binding import FAST_HOOKS, bind_twin, decoder_layers, hook_point
 from ._prefill import only_layers, prefill_exact, shared_prefill
-from ._resume import resumed_logits
+from ._resume import resumed_logits, whole_run
 from .base import Engine
 
 __all__ = [
@@ -114,6 +114,7 @@ class HFEngine(Engine):
         self.bound = bound
         self.carried = list(carried)
         self._open = 0  # hooks() contexts open on this engine
+        self._resumed: tuple[Any, Any] | None = None  # the last sequence logits_resumed ran
 
     @contextmanager
     def hooks(self, pairs: Sequence[HookPair]) -> Iterator[None]:
@@ -243,23 +244,28 @@ class HFEngine(Engine):
         layer: int = 0,
         resid: Tensor | None = None,
     ) -> list[Tensor]:
-        """``resumed_logits`` (``_resume``): ``ids`` runs once, unhooked; each row runs its own
-        columns after ``ids[:cuts[row]]``, from ``layer`` on, under this context's hooks;
-        the unembedding only at the rows' ``positions``."""
+        """``resumed_logits`` (``_resume``): ``ids`` runs once, unhooked (its cache kept for
+        the engine's next call on the same ``ids``: the batches of one patching run); each
+        row runs its own columns after ``ids[:cuts[row]]``, from ``layer`` on, under this
+        context's hooks; the unembedding only at the rows' ``positions``."""
         self._check_continues("logits_resumed")
         if not self.can_resume(layer):
             raise ValueError(f"this model cannot resume a run at layer {layer}")
         keep = _kept(positions)
         device = input_ids.device
+        key = (ids.cpu().numpy().tobytes(), str(device))
+        if self._resumed is None or self._resumed[0] != key:  # once per sequence, not a batch
+            run = whole_run(self.twin, ids, device, **_keep_kwargs(self.twin, [0], device))
+            self._resumed = (key, run)
         logits = resumed_logits(
             self.twin,
-            ids,
+            self._resumed[1],
+            int(ids.numel()),
             cuts,
             input_ids,
             attention_mask,
             layer=layer,
             resid=resid,
-            prefix_kw=_keep_kwargs(self.twin, [0], device),
             **_keep_kwargs(self.twin, keep, device),
         )
         return _picked(logits, keep, int(input_ids.shape[1]), positions)

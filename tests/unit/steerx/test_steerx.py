@@ -120,6 +120,8 @@ def test_ablations_reuse_the_callers_full_and_no_history_effects(tiny):
         other = history_effects(tiny, **{**KW, "response": "Something else entirely."})
         with pytest.raises(ValueError, match="another response"):
             fn(tiny, target=other, **kw, **KW)
+        with pytest.raises(ValueError, match="another prompt"):
+            fn(tiny, target=base, **kw, **{**KW, "prompt": "What about fish?"})
 
 
 def test_token_ablation_remove_and_mean_modes(tiny):
@@ -189,8 +191,11 @@ def _midway_starts(monkeypatch, cuts: list[int] | None = None) -> list[int]:
     return starts
 
 
-@pytest.mark.parametrize("resume", [True, False], ids=["resumed", "whole-width"])
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize(
+    ("engine", "resume"),
+    [("hf", True), ("hf", False), ("tl", True)],  # the TransformerLens path never resumes
+    ids=["hf-resumed", "hf-whole-width", "tl"],
+)
 def test_patched_rows_start_at_their_layer_on_the_fast_path(tiny, engine, resume, monkeypatch):
     from steerlens.core.engines import hf
 
@@ -198,8 +203,13 @@ def test_patched_rows_start_at_their_layer_on_the_fast_path(tiny, engine, resume
         monkeypatch.setattr(hf.HFEngine, "can_resume", lambda self, layer=0: False)
     cuts: list[int] = []
     starts = _midway_starts(monkeypatch, cuts)
+    runs: list[int] = []
+    whole_run = hf.whole_run
+    monkeypatch.setattr(hf, "whole_run", lambda *a, **k: runs.append(1) or whole_run(*a, **k))
     layers = [0, 2, tiny.cfg.n_layers - 1]
     got = activation_patching(tiny, layers=layers, engine=engine, batch_size=1, **KW)
+    # the corrupt run's cache is built once for all the resumed batches
+    assert len(runs) == (1 if engine == "hf" and resume else 0)
     # block 0 has nothing below it: from the embeddings; the others from the corrupt run's
     # residual there
     assert sorted(set(starts)) == ([2, tiny.cfg.n_layers - 1] if engine == "hf" else [])
@@ -216,8 +226,15 @@ def test_patched_rows_start_at_their_layer_on_the_fast_path(tiny, engine, resume
     whole = activation_patching(tiny, layers=layers, engine=engine, **KW)
     single = activation_patching(tiny, layers=layers, engine="tl", batch_size=1, **KW)
     assert_close_impl(got.restored, whole.restored)
-    assert_close_impl(mixed.restored, whole.restored)  # a batch starts at its lowest layer
+    assert_close_impl(mixed.restored, whole.restored)  # batches of several rows
     assert_close_impl(got.restored, single.restored)
+    # every aligned position of a middle layer at once (one row a layer, cut at the first)
+    every = activation_patching(tiny, layers=[2], positions="all", engine="tl", **KW)
+    monkeypatch.undo()
+    if not resume:
+        monkeypatch.setattr(hf.HFEngine, "can_resume", lambda self, layer=0: False)
+    fast = activation_patching(tiny, layers=[2], positions="all", engine=engine, **KW)
+    assert_close_impl(fast.restored, every.restored)
     # a patch at position p leaves the targets before it as they were: exactly, when resumed
     before = got.restored[:, torch.ones(n_t, n_t).tril(-1).bool()]  # [l, p, t] with t < p
     if engine == "hf" and resume:

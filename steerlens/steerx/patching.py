@@ -93,10 +93,11 @@ def _target_logp(logits: Tensor, full_len: int, ids: Tensor) -> Tensor:
     return lp.gather(-1, ids.to(lp.device)[:, None])[:, 0]
 
 
-def _clean_run(
-    eng: Engine, clean: Tensor, layers: Sequence[int], ids: Tensor
+def _one_run(
+    eng: Engine, tokens: Tensor, layers: Sequence[int], ids: Tensor
 ) -> tuple[dict[int, Tensor], Tensor]:
-    """One pass of the clean run: its residuals at ``layers`` and ``log p(y_t)`` (CPU)."""
+    """One unpatched pass over ``tokens`` (the clean or the corrupt run): its residuals at
+    ``layers`` and ``log p(y_t)`` of the target ``ids`` it ends with (CPU)."""
     store: dict[int, Tensor] = {}
 
     def grab(layer: int) -> Any:
@@ -111,7 +112,7 @@ def _clean_run(
     n_t = int(ids.numel())
     with torch.inference_mode(), eng.hooks(hooks):
         (logits,) = eng.logits_at(
-            clean[None].to(dev), _ones(clean, dev), [_aligned(clean, n_t).tolist()]
+            tokens[None].to(dev), _ones(tokens, dev), [_aligned(tokens, n_t).tolist()]
         )
     return store, _picked_logp(logits, ids)
 
@@ -153,7 +154,7 @@ def activation_patching(
     if bad:
         raise ValueError(f"aligned positions {bad} are outside the {n_t} target tokens")
     eng = resolve_engine(model, "hook_resid_post", engine)
-    src, lp_clean = _clean_run(eng, clean, layers, ids)
+    src, lp_clean = _one_run(eng, clean, layers, ids)
     c_pos, k_pos = _aligned(clean, n_t), _aligned(corrupt, n_t)
     at = [k_pos.tolist()]  # the columns whose logits are read (those predicting the target)
     cells = [(layer, p) for layer in layers for p in pos_list]  # one row each, layer-major
@@ -306,7 +307,7 @@ def attribution_patching(
     layers = list(range(model.cfg.n_layers)) if layers is None else list(layers)
     n_t = int(ids.numel())
     # gradients: the TransformerLens path
-    src, lp_clean = _clean_run(TLEngine(model), clean, layers, ids)
+    src, lp_clean = _one_run(TLEngine(model), clean, layers, ids)
     c_pos, k_pos = _aligned(clean, n_t), _aligned(corrupt, n_t)
     dev = model_device(model)
 
@@ -352,7 +353,7 @@ def attribution_patching(
             with torch.enable_grad():  # works inside no_grad / set_grad_enabled(False) too
                 grads, values, lp_corrupt = backward(None)
         else:  # the gradients come from the moved runs: the corrupt run's values only
-            acts, lp_corrupt = _clean_run(TLEngine(model), corrupt, layers, ids)
+            acts, lp_corrupt = _one_run(TLEngine(model), corrupt, layers, ids)
             values = {lyr: acts[lyr][k_pos].float() for lyr in layers}
         est = torch.zeros(len(layers), n_t)
         for i, layer in enumerate(layers):

@@ -287,7 +287,7 @@ def test_integrated_gradients_differentiate_from_the_moved_layer_as_through_the_
     clean, corrupt, ids, _ = patching._runs(tiny, KW["prompt"], KW["response"], HIST, None)
     n_t = int(ids.numel())
     c_pos, k_pos = patching._aligned(clean, n_t), patching._aligned(corrupt, n_t)
-    src, _ = patching._clean_run(sl.core.engines.TLEngine(tiny), clean, layers, ids)
+    src, _ = patching._one_run(sl.core.engines.TLEngine(tiny), clean, layers, ids)
     expected = torch.zeros(len(layers), n_t)
     for i, layer in enumerate(layers):
         total = torch.zeros(n_t, tiny.cfg.d_model)
